@@ -1,0 +1,35 @@
+# Two commands: `make demo` and `make test`. Both set up .venv themselves.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: demo test lint install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgeslim demo --out runs/demo
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check edgeslim tests benchmarks
+	$(BIN)/mypy edgeslim
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

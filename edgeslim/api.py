@@ -1,0 +1,114 @@
+"""The few functions a Python user calls. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeslim import models
+from edgeslim.data import Task, load_task
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_json
+from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.recipe import load_recipe
+from edgeslim.train import TrainConfig, evaluate, fit
+
+
+def train(
+    model: str, task: str | Task, out: Path, cfg: TrainConfig | None = None, quiet: bool = False,
+    **model_kwargs: Any,
+) -> dict:
+    """Train a zoo model on a task and save it as an edgeslim model folder. Returns its metrics."""
+    t = load_task(task, seed=(cfg.seed if cfg else 0)) if isinstance(task, str) else task
+    cfg = cfg or TrainConfig()
+    spec = models.make_spec(model, t.input_shape, t.num_classes, **model_kwargs)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    net = models.build_model(spec)
+    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet)
+    params, nonzero = count_params(net)
+    metrics = {
+        "model": model,
+        "task": t.name,
+        "test_accuracy": evaluate(net, t.x_test, t.y_test),
+        "val_accuracy": hist["val_accuracy"],
+        "epochs": hist["epochs"],
+        "params": params,
+        "macs": count_macs(net, t.input_shape),
+    }
+    models.save_model(Path(out), net, spec, extra={"train": cfg.model_dump(), "metrics": metrics})
+    return metrics
+
+
+def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
+        force: bool = False, trust_pickle: bool = False) -> dict:
+    """Run a recipe on a trained model; writes results.json and report.md into `out`."""
+    from edgeslim.pipeline import run_recipe
+
+    r = load_recipe(recipe)
+    t = load_task(task, seed=seed)
+    return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
+                      task_spec=task)
+
+
+def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200) -> list[dict]:
+    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task."""
+    import tempfile
+
+    from edgeslim.deploy.export import export_onnx
+    from edgeslim.measure.stage import measure_stage
+
+    t = load_task(task) if task else None
+    out = []
+    for p in paths:
+        p = Path(p)
+        with tempfile.TemporaryDirectory() as tmp:
+            if p.is_dir():
+                net, spec = models.load_model(p)
+                shape = tuple(spec["input_shape"])
+                onnx_path = Path(tmp) / "model.onnx"
+                export_onnx(net, shape, onnx_path)
+                size_path: Path | None = p / models.io.WEIGHTS
+            elif p.suffix == ".onnx" and p.is_file():
+                net, onnx_path, size_path = None, p, None
+                shape = _onnx_input_shape(p)
+            else:
+                raise EdgeslimError(f"{p}: not an edgeslim model folder or .onnx file")
+            task_for = t or _synthetic_task(shape)
+            m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
+            if t is None:
+                m["accuracy"] = None
+            out.append({"name": str(p), **m})
+    return out
+
+
+def _onnx_input_shape(p: Path) -> tuple[int, ...]:
+    import onnx
+
+    try:
+        g = onnx.load(str(p)).graph
+    except Exception as e:  # onnx raises DecodeError and others for corrupt files
+        raise EdgeslimError(f"{p}: not a valid ONNX model ({type(e).__name__})") from None
+    dims = g.input[0].type.tensor_type.shape.dim[1:]
+    shape = tuple(d.dim_value for d in dims)
+    if not all(shape):
+        raise EdgeslimError(f"{p}: input '{g.input[0].name}' has unknown dimensions {shape}")
+    return shape
+
+
+def _synthetic_task(shape: tuple[int, ...]) -> Task:
+    rng = np.random.default_rng(0)
+    x = rng.random((8, *shape), dtype=np.float32)
+    y = np.zeros(8, np.int64)
+    return Task("synthetic", x, y, x, y, x, y, num_classes=1)
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["train", "run", "measure", "write_json"]

@@ -1,0 +1,58 @@
+"""Latency of an ONNX model in ONNX Runtime: warm-up, repeated timed runs, percentiles in ms."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeslim.deploy.runtime import session
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    batch: int
+    threads: int
+
+    def as_dict(self, prefix: str = "latency_ms_") -> dict:
+        return {
+            f"{prefix}p50": round(self.p50_ms, 4),
+            f"{prefix}p90": round(self.p90_ms, 4),
+            f"{prefix}p99": round(self.p99_ms, 4),
+            f"{prefix}mean": round(self.mean_ms, 4),
+        }
+
+
+def percentiles(times_s: list[float], batch: int, threads: int) -> Latency:
+    t = np.asarray(times_s) * 1e3
+    return Latency(
+        float(np.percentile(t, 50)), float(np.percentile(t, 90)), float(np.percentile(t, 99)),
+        float(t.mean()), len(t), batch, threads,
+    )
+
+
+def onnx_latency(
+    path: str, sample: np.ndarray, runs: int = 200, warmup: int = 20, threads: int = 1,
+    max_seconds: float = 5.0,
+) -> Latency:
+    """Time `runs` inferences on `sample` (with its batch dim); stops early after `max_seconds`."""
+    sess = session(path, threads=threads)
+    name = sess.get_inputs()[0].name
+    feed = {name: sample}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds and len(times) >= 20:
+            break
+    return percentiles(times, int(sample.shape[0]), threads)

@@ -1,0 +1,125 @@
+"""The pass registry, the context a pass runs in, and the record it returns.
+
+A pass is `fn(model, task, cfg, ctx) -> PassResult`, registered by name with its pydantic config. A
+recipe's keys are these names and the config's fields, so a typo fails validation with the valid list.
+
+Two kinds: `torch` passes transform an `nn.Module`; `onnx` passes transform the previous stage's ONNX
+file (`ctx.prev_onnx`) and must return a new one. Once a stage is ONNX-only (e.g. a quantized QDQ
+model), only `onnx` passes may follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.errors import EdgeslimError, choices
+from edgeslim.train import Hooks, TrainConfig, fit
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PassResult:
+    model: nn.Module | None
+    spec: dict | None = None  # updated architecture spec when the pass changed structure
+    onnx: Path | None = None  # a deployable ONNX the pass wrote itself (inside ctx.stage_dir)
+    size_bytes: int | None = None  # the stored artifact's size when it is not the ONNX file
+    artifact: Path | None = None  # that stored artifact (e.g. an entropy-coded weight file)
+    notes: dict[str, Any] = field(default_factory=dict)  # merged into the stage's metrics
+    carry: dict[str, Any] = field(default_factory=dict)  # state later passes see (ctx.carry)
+
+
+@dataclass
+class RunContext:
+    stage_dir: Path  # where a pass may write files (becomes the stage folder)
+    run_dir: Path
+    spec: dict  # current architecture spec
+    finetune: TrainConfig  # the recipe's default fine-tuning settings
+    prev_onnx: Path | None = None
+    carry: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    quiet: bool = False
+    teacher_loader: Callable[[], nn.Module] | None = None  # the baseline model, loaded on demand
+
+    def teacher(self) -> nn.Module:
+        if self.teacher_loader is None:
+            raise EdgeslimError("this pass needs a teacher model, but the run has no baseline")
+        return self.teacher_loader()
+
+    def finetune_model(
+        self, model: nn.Module, task: Task, cfg: TrainConfig | None = None, desc: str = "finetune",
+        hooks: Hooks | None = None,
+    ) -> dict:
+        """Fine-tune with the hooks earlier passes carried (mask keepers, distillation) plus `hooks`."""
+        merged = build_hooks(model, self, hooks)
+        return fit(model, task, cfg or self.finetune, merged, desc=desc, quiet=self.quiet)
+
+
+PassFn = Callable[[nn.Module | None, Task, Any, RunContext], PassResult]
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    fn: PassFn
+    config: type[PassConfig]
+    kind: Literal["torch", "onnx"]
+    about: str
+
+
+PASSES: dict[str, PassInfo] = {}
+
+# Fine-tuning hook factories keyed by a `ctx.carry` entry: if `carry[name]` is set, the factory's hooks
+# are merged into every later fine-tuning. Resumable because carry is stored with each stage.
+HookFactory = Callable[[nn.Module, RunContext, Any], Hooks]
+FINETUNE_HOOKS: dict[str, HookFactory] = {}
+
+
+def register(name: str, config: type[PassConfig], kind: Literal["torch", "onnx"] = "torch") -> Callable[[PassFn], PassFn]:
+    def deco(fn: PassFn) -> PassFn:
+        about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        PASSES[name] = PassInfo(name, fn, config, kind, about)
+        return fn
+
+    return deco
+
+
+def register_hook(name: str) -> Callable[[HookFactory], HookFactory]:
+    def deco(fn: HookFactory) -> HookFactory:
+        FINETUNE_HOOKS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_hooks(model: nn.Module, ctx: RunContext, extra: Hooks | None = None) -> Hooks:
+    out = Hooks()
+    parts = [FINETUNE_HOOKS[k](model, ctx, v) for k, v in ctx.carry.items() if k in FINETUNE_HOOKS and v]
+    if extra is not None:
+        parts.append(extra)
+    for h in parts:
+        if h.loss is not None:
+            if out.loss is not None:
+                raise EdgeslimError("two passes both replace the fine-tuning loss; keep one of them")
+            out.loss = h.loss
+        out.extra_losses += h.extra_losses
+        out.after_step += h.after_step
+        out.after_epoch += h.after_epoch
+    return out
+
+
+def get_pass(name: str) -> PassInfo:
+    if name not in PASSES:
+        raise EdgeslimError(f"unknown pass '{name}'; valid: {choices(PASSES)}")
+    return PASSES[name]

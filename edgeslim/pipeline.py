@@ -1,0 +1,162 @@
+"""Run a recipe: baseline stage, then each pass in order, each written atomically into the run folder.
+
+```
+RUN/run.json                 what was run (model, task, recipe digest): resume checks it
+RUN/recipe.yaml
+RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
+RUN/stages/01_<pass>/        ...
+RUN/results.json, RUN/report.md
+```
+A stage folder appears only when complete, so a killed run resumes from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from torch import nn
+
+from edgeslim import models
+from edgeslim.data import Task
+from edgeslim.deploy.export import export_onnx
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import atomic_dir, write_json, write_text
+from edgeslim.measure.stage import measure_stage
+from edgeslim.passes import PASSES, RunContext
+from edgeslim.recipe import Recipe
+from edgeslim.report.results import write_results
+
+RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
+
+
+def run_recipe(
+    recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
+    force: bool = False, trust_pickle: bool = False, task_spec: str = "",
+) -> dict:
+    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict."""
+    out = Path(out)
+    ident = {
+        "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
+        "recipe_digest": recipe.digest, "seed": seed,
+    }
+    _claim_run_dir(out, ident, force)
+    copy_recipe(out, recipe)
+    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
+    if spec.get("arch") == "pickle":
+        spec["input_shape"] = list(task.input_shape)
+    _check_input(spec, task, model_dir)
+
+    def teacher() -> nn.Module:
+        return models.load_model(out / "stages" / "00_baseline")[0]
+
+    ctx = RunContext(
+        stage_dir=out, run_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
+        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model),
+    )
+    stages: list[dict] = []
+    count_model: nn.Module | None = model
+    current: nn.Module | None = model
+    names = ["baseline"] + [s.name for s in recipe.steps]
+    for i, name in enumerate(names):
+        folder = out / "stages" / f"{i:02d}_{name}"
+        if (folder / "metrics.json").exists():  # finished earlier: resume from it
+            metrics = json.loads((folder / "metrics.json").read_text())
+            _log(quiet, f"[{name}] done earlier, resuming from {folder.name}")
+            if (folder / models.io.WEIGHTS).exists():
+                current, ctx.spec = models.load_model(folder)
+                count_model = current
+            else:
+                current = None
+            ctx.carry = metrics.get("carry", {})
+            ctx.prev_onnx = folder / "model.onnx"
+            stages.append(metrics)
+            continue
+        t0 = time.perf_counter()
+        with atomic_dir(folder) as tmp:
+            ctx.stage_dir = tmp
+            notes: dict = {}
+            size_path = None
+            onnx_path = tmp / "model.onnx"
+            if i == 0:
+                result_model, result_onnx = current, None
+            else:
+                step = recipe.steps[i - 1]
+                info = PASSES[name]
+                _log(quiet, f"[{name}] running (recipe line {step.line})")
+                res = info.fn(current, task, step.config, ctx)
+                result_model, result_onnx = res.model, res.onnx
+                ctx.spec = res.spec or ctx.spec
+                ctx.carry = {**ctx.carry, **res.carry}
+                notes = res.notes
+                if res.artifact is not None:
+                    size_path = res.artifact
+                if info.kind == "onnx" and result_onnx is None:
+                    raise AssertionError(f"onnx pass {name} returned no ONNX model")
+            if result_model is not None:
+                models.save_model(tmp, result_model, ctx.spec)
+                count_model = result_model
+            if result_onnx is None:
+                assert result_model is not None
+                notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
+            elif result_onnx != onnx_path:
+                shutil.copyfile(result_onnx, onnx_path)
+            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path)}
+            metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
+            metrics["seconds"] = round(time.perf_counter() - t0, 2)
+            metrics["notes"] = notes
+            metrics["carry"] = ctx.carry
+            write_json(tmp / "metrics.json", metrics)
+        current = result_model
+        ctx.prev_onnx = folder / "model.onnx"
+        stages.append(metrics)
+        _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
+             f"p50 {metrics['latency_ms_p50']:.3f} ms")
+    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
+    write_results(out, results)
+    return results
+
+
+def _claim_run_dir(out: Path, ident: dict, force: bool) -> None:
+    meta = out / "run.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old == ident:
+            return
+        if not force:
+            diff = [k for k in ident if old.get(k) != ident[k]]
+            raise EdgeslimError(
+                f"{out}: holds a different run ({', '.join(diff)} differ); use --force to overwrite or pick "
+                "another --out"
+            )
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        if not force:
+            raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(meta, ident)
+
+
+def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
+    want = tuple(spec.get("input_shape", ()))
+    if want and want != task.input_shape:
+        raise EdgeslimError(
+            f"{model_dir}: model expects inputs of shape {want} but task '{task.name}' has {task.input_shape}"
+        )
+    nc = spec.get("num_classes")
+    if nc and nc != task.num_classes:
+        raise EdgeslimError(
+            f"{model_dir}: model has {nc} classes but task '{task.name}' has {task.num_classes}"
+        )
+
+
+def _log(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def copy_recipe(out: Path, recipe: Recipe) -> None:
+    write_text(out / "recipe.yaml", recipe.text)

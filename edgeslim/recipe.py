@@ -1,0 +1,157 @@
+"""Recipes: a versioned YAML list of passes with typed configs.
+
+```yaml
+version: 1
+finetune: {epochs: 5, lr: 0.001}     # default fine-tuning for passes that fine-tune
+passes:
+  - magnitude_prune: {sparsity: 0.5}
+  - quantize_int8: {}
+```
+Validation errors name the file, the line and the valid choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from edgeslim.errors import EdgeslimError, choices
+from edgeslim.passes import PASSES, PassConfig
+from edgeslim.train import TrainConfig
+
+RECIPE_VERSION = 1
+TOP_KEYS = {"version", "finetune", "passes", "description"}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    config: PassConfig
+    line: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: tuple[Step, ...]
+    finetune: TrainConfig
+    text: str
+    source: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise EdgeslimError(f"{path}: cannot read recipe ({e.strerror})") from None
+    return parse_recipe(text, str(path))
+
+
+def _line(node: yaml.Node | None) -> int:
+    return node.start_mark.line + 1 if node is not None else 0
+
+
+def _key_node(mapping: yaml.Node, key: str) -> yaml.Node | None:
+    if isinstance(mapping, yaml.MappingNode):
+        for k, v in mapping.value:
+            if k.value == key:
+                return v
+    return None
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise EdgeslimError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise EdgeslimError(f"{source}: a recipe is a mapping with 'version' and 'passes'")
+    for k in data:
+        if k not in TOP_KEYS:
+            raise EdgeslimError(
+                f"{source}:{_line(_key_node(root, k))}: unknown top-level key '{k}'; valid: {choices(TOP_KEYS)}"
+            )
+    if data.get("version") != RECIPE_VERSION:
+        raise EdgeslimError(f"{source}: 'version' must be {RECIPE_VERSION}, got {data.get('version')!r}")
+    ft_node = _key_node(root, "finetune")
+    try:
+        finetune = TrainConfig(**(data.get("finetune") or {}))
+    except (ValidationError, TypeError) as e:
+        raise EdgeslimError(f"{source}:{_line(ft_node)}: finetune: {_pydantic_msg(e)}") from None
+    passes = data.get("passes")
+    pnode = _key_node(root, "passes")
+    if not isinstance(passes, list) or not passes:
+        raise EdgeslimError(f"{source}:{_line(pnode)}: 'passes' must be a non-empty list")
+    steps = []
+    for i, (item, node) in enumerate(zip(passes, pnode.value)):  # type: ignore[union-attr]
+        line = _line(node)
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise EdgeslimError(f"{source}:{line}: pass {i + 1} must be one 'name: {{config}}' entry")
+        name, cfg = next(iter(item.items()))
+        if name not in PASSES:
+            raise EdgeslimError(f"{source}:{line}: unknown pass '{name}'; valid: {choices(PASSES)}")
+        cfg = cfg or {}
+        if not isinstance(cfg, dict):
+            raise EdgeslimError(f"{source}:{line}: config of '{name}' must be a mapping, got {cfg!r}")
+        cls = PASSES[name].config
+        try:
+            config = cls(**cfg)
+        except ValidationError as e:
+            bad = _bad_key_line(node, e) or line
+            raise EdgeslimError(f"{source}:{bad}: {name}: {_pydantic_msg(e, cls)}") from None
+        steps.append(Step(name, config, line))
+    _check_order(steps, source)
+    return Recipe(tuple(steps), finetune, text, source)
+
+
+def _check_order(steps: list[Step], source: str) -> None:
+    onnx_from: Step | None = None
+    for s in steps:
+        kind = PASSES[s.name].kind
+        if kind == "torch" and onnx_from is not None:
+            raise EdgeslimError(
+                f"{source}:{s.line}: '{s.name}' changes a PyTorch model but follows '{onnx_from.name}' "
+                f"(line {onnx_from.line}), which produces an ONNX-only model; move it earlier"
+            )
+        if kind == "onnx":
+            onnx_from = s
+
+
+def _bad_key_line(node: yaml.Node, e: ValidationError) -> int | None:
+    errs = e.errors()
+    if not errs or not isinstance(node, yaml.MappingNode) or not node.value:
+        return None
+    cfg_node = node.value[0][1]
+    loc = errs[0]["loc"]
+    if loc and isinstance(cfg_node, yaml.MappingNode):
+        for k, v in cfg_node.value:
+            if k.value == loc[0]:
+                return _line(k)
+    return None
+
+
+def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
+    if not isinstance(e, ValidationError):
+        return str(e)
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden" and cls is not None:
+        return f"unknown key '{key}'; valid: {choices(cls.model_fields)}"
+    return f"'{key}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+
+
+def dump_step(name: str, cfg: dict[str, Any]) -> dict:
+    return {name: cfg}

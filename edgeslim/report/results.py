@@ -1,0 +1,117 @@
+"""results.json, report.md and the Rich results table.
+
+`results.json` is a contract: `stages` (baseline first), each with at least name, accuracy (fraction
+0-1 on the test split), params, nonzero_params, macs, size_bytes (the file as stored),
+latency_ms_p50 and onnx (path relative to the run folder). Other fields may be added, never removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeslim.fsutil import write_json, write_text
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def human_count(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+COLUMNS = [
+    ("stage", lambda s: s["name"]),
+    ("accuracy", lambda s: "-" if s.get("accuracy") is None else f"{100 * s['accuracy']:.2f}%"),
+    ("params", lambda s: human_count(s.get("params"))),
+    ("non-zero", lambda s: human_count(s.get("nonzero_params"))),
+    ("MACs", lambda s: human_count(s.get("macs"))),
+    ("size", lambda s: human_bytes(s.get("size_bytes"))),
+    ("latency p50", lambda s: f"{s['latency_ms_p50']:.3f} ms" if s.get("latency_ms_p50") is not None else "-"),
+]
+
+
+def extra_columns(stages: list[dict]) -> list:
+    cols = []
+    if any("arena_bytes" in s for s in stages):
+        cols.append(("arena", lambda s: human_bytes(s.get("arena_bytes"))))
+    if any("energy_mj" in s for s in stages):
+        cols.append(
+            ("energy/inf", lambda s: f"{s['energy_mj']:.3g} mJ ({s.get('energy_method', '?')})"
+             if s.get("energy_mj") is not None else "-")
+        )
+    return cols
+
+
+def results_table(stages: list[dict], title: str = "edgeslim results") -> Table:
+    t = Table(title=title)
+    cols = COLUMNS + extra_columns(stages)
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name == "stage" else "right", no_wrap=True)
+    for s in stages:
+        t.add_row(*[fn(s) for _, fn in cols])
+    return t
+
+
+def print_table(stages: list[dict], title: str = "edgeslim results", console: Console | None = None) -> None:
+    (console or Console()).print(results_table(stages, title))
+
+
+def markdown_table(stages: list[dict]) -> str:
+    cols = COLUMNS + extra_columns(stages)
+    lines = ["| " + " | ".join(n for n, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fn(s) for _, fn in cols) + " |" for s in stages]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict) -> None:
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", report_md(results))
+
+
+def report_md(results: dict) -> str:
+    stages = results["stages"]
+    base, last = stages[0], stages[-1]
+    task = results.get("task", {})
+    lines = [
+        "# edgeslim report",
+        "",
+        f"Model: `{results.get('model', '?')}`  ",
+        f"Task: `{task.get('name', '?')}` (input {task.get('input_shape')}, {task.get('num_classes')} classes, "
+        f"{task.get('test')} test samples)  ",
+        f"Recipe: `{results.get('recipe', '?')}`",
+        "",
+        "All figures were measured in this run: accuracy on the test split and latency (single sample, "
+        "ONNX Runtime CPU, 1 thread) from each stage's exported ONNX model; size is the stored file.",
+        "",
+        markdown_table(stages),
+        "",
+    ]
+    if len(stages) > 1 and base.get("size_bytes") and last.get("size_bytes"):
+        ratio = base["size_bytes"] / last["size_bytes"]
+        speed = base["latency_ms_p50"] / last["latency_ms_p50"] if last.get("latency_ms_p50") else float("nan")
+        drop = 100 * (base["accuracy"] - last["accuracy"]) if base.get("accuracy") is not None else float("nan")
+        lines += [
+            f"**{last['name']} vs baseline:** {ratio:.2f}x smaller on disk, {speed:.2f}x latency speed-up "
+            f"(p50), accuracy change {-drop:+.2f} points.",
+            "",
+        ]
+    for s in stages:
+        notes = s.get("notes") or {}
+        if notes:
+            lines.append(f"- `{s['name']}`: " + ", ".join(f"{k}={v}" for k, v in notes.items()))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,179 @@
+"""A small trainer with hooks. Passes use it to fine-tune (mask keepers run after each step) and to
+distil (a replacement loss). Progress is a Rich bar on a terminal and plain log lines otherwise."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.errors import EdgeslimError
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[[nn.Module], None]
+
+
+class TrainConfig(BaseModel):
+    """Training settings; also the `finetune` block of recipes and passes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(20, ge=0)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(0, ge=0, description="early stop after this many epochs without val gain; 0 = off")
+    seed: int = 0
+
+
+@dataclass
+class Hooks:
+    """Extension points. `loss` replaces the task loss; `extra_losses` are added to it (regularisers);
+    `after_step` runs after every optimiser step (e.g. re-apply pruning masks); `after_epoch` gets
+    the epoch index."""
+
+    loss: LossFn | None = None
+    extra_losses: list[LossFn] = field(default_factory=list)
+    after_step: list[StepFn] = field(default_factory=list)
+    after_epoch: list[Callable[[nn.Module, int], None]] = field(default_factory=list)
+
+
+def is_reconstruction(model: nn.Module) -> bool:
+    return getattr(model, "objective", "classification") == "reconstruction"
+
+
+def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    model.eval()
+    outs = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(outs)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy as a fraction 0-1 (for reconstruction models: minus the mean squared error)."""
+    out = predict(model, x)
+    if is_reconstruction(model):
+        return -float(((out - x) ** 2).mean())
+    return float((out.argmax(1) == y).mean())
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    hooks: Hooks | None = None,
+    desc: str = "train",
+    quiet: bool = False,
+) -> dict:
+    """Train in place; keeps the weights of the best validation epoch. Returns a small history."""
+    hooks = hooks or Hooks()
+    if cfg.epochs == 0:
+        return {"epochs": 0, "val_accuracy": evaluate(model, task.x_val, task.y_val)}
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = _optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(task.x_train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    elif cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, max(1, total // 3), 0.1)
+    loss_fn = hooks.loss or task_loss
+    xt, yt = torch.from_numpy(task.x_train), torch.from_numpy(task.y_train)
+    best, best_state, stale, history = -math.inf, None, 0, []
+    progress = _Progress(desc, cfg.epochs, quiet)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(xt)))
+        running = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            if len(idx) < 2 and steps_per_epoch > 1:
+                continue  # BatchNorm cannot train on a batch of one
+            x, y = xt[idx], yt[idx]
+            out = model(x)
+            loss = loss_fn(model, x, y, out)
+            for extra in hooks.extra_losses:
+                loss = loss + extra(model, x, y, out)
+            if not torch.isfinite(loss):
+                raise EdgeslimError(
+                    f"{desc}: training diverged (loss is {loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
+                    f"lower the learning rate (lr={cfg.lr:g}) or check the data for NaNs"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            for fn in hooks.after_step:
+                fn(model)
+            running += float(loss)
+        for fn_e in hooks.after_epoch:
+            fn_e(model, epoch)
+        val = evaluate(model, task.x_val, task.y_val)
+        history.append({"epoch": epoch + 1, "loss": running / steps_per_epoch, "val": val})
+        progress.update(epoch + 1, running / steps_per_epoch, val)
+        if val > best:
+            best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if cfg.patience and stale >= cfg.patience:
+                break
+    progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": len(history), "val_accuracy": best, "history": history}
+
+
+class _Progress:
+    """Rich progress bar on a terminal; one plain line per epoch otherwise (CI, logs)."""
+
+    def __init__(self, desc: str, total: int, quiet: bool):
+        self.desc, self.total, self.quiet = desc, total, quiet
+        self.bar = None
+        if not quiet and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True,
+            )
+            self.bar.start()
+            self.tid = self.bar.add_task(desc, total=total, info="")
+
+    def update(self, epoch: int, loss: float, val: float) -> None:
+        info = f"loss {loss:.4f}  val {val:.4f}"
+        if self.bar is not None:
+            self.bar.update(self.tid, completed=epoch, info=info)
+        elif not self.quiet:
+            print(f"[{self.desc}] epoch {epoch}/{self.total}  {info}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
