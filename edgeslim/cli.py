@@ -168,6 +168,15 @@ def demo(
     console.print(f"report: {out / 'run' / 'report.md'}  ({time.time() - t0:.0f} s)")
 
 
+def _load_commands() -> None:
+    from edgeslim import commands
+
+    commands.load_all()
+
+
+_load_commands()
+
+
 def main() -> None:
     debug = bool(os.environ.get("EDGESLIM_DEBUG"))
     try:

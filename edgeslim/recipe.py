@@ -137,7 +137,7 @@ def _bad_key_line(node: yaml.Node, e: ValidationError) -> int | None:
     cfg_node = node.value[0][1]
     loc = errs[0]["loc"]
     if loc and isinstance(cfg_node, yaml.MappingNode):
-        for k, v in cfg_node.value:
+        for k, _v in cfg_node.value:
             if k.value == loc[0]:
                 return _line(k)
     return None

@@ -1,6 +1,12 @@
-"""Compression passes. Importing this package registers every built-in pass."""
+"""Compression passes. Importing this package registers every pass module in it (one file a technique)."""
 
-from edgeslim.passes import prune, quantize  # noqa: F401  (registration side effects)
+import importlib
+import pkgutil
+
 from edgeslim.passes.base import PASSES, PassConfig, PassResult, RunContext, get_pass, register
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["PASSES", "PassConfig", "PassResult", "RunContext", "get_pass", "register"]

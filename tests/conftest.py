@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests run on 2 cores with xdist: one torch thread per worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeslim.data.task import Task, make_task
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_task() -> Task:
+    """A 4-class task of 1x8x8 images that a tiny CNN learns in a few epochs (class = bright quadrant)."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 4, n)
+    x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.3
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 2)
+        x[i, 0, r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] += 0.7
+    return make_task("tiny", x[:320], y[:320], x[320:], y[320:], seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_seq_task() -> Task:
+    """A 3-class task of 1x16 sequences (class = position of a bump)."""
+    rng = np.random.default_rng(1)
+    n = 300
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.2, (n, 1, 16)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, 0, int(c) * 5 : int(c) * 5 + 5] += 1.0
+    return make_task("tinyseq", x[:240], y[:240], x[240:], y[240:], seed=0)
