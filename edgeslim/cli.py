@@ -189,11 +189,9 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # a usage error from Typer's (vendored) click
             e.show()
-            sys.exit(1 if e.exit_code == 2 else e.exit_code)
+            sys.exit(1)
         if debug:
             raise
         Console(stderr=True).print(

@@ -132,7 +132,7 @@ def fit(
                 sched.step()
             for fn in hooks.after_step:
                 fn(model)
-            running += float(loss)
+            running += float(loss.detach())
         for fn_e in hooks.after_epoch:
             fn_e(model, epoch)
         val = evaluate(model, task.x_val, task.y_val)

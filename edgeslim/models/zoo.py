@@ -65,10 +65,12 @@ class LeNet5(nn.Module):
         size = min(input_shape[1:]) if len(input_shape) > 1 else input_shape[0]
         conv, mp = _conv(nd), (nn.MaxPool2d if nd == 2 else nn.MaxPool1d)
         k = _fit(5, size)
+        pooled = size // 2 if size >= 4 else size
+        pad2 = 0 if pooled >= 2 * k else k // 2  # the reference LeNet-5's second conv is unpadded
         self.features = nn.Sequential(
             AsSequence(),
             conv(cin, 6, k, padding=k // 2), nn.ReLU(), mp(2) if size >= 4 else nn.Identity(),
-            conv(6, 16, k, padding=k // 2), nn.ReLU(), mp(2) if size >= 8 else nn.Identity(),
+            conv(6, 16, k, padding=pad2), nn.ReLU(), mp(2) if size >= 8 else nn.Identity(),
             nn.Flatten(),
         )
         flat = _flat_dim(self.features, input_shape)

@@ -1,0 +1,113 @@
+"""The pipeline end to end on a tiny model: results.json contract, atomic stages, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from edgeslim import api, models
+from edgeslim.data import Task
+from edgeslim.errors import EdgeslimError
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.pipeline import RESULT_FIELDS, run_recipe
+from edgeslim.recipe import parse_recipe
+from edgeslim.train import TrainConfig
+
+BOOM = {"armed": False}
+
+
+class _Boom(PassConfig):
+    pass
+
+
+@register("_test_interrupt", _Boom)
+def _interrupt(model: nn.Module | None, task: Task, cfg: _Boom, ctx: RunContext) -> PassResult:
+    """Simulates a run killed in the middle of a stage."""
+    (ctx.stage_dir / "partial.bin").write_bytes(b"half")
+    if BOOM["armed"]:
+        raise KeyboardInterrupt
+    return PassResult(model)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_image_task) -> Path:
+    out = tmp_path_factory.mktemp("m") / "lenet5"
+    api.train("lenet5", tiny_image_task, out, TrainConfig(epochs=10), quiet=True)
+    return out
+
+
+RECIPE = """version: 1
+finetune: {epochs: 1}
+passes:
+  - magnitude_prune: {sparsity: 0.5}
+  - _test_interrupt: {}
+  - quantize_int8: {calibration_samples: 32}
+"""
+
+
+def test_run_results_contract(trained, tiny_image_task, tmp_path):
+    res = run_recipe(parse_recipe(RECIPE), trained, tiny_image_task, tmp_path / "run", quiet=True)
+    stages = res["stages"]
+    assert [s["name"] for s in stages] == ["baseline", "magnitude_prune", "_test_interrupt", "quantize_int8"]
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    for s in on_disk["stages"]:
+        for f in RESULT_FIELDS:
+            assert f in s, f
+        assert 0.0 <= s["accuracy"] <= 1.0
+        assert (tmp_path / "run" / s["onnx"]).is_file()
+        assert s["latency_ms_p50"] > 0
+    base, pruned, quant = stages[0], stages[1], stages[3]
+    assert base["accuracy"] > 0.8  # the tiny task is easy
+    assert pruned["nonzero_params"] < 0.6 * base["nonzero_params"]
+    assert quant["size_bytes"] < 0.5 * base["size_bytes"]  # INT8 weights
+    assert (tmp_path / "run" / "report.md").read_text().startswith("# edgeslim report")
+
+
+def test_resume_after_interrupt(trained, tiny_image_task, tmp_path):
+    run = tmp_path / "run"
+    BOOM["armed"] = True
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(parse_recipe(RECIPE), trained, tiny_image_task, run, quiet=True)
+    stages = sorted(p.name for p in (run / "stages").iterdir())
+    assert stages == ["00_baseline", "01_magnitude_prune"]  # no half-written stage folder, no temp dirs
+    assert not (run / "results.json").exists()
+    first = (run / "stages" / "01_magnitude_prune" / "metrics.json").read_text()
+    BOOM["armed"] = False
+    res = run_recipe(parse_recipe(RECIPE), trained, tiny_image_task, run, quiet=True)
+    assert len(res["stages"]) == 4
+    # the finished stage was reused, not recomputed
+    assert (run / "stages" / "01_magnitude_prune" / "metrics.json").read_text() == first
+    assert res["stages"][1] == json.loads(first)
+
+
+def test_different_run_in_same_folder_refused(trained, tiny_image_task, tmp_path):
+    run = tmp_path / "run"
+    run_recipe(parse_recipe("version: 1\npasses:\n  - quantize_int8\n"), trained, tiny_image_task, run, quiet=True)
+    with pytest.raises(EdgeslimError, match="holds a different run.*recipe_digest"):
+        run_recipe(parse_recipe(RECIPE), trained, tiny_image_task, run, quiet=True)
+
+
+def test_shape_mismatch_is_clear(trained, tiny_seq_task, tmp_path):
+    with pytest.raises(EdgeslimError, match=r"expects inputs of shape \(1, 8, 8\) but task 'tinyseq'"):
+        run_recipe(parse_recipe(RECIPE), trained, tiny_seq_task, tmp_path / "r", quiet=True)
+
+
+def test_nan_training_is_one_clear_error(tiny_image_task, tmp_path):
+    import numpy as np
+
+    bad = Task(**{**tiny_image_task.__dict__})
+    bad.x_train = tiny_image_task.x_train.copy()
+    bad.x_train[0, 0, 0, 0] = np.nan
+    with pytest.raises(EdgeslimError, match=r"training diverged.*epoch 1"):
+        api.train("lenet300", bad, tmp_path / "m", TrainConfig(epochs=1, batch_size=512), quiet=True)
+
+
+def test_model_folder_roundtrip_accuracy(trained, tiny_image_task):
+    from edgeslim.train import evaluate
+
+    net, spec = models.load_model(trained)
+    saved = json.loads((trained / "spec.json").read_text())["extra"]["metrics"]["test_accuracy"]
+    assert evaluate(net, tiny_image_task.x_test, tiny_image_task.y_test) == pytest.approx(saved)
