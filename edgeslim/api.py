@@ -29,7 +29,9 @@ def train(
 
     torch.manual_seed(cfg.seed)
     net = models.build_model(spec)
-    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet)
+    out = Path(out)
+    ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
+    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -40,7 +42,8 @@ def train(
         "params": params,
         "macs": count_macs(net, t.input_shape),
     }
-    models.save_model(Path(out), net, spec, extra={"train": cfg.model_dump(), "metrics": metrics})
+    models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "metrics": metrics})
+    ckpt.unlink(missing_ok=True)
     return metrics
 
 

@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -88,13 +89,17 @@ def fit(
     hooks: Hooks | None = None,
     desc: str = "train",
     quiet: bool = False,
+    checkpoint: Path | None = None,
 ) -> dict:
-    """Train in place; keeps the weights of the best validation epoch. Returns a small history."""
+    """Train in place; keeps the weights of the best validation epoch. Returns a small history.
+
+    With `checkpoint`, the state after every epoch is saved there (tensors only, loaded with
+    `weights_only=True`: no pickle code runs) and a killed run resumes from the last finished epoch.
+    """
     hooks = hooks or Hooks()
     if cfg.epochs == 0:
         return {"epochs": 0, "val_accuracy": evaluate(model, task.x_val, task.y_val)}
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(task.x_train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -106,9 +111,22 @@ def fit(
     loss_fn = hooks.loss or task_loss
     xt, yt = torch.from_numpy(task.x_train), torch.from_numpy(task.y_train)
     best, best_state, stale, history = -math.inf, None, 0, []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if ck.get("config") == cfg.model_dump_json():
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            if sched is not None:
+                sched.load_state_dict(ck["sched"])
+            best, best_state, stale, history = ck["best"], ck["best_state"], ck["stale"], ck["history"]
+            start = len(history)
+            if not quiet:
+                print(f"[{desc}] resuming from epoch {start} ({checkpoint})", flush=True)
     progress = _Progress(desc, cfg.epochs, quiet)
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         model.train()
+        rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays the same order
         order = torch.from_numpy(rng.permutation(len(xt)))
         running = 0.0
         for i in range(steps_per_epoch):
@@ -142,13 +160,31 @@ def fit(
             best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if cfg.patience and stale >= cfg.patience:
-                break
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, cfg, model, opt, sched, best, best_state, stale, history)
+        if cfg.patience and stale >= cfg.patience:
+            break
     progress.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return {"epochs": len(history), "val_accuracy": best, "history": history}
+
+
+def _save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler | None, best: float, best_state: dict | None,
+                     stale: int, history: list) -> None:
+    import io
+
+    from edgeslim.fsutil import write_bytes
+
+    buf = io.BytesIO()
+    torch.save({
+        "config": cfg.model_dump_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+        "sched": sched.state_dict() if sched is not None else {}, "best": best, "best_state": best_state,
+        "stale": stale, "history": history,
+    }, buf)
+    write_bytes(path, buf.getvalue())
 
 
 class _Progress:

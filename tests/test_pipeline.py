@@ -111,3 +111,34 @@ def test_model_folder_roundtrip_accuracy(trained, tiny_image_task):
     net, spec = models.load_model(trained)
     saved = json.loads((trained / "spec.json").read_text())["extra"]["metrics"]["test_accuracy"]
     assert evaluate(net, tiny_image_task.x_test, tiny_image_task.y_test) == pytest.approx(saved)
+
+
+def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
+    """A training killed after epoch 2 resumes at epoch 3 and ends exactly where an unbroken run does."""
+    import torch
+
+    from edgeslim.train import fit
+
+    cfg = TrainConfig(epochs=4, seed=3)
+    ref = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
+    start = {k: v.clone() for k, v in ref.state_dict().items()}
+    fit(ref, tiny_image_task, cfg, quiet=True)
+
+    ck = tmp_path / "ck.pt"
+    net = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
+    net.load_state_dict(start)
+
+    def die(model, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    from edgeslim.train import Hooks
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net, tiny_image_task, cfg, Hooks(after_epoch=[die]), quiet=True, checkpoint=ck)
+    assert ck.exists()
+    net2 = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
+    hist = fit(net2, tiny_image_task, cfg, quiet=True, checkpoint=ck)
+    assert hist["history"][0]["epoch"] == 1 and len(hist["history"]) == 4
+    for k, v in ref.state_dict().items():
+        assert torch.allclose(v, net2.state_dict()[k], atol=1e-5), k
