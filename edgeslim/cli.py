@@ -47,11 +47,11 @@ def train(
 ) -> None:
     """Train a zoo model on a task; writes model.safetensors + spec.json."""
     try:
-        cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,  # type: ignore[arg-type]
-                          patience=patience, seed=seed)
+        cfg = TrainConfig.model_validate(dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                                              patience=patience, seed=seed))
     except Exception as e:
         raise EdgeslimError(f"bad training option: {str(e).splitlines()[-2].strip()}") from None
-    kwargs = {}
+    kwargs: dict[str, float | int] = {}
     if width is not None:
         kwargs = {"alpha": width} if model == "mobilenetv1" else {"width": int(width)}
     m = api.train(model, task, out, cfg, quiet=as_json, **kwargs)
@@ -110,7 +110,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
     from edgeslim.measure.macs import count_macs, count_params
     from edgeslim.models.zoo import ZOO
 
-    rows = []
+    rows: list[dict] = []
     for name, e in ZOO.items():
         net = e.build(e.ref_shape, e.ref_classes or 10)
         rows.append({"name": name, "about": e.about, "ref_input": list(e.ref_shape),

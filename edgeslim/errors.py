@@ -6,11 +6,13 @@ Messages name the file, key or line at fault and, where there is a closed set, t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class EdgeslimError(Exception):
     """A problem with the user's input (file, recipe, budget, data), not with edgeslim itself."""
 
 
-def choices(valid: list[str] | tuple[str, ...] | set[str]) -> str:
+def choices(valid: Iterable[str]) -> str:
     """Format valid choices for an error message, sorted and comma separated."""
     return ", ".join(sorted(valid))

@@ -35,7 +35,7 @@ def export_onnx(
         warnings.simplefilter("ignore")
         # The TorchScript exporter: fast (tens of ms) and stable for the CNN/MLP layers edge models use.
         torch.onnx.export(
-            model, (dummy,), buf, dynamo=False, opset_version=OPSET,
+            model, (dummy,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
             input_names=["input"], output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         )

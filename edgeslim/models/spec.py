@@ -106,9 +106,9 @@ def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             out_c = int(w.shape[0])
             groups = out_c if depthwise else m.groups
             in_c = out_c if depthwise else int(w.shape[1]) * groups
-            new = type(m)(
-                in_c, out_c, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                m.bias is not None, m.padding_mode,
+            new = type(m)(  # type: ignore[call-arg]
+                in_c, out_c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode,
             )
             set_module(model, path, new)
         elif isinstance(m, nn.Linear) and tuple(w.shape) != tuple(m.weight.shape):
