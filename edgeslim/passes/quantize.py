@@ -1,10 +1,12 @@
-"""Post-training static INT8 quantization with ONNX Runtime's tooling (QDQ format, calibrated on the task).
+"""Post-training quantization with ONNX Runtime's tooling: static INT8 (QDQ, calibrated on the task,
+integer format chosen by measuring), dynamic INT8, FP16, and block-wise INT4 weight-only.
 
-The stage becomes ONNX-only: the result is the QDQ model that ONNX Runtime runs.
+Every pass here is of kind "onnx": it reads the previous stage's ONNX and the stage becomes ONNX-only.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -13,66 +15,162 @@ from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
+from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_json
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant import ortquant
+from edgeslim.quant.ortquant import IntFormat, parse_format
+from edgeslim.quant.qdq import layer_report
+
+DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
 
 
 class QuantizeInt8(PassConfig):
-    calibration_samples: int = Field(256, ge=1)
+    calibration_samples: int = Field(256, ge=1, description="training samples used to calibrate ranges")
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
+    max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
+    # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
-    # u8 activations with reduced-range s8 weights run fastest on AVX2 CPUs without VNNI.
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = True
 
 
-class _Reader:
-    """ONNX Runtime CalibrationDataReader over a numpy array, one sample per call."""
-
-    def __init__(self, name: str, x: np.ndarray):
-        self.name, self.x, self.i = name, x, 0
-
-    def get_next(self) -> dict | None:
-        if self.i >= len(self.x):
-            return None
-        self.i += 1
-        return {self.name: self.x[self.i - 1 : self.i]}
-
-    def rewind(self) -> None:
-        self.i = 0
-
-
 def quantize_static_onnx(src: Path, dst: Path, calib: np.ndarray, cfg: QuantizeInt8) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    inp = onnx.load(str(src)).graph.input[0]
-    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
-    if any(dims) and tuple(dims) != tuple(calib.shape[1:]):
-        raise EdgeslimError(
-            f"calibration data has sample shape {tuple(calib.shape[1:])} but {src.name} expects {tuple(dims)}"
-        )
+    """One static QDQ quantization in the fixed format of `cfg` (kept for callers of the old API)."""
+    ortquant.check_calibration(src, calib)
     pre = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }[cfg.method]
-    quantize_static(
-        str(pre), str(dst), _Reader(inp.name, calib.astype(np.float32)),
-        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-        activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method,
-    )
+    ortquant.preprocess(src, pre)
+    fmt = IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)
+    ortquant.quantize_static_fmt(pre, dst, calib, fmt, cfg.method)
     pre.unlink(missing_ok=True)
+
+
+def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[dict, str]:
+    """The fastest candidate within `max_drop` points of FP32 val accuracy, else the most accurate."""
+    ok = [r for r in rows if (fp32_acc - r["val_accuracy"]) * 100 <= max_drop + 1e-9]
+    if ok:
+        best = min(ok, key=lambda r: r["latency_ms_p50"])
+        why = (f"fastest of {len(ok)}/{len(rows)} formats within {max_drop:g} points of FP32 val accuracy "
+               f"({best['latency_ms_p50']:.4f} ms vs FP32 {rows[0]['fp32_latency_ms_p50']:.4f} ms p50)")
+        return best, why
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["latency_ms_p50"]))
+    return best, f"no format within {max_drop:g} points of FP32; kept the most accurate (drop " \
+                 f"{(fp32_acc - best['val_accuracy']) * 100:.2f} points)"
 
 
 @register("quantize_int8", QuantizeInt8, kind="onnx")
 def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext) -> PassResult:
-    """Static INT8 post-training quantization (QDQ) of the previous stage's ONNX model."""
+    """Static INT8 post-training quantization (QDQ); the integer format is chosen by measurement."""
+    assert ctx.prev_onnx is not None
+    calib = task.calibration(cfg.calibration_samples, ctx.seed)
+    ortquant.check_calibration(ctx.prev_onnx, calib)
+    work = ctx.stage_dir / "candidates"
+    work.mkdir(parents=True, exist_ok=True)
+    pre = work / "float.pre.onnx"
+    ortquant.preprocess(ctx.prev_onnx, pre)
+    if cfg.select == "fixed":
+        fmts = [IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)]
+    else:
+        if not cfg.candidates:
+            raise EdgeslimError("quantize_int8: 'candidates' is empty; list at least one format, e.g. u8s8-rr-pc")
+        fmts = [parse_format(c, "quantize_int8.candidates") for c in cfg.candidates]
+    raw, paths = {}, {}
+    for f in fmts:
+        raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
+        ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method)
+        ortquant.compact_onnx(raw[f.name], paths[f.name])
+    fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
+    lat = ortquant.interleaved_latency({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
+    rows = []
+    for f in fmts:
+        rows.append({
+            "format": f.name, "val_accuracy": round(onnx_accuracy(paths[f.name], task.x_val, task.y_val), 6),
+            "latency_ms_p50": round(lat.get(f.name, float("nan")), 4),
+            "fp32_latency_ms_p50": round(lat.get("fp32", float("nan")), 4),
+            "size_bytes": paths[f.name].stat().st_size,
+        })
+    if len(rows) == 1:
+        best, why = rows[0], "fixed format (select: fixed)"
+    else:
+        best, why = choose_format(rows, fp32_acc, cfg.max_accuracy_drop)
+    dst = ctx.stage_dir / "model.onnx"
+    shutil.copyfile(paths[best["format"]], dst)
+    layers = layer_report(pre, raw[best["format"]], task.x_val[:128])
+    write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": best["format"], "why": why,
+                                                     "fp32_val_accuracy": fp32_acc, "layers": layers})
+    shutil.rmtree(work)
+    return PassResult(None, onnx=dst, notes={
+        "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
+        "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
+    })
+
+
+class QuantizeDynamic(PassConfig):
+    per_channel: bool = False
+    reduce_range: bool = True
+
+
+@register("quantize_dynamic", QuantizeDynamic, kind="onnx")
+def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, ctx: RunContext) -> PassResult:
+    """Dynamic INT8: weights stored int8, activations scaled at run time (for Linear/MatMul/RNN models)."""
+    assert ctx.prev_onnx is not None
+    mm = ctx.stage_dir / "matmul.onnx"
+    n = ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
+    dst = ctx.stage_dir / "model.onnx"
+    ortquant.quantize_dynamic_int8(mm, dst, cfg.per_channel, cfg.reduce_range)
+    mm.unlink()
+    import onnx
+
+    ops = [x.op_type for x in onnx.load(str(dst)).graph.node]
+    nq = sum(o in ("MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul") for o in ops)
+    note = "Conv layers are left FP32 (dynamic quantization targets MatMul/Gemm/RNN)" if "Conv" in ops else ""
+    return PassResult(None, onnx=dst, notes={"format": "dynamic int8", "gemm_rewritten": n,
+                                             "quantized_matmuls": nq, "note": note})
+
+
+class QuantizeFP16(PassConfig):
+    pass
+
+
+@register("quantize_fp16", QuantizeFP16, kind="onnx")
+def quantize_fp16(model: nn.Module | None, task: Task, cfg: QuantizeFP16, ctx: RunContext) -> PassResult:
+    """FP16 weights and compute (float32 model inputs/outputs kept); halves the file."""
     assert ctx.prev_onnx is not None
     dst = ctx.stage_dir / "model.onnx"
-    quantize_static_onnx(ctx.prev_onnx, dst, task.calibration(cfg.calibration_samples, ctx.seed), cfg)
-    return PassResult(None, onnx=dst, notes={"format": f"QDQ {cfg.activation_type[0]}8s8"})
+    ortquant.convert_fp16(ctx.prev_onnx, dst)
+    return PassResult(None, onnx=dst, notes={
+        "format": "fp16",
+        "note": "ONNX Runtime's CPU provider has few FP16 kernels; it may insert casts, so CPU latency can "
+                "be worse than FP32 (the stage latency is measured, not assumed)",
+    })
+
+
+class QuantizeInt4Weights(PassConfig):
+    block_size: int = Field(32, ge=16, description="weights per scale along the input dimension (power of 2)")
+    symmetric: bool = True
+
+
+@register("quantize_int4_weights", QuantizeInt4Weights, kind="onnx")
+def quantize_int4_weights(
+    model: nn.Module | None, task: Task, cfg: QuantizeInt4Weights, ctx: RunContext
+) -> PassResult:
+    """Block-wise INT4 weight-only quantization of MatMul/Linear weights (ORT MatMulNBits)."""
+    assert ctx.prev_onnx is not None
+    if cfg.block_size & (cfg.block_size - 1):
+        raise EdgeslimError(f"quantize_int4_weights.block_size: must be a power of two, got {cfg.block_size}")
+    mm = ctx.stage_dir / "matmul.onnx"
+    ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
+    dst = ctx.stage_dir / "model.onnx"
+    n = ortquant.quantize_int4_weights(mm, dst, cfg.block_size, cfg.symmetric)
+    mm.unlink()
+    import onnx
+
+    convs = sum(x.op_type == "Conv" for x in onnx.load(str(dst)).graph.node)
+    note = (f"{convs} Conv layers stay FP32: ONNX Runtime has no INT4 Conv kernel" if convs else "")
+    if n == 0:
+        note = ("no MatMul weight qualified for MatMulNBits (needs K >= 16); model unchanged. " + note).strip()
+    return PassResult(None, onnx=dst, notes={"format": f"int4 weight-only, block {cfg.block_size}",
+                                             "matmulnbits_nodes": n, "note": note})

@@ -1,0 +1,179 @@
+"""Write learned quantization parameters into an ONNX QDQ model, and report per-layer quantization error.
+
+`write_qdq` takes the float ONNX export of a (BN-folded) model and, for each quantized Conv/Gemm,
+replaces the float weight initializer by int8 codes + `DequantizeLinear` (per-channel scales, axis 0)
+and puts `QuantizeLinear -> DequantizeLinear` (uint8, learned scale/zero point) on its input. The
+result computes exactly what the PyTorch fake-quant model computes, and ONNX Runtime runs it.
+
+`layer_report` lists, for each Conv/Gemm/MatMul whose weight comes from a `DequantizeLinear`: the bit
+width, the weight-scale range, the input activation scale, and the SQNR (dB) of the layer's output
+against the float model's same tensor on sample inputs: 10 log10(sum(ref^2) / sum((ref - q)^2)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_bytes
+
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class QLayer:
+    """One layer's quantization, as the ONNX model stores it."""
+
+    weight: str  # name of the float weight initializer in the float ONNX (e.g. "layer1.conv1.weight")
+    codes: np.ndarray  # int8 weight codes, same shape as the float weight
+    scale: np.ndarray  # float32 per output channel (shape (C_out,)) or scalar
+    act_scale: float | None  # input activation scale; None: input left float
+    act_zp: int = 0  # uint8 zero point
+    bits: int = 8  # the bit width the codes use (codes are stored in int8 whatever the width)
+
+
+def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
+    """Write the QDQ model; returns the names of layers found in `src` and quantized."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    by_weight = {n.input[1]: n for n in g.node if n.op_type in WEIGHT_OPS and len(n.input) > 1}
+    before: dict[int, list] = {}  # id(node) -> Q/DQ nodes to insert before it
+    drop, new_inits, done = set(), [], []
+    for lname, q in layers.items():
+        node = by_weight.get(q.weight)
+        if node is None or q.weight not in inits:
+            continue
+        shape = tuple(inits[q.weight].dims)
+        codes, axis = q.codes, 0
+        if shape != codes.shape:
+            if codes.ndim == 2 and shape == codes.T.shape:  # MatMul or Gemm(transB=0) holds W^T
+                codes, axis = np.ascontiguousarray(codes.T), 1
+            else:
+                raise EdgeslimError(f"{src}: weight {q.weight} has shape {shape}, codes {codes.shape}")
+        w = q.weight
+        scale = np.asarray(q.scale, np.float32)
+        drop.add(w)
+        new_inits += [
+            numpy_helper.from_array(codes.astype(np.int8), f"{w}_q"),
+            numpy_helper.from_array(scale, f"{w}_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{w}_zp"),
+        ]
+        attrs = {"axis": axis} if scale.ndim == 1 else {}
+        nodes = [helper.make_node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"], [f"{w}_dq"],
+                                  name=f"{w}_DequantizeLinear", **attrs)]
+        node.input[1] = f"{w}_dq"
+        if q.act_scale is not None:
+            x, tag = node.input[0], f"{node.name or lname}_in"
+            new_inits += [
+                numpy_helper.from_array(np.asarray(q.act_scale, np.float32), f"{tag}_scale"),
+                numpy_helper.from_array(np.asarray(q.act_zp, np.uint8), f"{tag}_zp"),
+            ]
+            nodes += [
+                helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"],
+                                 name=f"{tag}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"],
+                                 name=f"{tag}_DequantizeLinear"),
+            ]
+            node.input[0] = f"{tag}_dq"
+        before[id(node)] = nodes
+        done.append(lname)
+    ordered = []
+    for n in g.node:
+        ordered += before.get(id(n), [])
+        ordered.append(n)
+    del g.node[:]
+    g.node.extend(ordered)
+    keep = [t for t in g.initializer if t.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    onnx.checker.check_model(model)
+    write_bytes(dst, model.SerializeToString())
+    return done
+
+
+def _with_outputs(path: Path, names: list[str]) -> bytes:
+    """The model with `names` added as graph outputs (so intermediate tensors can be read)."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(path))
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in have)
+    return m.SerializeToString()
+
+
+def _run_tensors(model_bytes: bytes, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    uniq = list(dict.fromkeys(names))
+    outs = sess.run(uniq, {sess.get_inputs()[0].name: x.astype(np.float32)})
+    return dict(zip(uniq, outs))
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    return float("inf") if noise == 0 else round(10 * np.log10(max(signal, 1e-30) / noise), 2)
+
+
+def layer_report(
+    float_onnx: Path, q_onnx: Path, x: np.ndarray, bits: dict[str, int] | None = None,
+) -> list[dict]:
+    """Per quantized layer: bits, weight-scale range, input scale, output SQNR (dB) vs the float model."""
+    import onnx
+    from onnx import numpy_helper
+
+    q = onnx.load(str(q_onnx))
+    inits = {t.name: t for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    fnames = {o for n in onnx.load(str(float_onnx)).graph.node for o in n.output}
+    rows = []
+    for n in q.graph.node:
+        if n.op_type not in WEIGHT_OPS or len(n.input) < 2:
+            continue
+        wdq = producer.get(n.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
+            continue
+        codes = numpy_helper.to_array(inits[wdq.input[0]])
+        scale = numpy_helper.to_array(inits[wdq.input[1]]) if wdq.input[1] in inits else np.array([np.nan])
+        b = (bits or {}).get(wdq.input[0].removesuffix("_q").removesuffix("_quantized"))
+        if b is None:
+            b = 8 if codes.dtype.itemsize == 1 else 8 * codes.dtype.itemsize
+        xdq = producer.get(n.input[0])
+        act = None
+        if xdq is not None and xdq.op_type == "DequantizeLinear" and xdq.input[1] in inits:
+            act = float(numpy_helper.to_array(inits[xdq.input[1]]))
+        out = n.output[0]  # compare what the next layer sees: after the output's Q/DQ (which may clip = ReLU)
+        q_next = next((c for c in q.graph.node if c.op_type == "QuantizeLinear" and c.input[0] == out), None)
+        if q_next is not None:
+            dq_next = next((c for c in q.graph.node if c.op_type == "DequantizeLinear"
+                            and c.input[0] == q_next.output[0]), None)
+            tensor = dq_next.output[0] if dq_next is not None else out
+        else:
+            tensor = out
+        rows.append({
+            "layer": n.name or n.output[0], "op": n.op_type, "bits": int(b),
+            "weight_dtype": str(codes.dtype), "weight_scale_min": float(np.min(scale)),
+            "weight_scale_max": float(np.max(scale)), "input_scale": act, "tensor": tensor, "ref": out if out in fnames else tensor,
+        })
+    pairs = [(r["ref"], r["tensor"]) for r in rows if r["ref"] in fnames]
+    ref: dict[str, np.ndarray] = {}
+    got: dict[str, np.ndarray] = {}
+    if pairs:
+        ref = _run_tensors(_with_outputs(float_onnx, [a for a, _ in pairs]), x, [a for a, _ in pairs])
+        got = _run_tensors(_with_outputs(q_onnx, [b for _, b in pairs]), x, [b for _, b in pairs])
+    for r in rows:
+        a, b = r.pop("ref"), r.pop("tensor")
+        r["sqnr_db"] = sqnr_db(ref[a], got[b]) if a in ref else None
+    return rows
