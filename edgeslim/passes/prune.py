@@ -49,7 +49,7 @@ def schedule_ratios(final: float, rounds: int, kind: str) -> list[float]:
     return [final * (1 - (1 - t) ** 3) for t in ts]
 
 
-def prunable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+def prunable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Weights of Conv and Linear layers (biases and norms are tiny and sensitive)."""
     return [
         (n, m.weight)
