@@ -58,8 +58,13 @@ def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quie
                       task_spec=task)
 
 
-def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200) -> list[dict]:
-    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task."""
+def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
+            device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
+    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
+
+    With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
+    activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
+    estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`)."""
     import tempfile
 
     from edgeslim.deploy.export import export_onnx
@@ -85,6 +90,10 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
             m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
             if t is None:
                 m["accuracy"] = None
+            if deploy or device or batch:
+                from edgeslim.deploy.bench import deploy_extras
+
+                m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
     return out
 

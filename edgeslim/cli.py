@@ -90,16 +90,28 @@ def measure(
     task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (optional)"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
     runs: int = typer.Option(200, help="timed runs per model"),
+    device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
+    batch: int | None = typer.Option(None, help="also time this batch size"),
+    quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Measure size, parameters, MACs and latency (and accuracy with --task) side by side."""
+    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side."""
     from edgeslim.report.results import print_table
 
-    res = api.measure(models, task, threads=threads, runs=runs)
+    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick)
+    if save is not None:
+        from edgeslim.fsutil import write_json
+
+        write_json(save, res)
     if as_json:
         _emit_json(res)
     else:
         print_table(res, title="edgeslim measure", console=console)
+        if not quick:
+            from edgeslim.commands.deploy import print_deploy_table
+
+            print_deploy_table(res, console)
 
 
 @app.command("models")

@@ -53,3 +53,13 @@ def _onnx_counts(path: Path) -> dict:
     params = int(sum(a.size for a in arrays))
     nonzero = int(sum(np.count_nonzero(a) for a in arrays))
     return {"params": params, "nonzero_params": nonzero, "macs": None}
+
+
+def _deploy_metrics(onnx_path: Path, task: Task, m: dict) -> dict:
+    """Arena, flash and energy per stage for the default device (edgeslim.deploy.fit.stage_metrics)."""
+    from edgeslim.deploy.fit import stage_metrics
+
+    return stage_metrics(onnx_path, task, m)
+
+
+STAGE_METRICS.append(_deploy_metrics)

@@ -1,0 +1,137 @@
+"""`edgeslim fit`, `edgeslim devices`, `edgeslim arena` and the deploy table of `edgeslim measure`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeslim.cli import _emit_json, app, console
+from edgeslim.report.results import human_bytes
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
+
+
+@app.command()
+def fit(
+    model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
+    device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
+    arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency and energy."""
+    from edgeslim.deploy.fit import fit_check
+
+    r = fit_check(model, device, arena_bytes=arena, arena_source="given" if arena else "planner")
+    if as_json:
+        _emit_json({"model": str(model), **r.as_dict()})
+        return
+    console.print(f"[bold]{model}[/bold] on [bold]{r.device}[/bold]: {_verdict(r.fits)}")
+    console.print(f"  flash: {human_bytes(r.flash_bytes)} needed (weights {human_bytes(r.weights_bytes)} + "
+                  f"runtime {human_bytes(r.flash_bytes - r.weights_bytes)}) of {human_bytes(r.flash_available)}"
+                  f"  {_verdict(r.fits_flash)}")
+    console.print(f"  RAM:   {human_bytes(r.ram_bytes)} needed (arena {human_bytes(r.arena_bytes)} "
+                  f"[{r.arena_source}] + runtime {human_bytes(r.ram_bytes - r.arena_bytes)}) of "
+                  f"{human_bytes(r.ram_available)}  {_verdict(r.fits_ram)}")
+    if r.energy_mj is not None and r.latency_ms is not None:
+        console.print(f"  latency ~{r.latency_ms:.3g} ms, energy ~{r.energy_mj:.3g} mJ per inference "
+                      f"({r.energy_method})")
+    for line in r.reasons:
+        console.print(f"  [red]-[/red] {line}")
+
+
+@app.command("devices")
+def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the built-in device profiles (pass --device NAME or a YAML path of your own)."""
+    from edgeslim.devices import builtin_devices, load_device
+
+    devs = [load_device(n) for n in builtin_devices()]
+    if as_json:
+        _emit_json([d.model_dump() for d in devs])
+        return
+    t = Table(title="edgeslim device profiles")
+    for c in ("name", "description", "flash", "RAM (arena)", "int8 MAC/s", "fp32 MAC/s", "active power"):
+        t.add_column(c)
+    for d in devs:
+        t.add_row(d.name, d.description, human_bytes(d.flash_bytes), human_bytes(d.sram_bytes),
+                  f"{d.macs_per_second('int8') / 1e9:.3g} G", f"{d.macs_per_second('fp32') / 1e9:.3g} G",
+                  f"{d.active_power_mw:g} mW")
+    console.print(t)
+
+
+@app.command("arena")
+def arena_cmd(
+    model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
+    no_fuse_qdq: bool = typer.Option(False, help="plan QDQ float tensors as float (no int8 kernel fusion)"),
+    align: int = typer.Option(16, help="buffer alignment in bytes (TFLite Micro: 16)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Static activation arena plan: buffers, lifetimes, offsets; naive sum vs planned arena."""
+    from edgeslim.deploy.fit import to_onnx
+    from edgeslim.deploy.memory import plan_arena
+
+    path, cleanup = to_onnx(model)
+    try:
+        plan = plan_arena(path, fuse_qdq=not no_fuse_qdq, align=align)
+    finally:
+        if cleanup:
+            cleanup()
+    if as_json:
+        _emit_json(plan.as_dict(buffers=True))
+        return
+    t = Table(title=f"arena plan of {model}")
+    for c in ("buffer", "bytes", "first", "last", "offset"):
+        t.add_column(c, justify="left" if c == "buffer" else "right")
+    for b in sorted(plan.buffers, key=lambda b: (b.first, b.name)):
+        t.add_row(b.name, f"{b.size:,}", str(b.first), str(b.last), f"{b.offset:,}")
+    console.print(t)
+    console.print(f"arena {human_bytes(plan.arena_bytes)} ({plan.arena_bytes:,} B) vs naive sum "
+                  f"{human_bytes(plan.naive_bytes)}; peak live {human_bytes(plan.peak_live_bytes)}; "
+                  f"best order found ({plan.reorder_method}): {human_bytes(plan.reordered_arena_bytes)}")
+
+
+def _ms(r: dict, key: str) -> str:
+    return f"{r[key]:.3f} ms" if r.get(key) is not None else "-"
+
+
+def deploy_table(rows: list[dict], title: str = "deployment (one column per model)") -> Table:
+    """Latency (ORT vs PyTorch), arena, flash, fit, energy and peak RSS; metrics as rows, models as columns."""
+    dev = rows[0].get("deploy_device", "?") if rows else "?"
+    lines: list[tuple[str, object]] = [
+        ("ORT latency p50 / p90 / p99", lambda r: " / ".join(f"{r.get(f'latency_ms_{q}', float('nan')):.3f}"
+                                                            for q in ("p50", "p90", "p99")) + " ms"),
+        ("PyTorch eager p50", lambda r: _ms(r, "latency_torch_ms_p50")),
+    ]
+    b = next((r["batch"] for r in rows if "batch" in r), None)
+    if b:
+        lines += [(f"ORT batch {b} p50", lambda r: _ms(r, f"latency_b{b}_ms_p50")),
+                  (f"PyTorch batch {b} p50", lambda r: _ms(r, f"latency_torch_b{b}_ms_p50"))]
+    lines += [
+        ("activation arena (planner)", lambda r: human_bytes(r.get("arena_bytes"))),
+        ("  best operator order", lambda r: human_bytes(r.get("arena_bytes_reordered"))),
+        ("  naive sum of activations", lambda r: human_bytes(r.get("naive_activation_bytes"))),
+        ("weights", lambda r: human_bytes(r.get("weights_bytes"))),
+        (f"flash needed ({dev})", lambda r: human_bytes(r.get("flash_bytes"))),
+        (f"fits {dev}", lambda r: "-" if "fits" not in r else ("yes" if r["fits"] else
+                                                               "NO (" + ("flash " if not r["fits_flash"] else "")
+                                                               + ("RAM" if not r["fits_ram"] else "") + ")")),
+        ("energy / inference", lambda r: f"{r['energy_mj']:.3g} mJ" if r.get("energy_mj") is not None else "-"),
+        ("  how", lambda r: r.get("energy_method", "-")),
+        (f"  {dev} latency (est.)", lambda r: _ms(r, "energy_latency_ms")),
+        ("process peak RSS", lambda r: human_bytes(r.get("inference_peak_rss_bytes"))),
+    ]
+    t = Table(title=title)
+    t.add_column("metric")
+    for r in rows:
+        t.add_column(Path(r["name"]).name or r["name"], justify="right", overflow="fold")
+    for name, fn in lines:
+        t.add_row(name, *[fn(r) for r in rows])  # type: ignore[operator]
+    return t
+
+
+def print_deploy_table(rows: list[dict], con: Console | None = None) -> None:
+    (con or console).print(deploy_table(rows))

@@ -1,0 +1,157 @@
+"""Does a model fit a device? Flash for weights + runtime, RAM for the activation arena + runtime;
+estimated latency and energy per inference. Also the per-stage deploy metrics of the pipeline.
+
+Units: bytes, ms, mJ. The arena comes from the ONNX planner (`deploy.memory.plan_arena`) unless a
+runtime-recorded one is given (e.g. TFLite Micro's, from `edgeslim.litert`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
+from edgeslim.errors import EdgeslimError
+
+
+@dataclass
+class FitReport:
+    device: str
+    weights_bytes: int  # stored weights (initializers / constants in their stored dtype)
+    flash_bytes: int  # weights + the device's runtime code
+    flash_available: int
+    arena_bytes: int  # activation arena (planner or runtime-recorded)
+    ram_bytes: int  # arena + the runtime's own RAM
+    ram_available: int
+    arena_source: str  # "planner" | "tflm" | ...
+    fits_flash: bool
+    fits_ram: bool
+    latency_ms: float | None = None  # estimated on the device
+    energy_mj: float | None = None
+    energy_method: str = ""
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_flash and self.fits_ram
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "fits": self.fits}
+
+
+def verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
+    """The fit verdict from sizes alone: weights + runtime_flash <= flash, arena + runtime_ram <= RAM."""
+    flash = weights_bytes + device.runtime_flash_bytes
+    ram = arena_bytes + device.runtime_ram_bytes
+    r = FitReport(
+        device=device.name, weights_bytes=weights_bytes, flash_bytes=flash, flash_available=device.flash_bytes,
+        arena_bytes=arena_bytes, ram_bytes=ram, ram_available=device.sram_bytes, arena_source=arena_source,
+        fits_flash=flash <= device.flash_bytes, fits_ram=ram <= device.sram_bytes,
+    )
+    if not r.fits_flash:
+        r.reasons.append(f"flash: needs {flash} B (weights {weights_bytes} + runtime {device.runtime_flash_bytes}),"
+                         f" device has {device.flash_bytes} B ({flash / device.flash_bytes:.2f}x)")
+    if not r.fits_ram:
+        r.reasons.append(f"RAM: needs {ram} B (arena {arena_bytes} + runtime {device.runtime_ram_bytes}), "
+                         f"device has {device.sram_bytes} B ({ram / device.sram_bytes:.2f}x)")
+    return r
+
+
+def weights_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the stored constants: initializers and Constant nodes, in their stored dtype."""
+    total = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    total += numpy_helper.to_array(a.t).nbytes
+    return int(total)
+
+
+def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int | None = None,
+              arena_source: str = "planner", energy: bool = True) -> FitReport:
+    """Fit of an ONNX file, an edgeslim model folder or (with `edgeslim[litert]`) a .tflite file."""
+    dev = load_device(device)
+    p = Path(model)
+    if p.suffix == ".tflite":
+        return _fit_tflite(p, dev)
+    onnx_path, cleanup = to_onnx(p)
+    try:
+        from edgeslim.deploy.memory import load, plan_arena
+        from edgeslim.measure.energy import estimate_energy
+
+        m = load(onnx_path)
+        if arena_bytes is None:
+            arena_bytes = plan_arena(m).arena_bytes  # the file's own order
+        r = verdict(dev, weights_bytes(m), arena_bytes, arena_source)
+        if energy:
+            e = estimate_energy(m, dev)
+            r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method
+        return r
+    finally:
+        if cleanup:
+            cleanup()
+
+
+def to_onnx(p: Path):
+    """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
+    if p.is_file() and p.suffix == ".onnx":
+        return p, None
+    if p.is_dir() and (p / "spec.json").is_file():
+        import shutil
+        import tempfile
+
+        from edgeslim import models
+        from edgeslim.deploy.export import export_onnx
+
+        net, spec = models.load_model(p)
+        tmp = Path(tempfile.mkdtemp(prefix="edgeslim-fit-"))
+        out = tmp / "model.onnx"
+        export_onnx(net, tuple(spec["input_shape"]), out)
+        return out, lambda: shutil.rmtree(tmp, ignore_errors=True)
+    raise EdgeslimError(f"{p}: not an ONNX file, .tflite file or edgeslim model folder (with spec.json)")
+
+
+def _fit_tflite(p: Path, dev: Device) -> FitReport:
+    try:
+        from edgeslim.litert.fit import tflite_footprint  # type: ignore[import-not-found]
+    except ImportError:
+        raise EdgeslimError(f"{p}: fitting .tflite files needs the LiteRT extra: pip install 'edgeslim[litert]'"
+                            ) from None
+    fp = tflite_footprint(p)
+    r = verdict(dev, int(fp.get("weights_bytes", fp["flash_bytes"])), int(fp["arena_bytes"]),
+                str(fp.get("arena_source", "tflm")))
+    return r
+
+
+def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = None,
+                  device: str | Path | Device | None = None) -> dict:
+    """Deploy fields for one pipeline stage (cheap: planner + analytic counts, tens of ms):
+    arena_bytes, naive_activation_bytes, flash_bytes, energy_mj, energy_method, deploy_device."""
+    dev = load_device(device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE)
+    from edgeslim.deploy.memory import load, plan_arena
+    from edgeslim.measure.energy import energy_for
+
+    m = load(onnx_path)
+    plan = plan_arena(m, max_states=2000)
+    sample = None
+    x = getattr(task, "x_test", None)
+    if isinstance(x, np.ndarray) and len(x):
+        sample = x[:1].astype(np.float32)
+    e = energy_for(onnx_path, dev, sample=sample)
+    return {
+        "arena_bytes": plan.arena_bytes,
+        "arena_bytes_reordered": plan.reordered_arena_bytes,
+        "naive_activation_bytes": plan.naive_bytes,
+        "weights_bytes": weights_bytes(m),
+        "flash_bytes": weights_bytes(m) + dev.runtime_flash_bytes,
+        "energy_mj": round(e.mj, 6),
+        "energy_method": e.method,
+        "energy_latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4),
+        "deploy_device": dev.name,
+    }

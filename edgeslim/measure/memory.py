@@ -1,0 +1,63 @@
+"""Process peak resident memory (RSS) of ONNX Runtime inference, measured in a fresh process.
+
+Peak RSS (the high-water mark VmHWM) only grows during a process's life, so the figure for one model
+comes from a child Python process that records its peak before loading ONNX Runtime, after creating the session and
+after running inferences. `inference_peak_rss_bytes` is the last; `session_rss_delta_bytes` is what
+loading the model and running it added on top of the interpreter + onnxruntime import. Bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from edgeslim.errors import EdgeslimError
+
+_CHILD = r"""
+import json, resource, sys
+import numpy as np
+def peak():
+    # VmHWM (this address space's high-water mark) rather than ru_maxrss, which Linux carries over
+    # from the parent across fork+exec and so reports the parent's peak.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+path, runs, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+import onnxruntime as ort
+base = peak()
+o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1; o.log_severity_level = 3
+s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+loaded = peak()
+i = s.get_inputs()[0]
+shape = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in i.shape[1:]]
+dtype = np.float16 if "float16" in i.type else np.float32
+x = np.random.default_rng(0).random(shape).astype(dtype)
+for _ in range(runs):
+    s.run(None, {i.name: x})
+print(json.dumps({"base": base, "loaded": loaded, "after": peak()}))
+"""
+
+
+def inference_peak_rss(onnx_path: str | Path, runs: int = 20, threads: int = 1, batch: int = 1,
+                       timeout_s: float = 120) -> dict:
+    """Peak RSS figures (bytes) of a child process running `runs` inferences of `onnx_path`."""
+    cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise EdgeslimError(f"{onnx_path}: peak-RSS measurement timed out after {timeout_s:.0f} s") from None
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["?"])[-1]
+        raise EdgeslimError(f"{onnx_path}: peak-RSS child process failed ({last})")
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "inference_peak_rss_bytes": int(d["after"]),
+        "runtime_import_rss_bytes": int(d["base"]),
+        "session_rss_delta_bytes": int(d["after"] - d["base"]),
+    }
