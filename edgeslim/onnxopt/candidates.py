@@ -1,0 +1,156 @@
+"""Build the candidate models and check each one's fidelity against the original.
+
+Candidates (all from the repaired model):
+  fp32-opt   ONNX Runtime basic offline optimisation + dead-node removal (FP32)
+  w8         weight-only INT8 storage (int8 + Cast + Mul, folded back to FP32 at load: same speed)
+  w16        weight-only FP16 storage (fp16 + Cast, folded at load)
+  int8-qdq   static INT8 QDQ (u8s8, reduce_range) with SQNR fallback of sensitive layers
+  int8-qop   static INT8 QOperator (QLinearConv, ...) with the same fallback list
+  int8-dyn   dynamic INT8 of MatMul/Gemm/LSTM/GRU (only when the model has them)
+  fp16       full FP16 compute (inputs/outputs kept FP32)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edgeslim.deploy.runtime import session
+from edgeslim.onnxopt import graph, quant
+from edgeslim.onnxopt.fidelity import Fidelity, Tolerance, compare, run_all
+from edgeslim.onnxopt.inputs import Feed
+
+ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qop", "int8-dyn", "fp16")
+ABOUT = {
+    "original": "the input model, unchanged",
+    "fp32-opt": "ORT offline graph optimisation (basic) + dead nodes removed",
+    "w8": "weight-only INT8 storage (Cast+Mul, FP32 compute)",
+    "w16": "weight-only FP16 storage (Cast, FP32 compute)",
+    "int8-qdq": "static INT8 QDQ u8s8 reduce_range",
+    "int8-qop": "static INT8 QOperator u8s8 reduce_range",
+    "int8-dyn": "dynamic INT8 (MatMul/Gemm/RNN)",
+    "fp16": "FP16 compute, FP32 I/O",
+}
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path | None = None
+    size: int = 0  # bytes on disk
+    fid: Fidelity | None = None
+    status: str = "ok"  # ok | chosen | rejected: ... | failed: ... | skipped: ...
+    notes: list[str] = field(default_factory=list)
+    ops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        assert self.path is not None, f"{self.name} was not built"
+        return self.path
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("ok", "chosen")
+
+
+@dataclass
+class Context:
+    """What every candidate builder needs."""
+
+    repaired: onnx.ModelProto
+    base: onnx.ModelProto         # ORT-optimised, nodes named
+    feeds: list[Feed]
+    ref: list                     # original outputs per feed
+    out_names: list[str]
+    tol: Tolerance
+    exclude_ops: set[str]
+    exclude_nodes: set[str]
+    sqnr_db: float
+    weight_min_elements: int
+    workdir: Path
+    excluded_by_sqnr: list[str] = field(default_factory=list)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:160]
+
+
+def _weights_of_excluded(m: onnx.ModelProto, ctx: Context) -> set[str]:
+    inits = {t.name for t in m.graph.initializer}
+    return {i for n in quant._graphs(m.graph) for node in n.node
+            if node.op_type in ctx.exclude_ops or node.name in ctx.exclude_nodes
+            for i in node.input if i in inits}
+
+
+def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
+    """(model, notes) for candidate `name`; (None, [reason]) when it does not apply."""
+    notes: list[str] = []
+    if name == "fp32-opt":
+        return ctx.base, notes
+    if name in ("w8", "w16"):
+        # weight-only storage on whichever FP32 graph is smaller: ORT's constant folding can copy weights
+        # into several If branches, and the session folds the decode chain at load time either way
+        # (the optimised graph is preferred: its Conv+BN etc. are already fused, which ORT cannot redo at
+        # load time on a weight that is still a Cast/Mul chain)
+        src = ctx.base if ctx.base.ByteSize() <= 1.02 * ctx.repaired.ByteSize() else ctx.repaired
+        m, n = graph.weight_only(src, "int8" if name == "w8" else "fp16", ctx.weight_min_elements,
+                                 _weights_of_excluded(src, ctx))
+        if n == 0:
+            return None, [f"no weight has >= {ctx.weight_min_elements} elements"]
+        return m, [f"{n} initializers"]
+    if name == "int8-qdq":
+        r = quant.static_with_fallback(ctx.base, ctx.feeds, ctx.exclude_ops, ctx.exclude_nodes, ctx.sqnr_db)
+        ctx.excluded_by_sqnr = r.excluded
+        q = len(quant._quantized_nodes(r.model))
+        notes.append(f"{q} layers INT8, {len(r.excluded)} fell back (SQNR < {ctx.sqnr_db:g} dB), "
+                     f"worst layer {r.worst_db:.1f} dB")
+        return r.model, notes
+    if name == "int8-qop":
+        m = quant.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
+                              ctx.exclude_nodes | set(ctx.excluded_by_sqnr))
+        return m, [f"{len(ctx.excluded_by_sqnr)} layers kept float (from int8-qdq's SQNR fallback)"]
+    if name == "int8-dyn":
+        m2 = quant.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
+        return m2, ([] if m2 is not None else ["no MatMul/Gemm/LSTM/GRU to quantize dynamically"])
+    if name == "fp16":
+        return quant.fp16(ctx.base, ctx.exclude_ops), notes
+    raise AssertionError(name)
+
+
+def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
+    """Build, save, load in ORT and compare outputs; never raises (a failure is the candidate's status)."""
+    c = Candidate(name)
+    try:
+        m, c.notes = build(name, ctx)
+    except Exception as e:  # the tooling can fail on odd graphs: that candidate is out, the others go on
+        c.status = f"failed: {_first_line(e)}"
+        if os.environ.get("EDGESLIM_DEBUG"):
+            traceback.print_exc()
+        return c
+    if m is None:
+        c.status = f"skipped: {c.notes[0] if c.notes else 'not applicable'}"
+        return c
+    c.path = ctx.workdir / f"{name}.onnx"
+    c.size = graph.save(m, c.path)
+    c.ops = graph.op_counts(m)
+    try:
+        sess = session(c.path, threads=threads)
+        got = run_all(sess, ctx.feeds)
+    except Exception as e:
+        c.status = f"failed: ORT cannot run it ({_first_line(e)})"
+        return c
+    c.fid = compare(ctx.out_names, ctx.ref, got)
+    why = ctx.tol.broken(c.fid)
+    if why:
+        c.status = f"rejected: {why}"
+    return c
+
+
+def workdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="edgeslim-optimize-")

@@ -1,0 +1,180 @@
+"""Graph-level optimisation: ONNX Runtime offline optimisation, dead-node removal, weight-only storage.
+
+Weight-only storage keeps the compute in FP32 and only shrinks the file: a weight becomes an int8 (or
+fp16) initializer followed by `Cast` (and `Mul` by a per-channel scale). ONNX Runtime constant-folds that
+chain back to an FP32 initializer when the session loads, so inference speed is unchanged, whereas a
+`DequantizeLinear` on the weight is deliberately not folded and costs speed on every run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeslim.onnxopt.load import _graphs, all_nodes
+
+# (op type, input index) -> axes kept in the scale (None: per-tensor). Negative axes count from the end.
+WEIGHT_AXES: dict[tuple[str, int], tuple[int, ...] | None] = {
+    ("Conv", 1): (0,), ("ConvTranspose", 1): (1,), ("MatMul", 1): (-1,), ("Gemm", 1): None,
+    ("LSTM", 1): (0, 1), ("LSTM", 2): (0, 1), ("GRU", 1): (0, 1), ("GRU", 2): (0, 1),
+    ("RNN", 1): (0, 1), ("RNN", 2): (0, 1), ("Gather", 0): (0,), ("Einsum", 1): None,
+}
+
+
+def save(model: onnx.ModelProto, path: Path) -> int:
+    """Write `model` (single file) and return its size in bytes."""
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    return len(data)
+
+
+def ort_optimize(model: onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:
+    """ONNX Runtime's offline graph optimisation (constant folding, redundant node removal, ...).
+
+    'basic' keeps standard ONNX ops only, so the result stays portable and the INT8 quantizers still
+    recognise every op; a session applies its hardware-specific fusions again at load time anyway.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as td:
+        src, dst = Path(td) / "in.onnx", Path(td) / "out.onnx"
+        save(model, src)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }[level]
+        opts.optimized_model_filepath = str(dst)
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(str(dst))
+
+
+def _used_names(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node of `g` or of any subgraph below it, plus `g`'s outputs."""
+    used = {o.name for o in g.output}
+    for n in all_nodes(g):
+        used.update(i for i in n.input if i)
+    return used
+
+
+def remove_dead(model: onnx.ModelProto) -> int:
+    """Drop main-graph nodes whose outputs nobody reads, and unused initializers. Returns nodes removed."""
+    g = model.graph
+    removed = 0
+    while True:
+        used = _used_names(g)
+        keep = [n for n in g.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(g.node):
+            break
+        removed += len(g.node) - len(keep)
+        del g.node[:]
+        g.node.extend(keep)
+    used = _used_names(g)
+    inits = [t for t in g.initializer if t.name in used]
+    if len(inits) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(inits)
+    return removed
+
+
+def _weight_axes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
+    """Initializer name -> scale axes, for initializers read as weights by Conv/MatMul/Gemm/LSTM/...
+
+    Per-tensor (None) when consumers disagree. Gemm's axis depends on transB.
+    """
+    out: dict[str, tuple[int, ...] | None] = {}
+    seen: set[str] = set()
+    for n in all_nodes(model.graph):
+        for i, name in enumerate(n.input):
+            key = (n.op_type, i)
+            if key not in WEIGHT_AXES:
+                continue
+            axes = WEIGHT_AXES[key]
+            if n.op_type == "Gemm":
+                trans = next((a.i for a in n.attribute if a.name == "transB"), 0)
+                axes = (0,) if trans else (1,)
+            if name in seen and out.get(name) != axes:
+                axes = None
+            out[name] = axes
+            seen.add(name)
+    return out
+
+
+def weight_only(
+    model: onnx.ModelProto, kind: str = "int8", min_elements: int = 1024, skip: set[str] | None = None
+) -> tuple[onnx.ModelProto, int]:
+    """Store large FP32 weights as int8 (symmetric, per-channel) or fp16, decoded by Cast(+Mul) nodes.
+
+    int8 touches only initializers read as weights (see WEIGHT_AXES); fp16 touches every float32
+    initializer of at least `min_elements` elements. `skip` names initializers to leave alone (weights
+    of excluded ops). Returns (new model, number of initializers converted).
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    axes_of = _weight_axes(m) if kind == "int8" else {}
+    total = 0
+    # Subgraph initializers too (ORT folds weights into If/Loop bodies); children first, as rewriting a
+    # node list copies its nodes and would orphan subgraphs visited later.
+    for g in reversed(list(_graphs(m.graph))):
+        total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set())
+    return m, total
+
+
+def _weight_only_graph(
+    g: onnx.GraphProto, kind: str, axes_of: dict[str, tuple[int, ...] | None], min_elements: int, skip: set[str]
+) -> int:
+    new_inits, new_nodes, drop = [], [], set()
+    for t in g.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT or t.name in skip:
+            continue
+        if kind == "int8" and t.name not in axes_of:
+            continue
+        w = numpy_helper.to_array(t)
+        if w.size < min_elements or not np.isfinite(w).all():
+            continue
+        name = t.name
+        if kind == "fp16":
+            if np.abs(w).max() > 65000:
+                continue
+            new_inits.append(numpy_helper.from_array(w.astype(np.float16), name + "__fp16"))
+            new_nodes.append(helper.make_node("Cast", [name + "__fp16"], [name], to=onnx.TensorProto.FLOAT,
+                                              name=name + "__decode"))
+        else:
+            keep = axes_of[name]
+            red = tuple(range(w.ndim)) if keep is None else tuple(
+                a for a in range(w.ndim) if a not in {k % w.ndim for k in keep})
+            amax = np.abs(w).max(axis=red, keepdims=True) if red else np.abs(w)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            new_inits += [numpy_helper.from_array(q, name + "__q8"), numpy_helper.from_array(scale, name + "__scale")]
+            new_nodes += [
+                helper.make_node("Cast", [name + "__q8"], [name + "__f"], to=onnx.TensorProto.FLOAT,
+                                 name=name + "__cast"),
+                helper.make_node("Mul", [name + "__f", name + "__scale"], [name], name=name + "__decode"),
+            ]
+        drop.add(name)
+    if not drop:
+        return 0
+    inits = [t for t in g.initializer if t.name not in drop] + new_inits
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    inputs = [v for v in g.input if v.name not in drop]  # IR < 4 lists initializers as inputs too
+    del g.input[:]
+    g.input.extend(inputs)
+    nodes = new_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(drop)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Operator counts by type over the main graph and all subgraphs."""
+    out: dict[str, int] = {}
+    for n in all_nodes(model.graph):
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,72 @@
+"""Rich tables for `edgeslim optimize`: what was tried and why, then original vs optimised side by side."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _ops(ops: dict[str, int], top: int = 8) -> str:
+    items = list(ops.items())
+    s = ", ".join(f"{k} {v}" for k, v in items[:top])
+    return s + (f", +{len(items) - top} more types" if len(items) > top else "") + f" (total {sum(ops.values())})"
+
+
+def print_candidates(res: dict, console: Console) -> None:
+    t = Table(title=f"candidates ({res['feeds']} {res['data']} feeds; latency measured now, interleaved, "
+                    f"{res['threads']} thread(s))")
+    for c in ("candidate", "KiB", "p50 ms", "p90 ms", "max err", "cosine", "top-1", "status"):
+        t.add_column(c, no_wrap=c in ("candidate", "status"))
+    o = res["original"]
+    t.add_row("original", _f(o["size_bytes"] / 1024, ",.1f"), _f(o["latency_ms_p50"], ".3f"),
+              _f(o["latency_ms_p90"], ".3f"), "0", "1", "-", "reference")
+    for c in res["candidates"]:
+        kib = c["size_bytes"] / 1024 if c["size_bytes"] else None
+        t.add_row(c["name"], _f(kib, ",.1f"), _f(c["latency_ms_p50"], ".3f"), _f(c["latency_ms_p90"], ".3f"),
+                  _f(c.get("max_abs_err"), ".2g"), _f(c.get("cosine"), ".5f"),
+                  _f(c.get("top1_agreement"), ".3f"), c["status"].split(":")[0],
+                  style="bold green" if c["status"] == "chosen" else None)
+    console.print(t)
+    for c in res["candidates"]:
+        why = c["status"].partition(": ")[2]
+        err = f"mean abs err {c['mean_abs_err']:.2g}" if c.get("mean_abs_err") is not None else ""
+        extra = "; ".join(([why] if why else []) + c["notes"] + ([err] if err else []))
+        console.print(f"  {c['name']:9s} {c['about']}" + (f" -- {extra}" if extra else ""), highlight=False)
+
+
+def print_side_by_side(res: dict, console: Console) -> None:
+    s = res["side_by_side"]
+    a, b = s["original"], s["optimised"]
+    t = Table(title=f"original vs optimised ({b['candidate']})")
+    for c in ("", "original", "optimised"):
+        t.add_column(c)
+    t.add_row("size on disk", _kb(a["size_bytes"]), _kb(b["size_bytes"]) + (
+        f"  ({a['size_bytes'] / b['size_bytes']:.2f}x smaller)" if b["size_bytes"] else ""))
+    la, lb = a["latency"], b["latency"]
+    t.add_row("latency p50 / p90 (ms, measured)", f"{la['latency_ms_p50']:.3f} / {la['latency_ms_p90']:.3f}",
+              f"{lb['latency_ms_p50']:.3f} / {lb['latency_ms_p90']:.3f}")
+    t.add_row("arena (estimated, planner)", _kb(a["arena_bytes"]), _kb(b["arena_bytes"]))
+    ea, eb = a["energy"], b["energy"]
+    t.add_row(f"energy/inference on {res['device']}", "-" if not ea else f"{ea['mj']:.4g} mJ ({ea['method']})",
+              "-" if not eb else f"{eb['mj']:.4g} mJ ({eb['method']})")
+    t.add_row("operators", _ops(a["ops"]), _ops(b["ops"]))
+    console.print(t)
+
+
+def print_report(res: dict, console: Console) -> None:
+    for w in res["warnings"]:
+        console.print(f"[bold yellow]WARNING:[/bold yellow] {w}", highlight=False)
+    for n in res["notes"]:
+        console.print(f"repair: {n}", highlight=False)
+    print_candidates(res, console)
+    print_side_by_side(res, console)
+    console.print(f"chosen: {res['reason']}", highlight=False)
+    console.print(f"wrote {res['output']}", highlight=False)

@@ -1,0 +1,201 @@
+"""`optimize()`: the whole job behind `edgeslim optimize`.
+
+load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> candidates -> fidelity ->
+interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
+
+The rule ("never slower by default"): among candidates within tolerance and not slower than the
+original by more than `max_slowdown` (p50), keep the smallest file. If none is both, the original is
+written unchanged. If none even meets the tolerance, nothing is written unless `force`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edgeslim.deploy.runtime import session
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_bytes
+from edgeslim.onnxopt import candidates as cands
+from edgeslim.onnxopt import graph, quant
+from edgeslim.onnxopt.bench import interleaved_latency
+from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
+from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
+from edgeslim.onnxopt.load import load_and_repair
+
+SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
+                     "shapes. ACCURACY IS NOT CHECKED, only closeness to the original on random data; "
+                     "pass --calib INPUTS.npz with real inputs")
+
+
+@dataclass
+class OptimizeConfig:
+    model: Path
+    out: Path
+    calib: Path | None = None
+    shapes: list[str] = field(default_factory=list)      # "name=1,3,224,224"
+    samples: int = 32                                     # feeds used for calibration and checks
+    seed: int = 0
+    tol: Tolerance = field(default_factory=Tolerance)
+    candidates: tuple[str, ...] = cands.ALL
+    exclude_ops: set[str] = field(default_factory=set)
+    exclude_nodes: set[str] = field(default_factory=set)
+    sqnr_db: float = 20.0                                 # layer fallback threshold, dB
+    weight_min_elements: int = 1024                       # weight-only storage for tensors this large
+    max_slowdown: float = 0.05                            # p50 may exceed the original's by this fraction
+    bench_seconds: float = 8.0                            # wall time for all latency runs together, s
+    threads: int = 1
+    device: str = "host"                                  # device profile for the energy estimate
+    force: bool = False
+
+
+def _file_size(path: Path, model: onnx.ModelProto) -> int:
+    """Bytes on disk, external data files included."""
+    extra = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra if (path.parent / x).is_file())
+
+
+def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
+    """Activation arena estimate (bytes) from the deploy planner, or None when it cannot plan this graph."""
+    try:
+        from edgeslim.deploy.memory import plan_arena
+
+        return int(plan_arena(path, reorder=False, shapes=shapes).arena_bytes)
+    except Exception:
+        return None
+
+
+def _energy(path: Path, device: str, shapes: dict[str, list[int]]) -> dict | None:
+    """Estimated energy per inference (mJ) on `device`, or None when the estimator cannot handle it."""
+    try:
+        from edgeslim.measure.energy import estimate_energy
+
+        e = estimate_energy(path, device, shapes=shapes)
+        return {"mj": e.mj, "method": e.method}
+    except EdgeslimError:
+        raise
+    except Exception:
+        return None
+
+
+def _check_device(device: str) -> None:
+    try:
+        from edgeslim.devices import load_device
+    except ImportError:
+        return
+    load_device(device)  # raises EdgeslimError with the valid names
+
+
+def optimize(cfg: OptimizeConfig) -> dict:
+    """Run the job; writes `cfg.out` unless refused. Returns everything the report shows (JSON-able)."""
+    _check_device(cfg.device)
+    bad = [c for c in cfg.candidates if c not in cands.ALL]
+    if bad:
+        raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
+    src = Path(cfg.model)
+    loaded = load_and_repair(src)
+    specs = input_specs(loaded.model)
+    warnings: list[str] = []
+    if cfg.calib is not None:
+        feeds = load_npz(cfg.calib, specs)[: cfg.samples]
+    else:
+        feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
+        warnings += [SYNTHETIC_WARNING, *w]
+    orig_sess = session(src, threads=cfg.threads)
+    out_names = [o.name for o in orig_sess.get_outputs()]
+    ref = run_all(orig_sess, feeds)
+    with cands.workdir() as td:
+        wd = Path(td)
+        # the repairs must not change what the model computes; an opset upgrade that does is undone
+        rp = wd / "repaired.onnx"
+        graph.save(loaded.model, rp)
+        fid = compare(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
+        if fid.cosine < 0.9999 or not fid.finite:
+            loaded = load_and_repair(src, upgrade=False)
+            loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
+        repaired = loaded.model
+        try:
+            base = graph.ort_optimize(repaired)
+        except Exception as e:
+            base = repaired
+            loaded.notes.append(f"ORT offline optimisation failed ({cands._first_line(e)}): skipped")
+        dead = graph.remove_dead(base)
+        if dead:
+            loaded.notes.append(f"removed {dead} dead nodes")
+        quant.name_nodes(base)
+        ctx = cands.Context(repaired, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
+                            set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd)
+        built = [cands.evaluate(n, ctx, cfg.threads) for n in cfg.candidates]
+        usable = [c for c in built if c.usable]
+        sessions = {"original": orig_sess, **{c.name: session(c.file, threads=cfg.threads) for c in usable}}
+        lat = interleaved_latency(sessions, feeds[0], seconds=cfg.bench_seconds, threads=cfg.threads)
+        orig_size = _file_size(src, loaded.model)
+        limit = lat["original"].p50_ms * (1 + cfg.max_slowdown)
+        for c in usable:
+            if lat[c.name].p50_ms > limit:
+                c.status = (f"rejected: slower (p50 {lat[c.name].p50_ms:.3g} ms > original "
+                            f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
+        fast = [c for c in usable if c.usable]
+        chosen = min(fast, key=lambda c: (c.size, lat[c.name].p50_ms)) if fast else None
+        if chosen is not None and chosen.size >= orig_size:
+            reason = (f"{chosen.name}: no candidate is both smaller and within tolerance and speed; "
+                      "the original is written unchanged")
+            chosen = None
+        elif chosen is not None:
+            reason = (f"{chosen.name}: smallest of {len(fast)} candidate(s) within tolerance and not slower "
+                      f"than the original (p50 {lat[chosen.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
+        elif usable:
+            reason = "every candidate within tolerance is slower than the original: the original is written unchanged"
+        else:
+            closest = max((c for c in built if c.fid is not None), key=lambda c: c.fid.cosine, default=None)  # type: ignore[union-attr]
+            if not cfg.force or closest is None:
+                raise EdgeslimError(
+                    "no candidate meets the tolerance ("
+                    + "; ".join(f"{c.name} {c.status}" for c in built) + f"); {cfg.out} not written"
+                    + (" (--force writes the closest one)" if closest is not None else ""))
+            chosen = closest
+            reason = f"{chosen.name}: FORCED although it breaks the tolerance ({chosen.status})"
+            warnings.append(reason)
+            sessions[chosen.name] = session(chosen.file, threads=cfg.threads)
+            lat.update(interleaved_latency({"original": orig_sess, chosen.name: sessions[chosen.name]}, feeds[0],
+                                           seconds=cfg.bench_seconds / 2, threads=cfg.threads))
+        if chosen is not None:
+            chosen.status = "chosen"
+            out_path, out_bytes = chosen.file, chosen.file.read_bytes()
+        else:
+            out_path, out_bytes = src, src.read_bytes() if orig_size == src.stat().st_size else b""
+            if not out_bytes:  # external data: keep the model whole in one file
+                out_bytes = loaded.model.SerializeToString()
+        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+        name = chosen.name if chosen is not None else "original"
+        side: dict[str, dict] = {
+            "original": {"size_bytes": orig_size, "ops": graph.op_counts(onnx.load(str(src), load_external_data=False)),
+                         "latency": lat["original"].as_dict(), "arena_bytes": _arena(src, shapes),
+                         "energy": _energy(src, cfg.device, shapes)},
+            "optimised": {"size_bytes": len(out_bytes), "ops": chosen.ops if chosen else None,
+                          "latency": lat[name].as_dict(), "arena_bytes": _arena(out_path, shapes),
+                          "energy": _energy(out_path, cfg.device, shapes), "candidate": name},
+        }
+        if side["optimised"]["ops"] is None:
+            side["optimised"]["ops"] = side["original"]["ops"]
+        write_bytes(Path(cfg.out), out_bytes)
+    return {
+        "model": str(src), "output": str(cfg.out), "chosen": name, "reason": reason,
+        "opset": {"source": loaded.source_opset, "used": loaded.opset},
+        "inputs": {s.name: s.show() for s in specs}, "feeds": len(feeds),
+        "data": "calibration" if cfg.calib is not None else "synthetic",
+        "tolerance": vars(cfg.tol), "device": cfg.device, "threads": cfg.threads,
+        "notes": loaded.notes, "warnings": warnings,
+        "candidates": [{
+            "name": c.name, "about": cands.ABOUT[c.name], "status": c.status, "notes": c.notes,
+            "size_bytes": c.size or None,
+            "latency_ms_p50": lat[c.name].p50_ms if c.name in lat else None,
+            "latency_ms_p90": lat[c.name].p90_ms if c.name in lat else None,
+            **(c.fid.as_dict() if c.fid else {}),
+        } for c in built],
+        "original": {"size_bytes": orig_size, "latency_ms_p50": lat["original"].p50_ms,
+                     "latency_ms_p90": lat["original"].p90_ms},
+        "side_by_side": side,
+    }
