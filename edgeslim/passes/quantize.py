@@ -97,9 +97,10 @@ def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: R
     else:
         best, why = choose_format(rows, fp32_acc, cfg.max_accuracy_drop)
     dst = ctx.stage_dir / "model.onnx"
-    shutil.copyfile(paths[best["format"]], dst)
-    layers = layer_report(pre, raw[best["format"]], task.x_val[:128])
-    write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": best["format"], "why": why,
+    chosen = str(best["format"])
+    shutil.copyfile(paths[chosen], dst)
+    layers = layer_report(pre, raw[chosen], task.x_val[:128])
+    write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": chosen, "why": why,
                                                      "fp32_val_accuracy": fp32_acc, "layers": layers})
     shutil.rmtree(work)
     return PassResult(None, onnx=dst, notes={

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def weight_of(layer: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, layer.weight)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +92,10 @@ class ActQuant(nn.Module):
     The range [lo, hi] (always containing 0) is observed on calibration batches, then tracked by an EMA
     during training (derived mode) or frozen with a learned LSQ scale and fixed zero point (lsq mode).
     """
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    zp: torch.Tensor
 
     def __init__(self, bits: int = 8, lsq: bool = False, momentum: float = 0.9):
         super().__init__()
@@ -152,12 +161,21 @@ class ActQuant(nn.Module):
 class QuantWrap(nn.Module):
     """A Conv/Linear with fake-quantized input and weight; the float layer lives on in `.inner`."""
 
-    def __init__(self, inner: nn.Module, wq: nn.Module | Callable, aq: ActQuant | None):
+    inner: nn.Module
+    wq: Callable[[torch.Tensor], torch.Tensor]
+    aq: ActQuant | None
+
+    def __init__(self, inner: nn.Module, wq: Callable[[torch.Tensor], torch.Tensor], aq: ActQuant | None):
         super().__init__()
         self.inner, self.wq, self.aq = inner, wq, aq
 
+    @property
+    def fweight(self) -> torch.Tensor:
+        """The float (shadow) weight the optimizer updates."""
+        return weight_of(self.inner)
+
     def qweight(self) -> torch.Tensor:
-        return self.wq(self.inner.weight)
+        return self.wq(self.fweight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aq is not None:
@@ -165,7 +183,8 @@ class QuantWrap(nn.Module):
         w = self.qweight()
         if isinstance(self.inner, nn.Linear):
             return F.linear(x, w, self.inner.bias)
-        return self.inner._conv_forward(x, w, self.inner.bias)
+        conv = cast(nn.Conv2d, self.inner)  # Conv1d has the same _conv_forward(x, w, b)
+        return conv._conv_forward(x, w, conv.bias)
 
 
 def wrap_layers(model: nn.Module, make: Callable[[str, nn.Module], QuantWrap | None]) -> list[str]:
@@ -194,7 +213,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     for mod in list(out.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, QuantWrap):
-                child.inner.weight.copy_(child.qweight())
+                cast(torch.Tensor, child.inner.weight).copy_(child.qweight())
                 setattr(mod, child_name, child.inner)
     return out
 

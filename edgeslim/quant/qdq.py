@@ -65,9 +65,11 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
             numpy_helper.from_array(scale, f"{w}_scale"),
             numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{w}_zp"),
         ]
-        attrs = {"axis": axis} if scale.ndim == 1 else {}
-        nodes = [helper.make_node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"], [f"{w}_dq"],
-                                  name=f"{w}_DequantizeLinear", **attrs)]
+        dq = helper.make_node("DequantizeLinear", [f"{w}_q", f"{w}_scale", f"{w}_zp"], [f"{w}_dq"],
+                              name=f"{w}_DequantizeLinear")
+        if scale.ndim == 1:
+            dq.attribute.append(helper.make_attribute("axis", axis))
+        nodes = [dq]
         node.input[1] = f"{w}_dq"
         if q.act_scale is not None:
             x, tag = node.input[0], f"{node.name or lname}_in"

@@ -1,0 +1,134 @@
+"""Quantization-aware training: BN folding, fake-quant fine-tuning with a straight-through estimator
+(derived or LSQ-learned scales), then export of the learned scales as an ONNX QDQ model.
+
+Registered as kind "onnx": it needs the PyTorch model (the pipeline passes the last one to every pass)
+and it returns the QDQ ONNX, so the stage is ONNX-only and only ONNX passes may follow, which the recipe
+checker enforces. Fine-tuning goes through `ctx.finetune_model`, so pruning masks (`keep_sparsity`)
+and distillation losses carried by earlier passes apply during QAT; a pruned weight stays exactly 0
+because symmetric quantization maps 0 to code 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.deploy.export import export_onnx
+from edgeslim.deploy.runtime import run_batched, session
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_json
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant import fakequant as fq
+from edgeslim.quant.ortquant import compact_onnx
+from edgeslim.quant.qdq import QLayer, layer_report, write_qdq
+from edgeslim.train import TrainConfig, evaluate
+
+
+class QAT(PassConfig):
+    weight_bits: int = Field(8, ge=2, le=8, description="weight bit width (codes stored in int8 in ONNX)")
+    activation_bits: Literal[8] = 8  # uint8 QuantizeLinear in ONNX
+    per_channel: bool = True
+    lsq: bool = False  # learn the step sizes (LSQ) instead of deriving them from ranges
+    fold_bn: bool = True
+    calibration_samples: int = Field(256, ge=1)
+    finetune: TrainConfig | None = None  # default: the recipe's finetune block
+
+
+@dataclass
+class QATOutput:
+    onnx: Path  # the compact QDQ model
+    notes: dict
+
+
+def prepare(model: nn.Module, calib: np.ndarray, cfg: QAT) -> tuple[nn.Module, nn.Module, list]:
+    """(fake-quant model ready to train, BN-folded float reference, folded conv/bn pairs)."""
+    m = copy.deepcopy(model).eval()
+    pairs = fq.fold_bn(m, torch.from_numpy(calib[:2].astype(np.float32))) if cfg.fold_bn else []
+    ref = copy.deepcopy(m)
+    fq.wrap_layers(m, lambda _n, layer: fq.QuantWrap(
+        layer, fq.WeightQuant(fq.weight_of(layer), cfg.weight_bits, cfg.per_channel, cfg.lsq),
+        fq.ActQuant(cfg.activation_bits, cfg.lsq),
+    ))
+    fq.calibrate(m, calib)
+    return m, ref, pairs
+
+
+def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bits: int) -> QATOutput:
+    """Write the fake-quant model as a QDQ ONNX into `out_dir/model.onnx`; check it against PyTorch."""
+    qmodel.eval()
+    baked = fq.unwrap(qmodel)  # float layers holding the quantized weight values, trained biases
+    tmp_f, tmp_b, raw = out_dir / "qat_ref.onnx", out_dir / "qat_baked.onnx", out_dir / "qat_raw.onnx"
+    export_onnx(ref, task.input_shape, tmp_f)
+    export_onnx(baked, task.input_shape, tmp_b)
+    layers = {}
+    for name, w in fq.wrappers(qmodel).items():
+        assert isinstance(w.wq, fq.WeightQuant)
+        codes, scale = w.wq.integers(w.fweight.detach())
+        s, zp = w.aq.export() if w.aq is not None else (None, 0)
+        layers[name] = QLayer(f"{name}.weight", codes, scale, s, zp, bits)
+    done = write_qdq(tmp_b, raw, layers)
+    x = task.x_test[:256].astype(np.float32)
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(x)).numpy()
+    got = run_batched(session(raw), x)
+    diff = float(np.abs(want - got).max())
+    agree = float((want.argmax(1) == got.argmax(1)).mean())
+    report = layer_report(tmp_f, raw, task.x_val[:128], {f"{n}.weight": bits for n in layers})
+    dst = out_dir / "model.onnx"
+    compact_onnx(raw, dst)
+    for p in (tmp_f, tmp_b, raw):
+        p.unlink()
+    missing = sorted(set(layers) - set(done))
+    notes = {
+        "qdq_layers": len(done), "left_float": missing, "parity_max_abs_diff": diff,
+        "parity_top1_agreement": agree, "layers": report,
+    }
+    return QATOutput(dst, notes)
+
+
+def check_calibration_shape(calib: np.ndarray, spec: dict, where: str) -> None:
+    want = tuple(spec.get("input_shape", ()))
+    if want and tuple(calib.shape[1:]) != want:
+        raise EdgeslimError(
+            f"{where}: calibration data has sample shape {tuple(calib.shape[1:])} but the model expects {want}"
+        )
+
+
+def fake_quant_accuracy(m: nn.Module, task: Task) -> float:
+    return round(evaluate(m, task.x_val, task.y_val), 6)
+
+
+@register("qat", QAT, kind="onnx")
+def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassResult:
+    """Quantization-aware training (fake quant + STE, optional LSQ) exported as an ONNX QDQ model."""
+    if model is None:
+        raise EdgeslimError("qat: needs the PyTorch model, but an earlier pass made the model ONNX-only; "
+                            "put qat before ONNX passes such as quantize_int8")
+    calib = task.calibration(cfg.calibration_samples, ctx.seed)
+    check_calibration_shape(calib, ctx.spec, "qat")
+    qm, ref, pairs = prepare(model, calib, cfg)
+    before = fake_quant_accuracy(qm, task)
+    float_acc = fake_quant_accuracy(ref, task)
+    hist = ctx.finetune_model(qm, task, cfg.finetune, desc="qat")
+    out = export_qdq(qm, ref, task, ctx.stage_dir, cfg.weight_bits)
+    notes = {
+        "format": f"QDQ QAT w{cfg.weight_bits} (int8 storage) / a8 uint8, "
+                  f"{'per-channel' if cfg.per_channel else 'per-tensor'}, {'LSQ' if cfg.lsq else 'derived'} scales",
+        "bn_folded": len(pairs), "float_val_accuracy": float_acc, "ptq_val_accuracy": before,
+        "val_accuracy": round(hist["val_accuracy"], 6), **out.notes,
+    }
+    if cfg.weight_bits < 8:
+        n_w = sum(w.fweight.numel() for w in fq.wrappers(qm).values())
+        notes["packed_weight_bytes_estimated"] = int(np.ceil(n_w * cfg.weight_bits / 8))
+        notes["storage_note"] = (f"{cfg.weight_bits}-bit codes are stored in int8 in the ONNX file (ONNX Runtime "
+                                 f"runs int8 kernels); packed {cfg.weight_bits}-bit storage would need a custom format")
+    write_json(ctx.stage_dir / "quant_report.json", notes)
+    return PassResult(None, onnx=out.onnx, notes=notes)
