@@ -37,6 +37,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(0, ge=0, description="early stop after this many epochs without val gain; 0 = off")
     seed: int = 0
+    keep_best: bool = Field(True, description="restore the best-validation epoch; false keeps the last "
+                            "(e.g. sparsity training, where later epochs are sparser)")
 
 
 @dataclass
@@ -165,10 +167,11 @@ def fit(
         if cfg.patience and stale >= cfg.patience:
             break
     progress.close()
-    if best_state is not None:
+    if best_state is not None and cfg.keep_best:
         model.load_state_dict(best_state)
     model.eval()
-    return {"epochs": len(history), "val_accuracy": best, "history": history}
+    val_acc = best if cfg.keep_best or not history else history[-1]["val"]
+    return {"epochs": len(history), "val_accuracy": val_acc, "history": history}
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,
