@@ -214,4 +214,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m edgeslim.cli`: run the imported module's app, the one that command modules add to.
+    from edgeslim.cli import main as _main
+
+    _main()

@@ -1,0 +1,89 @@
+"""Device profiles and the fit check's verdicts at both sides of the flash and RAM limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeslim.deploy.fit import fit_check, verdict
+from edgeslim.devices import builtin_devices, load_device
+from edgeslim.errors import EdgeslimError
+
+
+def test_builtin_profiles_load():
+    names = set(builtin_devices())
+    assert {"cortex-m4", "cortex-m7", "cortex-a53", "cortex-a72", "jetson-nano", "host"} <= names
+    for n in names:
+        d = load_device(n)
+        assert d.flash_bytes > 0 and d.sram_bytes > 0 and d.macs_per_second("fp32") > 0
+    m4 = load_device("cortex-m4")
+    assert (m4.clock_mhz, m4.sram_bytes, m4.flash_bytes) == (120, 640 * 1024, 2 * 1024 * 1024)
+    assert m4.macs_per_second("int8") == pytest.approx(120e6 * 2 * m4.efficiency)
+
+
+def test_host_is_detected():
+    import os
+
+    assert load_device("host").cores == (os.cpu_count() or 1)
+
+
+def test_user_yaml_and_errors(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text("clock_mhz: 64\nflash_bytes: 65536\nsram_bytes: 8192\npeak_macs_per_cycle: {int8: 1}\n"
+                 "active_power_mw: 5\n")
+    d = load_device(p)
+    assert d.name == "tiny" and d.sram_bytes == 8192
+    with pytest.raises(EdgeslimError, match="cortex-m4"):
+        load_device("cortex-m99")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clock_mhz: 64\nflash_bytes: 1\nsram_bytes: 1\npeak_macs_per_cycle: {int8: 1}\n"
+                   "active_power_mw: 5\nsramm: 3\n")
+    with pytest.raises(EdgeslimError, match="sramm"):
+        load_device(bad)
+
+
+def test_verdict_both_sides_of_limits():
+    m4 = load_device("cortex-m4")
+    w_max = m4.flash_bytes - m4.runtime_flash_bytes
+    a_max = m4.sram_bytes - m4.runtime_ram_bytes
+    assert verdict(m4, w_max, a_max).fits
+    r = verdict(m4, w_max + 1, a_max)
+    assert not r.fits and not r.fits_flash and r.fits_ram and "flash" in r.reasons[0]
+    r = verdict(m4, w_max, a_max + 1)
+    assert not r.fits and r.fits_flash and not r.fits_ram and "RAM" in r.reasons[0]
+
+
+def test_fit_check_onnx(tmp_path):
+    import onnx
+    from test_deploy_planner import chain
+
+    path = tmp_path / "c.onnx"
+    onnx.save(chain(), str(path))
+    r = fit_check(path, "cortex-m4")
+    assert r.weights_bytes == (100 * 50 + 50 * 200) * 4
+    assert r.arena_bytes == 1600 and r.fits
+    assert r.energy_method == "estimated:analytic@cortex-m4" and r.energy_mj and r.energy_mj > 0
+    small = tmp_path / "small.yaml"
+    small.write_text("clock_mhz: 64\nflash_bytes: 65536\nsram_bytes: 1024\npeak_macs_per_cycle: {fp32: 1}\n"
+                     "active_power_mw: 5\n")
+    r = fit_check(path, small)
+    assert r.fits_flash and not r.fits_ram  # 1600 B arena > 1024 B
+
+
+def test_fit_cli(tmp_path):
+    import onnx
+    from test_deploy_planner import chain
+
+    path = tmp_path / "c.onnx"
+    onnx.save(chain(), str(path))
+    r = subprocess.run([sys.executable, "-m", "edgeslim.cli", "fit", str(path), "--device", "cortex-m4", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] is True and d["arena_bytes"] == 1600 and d["device"] == "cortex-m4"
+    r = subprocess.run([sys.executable, "-m", "edgeslim.cli", "fit", str(path), "--device", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "unknown device 'nope'" in r.stderr
