@@ -48,7 +48,7 @@ def optimize(
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     tol = Tolerance(min_cosine if given else 0.99, max_abs, min_top1)
     cfg = OptimizeConfig(
-        model=model, out=out, calib=calib, shapes=list(shape), samples=samples, seed=seed, tol=tol,
+        model=model, out=out, calib=calib, shapes=list(shape), samples=samples, seed=seed, tol=tol, tol_given=given,
         candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()),
         exclude_ops=set(exclude_op), exclude_nodes=set(exclude_node), sqnr_db=sqnr_db,
         weight_min_elements=weight_min_elements, max_slowdown=max_slowdown, bench_seconds=bench_seconds,

@@ -13,6 +13,7 @@ Candidates (all from the repaired model):
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Context:
     weight_min_elements: int
     workdir: Path
     excluded_by_sqnr: list[str] = field(default_factory=list)
+    w8_fp16_below_db: float = 0.0  # set by `evaluate` while it searches the w8 fallback threshold
 
 
 def _first_line(e: BaseException) -> str:
@@ -100,20 +102,27 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         # load time on a weight that is still a Cast/Mul chain)
         src = ctx.base if ctx.base.ByteSize() <= 1.02 * ctx.repaired.ByteSize() else ctx.repaired
         m, n = graph.weight_only(src, "int8" if name == "w8" else "fp16", ctx.weight_min_elements,
-                                 _weights_of_excluded(src, ctx))
+                                 _weights_of_excluded(src, ctx), fp16_below_db=ctx.w8_fp16_below_db)
         if n == 0:
             return None, [f"no weight has >= {ctx.weight_min_elements} elements"]
-        return m, [f"{n} initializers"]
+        n16 = sum(t.name.endswith("__fp16") for g in quant._graphs(m.graph) for t in g.initializer)
+        if name == "w8" and n16:
+            return m, [f"{n - n16} weights int8, {n16} kept fp16 (int8 SQNR < {ctx.w8_fp16_below_db:g} dB)"]
+        return m, [f"{n} weights"]
     if name == "int8-qdq":
         r = quant.static_with_fallback(ctx.base, ctx.feeds, ctx.exclude_ops, ctx.exclude_nodes, ctx.sqnr_db)
         ctx.excluded_by_sqnr = r.excluded
         q = len(quant._quantized_nodes(r.model))
+        if q == 0:
+            return None, ["no layer the quantizer can convert outside If/Loop bodies (ORT leaves those float)"]
         notes.append(f"{q} layers INT8, {len(r.excluded)} fell back (SQNR < {ctx.sqnr_db:g} dB), "
                      f"worst layer {r.worst_db:.1f} dB")
         return r.model, notes
     if name == "int8-qop":
         m = quant.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
                               ctx.exclude_nodes | set(ctx.excluded_by_sqnr))
+        if not any(n.op_type.startswith("QLinear") or n.op_type.endswith("Integer") for n in m.graph.node):
+            return None, ["no layer the quantizer can convert outside If/Loop bodies (ORT leaves those float)"]
         return m, [f"{len(ctx.excluded_by_sqnr)} layers kept float (from int8-qdq's SQNR fallback)"]
     if name == "int8-dyn":
         m2 = quant.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
@@ -123,8 +132,24 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
     raise AssertionError(name)
 
 
+# w8 tries all-int8 first, then keeps the weights with the worst int8 SQNR (under these dB) in fp16
+W8_FP16_STEPS_DB = (0.0, 36.0, 40.0, 44.0)
+
+
 def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
     """Build, save, load in ORT and compare outputs; never raises (a failure is the candidate's status)."""
+    if name != "w8":
+        return _evaluate(name, ctx, threads)
+    for db in W8_FP16_STEPS_DB:
+        ctx.w8_fp16_below_db = db
+        c = _evaluate(name, ctx, threads)
+        if not c.status.startswith("rejected"):
+            break
+    ctx.w8_fp16_below_db = 0.0
+    return c
+
+
+def _evaluate(name: str, ctx: Context, threads: int) -> Candidate:
     c = Candidate(name)
     try:
         m, c.notes = build(name, ctx)
@@ -143,7 +168,8 @@ def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
         sess = session(c.path, threads=threads)
         got = run_all(sess, ctx.feeds)
     except Exception as e:
-        c.status = f"failed: ORT cannot run it ({_first_line(e)})"
+        msg = re.sub(r"^.*?Load model from \S+ failed:", "", str(e).replace(f"{c.path}: ", ""))
+        c.status = f"failed: ORT cannot run it ({_first_line(Exception(msg))})"
         return c
     c.fid = compare(ctx.out_names, ctx.ref, got)
     why = ctx.tol.broken(c.fid)

@@ -106,13 +106,15 @@ def _weight_axes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
 
 
 def weight_only(
-    model: onnx.ModelProto, kind: str = "int8", min_elements: int = 1024, skip: set[str] | None = None
+    model: onnx.ModelProto, kind: str = "int8", min_elements: int = 1024, skip: set[str] | None = None,
+    fp16_below_db: float = 0.0,
 ) -> tuple[onnx.ModelProto, int]:
     """Store large FP32 weights as int8 (symmetric, per-channel) or fp16, decoded by Cast(+Mul) nodes.
 
-    int8 touches only initializers read as weights (see WEIGHT_AXES); fp16 touches every float32
-    initializer of at least `min_elements` elements. `skip` names initializers to leave alone (weights
-    of excluded ops). Returns (new model, number of initializers converted).
+    Every float32 initializer of at least `min_elements` elements is converted; with int8, those read
+    as weights (see WEIGHT_AXES) become int8 and the others fp16. `skip` names initializers to leave alone (weights
+    of excluded ops). With int8, a weight whose int8 SQNR (dB, weight vs its dequantized self) is under
+    `fp16_below_db` is stored as fp16 instead. Returns (new model, number of initializers converted).
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -121,36 +123,35 @@ def weight_only(
     # Subgraph initializers too (ORT folds weights into If/Loop bodies); children first, as rewriting a
     # node list copies its nodes and would orphan subgraphs visited later.
     for g in reversed(list(_graphs(m.graph))):
-        total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set())
+        total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set(), fp16_below_db)
     return m, total
 
 
 def _weight_only_graph(
-    g: onnx.GraphProto, kind: str, axes_of: dict[str, tuple[int, ...] | None], min_elements: int, skip: set[str]
+    g: onnx.GraphProto, kind: str, axes_of: dict[str, tuple[int, ...] | None], min_elements: int, skip: set[str],
+    fp16_below_db: float,
 ) -> int:
     new_inits, new_nodes, drop = [], [], set()
     for t in g.initializer:
         if t.data_type != onnx.TensorProto.FLOAT or t.name in skip:
             continue
-        if kind == "int8" and t.name not in axes_of:
-            continue
         w = numpy_helper.to_array(t)
         if w.size < min_elements or not np.isfinite(w).all():
             continue
         name = t.name
-        if kind == "fp16":
+        q = scale = None
+        if kind == "int8" and name in axes_of:  # other large float tensors (not weights of known ops): fp16
+            q, scale = _int8(w, axes_of[name])
+            if fp16_below_db > 0 and sqnr_db(w, q * scale) < fp16_below_db:
+                q = None
+        if q is None:
             if np.abs(w).max() > 65000:
                 continue
             new_inits.append(numpy_helper.from_array(w.astype(np.float16), name + "__fp16"))
             new_nodes.append(helper.make_node("Cast", [name + "__fp16"], [name], to=onnx.TensorProto.FLOAT,
                                               name=name + "__decode"))
         else:
-            keep = axes_of[name]
-            red = tuple(range(w.ndim)) if keep is None else tuple(
-                a for a in range(w.ndim) if a not in {k % w.ndim for k in keep})
-            amax = np.abs(w).max(axis=red, keepdims=True) if red else np.abs(w)
-            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-            q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            assert scale is not None
             new_inits += [numpy_helper.from_array(q, name + "__q8"), numpy_helper.from_array(scale, name + "__scale")]
             new_nodes += [
                 helper.make_node("Cast", [name + "__q8"], [name + "__f"], to=onnx.TensorProto.FLOAT,
@@ -170,6 +171,22 @@ def _weight_only_graph(
     del g.node[:]
     g.node.extend(nodes)
     return len(drop)
+
+
+def _int8(w: np.ndarray, keep: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of `w` with one scale per index of the `keep` axes (per-tensor if None)."""
+    red = tuple(range(w.ndim)) if keep is None else tuple(
+        a for a in range(w.ndim) if a not in {k % w.ndim for k in keep})
+    amax = np.abs(w).max(axis=red, keepdims=True) if red else np.abs(w)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (200 when identical)."""
+    ref64 = np.asarray(ref, np.float64)
+    err = float(((ref64 - got) ** 2).sum())
+    return 200.0 if err == 0 else 10 * float(np.log10(max(float((ref64 * ref64).sum()), 1e-30) / err))
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -116,27 +116,39 @@ def layer_sqnr(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[F
     """SQNR (dB) of each quantized layer's output, QDQ model vs float model, over `feeds`."""
     from edgeslim.deploy.runtime import session
 
-    layers = [n for n in _quantized_nodes(qdq) if n.output and n.output[0]]
-    tensor = {n.name: n.output[0] for n in layers}
-    names = sorted(set(tensor.values()))
-    sig: dict[str, float] = dict.fromkeys(names, 0.0)
-    err: dict[str, float] = dict.fromkeys(names, 0.0)
+    produced = {o for n in float_model.graph.node for o in n.output}
+    # compare what the next layer sees: the Q->DQ'd activation (the quantizer folds a following Relu/Clip
+    # into that clipping range and renames quantized graph outputs to <name>_QuantizeLinear_Input)
+    q_of = {n.input[0]: n.output[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+    pairs: dict[str, tuple[str, str]] = {}  # node -> (float tensor, QDQ tensor)
+    for n in _quantized_nodes(qdq):
+        raw = n.output[0] if n.output else ""
+        tq = dq_of.get(q_of.get(raw, ""), raw)
+        tf = raw.removesuffix("_QuantizeLinear_Input")
+        if tf in produced:
+            pairs[n.name] = (tf, tq)
+    fnames = sorted({p[0] for p in pairs.values()})
+    qnames = sorted({p[1] for p in pairs.values()})
+    sig: dict[str, float] = dict.fromkeys(fnames, 0.0)
+    err: dict[str, float] = dict.fromkeys(fnames, 0.0)
     with tempfile.TemporaryDirectory() as td:
         sf, sq = Path(td) / "f.onnx", Path(td) / "q.onnx"
-        save(_with_outputs(float_model, names), sf)
-        save(_with_outputs(qdq, names), sq)
+        save(_with_outputs(float_model, fnames), sf)
+        save(_with_outputs(qdq, qnames), sq)
         a, b = session(sf), session(sq)
         oa = [o.name for o in a.get_outputs()]
         ob = [o.name for o in b.get_outputs()]
         for f in feeds:
             ra = dict(zip(oa, a.run(None, f)))
             rb = dict(zip(ob, b.run(None, f)))
-            for t in names:
-                x, y = np.asarray(ra[t], np.float64), np.asarray(rb[t], np.float64)
+            for tf, tq in set(pairs.values()):
+                x, y = np.asarray(ra[tf], np.float64), np.asarray(rb[tq], np.float64)
                 if x.shape != y.shape:
                     continue
-                sig[t] += float((x * x).sum())
-                err[t] += float(((x - y) ** 2).sum())
+                sig[tf] += float((x * x).sum())
+                err[tf] += float(((x - y) ** 2).sum())
+    tensor = {k: v[0] for k, v in pairs.items()}
     out = {}
     for node, t in tensor.items():
         out[node] = 200.0 if err[t] == 0 else 10 * math.log10(max(sig[t], 1e-30) / err[t])

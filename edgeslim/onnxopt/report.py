@@ -38,7 +38,8 @@ def print_candidates(res: dict, console: Console) -> None:
     for c in res["candidates"]:
         why = c["status"].partition(": ")[2]
         err = f"mean abs err {c['mean_abs_err']:.2g}" if c.get("mean_abs_err") is not None else ""
-        extra = "; ".join(([why] if why else []) + c["notes"] + ([err] if err else []))
+        notes = [] if c["status"].startswith("skipped") else c["notes"]
+        extra = "; ".join(([why] if why else []) + notes + ([err] if err else []))
         console.print(f"  {c['name']:9s} {c['about']}" + (f" -- {extra}" if extra else ""), highlight=False)
 
 

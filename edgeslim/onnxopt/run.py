@@ -39,6 +39,7 @@ class OptimizeConfig:
     samples: int = 32                                     # feeds used for calibration and checks
     seed: int = 0
     tol: Tolerance = field(default_factory=Tolerance)
+    tol_given: bool = False                               # the user set the tolerance: refuse if unmet
     candidates: tuple[str, ...] = cands.ALL
     exclude_ops: set[str] = field(default_factory=set)
     exclude_nodes: set[str] = field(default_factory=set)
@@ -94,6 +95,9 @@ def optimize(cfg: OptimizeConfig) -> dict:
     bad = [c for c in cfg.candidates if c not in cands.ALL]
     if bad:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
     src = Path(cfg.model)
     loaded = load_and_repair(src)
     specs = input_specs(loaded.model)
@@ -148,6 +152,8 @@ def optimize(cfg: OptimizeConfig) -> dict:
                       f"than the original (p50 {lat[chosen.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
         elif usable:
             reason = "every candidate within tolerance is slower than the original: the original is written unchanged"
+        elif not cfg.force and not (cfg.tol_given and any(c.status.startswith("rejected") for c in built)):
+            reason = "no candidate could be built within tolerance: the original is written unchanged"
         else:
             closest = max((c for c in built if c.fid is not None), key=lambda c: c.fid.cosine, default=None)  # type: ignore[union-attr]
             if not cfg.force or closest is None:

@@ -1,0 +1,170 @@
+"""`edgeslim optimize` on small graphs of our own: multi-input, dynamic axes, Constant weights, opset 11,
+an op the quantizer skips, If and Loop bodies; fidelity, choice and tolerance behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_optimize_graphs import const_convnet, if_model, loop_model, multi_input_mlp
+
+from edgeslim.deploy.runtime import session
+from edgeslim.errors import EdgeslimError
+from edgeslim.onnxopt import graph, quant
+from edgeslim.onnxopt.fidelity import Tolerance
+from edgeslim.onnxopt.inputs import input_specs, synthetic_feeds
+from edgeslim.onnxopt.load import all_nodes, load_and_repair
+from edgeslim.onnxopt.run import OptimizeConfig, optimize
+
+FAST = dict(samples=8, bench_seconds=0.2, weight_min_elements=64)
+
+
+def _cfg(src: Path, out: Path, **kw) -> OptimizeConfig:
+    return OptimizeConfig(model=src, out=out, **{**FAST, **kw})
+
+
+def _outputs(path: Path, feed: dict) -> list[np.ndarray]:
+    return session(path).run(None, feed)
+
+
+def test_multi_input_dynamic_batch(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", a=rng.standard_normal((16, 16)).astype(np.float32),
+             b=rng.standard_normal((16, 16)).astype(np.float32))
+    res = optimize(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "calib.npz"))
+    out = tmp_path / "out.onnx"
+    assert out.is_file() and res["data"] == "calibration" and res["feeds"] == 8  # --samples caps it
+    assert res["side_by_side"]["optimised"]["size_bytes"] < res["side_by_side"]["original"]["size_bytes"]
+    assert res["original"]["latency_ms_p50"] > 0 and res["side_by_side"]["optimised"]["latency"]["latency_ms_p50"] > 0
+    # the written model keeps both inputs, the dynamic batch and both outputs, and stays close
+    m = onnx.load(str(out))
+    assert [i.name for i in input_specs(m)] == ["a", "b"]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    feed = {"a": rng.standard_normal((5, 16)).astype(np.float32), "b": rng.standard_normal((5, 16)).astype(np.float32)}
+    ref, got = _outputs(src, feed), _outputs(out, feed)
+    assert [r.shape for r in got] == [(5, 4), (5, 32)]
+    for r, g in zip(ref, got):
+        cos = float((r * g).sum() / (np.linalg.norm(r) * np.linalg.norm(g)))
+        assert cos > 0.99
+    # the Sin layer is not something the quantizer knows: it is left as it was
+    assert graph.op_counts(m).get("Sin") == 1
+    chosen = next(c for c in res["candidates"] if c["status"] == "chosen")
+    assert chosen["cosine"] >= 0.99 and chosen["name"] == res["chosen"]
+    assert res["reason"].startswith(res["chosen"])
+    names = {c["name"] for c in res["candidates"]}
+    assert names == {"fp32-opt", "w8", "w16", "int8-qdq", "int8-qop", "int8-dyn", "fp16"}
+
+
+def test_constant_weights_and_old_opset_are_repaired(tmp_path: Path) -> None:
+    src = const_convnet(tmp_path / "conv.onnx", opset=11)
+    loaded = load_and_repair(src)
+    assert loaded.source_opset == 11 and loaded.opset == 13
+    assert not any(n.op_type == "Constant" for n in loaded.model.graph.node)
+    assert {"cw1", "cw2", "fw"} <= {t.name for t in loaded.model.graph.initializer}
+    res = optimize(_cfg(src, tmp_path / "out.onnx", candidates=("fp32-opt", "w8", "int8-qdq")))
+    assert res["opset"] == {"source": 11, "used": 13}
+    assert any("Constant-node" in n for n in res["notes"]) and any("11 -> 13" in n for n in res["notes"])
+    w8 = next(c for c in res["candidates"] if c["name"] == "w8")
+    assert w8["size_bytes"] < 0.5 * res["original"]["size_bytes"]  # int8 weights: ~4x smaller tensors
+    qdq = next(c for c in res["candidates"] if c["name"] == "int8-qdq")
+    assert qdq["status"] != "skipped" and qdq["cosine"] is not None
+    # per-channel QDQ needs opset 13: the weight DequantizeLinear carries an axis
+    assert onnx.load(str(tmp_path / "out.onnx")).opset_import[0].version >= 13
+
+
+def test_weight_only_is_folded_to_fp32_by_ort(tmp_path: Path) -> None:
+    src = const_convnet(tmp_path / "conv.onnx", opset=13)
+    m = load_and_repair(src).model
+    w8, n = graph.weight_only(m, "int8", min_elements=64)
+    assert n == 3
+    # int8 tensors replace the float ones; a Cast+Mul decodes each
+    kinds = {t.name: t.data_type for t in w8.graph.initializer}
+    assert kinds["cw2__q8"] == onnx.TensorProto.INT8 and "cw2" not in kinds
+    p = tmp_path / "w8.onnx"
+    graph.save(w8, p)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    ref, got = _outputs(src, {"x": x})[0], _outputs(p, {"x": x})[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+    # a forced fallback threshold keeps every weight fp16 instead
+    w16, _ = graph.weight_only(m, "int8", min_elements=64, fp16_below_db=200)
+    assert all(not t.name.endswith("__q8") for t in w16.graph.initializer)
+
+
+def test_if_subgraph_weights_are_lifted_and_compressed(tmp_path: Path) -> None:
+    src = if_model(tmp_path / "if.onnx")
+    loaded = load_and_repair(src)
+    assert not any(n.op_type == "Constant" for n in all_nodes(loaded.model.graph))
+    assert {"then_w", "else_w"} <= {t.name for t in loaded.model.graph.initializer}
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 32)).astype(np.float32), use_a=np.array(True))
+    res = optimize(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "c.npz", candidates=("fp32-opt", "w8")))
+    assert res["chosen"] == "w8"
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    for flag in (True, False):  # both branches still compute what they did
+        feed = {"x": x, "use_a": np.array(flag)}
+        ref, got = _outputs(src, feed)[0], _outputs(tmp_path / "out.onnx", feed)[0]
+        assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_loop_model_is_handled(tmp_path: Path) -> None:
+    src = loop_model(tmp_path / "loop.onnx")
+    res = optimize(_cfg(src, tmp_path / "out.onnx"))
+    m = onnx.load(str(tmp_path / "out.onnx"))
+    assert graph.op_counts(m).get("Loop") == 1
+    assert res["side_by_side"]["optimised"]["size_bytes"] < res["side_by_side"]["original"]["size_bytes"]
+    x = np.random.default_rng(3).standard_normal((1, 32)).astype(np.float32)
+    ref, got = _outputs(src, {"x": x})[0], _outputs(tmp_path / "out.onnx", {"x": x})[0]
+    assert np.abs(ref - got).max() < 0.05
+
+
+def test_sqnr_fallback_excludes_layers(tmp_path: Path) -> None:
+    src = const_convnet(tmp_path / "conv.onnx", opset=13)
+    base = graph.ort_optimize(load_and_repair(src).model)
+    quant.name_nodes(base)
+    feeds, _ = synthetic_feeds(input_specs(base), {}, 8, 0)
+    easy = quant.static_with_fallback(base, feeds, set(), set(), sqnr_db=5.0)
+    hard = quant.static_with_fallback(base, feeds, set(), set(), sqnr_db=80.0, max_rounds=2)
+    assert easy.excluded == [] and easy.worst_db >= 5.0
+    assert len(hard.excluded) >= 1 and hard.rounds >= 1
+    # excluded layers are float again in the QDQ model
+    dq = {o for n in hard.model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for n in hard.model.graph.node:
+        if n.name in hard.excluded:
+            assert not any(i in dq for i in n.input)
+
+
+def test_exclude_op_keeps_those_layers_float(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    res = optimize(_cfg(src, tmp_path / "out.onnx", candidates=("w8", "int8-qdq"), exclude_ops={"MatMul"}))
+    w8 = next(c for c in res["candidates"] if c["name"] == "w8")
+    assert w8["status"].startswith("skipped")  # every large weight belongs to an excluded MatMul
+    qdq = next(c for c in res["candidates"] if c["name"] == "int8-qdq")
+    if qdq["status"] != "skipped":
+        assert "0 fell back" in qdq["notes"][0] or "fell back" in qdq["notes"][0]
+
+
+def test_never_slower_writes_original_when_nothing_is_fast_enough(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    res = optimize(_cfg(src, tmp_path / "out.onnx", max_slowdown=-0.99))  # demand 100x faster
+    assert res["chosen"] == "original"
+    assert (tmp_path / "out.onnx").read_bytes() == src.read_bytes()
+    assert all(not c["status"].startswith(("ok", "chosen")) for c in res["candidates"])
+
+
+def test_broken_user_tolerance_refuses_then_force_writes(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "out.onnx"
+    with pytest.raises(EdgeslimError, match="no candidate meets the tolerance"):
+        optimize(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16")))
+    assert not out.exists()
+    res = optimize(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16"), force=True))
+    assert out.is_file() and any("FORCED" in w for w in res["warnings"])
+
+
+def test_synthetic_inputs_warn_loudly(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    res = optimize(_cfg(src, tmp_path / "o.onnx", candidates=("fp32-opt",)))
+    assert res["data"] == "synthetic" and "ACCURACY IS NOT CHECKED" in res["warnings"][0]
