@@ -1,0 +1,165 @@
+"""Low-bit and non-uniform weight quantizers, simulated in PyTorch, and a packed weight file whose size
+is the real storage cost of those bit widths.
+
+Schemes (per output channel scales unless said otherwise):
+- `uniform`  b-bit symmetric integers [-(2^(b-1)-1), 2^(b-1)-1] x scale (scale = max|w| / qmax).
+- `binary`   sign(w) x mean|w| (XNOR-Net, Rastegari 2016): 1 bit/weight.
+- `ternary`  {-a, 0, +a} with threshold 0.7 mean|w| (TWN, Li 2016): 2 bits/weight.
+- `pow2`     0 or +-max|w| x 2^-k, k in [0, 2^(b-1)-2] (shift-only multiplies): b bits/weight.
+- `kmeans`   one 1-D k-means codebook of 2^b float32 values per layer (Deep Compression, Han 2016);
+             centroids are fixed after clustering, training moves the shadow weights between them.
+Zero weights (pruned) stay exactly zero in every scheme except binary, which has no zero level.
+No ONNX Runtime kernel runs these formats; accuracy is measured on the float model holding the
+quantized values, so results are *simulated* and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeslim.fsutil import write_bytes
+
+SCHEMES = ("uniform", "binary", "ternary", "pow2", "kmeans")
+
+
+def _per_channel(w: torch.Tensor) -> tuple[int, ...]:
+    """Shape for broadcasting a (C_out,) vector over w."""
+    return (-1,) + (1,) * (w.dim() - 1)
+
+
+@dataclass
+class WeightCodec:
+    """A fixed quantizer for one layer: `codes(w)` -> (uint codes, side info), `__call__(w)` -> values
+    with a straight-through gradient."""
+
+    scheme: str
+    bits: int
+    centroids: torch.Tensor | None = None  # kmeans only
+
+    def dequant(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(quantized values, uint codes, float32 side info: per-channel scales or the codebook)."""
+        w = w.detach()
+        c = _per_channel(w)
+        flat = w.abs().flatten(1)
+        if self.scheme == "uniform":
+            qmax = 2 ** (self.bits - 1) - 1
+            s = (flat.amax(1) / qmax).clamp_min(1e-12)
+            q = torch.clamp(torch.round(w / s.reshape(c)), -qmax, qmax)
+            return q * s.reshape(c), (q + qmax).to(torch.int64), s.numpy()
+        if self.scheme == "binary":
+            a = flat.mean(1)
+            sign = torch.where(w >= 0, 1.0, -1.0)
+            return sign * a.reshape(c), (sign > 0).to(torch.int64), a.numpy()
+        if self.scheme == "ternary":
+            delta = 0.7 * flat.mean(1)
+            mask = w.abs() > delta.reshape(c)
+            cnt = mask.flatten(1).sum(1).clamp_min(1)
+            a = (w.abs() * mask).flatten(1).sum(1) / cnt
+            t = torch.sign(w) * mask
+            return t * a.reshape(c), (t + 1).to(torch.int64), a.numpy()
+        if self.scheme == "pow2":
+            k = 2 ** (self.bits - 1) - 1  # magnitude levels besides zero
+            s = flat.amax(1).clamp_min(1e-12)
+            r = w.abs() / s.reshape(c)
+            e = torch.clamp(torch.round(-torch.log2(r.clamp_min(1e-30))), 0, k - 1)
+            zero = r < 2.0 ** (-(k - 1)) / 2
+            mag = torch.where(zero, torch.zeros_like(r), 2.0**-e)
+            idx = torch.where(zero, torch.zeros_like(e), e + 1)
+            code = idx + (w < 0).to(idx.dtype) * (k + 1)  # sign bit on top of the level index
+            return torch.sign(w) * mag * s.reshape(c), code.to(torch.int64), s.numpy()
+        if self.scheme == "kmeans":
+            assert self.centroids is not None
+            cb = self.centroids
+            idx = (w.reshape(-1, 1) - cb.reshape(1, -1)).abs().argmin(1).reshape(w.shape)
+            vals = cb[idx]
+            return vals, idx.to(torch.int64), cb.numpy()
+        raise ValueError(self.scheme)
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (self.dequant(w)[0] - w).detach()
+
+
+def make_codec(w: torch.Tensor, scheme: str, bits: int, seed: int = 0) -> WeightCodec:
+    """The codec for one weight tensor; kmeans clusters it now (zero kept as a centroid if present)."""
+    if scheme == "binary":
+        return WeightCodec(scheme, 1)
+    if scheme == "ternary":
+        return WeightCodec(scheme, 2)
+    if scheme != "kmeans":
+        return WeightCodec(scheme, bits)
+    from sklearn.cluster import KMeans
+
+    x = w.detach().flatten().numpy().astype(np.float64)
+    has_zero = bool((x == 0).any())
+    nz = x[x != 0] if has_zero else x
+    k = min(2**bits - int(has_zero), len(np.unique(nz)))
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed,
+                init=np.quantile(nz, np.linspace(0, 1, k)).reshape(-1, 1)).fit(nz.reshape(-1, 1))
+    cb = np.sort(km.cluster_centers_.ravel())
+    if has_zero:
+        cb = np.concatenate([[0.0], cb])
+    return WeightCodec(scheme, bits, torch.tensor(cb, dtype=torch.float32))
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned codes at exactly `bits` bits each (little-endian bit order)."""
+    c = codes.astype(np.uint8).reshape(-1, 1)
+    b = np.unpackbits(c, axis=1, bitorder="little")[:, :bits]
+    return np.packbits(b.ravel(), bitorder="little").tobytes()
+
+
+def unpack_codes(data: bytes, bits: int, n: int) -> np.ndarray:
+    b = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    return np.packbits(b, axis=1, bitorder="little").ravel()
+
+
+def write_packed(path: Path, state: dict[str, torch.Tensor], codecs: dict[str, WeightCodec]) -> dict:
+    """Write a weight file: each quantized weight as packed codes + float32 side info, everything else
+    float32, behind a JSON header. Returns {tensor: bytes used}. The file size is the storage cost."""
+    header, blobs, used = [], [], {}
+    for name, t in state.items():
+        if not torch.is_floating_point(t):
+            continue
+        codec = codecs.get(name)
+        if codec is None:
+            blob = t.detach().float().numpy().tobytes()
+            header.append({"name": name, "shape": list(t.shape), "bits": 32})
+        else:
+            _, codes, side = codec.dequant(t)
+            blob = pack_codes(codes.numpy(), codec.bits) + side.astype(np.float32).tobytes()
+            header.append({"name": name, "shape": list(t.shape), "bits": codec.bits, "scheme": codec.scheme,
+                           "side": int(side.size)})
+        blobs.append(blob)
+        used[name] = len(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    write_bytes(path, struct.pack("<I", len(head)) + head + b"".join(blobs))
+    return used
+
+
+@torch.no_grad()
+def layer_sqnr(ref: torch.nn.Module, q: torch.nn.Module, x: np.ndarray, names: list[str]) -> dict[str, float]:
+    """SQNR (dB) of each named module's output in `q` against the same module in `ref` on inputs `x`."""
+    from edgeslim.quant.qdq import sqnr_db
+
+    outs: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "q": {}}
+    hooks = []
+    for tag, model in (("ref", ref), ("q", q)):
+        mods = dict(model.named_modules())
+        for n in names:
+            if n in mods:
+                hooks.append(mods[n].register_forward_hook(
+                    lambda _m, _i, o, tag=tag, n=n: outs[tag].__setitem__(n, o.detach())))
+    try:
+        xt = torch.from_numpy(x.astype(np.float32))
+        ref.eval()(xt)
+        q.eval()(xt)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: sqnr_db(outs["ref"][n].numpy(), outs["q"][n].numpy()) for n in names if n in outs["q"]}
