@@ -135,3 +135,41 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
 
 def print_deploy_table(rows: list[dict], con: Console | None = None) -> None:
     (con or console).print(deploy_table(rows))
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
+    level: str = typer.Option("extended", help="ONNX Runtime level: disable, basic, extended, all (this CPU only)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation; lists fusions."""
+    import tempfile
+
+    from edgeslim.deploy.fit import to_onnx
+    from edgeslim.deploy.memory import load
+    from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
+    from edgeslim.fsutil import write_bytes
+
+    path, cleanup = to_onnx(model)
+    try:
+        m, n_bn = fold_batchnorm(load(path))
+        m, info = fold_and_prune(m)
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            write_bytes(pre, m.SerializeToString())
+            rep = ort_optimize(pre, out, level)
+    finally:
+        if cleanup:
+            cleanup()
+    d = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict()}
+    if as_json:
+        _emit_json(d)
+        return
+    console.print(f"BatchNorm folded into Conv here: {n_bn} (left in the graph: {rep.batchnorm['batchnorm_nodes']})")
+    console.print(f"constant folding + dead-node removal: {info['nodes_before']} -> {info['nodes_after']} nodes")
+    console.print(f"ONNX Runtime '{level}': {rep.nodes_before} -> {rep.nodes_after} nodes, outputs within "
+                  f"{rep.parity_max_abs_diff:.2g} -> {out}")
+    for line in rep.fusions or ["no fusions"]:
+        console.print(f"  {line}")
