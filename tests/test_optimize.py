@@ -18,7 +18,8 @@ from edgeslim.onnxopt.inputs import input_specs, synthetic_feeds
 from edgeslim.onnxopt.load import all_nodes, load_and_repair
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
 
-FAST = dict(samples=8, bench_seconds=0.2, weight_min_elements=64)
+# latency is measured for real; tiny graphs on a loaded CI machine are noisy, so allow 2x in behaviour tests
+FAST = dict(samples=8, bench_seconds=0.2, weight_min_elements=64, max_slowdown=1.0)
 
 
 def _cfg(src: Path, out: Path, **kw) -> OptimizeConfig:
