@@ -1,0 +1,99 @@
+"""Profile the baseline once: its per-layer table (for footprint predictions), its exported ONNX
+measured like every candidate, and per-layer pruning sensitivity (for the guided starting points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeslim import models
+from edgeslim.data import Task
+from edgeslim.deploy.export import export_onnx
+from edgeslim.search.objectives import arena_bytes, measure_candidate
+from edgeslim.search.space import Baseline, Layer
+from edgeslim.train import evaluate
+
+LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Layer], int]:
+    """Conv/Linear layers in execution order with params, MACs and activation sizes for one sample;
+    and the count of parameters outside them (norms)."""
+    names = {m: n for n, m in model.named_modules()}
+    rows: list[dict] = []
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        y = out.numel() // out.shape[0]
+        if isinstance(m, nn.modules.conv._ConvNd):
+            macs = y * int(np.prod(m.kernel_size)) * (int(m.in_channels) // int(m.groups))  # type: ignore[arg-type]
+        else:
+            macs = y * int(m.in_features)  # type: ignore[arg-type]
+        rows.append({"name": names[m], "params": sum(p.numel() for p in m.parameters()), "macs": macs,
+                     "out_elems": y, "in_elems": inp[0].numel() // inp[0].shape[0]})
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    seen: set[str] = set()
+    layers = []
+    for i, r in enumerate(rows):
+        if r["name"] in seen:  # a layer called twice (weight sharing) counts once
+            continue
+        seen.add(r["name"])
+        layers.append(Layer(last=(i == len(rows) - 1), **r))
+    covered = sum(x.params for x in layers)
+    return layers, sum(p.numel() for p in model.parameters()) - covered
+
+
+def profile_baseline(model_dir: Path, task: Task, device: Any, work: Path) -> tuple[Baseline, dict, dict]:
+    """(Baseline table, baseline metrics on val, baseline metrics on test). Writes `work/baseline.onnx`."""
+    model, spec = models.load_model(model_dir)
+    layers, other = layer_table(model, task.input_shape)
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / "baseline.onnx"
+    export_onnx(model, task.input_shape, onnx_path)
+    arena, method = arena_bytes(onnx_path)
+    base = Baseline(tuple(layers), sum(p.numel() for p in model.parameters()), sum(x.macs for x in layers),
+                    onnx_path.stat().st_size, arena, method, other)
+    return base, measure_candidate(onnx_path, task, device, "val"), measure_candidate(onnx_path, task, device, "test")
+
+
+@torch.no_grad()
+def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] = (0.25, 0.5, 0.75)) -> dict:
+    """Per layer: validation accuracy drop (points) when that layer alone loses the given fraction of its
+    output channels (lowest L2 norm zeroed, no fine-tuning). Cheap: one evaluation per layer and ratio.
+    Uses the pruning area's sensitivity analysis when it offers this shape of result."""
+    model, _ = models.load_model(model_dir)
+    layers, _ = layer_table(model, task.input_shape)
+    mods = dict(model.named_modules())
+    base_acc = evaluate(model, task.x_val, task.y_val)
+    out: dict[str, dict[float, float]] = {}
+    for layer in layers:
+        if layer.last:
+            continue
+        m = mods[layer.name]
+        w = m.weight.data
+        norms = w.flatten(1).norm(dim=1)
+        saved_w = w.clone()
+        saved_b = m.bias.data.clone() if getattr(m, "bias", None) is not None else None
+        curve = {}
+        for r in ratios:
+            k = int(r * len(norms))
+            idx = norms.argsort()[:k]
+            w[idx] = 0
+            if saved_b is not None:
+                m.bias.data[idx] = 0
+            curve[r] = round(100 * (base_acc - evaluate(model, task.x_val, task.y_val)), 3)
+            w.copy_(saved_w)
+            if saved_b is not None:
+                m.bias.data.copy_(saved_b)
+        out[layer.name] = curve
+    return out

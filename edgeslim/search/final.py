@@ -1,0 +1,106 @@
+"""The truth after the proxies: re-run the front's recipes with full fine-tuning, measure them on the
+test split, pick the best feasible recipe per objective, and write search.json and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from edgeslim.fsutil import write_json, write_text
+from edgeslim.search.constraints import measured_violations
+from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_value, onnx_layers
+from edgeslim.search.pareto import front_indices, hypervolume, reference_point
+from edgeslim.search.study import Context, trial_rows
+
+
+def proxy_front(ctx: Context, rows: list[dict]) -> list[dict]:
+    """Feasible trials on the proxy Pareto front, best accuracy first."""
+    feas = [r for r in rows if r["feasible"]]
+    if not feas:
+        return []
+    dirs = [OBJECTIVES[o].direction for o in ctx.cfg.objectives]
+    idx = front_indices(np.array([r["values"] for r in feas]), dirs)
+    return sorted((feas[i] for i in idx), key=lambda r: -r["values"][0])
+
+
+def layer_details(run_dir: Path, base_model: Path, onnx_path: Path) -> list[dict]:
+    """Per Conv/Linear layer of a final model: channels kept (structured), zero fraction (unstructured)
+    and the weights' bit width in the deployed ONNX."""
+    from edgeslim import models
+    from edgeslim.search.baseline import LAYER_TYPES
+
+    stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / models.io.WEIGHTS).exists())
+    net, _ = models.load_model(stages[-1])
+    ref, _ = models.load_model(base_model)
+    ref_mods = dict(ref.named_modules())
+    rows = []
+    for name, m in net.named_modules():
+        if not isinstance(m, LAYER_TYPES):
+            continue
+        w = m.weight.detach()
+        r = ref_mods.get(name)
+        rows.append({"layer": name, "out_channels": int(w.shape[0]),
+                     "baseline_out_channels": int(r.weight.shape[0]) if r is not None else None,
+                     "sparsity": float((w == 0).float().mean()), "params": int(w.numel())})
+    bits = [8 if x.precision == "int8" else 32 for x in onnx_layers(onnx_path)]
+    for row, b in zip(rows, bits):
+        row["weight_bits"] = b
+    return rows
+
+
+def finalize(ctx: Context, study: optuna.Study, top: int, full: bool = True) -> dict:
+    """Run the front fully, choose, write search.json + best_<objective>.yaml + the reports."""
+    from edgeslim.pipeline import run_recipe
+    from edgeslim.recipe import parse_recipe
+
+    rows = trial_rows(study)
+    front = proxy_front(ctx, rows)[:top]
+    finals = []
+    for r in front:
+        run_dir = ctx.out / "final" / f"slot{int(r['slot']):04d}"
+        res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
+                         seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
+        onnx_path = run_dir / res["stages"][-1]["onnx"]
+        m = measure_candidate(onnx_path, ctx.task, ctx.device, "test")
+        viol = measured_violations(m, ctx.base_test["accuracy"], ctx.budget)
+        finals.append({"trial": r["number"], "slot": r["slot"], "recipe": r["recipe"], "metrics": m,
+                       "proxy_metrics": r["metrics"], "violations": viol,
+                       "feasible": all(v <= 0 for v in viol.values()),
+                       "values": [objective_value(OBJECTIVES[o], m) for o in ctx.cfg.objectives],
+                       "run_dir": str(run_dir.relative_to(ctx.out)),
+                       "layers": layer_details(run_dir, Path(ctx.cfg.model), onnx_path)})
+        print(f"final slot {r['slot']}: test accuracy {100 * m['accuracy']:.2f}%  flash {m['flash_bytes']} B  "
+              f"arena {m['arena_bytes']} B  energy {m['energy_mj']:.4g} mJ  "
+              f"({'fits' if finals[-1]['feasible'] else 'breaks the budget'})", flush=True)
+    best = {}
+    feas = [f for f in finals if f["feasible"]]
+    for i, o in enumerate(ctx.cfg.objectives):
+        if not feas:
+            break
+        sign = -1 if OBJECTIVES[o].direction == "maximize" else 1
+        pick = min(feas, key=lambda f: (sign * f["values"][i], -f["values"][0]))
+        path = ctx.out / f"best_{o}.yaml"
+        write_text(path, f"# best feasible {o} found by edgeslim search (trial {pick['trial']}); reproduce with\n"
+                         f"# edgeslim run {path.name} --model {ctx.cfg.model} --task {ctx.cfg.task} --out RUN\n"
+                         + pick["recipe"])
+        best[o] = {"trial": pick["trial"], "file": path.name}
+    dirs = [OBJECTIVES[o].direction for o in ctx.cfg.objectives]
+    base_vals = [objective_value(OBJECTIVES[o], ctx.base_val) for o in ctx.cfg.objectives]
+    ref = reference_point(dirs, base_vals)
+    feas_rows = [r for r in rows if r["feasible"]]
+    hv = hypervolume(np.array([r["values"] for r in feas_rows]), dirs, ref) if feas_rows else 0.0
+    summary = {
+        "config": ctx.cfg.identity(), "device": ctx.device.name, "budget": ctx.budget.as_dict(),
+        "baseline": {"val": {k: v for k, v in ctx.base_val.items() if k != "energy_layers"},
+                     "test": ctx.base_test},
+        "counts": {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        "feasible_trials": len(feas_rows), "hypervolume": hv, "reference_point": ref,
+        "trials": rows, "front": finals, "best": best,
+    }
+    write_json(ctx.out / "search.json", summary)
+    from edgeslim.report.html import write_search_report
+
+    write_search_report(ctx.out, summary)
+    return summary
