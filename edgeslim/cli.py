@@ -23,7 +23,7 @@ app = typer.Typer(
     help="Make neural networks small, fast and frugal enough for edge devices, and prove it.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze tables to 80
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 

@@ -51,14 +51,24 @@ def extra_columns(stages: list[dict]) -> list:
         cols.append(("arena", lambda s: human_bytes(s.get("arena_bytes"))))
     if any("energy_mj" in s for s in stages):
         cols.append(
-            ("energy/inf", lambda s: f"{s['energy_mj']:.3g} mJ ({s.get('energy_method', '?')})"
+            ("energy/inf", lambda s: f"{s['energy_mj']:.3g} mJ {_method_tag(s.get('energy_method', ''))}"
              if s.get("energy_mj") is not None else "-")
         )
     return cols
 
 
+def _method_tag(method: str) -> str:
+    """Short label in the table; the caption spells out every method in full."""
+    return "(est)" if method.startswith("estimated") else "(meas)" if method.startswith("measured") else "(?)"
+
+
+def methods_caption(stages: list[dict]) -> str:
+    methods = sorted({s["energy_method"] for s in stages if s.get("energy_method")})
+    return ("energy: " + "; ".join(methods)) if methods else ""
+
+
 def results_table(stages: list[dict], title: str = "edgeslim results") -> Table:
-    t = Table(title=title)
+    t = Table(title=title, caption=methods_caption(stages) or None)
     cols = COLUMNS + extra_columns(stages)
     for name, _ in cols:
         t.add_column(name, justify="left" if name == "stage" else "right", no_wrap=True)
@@ -75,7 +85,8 @@ def markdown_table(stages: list[dict]) -> str:
     cols = COLUMNS + extra_columns(stages)
     lines = ["| " + " | ".join(n for n, _ in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fn(s) for _, fn in cols) + " |" for s in stages]
-    return "\n".join(lines)
+    caption = methods_caption(stages)
+    return "\n".join(lines + ([f"\n{caption}"] if caption else []))
 
 
 def write_results(out: Path, results: dict) -> None:
