@@ -23,7 +23,7 @@ from edgeslim.onnxopt import graph, quant
 from edgeslim.onnxopt.bench import interleaved_latency
 from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
 from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
-from edgeslim.onnxopt.load import load_and_repair
+from edgeslim.onnxopt.load import infer_shapes, load_and_repair
 
 SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
                      "shapes. ACCURACY IS NOT CHECKED, only closeness to the original on random data; "
@@ -59,11 +59,28 @@ def _file_size(path: Path, model: onnx.ModelProto) -> int:
 
 
 def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
-    """Activation arena estimate (bytes) from the deploy planner, or None when it cannot plan this graph."""
+    """Activation arena estimate (bytes) from the deploy planner, or None when it cannot plan this graph.
+
+    Exports that compute Reshape targets from `Shape` ops defeat ONNX shape inference; with the inputs made
+    static, ORT's constant folding turns those into constants, so the planner gets a second try on that.
+    """
     try:
         from edgeslim.deploy.memory import plan_arena
-
+    except ImportError:
+        return None
+    try:
         return int(plan_arena(path, reorder=False, shapes=shapes).arena_bytes)
+    except Exception:
+        pass
+    try:
+        m = onnx.load(str(path))
+        for v in m.graph.input:
+            if v.name in shapes:
+                dims = v.type.tensor_type.shape.dim
+                del dims[:]
+                for d in shapes[v.name]:
+                    dims.add().dim_value = int(d)
+        return int(plan_arena(graph.ort_optimize(m), reorder=False, shapes=shapes).arena_bytes)
     except Exception:
         return None
 
@@ -74,7 +91,9 @@ def _energy(path: Path, device: str, shapes: dict[str, list[int]]) -> dict | Non
         from edgeslim.measure.energy import estimate_energy
 
         e = estimate_energy(path, device, shapes=shapes)
-        return {"mj": e.mj, "method": e.method}
+        m = onnx.load(str(path), load_external_data=False)
+        flow = any(n.op_type in ("If", "Loop", "Scan") for n in m.graph.node)
+        return {"mj": e.mj, "method": e.method + (" (If/Loop/Scan bodies not counted)" if flow else "")}
     except EdgeslimError:
         raise
     except Exception:
@@ -128,6 +147,9 @@ def optimize(cfg: OptimizeConfig) -> dict:
         dead = graph.remove_dead(base)
         if dead:
             loaded.notes.append(f"removed {dead} dead nodes")
+        base, inferred = infer_shapes(base)  # value_info helps the quantizers; symbolic dims may stay
+        if not inferred:
+            loaded.notes.append("shape inference could not resolve this graph: continuing without it")
         quant.name_nodes(base)
         ctx = cands.Context(repaired, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd)
