@@ -82,7 +82,9 @@ class WeightCodec:
         raise ValueError(self.scheme)
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (self.dequant(w)[0] - w).detach()
+        from edgeslim.quant.fakequant import ste
+
+        return ste(w, self.dequant(w)[0])
 
 
 def make_codec(w: torch.Tensor, scheme: str, bits: int, seed: int = 0) -> WeightCodec:

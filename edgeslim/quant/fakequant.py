@@ -32,14 +32,42 @@ def weight_of(layer: nn.Module) -> torch.Tensor:
     return cast(torch.Tensor, layer.weight)
 
 
+class _Straight(torch.autograd.Function):
+    """Forward returns `y` exactly; the gradient flows to `x` unchanged (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return g, None
+
+
+def ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`y` forward, identity gradient to `x`. Exact, unlike `x + (y - x).detach()`, which rounds."""
+    return _Straight.apply(x, y)
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round() forward (half to even, like ONNX), identity gradient."""
-    return x + (torch.round(x) - x).detach()
+    return ste(x, torch.round(x))
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, g: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.g = g
+        return s.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.g, None
 
 
 def grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
-    """Value `s`, gradient multiplied by `g` (LSQ's step-size gradient scale)."""
-    return s * g + (s - s * g).detach()
+    """Value `s` exactly, gradient multiplied by `g` (LSQ's step-size gradient scale)."""
+    return _GradScale.apply(s, g)
 
 
 def weight_range(bits: int) -> tuple[int, int]:
@@ -155,7 +183,7 @@ class ActQuant(nn.Module):
     def export(self) -> tuple[float, int]:
         """(scale, zero point) as float32 / uint8 values for QuantizeLinear."""
         s, zp = self.params()
-        return float(np.float32(float(s))), int(zp)
+        return float(np.float32(float(s.detach()))), int(zp)
 
 
 class QuantWrap(nn.Module):
