@@ -127,7 +127,9 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
     t = Table(title=title)
     t.add_column("metric")
     for r in rows:
-        t.add_column(Path(r["name"]).name or r["name"], justify="right", overflow="fold")
+        p = Path(r["name"])
+        label = f"{p.parent.name}/{p.name}" if p.name in ("model.onnx", "model.tflite") else (p.name or r["name"])
+        t.add_column(label, justify="right", overflow="fold")
     for name, fn in lines:
         t.add_row(name, *[fn(r) for r in rows])  # type: ignore[operator]
     return t
