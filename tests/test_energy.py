@@ -115,3 +115,39 @@ def test_unreadable_counter_skipped(tmp_path):
     fake_powercap(tmp_path, 10, 20)
     (tmp_path / "intel-rapl:0" / "energy_uj").unlink()
     assert [d.name for d in rapl.domains(tmp_path)] == ["package-0/dram"]
+
+
+class FakeNvml:
+    """Stands in for pynvml: one GPU whose energy counter (mJ) the test advances."""
+
+    def __init__(self) -> None:
+        self.mj = 1_000
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 (pynvml's names)
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:  # noqa: N802
+        return f"h{i}"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: str) -> int:  # noqa: N802
+        return self.mj
+
+
+def test_window_nvml_with_fake_driver(monkeypatch, tmp_path):
+    from edgeslim.measure import nvml
+
+    fake = FakeNvml()
+    monkeypatch.setattr(nvml, "_nvml", lambda: fake)
+    with window("gpu", powercap_root=tmp_path / "none") as w:
+        fake.mj += 2_500
+    assert w.method == "measured:nvml" and w.by_domain == {"gpu0": pytest.approx(2.5)}
+    assert w.energy_j == pytest.approx(2.5)
+
+
+def test_optional_backends_skip_cleanly(tmp_path):
+    from edgeslim.deploy.optimize import available_backends, openvino_latency
+
+    b = available_backends()
+    assert b["onnxruntime"] is True
+    if not b["openvino"]:
+        assert openvino_latency(tmp_path / "missing.onnx") is None
