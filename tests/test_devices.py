@@ -87,3 +87,34 @@ def test_fit_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgeslim.cli", "fit", str(path), "--device", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "unknown device 'nope'" in r.stderr
+
+
+def test_fit_routes_tflite_to_litert(tmp_path, monkeypatch):
+    litert_fit = pytest.importorskip("edgeslim.litert.fit")
+    monkeypatch.setattr(litert_fit, "tflite_footprint",
+                        lambda p: {"model_bytes": 100_000, "tflm_arena_bytes": 700_000,
+                                   "arena_method": "recorded:tflite-micro"})
+    f = tmp_path / "m.tflite"
+    f.write_bytes(b"\0")
+    r = fit_check(f, "cortex-m4")
+    assert r.arena_source == "recorded:tflite-micro" and r.arena_bytes == 700_000
+    assert r.fits_flash and not r.fits_ram
+
+
+def test_devices_and_arena_commands(tmp_path):
+    import onnx
+    from test_deploy_planner import chain
+    from typer.testing import CliRunner
+
+    from edgeslim.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["devices", "--json"])
+    assert r.exit_code == 0
+    assert "cortex-m4" in {d["name"] for d in json.loads(r.stdout)}
+    path = tmp_path / "c.onnx"
+    onnx.save(chain(), str(path))
+    r = runner.invoke(app, ["arena", str(path), "--json", "--align", "1"])
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["arena_bytes"] == 1600 and d["naive_bytes"] == 2200 and len(d["buffers"]) == 4

@@ -77,7 +77,9 @@ def fake_powercap(root: Path, pkg_uj: int, dram_uj: int, max_uj: int = 1000_000)
 
 
 def set_uj(root: Path, d: str, val: int) -> None:
-    (root / d / "energy_uj").write_text(f"{val}\n")
+    tmp = root / d / ".energy_uj.tmp"  # atomic, like sysfs: a reader never sees a half-written file
+    tmp.write_text(f"{val}\n")
+    tmp.replace(root / d / "energy_uj")
 
 
 def test_rapl_domains_skip_core(tmp_path):
@@ -151,3 +153,36 @@ def test_optional_backends_skip_cleanly(tmp_path):
     assert b["onnxruntime"] is True
     if not b["openvino"]:
         assert openvino_latency(tmp_path / "missing.onnx") is None
+
+
+def test_measure_energy_through_fake_rapl(tmp_path):
+    import threading
+
+    import onnx
+    from test_deploy_planner import chain
+
+    from edgeslim.measure.energy import measure_energy
+
+    path = tmp_path / "c.onnx"
+    onnx.save(chain(), str(path))
+    x = np.zeros((1, 100), np.float32)
+    assert measure_energy(path, x, powercap_root=tmp_path / "none") is None  # no counters: caller estimates
+    root = tmp_path / "pc"
+    fake_powercap(root, pkg_uj=0, dram_uj=0)
+    stop = threading.Event()
+
+    def tick() -> None:  # a 1 W package: +1000 uJ per ms
+        t = 0
+        while not stop.is_set():
+            t += 1000
+            set_uj(root, "intel-rapl:0", t % 1_000_000)
+            stop.wait(0.001)
+
+    th = threading.Thread(target=tick)
+    th.start()
+    try:
+        e = measure_energy(path, x, runs=50, min_seconds=0.3, powercap_root=root)
+    finally:
+        stop.set()
+        th.join()
+    assert e is not None and e.method == "measured:rapl" and e.mj > 0 and e.latency_ms

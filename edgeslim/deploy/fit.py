@@ -124,9 +124,10 @@ def _fit_tflite(p: Path, dev: Device) -> FitReport:
         raise EdgeslimError(f"{p}: fitting .tflite files needs the LiteRT extra: pip install 'edgeslim[litert]'"
                             ) from None
     fp = tflite_footprint(p)
-    r = verdict(dev, int(fp.get("weights_bytes", fp["flash_bytes"])), int(fp["arena_bytes"]),
-                str(fp.get("arena_source", "tflm")))
-    return r
+    # flash = the whole .tflite file (weights + graph) + runtime; RAM = TFLite Micro's recorded arena
+    return verdict(dev, int(fp.get("model_bytes", fp.get("weights_bytes", 0))),
+                   int(fp.get("tflm_arena_bytes", fp.get("arena_bytes", 0))),
+                   str(fp.get("arena_method", "recorded:tflite-micro")))
 
 
 def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = None,

@@ -88,7 +88,7 @@ def estimate_energy(model: str | Path | onnx.ModelProto, device: str | Path | De
 
 
 def measure_energy(onnx_path: str | Path, sample: np.ndarray, runs: int = 200, threads: int = 1,
-                   min_seconds: float = 1.0) -> Energy | None:
+                   min_seconds: float = 1.0, powercap_root: Path | None = None) -> Energy | None:
     """Measured energy per inference with RAPL (or None when no counter is readable). Runs at least
     `runs` inferences and `min_seconds` so the counters (updated every ~1 ms) resolve the window."""
     import time
@@ -97,14 +97,15 @@ def measure_energy(onnx_path: str | Path, sample: np.ndarray, runs: int = 200, t
     from edgeslim.energy import window
     from edgeslim.measure import rapl
 
-    if not rapl.available():
+    root = powercap_root or rapl.POWERCAP
+    if not rapl.available(root):
         return None
     sess = session(onnx_path, threads=threads)
     feed = {sess.get_inputs()[0].name: sample}
     for _ in range(10):
         sess.run(None, feed)
     n = 0
-    with window("inference", nvml=False) as w:
+    with window("inference", nvml=False, powercap_root=root) as w:
         t0 = time.perf_counter()
         while n < runs or time.perf_counter() - t0 < min_seconds:
             sess.run(None, feed)
