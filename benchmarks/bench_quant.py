@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.qat import QAT, export_qdq, prepare
+from edgeslim.passes.qat import QAT, export_qdq, export_via_ort, prepare
 from edgeslim.quant.ortquant import interleaved_latency
 from edgeslim.train import TrainConfig, fit
 
@@ -91,8 +92,16 @@ def main() -> None:
             c.finetune_model(qm, task)
             out = export_qdq(qm, ref, task, c.stage_dir, bits)
             add(f"QAT w{bits}a8{' LSQ' if lsq else ''} ({a.qat_epochs} ep)", out.onnx,
-                note=f"parity max|diff| {out.notes['parity_max_abs_diff']:.2g}, "
+                note=f"exact QDQ; parity vs PyTorch max|diff| {out.notes['parity_max_abs_diff']:.2g}, "
                      f"top-1 agree {out.notes['parity_top1_agreement'] * 100:.1f}%")
+            if not lsq:
+                o2 = export_via_ort(qm, task, c, cfg, out)
+                add(f"QAT w{bits}a8 ({a.qat_epochs} ep) -> ORT fused", o2.onnx,
+                    note=f"{o2.notes['ort_format']}; parity max|diff| {o2.notes['parity_max_abs_diff']:.2g}, "
+                         f"top-1 agree {o2.notes['parity_top1_agreement'] * 100:.1f}%")
+                shutil.copyfile(o2.onnx, c.stage_dir / "ort.onnx")
+                rows[-1]["onnx"] = c.stage_dir / "ort.onnx"
+                (c.stage_dir / "model_exact.onnx").rename(out.onnx)
     # Low-bit / non-uniform weights (simulated: FP32 ONNX holds the quantized values; size = packed file).
     for scheme, bits in (("binary", 1), ("ternary", 2), ("pow2", 4), ("kmeans", 4)):
         cfg = PASSES["lowbit"].config(scheme=scheme, bits=max(bits, 2))

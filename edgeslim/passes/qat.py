@@ -11,6 +11,7 @@ because symmetric quantization maps 0 to code 0.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,10 @@ class QAT(PassConfig):
     lsq: bool = False  # learn the step sizes (LSQ) instead of deriving them from ranges
     fold_bn: bool = True
     calibration_samples: int = Field(256, ge=1)
+    # exact: write the learned scales as QDQ (matches PyTorch; residual adds stay float, so ORT fuses only
+    # part of the graph). ort: hand the QAT-trained weights to quantize_int8 (measured format, ORT
+    # re-calibrates activation ranges, fully fused kernels); weights already lie on the learned grid.
+    export: Literal["exact", "ort"] = "exact"
     finetune: TrainConfig | None = None  # default: the recipe's finetune block
 
 
@@ -57,6 +62,7 @@ def prepare(model: nn.Module, calib: np.ndarray, cfg: QAT) -> tuple[nn.Module, n
         layer, fq.WeightQuant(fq.weight_of(layer), cfg.weight_bits, cfg.per_channel, cfg.lsq),
         fq.ActQuant(cfg.activation_bits, cfg.lsq),
     ))
+    fq.share_input_quantizers(m, torch.from_numpy(calib[:2].astype(np.float32)))
     fq.calibrate(m, calib)
     return m, ref, pairs
 
@@ -94,6 +100,29 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
     return QATOutput(dst, notes)
 
 
+def export_via_ort(qm: nn.Module, task: Task, ctx: RunContext, cfg: QAT, exact: QATOutput) -> QATOutput:
+    """Re-export the QAT-trained model through ORT's static quantizer (fully fused QDQ)."""
+    from edgeslim.passes.quantize import QuantizeInt8, quantize_int8
+
+    baked = ctx.stage_dir / "qat_baked.onnx"
+    export_onnx(fq.unwrap(qm.eval()), task.input_shape, baked)
+    exact.onnx.rename(ctx.stage_dir / "model_exact.onnx")
+    res = quantize_int8(None, task, QuantizeInt8(calibration_samples=cfg.calibration_samples),
+                        dataclasses.replace(ctx, prev_onnx=baked))
+    baked.unlink()
+    assert res.onnx is not None
+    x = task.x_test[:256].astype(np.float32)
+    with torch.no_grad():
+        want = qm(torch.from_numpy(x)).numpy()
+    got = run_batched(session(res.onnx), x)
+    ort_notes = {k: v for k, v in res.notes.items() if k != "format"}
+    notes = {**exact.notes, **ort_notes, "ort_format": res.notes["format"], "exact_qdq": "model_exact.onnx (learned scales, matches PyTorch)",
+             "parity_max_abs_diff": float(np.abs(want - got).max()),
+             "parity_top1_agreement": float((want.argmax(1) == got.argmax(1)).mean())}
+    notes["layers"] = res.notes["layers"]
+    return QATOutput(res.onnx, notes)
+
+
 def check_calibration_shape(calib: np.ndarray, spec: dict, where: str) -> None:
     want = tuple(spec.get("input_shape", ()))
     if want and tuple(calib.shape[1:]) != want:
@@ -119,8 +148,11 @@ def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassR
     float_acc = fake_quant_accuracy(ref, task)
     hist = ctx.finetune_model(qm, task, cfg.finetune, desc="qat")
     out = export_qdq(qm, ref, task, ctx.stage_dir, cfg.weight_bits)
+    if cfg.export == "ort":
+        out = export_via_ort(qm, task, ctx, cfg, out)
     notes = {
-        "format": f"QDQ QAT w{cfg.weight_bits} (int8 storage) / a8 uint8, "
+        "format": (f"{out.notes['ort_format']} (ORT) after " if cfg.export == "ort" else "")
+        + f"QDQ QAT w{cfg.weight_bits} (int8 storage) / a8 uint8, "
                   f"{'per-channel' if cfg.per_channel else 'per-tensor'}, {'LSQ' if cfg.lsq else 'derived'} scales",
         "bn_folded": len(pairs), "float_val_accuracy": float_acc, "ptq_val_accuracy": before,
         "val_accuracy": round(hist["val_accuracy"], 6), **out.notes,

@@ -259,6 +259,39 @@ def calibrate(model: nn.Module, x: np.ndarray, batch: int = 64) -> None:
         a.start()
 
 
+@torch.no_grad()
+def share_input_quantizers(model: nn.Module, sample: torch.Tensor) -> int:
+    """Wrappers that read the same tensor (e.g. a residual block's conv1 and 1x1 shortcut) get one shared
+    ActQuant, so the exported graph has one Q/DQ pair per tensor, as ONNX Runtime's fusions expect.
+    Returns how many quantizers were merged away."""
+    first: dict[int, QuantWrap] = {}
+    keep: list[torch.Tensor] = []
+    merged = 0
+    hooks = []
+
+    def pre(m: nn.Module, inp: tuple) -> None:
+        nonlocal merged
+        assert isinstance(m, QuantWrap)
+        owner = first.setdefault(id(inp[0]), m)
+        keep.append(inp[0])
+        if owner is not m and m.aq is not None:
+            m.aq = owner.aq
+            merged += 1
+
+    for m in model.modules():
+        if isinstance(m, QuantWrap):
+            hooks.append(m.register_forward_pre_hook(pre))
+    was = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return merged
+
+
 @dataclass
 class FoldedPair:
     conv: str

@@ -46,6 +46,7 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
     by_weight = {n.input[1]: n for n in g.node if n.op_type in WEIGHT_OPS and len(n.input) > 1}
     before: dict[int, list] = {}  # id(node) -> Q/DQ nodes to insert before it
     drop, new_inits, done = set(), [], []
+    shared: dict[tuple, str] = {}
     for lname, q in layers.items():
         node = by_weight.get(q.weight)
         if node is None or q.weight not in inits:
@@ -73,17 +74,37 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
         node.input[1] = f"{w}_dq"
         if q.act_scale is not None:
             x, tag = node.input[0], f"{node.name or lname}_in"
-            new_inits += [
-                numpy_helper.from_array(np.asarray(q.act_scale, np.float32), f"{tag}_scale"),
-                numpy_helper.from_array(np.asarray(q.act_zp, np.uint8), f"{tag}_zp"),
-            ]
-            nodes += [
-                helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"],
-                                 name=f"{tag}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"], [f"{tag}_dq"],
-                                 name=f"{tag}_DequantizeLinear"),
-            ]
-            node.input[0] = f"{tag}_dq"
+            key = (x, float(q.act_scale), int(q.act_zp))
+            if key in shared:  # another layer reads the same tensor with the same scale: one Q/DQ pair
+                node.input[0] = shared[key]
+            else:
+                new_inits += [
+                    numpy_helper.from_array(np.asarray(q.act_scale, np.float32), f"{tag}_scale"),
+                    numpy_helper.from_array(np.asarray(q.act_zp, np.uint8), f"{tag}_zp"),
+                ]
+                nodes += [
+                    helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zp"], [f"{tag}_q"],
+                                     name=f"{tag}_QuantizeLinear"),
+                    helper.make_node("DequantizeLinear", [f"{tag}_q", f"{tag}_scale", f"{tag}_zp"],
+                                     [f"{tag}_dq"], name=f"{tag}_DequantizeLinear"),
+                ]
+                node.input[0] = shared[key] = f"{tag}_dq"
+            if len(node.input) > 2 and node.input[2] in inits:  # int32 bias, scale s_in * s_w: lets ORT fuse
+                b = node.input[2]
+                bscale = (np.float32(q.act_scale) * scale).astype(np.float32)
+                bq = np.round(numpy_helper.to_array(inits[b]).astype(np.float64) / bscale).astype(np.int32)
+                drop.add(b)
+                new_inits += [
+                    numpy_helper.from_array(bq, f"{b}_q"),
+                    numpy_helper.from_array(bscale, f"{b}_scale"),
+                    numpy_helper.from_array(np.zeros(bscale.shape, np.int32), f"{b}_zp"),
+                ]
+                bdq = helper.make_node("DequantizeLinear", [f"{b}_q", f"{b}_scale", f"{b}_zp"], [f"{b}_dq"],
+                                       name=f"{b}_DequantizeLinear")
+                if bscale.ndim == 1:
+                    bdq.attribute.append(helper.make_attribute("axis", 0))
+                nodes.append(bdq)
+                node.input[2] = f"{b}_dq"
         before[id(node)] = nodes
         done.append(lname)
     ordered = []
