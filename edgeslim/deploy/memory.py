@@ -181,7 +181,7 @@ def buffers_of(model: onnx.ModelProto, fuse_qdq: bool = True, fuse_inplace: bool
 
 
 def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fuse_inplace: bool = True,
-               align: int = TFLM_ALIGN, reorder: bool = True, max_states: int = 20000,
+               align: int = TFLM_ALIGN, reorder: bool = True, max_states: int = 5000,
                shapes: dict[str, list[int]] | None = None) -> ArenaPlan:
     """Plan the activation arena of `model` (path or ModelProto) at batch 1. See the module docstring."""
     m, root, size = buffers_of(load(model), fuse_qdq, fuse_inplace, shapes)

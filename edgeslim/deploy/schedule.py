@@ -3,9 +3,11 @@
 On a chain every order is the same; where a graph branches (residual shortcuts, parallel heads) the
 order in which branches run decides which tensors are alive together. We minimise the peak of the
 bytes alive at one step (sum of live buffers) with a best-first search over sets of executed nodes
-(a bottleneck shortest path: the first complete set popped has the minimal peak), exact while the
-number of expanded states stays under `max_states`; beyond it a greedy rule picks, at each step, the
-ready node that keeps the live bytes lowest. Sizes in bytes.
+(a bottleneck shortest path: the first complete set popped has the minimal peak). A greedy order (at
+each step the ready node that keeps the live bytes lowest) is tried first: when it reaches the lower
+bound (the largest inputs + outputs of one node) it is optimal and the search is skipped
+("greedy=bound"); the search stops at `max_states` expansions and then keeps the greedy order.
+Sizes in bytes.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def _graph(nodes: list[onnx.NodeProto], root: dict[str, str], inputs: list[str])
 
 
 def best_order(nodes: list[onnx.NodeProto], root: dict[str, str], size: dict[str, int], inputs: list[str],
-               outputs: list[str], max_states: int = 20000) -> tuple[list[int], str]:
-    """(order as node indices, "exact" | "greedy"). Falls back to the graph order if nothing is lower."""
+               outputs: list[str], max_states: int = 5000) -> tuple[list[int], str]:
+    """(order as node indices, "greedy=bound" | "exact" | "greedy"); the graph order if nothing is lower."""
     n = len(nodes)
     preds, readers, new, touched, start = _graph(nodes, root, inputs)
     keep = {root[t] for t in outputs if t in root}
@@ -63,6 +65,21 @@ def best_order(nodes: list[onnx.NodeProto], root: dict[str, str], size: dict[str
         orig_peak = max(orig_peak, during)
         done |= 1 << v
 
+    # greedy first; if it meets the lower bound (every node needs its inputs and outputs at once) it is optimal
+    done, live, order_g, greedy_peak = 0, live0, [], live0
+    while done != full:
+        cands = []
+        for v in range(n):
+            if not (done >> v & 1) and not (preds[v] & ~done):
+                during, after = step(done, live, v)
+                cands.append((during, after, v))
+        during, after, v = min(cands)
+        greedy_peak, live, done = max(greedy_peak, during), after, done | (1 << v)
+        order_g.append(v)
+    bound = max([live0] + [sum(size[b] for b in touched[v]) for v in range(n)])
+    if greedy_peak <= bound:
+        return (order_g if greedy_peak < orig_peak else list(range(n))), "greedy=bound"
+
     best: dict[int, int] = {0: live0}
     heap: list[tuple[int, int, int, tuple[int, ...]]] = [(live0, 0, live0, ())]
     expanded = 0
@@ -70,6 +87,8 @@ def best_order(nodes: list[onnx.NodeProto], root: dict[str, str], size: dict[str
         peak, done, live, order = heapq.heappop(heap)
         if done == full:
             return (list(order) if peak < orig_peak else list(range(n))), "exact"
+        if peak >= greedy_peak:  # nothing left can beat the greedy order
+            break
         expanded += 1
         for v in range(n):
             if done >> v & 1 or preds[v] & ~done:
@@ -79,15 +98,5 @@ def best_order(nodes: list[onnx.NodeProto], root: dict[str, str], size: dict[str
             if p < best.get(nd, 1 << 62):
                 best[nd] = p
                 heapq.heappush(heap, (p, nd, after, (*order, v)))
-    # greedy fallback
-    done, live, order_g, peak = 0, live0, [], live0
-    while done != full:
-        cands = []
-        for v in range(n):
-            if not (done >> v & 1) and not (preds[v] & ~done):
-                during, after = step(done, live, v)
-                cands.append((during, after, v))
-        during, after, v = min(cands)
-        peak, live, done = max(peak, during), after, done | (1 << v)
-        order_g.append(v)
-    return (order_g if peak < orig_peak else list(range(n))), "greedy"
+    method = "exact" if expanded < max_states else "greedy"  # search ended early: greedy is optimal
+    return (order_g if greedy_peak < orig_peak else list(range(n))), method
