@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
+from edgeslim.onnxopt.report import print_report
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
 
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="host", help="device profile for the energy estimate")
     args = ap.parse_args(argv)
     rows = []
+    err = Console(stderr=True, width=160)  # the full per-model report; the summary table goes to stdout
     with tempfile.TemporaryDirectory() as td:
         for i, src in enumerate(args.models):
             pkg, make = PRESETS.get(src.name, ("?", None))
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {src} ({pkg})", file=sys.stderr, flush=True)
             res = optimize(OptimizeConfig(model=src, out=out, calib=calib, samples=args.samples,
                                           bench_seconds=args.bench_seconds, threads=args.threads, device=args.device))
+            print_report(res, err)
             a, b = res["side_by_side"]["original"], res["side_by_side"]["optimised"]
             ch = next((c for c in res["candidates"] if c["name"] == res["chosen"]), {})
             tried = " ".join(f"{c['name']}:{c['status'].split(':')[0]}" for c in res["candidates"])

@@ -169,3 +169,22 @@ def test_synthetic_inputs_warn_loudly(tmp_path: Path) -> None:
     src = multi_input_mlp(tmp_path / "mlp.onnx")
     res = optimize(_cfg(src, tmp_path / "o.onnx", candidates=("fp32-opt",)))
     assert res["data"] == "synthetic" and "ACCURACY IS NOT CHECKED" in res["warnings"][0]
+
+
+def test_fidelity_metrics_by_hand() -> None:
+    from edgeslim.onnxopt.fidelity import compare
+
+    ref = [[np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], np.float32)]]
+    got = [[np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 3.0]], np.float32)]]
+    f = compare(["y"], ref, got)
+    assert f.max_abs == pytest.approx(3.0) and f.mean_abs == pytest.approx(3.5 / 6)
+    assert f.cosine == pytest.approx(5.0 / (np.sqrt(5.0) * np.sqrt(14.25)), rel=1e-6)
+    assert f.top1 == pytest.approx(0.5)  # row 2's argmax moved from class 1 to class 2
+    # [N, T, C] softmax rows (a CTC recogniser) get per-position top-1; other rank-3 outputs do not
+    p = np.full((1, 4, 3), 0.1, np.float32)
+    p[0, :, 0] = 0.8
+    q = p.copy()
+    q[0, 0] = [0.1, 0.8, 0.1]
+    assert compare(["p"], [[p]], [[q]]).top1 == pytest.approx(0.75)
+    assert compare(["b"], [[p * 5]], [[q * 5]]).top1 is None
+    assert Tolerance().broken(f) is not None and Tolerance(min_cosine=None).broken(f) is None

@@ -17,7 +17,7 @@ def optimize(
     shape: list[str] = typer.Option([], "--shape", help="NAME=D0,D1,... for inputs with unknown dims (repeat)"),
     samples: int = typer.Option(32, min=1, help="feeds used for calibration and the fidelity check"),
     min_cosine: float | None = typer.Option(None, help="tolerance: min cosine similarity of every output "
-                                            "(default 0.99 when no tolerance is given)"),
+                                            "(default 0.995 when no tolerance is given)"),
     max_abs: float | None = typer.Option(None, help="tolerance: max absolute error of any output element"),
     min_top1: float | None = typer.Option(None, help="tolerance: min top-1 agreement of classifier outputs (0-1)"),
     candidates: str = typer.Option("fp32-opt,w8,w16,int8-qdq,int8-qop,int8-dyn,fp16",
@@ -46,7 +46,7 @@ def optimize(
     from edgeslim.onnxopt.run import optimize as run_optimize
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
-    tol = Tolerance(min_cosine if given else 0.99, max_abs, min_top1)
+    tol = Tolerance(min_cosine if given else 0.995, max_abs, min_top1)
     cfg = OptimizeConfig(
         model=model, out=out, calib=calib, shapes=list(shape), samples=samples, seed=seed, tol=tol, tol_given=given,
         candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()),

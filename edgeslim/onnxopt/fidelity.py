@@ -1,7 +1,8 @@
 """Output fidelity: how far an optimised model's outputs are from the original's on the same feeds.
 
 Per output: max and mean absolute error (output units), cosine similarity of the flattened outputs over
-all feeds, and for classifier-shaped outputs ([N, C], C >= 2) top-1 agreement (fraction 0-1). The
+all feeds, and for classifier-shaped outputs ([N, C] scores, or [N, T, C] softmax rows) top-1 agreement
+(fraction 0-1, per position for [N, T, C]). The
 summary is the worst over outputs, because a model is only as good as its worst output.
 """
 
@@ -19,7 +20,7 @@ from edgeslim.onnxopt.inputs import Feed
 class Tolerance:
     """What a candidate must meet. Unset fields are not checked."""
 
-    min_cosine: float | None = 0.99
+    min_cosine: float | None = 0.995
     max_abs: float | None = None
     min_top1: float | None = None
 
@@ -71,6 +72,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+def _classifier_like(r: np.ndarray) -> bool:
+    """[N, C] scores, or [N, T, C] per-position probabilities (softmax rows: CTC text recognisers)."""
+    if r.dtype.kind != "f" or r.ndim not in (2, 3) or r.shape[-1] < 2 or r.size == 0:
+        return False
+    if r.ndim == 2:
+        return True
+    return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
+
+
 def compare(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
     """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output."""
     per: dict[str, dict[str, float]] = {}
@@ -86,7 +96,7 @@ def compare(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.nda
         row = {"max_abs_err": float(d.max()) if d.size else 0.0, "mean_abs_err": float(d.mean()) if d.size else 0.0,
                "cosine": _cos(a[ok], b[ok])}
         r0 = np.asarray(ref[0][k])
-        if r0.ndim == 2 and r0.shape[1] >= 2 and r0.dtype.kind == "f":
+        if _classifier_like(r0):
             ra = np.concatenate([np.asarray(r[k]).argmax(-1) for r in ref])
             ga = np.concatenate([np.asarray(g[k]).argmax(-1) for g in got])
             row["top1_agreement"] = float((ra == ga).mean())
