@@ -32,7 +32,9 @@ Schedule = Literal["oneshot", "linear", "cubic"]
 
 class MagnitudePrune(PassConfig):
     sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="fraction of prunable weights set to zero")
-    scope: Literal["global", "layer"] = "global"
+    # global: one magnitude threshold for all layers; layer: the same sparsity in every layer; lamp: one
+    # threshold on LAMP scores (Lee et al. 2021), global ranking that does not empty a whole layer
+    scope: Literal["global", "layer", "lamp"] = "global"
     schedule: Schedule = "oneshot"  # oneshot: one round; linear/cubic (Zhu & Gupta 2017) over `rounds`
     rounds: int = Field(1, ge=1, le=50, description="prune + fine-tune rounds for linear/cubic schedules")
     finetune: TrainConfig | None = None  # per round; default: the recipe's finetune block
@@ -63,12 +65,28 @@ def _threshold(values: torch.Tensor, sparsity: float) -> torch.Tensor:
     return values.kthvalue(k).values if k > 0 else values.min() - 1
 
 
+def lamp_scores(w: torch.Tensor) -> torch.Tensor:
+    """LAMP score of each weight: w_u^2 / sum of w_v^2 over the layer's weights at least as large. The
+    largest weight of every layer scores 1, so a global threshold below 1 never removes a whole layer."""
+    sq = w.flatten() ** 2
+    order = sq.argsort()
+    sorted_sq = sq[order]
+    tail = sorted_sq.flip(0).cumsum(0).flip(0)  # sum over this and all larger weights
+    out = torch.empty_like(sq)
+    out[order] = sorted_sq / tail.clamp_min(1e-30)
+    return out.reshape(w.shape)
+
+
 @torch.no_grad()
 def magnitude_masks(
     model: nn.Module, sparsity: float, scope: str, per_layer: dict[str, float] | None = None
 ) -> dict[str, torch.Tensor]:
     """Boolean keep-masks. `per_layer` (layer name -> sparsity) overrides `sparsity` in layer scope."""
     layers = prunable(model)
+    if scope == "lamp":
+        scores = {n: lamp_scores(w.detach()) for n, w in layers}
+        thr = _threshold(torch.cat([v.flatten() for v in scores.values()]), sparsity)
+        return {n: scores[n] > thr for n, _ in layers}
     if scope == "global":
         thr = _threshold(torch.cat([w.detach().abs().flatten() for _, w in layers]), sparsity)
         return {n: (w.abs() > thr) for n, w in layers}

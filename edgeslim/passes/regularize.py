@@ -98,7 +98,9 @@ def sparsity_train(model: nn.Module | None, task: Task, cfg: SparsityTrain, ctx:
         raise EdgeslimError("sparsity_train: kind 'bn_l1' needs BatchNorm layers; this model has none "
                             "(use l1 or group_lasso)")
     before = small_fraction(model, cfg.kind)
-    hist = ctx.finetune_model(model, task, cfg.finetune, desc=f"sparsity_train {cfg.kind}",
+    # keep the last epoch: the best-validation one is usually an early, less sparse one
+    train_cfg = (cfg.finetune or ctx.finetune).model_copy(update={"keep_best": False})
+    hist = ctx.finetune_model(model, task, train_cfg, desc=f"sparsity_train {cfg.kind}",
                               hooks=regulariser(cfg.kind, cfg.strength))
     carry = {HOOK_NAME[cfg.kind]: cfg.strength} if cfg.persist else {}
     return PassResult(model, carry=carry, notes={

@@ -104,7 +104,11 @@ def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, 
             hi = mid
         else:
             lo = mid
-    return {n: float(r) for n, r in zip(names, ratios_at(hi))}
+    r = ratios_at(hi)
+    overall = float((r * size).sum() / size.sum())
+    if overall > target:  # layers that lose nothing up to max_ratio overshoot: scale back to the target
+        r = r * (target / overall)
+    return {n: round(float(v), 4) for n, v in zip(names, r)}
 
 
 def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None = None) -> list[Path]:

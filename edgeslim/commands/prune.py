@@ -1,0 +1,50 @@
+"""`edgeslim sensitivity`: per-layer pruning sensitivity of a trained model (table + plot), and optionally
+the per-layer ratios that reach a global target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeslim.cli import app, console
+from edgeslim.errors import EdgeslimError
+
+
+@app.command()
+def sensitivity(
+    model: Path = typer.Option(..., "--model", "-m", help="trained model folder"),
+    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for sensitivity.md/.json/.png"),
+    mode: str = typer.Option("unstructured", help="unstructured (weights zeroed) or structured (channels removed)"),
+    ratios: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated pruning ratios"),
+    target: float | None = typer.Option(None, help="also allocate per-layer ratios for this overall ratio"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Per-layer accuracy vs pruning ratio on the validation split; writes a table and a plot."""
+    import json
+
+    from edgeslim import models
+    from edgeslim.data import load_task
+    from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
+
+    if mode not in ("unstructured", "structured"):
+        raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
+    try:
+        rs = sorted(float(r) for r in ratios.split(",") if r.strip())
+    except ValueError:
+        raise EdgeslimError(f"--ratios: expected comma-separated numbers, got '{ratios}'") from None
+    if not rs or any(not 0 < r < 1 for r in rs):
+        raise EdgeslimError(f"--ratios: each ratio must lie in (0, 1), got '{ratios}'")
+    if target is not None and not 0 < target < 1:
+        raise EdgeslimError(f"--target: must lie in (0, 1), got {target}")
+    net, _ = models.load_model(model)
+    t = load_task(task)
+    curves = sensitivity_curves(net, t, rs, mode)
+    alloc = allocate(curves, target) if target is not None else None
+    files = write_report(out, curves, alloc)
+    if as_json:
+        typer.echo(json.dumps({**curves, "allocation": alloc, "files": [str(f) for f in files]}, indent=2))
+        return
+    console.print((out / "sensitivity.md").read_text(), markup=False, highlight=False)
+    console.print(f"written: {', '.join(str(f) for f in files)}")

@@ -1,0 +1,150 @@
+"""Structured (channel) and depth pruning on residual, depthwise and plain models: channels really go,
+the pruned model exports to ONNX with the same outputs, and reloads from safetensors + spec."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgeslim import models
+from edgeslim.deploy.export import export_onnx
+from edgeslim.deploy.runtime import run_batched, session
+from edgeslim.errors import EdgeslimError
+from edgeslim.measure.macs import count_macs
+from edgeslim.passes import PASSES, RunContext
+from edgeslim.passes.structured import channel_counts, removable_blocks
+from edgeslim.pipeline import run_recipe
+from edgeslim.recipe import parse_recipe
+from edgeslim.train import TrainConfig, fit
+
+SMALL = {"resnet8": {"width": 4}, "dscnn": {"width": 8}, "mobilenetv1": {"alpha": 0.125}, "lenet5": {},
+         "cnn1d": {"width": 8}}
+
+
+def _ctx(tmp_path, spec, epochs=1) -> RunContext:
+    return RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=epochs),
+                      quiet=True)
+
+
+def _model(arch, task, epochs=2):
+    spec = models.make_spec(arch, task.input_shape, task.num_classes, **SMALL[arch])
+    m = models.build_model(spec)
+    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    return m, spec
+
+
+def _check_export_and_reload(model, spec, task, tmp_path):
+    p = tmp_path / "pruned.onnx"
+    export_onnx(model, task.input_shape, p)
+    x = task.x_test[:32]
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(run_batched(session(p), x) - ref).max() < 1e-4
+    models.save_model(tmp_path / "saved", model, spec)
+    back, _ = models.load_model(tmp_path / "saved")  # fit_to_state_dict rebuilds the pruned shapes
+    with torch.no_grad():
+        assert np.abs(back(torch.from_numpy(x)).numpy() - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize(("arch", "importance"), [
+    ("resnet8", "taylor"), ("resnet8", "l2"), ("dscnn", "bn_scale"), ("mobilenetv1", "l1"),
+    ("lenet5", "random"),
+])
+def test_structured_prune_removes_channels(tiny_image_task, tmp_path, arch, importance):
+    task = tiny_image_task
+    m, spec = _model(arch, task)
+    ch0, macs0 = channel_counts(m), count_macs(m, task.input_shape)
+    cfg = PASSES["structured_prune"].config(ratio=0.5, importance=importance)
+    res = PASSES["structured_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    ch1 = channel_counts(res.model)
+    out_layer = list(ch0)[-1]
+    assert ch1[out_layer] == ch0[out_layer] == task.num_classes  # the classifier's outputs are kept
+    for n in ch0:
+        if n != out_layer:
+            assert ch1[n] == ch0[n] - int(0.5 * ch0[n]) or ch1[n] == ch0[n] // 2, (n, ch0[n], ch1[n])
+    assert res.notes["macs_after"] == count_macs(res.model, task.input_shape) < 0.45 * macs0
+    assert res.notes["params_after"] < res.notes["params_before"]
+    assert res.notes["latency_ms_after_b1"] > 0 and res.notes["speedup_b1"] > 0
+    _check_export_and_reload(res.model, spec, task, tmp_path)
+
+
+def test_residual_coupling_keeps_adds_consistent(tiny_image_task, tmp_path):
+    m, spec = _model("resnet8", tiny_image_task)
+    res = PASSES["structured_prune"].fn(m, tiny_image_task, PASSES["structured_prune"].config(ratio=0.5),
+                                        _ctx(tmp_path, spec))
+    net = res.model  # layer1 has an identity shortcut: stem and layer1.conv2 must keep equal widths
+    assert net.stem[1].out_channels == net.layer1.conv2.out_channels == net.layer1.bn2.num_features == 2
+    assert net.layer2.shortcut.out_channels == net.layer2.conv2.out_channels
+
+
+def test_depthwise_groups_follow(tiny_image_task, tmp_path):
+    m, spec = _model("dscnn", tiny_image_task)
+    res = PASSES["structured_prune"].fn(m, tiny_image_task, PASSES["structured_prune"].config(ratio=0.5),
+                                        _ctx(tmp_path, spec))
+    dw = res.model.blocks[0][0]
+    assert dw.groups == dw.in_channels == dw.out_channels == 4
+
+
+def test_iterative_schedule_and_layer_ratios(tiny_image_task, tmp_path):
+    task = tiny_image_task
+    m, spec = _model("cnn1d", task)
+    cfg = PASSES["structured_prune"].config(ratio=0.5, schedule="cubic", rounds=2, importance="taylor")
+    res = PASSES["structured_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    assert len(res.notes["rounds"]) == 2
+    assert res.notes["rounds"][0]["params"] > res.notes["rounds"][1]["params"]
+    assert res.notes["channels"]["features.1"] == [8, 4]
+    m2, spec2 = _model("cnn1d", task, epochs=1)
+    cfg2 = PASSES["structured_prune"].config(layer_ratios={"features.1": 0.75, "features.4": 0.25})
+    res2 = PASSES["structured_prune"].fn(m2, task, cfg2, _ctx(tmp_path / "b", spec2, epochs=0))
+    assert res2.notes["channels"]["features.1"] == [8, 2] and res2.notes["channels"]["features.4"] == [8, 6]
+    with pytest.raises(EdgeslimError, match="unknown modules"):
+        PASSES["structured_prune"].fn(m2, task, PASSES["structured_prune"].config(layer_ratios={"nope": 0.5}),
+                                      _ctx(tmp_path, spec2))
+
+
+def test_bn_scale_needs_batchnorm(tiny_image_task, tmp_path):
+    m, spec = _model("lenet5", tiny_image_task, epochs=0)
+    with pytest.raises(EdgeslimError, match="BatchNorm"):
+        PASSES["structured_prune"].fn(m, tiny_image_task, PASSES["structured_prune"].config(importance="bn_scale"),
+                                      _ctx(tmp_path, spec))
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "dscnn"])
+def test_depth_prune_removes_a_block_and_replays(tiny_image_task, tmp_path, arch):
+    task = tiny_image_task
+    m, spec = _model(arch, task)
+    blocks = removable_blocks(m, task.input_shape)
+    assert blocks == (["layer1"] if arch == "resnet8" else ["blocks.0", "blocks.1", "blocks.2", "blocks.3"])
+    res = PASSES["depth_prune"].fn(m, task, PASSES["depth_prune"].config(blocks=1), _ctx(tmp_path, spec))
+    assert res.spec is not None and res.spec["edits"] == [{"edit": "identity", "module": res.notes["removed"][0]}]
+    assert isinstance(res.model.get_submodule(res.notes["removed"][0]), torch.nn.Identity)
+    assert res.notes["macs_after"] < res.notes["macs_before"]
+    _check_export_and_reload(res.model, res.spec, task, tmp_path)
+    with pytest.raises(EdgeslimError, match="removable"):
+        PASSES["depth_prune"].fn(m, task, PASSES["depth_prune"].config(blocks=9), _ctx(tmp_path, res.spec))
+
+
+def test_recipes_run_in_the_pipeline(tiny_image_task, tmp_path):
+    task = tiny_image_task
+    m, spec = _model("resnet8", task)
+    models.save_model(tmp_path / "base", m, spec)
+    from edgeslim.cli import RECIPES
+
+    for name in ("structured-50", "unstructured-92"):
+        text = (RECIPES / f"{name}.yaml").read_text().replace("epochs: 15", "epochs: 1")
+        res = run_recipe(parse_recipe(text, name), tmp_path / "base", task, tmp_path / name, quiet=True)
+        base, last = res["stages"][0], res["stages"][-1]
+        assert last["size_bytes_compressed"] is not None and base["size_bytes_compressed"] > 0
+        if name == "structured-50":
+            assert last["params"] < 0.4 * base["params"] and last["macs"] < 0.4 * base["macs"]
+            assert last["notes"]["speedup_b64"] > 0
+        else:
+            assert last["nonzero_params"] < 0.12 * base["nonzero_params"]
+            assert last["size_bytes"] >= 0.9 * base["size_bytes"]  # dense ONNX: zeros still stored
+            assert last["size_bytes_compressed"] < 0.6 * base["size_bytes_compressed"]  # graph text dominates
+            stage = tmp_path / name / "stages" / "01_magnitude_prune"
+            assert (stage / "model.sparse.npz").exists()
+        assert json.loads((tmp_path / name / "results.json").read_text())["stages"][-1]["name"] == last["name"]
