@@ -156,3 +156,18 @@ def test_zoo_models_plan(tmp_path):
     # width 16 at 16x16 fp32 = 16 KiB per feature map; a residual add holds 3 of them
     assert p.arena_bytes == 3 * 16 * 16 * 16 * 4
     assert p.naive_bytes > 2 * p.arena_bytes
+
+
+def test_unknown_shapes_are_recorded_not_fatal():
+    # an If whose branches give different shapes: the output shape cannot be inferred
+    then_g = helper.make_graph([helper.make_node("Exp", ["X"], ["t"])], "then", [], [_vi("t", None)])
+    else_g = helper.make_graph([helper.make_node("Concat", ["X", "X"], ["e"], axis=1)], "else", [], [_vi("e", None)])
+    nodes = [helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "z"], ["c"]),
+             helper.make_node("If", ["c"], ["Y"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Exp", ["Y"], ["O"])]
+    m = _model(nodes, [_vi("X", ["b", 4])], [_vi("O", None)], [_w("z", ())])
+    p = plan_arena(m, align=1)
+    assert p.unknown_tensors == ["Y", "O"]
+    assert p.naive_bytes == 16 + 4 + 1  # X (4 floats), s (float), c (bool); Y and O unknown
+    with pytest.raises(EdgeslimError, match="no inferable shape"):
+        plan_arena(m, strict=True)

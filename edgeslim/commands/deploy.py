@@ -92,6 +92,9 @@ def arena_cmd(
     console.print(f"arena {human_bytes(plan.arena_bytes)} ({plan.arena_bytes:,} B) vs naive sum "
                   f"{human_bytes(plan.naive_bytes)}; peak live {human_bytes(plan.peak_live_bytes)}; "
                   f"best order found ({plan.reorder_method}): {human_bytes(plan.reordered_arena_bytes)}")
+    if plan.unknown_tensors:
+        console.print(f"[yellow]warning:[/yellow] {len(plan.unknown_tensors)} tensors have no inferable shape "
+                      "and count 0 bytes: the arena is a lower bound")
 
 
 def _ms(r: dict, key: str) -> str:
@@ -114,6 +117,11 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
         ("activation arena (planner)", lambda r: human_bytes(r.get("arena_bytes"))),
         ("  best operator order", lambda r: human_bytes(r.get("arena_bytes_reordered"))),
         ("  naive sum of activations", lambda r: human_bytes(r.get("naive_activation_bytes"))),
+    ]
+    if any(r.get("tflm_arena_bytes") for r in rows):  # .tflite models (edgeslim.litert): the runtime's own figure
+        lines += [("activation arena (TFLite Micro)", lambda r: "-" if not r.get("tflm_arena_bytes") else
+                   f"{human_bytes(r['tflm_arena_bytes'])} (head {human_bytes(r['tflm_arena_head_bytes'])})")]
+    lines += [
         ("weights", lambda r: human_bytes(r.get("weights_bytes"))),
         (f"flash needed ({dev})", lambda r: human_bytes(r.get("flash_bytes"))),
         (f"fits {dev}", lambda r: "-" if "fits" not in r else ("yes" if r["fits"] else

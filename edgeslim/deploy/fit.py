@@ -86,9 +86,14 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
         from edgeslim.measure.energy import estimate_energy
 
         m = load(onnx_path)
+        unknown: list[str] = []
         if arena_bytes is None:
-            arena_bytes = plan_arena(m).arena_bytes  # the file's own order
+            plan = plan_arena(m)
+            arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
         r = verdict(dev, weights_bytes(m), arena_bytes, arena_source)
+        if unknown:
+            r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
+                             f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
         if energy:
             e = estimate_energy(m, dev)
             r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method

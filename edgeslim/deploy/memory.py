@@ -61,7 +61,8 @@ class ArenaPlan:
     buffers: list[Buffer]
     reordered_arena_bytes: int | None = None  # arena for the best order found by `reorder`
     reordered_order: list[str] | None = None
-    reorder_method: str = ""  # "exact", "greedy" or "" when not searched
+    reorder_method: str = ""  # "greedy=bound", "exact", "greedy" or "" when not searched
+    unknown_tensors: list[str] = field(default_factory=list)  # shapes not inferable: counted as 0 bytes
 
     @property
     def best_arena_bytes(self) -> int:
@@ -118,7 +119,10 @@ def _tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
     if any(v < 0 for v in dims):
         return None
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):  # undefined or exotic element type
+        return None
     return int(np.prod(dims, dtype=np.int64)) * itemsize
 
 
@@ -132,8 +136,12 @@ def _consumers(nodes: list[onnx.NodeProto]) -> dict[str, list[int]]:
 
 
 def buffers_of(model: onnx.ModelProto, fuse_qdq: bool = True, fuse_inplace: bool = True,
-               shapes: dict[str, list[int]] | None = None) -> tuple[onnx.ModelProto, dict[str, str], dict[str, int]]:
-    """(static model, tensor -> buffer root, root -> size in bytes) for the activation tensors."""
+               shapes: dict[str, list[int]] | None = None, strict: bool = False,
+               unknown: list[str] | None = None) -> tuple[onnx.ModelProto, dict[str, str], dict[str, int]]:
+    """(static model, tensor -> buffer root, root -> size in bytes) for the activation tensors.
+
+    Tensors whose shape inference cannot resolve (e.g. outputs of If/Loop with differing branches)
+    raise with `strict`; otherwise they count 0 bytes and their names are appended to `unknown`."""
     m = infer_static(model, shapes)
     g = m.graph
     nodes = list(g.node)
@@ -174,7 +182,11 @@ def buffers_of(model: onnx.ModelProto, fuse_qdq: bool = True, fuse_inplace: bool
         vi = info.get(t)
         b = _tensor_bytes(vi) if vi is not None else None
         if b is None:
-            raise EdgeslimError(f"tensor '{t}' has no inferable shape; pass static input shapes")
+            if strict:
+                raise EdgeslimError(f"tensor '{t}' has no inferable shape; pass static input shapes")
+            if unknown is not None:
+                unknown.append(t)
+            b = 0
         r = find(t)
         size[r] = min(size.get(r, b), b)
     return m, {t: find(t) for t in root}, size
@@ -182,9 +194,11 @@ def buffers_of(model: onnx.ModelProto, fuse_qdq: bool = True, fuse_inplace: bool
 
 def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fuse_inplace: bool = True,
                align: int = TFLM_ALIGN, reorder: bool = True, max_states: int = 5000,
-               shapes: dict[str, list[int]] | None = None) -> ArenaPlan:
-    """Plan the activation arena of `model` (path or ModelProto) at batch 1. See the module docstring."""
-    m, root, size = buffers_of(load(model), fuse_qdq, fuse_inplace, shapes)
+               shapes: dict[str, list[int]] | None = None, strict: bool = False) -> ArenaPlan:
+    """Plan the activation arena of `model` (path or ModelProto) at batch 1. See the module docstring.
+    With tensors of unknown shape (listed in `unknown_tensors`) the arena is a lower bound."""
+    unknown: list[str] = []
+    m, root, size = buffers_of(load(model), fuse_qdq, fuse_inplace, shapes, strict, unknown)
     g = m.graph
     nodes = [n for n in g.node if any(o in root for o in n.output)]  # constant subgraphs take no arena
     order = list(range(len(nodes)))
@@ -192,7 +206,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
     arena = greedy_by_size(bufs)
     plan = ArenaPlan(
         arena_bytes=arena, naive_bytes=sum(b.size for b in bufs), peak_live_bytes=peak_live(bufs),
-        order=[_node_name(nodes[i], i) for i in order], buffers=bufs,
+        order=[_node_name(nodes[i], i) for i in order], buffers=bufs, unknown_tensors=unknown,
     )
     if reorder and len(nodes) > 1:
         from edgeslim.deploy.schedule import best_order
