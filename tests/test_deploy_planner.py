@@ -171,3 +171,22 @@ def test_unknown_shapes_are_recorded_not_fatal():
     assert p.naive_bytes == 16 + 4 + 1  # X (4 floats), s (float), c (bool); Y and O unknown
     with pytest.raises(EdgeslimError, match="no inferable shape"):
         plan_arena(m, strict=True)
+
+
+def test_reorder_model_keeps_outputs_and_lowers_arena():
+    import onnxruntime as ort
+
+    from edgeslim.deploy.memory import reorder_model
+
+    m = branches()
+    new, plan = reorder_model(m)
+    onnx.checker.check_model(new)
+    assert [n.name for n in new.graph.node] == ["p", "p2", "q", "q2", "add"]
+    assert plan.arena_bytes < plan_arena(m).arena_bytes
+    x = np.random.default_rng(0).random((1, 10), dtype=np.float32)
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {"X": x})[0]
+
+    np.testing.assert_allclose(run(new), run(m), rtol=1e-6)

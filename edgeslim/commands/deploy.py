@@ -68,15 +68,19 @@ def arena_cmd(
     model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
     no_fuse_qdq: bool = typer.Option(False, help="plan QDQ float tensors as float (no int8 kernel fusion)"),
     align: int = typer.Option(16, help="buffer alignment in bytes (TFLite Micro: 16)"),
+    write_reordered: Path | None = typer.Option(None, help="write the model with its nodes in the best order"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Static activation arena plan: buffers, lifetimes, offsets; naive sum vs planned arena."""
     from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.deploy.memory import plan_arena, reorder_model
+    from edgeslim.fsutil import write_bytes
 
     path, cleanup = to_onnx(model)
     try:
         plan = plan_arena(path, fuse_qdq=not no_fuse_qdq, align=align)
+        if write_reordered is not None:
+            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
     finally:
         if cleanup:
             cleanup()

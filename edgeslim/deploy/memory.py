@@ -223,6 +223,28 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
     return plan
 
 
+def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
+                  shapes: dict[str, list[int]] | None = None) -> tuple[onnx.ModelProto, ArenaPlan]:
+    """A copy of `model` whose nodes run in the lowest-peak order found (constant-only nodes first), and
+    the plan of the new order. Any topological order is a valid ONNX graph, so outputs do not change;
+    runtimes that execute in file order (TFLite Micro after conversion) then need the smaller arena."""
+    src = load(model)
+    unknown: list[str] = []
+    _, root, size = buffers_of(src, shapes=shapes, unknown=unknown)
+    g = src.graph
+    active = [n for n in g.node if any(o in root for o in n.output)]
+    const = [n for n in g.node if not any(o in root for o in n.output)]
+    from edgeslim.deploy.schedule import best_order
+
+    order, _ = best_order(active, root, size, [v.name for v in g.input], [v.name for v in g.output],
+                          max_states=max_states)
+    out = onnx.ModelProto()
+    out.CopyFrom(src)
+    del out.graph.node[:]
+    out.graph.node.extend(const + [active[i] for i in order])
+    return out, plan_arena(out, reorder=False, shapes=shapes)
+
+
 def _node_name(n: onnx.NodeProto, i: int) -> str:
     return n.name or f"{n.op_type}_{i}"
 
