@@ -114,3 +114,14 @@ def test_shipped_qat_recipe_runs(tiny_seq_task, tmp_path):
     assert q["name"] == "qat" and q["accuracy"] >= base["accuracy"] - 0.1
     assert q["notes"]["bn_folded"] == 3
     session(tmp_path / "run" / q["onnx"])
+
+
+def test_qat_export_via_ort_is_fused_and_keeps_exact_model(resnet, tiny_image_task, tmp_path):
+    model, spec = resnet
+    res = PASSES["qat"].fn(copy.deepcopy(model), tiny_image_task, QAT(weight_bits=8, export="ort"),
+                           _ctx(tmp_path, spec, epochs=1))
+    n = res.notes
+    assert n["ort_format"].startswith("QDQ ") and n["tried"] and n["parity_top1_agreement"] >= 0.95
+    assert (tmp_path / "model_exact.onnx").exists()
+    session(tmp_path / "model_exact.onnx")
+    assert run_batched(session(res.onnx), tiny_image_task.x_test).shape == (len(tiny_image_task.x_test), 4)
