@@ -112,6 +112,8 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
         ("ORT latency p50 / p90 / p99", lambda r: " / ".join(f"{r.get(f'latency_ms_{q}', float('nan')):.3f}"
                                                             for q in ("p50", "p90", "p99")) + " ms"),
         ("PyTorch eager p50", lambda r: _ms(r, "latency_torch_ms_p50")),
+        ("ORT vs PyTorch max |diff|", lambda r: f"{r['parity_max_abs_diff']:.2g}" if "parity_max_abs_diff" in r
+         else "-"),
     ]
     b = next((r["batch"] for r in rows if "batch" in r), None)
     if b:

@@ -65,6 +65,10 @@ def deploy_extras(onnx_path: Path, net: nn.Module | None, shape: tuple[int, ...]
     rng = np.random.default_rng(0)
     sample = rng.random((1, *shape), dtype=np.float32)
     out: dict = {}
+    if net is not None:  # the exported graph must compute what the PyTorch model computes
+        from edgeslim.deploy.export import parity
+
+        out.update(parity(net, onnx_path, rng.random((8, *shape), dtype=np.float32)))
     lat = side_by_side_latency(net, onnx_path, sample, runs=runs, threads=threads)
     if "torch" in lat:
         out.update(lat["torch"].as_dict("latency_torch_ms_"))
