@@ -35,7 +35,7 @@ def fit(
                   f"runtime {human_bytes(r.flash_bytes - r.weights_bytes)}) of {human_bytes(r.flash_available)}"
                   f"  {_verdict(r.fits_flash)}")
     console.print(f"  RAM:   {human_bytes(r.ram_bytes)} needed (arena {human_bytes(r.arena_bytes)} "
-                  f"[{r.arena_source}] + runtime {human_bytes(r.ram_bytes - r.arena_bytes)}) of "
+                  f"({r.arena_source}) + runtime {human_bytes(r.ram_bytes - r.arena_bytes)}) of "
                   f"{human_bytes(r.ram_available)}  {_verdict(r.fits_ram)}")
     if r.energy_mj is not None and r.latency_ms is not None:
         console.print(f"  latency ~{r.latency_ms:.3g} ms, energy ~{r.energy_mj:.3g} mJ per inference "
