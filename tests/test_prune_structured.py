@@ -148,3 +148,31 @@ def test_recipes_run_in_the_pipeline(tiny_image_task, tmp_path):
             stage = tmp_path / name / "stages" / "01_magnitude_prune"
             assert (stage / "model.sparse.npz").exists()
         assert json.loads((tmp_path / name / "results.json").read_text())["stages"][-1]["name"] == last["name"]
+
+
+class _Concat(torch.nn.Module):
+    """Two conv branches concatenated, then a conv and a classifier: Torch-Pruning must split the index
+    ranges of the concat correctly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.mix = torch.nn.Conv2d(10, 8, 1)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(torch.relu(torch.cat([self.a(x), self.b(x)], 1)))))
+
+
+def test_concatenation_is_pruned_consistently(tiny_image_task, tmp_path):
+    m = _Concat()
+    res = PASSES["structured_prune"].fn(m, tiny_image_task, PASSES["structured_prune"].config(ratio=0.5),
+                                        _ctx(tmp_path, {}, epochs=0))
+    net = res.model
+    assert (net.a.out_channels, net.b.out_channels, net.mix.out_channels) == (3, 2, 4)
+    assert net.mix.in_channels == net.a.out_channels + net.b.out_channels
+    p = tmp_path / "c.onnx"
+    export_onnx(net, tiny_image_task.input_shape, p)
+    x = tiny_image_task.x_test[:16]
+    with torch.no_grad():
+        assert np.abs(run_batched(session(p), x) - net(torch.from_numpy(x)).numpy()).max() < 1e-4

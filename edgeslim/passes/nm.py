@@ -9,13 +9,15 @@ later passes inherit it), so the pattern survives training.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register, register_hook
-from edgeslim.passes.prune import apply_masks, prunable, weight_sparsity, write_sparse_for_stage
+from edgeslim.passes.prune import apply_masks, before_after, prunable, weight_sparsity, write_sparse_for_stage
 from edgeslim.train import Hooks, TrainConfig
 
 
@@ -76,6 +78,7 @@ def keep_nm(model: nn.Module, ctx: RunContext, spec: dict) -> Hooks:
 def nm_prune(model: nn.Module | None, task: Task, cfg: NMPrune, ctx: RunContext) -> PassResult:
     """N:M (2:4) semi-structured sparsity along each layer's reduction axis, fine-tuned with masks fixed."""
     assert model is not None
+    before = copy.deepcopy(model).eval()
     masks, skipped = nm_masks(model, cfg.n, cfg.m, cfg.skip_first)
     apply_masks(model, masks)
     carry = {"keep_nm": {"n": cfg.n, "m": cfg.m, "layers": sorted(masks)}}
@@ -90,4 +93,5 @@ def nm_prune(model: nn.Module | None, task: Task, cfg: NMPrune, ctx: RunContext)
                       "cores (Ampere+) run 2:4",
     }
     notes.update(write_sparse_for_stage(model, task, ctx))
+    notes.update(before_after(before, model.eval(), task))
     return PassResult(model, notes=notes, carry=carry)

@@ -10,6 +10,7 @@ the byte count of a file `write_sparse` really writes).
 
 from __future__ import annotations
 
+import copy
 import io
 import tempfile
 import time
@@ -122,6 +123,7 @@ def magnitude_prune(model: nn.Module | None, task: Task, cfg: MagnitudePrune, ct
     """Zero the smallest-magnitude weights to a target sparsity (one-shot or scheduled rounds), fine-tuning
     with masks fixed after each round."""
     assert model is not None
+    before = copy.deepcopy(model).eval()
     ctx.carry["keep_sparsity"] = True
     rounds = []
     for i, s in enumerate(schedule_ratios(cfg.sparsity, cfg.rounds, cfg.schedule)):
@@ -132,6 +134,7 @@ def magnitude_prune(model: nn.Module | None, task: Task, cfg: MagnitudePrune, ct
     notes = {"val_accuracy": rounds[-1]["val_accuracy"], "weight_sparsity": rounds[-1]["sparsity"],
              "rounds": rounds}
     notes.update(write_sparse_for_stage(model, task, ctx))
+    notes.update(before_after(before, model.eval(), task))  # dense kernels: expect a speedup near 1x
     return PassResult(model, notes=notes, carry={"keep_sparsity": True})
 
 
