@@ -146,8 +146,8 @@ def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = N
     m = load(onnx_path)
     try:
         plan = plan_arena(m, max_states=2000)
-    except EdgeslimError as e:  # a graph the planner cannot size must not stop the pipeline
-        return {"arena_bytes": None, "energy_mj": None, "deploy_device": dev.name, "deploy_note": str(e)}
+    except EdgeslimError as err:  # a graph the planner cannot size must not stop the pipeline
+        return {"arena_bytes": None, "energy_mj": None, "deploy_device": dev.name, "deploy_note": str(err)}
     sample = None
     x = getattr(task, "x_test", None)
     if isinstance(x, np.ndarray) and len(x):
