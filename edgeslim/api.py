@@ -74,6 +74,11 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
     out = []
     for p in paths:
         p = Path(p)
+        if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
+            from edgeslim.litert.measure import measure_tflite
+
+            out.append(measure_tflite(p, t, runs=runs, threads=threads))
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             if p.is_dir():
                 net, spec = models.load_model(p)
@@ -85,7 +90,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
                 net, onnx_path, size_path = None, p, None
                 shape = _onnx_input_shape(p)
             else:
-                raise EdgeslimError(f"{p}: not an edgeslim model folder or .onnx file")
+                raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
             task_for = t or _synthetic_task(shape)
             m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
             if t is None:
