@@ -28,7 +28,7 @@ def search(
     max_latency: str | None = typer.Option(None, help="estimated device latency limit, e.g. 20ms"),
     max_energy: str | None = typer.Option(None, help="estimated energy per inference limit, e.g. 2mJ"),
     max_accuracy_drop: float | None = typer.Option(1.0, help="points below the baseline (validation/test)"),
-    proxy_epochs: int = typer.Option(2, help="fine-tuning epochs of the proxy that ranks trials"),
+    proxy_epochs: int = typer.Option(3, help="fine-tuning epochs of the proxy that ranks trials"),
     proxy_slack: float = typer.Option(2.0, help="extra accuracy points a proxy may lose (full fine-tune recovers)"),
     top: int = typer.Option(6, help="front members fine-tuned fully and measured at the end"),
     knobs: str | None = typer.Option(None, help="restrict the space: comma list of knobs (default: all)"),

@@ -67,7 +67,7 @@ def profile_baseline(model_dir: Path, task: Task, device: Any, work: Path) -> tu
 
 
 @torch.no_grad()
-def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] = (0.25, 0.5, 0.75)) -> dict:
+def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] = (0.1, 0.25, 0.4, 0.55, 0.7)) -> dict:
     """Per layer: validation accuracy drop (points) when that layer alone loses the given fraction of its
     output channels (lowest L2 norm zeroed, no fine-tuning). Cheap: one evaluation per layer and ratio.
     Uses the pruning area's sensitivity analysis when it offers this shape of result."""

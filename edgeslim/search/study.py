@@ -54,7 +54,7 @@ class SearchConfig:
     objectives: list[str]
     trials: int
     budget: dict
-    proxy_epochs: int = 2
+    proxy_epochs: int = 3
     proxy_slack: float = 2.0  # accuracy points the proxy may lose beyond the budget (full fine-tune recovers)
     seed: int = 0
     sampler: str = "tpe"  # tpe or random
@@ -124,8 +124,10 @@ def guided_seeds(ctx: Context, n: int) -> list[dict]:
         return []
     sens = channel_sensitivity(Path(ctx.cfg.model), ctx.task)
     seeds = []
-    for tol in (1.0, 3.0, 6.0, 12.0, 25.0)[:n]:
-        ratios = {name: max([r for r, d in curve.items() if d <= tol], default=0.0) for name, curve in sens.items()}
+    # (tolerated drop in points before fine-tuning, largest ratio any layer gets), gentle to aggressive
+    for tol, cap in ((0.5, 0.25), (2.0, 0.4), (5.0, 0.55), (10.0, 0.7))[:n]:
+        ratios = {name: min(cap, max([r for r, d in curve.items() if d <= tol], default=0.0))
+                  for name, curve in sens.items()}
         for boost in [x * 0.05 for x in range(int(MAX_RATIO / 0.05) + 1)]:
             p: dict[str, Any] = {ratio_param(k): round(min(MAX_RATIO, v + boost), 2) for k, v in ratios.items()}
             p.update({"weight_bits": 8, "sparsity": 0.0, "distill": False, "lowrank_keep": 1.0,
