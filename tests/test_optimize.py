@@ -56,7 +56,7 @@ def test_multi_input_dynamic_batch(tmp_path: Path) -> None:
     assert chosen["cosine"] >= 0.99 and chosen["name"] == res["chosen"]
     assert res["reason"].startswith(res["chosen"])
     names = {c["name"] for c in res["candidates"]}
-    assert names == {"fp32-opt", "w8", "w16", "int8-qdq", "int8-qop", "int8-dyn", "fp16"}
+    assert names == {"fp32-opt", "w8", "w16", "int8-qdq", "int8-qdq+w8", "int8-qop", "int8-dyn", "fp16"}
 
 
 def test_constant_weights_and_old_opset_are_repaired(tmp_path: Path) -> None:

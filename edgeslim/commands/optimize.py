@@ -20,7 +20,7 @@ def optimize(
                                             "(default 0.995 when no tolerance is given)"),
     max_abs: float | None = typer.Option(None, help="tolerance: max absolute error of any output element"),
     min_top1: float | None = typer.Option(None, help="tolerance: min top-1 agreement of classifier outputs (0-1)"),
-    candidates: str = typer.Option("fp32-opt,w8,w16,int8-qdq,int8-qop,int8-dyn,fp16",
+    candidates: str = typer.Option("fp32-opt,w8,w16,int8-qdq,int8-qdq+w8,int8-qop,int8-dyn,fp16",
                                    help="comma-separated candidates to try"),
     exclude_op: list[str] = typer.Option([], "--exclude-op", help="op type never quantized/compressed (repeat)"),
     exclude_node: list[str] = typer.Option([], "--exclude-node", help="node name never quantized (repeat)"),

@@ -5,6 +5,7 @@ Candidates (all from the repaired model):
   w8         weight-only INT8 storage (int8 + Cast + Mul, folded back to FP32 at load: same speed)
   w16        weight-only FP16 storage (fp16 + Cast, folded at load)
   int8-qdq   static INT8 QDQ (u8s8, reduce_range) with SQNR fallback of sensitive layers
+  int8-qdq+w8  int8-qdq plus weight-only storage of the float weights it left (RNNs, fallen-back layers)
   int8-qop   static INT8 QOperator (QLinearConv, ...) with the same fallback list
   int8-dyn   dynamic INT8 of MatMul/Gemm/LSTM/GRU (only when the model has them)
   fp16       full FP16 compute (inputs/outputs kept FP32)
@@ -26,13 +27,14 @@ from edgeslim.onnxopt import graph, quant
 from edgeslim.onnxopt.fidelity import Fidelity, Tolerance, compare, run_all
 from edgeslim.onnxopt.inputs import Feed
 
-ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qop", "int8-dyn", "fp16")
+ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qdq+w8", "int8-qop", "int8-dyn", "fp16")
 ABOUT = {
     "original": "the input model, unchanged",
     "fp32-opt": "ORT offline graph optimisation (basic) + dead nodes removed",
     "w8": "weight-only INT8 storage (Cast+Mul, FP32 compute)",
     "w16": "weight-only FP16 storage (Cast, FP32 compute)",
     "int8-qdq": "static INT8 QDQ u8s8 reduce_range",
+    "int8-qdq+w8": "int8-qdq + weight-only storage of the weights it left float",
     "int8-qop": "static INT8 QOperator u8s8 reduce_range",
     "int8-dyn": "dynamic INT8 (MatMul/Gemm/RNN)",
     "fp16": "FP16 compute, FP32 I/O",
@@ -76,6 +78,8 @@ class Context:
     workdir: Path
     excluded_by_sqnr: list[str] = field(default_factory=list)
     w8_fp16_below_db: float = 0.0  # set by `evaluate` while it searches the w8 fallback threshold
+    w8_db: float = 0.0             # the threshold w8 ended with (reused by int8-qdq+w8)
+    qdq: onnx.ModelProto | None = None
 
 
 def _first_line(e: BaseException) -> str:
@@ -106,18 +110,29 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         if n == 0:
             return None, [f"no weight has >= {ctx.weight_min_elements} elements"]
         n16 = sum(t.name.endswith("__fp16") for g in quant._graphs(m.graph) for t in g.initializer)
-        if name == "w8" and n16:
-            return m, [f"{n - n16} weights int8, {n16} kept fp16 (int8 SQNR < {ctx.w8_fp16_below_db:g} dB)"]
-        return m, [f"{n} weights"]
+        if name == "w8":
+            why = f" (incl. weights with int8 SQNR < {ctx.w8_fp16_below_db:g} dB)" if ctx.w8_fp16_below_db else ""
+            return m, [f"{n - n16} tensors int8, {n16} fp16{why}"]
+        return m, [f"{n} tensors fp16"]
     if name == "int8-qdq":
         r = quant.static_with_fallback(ctx.base, ctx.feeds, ctx.exclude_ops, ctx.exclude_nodes, ctx.sqnr_db)
         ctx.excluded_by_sqnr = r.excluded
         q = len(quant._quantized_nodes(r.model))
         if q == 0:
             return None, ["no layer the quantizer can convert outside If/Loop bodies (ORT leaves those float)"]
+        ctx.qdq = r.model
         notes.append(f"{q} layers INT8, {len(r.excluded)} fell back (SQNR < {ctx.sqnr_db:g} dB), "
                      f"worst layer {r.worst_db:.1f} dB")
         return r.model, notes
+    if name == "int8-qdq+w8":
+        # the weights static INT8 left float (RNNs, fallen-back layers) stored as int8/fp16 on top
+        if ctx.qdq is None:
+            return None, ["needs int8-qdq, which did not produce a model"]
+        m, n = graph.weight_only(ctx.qdq, "int8", ctx.weight_min_elements, _weights_of_excluded(ctx.qdq, ctx),
+                                 fp16_below_db=ctx.w8_db)
+        if n == 0:
+            return None, ["int8-qdq left no large float weight"]
+        return m, [f"{n} float tensors left by int8-qdq stored as int8/fp16"]
     if name == "int8-qop":
         m = quant.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
                               ctx.exclude_nodes | set(ctx.excluded_by_sqnr))
@@ -145,7 +160,7 @@ def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
         c = _evaluate(name, ctx, threads)
         if not c.status.startswith("rejected"):
             break
-    ctx.w8_fp16_below_db = 0.0
+    ctx.w8_db, ctx.w8_fp16_below_db = ctx.w8_fp16_below_db, 0.0
     return c
 
 

@@ -58,8 +58,8 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
             f"{p}: unsupported opset {opset} (edgeslim optimize takes opsets {MIN_OPSET} to {newest}; "
             "upgrade older models with onnx.version_converter first)"
         )
-    try:
-        onnx.checker.check_model(model)
+    try:  # the checker takes a path for models over protobuf's 2 GB limit
+        onnx.checker.check_model(str(p) if p.stat().st_size > 2**31 - 2**24 else model)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeslimError(f"{p}: invalid ONNX model ({msg})") from None

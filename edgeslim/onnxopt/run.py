@@ -4,7 +4,8 @@ load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> ca
 interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
 
 The rule ("never slower by default"): among candidates within tolerance and not slower than the
-original by more than `max_slowdown` (p50), keep the smallest file. If none is both, the original is
+original by more than `max_slowdown` (p50), keep the smallest file (within 2%, the fastest of the
+smallest). If none is both, the original is
 written unchanged. If none even meets the tolerance, nothing is written unless `force`.
 """
 
@@ -164,13 +165,17 @@ def optimize(cfg: OptimizeConfig) -> dict:
                 c.status = (f"rejected: slower (p50 {lat[c.name].p50_ms:.3g} ms > original "
                             f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
         fast = [c for c in usable if c.usable]
-        chosen = min(fast, key=lambda c: (c.size, lat[c.name].p50_ms)) if fast else None
+        chosen = None
+        if fast:  # the smallest; sizes within 2% of it count as equal and the fastest of those wins
+            near = [c for c in fast if c.size <= 1.02 * min(c.size for c in fast)]
+            chosen = min(near, key=lambda c: lat[c.name].p50_ms)
         if chosen is not None and chosen.size >= orig_size:
             reason = (f"{chosen.name}: no candidate is both smaller and within tolerance and speed; "
                       "the original is written unchanged")
             chosen = None
         elif chosen is not None:
-            reason = (f"{chosen.name}: smallest of {len(fast)} candidate(s) within tolerance and not slower "
+            reason = (f"{chosen.name}: smallest (ties within 2% go to the fastest) of {len(fast)} candidate(s) "
+                      f"within tolerance and not slower "
                       f"than the original (p50 {lat[chosen.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
         elif usable:
             reason = "every candidate within tolerance is slower than the original: the original is written unchanged"
