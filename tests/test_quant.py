@@ -139,3 +139,12 @@ def test_shipped_ptq_recipe_runs_on_a_sequence_task(tiny_seq_task, tmp_path):
     assert q["name"] == "quantize_int8" and q["accuracy"] >= base["accuracy"] - 0.05
     assert q["size_bytes"] < base["size_bytes"] / 2
     session(tmp_path / "run" / q["onnx"])
+
+
+def test_quantizing_twice_is_a_clear_error(trained_resnet, tiny_image_task, tmp_path):
+    _, spec, fp32 = trained_resnet
+    cfg = PASSES["quantize_int8"].config(calibration_samples=16, select="fixed")
+    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path / "a", spec, fp32))
+    with pytest.raises(EdgeslimError, match="already quantized"):
+        PASSES["quantize_fp16"].fn(None, tiny_image_task, PASSES["quantize_fp16"].config(),
+                                   _ctx(tmp_path / "b", spec, res.onnx))

@@ -65,6 +65,7 @@ def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[d
 def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext) -> PassResult:
     """Static INT8 post-training quantization (QDQ); the integer format is chosen by measurement."""
     assert ctx.prev_onnx is not None
+    ortquant.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     ortquant.check_calibration(ctx.prev_onnx, calib)
     work = ctx.stage_dir / "candidates"
@@ -118,6 +119,7 @@ class QuantizeDynamic(PassConfig):
 def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, ctx: RunContext) -> PassResult:
     """Dynamic INT8: weights stored int8, activations scaled at run time (for Linear/MatMul/RNN models)."""
     assert ctx.prev_onnx is not None
+    ortquant.check_float(ctx.prev_onnx, "quantize_dynamic")
     mm = ctx.stage_dir / "matmul.onnx"
     n = ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"
@@ -140,6 +142,7 @@ class QuantizeFP16(PassConfig):
 def quantize_fp16(model: nn.Module | None, task: Task, cfg: QuantizeFP16, ctx: RunContext) -> PassResult:
     """FP16 weights and compute (float32 model inputs/outputs kept); halves the file."""
     assert ctx.prev_onnx is not None
+    ortquant.check_float(ctx.prev_onnx, "quantize_fp16")
     dst = ctx.stage_dir / "model.onnx"
     ortquant.convert_fp16(ctx.prev_onnx, dst)
     return PassResult(None, onnx=dst, notes={
@@ -162,6 +165,7 @@ def quantize_int4_weights(
     assert ctx.prev_onnx is not None
     if cfg.block_size & (cfg.block_size - 1):
         raise EdgeslimError(f"quantize_int4_weights.block_size: must be a power of two, got {cfg.block_size}")
+    ortquant.check_float(ctx.prev_onnx, "quantize_int4_weights")
     mm = ctx.stage_dir / "matmul.onnx"
     ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"

@@ -74,6 +74,20 @@ def check_calibration(src: Path, calib: np.ndarray) -> str:
     return inp.name
 
 
+def check_float(src: Path, where: str) -> None:
+    """Quantizing an already quantized model is a recipe mistake: say so in one line."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
+    done = ops & {"QuantizeLinear", "DequantizeLinear", "MatMulNBits", "QLinearConv", "MatMulInteger",
+                  "DynamicQuantizeLinear"}
+    if done:
+        raise EdgeslimError(
+            f"{where}: {src} is already quantized (has {', '.join(sorted(done))}); use one quantization pass "
+            "per recipe (qat, quantize_int8, quantize_dynamic, quantize_fp16 or quantize_int4_weights)"
+        )
+
+
 def preprocess(src: Path, dst: Path) -> None:
     """ORT's pre-quantization step (shape inference and graph clean-up, e.g. Conv+BN fusion)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
