@@ -96,3 +96,9 @@ def test_corrupt_weights(tmp_path):
 def test_unknown_arch():
     with pytest.raises(EdgeslimError, match="unknown model 'vgg'.*lenet300"):
         models.make_spec("vgg", (1, 8, 8), 10)
+
+
+def test_dscnn_matches_mlperf_tiny_reference():
+    net = ZOO["dscnn"].build((1, 49, 10), 12)
+    assert tuple(net.stem(torch.zeros(1, 1, 49, 10)).shape) == (1, 64, 25, 5)  # 'same' padding, stride 2
+    assert abs(count_macs(net, (1, 49, 10)) - 2.66e6) / 2.66e6 < 0.01

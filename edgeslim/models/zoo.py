@@ -9,6 +9,7 @@ reference (image classification: 32x32x3 -> 10; keyword spotting: 49x10x1 -> 12)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,10 +141,11 @@ class DSCNN(nn.Module):
         cin = input_shape[0] if len(input_shape) > 1 else 1
         dims = list(input_shape[1:]) if len(input_shape) > 1 else [input_shape[0]]
         conv, bn = _conv(nd), _bn(nd)
-        ref_k, ref_s = ((10, 4), (2, 2)) if nd == 2 else ((10,), (2,))
+        ref_k = (10, 4) if nd == 2 else (10,)
         k = tuple(_fit(kk, d) for kk, d in zip(ref_k, dims))
-        s = tuple(ss if d >= 16 else 1 for ss, d in zip(ref_s, dims))
-        pad = tuple(kk // 2 for kk in k)
+        s = tuple(2 if d >= 2 * kk else 1 for kk, d in zip(k, dims))  # the reference strides by 2
+        # TensorFlow 'same' padding (output = ceil(in / stride)), rounded up to be symmetric
+        pad = tuple(math.ceil(max((math.ceil(d / ss) - 1) * ss + kk - d, 0) / 2) for kk, ss, d in zip(k, s, dims))
         self.stem = nn.Sequential(
             AsSequence(), conv(cin, width, k, s, pad, bias=False), bn(width), nn.ReLU(), nn.Dropout(0.2)
         )
