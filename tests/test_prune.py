@@ -175,3 +175,4 @@ def test_sensitivity_curves_allocation_and_report(tiny_image_task, tmp_path):
     )
     assert weight_sparsity(res.model) == pytest.approx(0.7, abs=0.02)
     assert (tmp_path / "sensitivity.png").exists()
+    assert _parity(res.model, task, tmp_path / "m.onnx") < 1e-4

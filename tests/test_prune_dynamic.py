@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
@@ -25,10 +26,12 @@ def test_early_exit_table_on_resnet8(tiny_image_task, tmp_path):
     task = tiny_image_task
     m, spec = _trained("resnet8", task, width=8)
     full_acc = evaluate(m, task.x_test, task.y_test)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
     ctx = RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=0), quiet=True)
     cfg = PASSES["early_exit"].config(thresholds=[0.0, 0.9, 1.0], head_epochs=100)
     res = PASSES["early_exit"].fn(m, task, cfg, ctx)
     assert res.model is m and res.notes["exits"] == ["layer1", "layer2"]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())  # backbone untouched, BN stats too
     table = json.loads((tmp_path / "early_exit.json").read_text())
     rows = {r["threshold"]: r for r in table["rows"]}
     full_macs = count_macs(m, task.input_shape)

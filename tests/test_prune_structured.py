@@ -176,3 +176,15 @@ def test_concatenation_is_pruned_consistently(tiny_image_task, tmp_path):
     x = tiny_image_task.x_test[:16]
     with torch.no_grad():
         assert np.abs(run_batched(session(p), x) - net(torch.from_numpy(x)).numpy()).max() < 1e-4
+
+
+def test_structured_sensitivity_prune_on_residual_model(tiny_image_task, tmp_path):
+    task = tiny_image_task
+    m, spec = _model("resnet8", task)
+    cfg = PASSES["sensitivity_prune"].config(target=0.4, mode="structured", ratios=[0.25, 0.5, 0.75])
+    res = PASSES["sensitivity_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    alloc = res.notes["allocation"]
+    assert "fc" not in alloc and set(alloc) >= {"stem.1", "layer3.conv2"}
+    assert res.notes["params_after"] < res.notes["params_before"]
+    assert (tmp_path / "sensitivity.md").read_text().count("| layer3.conv2 | 2304 |") == 1
+    _check_export_and_reload(res.model, spec, task, tmp_path)

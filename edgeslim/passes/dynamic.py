@@ -116,7 +116,7 @@ def build_exits(model: nn.Module, task: Task, cfg: EarlyExit, seed: int = 0) -> 
     outs, macs, y = [], [], torch.zeros(1, *task.input_shape)
     with torch.no_grad():
         for _, m in links:
-            macs.append(count_macs(nn.Sequential(m), tuple(y.shape[1:])))
+            macs.append(count_macs(m, tuple(y.shape[1:])))  # keeps m's eval mode (BN stats frozen)
             y = m(y)
             outs.append(y)
     names = [n for n, _ in links]
