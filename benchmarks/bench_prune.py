@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def baseline(arch: str, task, out: Path, epochs: int, seed: int) -> Path:
-    folder = out / f"{arch}_base"
+    folder = out / f"{arch}_base_s{seed}"
     if not (folder / "spec.json").exists():
         spec = models.make_spec(arch, task.input_shape, task.num_classes)
         torch.manual_seed(seed)
@@ -46,8 +47,13 @@ def baseline(arch: str, task, out: Path, epochs: int, seed: int) -> Path:
     return folder
 
 
-def run(recipe_text: str, name: str, model_dir: Path, task, out: Path, seed: int) -> dict:
-    return run_recipe(parse_recipe(recipe_text, name), model_dir, task, out / name, seed=seed, quiet=True,
+def recipe_text(name: str, ft_epochs: int | None) -> str:
+    text = (RECIPES / f"{name}.yaml").read_text()
+    return text if ft_epochs is None else re.sub(r"epochs: \d+", f"epochs: {ft_epochs}", text)
+
+
+def run(text: str, name: str, model_dir: Path, task, out: Path, seed: int) -> dict:
+    return run_recipe(parse_recipe(text, name), model_dir, task, out / name, seed=seed, quiet=True,
                       force=True)
 
 
@@ -63,7 +69,7 @@ def latency_rows(run_dir: Path, res: dict, task, batches: list[int]) -> dict:
 
 def structured(task, out: Path, args) -> list[dict]:
     base = baseline("resnet8", task, out, args.epochs, args.seed)
-    text = (RECIPES / "structured-50.yaml").read_text().replace("epochs: 15", f"epochs: {args.ft_epochs}")
+    text = recipe_text("structured-50", args.ft_epochs)
     rows = []
     for imp in args.criteria:
         name = f"resnet8_structured50_{imp}"
@@ -77,15 +83,15 @@ def structured(task, out: Path, args) -> list[dict]:
 
 
 def unstructured(task, out: Path, args) -> list[dict]:
-    base = baseline("lenet300", task, out, args.epochs, args.seed)
-    text = (RECIPES / "unstructured-92.yaml").read_text().replace("epochs: 15", f"epochs: {args.ft_epochs}")
+    text = recipe_text("unstructured-92", args.ft_epochs)
     rows = []
-    for scope in ("global", "lamp"):
-        name = f"lenet300_unstructured92_{scope}"
-        res = run(text.replace("scope: global", f"scope: {scope}"), name, base, task, out, args.seed)
+    for seed, scope in [(s, sc) for s in args.seeds for sc in args.scopes]:
+        base = baseline("lenet300", task, out, args.epochs, seed)
+        name = f"lenet300_unstructured92_{scope}_s{seed}"
+        res = run(text.replace("scope: global", f"scope: {scope}"), name, base, task, out, seed)
         b, p = res["stages"][0], res["stages"][-1]
         lat = latency_rows(out / name, res, task, [1, 256])
-        rows.append({"scope": scope, "acc_base": b["accuracy"], "acc_pruned": p["accuracy"],
+        rows.append({"scope": scope, "seed": seed, "acc_base": b["accuracy"], "acc_pruned": p["accuracy"],
                      "sparsity": p["notes"]["weight_sparsity"], "nonzero": [b["nonzero_params"], p["nonzero_params"]],
                      "size_dense": [b["size_bytes"], p["size_bytes"]],
                      "size_compressed": [b["size_bytes_compressed"], p["size_bytes_compressed"]],
@@ -97,14 +103,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_prune"))
     ap.add_argument("--epochs", type=int, default=30, help="baseline training epochs")
-    ap.add_argument("--ft-epochs", type=int, default=15, help="fine-tuning epochs per pruning round")
+    ap.add_argument("--ft-epochs", type=int, default=None, help="override the recipes' fine-tuning epochs")
     ap.add_argument("--criteria", default="taylor,l2,bn_scale,random")
     ap.add_argument("--batches", default="1,64,256")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the ResNet-8 baseline")
+    ap.add_argument("--seeds", default="0,1,2,3", help="LeNet-300-100 baselines (one per seed)")
+    ap.add_argument("--scopes", default="global", help="unstructured scopes: global, lamp, layer")
     ap.add_argument("--skip", default="", help="comma list of: structured,unstructured,sensitivity,early_exit")
     args = ap.parse_args()
     args.criteria = [c for c in args.criteria.split(",") if c]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    args.scopes = [x for x in args.scopes.split(",") if x]
     skip = set(args.skip.split(","))
     torch.set_num_threads(1)
     task = load_task("digits")
@@ -125,18 +135,22 @@ def main() -> None:
 
     if "unstructured" not in skip:
         report["unstructured"] = rows = unstructured(task, args.out, args)
-        print("\n## LeNet-300-100 on digits, 92% unstructured sparsity (cubic, 4 rounds), fine-tuned")
-        print("| scope | test acc base -> pruned | sparsity | non-zero | dense ONNX | compressed | "
+        print("\n## LeNet-300-100 on digits, 92% unstructured sparsity (recipes/unstructured-92.yaml), fine-tuned")
+        print("| scope | seed | test acc base -> pruned | sparsity | non-zero | dense ONNX | compressed | "
               "latency b1 (speedup) | latency b256 (speedup) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             la = r["latency"]
-            print(f"| {r['scope']} | {100 * r['acc_base']:.2f}% -> {100 * r['acc_pruned']:.2f}% | "
+            print(f"| {r['scope']} | {r['seed']} | {100 * r['acc_base']:.2f}% -> {100 * r['acc_pruned']:.2f}% | "
                   f"{100 * r['sparsity']:.1f}% | {r['nonzero'][0]:,} -> {r['nonzero'][1]:,} | "
                   f"{r['size_dense'][0]:,} -> {r['size_dense'][1]:,} B | "
                   f"{r['size_compressed'][0]:,} -> {r['size_compressed'][1]:,} B | "
                   f"{la[1]['pruned_ms']:.4f} ms ({la[1]['speedup']:.2f}x) | "
                   f"{la[256]['pruned_ms']:.3f} ms ({la[256]['speedup']:.2f}x) |")
+        for scope in args.scopes:
+            d = [100 * (r["acc_pruned"] - r["acc_base"]) for r in rows if r["scope"] == scope]
+            print(f"\n{scope}: accuracy change vs dense over {len(d)} seeds: mean {np.mean(d):+.2f} points "
+                  f"(min {min(d):+.2f}, max {max(d):+.2f}; one test digit = {100 / len(task.x_test):.2f} points)")
 
     if "sensitivity" not in skip:
         report["sensitivity"] = {}

@@ -4,6 +4,7 @@ the pruned model exports to ONNX with the same outputs, and reloads from safeten
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_recipes_run_in_the_pipeline(tiny_image_task, tmp_path):
     from edgeslim.cli import RECIPES
 
     for name in ("structured-50", "unstructured-92"):
-        text = (RECIPES / f"{name}.yaml").read_text().replace("epochs: 15", "epochs: 1")
+        text = re.sub(r"epochs: \d+", "epochs: 1", (RECIPES / f"{name}.yaml").read_text())
         res = run_recipe(parse_recipe(text, name), tmp_path / "base", task, tmp_path / name, quiet=True)
         base, last = res["stages"][0], res["stages"][-1]
         assert last["size_bytes_compressed"] is not None and base["size_bytes_compressed"] > 0
