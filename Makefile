@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean search-cluster
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,3 +33,7 @@ lint: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache
+
+# A real local PostgreSQL server (Debian's package; started and stopped here) shared by two search workers.
+search-cluster: $(TEST_STAMP)
+	$(BIN)/python -m edgeslim.search.pgcluster demo --out runs/search-cluster

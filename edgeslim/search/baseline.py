@@ -3,6 +3,8 @@ measured like every candidate, and per-layer pruning sensitivity (for the guided
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,9 @@ def profile_baseline(model_dir: Path, task: Task, device: Any, work: Path) -> tu
     layers, other = layer_table(model, task.input_shape)
     work.mkdir(parents=True, exist_ok=True)
     onnx_path = work / "baseline.onnx"
-    export_onnx(model, task.input_shape, onnx_path)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:  # workers sharing --out must not see half a file
+        export_onnx(model, task.input_shape, Path(tmp) / "baseline.onnx")
+        os.replace(Path(tmp) / "baseline.onnx", onnx_path)
     arena, method = arena_bytes(onnx_path)
     base = Baseline(tuple(layers), sum(p.numel() for p in model.parameters()), sum(x.macs for x in layers),
                     onnx_path.stat().st_size, arena, method, other)

@@ -100,9 +100,42 @@ def _create_db(port: int, db: str) -> None:
     conn.close()
 
 
+def demo(out: Path, trials: int = 6) -> int:
+    """`make search-cluster`: two `edgeslim search --worker` processes share a study on a private
+    PostgreSQL server, then the coordinating search (same storage) fine-tunes the front and reports."""
+    model = out / "model"
+    exe = [sys.executable, "-m", "edgeslim.cli"]
+    if not (model / "spec.json").exists():
+        subprocess.run([*exe, "train", "--model", "lenet5", "--task", "digits", "--out", str(model),
+                        "--epochs", "20"], check=True)
+    common = ["search", str(model), "--task", "digits", "--device", "cortex-m4", "--trials", str(trials),
+              "--knobs", "structured,quantize,finetune", "--max-flash", "32KB", "--top", "3"]
+    with cluster() as url:
+        print(f"PostgreSQL running: {url}", flush=True)
+        procs = [subprocess.Popen([*exe, *common, "--storage", url, "--worker", "--out", str(out / f"worker{i}")])
+                 for i in range(2)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            return max(codes)
+        rc = subprocess.run([*exe, *common, "--storage", url, "--out", str(out / "search")]).returncode
+        import optuna
+
+        from edgeslim.search.workers import make_storage
+
+        trials = optuna.load_study(study_name="edgeslim-search", storage=make_storage(url)).get_trials()
+        by: dict[str, int] = {}
+        for t in trials:
+            by[str(t.user_attrs.get("worker"))] = by.get(str(t.user_attrs.get("worker")), 0) + 1
+        print(f"{len(trials)} trials in PostgreSQL, numbers {sorted(t.number for t in trials)}, by worker: {by}")
+        return rc
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["demo"]:
+        out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs/search-cluster")
+        return demo(out)
     if len(argv) < 2 or argv[0] != "run":
-        print("usage: python -m edgeslim.search.pgcluster run -- CMD...", file=sys.stderr)
+        print("usage: python -m edgeslim.search.pgcluster run -- CMD...  |  demo [--out DIR]", file=sys.stderr)
         return 2
     cmd = argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
     with cluster() as url:

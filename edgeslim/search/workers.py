@@ -35,19 +35,33 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     if url.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
-        if url.startswith("postgres"):
+        engine_url = url
+        if url.startswith(("postgresql://", "postgres://")):
+            engine_url = _pg_driver(url)
+        for attempt in range(10):
             try:
-                import psycopg2  # noqa: F401
-            except ImportError:
-                raise EdgeslimError(
-                    f"--storage {url}: PostgreSQL needs psycopg2; pip install 'edgeslim[search-pg]'"
-                ) from None
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        except Exception as e:  # SQLAlchemy raises many types for bad URLs or unreachable servers
-            raise EdgeslimError(f"--storage {url}: cannot open ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]})") from None
+                return optuna.storages.RDBStorage(engine_url, engine_kwargs={"pool_pre_ping": True})
+            except Exception as e:  # SQLAlchemy raises many types for bad URLs or unreachable servers
+                # two workers creating the schema at once: one loses with a unique violation; retry
+                if type(e).__name__ in ("IntegrityError", "ProgrammingError") and attempt < 9:
+                    time.sleep(0.5 + 0.5 * attempt)
+                    continue
+                raise EdgeslimError(f"--storage {url}: cannot open ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200]})") from None
     raise EdgeslimError(f"--storage {url}: unknown URL scheme; valid: {', '.join(SCHEMES)}")
+
+
+def _pg_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; use psycopg2 (the `search-pg` extra) when that is
+    what is installed."""
+    import importlib.util
+
+    rest = url.split("://", 1)[1]
+    if importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + rest
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + rest
+    raise EdgeslimError(f"--storage {url}: PostgreSQL needs a driver; pip install 'edgeslim[search-pg]'")
 
 
 def worker_id() -> str:
