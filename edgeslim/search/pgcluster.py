@@ -122,11 +122,11 @@ def demo(out: Path, trials: int = 6) -> int:
 
         from edgeslim.search.workers import make_storage
 
-        trials = optuna.load_study(study_name="edgeslim-search", storage=make_storage(url)).get_trials()
+        done = optuna.load_study(study_name="edgeslim-search", storage=make_storage(url)).get_trials()
         by: dict[str, int] = {}
-        for t in trials:
+        for t in done:
             by[str(t.user_attrs.get("worker"))] = by.get(str(t.user_attrs.get("worker")), 0) + 1
-        print(f"{len(trials)} trials in PostgreSQL, numbers {sorted(t.number for t in trials)}, by worker: {by}")
+        print(f"{len(done)} trials in PostgreSQL, numbers {sorted(t.number for t in done)}, by worker: {by}")
         return rc
 
 
