@@ -155,11 +155,15 @@ def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
     """Build, save, load in ORT and compare outputs; never raises (a failure is the candidate's status)."""
     if name != "w8":
         return _evaluate(name, ctx, threads)
+    trail: list[str] = []
     for db in W8_FP16_STEPS_DB:
         ctx.w8_fp16_below_db = db
         c = _evaluate(name, ctx, threads)
         if not c.status.startswith("rejected"):
             break
+        trail.append(f"fp16 below {db:g} dB: {c.status.partition(': ')[2]}")
+    if trail and not c.status.startswith("rejected"):
+        c.notes.append("earlier tries " + ", ".join(trail))
     ctx.w8_db, ctx.w8_fp16_below_db = ctx.w8_fp16_below_db, 0.0
     return c
 

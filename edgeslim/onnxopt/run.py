@@ -4,8 +4,9 @@ load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> ca
 interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
 
 The rule ("never slower by default"): among candidates within tolerance and not slower than the
-original by more than `max_slowdown` (p50), keep the smallest file (within 2%, the fastest of the
-smallest). If none is both, the original is
+original by more than `max_slowdown` (p50), keep the smallest file; files within SIZE_TIE (5%) of the
+smallest count as equally small and the fastest of them wins (a QDQ model carries scales that make it a
+few % larger than weight-only storage while running up to 2x faster). If none is both, the original is
 written unchanged. If none even meets the tolerance, nothing is written unless `force`.
 """
 
@@ -26,6 +27,7 @@ from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
 from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
 from edgeslim.onnxopt.load import infer_shapes, load_and_repair
 
+SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
                      "shapes. ACCURACY IS NOT CHECKED, only closeness to the original on random data; "
                      "pass --calib INPUTS.npz with real inputs")
@@ -166,15 +168,15 @@ def optimize(cfg: OptimizeConfig) -> dict:
                             f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
         fast = [c for c in usable if c.usable]
         chosen = None
-        if fast:  # the smallest; sizes within 2% of it count as equal and the fastest of those wins
-            near = [c for c in fast if c.size <= 1.02 * min(c.size for c in fast)]
+        if fast:  # the smallest; sizes within SIZE_TIE of it count as equal and the fastest of those wins
+            near = [c for c in fast if c.size <= (1 + SIZE_TIE) * min(c.size for c in fast)]
             chosen = min(near, key=lambda c: lat[c.name].p50_ms)
         if chosen is not None and chosen.size >= orig_size:
             reason = (f"{chosen.name}: no candidate is both smaller and within tolerance and speed; "
                       "the original is written unchanged")
             chosen = None
         elif chosen is not None:
-            reason = (f"{chosen.name}: smallest (ties within 2% go to the fastest) of {len(fast)} candidate(s) "
+            reason = (f"{chosen.name}: smallest (sizes within {100 * SIZE_TIE:g}% go to the fastest) of {len(fast)} candidate(s) "
                       f"within tolerance and not slower "
                       f"than the original (p50 {lat[chosen.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
         elif usable:
