@@ -20,12 +20,13 @@ import onnx
 from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.measure.latency import Latency
 from edgeslim.onnxopt import candidates as cands
 from edgeslim.onnxopt import graph, quant
 from edgeslim.onnxopt.bench import interleaved_latency
 from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
 from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
-from edgeslim.onnxopt.load import infer_shapes, load_and_repair
+from edgeslim.onnxopt.load import Loaded, infer_shapes, load_and_repair
 
 SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
@@ -58,7 +59,8 @@ class OptimizeConfig:
 def _file_size(path: Path, model: onnx.ModelProto) -> int:
     """Bytes on disk, external data files included."""
     extra = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra if (path.parent / x).is_file())
+    return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra
+                                     if (path.parent / x).is_file())
 
 
 def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
@@ -111,110 +113,127 @@ def _check_device(device: str) -> None:
     load_device(device)  # raises EdgeslimError with the valid names
 
 
+def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
+    """Calibration feeds from --calib, or synthetic ones with the loud warning."""
+    if cfg.calib is not None:
+        return load_npz(cfg.calib, specs)[: cfg.samples], []
+    feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
+    return feeds, [SYNTHETIC_WARNING, *w]
+
+
+def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str], cfg: OptimizeConfig,
+          wd: Path) -> tuple[Loaded, onnx.ModelProto]:
+    """Check the repairs kept the outputs (undo an opset upgrade that did not), then graph-optimise."""
+    rp = wd / "repaired.onnx"
+    graph.save(loaded.model, rp)
+    fid = compare(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
+    if fid.cosine < 0.9999 or not fid.finite:
+        loaded = load_and_repair(src, upgrade=False)
+        loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
+    try:
+        base = graph.ort_optimize(loaded.model)
+    except Exception as e:
+        base = loaded.model
+        loaded.notes.append(f"ORT offline optimisation failed ({cands._first_line(e)}): skipped")
+    dead = graph.remove_dead(base)
+    if dead:
+        loaded.notes.append(f"removed {dead} dead nodes")
+    base, inferred = infer_shapes(base)  # value_info helps the quantizers; symbolic dims may stay
+    if not inferred:
+        loaded.notes.append("shape inference could not resolve this graph: continuing without it")
+    quant.name_nodes(base)
+    return loaded, base
+
+
+def _choose(built: list[cands.Candidate], lat: dict[str, Latency], orig_size: int,
+            cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
+    """Apply the rule (module docstring). None means: write the original unchanged."""
+    usable = [c for c in built if c.usable]
+    limit = lat["original"].p50_ms * (1 + cfg.max_slowdown)
+    for c in usable:
+        if lat[c.name].p50_ms > limit:
+            c.status = (f"rejected: slower (p50 {lat[c.name].p50_ms:.3g} ms > original "
+                        f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
+    fast = [c for c in usable if c.usable]
+    if fast:  # the smallest; sizes within SIZE_TIE of it count as equal and the fastest of those wins
+        near = [c for c in fast if c.size <= (1 + SIZE_TIE) * min(c.size for c in fast)]
+        best = min(near, key=lambda c: lat[c.name].p50_ms)
+        if best.size >= orig_size:
+            return None, (f"{best.name}: no candidate is both smaller and within tolerance and speed; "
+                          "the original is written unchanged")
+        return best, (f"{best.name}: smallest (sizes within {100 * SIZE_TIE:g}% go to the fastest) of "
+                      f"{len(fast)} candidate(s) within tolerance and not slower than the original "
+                      f"(p50 {lat[best.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
+    if usable:
+        return None, "every candidate within tolerance is slower than the original: the original is written unchanged"
+    broken = cfg.tol_given and any(c.status.startswith("rejected") for c in built)
+    if not cfg.force and not broken:
+        return None, "no candidate could be built within tolerance: the original is written unchanged"
+    closest = max((c for c in built if c.fid is not None), key=lambda c: c.fid.cosine if c.fid else 0.0,
+                  default=None)
+    if not cfg.force or closest is None:
+        raise EdgeslimError(
+            "no candidate meets the tolerance (" + "; ".join(f"{c.name} {c.status}" for c in built)
+            + f"); {cfg.out} not written" + (" (--force writes the closest one)" if closest is not None else ""))
+    return closest, f"{closest.name}: FORCED although it breaks the tolerance ({closest.status})"
+
+
+def _side(src: Path, out_path: Path, size: tuple[int, int], ops: dict[str, int] | None, name: str,
+          lat: dict[str, Latency], shapes: dict[str, list[int]], device: str) -> dict[str, dict]:
+    before = graph.op_counts(onnx.load(str(src), load_external_data=False))
+    return {
+        "original": {"size_bytes": size[0], "ops": before, "latency": lat["original"].as_dict(),
+                     "arena_bytes": _arena(src, shapes), "energy": _energy(src, device, shapes)},
+        "optimised": {"size_bytes": size[1], "ops": ops or before, "latency": lat[name].as_dict(),
+                      "arena_bytes": _arena(out_path, shapes), "energy": _energy(out_path, device, shapes),
+                      "candidate": name},
+    }
+
+
 def optimize(cfg: OptimizeConfig) -> dict:
     """Run the job; writes `cfg.out` unless refused. Returns everything the report shows (JSON-able)."""
+    import onnxruntime as ort
+
     _check_device(cfg.device)
     bad = [c for c in cfg.candidates if c not in cands.ALL]
     if bad:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
-    import onnxruntime as ort
-
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
     src = Path(cfg.model)
     loaded = load_and_repair(src)
     specs = input_specs(loaded.model)
-    warnings: list[str] = []
-    if cfg.calib is not None:
-        feeds = load_npz(cfg.calib, specs)[: cfg.samples]
-    else:
-        feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
-        warnings += [SYNTHETIC_WARNING, *w]
+    feeds, warnings = _feeds(cfg, specs)
     orig_sess = session(src, threads=cfg.threads)
     out_names = [o.name for o in orig_sess.get_outputs()]
     ref = run_all(orig_sess, feeds)
+    orig_size = _file_size(src, loaded.model)
     with cands.workdir() as td:
         wd = Path(td)
-        # the repairs must not change what the model computes; an opset upgrade that does is undone
-        rp = wd / "repaired.onnx"
-        graph.save(loaded.model, rp)
-        fid = compare(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
-        if fid.cosine < 0.9999 or not fid.finite:
-            loaded = load_and_repair(src, upgrade=False)
-            loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
-        repaired = loaded.model
-        try:
-            base = graph.ort_optimize(repaired)
-        except Exception as e:
-            base = repaired
-            loaded.notes.append(f"ORT offline optimisation failed ({cands._first_line(e)}): skipped")
-        dead = graph.remove_dead(base)
-        if dead:
-            loaded.notes.append(f"removed {dead} dead nodes")
-        base, inferred = infer_shapes(base)  # value_info helps the quantizers; symbolic dims may stay
-        if not inferred:
-            loaded.notes.append("shape inference could not resolve this graph: continuing without it")
-        quant.name_nodes(base)
-        ctx = cands.Context(repaired, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
+        loaded, base = _base(src, loaded, feeds, ref, out_names, cfg, wd)
+        ctx = cands.Context(loaded.model, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd)
         built = [cands.evaluate(n, ctx, cfg.threads) for n in cfg.candidates]
-        usable = [c for c in built if c.usable]
-        sessions = {"original": orig_sess, **{c.name: session(c.file, threads=cfg.threads) for c in usable}}
+        # a fresh session for the original too, so that every model is timed from the same memory state
+        sessions = {"original": session(src, threads=cfg.threads),
+                    **{c.name: session(c.file, threads=cfg.threads) for c in built if c.usable}}
         lat = interleaved_latency(sessions, feeds[0], seconds=cfg.bench_seconds, threads=cfg.threads)
-        orig_size = _file_size(src, loaded.model)
-        limit = lat["original"].p50_ms * (1 + cfg.max_slowdown)
-        for c in usable:
-            if lat[c.name].p50_ms > limit:
-                c.status = (f"rejected: slower (p50 {lat[c.name].p50_ms:.3g} ms > original "
-                            f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
-        fast = [c for c in usable if c.usable]
-        chosen = None
-        if fast:  # the smallest; sizes within SIZE_TIE of it count as equal and the fastest of those wins
-            near = [c for c in fast if c.size <= (1 + SIZE_TIE) * min(c.size for c in fast)]
-            chosen = min(near, key=lambda c: lat[c.name].p50_ms)
-        if chosen is not None and chosen.size >= orig_size:
-            reason = (f"{chosen.name}: no candidate is both smaller and within tolerance and speed; "
-                      "the original is written unchanged")
-            chosen = None
-        elif chosen is not None:
-            reason = (f"{chosen.name}: smallest (sizes within {100 * SIZE_TIE:g}% go to the fastest) of {len(fast)} candidate(s) "
-                      f"within tolerance and not slower "
-                      f"than the original (p50 {lat[chosen.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
-        elif usable:
-            reason = "every candidate within tolerance is slower than the original: the original is written unchanged"
-        elif not cfg.force and not (cfg.tol_given and any(c.status.startswith("rejected") for c in built)):
-            reason = "no candidate could be built within tolerance: the original is written unchanged"
-        else:
-            closest = max((c for c in built if c.fid is not None), key=lambda c: c.fid.cosine, default=None)  # type: ignore[union-attr]
-            if not cfg.force or closest is None:
-                raise EdgeslimError(
-                    "no candidate meets the tolerance ("
-                    + "; ".join(f"{c.name} {c.status}" for c in built) + f"); {cfg.out} not written"
-                    + (" (--force writes the closest one)" if closest is not None else ""))
-            chosen = closest
-            reason = f"{chosen.name}: FORCED although it breaks the tolerance ({chosen.status})"
+        chosen, reason = _choose(built, lat, orig_size, cfg)
+        if chosen is not None and chosen.name not in lat:  # forced: time it against the original
+            lat.update(interleaved_latency({"original": sessions["original"],
+                                            chosen.name: session(chosen.file, threads=cfg.threads)},
+                                           feeds[0], seconds=cfg.bench_seconds / 2, threads=cfg.threads))
+        if chosen is not None and reason.startswith(f"{chosen.name}: FORCED"):
             warnings.append(reason)
-            sessions[chosen.name] = session(chosen.file, threads=cfg.threads)
-            lat.update(interleaved_latency({"original": orig_sess, chosen.name: sessions[chosen.name]}, feeds[0],
-                                           seconds=cfg.bench_seconds / 2, threads=cfg.threads))
         if chosen is not None:
             chosen.status = "chosen"
             out_path, out_bytes = chosen.file, chosen.file.read_bytes()
-        else:
-            out_path, out_bytes = src, src.read_bytes() if orig_size == src.stat().st_size else b""
-            if not out_bytes:  # external data: keep the model whole in one file
-                out_bytes = loaded.model.SerializeToString()
-        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+        else:  # the original, in one file (external data folded in)
+            out_path = src
+            out_bytes = src.read_bytes() if orig_size == src.stat().st_size else loaded.model.SerializeToString()
         name = chosen.name if chosen is not None else "original"
-        side: dict[str, dict] = {
-            "original": {"size_bytes": orig_size, "ops": graph.op_counts(onnx.load(str(src), load_external_data=False)),
-                         "latency": lat["original"].as_dict(), "arena_bytes": _arena(src, shapes),
-                         "energy": _energy(src, cfg.device, shapes)},
-            "optimised": {"size_bytes": len(out_bytes), "ops": chosen.ops if chosen else None,
-                          "latency": lat[name].as_dict(), "arena_bytes": _arena(out_path, shapes),
-                          "energy": _energy(out_path, cfg.device, shapes), "candidate": name},
-        }
-        if side["optimised"]["ops"] is None:
-            side["optimised"]["ops"] = side["original"]["ops"]
+        shapes = {k: list(v.shape) for k, v in feeds[0].items()}
+        side = _side(src, out_path, (orig_size, len(out_bytes)), chosen.ops if chosen else None, name, lat,
+                     shapes, cfg.device)
         write_bytes(Path(cfg.out), out_bytes)
     return {
         "model": str(src), "output": str(cfg.out), "chosen": name, "reason": reason,
