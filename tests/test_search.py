@@ -73,7 +73,7 @@ def test_infeasible_candidate_is_rejected_before_training(env: tuple[Path, Path]
     ctx = _ctx(env, tmp_path / "b", max_flash=limit)
     study = optuna.create_study(directions=["maximize", "minimize"])
     dense = {ratio_param(n): 0.0 for n in [layer.name for layer in ctx.base.layers if not layer.last]}
-    study.enqueue_trial({**dense, "weight_bits": 32, "finetune_epochs": 2}, user_attrs={"slot": 0})
+    study.enqueue_trial({**dense, "weights": "fp32", "finetune_epochs": 2}, user_attrs={"slot": 0})
     trial = study.ask()
     run_trial(ctx, study, trial)
     t = study.trials[0]
@@ -85,7 +85,7 @@ def test_infeasible_candidate_is_rejected_before_training(env: tuple[Path, Path]
 def test_feasible_trial_is_trained_and_measured(env: tuple[Path, Path], tmp_path: Path) -> None:
     ctx = _ctx(env, tmp_path, max_accuracy_drop=1.0)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.enqueue_trial({"weight_bits": 8, "finetune_epochs": 2}, user_attrs={"slot": 0})
+    study.enqueue_trial({"weights": "int8", "finetune_epochs": 2}, user_attrs={"slot": 0})
     run_trial(ctx, study, study.ask())
     t = study.trials[0]
     assert t.state == TrialState.COMPLETE, t.user_attrs

@@ -25,14 +25,14 @@ def proxy_front(ctx: Context, rows: list[dict]) -> list[dict]:
     return sorted((feas[i] for i in idx), key=lambda r: -r["values"][0])
 
 
-def layer_details(run_dir: Path, base_model: Path, onnx_path: Path) -> list[dict]:
+def layer_details(run_dir: Path, base_model: Path, onnx_path: Path, stages: list[dict]) -> list[dict]:
     """Per Conv/Linear layer of a final model: channels kept (structured), zero fraction (unstructured)
-    and the weights' bit width in the deployed ONNX."""
+    and the weights' bit width: in the deployed ONNX, or as stored by a mixed-precision stage."""
     from edgeslim import models
     from edgeslim.search.baseline import LAYER_TYPES
 
-    stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / models.io.WEIGHTS).exists())
-    net, _ = models.load_model(stages[-1])
+    folders = sorted(p for p in (run_dir / "stages").iterdir() if (p / models.io.WEIGHTS).exists())
+    net, _ = models.load_model(folders[-1])
     ref, _ = models.load_model(base_model)
     ref_mods = dict(ref.named_modules())
     rows = []
@@ -47,6 +47,10 @@ def layer_details(run_dir: Path, base_model: Path, onnx_path: Path) -> list[dict
     bits = [8 if x.precision == "int8" else 32 for x in onnx_layers(onnx_path)]
     for row, b in zip(rows, bits):
         row["weight_bits"] = b
+    mixed = next((s["notes"].get("bits") for s in stages if s["name"] == "mixed_precision"), None)
+    for row in rows:
+        if mixed and row["layer"] in mixed:
+            row["weight_bits"] = mixed[row["layer"]]
     return rows
 
 
@@ -63,14 +67,14 @@ def finalize(ctx: Context, study: optuna.Study, top: int, full: bool = True) -> 
         res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
                          seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
         onnx_path = run_dir / res["stages"][-1]["onnx"]
-        m = measure_candidate(onnx_path, ctx.task, ctx.device, "test")
+        m = measure_candidate(onnx_path, ctx.task, ctx.device, "test", res["stages"][-1]["size_bytes"])
         viol = measured_violations(m, ctx.base_test["accuracy"], ctx.budget)
         finals.append({"trial": r["number"], "slot": r["slot"], "recipe": r["recipe"], "metrics": m,
                        "proxy_metrics": r["metrics"], "violations": viol,
                        "feasible": all(v <= 0 for v in viol.values()),
                        "values": [objective_value(OBJECTIVES[o], m) for o in ctx.cfg.objectives],
                        "run_dir": str(run_dir.relative_to(ctx.out)),
-                       "layers": layer_details(run_dir, Path(ctx.cfg.model), onnx_path)})
+                       "layers": layer_details(run_dir, Path(ctx.cfg.model), onnx_path, res["stages"])})
         print(f"final slot {r['slot']}: test accuracy {100 * m['accuracy']:.2f}%  flash {m['flash_bytes']} B  "
               f"arena {m['arena_bytes']} B  energy {m['energy_mj']:.4g} mJ  "
               f"({'fits' if finals[-1]['feasible'] else 'breaks the budget'})", flush=True)

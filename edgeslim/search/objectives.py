@@ -157,8 +157,10 @@ def arena_bytes(onnx_path: Path) -> tuple[int, str]:
         return max((x.act_bytes for x in layers), default=0), "estimated:max-layer-in+out"
 
 
-def measure_candidate(onnx_path: Path, task: Task, device: Any, split: Literal["val", "test"]) -> dict:
-    """All objective metrics of one exported candidate (see the module docstring for which are estimates)."""
+def measure_candidate(onnx_path: Path, task: Task, device: Any, split: Literal["val", "test"],
+                      stored_bytes: int | None = None) -> dict:
+    """All objective metrics of one exported candidate (see the module docstring for which are estimates).
+    `stored_bytes`: the stage's stored artifact when it is not the ONNX file (e.g. packed low-bit weights)."""
     from edgeslim.deploy.runtime import onnx_accuracy
 
     x, y = (task.x_val, task.y_val) if split == "val" else (task.x_test, task.y_test)
@@ -167,7 +169,7 @@ def measure_candidate(onnx_path: Path, task: Task, device: Any, split: Literal["
     m = {
         "accuracy": round(onnx_accuracy(onnx_path, x, y), 6),
         "accuracy_split": split,
-        "flash_bytes": onnx_path.stat().st_size,
+        "flash_bytes": int(stored_bytes) if stored_bytes else onnx_path.stat().st_size,
         "arena_bytes": arena,
         "arena_method": arena_method,
         "macs": int(sum(layer.macs for layer in layers)),

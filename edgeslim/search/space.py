@@ -85,7 +85,7 @@ class Knob:
     name: str
     needs: tuple[str, ...]  # registered passes it uses; the knob is skipped when one is missing
     sample: Callable[[optuna.trial.BaseTrial, Baseline], Contribution]
-    extreme: Callable[[Baseline], dict[str, Any]]
+    extreme: Callable[[Baseline], list[dict[str, Any]]]  # most compressive settings (one per trade-off)
 
     def available(self) -> bool:
         return all(p in PASSES for p in self.needs)
@@ -153,10 +153,17 @@ def _distill(trial: optuna.trial.BaseTrial, base: Baseline) -> Contribution:
 
 
 def _quantize(trial: optuna.trial.BaseTrial, base: Baseline) -> Contribution:
-    bits = trial.suggest_categorical("weight_bits", [32, 8])
-    if bits == 32:
+    """FP32, INT8 (ONNX QDQ, runs in ONNX Runtime) or per-layer mixed 2/4/8-bit weights under a size
+    fraction (the quantization area's sensitivity allocation; simulated: packed file, FP32 ONNX)."""
+    options = ["fp32", "int8"] + (["mixed"] if "mixed_precision" in PASSES else [])
+    kind = trial.suggest_categorical("weights", options)
+    if kind == "fp32":
         return Contribution(weight_bits=32, act_bits=32)
-    return Contribution(steps=[(ORDER["quantize"], "quantize_int8", {})], weight_bits=8, act_bits=8)
+    if kind == "int8":
+        return Contribution(steps=[(ORDER["quantize"], "quantize_int8", {})], weight_bits=8, act_bits=8)
+    frac = round(trial.suggest_float("mixed_fraction", 0.07, 0.25, step=0.02), 2)
+    cfg = {"budget_fraction": frac, "bit_choices": [2, 4, 8], "finetune": {"epochs": EPOCHS}}
+    return Contribution(steps=[(ORDER["quantize"] - 1, "mixed_precision", cfg)], weight_bits=32 * frac, act_bits=32)
 
 
 def _finetune(trial: optuna.trial.BaseTrial, base: Baseline) -> Contribution:
@@ -164,13 +171,15 @@ def _finetune(trial: optuna.trial.BaseTrial, base: Baseline) -> Contribution:
 
 
 KNOBS: list[Knob] = [
-    Knob("distill", ("distill",), _distill, lambda b: {"distill": False}),
+    Knob("distill", ("distill",), _distill, lambda b: [{"distill": False}]),
     Knob("structured", ("structured_prune",), _structured,
-         lambda b: {ratio_param(n): MAX_RATIO for n in prunable_layers(b)}),
-    Knob("lowrank", ("lowrank",), _lowrank, lambda b: {"lowrank_keep": 0.3}),
-    Knob("unstructured", ("magnitude_prune",), _unstructured, lambda b: {"sparsity": 0.9}),
-    Knob("quantize", ("quantize_int8",), _quantize, lambda b: {"weight_bits": 8}),
-    Knob("finetune", (), _finetune, lambda b: {"finetune_epochs": 2}),
+         lambda b: [{ratio_param(n): MAX_RATIO for n in prunable_layers(b)}]),
+    Knob("lowrank", ("lowrank",), _lowrank, lambda b: [{"lowrank_keep": 0.3}]),
+    Knob("unstructured", ("magnitude_prune",), _unstructured, lambda b: [{"sparsity": 0.9}]),
+    Knob("quantize", ("quantize_int8",), _quantize,
+         lambda b: [{"weights": "int8"}] + ([{"weights": "mixed", "mixed_fraction": 0.07}]
+                                            if "mixed_precision" in PASSES else [])),
+    Knob("finetune", (), _finetune, lambda b: [{"finetune_epochs": 2}]),
 ]
 
 
@@ -228,11 +237,25 @@ def predict(base: Baseline, keep_out: dict[str, float], lowrank_keep: float, wbi
 
 
 def extreme_footprint(knobs: list[Knob], base: Baseline) -> Footprint:
-    """The smallest footprint the space can reach: every knob at its most compressive setting."""
-    params: dict[str, Any] = {}
-    for k in knobs:
-        params.update(k.extreme(base))
-    return sample_candidate(optuna.trial.FixedTrial(params), knobs, base).footprint
+    """The smallest footprint the space can reach: every knob at its most compressive setting(s), the
+    minimum of each quantity over the combinations (e.g. mixed bits give the smallest file, INT8 the
+    smallest arena)."""
+    import itertools
+
+    best: Footprint | None = None
+    for combo in itertools.product(*[k.extreme(base) for k in knobs]):
+        params: dict[str, Any] = {}
+        for d in combo:
+            params.update(d)
+        fp = sample_candidate(optuna.trial.FixedTrial(params), knobs, base).footprint
+        if best is None:
+            best = fp
+        else:
+            best = Footprint(min(best.params, fp.params), min(best.macs, fp.macs),
+                             min(best.flash_bytes, fp.flash_bytes), min(best.arena_bytes, fp.arena_bytes),
+                             min(best.weight_bits, fp.weight_bits), min(best.act_bits, fp.act_bits))
+    assert best is not None
+    return best
 
 
 def _fill(obj: Any, epochs: int) -> Any:

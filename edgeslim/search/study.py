@@ -109,7 +109,7 @@ def prepare(cfg: SearchConfig, out: Path, quiet: bool = False) -> Context:
     budget = Budget(**cfg.budget)
     knobs = active_knobs(cfg.knobs)
     best = extreme_footprint(knobs, base)
-    best_lat = 1e3 * best.macs / device.macs_per_second("int8" if best.weight_bits <= 8 else "fp32")
+    best_lat = 1e3 * best.macs / device.macs_per_second("int8" if best.act_bits <= 8 else "fp32")
     how = "knobs " + ", ".join(k.name for k in knobs) + f" at their limits, device {device.name}"
     check_reachable(best, best_lat, budget, how)
     return Context(cfg, out, task, device, base, bval, btest, budget, knobs, quiet)
@@ -130,7 +130,7 @@ def guided_seeds(ctx: Context, n: int) -> list[dict]:
                   for name, curve in sens.items()}
         for boost in [x * 0.05 for x in range(int(MAX_RATIO / 0.05) + 1)]:
             p: dict[str, Any] = {ratio_param(k): round(min(MAX_RATIO, v + boost), 2) for k, v in ratios.items()}
-            p.update({"weight_bits": 8, "sparsity": 0.0, "distill": False, "lowrank_keep": 1.0,
+            p.update({"weights": "int8", "sparsity": 0.0, "distill": False, "lowrank_keep": 1.0,
                       "finetune_epochs": 12})
             cand = sample_candidate(optuna.trial.FixedTrial(_only_known(p, ctx)), ctx.knobs, ctx.base)
             if not predicted_violations(cand.footprint, predicted_latency(ctx, cand), ctx.budget):
@@ -141,10 +141,10 @@ def guided_seeds(ctx: Context, n: int) -> list[dict]:
 
 def _only_known(p: dict, ctx: Context) -> dict:
     names = {ratio_param(n) for n in prunable_layers(ctx.base)} | {
-        "weight_bits", "sparsity", "distill", "lowrank_keep", "finetune_epochs"}
+        "weights", "sparsity", "distill", "lowrank_keep", "finetune_epochs"}
     active = {k.name for k in ctx.knobs}
     drop = set()
-    for knob, keys in (("quantize", {"weight_bits"}), ("unstructured", {"sparsity"}), ("distill", {"distill"}),
+    for knob, keys in (("quantize", {"weights"}), ("unstructured", {"sparsity"}), ("distill", {"distill"}),
                        ("lowrank", {"lowrank_keep"}), ("finetune", {"finetune_epochs"})):
         if knob not in active:
             drop |= keys
@@ -154,7 +154,7 @@ def _only_known(p: dict, ctx: Context) -> dict:
 
 
 def predicted_latency(ctx: Context, cand: Candidate) -> float:
-    prec = "int8" if cand.footprint.weight_bits <= 8 else "fp32"
+    prec = "int8" if cand.footprint.act_bits <= 8 else "fp32"  # what the kernels compute in
     return 1e3 * cand.footprint.macs / ctx.device.macs_per_second(prec)
 
 
@@ -194,7 +194,7 @@ def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
                          ctx.out / "trials" / f"slot{slot:04d}", seed=ctx.cfg.seed, quiet=True, force=True,
                          task_spec=ctx.cfg.task)
         m = measure_candidate(ctx.out / "trials" / f"slot{slot:04d}" / res["stages"][-1]["onnx"],
-                              ctx.task, ctx.device, "val")
+                              ctx.task, ctx.device, "val", res["stages"][-1]["size_bytes"])
     except Exception as e:  # one bad candidate must not stop the study: record it as failed
         trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
         study.tell(trial, state=TrialState.FAIL)
