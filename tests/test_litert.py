@@ -232,3 +232,20 @@ def test_tflite_stage_in_a_recipe(trained, tiny_image_task, tmp_path):
     bad = "version: 1\nfinetune: {epochs: 1}\npasses:\n  - tflite: {}\n  - magnitude_prune: {sparsity: 0.5}\n"
     with pytest.raises(EdgeslimError, match="must be the last"):
         run_recipe(parse_recipe(bad), trained, tiny_image_task, tmp_path / "run2", quiet=True)
+
+
+@needs_litert
+def test_planner_arena_shown_beside_tflite_micro(converted, tmp_path):
+    import shutil
+
+    from edgeslim.deploy.export import export_onnx
+    from edgeslim.litert.fit import arena_beside
+
+    tfl = tmp_path / "m.tflite"
+    shutil.copy(converted["fp32"]["path"], tfl)
+    export_onnx(converted["net"], (1, 8, 8), tmp_path / "m.onnx")
+    b = arena_beside(tmp_path / "m.onnx")
+    assert b is not None and b == arena_beside(tfl)
+    assert abs(b["planner_arena_bytes"] - b["tflm_arena_head_bytes"]) <= 0.1 * b["tflm_arena_head_bytes"]
+    shutil.copy(converted["int8"]["path"], tfl)  # INT8 .tflite beside an FP32 ONNX: not comparable
+    assert arena_beside(tfl) is None

@@ -27,8 +27,11 @@ def fit(
     from edgeslim.deploy.fit import fit_check
 
     r = fit_check(model, device, arena_bytes=arena, arena_source="given" if arena else "planner")
+    from edgeslim.litert.fit import arena_beside  # X.onnx beside X.tflite: both arena figures
+
+    beside = arena_beside(model)
     if as_json:
-        _emit_json({"model": str(model), **r.as_dict()})
+        _emit_json({"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})})
         return
     console.print(f"[bold]{model}[/bold] on [bold]{r.device}[/bold]: {_verdict(r.fits)}")
     console.print(f"  flash: {human_bytes(r.flash_bytes)} needed (weights {human_bytes(r.weights_bytes)} + "
@@ -40,6 +43,11 @@ def fit(
     if r.energy_mj is not None and r.latency_ms is not None:
         console.print(f"  latency ~{r.latency_ms:.3g} ms, energy ~{r.energy_mj:.3g} mJ per inference "
                       f"({r.energy_method})")
+    if beside:
+        console.print(f"  arena: planner {human_bytes(beside['planner_arena_bytes'])} ({Path(beside['onnx']).name}) vs "
+                      f"TFLite Micro head {human_bytes(beside['tflm_arena_head_bytes'])} + tail "
+                      f"{human_bytes(beside['tflm_arena_tail_bytes'])} ({Path(beside['tflite']).name}): planner "
+                      f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r.reasons:
         console.print(f"  [red]-[/red] {line}")
 

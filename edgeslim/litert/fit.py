@@ -43,4 +43,34 @@ def tflite_fit(path: str | Path, device: str | Path | object, footprint: dict | 
     }
 
 
-__all__ = ["tflite_footprint", "tflite_fit"]
+def _is_int8_onnx(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(path)).graph.node)
+
+
+def arena_beside(model: str | Path) -> dict | None:
+    """Planner and TFLite Micro arenas side by side, for a model that exists as `X.onnx` and `X.tflite`
+    of the same precision (as `edgeslim export` leaves them). None when there is no such pair."""
+    from edgeslim.litert import available
+
+    p = Path(model)
+    if p.suffix not in (".onnx", ".tflite") or not available("run", "micro"):
+        return None
+    onnx, tfl = p.with_suffix(".onnx"), p.with_suffix(".tflite")
+    if not (onnx.is_file() and tfl.is_file()):
+        return None
+    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.litert.interpreter import LiteRTModel
+
+    if LiteRTModel(tfl).input.quantized != _is_int8_onnx(onnx):
+        return None
+    planner = plan_arena(onnx, reorder=False).arena_bytes
+    a = tflm_arena(tfl)
+    return {"onnx": str(onnx), "tflite": str(tfl), "planner_arena_bytes": planner,
+            "tflm_arena_bytes": a.total_bytes, "tflm_arena_head_bytes": a.head_bytes,
+            "tflm_arena_tail_bytes": a.tail_bytes,
+            "planner_vs_tflm_head_pct": round(100.0 * (planner - a.head_bytes) / max(a.head_bytes, 1), 2)}
+
+
+__all__ = ["tflite_footprint", "tflite_fit", "arena_beside"]
