@@ -188,3 +188,17 @@ def test_fidelity_metrics_by_hand() -> None:
     assert compare(["p"], [[p]], [[q]]).top1 == pytest.approx(0.75)
     assert compare(["b"], [[p * 5]], [[q * 5]]).top1 is None
     assert Tolerance().broken(f) is not None and Tolerance(min_cosine=None).broken(f) is None
+
+
+def test_external_data_model_is_read_whole(tmp_path: Path) -> None:
+    src = multi_input_mlp(tmp_path / "mlp.onnx")
+    m = onnx.load(str(src))
+    ext = tmp_path / "ext.onnx"
+    onnx.save(m, str(ext), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    assert (tmp_path / "ext.data").is_file() and ext.stat().st_size < src.stat().st_size
+    res = optimize(_cfg(ext, tmp_path / "out.onnx", candidates=("fp32-opt", "w8")))
+    # the original's size counts its data file; the output is one self-contained file
+    assert res["original"]["size_bytes"] >= src.stat().st_size - 64
+    out = onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)
+    assert not any(t.external_data for t in out.graph.initializer)

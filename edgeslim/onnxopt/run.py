@@ -56,8 +56,9 @@ class OptimizeConfig:
     force: bool = False
 
 
-def _file_size(path: Path, model: onnx.ModelProto) -> int:
+def _file_size(path: Path) -> int:
     """Bytes on disk, external data files included."""
+    model = onnx.load(str(path), load_external_data=False)
     extra = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra
                                      if (path.parent / x).is_file())
@@ -206,7 +207,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
     orig_sess = session(src, threads=cfg.threads)
     out_names = [o.name for o in orig_sess.get_outputs()]
     ref = run_all(orig_sess, feeds)
-    orig_size = _file_size(src, loaded.model)
+    orig_size = _file_size(src)
     with cands.workdir() as td:
         wd = Path(td)
         loaded, base = _base(src, loaded, feeds, ref, out_names, cfg, wd)
