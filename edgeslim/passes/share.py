@@ -420,7 +420,8 @@ def entropy_code(model: nn.Module | None, task: Task, cfg: EntropyCode, ctx: Run
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     shared = [f"{n}.weight" if n else "weight" for n, _ in _layers(model)]
     path = ctx.stage_dir / "model.eshare"
-    acct = save_shared(path, state, ctx.spec, shared, cfg.gap_bits, cfg.huffman, cfg.max_codebook)
+    spec = {k: v for k, v in ctx.spec.items() if k != "extra"}  # architecture only, not training notes
+    acct = save_shared(path, state, spec, shared, cfg.gap_bits, cfg.huffman, cfg.max_codebook)
     back = load_shared(path)
     exact = all(torch.equal(back[k], state[k]) for k in state)
     if not exact:
