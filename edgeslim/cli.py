@@ -194,7 +194,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except EdgeslimError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages hold brackets: paths, `pip install 'edgeslim[litert]'`
+
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)

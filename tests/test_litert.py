@@ -38,6 +38,22 @@ def test_missing_extra_is_one_line_with_install_command(monkeypatch):
     assert "pip install 'edgeslim[litert]'" in msg and "tflite_micro" in msg and "\n" not in msg
 
 
+def test_cli_without_extra_says_how_to_install(tmp_path):
+    code = (
+        "import importlib.util as u; real = u.find_spec\n"
+        "u.find_spec = lambda n, *a: None if n.split('.')[0] in "
+        "('litert_torch', 'ai_edge_litert', 'tflite_micro', 'torchao') else real(n, *a)\n"
+        "import sys; from edgeslim.cli import main\n"
+        f"sys.argv = ['edgeslim', 'measure', {str(tmp_path / 'm.tflite')!r}]\n"
+        "main()\n"
+    )
+    (tmp_path / "m.tflite").write_bytes(b"not used")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1
+    assert "pip install 'edgeslim[litert]'" in lines[0]
+
+
 def test_parse_recorded_allocations():
     text = """[RecordingMicroAllocator] Arena allocation total 6912 bytes
 [RecordingMicroAllocator] Arena allocation head 4640 bytes
