@@ -189,3 +189,34 @@ def test_structured_sensitivity_prune_on_residual_model(tiny_image_task, tmp_pat
     assert res.notes["params_after"] < res.notes["params_before"]
     assert (tmp_path / "sensitivity.md").read_text().count("| layer3.conv2 | 2304 |") == 1
     _check_export_and_reload(res.model, spec, task, tmp_path)
+
+
+class _Block(torch.nn.Module):
+    """A tiny transformer block (rows of the image as tokens): attention + FFN with residuals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Linear(8, 32)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ln = torch.nn.LayerNorm(32)
+        self.ff1, self.ff2, self.fc = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32), torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x.flatten(1, 2))  # (N, 8 tokens, 32)
+        h = self.ln(h + self.attn(h, h, h, need_weights=False)[0])
+        h = h + self.ff2(torch.relu(self.ff1(h)))
+        return self.fc(h.mean(1))
+
+
+def test_attention_block_ffn_neurons_and_head_dims(tiny_image_task, tmp_path):
+    torch.manual_seed(0)
+    res = PASSES["structured_prune"].fn(_Block(), tiny_image_task, PASSES["structured_prune"].config(ratio=0.5),
+                                        _ctx(tmp_path, {}, epochs=0))
+    net = res.model
+    assert net.ff1.out_features == 32 and net.attn.embed_dim == 16 and net.attn.num_heads == 4
+    assert net.ln.normalized_shape == (16,)
+    p = tmp_path / "t.onnx"
+    export_onnx(net, tiny_image_task.input_shape, p)
+    x = tiny_image_task.x_test[:16]
+    with torch.no_grad():
+        assert np.abs(run_batched(session(p), x) - net(torch.from_numpy(x)).numpy()).max() < 1e-4
