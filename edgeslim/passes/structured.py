@@ -1,8 +1,9 @@
 """Structured pruning: physically remove filters, channels and neurons, and whole blocks (depth).
 
 Torch-Pruning's dependency graph decides what must be pruned together (residual adds, depthwise convs,
-concatenations, BatchNorm, the flatten into a classifier); we only choose the importance criterion and
-the schedule, and fine-tune. The pruned model is a smaller dense model: its MACs and ONNX Runtime
+concatenations, BatchNorm, the flatten into a classifier, attention head dims and FFN neurons of
+transformer blocks; removing whole attention heads is not exposed); we only choose the importance
+criterion and the schedule, and fine-tune. The pruned model is a smaller dense model: its MACs and ONNX Runtime
 latency drop for real. Its spec needs no edit: `fit_to_state_dict` resizes layers to the stored shapes.
 Depth pruning replaces whole shape-preserving blocks by identity, recorded as a replayable spec edit.
 """
