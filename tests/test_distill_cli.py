@@ -1,0 +1,48 @@
+"""`edgeslim distill` and `edgeslim unpack` from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from edgeslim import models
+from edgeslim.passes.share import _layers, cluster_layer, save_shared, unshare
+
+
+def edgeslim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_distill_and_unpack_commands(tmp_path, tiny_image_task):
+    t = tiny_image_task
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=np.concatenate([t.x_train, t.x_val]), y_train=np.concatenate([t.y_train, t.y_val]),
+             x_test=t.x_test, y_test=t.y_test)
+    r = edgeslim("train", "-m", "lenet300", "-t", str(data), "-o", str(tmp_path / "teacher"), "--epochs", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    r = edgeslim("distill", str(tmp_path / "teacher"), "-t", str(data), "-o", str(tmp_path / "student"),
+                 "--width", "0.25", "--epochs", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["student"] == {"h1": 75, "h2": 25} and m["params"] < m["teacher_params"] / 3
+    student, spec = models.load_model(tmp_path / "student")
+    assert student.fc1.out_features == 75
+
+    for _, layer in _layers(student):
+        cluster_layer(layer, 3)
+    unshare(student)
+    save_shared(tmp_path / "s.eshare", student.state_dict(), spec, [f"{n}.weight" for n, _ in _layers(student)])
+    r = edgeslim("unpack", str(tmp_path / "s.eshare"), "-o", str(tmp_path / "unpacked"))
+    assert r.returncode == 0, r.stderr
+    back, _ = models.load_model(tmp_path / "unpacked")
+    x = torch.from_numpy(t.x_test[:8])
+    assert torch.equal(back(x), student.eval()(x))
+
+    r = edgeslim("distill", str(tmp_path / "teacher"), "-t", str(data), "-o", str(tmp_path / "s2"), "--depth", "0.5")
+    assert r.returncode == 1 and "no removable blocks" in r.stderr
+    r = edgeslim("unpack", str(data), "-o", str(tmp_path / "u2"))
+    assert r.returncode == 1 and "bad magic" in r.stderr
