@@ -3,6 +3,7 @@ SQNR, dynamic INT8, FP16, INT4 weight-only, and the shipped recipes end to end."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,16 @@ def test_shipped_ptq_recipe_runs_on_a_sequence_task(tiny_seq_task, tmp_path):
     assert q["name"] == "quantize_int8" and q["accuracy"] >= base["accuracy"] - 0.05
     assert q["size_bytes"] < base["size_bytes"] / 2
     session(tmp_path / "run" / q["onnx"])
+    from typer.testing import CliRunner
+
+    from edgeslim.cli import app
+
+    out = CliRunner().invoke(app, ["quant-report", str(tmp_path / "run"), "--json"])
+    assert out.exit_code == 0, out.output
+    layers = json.loads(out.output)["01_quantize_int8"]["layers"]
+    assert len(layers) == 4 and all(r["bits"] == 8 and r["sqnr_db"] > 15 for r in layers)  # 3 convs + fc
+    bad = CliRunner().invoke(app, ["quant-report", str(tmp_path)])
+    assert isinstance(bad.exception, EdgeslimError) and "not a run or stage folder" in str(bad.exception)
 
 
 def test_quantizing_twice_is_a_clear_error(trained_resnet, tiny_image_task, tmp_path):

@@ -57,7 +57,8 @@ def quantize_weights(
     sq = layer_sqnr(ref, baked, task.x_val[:128], list(codecs))
     mods = dict(baked.named_modules())
     layers = []
-    for n, c in codecs.items():
+    for n in layer_names(ref):  # network order
+        c = codecs[n]
         _, _, side = c.dequant(fq.weight_of(mods[n]))
         layers.append({"layer": n, "scheme": c.scheme, "bits": c.bits, "side_min": float(side.min()),
                        "side_max": float(side.max()), "weight_bytes": used[f"{n}.weight"],
