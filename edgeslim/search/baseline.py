@@ -70,12 +70,25 @@ def profile_baseline(model_dir: Path, task: Task, device: Any, work: Path) -> tu
     return base, measure_candidate(onnx_path, task, device, "val"), measure_candidate(onnx_path, task, device, "test")
 
 
-@torch.no_grad()
 def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] = (0.1, 0.25, 0.4, 0.55, 0.7)) -> dict:
     """Per layer: validation accuracy drop (points) when that layer alone loses the given fraction of its
-    output channels (lowest L2 norm zeroed, no fine-tuning). Cheap: one evaluation per layer and ratio.
-    Uses the pruning area's sensitivity analysis when it offers this shape of result."""
+    output channels (lowest L2 norm, no fine-tuning). Cheap: one evaluation per layer and ratio. Uses
+    the pruning area's structured sensitivity analysis (Torch-Pruning removes the channels and what
+    depends on them) when installed; otherwise zeroes the channels here."""
     model, _ = models.load_model(model_dir)
+    try:
+        from edgeslim.passes.sensitivity import sensitivity_curves
+    except ImportError:
+        sensitivity_curves = None  # type: ignore[assignment]
+    if sensitivity_curves is not None:
+        c = sensitivity_curves(model, task, list(ratios), mode="structured")
+        return {row["layer"]: {r: round(100 * (c["baseline"] - row["accuracy"][f"{r:g}"]), 3) for r in ratios}
+                for row in c["layers"]}
+    with torch.no_grad():
+        return _zeroing_sensitivity(model, task, ratios)
+
+
+def _zeroing_sensitivity(model: nn.Module, task: Task, ratios: tuple[float, ...]) -> dict:
     layers, _ = layer_table(model, task.input_shape)
     mods = dict(model.named_modules())
     base_acc = evaluate(model, task.x_val, task.y_val)
