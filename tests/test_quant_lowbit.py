@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from edgeslim import models
+from edgeslim.deploy.export import export_onnx
+from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.mixed import allocate
@@ -84,6 +86,9 @@ def test_lowbit_pass_is_simulated_with_packed_size(lenet, tiny_image_task, tmp_p
     assert max(len(torch.unique(w[c])) for c in range(w.shape[0])) <= (2 if scheme == "binary" else 3)
     assert n["val_accuracy"] >= n["val_accuracy_before_finetune"]
     assert evaluate(res.model, tiny_image_task.x_val, tiny_image_task.y_val) == pytest.approx(n["val_accuracy"])
+    export_onnx(res.model, tiny_image_task.input_shape, tmp_path / "m.onnx", check=tiny_image_task.x_test)
+    assert onnx_accuracy(tmp_path / "m.onnx", tiny_image_task.x_val, tiny_image_task.y_val) == pytest.approx(
+        n["val_accuracy"])  # the simulated model runs in ONNX Runtime with the same accuracy
 
 
 def test_allocate_meets_budget_and_spares_sensitive_layers():
