@@ -82,6 +82,14 @@ class Context:
     qdq: onnx.ModelProto | None = None
 
 
+NOTHING_QUANTIZED = ("the quantizer converted no layer (already quantized, or every layer sits in an If/Loop "
+                     "body, which ORT leaves float)")
+
+
+def _int8_ops(m: onnx.ModelProto) -> int:
+    return sum(n.op_type.startswith("QLinear") or n.op_type.endswith("Integer") for n in m.graph.node)
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return (s.splitlines()[0] if s else type(e).__name__)[:160]
@@ -119,7 +127,7 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         ctx.excluded_by_sqnr = r.excluded
         q = len(quant._quantized_nodes(r.model))
         if q == 0:
-            return None, ["no layer the quantizer can convert outside If/Loop bodies (ORT leaves those float)"]
+            return None, [NOTHING_QUANTIZED]
         ctx.qdq = r.model
         notes.append(f"{q} layers INT8, {len(r.excluded)} fell back (SQNR < {ctx.sqnr_db:g} dB), "
                      f"worst layer {r.worst_db:.1f} dB")
@@ -136,8 +144,8 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
     if name == "int8-qop":
         m = quant.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
                               ctx.exclude_nodes | set(ctx.excluded_by_sqnr))
-        if not any(n.op_type.startswith("QLinear") or n.op_type.endswith("Integer") for n in m.graph.node):
-            return None, ["no layer the quantizer can convert outside If/Loop bodies (ORT leaves those float)"]
+        if _int8_ops(m) <= _int8_ops(ctx.base):
+            return None, [NOTHING_QUANTIZED]
         return m, [f"{len(ctx.excluded_by_sqnr)} layers kept float (from int8-qdq's SQNR fallback)"]
     if name == "int8-dyn":
         m2 = quant.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
