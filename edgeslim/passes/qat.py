@@ -102,13 +102,18 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
 
 def export_via_ort(qm: nn.Module, task: Task, ctx: RunContext, cfg: QAT, exact: QATOutput) -> QATOutput:
     """Re-export the QAT-trained model through ORT's static quantizer (fully fused QDQ)."""
-    from edgeslim.passes.quantize import QuantizeInt8, quantize_int8
+    from edgeslim.passes.quantize import QuantizeInt8, static_int8
 
     baked = ctx.stage_dir / "qat_baked.onnx"
     export_onnx(fq.unwrap(qm.eval()), task.input_shape, baked)
     exact.onnx.rename(ctx.stage_dir / "model_exact.onnx")
-    res = quantize_int8(None, task, QuantizeInt8(calibration_samples=cfg.calibration_samples),
-                        dataclasses.replace(ctx, prev_onnx=baked))
+    import onnx
+
+    consumer = {n.input[1]: n.input[0] for n in onnx.load(str(baked)).graph.node if len(n.input) > 1}
+    learned = {consumer[f"{name}.weight"]: w.aq.export() for name, w in fq.wrappers(qm).items()
+               if w.aq is not None and f"{name}.weight" in consumer}
+    res = static_int8(task, QuantizeInt8(calibration_samples=cfg.calibration_samples),
+                      dataclasses.replace(ctx, prev_onnx=baked), act_overrides=learned)
     baked.unlink()
     assert res.onnx is not None
     x = task.x_test[:256].astype(np.float32)
@@ -116,7 +121,8 @@ def export_via_ort(qm: nn.Module, task: Task, ctx: RunContext, cfg: QAT, exact: 
         want = qm(torch.from_numpy(x)).numpy()
     got = run_batched(session(res.onnx), x)
     ort_notes = {k: v for k, v in res.notes.items() if k != "format"}
-    notes = {**exact.notes, **ort_notes, "ort_format": res.notes["format"], "exact_qdq": "model_exact.onnx (learned scales, matches PyTorch)",
+    notes = {**exact.notes, **ort_notes, "ort_format": res.notes["format"], "learned_act_scales": len(learned),
+             "exact_qdq": "model_exact.onnx (learned scales, matches PyTorch)",
              "parity_max_abs_diff": float(np.abs(want - got).max()),
              "parity_top1_agreement": float((want.argmax(1) == got.argmax(1)).mean())}
     notes["layers"] = res.notes["layers"]

@@ -64,6 +64,14 @@ def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[d
 @register("quantize_int8", QuantizeInt8, kind="onnx")
 def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext) -> PassResult:
     """Static INT8 post-training quantization (QDQ); the integer format is chosen by measurement."""
+    return static_int8(task, cfg, ctx)
+
+
+def static_int8(
+    task: Task, cfg: QuantizeInt8, ctx: RunContext, act_overrides: dict[str, tuple[float, int]] | None = None,
+) -> PassResult:
+    """The quantize_int8 pass; `act_overrides` ({tensor: (scale, uint8 zero point)}, e.g. learned by QAT)
+    replaces calibration for those tensors."""
     assert ctx.prev_onnx is not None
     ortquant.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
@@ -81,7 +89,7 @@ def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: R
     raw, paths = {}, {}
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
-        ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method)
+        ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method, act_overrides)
         ortquant.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     lat = ortquant.interleaved_latency({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}

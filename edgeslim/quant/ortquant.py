@@ -95,8 +95,13 @@ def preprocess(src: Path, dst: Path) -> None:
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
-def quantize_static_fmt(pre: Path, dst: Path, calib: np.ndarray, fmt: IntFormat, method: str) -> None:
-    """Static QDQ quantization of an already pre-processed model, calibrated on `calib`."""
+def quantize_static_fmt(
+    pre: Path, dst: Path, calib: np.ndarray, fmt: IntFormat, method: str,
+    act_overrides: dict[str, tuple[float, int]] | None = None,
+) -> None:
+    """Static QDQ quantization of an already pre-processed model, calibrated on `calib`.
+    `act_overrides` fixes {tensor: (scale, uint8 zero point)} instead of calibrating it (e.g. QAT scales)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     name = check_calibration(pre, calib)
@@ -104,12 +109,20 @@ def quantize_static_fmt(pre: Path, dst: Path, calib: np.ndarray, fmt: IntFormat,
             "entropy": CalibrationMethod.Entropy}
     if method not in meth:
         raise EdgeslimError(f"unknown calibration method '{method}'; valid: {choices(meth)}")
+    overrides: dict[str, list[dict]] = {}
+    if act_overrides:
+        g = onnx.load(str(pre)).graph
+        present = {t for n in g.node for t in n.input}
+        for t, (scale, zp) in act_overrides.items():
+            if t in present:  # uint8 zero point z is int8 z - 128 on the same grid
+                z = np.uint8(zp) if fmt.activation == "uint8" else np.int8(zp - 128)
+                overrides[t] = [{"scale": np.array(scale, np.float32), "zero_point": np.array(z)}]
     quantize_static(
         str(pre), str(dst), _Reader(name, calib.astype(np.float32)),
         quant_format=QuantFormat.QDQ, per_channel=fmt.per_channel, reduce_range=fmt.reduce_range,
         activation_type=QuantType.QUInt8 if fmt.activation == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8, calibrate_method=meth[method],
-        extra_options={"CalibMovingAverage": False},
+        extra_options={"CalibMovingAverage": False, "TensorQuantOverrides": overrides},
     )
 
 
