@@ -122,6 +122,7 @@ def test_qat_export_via_ort_is_fused_and_keeps_exact_model(resnet, tiny_image_ta
                            _ctx(tmp_path, spec, epochs=1))
     n = res.notes
     assert n["ort_format"].startswith("QDQ ") and n["tried"] and n["parity_top1_agreement"] >= 0.95
+    assert n["learned_act_scales"] == 8  # every conv/fc input tensor keeps its QAT scale
     assert (tmp_path / "model_exact.onnx").exists()
     session(tmp_path / "model_exact.onnx")
     assert run_batched(session(res.onnx), tiny_image_task.x_test).shape == (len(tiny_image_task.x_test), 4)
