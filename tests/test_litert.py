@@ -154,6 +154,15 @@ def test_c_array_bytes_match_file(converted, tmp_path):
     assert f"#define NET_MODEL_ARENA_SIZE {arena.total_bytes}u" in header
     assert "resolver.AddFullyConnected();" in header and "resolver.AddConv2D();" in header
     assert "aligned(16)" in c.read_text()
+    info = converted["int8"]["input"]
+    assert f"#define NET_MODEL_INPUT_SCALE {info['scale']!r}f" in header
+    assert f"#define NET_MODEL_INPUT_ZERO_POINT {info['zero_point']}" in header
+    import shutil
+
+    if shutil.which("gcc"):  # the pair compiles as C99 without warnings
+        r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", str(c), "-o",
+                            str(tmp_path / "net_model.o")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
 
 
 @needs_litert

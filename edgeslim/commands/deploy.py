@@ -116,8 +116,9 @@ def _ms(r: dict, key: str) -> str:
 def deploy_table(rows: list[dict], title: str = "deployment (one column per model)") -> Table:
     """Latency (ORT vs PyTorch), arena, flash, fit, energy and peak RSS; metrics as rows, models as columns."""
     dev = rows[0].get("deploy_device", "?") if rows else "?"
+    litert = " (LiteRT for .tflite)" if any(r.get("runtime") == "litert" for r in rows) else ""
     lines: list[tuple[str, object]] = [
-        ("ORT latency p50 / p90 / p99", lambda r: " / ".join(f"{r.get(f'latency_ms_{q}', float('nan')):.3f}"
+        ("ORT latency p50 / p90 / p99" + litert, lambda r: " / ".join(f"{r.get(f'latency_ms_{q}', float('nan')):.3f}"
                                                             for q in ("p50", "p90", "p99")) + " ms"),
         ("PyTorch eager p50", lambda r: _ms(r, "latency_torch_ms_p50")),
         ("ORT vs PyTorch max |diff|", lambda r: f"{r['parity_max_abs_diff']:.2g}" if "parity_max_abs_diff" in r

@@ -54,6 +54,11 @@ def extra_columns(stages: list[dict]) -> list:
             ("energy/inf", lambda s: f"{s['energy_mj']:.3g} mJ {_method_tag(s.get('energy_method', ''))}"
              if s.get("energy_mj") is not None else "-")
         )
+    if any("tflite_size_bytes" in s for s in stages):  # the `tflite` stage (edgeslim.litert)
+        cols.append(("tflite acc/size/TFLM arena", lambda s: "-" if "tflite_size_bytes" not in s else
+                     ("-" if s.get("tflite_accuracy") is None else f"{100 * s['tflite_accuracy']:.2f}%")
+                     + f" / {human_bytes(s['tflite_size_bytes'])} / "
+                     f"{human_bytes(s.get('tflm_arena_bytes'))}"))
     return cols
 
 
