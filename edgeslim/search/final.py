@@ -54,7 +54,7 @@ def layer_details(run_dir: Path, base_model: Path, onnx_path: Path, stages: list
     return rows
 
 
-def finalize(ctx: Context, study: optuna.Study, top: int, full: bool = True) -> dict:
+def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
     """Run the front fully, choose, write search.json + best_<objective>.yaml + the reports."""
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
