@@ -171,9 +171,10 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, reduce_range:
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
-    """FP16 weights and compute, float32 inputs/outputs (Cast at the edges)."""
+    """FP16 weights and compute, float32 inputs/outputs (Cast at the edges). Uses the converter bundled
+    with ONNX Runtime (same code as onnxconverter-common), so no extra package is needed."""
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
 
     m = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     write_bytes(dst, m.SerializeToString())
