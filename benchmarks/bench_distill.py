@@ -63,7 +63,9 @@ def part_kd(args, out: Path) -> dict:
         fit(s_lab, t, cfg, quiet=True)
         torch.manual_seed(seed)
         s_kd, _ = build_student(spec, 0.5)
-        dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg)
+        feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
+        dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
+                       feature_weight=args.feature_weight)
         distill_model(s_kd, [teacher], t, dcfg, quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test)})
@@ -74,6 +76,7 @@ def part_kd(args, out: Path) -> dict:
         "task": args.kd_task, "teacher": spec["kwargs"] | {"arch": spec["arch"]}, "student": sspec["kwargs"],
         "teacher_accuracy": evaluate(teacher, t.x_test, t.y_test),
         "temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs, "seeds": rows,
+        "features": args.features, "feature_weight": args.feature_weight,
         "labels_mean": statistics.mean(lab), "kd_mean": statistics.mean(kd),
         "labels_std": statistics.pstdev(lab), "kd_std": statistics.pstdev(kd),
         "gain_points": 100 * (statistics.mean(kd) - statistics.mean(lab)),
@@ -143,7 +146,8 @@ def summary(res: dict) -> str:
         lines += [
             f"**KD** ({k['task']}; teacher {k['teacher']} {100 * k['teacher_accuracy']:.2f}%, "
             f"{k['teacher_params']:,} params; student {k['student']}, {k['student_params']:,} params; "
-            f"T={k['temperature']}, alpha={k['alpha']}, {k['epochs']} epochs, {len(k['seeds'])} seeds)", "",
+            f"T={k['temperature']}, alpha={k['alpha']}, {k['epochs']} epochs, {len(k['seeds'])} seeds"
+            + (f"; feature KD {k['features']} x {k['feature_weight']}" if k["features"] else "") + ")", "",
             "| seed | labels only | KD |", "|---|---|---|",
             *[f"| {r['seed']} | {100 * r['labels']:.2f} | {100 * r['kd']:.2f} |" for r in k["seeds"]],
             f"| mean | {100 * k['labels_mean']:.2f} ± {100 * k['labels_std']:.2f} | "
@@ -201,6 +205,8 @@ def main() -> None:
     ap.add_argument("--kd-width", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=8.0)
     ap.add_argument("--alpha", type=float, default=0.9)
+    ap.add_argument("--features", default="", help="feature KD pairs 'student:teacher,...' (e.g. layer3:layer3)")
+    ap.add_argument("--feature-weight", type=float, default=1.0)
     ap.add_argument("--deep-task", default="digits")
     ap.add_argument("--lowrank-compression", default="3.0")
     args = ap.parse_args()
