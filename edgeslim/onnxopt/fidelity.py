@@ -1,8 +1,8 @@
 """Output fidelity: how far an optimised model's outputs are from the original's on the same feeds.
 
 Per output: max and mean absolute error (output units), cosine similarity of the flattened outputs over
-all feeds, and for classifier-shaped outputs ([N, C] scores, or [N, T, C] softmax rows) top-1 agreement
-(fraction 0-1, per position for [N, T, C]). The
+all feeds, and for classifier-shaped outputs ([N, C] scores, or rank-3 per-position scores) top-1
+agreement (fraction 0-1, per position for rank 3). The
 summary is the worst over outputs, because a model is only as good as its worst output.
 """
 
@@ -73,10 +73,11 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _classifier_like(r: np.ndarray) -> bool:
-    """[N, C] scores, or [N, T, C] per-position probabilities (softmax rows: CTC text recognisers)."""
+    """[N, C] scores, or rank-3 per-position class scores (CTC text recognisers): softmax rows, or a last
+    axis of at least 64 classes (a detector's [N, boxes, 4 + 1 + classes] rows are shorter)."""
     if r.dtype.kind != "f" or r.ndim not in (2, 3) or r.shape[-1] < 2 or r.size == 0:
         return False
-    if r.ndim == 2:
+    if r.ndim == 2 or r.shape[-1] >= 64:
         return True
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
