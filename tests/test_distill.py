@@ -226,3 +226,13 @@ passes:
     m, _ = models.load_model(tmp_path / "run" / "stages" / "02_magnitude_prune")
     assert m.fc1.out_features == 16
     assert math.isfinite(st[3]["size_bytes"])
+
+
+@pytest.mark.parametrize("name", ["distill-prune-quantize.yaml", "deep-compression.yaml"])
+def test_shipped_recipes_parse(name):
+    from pathlib import Path
+
+    from edgeslim.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / name)
+    assert r.steps and r.steps[0].name in ("distill", "magnitude_prune")
