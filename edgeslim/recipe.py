@@ -59,7 +59,7 @@ def _line(node: yaml.Node | None) -> int:
     return node.start_mark.line + 1 if node is not None else 0
 
 
-def _key_node(mapping: yaml.Node, key: str) -> yaml.Node | None:
+def _key_node(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
     if isinstance(mapping, yaml.MappingNode):
         for k, v in mapping.value:
             if k.value == key:
