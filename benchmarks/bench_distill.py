@@ -34,7 +34,7 @@ from edgeslim.data import load_task  # noqa: E402
 from edgeslim.models.student import build_student  # noqa: E402
 from edgeslim.passes.distill import Distill, distill_model  # noqa: E402
 from edgeslim.passes.share import load_shared_model  # noqa: E402
-from edgeslim.train import TrainConfig, evaluate, fit  # noqa: E402
+from edgeslim.train import Hooks, TrainConfig, evaluate, fit  # noqa: E402
 
 LOWRANK = """version: 1
 finetune: {epochs: %d, lr: 0.001}
@@ -65,24 +65,50 @@ def part_kd(args, out: Path) -> dict:
         s_kd, _ = build_student(spec, 0.5)
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
-                       feature_weight=args.feature_weight)
+                       feature_weight=args.feature_weight, mixup=args.mixup)
         distill_model(s_kd, [teacher], t, dcfg, quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test)})
-        print(f"[kd] seed {seed}: labels {rows[-1]['labels']:.4f}  kd {rows[-1]['kd']:.4f}", flush=True)
+        if args.mixup:  # control: the same mixed inputs, labelled by mixing the labels instead of the teacher
+            torch.manual_seed(seed)
+            s_mix, _ = build_student(spec, 0.5)
+            fit(s_mix, t, cfg, Hooks(loss=_mixup_ce(args.mixup, args.alpha, seed)), quiet=True)
+            rows[-1]["labels_mixup"] = evaluate(s_mix, t.x_test, t.y_test)
+        print(f"[kd] seed {seed}: {rows[-1]}", flush=True)
     lab = [r["labels"] for r in rows]
+    mix = [r["labels_mixup"] for r in rows if "labels_mixup" in r]
     kd = [r["kd"] for r in rows]
     return {
         "task": args.kd_task, "teacher": spec["kwargs"] | {"arch": spec["arch"]}, "student": sspec["kwargs"],
         "teacher_accuracy": evaluate(teacher, t.x_test, t.y_test),
         "temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs, "seeds": rows,
-        "features": args.features, "feature_weight": args.feature_weight,
+        "features": args.features, "feature_weight": args.feature_weight, "mixup": args.mixup,
+        "labels_mixup_mean": statistics.mean(mix) if mix else None,
+        "labels_mixup_std": statistics.pstdev(mix) if mix else None,
         "labels_mean": statistics.mean(lab), "kd_mean": statistics.mean(kd),
         "labels_std": statistics.pstdev(lab), "kd_std": statistics.pstdev(kd),
         "gain_points": 100 * (statistics.mean(kd) - statistics.mean(lab)),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in s_kd.parameters()),
     }
+
+
+def _mixup_ce(beta: float, alpha: float, seed: int):
+    import torch.nn.functional as F
+
+    from edgeslim.passes.distill import mix_inputs
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(model, x, y, out):
+        if not model.training:
+            return F.cross_entropy(out, y)
+        xm, perm, lam = mix_inputs(x, gen, beta)
+        om = model(xm)
+        mixed = lam * F.cross_entropy(om, y) + (1 - lam) * F.cross_entropy(om, y[perm])
+        return alpha * mixed + (1 - alpha) * F.cross_entropy(out, y)
+
+    return loss
 
 
 def part_dpq(args, out: Path) -> dict:
@@ -152,6 +178,8 @@ def summary(res: dict) -> str:
             *[f"| {r['seed']} | {100 * r['labels']:.2f} | {100 * r['kd']:.2f} |" for r in k["seeds"]],
             f"| mean | {100 * k['labels_mean']:.2f} ± {100 * k['labels_std']:.2f} | "
             f"{100 * k['kd_mean']:.2f} ± {100 * k['kd_std']:.2f} |",
+            *([f"Control, labels + the same mixup: {100 * k['labels_mixup_mean']:.2f} ± "
+               f"{100 * k['labels_mixup_std']:.2f}"] if k.get("labels_mixup_mean") is not None else []),
             "", f"KD gain: **{k['gain_points']:+.2f} points**", "",
         ]
     for key, title in (("dpq", "distill-prune-quantize"),):
@@ -207,6 +235,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--features", default="", help="feature KD pairs 'student:teacher,...' (e.g. layer3:layer3)")
     ap.add_argument("--feature-weight", type=float, default=1.0)
+    ap.add_argument("--mixup", type=float, default=None,
+                    help="distil on mixup inputs (Beta parameter); adds a labels+mixup control student")
     ap.add_argument("--deep-task", default="digits")
     ap.add_argument("--lowrank-compression", default="3.0")
     args = ap.parse_args()

@@ -236,3 +236,28 @@ def test_shipped_recipes_parse(name):
 
     r = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / name)
     assert r.steps and r.steps[0].name in ("distill", "magnitude_prune")
+
+
+def test_mixup_transfer_set(teacher, tiny_image_task):
+    from edgeslim.passes.distill import Teachers, kd_loss_fn, mix_inputs
+
+    x = torch.arange(12.0).reshape(4, 3)
+    xm, perm, lam = mix_inputs(x, torch.Generator().manual_seed(0), 1.0)
+    assert torch.allclose(xm, lam * x + (1 - lam) * x[perm])
+    t_net, spec = teacher
+    s, _ = build_student(spec, 0.5)
+    s.train()
+    calls = []
+    fn = kd_loss_fn(Teachers([t_net]), 2.0, 0.8, None, mixup=1.0)
+    xb = torch.from_numpy(tiny_image_task.x_train[:16])
+    yb = torch.from_numpy(tiny_image_task.y_train[:16])
+    h = s.register_forward_hook(lambda m, i, o: calls.append(i[0]))
+    out = s(xb)
+    loss = fn(s, xb, yb, out)
+    h.remove()
+    assert len(calls) == 2 and not torch.equal(calls[1], xb)  # a second forward on the mixed batch
+    loss.backward()
+    with pytest.raises(ValueError, match="without mixup"):
+        Distill(mixup=1.0, self_distill=["relu1"])
+    hist = distill_model(s, [t_net], tiny_image_task, Distill(mixup=0.4, train=TrainConfig(epochs=2)), quiet=True)
+    assert hist["epochs"] == 2

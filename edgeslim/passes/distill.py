@@ -218,19 +218,41 @@ def load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.
     return ts
 
 
+def mix_inputs(x: torch.Tensor, gen: torch.Generator, beta: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup of a batch with a shuffled copy of itself: (mixed inputs, the permutation, lambda)."""
+    lam = float(torch.distributions.Beta(beta, beta).sample()) if beta > 0 else 0.5
+    perm = torch.randperm(len(x), generator=gen)
+    return lam * x + (1 - lam) * x[perm], perm, lam
+
+
 def kd_loss_fn(teachers: Teachers, temperature: float, alpha: float, weights: Sequence[float] | None,
                feat: tuple[FeatureTap, list[str], nn.ModuleDict, float] | None = None,
                exits: tuple[FeatureTap, list[str], nn.ModuleDict, float] | None = None,
+               mixup: float | None = None, seed: int = 0,
                ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The trainer loss (`Hooks.loss`) combining the KD terms that are switched on."""
+    """The trainer loss (`Hooks.loss`) combining the KD terms that are switched on.
+
+    With `mixup` (a Beta parameter) the distillation terms are computed on mixup-interpolated inputs
+    that the teacher labels on the fly (a transfer set larger than the labelled one, "function matching"
+    in Beyer et al. 2022); the label term stays on the clean batch."""
+    gen = torch.Generator().manual_seed(seed)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        t_logits, t_feats = teachers(x)
+        xs, s_out = x, out
+        if mixup is not None and model.training:
+            xs, _, _ = mix_inputs(x, gen, mixup)
+            s_out = model(xs)  # student (and its feature taps) on the mixed batch
+            t_raw = teachers._run(xs)
+            t_logits, t_feats = t_raw[: len(teachers.models)], t_raw[len(teachers.models) :]
+        else:
+            t_logits, t_feats = teachers(x)
         if is_reconstruction(model):  # regression: match the teachers' outputs
             t_mean = torch.stack(t_logits).mean(0)
-            total = alpha * F.mse_loss(out, t_mean) + (1 - alpha) * F.mse_loss(out, x)
+            total = alpha * F.mse_loss(s_out, t_mean) + (1 - alpha) * F.mse_loss(out, x)
         elif alpha > 0:
-            total = logit_kd_loss(out, t_logits, y, temperature, alpha, weights)
+            total = alpha * kd_loss(s_out, soft_targets(t_logits, temperature, weights), temperature)
+            if alpha < 1:
+                total = total + (1 - alpha) * F.cross_entropy(out, y)
         else:
             total = F.cross_entropy(out, y)
         if feat is not None:
@@ -265,11 +287,15 @@ class Distill(PassConfig):
     teachers: list[str] = Field(default_factory=list, description="extra teacher model folders (multi-teacher)")
     teacher_weights: list[float] | None = None
     cache: bool = Field(True, description="cache teacher outputs on the training set (fixed transfer set)")
+    mixup: float | None = Field(None, gt=0.0, description="distil on mixup inputs (Beta parameter) the teacher "
+                                "labels on the fly; the label term stays on clean inputs")
     keep: bool = Field(True, description="keep logit KD active in later passes' fine-tuning")
     train: TrainConfig = Field(default_factory=TrainConfig, description="student training (from scratch)")
 
     @model_validator(mode="after")
     def _weights(self) -> Distill:
+        if self.mixup is not None and self.self_distill:
+            raise ValueError("self_distill exits learn from the clean batch; use it without mixup")
         if self.teacher_weights is not None and len(self.teacher_weights) != 1 + len(self.teachers):
             raise ValueError(
                 f"teacher_weights needs {1 + len(self.teachers)} values (the run's baseline + {len(self.teachers)} "
@@ -315,7 +341,8 @@ def distill_model(
         exits = (taps[-1], list(cfg.self_distill), aux.exits, cfg.self_weight)
     student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
     try:
-        loss = kd_loss_fn(tcache, cfg.temperature, cfg.alpha, cfg.teacher_weights, feat, exits)
+        loss = kd_loss_fn(tcache, cfg.temperature, cfg.alpha, cfg.teacher_weights, feat, exits, cfg.mixup,
+                          cfg.train.seed)
         hist = fit(student, task, cfg.train, Hooks(loss=loss), desc="distill", quiet=quiet)
     finally:
         del student._kd_aux
@@ -353,7 +380,7 @@ def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) 
     if cfg.keep:
         carry["distill"] = {
             "temperature": cfg.temperature, "alpha": cfg.alpha, "teachers": list(cfg.teachers),
-            "teacher_weights": cfg.teacher_weights, "cache": cfg.cache,
+            "teacher_weights": cfg.teacher_weights, "cache": cfg.cache, "mixup": cfg.mixup,
         }
     return PassResult(student, spec=spec if cfg.init == "student" else None, notes=notes, carry=carry)
 
@@ -368,7 +395,7 @@ def distill_hook(model: nn.Module, ctx: RunContext, value: dict) -> Hooks:
         if "fn" not in state:
             ts = [ctx.teacher()] + [models.load_model(Path(p))[0] for p in teachers_paths]
             state["fn"] = kd_loss_fn(Teachers(ts, (), value.get("cache", True)), value["temperature"], value["alpha"],
-                                     value.get("teacher_weights"))
+                                     value.get("teacher_weights"), mixup=value.get("mixup"), seed=ctx.seed)
         return state["fn"](m, x, y, out)
 
     return Hooks(loss=loss)
