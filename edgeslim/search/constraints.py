@@ -101,7 +101,7 @@ def measured_violations(m: dict, base_accuracy: float, budget: Budget, slack: fl
         v["energy"] = m["energy_mj"] / budget.max_energy - 1
     if budget.max_accuracy_drop is not None:
         v["accuracy_drop"] = (100 * (base_accuracy - m["accuracy"]) - budget.max_accuracy_drop - slack) / 100
-    return v
+    return {k: round(x, 9) for k, x in v.items()}  # a drop of exactly the limit is within it
 
 
 def check_reachable(best: Footprint, best_latency_ms: float, budget: Budget, how: str) -> None:
