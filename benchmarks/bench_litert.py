@@ -71,9 +71,11 @@ def part1(task_name: str, epochs: int, out: Path, archs: list[str]) -> list[dict
     return rows
 
 
-def part2(out: Path) -> list[dict]:
+def part2(out: Path, only: list[str] | None = None) -> list[dict]:
     rows = []
     for name, e in ZOO.items():
+        if only and name not in only:
+            continue
         shape, classes = e.ref_shape, e.ref_classes or 10
         torch.manual_seed(0)
         net = e.build(shape, classes).eval()
@@ -111,6 +113,7 @@ def main() -> None:
     ap.add_argument("--models", default="lenet5,dscnn,resnet8")
     ap.add_argument("--skip-part1", action="store_true")
     ap.add_argument("--skip-part2", action="store_true")
+    ap.add_argument("--zoo", default="", help="part 2 only for these zoo models (comma separated)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def main() -> None:
     if not a.skip_part1:
         res["part1"] = part1(a.task, a.epochs, a.out, a.models.split(","))
     if not a.skip_part2:
-        res["part2"] = part2(a.out)
+        res["part2"] = part2(a.out, [m for m in a.zoo.split(",") if m])
     (a.out / "bench_litert.json").write_text(json.dumps(res, indent=2, default=str))
     print(f"wrote {a.out / 'bench_litert.json'}")
 

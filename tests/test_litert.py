@@ -228,6 +228,7 @@ def test_export_c_then_measure_cli(trained, tiny_image_task, tmp_path):
     tfl = tmp_path / "net.tflite"
     assert read_c_array(tmp_path / "net.c") == tfl.read_bytes() and (tmp_path / "net.h").is_file()
     assert res["input"]["dtype"] == "int8" and res["tflm_arena"]["total_bytes"] > 0
+    assert res["tflm_top1_agreement"] >= 0.9 and res["tflm_checked_samples"] == 16
     assert json.loads((tmp_path / "net.json").read_text())["input"]["scale"] == res["input"]["scale"]
     r = _cli("measure", str(tfl), "--task", data, "--runs", "20", "--json")
     assert r.returncode == 0, r.stderr

@@ -18,6 +18,8 @@ def export_cmd(
     task: str | None = typer.Option(None, "--task", "-t",
                                     help="task for calibration, parity and accuracy (default: the training task)"),
     calibration_samples: int = typer.Option(256, help="representative samples for INT8 calibration"),
+    per_tensor: bool = typer.Option(False, "--per-tensor",
+                                    help="one weight scale per tensor (smaller file) instead of per channel"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
@@ -26,7 +28,8 @@ def export_cmd(
     from edgeslim.report.results import human_bytes
 
     res = export_model(model, fmt.lower(), out, int8=int8, task=task,  # type: ignore[arg-type]
-                       calibration_samples=calibration_samples, trust_pickle=trust_pickle)
+                       calibration_samples=calibration_samples, trust_pickle=trust_pickle,
+                       per_channel=not per_tensor)
     if as_json:
         _emit_json(res)
         return
@@ -50,3 +53,6 @@ def export_cmd(
         a = res["tflm_arena"]
         console.print(f"  TFLite Micro arena: {human_bytes(a['total_bytes'])} (head {a['head_bytes']} B + tail "
                       f"{a['tail_bytes']} B)", highlight=False)
+    if "tflm_top1_agreement" in res:
+        console.print(f"  TFLite Micro vs LiteRT: same top-1 class on {100 * res['tflm_top1_agreement']:.0f}% of "
+                      f"{res['tflm_checked_samples']} samples", highlight=False)

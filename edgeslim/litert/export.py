@@ -17,6 +17,7 @@ from edgeslim.fsutil import write_json
 
 Format = Literal["onnx", "tflite", "c"]
 CHECK_SAMPLES = 64
+MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 
 def _task_for(spec: dict, task: str | None):
@@ -36,7 +37,7 @@ def _task_for(spec: dict, task: str | None):
 
 def export_model(
     model: Path, fmt: Format, out: Path, *, int8: bool = False, task: str | None = None,
-    calibration_samples: int = 256, trust_pickle: bool = False, seed: int = 0,
+    calibration_samples: int = 256, trust_pickle: bool = False, seed: int = 0, per_channel: bool = True,
 ) -> dict:
     """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`). Returns a summary."""
     model, out = Path(model), Path(out)
@@ -64,17 +65,18 @@ def export_model(
     if int8 and t is None:
         raise EdgeslimError("--int8 needs a representative dataset: pass --task (the data the model was trained on)")
     if fmt == "onnx":
-        return _export_onnx(net, shape, out, int8, t, check, calibration_samples, seed)
+        return _export_onnx(net, shape, out, int8, t, check, calibration_samples, seed, per_channel)
     tfl = out if fmt == "tflite" else out.with_suffix(".tflite")
     summary = tflite_export(net, shape, tfl, int8=int8, task=t, check=check,
-                            calibration_samples=calibration_samples, seed=seed)
+                            calibration_samples=calibration_samples, seed=seed, per_channel=per_channel)
     if fmt == "c":
         c = tflite_to_c(tfl, out, arena=summary.get("tflm_arena"))
         summary.update(c=c["c"], h=c["h"])
     return summary
 
 
-def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_samples: int, seed: int) -> dict:
+def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_samples: int, seed: int,
+                 per_channel: bool = True) -> dict:
     import tempfile
 
     from edgeslim.deploy.export import export_onnx
@@ -89,7 +91,7 @@ def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_sample
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(net, shape, fp32, check=check)
-            cfg = QuantizeInt8(activation_type="int8", reduce_range=False)
+            cfg = QuantizeInt8(activation_type="int8", reduce_range=False, per_channel=per_channel)
             quantize_static_onnx(fp32, out, t.calibration(calibration_samples, seed), cfg)
         summary = {"format": "onnx", "precision": "int8 (QDQ s8s8)", "path": str(out)}
     summary["size_bytes"] = out.stat().st_size
@@ -99,21 +101,29 @@ def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_sample
 
 
 def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
-                  seed: int = 0, micro: bool = True) -> dict:
+                  seed: int = 0, micro: bool = True, per_channel: bool = True) -> dict:
     """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena."""
     from edgeslim.litert import available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
 
     calib = task.calibration(calibration_samples, seed) if (int8 and task is not None) else None
-    summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check)
+    summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel)
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
     if micro and available("micro"):
-        from edgeslim.litert.micro import tflm_arena
+        from edgeslim.litert.micro import MicroModel
 
-        summary["tflm_arena"] = tflm_arena(out).as_dict()
+        mm = MicroModel(out)
+        if check is not None and len(check):  # TFLite Micro (reference kernels) vs LiteRT (XNNPACK)
+            lm = LiteRTModel(out)
+            x = np.asarray(check[:MICRO_CHECK], np.float32)
+            got = np.stack([lm.output.dequantize(mm.invoke_raw(lm.input.quantize(x[i : i + 1])))[0]
+                            for i in range(len(x))])
+            summary["tflm_top1_agreement"] = float((got.argmax(1) == lm.predict(x).argmax(1)).mean())
+            summary["tflm_checked_samples"] = len(x)
+        summary["tflm_arena"] = mm.arena().as_dict()
     write_json(out.with_suffix(".json"), summary)
     return summary
 

@@ -65,7 +65,8 @@ def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContex
 
     path = ctx.stage_dir / TFLITE
     s = tflite_export(model, task.input_shape, path, int8=cfg.int8, task=task, check=task.x_test[:64],
-                      calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro)
+                      calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro,
+                      per_channel=cfg.per_channel)
     rel = f"stages/{_final_stage_name(ctx.stage_dir)}/{TFLITE}"
     s["path"] = rel
     write_json(ctx.stage_dir / SUMMARY, s)
