@@ -65,8 +65,8 @@ class Candidate:
 class Context:
     """What every candidate builder needs."""
 
-    repaired: onnx.ModelProto
-    base: onnx.ModelProto         # ORT-optimised, nodes named
+    repaired: onnx.ModelProto     # constants lifted, source opset (what FP32/FP16 candidates start from)
+    base: onnx.ModelProto         # ORT-optimised, opset >= 13 where it could be upgraded, nodes named (INT8)
     feeds: list[Feed]
     ref: list                     # original outputs per feed
     out_names: list[str]
@@ -79,6 +79,12 @@ class Context:
     excluded_by_sqnr: list[str] = field(default_factory=list)
     w8_fp16_below_db: float = 0.0  # set by `evaluate` while it searches the w8 fallback threshold
     w8_db: float = 0.0             # the threshold w8 ended with (reused by int8-qdq+w8)
+    base_fp: onnx.ModelProto | None = None  # ORT-optimised at the source opset (None: same as base)
+
+    @property
+    def fp_base(self) -> onnx.ModelProto:
+        """Start of the FP32/FP16 candidates: no opset upgrade, which only per-channel INT8 needs."""
+        return self.base_fp if self.base_fp is not None else self.base
     qdq: onnx.ModelProto | None = None
 
 
@@ -106,13 +112,14 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
     """(model, notes) for candidate `name`; (None, [reason]) when it does not apply."""
     notes: list[str] = []
     if name == "fp32-opt":
-        return ctx.base, notes
+        return ctx.fp_base, notes
     if name in ("w8", "w16"):
         # weight-only storage on whichever FP32 graph is smaller: ORT's constant folding can copy weights
         # into several If branches, and the session folds the decode chain at load time either way
         # (the optimised graph is preferred: its Conv+BN etc. are already fused, which ORT cannot redo at
         # load time on a weight that is still a Cast/Mul chain)
-        src = ctx.base if ctx.base.ByteSize() <= 1.02 * ctx.repaired.ByteSize() else ctx.repaired
+        fp = ctx.fp_base
+        src = fp if fp.ByteSize() <= 1.02 * ctx.repaired.ByteSize() else ctx.repaired
         m, n = graph.weight_only(src, "int8" if name == "w8" else "fp16", ctx.weight_min_elements,
                                  _weights_of_excluded(src, ctx), fp16_below_db=ctx.w8_fp16_below_db)
         if n == 0:
@@ -151,7 +158,7 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         m2 = quant.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
         return m2, ([] if m2 is not None else ["no MatMul/Gemm/LSTM/GRU to quantize dynamically"])
     if name == "fp16":
-        return quant.fp16(ctx.base, ctx.exclude_ops), notes
+        return quant.fp16(ctx.fp_base, ctx.exclude_ops), notes
     raise AssertionError(name)
 
 
