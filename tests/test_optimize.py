@@ -195,7 +195,7 @@ def test_fidelity_metrics_by_hand() -> None:
     q[0, 0] = [0.1, 0.8, 0.1]
     assert compare(["p"], [[p]], [[q]]).top1 == pytest.approx(0.75)
     assert compare(["b"], [[p * 5]], [[q * 5]]).top1 is None  # [1, 4, 3] not softmax: a detector's rows
-    wide = np.zeros((2, 1, 100), np.float32)
+    wide = np.zeros((2, 1, 1000), np.float32)
     wide[:, 0, 7] = 5.0
     wide2 = wide.copy()
     wide2[1, 0, 9] = 9.0

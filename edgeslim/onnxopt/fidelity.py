@@ -74,10 +74,10 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def _classifier_like(r: np.ndarray) -> bool:
     """[N, C] scores, or rank-3 per-position class scores (CTC text recognisers): softmax rows, or a last
-    axis of at least 64 classes (a detector's [N, boxes, 4 + 1 + classes] rows are shorter)."""
+    axis of at least 1000 classes (character sets; an RNN state or a detector's box rows are shorter)."""
     if r.dtype.kind != "f" or r.ndim not in (2, 3) or r.shape[-1] < 2 or r.size == 0:
         return False
-    if r.ndim == 2 or r.shape[-1] >= 64:
+    if r.ndim == 2 or r.shape[-1] >= 1000:
         return True
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
