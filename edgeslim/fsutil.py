@@ -62,6 +62,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `final` in one rename."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if final.exists():
