@@ -138,6 +138,30 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
     console.print(t)
 
 
+@app.command("passes")
+def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the passes a recipe may use, with their config fields and defaults."""
+    from rich.table import Table
+
+    from edgeslim.passes import PASSES
+
+    rows = [
+        {"name": p.name, "kind": p.kind, "about": p.about,
+         "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
+        for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
+    ]
+    if as_json:
+        _emit_json(rows)
+        return
+    t = Table(title="recipe passes (name: {field: value, ...})")
+    for c in ("name", "kind", "what it does", "fields (defaults)"):
+        t.add_column(c)
+    for r in rows:
+        fields = ", ".join(f"{k}={v}" for k, v in r["fields"].items())
+        t.add_row(r["name"], r["kind"], r["about"], fields)
+    console.print(t)
+
+
 @app.command("tasks")
 def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List built-in tasks and the user-data formats a --task path may take."""

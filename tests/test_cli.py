@@ -73,3 +73,12 @@ def test_internal_error_exit_2(monkeypatch, capsys):
         cli.main()
     assert e.value.code == 2
     assert "internal error" in capsys.readouterr().err
+
+
+def test_passes_lists_registry_with_defaults():
+    r = edgeslim("passes", "--json")
+    assert r.returncode == 0
+    rows = {p["name"]: p for p in json.loads(r.stdout)}
+    assert rows["magnitude_prune"]["kind"] == "torch" and rows["quantize_int8"]["kind"] == "onnx"
+    assert rows["magnitude_prune"]["fields"]["sparsity"] == "0.5"
+    assert "_test_interrupt" not in rows
