@@ -1,6 +1,7 @@
 """Build the candidate models and check each one's fidelity against the original.
 
-Candidates (all from the repaired model):
+Candidates (all from the repaired model; the INT8 ones from its opset-13 upgrade where the source is older,
+the others from the source opset):
   fp32-opt   ONNX Runtime basic offline optimisation + dead-node removal (FP32)
   w8         weight-only INT8 storage (int8 + Cast + Mul, folded back to FP32 at load: same speed)
   w16        weight-only FP16 storage (fp16 + Cast, folded at load)
