@@ -145,7 +145,7 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
 
     from edgeslim.passes import PASSES
 
-    rows = [
+    rows: list[dict] = [
         {"name": p.name, "kind": p.kind, "about": p.about,
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
