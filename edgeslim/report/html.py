@@ -17,11 +17,14 @@ FRONT_PLOTS = (("energy", "energy_mj", "energy per inference (mJ, estimated)"),
 
 
 def _row(name: str, m: dict, fits: str) -> list[str]:
+    ort = m.get("ort_latency_ms_p50")
     return [name, f"{100 * m['accuracy']:.2f}%", human_bytes(m["flash_bytes"]), human_bytes(m["arena_bytes"]),
-            f"{m['latency_ms']:.3g} ms", f"{m['energy_mj']:.3g} mJ", f"{m['macs']:,}", fits]
+            f"{m['latency_ms']:.3g} ms", "-" if ort is None else f"{ort:.3f} ms", f"{m['energy_mj']:.3g} mJ",
+            f"{m['macs']:,}", fits]
 
 
-HEAD = ["model", "accuracy (test)", "flash (file)", "arena", "latency (est.)", "energy (est.)", "MACs", "fits budget"]
+HEAD = ["model", "accuracy (test)", "flash (file)", "arena", "device latency (est.)", "ORT p50 (host, measured)",
+        "energy (est.)", "MACs", "fits budget"]
 
 
 def _chosen(summary: dict) -> dict | None:

@@ -68,6 +68,9 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
                          seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
         onnx_path = run_dir / res["stages"][-1]["onnx"]
         m = measure_candidate(onnx_path, ctx.task, ctx.device, "test", res["stages"][-1]["size_bytes"])
+        # measured by the pipeline: ONNX Runtime p50 on this host, 1 thread, batch 1 (baseline: stage 0)
+        m["ort_latency_ms_p50"] = res["stages"][-1].get("latency_ms_p50")
+        ctx.base_test.setdefault("ort_latency_ms_p50", res["stages"][0].get("latency_ms_p50"))
         viol = measured_violations(m, ctx.base_test["accuracy"], ctx.budget)
         finals.append({"trial": r["number"], "slot": r["slot"], "recipe": r["recipe"], "metrics": m,
                        "proxy_metrics": r["metrics"], "violations": viol,
