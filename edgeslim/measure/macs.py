@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeslim.models.probe import probe
+
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(parameters, non-zero parameters) over all trainable tensors."""
@@ -34,13 +36,5 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe(model, input_shape, hooks)
     return int(macs)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import EdgeslimError, choices
+from edgeslim.models.probe import probe
 from edgeslim.models.spec import add_edit, build_model, get_module, make_spec
 from edgeslim.models.zoo import ZOO
 
@@ -54,10 +55,7 @@ def removable_blocks(spec: dict) -> tuple[list[str], list[str]]:
             shapes[n] = (tuple(inp[0].shape), tuple(out.shape))
 
         hooks.append(get_module(model, n).register_forward_hook(hook))
-    with torch.no_grad():
-        model(torch.zeros(1, *spec["input_shape"]))
-    for h in hooks:
-        h.remove()
+    probe(model, tuple(spec["input_shape"]), hooks)
     return names, [n for n in names if n in shapes and shapes[n][0] == shapes[n][1]]
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.macs import count_macs
+from edgeslim.models.probe import probe
 from edgeslim.models.spec import add_edit, get_module, register_edit, set_module
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.train import TrainConfig
@@ -213,13 +214,7 @@ def _input_shapes(model: nn.Module, names: list[str], input_shape: tuple[int, ..
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [get_module(model, n).register_forward_hook(
         lambda m, i, o, n=n: shapes.__setitem__(n, tuple(i[0].shape[1:]))) for n in names]
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was)
-    for h in hooks:
-        h.remove()
+    probe(model, input_shape, hooks)
     return shapes
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
+from edgeslim.models.probe import probe
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.passes.lowbit import layer_names, quantize_weights
 from edgeslim.quant import fakequant as fq
@@ -48,12 +49,7 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
                 w = fq.weight_of(mod)
                 macs[n] = int(out[0].numel() * (w[0].numel()))
             hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    probe(model, input_shape, hooks)
     return macs
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError, choices
+from edgeslim.models.probe import probe
 from edgeslim.models.spec import add_edit, get_module, set_module
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.passes.prune import Schedule, before_after, schedule_ratios
@@ -64,12 +65,7 @@ def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Mod
         m.register_forward_hook(lambda m, i, o: order.append(m))
         for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     ]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    probe(model, torch.zeros(2, *input_shape), hooks)
     if not order:
         raise EdgeslimError("structured pruning needs a model with Conv or Linear layers")
     return [order[-1]]
@@ -173,12 +169,7 @@ def removable_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[str
 
     cands = [n for n, m in model.named_modules() if n and n_layers(m) >= 2]
     hs = [get_module(model, n).register_forward_hook(hook(n)) for n in cands]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(2, *input_shape))
-    finally:
-        for h in hs:
-            h.remove()
+    probe(model, torch.zeros(2, *input_shape), hs)
     ok = [n for n in cands if n in shapes and shapes[n][0] == shapes[n][1]]
     return [n for n in ok if not any(o != n and o.startswith(n + ".") for o in ok)]
 

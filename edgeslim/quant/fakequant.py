@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim.models.probe import probe
+
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -281,14 +283,7 @@ def share_input_quantizers(model: nn.Module, sample: torch.Tensor) -> int:
     for m in model.modules():
         if isinstance(m, QuantWrap):
             hooks.append(m.register_forward_pre_hook(pre))
-    was = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    probe(model, sample, hooks)
     return merged
 
 
@@ -323,14 +318,7 @@ def fold_bn(model: nn.Module, sample: torch.Tensor) -> list[FoldedPair]:
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             hooks.append(m.register_forward_hook(bn_hook))
-    was = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    probe(model, sample, hooks)
     mods = dict(model.named_modules())
     for p in pairs:
         conv, bn = mods[p.conv], mods[p.bn]

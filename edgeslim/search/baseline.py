@@ -15,6 +15,7 @@ from torch import nn
 from edgeslim import models
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
+from edgeslim.models.probe import probe
 from edgeslim.search.objectives import arena_bytes, measure_candidate
 from edgeslim.search.space import Baseline, Layer
 from edgeslim.train import evaluate
@@ -38,12 +39,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[La
                      "out_elems": y, "in_elems": inp[0].numel() // inp[0].shape[0]})
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    probe(model, input_shape, hooks)
     seen: set[str] = set()
     layers = []
     for i, r in enumerate(rows):
