@@ -44,7 +44,9 @@ passes:
 
 
 def _baseline(out: Path, model: str, task: str, epochs: int, **kw) -> Path:
-    d = out / f"baseline_{model}_{task}"
+    # the folder names the width and epochs too, so a rerun with other teacher settings never reuses a teacher
+    tag = "".join(f"_{k}{v}" for k, v in kw.items()) + (f"_e{epochs}" if kw else "")
+    d = out / f"baseline_{model}_{task}{tag}"
     if not (d / "spec.json").exists():
         api.train(model, task, d, TrainConfig(epochs=epochs), quiet=True, **kw)
     return d
@@ -57,7 +59,7 @@ def part_kd(args, out: Path) -> dict:
     teacher, spec = models.load_model(tdir)
     rows = []
     for seed in range(args.seeds):
-        cfg = TrainConfig(epochs=args.epochs, seed=seed)
+        cfg = TrainConfig(epochs=args.student_epochs or args.epochs, seed=seed)
         torch.manual_seed(seed)
         s_lab, sspec = build_student(spec, 0.5)
         fit(s_lab, t, cfg, quiet=True)
@@ -68,7 +70,8 @@ def part_kd(args, out: Path) -> dict:
                        feature_weight=args.feature_weight, mixup=args.mixup)
         distill_model(s_kd, [teacher], t, dcfg, quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
-                     "kd": evaluate(s_kd, t.x_test, t.y_test)})
+                     "kd": evaluate(s_kd, t.x_test, t.y_test),
+                     "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
         if args.mixup:  # control: the same mixed inputs, labelled by mixing the labels instead of the teacher
             torch.manual_seed(seed)
             s_mix, _ = build_student(spec, 0.5)
@@ -81,7 +84,10 @@ def part_kd(args, out: Path) -> dict:
     return {
         "task": args.kd_task, "teacher": spec["kwargs"] | {"arch": spec["arch"]}, "student": sspec["kwargs"],
         "teacher_accuracy": evaluate(teacher, t.x_test, t.y_test),
-        "temperature": args.temperature, "alpha": args.alpha, "epochs": args.epochs, "seeds": rows,
+        "temperature": args.temperature, "alpha": args.alpha, "epochs": cfg.epochs, "teacher_epochs": args.epochs,
+        "seeds": rows,
+        "labels_val_mean": statistics.mean(r["labels_val"] for r in rows),
+        "kd_val_mean": statistics.mean(r["kd_val"] for r in rows),
         "features": args.features, "feature_weight": args.feature_weight, "mixup": args.mixup,
         "labels_mixup_mean": statistics.mean(mix) if mix else None,
         "labels_mixup_std": statistics.pstdev(mix) if mix else None,
@@ -172,12 +178,16 @@ def summary(res: dict) -> str:
         lines += [
             f"**KD** ({k['task']}; teacher {k['teacher']} {100 * k['teacher_accuracy']:.2f}%, "
             f"{k['teacher_params']:,} params; student {k['student']}, {k['student_params']:,} params; "
-            f"T={k['temperature']}, alpha={k['alpha']}, {k['epochs']} epochs, {len(k['seeds'])} seeds"
+            f"T={k['temperature']}, alpha={k['alpha']}, {k['epochs']} student epochs "
+            f"({k.get('teacher_epochs', k['epochs'])} teacher epochs), {len(k['seeds'])} seeds"
             + (f"; feature KD {k['features']} x {k['feature_weight']}" if k["features"] else "") + ")", "",
-            "| seed | labels only | KD |", "|---|---|---|",
-            *[f"| {r['seed']} | {100 * r['labels']:.2f} | {100 * r['kd']:.2f} |" for r in k["seeds"]],
+            "| seed | labels only (test) | KD (test) | labels only (val) | KD (val) |", "|---|---|---|---|---|",
+            *[f"| {r['seed']} | {100 * r['labels']:.2f} | {100 * r['kd']:.2f} | "
+              f"{100 * r.get('labels_val', float('nan')):.2f} | {100 * r.get('kd_val', float('nan')):.2f} |"
+              for r in k["seeds"]],
             f"| mean | {100 * k['labels_mean']:.2f} ± {100 * k['labels_std']:.2f} | "
-            f"{100 * k['kd_mean']:.2f} ± {100 * k['kd_std']:.2f} |",
+            f"{100 * k['kd_mean']:.2f} ± {100 * k['kd_std']:.2f} | "
+            f"{100 * k.get('labels_val_mean', float('nan')):.2f} | {100 * k.get('kd_val_mean', float('nan')):.2f} |",
             *([f"Control, labels + the same mixup: {100 * k['labels_mixup_mean']:.2f} ± "
                f"{100 * k['labels_mixup_std']:.2f}"] if k.get("labels_mixup_mean") is not None else []),
             "", f"KD gain: **{k['gain_points']:+.2f} points**", "",
@@ -226,6 +236,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few epochs and one seed (smoke test, not the claims)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30, help="teacher/student training epochs (kd)")
+    ap.add_argument("--student-epochs", type=int, default=None,
+                    help="kd: epochs of both students (labels-only and KD); default --epochs")
     ap.add_argument("--epochs-lenet", type=int, default=40, help="LeNet-300-100 baseline epochs")
     ap.add_argument("--ft-epochs", type=int, default=15)
     ap.add_argument("--kd-task", default="digits")
@@ -241,7 +253,7 @@ def main() -> None:
     ap.add_argument("--lowrank-compression", default="3.0")
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.epochs_lenet, args.ft_epochs = 1, 3, 5, 2
+        args.seeds, args.epochs, args.epochs_lenet, args.ft_epochs, args.student_epochs = 1, 3, 5, 2, None
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
