@@ -142,3 +142,16 @@ def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
     assert hist["history"][0]["epoch"] == 1 and len(hist["history"]) == 4
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, net2.state_dict()[k], atol=1e-5), k
+
+
+def test_report_flags_a_stage_slower_than_the_one_before():
+    from edgeslim.report.results import report_md
+
+    base = {"name": "baseline", "accuracy": 0.9, "size_bytes": 100, "latency_ms_p50": 0.010}
+    q = {"name": "quantize_int8", "accuracy": 0.9, "size_bytes": 30, "latency_ms_p50": 0.015,
+         "notes": {"tried": [1, 2], "why": "fastest"}}
+    md = report_md({"stages": [base, q]})
+    assert "`quantize_int8`: 0.0150 ms vs 0.0100 ms p50" in md
+    assert "3.33x smaller on disk, 0.67x latency speed-up" in md
+    assert "tried=[2 entries]" in md
+    assert "Slower than" not in report_md({"stages": [base, {**q, "latency_ms_p50": 0.0105}]})

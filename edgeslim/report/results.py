@@ -83,7 +83,11 @@ def results_table(stages: list[dict], title: str = "edgeslim results") -> Table:
 
 
 def print_table(stages: list[dict], title: str = "edgeslim results", console: Console | None = None) -> None:
-    (console or Console()).print(results_table(stages, title))
+    console = console or Console()
+    console.print(results_table(stages, title))
+    for name, now, before in _slower_stages(stages):
+        console.print(f"note: {name} is slower than the stage before it on this machine "
+                      f"({now:.4f} vs {before:.4f} ms p50): its kernels do not pay off here for this model")
 
 
 def markdown_table(stages: list[dict]) -> str:
@@ -126,8 +130,40 @@ def report_md(results: dict) -> str:
             f"(p50), accuracy change {-drop:+.2f} points.",
             "",
         ]
+    slower = _slower_stages(stages)
+    if slower:
+        lines += ["**Slower than the stage before, measured here** (the runtime's kernels for this model do not "
+                  "pay off on this machine):", ""]
+        lines += [f"- `{name}`: {now:.4f} ms vs {before:.4f} ms p50" for name, now, before in slower]
+        lines.append("")
+    lines += ["## Stage notes", "", "Lists and tables from each pass are in `results.json` (`notes`).", ""]
     for s in stages:
         notes = s.get("notes") or {}
         if notes:
-            lines.append(f"- `{s['name']}`: " + ", ".join(f"{k}={v}" for k, v in notes.items()))
+            lines.append(f"- `{s['name']}`: " + ", ".join(f"{k}={_short(v)}" for k, v in notes.items()))
     return "\n".join(lines) + "\n"
+
+
+def _slower_stages(stages: list[dict], margin: float = 1.1) -> list[tuple[str, float, float]]:
+    """Stages whose p50 latency is more than `margin` times the previous stage's."""
+    out = []
+    for prev, cur in zip(stages, stages[1:]):
+        a, b = prev.get("latency_ms_p50"), cur.get("latency_ms_p50")
+        if a and b and b > margin * a:
+            out.append((cur["name"], b, a))
+    return out
+
+
+def _short(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        return f"[{len(v)} {'entries' if isinstance(v, list) else 'keys'}]"
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            return f"{v.item():.4g}" if isinstance(v.item(), float) else str(v.item())
+    except ImportError:  # pragma: no cover
+        pass
+    return str(v)
