@@ -11,16 +11,21 @@ from edgeslim.data.task import Task, make_task
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
-def tiny_image_task() -> Task:
-    """A 4-class task of 1x8x8 images that a tiny CNN learns in a few epochs (class = bright quadrant)."""
-    rng = np.random.default_rng(0)
-    n = 400
+def quadrant_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n 1x8x8 images in 4 classes: the class is the bright quadrant. A tiny CNN learns it in a few epochs."""
+    rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, n)
     x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.3
     for i, c in enumerate(y):
         r, col = divmod(int(c), 2)
         x[i, 0, r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] += 0.7
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def tiny_image_task() -> Task:
+    """A 4-class task of 1x8x8 images (see `quadrant_images`)."""
+    x, y = quadrant_images(400)
     return make_task("tiny", x[:320], y[:320], x[320:], y[320:], seed=0)
 
 

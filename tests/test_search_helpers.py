@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import quadrant_images
 
 FAST = ["--knobs", "structured,quantize,finetune", "--proxy-epochs", "2", "--top", "2", "--device", "cortex-m4"]
 
@@ -21,13 +22,7 @@ def make_env(root: Path) -> tuple[Path, Path]:
     npz, model = root / "tiny.npz", root / "model"
     if (model / "spec.json").exists():
         return npz, model
-    rng = np.random.default_rng(0)
-    n = 900
-    y = rng.integers(0, 4, n)
-    x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.3
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, 0, r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] += 0.7
+    x, y = quadrant_images(900)
     np.savez(npz, x_train=x[:700], y_train=y[:700], x_test=x[700:], y_test=y[700:])
     api.train("lenet5", str(npz), model, TrainConfig(epochs=6, seed=0), quiet=True)
     return npz, model
