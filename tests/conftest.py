@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgeslim.data.task import Task, make_task
 
@@ -20,6 +24,20 @@ def quadrant_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         r, col = divmod(int(c), 2)
         x[i, 0, r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] += 0.7
     return x, y
+
+
+def trained(arch: str, task: Task, epochs: int, folder: Path | None = None, **kwargs: Any) -> tuple[nn.Module, dict]:
+    """A zoo model trained briefly (seed 0) on `task`; saved as a model folder when `folder` is given."""
+    from edgeslim import models
+    from edgeslim.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    spec = models.make_spec(arch, task.input_shape, task.num_classes, **kwargs)
+    net = models.build_model(spec)
+    fit(net, task, TrainConfig(epochs=epochs), quiet=True)
+    if folder is not None:
+        models.save_model(folder, net, spec)
+    return net, spec
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import trained
 from torch import nn
 
 from edgeslim import models
@@ -24,7 +25,7 @@ from edgeslim.passes.distill import (
     self_distill_loss,
     soft_targets,
 )
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate
 
 # ------------------------------------------------------------------------------------------ losses
 
@@ -156,11 +157,7 @@ def test_student_round_trips_through_spec(tmp_path):
 
 @pytest.fixture(scope="module")
 def teacher(tiny_image_task):
-    torch.manual_seed(0)
-    spec = models.make_spec("lenet300", tiny_image_task.input_shape, tiny_image_task.num_classes, h1=32, h2=16)
-    net = models.build_model(spec)
-    fit(net, tiny_image_task, TrainConfig(epochs=5), quiet=True)
-    return net, spec
+    return trained("lenet300", tiny_image_task, 5, h1=32, h2=16)
 
 
 def test_distill_model_all_terms(teacher, tiny_image_task):
@@ -187,11 +184,7 @@ def test_distill_prune_quantize_recipe_end_to_end(tmp_path, tiny_image_task):
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
 
-    torch.manual_seed(0)
-    spec = models.make_spec("lenet300", tiny_image_task.input_shape, tiny_image_task.num_classes, h1=32, h2=16)
-    net = models.build_model(spec)
-    fit(net, tiny_image_task, TrainConfig(epochs=5), quiet=True)
-    models.save_model(tmp_path / "base", net, spec)
+    trained("lenet300", tiny_image_task, 5, tmp_path / "base", h1=32, h2=16)
     recipe = parse_recipe("""
 version: 1
 finetune: {epochs: 2, lr: 0.001}

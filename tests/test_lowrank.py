@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import trained
 from torch import nn
 
 from edgeslim import models
@@ -114,13 +115,8 @@ def test_lowrank_config_and_errors():
 def test_lowrank_pass_in_pipeline(tmp_path, tiny_image_task):
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
-    from edgeslim.train import TrainConfig, fit
 
-    torch.manual_seed(0)
-    spec = models.make_spec("lenet300", tiny_image_task.input_shape, tiny_image_task.num_classes, h1=64, h2=32)
-    net = models.build_model(spec)
-    fit(net, tiny_image_task, TrainConfig(epochs=5), quiet=True)
-    models.save_model(tmp_path / "base", net, spec)
+    trained("lenet300", tiny_image_task, 5, tmp_path / "base", h1=64, h2=32)
     r = parse_recipe("version: 1\nfinetune: {epochs: 2}\npasses:\n  - lowrank: {compression: 3.0, skip: [fc3]}\n")
     res = run_recipe(r, tmp_path / "base", tiny_image_task, tmp_path / "run", quiet=True)
     base, lr = res["stages"]

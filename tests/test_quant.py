@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import trained
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
@@ -129,11 +130,7 @@ def test_int4_says_convs_have_no_kernel(trained_resnet, tiny_image_task, tmp_pat
 
 
 def test_shipped_ptq_recipe_runs_on_a_sequence_task(tiny_seq_task, tmp_path):
-    torch.manual_seed(0)
-    spec = models.make_spec("cnn1d", tiny_seq_task.input_shape, tiny_seq_task.num_classes, width=32)
-    m = models.build_model(spec)
-    fit(m, tiny_seq_task, TrainConfig(epochs=3), quiet=True)
-    models.save_model(tmp_path / "m", m, spec)
+    trained("cnn1d", tiny_seq_task, 3, tmp_path / "m", width=32)
     res = run_recipe(load_recipe(ROOT / "recipes" / "int8-ptq.yaml"), tmp_path / "m", tiny_seq_task,
                      tmp_path / "run", quiet=True)
     base, q = res["stages"]

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import trained
 from onnx import numpy_helper
 
 from edgeslim import models
@@ -103,11 +104,7 @@ def test_qat_after_pruning_keeps_masks(resnet, tiny_image_task, tmp_path):
 
 
 def test_shipped_qat_recipe_runs(tiny_seq_task, tmp_path):
-    torch.manual_seed(0)
-    spec = models.make_spec("cnn1d", tiny_seq_task.input_shape, tiny_seq_task.num_classes, width=16)
-    m = models.build_model(spec)
-    fit(m, tiny_seq_task, TrainConfig(epochs=4), quiet=True)
-    models.save_model(tmp_path / "m", m, spec)
+    trained("cnn1d", tiny_seq_task, 4, tmp_path / "m", width=16)
     res = run_recipe(load_recipe(ROOT / "recipes" / "qat-int4.yaml"), tmp_path / "m", tiny_seq_task,
                      tmp_path / "run", quiet=True)
     base, q = res["stages"]

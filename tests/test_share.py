@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import trained
 from torch import nn
 
 from edgeslim import models
@@ -139,14 +140,9 @@ def test_cluster_layer_centroid_finetuning_keeps_sharing_and_zeros():
 def test_deep_compression_pipeline_and_reload_accuracy(tmp_path, tiny_image_task):
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
-    from edgeslim.train import TrainConfig, fit
 
-    torch.manual_seed(0)
     t = tiny_image_task
-    spec = models.make_spec("lenet300", t.input_shape, t.num_classes, h1=64, h2=32)
-    net = models.build_model(spec)
-    fit(net, t, TrainConfig(epochs=6), quiet=True)
-    models.save_model(tmp_path / "base", net, spec)
+    trained("lenet300", t, 6, tmp_path / "base", h1=64, h2=32)
     r = parse_recipe("""
 version: 1
 finetune: {epochs: 3, lr: 0.001}
