@@ -17,17 +17,14 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.passes.share import (
     MAGIC,
     _gaps,
-    canonical_codes,
     cluster_layer,
-    decode,
-    encode,
-    huffman_lengths,
     kmeans_1d,
     load_shared,
     load_shared_model,
     save_shared,
     unshare,
 )
+from edgeslim.quant.huffman import canonical_codes, decode, encode, huffman_lengths
 from edgeslim.train import evaluate
 
 
