@@ -155,3 +155,13 @@ def test_report_flags_a_stage_slower_than_the_one_before():
     assert "3.33x smaller on disk, 0.67x latency speed-up" in md
     assert "tried=[2 entries]" in md
     assert "Slower than" not in report_md({"stages": [base, {**q, "latency_ms_p50": 0.0105}]})
+
+
+def test_measure_onnx_file_counts_macs_from_the_graph(trained, tiny_image_task, tmp_path):
+    from edgeslim.deploy.export import export_onnx
+    from edgeslim.measure.macs import count_macs
+
+    net, spec = models.load_model(trained)
+    export_onnx(net, tiny_image_task.input_shape, tmp_path / "m.onnx")
+    row = api.measure([tmp_path / "m.onnx"], runs=20)[0]
+    assert row["macs"] == count_macs(net, tiny_image_task.input_shape)

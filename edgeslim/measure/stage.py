@@ -52,7 +52,13 @@ def _onnx_counts(path: Path) -> dict:
     arrays = [numpy_helper.to_array(t) for t in g.initializer]
     params = int(sum(a.size for a in arrays))
     nonzero = int(sum(np.count_nonzero(a) for a in arrays))
-    return {"params": params, "nonzero_params": nonzero, "macs": None}
+    try:  # MACs from the graph itself (shape inference at batch 1); unknown shapes leave them out
+        from edgeslim.measure.onnx_counts import count_onnx
+
+        macs: int | None = count_onnx(path).macs or None
+    except Exception:  # a graph shape inference cannot follow: report no MAC count rather than a wrong one
+        macs = None
+    return {"params": params, "nonzero_params": nonzero, "macs": macs}
 
 
 def _deploy_metrics(onnx_path: Path, task: Task, m: dict) -> dict:
