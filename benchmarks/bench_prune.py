@@ -26,8 +26,8 @@ import torch
 
 from edgeslim import models
 from edgeslim.data import load_task
+from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.passes.dynamic import EarlyExit, early_exit_table
-from edgeslim.passes.prune import interleaved_latency
 from edgeslim.passes.sensitivity import sensitivity_curves, write_report
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import parse_recipe
@@ -62,7 +62,9 @@ def latency_rows(run_dir: Path, res: dict, task, batches: list[int]) -> dict:
     out = {}
     for b in batches:
         x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        t0, t1 = interleaved_latency(paths, x, rounds=9, runs=40 if b == 1 else 8)
+        lat = interleaved_p50_ms({"base": paths[0], "pruned": paths[1]}, x, rounds=9,
+                                 per_round=40 if b == 1 else 8, warmup=5)
+        t0, t1 = lat["base"], lat["pruned"]
         out[b] = {"base_ms": t0, "pruned_ms": t1, "speedup": t0 / t1}
     return out
 

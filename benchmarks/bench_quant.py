@@ -24,9 +24,9 @@ from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.deploy.runtime import onnx_accuracy
+from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT, export_qdq, export_via_ort, prepare
-from edgeslim.quant.ortquant import interleaved_latency
 from edgeslim.train import TrainConfig, fit
 
 
@@ -118,7 +118,7 @@ def main() -> None:
         note=f"size budget 10% of FP32; avg {r.notes['avg_weight_bits']} bits/weight")
     # Latency: every ORT-runnable format against FP32, same process, interleaved.
     runnable = {row["method"]: row["onnx"] for row in rows if "simulated" not in row["method"]}
-    lat = interleaved_latency(runnable, task.x_test[:1], rounds=a.rounds, per_round=20)
+    lat = interleaved_p50_ms(runnable, task.x_test[:1], rounds=a.rounds, per_round=20)
     base = rows[0]
     print(f"\n{'method':46s} {'test acc':>8s} {'Δ pts':>6s} {'size B':>8s} {'x smaller':>9s} "
           f"{'p50 ms':>8s} {'FP32 p50':>8s} {'speed-up':>8s}  note")

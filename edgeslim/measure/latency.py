@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,28 @@ def percentiles(times_s: list[float], batch: int, threads: int) -> Latency:
         float(np.percentile(t, 50)), float(np.percentile(t, 90)), float(np.percentile(t, 99)),
         float(t.mean()), len(t), batch, threads,
     )
+
+
+def interleaved_p50_ms(
+    paths: dict[str, Path], sample: np.ndarray, rounds: int = 20, per_round: int = 10, warmup: int = 10,
+    threads: int = 1,
+) -> dict[str, float]:
+    """Median latency (ms per run) of each ONNX model on `sample`, timed in one process in rounds that
+    visit every model in turn, so load from other processes hits all of them alike: the figure to
+    compare models by (before/after a pass, candidate formats)."""
+    sess = {k: session(p, threads=threads) for k, p in paths.items()}
+    feeds = {k: {s.get_inputs()[0].name: sample.astype(np.float32)} for k, s in sess.items()}
+    for k, s in sess.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in sess}
+    for _ in range(rounds):
+        for k, s in sess.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                s.run(None, feeds[k])
+                times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def onnx_latency(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import io
 import tempfile
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -217,31 +216,10 @@ def write_sparse_for_stage(model: nn.Module, task: Task, ctx: RunContext) -> dic
 # --- before/after latency, interleaved in one process ----------------------------------------------------
 
 
-def interleaved_latency(
-    onnx_paths: list[Path], sample: np.ndarray, rounds: int = 7, runs: int = 30, threads: int = 1
-) -> list[float]:
-    """Median per-run latency in ms of each model on `sample`, timing the models in turn (round-robin)
-    so that load from other processes hits all of them alike."""
-    from edgeslim.deploy.runtime import session
-
-    sessions = [session(p, threads=threads) for p in onnx_paths]
-    feeds = [{s.get_inputs()[0].name: sample} for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(5):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for i, (s, f) in enumerate(zip(sessions, feeds)):
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                s.run(None, f)
-                times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t) * 1e3) for t in times]
-
-
 def before_after(before: nn.Module, after: nn.Module, task: Task, batches: tuple[int, ...] = (1,)) -> dict:
     """Parameters, MACs (per sample) and ORT latency (ms, interleaved) before and after a pass."""
     from edgeslim.deploy.export import export_onnx
+    from edgeslim.measure.latency import interleaved_p50_ms
     from edgeslim.measure.macs import count_macs, count_params
 
     out: dict = {
@@ -254,7 +232,9 @@ def before_after(before: nn.Module, after: nn.Module, task: Task, batches: tuple
         export_onnx(after, task.input_shape, paths[1])
         for b in batches:
             x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-            t_b, t_a = interleaved_latency(paths, x, rounds=5, runs=20 if b == 1 else 5)
+            lat = interleaved_p50_ms({"before": paths[0], "after": paths[1]}, x, rounds=5,
+                                     per_round=20 if b == 1 else 5, warmup=5)
+            t_b, t_a = lat["before"], lat["after"]
             out[f"latency_ms_before_b{b}"] = round(t_b, 4)
             out[f"latency_ms_after_b{b}"] = round(t_a, 4)
             out[f"speedup_b{b}"] = round(t_b / t_a, 3)

@@ -18,6 +18,7 @@ from edgeslim.data import Task
 from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import ortquant
 from edgeslim.quant.ortquant import IntFormat, parse_format
@@ -92,7 +93,7 @@ def static_int8(
         ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method, act_overrides)
         ortquant.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
-    lat = ortquant.interleaved_latency({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
+    lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
     rows = []
     for f in fmts:
         rows.append({

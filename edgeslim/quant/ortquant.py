@@ -9,7 +9,6 @@ per-channel weight scales (else per tensor).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,28 +190,6 @@ def quantize_int4_weights(src: Path, dst: Path, block_size: int, symmetric: bool
     m = q.model.model
     write_bytes(dst, m.SerializeToString())
     return sum(n.op_type == "MatMulNBits" for n in m.graph.node)
-
-
-def interleaved_latency(
-    paths: dict[str, Path], sample: np.ndarray, rounds: int = 20, per_round: int = 10, warmup: int = 10,
-) -> dict[str, float]:
-    """p50 latency (ms, one thread) of each model, timed in the same process in interleaved rounds so
-    machine load affects every candidate alike."""
-    from edgeslim.deploy.runtime import session
-
-    sess = {k: session(p, threads=1) for k, p in paths.items()}
-    feeds = {k: {s.get_inputs()[0].name: sample.astype(np.float32)} for k, s in sess.items()}
-    for k, s in sess.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sess}
-    for _ in range(rounds):
-        for k, s in sess.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, feeds[k])
-                times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def compact_onnx(src: Path, dst: Path) -> int:
