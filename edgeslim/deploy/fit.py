@@ -153,12 +153,13 @@ def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = N
     if isinstance(x, np.ndarray) and len(x):
         sample = x[:1].astype(np.float32)
     e = energy_for(onnx_path, dev, sample=sample)
+    wb = weights_bytes(m)
     return {
         "arena_bytes": plan.arena_bytes,
         "arena_bytes_reordered": plan.reordered_arena_bytes,
         "naive_activation_bytes": plan.naive_bytes,
-        "weights_bytes": weights_bytes(m),
-        "flash_bytes": weights_bytes(m) + dev.runtime_flash_bytes,
+        "weights_bytes": wb,
+        "flash_bytes": wb + dev.runtime_flash_bytes,
         "energy_mj": round(e.mj, 6),
         "energy_method": e.method,
         "energy_latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4),
