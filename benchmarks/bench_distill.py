@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeslim import api, models  # noqa: E402
 from edgeslim.data import load_task  # noqa: E402
+from edgeslim.data.transfer import load_transfer  # noqa: E402
 from edgeslim.models.student import build_student  # noqa: E402
 from edgeslim.passes.distill import Distill, distill_model  # noqa: E402
 from edgeslim.passes.share import load_shared_model  # noqa: E402
@@ -58,6 +59,10 @@ def part_kd(args, out: Path) -> dict:
     tdir = _baseline(out, args.kd_model, args.kd_task, args.epochs, **kw)
     teacher, spec = models.load_model(tdir)
     rows = []
+    ratio = 0
+    if args.transfer:
+        n = len(load_transfer(args.transfer, t.name, t.input_shape))
+        ratio = min(8, max(1, round(n / len(t.x_train))))  # the distill pass's default transfer_ratio
     for seed in range(args.seeds):
         cfg = TrainConfig(epochs=args.student_epochs or args.epochs, seed=seed)
         torch.manual_seed(seed)
@@ -67,11 +72,23 @@ def part_kd(args, out: Path) -> dict:
         s_kd, _ = build_student(spec, 0.5)
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
-                       feature_weight=args.feature_weight, mixup=args.mixup)
+                       feature_weight=args.feature_weight, mixup=args.mixup, transfer=args.transfer)
         distill_model(s_kd, [teacher], t, dcfg, quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test),
                      "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
+        if args.transfer:
+            # controls: the same KD without the transfer set, and labels alone trained as long as KD computes
+            # (each KD step runs the student on 1 + ratio times as many inputs)
+            torch.manual_seed(seed)
+            s_plain, _ = build_student(spec, 0.5)
+            distill_model(s_plain, [teacher], t, dcfg.model_copy(update={"transfer": None}), quiet=True)
+            torch.manual_seed(seed)
+            s_long, _ = build_student(spec, 0.5)
+            fit(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)
+            rows[-1] |= {"kd_no_transfer": evaluate(s_plain, t.x_test, t.y_test),
+                         "labels_long": evaluate(s_long, t.x_test, t.y_test),
+                         "labels_long_val": evaluate(s_long, t.x_val, t.y_val)}
         if args.mixup:  # control: the same mixed inputs, labelled by mixing the labels instead of the teacher
             torch.manual_seed(seed)
             s_mix, _ = build_student(spec, 0.5)
@@ -91,6 +108,14 @@ def part_kd(args, out: Path) -> dict:
         "features": args.features, "feature_weight": args.feature_weight, "mixup": args.mixup,
         "labels_mixup_mean": statistics.mean(mix) if mix else None,
         "labels_mixup_std": statistics.pstdev(mix) if mix else None,
+        "transfer": args.transfer, "transfer_ratio": ratio or None,
+        **({"labels_long_epochs": cfg.epochs * (1 + ratio),
+            "labels_long_mean": statistics.mean(r["labels_long"] for r in rows),
+            "labels_long_std": statistics.pstdev(r["labels_long"] for r in rows),
+            "kd_no_transfer_mean": statistics.mean(r["kd_no_transfer"] for r in rows),
+            "kd_no_transfer_std": statistics.pstdev(r["kd_no_transfer"] for r in rows),
+            "gain_vs_labels_long_points": 100 * (statistics.mean(kd) - statistics.mean(r["labels_long"] for r in rows)),
+            } if args.transfer else {}),
         "labels_mean": statistics.mean(lab), "kd_mean": statistics.mean(kd),
         "labels_std": statistics.pstdev(lab), "kd_std": statistics.pstdev(kd),
         "gain_points": 100 * (statistics.mean(kd) - statistics.mean(lab)),
@@ -102,7 +127,7 @@ def part_kd(args, out: Path) -> dict:
 def _mixup_ce(beta: float, alpha: float, seed: int):
     import torch.nn.functional as F
 
-    from edgeslim.passes.distill import mix_inputs
+    from edgeslim.kd import mix_inputs
 
     gen = torch.Generator().manual_seed(seed)
 
@@ -190,6 +215,14 @@ def summary(res: dict) -> str:
             f"{100 * k.get('labels_val_mean', float('nan')):.2f} | {100 * k.get('kd_val_mean', float('nan')):.2f} |",
             *([f"Control, labels + the same mixup: {100 * k['labels_mixup_mean']:.2f} ± "
                f"{100 * k['labels_mixup_std']:.2f}"] if k.get("labels_mixup_mean") is not None else []),
+            *([f"Transfer set {k['transfer']} (unlabelled, {k['transfer_ratio']} per labelled sample each step). "
+               f"Controls: labels alone for {k['labels_long_epochs']} epochs (the KD run's student compute) "
+               f"{100 * k['labels_long_mean']:.2f} ± {100 * k['labels_long_std']:.2f}; the same KD without "
+               f"the transfer set {100 * k['kd_no_transfer_mean']:.2f} ± {100 * k['kd_no_transfer_std']:.2f}; "
+               f"per seed (labels-long / KD-no-transfer): "
+               + ", ".join(f"{100 * r['labels_long']:.1f} / {100 * r['kd_no_transfer']:.1f}" for r in k["seeds"]),
+               f"KD gain over the compute-matched labels control: **{k['gain_vs_labels_long_points']:+.2f} points**"]
+              if k.get("transfer") else []),
             "", f"KD gain: **{k['gain_points']:+.2f} points**", "",
         ]
     for key, title in (("dpq", "distill-prune-quantize"),):
@@ -249,6 +282,8 @@ def main() -> None:
     ap.add_argument("--feature-weight", type=float, default=1.0)
     ap.add_argument("--mixup", type=float, default=None,
                     help="distil on mixup inputs (Beta parameter); adds a labels+mixup control student")
+    ap.add_argument("--transfer", default=None,
+                    help="kd: unlabelled transfer set (file or generate:N); adds compute-matched controls")
     ap.add_argument("--deep-task", default="digits")
     ap.add_argument("--lowrank-compression", default="3.0")
     args = ap.parse_args()

@@ -13,11 +13,8 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.models.student import build_student, student_spec
-from edgeslim.passes.distill import (
-    Distill,
+from edgeslim.kd import (
     Teachers,
-    distill_model,
     feature_kd_loss,
     kd_loss,
     logit_kd_loss,
@@ -25,6 +22,8 @@ from edgeslim.passes.distill import (
     self_distill_loss,
     soft_targets,
 )
+from edgeslim.models.student import build_student, student_spec
+from edgeslim.passes.distill import Distill, distill_model
 from edgeslim.train import TrainConfig, evaluate
 
 # ------------------------------------------------------------------------------------------ losses
@@ -232,7 +231,7 @@ def test_shipped_recipes_parse(name):
 
 
 def test_mixup_transfer_set(teacher, tiny_image_task):
-    from edgeslim.passes.distill import Teachers, kd_loss_fn, mix_inputs
+    from edgeslim.kd import Teachers, kd_loss_fn, mix_inputs
 
     x = torch.arange(12.0).reshape(4, 3)
     xm, perm, lam = mix_inputs(x, torch.Generator().manual_seed(0), 1.0)

@@ -22,6 +22,8 @@ def distill(
     alpha: float = typer.Option(0.9, help="weight of the KD term (1 - alpha on the labels)"),
     epochs: int = typer.Option(20, help="student training epochs"),
     lr: float = typer.Option(3e-3, help="learning rate"),
+    transfer: str = typer.Option(None, help="unlabelled inputs for KD: an .npz/.npy file, or generate:N (mnist1d)"),
+    transfer_ratio: int = typer.Option(None, help="transfer samples per labelled sample each step (default: sizes' ratio, 1-8)"),
     extra_teacher: list[Path] = typer.Option([], "--extra-teacher", help="more teachers (multi-teacher KD)"),
     seed: int = typer.Option(0, help="random seed"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -41,7 +43,8 @@ def distill(
     extras = [models.load_model(p)[0] for p in extra_teacher]
     try:
         cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
-                      teachers=[str(p) for p in extra_teacher], train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
+                      teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
+                      train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
     except ValueError as e:
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)

@@ -31,6 +31,22 @@ def mnist1d(seed: int = 0) -> Task:
     return make_task("mnist1d", x, np.asarray(d["y"]), xt, np.asarray(d["y_test"]), seed=seed)
 
 
+def mnist1d_unlabelled(n: int, seed: int = 0) -> np.ndarray:
+    """`n` fresh MNIST-1D signals from the generator, labels dropped: a transfer set for distillation.
+    The generator seed (10,000 + seed) differs from the task's (42), so none of them is a task sample."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = 10_000 + seed
+    args.num_samples = n
+    d = make_dataset(args)
+    x = np.concatenate([np.asarray(d["x"], np.float32), np.asarray(d["x_test"], np.float32)])
+    return x[:n, None]
+
+
+# tasks whose generator can make unlabelled inputs (`transfer: generate:N`)
+GENERATORS = {"mnist1d": mnist1d_unlabelled}
+
 BUILTIN = {
     "digits": (digits, "scikit-learn handwritten digits, 1x8x8 images, 10 classes"),
     "mnist1d": (mnist1d, "MNIST-1D generated signals, 1x40 sequences, 10 classes"),

@@ -1,211 +1,32 @@
-"""Knowledge distillation: logit KD, feature KD, self-distillation and multi-teacher KD.
+"""The `distill` pass: train a smaller student (or the current model) from the run's baseline with KD.
 
-- **Logit KD** (Hinton 2015): `alpha * T^2 * KL(p_teacher(T) || p_student(T)) + (1 - alpha) * CE(labels)`.
-- **Feature KD** (FitNets): MSE between chosen intermediate outputs of student and teacher, through a
-  learned 1x1 conv / linear adapter when widths differ (the teacher map is average-pooled to the
-  student's spatial size when those differ). Adapters exist only during training.
-- **Self-distillation** (Zhang 2019, "Be your own teacher"): auxiliary exits (pool + linear) on chosen
-  student layers; the deepest output teaches every shallower exit. Exits are dropped after training.
-- **Multi-teacher**: soft targets are the (weighted) average of the teachers' tempered probabilities.
-
-Teachers run in inference mode (eval, no gradients). With `cache` their outputs on the training set (a
-fixed transfer set) are computed once and looked up by sample.
-
-The `distill` pass replaces the model with a student built from the teacher spec (edgeslim.models.student)
-and trains it with KD. With `keep: true` it leaves a `distill` entry in the run's carry so every later
-fine-tuning (pruning, low-rank, clustering) also distils from the same teachers.
+The student is built from the teacher spec (edgeslim.models.student) and trained with the KD terms the
+config switches on (logit, feature, self-distillation, several teachers, mixup or a transfer set of
+unlabelled inputs; the losses live in `edgeslim.kd`). Teachers run in inference mode (eval, no
+gradients); with `cache` their outputs on the training set are computed once and looked up by sample.
+With `keep: true` the pass leaves a `distill` entry in the run's carry so every later fine-tuning
+(pruning, low-rank, clustering) also distils from the same teachers, on the same transfer set.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim import models
 from edgeslim.data import Task
+from edgeslim.data.transfer import load_transfer
 from edgeslim.errors import EdgeslimError
+from edgeslim.kd import ExitHead, FeatureTap, Teachers, TransferSet, kd_loss_fn, make_adapter
 from edgeslim.measure.macs import count_macs, count_params
-from edgeslim.models.spec import get_module
 from edgeslim.models.student import build_student
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register, register_hook
 from edgeslim.train import Hooks, TrainConfig, evaluate, fit, is_reconstruction
-
-# ---------------------------------------------------------------------------------------------- losses
-
-
-def soft_targets(teacher_logits: Sequence[torch.Tensor], temperature: float,
-                 weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Tempered teacher probabilities, averaged over teachers with `weights` (normalised; default equal)."""
-    if not teacher_logits:
-        raise ValueError("soft_targets needs at least one teacher")
-    w = torch.tensor(weights if weights is not None else [1.0] * len(teacher_logits), dtype=torch.float32)
-    if len(w) != len(teacher_logits) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"teacher weights {list(w.tolist())} do not fit {len(teacher_logits)} teachers")
-    w = w / w.sum()
-    return sum(wi * F.softmax(t.detach() / temperature, dim=1) for wi, t in zip(w, teacher_logits))
-
-
-def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`T^2 * KL(targets || softmax(student / T))`, batch mean. `targets` are probabilities (soft_targets)."""
-    logp = F.log_softmax(student_logits / temperature, dim=1)
-    kl = (targets * (torch.log(targets.clamp_min(1e-12)) - logp)).sum(1).mean()
-    return kl * temperature**2
-
-
-def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[torch.Tensor],
-                  labels: torch.Tensor, temperature: float = 4.0, alpha: float = 0.9,
-                  weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Weighted sum `alpha * KD + (1 - alpha) * CE`; several teachers' soft targets are averaged."""
-    teachers = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
-    loss = alpha * kd_loss(student_logits, soft_targets(teachers, temperature, weights), temperature)
-    if alpha < 1:
-        loss = loss + (1 - alpha) * F.cross_entropy(student_logits, labels)
-    return loss
-
-
-def feature_kd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
-                    adapters: Sequence[nn.Module] | None = None) -> torch.Tensor:
-    """Mean over layer pairs of MSE(adapter(student), teacher); the teacher map is average-pooled to the
-    student's spatial size when they differ."""
-    total = student_feats[0].new_zeros(())
-    for i, (s, t) in enumerate(zip(student_feats, teacher_feats)):
-        a = adapters[i] if adapters is not None else nn.Identity()
-        s2 = a(s)
-        t2 = t.detach()
-        if s2.dim() > 2 and tuple(t2.shape[2:]) != tuple(s2.shape[2:]):
-            pool = F.adaptive_avg_pool2d if s2.dim() == 4 else F.adaptive_avg_pool1d
-            t2 = pool(t2, s2.shape[2:])
-        if s2.shape != t2.shape:
-            raise EdgeslimError(f"feature KD: adapted student map {tuple(s2.shape)} != teacher map {tuple(t2.shape)}")
-        total = total + F.mse_loss(s2, t2)
-    return total / max(1, len(student_feats))
-
-
-def self_distill_loss(exit_logits: Sequence[torch.Tensor], final_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
-    """Deeper teaches shallower: every auxiliary exit learns from the labels and from the (detached)
-    final output's soft targets. Mean over exits."""
-    total = final_logits.new_zeros(())
-    target = soft_targets([final_logits.detach()], temperature)
-    for e in exit_logits:
-        total = total + alpha * kd_loss(e, target, temperature) + (1 - alpha) * F.cross_entropy(e, labels)
-    return total / max(1, len(exit_logits))
-
-
-def make_adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
-    """Identity when channel widths match, else a learned linear (N, C) or 1x1 conv (N, C, ...) adapter."""
-    cs, ct = int(student_shape[1]), int(teacher_shape[1])
-    if cs == ct:
-        return nn.Identity()
-    if len(student_shape) == 2:
-        return nn.Linear(cs, ct, bias=False)
-    conv = nn.Conv2d if len(student_shape) == 4 else nn.Conv1d
-    return conv(cs, ct, 1, bias=False)
-
-
-class ExitHead(nn.Module):
-    """An auxiliary classifier on an intermediate map: global average pool, then linear."""
-
-    def __init__(self, channels: int, num_classes: int):
-        super().__init__()
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() > 2:
-            x = x.flatten(2).mean(2)
-        return self.fc(x)
-
-
-# ---------------------------------------------------------------------------------------------- teachers
-
-
-class FeatureTap:
-    """Forward hooks that keep the latest outputs of named layers."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]):
-        self.out: dict[str, torch.Tensor] = {}
-        self.handles = []
-        for n in layers:
-            try:
-                mod = get_module(model, n)
-            except AttributeError:
-                valid = [k for k, _ in model.named_modules() if k]
-                raise EdgeslimError(f"no layer '{n}' in {type(model).__name__}; layers: {', '.join(valid)}") from None
-
-            def hook(m: nn.Module, inp: tuple, out: torch.Tensor, n: str = n) -> None:
-                self.out[n] = out
-
-            self.handles.append(mod.register_forward_hook(hook))
-
-    def get(self, layers: Sequence[str]) -> list[torch.Tensor]:
-        return [self.out[n] for n in layers]
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def _row_keys(x: torch.Tensor) -> list[bytes]:
-    arr = np.ascontiguousarray(x.detach().cpu().numpy())
-    return [hashlib.blake2b(r.tobytes(), digest_size=12).digest() for r in arr]
-
-
-class Teachers:
-    """One or more teachers in inference mode. `__call__(x)` returns (logits per teacher, features of the
-    first teacher at `layers`). With `cache`, each sample's outputs are computed once (a fixed transfer
-    set: the first epoch fills the cache, later epochs and later fine-tunings only look up)."""
-
-    def __init__(self, teachers: Sequence[nn.Module], layers: Sequence[str] = (), cache: bool = True):
-        self.models = [t.eval() for t in teachers]
-        for t in self.models:
-            for p in t.parameters():
-                p.requires_grad_(False)
-        self.layers = list(layers)
-        self.tap = FeatureTap(self.models[0], self.layers) if self.layers else None
-        self.use_cache = cache
-        self.cache: dict[bytes, list[torch.Tensor]] = {}
-        self.hits = self.misses = 0
-
-    @torch.no_grad()  # not inference_mode: its tensors cannot be saved for the student's backward
-    def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
-        for t in self.models:
-            t.eval()
-        res = [t(x).clone() for t in self.models]
-        if self.tap is not None:
-            self.models[0](x)
-            res += [f.clone() for f in self.tap.get(self.layers)]
-        return res
-
-    def __call__(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        n_t = len(self.models)
-        if not self.use_cache:
-            self.misses += len(x)
-            out = self._run(x)
-            return out[:n_t], out[n_t:]
-        keys = _row_keys(x)
-        rows = [self.cache.get(k) for k in keys]
-        if all(r is not None for r in rows):
-            self.hits += len(x)
-            full: list[list[torch.Tensor]] = [r for r in rows if r is not None]
-            out = [torch.stack([r[j] for r in full]) for j in range(len(full[0]))]
-        else:
-            self.misses += len(x)
-            out = self._run(x)
-            for i, k in enumerate(keys):
-                self.cache[k] = [o[i] for o in out]
-        return out[:n_t], out[n_t:]
-
-    def close(self) -> None:
-        if self.tap is not None:
-            self.tap.remove()
 
 
 def load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.Module]:
@@ -216,56 +37,6 @@ def load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.
             raise EdgeslimError(f"teacher {p}: expects inputs {tuple(spec['input_shape'])}, task has {task.input_shape}")
         ts.append(m)
     return ts
-
-
-def mix_inputs(x: torch.Tensor, gen: torch.Generator, beta: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup of a batch with a shuffled copy of itself: (mixed inputs, the permutation, lambda)."""
-    lam = float(torch.distributions.Beta(beta, beta).sample()) if beta > 0 else 0.5
-    perm = torch.randperm(len(x), generator=gen)
-    return lam * x + (1 - lam) * x[perm], perm, lam
-
-
-def kd_loss_fn(teachers: Teachers, temperature: float, alpha: float, weights: Sequence[float] | None,
-               feat: tuple[FeatureTap, list[str], nn.ModuleDict, float] | None = None,
-               exits: tuple[FeatureTap, list[str], nn.ModuleDict, float] | None = None,
-               mixup: float | None = None, seed: int = 0,
-               ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The trainer loss (`Hooks.loss`) combining the KD terms that are switched on.
-
-    With `mixup` (a Beta parameter) the distillation terms are computed on mixup-interpolated inputs
-    that the teacher labels on the fly (a transfer set larger than the labelled one, "function matching"
-    in Beyer et al. 2022); the label term stays on the clean batch."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        xs, s_out = x, out
-        if mixup is not None and model.training:
-            xs, _, _ = mix_inputs(x, gen, mixup)
-            s_out = model(xs)  # student (and its feature taps) on the mixed batch
-            t_raw = teachers._run(xs)
-            t_logits, t_feats = t_raw[: len(teachers.models)], t_raw[len(teachers.models) :]
-        else:
-            t_logits, t_feats = teachers(x)
-        if is_reconstruction(model):  # regression: match the teachers' outputs
-            t_mean = torch.stack(t_logits).mean(0)
-            total = alpha * F.mse_loss(s_out, t_mean) + (1 - alpha) * F.mse_loss(out, x)
-        elif alpha > 0:
-            total = alpha * kd_loss(s_out, soft_targets(t_logits, temperature, weights), temperature)
-            if alpha < 1:
-                total = total + (1 - alpha) * F.cross_entropy(out, y)
-        else:
-            total = F.cross_entropy(out, y)
-        if feat is not None:
-            tap, layers, adapters, w = feat
-            s_feats = tap.get(layers)
-            total = total + w * feature_kd_loss(s_feats, t_feats, [adapters[str(i)] for i in range(len(layers))])
-        if exits is not None:
-            tap, layers, heads, w = exits
-            logits = [heads[str(i)](f) for i, f in enumerate(tap.get(layers))]
-            total = total + w * self_distill_loss(logits, out, y, temperature, 0.5)
-        return total
-
-    return loss
 
 
 # ---------------------------------------------------------------------------------------------- the pass
@@ -289,6 +60,11 @@ class Distill(PassConfig):
     cache: bool = Field(True, description="cache teacher outputs on the training set (fixed transfer set)")
     mixup: float | None = Field(None, gt=0.0, description="distil on mixup inputs (Beta parameter) the teacher "
                                 "labels on the fly; the label term stays on clean inputs")
+    transfer: str | None = Field(None, description="unlabelled inputs the teachers label for the KD term: an "
+                                 ".npz (array 'x') or .npy file shaped like the task's inputs, or 'generate:N' "
+                                 "for a task with a generator (mnist1d)")
+    transfer_ratio: int | None = Field(None, ge=1, le=64, description="transfer samples per labelled sample in "
+                                       "each step; default: transfer size / training size, 1 to 8")
     keep: bool = Field(True, description="keep logit KD active in later passes' fine-tuning")
     train: TrainConfig = Field(default_factory=TrainConfig, description="student training (from scratch)")
 
@@ -296,6 +72,8 @@ class Distill(PassConfig):
     def _weights(self) -> Distill:
         if self.mixup is not None and self.self_distill:
             raise ValueError("self_distill exits learn from the clean batch; use it without mixup")
+        if self.mixup is not None and self.transfer is not None:
+            raise ValueError("use either mixup or a transfer set, not both")
         if self.teacher_weights is not None and len(self.teacher_weights) != 1 + len(self.teachers):
             raise ValueError(
                 f"teacher_weights needs {1 + len(self.teachers)} values (the run's baseline + {len(self.teachers)} "
@@ -339,10 +117,12 @@ def distill_model(
         aux.exits = nn.ModuleDict({str(i): ExitHead(s[1], task.num_classes) for i, s in enumerate(shapes)})
         taps.append(FeatureTap(student, cfg.self_distill))
         exits = (taps[-1], list(cfg.self_distill), aux.exits, cfg.self_weight)
+    transfer = make_transfer(cfg.transfer, cfg.transfer_ratio, teachers, task.name, task.input_shape,
+                             len(task.x_train), cfg.train.seed, quiet)
     student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
     try:
         loss = kd_loss_fn(tcache, cfg.temperature, cfg.alpha, cfg.teacher_weights, feat, exits, cfg.mixup,
-                          cfg.train.seed)
+                          cfg.train.seed, transfer)
         hist = fit(student, task, cfg.train, Hooks(loss=loss), desc="distill", quiet=quiet)
     finally:
         del student._kd_aux
@@ -352,6 +132,20 @@ def distill_model(
     hist["teacher_cache_hits"] = tcache.hits
     hist["teacher_cache_misses"] = tcache.misses
     return hist
+
+
+def make_transfer(spec: str | None, ratio: int | None, teachers: Sequence[nn.Module], task_name: str,
+                  input_shape: tuple[int, ...], n_train: int, seed: int = 0, quiet: bool = True,
+                  ) -> TransferSet | None:
+    """Load the transfer set and label it with the teachers; `ratio` defaults to its size over the
+    training set's (1 to 8), so one epoch sees each transfer input about once."""
+    if spec is None:
+        return None
+    x = load_transfer(spec, task_name, input_shape, seed=seed)
+    r = ratio or min(8, max(1, round(len(x) / max(1, n_train))))
+    if not quiet:
+        print(f"[distill] transfer set: {len(x):,} unlabelled inputs, {r} per labelled sample each step", flush=True)
+    return TransferSet(x, teachers, r, seed=seed)
 
 
 @register("distill", Distill)
@@ -375,12 +169,15 @@ def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) 
         "teacher_test_accuracy": evaluate(teachers[0], task.x_test, task.y_test),
         "teachers": 1 + len(cfg.teachers),
         "teacher_cache_hits": hist["teacher_cache_hits"],
+        "transfer": cfg.transfer,
     }
     carry: dict[str, Any] = {}
     if cfg.keep:
         carry["distill"] = {
             "temperature": cfg.temperature, "alpha": cfg.alpha, "teachers": list(cfg.teachers),
             "teacher_weights": cfg.teacher_weights, "cache": cfg.cache, "mixup": cfg.mixup,
+            "transfer": cfg.transfer, "transfer_ratio": cfg.transfer_ratio,
+            "task": task.name, "input_shape": list(task.input_shape), "n_train": len(task.x_train),
         }
     return PassResult(student, spec=spec if cfg.init == "student" else None, notes=notes, carry=carry)
 
@@ -394,8 +191,13 @@ def distill_hook(model: nn.Module, ctx: RunContext, value: dict) -> Hooks:
     def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if "fn" not in state:
             ts = [ctx.teacher()] + [models.load_model(Path(p))[0] for p in teachers_paths]
+            transfer = None
+            if value.get("transfer"):
+                transfer = make_transfer(value["transfer"], value.get("transfer_ratio"), ts, value["task"],
+                                         tuple(value["input_shape"]), value["n_train"], ctx.seed)
             state["fn"] = kd_loss_fn(Teachers(ts, (), value.get("cache", True)), value["temperature"], value["alpha"],
-                                     value.get("teacher_weights"), mixup=value.get("mixup"), seed=ctx.seed)
+                                     value.get("teacher_weights"), mixup=value.get("mixup"), seed=ctx.seed,
+                                     transfer=transfer)
         return state["fn"](m, x, y, out)
 
     return Hooks(loss=loss)
