@@ -6,6 +6,11 @@
 Parts:
 - kd:      a half-width student (student builder, width 0.5) trained on labels alone vs the same student,
            same seeds and schedule, trained with logit KD from the full-width teacher; mean over seeds.
+           With --transfer (e.g. generate:20000 on mnist1d) KD also matches the teacher on unlabelled
+           inputs, and two controls run per seed: labels alone for the KD run's whole compute, and KD
+           without the transfer set. The issue's >= 1 point figure (docs/benchmarks.md):
+           --parts kd --kd-task mnist1d --kd-model cnn1d --kd-width 16 --epochs 200 --temperature 2
+           --transfer generate:20000 --seeds 5
 - dpq:     recipes/distill-prune-quantize.yaml on the kd teacher (KD stays on while pruning fine-tunes).
 - deep:    recipes/deep-compression.yaml on LeNet-300-100: prune, cluster, entropy-code; the .eshare file
            is loaded back (load_shared_model) and evaluated; compression = dense fp32 bytes / file bytes.
