@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,26 +39,54 @@ def percentiles(times_s: list[float], batch: int, threads: int) -> Latency:
     )
 
 
+def interleaved_latency(
+    sessions: dict[str, Any], feed: dict[str, np.ndarray], *, seconds: float | None = None, rounds: int = 20,
+    per_round: int = 1, warmup: int = 5, min_rounds: int = 30, threads: int = 1,
+    feeds: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, Latency]:
+    """Per-name Latency (ms) of each ONNX Runtime session on the same `feed`, timed in one process in
+    rounds: each round runs every model `per_round` times, starting with a different model each round,
+    so that load from other processes (bursts of ms) lands on all candidates alike. This is the figure
+    to compare models by (before/after a pass, candidate formats). With `seconds`, rounds go on for
+    about that much wall time (at least `min_rounds`, at most 20x the time); otherwise exactly `rounds`.
+    `feeds` gives a model its own feed (the same data under other input names)."""
+    names = list(sessions)
+    fd = {n: (feeds or {}).get(n, feed) for n in names}
+    for n in names:
+        for _ in range(warmup):
+            sessions[n].run(None, fd[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    r = 0
+    while True:
+        for k in range(len(names)):
+            n = names[(r + k) % len(names)]
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sessions[n].run(None, fd[n])
+                times[n].append(time.perf_counter() - t0)
+        r += 1
+        elapsed = time.perf_counter() - start
+        if seconds is None:
+            if r >= rounds:
+                break
+        elif (elapsed > seconds and r >= min_rounds) or elapsed > 20 * seconds:
+            break
+    first = next(iter(feed.values()), None)
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    return {n: percentiles(times[n], batch, threads) for n in names}
+
+
 def interleaved_p50_ms(
     paths: dict[str, Path], sample: np.ndarray, rounds: int = 20, per_round: int = 10, warmup: int = 10,
     threads: int = 1,
 ) -> dict[str, float]:
-    """Median latency (ms per run) of each ONNX model on `sample`, timed in one process in rounds that
-    visit every model in turn, so load from other processes hits all of them alike: the figure to
-    compare models by (before/after a pass, candidate formats)."""
+    """Median latency (ms per run) of each single-input ONNX model on `sample` (interleaved_latency)."""
     sess = {k: session(p, threads=threads) for k, p in paths.items()}
     feeds = {k: {s.get_inputs()[0].name: sample.astype(np.float32)} for k, s in sess.items()}
-    for k, s in sess.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sess}
-    for _ in range(rounds):
-        for k, s in sess.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, feeds[k])
-                times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+    lat = interleaved_latency(sess, next(iter(feeds.values())), feeds=feeds, rounds=rounds, per_round=per_round,
+                              warmup=warmup, threads=threads)
+    return {k: v.p50_ms for k, v in lat.items()}
 
 
 def onnx_latency(

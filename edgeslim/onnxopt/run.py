@@ -20,10 +20,9 @@ import onnx
 from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.measure.latency import Latency
+from edgeslim.measure.latency import Latency, interleaved_latency
 from edgeslim.onnxopt import candidates as cands
 from edgeslim.onnxopt import graph, quant
-from edgeslim.onnxopt.bench import interleaved_latency
 from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
 from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
 from edgeslim.onnxopt.load import Loaded, infer_shapes, load_and_repair
