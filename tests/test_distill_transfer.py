@@ -91,6 +91,8 @@ def test_transfer_set_labels_once_and_feeds_the_kd_term(teacher, tiny_image_task
     loss.backward()
     with pytest.raises(ValueError, match="not both"):
         Distill(mixup=1.0, transfer="generate:10")
+    with pytest.raises(ValueError, match="positive sample count"):  # caught when the recipe is parsed
+        Distill(transfer="generate:0")
 
 
 def test_distill_model_with_transfer_file(tmp_path, teacher, tiny_image_task):

@@ -74,6 +74,10 @@ class Distill(PassConfig):
             raise ValueError("self_distill exits learn from the clean batch; use it without mixup")
         if self.mixup is not None and self.transfer is not None:
             raise ValueError("use either mixup or a transfer set, not both")
+        if self.transfer is not None and self.transfer.startswith("generate:"):
+            n = self.transfer.split(":", 1)[1]
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError(f"transfer '{self.transfer}': generate:N needs a positive sample count N")
         if self.teacher_weights is not None and len(self.teacher_weights) != 1 + len(self.teachers):
             raise ValueError(
                 f"teacher_weights needs {1 + len(self.teachers)} values (the run's baseline + {len(self.teachers)} "
