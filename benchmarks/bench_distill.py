@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeslim import api, models  # noqa: E402
 from edgeslim.data import load_task  # noqa: E402
-from edgeslim.data.transfer import load_transfer  # noqa: E402
+from edgeslim.data.transfer import default_ratio, load_transfer  # noqa: E402
 from edgeslim.models.student import build_student  # noqa: E402
 from edgeslim.passes.distill import Distill, distill_model  # noqa: E402
 from edgeslim.passes.share import load_shared_model  # noqa: E402
@@ -66,8 +66,7 @@ def part_kd(args, out: Path) -> dict:
     rows = []
     ratio = 0
     if args.transfer:
-        n = len(load_transfer(args.transfer, t.name, t.input_shape))
-        ratio = min(8, max(1, round(n / len(t.x_train))))  # the distill pass's default transfer_ratio
+        ratio = default_ratio(len(load_transfer(args.transfer, t.name, t.input_shape)), len(t.x_train))
     for seed in range(args.seeds):
         cfg = TrainConfig(epochs=args.student_epochs or args.epochs, seed=seed)
         torch.manual_seed(seed)

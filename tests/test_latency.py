@@ -19,7 +19,7 @@ def test_rounds_rotate_the_first_model_and_count_runs():
     log: list = []
     sess = {n: FakeSession(n, log) for n in "abc"}
     feed = {"x": np.zeros((4, 3), np.float32)}
-    lat = interleaved_latency(sess, feed, rounds=3, per_round=2, warmup=1)
+    lat = interleaved_latency(sess, dict.fromkeys(sess, feed), rounds=3, per_round=2, warmup=1)
     timed = [n for n, _ in log[3:]]  # after one warm-up run each
     assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
     assert {k: v.runs for k, v in lat.items()} == {"a": 6, "b": 6, "c": 6}
@@ -29,8 +29,8 @@ def test_rounds_rotate_the_first_model_and_count_runs():
 def test_time_bounded_mode_and_own_feeds():
     log: list = []
     sess = {n: FakeSession(n, log) for n in "ab"}
-    lat = interleaved_latency(sess, {"x": np.zeros(1)}, seconds=0.01, min_rounds=7, warmup=0,
-                              feeds={"b": {"input.1": np.zeros(1)}})
+    lat = interleaved_latency(sess, {"a": {"x": np.zeros(1)}, "b": {"input.1": np.zeros(1)}}, seconds=0.01,
+                              min_rounds=7, warmup=0)
     assert lat["a"].runs == lat["b"].runs >= 7
     assert {f for n, f in log if n == "a"} == {("x",)} and {f for n, f in log if n == "b"} == {("input.1",)}
 

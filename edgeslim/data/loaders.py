@@ -22,11 +22,7 @@ def to_channels_first(x: np.ndarray, where: str) -> np.ndarray:
 
     Images arrive as `(N,H,W)`, `(N,H,W,C)` or `(N,C,H,W)`; uint8 is scaled to [0, 1].
     """
-    x = np.asarray(x)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise EdgeslimError(f"{where}: expected a numeric array, got dtype {x.dtype}")
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    x = x.astype(np.float32) / scale
+    x = as_float_inputs(x, where)
     if x.ndim == 2:
         pass  # (N, F) feature vectors
     elif x.ndim == 3:
@@ -45,6 +41,17 @@ def to_channels_first(x: np.ndarray, where: str) -> np.ndarray:
         raise EdgeslimError(
             f"{where}: expected (N,F), (N,H,W), (N,H,W,C) or (N,C,H,W) inputs, got shape {x.shape}"
         )
+    return x
+
+
+def as_float_inputs(x: np.ndarray, where: str) -> np.ndarray:
+    """A numeric array as float32 (uint8 scaled to [0, 1]), rejected if it holds NaN or infinities.
+    The layout is left alone."""
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise EdgeslimError(f"{where}: expected a numeric array, got dtype {x.dtype}")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32) / scale
     if not np.all(np.isfinite(x)):
         raise EdgeslimError(f"{where}: inputs contain NaN or infinite values")
     return x

@@ -14,30 +14,40 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.data.builtin import GENERATORS
-from edgeslim.data.loaders import to_channels_first
+from edgeslim.data.loaders import as_float_inputs, to_channels_first
 from edgeslim.errors import EdgeslimError, choices
+
+
+def generate_count(spec: str) -> int | None:
+    """N of a `generate:N` spec (None for a file path); ValueError when N is not a positive count."""
+    if not spec.startswith("generate:"):
+        return None
+    n = spec.split(":", 1)[1]
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"transfer '{spec}': generate:N needs a positive sample count N")
+    return int(n)
 
 
 def load_transfer(spec: str, task_name: str, input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """Unlabelled inputs `(N, *input_shape)` as float32, checked for shape and NaNs."""
     where = f"transfer set '{spec}'"
-    if spec.startswith("generate:"):
-        n_text = spec.split(":", 1)[1]
-        if not n_text.isdigit() or int(n_text) < 1:
-            raise EdgeslimError(f"{where}: 'generate:N' needs a positive sample count N, got '{n_text}'")
+    try:
+        n = generate_count(spec)
+    except ValueError as e:
+        raise EdgeslimError(str(e)) from None
+    if n is not None:
         if task_name not in GENERATORS:
             raise EdgeslimError(
                 f"{where}: task '{task_name}' has no generator (tasks with one: {choices(GENERATORS)}); "
                 "give an .npz or .npy file of unlabelled inputs instead"
             )
-        x = GENERATORS[task_name](int(n_text), seed)
+        x = GENERATORS[task_name](n, seed)
     else:
         raw = _read(Path(spec), where)
-        if tuple(raw.shape[1:]) == tuple(input_shape) and raw.ndim == 3:
-            raw = raw[:, None]  # (N, C, L) sequences: keep the layout, the image reader would add a channel
-            x = to_channels_first(raw, where)[:, 0]
-        else:
-            x = to_channels_first(raw, where)
+        # already in the task's layout (e.g. (N, C, L) sequences, which the image reader would take for
+        # (N, H, W) and give a channel): keep it; otherwise bring it to channels-first
+        same = tuple(raw.shape[1:]) == tuple(input_shape)
+        x = as_float_inputs(raw, where) if same else to_channels_first(raw, where)
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise EdgeslimError(
             f"{where}: samples have shape {tuple(x.shape[1:])}, the task's inputs {tuple(input_shape)}"
@@ -45,6 +55,12 @@ def load_transfer(spec: str, task_name: str, input_shape: tuple[int, ...], seed:
     if len(x) == 0:
         raise EdgeslimError(f"{where}: no samples")
     return x
+
+
+def default_ratio(n_transfer: int, n_train: int) -> int:
+    """Transfer inputs per labelled sample in each step when the recipe does not say: the sizes' ratio,
+    1 to 8, so one epoch sees each transfer input about once."""
+    return min(8, max(1, round(n_transfer / max(1, n_train))))
 
 
 def _read(path: Path, where: str) -> np.ndarray:

@@ -40,18 +40,17 @@ def percentiles(times_s: list[float], batch: int, threads: int) -> Latency:
 
 
 def interleaved_latency(
-    sessions: dict[str, Any], feed: dict[str, np.ndarray], *, seconds: float | None = None, rounds: int = 20,
-    per_round: int = 1, warmup: int = 5, min_rounds: int = 30, threads: int = 1,
-    feeds: dict[str, dict[str, np.ndarray]] | None = None,
+    sessions: dict[str, Any], feeds: dict[str, dict[str, np.ndarray]], *, seconds: float | None = None,
+    rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30, threads: int = 1,
 ) -> dict[str, Latency]:
-    """Per-name Latency (ms) of each ONNX Runtime session on the same `feed`, timed in one process in
+    """Per-name Latency (ms) of each ONNX Runtime session on its feed in `feeds` (the same data for all;
+    input names may differ between models), timed in one process in
     rounds: each round runs every model `per_round` times, starting with a different model each round,
     so that load from other processes (bursts of ms) lands on all candidates alike. This is the figure
     to compare models by (before/after a pass, candidate formats). With `seconds`, rounds go on for
-    about that much wall time (at least `min_rounds`, at most 20x the time); otherwise exactly `rounds`.
-    `feeds` gives a model its own feed (the same data under other input names)."""
+    about that much wall time (at least `min_rounds`, at most 20x the time); otherwise exactly `rounds`."""
     names = list(sessions)
-    fd = {n: (feeds or {}).get(n, feed) for n in names}
+    fd = {n: feeds[n] for n in names}
     for n in names:
         for _ in range(warmup):
             sessions[n].run(None, fd[n])
@@ -72,7 +71,7 @@ def interleaved_latency(
                 break
         elif (elapsed > seconds and r >= min_rounds) or elapsed > 20 * seconds:
             break
-    first = next(iter(feed.values()), None)
+    first = next(iter(fd[names[0]].values()), None) if names else None
     batch = int(first.shape[0]) if first is not None and first.ndim else 1
     return {n: percentiles(times[n], batch, threads) for n in names}
 
@@ -84,8 +83,7 @@ def interleaved_p50_ms(
     """Median latency (ms per run) of each single-input ONNX model on `sample` (interleaved_latency)."""
     sess = {k: session(p, threads=threads) for k, p in paths.items()}
     feeds = {k: {s.get_inputs()[0].name: sample.astype(np.float32)} for k, s in sess.items()}
-    lat = interleaved_latency(sess, next(iter(feeds.values())), feeds=feeds, rounds=rounds, per_round=per_round,
-                              warmup=warmup, threads=threads)
+    lat = interleaved_latency(sess, feeds, rounds=rounds, per_round=per_round, warmup=warmup, threads=threads)
     return {k: v.p50_ms for k, v in lat.items()}
 
 

@@ -230,12 +230,13 @@ def optimize(cfg: OptimizeConfig) -> dict:
         # a fresh session for the original too, so that every model is timed from the same memory state
         sessions = {"original": session(src, threads=cfg.threads),
                     **{c.name: session(c.file, threads=cfg.threads) for c in built if c.usable}}
-        lat = interleaved_latency(sessions, feeds[0], seconds=cfg.bench_seconds, threads=cfg.threads)
+        lat = interleaved_latency(sessions, dict.fromkeys(sessions, feeds[0]), seconds=cfg.bench_seconds,
+                                  threads=cfg.threads)
         chosen, reason = _choose(built, lat, orig_size, cfg)
         if chosen is not None and chosen.name not in lat:  # forced: time it against the original
-            lat.update(interleaved_latency({"original": sessions["original"],
-                                            chosen.name: session(chosen.file, threads=cfg.threads)},
-                                           feeds[0], seconds=cfg.bench_seconds / 2, threads=cfg.threads))
+            pair = {"original": sessions["original"], chosen.name: session(chosen.file, threads=cfg.threads)}
+            lat.update(interleaved_latency(pair, dict.fromkeys(pair, feeds[0]), seconds=cfg.bench_seconds / 2,
+                                           threads=cfg.threads))
         if chosen is not None and reason.startswith(f"{chosen.name}: FORCED"):
             warnings.append(reason)
         if chosen is not None:

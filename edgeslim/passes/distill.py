@@ -20,7 +20,7 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.data import Task
-from edgeslim.data.transfer import load_transfer
+from edgeslim.data.transfer import default_ratio, generate_count, load_transfer
 from edgeslim.errors import EdgeslimError
 from edgeslim.kd import ExitHead, FeatureTap, Teachers, TransferSet, kd_loss_fn, make_adapter
 from edgeslim.measure.macs import count_macs, count_params
@@ -74,10 +74,8 @@ class Distill(PassConfig):
             raise ValueError("self_distill exits learn from the clean batch; use it without mixup")
         if self.mixup is not None and self.transfer is not None:
             raise ValueError("use either mixup or a transfer set, not both")
-        if self.transfer is not None and self.transfer.startswith("generate:"):
-            n = self.transfer.split(":", 1)[1]
-            if not n.isdigit() or int(n) < 1:
-                raise ValueError(f"transfer '{self.transfer}': generate:N needs a positive sample count N")
+        if self.transfer is not None:
+            generate_count(self.transfer)  # a bad generate:N fails when the recipe is parsed
         if self.teacher_weights is not None and len(self.teacher_weights) != 1 + len(self.teachers):
             raise ValueError(
                 f"teacher_weights needs {1 + len(self.teachers)} values (the run's baseline + {len(self.teachers)} "
@@ -141,12 +139,11 @@ def distill_model(
 def make_transfer(spec: str | None, ratio: int | None, teachers: Sequence[nn.Module], task_name: str,
                   input_shape: tuple[int, ...], n_train: int, seed: int = 0, quiet: bool = True,
                   ) -> TransferSet | None:
-    """Load the transfer set and label it with the teachers; `ratio` defaults to its size over the
-    training set's (1 to 8), so one epoch sees each transfer input about once."""
+    """Load the transfer set and label it with the teachers; `ratio` defaults to `default_ratio`."""
     if spec is None:
         return None
     x = load_transfer(spec, task_name, input_shape, seed=seed)
-    r = ratio or min(8, max(1, round(len(x) / max(1, n_train))))
+    r = ratio or default_ratio(len(x), n_train)
     if not quiet:
         print(f"[distill] transfer set: {len(x):,} unlabelled inputs, {r} per labelled sample each step", flush=True)
     return TransferSet(x, teachers, r, seed=seed)
