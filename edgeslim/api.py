@@ -47,12 +47,31 @@ def train(
     return metrics
 
 
-def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
+def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
         force: bool = False, trust_pickle: bool = False) -> dict:
-    """Run a recipe on a trained model; writes results.json and report.md into `out`."""
+    """Run a recipe on a trained model; writes results.json and report.md into `out`. A Hugging Face
+    text-encoder folder runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
+    from edgeslim.nlp import is_text_encoder_folder
+    from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
 
     r = load_recipe(recipe)
+    if is_text_encoder_folder(model_dir):
+        from edgeslim.nlp import require
+
+        require()
+        from edgeslim.nlp.pipeline import run_text_recipe
+        from edgeslim.nlp.text import load_text_task
+
+        spec = task or "sentences"
+        return run_text_recipe(r, model_dir, load_text_task(spec, seed), out, seed=seed, quiet=quiet, force=force,
+                               task_spec=spec)
+    if task is None:
+        raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
+                            "only text encoders (Hugging Face folders) default to 'sentences'")
+    if is_text_task(task):
+        raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
+                            f"config.json); {model_dir} is not one")
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
                       task_spec=task)

@@ -65,8 +65,10 @@ def train(
 @app.command("run")
 def run_cmd(
     recipe: Path = typer.Argument(..., help="recipe YAML (see recipes/)"),
-    model: Path = typer.Option(..., "--model", "-m", help="trained model folder"),
-    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    model: Path = typer.Option(..., "--model", "-m",
+                               help="trained model folder, or a Hugging Face text-encoder folder"),
+    task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data "
+                                    "(text encoders: default 'sentences', or a .txt/.jsonl)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (resumed if it holds the same run)"),
     seed: int = typer.Option(0, help="random seed"),
     force: bool = typer.Option(False, help="overwrite a run folder that holds a different run"),
@@ -80,7 +82,9 @@ def run_cmd(
     if as_json:
         _emit_json(res)
     else:
-        print_table(res["stages"], console=console)
+        title = ("edgeslim results (text encoder; latency p50 at sequence length 128, batch 1, 1 thread, all "
+                 "stages timed interleaved)" if res.get("kind") == "text-encoder" else "edgeslim results")
+        print_table(res["stages"], title=title, console=console)
         console.print(f"results: {out / 'results.json'}   report: {out / 'report.md'}")
 
 
@@ -166,18 +170,21 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
 def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List built-in tasks and the user-data formats a --task path may take."""
     from edgeslim.data import BUILTIN
+    from edgeslim.nlp.text import BUILTIN_TEXT, TEXT_FORMATS
 
     rows = [{"name": k, "about": v[1]} for k, v in BUILTIN.items()]
+    text_rows = [{"name": k, "about": v} for k, v in BUILTIN_TEXT.items()]  # for text encoders (edgeslim.nlp)
     formats = [
         ".npz with x_train,y_train,x_test,y_test (or x,y)",
         "folder of images, one sub-folder per class",
         ".csv with a label column (label/class/target/y)",
         "folder in the CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin)",
+        *TEXT_FORMATS,
     ]
     if as_json:
-        _emit_json({"builtin": rows, "formats": formats})
+        _emit_json({"builtin": rows, "text": text_rows, "formats": formats})
         return
-    for r in rows:
+    for r in rows + text_rows:
         console.print(f"[bold]{r['name']}[/bold]  {r['about']}")
     console.print("\nYour own data (--task PATH):")
     for f in formats:
