@@ -12,9 +12,9 @@ import torch
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.macs import count_macs
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.structured import channel_counts, removable_blocks
 from edgeslim.pipeline import run_recipe

@@ -173,13 +173,13 @@ def compile_cmd(
     import tempfile
 
     from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import load
     from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
     from edgeslim.fsutil import write_bytes
+    from edgeslim.onnxkit.load import read_onnx
 
     path, cleanup = to_onnx(model)
     try:
-        m, n_bn = fold_batchnorm(load(path))
+        m, n_bn = fold_batchnorm(read_onnx(path))
         m, info = fold_and_prune(m)
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
