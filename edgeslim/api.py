@@ -2,7 +2,7 @@
 
 ```python
 from edgeslim import api
-from edgeslim.passes.structured import StructuredPrune
+from edgeslim.passes.structured_prune import StructuredPrune
 
 api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
@@ -29,8 +29,8 @@ from edgeslim import models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.models import load_model, save_model
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, evaluate, fit
 
@@ -107,12 +107,12 @@ def compress(
     work.mkdir(parents=True, exist_ok=True)
     teacher = copy.deepcopy(model).eval()
     prev_onnx = None
-    if info.kind == "onnx":
+    if info.consumes == "onnx":
         from edgeslim.deploy.export import export_onnx
 
         prev_onnx = work / "input.onnx"
         export_onnx(model, t.input_shape, prev_onnx)
-    ctx = RunContext(stage_dir=work, run_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
+    ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
     return info.fn(model, t, config, ctx)
 
@@ -282,8 +282,9 @@ def distill(
     knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
     import torch
 
+    from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.passes.distill import Distill, kd_settings
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
@@ -296,7 +297,7 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=quiet)
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -311,7 +312,7 @@ def distill(
 
 def unpack(file: Path, out: Path) -> dict:
     """Decode an entropy-coded weight-shared `.eshare` file into an ordinary model folder."""
-    from edgeslim.passes.share import load_shared_model
+    from edgeslim.formats.eshare import load_shared_model
 
     model, spec = load_shared_model(file)
     models.save_model(out, model, spec)
@@ -323,7 +324,7 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
                 target: float | None = None) -> dict:
     """Per-layer validation accuracy (0-1) with one layer pruned to each ratio; with `target`, the per-layer
     ratios that reach that overall ratio. Writes sensitivity.md/.json/.png into `out`."""
-    from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
+    from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
 
     if mode not in ("unstructured", "structured"):
         raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
@@ -422,11 +423,13 @@ def list_models() -> list[dict]:
 
 
 def list_passes() -> list[dict]:
-    """The passes a recipe may use: name, kind (torch or onnx), what they do, config fields and defaults."""
+    """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
+    they produce), whether they must come last, what they do, config fields and defaults."""
     from edgeslim.passes import PASSES
 
     return [
-        {"name": p.name, "kind": p.kind, "about": p.about,
+        {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
+         "must_be_last": p.must_be_last, "about": p.about,
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
     ]

@@ -13,11 +13,11 @@ import torch
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs
+from edgeslim.models.counts import count_macs
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.structured import channel_counts, removable_blocks
 from edgeslim.pipeline import run_recipe
+from edgeslim.prune.structured import channel_counts, removable_blocks
 from edgeslim.recipe import parse_recipe
 from edgeslim.train import TrainConfig, fit
 
@@ -26,7 +26,7 @@ SMALL = {"resnet8": {"width": 4}, "dscnn": {"width": 8}, "mobilenetv1": {"alpha"
 
 
 def _ctx(tmp_path, spec, epochs=1) -> RunContext:
-    return RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=epochs),
+    return RunContext(stage_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=epochs),
                       quiet=True)
 
 

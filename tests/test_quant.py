@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ctx(stage: Path, spec: dict, prev: Path | None = None, epochs: int = 1) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
                       prev_onnx=prev, quiet=True)
 
 

@@ -16,6 +16,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 
 Format = Literal["onnx", "tflite", "c"]
+TFLITE_FILE = "model.tflite"  # the `tflite` stage's file; its summary is the same name with .json
 CHECK_SAMPLES = 64
 MICRO_CHECK = 16  # samples also run through TFLite Micro
 
@@ -128,6 +129,22 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
     return summary
 
 
+def tflite_fields(s: dict) -> dict:
+    """The metrics a `.tflite` summary gives a pipeline stage: path, precision, size, LiteRT accuracy,
+    input quantization, parity and the TFLite Micro arena (bytes)."""
+    arena = s.get("tflm_arena") or {}
+    out = {
+        "tflite": s["path"], "tflite_precision": s["precision"], "tflite_size_bytes": s["size_bytes"],
+        "tflite_accuracy": s.get("accuracy"),
+        "tflite_input": {k: s["input"][k] for k in ("dtype", "scale", "zero_point")},
+        "tflite_parity": s.get("parity"),
+    }
+    if arena:
+        out.update(tflm_arena_bytes=arena["total_bytes"], tflm_arena_head_bytes=arena["head_bytes"],
+                   tflm_arena_tail_bytes=arena["tail_bytes"])
+    return out
+
+
 def tflite_to_c(tflite: Path, out: Path, arena: dict | None = None) -> dict:
     """The `.c`/`.h` pair for a `.tflite`, with the TFLite Micro arena recorded for it (run here if needed)."""
     from edgeslim.litert import require
@@ -143,4 +160,4 @@ def tflite_to_c(tflite: Path, out: Path, arena: dict | None = None) -> dict:
             "tflm_arena": arena}
 
 
-__all__ = ["export_model", "tflite_export", "tflite_to_c"]
+__all__ = ["export_model", "tflite_export", "tflite_to_c", "tflite_fields", "TFLITE_FILE"]
