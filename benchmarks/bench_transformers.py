@@ -81,7 +81,7 @@ def ablation(a: argparse.Namespace, res: dict) -> list[dict]:
         if (d / "model.onnx").exists():
             return d / "model.onnx", json.loads((d / "notes.json").read_text())
         d.mkdir(parents=True, exist_ok=True)
-        ctx = RunContext(stage_dir=d, run_dir=d, spec={}, finetune=TrainConfig(), prev_onnx=prev, quiet=True,
+        ctx = RunContext(stage_dir=d, spec={}, finetune=TrainConfig(), prev_onnx=prev, quiet=True,
                          teacher_loader=lambda: orig)
         r = PASSES[name].fn(enc, task,
                             PASSES[name].config(**cfg), ctx)

@@ -9,7 +9,6 @@ takes them), each (batch, sequence) with both axes dynamic, and returns `sentenc
 from __future__ import annotations
 
 import io
-import logging
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
+from edgeslim.onnxkit.session import session
 
 OPSET = 17
 OUTPUT = "sentence_embedding"
@@ -78,15 +77,13 @@ def parity(enc: SentenceEncoder, path: Path, texts: list[str], atol: float = 1e-
 
 @contextmanager
 def quiet_logs() -> Iterator[None]:
-    """ONNX Runtime's Python tools log advice at WARNING on the root logger ('consider pre-processing',
-    hidden-size notes); inside edgeslim the pass notes say what was done instead."""
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
+    """ONNX Runtime's Python tools log advice on the root logger and warn ('consider pre-processing',
+    hidden-size notes); the pass notes say what was done instead."""
+    from edgeslim.onnxkit.quant import quiet
+
+    with quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def explicit_head_counts(model: Any) -> int:
@@ -180,4 +177,6 @@ def weight_storage(path: Path) -> dict:
 def op_counts(path: Path) -> dict[str, int]:
     import onnx
 
-    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node).most_common())
+    from edgeslim.onnxkit.graph import op_counts as counts
+
+    return counts(onnx.load(str(path)))

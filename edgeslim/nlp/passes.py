@@ -13,10 +13,10 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.nlp import export as ex
 from edgeslim.nlp import quant as q
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
+from edgeslim.onnxkit.quant import QUANTIZED_OPS as _ONNX_QUANTIZED
 from edgeslim.passes.base import PassResult, RunContext
 
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear", "QAttention",
-                 "QEmbedLayerNormalization", "MatMulNBits", "DynamicQuantizeMatMul"}
+QUANTIZED_OPS = _ONNX_QUANTIZED | {"QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul"}
 
 
 def _float_source(ctx: RunContext, name: str) -> Path:
@@ -64,7 +64,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, ctx: RunContext, static: b
         picked = q.pick_float_nodes(sens, nodes, cfg.keep_float)
     exclude = sorted({n for n, _ in picked} | set(cfg.keep_float_nodes))
     dst = ctx.stage_dir / "model.onnx"
-    with ex.quiet_logs():
+    with ex.quiet_logs():  # ORT's quantizer logs advice on every call
         if static:
             feeds = [tokenize(model, [t]) for t in task.train[: cfg.calibration_samples]]
             q.quantize_static(named, dst, feeds, exclude, cfg.per_channel, cfg.method)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.fsutil import atomic_dir, write_json
+from edgeslim.nlp.config import is_text_pass
 from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, embed, load_encoder, save_encoder
 from edgeslim.nlp.export import export_encoder
 from edgeslim.nlp.report import write_text_results
 from edgeslim.nlp.stage import stage_metrics, time_stages
 from edgeslim.nlp.text import TextTask
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.text_encoder import TEXT_PASSES
 from edgeslim.pipeline import _claim_run_dir, copy_recipe
 from edgeslim.recipe import Recipe
 from edgeslim.train import TrainConfig
@@ -38,10 +38,10 @@ from edgeslim.train import TrainConfig
 
 def check_text_recipe(recipe: Recipe) -> None:
     for s in recipe.steps:
-        if s.name not in TEXT_PASSES:
+        if not is_text_pass(s.name):
             raise EdgeslimError(
                 f"{recipe.source}:{s.line}: pass '{s.name}' works on edgeslim zoo models, not on a text encoder; "
-                f"text-encoder passes: {choices(TEXT_PASSES)}"
+                f"text-encoder passes: {choices(n for n in PASSES if is_text_pass(n))}"
             )
 
 
@@ -60,7 +60,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
     copy_recipe(out, recipe)
     torch.manual_seed(seed)
     ref = embed(original, task.test)  # the original's embeddings: what every stage is compared with
-    ctx = RunContext(stage_dir=out, run_dir=out, spec={}, finetune=TrainConfig(), seed=seed, quiet=quiet,
+    ctx = RunContext(stage_dir=out, spec={}, finetune=TrainConfig(), seed=seed, quiet=quiet,
                      teacher_loader=lambda: original)  # passes edit a copy; the original stays the teacher
     # the last PyTorch encoder (ONNX-only stages keep the one before), a copy passes may edit in place
     current = SentenceEncoder(copy.deepcopy(original.backbone), original.tokenizer, dict(original.meta)).eval()
@@ -79,7 +79,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
             continue
         t0 = time.perf_counter()
         with atomic_dir(folder) as tmp:
-            ctx.stage_dir = tmp
+            ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             onnx_path = tmp / "model.onnx"
             result_onnx = None

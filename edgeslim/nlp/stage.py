@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslim.deploy.runtime import session
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.nlp.encoder import SentenceEncoder, count_params, synthetic_feed
 from edgeslim.nlp.export import onnx_embed, weight_storage
 from edgeslim.nlp.fidelity import fidelity
 from edgeslim.nlp.surgery import widths
 from edgeslim.nlp.text import TextTask
+from edgeslim.onnxkit.session import session
 
 SEQ_MAIN, SEQ_SHORT = 128, 32
 ROUNDS = 60  # interleaved rounds per sequence length (each runs every stage once)
