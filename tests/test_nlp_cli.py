@@ -68,6 +68,15 @@ def test_run_text_encoder_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stderr
     again = json.loads(r2.stdout)
     assert [s["cosine"] for s in again["stages"]] == [s["cosine"] for s in res["stages"]]
+    # measure: the original folder, a PyTorch stage folder and an ONNX-only stage folder, vs the first
+    r3 = edgeslim("measure", str(folder), str(out / "stages" / "02_encoder_drop_layers"),
+                  str(out / "stages" / "03_encoder_int8_dynamic"), "--json")
+    assert r3.returncode == 0, r3.stderr
+    rows = json.loads(r3.stdout)
+    assert rows[0]["cosine"] == pytest.approx(1.0, abs=1e-5) and rows[0]["nn_agreement"] == 1.0
+    assert rows[2]["cosine"] == pytest.approx(q["cosine"], abs=1e-4)  # same sentences, same reference
+    assert all(r["latency_ms_p50"] > 0 and r["latency_ms_p50_seq32"] > 0 for r in rows)
+    assert rows[1]["params"] == drop["params"]
 
 
 def test_text_recipe_errors_are_one_line(tmp_path):

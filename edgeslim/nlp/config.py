@@ -26,9 +26,11 @@ class DistillSettings(PassConfig):
     distill_lr: float = Field(1e-4, gt=0)
     distill_batch_size: int = Field(32, ge=1)
     loss: Literal["cosine", "mse"] = "cosine"
-    token_weight: float = Field(1.0, ge=0, description="weight of the last-hidden-state MSE term (0: off)")
+    token_weight: float = Field(1.0, ge=0, description="weight of the per-layer hidden-state term (0: off)")
     transfer: int = Field(1000, ge=0, description="extra sentences recombined from the calibration split")
     extra_text: str | None = Field(None, description="a .txt/.jsonl of unlabelled sentences to distil on too")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="training matmuls; auto: bf16 where the CPU has native bf16 (AMX / AVX-512 BF16)")
 
 
 def check_text(name: str, model: Any, task: Any) -> None:
@@ -54,5 +56,5 @@ def recover(model: Any, task: Any, cfg: DistillSettings, ctx: RunContext, desc: 
     teacher: Any = ctx.teacher()
     hist = distill(model, teacher, texts, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
                    batch_size=cfg.distill_batch_size, loss=cfg.loss, token_weight=cfg.token_weight, seed=ctx.seed,
-                   quiet=ctx.quiet, desc=desc)
+                   quiet=ctx.quiet, desc=desc, precision=cfg.precision)
     return {"distill": hist}

@@ -56,7 +56,7 @@ def run_onnx(sess, feed: dict[str, np.ndarray]) -> np.ndarray:
     return sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
 
 
-def onnx_embed(path: Path, enc: SentenceEncoder, texts: list[str], batch: int = 64, threads: int = 1) -> np.ndarray:
+def onnx_embed(path: Path, enc: Any, texts: list[str], batch: int = 64, threads: int = 1) -> np.ndarray:
     """Sentence embeddings of `texts` from the ONNX model at `path` (tokenised with `enc`'s tokenizer)."""
     sess = session(path, threads=threads)
     return np.concatenate([run_onnx(sess, tokenize(enc, texts[i : i + batch])) for i in range(0, len(texts), batch)])

@@ -96,8 +96,9 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
                 notes.update(export_encoder(current, onnx_path, check_texts=task.test[:11]))
             elif result_onnx != onnx_path:
                 shutil.copyfile(result_onnx, onnx_path)
-            if not (tmp / "tokenizer.json").exists():
+            if not (tmp / "tokenizer.json").exists():  # every stage folder is deployable: ONNX + tokenizer
                 (tmp / "tokenizer.json").write_text(current.tokenizer.to_str())
+                write_json(tmp / META, current.meta)
             metrics = {"name": name, **stage_metrics(onnx_path, current, task, ref)}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
@@ -109,7 +110,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
         _log(quiet, f"[{name}] cosine {metrics['cosine']:.4f}  nn agreement {100 * metrics['nn_agreement']:.1f}%  "
                     f"size {metrics['size_bytes']} B")
     _log(quiet, f"timing all {len(stages)} stages together (ONNX Runtime, batch 1, 1 thread, seq 128 and 32)")
-    vocab = int(getattr(original.backbone.config, "vocab_size", 1000) or 1000)
+    vocab = int(original.tokenizer.get_vocab_size())
     lat = time_stages({s["name"] + f"#{k}": out / s["onnx"] for k, s in enumerate(stages)}, vocab=vocab)
     for k, s in enumerate(stages):
         s.update(lat[s["name"] + f"#{k}"])
