@@ -9,7 +9,6 @@ widths after structured pruning (a Hugging Face config holds one width for all l
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +248,6 @@ def save_encoder(folder: Path, enc: SentenceEncoder) -> None:
     write_bytes(folder / WEIGHTS, save(state))
     write_text(folder / "tokenizer.json", enc.tokenizer.to_str())
     write_json(folder / META, enc.meta)
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    shutil.copyfile(Path(src) / "tokenizer.json", Path(dst) / "tokenizer.json")
 
 
 def count_params(enc: SentenceEncoder) -> int:

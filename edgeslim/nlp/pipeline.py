@@ -125,4 +125,4 @@ def _log(quiet: bool, msg: str) -> None:
         print(msg, flush=True)
 
 
-__all__ = ["run_text_recipe", "check_text_recipe", "META"]
+__all__ = ["run_text_recipe", "check_text_recipe"]
