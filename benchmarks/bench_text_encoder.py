@@ -62,9 +62,9 @@ def text_run(a: argparse.Namespace, out: Path) -> dict:
 
 def ablation(a: argparse.Namespace, res: dict, out: Path) -> list[dict]:
     """Single techniques on the original and on the run's last PyTorch stage, timed in one loop."""
+    from edgeslim.measure.text_encoder import stage_metrics, time_stages
     from edgeslim.nlp.encoder import SentenceEncoder, embed, load_encoder
     from edgeslim.nlp.export import export_encoder
-    from edgeslim.nlp.stage import stage_metrics, time_stages
     from edgeslim.nlp.text import load_text_task
     from edgeslim.passes import PASSES, RunContext
     from edgeslim.train import TrainConfig

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -161,7 +160,3 @@ def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
     if err["type"] == "extra_forbidden" and cls is not None:
         return f"unknown key '{key}'; valid: {choices(cls.model_fields)}"
     return f"'{key}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
-
-
-def dump_step(name: str, cfg: dict[str, Any]) -> dict:
-    return {name: cfg}

@@ -18,7 +18,7 @@ from edgeslim.prune.masks import magnitude_masks, prunable, schedule_ratios, wei
 from edgeslim.prune.nm import is_nm, nm_mask
 from edgeslim.prune.regularizers import PENALTIES, small_fraction
 from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 
 def _ctx(tmp_path, spec, epochs=2) -> RunContext:
@@ -29,7 +29,7 @@ def _ctx(tmp_path, spec, epochs=2) -> RunContext:
 def _trained(arch, task, epochs=8, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(m, task, TrainConfig(epochs=epochs), quiet=True)
     return m, spec
 
 
@@ -64,14 +64,15 @@ def test_scheduled_magnitude_prune_keeps_masks_and_exports(tiny_image_task, tmp_
     task = tiny_image_task
     m, spec = _trained("lenet300", task)
     cfg = PASSES["magnitude_prune"].config(sparsity=0.9, scope="lamp", schedule="cubic", rounds=3)
-    res = PASSES["magnitude_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    ctx = _ctx(tmp_path, spec)
+    res = PASSES["magnitude_prune"].fn(m, task, cfg, ctx)
     rounds = res.notes["rounds"]
     assert [r["target_sparsity"] for r in rounds] == pytest.approx(schedule_ratios(0.9, 3, "cubic"), abs=1e-4)
     for r in rounds:  # masks stayed fixed through each round's fine-tuning
         assert r["sparsity"] >= r["target_sparsity"] - 1e-3
     assert weight_sparsity(res.model) == pytest.approx(0.9, abs=0.01)
     assert res.notes["val_accuracy"] > 0.8
-    assert res.carry == {"keep_sparsity": True}
+    assert res.carry == {"keep_sparsity": True} and ctx.carry == {}  # carry goes out through the result only
     assert (tmp_path / "model.sparse.npz").stat().st_size == res.notes["sparse_file_bytes"]
     assert res.notes["sparse_file_bytes"] < 0.35 * res.notes["dense_onnx_bytes"]
     assert _parity(res.model, task, tmp_path / "m.onnx") < 1e-4

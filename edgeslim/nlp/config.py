@@ -1,16 +1,16 @@
-"""What the text-encoder passes (`edgeslim/passes/encoder_*.py`) share at import time: the distillation
-settings of the structural passes and the check that a pass got a text encoder. Light on purpose (pydantic
-only): pass configs load without the `nlp` extra; the work is imported when a pass runs."""
+"""What the text-encoder passes (`edgeslim/passes/encoder_*.py`) share: the distillation settings of the
+structural passes (a pydantic mixin of their configs), the check that a pass got a text encoder, and the
+recovery by distillation. Light on purpose (pydantic only at import): pass configs load without the `nlp`
+extra; the work is imported when a pass runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.passes.base import PassConfig, RunContext
 
 PREFIX = "encoder_"  # every text-encoder pass is named encoder_*; the text pipeline runs only those
 
@@ -19,8 +19,11 @@ def is_text_pass(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-class DistillSettings(PassConfig):
-    """Embedding distillation from the original encoder after a structural change (0 epochs: none)."""
+class DistillSettings(BaseModel):
+    """Embedding distillation from the original encoder after a structural change (0 epochs: none).
+    Pass configs inherit it beside `PassConfig` (same model_config: unknown keys are errors, frozen)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     distill_epochs: int = Field(0, ge=0, description="epochs of embedding distillation from the original")
     distill_lr: float = Field(1e-4, gt=0)
@@ -42,9 +45,10 @@ def check_text(name: str, model: Any, task: Any) -> None:
                             "this model is not one")
 
 
-def recover(model: Any, task: Any, cfg: DistillSettings, ctx: RunContext, desc: str) -> dict:
+def recover(model: Any, task: Any, cfg: DistillSettings, ctx: Any, desc: str) -> dict:
     """Distil `model` in place from the run's original encoder on the calibration sentences plus
-    `cfg.transfer` recombined ones and `cfg.extra_text`; returns the notes ({} without epochs)."""
+    `cfg.transfer` recombined ones and `cfg.extra_text`; `ctx` is the pass's RunContext (teacher, seed,
+    quiet). Returns the notes ({} without epochs)."""
     if cfg.distill_epochs == 0:
         return {}
     from edgeslim.nlp.distill import distill

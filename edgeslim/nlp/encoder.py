@@ -69,7 +69,7 @@ class SentenceEncoder(nn.Module):
 def tokenize(enc: Any, texts: list[str], max_length: int | None = None) -> dict[str, np.ndarray]:
     """int64 `input_ids`, `attention_mask` (and `token_type_ids` if the model takes them), padded on the
     right to the longest sentence, truncated at `max_length` tokens (default: the model's). `enc`: anything
-    with `tokenizer`, `meta` and `input_names` (a SentenceEncoder, or `edgeslim.nlp.measure.OnnxEncoder`)."""
+    with `tokenizer`, `meta` and `input_names` (a SentenceEncoder, or `edgeslim.measure.text_encoder.OnnxEncoder`)."""
     tok = enc.tokenizer
     tok.no_padding()
     tok.enable_truncation(int(max_length or enc.meta.get("max_length", 128)))

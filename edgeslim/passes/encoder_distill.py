@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassResult, RunContext, register
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 
 
-class EncoderDistill(DistillSettings):
+class EncoderDistill(PassConfig, DistillSettings):
     distill_epochs: int = Field(4, ge=1)
 
 

@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassResult, RunContext, register
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 
 
-class EncoderDropLayers(DistillSettings):
+class EncoderDropLayers(PassConfig, DistillSettings):
     keep: int | None = Field(None, ge=1, description="encoder layers kept")
     drop: list[int] | None = Field(None, description="explicit layer indices to remove (instead of keep)")
     select: Literal["greedy", "alternate", "top"] = "greedy"

@@ -18,6 +18,8 @@ class EncoderFuse(PassConfig):
 def encoder_fuse(model: Any, task: Any, cfg: EncoderFuse, ctx: RunContext) -> PassResult:
     """ONNX Runtime transformer fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm) of the ONNX."""
     check_text("encoder_fuse", model, task)
-    from edgeslim.nlp.passes import fuse
+    from edgeslim.nlp.ops import fuse
 
-    return fuse(model, task, ctx)
+    assert ctx.prev_onnx is not None
+    dst, notes = fuse(model, task, ctx.prev_onnx, ctx.stage_dir)
+    return PassResult(None, onnx=dst, notes=notes)

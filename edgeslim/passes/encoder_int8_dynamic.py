@@ -23,6 +23,8 @@ class EncoderInt8Dynamic(PassConfig):
 def encoder_int8_dynamic(model: Any, task: Any, cfg: EncoderInt8Dynamic, ctx: RunContext) -> PassResult:
     """Dynamic INT8 of a text encoder's MatMul/Attention layers (int8 weights), sensitive layers float."""
     check_text("encoder_int8_dynamic", model, task)
-    from edgeslim.nlp.passes import int8
+    from edgeslim.nlp.ops import int8
 
-    return int8(model, task, cfg, ctx, static=False)
+    assert ctx.prev_onnx is not None
+    dst, notes = int8(model, task, cfg, ctx.prev_onnx, ctx.stage_dir, static=False)
+    return PassResult(None, onnx=dst, notes=notes)

@@ -24,6 +24,8 @@ class EncoderInt8Static(PassConfig):
 def encoder_int8_static(model: Any, task: Any, cfg: EncoderInt8Static, ctx: RunContext) -> PassResult:
     """Static INT8 (QDQ, ranges calibrated on the calibration sentences) of a text encoder's MatMuls."""
     check_text("encoder_int8_static", model, task)
-    from edgeslim.nlp.passes import int8
+    from edgeslim.nlp.ops import int8
 
-    return int8(model, task, cfg, ctx, static=True)
+    assert ctx.prev_onnx is not None
+    dst, notes = int8(model, task, cfg, ctx.prev_onnx, ctx.stage_dir, static=True)
+    return PassResult(None, onnx=dst, notes=notes)

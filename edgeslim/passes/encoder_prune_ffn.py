@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassResult, RunContext, register
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 
 
-class EncoderPruneFFN(DistillSettings):
+class EncoderPruneFFN(PassConfig, DistillSettings):
     ratio: float | None = Field(None, ge=0, lt=1, description="fraction of FFN neurons removed")
     target: int | None = Field(None, ge=1, description="FFN neurons kept in total (instead of ratio)")
     importance: Literal["gradient", "activation"] = "gradient"

@@ -10,7 +10,7 @@ RUN/results.json, RUN/report.md
 ```
 Stage folders appear only when complete (resume from the last one). Per-stage metrics are fidelity to
 the original encoder on the evaluation sentences, counts and size; latency is measured at the end for
-all stages together (`edgeslim.nlp.stage.time_stages`) and re-measured on every resume, so the table's
+all stages together (`edgeslim.measure.text_encoder.time_stages`) and re-measured on every resume, so the table's
 speed-ups are always ratios from one loop.
 """
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.fsutil import atomic_dir, write_json
+from edgeslim.measure.text_encoder import stage_metrics, time_stages
 from edgeslim.nlp.config import is_text_pass
 from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, embed, load_encoder, save_encoder
 from edgeslim.nlp.export import export_encoder
 from edgeslim.nlp.report import write_text_results
-from edgeslim.nlp.stage import stage_metrics, time_stages
 from edgeslim.nlp.text import TextTask
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import _claim_run_dir, copy_recipe

@@ -1,5 +1,6 @@
-"""The ONNX-side work of the text-encoder passes (`edgeslim.passes.text_encoder` registers them):
-transformer fusion and INT8 with sensitive layers kept float. Pure transforms: nothing here times a model."""
+"""The ONNX-side work of the text-encoder passes (`edgeslim/passes/encoder_fuse.py`, `encoder_int8_*.py`):
+transformer fusion and INT8 with sensitive layers kept float. Each takes the previous stage's ONNX and a
+folder to write into and returns (new ONNX path, notes). Pure transforms: nothing here times a model."""
 
 from __future__ import annotations
 
@@ -14,24 +15,22 @@ from edgeslim.nlp import export as ex
 from edgeslim.nlp import quant as q
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
 from edgeslim.onnxkit.quant import QUANTIZED_OPS as _ONNX_QUANTIZED
-from edgeslim.passes.base import PassResult, RunContext
 
 QUANTIZED_OPS = _ONNX_QUANTIZED | {"QAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul"}
 
 
-def _float_source(ctx: RunContext, name: str) -> Path:
-    assert ctx.prev_onnx is not None
-    ops = set(ex.op_counts(ctx.prev_onnx))
+def _float_source(src: Path, name: str) -> Path:
+    ops = set(ex.op_counts(src))
     if ops & QUANTIZED_OPS:
         raise EdgeslimError(f"{name}: the previous stage is already quantized ({', '.join(sorted(ops & QUANTIZED_OPS))});"
                             " use one INT8 pass per recipe, after the structural passes")
-    return ctx.prev_onnx
+    return src
 
 
-def fuse(model: SentenceEncoder, task: Any, ctx: RunContext) -> PassResult:
+def fuse(model: SentenceEncoder, task: Any, prev: Path, stage_dir: Path) -> tuple[Path, dict]:
     """Fuse; keep the fused graph only if its embeddings match the unfused one's (max |diff| <= 1e-4)."""
-    src = _float_source(ctx, "encoder_fuse")
-    dst = ctx.stage_dir / "model.onnx"
+    src = _float_source(prev, "encoder_fuse")
+    dst = stage_dir / "model.onnx"
     stats = ex.fuse_transformer(src, dst)
     texts = task.test[:32]
     diff = float(np.abs(ex.onnx_embed(dst, model, texts) - ex.onnx_embed(src, model, texts)).max())
@@ -41,13 +40,16 @@ def fuse(model: SentenceEncoder, task: Any, ctx: RunContext) -> PassResult:
         notes["note"] = f"the fused graph changed the embeddings (max |diff| {diff:.3g}); kept the unfused graph"
     elif not any(k in stats for k in ("Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization")):
         notes["note"] = "no fusion pattern matched this graph; it is unchanged"
-    return PassResult(None, onnx=dst, notes=notes)
+    return dst, notes
 
 
-def int8(model: SentenceEncoder, task: Any, cfg: Any, ctx: RunContext, static: bool) -> PassResult:
+def int8(model: SentenceEncoder, task: Any, cfg: Any, prev: Path, stage_dir: Path,
+         static: bool) -> tuple[Path, dict]:
+    """`cfg`: the pass config (per_channel, keep_float, keep_float_nodes, sensitivity_samples, and embeddings
+    for dynamic or method / calibration_samples for static)."""
     name = "encoder_int8_static" if static else "encoder_int8_dynamic"
-    src = _float_source(ctx, name)
-    work = ctx.stage_dir / "work"
+    src = _float_source(prev, name)
+    work = stage_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     named = work / "named.onnx"
     q.name_nodes(src, named)
@@ -63,7 +65,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, ctx: RunContext, static: b
         sens = q.linear_sensitivity(model, task.train[: cfg.sensitivity_samples], cfg.per_channel)
         picked = q.pick_float_nodes(sens, nodes, cfg.keep_float)
     exclude = sorted({n for n, _ in picked} | set(cfg.keep_float_nodes))
-    dst = ctx.stage_dir / "model.onnx"
+    dst = stage_dir / "model.onnx"
     with ex.quiet_logs():  # ORT's quantizer logs advice on every call
         if static:
             feeds = [tokenize(model, [t]) for t in task.train[: cfg.calibration_samples]]
@@ -79,7 +81,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, ctx: RunContext, static: b
         raise AssertionError(f"{dst}: float copies kept beside int8 weights: {dup[:3]}")
     store = ex.weight_storage(dst)
     ops = ex.op_counts(dst)
-    return PassResult(None, onnx=dst, notes={
+    return dst, {
         "format": fmt + (", per channel" if cfg.per_channel else ", per tensor"),
         "quantized_layers": sum(1 for n in nodes if n not in exclude),
         "embeddings_int8": bool(getattr(cfg, "embeddings", False)) and not static,
@@ -90,7 +92,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, ctx: RunContext, static: b
         "weight_bytes": store["bytes_by_dtype"],
         "float_copies_of_int8_weights": len(dup),
         "size_vs_previous": round(dst.stat().st_size / src.stat().st_size, 4),
-    })
+    }
 
 
 def _node_names(path: Path) -> list[str]:
