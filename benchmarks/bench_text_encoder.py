@@ -50,11 +50,15 @@ def print_stage_table(stages: list[dict], title: str) -> None:
               f"{100 * s['nn_agreement']:6.1f}% {100 * (s.get('paraphrase_recall') or 0):6.1f}%")
 
 
+def run_dir(a: argparse.Namespace, out: Path) -> Path:
+    return a.text_run or out / "run"
+
+
 def text_run(a: argparse.Namespace, out: Path) -> dict:
     from edgeslim import api
 
     model = find_minilm(a.text_model)
-    res = api.run(a.text_recipe, model, a.text_task, out / "run", seed=a.text_seed, quiet=a.text_quiet)
+    res = api.run(a.text_recipe, model, a.text_task, run_dir(a, out), seed=a.text_seed, quiet=a.text_quiet)
     print_stage_table(res["stages"], f"{a.text_recipe.name} on {model} (task {res['task']['name']}, "
                       f"{res['task']['test']} evaluation sentences); ONNX Runtime CPU, batch 1, 1 thread")
     return res
@@ -73,7 +77,7 @@ def ablation(a: argparse.Namespace, res: dict, out: Path) -> list[dict]:
     task = load_text_task(a.text_task or "sentences", a.text_seed)
     orig = load_encoder(model)
     ref = embed(orig, task.test)
-    run = out / "run"
+    run = run_dir(a, out)
     work = out / "ablation"
     base_onnx = run / res["stages"][0]["onnx"]
     torch_stages = [s for s in res["stages"][1:] if (run / s["onnx"]).parent.joinpath("model.safetensors").exists()]
@@ -133,6 +137,8 @@ def add_text_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--text-model", type=Path, default=None, help="Hugging Face folder (default: site-packages)")
     g.add_argument("--text-recipe", type=Path, default=ROOT / "recipes" / "minilm-compress.yaml")
     g.add_argument("--text-task", default=None, help="text task (default: the built-in 'sentences')")
+    g.add_argument("--text-run", type=Path, default=None,
+                   help="run folder (default OUT/text/run); an `edgeslim run` folder of the same recipe is resumed")
     g.add_argument("--text-ablation", action="store_true", help="also time single-technique variants in one loop")
     g.add_argument("--text-rounds", type=int, default=60, help="interleaved rounds of the ablation timing")
     g.add_argument("--text-seed", type=int, default=0)

@@ -105,3 +105,25 @@ def test_require_without_extra_says_how_to_install(monkeypatch):
     with pytest.raises(EdgeslimError) as e:
         require()
     assert INSTALL_HINT in str(e.value) and "\n" not in str(e.value)
+
+
+def test_minilm_recipe_parses_into_text_passes():
+    from pathlib import Path
+
+    from edgeslim.nlp.config import is_text_pass
+    from edgeslim.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "minilm-compress.yaml")
+    assert [s.name for s in r.steps] == ["encoder_prune_ffn", "encoder_int8_dynamic"]
+    assert all(is_text_pass(s.name) for s in r.steps)
+    assert r.steps[0].config.ratio == 0.25 and r.steps[1].config.per_channel
+
+
+def test_encoder_pass_config_errors_name_the_line():
+    from edgeslim.recipe import parse_recipe
+
+    with pytest.raises(EdgeslimError, match=r"r.yaml:3: encoder_prune_ffn: unknown key 'ratoi'"):
+        parse_recipe("version: 1\npasses:\n  - encoder_prune_ffn: {ratoi: 0.5}\n", "r.yaml")
+    with pytest.raises(EdgeslimError, match=r"r.yaml:4: 'encoder_prune_heads' changes a PyTorch model but follows 'encoder_int8_dynamic'"):
+        parse_recipe("version: 1\npasses:\n  - encoder_int8_dynamic: {}\n  - encoder_prune_heads: {ratio: 0.5}\n",
+                     "r.yaml")
