@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from edgeslim import models
@@ -117,128 +116,113 @@ def compress(
     return info.fn(model, t, config, ctx)
 
 
-def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
-    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
-
-    With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
-    activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`)."""
-    from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.stage import measure_stage
+def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,
+            device: str | None = None, batch: int | None = None, deploy: bool = False, *,
+            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None) -> list[dict]:
+    """Measure models (ONNX files, model folders or .tflite) with the measurement core (`edgeslim.measure.core`):
+    size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
+    with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
+    `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
+    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes)."""
+    from edgeslim.measure.core import measure_model
 
     t = load_task(task) if task else None
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.litert.measure import measure_tflite
-
-            out.append(measure_tflite(p, t, runs=runs, threads=threads))
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            if p.is_dir():
-                net, spec = models.load_model(p)
-                shape = tuple(spec["input_shape"])
-                onnx_path = Path(tmp) / "model.onnx"
-                export_onnx(net, shape, onnx_path)
-                size_path: Path | None = p / models.io.WEIGHTS
-            elif p.suffix == ".onnx" and p.is_file():
-                net, onnx_path, size_path = None, p, None
-                shape = _onnx_input_shape(p)
-            else:
-                raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
-            task_for = t or _synthetic_task(shape)
-            m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
-            if t is None:
-                m["accuracy"] = None
-            if deploy or device or batch:
-                from edgeslim.deploy.bench import deploy_extras
-
-                m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
-            out.append({"name": str(p), **m})
-    return out
+    return [measure_model(p, inputs, shapes=shapes, task=t, device=device or "host", reference=reference,
+                          threads=threads, batch=batch, runs=runs, torch_eager=deploy, rss=deploy).as_dict()
+            for p in paths]
 
 
-def _onnx_input_shape(p: Path) -> tuple[int, ...]:
-    import onnx
-
-    try:
-        g = onnx.load(str(p)).graph
-    except Exception as e:  # onnx raises DecodeError and others for corrupt files
-        raise EdgeslimError(f"{p}: not a valid ONNX model ({type(e).__name__})") from None
-    dims = g.input[0].type.tensor_type.shape.dim[1:]
-    shape = tuple(d.dim_value for d in dims)
-    if not all(shape):
-        raise EdgeslimError(f"{p}: input '{g.input[0].name}' has unknown dimensions {shape}")
-    return shape
-
-
-def _synthetic_task(shape: tuple[int, ...]) -> Task:
-    rng = np.random.default_rng(0)
-    x = rng.random((8, *shape), dtype=np.float32)
-    y = np.zeros(8, np.int64)
-    return Task("synthetic", x, y, x, y, x, y, num_classes=1)
-
-
-def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None) -> dict:
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,
+              inputs: Path | None = None, shapes: Sequence[str] = ()) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
     `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
-    from edgeslim.deploy.fit import fit_check
+    from edgeslim.devices import load_device
     from edgeslim.litert.fit import arena_beside
+    from edgeslim.measure.core import measure_model
+    from edgeslim.measure.footprint import verdict
 
-    r = fit_check(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    m = measure_model(model, inputs, shapes=shapes, device=device, latency=False)
+    fit = m.fit
+    if arena_bytes is not None or fit is None:
+        dev = load_device(device)
+        weights = fit.weights_bytes if fit is not None else (m.size_bytes or 0)
+        fit = verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
+        if m.energy.get("energy_mj") is not None:
+            fit.energy_mj, fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
+            fit.latency_ms = m.energy.get("energy_latency_ms")
     beside = arena_beside(model)
-    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    out = {"model": str(model), **fit.as_dict(), "inputs": m.inputs, "input_source": m.input_source,
+           "warnings": m.warnings}
+    if m.arena.get("arena_note") and arena_bytes is None:
+        out["arena_note"] = m.arena["arena_note"]
+    return {**out, **({"arena_beside": beside} if beside else {})}
 
 
-def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
-               write_reordered: Path | None = None) -> Any:  # -> edgeslim.deploy.memory.ArenaPlan
-    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
-    with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
-    from edgeslim.deploy.fit import to_onnx
+def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
+               inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> Any:
+    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder at
+    the shapes of its inputs (`inputs` .npz or `shapes`); with `write_reordered`, also write the model with its
+    nodes in the lowest-peak order found; with `device`, `plan.fit` is the RAM verdict on that device."""
     from edgeslim.deploy.memory import plan_arena as plan
     from edgeslim.deploy.memory import reorder_model
+    from edgeslim.devices import load_device
     from edgeslim.fsutil import write_bytes
+    from edgeslim.measure.footprint import verdict, weights_bytes
+    from edgeslim.measure.source import open_model
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
+    from edgeslim.onnxkit.load import read_onnx
 
-    path, cleanup = to_onnx(model)
-    try:
-        result = plan(path, fuse_qdq=fuse_qdq, align=align)
+    with open_model(model) as src:
+        if src.onnx is None:
+            raise EdgeslimError(f"{model}: the arena planner takes an ONNX file or a model folder; for a .tflite "
+                                "`edgeslim fit` reports TFLite Micro's recorded arena")
+        proto = read_onnx(src.onnx)
+        fd = make_feeds(input_specs(proto), inputs, shapes)
+        result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
+        result.warnings = fd.warnings
+        if device is not None:
+            result.fit = verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
         if write_reordered is not None:
-            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
-    finally:
-        if cleanup:
-            cleanup()
+            write_bytes(write_reordered, reorder_model(proto, shapes=fd.shapes)[0].SerializeToString())
     return result
 
 
-def compile(model: Path, out: Path, level: str = "extended") -> dict:
+def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | None = None,
+            shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
-    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
-    from edgeslim.deploy.fit import to_onnx
+    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
+    output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
+    fit and energy there (`fit`)."""
     from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
     from edgeslim.fsutil import write_bytes
+    from edgeslim.measure.source import open_model
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.onnxkit.load import read_onnx
 
-    path, cleanup = to_onnx(model)
-    try:
-        m, n_bn = fold_batchnorm(read_onnx(path))
+    with open_model(model) as src:
+        if src.onnx is None:
+            raise EdgeslimError(f"{model}: compile takes an ONNX file or a model folder, not a .tflite file")
+        proto = read_onnx(src.onnx)
+        fd = make_feeds(input_specs(proto), inputs, shapes, n=2)
+        m, n_bn = fold_batchnorm(proto)
         m, info = fold_and_prune(m)
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = ort_optimize(pre, out, level)
-    finally:
-        if cleanup:
-            cleanup()
+            rep = ort_optimize(pre, out, level, feeds=fd.feeds, reference=src.onnx)
     # ORT's node counts (`nodes_before`/`nodes_after`) override the folding step's; those stay as fold_*
-    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-            "fold_nodes_after": info["nodes_after"]}
+    res = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
+           "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
+           "input_source": fd.source, "warnings": fd.warnings}
+    if device is not None:
+        res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
+    return res
 
 
 def optimize(
-    model: Path, out: Path, *, calib: Path | None = None, shapes: Sequence[str] = (), samples: int = 32,
+    model: Path, out: Path, *, inputs: Path | None = None, calib: Path | None = None, shapes: Sequence[str] = (),
+    samples: int = 32,
     min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
     candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
     sqnr_db: float = 20.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
@@ -246,15 +230,17 @@ def optimize(
 ) -> dict:
     """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
     the smallest within tolerance that is not slower than the original. Without any tolerance given, the
-    tolerance is cosine >= 0.995 on every output. Writes `out` unless refused; returns the full report."""
+    tolerance is cosine >= 0.995 on every output. `inputs` (`calib` is its older name): an .npz with one array
+    per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
+    returns the full report."""
+    from edgeslim.measure.fidelity import Tolerance
     from edgeslim.onnxopt import candidates as cands
-    from edgeslim.onnxopt.fidelity import Tolerance
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.onnxopt.run import optimize as run_optimize
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     cfg = OptimizeConfig(
-        model=Path(model), out=Path(out), calib=calib, shapes=list(shapes), samples=samples, seed=seed,
+        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes), samples=samples, seed=seed,
         tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
@@ -264,13 +250,21 @@ def optimize(
 
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
-           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
+           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
+           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
-    Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
+    Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
+    (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
+    and energy there (`fit`). Returns the summary."""
     from edgeslim.litert.export import export_model
 
-    return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
-                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)
+    res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
+                       calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
+                       inputs=inputs, shapes=shapes)
+    if device is not None:
+        written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
+        res["fit"] = check_fit(written, device)
+    return res
 
 
 def distill(

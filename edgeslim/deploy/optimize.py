@@ -143,8 +143,11 @@ def describe_fusions(before: dict[str, int], after: dict[str, int]) -> list[str]
 
 
 def ort_optimize(model_path: str | Path, out_path: str | Path, level: str = "extended",
-                 check: bool = True, atol: float = 1e-4) -> OptimizeReport:
-    """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, check outputs still match."""
+                 feeds: list[dict[str, np.ndarray]] | None = None, reference: str | Path | None = None,
+                 atol: float = 1e-4) -> OptimizeReport:
+    """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, and check that every output
+    still matches `reference` (default: the input model) on `feeds` (default: synthetic feeds from the
+    declared shapes; `[]` skips the check). Parity is the max abs difference."""
     ort_level(level)  # an unknown level is the user's mistake: one line with the valid ones
     src = read_onnx(model_path)
     try:
@@ -158,16 +161,29 @@ def ort_optimize(model_path: str | Path, out_path: str | Path, level: str = "ext
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
         ops_before=before, ops_after=after, fusions=describe_fusions(before, after), batchnorm=bn_folding_check(src),
     )
-    if check:
-        inp = session(model_path, level="disable").get_inputs()[0]
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        a = session(model_path, level="disable").run(None, {inp.name: x})[0]
-        b = session(out_path, level="disable").run(None, {inp.name: x})[0]
-        rep.parity_max_abs_diff = float(np.abs(a - b).max())
-        if rep.parity_max_abs_diff > atol * max(1.0, float(np.abs(a).max())):
+    if feeds is None:  # synthetic inputs from the declared shapes, when they are all known
+        from edgeslim.onnxkit.inputs import input_specs, make_feeds
+
+        try:
+            feeds = make_feeds(input_specs(src), n=1).feeds
+        except EdgeslimError:
+            feeds = []
+    if feeds:
+        from edgeslim.measure.fidelity import run_all
+
+        ref = run_all(session(reference or model_path, level="disable"), feeds, str(reference or model_path))
+        got = run_all(session(out_path, level="disable"), feeds, str(out_path))
+        diff, scale = 0.0, 1.0
+        for a_out, b_out in zip(ref, got):
+            for a, b in zip(a_out, b_out):
+                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                if a.size:
+                    diff = max(diff, float(np.abs(a - b).max()))
+                    scale = max(scale, float(np.abs(a).max()))
+        rep.parity_max_abs_diff = diff
+        if not np.isfinite(diff) or diff > atol * scale:
             out_path.unlink(missing_ok=True)
-            raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
+            raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {diff:.3g}")
     return rep
 
 
@@ -178,12 +194,13 @@ def available_backends() -> dict[str, bool]:
 
 
 def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
-    """OpenVINO CPU latency (ms p50/mean) of an ONNX model, or None when OpenVINO is not installed."""
+    """OpenVINO CPU latency (ms p50/mean, through the one timer) of an ONNX model on random inputs at its
+    smallest static shape, or None when OpenVINO is not installed."""
     if not available_backends()["openvino"]:
         return None
-    import time
-
     import openvino as ov  # type: ignore[import-not-found]
+
+    from edgeslim.measure.latency import interleaved_latency
 
     core = ov.Core()
     compiled = core.compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": 1})
@@ -191,11 +208,5 @@ def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
     shape = [d if d > 0 else 1 for d in inp.get_partial_shape().get_min_shape()]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     req = compiled.create_infer_request()
-    for _ in range(10):
-        req.infer({0: x})
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        req.infer({0: x})
-        t.append((time.perf_counter() - t0) * 1e3)
-    return {"openvino_ms_p50": float(np.percentile(t, 50)), "openvino_ms_mean": float(np.mean(t))}
+    lat = interleaved_latency({"openvino": lambda: req.infer({0: x})}, rounds=runs, warmup=10)["openvino"]
+    return {"openvino_ms_p50": lat.p50_ms, "openvino_ms_mean": lat.mean_ms}

@@ -219,7 +219,7 @@ def write_sparse_for_stage(model: nn.Module, task: Task, ctx: RunContext) -> dic
 def before_after(before: nn.Module, after: nn.Module, task: Task, batches: tuple[int, ...] = (1,)) -> dict:
     """Parameters, MACs (per sample) and ORT latency (ms, interleaved) before and after a pass."""
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.latency import interleaved_p50_ms
+    from edgeslim.measure.core import compare_latency
     from edgeslim.measure.macs import count_macs, count_params
 
     out: dict = {
@@ -232,9 +232,9 @@ def before_after(before: nn.Module, after: nn.Module, task: Task, batches: tuple
         export_onnx(after, task.input_shape, paths[1])
         for b in batches:
             x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-            lat = interleaved_p50_ms({"before": paths[0], "after": paths[1]}, x, rounds=5,
-                                     per_round=20 if b == 1 else 5, warmup=5)
-            t_b, t_a = lat["before"], lat["after"]
+            lat = compare_latency({"before": paths[0], "after": paths[1]}, {"input": x}, rounds=5,
+                                  per_round=20 if b == 1 else 5, warmup=5)
+            t_b, t_a = lat["before"].p50_ms, lat["after"].p50_ms
             out[f"latency_ms_before_b{b}"] = round(t_b, 4)
             out[f"latency_ms_after_b{b}"] = round(t_a, 4)
             out[f"speedup_b{b}"] = round(t_b / t_a, 3)

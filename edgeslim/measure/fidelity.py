@@ -51,7 +51,7 @@ class Fidelity:
                 "top1_agreement": self.top1, "per_output": self.per_output}
 
 
-def run_all(sess, feeds: list[Feed]) -> list[list[np.ndarray]]:
+def run_all(sess, feeds: list[Feed], where: str = "") -> list[list[np.ndarray]]:
     """Outputs of `sess` for every feed; a failure is the user's model/data problem, said in one line."""
     out = []
     for i, f in enumerate(feeds):
@@ -59,7 +59,8 @@ def run_all(sess, feeds: list[Feed]) -> list[list[np.ndarray]]:
             out.append(sess.run(None, f))
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgeslimError(f"the model fails on input sample {i} ({msg[:300]}); check --calib/--shape") from None
+            raise EdgeslimError(f"{where + ': ' if where else ''}the model fails on input sample {i} ({msg[:300]}); "
+                                "check --inputs/--shape") from None
     return out
 
 
