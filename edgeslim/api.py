@@ -263,7 +263,7 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
                        inputs=inputs, shapes=shapes)
     if device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
-        res["fit"] = check_fit(written, device)
+        res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)
     return res
 
 

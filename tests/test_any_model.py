@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edgeslim.cli import app
 from edgeslim.errors import EdgeslimError
 
-COMMANDS = ("measure", "fit", "arena", "compile", "optimize")
+COMMANDS = ("measure", "fit", "arena", "compile", "optimize", "export")
 
 
 def _args(cmd: str, model: Path, tmp: Path) -> list[str]:
@@ -25,6 +25,7 @@ def _args(cmd: str, model: Path, tmp: Path) -> list[str]:
         "compile": ["compile", str(model), "-o", str(tmp / "compiled.onnx")],
         "optimize": ["optimize", str(model), "-o", str(tmp / "optimised.onnx"), "--samples", "2", "--bench-seconds",
                      "0.05", "--candidates", "fp32-opt,w8,int8-qdq", "--max-slowdown", "10"],
+        "export": ["export", str(model), "--format", "onnx", "-o", str(tmp / "exported.onnx")],
     }[cmd]
 
 
@@ -47,9 +48,12 @@ def _check(cmd: str, d: dict | list, tmp: Path) -> None:
     elif cmd == "compile":
         assert isinstance(d, dict)
         assert d["parity_max_abs_diff"] < 1e-3 and (tmp / "compiled.onnx").is_file() and d["fit"]["device"] == "cortex-m4"
-    else:
+    elif cmd == "optimize":
         assert isinstance(d, dict)
         assert (tmp / "optimised.onnx").is_file() and d["chosen"] and d["device"] == "cortex-m4"
+    else:
+        assert isinstance(d, dict)
+        assert d["parity_max_abs_diff"] == 0.0 and (tmp / "exported.onnx").is_file() and d["fit"]["device"] == "cortex-m4"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -117,7 +121,7 @@ def _one_line_error(args: list[str], *want: str) -> None:
 def test_symbolic_dim_without_inputs_names_input_dim_and_option(cmd: str, tmp_path: Path) -> None:
     model, _ = CASES["symbolic"](tmp_path)
     _one_line_error(_args(cmd, model, tmp_path), "input 'x'", "symbolic dimension 'H'", "--inputs", "--shape x=")
-    assert not (tmp_path / "compiled.onnx").exists() and not (tmp_path / "optimised.onnx").exists()
+    assert not any((tmp_path / f).exists() for f in ("compiled.onnx", "optimised.onnx", "exported.onnx"))
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -159,7 +163,9 @@ def test_export_takes_the_shared_options(tmp_path: Path, tiny_image_task) -> Non
     assert r.exit_code == 0, repr(r.exception)
     d = json.loads(r.output)
     assert d["parity_max_abs_diff"] < 1e-3 and d["fit"]["device"] == "cortex-m4" and d["fit"]["fits"]
-    _one_line_error(["export", str(out), "--format", "onnx", "-o", str(tmp_path / "again.onnx")], "export takes")
+    r = CliRunner().invoke(app, ["export", str(out), "--format", "onnx", "-o", str(tmp_path / "again.onnx"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["parity_max_abs_diff"] == 0.0
+    _one_line_error(["export", str(out), "--format", "tflite", "-o", str(tmp_path / "m.tflite")], "not from ONNX")
     np.savez(tmp_path / "bad.npz", input=np.zeros((4, 1, 7, 8), np.float32))
     _one_line_error(["export", str(tmp_path / "m"), "--format", "onnx", "-o", str(tmp_path / "b.onnx"), "--inputs",
                      str(tmp_path / "bad.npz")], "bad.npz", "[1, 8, 8]")

@@ -103,9 +103,13 @@ def fold_and_prune(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     try:
         from onnxscript import optimizer
 
-        m = optimizer.optimize(m, num_iterations=2, inline=True)
-    except Exception:  # the optimizer rejects some exotic graphs; keep the model as is then
+        opt = optimizer.optimize(m, num_iterations=2, inline=True)
+        # it can write attributes newer than the model's opset (Reshape allowzero into opset 12): check
+        onnx.checker.check_model(opt)
+        m = opt
+    except Exception:  # the optimizer rejects (or breaks) some graphs; keep the model as is then
         folded = False
+        m.CopyFrom(model)
     dead = remove_dead(m)
     return m, {"nodes_before": before, "nodes_after": len(m.graph.node), "constant_folding": folded,
                "dead_nodes_removed": dead}

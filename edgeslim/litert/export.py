@@ -84,9 +84,16 @@ def export_model(
         raise EdgeslimError(f"unknown format '{fmt}'; valid: c, onnx, tflite")
     if fmt == "c" and model.suffix == ".tflite":
         return tflite_to_c(model, out)
+    if model.is_file() and model.suffix == ".onnx":
+        if fmt != "onnx":
+            raise EdgeslimError(f"{model}: edgeslim converts to .tflite from PyTorch, not from ONNX; export an ONNX "
+                                "file with --format onnx (a repaired, checked copy), or export the model folder")
+        from edgeslim.deploy.export import reexport_onnx
+
+        return reexport_onnx(model, out, inputs, list(shapes))
     if model.is_file():
-        raise EdgeslimError(f"{model}: export takes an edgeslim model folder (or a .tflite file with --format c); "
-                            "an ONNX file is already exported: `edgeslim compile` or `optimize` it")
+        raise EdgeslimError(f"{model}: export takes an edgeslim model folder, an ONNX file (--format onnx) or a "
+                            ".tflite file (--format c)")
     from edgeslim import models
 
     net, spec = models.load_model(model, trust_pickle=trust_pickle)
