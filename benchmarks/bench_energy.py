@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeslim.deploy.compile import compile_ort
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.memory import plan_arena
-from edgeslim.deploy.optimize import ort_optimize
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.energy import estimate_energy
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.models import build_model, make_spec
@@ -138,7 +138,7 @@ def levels_table(folder: Path, runs: int, threads: int) -> None:
         sess, info = {}, {}
         for lvl in ("disable", "basic", "extended", "all"):
             out = folder / f"lv-{name}-{lvl}.onnx"
-            rep = ort_optimize(src, out, lvl)
+            rep = compile_ort(src, out, lvl)
             # the saved graph is run without further optimisation so each level is measured as saved
             sess[f"ORT {lvl}"] = session(out, threads=threads, level="disable")
             fus = [f for f in rep.fusions if "absorbed" not in f]

@@ -2,7 +2,7 @@
 
 ```python
 from edgeslim import api
-from edgeslim.passes.structured import StructuredPrune
+from edgeslim.passes.structured_prune import StructuredPrune
 
 api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
@@ -28,10 +28,10 @@ from edgeslim import models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.models import load_model, save_model
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
 TASK_FORMATS = [
@@ -56,7 +56,7 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -106,12 +106,12 @@ def compress(
     work.mkdir(parents=True, exist_ok=True)
     teacher = copy.deepcopy(model).eval()
     prev_onnx = None
-    if info.kind == "onnx":
+    if info.consumes == "onnx":
         from edgeslim.deploy.export import export_onnx
 
         prev_onnx = work / "input.onnx"
         export_onnx(model, t.input_shape, prev_onnx)
-    ctx = RunContext(stage_dir=work, run_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
+    ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
     return info.fn(model, t, config, ctx)
 
@@ -138,16 +138,16 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
     `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
     from edgeslim.devices import load_device
-    from edgeslim.litert.fit import arena_beside
     from edgeslim.measure.core import measure_model
-    from edgeslim.measure.footprint import verdict
+    from edgeslim.measure.device_fit import fit_verdict
+    from edgeslim.measure.tflite import arena_beside
 
     m = measure_model(model, inputs, shapes=shapes, device=device, latency=False)
     fit = m.fit
     if arena_bytes is not None or fit is None:
         dev = load_device(device)
         weights = fit.weights_bytes if fit is not None else (m.size_bytes or 0)
-        fit = verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
+        fit = fit_verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
         if m.energy.get("energy_mj") is not None:
             fit.energy_mj, fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
             fit.latency_ms = m.energy.get("energy_latency_ms")
@@ -164,11 +164,11 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
     """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder at
     the shapes of its inputs (`inputs` .npz or `shapes`); with `write_reordered`, also write the model with its
     nodes in the lowest-peak order found; with `device`, `plan.fit` is the RAM verdict on that device."""
-    from edgeslim.deploy.memory import plan_arena as plan
-    from edgeslim.deploy.memory import reorder_model
     from edgeslim.devices import load_device
     from edgeslim.fsutil import write_bytes
-    from edgeslim.measure.footprint import verdict, weights_bytes
+    from edgeslim.measure.arena import plan_arena as plan
+    from edgeslim.measure.arena import reorder_model
+    from edgeslim.measure.device_fit import fit_verdict, weights_bytes
     from edgeslim.measure.source import open_model
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.onnxkit.load import read_onnx
@@ -182,7 +182,7 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
         result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
         result.warnings = fd.warnings
         if device is not None:
-            result.fit = verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
+            result.fit = fit_verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
         if write_reordered is not None:
             write_bytes(write_reordered, reorder_model(proto, shapes=fd.shapes)[0].SerializeToString())
     return result
@@ -194,7 +194,7 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
     output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
     fit and energy there (`fit`)."""
-    from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
+    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
     from edgeslim.fsutil import write_bytes
     from edgeslim.measure.source import open_model
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
@@ -210,7 +210,7 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = ort_optimize(pre, out, level, feeds=fd.feeds, reference=src.onnx)
+            rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=src.onnx)
     # ORT's node counts (`nodes_before`/`nodes_after`) override the folding step's; those stay as fold_*
     res = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
            "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
@@ -240,7 +240,8 @@ def optimize(
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     cfg = OptimizeConfig(
-        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes), samples=samples, seed=seed,
+        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes),
+        samples=samples, seed=seed,
         tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
@@ -256,7 +257,7 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
     Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
     (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
     and energy there (`fit`). Returns the summary."""
-    from edgeslim.litert.export import export_model
+    from edgeslim.deploy.artifacts import export_model
 
     res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
@@ -276,8 +277,9 @@ def distill(
     knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
     import torch
 
+    from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.passes.distill import Distill, kd_settings
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
@@ -290,7 +292,7 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=quiet)
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -305,7 +307,7 @@ def distill(
 
 def unpack(file: Path, out: Path) -> dict:
     """Decode an entropy-coded weight-shared `.eshare` file into an ordinary model folder."""
-    from edgeslim.passes.share import load_shared_model
+    from edgeslim.formats.eshare import load_shared_model
 
     model, spec = load_shared_model(file)
     models.save_model(out, model, spec)
@@ -317,7 +319,7 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
                 target: float | None = None) -> dict:
     """Per-layer validation accuracy (0-1) with one layer pruned to each ratio; with `target`, the per-layer
     ratios that reach that overall ratio. Writes sensitivity.md/.json/.png into `out`."""
-    from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
+    from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
 
     if mode not in ("unstructured", "structured"):
         raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
@@ -416,11 +418,13 @@ def list_models() -> list[dict]:
 
 
 def list_passes() -> list[dict]:
-    """The passes a recipe may use: name, kind (torch or onnx), what they do, config fields and defaults."""
+    """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
+    they produce), whether they must come last, what they do, config fields and defaults."""
     from edgeslim.passes import PASSES
 
     return [
-        {"name": p.name, "kind": p.kind, "about": p.about,
+        {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
+         "must_be_last": p.must_be_last, "about": p.about,
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
     ]

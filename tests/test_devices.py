@@ -11,7 +11,7 @@ import pytest
 from edgeslim.api import check_fit
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.footprint import verdict
+from edgeslim.measure.device_fit import fit_verdict
 
 
 def test_builtin_profiles_load():
@@ -50,10 +50,10 @@ def test_verdict_both_sides_of_limits():
     m4 = load_device("cortex-m4")
     w_max = m4.flash_bytes - m4.runtime_flash_bytes
     a_max = m4.sram_bytes - m4.runtime_ram_bytes
-    assert verdict(m4, w_max, a_max).fits
-    r = verdict(m4, w_max + 1, a_max)
+    assert fit_verdict(m4, w_max, a_max).fits
+    r = fit_verdict(m4, w_max + 1, a_max)
     assert not r.fits and not r.fits_flash and r.fits_ram and "flash" in r.reasons[0]
-    r = verdict(m4, w_max, a_max + 1)
+    r = fit_verdict(m4, w_max, a_max + 1)
     assert not r.fits and r.fits_flash and not r.fits_ram and "RAM" in r.reasons[0]
 
 
@@ -91,7 +91,7 @@ def test_fit_cli(tmp_path):
 
 
 def test_fit_routes_tflite_to_litert(tmp_path, monkeypatch):
-    litert_fit = pytest.importorskip("edgeslim.litert.fit")
+    litert_fit = pytest.importorskip("edgeslim.litert.footprint")
     monkeypatch.setattr(litert_fit, "tflite_footprint",
                         lambda p: {"model_bytes": 100_000, "tflm_arena_bytes": 700_000,
                                    "arena_method": "recorded:tflite-micro"})

@@ -1,4 +1,6 @@
-"""ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance."""
+"""ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance. Also
+`reexport_onnx`: a model that is already ONNX, written again repaired and checked (`edgeslim export X.onnx`).
+(Commands that take an ONNX file or a model folder open it with `edgeslim.measure.source.open_model`.)"""
 
 from __future__ import annotations
 

@@ -83,10 +83,14 @@ class LiteRTModel:
     def ops(self) -> list[str]:
         return [o["op_name"] for o in self._it._get_ops_details()]
 
-    def invoke_raw(self, q: np.ndarray) -> np.ndarray:
-        """One inference on an already-quantized batch-1 input; returns the raw output."""
+    def run_once(self, q: np.ndarray) -> None:
+        """One inference on an already-quantized batch-1 input, output left in the interpreter (for timing)."""
         self._it.set_tensor(self._in_idx, q)
         self._it.invoke()
+
+    def invoke_raw(self, q: np.ndarray) -> np.ndarray:
+        """One inference on an already-quantized batch-1 input; returns the raw output."""
+        self.run_once(q)
         return self._it.get_tensor(self._out_idx).copy()
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ Every command and the pipeline measure through `measure_model`, and compare mode
   PyTorch model also PyTorch eager, timed interleaved with ONNX Runtime;
 - size on disk (external data included), parameters and MACs (PyTorch when there is a model, else the graph);
 - activation arena (the static planner; a lower bound with If/Loop/Scan or unknown shapes), flash, the fit
-  verdict for the device (`measure.footprint`), energy per inference with its method label
+  verdict for the device (`measure.device_fit`), energy per inference with its method label
   (`measured:rapl` on this host where readable, else `estimated:analytic@<device>`);
 - accuracy only with a task; fidelity (cosine per output, max/mean abs error, top-1 agreement where outputs
   are scores) against a reference model when one is given.
@@ -26,7 +26,7 @@ from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
-from edgeslim.measure.footprint import FitReport, verdict, weights_bytes
+from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.source import (
     Source,
@@ -210,7 +210,7 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
     if deploy:
         dev = load_device(device or DEFAULT_DEVICE)
         m.arena = arena_fields(proto, src.onnx, fd.shapes)
-        m.fit = verdict(dev, weights_bytes(proto), m.arena.get("arena_bytes") or 0)
+        m.fit = fit_verdict(dev, weights_bytes(proto), m.arena.get("arena_bytes") or 0)
         if m.arena.get("arena_lower_bound"):
             m.fit.reasons.append("the arena is a lower bound (see arena_note): RAM may not suffice")
         host_runner = runners["onnxruntime"] if dev.name == "host" else None

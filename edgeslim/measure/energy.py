@@ -93,8 +93,8 @@ def measure_energy(runner: Runner, runs: int = 200, min_seconds: float = 1.0, th
     inference) is called by the one timer (`measure.latency.interleaved_latency`) inside an energy window,
     at least `runs` times and `min_seconds` long so the counters (updated every ~1 ms) resolve the window.
     GPU counters (NVML) are left out: the inference runs on the CPU."""
-    from edgeslim.energy import window
     from edgeslim.measure import rapl
+    from edgeslim.measure.window import window
     from edgeslim.measure.latency import interleaved_latency
 
     root = powercap_root or rapl.POWERCAP

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.footprint import verdict
+from edgeslim.measure.device_fit import fit_verdict
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.measure.source import Source
 
@@ -71,7 +71,7 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
                        output=lm.output.as_dict())
     tflm = None
     if available("micro"):
-        from edgeslim.litert.fit import tflite_footprint
+        from edgeslim.litert.footprint import tflite_footprint
 
         fp = tflite_footprint(p)
         tflm = fp["tflm_arena_bytes"]
@@ -90,10 +90,40 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
             m.energy = energy_fields(proto, dev, None, shapes, threads)
         if tflm is not None:  # RAM: the arena TFLite Micro recorded; flash: the whole .tflite file
             m.arena["arena_bytes"] = tflm
-            m.fit = verdict(dev, m.size_bytes, tflm, "recorded:tflite-micro")
+            m.fit = fit_verdict(dev, m.size_bytes, tflm, "recorded:tflite-micro")
         elif m.arena.get("arena_bytes") is not None:
-            m.fit = verdict(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
+            m.fit = fit_verdict(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
         else:
             m.warnings.append("no arena: install the TFLite Micro part of the LiteRT extra or keep the ONNX "
                               "model beside the .tflite file")
     return m
+
+
+def arena_beside(model: str | Path) -> dict | None:
+    """Planner and TFLite Micro arenas side by side, for a model that exists as `X.onnx` and `X.tflite`
+    of the same precision (as `edgeslim export` leaves them). None when there is no such pair."""
+    from edgeslim.litert import available
+
+    p = Path(model)
+    if p.suffix not in (".onnx", ".tflite") or not available("run", "micro"):
+        return None
+    onnx, tfl = p.with_suffix(".onnx"), p.with_suffix(".tflite")
+    if not (onnx.is_file() and tfl.is_file()):
+        return None
+    from edgeslim.litert.interpreter import LiteRTModel
+    from edgeslim.litert.micro import tflm_arena
+    from edgeslim.measure.arena import plan_arena
+    from edgeslim.onnxkit.graph import has_qdq
+    from edgeslim.onnxkit.load import read_onnx
+
+    if LiteRTModel(tfl).input.quantized != has_qdq(read_onnx(onnx)):
+        return None
+    planner = plan_arena(onnx, reorder=False).arena_bytes
+    a = tflm_arena(tfl)
+    return {"onnx": str(onnx), "tflite": str(tfl), "planner_arena_bytes": planner,
+            "tflm_arena_bytes": a.total_bytes, "tflm_arena_head_bytes": a.head_bytes,
+            "tflm_arena_tail_bytes": a.tail_bytes,
+            "planner_vs_tflm_head_pct": round(100.0 * (planner - a.head_bytes) / max(a.head_bytes, 1), 2)}
+
+
+__all__ = ["measure_tflite", "arena_beside"]

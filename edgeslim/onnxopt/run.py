@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.fidelity import Tolerance, compare, run_all
@@ -58,10 +59,6 @@ class OptimizeConfig:
 
 
 def _check_device(device: str) -> None:
-    try:
-        from edgeslim.devices import load_device
-    except ImportError:
-        return
     load_device(device)  # raises EdgeslimError with the valid names
 
 
@@ -144,7 +141,6 @@ def _choose(built: list[cands.Candidate], lat: dict[str, Latency], orig_size: in
 
 def _deploy(path: Path, device: str, shapes: dict[str, list[int]]) -> tuple[int | None, dict | None]:
     """(arena bytes, {mj, method}) of the measurement core for `path` at `shapes` on `device`."""
-    from edgeslim.devices import load_device
     from edgeslim.measure.core import arena_fields, energy_fields
 
     proto = read_onnx(path)

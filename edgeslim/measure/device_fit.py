@@ -42,7 +42,7 @@ class FitReport:
         return {**asdict(self), "fits": self.fits}
 
 
-def verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
+def fit_verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
     """The fit verdict from sizes alone: weights + runtime_flash <= flash, arena + runtime_ram <= RAM."""
     flash = weights_bytes + device.runtime_flash_bytes
     ram = arena_bytes + device.runtime_ram_bytes

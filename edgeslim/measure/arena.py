@@ -183,7 +183,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
         control_flow=any(n.op_type in ("If", "Loop", "Scan") for n in g.node),
     )
     if reorder and len(nodes) > 1:
-        from edgeslim.deploy.schedule import best_order
+        from edgeslim.measure.op_order import best_order
 
         new, method = best_order(nodes, root, size, [v.name for v in g.input], [v.name for v in g.output],
                                  max_states=max_states)
@@ -208,7 +208,7 @@ def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
     g = src.graph
     active = [n for n in g.node if any(o in root for o in n.output)]
     const = [n for n in g.node if not any(o in root for o in n.output)]
-    from edgeslim.deploy.schedule import best_order
+    from edgeslim.measure.op_order import best_order
 
     order, _ = best_order(active, root, size, [v.name for v in g.input], [v.name for v in g.output],
                           max_states=max_states)
