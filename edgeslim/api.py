@@ -73,14 +73,16 @@ def train(
 
 
 def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False) -> dict:
-    """Run a recipe on a trained model; writes results.json and report.md into `out`."""
+        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
+    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
+    the default profile); writes results.json and report.md into `out`. A resume with another device
+    re-measures the device figures and reuses the trained stages."""
     from edgeslim.pipeline import run_recipe
 
     r = load_recipe(recipe)
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                      task_spec=task)
+                      task_spec=task, device=device)
 
 
 def compress(

@@ -1,30 +1,40 @@
 """Run a recipe: baseline stage, then each pass in order, each written atomically into the run folder.
 
 ```
-RUN/run.json                 what was run (model, task, recipe digest): resume checks it
+RUN/run.json                 what was run (model, task, recipe digest, seed): resume checks it; and the device
 RUN/recipe.yaml
 RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
 RUN/stages/01_<pass>/        ...
 RUN/results.json, RUN/report.md
 ```
-A stage folder appears only when complete, so a killed run resumes from the last finished stage.
+A stage folder appears only when complete, so a killed run resumes from the last finished stage. Each stage
+is exported to ONNX once and measured by the measurement core as it finishes (for resume). The device
+(`--device`, else the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile) is recorded in
+run.json; a run resumed with another device re-measures the device figures of its finished stages and
+reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
+(`time_stages`): those latencies are the table's, so its speed-ups agree with the passes' own comparisons.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from edgeslim import models
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
+from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.formats.sparse import write_sparse_stage
 from edgeslim.fsutil import atomic_dir, write_json, write_text
-from edgeslim.measure.stage import measure_stage
+from edgeslim.measure.core import Measurer
+from edgeslim.measure.stage import device_metrics, measure_stage
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
@@ -34,15 +44,21 @@ RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_b
 
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
-    force: bool = False, trust_pickle: bool = False, task_spec: str = "",
+    force: bool = False, trust_pickle: bool = False, task_spec: str = "", device: str | None = None,
+    threads: int = 1,
 ) -> dict:
-    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict."""
+    """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
+    the results dict."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
         "recipe_digest": recipe.digest, "seed": seed,
     }
-    _claim_run_dir(out, ident, force)
+    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
+    dev_name = load_device(dev).name  # an unknown device is one line, before anything is written
+    before = _claim_run_dir(out, ident, force, dev)
+    if before is not None and before != dev:
+        _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
     copy_recipe(out, recipe)
     model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
     if spec.get("arch") == "pickle":
@@ -54,7 +70,7 @@ def run_recipe(
 
     ctx = RunContext(
         stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model),
+        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads),
     )
     stages: list[dict] = []
     count_model: nn.Module | None = model
@@ -72,6 +88,9 @@ def run_recipe(
                 current = None
             ctx.carry = metrics.get("carry", {})
             ctx.prev_onnx = folder / "model.onnx"
+            if metrics.get("deploy_device") != dev_name:  # measured for another device: re-measure those figures
+                metrics.update(device_metrics(folder / "model.onnx", task, dev))
+                write_json(folder / "metrics.json", metrics)
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
@@ -103,7 +122,10 @@ def run_recipe(
                 notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
             elif result_onnx != onnx_path:
                 shutil.copyfile(result_onnx, onnx_path)
-            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path)}
+            if i > 0 and res.store_sparse:  # from the stage's one export
+                notes.update(write_sparse_stage(onnx_path, tmp))
+            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path, threads=threads,
+                                                      device=dev)}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             metrics["notes"] = notes
@@ -114,17 +136,48 @@ def run_recipe(
         stages.append(metrics)
         _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
-    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
+    time_stages(out, stages, task, recipe.batches, ctx.measure)
+    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,
+               "stages": stages}
     write_results(out, results)
     return results
 
 
-def _claim_run_dir(out: Path, ident: dict, force: bool) -> None:
+def time_stages(out: Path, stages: list[dict], task: Task, batches: tuple[int, ...] = (1,),
+                measure: Measurer | None = None) -> None:
+    """Time every stage's ONNX model together, interleaved in one loop (the measurement core), at each batch
+    size, and put those latencies (ms) into `stages`: `latency_ms_*` (batch 1; the figure each stage had when
+    it was timed alone is kept as `latency_ms_*_alone`), `latency_b<B>_ms_*`, and the speed-ups over the
+    baseline. metrics.json keeps the per-stage figures (what a resume starts from)."""
+    paths = {Path(s["onnx"]).parent.name: out / s["onnx"] for s in stages}
+    m = measure or Measurer()
+    for b in (1, *[b for b in batches if b != 1]):
+        x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
+        lat = m.compare(paths, {"input": x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
+        base = lat[next(iter(paths))].p50_ms
+        for s in stages:
+            got = lat[Path(s["onnx"]).parent.name]
+            if b == 1:
+                for q in ("p50", "p90", "p99", "mean"):
+                    s.setdefault(f"latency_ms_{q}_alone", s.get(f"latency_ms_{q}"))
+                s.update(got.as_dict())
+                s["latency_timing"] = f"interleaved: {len(stages)} stages in one loop at the end of the run"
+                s["speedup_vs_baseline"] = round(base / got.p50_ms, 3)
+            else:
+                s.update(got.as_dict(f"latency_b{b}_ms_"))
+                s[f"speedup_b{b}_vs_baseline"] = round(base / got.p50_ms, 3)
+
+
+def _claim_run_dir(out: Path, ident: dict, force: bool, device: str) -> str | None:
+    """Claim `out` for the run `ident` (resume when it holds the same one); record `device`. Returns the
+    device the run had before (None for a new run)."""
     meta = out / "run.json"
     if meta.exists():
         old = json.loads(meta.read_text())
+        before = old.pop("device", None) or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
         if old == ident:
-            return
+            write_json(meta, {**ident, "device": device})
+            return before
         if not force:
             diff = [k for k in ident if old.get(k) != ident[k]]
             raise EdgeslimError(
@@ -137,7 +190,8 @@ def _claim_run_dir(out: Path, ident: dict, force: bool) -> None:
             raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(meta, ident)
+    write_json(meta, {**ident, "device": device})
+    return None
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

@@ -66,7 +66,7 @@ class ArenaPlan:
     reorder_method: str = ""  # "greedy=bound", "exact", "greedy" or "" when not searched
     unknown_tensors: list[str] = field(default_factory=list)  # shapes not inferable: counted as 0 bytes
     control_flow: bool = False  # If/Loop/Scan in the graph: their bodies are not planned (a lower bound)
-    fit: dict | None = None  # the RAM/flash verdict on a device, when one was asked for (measure.footprint)
+    fit: dict | None = None  # the RAM/flash verdict on a device, when one was asked for (measure.device_fit)
     warnings: list[str] = field(default_factory=list)  # what was guessed about the inputs
 
     @property

@@ -24,9 +24,9 @@ import numpy as np
 
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
-from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.source import (
     Source,
@@ -192,7 +192,7 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
     m.size_bytes = file_bytes(size_path or src.size_path)
     m.onnx_size_bytes = file_bytes(src.onnx)
     if net is not None:
-        from edgeslim.measure.macs import count_macs, count_params
+        from edgeslim.models.counts import count_macs, count_params
 
         m.params, m.nonzero_params = count_params(net)
         in_shape = tuple(task.input_shape) if task is not None else tuple(feed[specs[0].name].shape[1:])
@@ -293,7 +293,7 @@ def arena_fields(proto: Any, path: Path, shapes: dict[str, list[int]], reorder: 
     """Activation arena (bytes) of the planner at the feed's shapes; with If/Loop/Scan bodies or tensors of
     unknown shape it is a lower bound (`arena_lower_bound`, `arena_note`). Exports whose Reshape targets come
     from `Shape` ops get a second try after ONNX Runtime's constant folding at static shapes."""
-    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.measure.arena import plan_arena
 
     def attempt(m: Any) -> tuple[Any, str]:
         try:
@@ -384,3 +384,21 @@ def compare_latency(models: Mapping[str, str | Path], feed: Mapping[str, np.ndar
     """Latency of several ONNX models on the same feed, interleaved in one loop (the figure to compare by)."""
     return onnx_interleaved(models, feed, threads=threads, seconds=seconds, rounds=rounds, per_round=per_round,
                             warmup=warmup)
+
+
+@dataclass
+class Measurer:
+    """What a pass may ask of the measurement core (`ctx.measure` in a run): a pass that needs a measurement to
+    decide (the INT8 format picker) or to report (the early-exit table) asks here instead of timing on its own,
+    so every figure comes from the one interleaved timer with the run's threads."""
+
+    threads: int = 1
+
+    def compare(self, models: Mapping[str, str | Path], feed: Mapping[str, np.ndarray], **timer: Any
+                ) -> dict[str, Latency]:
+        """Latency (ms) of ONNX models on one feed, interleaved in one loop (`compare_latency`)."""
+        return compare_latency(models, feed, threads=self.threads, **timer)
+
+    def time(self, runners: Mapping[str, Any], **timer: Any) -> dict[str, Latency]:
+        """Latency (ms per call) of zero-argument callables, interleaved in one loop (`interleaved_latency`)."""
+        return interleaved_latency(runners, threads=self.threads, **timer)

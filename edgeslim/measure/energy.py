@@ -94,8 +94,8 @@ def measure_energy(runner: Runner, runs: int = 200, min_seconds: float = 1.0, th
     at least `runs` times and `min_seconds` long so the counters (updated every ~1 ms) resolve the window.
     GPU counters (NVML) are left out: the inference runs on the CPU."""
     from edgeslim.measure import rapl
-    from edgeslim.measure.window import window
     from edgeslim.measure.latency import interleaved_latency
+    from edgeslim.measure.window import window
 
     root = powercap_root or rapl.POWERCAP
     if not rapl.available(root):

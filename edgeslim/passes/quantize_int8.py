@@ -14,8 +14,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_bytes, write_json
-from edgeslim.measure.core import compare_latency
+from edgeslim.fsutil import write_json
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy
@@ -79,7 +78,8 @@ def quantize_int8(
         oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
-    lat = {k: v.p50_ms for k, v in compare_latency({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
+    # the format is chosen by measurement: the measurement core times FP32 and every candidate interleaved
+    lat = {k: v.p50_ms for k, v in ctx.measure.compare({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
         if len(fmts) > 1 else {}
     rows = []
     for f in fmts:

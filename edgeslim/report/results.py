@@ -47,6 +47,9 @@ COLUMNS = [
 
 def extra_columns(stages: list[dict]) -> list:
     cols = []
+    if any("speedup_vs_baseline" in s for s in stages):  # a run: all stages timed together, interleaved
+        cols.append(("speed-up", lambda s: f"{s['speedup_vs_baseline']:.2f}x" if s.get("speedup_vs_baseline")
+                     else "-"))
     if any("arena_bytes" in s for s in stages):
         cols.append(("arena", lambda s: human_bytes(s.get("arena_bytes"))))
     if any("energy_mj" in s for s in stages):
@@ -116,7 +119,11 @@ def report_md(results: dict) -> str:
         f"Recipe: `{results.get('recipe', '?')}`",
         "",
         "All figures were measured in this run: accuracy on the test split and latency (single sample, "
-        "ONNX Runtime CPU, 1 thread) from each stage's exported ONNX model; size is the stored file.",
+        "ONNX Runtime CPU, 1 thread) from each stage's exported ONNX model; size is the stored file. The "
+        "latencies and speed-ups were timed with all stages together, interleaved in one loop at the end of "
+        "the run (each stage's figure timed alone when it finished is kept as `latency_ms_p50_alone`).",
+        *([f"Device figures (arena, flash, fit, energy) are for `{results['device']}`."] if results.get("device")
+          else []),
         "",
         markdown_table(stages),
         "",
