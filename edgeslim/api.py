@@ -115,7 +115,14 @@ def compress(
         export_onnx(model, t.input_shape, prev_onnx)
     ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
-    return info.fn(model, t, config, ctx)
+    res = info.fn(model, t, config, ctx)
+    if res.store_sparse and res.model is not None:  # as the pipeline does: the sparse file from one export
+        from edgeslim.deploy.export import export_onnx
+        from edgeslim.formats.sparse import write_sparse_stage
+
+        export_onnx(res.model, t.input_shape, work / "model.onnx")
+        res.notes.update(write_sparse_stage(work / "model.onnx", work))
+    return res
 
 
 def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,

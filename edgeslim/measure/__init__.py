@@ -5,6 +5,7 @@ number comes from:
     the record   core.py         measure_model -> Measurement (as_dict: the results.json / --json keys);
                                  compare_latency: several models timed together; Measurer: `ctx.measure`
     model, size  source.py       opening a model (a folder exported once), bytes on disk, task accuracy
+    graph        figures.py      params/MACs from the graph, arena and energy fields at the inputs' shapes
     inputs       onnxkit/inputs  --inputs .npz or synthetic feeds by dtype and name, --shape, named dims
     latency      latency.py      `interleaved_latency`, the one timing loop (sessions and callables)
     accuracy     source.py       ONNX Runtime on the task's test split; only with a task

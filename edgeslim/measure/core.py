@@ -27,13 +27,13 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
+from edgeslim.measure.figures import arena_fields, energy_fields, graph_counts
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.source import (
     Source,
     check_task_input,
     file_bytes,
     fixed_batch,
-    has_control_flow,
     onnx_accuracy,
     open_model,
 )
@@ -198,8 +198,10 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
         in_shape = tuple(task.input_shape) if task is not None else tuple(feed[specs[0].name].shape[1:])
         m.macs, m.counts_from = count_macs(net, in_shape), "pytorch"
     else:
-        m.params, m.nonzero_params, m.macs = _graph_counts(proto, fd.shapes)
+        m.params, m.nonzero_params, m.macs = graph_counts(proto, fd.shapes)
         m.counts_from = "graph"
+        if m.macs is None:
+            m.warnings.append("MACs not counted: no MAC layer with known shapes outside If/Loop/Scan bodies")
     # accuracy (only with a task) and fidelity (only with a reference)
     if task is not None:
         m.accuracy, m.accuracy_samples = onnx_accuracy(sess, specs[0], task, where)
@@ -258,103 +260,6 @@ def _task_or_random(task: Any, src: Source, n: int, seed: int) -> np.ndarray:
         return task.x_test[:n].astype(np.float32)
     shape = tuple((src.spec or {}).get("input_shape", ()))
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
-
-
-def _graph_counts(proto: Any, shapes: dict[str, list[int]]) -> tuple[int | None, int | None, int | None]:
-    """(parameters, non-zero parameters, MACs per sample) from the graph's constants and op shapes."""
-    from onnx import numpy_helper
-
-    from edgeslim.onnxkit.graph import graphs
-
-    params = nonzero = 0
-    for g in graphs(proto.graph):
-        for t in g.initializer:
-            a = numpy_helper.to_array(t)
-            params += int(a.size)
-            nonzero += int(np.count_nonzero(a))
-        for n in g.node:
-            if n.op_type == "Constant":
-                for at in n.attribute:
-                    if at.name == "value" and at.HasField("t") and len(at.t.dims):
-                        a = numpy_helper.to_array(at.t)
-                        if a.size >= 16:  # weights, not shape vectors
-                            params += int(a.size)
-                            nonzero += int(np.count_nonzero(a))
-    try:
-        from edgeslim.measure.onnx_counts import count_onnx
-
-        macs: int | None = count_onnx(proto, shapes).macs or None
-    except Exception:  # a graph shape inference cannot follow: no MAC count rather than a wrong one
-        macs = None
-    return params, nonzero, macs
-
-
-def arena_fields(proto: Any, path: Path, shapes: dict[str, list[int]], reorder: bool = True) -> dict[str, Any]:
-    """Activation arena (bytes) of the planner at the feed's shapes; with If/Loop/Scan bodies or tensors of
-    unknown shape it is a lower bound (`arena_lower_bound`, `arena_note`). Exports whose Reshape targets come
-    from `Shape` ops get a second try after ONNX Runtime's constant folding at static shapes."""
-    from edgeslim.measure.arena import plan_arena
-
-    def attempt(m: Any) -> tuple[Any, str]:
-        try:
-            return plan_arena(m, shapes=shapes, max_states=2000, reorder=reorder), ""
-        except Exception as e:  # EdgeslimError or a shape-inference failure: try another form or report
-            return None, (str(e).splitlines()[0] if str(e) else type(e).__name__)[:200]
-
-    plan, note = attempt(proto)
-    if plan is None or plan.unknown_tensors:
-        try:
-            folded, _ = attempt(_folded(proto, shapes))
-        except Exception:  # ONNX Runtime cannot fold it: keep the first plan
-            folded = None
-        if folded is not None and (plan is None or len(folded.unknown_tensors) < len(plan.unknown_tensors)):
-            plan = folded
-    if plan is None:
-        return {"arena_bytes": None, "arena_note": f"the planner cannot size this graph ({note})"}
-    flow = has_control_flow(proto)
-    d: dict[str, Any] = {"arena_bytes": plan.arena_bytes, "arena_bytes_reordered": plan.reordered_arena_bytes,
-                         "naive_activation_bytes": plan.naive_bytes}
-    if flow or plan.unknown_tensors:
-        why = ["If/Loop/Scan bodies are not planned"] if flow else []
-        if plan.unknown_tensors:
-            why.append(f"{len(plan.unknown_tensors)} tensors of unknown shape count 0 B")
-        d.update(arena_lower_bound=True, arena_note="lower bound: " + "; ".join(why))
-    return d
-
-
-def _folded(proto: Any, shapes: dict[str, list[int]]) -> Any:
-    import onnx
-
-    from edgeslim.onnxkit.session import ort_optimize
-
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    for v in m.graph.input:
-        if v.name in shapes:
-            dims = v.type.tensor_type.shape.dim
-            del dims[:]
-            for d in shapes[v.name]:
-                dims.add().dim_value = int(d)
-    return ort_optimize(m)
-
-
-def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]], threads: int = 1) -> dict:
-    """Energy per inference (mJ) with its method: measured (RAPL) for this host where readable, else
-    the analytic estimate for `dev` (If/Loop/Scan bodies not counted, and said so)."""
-    from edgeslim.measure.energy import estimate_energy, measure_energy
-
-    e = measure_energy(runner, threads=threads) if runner is not None else None
-    if e is None:
-        try:
-            e = estimate_energy(proto, dev, shapes=shapes)
-        except Exception as err:  # a graph the counter cannot follow: say so, do not guess
-            return {"energy_mj": None, "energy_method": "unavailable",
-                    "energy_note": f"no estimate: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"}
-        if has_control_flow(proto):
-            e.method += " (If/Loop/Scan bodies not counted)"
-    return {"energy_mj": round(e.mj, 6), "energy_method": e.method,
-            "energy_latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4),
-            "macs_by_precision": e.macs_by_precision}
 
 
 def _fidelity(sess: Any, reference: str | Path, feeds: list[Feed], where: str) -> Fidelity:

@@ -28,7 +28,8 @@ from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.shapes import infer_static
 
 INT_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm"}
-MAC_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose"} | INT_OPS
+RNN_OPS = {"LSTM", "GRU", "RNN"}  # per step: gates x hidden x (input + hidden) MACs, from W and R
+MAC_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose"} | INT_OPS | RNN_OPS
 SKIP = {"Constant", "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout",
         "QuantizeLinear", "DequantizeLinear", "Cast"}
 
@@ -169,6 +170,9 @@ def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _macs(n: onnx.NodeProto, info: dict, oshape: list[int] | None) -> int:
+    if n.op_type in RNN_OPS:  # X [seq, batch, I] (or [batch, seq, I]); W [dirs, gates*H, I]; R [dirs, gates*H, H]
+        x, w, r = (_shape(info, t) for t in n.input[:3])
+        return int(np.prod(x[:2]) * (np.prod(w) + np.prod(r))) if x and w and r and len(x) == 3 else 0
     if oshape is None:
         return 0
     out = int(np.prod(oshape))

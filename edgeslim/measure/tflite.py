@@ -45,7 +45,8 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
                    deploy: bool = True, seed: int = 0) -> Any:  # -> Measurement
     from edgeslim.litert import available
     from edgeslim.litert.interpreter import LiteRTModel
-    from edgeslim.measure.core import Measurement, arena_fields, energy_fields
+    from edgeslim.measure.core import Measurement
+    from edgeslim.measure.figures import arena_fields, energy_fields
     from edgeslim.onnxkit.graph import has_qdq
     from edgeslim.onnxkit.load import read_onnx
 
