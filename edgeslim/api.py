@@ -203,27 +203,9 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
     output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
     fit and energy there (`fit`)."""
-    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
-    from edgeslim.fsutil import write_bytes
-    from edgeslim.measure.source import open_model
-    from edgeslim.onnxkit.inputs import input_specs, make_feeds
-    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.deploy.compile import compile_model
 
-    with open_model(model) as src:
-        if src.onnx is None:
-            raise EdgeslimError(f"{model}: compile takes an ONNX file or a model folder, not a .tflite file")
-        proto = read_onnx(src.onnx)
-        fd = make_feeds(input_specs(proto), inputs, shapes, n=2)
-        m, n_bn = fold_batchnorm(proto)
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "pre.onnx"
-            write_bytes(pre, m.SerializeToString())
-            rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=src.onnx)
-    # ORT's node counts (`nodes_before`/`nodes_after`) override the folding step's; those stay as fold_*
-    res = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-           "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
-           "input_source": fd.source, "warnings": fd.warnings}
+    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes)
     if device is not None:
         res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
     return res
@@ -348,24 +330,9 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
 def quant_report(run: Path) -> dict[str, dict]:
     """{stage folder: its notes} for every quantized stage of a run (or one stage folder) that wrote a
     per-layer report: bits, weight-scale range, input scale and output SQNR (dB) per layer."""
-    import json
+    from edgeslim.report.quant import quantized_stages
 
-    run = Path(run)
-    folders = [run] if (run / "metrics.json").exists() else sorted((run / "stages").glob("[0-9][0-9]_*"))
-    if not folders:
-        raise EdgeslimError(f"{run}: not a run or stage folder (no metrics.json, no stages/)")
-    found: dict[str, dict] = {}
-    for f in folders:
-        try:
-            notes = json.loads((f / "metrics.json").read_text()).get("notes", {})
-        except (OSError, json.JSONDecodeError):
-            continue
-        if notes.get("layers"):
-            found[f.name] = notes
-    if not found:
-        raise EdgeslimError(f"{run}: no quantized stage with a per-layer report (quantize_int8, qat, lowbit, "
-                            "mixed_precision write one)")
-    return found
+    return quantized_stages(Path(run))
 
 
 def search(
@@ -383,35 +350,17 @@ def search(
     report.html into `out`. `log(message, is_warning)` gets the progress lines. Returns the summary (a
     worker: {"ran": trials it ran})."""
     from edgeslim.search.constraints import make_budget
-    from edgeslim.search.final import finalize
-    from edgeslim.search.study import (
-        SearchConfig,
-        load_device_profile,
-        open_or_join,
-        prepare,
-        wait_for_others,
-        work,
-    )
+    from edgeslim.search.final import run_search
+    from edgeslim.search.study import SearchConfig, load_device_profile
 
-    dev = load_device_profile(device)
-    budget = make_budget(dev, max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
+    budget = make_budget(load_device_profile(device), max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
     cfg = SearchConfig(model=str(Path(model).resolve()), task=task, device=device, objectives=list(objectives),
                        trials=trials, budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack,
                        seed=seed, sampler=sampler, guided=guided)
     if knobs:
         cfg.knobs = list(knobs)
-    out = Path(out).resolve()
-    ctx = prepare(cfg, out)
-    url = storage or f"journal://{out / 'study.journal'}"
-    study, created = open_or_join(ctx, url, study_name)
-    log(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {trials} trials, "
-        f"knobs {', '.join(k.name for k in ctx.knobs)}", False)
-    ran = work(ctx, study)
-    if worker:
-        return {"ran": ran}
-    if not wait_for_others(ctx, study, wait):
-        log(f"other workers still running after {wait:.0f} s; finishing with what is done", True)
-    return finalize(ctx, study, top)
+    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
+                      top=top, log=log)
 
 
 def list_models() -> list[dict]:

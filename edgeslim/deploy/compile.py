@@ -11,13 +11,16 @@
   parity check of the outputs. Level `all` adds layout (NCHWc) transforms specific to this CPU: the
   saved file is for this machine's ONNX Runtime only.
 
-Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped.
+Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped
+(`measure.latency.openvino_latency` times OpenVINO with the one timer).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,11 +28,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeslim.deploy.export import to_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.graph import op_counts, remove_dead
 from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import ort_level, ort_optimize, session
+from edgeslim.onnxkit.session import ort_level, ort_optimize, run_all, session
 
 FUSED_OPS = {
     "FusedConv": "Conv + activation",
@@ -172,8 +176,6 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
         except EdgeslimError:
             feeds = []
     if feeds:
-        from edgeslim.measure.fidelity import run_all
-
         ref = run_all(session(reference or model_path, level="disable"), feeds, str(reference or model_path))
         got = run_all(session(out_path, level="disable"), feeds, str(out_path))
         diff, scale = 0.0, 1.0
@@ -190,26 +192,33 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
     return rep
 
 
+def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
+                  shapes: Sequence[str] = ()) -> dict:
+    """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
+    `compile_ort` into `out`, every output checked against the input model on its inputs (`inputs` .npz, else
+    synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
+    `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
+
+    path, cleanup = to_onnx(model)
+    try:
+        src = read_onnx(path)
+        fd = make_feeds(input_specs(src), inputs, shapes, n=2)
+        m, n_bn = fold_batchnorm(src)
+        m, info = fold_and_prune(m)
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            write_bytes(pre, m.SerializeToString())
+            rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=path)
+    finally:
+        if cleanup:
+            cleanup()
+    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
+            "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
+            "input_source": fd.source, "warnings": fd.warnings}
+
+
 def available_backends() -> dict[str, bool]:
     """Which optional compilers are importable (extras `edgeslim[openvino]`, TVM installed by hand)."""
     return {"onnxruntime": True, "openvino": importlib.util.find_spec("openvino") is not None,
             "tvm": importlib.util.find_spec("tvm") is not None}
-
-
-def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
-    """OpenVINO CPU latency (ms p50/mean, through the one timer) of an ONNX model on random inputs at its
-    smallest static shape, or None when OpenVINO is not installed."""
-    if not available_backends()["openvino"]:
-        return None
-    import openvino as ov  # type: ignore[import-not-found]
-
-    from edgeslim.measure.latency import interleaved_latency
-
-    core = ov.Core()
-    compiled = core.compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": 1})
-    inp = compiled.inputs[0]
-    shape = [d if d > 0 else 1 for d in inp.get_partial_shape().get_min_shape()]
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    req = compiled.create_infer_request()
-    lat = interleaved_latency({"openvino": lambda: req.infer({0: x})}, rounds=runs, warmup=10)["openvino"]
-    return {"openvino_ms_p50": lat.p50_ms, "openvino_ms_mean": lat.mean_ms}

@@ -1,11 +1,13 @@
 """ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance. Also
 `reexport_onnx`: a model that is already ONNX, written again repaired and checked (`edgeslim export X.onnx`).
-(Commands that take an ONNX file or a model folder open it with `edgeslim.measure.source.open_model`.)"""
+`to_onnx`: an ONNX file as is, or a model folder exported to a temporary one (the measurement core's
+`measure.source.open_model` also keeps the PyTorch model)."""
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.session import run_batched, session
+from edgeslim.onnxkit.session import run_all, run_batched, session
 
 OPSET = 17
 
@@ -65,7 +67,6 @@ def reexport_onnx(src: Path, out: Path, inputs: Path | None = None, shapes: tupl
     """`edgeslim export X.onnx --format onnx`: a model that is already ONNX, written again repaired (Constant
     weights lifted into initializers, incl. If/Loop bodies; the opset kept) and checked: every output must
     match the input model on its inputs (`inputs` .npz or synthetic, `shapes`) within float rounding."""
-    from edgeslim.measure.fidelity import run_all
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.onnxkit.load import load_and_repair
 
@@ -83,3 +84,22 @@ def reexport_onnx(src: Path, out: Path, inputs: Path | None = None, shapes: tupl
     return {"format": "onnx", "precision": "as the input", "path": str(out), "size_bytes": len(data),
             "parity_max_abs_diff": diff, "parity_reference": "the input ONNX model", "repairs": loaded.notes,
             "input_source": fd.source, "warnings": fd.warnings}
+
+
+def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
+    """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
+    p = Path(p)
+    if p.is_file() and p.suffix == ".onnx":
+        return p, None
+    if p.is_dir() and (p / "spec.json").is_file():
+        import shutil
+        import tempfile
+
+        from edgeslim import models
+
+        net, spec = models.load_model(p)
+        tmp = Path(tempfile.mkdtemp(prefix="edgeslim-fit-"))
+        out = tmp / "model.onnx"
+        export_onnx(net, tuple(spec["input_shape"]), out)
+        return out, lambda: shutil.rmtree(tmp, ignore_errors=True)
+    raise EdgeslimError(f"{p}: not an ONNX file or edgeslim model folder (with spec.json)")

@@ -131,3 +131,22 @@ def onnx_interleaved(
             f = {names[0]: next(iter(f.values()))}
         fd[k] = f
     return interleaved_latency(sess, fd, threads=threads, **timer)
+
+
+def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
+    """OpenVINO CPU latency (ms p50/mean, through the one timer) of an ONNX model on random inputs at its
+    smallest static shape, or None when OpenVINO is not installed."""
+    from edgeslim.deploy.compile import available_backends
+
+    if not available_backends()["openvino"]:
+        return None
+    import openvino as ov  # type: ignore[import-not-found]
+
+    core = ov.Core()
+    compiled = core.compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    inp = compiled.inputs[0]
+    shape = [d if d > 0 else 1 for d in inp.get_partial_shape().get_min_shape()]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    req = compiled.create_infer_request()
+    lat = interleaved_latency({"openvino": lambda: req.infer({0: x})}, rounds=runs, warmup=10)["openvino"]
+    return {"openvino_ms_p50": lat.p50_ms, "openvino_ms_mean": lat.mean_ms}
