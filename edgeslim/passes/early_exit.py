@@ -12,6 +12,7 @@ every threshold and the full static model in turn, so machine load hits all alik
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -60,12 +61,16 @@ class _Cascade:
 
 
 def measure_exits(model: nn.Module, ex: dict, task: Task, thresholds: list[float], folder: Path,
-                  measure: Measurer | None = None) -> dict:
+                  measure: Measurer | None = None, full_onnx: Path | None = None) -> dict:
     """Run the test set one input at a time through the full ONNX model and, per threshold, through the
     exit cascade, timed by the measurement core (`measure`, the run's `ctx.measure`): one round per test
-    input, every configuration in turn. Accuracy (0-1), MACs per input, latency per input in ms."""
+    input, every configuration in turn. Accuracy (0-1), MACs per input, latency per input in ms. `full_onnx`:
+    the backbone already exported (the previous stage's ONNX in a run), else it is exported here."""
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, task.input_shape, folder / "full.onnx", check=task.x_test[:32])
+    if full_onnx is not None:
+        shutil.copyfile(full_onnx, folder / "full.onnx")
+    else:
+        export_onnx(model, task.input_shape, folder / "full.onnx", check=task.x_test[:32])
     segs, heads = [], []
     for k, seg in enumerate(ex["segments"]):
         export_onnx(seg, ex["shapes"][k], folder / f"segment{k}.onnx")
@@ -128,14 +133,14 @@ def table_markdown(res: dict) -> str:
 
 
 def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path, seed: int = 0,
-                     measure: Measurer | None = None) -> dict:
+                     measure: Measurer | None = None, full_onnx: Path | None = None) -> dict:
     """Build, train and measure exits (timed by `measure`, the measurement core); write early_exit.json / .md
     and the ONNX pieces into `folder`."""
     if any(not 0 <= t <= 1 for t in cfg.thresholds):
         raise EdgeslimError(f"early_exit: thresholds are softmax confidences in [0, 1], got {cfg.thresholds}")
     ex = build_exits(model, task, cfg.exits, cfg.head_epochs, cfg.lr, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp), measure)
+        res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp), measure, full_onnx)
         for p in Path(tmp).glob("*.onnx"):
             (folder / "exits").mkdir(parents=True, exist_ok=True)
             p.replace(folder / "exits" / p.name)
@@ -148,7 +153,7 @@ def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path,
 def early_exit(model: nn.Module | None, task: Task, cfg: EarlyExit, ctx: RunContext) -> PassResult:
     """Early-exit heads with confidence thresholds; writes the measured accuracy/MACs/latency table."""
     assert model is not None
-    res = early_exit_table(model, task, cfg, ctx.stage_dir, ctx.seed, ctx.measure)
+    res = early_exit_table(model, task, cfg, ctx.stage_dir, ctx.seed, ctx.measure, ctx.prev_onnx)
     full = res["rows"][0]
     best = min((r for r in res["rows"][1:] if r["accuracy"] >= full["accuracy"] - 0.01),
                key=lambda r: r["macs_fraction"], default=None)
