@@ -132,13 +132,14 @@ def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, ru
     size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
     with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
     `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
-    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes)."""
-    from edgeslim.measure.core import measure_model
+    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes). Several
+    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`)."""
+    from edgeslim.measure.core import measure_models
 
     t = load_task(task) if task else None
-    return [measure_model(p, inputs, shapes=shapes, task=t, device=device or "host", reference=reference,
-                          threads=threads, batch=batch, runs=runs, torch_eager=deploy, rss=deploy).as_dict()
-            for p in paths]
+    return [m.as_dict() for m in measure_models(
+        list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
+        batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
 
 
 def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,

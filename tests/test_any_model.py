@@ -169,3 +169,14 @@ def test_export_takes_the_shared_options(tmp_path: Path, tiny_image_task) -> Non
     np.savez(tmp_path / "bad.npz", input=np.zeros((4, 1, 7, 8), np.float32))
     _one_line_error(["export", str(tmp_path / "m"), "--format", "onnx", "-o", str(tmp_path / "b.onnx"), "--inputs",
                      str(tmp_path / "bad.npz")], "bad.npz", "[1, 8, 8]")
+
+
+def test_several_models_are_timed_together(tmp_path: Path) -> None:
+    multi, _ = CASES["several_outputs"](tmp_path)
+    fmap, _ = CASES["feature_map"](tmp_path)
+    r = CliRunner().invoke(app, ["measure", str(multi), str(fmap), "--runs", "20", "--quick", "--json"])
+    assert r.exit_code == 0, repr(r.exception)
+    rows = json.loads(r.output)
+    for row in rows:  # the comparison is one interleaved loop; each model's own timing is kept beside it
+        assert row["latency_timing"] == "interleaved: 2 models in one loop"
+        assert row["latency_ms_p50"] > 0 and row["latency_ms_p50_alone"] > 0 and row["latency_runs"] == 20

@@ -16,7 +16,7 @@ Inputs: an .npz (one array per input name) or synthetic feeds from the declared 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ class Measurement:
     reference: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # parity, peak RSS, TFLite Micro arena, ...
     warnings: list[str] = field(default_factory=list)
+    latency_alone: Latency | None = None             # when `latency` was re-timed with other models
+    timing: str = ""                                 # how `latency` was timed, when with other models
+    runner: Any = field(default=None, repr=False)    # one inference, for timing it beside other models
 
     def as_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "runtime": self.runtime, "accuracy": self.accuracy}
@@ -107,6 +110,9 @@ class Measurement:
         d["inputs"] = self.inputs
         d["input_source"] = self.input_source
         d["warnings"] = self.warnings
+        if self.latency_alone is not None:  # `latency_ms_*` above: timed with the other models
+            d.update({f"{k}_alone": v for k, v in self.latency_alone.as_dict().items()})
+            d["latency_timing"] = self.timing
         return d
 
 
@@ -168,6 +174,7 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
     feed = fd.feeds[0]
     # latency: ONNX Runtime (and PyTorch eager, interleaved)
     runners: dict[str, Any] = {"onnxruntime": ort_runner(sess, feed)}
+    m.runner = runners["onnxruntime"]
     b1 = _lead(feed, specs)
     if torch_eager and net is not None:
         runners["torch"] = _torch_runner(net, feed)
@@ -282,6 +289,24 @@ def _fidelity(sess: Any, reference: str | Path, feeds: list[Feed], where: str) -
                 raise EdgeslimError(f"{reference}: output {k} ('{n}') has shape {list(np.shape(ref_out[0][k]))} "
                                     f"in the reference but {list(np.shape(got[0][k]))} in the model")
         return compare_outputs(names, ref_out, got)
+
+
+def measure_models(models: Sequence[str | Path], inputs: str | Path | None = None, **options: Any
+                   ) -> list[Measurement]:
+    """`measure_model` on each model, then (for more than one) their latencies timed again together,
+    interleaved in one loop (the figure to compare them by; each one's own figure stays as
+    `latency_ms_*_alone`). `options`: `measure_model`'s keyword arguments."""
+    ms = [measure_model(p, inputs, **options) for p in models]
+    timed = {str(i): m for i, m in enumerate(ms) if m.runner is not None and m.latency is not None}
+    if len(timed) > 1:
+        runs, threads = options.get("runs", 200), options.get("threads", 1)
+        lat = interleaved_latency({k: m.runner for k, m in timed.items()}, rounds=runs, warmup=10, threads=threads,
+                                  max_seconds=options.get("max_seconds", 5.0) * len(timed))
+        for k, m in timed.items():
+            assert m.latency is not None
+            m.latency_alone, m.latency = m.latency, replace(lat[k], batch=m.latency.batch)
+            m.timing = f"interleaved: {len(timed)} models in one loop"
+    return ms
 
 
 def compare_latency(models: Mapping[str, str | Path], feed: Mapping[str, np.ndarray], *, threads: int = 1,

@@ -65,8 +65,9 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
         if task is not None:
             m.accuracy, m.accuracy_samples = round(lm.accuracy(task.x_test, task.y_test), 6), len(task.y_test)
         q = lm.input.quantize(x)  # quantization of the input excluded from the timing, as on a device
+        m.runner = lambda: lm.invoke_raw(q)
         if runs:
-            m.latency = interleaved_latency({"litert": lambda: lm.invoke_raw(q)}, rounds=runs,
+            m.latency = interleaved_latency({"litert": m.runner}, rounds=runs,
                                             max_seconds=max_seconds, warmup=10, threads=threads, batch=1)["litert"]
         m.extra.update(precision="int8" if quantized else lm.input.dtype, input=lm.input.as_dict(),
                        output=lm.output.as_dict())
