@@ -42,7 +42,7 @@ def headline(cmd: str, d: dict | list) -> str:
     """The figure each command is for, short."""
     if cmd == "measure":
         r = d[0]  # type: ignore[index]
-        return f"p50 {r['latency_ms_p50']:.3g} ms, {r['macs'] or 0:,.0f} MACs"
+        return f"p50 {r['latency_ms_p50']:.3g} ms, " + (f"{r['macs']:,.0f} MACs" if r["macs"] else "MACs -")
     if isinstance(d, list):
         return "ok"
     if cmd == "fit":

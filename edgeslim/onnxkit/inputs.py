@@ -83,9 +83,16 @@ def _fits(spec: InputSpec, shape: tuple[int, ...]) -> bool:
 
 
 def _example(spec: InputSpec) -> str:
-    return f"--shape {spec.name}=" + ",".join(
-        str(d) if isinstance(d, int) else ("1" if i == 0 else (d or "N")) for i, d in enumerate(spec.dims or ("N",))
-    )
+    """`--shape NAME=...` with the fixed dims filled in, the batch 1 and a placeholder for each other dim: its
+    name when short (H, width), else D<axis>."""
+    def place(i: int, d: int | str | None) -> str:
+        if isinstance(d, int):
+            return str(d)
+        if i == 0:
+            return "1"
+        return d if d and len(d) <= 12 and d.isidentifier() else f"D{i}"
+
+    return f"--shape {spec.name}=" + ",".join(place(i, d) for i, d in enumerate(spec.dims or ("N",)))
 
 
 def dim_bindings(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], batch: int | None = None) -> dict[str, int]:
