@@ -12,9 +12,11 @@ from edgeslim import models
 from edgeslim.data import Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.guard import TrainingDiverged
 from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.untrusted import about
 
 
 def train(
@@ -31,7 +33,11 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    try:
+        hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    except TrainingDiverged as e:  # keep the last good weights the trainer restored
+        models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "diverged": str(e)})
+        raise TrainingDiverged(f"{e}; saved them to {out}", e.good_epoch) from None
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -79,7 +85,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
             out.append(measure_tflite(p, t, runs=runs, threads=threads))
             continue
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, about(p):  # a broken model: one line naming it
             if p.is_dir():
                 net, spec = models.load_model(p)
                 shape = tuple(spec["input_shape"])
@@ -91,6 +97,9 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
                 shape = _onnx_input_shape(p)
             else:
                 raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
+            if t is not None and tuple(t.input_shape) != tuple(shape):
+                raise EdgeslimError(f"{p}: the model takes inputs of shape {tuple(shape)} but task '{t.name}' "
+                                    f"has {tuple(t.input_shape)}")
             task_for = t or _synthetic_task(shape)
             m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
             if t is None:
@@ -104,16 +113,21 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
 
 def _onnx_input_shape(p: Path) -> tuple[int, ...]:
-    import onnx
+    from edgeslim.untrusted import check_onnx_file
 
-    try:
-        g = onnx.load(str(p)).graph
-    except Exception as e:  # onnx raises DecodeError and others for corrupt files
-        raise EdgeslimError(f"{p}: not a valid ONNX model ({type(e).__name__})") from None
-    dims = g.input[0].type.tensor_type.shape.dim[1:]
+    g = check_onnx_file(p).graph  # corrupt files and external data outside the folder: one line
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if not inputs:
+        raise EdgeslimError(f"{p}: the model has no inputs to feed")
+    batch = inputs[0].type.tensor_type.shape.dim[:1]
+    if batch and batch[0].HasField("dim_value") and batch[0].dim_value > 1:
+        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has a fixed batch of {batch[0].dim_value}; measure "
+                            "runs one sample at a time: export the model with batch 1 or a dynamic batch")
+    dims = inputs[0].type.tensor_type.shape.dim[1:]
     shape = tuple(d.dim_value for d in dims)
     if not all(shape):
-        raise EdgeslimError(f"{p}: input '{g.input[0].name}' has unknown dimensions {shape}")
+        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has unknown dimensions {shape}")
     return shape
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from edgeslim.cli import _emit_json, app, console
 from edgeslim.report.results import human_bytes
+from edgeslim.untrusted import about
 
 
 def _verdict(ok: bool | None) -> str:
@@ -86,9 +87,10 @@ def arena_cmd(
 
     path, cleanup = to_onnx(model)
     try:
-        plan = plan_arena(path, fuse_qdq=not no_fuse_qdq, align=align)
-        if write_reordered is not None:
-            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
+        with about(model):  # a broken model: one line naming it
+            plan = plan_arena(path, fuse_qdq=not no_fuse_qdq, align=align)
+            if write_reordered is not None:
+                write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
     finally:
         if cleanup:
             cleanup()
@@ -179,9 +181,9 @@ def compile_cmd(
 
     path, cleanup = to_onnx(model)
     try:
-        m, n_bn = fold_batchnorm(load(path))
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
+        with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
+            m, n_bn = fold_batchnorm(load(path))
+            m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
             rep = ort_optimize(pre, out, level)

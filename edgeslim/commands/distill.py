@@ -49,7 +49,8 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=as_json)
+    ckpt = out.parent / f".{out.name}.distill-checkpoint.pt"  # beside the folder: resumes an interrupted run
+    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=as_json, checkpoint=ckpt)
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -58,6 +59,7 @@ def distill(
         "student": spec["kwargs"],
     }
     models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    ckpt.unlink(missing_ok=True)
     if as_json:
         _emit_json(m)
     else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from edgeslim import interrupt
 from edgeslim.cli import _emit_json, app, console
 
 
@@ -54,7 +55,8 @@ def optimize(
         weight_min_elements=weight_min_elements, max_slowdown=max_slowdown, bench_seconds=bench_seconds,
         threads=threads, device=device, force=force,
     )
-    res = run_optimize(cfg)
+    with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
+        res = run_optimize(cfg)
     if as_json:
         _emit_json(res)
     else:

@@ -71,7 +71,8 @@ def search(
         console.print(f"[yellow]other workers still running after {wait:.0f} s; finishing with what is done[/]")
     summary = finalize(ctx, study, top)
     c = summary["counts"]
-    console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed; "
+    again = f", {c['REQUEUED']} interrupted and run again" if c.get("REQUEUED") else ""
+    console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed{again}; "
                   f"hypervolume {summary['hypervolume']:.4g}")
     for o, b in summary["best"].items():
         console.print(f"best {o}: {out / b['file']} (trial {b['trial']})")

@@ -58,6 +58,9 @@ def as_float_inputs(x: np.ndarray, where: str) -> np.ndarray:
 
 
 def load_npz(path: Path, seed: int = 0, test_fraction: float = 0.2) -> Task:
+    from edgeslim.resources import check_npz
+
+    check_npz(path, "loading the data set", "use a smaller file (a subset of the samples)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.untrusted import about, check_onnx_file
 
 
 @dataclass
@@ -82,30 +83,36 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
         return _fit_tflite(p, dev)
     onnx_path, cleanup = to_onnx(p)
     try:
-        from edgeslim.deploy.memory import load, plan_arena
-        from edgeslim.measure.energy import estimate_energy
-
-        m = load(onnx_path)
-        unknown: list[str] = []
-        if arena_bytes is None:
-            plan = plan_arena(m)
-            arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
-        r = verdict(dev, weights_bytes(m), arena_bytes, arena_source)
-        if unknown:
-            r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
-                             f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
-        if energy:
-            e = estimate_energy(m, dev)
-            r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method
-        return r
+        with about(p):  # a broken model: one line naming it
+            return _fit_onnx(onnx_path, dev, arena_bytes, arena_source, energy)
     finally:
         if cleanup:
             cleanup()
 
 
+def _fit_onnx(onnx_path: Path, dev: Device, arena_bytes: int | None, arena_source: str, energy: bool) -> FitReport:
+    from edgeslim.deploy.memory import load, plan_arena
+    from edgeslim.measure.energy import estimate_energy
+
+    m = load(onnx_path)
+    unknown: list[str] = []
+    if arena_bytes is None:
+        plan = plan_arena(m)
+        arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
+    r = verdict(dev, weights_bytes(m), arena_bytes, arena_source)
+    if unknown:
+        r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
+                         f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
+    if energy:
+        e = estimate_energy(m, dev)
+        r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method
+    return r
+
+
 def to_onnx(p: Path):
     """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
     if p.is_file() and p.suffix == ".onnx":
+        check_onnx_file(p)  # corrupt files and external data outside the folder: one line
         return p, None
     if p.is_dir() and (p / "spec.json").is_file():
         import shutil

@@ -17,6 +17,7 @@ Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; abs
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,33 +181,31 @@ def ort_optimize(model_path: str | Path, out_path: str | Path, level: str = "ext
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.ortopt.onnx")
-    opts.optimized_model_filepath = str(tmp)
-    opts.log_severity_level = 3
-    try:
-        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        data = tmp.read_bytes()
-    except Exception as e:  # ORT raises private exception types
-        raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-ortopt-") as td:  # out_path is written last, once checked
+        tmp = Path(td) / "model.onnx"
+        opts.optimized_model_filepath = str(tmp)
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+            data = tmp.read_bytes()
+        except Exception as e:  # ORT raises private exception types
+            raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
+        opt = onnx.load_from_string(data)
+        rep = OptimizeReport(
+            level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
+            ops_before=op_counts(src), ops_after=op_counts(opt),
+            fusions=describe_fusions(op_counts(src), op_counts(opt)), batchnorm=bn_folding_check(src),
+        )
+        if check:
+            inp = session(model_path, level="disable").get_inputs()[0]
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            x = np.random.default_rng(0).random(shape, dtype=np.float32)
+            a = session(model_path, level="disable").run(None, {inp.name: x})[0]
+            b = session(tmp, level="disable").run(None, {inp.name: x})[0]
+            rep.parity_max_abs_diff = float(np.abs(a - b).max())
+            if rep.parity_max_abs_diff > atol * max(1.0, float(np.abs(a).max())):
+                raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
     write_bytes(out_path, data)
-    opt = onnx.load_from_string(data)
-    rep = OptimizeReport(
-        level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
-        ops_before=op_counts(src), ops_after=op_counts(opt),
-        fusions=describe_fusions(op_counts(src), op_counts(opt)), batchnorm=bn_folding_check(src),
-    )
-    if check:
-        inp = session(model_path, level="disable").get_inputs()[0]
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        a = session(model_path, level="disable").run(None, {inp.name: x})[0]
-        b = session(out_path, level="disable").run(None, {inp.name: x})[0]
-        rep.parity_max_abs_diff = float(np.abs(a - b).max())
-        if rep.parity_max_abs_diff > atol * max(1.0, float(np.abs(a).max())):
-            out_path.unlink(missing_ok=True)
-            raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
     return rep
 
 

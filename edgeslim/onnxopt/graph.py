@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeslim.fsutil import write_bytes
 from edgeslim.onnxopt.load import _graphs, all_nodes
 
 # (op type, input index) -> axes kept in the scale (None: per-tensor). Negative axes count from the end.
@@ -28,7 +29,7 @@ WEIGHT_AXES: dict[tuple[str, int], tuple[int, ...] | None] = {
 def save(model: onnx.ModelProto, path: Path) -> int:
     """Write `model` (single file) and return its size in bytes."""
     data = model.SerializeToString()
-    path.write_bytes(data)
+    write_bytes(path, data)
     return len(data)
 
 

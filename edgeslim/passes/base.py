@@ -26,7 +26,7 @@ from edgeslim.train import Hooks, TrainConfig, fit
 class PassConfig(BaseModel):
     """Base of every pass config: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf and .nan are typos
 
 
 @dataclass

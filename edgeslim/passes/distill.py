@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -55,14 +55,15 @@ class Distill(PassConfig):
     feature_weight: float = Field(1.0, ge=0.0)
     self_distill: list[str] = Field(default_factory=list, description="student layers that get auxiliary exits")
     self_weight: float = Field(1.0, ge=0.0)
-    teachers: list[str] = Field(default_factory=list, description="extra teacher model folders (multi-teacher)")
-    teacher_weights: list[float] | None = None
+    teachers: list[str] = Field(default_factory=list, description="extra teacher model folders (multi-teacher)",
+                                json_schema_extra={"path": "input"})
+    teacher_weights: list[Annotated[float, Field(ge=0)]] | None = None
     cache: bool = Field(True, description="cache teacher outputs on the training set (fixed transfer set)")
     mixup: float | None = Field(None, gt=0.0, description="distil on mixup inputs (Beta parameter) the teacher "
                                 "labels on the fly; the label term stays on clean inputs")
     transfer: str | None = Field(None, description="unlabelled inputs the teachers label for the KD term: an "
                                  ".npz (array 'x') or .npy file shaped like the task's inputs, or 'generate:N' "
-                                 "for a task with a generator (mnist1d)")
+                                 "for a task with a generator (mnist1d)", json_schema_extra={"path": "input"})
     transfer_ratio: int | None = Field(None, ge=1, le=64, description="transfer samples per labelled sample in "
                                        "each step; default: transfer size / training size, 1 to 8")
     keep: bool = Field(True, description="keep logit KD active in later passes' fine-tuning")
@@ -97,9 +98,11 @@ def _probe(model: nn.Module, layers: Sequence[str], input_shape: tuple[int, ...]
 
 
 def distill_model(
-    student: nn.Module, teachers: Sequence[nn.Module], task: Task, cfg: Distill, quiet: bool = False
+    student: nn.Module, teachers: Sequence[nn.Module], task: Task, cfg: Distill, quiet: bool = False,
+    checkpoint: Path | None = None,
 ) -> dict:
-    """Train `student` in place with the KD terms of `cfg`. Returns the training history plus stats."""
+    """Train `student` in place with the KD terms of `cfg`. Returns the training history plus stats.
+    With `checkpoint`, an interrupted distillation resumes from its last finished epoch (`train.fit`)."""
     s_layers = [s for s, _ in cfg.features]
     t_layers = [t for _, t in cfg.features]
     tcache = Teachers(teachers, t_layers, cfg.cache)
@@ -125,7 +128,7 @@ def distill_model(
     try:
         loss = kd_loss_fn(tcache, cfg.temperature, cfg.alpha, cfg.teacher_weights, feat, exits, cfg.mixup,
                           cfg.train.seed, transfer)
-        hist = fit(student, task, cfg.train, Hooks(loss=loss), desc="distill", quiet=quiet)
+        hist = fit(student, task, cfg.train, Hooks(loss=loss), desc="distill", quiet=quiet, checkpoint=checkpoint)
     finally:
         del student._kd_aux
         for t in taps:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
+from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
@@ -32,6 +33,16 @@ class QuantizeInt8(PassConfig):
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_formats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:  # a typo fails when the recipe is parsed, not after the earlier stages ran
+            try:
+                parse_format(c, "candidates")
+            except EdgeslimError as e:
+                raise ValueError(str(e).split(": ", 1)[1]) from None
+        return v
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
     # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
@@ -77,6 +88,7 @@ def static_int8(
     ortquant.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     ortquant.check_calibration(ctx.prev_onnx, calib)
+    resources.check_calibration(ctx.prev_onnx, len(calib), "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"

@@ -10,8 +10,9 @@ Accuracies are fractions 0-1 on the task's validation split; the test split is n
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_json, write_text
+from edgeslim.fsutil import write_bytes, write_json, write_text
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.passes.prune import (
     apply_masks,
@@ -140,17 +141,17 @@ def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    tmp = folder / ".sensitivity.png.tmp"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(folder / "sensitivity.png")
+    write_bytes(folder / "sensitivity.png", buf.getvalue())
     return [folder / "sensitivity.md", folder / "sensitivity.json", folder / "sensitivity.png"]
 
 
 class SensitivityPrune(PassConfig):
     target: float = Field(0.5, gt=0, lt=1, description="weight-weighted mean of the per-layer ratios")
     mode: Mode = "unstructured"
-    ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: list(DEFAULT_RATIOS), min_length=1)
     max_ratio: float = Field(0.95, gt=0, lt=1)
     finetune: TrainConfig | None = None
 

@@ -11,7 +11,7 @@ Depth pruning replaces whole shape-preserving blocks by identity, recorded as a 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -38,9 +38,9 @@ class StructuredPrune(PassConfig):
     rounds: int = Field(1, ge=1, le=50)
     calibration_batches: int = Field(4, ge=1, description="batches of training data for Taylor gradients")
     round_to: int | None = Field(None, ge=1, description="keep channel counts a multiple of this")
-    layer_ratios: dict[str, float] | None = None  # module path -> ratio (e.g. from sensitivity analysis)
+    layer_ratios: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = None  # module path -> ratio (e.g. from sensitivity analysis)
     finetune: TrainConfig | None = None  # per round; default: the recipe's finetune block
-    measure_batches: list[int] = Field(default_factory=lambda: [1], description="batch sizes timed before/after")
+    measure_batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], description="batch sizes timed before/after")
 
 
 def make_importance(name: str):  # -> tp.importance.Importance

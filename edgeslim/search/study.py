@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from edgeslim import interrupt
 from edgeslim.data import Task, load_task
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.search import workers
@@ -223,7 +224,15 @@ def work(ctx: Context, study: optuna.Study, max_trials: int | None = None) -> in
         trial = workers.claim(study)
         if trial is None:
             break
-        run_trial(ctx, study, trial)
+        try:
+            with interrupt.during(f"search trial {trial.number}", "finished trials are kept and this one's slot "
+                                  "is queued again"):
+                run_trial(ctx, study, trial)
+        except interrupt.Interrupted:  # give the slot back now (a SIGKILL leaves that to recover_stale)
+            ft = study._storage.get_trial(trial._trial_id)
+            if ft.state == TrialState.RUNNING:
+                workers.requeue(study, ft, "interrupted; slot re-queued")
+            raise
         done += 1
     return done
 
@@ -273,5 +282,6 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "rejected": t.user_attrs.get("rejected"), "error": t.user_attrs.get("error"),
             "violations": viol, "feasible": t.state == TrialState.COMPLETE and all(v <= 0 for v in viol.values()),
             "recipe": t.user_attrs.get("recipe"), "keep_out": t.user_attrs.get("keep_out", {}),
+            "requeued": bool(t.user_attrs.get("requeued")),  # interrupted or its worker died: slot re-run
         })
     return rows
