@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgeslim import interrupt, models, runlock
+from edgeslim import interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
@@ -48,6 +48,7 @@ def run_recipe(
     if spec.get("arch") == "pickle":
         spec["input_shape"] = list(task.input_shape)
     _check_input(spec, task, model_dir)
+    resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         runlock.claim(out, ident, force)

@@ -84,7 +84,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     for k in data:
         if k not in TOP_KEYS:
             raise EdgeslimError(
-                f"{source}:{_line(_key_node(root, k))}: unknown top-level key '{k}'; valid: {choices(TOP_KEYS)}"
+                f"{source}:{_line(_key_node(root, k))}: unknown top-level key {_q(k)}; valid: {choices(TOP_KEYS)}"
             )
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version != RECIPE_VERSION:
@@ -107,10 +107,10 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise EdgeslimError(f"{source}:{line}: pass {i + 1} must be one 'name: {{config}}' entry")
         name, cfg = next(iter(item.items()))
         if name not in PASSES:
-            raise EdgeslimError(f"{source}:{line}: unknown pass '{name}'; valid: {choices(PASSES)}")
+            raise EdgeslimError(f"{source}:{line}: unknown pass {_q(name)}; valid: {choices(PASSES)}")
         cfg = cfg or {}
         if not isinstance(cfg, dict):
-            raise EdgeslimError(f"{source}:{line}: config of '{name}' must be a mapping, got {cfg!r}")
+            raise EdgeslimError(f"{source}:{line}: config of {_q(name)} must be a mapping, got {cfg!r}")
         cls = PASSES[name].config
         try:
             config = cls.model_validate(cfg)
@@ -143,7 +143,7 @@ def _check_nodes(root: yaml.Node | None, source: str) -> None:
             for k, v in node.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else None
                 if key is not None and (key, k.tag) in seen:
-                    raise EdgeslimError(f"{source}:{_line(k)}: duplicate key '{key}' (first at line "
+                    raise EdgeslimError(f"{source}:{_line(k)}: duplicate key {_q(key)} (first at line "
                                         f"{seen[(key, k.tag)]}); give each key once")
                 if key is not None:
                     seen[(key, k.tag)] = _line(k)
@@ -190,8 +190,13 @@ def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
     err = e.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden" and cls is not None:
-        return f"unknown key '{key}'; valid: {choices(cls.model_fields)}"
-    return f"'{key}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+        return f"unknown key {_q(key)}; valid: {choices(cls.model_fields)}"
+    return f"{_q(key)}: {' '.join(str(err['msg']).split())}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+
+
+def _q(name: object) -> str:
+    """A user's key or name quoted for a one-line message (control characters escaped)."""
+    return repr(str(name)) if str(name).isprintable() else ascii(str(name))
 
 
 def dump_step(name: str, cfg: dict[str, Any]) -> dict:

@@ -115,3 +115,24 @@ def check_calibration(onnx_path: Path, samples: int, hint: str) -> None:
     except Exception:  # a graph the planner cannot size: no estimate
         return
     require(samples * per_sample, f"calibrating {onnx_path.name} on {samples} samples", hint)
+
+
+def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: tuple[int, ...], n_train: int) -> None:
+    """Before a run writes anything: every stage's fine-tuning batch and calibration set must fit.
+    `steps` are the recipe's (name, config, line) steps; estimates from the starting model (passes only
+    make it smaller)."""
+    weights = sum(4 * p.numel() for p in model.parameters())
+    total, largest = activation_bytes(model, input_shape)
+    for s in steps:
+        fields = type(s.config).model_fields
+        ft = getattr(s.config, "finetune", None) or getattr(s.config, "train", None) or finetune
+        batch = int(getattr(ft, "batch_size", 0) or 0)
+        if ("finetune" in fields or "train" in fields) and batch and getattr(ft, "epochs", 0):  # passes that train
+            need = 4 * weights + max(3 * batch * total, 2 * EVAL_BATCH * largest)
+            require(need, f"{s.name} (recipe line {s.line}) fine-tuning with batch size {batch}",
+                    "lower batch_size in its finetune block")
+        n = getattr(s.config, "calibration_samples", None)
+        if n:
+            n = min(int(n), n_train)
+            require(n * total, f"{s.name} (recipe line {s.line}) calibrating on {n} samples",
+                    "lower calibration_samples")

@@ -48,8 +48,10 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
         if not model.HasField("graph") or not (model.graph.node or model.graph.output):
             raise EdgeslimError(f"{p}: not an ONNX model (no graph in the file)")
         check_external_data(model, p)
-        # the structural checker: types, names, attributes, opsets (a path for models over 2 GB)
-        onnx.checker.check_model(str(p) if p.stat().st_size > 2**31 - 2**24 else model)
+        # the structural checker: types, names, attributes, opsets. Given the path when the model has
+        # external data (checked against the model's folder) or is over protobuf's 2 GB limit
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model))
+        onnx.checker.check_model(str(p) if external or p.stat().st_size > 2**31 - 2**24 else model)
         for t in _tensors(model):
             _check_tensor(t, p)
     except EdgeslimError:
