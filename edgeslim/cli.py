@@ -224,6 +224,10 @@ def main() -> None:
             _error_line(f"interrupted; resume with the same command: {exitcodes.command_line()}", "interrupted")
         sys.exit(rc if isinstance(rc, int) else 0)
     except interrupt.Interrupted as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         _error_line(e.message(exitcodes.command_line()), "interrupted")
         sys.exit(e.exit_code)
     except EdgeslimError as e:

@@ -7,6 +7,8 @@ import io
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -37,6 +39,40 @@ def subprocess_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProc
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "edgeslim.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def signal_on(p: subprocess.Popen, needle: str | Callable[[str], bool], sig: int, timeout: float = 300,
+              wait: bool = True) -> tuple[int, str, str]:
+    """Read the process's output until a line holds `needle`, send `sig`, wait for the end unless not
+    `wait`. Returns (rc, stdout, stderr); rc and stderr are 0 and "" when not waiting."""
+    seen = []
+    deadline = time.time() + timeout
+    assert p.stdout is not None
+    for line in p.stdout:
+        seen.append(line)
+        if (needle(line) if callable(needle) else needle in line):
+            p.send_signal(sig)
+            break
+        assert time.time() < deadline, "".join(seen)
+    else:
+        raise AssertionError(f"'{needle}' never appeared:\n{''.join(seen)}\n{p.stderr.read() if p.stderr else ''}")
+    if not wait:
+        return 0, "".join(seen), ""
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, "".join(seen) + out, err
+
+
+def finish(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    p = start(*args)
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, f"{args} exited {p.returncode}:\n{out}\n{err}"
+    return subprocess.CompletedProcess(args, 0, out, err)
 
 
 def one_line(err: str) -> str:

@@ -42,6 +42,9 @@ def search(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Search compression recipes for a device under hard budgets; writes the front and report.html."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens; stderr stays for errors
     from edgeslim.search.constraints import make_budget
     from edgeslim.search.final import finalize
     from edgeslim.search.study import SearchConfig, load_device_profile, open_or_join, prepare, work

@@ -65,8 +65,8 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
     finals = []
     for r in front:
         run_dir = ctx.out / "final" / f"slot{int(r['slot']):04d}"
-        print(f"final slot {r['slot']}: full fine-tuning and test-split measurement", flush=True)
         with interrupt.during(f"the final fine-tuning of slot {r['slot']}", "trials and finished final runs are kept"):
+            print(f"final slot {r['slot']}: full fine-tuning and test-split measurement", flush=True)
             res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
                              seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
         onnx_path = run_dir / res["stages"][-1]["onnx"]

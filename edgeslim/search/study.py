@@ -188,6 +188,7 @@ def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
         _log(ctx, f"trial {trial.number}: rejected before training ({'; '.join(bad)})")
         return
     slot = int(trial.user_attrs.get("slot", trial.number))
+    _log(ctx, f"trial {trial.number}: proxy run (slot {slot}, {ctx.cfg.proxy_epochs} fine-tuning epochs at most)")
     proxy = recipe_yaml(cand.steps, min(ctx.cfg.proxy_epochs, cand.finetune_epochs), ctx.cfg.lr)
     t0 = time.perf_counter()
     try:
@@ -221,16 +222,17 @@ def work(ctx: Context, study: optuna.Study, max_trials: int | None = None) -> in
     done = 0
     while max_trials is None or done < max_trials:
         workers.recover_stale(study)
-        trial = workers.claim(study)
-        if trial is None:
-            break
+        trial = None
         try:
+            trial = workers.claim(study)
+            if trial is None:
+                break
             with interrupt.during(f"search trial {trial.number}", "finished trials are kept and this one's slot "
                                   "is queued again"):
                 run_trial(ctx, study, trial)
         except interrupt.Interrupted:  # give the slot back now (a SIGKILL leaves that to recover_stale)
-            ft = study._storage.get_trial(trial._trial_id)
-            if ft.state == TrialState.RUNNING:
+            ft = study._storage.get_trial(trial._trial_id) if trial is not None else None
+            if ft is not None and ft.state == TrialState.RUNNING:
                 workers.requeue(study, ft, "interrupted; slot re-queued")
             raise
         done += 1
