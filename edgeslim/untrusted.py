@@ -36,7 +36,7 @@ def check_onnx_file(path: str | Path) -> onnx.ModelProto:
 
     p = Path(path)
     if not p.is_file():
-        raise EdgeslimError(f"{p}: no such ONNX file")
+        raise EdgeslimError(f"{p}: no such file")
     if p.stat().st_size == 0:
         raise EdgeslimError(f"{p}: empty file, not an ONNX model")
     try:
