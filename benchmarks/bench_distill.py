@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 from edgeslim import api, models  # noqa: E402
 from edgeslim.data import load_task  # noqa: E402
 from edgeslim.data.transfer import default_ratio, load_transfer  # noqa: E402
+from edgeslim.distill.train import distill_model  # noqa: E402
+from edgeslim.formats.eshare import load_shared_model  # noqa: E402
 from edgeslim.models.student import build_student  # noqa: E402
-from edgeslim.passes.distill import Distill, distill_model  # noqa: E402
-from edgeslim.passes.share import load_shared_model  # noqa: E402
+from edgeslim.passes.distill import Distill, kd_settings  # noqa: E402
 from edgeslim.train import Hooks, TrainConfig, evaluate, fit  # noqa: E402
 
 LOWRANK = """version: 1
@@ -77,7 +78,7 @@ def part_kd(args, out: Path) -> dict:
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
                        feature_weight=args.feature_weight, mixup=args.mixup, transfer=args.transfer)
-        distill_model(s_kd, [teacher], t, dcfg, quiet=True)
+        distill_model(s_kd, [teacher], t, dcfg.train, quiet=True, **kd_settings(dcfg))
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test),
                      "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
@@ -86,7 +87,7 @@ def part_kd(args, out: Path) -> dict:
             # (each KD step runs the student on 1 + ratio times as many inputs)
             torch.manual_seed(seed)
             s_plain, _ = build_student(spec, 0.5)
-            distill_model(s_plain, [teacher], t, dcfg.model_copy(update={"transfer": None}), quiet=True)
+            distill_model(s_plain, [teacher], t, dcfg.train, quiet=True, **{**kd_settings(dcfg), "transfer": None})
             torch.manual_seed(seed)
             s_long, _ = build_student(spec, 0.5)
             fit(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)
@@ -131,7 +132,7 @@ def part_kd(args, out: Path) -> dict:
 def _mixup_ce(beta: float, alpha: float, seed: int):
     import torch.nn.functional as F
 
-    from edgeslim.kd import mix_inputs
+    from edgeslim.distill.kd import mix_inputs
 
     gen = torch.Generator().manual_seed(seed)
 

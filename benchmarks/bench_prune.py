@@ -27,9 +27,9 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.measure.latency import interleaved_p50_ms
-from edgeslim.passes.dynamic import EarlyExit, early_exit_table
-from edgeslim.passes.sensitivity import sensitivity_curves, write_report
+from edgeslim.passes.early_exit import EarlyExit, early_exit_table
 from edgeslim.pipeline import run_recipe
+from edgeslim.prune.sensitivity import sensitivity_curves, write_report
 from edgeslim.recipe import parse_recipe
 from edgeslim.train import TrainConfig, fit
 

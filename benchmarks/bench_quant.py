@@ -23,16 +23,17 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.qat import QAT, export_qdq, export_via_ort, prepare
+from edgeslim.passes.qat import QAT, export_via_ort
+from edgeslim.quant.qat import export_qdq, prepare
 from edgeslim.train import TrainConfig, fit
 
 
 def ctx_for(d: Path, spec: dict, prev: Path | None, epochs: int, lr: float) -> RunContext:
     d.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=d, run_dir=d, spec=spec, finetune=TrainConfig(epochs=epochs, lr=lr),
+    return RunContext(stage_dir=d, spec=spec, finetune=TrainConfig(epochs=epochs, lr=lr),
                       prev_onnx=prev, quiet=True)
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     for bits in sorted({a.qat_bits, 8}):
         for lsq in (False, True):
             cfg = QAT(weight_bits=bits, lsq=lsq)
-            qm, ref, _ = prepare(model, calib, cfg)
+            qm, ref, _ = prepare(model, calib, weight_bits=bits, lsq=lsq)
             if not lsq:
                 (work / f"ptq{bits}").mkdir(parents=True, exist_ok=True)
                 out = export_qdq(copy.deepcopy(qm), ref, task, work / f"ptq{bits}", bits)

@@ -175,7 +175,7 @@ def test_no_command_unpickles_without_trust_pickle(model, task_file, tmp_path: P
 def test_npz_files_with_pickled_objects_are_refused(tmp_path: Path, model) -> None:
     from edgeslim.data import load_task
     from edgeslim.data.transfer import load_transfer
-    from edgeslim.onnxopt.inputs import InputSpec, load_npz
+    from edgeslim.onnxkit.inputs import InputSpec, load_npz
 
     marker = tmp_path / "PWNED"
     _Evil.marker = str(marker)

@@ -282,9 +282,9 @@ def calib_files(draw: st.DrawFn) -> dict[str, np.ndarray]:
 @given(calib_files())
 def test_fuzzed_calibration_files(tmp_path: Path, onnx_model: Path, arrays_: dict) -> None:
     """`optimize --calib`: the feeds either run in the model or the file is refused in one line."""
-    from edgeslim.deploy.runtime import session
-    from edgeslim.onnxopt.inputs import input_specs, load_npz
-    from edgeslim.onnxopt.load import load_onnx
+    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.load import load_onnx
+    from edgeslim.onnxkit.session import session
 
     p = _unique(tmp_path, ".npz")
     np.savez(p, **arrays_)

@@ -137,8 +137,8 @@ def test_qat_fine_tuning_recovers_from_a_nan(tiny_image_task, tmp_path: Path, mo
 
 
 def test_distillation_recovers_from_a_nan(tiny_image_task, monkeypatch, capsys) -> None:
-    from edgeslim.passes import distill as distill_mod
-    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.distill import train as distill_mod
+    from edgeslim.distill.train import distill_model
 
     teacher = _net(tiny_image_task)
     fit(teacher, tiny_image_task, TrainConfig(epochs=6), quiet=True)
@@ -157,7 +157,7 @@ def test_distillation_recovers_from_a_nan(tiny_image_task, monkeypatch, capsys) 
 
     monkeypatch.setattr(distill_mod, "kd_loss_fn", kd_with_fault)
     student = _net(tiny_image_task)
-    hist = distill_model(student, [teacher], tiny_image_task, Distill(train=TrainConfig(epochs=20, lr=1e-2)), quiet=False)
+    hist = distill_model(student, [teacher], tiny_image_task, TrainConfig(epochs=20, lr=1e-2), quiet=False)
     assert len(hist["rollbacks"]) == 1 and hist["val_accuracy"] > 0.5
     assert "loss is nan" in capsys.readouterr().out
     assert all(np.isfinite(p.detach().numpy()).all() for p in student.parameters())

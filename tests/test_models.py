@@ -8,7 +8,7 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.models.spec import add_edit, fit_to_state_dict
 from edgeslim.models.zoo import ZOO
 

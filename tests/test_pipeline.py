@@ -159,7 +159,7 @@ def test_report_flags_a_stage_slower_than_the_one_before():
 
 def test_measure_onnx_file_counts_macs_from_the_graph(trained, tiny_image_task, tmp_path):
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.macs import count_macs
+    from edgeslim.models.counts import count_macs
 
     net, spec = models.load_model(trained)
     export_onnx(net, tiny_image_task.input_shape, tmp_path / "m.onnx")

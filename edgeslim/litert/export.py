@@ -16,6 +16,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 
 Format = Literal["onnx", "tflite", "c"]
+TFLITE_FILE = "model.tflite"  # the `tflite` stage's file; its summary is the same name with .json
 CHECK_SAMPLES = 64
 MICRO_CHECK = 16  # samples also run through TFLite Micro
 
@@ -80,19 +81,19 @@ def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_sample
     import tempfile
 
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.deploy.runtime import onnx_accuracy
+    from edgeslim.onnxkit.session import onnx_accuracy
 
     if not int8:
         summary = {"format": "onnx", "precision": "fp32", "path": str(out),
                    **export_onnx(net, shape, out, check=check)}
     else:
-        from edgeslim.passes.quantize import QuantizeInt8, quantize_static_onnx
+        from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(net, shape, fp32, check=check)
-            cfg = QuantizeInt8(activation_type="int8", reduce_range=False, per_channel=per_channel)
-            quantize_static_onnx(fp32, out, t.calibration(calibration_samples, seed), cfg)
+            fmt = IntFormat("int8", reduce_range=False, per_channel=per_channel)
+            quantize_static_file(fp32, out, t.calibration(calibration_samples, seed), fmt)
         summary = {"format": "onnx", "precision": "int8 (QDQ s8s8)", "path": str(out)}
     summary["size_bytes"] = out.stat().st_size
     if t is not None:
@@ -128,6 +129,22 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
     return summary
 
 
+def tflite_fields(s: dict) -> dict:
+    """The metrics a `.tflite` summary gives a pipeline stage: path, precision, size, LiteRT accuracy,
+    input quantization, parity and the TFLite Micro arena (bytes)."""
+    arena = s.get("tflm_arena") or {}
+    out = {
+        "tflite": s["path"], "tflite_precision": s["precision"], "tflite_size_bytes": s["size_bytes"],
+        "tflite_accuracy": s.get("accuracy"),
+        "tflite_input": {k: s["input"][k] for k in ("dtype", "scale", "zero_point")},
+        "tflite_parity": s.get("parity"),
+    }
+    if arena:
+        out.update(tflm_arena_bytes=arena["total_bytes"], tflm_arena_head_bytes=arena["head_bytes"],
+                   tflm_arena_tail_bytes=arena["tail_bytes"])
+    return out
+
+
 def tflite_to_c(tflite: Path, out: Path, arena: dict | None = None) -> dict:
     """The `.c`/`.h` pair for a `.tflite`, with the TFLite Micro arena recorded for it (run here if needed)."""
     from edgeslim.litert import require
@@ -143,4 +160,4 @@ def tflite_to_c(tflite: Path, out: Path, arena: dict | None = None) -> dict:
             "tflm_arena": arena}
 
 
-__all__ = ["export_model", "tflite_export", "tflite_to_c"]
+__all__ = ["export_model", "tflite_export", "tflite_to_c", "tflite_fields", "TFLITE_FILE"]

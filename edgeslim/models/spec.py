@@ -63,8 +63,6 @@ def apply_edit(model: nn.Module, edit: dict) -> None:
     args = dict(edit)
     name = args.pop("edit", None)
     if name not in EDITS:
-        _import_pass_modules()  # edits live beside the passes that make them
-    if name not in EDITS:
         raise EdgeslimError(f"architecture spec: unknown edit '{name}'; valid: {choices(EDITS)}")
     EDITS[name](model, **args)
 
@@ -74,10 +72,6 @@ def add_edit(spec: dict, name: str, **args: Any) -> dict:
     out = copy.deepcopy(spec)
     out.setdefault("edits", []).append({"edit": name, **args})
     return out
-
-
-def _import_pass_modules() -> None:
-    import edgeslim.passes  # noqa: F401  (registers edits)
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:

@@ -73,7 +73,7 @@ def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] =
     depends on them) when installed; otherwise zeroes the channels here."""
     model, _ = models.load_model(model_dir)
     try:
-        from edgeslim.passes.sensitivity import sensitivity_curves
+        from edgeslim.prune.sensitivity import sensitivity_curves
     except ImportError:
         sensitivity_curves = None  # type: ignore[assignment]
     if sensitivity_curves is not None:
