@@ -37,7 +37,9 @@ def os_error_line(e: OSError) -> str:
             errno.EDQUOT: "the disk quota is used up; free some space and run the same command again",
             errno.EROFS: "the folder is read-only; pick another output folder",
             errno.EACCES: "no permission; pick another path or fix the permissions",
-            errno.ENOMEM: "out of memory; try a smaller --batch-size or fewer calibration samples"}.get(e.errno or 0)
+            errno.ENOMEM: "out of memory; try a smaller --batch-size or fewer calibration samples",
+            errno.EEXIST: "a file is where a folder is needed; pick another path",
+            errno.ENOTDIR: "a file is where a folder is needed; pick another path"}.get(e.errno or 0)
     return f"{where}{what}" + (f" ({hint})" if hint else "")
 
 

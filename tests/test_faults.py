@@ -95,6 +95,13 @@ def test_full_disk_through_the_cli_is_one_line(model, tmp_path: Path, monkeypatc
     assert save.read_text() == "previous\n"
 
 
+def test_an_unwritable_output_path_is_one_line(model, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, _, err = main_inproc("measure", str(model), "--runs", "5", "--quick", "--save", str(tmp_path / "file" / "m.json"))
+    assert_user_error(code, err, "file")
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 
