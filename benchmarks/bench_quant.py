@@ -28,7 +28,7 @@ from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT, export_via_ort
 from edgeslim.quant.qat import export_qdq, prepare
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 
 def ctx_for(d: Path, spec: dict, prev: Path | None, epochs: int, lr: float) -> RunContext:
@@ -54,7 +54,7 @@ def main() -> None:
     spec = models.make_spec("resnet8", task.input_shape, task.num_classes)
     model = models.build_model(spec)
     t0 = time.perf_counter()
-    fit(model, task, TrainConfig(epochs=a.epochs, lr=3e-3, seed=a.seed), quiet=True)
+    train_model(model, task, TrainConfig(epochs=a.epochs, lr=3e-3, seed=a.seed), quiet=True)
     print(f"# ResNet-8 on {a.task} (input {task.input_shape}, {task.num_classes} classes), trained {a.epochs} "
           f"epochs in {time.perf_counter() - t0:.0f} s; test n={len(task.x_test)}")
     work = Path(tempfile.mkdtemp(prefix="bench_quant_"))

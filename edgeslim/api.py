@@ -33,7 +33,7 @@ from edgeslim.guard import TrainingDiverged
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 from edgeslim.untrusted import about
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
@@ -60,7 +60,7 @@ def train(
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
     try:
-        hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+        hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
     except TrainingDiverged as e:  # keep the last good weights the trainer restored
         models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "diverged": str(e)})
         raise TrainingDiverged(f"{e}; saved them to {out}", e.good_epoch) from None
@@ -129,7 +129,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`)."""
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure.stage import measure_stage
 
@@ -138,7 +138,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
     for p in paths:
         p = Path(p)
         if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.litert.measure import measure_tflite
+            from edgeslim.measure.tflite import measure_tflite
 
             out.append(measure_tflite(p, t, runs=runs, threads=threads))
             continue
@@ -162,7 +162,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
             if t is None:
                 m["accuracy"] = None
             if deploy or device or batch:
-                from edgeslim.deploy.bench import deploy_extras
+                from edgeslim.measure.deployment import deploy_extras
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
@@ -199,22 +199,22 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
     `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
-    from edgeslim.deploy.fit import fit_check
-    from edgeslim.litert.fit import arena_beside
+    from edgeslim.measure.device_fit import check_fit as device_fit
+    from edgeslim.measure.tflite import arena_beside
 
-    r = fit_check(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
     beside = arena_beside(model)
     return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
-               write_reordered: Path | None = None) -> Any:  # -> edgeslim.deploy.memory.ArenaPlan
+               write_reordered: Path | None = None) -> Any:  # -> edgeslim.measure.arena.ArenaPlan
     """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
     with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import plan_arena as plan
-    from edgeslim.deploy.memory import reorder_model
+    from edgeslim.deploy.export import to_onnx
     from edgeslim.fsutil import write_bytes
+    from edgeslim.measure.arena import plan_arena as plan
+    from edgeslim.measure.arena import reorder_model
 
     path, cleanup = to_onnx(model)
     try:
@@ -231,8 +231,8 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
 def compile(model: Path, out: Path, level: str = "extended") -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
+    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
+    from edgeslim.deploy.export import to_onnx
     from edgeslim.fsutil import write_bytes
     from edgeslim.onnxkit.load import read_onnx
 
@@ -243,7 +243,7 @@ def compile(model: Path, out: Path, level: str = "extended") -> dict:
             m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = ort_optimize(pre, out, level)
+            rep = compile_ort(pre, out, level)
     finally:
         if cleanup:
             cleanup()
@@ -283,7 +283,7 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
            calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
     Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
-    from edgeslim.litert.export import export_model
+    from edgeslim.deploy.artifacts import export_model
 
     return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                         calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)

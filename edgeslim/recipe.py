@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -207,7 +206,3 @@ def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
 def _q(name: object) -> str:
     """A user's key or name quoted for a one-line message (control characters escaped)."""
     return repr(str(name)) if str(name).isprintable() else ascii(str(name))
-
-
-def dump_step(name: str, cfg: dict[str, Any]) -> dict:
-    return {name: cfg}

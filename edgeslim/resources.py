@@ -108,9 +108,9 @@ def check_npz(path: Path, what: str, hint: str) -> None:
 
 def check_calibration(onnx_path: Path, samples: int, hint: str) -> None:
     """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring)."""
-    try:
-        from edgeslim.deploy.memory import plan_arena
+    from edgeslim.measure.arena import plan_arena
 
+    try:
         per_sample = int(plan_arena(onnx_path, reorder=False).naive_bytes)
     except Exception:  # a graph the planner cannot size: no estimate
         return

@@ -19,7 +19,8 @@ from reliability_helpers import assert_one_line_error, assert_user_error, listin
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.errors import EdgeslimError
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate
+from edgeslim.train import train_model as fit
 
 _COUNTER = itertools.count()
 DTYPES = ["float32", "float64", "float16", "uint8", "int8", "int64", "bool", "complex64", "<U3", "uint16"]

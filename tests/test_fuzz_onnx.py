@@ -111,12 +111,13 @@ def mutated_graph(draw: st.DrawFn, data: bytes) -> bytes:
 
 def _entry_points(p: Path, out_dir: Path) -> None:
     """Every ONNX-reading job edgeslim has, on `p`: each returns or raises a one-line EdgeslimError."""
-    from edgeslim.deploy.fit import fit_check, to_onnx
-    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.deploy.export import to_onnx
+    from edgeslim.measure.arena import plan_arena
+    from edgeslim.measure.device_fit import check_fit
 
     jobs = {
         "measure": lambda: api.measure([p], runs=3),
-        "fit": lambda: fit_check(p, "cortex-m4"),
+        "fit": lambda: check_fit(p, "cortex-m4"),
         "arena": lambda: plan_arena(to_onnx(p)[0]),
     }
     for name, job in jobs.items():

@@ -15,7 +15,8 @@ from reliability_helpers import assert_one_line_error
 
 from edgeslim import api, models, train
 from edgeslim.guard import TrainingDiverged
-from edgeslim.train import Hooks, TrainConfig, fit
+from edgeslim.train import Hooks, TrainConfig
+from edgeslim.train import train_model as fit
 
 
 def _net(task):  # a small MLP, seed 0

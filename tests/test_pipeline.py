@@ -117,12 +117,12 @@ def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
     """A training killed after epoch 2 resumes at epoch 3 and ends exactly where an unbroken run does."""
     import torch
 
-    from edgeslim.train import fit
+    from edgeslim.train import train_model
 
     cfg = TrainConfig(epochs=4, seed=3)
     ref = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
     start = {k: v.clone() for k, v in ref.state_dict().items()}
-    fit(ref, tiny_image_task, cfg, quiet=True)
+    train_model(ref, tiny_image_task, cfg, quiet=True)
 
     ck = tmp_path / "ck.pt"
     net = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
@@ -135,10 +135,10 @@ def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
     from edgeslim.train import Hooks
 
     with pytest.raises(KeyboardInterrupt):
-        fit(net, tiny_image_task, cfg, Hooks(after_epoch=[die]), quiet=True, checkpoint=ck)
+        train_model(net, tiny_image_task, cfg, Hooks(after_epoch=[die]), quiet=True, checkpoint=ck)
     assert ck.exists()
     net2 = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
-    hist = fit(net2, tiny_image_task, cfg, quiet=True, checkpoint=ck)
+    hist = train_model(net2, tiny_image_task, cfg, quiet=True, checkpoint=ck)
     assert hist["history"][0]["epoch"] == 1 and len(hist["history"]) == 4
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, net2.state_dict()[k], atol=1e-5), k

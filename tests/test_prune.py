@@ -18,7 +18,7 @@ from edgeslim.prune.masks import magnitude_masks, prunable, schedule_ratios, wei
 from edgeslim.prune.nm import is_nm, nm_mask
 from edgeslim.prune.regularizers import PENALTIES, small_fraction
 from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 
 def _ctx(tmp_path, spec, epochs=2) -> RunContext:
@@ -29,7 +29,7 @@ def _ctx(tmp_path, spec, epochs=2) -> RunContext:
 def _trained(arch, task, epochs=8, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(m, task, TrainConfig(epochs=epochs), quiet=True)
     return m, spec
 
 

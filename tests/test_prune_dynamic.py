@@ -12,13 +12,13 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import count_macs
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.prune.exits import build_exits, chain
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 
 def _trained(arch, task, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=8), quiet=True)
+    train_model(m, task, TrainConfig(epochs=8), quiet=True)
     return m, spec
 
 

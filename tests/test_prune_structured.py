@@ -19,7 +19,7 @@ from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import run_recipe
 from edgeslim.prune.structured import channel_counts, removable_blocks
 from edgeslim.recipe import parse_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 SMALL = {"resnet8": {"width": 4}, "dscnn": {"width": 8}, "mobilenetv1": {"alpha": 0.125}, "lenet5": {},
          "cnn1d": {"width": 8}}
@@ -33,7 +33,7 @@ def _ctx(tmp_path, spec, epochs=1) -> RunContext:
 def _model(arch, task, epochs=2):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **SMALL[arch])
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(m, task, TrainConfig(epochs=epochs), quiet=True)
     return m, spec
 
 
@@ -45,7 +45,7 @@ def _check_export_and_reload(model, spec, task, tmp_path):
         ref = model.eval()(torch.from_numpy(x)).numpy()
     assert np.abs(run_batched(session(p), x) - ref).max() < 1e-4
     models.save_model(tmp_path / "saved", model, spec)
-    back, _ = models.load_model(tmp_path / "saved")  # fit_to_state_dict rebuilds the pruned shapes
+    back, _ = models.load_model(tmp_path / "saved")  # resize_to_state_dict rebuilds the pruned shapes
     with torch.no_grad():
         assert np.abs(back(torch.from_numpy(x)).numpy() - ref).max() < 1e-5
 

@@ -18,7 +18,7 @@ from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.quant.codebook import make_codec
 from edgeslim.quant.mixed import allocate_bits
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def lenet(tiny_image_task):
     torch.manual_seed(0)
     spec = models.make_spec("lenet5", tiny_image_task.input_shape, tiny_image_task.num_classes)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=8, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=8, lr=3e-3), quiet=True)
     return m.eval(), spec
 
 

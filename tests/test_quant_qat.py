@@ -22,7 +22,7 @@ from edgeslim.prune.masks import apply_masks, magnitude_masks
 from edgeslim.quant import fakequant as fq
 from edgeslim.quant.qat import export_qdq, prepare
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def resnet(tiny_image_task):
     torch.manual_seed(0)
     spec = models.make_spec("resnet8", tiny_image_task.input_shape, tiny_image_task.num_classes, width=8)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=10, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=10, lr=3e-3), quiet=True)
     return m.eval(), spec
 
 

@@ -14,7 +14,7 @@ from edgeslim.data import Task
 from edgeslim.data.transfer import default_ratio, load_transfer
 from edgeslim.distill.kd import ExitHead, FeatureTap, Teachers, TransferSet, kd_loss_fn, make_adapter
 from edgeslim.errors import EdgeslimError
-from edgeslim.train import Hooks, TrainConfig, fit, is_reconstruction
+from edgeslim.train import Hooks, TrainConfig, is_reconstruction, train_model
 
 
 def _probe(model: nn.Module, layers: Sequence[str], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -67,7 +67,7 @@ def distill_model(
     student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
     try:
         loss = kd_loss_fn(tcache, temperature, alpha, teacher_weights, feat, exits, mixup, train.seed, tset)
-        hist = fit(student, task, train, Hooks(loss=loss), desc="distill", quiet=quiet, checkpoint=checkpoint)
+        hist = train_model(student, task, train, Hooks(loss=loss), desc="distill", quiet=quiet, checkpoint=checkpoint)
     finally:
         del student._kd_aux
         for t in taps:

@@ -30,7 +30,7 @@ from torch import nn
 from edgeslim.errors import EdgeslimError
 from edgeslim.formats.huffman import canonical_codes, decode, encode, fixed_codes, huffman_lengths
 from edgeslim.fsutil import write_bytes
-from edgeslim.models.spec import build_model, fit_to_state_dict
+from edgeslim.models.spec import build_model, resize_to_state_dict
 
 MAGIC = b"ESHR"
 VERSION = 1
@@ -197,6 +197,6 @@ def load_shared_model(path: Path | str) -> tuple[nn.Module, dict]:
         raise EdgeslimError(f"{path}: holds weights only (no architecture spec); use load_shared()")
     state = load_shared(path)
     model = build_model(meta["spec"])
-    fit_to_state_dict(model, state)
+    resize_to_state_dict(model, state)
     model.load_state_dict(state, strict=True)
     return model.eval(), meta["spec"]

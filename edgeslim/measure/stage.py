@@ -63,10 +63,10 @@ def _onnx_counts(path: Path) -> dict:
 
 
 def _deploy_metrics(onnx_path: Path, task: Task) -> dict:
-    """Arena, flash and energy per stage for the default device (edgeslim.deploy.fit.stage_metrics)."""
-    from edgeslim.deploy.fit import stage_metrics
+    """Arena, flash and energy per stage for the default device (`device_fit.stage_deploy_metrics`)."""
+    from edgeslim.measure.device_fit import stage_deploy_metrics
 
-    return stage_metrics(onnx_path, task)
+    return stage_deploy_metrics(onnx_path, task)
 
 
 def _compressed_size(onnx_path: Path, task: Task) -> dict:

@@ -2,7 +2,7 @@
 
 A spec names a zoo architecture and its arguments, plus an ordered list of *edits*: structural changes
 that passes made (a Linear replaced by two low-rank factors, a block removed). Channel counts changed
-by structured pruning need no edit: `fit_to_state_dict` resizes layers to the stored tensor shapes.
+by structured pruning need no edit: `resize_to_state_dict` resizes layers to the stored tensor shapes.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _identity(model: nn.Module, module: str) -> None:
     set_module(model, module, nn.Identity())
 
 
-def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Resize Conv/Linear/BatchNorm layers to the shapes in `state` (structured pruning changes them)."""
     for path, m in list(model.named_modules()):
         w = state.get(f"{path}.weight" if path else "weight")

@@ -24,7 +24,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError, choices
-from edgeslim.train import Hooks, TrainConfig, fit
+from edgeslim.train import Hooks, TrainConfig, train_model
 
 
 class PassConfig(BaseModel):
@@ -67,7 +67,7 @@ class RunContext:
         """Fine-tune with the hooks earlier passes carried (mask keepers, distillation) plus `hooks`. `carry`:
         entries this pass will return in `PassResult.carry`, already active in its own fine-tuning."""
         merged = build_hooks(model, self, hooks, carry)
-        return fit(model, task, cfg or self.finetune, merged, desc=desc, quiet=self.quiet)
+        return train_model(model, task, cfg or self.finetune, merged, desc=desc, quiet=self.quiet)
 
 
 PassFn = Callable[[nn.Module | None, Task, Any, RunContext], PassResult]

@@ -5,7 +5,7 @@ remove.
 Torch-Pruning's dependency graph decides what must be pruned together (residual adds, depthwise convs,
 concatenations, BatchNorm, the flatten into a classifier, attention head dims and FFN neurons of
 transformer blocks); we only choose the importance criterion and the schedule. The pruned model is a
-smaller dense model; its spec needs no edit: `fit_to_state_dict` resizes layers to the stored shapes.
+smaller dense model; its spec needs no edit: `resize_to_state_dict` resizes layers to the stored shapes.
 """
 
 from __future__ import annotations
