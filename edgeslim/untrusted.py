@@ -92,22 +92,31 @@ def _check_tensor(t: onnx.TensorProto, path: Path) -> None:
 
 
 @contextmanager
-def about(path: str | Path, what: str = "cannot process the model", name_it: bool = True) -> Iterator[None]:
+def about(path: str | Path, what: str = "cannot process the model") -> Iterator[None]:
     """Inside, errors that ONNX, ONNX Runtime or protobuf raise about a model become one EdgeslimError
-    line naming `path`; with `name_it`, an EdgeslimError that does not name the file gets it in front.
+    line naming `path`; an EdgeslimError that names no file gets `path` in front.
     Errors from edgeslim's own code pass through (a bug is reported as one)."""
     try:
         yield
     except EdgeslimError as e:
-        if not name_it or str(path) in str(e) or Path(path).name in str(e):
+        msg = str(e)
+        names_a_file = _is_path(msg.split(": ", 1)[0])  # e.g. the calibration file's own error
+        if str(path) in msg or Path(path).name in msg or names_a_file:
             raise
-        raise EdgeslimError(f"{path}: {e}") from None
+        raise EdgeslimError(f"{path}: {msg}") from None
     except Exception as e:
         from_model = type(e).__module__.startswith(("onnx", "onnxruntime", "google.protobuf"))
         if not (from_model or isinstance(e, UnicodeError)):  # UnicodeError: a name in the file is not UTF-8
             raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EdgeslimError(f"{path}: {what} ({first[:300]})") from None
+
+
+def _is_path(text: str) -> bool:
+    try:
+        return len(text) < 4096 and Path(text).exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a path
+        return False
 
 
 def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

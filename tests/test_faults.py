@@ -12,7 +12,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from reliability_helpers import assert_one_line_error, assert_user_error, listing, main_inproc, subprocess_cli
+from reliability_helpers import (
+    assert_one_line_error,
+    assert_user_error,
+    listing,
+    main_inproc,
+    one_line,
+    subprocess_cli,
+)
 
 from edgeslim import api, fsutil, models, resources, runlock
 from edgeslim.errors import EdgeslimError
@@ -363,3 +370,14 @@ def test_no_unpickling_anywhere_but_behind_trust_pickle() -> None:
     assert bad == [], bad
     src = (root / "models" / "io.py").read_text()
     assert src.index("if not trust_pickle:") < src.index("weights_only=False")  # refused before it is reached
+
+
+def test_keyboard_interrupt_seen_by_typer_is_exit_130_in_one_line(monkeypatch) -> None:
+    """Before: Typer turned Ctrl-C into a returned 130 that main() dropped, so `edgeslim run` exited 0."""
+    def interrupted() -> list:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "list_models", interrupted)
+    code, out, err = main_inproc("models", "--json")
+    assert code == 130 and out == ""
+    assert one_line(err).startswith("interrupted: ") and "edgeslim models --json" in err

@@ -82,7 +82,7 @@ def mutated_graph(draw: st.DrawFn, data: bytes) -> bytes:
             dims = vi.type.tensor_type.shape.dim
             if len(dims):
                 d = dims[draw(st.integers(0, len(dims) - 1))]
-                d.dim_value = draw(st.sampled_from([0, 1, 3, 7, 10**6]))
+                d.dim_value = draw(st.sampled_from([0, 1, 3, 7, 10**5]))
         elif kind == "op" and len(g.node):
             g.node[draw(st.integers(0, len(g.node) - 1))].op_type = draw(
                 st.sampled_from(["Conv", "Relu", "NoSuchOp", "MaxPool", "Gemm", "Add", ""]))
@@ -110,28 +110,25 @@ def mutated_graph(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 def _entry_points(p: Path, out_dir: Path) -> None:
-    """Every ONNX-reading job edgeslim has, on `p`: each returns or raises a one-line EdgeslimError."""
-    from edgeslim.deploy.export import to_onnx
-    from edgeslim.measure.arena import plan_arena
-    from edgeslim.measure.device_fit import check_fit
-
+    """Every ONNX-reading job edgeslim has, on `p`: each returns or raises a one-line EdgeslimError that
+    names the file."""
     jobs = {
         "measure": lambda: api.measure([p], runs=3),
-        "fit": lambda: check_fit(p, "cortex-m4"),
-        "arena": lambda: plan_arena(to_onnx(p)[0]),
+        "fit": lambda: api.check_fit(p, "cortex-m4"),
+        "arena": lambda: api.plan_arena(p),
     }
     for name, job in jobs.items():
         t0 = time.perf_counter()
         try:
             job()
         except EdgeslimError as e:
-            assert_one_line_error(e)
-        assert time.perf_counter() - t0 < 30, f"{name} hung"
+            assert_one_line_error(e, p.name)
+        assert time.perf_counter() - t0 < 120, f"{name} hung"  # generous: a shared, loaded 2-core VM
     out = out_dir / f"{p.stem}.compiled.onnx"
     code, _, err = main_inproc("compile", str(p), "-o", str(out))
     assert code in (0, 1), err
     if code == 1:
-        one_line(err)
+        assert p.name in one_line(err)
         assert not out.exists()  # a refused compile writes nothing
 
 
@@ -165,7 +162,7 @@ def test_optimize_on_broken_models(good: Good, data: st.DataObject) -> None:
     try:
         optimize(cfg)
     except EdgeslimError as e:
-        assert_one_line_error(e)
+        assert_one_line_error(e, p.name)
         assert not out.exists()
 
 

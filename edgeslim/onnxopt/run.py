@@ -214,7 +214,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
     src = Path(cfg.model)
-    with about(src, name_it=False):  # what ONNX / ONNX Runtime refuse in the original: one line naming it
+    with about(src):  # what ONNX / ONNX Runtime refuse in the original: one line naming it
         loaded = load_and_repair(src)
         specs = input_specs(loaded.model)
         feeds, warnings = _feeds(cfg, specs)
