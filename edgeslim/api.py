@@ -231,25 +231,9 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
 def compile(model: Path, out: Path, level: str = "extended") -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
-    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
-    from edgeslim.deploy.export import to_onnx
-    from edgeslim.fsutil import write_bytes
-    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.deploy.compile import compile_model
 
-    path, cleanup = to_onnx(model)
-    try:
-        with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
-            m, n_bn = fold_batchnorm(read_onnx(path))
-            m, info = fold_and_prune(m)
-            pre = Path(tmp) / "pre.onnx"
-            write_bytes(pre, m.SerializeToString())
-            rep = compile_ort(pre, out, level)
-    finally:
-        if cleanup:
-            cleanup()
-    # ORT's node counts (`nodes_before`/`nodes_after`) override the folding step's; those stay as fold_*
-    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-            "fold_nodes_after": info["nodes_after"]}
+    return compile_model(Path(model), Path(out), level)
 
 
 def optimize(
@@ -362,24 +346,9 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
 def quant_report(run: Path) -> dict[str, dict]:
     """{stage folder: its notes} for every quantized stage of a run (or one stage folder) that wrote a
     per-layer report: bits, weight-scale range, input scale and output SQNR (dB) per layer."""
-    import json
+    from edgeslim.report.quant import quantized_stages
 
-    run = Path(run)
-    folders = [run] if (run / "metrics.json").exists() else sorted((run / "stages").glob("[0-9][0-9]_*"))
-    if not folders:
-        raise EdgeslimError(f"{run}: not a run or stage folder (no metrics.json, no stages/)")
-    found: dict[str, dict] = {}
-    for f in folders:
-        try:
-            notes = json.loads((f / "metrics.json").read_text()).get("notes", {})
-        except (OSError, json.JSONDecodeError):
-            continue
-        if notes.get("layers"):
-            found[f.name] = notes
-    if not found:
-        raise EdgeslimError(f"{run}: no quantized stage with a per-layer report (quantize_int8, qat, lowbit, "
-                            "mixed_precision write one)")
-    return found
+    return quantized_stages(Path(run))
 
 
 def search(
@@ -397,35 +366,17 @@ def search(
     report.html into `out`. `log(message, is_warning)` gets the progress lines. Returns the summary (a
     worker: {"ran": trials it ran})."""
     from edgeslim.search.constraints import make_budget
-    from edgeslim.search.final import finalize
-    from edgeslim.search.study import (
-        SearchConfig,
-        load_device_profile,
-        open_or_join,
-        prepare,
-        wait_for_others,
-        work,
-    )
+    from edgeslim.search.final import run_search
+    from edgeslim.search.study import SearchConfig, load_device_profile
 
-    dev = load_device_profile(device)
-    budget = make_budget(dev, max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
+    budget = make_budget(load_device_profile(device), max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
     cfg = SearchConfig(model=str(Path(model).resolve()), task=task, device=device, objectives=list(objectives),
                        trials=trials, budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack,
                        seed=seed, sampler=sampler, guided=guided)
     if knobs:
         cfg.knobs = list(knobs)
-    out = Path(out).resolve()
-    ctx = prepare(cfg, out)
-    url = storage or f"journal://{out / 'study.journal'}"
-    study, created = open_or_join(ctx, url, study_name)
-    log(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {trials} trials, "
-        f"knobs {', '.join(k.name for k in ctx.knobs)}", False)
-    ran = work(ctx, study)
-    if worker:
-        return {"ran": ran}
-    if not wait_for_others(ctx, study, wait):
-        log(f"other workers still running after {wait:.0f} s; finishing with what is done", True)
-    return finalize(ctx, study, top)
+    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
+                      top=top, log=log)
 
 
 def list_models() -> list[dict]:
