@@ -32,6 +32,7 @@ from edgeslim.fsutil import write_json
 from edgeslim.guard import TrainingDiverged
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
+from edgeslim.onnxkit.inputs import sample_shape
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, evaluate, train_model
 from edgeslim.untrusted import about
@@ -151,7 +152,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
                 size_path: Path | None = p / models.io.WEIGHTS
             elif p.suffix == ".onnx" and p.is_file():
                 net, onnx_path, size_path = None, p, None
-                shape = _onnx_input_shape(p)
+                shape = sample_shape(p)
             else:
                 raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
             if t is not None and tuple(t.input_shape) != tuple(shape):
@@ -167,25 +168,6 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
     return out
-
-
-def _onnx_input_shape(p: Path) -> tuple[int, ...]:
-    from edgeslim.untrusted import check_onnx_file
-
-    g = check_onnx_file(p).graph  # corrupt files and external data outside the folder: one line
-    inits = {t.name for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in inits]
-    if not inputs:
-        raise EdgeslimError(f"{p}: the model has no inputs to feed")
-    batch = inputs[0].type.tensor_type.shape.dim[:1]
-    if batch and batch[0].HasField("dim_value") and batch[0].dim_value > 1:
-        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has a fixed batch of {batch[0].dim_value}; measure "
-                            "runs one sample at a time: export the model with batch 1 or a dynamic batch")
-    dims = inputs[0].type.tensor_type.shape.dim[1:]
-    shape = tuple(d.dim_value for d in dims)
-    if not all(shape):
-        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has unknown dimensions {shape}")
-    return shape
 
 
 def _synthetic_task(shape: tuple[int, ...]) -> Task:

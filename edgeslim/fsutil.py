@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeslim.errors import EdgeslimError
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 # errors that mean the machine refused the write (full disk, quota, read-only, permissions)
@@ -50,7 +48,7 @@ def write_many(files: dict[Path, bytes]) -> None:
             os.replace(tmp, path)
     except OSError as e:
         _discard(tmps.values())
-        raise _refused(e, path) from None
+        raise _refused(e, path, "the previous file, if any, is unchanged") from None
     except BaseException:
         _discard(tmps.values())
         raise
@@ -61,14 +59,13 @@ def _discard(tmps: Iterable[str]) -> None:
         Path(t).unlink(missing_ok=True)
 
 
-def _refused(e: OSError, path: Path) -> Exception:
-    """A write the machine refused, as one line naming the file; OSErrors that are not about the
-    machine or the path (a bug) pass through unchanged."""
+def _refused(e: OSError, path: Path, kept: str) -> OSError:
+    """A write the machine refused (full disk, quota, read-only, permissions): the same OSError naming the
+    file and saying what was kept, which the CLI prints in one line with exit 1
+    (`edgeslim.exitcodes`). Other OSErrors pass through unchanged."""
     if e.errno not in REFUSED:
         return e
-    what = e.strerror or str(e)
-    hint = " (free some space and run the same command again)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return EdgeslimError(f"{path}: cannot write ({what}); the previous file, if any, is unchanged{hint}")
+    return OSError(e.errno, f"{e.strerror or e}; {kept}", str(path))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -112,11 +109,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno not in REFUSED:
-            raise
-        raise EdgeslimError(f"{final}: cannot write ({e.strerror or e}); nothing of it was kept"
-                            + (" (free some space and run the same command again)" if e.errno == errno.ENOSPC
-                               else "")) from None
+        raise _refused(e, final, "nothing of it was kept") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

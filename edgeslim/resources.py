@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,15 +107,15 @@ def check_npz(path: Path, what: str, hint: str) -> None:
     require(npz_bytes(path), f"{what} {path}", hint)
 
 
-def check_calibration(onnx_path: Path, samples: int, hint: str) -> None:
-    """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring)."""
-    from edgeslim.measure.arena import plan_arena
-
+def check_calibration(per_sample: Callable[[], int], samples: int, what: str, hint: str) -> None:
+    """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring).
+    `per_sample` gives one sample's summed activations in bytes (the arena planner's naive sum, which
+    lives above this layer); a graph it cannot size gets no check."""
     try:
-        per_sample = int(plan_arena(onnx_path, reorder=False).naive_bytes)
+        one = int(per_sample())
     except Exception:  # a graph the planner cannot size: no estimate
         return
-    require(samples * per_sample, f"calibrating {onnx_path.name} on {samples} samples", hint)
+    require(samples * one, f"calibrating {what} on {samples} samples", hint)
 
 
 def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: tuple[int, ...], n_train: int) -> None:

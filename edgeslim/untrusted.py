@@ -27,8 +27,6 @@ from edgeslim.errors import EdgeslimError
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from edgeslim.recipe import Recipe
-
 
 def check_onnx_file(path: str | Path) -> onnx.ModelProto:
     """The model graph of `path` (external data not loaded), or one EdgeslimError line saying why not."""
@@ -201,7 +199,7 @@ def check_output_name(value: str, where: str) -> str:
     return value
 
 
-def resolve_recipe_paths(recipe: Recipe, recipe_dir: Path | None) -> Recipe:
+def resolve_recipe_paths(recipe: Any, recipe_dir: Path | None) -> Any:  # edgeslim.recipe.Recipe in, out
     """`recipe` with its marked input paths resolved and checked and its output names checked."""
     steps = []
     for s in recipe.steps:

@@ -115,7 +115,8 @@ def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
     if cfg.calib is not None:
         resources.check_npz(Path(cfg.calib), "loading the calibration file",
                             f"save only the samples you need (--samples {cfg.samples} uses the first {cfg.samples})")
-        resources.check_calibration(Path(cfg.model), cfg.samples, "lower --samples")
+        resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
+                                    Path(cfg.model).name, "lower --samples")
         return load_npz(cfg.calib, specs)[: cfg.samples], []
     feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
     return feeds, [SYNTHETIC_WARNING, *w]

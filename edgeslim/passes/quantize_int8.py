@@ -16,6 +16,7 @@ from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
@@ -74,7 +75,9 @@ def quantize_int8(
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
-    resources.check_calibration(ctx.prev_onnx, len(calib), "lower calibration_samples in the recipe")
+    prev = ctx.prev_onnx
+    resources.check_calibration(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+                                "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
