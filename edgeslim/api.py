@@ -24,10 +24,11 @@ from typing import Any
 
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.guard import TrainingDiverged
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
@@ -56,7 +57,11 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    try:
+        hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    except TrainingDiverged as e:  # keep the last good weights the trainer restored
+        models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "diverged": str(e)})
+        raise TrainingDiverged(f"{e}; saved them to {out}", e.good_epoch) from None
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -182,8 +187,9 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
     from edgeslim.measure.source import open_model
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.untrusted import about
 
-    with open_model(model) as src:
+    with about(model), open_model(model) as src:  # a broken model: one line naming it
         if src.onnx is None:
             raise EdgeslimError(f"{model}: the arena planner takes an ONNX file or a model folder; for a .tflite "
                                 "`edgeslim fit` reports TFLite Micro's recorded arena")
@@ -239,7 +245,8 @@ def optimize(
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
     )
-    return run_optimize(cfg)
+    with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
+        return run_optimize(cfg)
 
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
@@ -284,7 +291,8 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
+    ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt, **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -293,6 +301,7 @@ def distill(
         "student": spec["kwargs"],
     }
     models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    ckpt.unlink(missing_ok=True)
     m["arch"] = spec["arch"]
     return m
 

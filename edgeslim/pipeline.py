@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import DEFAULT_DEVICE, load_device
@@ -39,6 +39,7 @@ from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
 
+RESUME = "finished stages are kept"
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
@@ -54,16 +55,26 @@ def run_recipe(
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
         "recipe_digest": recipe.digest, "seed": seed,
     }
+    # everything that can refuse the run is checked before the first write (runlock.check_claim too)
     dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
-    dev_name = load_device(dev).name  # an unknown device is one line, before anything is written
-    before = _claim_run_dir(out, ident, force, dev)
-    if before is not None and before != dev:
-        _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
-    copy_recipe(out, recipe)
+    load_device(dev)  # an unknown device is one line
     model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
     if spec.get("arch") == "pickle":
         spec["input_shape"] = list(task.input_shape)
     _check_input(spec, task, model_dir)
+    resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        before = runlock.recorded(out, "device")
+        if runlock.claim(out, ident, force, {"device": dev}) and before not in (None, dev):
+            _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads)
+
+
+def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
+                quiet: bool, dev: str, threads: int) -> dict:
+    copy_recipe(out, recipe)
+    dev_name = load_device(dev).name
 
     def teacher() -> nn.Module:
         return models.load_model(out / "stages" / "00_baseline")[0]
@@ -94,7 +105,7 @@ def run_recipe(
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, interrupt.during(f"stage {folder.name} of {out}", RESUME):
             ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             size_path = None
@@ -166,32 +177,6 @@ def time_stages(out: Path, stages: list[dict], task: Task, batches: tuple[int, .
             else:
                 s.update(got.as_dict(f"latency_b{b}_ms_"))
                 s[f"speedup_b{b}_vs_baseline"] = round(base / got.p50_ms, 3)
-
-
-def _claim_run_dir(out: Path, ident: dict, force: bool, device: str) -> str | None:
-    """Claim `out` for the run `ident` (resume when it holds the same one); record `device`. Returns the
-    device the run had before (None for a new run)."""
-    meta = out / "run.json"
-    if meta.exists():
-        old = json.loads(meta.read_text())
-        before = old.pop("device", None) or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
-        if old == ident:
-            write_json(meta, {**ident, "device": device})
-            return before
-        if not force:
-            diff = [k for k in ident if old.get(k) != ident[k]]
-            raise EdgeslimError(
-                f"{out}: holds a different run ({', '.join(diff)} differ); use --force to overwrite or pick "
-                "another --out"
-            )
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        if not force:
-            raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(meta, {**ident, "device": device})
-    return None
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

@@ -154,7 +154,8 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
                 atol: float = 1e-4) -> CompileReport:
     """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, and check that every output
     still matches `reference` (default: the input model) on `feeds` (default: synthetic feeds from the
-    declared shapes; `[]` skips the check). Parity is the max abs difference."""
+    declared shapes; `[]` skips the check). Parity is the max abs difference. The file is written only once
+    checked: a refused model leaves `out_path` as it was."""
     ort_level(level)  # an unknown level is the user's mistake: one line with the valid ones
     src = read_onnx(model_path)
     try:
@@ -162,7 +163,7 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
     except Exception as e:  # ORT raises private exception types
         raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
     out_path = Path(out_path)
-    write_bytes(out_path, opt.SerializeToString())
+    data = opt.SerializeToString()
     before, after = op_counts(src, qualified=True), op_counts(opt, qualified=True)
     rep = CompileReport(
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
@@ -177,7 +178,7 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
             feeds = []
     if feeds:
         ref = run_all(session(reference or model_path, level="disable"), feeds, str(reference or model_path))
-        got = run_all(session(out_path, level="disable"), feeds, str(out_path))
+        got = run_all(session(data, level="disable"), feeds, str(out_path))
         diff, scale = 0.0, 1.0
         for a_out, b_out in zip(ref, got):
             for a, b in zip(a_out, b_out):
@@ -187,8 +188,8 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
                     scale = max(scale, float(np.abs(a).max()))
         rep.parity_max_abs_diff = diff
         if not np.isfinite(diff) or diff > atol * scale:
-            out_path.unlink(missing_ok=True)
             raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {diff:.3g}")
+    write_bytes(out_path, data)
     return rep
 
 
@@ -199,14 +200,15 @@ def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path 
     synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
     `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`."""
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
+    from edgeslim.untrusted import about
 
     path, cleanup = to_onnx(model)
     try:
-        src = read_onnx(path)
-        fd = make_feeds(input_specs(src), inputs, shapes, n=2)
-        m, n_bn = fold_batchnorm(src)
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
+        with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
+            src = read_onnx(path)
+            fd = make_feeds(input_specs(src), inputs, shapes, n=2)
+            m, n_bn = fold_batchnorm(src)
+            m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
             rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=path)

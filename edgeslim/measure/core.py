@@ -40,6 +40,7 @@ from edgeslim.measure.source import (
 from edgeslim.onnxkit.inputs import Feed, Feeds, at_batch, input_specs, make_feeds
 from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.session import session
+from edgeslim.untrusted import about
 
 FIDELITY_FEEDS = 8  # feeds compared against a reference model
 
@@ -143,7 +144,7 @@ def measure_model(
     `device` (default: the default device profile). `torch_eager`: time the PyTorch model beside ONNX
     Runtime and check their parity. `torch_model`/`size_path`: the pipeline's PyTorch model for the
     counts and the stored artifact when it is not the ONNX file."""
-    with open_model(model, trust_pickle=trust_pickle) as src:
+    with about(model), open_model(model, trust_pickle=trust_pickle) as src:  # a broken model: one line naming it
         if src.kind == "tflite":
             from edgeslim.measure.tflite import measure_tflite
 

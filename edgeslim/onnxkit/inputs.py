@@ -212,6 +212,10 @@ def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
         if s.dtype.kind in "biu" and a.dtype.kind == "f":
             raise EdgeslimError(f"{p}: array '{s.name}' is float but input '{s.name}' is {s.dtype}")
         a = a.astype(s.dtype)
+        if a.size == 0:
+            raise EdgeslimError(f"{p}: array '{s.name}' is empty (shape {a.shape}); give at least one sample")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise EdgeslimError(f"{p}: array '{s.name}' contains NaN or infinite values")
         rank = len(s.dims) if s.dims is not None else a.ndim
         lead = s.dims[0] if s.dims else None
         if a.ndim == rank + 1:

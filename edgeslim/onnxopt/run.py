@@ -17,9 +17,11 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim import resources
 from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.fidelity import Tolerance, compare, run_all
 from edgeslim.measure.latency import Latency, interleaved_latency
 from edgeslim.measure.source import file_bytes
@@ -29,6 +31,7 @@ from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
 from edgeslim.onnxkit.session import ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
+from edgeslim.untrusted import about
 
 SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic inputs from the declared "
@@ -63,7 +66,13 @@ def _check_device(device: str) -> None:
 
 
 def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
-    """Calibration feeds from --inputs (the measurement core's inputs), or synthetic ones with the loud warning."""
+    """Calibration feeds from --inputs (the measurement core's inputs), or synthetic ones with the loud warning.
+    A calibration file that would not fit in memory is refused up front (`edgeslim.resources`)."""
+    if cfg.calib is not None:
+        resources.check_npz(Path(cfg.calib), "loading the calibration file",
+                            f"save only the samples you need (--samples {cfg.samples} uses the first {cfg.samples})")
+        resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
+                                    Path(cfg.model).name, "lower --samples")
     fd = make_feeds(specs, cfg.calib, cfg.shapes, n=cfg.samples, seed=cfg.seed)
     return fd.feeds, (fd.warnings if fd.source == "inputs" else [SYNTHETIC_WARNING, *fd.warnings])
 
@@ -172,12 +181,13 @@ def optimize(cfg: OptimizeConfig) -> dict:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
     src = Path(cfg.model)
-    loaded = load_and_repair(src)
-    specs = input_specs(loaded.model)
-    feeds, warnings = _feeds(cfg, specs)
-    orig_sess = session(src, threads=cfg.threads)
-    out_names = [o.name for o in orig_sess.get_outputs()]
-    ref = run_all(orig_sess, feeds)
+    with about(src):  # what ONNX / ONNX Runtime refuse in the original: one line naming it
+        loaded = load_and_repair(src)
+        specs = input_specs(loaded.model)
+        feeds, warnings = _feeds(cfg, specs)
+        orig_sess = session(src, threads=cfg.threads)
+        out_names = [o.name for o in orig_sess.get_outputs()]
+        ref = run_all(orig_sess, feeds)
     orig_size = file_bytes(src)
     with cands.workdir() as td:
         wd = Path(td)
