@@ -38,7 +38,7 @@ o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threa
 s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
 loaded = peak()
 if feed_file:
-    with np.load(feed_file) as z:
+    with np.load(feed_file, allow_pickle=False) as z:
         feed = {k: z[k] for k in z.files}
 else:
     i = s.get_inputs()[0]

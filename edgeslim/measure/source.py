@@ -43,6 +43,9 @@ def open_model(model: str | Path, trust_pickle: bool = False) -> Iterator[Source
         yield Source(p, "tflite", None, p)
         return
     if p.is_file() and p.suffix == ".onnx":
+        from edgeslim.untrusted import check_onnx_file
+
+        check_onnx_file(p)  # corrupt files and external data outside the folder: one line
         yield Source(p, "onnx", p, p)
         return
     if p.is_dir() and (p / "spec.json").is_file():
