@@ -16,8 +16,10 @@ def distill(
     teacher: Path = typer.Argument(..., help="trained teacher model folder"),
     task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
     out: Path = typer.Option(..., "--out", "-o", help="student model folder to write"),
-    width: float = typer.Option(0.5, help="student width multiplier"),
-    depth: float = typer.Option(1.0, help="fraction of removable blocks the student keeps"),
+    width: float | None = typer.Option(None, help="student width multiplier (default 0.5)"),
+    depth: float | None = typer.Option(None, help="fraction of removable blocks the student keeps (default 1)"),
+    student_model: str | None = typer.Option(None, help="a student of another zoo architecture, e.g. gru"),
+    student_arg: list[str] = typer.Option([], "--student-arg", help="student zoo argument KEY=VALUE, e.g. hidden=32"),
     temperature: float = typer.Option(4.0, help="KD temperature"),
     alpha: float = typer.Option(0.9, help="weight of the KD term (1 - alpha on the labels)"),
     epochs: int = typer.Option(20, help="student training epochs"),
@@ -28,27 +30,36 @@ def distill(
     seed: int = typer.Option(0, help="random seed"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Build a smaller student from the teacher's architecture and train it with knowledge distillation."""
+    """Build a smaller student (from the teacher's architecture, or --student-model) and train it with
+    knowledge distillation."""
     import torch
+    import yaml
 
     from edgeslim import models
     from edgeslim.data import load_task
     from edgeslim.measure.macs import count_macs, count_params
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.passes.distill import Distill, distill_model, student_base
     from edgeslim.train import TrainConfig, evaluate
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
     extras = [models.load_model(p)[0] for p in extra_teacher]
+    sargs: dict = {"model": student_model} if student_model else {}
+    for kv in student_arg:
+        k, eq, v = kv.partition("=")
+        if not eq or not k:
+            raise EdgeslimError(f"--student-arg '{kv}': expected KEY=VALUE, e.g. hidden=32")
+        sargs[k.strip()] = yaml.safe_load(v)
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     try:
-        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
+        cfg = Distill(**multipliers, student=sargs, temperature=temperature, alpha=alpha,
                       teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
                       train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
     except ValueError as e:
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
-    student, spec = build_student(tspec, width, depth)
+    student, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=as_json)
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),

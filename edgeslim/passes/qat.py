@@ -6,6 +6,12 @@ and it returns the QDQ ONNX, so the stage is ONNX-only and only ONNX passes may 
 checker enforces. Fine-tuning goes through `ctx.finetune_model`, so pruning masks (`keep_sparsity`)
 and distillation losses carried by earlier passes apply during QAT; a pruned weight stays exactly 0
 because symmetric quantization maps 0 to code 0.
+
+What the fake quantization covers: Conv and Linear layers (int8 weights and uint8 input activations,
+exported as QDQ that ONNX Runtime runs with integer kernels) and the weights of GRU/LSTM/RNN layers
+(int8, one scale per gate row; `edgeslim.quant.recurrent`). ONNX Runtime has no integer GRU kernel,
+so recurrent layers export weight-only (int8 weights + DequantizeLinear, FP32 compute) and their
+hidden-state activations are not fake-quantized; the notes list them under `recurrent_weight_only`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import fakequant as fq
 from edgeslim.quant.ortquant import compact_onnx
 from edgeslim.quant.qdq import QLayer, layer_report, write_qdq
+from edgeslim.quant.recurrent import recurrent_wrappers, weight_only_recurrent, wrap_recurrent
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -62,6 +69,7 @@ def prepare(model: nn.Module, calib: np.ndarray, cfg: QAT) -> tuple[nn.Module, n
         layer, fq.WeightQuant(fq.weight_of(layer), cfg.weight_bits, cfg.per_channel, cfg.lsq),
         fq.ActQuant(cfg.activation_bits, cfg.lsq),
     ))
+    wrap_recurrent(m, cfg.weight_bits)  # GRU/LSTM/RNN weights, derived per-row scales (quant.recurrent)
     fq.share_input_quantizers(m, torch.from_numpy(calib[:2].astype(np.float32)))
     fq.calibrate(m, calib)
     return m, ref, pairs
@@ -81,6 +89,7 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
         s, zp = w.aq.export() if w.aq is not None else (None, 0)
         layers[name] = QLayer(f"{name}.weight", codes, scale, s, zp, bits)
     done = write_qdq(tmp_b, raw, layers)
+    recurrent = weight_only_recurrent(raw, raw, bits=bits) if recurrent_wrappers(qmodel) else []
     x = task.x_test[:256].astype(np.float32)
     with torch.no_grad():
         want = qmodel(torch.from_numpy(x)).numpy()
@@ -97,6 +106,8 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
         "qdq_layers": len(done), "left_float": missing, "parity_max_abs_diff": diff,
         "parity_top1_agreement": agree, "layers": report,
     }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent  # int8 weights, FP32 compute in ORT (module docstring)
     return QATOutput(dst, notes)
 
 
@@ -164,7 +175,8 @@ def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassR
         "val_accuracy": round(hist["val_accuracy"], 6), **out.notes,
     }
     if cfg.weight_bits < 8:
-        n_w = sum(w.fweight.numel() for w in fq.wrappers(qm).values())
+        n_w = sum(w.fweight.numel() for w in fq.wrappers(qm).values()) + sum(
+            getattr(r.inner, k).numel() for r in recurrent_wrappers(qm).values() for k in r.wq)
         notes["packed_weight_bytes_estimated"] = int(np.ceil(n_w * cfg.weight_bits / 8))
         notes["storage_note"] = (f"{cfg.weight_bits}-bit codes are stored in int8 in the ONNX file (ONNX Runtime "
                                  f"runs int8 kernels); packed {cfg.weight_bits}-bit storage would need a custom format")

@@ -23,6 +23,10 @@ from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import ortquant
 from edgeslim.quant.ortquant import IntFormat, parse_format
 from edgeslim.quant.qdq import layer_report
+from edgeslim.quant.recurrent import weight_only_recurrent
+
+RECURRENT_NOTE = ("ONNX Runtime has no integer kernel for these recurrent ops here: their weights are stored int8 "
+                  "(weight-only, dequantized at run time) and they compute in FP32")
 
 DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
 
@@ -88,9 +92,11 @@ def static_int8(
             raise EdgeslimError("quantize_int8: 'candidates' is empty; list at least one format, e.g. u8s8-rr-pc")
         fmts = [parse_format(c, "quantize_int8.candidates") for c in cfg.candidates]
     raw, paths = {}, {}
+    recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
         ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method, act_overrides)
+        recurrent = weight_only_recurrent(raw[f.name], raw[f.name])
         ortquant.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
@@ -113,10 +119,14 @@ def static_int8(
     write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": chosen, "why": why,
                                                      "fp32_val_accuracy": fp32_acc, "layers": layers})
     shutil.rmtree(work)
-    return PassResult(None, onnx=dst, notes={
+    notes = {
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
         "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
-    })
+    }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent
+        notes["recurrent_note"] = RECURRENT_NOTE + " (static QDQ quantizes their neighbours only)"
+    return PassResult(None, onnx=dst, notes=notes)
 
 
 class QuantizeDynamic(PassConfig):
@@ -136,11 +146,15 @@ def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, 
     mm.unlink()
     import onnx
 
+    weight_only = weight_only_recurrent(dst, dst)  # GRU/RNN: ORT has no integer kernel (quant.recurrent)
     ops = [x.op_type for x in onnx.load(str(dst)).graph.node]
     nq = sum(o in ("MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul") for o in ops)
     note = "Conv layers are left FP32 (dynamic quantization targets MatMul/Gemm/RNN)" if "Conv" in ops else ""
-    return PassResult(None, onnx=dst, notes={"format": "dynamic int8", "gemm_rewritten": n,
-                                             "quantized_matmuls": nq, "note": note})
+    notes = {"format": "dynamic int8", "gemm_rewritten": n, "quantized_matmuls": nq, "note": note}
+    if weight_only:
+        notes["recurrent_weight_only"] = weight_only
+        notes["recurrent_note"] = RECURRENT_NOTE
+    return PassResult(None, onnx=dst, notes=notes)
 
 
 class QuantizeFP16(PassConfig):
