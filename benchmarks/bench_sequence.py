@@ -17,6 +17,8 @@
 5. The issue-14 check: the recipe's final student within 2 points of the teacher at no more than a
    tenth of the teacher's estimated energy per inference, on both devices.
 
+With `--seq-sweep HIDDEN:TRANSFER:T:EPOCHS,...` it also distils students with other settings from the
+same teacher (how the recipe's student was chosen); `--seq-no-recipe` runs only that sweep.
 `bench_transformers.py` imports `add_seq_args`, `part_seq` and `seq_summary` from here.
 Writes `results.json` and `summary.md` into --out and prints the summary.
 """
@@ -54,6 +56,11 @@ def add_seq_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-recipe", type=Path, default=RECIPE, help="the distill + INT8 recipe to run")
     g.add_argument("--seq-seed", type=int, default=0, help="seed of the recipe run (student init, transfer set)")
     g.add_argument("--seq-latency-seconds", type=float, default=8.0, help="interleaved timing budget (s)")
+    g.add_argument("--seq-torch-threads", type=int, default=1, help="PyTorch threads for training (a shared "
+                   "2-core VM trains these small models fastest on one)")
+    g.add_argument("--seq-no-recipe", action="store_true", help="skip the recipe run (e.g. only the sweep)")
+    g.add_argument("--seq-sweep", default="", help="also distil students HIDDEN:TRANSFER:T:EPOCHS,... (0 transfer: "
+                   "labelled set only), e.g. 32:20000:4:100,64:60000:2:100")
 
 
 def _teacher(out: Path, epochs: int) -> tuple[Path, float | None]:
@@ -100,7 +107,18 @@ def _row(name: str, stage: dict, run: Path) -> dict:
 
 
 def part_seq(args: argparse.Namespace, out: Path) -> dict:
+    """The recipe run and its table (unless --seq-no-recipe), plus the student sweep if --seq-sweep."""
+    import torch
+
+    torch.set_num_threads(args.seq_torch_threads)  # training threads; ORT timing uses one thread anyway
     out.mkdir(parents=True, exist_ok=True)
+    res = {} if args.seq_no_recipe else part_recipe(args, out)
+    if args.seq_sweep:
+        res["sweep"] = part_sweep(args, out)
+    return res
+
+
+def part_recipe(args: argparse.Namespace, out: Path) -> dict:
     t_epochs = 3 if args.quick else args.seq_teacher_epochs
     tdir, t_secs = _teacher(out, t_epochs)
     recipe = _quick_recipe(args.seq_recipe, out) if args.quick else args.seq_recipe
@@ -139,7 +157,64 @@ def part_seq(args: argparse.Namespace, out: Path) -> dict:
             "stage_seconds": {s["name"]: s.get("seconds") for s in stages}}
 
 
+def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Students distilled from the same teacher with other settings (hidden size, transfer-set size,
+    temperature, epochs), as the `distill` pass trains them; test accuracy in PyTorch, energy ratios
+    from the exported FP32 student (estimated, cortex-m4 and host)."""
+    import torch
+
+    from edgeslim import models
+    from edgeslim.deploy.export import export_onnx
+    from edgeslim.models.student import build_student
+    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.train import evaluate
+
+    tdir, _ = _teacher(out, 3 if args.quick else args.seq_teacher_epochs)
+    teacher, tspec = models.load_model(tdir)
+    task = load_task("mnist1d")
+    export_onnx(teacher, task.input_shape, out / "teacher.onnx")
+    e_t = {d: estimate_energy(out / "teacher.onnx", d).mj for d in ("cortex-m4", "host")}
+    rows = []
+    for item in args.seq_sweep.split(","):
+        hidden, transfer, temp, epochs = item.split(":")
+        torch.manual_seed(0)
+        student, _ = build_student(tspec, overrides={"model": "gru", "hidden": int(hidden), "frame": 4})
+        cfg = Distill(student={"model": "gru"}, temperature=float(temp), alpha=0.9,
+                      transfer=None if transfer == "0" else f"generate:{transfer}",
+                      train=TrainConfig(epochs=int(epochs), lr=0.003))
+        t0 = time.perf_counter()
+        distill_model(student, [teacher], task, cfg, quiet=True)
+        secs = round(time.perf_counter() - t0, 1)
+        export_onnx(student, task.input_shape, out / f"sweep_{hidden}.onnx")
+        row = {"hidden": int(hidden), "transfer": int(transfer), "temperature": float(temp), "epochs": int(epochs),
+               "test_accuracy": round(evaluate(student, task.x_test, task.y_test), 4),
+               "teacher_test_accuracy": round(evaluate(teacher, task.x_test, task.y_test), 4), "seconds": secs,
+               **{f"energy_ratio_{d}": round(estimate_energy(out / f"sweep_{hidden}.onnx", d).mj / e_t[d], 4)
+                  for d in e_t}}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def sweep_summary(rows: list[dict]) -> str:
+    lines = ["| GRU hidden | transfer set | T | epochs | student test acc | teacher test acc | est. energy / teacher "
+             "(cortex-m4, host) | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['hidden']} | {r['transfer']:,} | {r['temperature']:g} | {r['epochs']} | "
+                     f"{100 * r['test_accuracy']:.1f}% | {100 * r['teacher_test_accuracy']:.1f}% | "
+                     f"{r['energy_ratio_cortex-m4']:.3f}, {r['energy_ratio_host']:.3f} | {r['seconds']} |")
+    return "\n".join(lines)
+
+
 def seq_summary(res: dict) -> str:
+    parts = [recipe_summary(res)] if "rows" in res else []
+    if res.get("sweep"):
+        parts.append("Students distilled from the same teacher (GRU, 4 samples a step, alpha 0.9, lr 0.003, seed 0):\n\n"
+                     + sweep_summary(res["sweep"]))
+    return "\n\n".join(parts)
+
+
+def recipe_summary(res: dict) -> str:
     lines = [
         f"MNIST-1D teacher vs distilled GRU student (recipe {Path(res['recipe']).name}, seed {res['seed']}; "
         f"teacher {res['teacher_epochs']} epochs, trained in {res['teacher_train_seconds']} s; recipe run "

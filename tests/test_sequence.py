@@ -176,12 +176,17 @@ def test_static_int8_on_gru_says_what_stays_float(gru, tiny_seq_task, tmp_path):
     assert (got == tiny_seq_task.y_test).mean() >= acc32 - 0.05
 
 
-def test_qat_fake_quantizes_gru_weights_and_exports_for_ort(gru, tiny_seq_task, tmp_path):
+@pytest.mark.parametrize("export", ["exact", "ort"])
+def test_qat_fake_quantizes_gru_weights_and_exports_for_ort(gru, tiny_seq_task, tmp_path, export):
     net, spec, _ = gru
-    res = PASSES["qat"].fn(copy.deepcopy(net), tiny_seq_task, QAT(weight_bits=8), _ctx(tmp_path, spec, epochs=2))
+    res = PASSES["qat"].fn(copy.deepcopy(net), tiny_seq_task, QAT(weight_bits=8, export=export),
+                           _ctx(tmp_path, spec, epochs=2))
     n = res.notes
     assert n["recurrent_weight_only"] == ["GRU"] and n["qdq_layers"] == 1  # the fc head as QDQ
-    assert n["parity_max_abs_diff"] < 1e-3 and n["parity_top1_agreement"] == 1.0
+    if export == "exact":  # the learned scales as QDQ: ORT computes what the fake-quant model computes
+        assert n["parity_max_abs_diff"] < 1e-3 and n["parity_top1_agreement"] == 1.0
+    else:  # ORT's quantizer re-derives the classifier's scales: close, not identical
+        assert n["parity_top1_agreement"] >= 0.95 and n["ort_format"].startswith("QDQ")
     g = onnx.load(str(res.onnx)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     dq = [x for x in g.node if x.op_type == "DequantizeLinear" and inits.get(x.input[0]) is not None

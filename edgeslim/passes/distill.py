@@ -56,7 +56,6 @@ def student_base(teacher_spec: dict, task: Task, cfg: Distill) -> dict:
     return {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **teacher_spec}
 
 
-
 class Distill(PassConfig):
     init: Literal["student", "current"] = Field(
         "student", description="'student': build a smaller student (width/depth); 'current': distil into this model"
