@@ -24,11 +24,11 @@ import torch
 from edgeslim.deploy.export import export_onnx
 from edgeslim.deploy.memory import plan_arena
 from edgeslim.deploy.optimize import ort_optimize
-from edgeslim.deploy.runtime import session
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
 from edgeslim.measure.energy import estimate_energy
 from edgeslim.models import build_model, make_spec
+from edgeslim.onnxkit.session import session
 
 # MLPerf Tiny reference on a Cortex-M4 @ 120 MHz (NUCLEO-L4R5ZI), energy per inference (mJ), as quoted
 # in the issue: ResNet-8 image classification ~29 mJ, DS-CNN keyword spotting ~7.4 mJ.

@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from edgeslim import api  # noqa: E402
 from edgeslim.data import load_task  # noqa: E402
-from edgeslim.deploy.runtime import session  # noqa: E402
 from edgeslim.fsutil import write_json  # noqa: E402
 from edgeslim.measure.energy import estimate_energy  # noqa: E402
 from edgeslim.measure.latency import interleaved_latency  # noqa: E402
+from edgeslim.onnxkit.session import session  # noqa: E402
 from edgeslim.train import TrainConfig  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "seq-distill-gru.yaml"

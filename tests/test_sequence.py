@@ -14,11 +14,11 @@ from onnx import numpy_helper
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.measure.onnx_counts import count_onnx
 from edgeslim.models.sequence import sequence_layout
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT
 from edgeslim.passes.quantize import QuantizeDynamic, QuantizeInt8
