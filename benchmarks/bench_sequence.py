@@ -59,8 +59,8 @@ def add_seq_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-torch-threads", type=int, default=1, help="PyTorch threads for training (a shared "
                    "2-core VM trains these small models fastest on one)")
     g.add_argument("--seq-no-recipe", action="store_true", help="skip the recipe run (e.g. only the sweep)")
-    g.add_argument("--seq-sweep", default="", help="also distil students HIDDEN:TRANSFER:T:EPOCHS,... (0 transfer: "
-                   "labelled set only), e.g. 32:20000:4:100,64:60000:2:100")
+    g.add_argument("--seq-sweep", default="", help="also distil students HIDDEN:TRANSFER:T:EPOCHS,... (TRANSFER 0: "
+                   "KD on the labelled set only; T 0: labels alone, no teacher), e.g. 48:0:0:100,48:60000:2:100")
 
 
 def _teacher(out: Path, epochs: int) -> tuple[Path, float | None]:
@@ -167,7 +167,7 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
     from edgeslim.deploy.export import export_onnx
     from edgeslim.models.student import build_student
     from edgeslim.passes.distill import Distill, distill_model
-    from edgeslim.train import evaluate
+    from edgeslim.train import evaluate, fit
 
     tdir, _ = _teacher(out, 3 if args.quick else args.seq_teacher_epochs)
     teacher, tspec = models.load_model(tdir)
@@ -179,11 +179,14 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
         hidden, transfer, temp, epochs = item.split(":")
         torch.manual_seed(0)
         student, _ = build_student(tspec, overrides={"model": "gru", "hidden": int(hidden), "frame": 4})
-        cfg = Distill(student={"model": "gru"}, temperature=float(temp), alpha=0.9,
-                      transfer=None if transfer == "0" else f"generate:{transfer}",
-                      train=TrainConfig(epochs=int(epochs), lr=0.003))
+        train = TrainConfig(epochs=int(epochs), lr=0.003)
         t0 = time.perf_counter()
-        distill_model(student, [teacher], task, cfg, quiet=True)
+        if float(temp) == 0:  # T = 0: the same student on the labels alone, no teacher
+            fit(student, task, train, quiet=True)
+        else:
+            cfg = Distill(student={"model": "gru"}, temperature=float(temp), alpha=0.9,
+                          transfer=None if transfer == "0" else f"generate:{transfer}", train=train)
+            distill_model(student, [teacher], task, cfg, quiet=True)
         secs = round(time.perf_counter() - t0, 1)
         export_onnx(student, task.input_shape, out / f"sweep_{hidden}.onnx")
         row = {"hidden": int(hidden), "transfer": int(transfer), "temperature": float(temp), "epochs": int(epochs),
@@ -200,7 +203,8 @@ def sweep_summary(rows: list[dict]) -> str:
     lines = ["| GRU hidden | transfer set | T | epochs | student test acc | teacher test acc | est. energy / teacher "
              "(cortex-m4, host) | s |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['hidden']} | {r['transfer']:,} | {r['temperature']:g} | {r['epochs']} | "
+        temp = f"{r['temperature']:g}" if r["temperature"] else "labels only"
+        lines.append(f"| {r['hidden']} | {r['transfer']:,} | {temp} | {r['epochs']} | "
                      f"{100 * r['test_accuracy']:.1f}% | {100 * r['teacher_test_accuracy']:.1f}% | "
                      f"{r['energy_ratio_cortex-m4']:.3f}, {r['energy_ratio_host']:.3f} | {r['seconds']} |")
     return "\n".join(lines)

@@ -108,10 +108,12 @@ def test_distill_cli_student_model(teacher, tiny_seq_task, tmp_path):
     bad = subprocess.run(cmd[:-1] + ["--width", "0.3"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "width scale the teacher's architecture" in bad.stderr
     r = subprocess.run([sys.executable, "-m", "edgeslim.cli", "train", "-m", "gru", "-t", str(data), "-o",
-                        str(tmp_path / "g"), "--width", "8", "--epochs", "1", "--json"],
+                        str(tmp_path / "g"), "--width", "8", "--epochs", "1", "--optimizer", "adamw",
+                        "--weight-decay", "0.05", "--json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr  # --width is the GRU's hidden size
-    assert models.load_model(tmp_path / "g")[1]["kwargs"] == {"hidden": 8}
+    spec = models.load_model(tmp_path / "g")[1]
+    assert spec["kwargs"] == {"hidden": 8} and spec["extra"]["train"]["weight_decay"] == 0.05
 
 
 def test_seq_distill_recipe_parses():

@@ -21,6 +21,7 @@ def train(
     lr: float = typer.Option(3e-3, help="learning rate"),
     batch_size: int = typer.Option(64, help="batch size"),
     optimizer: str = typer.Option("adam", help="adam, adamw or sgd"),
+    weight_decay: float = typer.Option(0.0, help="weight decay (decoupled with adamw)"),
     patience: int = typer.Option(0, help="early stop after N epochs without validation gain (0: off)"),
     seed: int = typer.Option(0, help="random seed"),
     width: float | None = typer.Option(None, help="width (resnet8/dscnn/cnn1d), alpha (mobilenetv1), hidden "
@@ -30,7 +31,7 @@ def train(
     """Train a zoo model on a task; writes model.safetensors + spec.json."""
     try:
         cfg = TrainConfig.model_validate(dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                                              patience=patience, seed=seed))
+                                              weight_decay=weight_decay, patience=patience, seed=seed))
     except Exception as e:
         raise EdgeslimError(f"bad training option: {str(e).splitlines()[-2].strip()}") from None
     kwargs: dict[str, float | int] = {}
