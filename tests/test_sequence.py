@@ -218,3 +218,20 @@ def test_weight_only_rewrite_leaves_other_models_alone(tmp_path, tiny_seq_task):
 def test_params_of_defaults_are_small():
     gru = models.build_model(models.make_spec("gru", (1, 40), 10))
     assert count_params(gru)[0] == 3 * 32 * (4 + 32) + 2 * 3 * 32 + 32 * 10 + 10
+
+
+def test_structured_pruning_of_the_transformer_keeps_heads_and_residual_width(tiny_seq_task, tmp_path):
+    from edgeslim.passes.structured import StructuredPrune
+
+    net, spec = _trained("transformer", tiny_seq_task, 1)
+    macs_before = count_macs(net, tiny_seq_task.input_shape)
+    cfg = StructuredPrune(ratio=0.5, importance="l2", schedule="oneshot", finetune=TrainConfig(epochs=1))
+    res = PASSES["structured_prune"].fn(net, tiny_seq_task, cfg, _ctx(tmp_path, spec))
+    ch = res.notes["channels"]
+    assert ch["blocks.0.mlp.0"] == [32, 16] and ch["stem.0"] == [8, 4]  # FFN neurons and stem channels go
+    assert ch["blocks.0.attn.qkv"] == [48, 48] and ch["stem.2"] == [16, 16]  # heads and residual stream stay
+    models.save_model(tmp_path / "p", res.model, spec)
+    back, _ = models.load_model(tmp_path / "p")  # layers resized from the stored shapes
+    assert back.blocks[0].mlp[0].out_features == 16
+    export_onnx(back, tiny_seq_task.input_shape, tmp_path / "p.onnx", check=tiny_seq_task.x_test[:16])
+    assert count_macs(back, tiny_seq_task.input_shape) < 0.8 * macs_before

@@ -161,6 +161,14 @@ class TransformerClassifier(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, num_classes)
 
+    def prune_ignored(self) -> list[nn.Module]:
+        """For structured pruning: keep the residual stream (width `dim`) and the attention projections
+        whole, so what goes is the stem's hidden channels and each block's FFN neurons."""
+        keep: list[nn.Module] = [self.stem[2], self.norm, self.fc]
+        for b in self.blocks:
+            keep += [b.ln1, b.ln2, b.attn.qkv, b.attn.proj, b.mlp[3]]
+        return keep
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self.to_seq(x).transpose(1, 2))  # (N, D, tokens)
         x = x.transpose(1, 2) + self.pos  # (N, tokens, D)

@@ -71,6 +71,13 @@ def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Mod
     return [order[-1]]
 
 
+def model_ignored(model: nn.Module) -> list[nn.Module]:
+    """Layers a model says channel pruning must keep whole (`prune_ignored()`), e.g. the zoo transformer's
+    residual stream and attention heads, which a dependency graph cannot follow through the head reshape."""
+    fn = getattr(model, "prune_ignored", None)
+    return list(fn()) if callable(fn) else []
+
+
 def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size: int = 64, seed: int = 0) -> None:
     """Loss gradients on a few training batches (Taylor importance = |weight x gradient|)."""
     model.eval()  # BN statistics stay fixed; gradients still flow
@@ -108,7 +115,7 @@ def make_pruner(model: nn.Module, task: Task, cfg: StructuredPrune) -> tuple:  #
         model, torch.zeros(2, *task.input_shape), make_importance(cfg.importance),
         global_pruning=cfg.scope == "global", pruning_ratio=cfg.ratio, pruning_ratio_dict=ratio_dict,
         iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
-        ignored_layers=output_layers(model, task.input_shape), round_to=cfg.round_to,
+        ignored_layers=output_layers(model, task.input_shape) + model_ignored(model), round_to=cfg.round_to,
     ), steps
 
 
