@@ -166,6 +166,7 @@ class TransformerClassifier(nn.Module):
         whole, so what goes is the stem's hidden channels and each block's FFN neurons."""
         keep: list[nn.Module] = [self.stem[2], self.norm, self.fc]
         for b in self.blocks:
+            assert isinstance(b, EncoderBlock)
             keep += [b.ln1, b.ln2, b.attn.qkv, b.attn.proj, b.mlp[3]]
         return keep
 
