@@ -165,9 +165,9 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
 
     from edgeslim import models
     from edgeslim.deploy.export import export_onnx
+    from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
-    from edgeslim.train import evaluate, fit
+    from edgeslim.train import evaluate, train_model
 
     tdir, _ = _teacher(out, 3 if args.quick else args.seq_teacher_epochs)
     teacher, tspec = models.load_model(tdir)
@@ -182,11 +182,10 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
         train = TrainConfig(epochs=int(epochs), lr=0.003)
         t0 = time.perf_counter()
         if float(temp) == 0:  # T = 0: the same student on the labels alone, no teacher
-            fit(student, task, train, quiet=True)
+            train_model(student, task, train, quiet=True)
         else:
-            cfg = Distill(student={"model": "gru"}, temperature=float(temp), alpha=0.9,
-                          transfer=None if transfer == "0" else f"generate:{transfer}", train=train)
-            distill_model(student, [teacher], task, cfg, quiet=True)
+            distill_model(student, [teacher], task, train, temperature=float(temp), alpha=0.9,
+                          transfer=None if transfer == "0" else f"generate:{transfer}", quiet=True)
         secs = round(time.perf_counter() - t0, 1)
         export_onnx(student, task.input_shape, out / f"sweep_{hidden}.onnx")
         row = {"hidden": int(hidden), "transfer": int(transfer), "temperature": float(temp), "epochs": int(epochs),

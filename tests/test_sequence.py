@@ -15,15 +15,16 @@ from onnx import numpy_helper
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.measure.onnx_counts import count_onnx
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.models.sequence import sequence_layout
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT
-from edgeslim.passes.quantize import QuantizeDynamic, QuantizeInt8
+from edgeslim.passes.quantize_dynamic import QuantizeDynamic
+from edgeslim.passes.quantize_int8 import QuantizeInt8
 from edgeslim.quant.recurrent import QuantRNN, quantize_rows, weight_only_recurrent
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 SEQ = ("gru", "lstm", "transformer")
 SMALL = {"gru": {"hidden": 12}, "lstm": {"hidden": 12}, "transformer": {"dim": 16, "depth": 1, "mlp": 32}}
@@ -31,7 +32,7 @@ SMALL = {"gru": {"hidden": 12}, "lstm": {"hidden": 12}, "transformer": {"dim": 1
 
 def _ctx(stage: Path, spec: dict, prev: Path | None = None, epochs: int = 1) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
                       prev_onnx=prev, quiet=True)
 
 
@@ -39,7 +40,7 @@ def _trained(arch: str, task, epochs: int, **kw) -> tuple[torch.nn.Module, dict]
     torch.manual_seed(0)
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **{**SMALL[arch], **kw})
     net = models.build_model(spec)
-    fit(net, task, TrainConfig(epochs=epochs, lr=1e-2), quiet=True)
+    train_model(net, task, TrainConfig(epochs=epochs, lr=1e-2), quiet=True)
     return net, spec
 
 
@@ -221,7 +222,7 @@ def test_params_of_defaults_are_small():
 
 
 def test_structured_pruning_of_the_transformer_keeps_heads_and_residual_width(tiny_seq_task, tmp_path):
-    from edgeslim.passes.structured import StructuredPrune
+    from edgeslim.passes.structured_prune import StructuredPrune
 
     net, spec = _trained("transformer", tiny_seq_task, 1)
     macs_before = count_macs(net, tiny_seq_task.input_shape)

@@ -14,13 +14,14 @@ import torch
 import yaml
 
 from edgeslim import models
+from edgeslim.distill.kd import kd_loss, soft_targets
+from edgeslim.distill.train import distill_model
 from edgeslim.errors import EdgeslimError
-from edgeslim.kd import kd_loss, soft_targets
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.distill import Distill, distill_model, student_base
+from edgeslim.passes.distill import Distill, kd_settings, student_base
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import load_recipe, parse_recipe
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = {"dim": 16, "depth": 1, "mlp": 32}
@@ -33,7 +34,7 @@ def teacher(tiny_seq_task, tmp_path_factory):
     t = tiny_seq_task
     spec = models.make_spec("transformer", t.input_shape, t.num_classes, **TEACHER)
     net = models.build_model(spec)
-    fit(net, t, TrainConfig(epochs=8, lr=3e-3, batch_size=16), quiet=True)  # confident enough to teach
+    train_model(net, t, TrainConfig(epochs=8, lr=3e-3, batch_size=16), quiet=True)  # confident enough to teach
     d = tmp_path_factory.mktemp("teacher") / "t"
     models.save_model(d, net, spec)
     return net, spec, d
@@ -56,7 +57,7 @@ def test_distill_transformer_into_gru_student(teacher, tiny_seq_task):
             return float(kd_loss(student.eval()(x), soft_targets([net.eval()(x)], 1.0), 1.0))
 
     before = kd_on_train()
-    hist = distill_model(student, [net], t, cfg, quiet=True)
+    hist = distill_model(student, [net], t, cfg.train, quiet=True, **kd_settings(cfg))
     assert kd_on_train() < 0.4 * before  # the student moved towards the teacher's outputs
     assert hist["history"][-1]["loss"] < 0.4 * hist["history"][0]["loss"]
     assert isinstance(student.rnn, torch.nn.GRU) and student.rnn.hidden_size == 16
@@ -65,7 +66,7 @@ def test_distill_transformer_into_gru_student(teacher, tiny_seq_task):
 
 def test_distill_pass_with_student_model_and_a_pickled_teacher_spec(teacher, tiny_seq_task, tmp_path):
     net, spec, _ = teacher
-    ctx = RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec={"arch": "pickle", "input_shape": [1, 16]},
+    ctx = RunContext(stage_dir=tmp_path, spec={"arch": "pickle", "input_shape": [1, 16]},
                      finetune=TrainConfig(epochs=1), quiet=True, teacher_loader=lambda: net)
     cfg = Distill(student={"model": "lstm", "hidden": 4}, train=TrainConfig(epochs=1))
     res = PASSES["distill"].fn(net, tiny_seq_task, cfg, ctx)  # classes come from the task

@@ -11,7 +11,7 @@ the transformer's attention is written out (Linear projections, two MatMuls, Sof
 as plain MatMul/Gemm ops that ONNX Runtime's quantizers and the MAC counters understand, and so the
 fake-quant and pruning passes that walk `nn.Linear` layers reach every projection.
 
-MACs (per sample, `edgeslim.measure.macs`): a recurrent layer does T x G x H x (I + H) for G gates
+MACs (per sample, `edgeslim.models.counts`): a recurrent layer does T x G x H x (I + H) for G gates
 (GRU 3, LSTM 4), T steps, input width I, hidden width H; attention adds 2 x T^2 x D per layer
 (scores and weighted sum) on top of its Linear layers (`matmul_macs`).
 """

@@ -28,6 +28,8 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.quant.fakequant import WeightQuant, weight_range
 
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+NOTE = ("ONNX Runtime has no integer kernel for these recurrent ops here: their weights are stored int8 "
+        "(weight-only, dequantized at run time) and they compute in FP32")
 
 
 class QuantRNN(nn.Module):

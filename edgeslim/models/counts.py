@@ -1,4 +1,5 @@
-"""Parameter and MAC counts of a PyTorch model (dense: zeros still cost MACs on dense kernels).
+"""Parameter and MAC counts of a PyTorch model (dense: zeros still cost MACs on dense kernels). The counts
+of an ONNX graph (per layer, by precision) are `edgeslim.measure.onnx_counts`.
 
 Counted: Conv and Linear layers; recurrent layers (GRU, LSTM, RNN: `recurrent_macs`); and modules that
 do matrix products outside those layers and say how many through a `matmul_macs(input) -> int` method
