@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -133,11 +134,11 @@ def part_recipe(args: argparse.Namespace, out: Path) -> dict:
     for i, s in enumerate(stages[1:], 1):
         rows.append(_row(f"student {s['name']}" + (" (recipe final)" if i == len(stages) - 1 else ""), s, run))
     for name, step in PTQ.items():  # the other INT8 routes from the same distilled FP32 student
-        rp = out / f"ptq_{name}.yaml"
+        rp, rdir = out / f"ptq_{name}.yaml", out / f"ptq_{name}_seed{args.seq_seed}"
         rp.write_text(yaml.safe_dump({"version": 1, "passes": [step]}))
-        r = api.run(rp, student_dir, "mnist1d", out / f"ptq_{name}_seed{args.seq_seed}", seed=args.seq_seed,
-                    quiet=True, force=True)
-        rows.append(_row(f"student {name} INT8 (PTQ)", r["stages"][-1], out / f"ptq_{name}_seed{args.seq_seed}"))
+        shutil.rmtree(rdir, ignore_errors=True)  # a resumed run would keep an earlier student's stages
+        r = api.run(rp, student_dir, "mnist1d", rdir, seed=args.seq_seed, quiet=True, force=True)
+        rows.append(_row(f"student {name} INT8 (PTQ)", r["stages"][-1], rdir))
     sess = {r["model"]: session(r["onnx"], threads=1) for r in rows}
     x = load_task("mnist1d").x_test[:1].astype(np.float32)
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sess.items()}
