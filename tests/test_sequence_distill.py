@@ -142,3 +142,15 @@ def test_pipeline_measures_a_distilled_quantized_gru(teacher, tiny_seq_task, tmp
         assert s["arena_bytes"] and s["energy_mj"] > 0 and s["latency_ms_p50"] > 0 and 0 <= s["accuracy"] <= 1
     assert q["notes"]["recurrent_weight_only"] == ["GRU"] and q["size_bytes"] < dist["size_bytes"]
     assert q["macs"] == dist["macs"]  # the ONNX-only stage's MACs come from the graph, GRU included
+
+
+def test_a_checkpoint_of_another_architecture_is_not_resumed(tiny_seq_task, tmp_path):
+    """An interrupted run leaves a checkpoint; training another student into the same place starts over."""
+    ck = tmp_path / ".s.checkpoint.pt"
+    cfg = TrainConfig(epochs=1)
+    gru = models.build_model(models.make_spec("gru", (1, 16), 3, hidden=4))
+    train_model(gru, tiny_seq_task, cfg, quiet=True, checkpoint=ck)
+    assert ck.exists()
+    lstm = models.build_model(models.make_spec("lstm", (1, 16), 3, hidden=4))
+    hist = train_model(lstm, tiny_seq_task, cfg, quiet=True, checkpoint=ck)  # no shape-mismatch crash
+    assert hist["epochs"] == 1
