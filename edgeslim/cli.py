@@ -93,13 +93,24 @@ def measure(
     device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
     batch: int | None = typer.Option(None, help="also time this batch size"),
     quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    battery: str | None = typer.Option(None, help="battery for a lifetime estimate, e.g. 225mAh@3V (default: "
+                                       "the device profile's, if it has one)"),
+    rate: str | None = typer.Option(None, help="inferences per time for the lifetime: 1/s, 10/min, 1/h (default 1/s)"),
+    between: str | None = typer.Option(None, help="power state between inferences: sleep (default where the "
+                                       "profile has it) or idle"),
+    fleet: int | None = typer.Option(None, help="also the yearly energy (kWh) and CO2 of this many devices"),
+    grid_intensity: float | None = typer.Option(None, help="g CO2e/kWh for --fleet (default 475, IEA 2019)"),
     save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side."""
+    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side;
+    with a battery (option or device default), the estimated battery life."""
+    from edgeslim.measure import battery as bat
     from edgeslim.report.results import print_table
 
+    bat.check_options(battery, rate, between, fleet, grid_intensity)
     res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick)
+    lives = bat.annotate_rows(res, device, battery, rate, between, fleet, grid_intensity)  # adds row["battery"]
     if save is not None:
         from edgeslim.fsutil import write_json
 
@@ -112,6 +123,10 @@ def measure(
             from edgeslim.commands.deploy import print_deploy_table
 
             print_deploy_table(res, console)
+        for name, life in lives:
+            console.print(f"[bold]{name}[/bold] on {life.device}:")
+            for line in bat.lines(life):
+                console.print(f"  {line}", highlight=False)
 
 
 @app.command("models")

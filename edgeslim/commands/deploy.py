@@ -12,6 +12,13 @@ from edgeslim.cli import _emit_json, app, console
 from edgeslim.report.results import human_bytes
 
 
+BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"
+RATE_HELP = "inferences per time for the lifetime estimate: 1/s, 10/min, 0.5/s, 1/h (default 1/s)"
+BETWEEN_HELP = "power state between inferences: sleep (profile sleep_power_mw, the default where set) or idle"
+FLEET_HELP = "also the yearly energy (kWh) and CO2 of this many such devices"
+GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world average, IEA 2019)"
+
+
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
 
@@ -21,17 +28,27 @@ def fit(
     model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
     device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
     arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency and energy."""
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and battery life."""
     from edgeslim.deploy.fit import fit_check
+    from edgeslim.measure import battery as bat
 
+    bat.check_options(battery, rate, between, fleet, grid_intensity)
     r = fit_check(model, device, arena_bytes=arena, arena_source="given" if arena else "planner")
+    life = bat.for_row({"name": str(model), "deploy_device": r.device, "energy_mj": r.energy_mj,
+                        "energy_latency_ms": r.latency_ms}, device, battery, rate, between, fleet, grid_intensity)
     from edgeslim.litert.fit import arena_beside  # X.onnx beside X.tflite: both arena figures
 
     beside = arena_beside(model)
     if as_json:
-        _emit_json({"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})})
+        _emit_json({"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {}),
+                    **({"battery": life.as_dict()} if life else {})})
         return
     console.print(f"[bold]{model}[/bold] on [bold]{r.device}[/bold]: {_verdict(r.fits)}")
     console.print(f"  flash: {human_bytes(r.flash_bytes)} needed (weights {human_bytes(r.weights_bytes)} + "
@@ -50,6 +67,8 @@ def fit(
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r.reasons:
         console.print(f"  [red]-[/red] {line}")
+    for line in bat.lines(life) if life else []:
+        console.print(f"  {line}", highlight=False)
 
 
 @app.command("devices")
