@@ -11,7 +11,6 @@ from rich.table import Table
 from edgeslim.cli import _emit_json, app, console
 from edgeslim.report.results import human_bytes
 
-
 BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"
 RATE_HELP = "inferences per time for the lifetime estimate: 1/s, 10/min, 0.5/s, 1/h (default 1/s)"
 BETWEEN_HELP = "power state between inferences: sleep (profile sleep_power_mw, the default where set) or idle"
