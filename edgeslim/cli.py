@@ -202,21 +202,23 @@ def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readab
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="folder for the demo's outputs"),
-    model: str = typer.Option("lenet5", help="zoo model to train"),
-    task: str = typer.Option("digits", help="task"),
-    epochs: int = typer.Option(30, help="baseline training epochs"),
+    model: str = typer.Option("cnn1d", help="zoo model to train"),
+    task: str = typer.Option("mnist1d", help="task"),
+    width: int = typer.Option(128, help="model width (channels of the first layers)"),
+    epochs: int = typer.Option(12, help="baseline training epochs"),
+    recipe: Path = typer.Option(RECIPES / "demo.yaml", help="compression recipe"),
 ) -> None:
-    """The default job: train a baseline, prune + INT8 it, export, measure, compare."""
-    from edgeslim.report.results import print_table
+    """The default job: train a baseline, structured-prune + INT8 it, measure, compare, verdict on a Cortex-M4."""
+    from edgeslim.report.summary import print_summary
 
     t0 = time.time()
     base = out / "baseline"
     if not (base / "spec.json").exists():
-        console.print(f"training baseline {model} on {task} ({epochs} epochs)")
-        api.train(model, task, base, TrainConfig(epochs=epochs))
-    res = api.run(RECIPES / "default.yaml", base, task, out / "run")
-    print_table(res["stages"], title=f"{model} on {task}: baseline vs compressed", console=console)
-    console.print(f"report: {out / 'run' / 'report.md'}  ({time.time() - t0:.0f} s)")
+        console.print(f"training baseline {model} (width {width}) on {task} ({epochs} epochs)")
+        api.train(model, task, base, TrainConfig(epochs=epochs, batch_size=128), width=width)
+    res = api.run(recipe, base, task, out / "run")
+    print_summary(res, out / "run", console, f"{model} on {task}: baseline vs compressed")
+    console.print(f"done in {time.time() - t0:.0f} s", highlight=False)
 
 
 def _load_commands() -> None:

@@ -248,7 +248,7 @@ def for_row(row: dict, device_name: str | None, battery: str | None, rate: str |
     has no energy estimate and nothing was asked explicitly."""
     from edgeslim.devices import load_device
 
-    dev = load_device(row.get("deploy_device") or device_name or "host")
+    dev = load_device(device_name or row.get("deploy_device") or "host")  # the user's name or YAML path first
     e, t = row.get("energy_mj"), row.get("energy_latency_ms") or row.get("latency_ms_p50")
     if e is None or t is None:
         if requested(battery, rate, fleet):
