@@ -24,10 +24,10 @@ import torch
 from edgeslim.deploy.export import export_onnx
 from edgeslim.deploy.memory import plan_arena
 from edgeslim.deploy.optimize import ort_optimize
-from edgeslim.deploy.runtime import session
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
 from edgeslim.models import build_model, make_spec
+from edgeslim.onnxkit.session import session
 
 ZOO = [("lenet5", (1, 28, 28), 10), ("resnet8", (3, 32, 32), 10), ("dscnn", (1, 49, 10), 12),
        ("mobilenetv1", (3, 96, 96), 2), ("cnn1d", (1, 40), 10), ("lenet300", (1, 28, 28), 10)]
@@ -60,8 +60,8 @@ def export_pair(net: torch.nn.Module, shape: tuple[int, ...], folder: Path, tag:
 
 def mlperf_table(folder: Path) -> None:
     """The cortex-m4 profile (calibrated on image classification) against all four published MLPerf Tiny v0.5
-    reference runs, beside the a-priori profile; the leave-one-out table is `python -m edgeslim.devices.calibrate`."""
-    from edgeslim.devices.calibrate import MLPERF_TINY_V05_L4R5, check, reference_counts
+    reference runs, beside the a-priori profile; the leave-one-out table is `python -m edgeslim.measure.calibrate`."""
+    from edgeslim.measure.calibrate import MLPERF_TINY_V05_L4R5, check, reference_counts
 
     m4 = load_device("cortex-m4")
     assert m4.calibration is not None

@@ -32,7 +32,7 @@ from edgeslim.litert.fit import tflite_fit, tflite_footprint
 from edgeslim.litert.interpreter import LiteRTModel
 from edgeslim.litert.micro import MicroModel
 from edgeslim.models.zoo import ZOO
-from edgeslim.passes.quantize import QuantizeInt8, quantize_static_onnx
+from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -86,7 +86,7 @@ def part2(out: Path, only: list[str] | None = None) -> list[dict]:
             onnx32 = Path(tmp) / "fp32.onnx"
             export_onnx(net, shape, onnx32)
             onnx8 = Path(tmp) / "int8.onnx"
-            quantize_static_onnx(onnx32, onnx8, calib, QuantizeInt8(activation_type="int8", reduce_range=False))
+            quantize_static_file(onnx32, onnx8, calib, IntFormat("int8", reduce_range=False, per_channel=True))
             for prec, onnx_path in (("fp32", onnx32), ("int8", onnx8)):
                 try:
                     tfl = to_tflite(net, shape, Path(tmp) / f"{prec}.tflite", int8=prec == "int8",

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from edgeslim.onnxopt.report import print_report
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.report.optimize import print_report
 
 
 def _glyphs(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:

@@ -23,8 +23,8 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT, export_qdq, export_via_ort, prepare
 from edgeslim.train import TrainConfig, fit

@@ -20,9 +20,9 @@ from edgeslim.deploy.optimize import (
     fold_and_prune,
     fold_batchnorm,
     ort_optimize,
-    remove_dead,
 )
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.graph import remove_dead
 
 
 def conv_bn_relu() -> tuple[nn.Module, onnx.ModelProto]:

@@ -10,13 +10,15 @@ import onnx
 import pytest
 from test_optimize_graphs import const_convnet, if_model, loop_model, multi_input_mlp
 
-from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError
-from edgeslim.onnxopt import graph, quant
+from edgeslim.onnxkit.graph import all_nodes, name_nodes, op_counts, save
+from edgeslim.onnxkit.inputs import input_specs, synthetic_feeds
+from edgeslim.onnxkit.load import load_and_repair
+from edgeslim.onnxkit.session import ort_optimize, session
+from edgeslim.onnxopt import fallback
 from edgeslim.onnxopt.fidelity import Tolerance
-from edgeslim.onnxopt.inputs import input_specs, synthetic_feeds
-from edgeslim.onnxopt.load import all_nodes, load_and_repair
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.onnxopt.weight_only import weight_only
 
 # latency is measured for real; tiny graphs on a loaded CI machine are noisy, so allow 2x in behaviour tests
 FAST = dict(samples=8, bench_seconds=0.2, weight_min_elements=64, max_slowdown=1.0)
@@ -51,7 +53,7 @@ def test_multi_input_dynamic_batch(tmp_path: Path) -> None:
         cos = float((r * g).sum() / (np.linalg.norm(r) * np.linalg.norm(g)))
         assert cos > 0.99
     # the Sin layer is not something the quantizer knows: it is left as it was
-    assert graph.op_counts(m).get("Sin") == 1
+    assert op_counts(m).get("Sin") == 1
     chosen = next(c for c in res["candidates"] if c["status"] == "chosen")
     assert chosen["cosine"] >= 0.99 and chosen["name"] == res["chosen"]
     assert res["reason"].startswith(res["chosen"])
@@ -76,9 +78,9 @@ def test_constant_weights_and_old_opset_are_repaired(tmp_path: Path) -> None:
     version = onnx.load(str(tmp_path / "out.onnx")).opset_import[0].version
     assert version == (11 if res["chosen"] in ("w8", "fp32-opt", "original") else 13)
     # per-channel QDQ on the upgraded graph: one weight scale per output channel
-    base = graph.ort_optimize(loaded.model)
+    base = ort_optimize(loaded.model)
     feeds, _ = synthetic_feeds(input_specs(base), {}, 4, 0)
-    q = quant.static_int8(base, feeds, "qdq", set(), set())
+    q = fallback.static_int8(base, feeds, "qdq", set(), set())
     scales = {t.name: t for t in q.graph.initializer}
     dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("cw2"))
     assert list(scales[dq.input[1]].dims) == [16]
@@ -87,18 +89,18 @@ def test_constant_weights_and_old_opset_are_repaired(tmp_path: Path) -> None:
 def test_weight_only_is_folded_to_fp32_by_ort(tmp_path: Path) -> None:
     src = const_convnet(tmp_path / "conv.onnx", opset=13)
     m = load_and_repair(src).model
-    w8, n = graph.weight_only(m, "int8", min_elements=64)
+    w8, n = weight_only(m, "int8", min_elements=64)
     assert n == 3
     # int8 tensors replace the float ones; a Cast+Mul decodes each
     kinds = {t.name: t.data_type for t in w8.graph.initializer}
     assert kinds["cw2__q8"] == onnx.TensorProto.INT8 and "cw2" not in kinds
     p = tmp_path / "w8.onnx"
-    graph.save(w8, p)
+    save(w8, p)
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     ref, got = _outputs(src, {"x": x})[0], _outputs(p, {"x": x})[0]
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
     # a forced fallback threshold keeps every weight fp16 instead
-    w16, _ = graph.weight_only(m, "int8", min_elements=64, fp16_below_db=200)
+    w16, _ = weight_only(m, "int8", min_elements=64, fp16_below_db=200)
     assert all(not t.name.endswith("__q8") for t in w16.graph.initializer)
 
 
@@ -122,7 +124,7 @@ def test_loop_model_is_handled(tmp_path: Path) -> None:
     src = loop_model(tmp_path / "loop.onnx")
     res = optimize(_cfg(src, tmp_path / "out.onnx"))
     m = onnx.load(str(tmp_path / "out.onnx"))
-    assert graph.op_counts(m).get("Loop") == 1
+    assert op_counts(m).get("Loop") == 1
     assert res["side_by_side"]["optimised"]["size_bytes"] < res["side_by_side"]["original"]["size_bytes"]
     x = np.random.default_rng(3).standard_normal((1, 32)).astype(np.float32)
     ref, got = _outputs(src, {"x": x})[0], _outputs(tmp_path / "out.onnx", {"x": x})[0]
@@ -131,11 +133,11 @@ def test_loop_model_is_handled(tmp_path: Path) -> None:
 
 def test_sqnr_fallback_excludes_layers(tmp_path: Path) -> None:
     src = const_convnet(tmp_path / "conv.onnx", opset=13)
-    base = graph.ort_optimize(load_and_repair(src).model)
-    quant.name_nodes(base)
+    base = ort_optimize(load_and_repair(src).model)
+    name_nodes(base)
     feeds, _ = synthetic_feeds(input_specs(base), {}, 8, 0)
-    easy = quant.static_with_fallback(base, feeds, set(), set(), sqnr_db=5.0)
-    hard = quant.static_with_fallback(base, feeds, set(), set(), sqnr_db=80.0, max_rounds=2)
+    easy = fallback.static_with_fallback(base, feeds, set(), set(), sqnr_db=5.0)
+    hard = fallback.static_with_fallback(base, feeds, set(), set(), sqnr_db=80.0, max_rounds=2)
     assert easy.excluded == [] and easy.worst_db >= 5.0
     assert len(hard.excluded) >= 1 and hard.rounds >= 1
     # excluded layers are float again in the QDQ model
@@ -151,11 +153,11 @@ def test_exclude_op_keeps_those_layers_float(tmp_path: Path) -> None:
     w8 = next(c for c in res["candidates"] if c["name"] == "w8")
     assert w8["status"].startswith("skipped")  # every large weight belongs to an excluded MatMul
     # static INT8 honours the list: excluded op types keep float weights, the others are quantized
-    base = graph.ort_optimize(load_and_repair(src).model)
-    quant.name_nodes(base)
+    base = ort_optimize(load_and_repair(src).model)
+    name_nodes(base)
     feeds, _ = synthetic_feeds(input_specs(base), {}, 4, 0)
     for excluded, kept in (("MatMul", "Gemm"), ("Gemm", "MatMul")):  # ORT fused MatMul+Add into Gemm
-        q = quant.static_int8(base, feeds, "qdq", {excluded}, set())
+        q = fallback.static_int8(base, feeds, "qdq", {excluded}, set())
         dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         # the weight input tells: a DequantizeLinear output for a quantized layer, the float tensor otherwise
         assert all(n.input[1] in dq for n in q.graph.node if n.op_type == kept)

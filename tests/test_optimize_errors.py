@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from edgeslim.cli import app
 from edgeslim.errors import EdgeslimError
-from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, resolve_shape
-from edgeslim.onnxopt.load import load_onnx
+from edgeslim.onnxkit.inputs import input_specs, load_npz, parse_shapes, resolve_shape
+from edgeslim.onnxkit.load import load_onnx
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
 
 

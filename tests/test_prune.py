@@ -10,8 +10,8 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.nm import is_nm, nm_mask
 from edgeslim.passes.prune import (

@@ -12,9 +12,9 @@ import torch
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.macs import count_macs
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.structured import channel_counts, removable_blocks
 from edgeslim.pipeline import run_recipe
@@ -132,7 +132,7 @@ def test_recipes_run_in_the_pipeline(tiny_image_task, tmp_path):
     task = tiny_image_task
     m, spec = _model("resnet8", task)
     models.save_model(tmp_path / "base", m, spec)
-    from edgeslim.cli import RECIPES
+    from edgeslim.api import RECIPES
 
     for name in ("structured-50", "unstructured-92"):
         text = re.sub(r"epochs: \d+", "epochs: 1", (RECIPES / f"{name}.yaml").read_text())

@@ -14,11 +14,11 @@ from conftest import trained
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import onnx_accuracy, run_batched, session
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.quant import check_calibration, parse_format
+from edgeslim.onnxkit.session import onnx_accuracy, run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import run_recipe
-from edgeslim.quant.ortquant import check_calibration, parse_format
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, fit
 

@@ -12,8 +12,8 @@ import torch
 
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.mixed import allocate
 from edgeslim.quant.codebook import make_codec, pack_codes, unpack_codes, write_packed

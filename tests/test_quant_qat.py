@@ -14,7 +14,7 @@ from conftest import trained
 from onnx import numpy_helper
 
 from edgeslim import models
-from edgeslim.deploy.runtime import run_batched, session
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.prune import apply_masks, magnitude_masks
 from edgeslim.passes.qat import QAT, export_qdq, prepare

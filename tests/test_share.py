@@ -18,22 +18,24 @@ from edgeslim.passes.share import (
     MAGIC,
     _gaps,
     cluster_layer,
-    kmeans_1d,
     load_shared,
     load_shared_model,
     save_shared,
     unshare,
 )
+from edgeslim.quant.codebook import kmeans_1d
 from edgeslim.quant.huffman import canonical_codes, decode, encode, huffman_lengths
 from edgeslim.train import evaluate
 
 
 def test_kmeans_1d_finds_clusters():
-    v = torch.cat([torch.full((50,), -1.0), torch.full((30,), 0.5), torch.full((20,), 2.0)]) + 0.01 * torch.randn(100)
-    c, a = kmeans_1d(v, 3)
-    assert torch.allclose(c, torch.tensor([-1.0, 0.5, 2.0]), atol=0.02)
-    assert Counter(a.tolist()) == {0: 50, 1: 30, 2: 20}
-    c2, _ = kmeans_1d(torch.tensor([1.0, 1.0, 2.0]), 16)  # fewer distinct values than clusters
+    rng = np.random.default_rng(0)
+    v = np.concatenate([np.full(50, -1.0), np.full(30, 0.5), np.full(20, 2.0)]) + 0.01 * rng.standard_normal(100)
+    for init in ("linear", "density", "random"):
+        c, a = kmeans_1d(v, 3, init=init, tol=0.0)
+        assert np.allclose(c, [-1.0, 0.5, 2.0], atol=0.02), init
+        assert Counter(a.tolist()) == {0: 50, 1: 30, 2: 20}
+    c2, _ = kmeans_1d(np.array([1.0, 1.0, 2.0]), 16)  # fewer distinct values than clusters
     assert len(c2) == 2
 
 

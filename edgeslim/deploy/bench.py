@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeslim.deploy.runtime import session
 from edgeslim.measure.latency import Latency, percentiles
+from edgeslim.onnxkit.session import session
 
 
 def side_by_side_latency(net: nn.Module | None, onnx_path: Path, sample: np.ndarray, runs: int = 200,

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.session import run_batched, session
 
 OPSET = 17
 

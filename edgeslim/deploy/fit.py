@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.load import read_onnx
 
 
 @dataclass
@@ -82,10 +83,10 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
         return _fit_tflite(p, dev)
     onnx_path, cleanup = to_onnx(p)
     try:
-        from edgeslim.deploy.memory import load, plan_arena
+        from edgeslim.deploy.memory import plan_arena
         from edgeslim.measure.energy import estimate_energy
 
-        m = load(onnx_path)
+        m = read_onnx(onnx_path)
         unknown: list[str] = []
         if arena_bytes is None:
             plan = plan_arena(m)
@@ -140,10 +141,10 @@ def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = N
     """Deploy fields for one pipeline stage (cheap: planner + analytic counts, tens of ms):
     arena_bytes, naive_activation_bytes, flash_bytes, energy_mj, energy_method, deploy_device."""
     dev = load_device(device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE)
-    from edgeslim.deploy.memory import load, plan_arena
+    from edgeslim.deploy.memory import plan_arena
     from edgeslim.measure.energy import energy_for
 
-    m = load(onnx_path)
+    m = read_onnx(onnx_path)
     try:
         plan = plan_arena(m, max_states=2000)
     except EdgeslimError as err:  # a graph the planner cannot size must not stop the pipeline

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.load import read_onnx
+from edgeslim.onnxkit.shapes import infer_static
 
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 INPLACE_OPS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -73,43 +75,6 @@ class ArenaPlan:
         if not buffers:
             d.pop("buffers")
         return d
-
-
-def load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        return onnx.load(str(model))
-    except Exception as e:  # DecodeError, OSError...
-        raise EdgeslimError(f"{model}: not a readable ONNX model ({type(e).__name__})") from None
-
-
-def infer_static(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
-    """A copy with every graph input made static (batch -> 1, `shapes` overrides) and shapes inferred."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {t.name for t in m.graph.initializer}
-    for inp in m.graph.input:
-        if inp.name in inits:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        if shapes and inp.name in shapes:
-            new = list(shapes[inp.name])
-        else:
-            new = [d.dim_value if d.HasField("dim_value") else (1 if i == 0 else -1) for i, d in enumerate(dims)]
-            if any(v < 1 for v in new):
-                raise EdgeslimError(f"input '{inp.name}' has unknown dimensions {new}; pass shapes="
-                                    f"{{'{inp.name}': [1, ...]}} (CLI: --shape {inp.name}=1,...)")
-        del dims[:]
-        for v in new:
-            dims.add().dim_value = int(v)
-    del m.graph.value_info[:]
-    for out in m.graph.output:  # let inference fill them with concrete dims
-        out.type.tensor_type.ClearField("shape")
-    try:
-        return shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as e:  # onnx raises InferenceError subclasses
-        raise EdgeslimError(f"shape inference failed: {str(e).splitlines()[0]}") from None
 
 
 def _tensor_bytes(vi: onnx.ValueInfoProto) -> int | None:
@@ -198,7 +163,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
     """Plan the activation arena of `model` (path or ModelProto) at batch 1. See the module docstring.
     With tensors of unknown shape (listed in `unknown_tensors`) the arena is a lower bound."""
     unknown: list[str] = []
-    m, root, size = buffers_of(load(model), fuse_qdq, fuse_inplace, shapes, strict, unknown)
+    m, root, size = buffers_of(read_onnx(model), fuse_qdq, fuse_inplace, shapes, strict, unknown)
     g = m.graph
     nodes = [n for n in g.node if any(o in root for o in n.output)]  # constant subgraphs take no arena
     order = list(range(len(nodes)))
@@ -228,7 +193,7 @@ def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
     """A copy of `model` whose nodes run in the lowest-peak order found (constant-only nodes first), and
     the plan of the new order. Any topological order is a valid ONNX graph, so outputs do not change;
     runtimes that execute in file order (TFLite Micro after conversion) then need the smaller arena."""
-    src = load(model)
+    src = read_onnx(model)
     unknown: list[str] = []
     _, root, size = buffers_of(src, shapes=shapes, unknown=unknown)
     g = src.graph
@@ -310,4 +275,4 @@ def peak_live(bufs: list[Buffer]) -> int:
     return int(np.cumsum(live).max())
 
 
-__all__ = ["ArenaPlan", "Buffer", "plan_arena", "greedy_by_size", "peak_live", "lifetimes", "infer_static"]
+__all__ = ["ArenaPlan", "Buffer", "plan_arena", "greedy_by_size", "peak_live", "lifetimes"]

@@ -3,8 +3,8 @@
 - `fold_batchnorm`: Conv followed by BatchNormalization (constant statistics) becomes one Conv
   (W' = W * g / sqrt(v + eps) per output channel, b' = (b - m) * g / sqrt(v + eps) + beta). The
   TorchScript exporter already folds BN of models in eval mode; `bn_folding_check` tells which.
-- `fold_and_prune`: constant folding and dead-node removal (onnxscript's optimizer, then our own
-  sweep of nodes whose outputs nobody reads and of unused initializers).
+- `fold_and_prune`: constant folding and dead-node removal (onnxscript's optimizer, then
+  `onnxkit.graph.remove_dead`: nodes whose outputs nobody reads, unused initializers).
 - `ort_optimize`: ONNX Runtime offline optimisation at level basic / extended / all, the optimised
   graph saved (`SessionOptions.optimized_model_filepath`), with the fusions that happened listed
   from the operator counts before and after (e.g. Conv + Relu -> com.microsoft.FusedConv) and a
@@ -25,11 +25,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeslim.deploy.memory import load
-from edgeslim.errors import EdgeslimError, choices
+from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.graph import op_counts, remove_dead
+from edgeslim.onnxkit.load import read_onnx
+from edgeslim.onnxkit.session import ort_level, session
+from edgeslim.onnxkit.session import ort_optimize as ort_offline
 
-LEVELS = ("disable", "basic", "extended", "all")
 FUSED_OPS = {
     "FusedConv": "Conv + activation",
     "FusedGemm": "Gemm + activation",
@@ -45,15 +47,9 @@ FUSED_OPS = {
 }
 
 
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Operator counts by `domain.op_type` (default domain: just op_type)."""
-    return dict(Counter((f"{n.domain}." if n.domain and n.domain != "ai.onnx" else "") + n.op_type
-                        for n in model.graph.node))
-
-
 def bn_folding_check(model: str | Path | onnx.ModelProto) -> dict:
     """{"batchnorm_nodes": N, "folded": N == 0, "after_conv": how many follow a Conv (foldable)}."""
-    m = load(model)
+    m = read_onnx(model)
     producer = {o: n for n in m.graph.node for o in n.output}
     bns = [n for n in m.graph.node if n.op_type == "BatchNormalization"]
     after_conv = sum(1 for n in bns if n.input[0] in producer and producer[n.input[0]].op_type == "Conv")
@@ -96,24 +92,6 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if drop:
         remove_dead(m)
     return m, len(drop)
-
-
-def remove_dead(model: onnx.ModelProto) -> int:
-    """Remove, in place, nodes whose outputs nobody reads and initializers nobody uses. Returns nodes removed."""
-    g = model.graph
-    removed = 0
-    while True:
-        used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
-        removed += len(dead)
-    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
-    return removed
 
 
 def fold_and_prune(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
@@ -167,35 +145,18 @@ def describe_fusions(before: dict[str, int], after: dict[str, int]) -> list[str]
 def ort_optimize(model_path: str | Path, out_path: str | Path, level: str = "extended",
                  check: bool = True, atol: float = 1e-4) -> OptimizeReport:
     """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, check outputs still match."""
-    import onnxruntime as ort
-
-    from edgeslim.deploy.runtime import session
-
-    if level not in LEVELS:
-        raise EdgeslimError(f"unknown optimisation level '{level}'; valid: {choices(LEVELS)}")
-    src = load(model_path)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.ortopt.onnx")
-    opts.optimized_model_filepath = str(tmp)
-    opts.log_severity_level = 3
+    ort_level(level)  # an unknown level is the user's mistake: one line with the valid ones
+    src = read_onnx(model_path)
     try:
-        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        data = tmp.read_bytes()
+        opt = ort_offline(model_path, level)
     except Exception as e:  # ORT raises private exception types
         raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_bytes(out_path, data)
-    opt = onnx.load_from_string(data)
+    out_path = Path(out_path)
+    write_bytes(out_path, opt.SerializeToString())
+    before, after = op_counts(src, qualified=True), op_counts(opt, qualified=True)
     rep = OptimizeReport(
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
-        ops_before=op_counts(src), ops_after=op_counts(opt),
-        fusions=describe_fusions(op_counts(src), op_counts(opt)), batchnorm=bn_folding_check(src),
+        ops_before=before, ops_after=after, fusions=describe_fusions(before, after), batchnorm=bn_folding_check(src),
     )
     if check:
         inp = session(model_path, level="disable").get_inputs()[0]

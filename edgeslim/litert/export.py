@@ -80,19 +80,19 @@ def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_sample
     import tempfile
 
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.deploy.runtime import onnx_accuracy
+    from edgeslim.onnxkit.session import onnx_accuracy
 
     if not int8:
         summary = {"format": "onnx", "precision": "fp32", "path": str(out),
                    **export_onnx(net, shape, out, check=check)}
     else:
-        from edgeslim.passes.quantize import QuantizeInt8, quantize_static_onnx
+        from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(net, shape, fp32, check=check)
-            cfg = QuantizeInt8(activation_type="int8", reduce_range=False, per_channel=per_channel)
-            quantize_static_onnx(fp32, out, t.calibration(calibration_samples, seed), cfg)
+            fmt = IntFormat("int8", reduce_range=False, per_channel=per_channel)
+            quantize_static_file(fp32, out, t.calibration(calibration_samples, seed), fmt)
         summary = {"format": "onnx", "precision": "int8 (QDQ s8s8)", "path": str(out)}
     summary["size_bytes"] = out.stat().st_size
     if t is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.litert.micro import tflm_arena
+from edgeslim.onnxkit.graph import has_qdq
+from edgeslim.onnxkit.load import read_onnx
 
 
 def tflite_footprint(path: str | Path) -> dict:
@@ -43,12 +45,6 @@ def tflite_fit(path: str | Path, device: str | Path | object, footprint: dict | 
     }
 
 
-def _is_int8_onnx(path: Path) -> bool:
-    import onnx
-
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(path)).graph.node)
-
-
 def arena_beside(model: str | Path) -> dict | None:
     """Planner and TFLite Micro arenas side by side, for a model that exists as `X.onnx` and `X.tflite`
     of the same precision (as `edgeslim export` leaves them). None when there is no such pair."""
@@ -62,8 +58,7 @@ def arena_beside(model: str | Path) -> dict | None:
         return None
     from edgeslim.deploy.memory import plan_arena
     from edgeslim.litert.interpreter import LiteRTModel
-
-    if LiteRTModel(tfl).input.quantized != _is_int8_onnx(onnx):
+    if LiteRTModel(tfl).input.quantized != has_qdq(read_onnx(onnx)):
         return None
     planner = plan_arena(onnx, reorder=False).arena_bytes
     a = tflm_arena(tfl)

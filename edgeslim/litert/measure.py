@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.graph import has_qdq
+from edgeslim.onnxkit.load import read_onnx
 
 
 def measure_tflite(path: str | Path, task=None, runs: int = 200, threads: int = 1) -> dict:
@@ -41,18 +43,12 @@ def measure_tflite(path: str | Path, task=None, runs: int = 200, threads: int = 
         m.update({k: fp[k] for k in ("tflm_arena_bytes", "tflm_arena_head_bytes", "tflm_arena_tail_bytes", "ops")})
         m["tflm_arena_method"] = fp["arena_method"]
     onnx = p.with_suffix(".onnx")
-    if onnx.is_file() and _is_int8_onnx(onnx) == lm.input.quantized:  # compare like with like
+    if onnx.is_file() and has_qdq(read_onnx(onnx)) == lm.input.quantized:  # compare like with like
         from edgeslim.deploy.memory import plan_arena
 
         m["arena_bytes"] = m["planner_arena_bytes"] = plan_arena(onnx, reorder=False).arena_bytes
         m["planner_onnx"] = str(onnx)
     return m
-
-
-def _is_int8_onnx(path: Path) -> bool:
-    import onnx
-
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in onnx.load(str(path)).graph.node)
 
 
 __all__ = ["measure_tflite"]

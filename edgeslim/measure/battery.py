@@ -204,8 +204,10 @@ def human_duration(seconds: float) -> str:
     return f"{seconds / 60:.3g} min"
 
 
-def lines(b: BatteryLife) -> list[str]:
-    """Plain lines for the CLI; every figure says it is estimated."""
+def lines(b: BatteryLife | dict) -> list[str]:
+    """Plain lines for the CLI (from an estimate or its `as_dict()`); every figure says it is estimated."""
+    if isinstance(b, dict):
+        b = BatteryLife(**{k: v for k, v in b.items() if k != "lifetime_days"})
     out = [
         f"battery life (estimated): {human_duration(b.lifetime_s)} on {b.battery} at {b.rate} "
         f"({b.rate_per_s:.3g} inferences/s)",

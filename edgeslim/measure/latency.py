@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeslim.deploy.runtime import session
+from edgeslim.onnxkit.session import session
 
 
 @dataclass(frozen=True)

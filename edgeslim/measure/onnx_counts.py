@@ -2,7 +2,7 @@
 
 The energy estimator needs, for every compute layer: how many multiply-accumulates it does and in
 which precision, how many weight bytes it reads (in their stored dtype) and how many activation bytes
-it reads and writes. Counts come from the graph after shape inference (`deploy.memory.infer_static`).
+it reads and writes. Counts come from the graph after shape inference (`onnxkit.shapes.infer_static`).
 
 Precision of a Conv / MatMul / Gemm:
 - `int8` when its data input and its weight both come from DequantizeLinear (a QDQ model, the
@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeslim.deploy.memory import infer_static, load
+from edgeslim.onnxkit.load import read_onnx
+from edgeslim.onnxkit.shapes import infer_static
 
 INT_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm"}
 MAC_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose"} | INT_OPS
@@ -84,7 +85,7 @@ def _itemsize(info: dict, t: str) -> int:
 
 def count_onnx(model: str | Path | onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> GraphCount:
     """Per-layer counts of `model` at batch 1 (see the module docstring)."""
-    m = infer_static(load(model), shapes)
+    m = infer_static(read_onnx(model), shapes)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     info = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.session import run_batched, session
 
 FILE = "predictions.npz"
 
@@ -31,7 +31,7 @@ def outputs(onnx_path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
 def accuracy_and_predictions(onnx_path: Path, x: np.ndarray, y: np.ndarray, num_classes: int,
                              out: Path | None, threads: int = 1) -> float:
     """Top-1 accuracy (fraction 0-1) of the ONNX model on (x, y); with `out`, the outputs of a classifier
-    are also saved there (see the module docstring). Same figure as `deploy.runtime.onnx_accuracy`."""
+    are also saved there (see the module docstring). Same figure as `onnxkit.session.onnx_accuracy`."""
     z = outputs(onnx_path, x, threads)
     acc = float((z.argmax(1) == y).mean())
     if out is not None and z.ndim == 2 and z.shape[1] == num_classes and num_classes > 1:

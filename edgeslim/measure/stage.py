@@ -13,9 +13,9 @@ import numpy as np
 from torch import nn
 
 from edgeslim.data import Task
-from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.measure.latency import onnx_latency
 from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.onnxkit.session import onnx_accuracy
 
 StageMetric = Callable[[Path, Task, dict], dict]
 STAGE_METRICS: list[StageMetric] = []

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeslim.deploy.runtime import session
 from edgeslim.measure.latency import interleaved_latency
+from edgeslim.onnxkit.session import session
 
 
 def time_stages(run_dir: Path, stages: list[dict], sample: np.ndarray, seconds: float = 3.0,

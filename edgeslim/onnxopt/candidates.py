@@ -23,10 +23,13 @@ from pathlib import Path
 
 import onnx
 
-from edgeslim.deploy.runtime import session
-from edgeslim.onnxopt import graph, quant
+from edgeslim.onnxkit.graph import graphs, op_counts, save
+from edgeslim.onnxkit.inputs import Feed
+from edgeslim.onnxkit.quant import convert_fp16
+from edgeslim.onnxkit.session import session
+from edgeslim.onnxopt import fallback
 from edgeslim.onnxopt.fidelity import Fidelity, Tolerance, compare, run_all
-from edgeslim.onnxopt.inputs import Feed
+from edgeslim.onnxopt.weight_only import weight_only
 
 ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qdq+w8", "int8-qop", "int8-dyn", "fp16")
 ABOUT = {
@@ -104,7 +107,7 @@ def _first_line(e: BaseException) -> str:
 
 def _weights_of_excluded(m: onnx.ModelProto, ctx: Context) -> set[str]:
     inits = {t.name for t in m.graph.initializer}
-    return {i for n in quant._graphs(m.graph) for node in n.node
+    return {i for n in graphs(m.graph) for node in n.node
             if node.op_type in ctx.exclude_ops or node.name in ctx.exclude_nodes
             for i in node.input if i in inits}
 
@@ -121,19 +124,19 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         # load time on a weight that is still a Cast/Mul chain)
         fp = ctx.fp_base
         src = fp if fp.ByteSize() <= 1.02 * ctx.repaired.ByteSize() else ctx.repaired
-        m, n = graph.weight_only(src, "int8" if name == "w8" else "fp16", ctx.weight_min_elements,
+        m, n = weight_only(src, "int8" if name == "w8" else "fp16", ctx.weight_min_elements,
                                  _weights_of_excluded(src, ctx), fp16_below_db=ctx.w8_fp16_below_db)
         if n == 0:
             return None, [f"no weight has >= {ctx.weight_min_elements} elements"]
-        n16 = sum(t.name.endswith("__fp16") for g in quant._graphs(m.graph) for t in g.initializer)
+        n16 = sum(t.name.endswith("__fp16") for g in graphs(m.graph) for t in g.initializer)
         if name == "w8":
             why = f" (incl. weights with int8 SQNR < {ctx.w8_fp16_below_db:g} dB)" if ctx.w8_fp16_below_db else ""
             return m, [f"{n - n16} tensors int8, {n16} fp16{why}"]
         return m, [f"{n} tensors fp16"]
     if name == "int8-qdq":
-        r = quant.static_with_fallback(ctx.base, ctx.feeds, ctx.exclude_ops, ctx.exclude_nodes, ctx.sqnr_db)
+        r = fallback.static_with_fallback(ctx.base, ctx.feeds, ctx.exclude_ops, ctx.exclude_nodes, ctx.sqnr_db)
         ctx.excluded_by_sqnr = r.excluded
-        q = len(quant._quantized_nodes(r.model))
+        q = len(fallback.quantized_nodes(r.model))
         if q == 0:
             return None, [NOTHING_QUANTIZED]
         ctx.qdq = r.model
@@ -144,22 +147,22 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         # the weights static INT8 left float (RNNs, fallen-back layers) stored as int8/fp16 on top
         if ctx.qdq is None:
             return None, ["needs int8-qdq, which did not produce a model"]
-        m, n = graph.weight_only(ctx.qdq, "int8", ctx.weight_min_elements, _weights_of_excluded(ctx.qdq, ctx),
+        m, n = weight_only(ctx.qdq, "int8", ctx.weight_min_elements, _weights_of_excluded(ctx.qdq, ctx),
                                  fp16_below_db=ctx.w8_db)
         if n == 0:
             return None, ["int8-qdq left no large float weight"]
         return m, [f"{n} float tensors left by int8-qdq stored as int8/fp16"]
     if name == "int8-qop":
-        m = quant.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
+        m = fallback.static_int8(ctx.base, ctx.feeds, "qoperator", ctx.exclude_ops,
                               ctx.exclude_nodes | set(ctx.excluded_by_sqnr))
         if _int8_ops(m) <= _int8_ops(ctx.base):
             return None, [NOTHING_QUANTIZED]
         return m, [f"{len(ctx.excluded_by_sqnr)} layers kept float (from int8-qdq's SQNR fallback)"]
     if name == "int8-dyn":
-        m2 = quant.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
+        m2 = fallback.dynamic_int8(ctx.base, ctx.exclude_ops, ctx.exclude_nodes)
         return m2, ([] if m2 is not None else ["no MatMul/Gemm/LSTM/GRU to quantize dynamically"])
     if name == "fp16":
-        return quant.fp16(ctx.fp_base, ctx.exclude_ops), notes
+        return convert_fp16(ctx.fp_base, ctx.exclude_ops), notes
     raise AssertionError(name)
 
 
@@ -197,8 +200,8 @@ def _evaluate(name: str, ctx: Context, threads: int) -> Candidate:
         c.status = f"skipped: {c.notes[0] if c.notes else 'not applicable'}"
         return c
     c.path = ctx.workdir / f"{name}.onnx"
-    c.size = graph.save(m, c.path)
-    c.ops = graph.op_counts(m)
+    c.size = save(m, c.path)
+    c.ops = op_counts(m)
     try:
         sess = session(c.path, threads=threads)
         got = run_all(sess, ctx.feeds)

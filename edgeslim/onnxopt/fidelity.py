@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.onnxopt.inputs import Feed
+from edgeslim.onnxkit.inputs import Feed
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import onnx
 
-from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.latency import Latency, interleaved_latency
+from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
+from edgeslim.onnxkit.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
+from edgeslim.onnxkit.load import Loaded, load_and_repair
+from edgeslim.onnxkit.session import ort_optimize, session
+from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
-from edgeslim.onnxopt import graph, quant
 from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
-from edgeslim.onnxopt.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
-from edgeslim.onnxopt.load import Loaded, infer_shapes, load_and_repair
 
 SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
@@ -85,7 +86,7 @@ def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
                 del dims[:]
                 for d in shapes[v.name]:
                     dims.add().dim_value = int(d)
-        return int(plan_arena(graph.ort_optimize(m), reorder=False, shapes=shapes).arena_bytes)
+        return int(plan_arena(ort_optimize(m), reorder=False, shapes=shapes).arena_bytes)
     except Exception:
         return None
 
@@ -124,17 +125,17 @@ def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
 def _optimised(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """ORT offline optimisation, dead-node removal, shape inference, node names."""
     try:
-        base = graph.ort_optimize(model)
+        base = ort_optimize(model)
     except Exception as e:
         base = model
         notes.append(f"ORT offline optimisation failed ({cands._first_line(e)}): skipped")
-    dead = graph.remove_dead(base)
+    dead = remove_dead(base)
     if dead:
         notes.append(f"removed {dead} dead nodes")
     base, inferred = infer_shapes(base)  # value_info helps the quantizers; symbolic dims may stay
     if not inferred:
         notes.append("shape inference could not resolve this graph: continuing without it")
-    quant.name_nodes(base)
+    name_nodes(base)
     return base
 
 
@@ -147,7 +148,7 @@ def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str
     outputs is undone for everything.
     """
     rp = wd / "repaired.onnx"
-    graph.save(loaded.model, rp)
+    save(loaded.model, rp)
     fid = compare(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
     if fid.cosine < 0.9999 or not fid.finite:
         loaded = load_and_repair(src, upgrade=False)
@@ -194,7 +195,7 @@ def _choose(built: list[cands.Candidate], lat: dict[str, Latency], orig_size: in
 
 def _side(src: Path, out_path: Path, size: tuple[int, int], ops: dict[str, int] | None, name: str,
           lat: dict[str, Latency], shapes: dict[str, list[int]], device: str) -> dict[str, dict]:
-    before = graph.op_counts(onnx.load(str(src), load_external_data=False))
+    before = op_counts(onnx.load(str(src), load_external_data=False))
     return {
         "original": {"size_bytes": size[0], "ops": before, "latency": lat["original"].as_dict(),
                      "arena_bytes": _arena(src, shapes), "energy": _energy(src, device, shapes)},

@@ -88,6 +88,8 @@ FINETUNE_HOOKS: dict[str, HookFactory] = {}
 
 def register(name: str, config: type[PassConfig], kind: Literal["torch", "onnx"] = "torch") -> Callable[[PassFn], PassFn]:
     def deco(fn: PassFn) -> PassFn:
+        if any(i.config is config and i.name != name for i in PASSES.values()):
+            raise AssertionError(f"pass '{name}': config {config.__name__} already belongs to another pass")
         about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         PASSES[name] = PassInfo(name, fn, config, kind, about)
         return fn
@@ -117,6 +119,15 @@ def build_hooks(model: nn.Module, ctx: RunContext, extra: Hooks | None = None) -
         out.after_step += h.after_step
         out.after_epoch += h.after_epoch
     return out
+
+
+def pass_for_config(config: PassConfig) -> PassInfo:
+    """The pass whose config type `config` is (each pass has its own config class)."""
+    for info in PASSES.values():
+        if type(config) is info.config:
+            return info
+    raise EdgeslimError(f"{type(config).__name__} is not the config of a registered pass; configs: "
+                        f"{choices(i.config.__name__ for i in PASSES.values() if not i.name.startswith('_'))}")
 
 
 def get_pass(name: str) -> PassInfo:

@@ -23,10 +23,10 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import session
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.fsutil import write_json, write_text
 from edgeslim.measure.macs import count_macs
+from edgeslim.onnxkit.session import session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 
 DEFAULT_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]

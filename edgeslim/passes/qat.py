@@ -23,12 +23,12 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.runtime import run_batched, session
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.onnxkit.quant import compact_onnx
+from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import fakequant as fq
-from edgeslim.quant.ortquant import compact_onnx
 from edgeslim.quant.qdq import QLayer, layer_report, write_qdq
 from edgeslim.train import TrainConfig, evaluate
 

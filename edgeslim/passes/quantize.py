@@ -7,21 +7,20 @@ Every pass here is of kind "onnx": it reads the previous stage's ONNX and the st
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
+import onnx
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
-from edgeslim.deploy.runtime import onnx_accuracy
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_json
+from edgeslim.fsutil import write_bytes, write_json
 from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.quant import IntFormat, parse_format
+from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
-from edgeslim.quant import ortquant
-from edgeslim.quant.ortquant import IntFormat, parse_format
 from edgeslim.quant.qdq import layer_report
 
 DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
@@ -37,16 +36,6 @@ class QuantizeInt8(PassConfig):
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = True
-
-
-def quantize_static_onnx(src: Path, dst: Path, calib: np.ndarray, cfg: QuantizeInt8) -> None:
-    """One static QDQ quantization in the fixed format of `cfg` (kept for callers of the old API)."""
-    ortquant.check_calibration(src, calib)
-    pre = dst.with_suffix(".pre.onnx")
-    ortquant.preprocess(src, pre)
-    fmt = IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)
-    ortquant.quantize_static_fmt(pre, dst, calib, fmt, cfg.method)
-    pre.unlink(missing_ok=True)
 
 
 def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[dict, str]:
@@ -74,13 +63,13 @@ def static_int8(
     """The quantize_int8 pass; `act_overrides` ({tensor: (scale, uint8 zero point)}, e.g. learned by QAT)
     replaces calibration for those tensors."""
     assert ctx.prev_onnx is not None
-    ortquant.check_float(ctx.prev_onnx, "quantize_int8")
+    oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
-    ortquant.check_calibration(ctx.prev_onnx, calib)
+    feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
-    ortquant.preprocess(ctx.prev_onnx, pre)
+    oq.preprocess(ctx.prev_onnx, pre)
     if cfg.select == "fixed":
         fmts = [IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)]
     else:
@@ -90,8 +79,8 @@ def static_int8(
     raw, paths = {}, {}
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
-        ortquant.quantize_static_fmt(pre, raw[f.name], calib, f, cfg.method, act_overrides)
-        ortquant.compact_onnx(raw[f.name], paths[f.name])
+        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
+        oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
     rows = []
@@ -128,14 +117,12 @@ class QuantizeDynamic(PassConfig):
 def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, ctx: RunContext) -> PassResult:
     """Dynamic INT8: weights stored int8, activations scaled at run time (for Linear/MatMul/RNN models)."""
     assert ctx.prev_onnx is not None
-    ortquant.check_float(ctx.prev_onnx, "quantize_dynamic")
+    oq.check_float(ctx.prev_onnx, "quantize_dynamic")
     mm = ctx.stage_dir / "matmul.onnx"
-    n = ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
+    n = oq.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"
-    ortquant.quantize_dynamic_int8(mm, dst, cfg.per_channel, cfg.reduce_range)
+    oq.quantize_dynamic(mm, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
     mm.unlink()
-    import onnx
-
     ops = [x.op_type for x in onnx.load(str(dst)).graph.node]
     nq = sum(o in ("MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul") for o in ops)
     note = "Conv layers are left FP32 (dynamic quantization targets MatMul/Gemm/RNN)" if "Conv" in ops else ""
@@ -151,9 +138,9 @@ class QuantizeFP16(PassConfig):
 def quantize_fp16(model: nn.Module | None, task: Task, cfg: QuantizeFP16, ctx: RunContext) -> PassResult:
     """FP16 weights and compute (float32 model inputs/outputs kept); halves the file."""
     assert ctx.prev_onnx is not None
-    ortquant.check_float(ctx.prev_onnx, "quantize_fp16")
+    oq.check_float(ctx.prev_onnx, "quantize_fp16")
     dst = ctx.stage_dir / "model.onnx"
-    ortquant.convert_fp16(ctx.prev_onnx, dst)
+    write_bytes(dst, oq.convert_fp16(onnx.load(str(ctx.prev_onnx))).SerializeToString())
     return PassResult(None, onnx=dst, notes={
         "format": "fp16",
         "note": "ONNX Runtime's CPU provider has few FP16 kernels; it may insert casts, so CPU latency can "
@@ -174,14 +161,12 @@ def quantize_int4_weights(
     assert ctx.prev_onnx is not None
     if cfg.block_size & (cfg.block_size - 1):
         raise EdgeslimError(f"quantize_int4_weights.block_size: must be a power of two, got {cfg.block_size}")
-    ortquant.check_float(ctx.prev_onnx, "quantize_int4_weights")
+    oq.check_float(ctx.prev_onnx, "quantize_int4_weights")
     mm = ctx.stage_dir / "matmul.onnx"
-    ortquant.gemm_to_matmul(ctx.prev_onnx, mm)
+    oq.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"
-    n = ortquant.quantize_int4_weights(mm, dst, cfg.block_size, cfg.symmetric)
+    n = oq.quantize_int4_weights(mm, dst, cfg.block_size, cfg.symmetric)
     mm.unlink()
-    import onnx
-
     convs = sum(x.op_type == "Conv" for x in onnx.load(str(dst)).graph.node)
     note = (f"{convs} Conv layers stay FP32: ONNX Runtime has no INT4 Conv kernel" if convs else "")
     if n == 0:

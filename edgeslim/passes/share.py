@@ -39,13 +39,14 @@ from torch.nn.utils import parametrize
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant.codebook import kmeans_1d
 from edgeslim.quant.huffman import canonical_codes, decode, encode, fixed_codes, huffman_lengths
 from edgeslim.train import TrainConfig, evaluate
 
 MAGIC = b"ESHR"
 VERSION = 1
 
-# ------------------------------------------------------------------------------------------ k-means
+# ------------------------------------------------------------------------------------------ clustering
 
 
 def _layers(model: nn.Module, names: list[str] | None = None) -> list[tuple[str, nn.Module]]:
@@ -56,42 +57,6 @@ def _layers(model: nn.Module, names: list[str] | None = None) -> list[tuple[str,
         if missing:
             raise EdgeslimError(f"weight_share: no Linear/Conv layer {', '.join(sorted(missing))}")
     return out
-
-
-def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30, init: str = "linear",
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means on scalars. Returns (sorted centroids (k',), assignment of each value)."""
-    v = values.detach().double().flatten()
-    k = max(1, min(k, int(v.unique().numel())))
-    if init == "linear":
-        c = torch.linspace(float(v.min()), float(v.max()), k, dtype=torch.float64)
-    elif init == "density":  # equally spaced on the CDF
-        c = torch.quantile(v, torch.linspace(0, 1, k, dtype=torch.float64))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        c = v[torch.randperm(len(v), generator=g)[:k]]
-    c = c.sort().values
-    for _ in range(iters):
-        assign = _assign(v, c)
-        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, v)
-        counts = torch.bincount(assign, minlength=k).double()
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), c)
-        order = new.argsort()
-        new = new[order]
-        if torch.allclose(new, c):
-            c = new
-            break
-        c = new
-    keep = torch.bincount(_assign(v, c), minlength=len(c)) > 0  # drop empty clusters
-    c = c[keep]
-    return c.float(), _assign(v, c.double())
-
-
-def _assign(v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    if len(c) == 1:
-        return torch.zeros(len(v), dtype=torch.long)
-    mids = (c[1:] + c[:-1]) / 2
-    return torch.bucketize(v, mids)
 
 
 class SharedWeight(nn.Module):
@@ -119,10 +84,10 @@ def cluster_layer(m: nn.Module, bits: int, init: str = "linear", iters: int = 30
     nz = w != 0
     if not bool(nz.any()):
         return {"clusters": 0, "nonzero": 0}
-    c, assign = kmeans_1d(w[nz], 2**bits, iters, init)
+    c, assign = kmeans_1d(w[nz].double().numpy(), 2**bits, init, iters, tol=0.0)
     index = torch.zeros(w.shape, dtype=torch.long)
-    index[nz] = assign + 1
-    parametrize.register_parametrization(m, "weight", SharedWeight(index, c), unsafe=True)
+    index[nz] = torch.from_numpy(assign) + 1
+    parametrize.register_parametrization(m, "weight", SharedWeight(index, torch.from_numpy(c).float()), unsafe=True)
     return {"clusters": len(c), "nonzero": int(nz.sum())}
 
 

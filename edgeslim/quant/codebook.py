@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.quant import sqnr_db
 
 SCHEMES = ("uniform", "binary", "ternary", "pow2", "kmeans")
 
@@ -95,18 +96,44 @@ def make_codec(w: torch.Tensor, scheme: str, bits: int, seed: int = 0) -> Weight
         return WeightCodec(scheme, 2)
     if scheme != "kmeans":
         return WeightCodec(scheme, bits)
-    from sklearn.cluster import KMeans
-
     x = w.detach().flatten().numpy().astype(np.float64)
     has_zero = bool((x == 0).any())
     nz = x[x != 0] if has_zero else x
-    k = min(2**bits - int(has_zero), len(np.unique(nz)))
-    km = KMeans(n_clusters=k, n_init=1, random_state=seed,
-                init=np.quantile(nz, np.linspace(0, 1, k)).reshape(-1, 1)).fit(nz.reshape(-1, 1))
-    cb = np.sort(km.cluster_centers_.ravel())
+    cb, _ = kmeans_1d(nz, 2**bits - int(has_zero), init="density", seed=seed)
     if has_zero:
         cb = np.concatenate([[0.0], cb])
     return WeightCodec(scheme, bits, torch.tensor(cb, dtype=torch.float32))
+
+
+def kmeans_1d(values: np.ndarray, k: int, init: str = "density", iters: int = 300, seed: int = 0,
+              tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of scalars (scikit-learn's Lloyd iterations, one deterministic start) for weight codebooks.
+
+    `k` is capped at the number of distinct values. Start: `linear` (evenly over [min, max], as Deep
+    Compression recommends), `density` (evenly on the CDF: quantiles) or `random` (k of the values,
+    seeded). `tol`: scikit-learn's relative tolerance on the centroid shift (0: until no value changes
+    cluster). Returns (sorted centroids (k',) float64, index of each value's nearest centroid); clusters
+    left empty are dropped.
+    """
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(values, np.float64).ravel()
+    k = max(1, min(k, len(np.unique(x))))
+    if init == "linear":
+        start = np.linspace(x.min(), x.max(), k)
+    elif init == "density":
+        start = np.quantile(x, np.linspace(0, 1, k))
+    else:
+        start = x[np.random.default_rng(seed).permutation(len(x))[:k]]
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed, init=start.reshape(-1, 1), max_iter=iters, tol=tol)
+    c = np.sort(km.fit(x.reshape(-1, 1)).cluster_centers_.ravel())
+    c = c[np.bincount(_nearest(x, c), minlength=len(c)) > 0]  # drop empty clusters
+    return c, _nearest(x, c)
+
+
+def _nearest(x: np.ndarray, sorted_c: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted centroids for each value (ties go to the lower one)."""
+    return np.searchsorted((sorted_c[1:] + sorted_c[:-1]) / 2, x, side="left")
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> bytes:
@@ -147,8 +174,6 @@ def write_packed(path: Path, state: dict[str, torch.Tensor], codecs: dict[str, W
 @torch.no_grad()
 def layer_sqnr(ref: torch.nn.Module, q: torch.nn.Module, x: np.ndarray, names: list[str]) -> dict[str, float]:
     """SQNR (dB) of each named module's output in `q` against the same module in `ref` on inputs `x`."""
-    from edgeslim.quant.qdq import sqnr_db
-
     outs: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "q": {}}
     hooks = []
     for tag, model in (("ref", ref), ("q", q)):
@@ -164,4 +189,4 @@ def layer_sqnr(ref: torch.nn.Module, q: torch.nn.Module, x: np.ndarray, names: l
     finally:
         for h in hooks:
             h.remove()
-    return {n: sqnr_db(outs["ref"][n].numpy(), outs["q"][n].numpy()) for n in names if n in outs["q"]}
+    return {n: round(sqnr_db(outs["ref"][n].numpy(), outs["q"][n].numpy()), 2) for n in names if n in outs["q"]}

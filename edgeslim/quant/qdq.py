@@ -7,7 +7,7 @@ result computes exactly what the PyTorch fake-quant model computes, and ONNX Run
 
 `layer_report` lists, for each Conv/Gemm/MatMul whose weight comes from a `DequantizeLinear`: the bit
 width, the weight-scale range, the input activation scale, and the SQNR (dB) of the layer's output
-against the float model's same tensor on sample inputs: 10 log10(sum(ref^2) / sum((ref - q)^2)).
+against the float model's same tensor on sample inputs (`onnxkit.quant.sqnr_db`, 2 decimals).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.graph import with_outputs
+from edgeslim.onnxkit.quant import sqnr_db
+from edgeslim.onnxkit.session import session
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -121,33 +124,14 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
     return done
 
 
-def _with_outputs(path: Path, names: list[str]) -> bytes:
-    """The model with `names` added as graph outputs (so intermediate tensors can be read)."""
+def _run_tensors(model: Path, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The tensors `names` of the ONNX file `model` on the single input `x`."""
     import onnx
-    from onnx import helper
 
-    m = onnx.load(str(path))
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in have)
-    return m.SerializeToString()
-
-
-def _run_tensors(model_bytes: bytes, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
-    sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     uniq = list(dict.fromkeys(names))
+    sess = session(with_outputs(onnx.load(str(model)), uniq).SerializeToString())
     outs = sess.run(uniq, {sess.get_inputs()[0].name: x.astype(np.float32)})
     return dict(zip(uniq, outs))
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else round(10 * np.log10(max(signal, 1e-30) / noise), 2)
 
 
 def layer_report(
@@ -194,9 +178,9 @@ def layer_report(
     ref: dict[str, np.ndarray] = {}
     got: dict[str, np.ndarray] = {}
     if pairs:
-        ref = _run_tensors(_with_outputs(float_onnx, [a for a, _ in pairs]), x, [a for a, _ in pairs])
-        got = _run_tensors(_with_outputs(q_onnx, [b for _, b in pairs]), x, [b for _, b in pairs])
+        ref = _run_tensors(float_onnx, x, [a for a, _ in pairs])
+        got = _run_tensors(q_onnx, x, [b for _, b in pairs])
     for r in rows:
         a, b = r.pop("ref"), r.pop("tensor")
-        r["sqnr_db"] = sqnr_db(ref[a], got[b]) if a in ref else None
+        r["sqnr_db"] = round(sqnr_db(ref[a], got[b]), 2) if a in ref else None
     return rows

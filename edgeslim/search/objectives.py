@@ -161,7 +161,7 @@ def measure_candidate(onnx_path: Path, task: Task, device: Any, split: Literal["
                       stored_bytes: int | None = None) -> dict:
     """All objective metrics of one exported candidate (see the module docstring for which are estimates).
     `stored_bytes`: the stage's stored artifact when it is not the ONNX file (e.g. packed low-bit weights)."""
-    from edgeslim.deploy.runtime import onnx_accuracy
+    from edgeslim.onnxkit.session import onnx_accuracy
 
     x, y = (task.x_val, task.y_val) if split == "val" else (task.x_test, task.y_test)
     layers = onnx_layers(onnx_path)

@@ -1,15 +1,17 @@
-"""`edgeslim fit`, `edgeslim devices`, `edgeslim arena` and the deploy table of `edgeslim measure`."""
+"""`edgeslim measure` (with its deploy table), `edgeslim fit` and `edgeslim arena`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from edgeslim.cli import _emit_json, app, console
-from edgeslim.report.results import human_bytes
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+from edgeslim.fsutil import write_json
+from edgeslim.measure.battery import lines as battery_lines
+from edgeslim.report.results import human_bytes, print_table
 
 BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"
 RATE_HELP = "inferences per time for the lifetime estimate: 1/s, 10/min, 0.5/s, 1/h (default 1/s)"
@@ -17,6 +19,41 @@ BETWEEN_HELP = "power state between inferences: sleep (profile sleep_power_mw, t
 FLEET_HELP = "also the yearly energy (kWh) and CO2 of this many such devices"
 GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world average, IEA 2019)"
 
+
+@app.command()
+def measure(
+    models: list[Path] = typer.Argument(..., help="edgeslim model folders or ONNX files"),
+    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (optional)"),
+    threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
+    runs: int = typer.Option(200, help="timed runs per model"),
+    device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
+    batch: int | None = typer.Option(None, help="also time this batch size"),
+    quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
+    save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side;
+    with a battery (option or the device profile's), the estimated battery life."""
+    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
+                      battery=battery, rate=rate, between=between, fleet=fleet, grid_intensity=grid_intensity)
+    if save is not None:
+        write_json(save, res)
+    if as_json:
+        emit_json(res)
+    else:
+        print_table(res, title="edgeslim measure", console=console)
+        if not quick:
+            console.print(deploy_table(res))
+        for row in res:
+            if row.get("battery"):
+                console.print(f"[bold]{row['name']}[/bold] on {row['battery']['device']}:")
+                for line in battery_lines(row["battery"]):
+                    console.print(f"  {line}", highlight=False)
 
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
@@ -34,59 +71,33 @@ def fit(
     grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and battery life."""
-    from edgeslim.deploy.fit import fit_check
-    from edgeslim.measure import battery as bat
-
-    bat.check_options(battery, rate, between, fleet, grid_intensity)
-    r = fit_check(model, device, arena_bytes=arena, arena_source="given" if arena else "planner")
-    life = bat.for_row({"name": str(model), "deploy_device": r.device, "energy_mj": r.energy_mj,
-                        "energy_latency_ms": r.latency_ms}, device, battery, rate, between, fleet, grid_intensity)
-    from edgeslim.litert.fit import arena_beside  # X.onnx beside X.tflite: both arena figures
-
-    beside = arena_beside(model)
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and, with a
+    battery (option or the profile's), the estimated battery life."""
+    r = api.check_fit(model, device, arena_bytes=arena, battery=battery, rate=rate, between=between, fleet=fleet,
+                      grid_intensity=grid_intensity)
     if as_json:
-        _emit_json({"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {}),
-                    **({"battery": life.as_dict()} if life else {})})
+        emit_json(r)
         return
-    console.print(f"[bold]{model}[/bold] on [bold]{r.device}[/bold]: {_verdict(r.fits)}")
-    console.print(f"  flash: {human_bytes(r.flash_bytes)} needed (weights {human_bytes(r.weights_bytes)} + "
-                  f"runtime {human_bytes(r.flash_bytes - r.weights_bytes)}) of {human_bytes(r.flash_available)}"
-                  f"  {_verdict(r.fits_flash)}")
-    console.print(f"  RAM:   {human_bytes(r.ram_bytes)} needed (arena {human_bytes(r.arena_bytes)} "
-                  f"({r.arena_source}) + runtime {human_bytes(r.ram_bytes - r.arena_bytes)}) of "
-                  f"{human_bytes(r.ram_available)}  {_verdict(r.fits_ram)}")
-    if r.energy_mj is not None and r.latency_ms is not None:
-        console.print(f"  latency ~{r.latency_ms:.3g} ms, energy ~{r.energy_mj:.3g} mJ per inference "
-                      f"({r.energy_method})")
+    console.print(f"[bold]{model}[/bold] on [bold]{r['device']}[/bold]: {_verdict(r['fits'])}")
+    console.print(f"  flash: {human_bytes(r['flash_bytes'])} needed (weights {human_bytes(r['weights_bytes'])} + "
+                  f"runtime {human_bytes(r['flash_bytes'] - r['weights_bytes'])}) of "
+                  f"{human_bytes(r['flash_available'])}  {_verdict(r['fits_flash'])}")
+    console.print(f"  RAM:   {human_bytes(r['ram_bytes'])} needed (arena {human_bytes(r['arena_bytes'])} "
+                  f"({r['arena_source']}) + runtime {human_bytes(r['ram_bytes'] - r['arena_bytes'])}) of "
+                  f"{human_bytes(r['ram_available'])}  {_verdict(r['fits_ram'])}")
+    if r["energy_mj"] is not None and r["latency_ms"] is not None:
+        console.print(f"  latency ~{r['latency_ms']:.3g} ms, energy ~{r['energy_mj']:.3g} mJ per inference "
+                      f"({r['energy_method']})")
+    beside = r.get("arena_beside")
     if beside:
         console.print(f"  arena: planner {human_bytes(beside['planner_arena_bytes'])} ({Path(beside['onnx']).name}) vs "
                       f"TFLite Micro head {human_bytes(beside['tflm_arena_head_bytes'])} + tail "
                       f"{human_bytes(beside['tflm_arena_tail_bytes'])} ({Path(beside['tflite']).name}): planner "
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
-    for line in r.reasons:
+    for line in r["reasons"]:
         console.print(f"  [red]-[/red] {line}")
-    for line in bat.lines(life) if life else []:
+    for line in battery_lines(r["battery"]) if r.get("battery") else []:
         console.print(f"  {line}", highlight=False)
-
-
-@app.command("devices")
-def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """List the built-in device profiles (pass --device NAME or a YAML path of your own)."""
-    from edgeslim.devices import builtin_devices, load_device
-
-    devs = [load_device(n) for n in builtin_devices()]
-    if as_json:
-        _emit_json([d.model_dump() for d in devs])
-        return
-    t = Table(title="edgeslim device profiles")
-    for c in ("name", "description", "flash", "RAM (arena)", "int8 MAC/s", "fp32 MAC/s", "active power"):
-        t.add_column(c)
-    for d in devs:
-        t.add_row(d.name, d.description, human_bytes(d.flash_bytes), human_bytes(d.sram_bytes),
-                  f"{d.macs_per_second('int8') / 1e9:.3g} G", f"{d.macs_per_second('fp32') / 1e9:.3g} G",
-                  f"{d.active_power_mw:g} mW")
-    console.print(t)
 
 
 @app.command("arena")
@@ -98,20 +109,9 @@ def arena_cmd(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Static activation arena plan: buffers, lifetimes, offsets; naive sum vs planned arena."""
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import plan_arena, reorder_model
-    from edgeslim.fsutil import write_bytes
-
-    path, cleanup = to_onnx(model)
-    try:
-        plan = plan_arena(path, fuse_qdq=not no_fuse_qdq, align=align)
-        if write_reordered is not None:
-            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
-    finally:
-        if cleanup:
-            cleanup()
+    plan = api.plan_arena(model, fuse_qdq=not no_fuse_qdq, align=align, write_reordered=write_reordered)
     if as_json:
-        _emit_json(plan.as_dict(buffers=True))
+        emit_json(plan.as_dict(buffers=True))
         return
     t = Table(title=f"arena plan of {model}")
     for c in ("buffer", "bytes", "first", "last", "offset"):
@@ -174,45 +174,3 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
     for name, fn in lines:
         t.add_row(name, *[fn(r) for r in rows])  # type: ignore[operator]
     return t
-
-
-def print_deploy_table(rows: list[dict], con: Console | None = None) -> None:
-    (con or console).print(deploy_table(rows))
-
-
-@app.command("compile")
-def compile_cmd(
-    model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
-    out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
-    level: str = typer.Option("extended", help="ONNX Runtime level: disable, basic, extended, all (this CPU only)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-) -> None:
-    """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation; lists fusions."""
-    import tempfile
-
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import load
-    from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
-    from edgeslim.fsutil import write_bytes
-
-    path, cleanup = to_onnx(model)
-    try:
-        m, n_bn = fold_batchnorm(load(path))
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "pre.onnx"
-            write_bytes(pre, m.SerializeToString())
-            rep = ort_optimize(pre, out, level)
-    finally:
-        if cleanup:
-            cleanup()
-    d = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict()}
-    if as_json:
-        _emit_json(d)
-        return
-    console.print(f"BatchNorm folded into Conv here: {n_bn} (left in the graph: {rep.batchnorm['batchnorm_nodes']})")
-    console.print(f"constant folding + dead-node removal: {info['nodes_before']} -> {info['nodes_after']} nodes")
-    console.print(f"ONNX Runtime '{level}': {rep.nodes_before} -> {rep.nodes_after} nodes, outputs within "
-                  f"{rep.parity_max_abs_diff:.2g} -> {out}")
-    for line in rep.fusions or ["no fusions"]:
-        console.print(f"  {line}")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-from edgeslim.cli import app, console
+from edgeslim import api
+from edgeslim.cli.app import app, console
 
 
 @app.command()
@@ -42,34 +43,20 @@ def search(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Search compression recipes for a device under hard budgets; writes the front and report.html."""
-    from edgeslim.search.constraints import make_budget
-    from edgeslim.search.final import finalize
-    from edgeslim.search.study import SearchConfig, load_device_profile, open_or_join, prepare, work
+    def log(msg: str, warn: bool) -> None:
+        console.print(f"[yellow]{msg}[/]" if warn else msg)
 
-    dev = load_device_profile(device)
-    budget = make_budget(dev, max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
-    names = [k.strip() for k in knobs.split(",")] if knobs else None
-    cfg = SearchConfig(model=str(model.resolve()), task=task, device=device,
-                       objectives=[o.strip() for o in objectives.split(",") if o.strip()], trials=trials,
-                       budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, seed=seed, sampler=sampler,
-                       guided=guided)
-    if names:
-        cfg.knobs = names
-    out = out.resolve()
-    ctx = prepare(cfg, out)
-    url = storage or f"journal://{out / 'study.journal'}"
-    study, created = open_or_join(ctx, url, study_name)
-    console.print(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {trials} trials, "
-                  f"knobs {', '.join(k.name for k in ctx.knobs)}")
-    ran = work(ctx, study)
+    summary = api.search(
+        model, task, out, device=device, trials=trials, objectives=[o.strip() for o in objectives.split(",") if o.strip()],
+        max_flash=max_flash, max_ram=max_ram, max_latency=max_latency, max_energy=max_energy,
+        max_accuracy_drop=max_accuracy_drop, proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
+        knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided, storage=storage,
+        study_name=study_name, worker=worker, wait=wait, seed=seed, log=log,
+    )
     if worker:
-        console.print(f"worker done: ran {ran} trials")
+        console.print(f"worker done: ran {summary['ran']} trials")
         return
-    from edgeslim.search.study import wait_for_others
-
-    if not wait_for_others(ctx, study, wait):
-        console.print(f"[yellow]other workers still running after {wait:.0f} s; finishing with what is done[/]")
-    summary = finalize(ctx, study, top)
+    out = out.resolve()
     c = summary["counts"]
     console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed; "
                   f"hypervolume {summary['hypervolume']:.4g}")

@@ -13,7 +13,7 @@ zoo's MLPerf Tiny reference models at the reference input, quantized to INT8 (st
 per channel and int8 activations, as TFLite Micro runs them); weights are random, which does not
 change MACs, bytes or the estimate.
 
-    .venv/bin/python -m edgeslim.devices.calibrate [--device cortex-m4] [--fit-on ic]
+    .venv/bin/python -m edgeslim.measure.calibrate [--device cortex-m4] [--fit-on ic]
 
 prints the fit for every choice of fitted network (leave-one-out) and the YAML block to record.
 Units: ms, mJ, mW, MACs.
@@ -67,7 +67,7 @@ def reference_counts(refs: list[Published], folder: Path | None = None) -> dict[
 
     from edgeslim.deploy.export import export_onnx
     from edgeslim.models import build_model, make_spec
-    from edgeslim.quant.ortquant import IntFormat, preprocess, quantize_static_fmt
+    from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 
     logging.getLogger().setLevel(logging.ERROR)  # ORT quantization's advice lines
     out: dict[str, GraphCount] = {}
@@ -76,11 +76,10 @@ def reference_counts(refs: list[Published], folder: Path | None = None) -> dict[
         for r in refs:
             torch.manual_seed(0)
             net = build_model(make_spec(r.model, r.shape, r.classes, **r.kwargs)).eval()
-            fp32, pre, int8 = base / f"{r.key}.onnx", base / f"{r.key}.pre.onnx", base / f"{r.key}.int8.onnx"
+            fp32, int8 = base / f"{r.key}.onnx", base / f"{r.key}.int8.onnx"
             export_onnx(net, r.shape, fp32)
-            preprocess(fp32, pre)
             calib = np.random.default_rng(0).random((8, *r.shape), dtype=np.float32)
-            quantize_static_fmt(pre, int8, calib, IntFormat("int8", False, True), "minmax")
+            quantize_static_file(fp32, int8, calib, IntFormat("int8", False, True), "minmax")
             out[r.key] = count_onnx(int8)
     return out
 
@@ -125,7 +124,7 @@ def calibration_block(before: Device, after: Device, rows: list[dict], ref: Publ
         "fitted_on": f"{ref.benchmark}: {ref.model} INT8 at {'x'.join(map(str, ref.shape))}, {ref.latency_ms} ms / "
                      f"{ref.energy_mj} mJ published",
         "held_out": held, "source": source,
-        "command": f"python -m edgeslim.devices.calibrate --device {before.name} --fit-on {ref.key}",
+        "command": f"python -m edgeslim.measure.calibrate --device {before.name} --fit-on {ref.key}",
     }
 
 

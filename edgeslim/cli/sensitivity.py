@@ -3,11 +3,13 @@ the per-layer ratios that reach a global target."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from edgeslim.cli import app, console
+from edgeslim import api
+from edgeslim.cli.app import app, console
 from edgeslim.errors import EdgeslimError
 
 
@@ -22,29 +24,13 @@ def sensitivity(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Per-layer accuracy vs pruning ratio on the validation split; writes a table and a plot."""
-    import json
-
-    from edgeslim import models
-    from edgeslim.data import load_task
-    from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
-
-    if mode not in ("unstructured", "structured"):
-        raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
     try:
-        rs = sorted(float(r) for r in ratios.split(",") if r.strip())
+        rs = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
         raise EdgeslimError(f"--ratios: expected comma-separated numbers, got '{ratios}'") from None
-    if not rs or any(not 0 < r < 1 for r in rs):
-        raise EdgeslimError(f"--ratios: each ratio must lie in (0, 1), got '{ratios}'")
-    if target is not None and not 0 < target < 1:
-        raise EdgeslimError(f"--target: must lie in (0, 1), got {target}")
-    net, _ = models.load_model(model)
-    t = load_task(task)
-    curves = sensitivity_curves(net, t, rs, mode)
-    alloc = allocate(curves, target) if target is not None else None
-    files = write_report(out, curves, alloc)
+    res = api.sensitivity(model, task, out, mode=mode, ratios=rs, target=target)
     if as_json:
-        typer.echo(json.dumps({**curves, "allocation": alloc, "files": [str(f) for f in files]}, indent=2))
+        typer.echo(json.dumps(res, indent=2))
         return
     console.print((out / "sensitivity.md").read_text(), markup=False, highlight=False)
-    console.print(f"written: {', '.join(str(f) for f in files)}")
+    console.print(f"written: {', '.join(res['files'])}")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from edgeslim.cli import app, console
-from edgeslim.errors import EdgeslimError
+from edgeslim import api
+from edgeslim.cli.app import app, console
 
 
 def _fmt(v: object, spec: str) -> str:
@@ -24,20 +24,7 @@ def quant_report(
     """Per-layer bits, weight-scale range, input scale and output SQNR (dB) of each quantized stage."""
     from rich.table import Table
 
-    folders = [run] if (run / "metrics.json").exists() else sorted((run / "stages").glob("[0-9][0-9]_*"))
-    if not folders:
-        raise EdgeslimError(f"{run}: not a run or stage folder (no metrics.json, no stages/)")
-    found: dict[str, dict] = {}
-    for f in folders:
-        try:
-            notes = json.loads((f / "metrics.json").read_text()).get("notes", {})
-        except (OSError, json.JSONDecodeError):
-            continue
-        if notes.get("layers"):
-            found[f.name] = notes
-    if not found:
-        raise EdgeslimError(f"{run}: no quantized stage with a per-layer report (quantize_int8, qat, lowbit, "
-                            "mixed_precision write one)")
+    found = api.quant_report(run)
     if as_json:
         typer.echo(json.dumps({k: {"format": v.get("format"), "layers": v["layers"]} for k, v in found.items()},
                               indent=2))

@@ -1,4 +1,5 @@
-"""Load a third-party ONNX model robustly and repair what real exports get wrong.
+"""Load an ONNX model: leniently (`read_onnx`, a file edgeslim made or a user passed for measuring) or
+strictly with repairs (`load_onnx`, `load_and_repair`: third-party models to optimise).
 
 Real exports are messy: weights stored as `Constant` nodes (Paddle, spox), opsets too old for per-channel
 QDQ (opset 13 added the `axis` attribute), weights inside `If`/`Loop` bodies, shapes left symbolic. Each
@@ -7,7 +8,6 @@ repair here is small, checked, and recorded as a note so the command can say wha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.graph import graphs
 
 MIN_OPSET = 11     # the issue's floor: older exports are rare and the converter is unreliable on them
 PER_CHANNEL_OPSET = 13  # QuantizeLinear/DequantizeLinear gained `axis` (per-channel) in opset 13
@@ -35,6 +36,16 @@ def default_opset(model: onnx.ModelProto) -> int:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
     return 0
+
+
+def read_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """`model` itself, or the model in the file; an unreadable file is one `EdgeslimError` line."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        return onnx.load(str(model))
+    except Exception as e:  # DecodeError, OSError...
+        raise EdgeslimError(f"{model}: not a readable ONNX model ({type(e).__name__})") from None
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -66,23 +77,6 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def _graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`g` and every subgraph (If/Loop/Scan bodies) below it, depth first."""
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from _graphs(sg)
-
-
-def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for sg in _graphs(g):
-        yield from sg.node
-
-
 def constants_to_initializers(model: onnx.ModelProto, min_elements: int = 16) -> int:
     """Move tensor-valued `Constant` nodes (main graph and subgraphs) into main-graph initializers.
 
@@ -93,7 +87,7 @@ def constants_to_initializers(model: onnx.ModelProto, min_elements: int = 16) ->
     """
     main = model.graph
     moved = 0
-    for g in reversed(list(_graphs(main))):  # children first: rewriting a node list copies its nodes
+    for g in reversed(list(graphs(main))):  # children first: rewriting a node list copies its nodes
         outputs = {o.name for o in g.output}
         keep = []
         for n in g.node:
@@ -126,14 +120,6 @@ def upgrade_opset(model: onnx.ModelProto, target: int = PER_CHANNEL_OPSET) -> on
         return up
     except Exception:
         return None
-
-
-def infer_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """ONNX shape inference with data propagation; returns (model, ok). Unresolvable shapes are kept."""
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), True
-    except Exception:
-        return model, False
 
 
 def load_and_repair(path: str | Path, upgrade: bool = True) -> Loaded:

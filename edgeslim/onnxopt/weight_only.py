@@ -1,4 +1,4 @@
-"""Graph-level optimisation: ONNX Runtime offline optimisation, dead-node removal, weight-only storage.
+"""Weight-only storage: the `w8` and `w16` candidates of `edgeslim optimize`.
 
 Weight-only storage keeps the compute in FP32 and only shrinks the file: a weight becomes an int8 (or
 fp16) initializer followed by `Cast` (and `Mul` by a per-channel scale). ONNX Runtime constant-folds that
@@ -8,14 +8,12 @@ chain back to an FP32 initializer when the session loads, so inference speed is 
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeslim.onnxopt.load import _graphs, all_nodes
+from edgeslim.onnxkit.graph import all_nodes, graphs
+from edgeslim.onnxkit.quant import sqnr_db
 
 # (op type, input index) -> axes kept in the scale (None: per-tensor). Negative axes count from the end.
 WEIGHT_AXES: dict[tuple[str, int], tuple[int, ...] | None] = {
@@ -23,63 +21,6 @@ WEIGHT_AXES: dict[tuple[str, int], tuple[int, ...] | None] = {
     ("LSTM", 1): (0, 1), ("LSTM", 2): (0, 1), ("GRU", 1): (0, 1), ("GRU", 2): (0, 1),
     ("RNN", 1): (0, 1), ("RNN", 2): (0, 1), ("Gather", 0): (0,), ("Einsum", 1): None,
 }
-
-
-def save(model: onnx.ModelProto, path: Path) -> int:
-    """Write `model` (single file) and return its size in bytes."""
-    data = model.SerializeToString()
-    path.write_bytes(data)
-    return len(data)
-
-
-def ort_optimize(model: onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:
-    """ONNX Runtime's offline graph optimisation (constant folding, redundant node removal, ...).
-
-    'basic' keeps standard ONNX ops only, so the result stays portable and the INT8 quantizers still
-    recognise every op; a session applies its hardware-specific fusions again at load time anyway.
-    """
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as td:
-        src, dst = Path(td) / "in.onnx", Path(td) / "out.onnx"
-        save(model, src)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        }[level]
-        opts.optimized_model_filepath = str(dst)
-        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-        return onnx.load(str(dst))
-
-
-def _used_names(g: onnx.GraphProto) -> set[str]:
-    """Every tensor name read by a node of `g` or of any subgraph below it, plus `g`'s outputs."""
-    used = {o.name for o in g.output}
-    for n in all_nodes(g):
-        used.update(i for i in n.input if i)
-    return used
-
-
-def remove_dead(model: onnx.ModelProto) -> int:
-    """Drop main-graph nodes whose outputs nobody reads, and unused initializers. Returns nodes removed."""
-    g = model.graph
-    removed = 0
-    while True:
-        used = _used_names(g)
-        keep = [n for n in g.node if any(o in used for o in n.output if o)]
-        if len(keep) == len(g.node):
-            break
-        removed += len(g.node) - len(keep)
-        del g.node[:]
-        g.node.extend(keep)
-    used = _used_names(g)
-    inits = [t for t in g.initializer if t.name in used]
-    if len(inits) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(inits)
-    return removed
 
 
 def _weight_axes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
@@ -122,7 +63,7 @@ def weight_only(
     total = 0
     # Subgraph initializers too (ORT folds weights into If/Loop bodies); children first, as rewriting a
     # node list copies its nodes and would orphan subgraphs visited later.
-    for g in reversed(list(_graphs(m.graph))):
+    for g in reversed(list(graphs(m.graph))):
         total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set(), fp16_below_db)
     return m, total
 
@@ -180,18 +121,3 @@ def _int8(w: np.ndarray, keep: tuple[int, ...] | None) -> tuple[np.ndarray, np.n
     amax = np.abs(w).max(axis=red, keepdims=True) if red else np.abs(w)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (200 when identical)."""
-    ref64 = np.asarray(ref, np.float64)
-    err = float(((ref64 - got) ** 2).sum())
-    return 200.0 if err == 0 else 10 * float(np.log10(max(float((ref64 * ref64).sum()), 1e-30) / err))
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Operator counts by type over the main graph and all subgraphs."""
-    out: dict[str, int] = {}
-    for n in all_nodes(model.graph):
-        out[n.op_type] = out.get(n.op_type, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from edgeslim.cli import _emit_json, app, console
-from edgeslim.errors import EdgeslimError
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
 
 
 @app.command()
@@ -29,39 +29,13 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Build a smaller student from the teacher's architecture and train it with knowledge distillation."""
-    import torch
-
-    from edgeslim import models
-    from edgeslim.data import load_task
-    from edgeslim.measure.macs import count_macs, count_params
-    from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
-    from edgeslim.train import TrainConfig, evaluate
-
-    t = load_task(task, seed=seed)
-    tmodel, tspec = models.load_model(teacher)
-    extras = [models.load_model(p)[0] for p in extra_teacher]
-    try:
-        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
-                      teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
-                      train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
-    except ValueError as e:
-        raise EdgeslimError(f"bad distill option: {e}") from None
-    torch.manual_seed(seed)
-    student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=as_json)
-    m = {
-        "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
-        "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
-        "teacher_params": count_params(tmodel)[0], "params": count_params(student)[0],
-        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student, t.input_shape),
-        "student": spec["kwargs"],
-    }
-    models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    m = api.distill(teacher, task, out, width=width, depth=depth, temperature=temperature, alpha=alpha, epochs=epochs,
+                    lr=lr, transfer=transfer, transfer_ratio=transfer_ratio, extra_teachers=extra_teacher, seed=seed,
+                    quiet=as_json)
     if as_json:
-        _emit_json(m)
+        emit_json(m)
     else:
-        console.print(f"student {spec['arch']} {spec['kwargs']}: test accuracy {100 * m['test_accuracy']:.2f}% "
+        console.print(f"student {m['arch']} {m['student']}: test accuracy {100 * m['test_accuracy']:.2f}% "
                       f"(teacher {100 * m['teacher_test_accuracy']:.2f}%), {m['params']:,} params "
                       f"(teacher {m['teacher_params']:,}) -> {out}")
 
@@ -72,9 +46,5 @@ def unpack(
     out: Path = typer.Option(..., "--out", "-o", help="model folder to write (safetensors + spec.json)"),
 ) -> None:
     """Decode an entropy-coded weight-shared model into an ordinary model folder."""
-    from edgeslim import models
-    from edgeslim.passes.share import load_shared_model
-
-    model, spec = load_shared_model(file)
-    models.save_model(out, model, spec)
-    console.print(f"{file} ({file.stat().st_size:,} B) -> {out}")
+    r = api.unpack(file, out)
+    console.print(f"{file} ({r['file_bytes']:,} B) -> {out}")

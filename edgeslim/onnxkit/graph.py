@@ -1,0 +1,106 @@
+"""Walks over an ONNX graph and its subgraphs, and the small edits every ONNX job needs.
+
+Real exports keep weights and whole layers inside `If`/`Loop`/`Scan` bodies, so every walk here goes
+into subgraphs: `graphs` yields the main graph and every body below it, `all_nodes` their nodes. A
+tensor read only inside a body is still "used": dead-node removal must not drop its producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`g` and every subgraph (If/Loop/Scan bodies) below it, depth first."""
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from graphs(sg)
+
+
+def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `g` and of its subgraphs."""
+    for sg in graphs(g):
+        yield from sg.node
+
+
+def used_names(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node of `g` or of any subgraph below it, plus `g`'s outputs."""
+    used = {o.name for o in g.output}
+    for n in all_nodes(g):
+        used.update(i for i in n.input if i)
+    return used
+
+
+def remove_dead(model: onnx.ModelProto) -> int:
+    """Drop, in place, main-graph nodes whose outputs nobody reads (subgraphs included) and unused
+    initializers. Returns how many nodes were removed."""
+    g = model.graph
+    removed = 0
+    while True:
+        used = used_names(g)
+        keep = [n for n in g.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(g.node):
+            break
+        removed += len(g.node) - len(keep)
+        del g.node[:]
+        g.node.extend(keep)
+    used = used_names(g)
+    inits = [t for t in g.initializer if t.name in used]
+    if len(inits) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(inits)
+    return removed
+
+
+def op_counts(model: onnx.ModelProto, qualified: bool = False) -> dict[str, int]:
+    """Operator counts over the main graph and all subgraphs, most frequent first. With `qualified`, ops
+    outside the default domain are named `domain.op_type` (e.g. `com.microsoft.FusedConv`)."""
+    out: dict[str, int] = {}
+    for n in all_nodes(model.graph):
+        name = (f"{n.domain}." if qualified and n.domain and n.domain != "ai.onnx" else "") + n.op_type
+        out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """True for a QDQ-quantized model (QuantizeLinear/DequantizeLinear nodes in the main graph)."""
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name: exclusion lists and SQNR reports refer to nodes by name."""
+    seen: set[str] = set()
+    k = 0
+    for g in graphs(model.graph):
+        for n in g.node:
+            if not n.name or n.name in seen:
+                while f"{n.op_type}_{k}" in seen:
+                    k += 1
+                n.name = f"{n.op_type}_{k}"
+            seen.add(n.name)
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` with the intermediate tensors `names` added as graph outputs (so they can be read)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in have)
+    return m
+
+
+def save(model: onnx.ModelProto, path: Path) -> int:
+    """Write `model` (single file, not atomic: for work files) and return its size in bytes."""
+    data = model.SerializeToString()
+    path.write_bytes(data)
+    return len(data)

@@ -1,0 +1,104 @@
+"""The shared ONNX toolkit: the one SQNR, the one calibration reader, subgraph-aware walks and dead-node
+removal, op counts, the optimisation-level table and ONNX Runtime's offline optimisation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_optimize_graphs import if_model
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.graph import all_nodes, graphs, has_qdq, op_counts, remove_dead, with_outputs
+from edgeslim.onnxkit.quant import SQNR_IDENTICAL_DB, FeedReader, array_feeds, sqnr_db, sqnr_from_sums
+from edgeslim.onnxkit.session import ort_level, ort_optimize, session
+
+
+def test_sqnr_known_value_and_identical_outputs():
+    ref = np.array([1.0, -1.0, 1.0, -1.0], np.float32)
+    got = ref + np.array([0.1, -0.1, 0.1, -0.1], np.float32)  # noise power 1 % of the signal: 20 dB
+    assert sqnr_db(ref, got) == pytest.approx(20.0, abs=1e-5)
+    assert sqnr_from_sums(4.0, 0.04) == pytest.approx(20.0)
+    # identical outputs: a finite ceiling (200 dB), not inf, so quantization reports stay valid JSON
+    assert sqnr_db(ref, ref.copy()) == SQNR_IDENTICAL_DB == 200.0
+    assert json.loads(json.dumps({"sqnr_db": sqnr_db(ref, ref)}))["sqnr_db"] == 200.0
+    # any real error is below the ceiling, however small
+    assert sqnr_db(ref, np.nextafter(ref, 2).astype(np.float32)) < SQNR_IDENTICAL_DB
+
+
+def test_one_calibration_reader_over_array_batches():
+    x = np.arange(40, dtype=np.float64).reshape(40, 1)
+    feeds = array_feeds("input", x, batch=16)
+    assert [f["input"].shape[0] for f in feeds] == [16, 16, 8]
+    assert all(f["input"].dtype == np.float32 for f in feeds)
+    r = FeedReader(feeds)
+    got = []
+    while (f := r.get_next()) is not None:
+        got.append(f)
+    assert len(got) == 3 and r.get_next() is None
+    r.rewind()
+    assert r.get_next() is feeds[0]
+
+
+def _dead_with_subgraph_reader() -> onnx.ModelProto:
+    """`w2` is produced in the main graph and read only inside the If's then-branch; `junk` is read nowhere."""
+    f = TensorProto.FLOAT
+    branch = helper.make_graph([helper.make_node("Add", ["x", "w2"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", f, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", f, [2])])
+    nodes = [
+        helper.make_node("Neg", ["w"], ["w2"], name="neg"),
+        helper.make_node("Abs", ["x"], ["junk"], name="junk"),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=other, name="if"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [2]),
+                                       helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", f, [2])],
+                          [numpy_helper.from_array(np.ones(2, np.float32), "w"),
+                           numpy_helper.from_array(np.ones(2, np.float32), "unused")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_remove_dead_keeps_what_subgraphs_read():
+    m = _dead_with_subgraph_reader()
+    assert remove_dead(m) == 1
+    assert [n.name for n in m.graph.node] == ["neg", "if"]  # `neg` feeds the then-branch: kept
+    assert [t.name for t in m.graph.initializer] == ["w"]
+    onnx.checker.check_model(m)
+
+
+def test_walks_and_op_counts_include_subgraphs(tmp_path):
+    m = onnx.load(str(if_model(tmp_path / "if.onnx")))
+    assert len(list(graphs(m.graph))) == 3
+    assert sum(n.op_type == "MatMul" for n in all_nodes(m.graph)) == 2
+    counts = op_counts(m)
+    assert counts["MatMul"] == 2 and counts["If"] == 1
+    assert list(counts) == sorted(counts, key=lambda k: (-counts[k], k))  # most frequent first
+    assert not has_qdq(m)
+    extra = with_outputs(m, ["z", "z"])
+    assert [o.name for o in extra.graph.output] == ["out", "z"] and len(m.graph.output) == 1
+
+
+def test_qualified_op_counts_name_contrib_domains(tmp_path):
+    m = onnx.load(str(if_model(tmp_path / "if.onnx")))
+    m.graph.node[1].domain = "com.microsoft"
+    assert "com.microsoft.Relu" in op_counts(m, qualified=True) and "Relu" in op_counts(m)
+
+
+def test_level_table_and_offline_optimisation(tmp_path):
+    with pytest.raises(EdgeslimError, match="unknown optimisation level 'fast'; valid: all, basic, disable, extended"):
+        ort_level("fast")
+    m = _dead_with_subgraph_reader()
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    x = {"x": np.array([1.0, 2.0], np.float32), "c": np.array(True)}
+    for src in (m, path):  # an in-memory model or a file
+        opt = ort_optimize(src, "basic")
+        got = session(opt.SerializeToString(), level="disable").run(None, x)[0]
+        assert np.allclose(got, [0.0, 1.0])
+    with pytest.raises(EdgeslimError, match="in-memory model.*cannot load"):
+        session(b"not a model")
