@@ -36,7 +36,7 @@ def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
     dev = next((s["device_verdict"]["device"] for s in stages if s.get("device_verdict")), None)
     head = ["stage", "accuracy", "vs base", "params", "MACs", "size", "smaller", "latency p50", "speed-up"]
     if dev:
-        head += [f"{dev}: fits", "flash", "arena", "energy/inf (est.)", "battery (est.)"]
+        head += [f"{dev}: fits", "flash", "arena", "energy/inf (est.)", "battery (est.)"]  # summary.py splits here
     rows = []
     for s in stages:
         acc = s.get("accuracy")
