@@ -14,6 +14,7 @@ import html
 from pathlib import Path
 
 from edgeslim.fsutil import write_bytes, write_text
+from edgeslim.measure.battery import human_duration
 from edgeslim.report import behaviour, run_plots
 from edgeslim.report.plots import energy_plot, layers_plot
 from edgeslim.report.results import _latency, _slower_stages, human_bytes, human_count, methods_caption
@@ -36,7 +37,8 @@ def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
     dev = next((s["device_verdict"]["device"] for s in stages if s.get("device_verdict")), None)
     head = ["stage", "accuracy", "vs base", "params", "MACs", "size", "smaller", "latency p50", "speed-up"]
     if dev:
-        head += [f"{dev}: fits", "flash", "arena", "energy/inf (est.)", "battery (est.)"]  # summary.py splits here
+        head += [f"{dev}: fits", "flash", "arena", "latency (est.)", "energy/inf (est.)",
+                 "battery (est.)"]  # summary.py splits the table here
     rows = []
     for s in stages:
         acc = s.get("accuracy")
@@ -52,9 +54,9 @@ def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
             if v:
                 b = v.get("battery")
                 r += ["yes" if v["fits"] else "NO", human_bytes(v["flash_bytes"]), human_bytes(v["arena_bytes"]),
-                      f"{v['energy_mj']:.3g} mJ", f"{b['lifetime_days']:.3g} days" if b else "-"]
+                      _ms(v.get("latency_ms")), f"{v['energy_mj']:.3g} mJ", _days(b)]
             else:
-                r += ["-"] * 5
+                r += ["-"] * 6
         rows.append(r)
     return head, rows
 
@@ -91,7 +93,7 @@ def verdict_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
                      f"{human_bytes(v['flash_bytes'])} / {human_bytes(v['flash_available'])}",
                      f"{human_bytes(v['ram_bytes'])} / {human_bytes(v['ram_available'])}", _ms(v.get("latency_ms")),
                      f"{v['energy_mj']:.3g} mJ = {1e3 * v['dynamic_mj']:.3g} uJ + {v['static_mj']:.3g} mJ",
-                     f"{b['lifetime_days']:.3g} days ({b['battery']} at {b['rate']}, {b['rest_mode']} between)" if b
+                     f"{_days(b)} ({b['battery']} at {b['rate']}, {b['rest_mode']} between)" if b
                      else v.get("battery_note", "-")])
     return head, rows
 
@@ -226,6 +228,10 @@ def page(results: dict, figs: dict[str, tuple[bytes, str]], recipe_text: str = "
     body += [f"<h2>Recipe</h2><p><code>{e(str(results.get('recipe', '')))}</code></p><pre>{e(recipe_text)}</pre>"]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgeslim run report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _days(b: dict | None) -> str:
+    return "-" if not b else human_duration(b["lifetime_days"] * 86400)
 
 
 def _cell(c: str) -> str:

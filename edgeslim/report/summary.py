@@ -32,14 +32,18 @@ def summary_tables(stages: list[dict], title: str) -> list[Table]:
     out = [t]
     if len(head) > split:
         dev = head[split].split(":")[0]
-        v = Table(title=f"{dev} verdict (estimated from the calibrated profile)" if dev == "cortex-m4" else
-                  f"{dev} verdict (estimated from the profile)",
-                  caption="fits: weights + runtime in flash, arena + runtime in RAM; battery life at 1 inference/s "
-                  "on the profile's battery, sleeping in between")
-        for i, h in enumerate(["stage", "fits", "flash", "arena", "energy/inference", "battery life"]):
+        cols = ["stage", "fits", "flash", "arena", "latency", "energy/inference", "battery life"]
+        vrows = [[r[0], *r[split:]] for r in rows]
+        battery = any(r[-1] != "-" for r in vrows)
+        if not battery:  # no battery in the profile (a mains-powered board): no column
+            cols, vrows = cols[:-1], [r[:-1] for r in vrows]
+        v = Table(title=f"{dev} verdict (estimated from the {'calibrated ' if dev == 'cortex-m4' else ''}profile)",
+                  caption="fits: weights + runtime in flash, arena + runtime in RAM"
+                  + ("; battery life at 1 inference/s on the profile's battery, sleeping in between" if battery else ""))
+        for i, h in enumerate(cols):
             v.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
-        for r in rows:
-            v.add_row(r[0], *[_colour(c) for c in r[split:]])
+        for r in vrows:
+            v.add_row(*[_colour(c) for c in r])
         out.append(v)
     return out
 
