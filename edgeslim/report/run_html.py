@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeslim.fsutil import write_bytes, write_text
 from edgeslim.measure.battery import human_duration
 from edgeslim.report import behaviour, run_plots
-from edgeslim.report.plots import energy_plot, layers_plot
+from edgeslim.report.plots import energy_plot
 from edgeslim.report.results import _latency, _slower_stages, human_bytes, human_count, methods_caption
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}"
@@ -121,8 +121,7 @@ def figures(results: dict, run_dir: Path) -> dict[str, tuple[bytes, str]]:
             figs["energy_layers"] = (energy_plot(rows[:40]), f"energy by layer of {ver[-1]['name']} (estimated)")
     for i, s in enumerate(stages[1:], 1):
         if s.get("layers"):
-            figs[f"layers_{i:02d}"] = (layers_plot([{**r, "baseline_out_channels": r.get("baseline_out_channels")
-                                                      or r["out_channels"]} for r in s["layers"][:40]]),
+            figs[f"layers_{i:02d}"] = (run_plots.layers_plot(s["layers"][:60]),
                                        f"{s['name']}: channels kept, zero weights, bits per layer")
     if any(s.get("per_class_accuracy_delta") for s in stages[1:]):
         figs["per_class"] = (run_plots.per_class_plot(stages), "per-class accuracy change vs baseline")

@@ -92,3 +92,21 @@ def energy_stages_plot(stages: list[dict]) -> bytes:
     ax.tick_params(axis="x", rotation=20, labelsize=8)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def layers_plot(layers: list[dict]) -> bytes:
+    """Per layer: output channels kept vs the baseline (%), zero weights (%), weight bits written above;
+    the figure widens with the number of layers."""
+    n = len(layers)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.3 * n + 1.5), 3.2))
+    x = np.arange(n)
+    kept = [100 * (r.get("kept") or 1.0) for r in layers]
+    ax.bar(x - 0.2, kept, 0.4, label="channels kept (%)", color="#3b75af")
+    ax.bar(x + 0.2, [100 * r["sparsity"] for r in layers], 0.4, label="zero weights (%)", color="#e67e22")
+    for i, r in enumerate(layers):
+        ax.text(i, 103, f"{r['weight_bits']}b", ha="center", fontsize=6 if n > 12 else 8)
+    ax.set_xticks(x, [r["layer"] for r in layers], rotation=60 if n > 12 else 30, ha="right",
+                  fontsize=6 if n > 12 else 8)
+    ax.set_ylim(0, 112)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
