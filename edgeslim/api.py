@@ -2,7 +2,7 @@
 
 ```python
 from edgeslim import api
-from edgeslim.passes.structured import StructuredPrune
+from edgeslim.passes.structured_prune import StructuredPrune
 
 api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
@@ -29,10 +29,10 @@ from edgeslim import models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.macs import count_macs, count_params
 from edgeslim.models import load_model, save_model
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
 TASK_FORMATS = [
@@ -57,7 +57,7 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -107,12 +107,12 @@ def compress(
     work.mkdir(parents=True, exist_ok=True)
     teacher = copy.deepcopy(model).eval()
     prev_onnx = None
-    if info.kind == "onnx":
+    if info.consumes == "onnx":
         from edgeslim.deploy.export import export_onnx
 
         prev_onnx = work / "input.onnx"
         export_onnx(model, t.input_shape, prev_onnx)
-    ctx = RunContext(stage_dir=work, run_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
+    ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
     return info.fn(model, t, config, ctx)
 
@@ -125,9 +125,9 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`). With a battery
-    (`battery`, or the device profile's default), each row gets `battery`: the estimated battery life at
-    `rate` (default 1/s) and, with `fleet`, the yearly energy and CO2 of that many devices
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). With a
+    battery (`battery`, or the device profile's default), each row gets `battery`: the estimated battery
+    life at `rate` (default 1/s) and, with `fleet`, the yearly energy and CO2 of that many devices
     (`edgeslim.measure.battery`)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure import battery as bat
@@ -140,7 +140,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
     for p in paths:
         p = Path(p)
         if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.litert.measure import measure_tflite
+            from edgeslim.measure.tflite import measure_tflite
 
             out.append(measure_tflite(p, t, runs=runs, threads=threads))
             continue
@@ -161,7 +161,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
             if t is None:
                 m["accuracy"] = None
             if deploy or device or batch:
-                from edgeslim.deploy.bench import deploy_extras
+                from edgeslim.measure.deployment import deploy_extras
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
@@ -198,12 +198,12 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. With a battery (`battery`
     or the profile's default), `battery`: the estimated battery life at `rate` (default 1/s), and with
     `fleet` the yearly kWh and CO2 of that many devices (`edgeslim.measure.battery`). Bytes, ms, mJ."""
-    from edgeslim.deploy.fit import fit_check
-    from edgeslim.litert.fit import arena_beside
     from edgeslim.measure import battery as bat
+    from edgeslim.measure.device_fit import check_fit as device_fit
+    from edgeslim.measure.tflite import arena_beside
 
     bat.check_options(battery, rate, between, fleet, grid_intensity)
-    r = fit_check(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
     beside = arena_beside(model)
     life = bat.for_row({"name": str(model), "deploy_device": r.device, "energy_mj": r.energy_mj,
                         "energy_latency_ms": r.latency_ms}, device, battery, rate, between, fleet, grid_intensity)
@@ -212,13 +212,13 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
-               write_reordered: Path | None = None) -> Any:  # -> edgeslim.deploy.memory.ArenaPlan
+               write_reordered: Path | None = None) -> Any:  # -> edgeslim.measure.arena.ArenaPlan
     """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
     with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.memory import plan_arena as plan
-    from edgeslim.deploy.memory import reorder_model
+    from edgeslim.deploy.export import to_onnx
     from edgeslim.fsutil import write_bytes
+    from edgeslim.measure.arena import plan_arena as plan
+    from edgeslim.measure.arena import reorder_model
 
     path, cleanup = to_onnx(model)
     try:
@@ -234,8 +234,8 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
 def compile(model: Path, out: Path, level: str = "extended") -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
-    from edgeslim.deploy.fit import to_onnx
-    from edgeslim.deploy.optimize import fold_and_prune, fold_batchnorm, ort_optimize
+    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
+    from edgeslim.deploy.export import to_onnx
     from edgeslim.fsutil import write_bytes
     from edgeslim.onnxkit.load import read_onnx
 
@@ -246,7 +246,7 @@ def compile(model: Path, out: Path, level: str = "extended") -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = ort_optimize(pre, out, level)
+            rep = compile_ort(pre, out, level)
     finally:
         if cleanup:
             cleanup()
@@ -285,7 +285,7 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
            calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
     Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
-    from edgeslim.litert.export import export_model
+    from edgeslim.deploy.artifacts import export_model
 
     return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                         calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)
@@ -300,8 +300,9 @@ def distill(
     knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
     import torch
 
+    from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, distill_model
+    from edgeslim.passes.distill import Distill, kd_settings
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
@@ -314,7 +315,7 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg, quiet=quiet)
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -329,7 +330,7 @@ def distill(
 
 def unpack(file: Path, out: Path) -> dict:
     """Decode an entropy-coded weight-shared `.eshare` file into an ordinary model folder."""
-    from edgeslim.passes.share import load_shared_model
+    from edgeslim.formats.eshare import load_shared_model
 
     model, spec = load_shared_model(file)
     models.save_model(out, model, spec)
@@ -341,7 +342,7 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
                 target: float | None = None) -> dict:
     """Per-layer validation accuracy (0-1) with one layer pruned to each ratio; with `target`, the per-layer
     ratios that reach that overall ratio. Writes sensitivity.md/.json/.png into `out`."""
-    from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
+    from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
 
     if mode not in ("unstructured", "structured"):
         raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
@@ -440,11 +441,13 @@ def list_models() -> list[dict]:
 
 
 def list_passes() -> list[dict]:
-    """The passes a recipe may use: name, kind (torch or onnx), what they do, config fields and defaults."""
+    """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
+    they produce), whether they must come last, what they do, config fields and defaults."""
     from edgeslim.passes import PASSES
 
     return [
-        {"name": p.name, "kind": p.kind, "about": p.about,
+        {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
+         "must_be_last": p.must_be_last, "about": p.about,
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
     ]

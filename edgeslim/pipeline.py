@@ -38,7 +38,7 @@ def run_recipe(
     force: bool = False, trust_pickle: bool = False, task_spec: str = "", report: bool = True,
 ) -> dict:
     """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict. With `report`
-    (default), the stages are compared at the end (`report.run_summary`) and report.html is written."""
+    (default), the stages are compared at the end (`measure.stage_compare`) and report.html is written."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
@@ -55,7 +55,7 @@ def run_recipe(
         return models.load_model(out / "stages" / "00_baseline")[0]
 
     ctx = RunContext(
-        stage_dir=out, run_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
+        stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
         teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model),
     )
     stages: list[dict] = []
@@ -78,7 +78,7 @@ def run_recipe(
             continue
         t0 = time.perf_counter()
         with atomic_dir(folder) as tmp:
-            ctx.stage_dir = tmp
+            ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             size_path = None
             onnx_path = tmp / "model.onnx"
@@ -95,7 +95,7 @@ def run_recipe(
                 notes = res.notes
                 if res.artifact is not None:
                     size_path = res.artifact
-                if info.kind == "onnx" and result_onnx is None:
+                if info.produces == "onnx" and result_onnx is None:
                     raise AssertionError(f"onnx pass {name} returned no ONNX model")
             if result_model is not None:
                 models.save_model(tmp, result_model, ctx.spec)
@@ -119,9 +119,9 @@ def run_recipe(
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
     results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
     if report:
-        from edgeslim.report.run_summary import summarize
+        from edgeslim.measure.stage_compare import compare_stages
 
-        summarize(out, stages, task)
+        compare_stages(out, stages, task)
     write_results(out, results)
     if report:
         from edgeslim.report.run_html import write_run_html

@@ -10,9 +10,10 @@ from edgeslim import api
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PassConfig
-from edgeslim.passes.prune import MagnitudePrune, weight_sparsity
-from edgeslim.passes.quantize import QuantizeInt8
-from edgeslim.passes.structured import StructuredPrune
+from edgeslim.passes.magnitude_prune import MagnitudePrune
+from edgeslim.passes.quantize_int8 import QuantizeInt8
+from edgeslim.passes.structured_prune import StructuredPrune
+from edgeslim.prune.masks import weight_sparsity
 from edgeslim.train import TrainConfig, evaluate
 
 

@@ -20,14 +20,14 @@ from edgeslim.onnxkit.session import onnx_accuracy, run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ctx(stage: Path, spec: dict, prev: Path | None = None, epochs: int = 1) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
                       prev_onnx=prev, quiet=True)
 
 
@@ -37,7 +37,7 @@ def trained_resnet(tiny_image_task, tmp_path_factory):
     torch.manual_seed(0)
     spec = models.make_spec("resnet8", tiny_image_task.input_shape, tiny_image_task.num_classes, width=8)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=12, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=12, lr=3e-3), quiet=True)
     d = tmp_path_factory.mktemp("r8")
     export_onnx(m, tiny_image_task.input_shape, d / "fp32.onnx")
     return m, spec, d / "fp32.onnx"
@@ -97,7 +97,7 @@ def mlp(tiny_image_task, tmp_path_factory):
     torch.manual_seed(0)
     spec = models.make_spec("lenet300", tiny_image_task.input_shape, tiny_image_task.num_classes, h1=64, h2=32)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=4, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=4, lr=3e-3), quiet=True)
     d = tmp_path_factory.mktemp("mlp")
     export_onnx(m, tiny_image_task.input_shape, d / "fp32.onnx")
     return m, spec, d / "fp32.onnx"

@@ -22,6 +22,10 @@ import re
 from dataclasses import asdict, dataclass
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.report.results import human_duration
+
+__all__ = ["Battery", "BatteryLife", "Rate", "battery_life", "for_device", "human_duration", "lines", "parse_battery",
+           "parse_rate"]
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 # Grid carbon intensity used for --fleet unless --grid-intensity is given: the world-average CO2 intensity of
@@ -190,18 +194,6 @@ def for_device(energy_mj: float, latency_ms: float, device: object, battery: str
 
 
 DEFAULT_RATE = "1/s"
-
-
-def human_duration(seconds: float) -> str:
-    """'3.2 years', '41.6 days', '17.3 h', '12 min'."""
-    days = seconds / 86400
-    if days >= 365:
-        return f"{days / 365:.3g} years"
-    if days >= 2:
-        return f"{days:.3g} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.3g} h"
-    return f"{seconds / 60:.3g} min"
 
 
 def lines(b: BatteryLife | dict) -> list[str]:

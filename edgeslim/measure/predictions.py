@@ -19,8 +19,10 @@ import numpy as np
 
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.session import run_batched, session
+from edgeslim.report.behaviour import PREDICTIONS as FILE
+from edgeslim.report.behaviour import load_predictions as load
 
-FILE = "predictions.npz"
+__all__ = ["FILE", "accuracy_and_predictions", "load", "outputs"]
 
 
 def outputs(onnx_path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -39,12 +41,3 @@ def accuracy_and_predictions(onnx_path: Path, x: np.ndarray, y: np.ndarray, num_
         np.savez_compressed(buf, logits=z.astype(np.float32), labels=np.asarray(y, np.int64))
         write_bytes(out, buf.getvalue())
     return acc
-
-
-def load(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(logits, labels) from a predictions file, or None when the stage has none (not a classifier, or a
-    run folder from before predictions were kept)."""
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as d:
-        return d["logits"], d["labels"]

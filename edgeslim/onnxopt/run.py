@@ -17,8 +17,10 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.latency import Latency, interleaved_latency
 from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
 from edgeslim.onnxkit.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
@@ -71,10 +73,6 @@ def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
     static, ORT's constant folding turns those into constants, so the planner gets a second try on that.
     """
     try:
-        from edgeslim.deploy.memory import plan_arena
-    except ImportError:
-        return None
-    try:
         return int(plan_arena(path, reorder=False, shapes=shapes).arena_bytes)
     except Exception:
         pass
@@ -107,10 +105,6 @@ def _energy(path: Path, device: str, shapes: dict[str, list[int]]) -> dict | Non
 
 
 def _check_device(device: str) -> None:
-    try:
-        from edgeslim.devices import load_device
-    except ImportError:
-        return
     load_device(device)  # raises EdgeslimError with the valid names
 
 

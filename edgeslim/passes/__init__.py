@@ -1,4 +1,7 @@
-"""Compression passes. Importing this package registers every pass module in it (one file a technique)."""
+"""Compression passes, one module per pass, named after it (`magnitude_prune.py` registers
+`magnitude_prune`). Importing this package registers every pass and the fine-tuning hooks
+(`finetune_hooks`). The techniques' building blocks live in `edgeslim.prune`, `edgeslim.quant`,
+`edgeslim.distill`, `edgeslim.models.lowrank` and the file formats in `edgeslim.formats`."""
 
 import importlib
 import pkgutil

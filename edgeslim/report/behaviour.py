@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.fsutil import write_bytes
-from edgeslim.measure import predictions
 
+PREDICTIONS = "predictions.npz"  # a stage's test outputs, written by `measure.predictions`
 ECE_BINS = 15
 EXAMPLES = 6  # flipped examples kept per stage
 FLIPPED_INPUTS = "flipped_inputs.npz"
@@ -98,13 +98,13 @@ def annotate(run_dir: Path, stages: list[dict], x_test: np.ndarray | None = None
     """Add the behaviour fields to every stage that has saved predictions (baseline included: its
     flips are 0 and deltas 0); keep the flipped examples' inputs for the report when `x_test` is given."""
     folders = _stage_folders(run_dir, stages)
-    loaded = [predictions.load(f / predictions.FILE) if f else None for f in folders]
+    loaded = [load_predictions(f / PREDICTIONS) if f else None for f in folders]
     base = loaded[0] if loaded else None
     shown: set[int] = set()
     for s, folder, got in zip(stages, folders, loaded):
         if got is None or base is None:
             continue
-        s["predictions"] = str((folder / predictions.FILE).relative_to(run_dir))  # type: ignore[operator]
+        s["predictions"] = str((folder / PREDICTIONS).relative_to(run_dir))  # type: ignore[operator]
         fields = compare(base, got)
         if "ece" in fields:
             fields["ece_delta"] = round(fields["ece"] - fields["ece_baseline"], 6)
@@ -115,6 +115,15 @@ def annotate(run_dir: Path, stages: list[dict], x_test: np.ndarray | None = None
         buf = io.BytesIO()
         np.savez_compressed(buf, index=idx, x=np.asarray(x_test)[idx].astype(np.float32))
         write_bytes(run_dir / FLIPPED_INPUTS, buf.getvalue())
+
+
+def load_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(logits, labels) of a stage, or None when it has none (not a classifier, or a run folder from
+    before predictions were kept)."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as d:
+        return d["logits"], d["labels"]
 
 
 def load_flipped_inputs(run_dir: Path) -> dict[int, np.ndarray]:

@@ -25,6 +25,18 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
+def human_duration(seconds: float) -> str:
+    """'3.2 years', '41.6 days', '17.3 h', '12 min'."""
+    days = seconds / 86400
+    if days >= 365:
+        return f"{days / 365:.3g} years"
+    if days >= 2:
+        return f"{days:.3g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min"
+
+
 def human_count(n: float | None) -> str:
     if n is None:
         return "-"

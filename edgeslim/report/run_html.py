@@ -14,10 +14,16 @@ import html
 from pathlib import Path
 
 from edgeslim.fsutil import write_bytes, write_text
-from edgeslim.measure.battery import human_duration
 from edgeslim.report import behaviour, run_plots
 from edgeslim.report.plots import energy_plot
-from edgeslim.report.results import _latency, _slower_stages, human_bytes, human_count, methods_caption
+from edgeslim.report.results import (
+    _latency,
+    _slower_stages,
+    human_bytes,
+    human_count,
+    human_duration,
+    methods_caption,
+)
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}"
          "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;"

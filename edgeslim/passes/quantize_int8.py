@@ -1,7 +1,7 @@
-"""Post-training quantization with ONNX Runtime's tooling: static INT8 (QDQ, calibrated on the task,
-integer format chosen by measuring), dynamic INT8, FP16, and block-wise INT4 weight-only.
-
-Every pass here is of kind "onnx": it reads the previous stage's ONNX and the stage becomes ONNX-only.
+"""`quantize_int8`: static INT8 post-training quantization with ONNX Runtime's tooling (QDQ, calibrated on
+the task); with `select: measure` every candidate integer format is timed against FP32, interleaved, and
+the fastest one within `max_accuracy_drop` is kept. It reads the previous stage's ONNX: the stage, and
+every one after it, is ONNX-only.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import shutil
 from typing import Literal
 
-import onnx
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_bytes, write_json
+from edgeslim.fsutil import write_json
 from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
@@ -51,17 +50,15 @@ def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[d
                  f"{(fp32_acc - best['val_accuracy']) * 100:.2f} points)"
 
 
-@register("quantize_int8", QuantizeInt8, kind="onnx")
-def quantize_int8(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext) -> PassResult:
-    """Static INT8 post-training quantization (QDQ); the integer format is chosen by measurement."""
-    return static_int8(task, cfg, ctx)
-
-
-def static_int8(
-    task: Task, cfg: QuantizeInt8, ctx: RunContext, act_overrides: dict[str, tuple[float, int]] | None = None,
+@register("quantize_int8", QuantizeInt8, consumes="onnx", produces="onnx")
+def quantize_int8(
+    model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext,
+    act_overrides: dict[str, tuple[float, int]] | None = None,
 ) -> PassResult:
-    """The quantize_int8 pass; `act_overrides` ({tensor: (scale, uint8 zero point)}, e.g. learned by QAT)
-    replaces calibration for those tensors."""
+    """Static INT8 post-training quantization (QDQ); the integer format is chosen by measurement.
+
+    `act_overrides` ({tensor: (scale, uint8 zero point)}, e.g. learned by QAT) replaces calibration for
+    those tensors."""
     assert ctx.prev_onnx is not None
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
@@ -106,70 +103,3 @@ def static_int8(
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
         "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
     })
-
-
-class QuantizeDynamic(PassConfig):
-    per_channel: bool = False
-    reduce_range: bool = True
-
-
-@register("quantize_dynamic", QuantizeDynamic, kind="onnx")
-def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, ctx: RunContext) -> PassResult:
-    """Dynamic INT8: weights stored int8, activations scaled at run time (for Linear/MatMul/RNN models)."""
-    assert ctx.prev_onnx is not None
-    oq.check_float(ctx.prev_onnx, "quantize_dynamic")
-    mm = ctx.stage_dir / "matmul.onnx"
-    n = oq.gemm_to_matmul(ctx.prev_onnx, mm)
-    dst = ctx.stage_dir / "model.onnx"
-    oq.quantize_dynamic(mm, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
-    mm.unlink()
-    ops = [x.op_type for x in onnx.load(str(dst)).graph.node]
-    nq = sum(o in ("MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul") for o in ops)
-    note = "Conv layers are left FP32 (dynamic quantization targets MatMul/Gemm/RNN)" if "Conv" in ops else ""
-    return PassResult(None, onnx=dst, notes={"format": "dynamic int8", "gemm_rewritten": n,
-                                             "quantized_matmuls": nq, "note": note})
-
-
-class QuantizeFP16(PassConfig):
-    pass
-
-
-@register("quantize_fp16", QuantizeFP16, kind="onnx")
-def quantize_fp16(model: nn.Module | None, task: Task, cfg: QuantizeFP16, ctx: RunContext) -> PassResult:
-    """FP16 weights and compute (float32 model inputs/outputs kept); halves the file."""
-    assert ctx.prev_onnx is not None
-    oq.check_float(ctx.prev_onnx, "quantize_fp16")
-    dst = ctx.stage_dir / "model.onnx"
-    write_bytes(dst, oq.convert_fp16(onnx.load(str(ctx.prev_onnx))).SerializeToString())
-    return PassResult(None, onnx=dst, notes={
-        "format": "fp16",
-        "note": "ONNX Runtime's CPU provider has few FP16 kernels; it may insert casts, so CPU latency can "
-                "be worse than FP32 (the stage latency is measured, not assumed)",
-    })
-
-
-class QuantizeInt4Weights(PassConfig):
-    block_size: int = Field(32, ge=16, description="weights per scale along the input dimension (power of 2)")
-    symmetric: bool = True
-
-
-@register("quantize_int4_weights", QuantizeInt4Weights, kind="onnx")
-def quantize_int4_weights(
-    model: nn.Module | None, task: Task, cfg: QuantizeInt4Weights, ctx: RunContext
-) -> PassResult:
-    """Block-wise INT4 weight-only quantization of MatMul/Linear weights (ORT MatMulNBits)."""
-    assert ctx.prev_onnx is not None
-    if cfg.block_size & (cfg.block_size - 1):
-        raise EdgeslimError(f"quantize_int4_weights.block_size: must be a power of two, got {cfg.block_size}")
-    oq.check_float(ctx.prev_onnx, "quantize_int4_weights")
-    mm = ctx.stage_dir / "matmul.onnx"
-    oq.gemm_to_matmul(ctx.prev_onnx, mm)
-    dst = ctx.stage_dir / "model.onnx"
-    n = oq.quantize_int4_weights(mm, dst, cfg.block_size, cfg.symmetric)
-    mm.unlink()
-    convs = sum(x.op_type == "Conv" for x in onnx.load(str(dst)).graph.node)
-    note = (f"{convs} Conv layers stay FP32: ONNX Runtime has no INT4 Conv kernel" if convs else "")
-    if n == 0:
-        note = ("no MatMul weight qualified for MatMulNBits (needs K >= 16); model unchanged. " + note).strip()
-    return PassResult(None, onnx=dst, notes={"format": f"int4 weight-only, block {cfg.block_size}",
-                                             "matmulnbits_nodes": n, "note": note})

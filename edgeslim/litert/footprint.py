@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.litert.micro import tflm_arena
-from edgeslim.onnxkit.graph import has_qdq
-from edgeslim.onnxkit.load import read_onnx
 
 
 def tflite_footprint(path: str | Path) -> dict:
@@ -45,27 +43,4 @@ def tflite_fit(path: str | Path, device: str | Path | object, footprint: dict | 
     }
 
 
-def arena_beside(model: str | Path) -> dict | None:
-    """Planner and TFLite Micro arenas side by side, for a model that exists as `X.onnx` and `X.tflite`
-    of the same precision (as `edgeslim export` leaves them). None when there is no such pair."""
-    from edgeslim.litert import available
-
-    p = Path(model)
-    if p.suffix not in (".onnx", ".tflite") or not available("run", "micro"):
-        return None
-    onnx, tfl = p.with_suffix(".onnx"), p.with_suffix(".tflite")
-    if not (onnx.is_file() and tfl.is_file()):
-        return None
-    from edgeslim.deploy.memory import plan_arena
-    from edgeslim.litert.interpreter import LiteRTModel
-    if LiteRTModel(tfl).input.quantized != has_qdq(read_onnx(onnx)):
-        return None
-    planner = plan_arena(onnx, reorder=False).arena_bytes
-    a = tflm_arena(tfl)
-    return {"onnx": str(onnx), "tflite": str(tfl), "planner_arena_bytes": planner,
-            "tflm_arena_bytes": a.total_bytes, "tflm_arena_head_bytes": a.head_bytes,
-            "tflm_arena_tail_bytes": a.tail_bytes,
-            "planner_vs_tflm_head_pct": round(100.0 * (planner - a.head_bytes) / max(a.head_bytes, 1), 2)}
-
-
-__all__ = ["tflite_footprint", "tflite_fit", "arena_beside"]
+__all__ = ["tflite_footprint", "tflite_fit"]

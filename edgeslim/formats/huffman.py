@@ -1,6 +1,6 @@
 """Canonical Huffman coding of small integer alphabets (cluster indices, zero-run gaps).
 
-A few dozen lines rather than a dependency: the `.eshare` weight file (passes/share.py) stores only the
+A few dozen lines rather than a dependency: the `.eshare` weight file (`formats.eshare`) stores only the
 code lengths, and the decoder rebuilds the canonical codes from them.
 """
 

@@ -1,6 +1,7 @@
 """Sensitivity analysis: validation accuracy when one layer at a time is pruned to each ratio, written as a
-table (Markdown + JSON) and a plot; and a pass that allocates per-layer ratios from those curves under a
-global target (layers that tolerate pruning get more of it).
+table (Markdown + JSON) and a plot; and per-layer ratios allocated from those curves under a global target
+(layers that tolerate pruning get more of it). Used by `edgeslim sensitivity`, the `sensitivity_prune` pass
+and the search's guided start.
 
 Modes: `unstructured` (fraction of the layer's weights zeroed by magnitude) and `structured` (fraction
 of the layer's output channels removed by L2 norm, with Torch-Pruning handling coupled layers).
@@ -15,22 +16,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json, write_text
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
-from edgeslim.passes.prune import (
-    apply_masks,
-    magnitude_masks,
-    prunable,
-    weight_sparsity,
-    write_sparse_for_stage,
-)
-from edgeslim.passes.structured import StructuredPrune, before_after, make_pruner, output_layers
-from edgeslim.train import TrainConfig, evaluate
+from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
+from edgeslim.prune.structured import output_layers
+from edgeslim.train import evaluate
 
 Mode = Literal["unstructured", "structured"]
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -145,38 +138,3 @@ def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None
     plt.close(fig)
     tmp.replace(folder / "sensitivity.png")
     return [folder / "sensitivity.md", folder / "sensitivity.json", folder / "sensitivity.png"]
-
-
-class SensitivityPrune(PassConfig):
-    target: float = Field(0.5, gt=0, lt=1, description="weight-weighted mean of the per-layer ratios")
-    mode: Mode = "unstructured"
-    ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
-    max_ratio: float = Field(0.95, gt=0, lt=1)
-    finetune: TrainConfig | None = None
-
-
-@register("sensitivity_prune", SensitivityPrune)
-def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune, ctx: RunContext) -> PassResult:
-    """Per-layer sensitivity curves -> per-layer ratios under a global target -> prune -> fine-tune."""
-    assert model is not None
-    if any(not 0 < r < 1 for r in cfg.ratios):
-        raise EdgeslimError(f"sensitivity_prune: ratios must lie in (0, 1), got {cfg.ratios}")
-    curves = sensitivity_curves(model, task, sorted(cfg.ratios), cfg.mode)
-    alloc = allocate(curves, cfg.target, cfg.max_ratio)
-    write_report(ctx.stage_dir, curves, alloc)
-    notes: dict = {"mode": cfg.mode, "allocation": alloc, "report": "sensitivity.md"}
-    if cfg.mode == "unstructured":
-        apply_masks(model, magnitude_masks(model, 0.0, "layer", alloc))
-        ctx.carry["keep_sparsity"] = True
-        hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune")
-        notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
-        notes.update(write_sparse_for_stage(model, task, ctx))
-        return PassResult(model, notes=notes, carry={"keep_sparsity": True})
-    before = copy.deepcopy(model).eval()
-    sp = StructuredPrune(ratio=0.5, importance="l2", layer_ratios={k: min(v, 0.95) for k, v in alloc.items()})
-    pruner, _ = make_pruner(model, task, sp)
-    pruner.step()
-    hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune")
-    notes.update(val_accuracy=hist["val_accuracy"])
-    notes.update(before_after(before, model.eval(), task))
-    return PassResult(model, notes=notes)

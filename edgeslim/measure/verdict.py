@@ -26,11 +26,11 @@ def verdict_device(stages: list[dict]) -> Device:
 
 def stage_verdict(onnx_path: Path, device: Device) -> dict:
     """The `device_verdict` of one stage (see the module docstring)."""
-    from edgeslim.deploy.fit import fit_check
     from edgeslim.measure.battery import for_device
+    from edgeslim.measure.device_fit import check_fit
     from edgeslim.measure.energy import estimate_energy
 
-    r = fit_check(onnx_path, device, energy=False)
+    r = check_fit(onnx_path, device, energy=False)
     e = estimate_energy(onnx_path, device)
     out = {
         "device": device.name, "fits": r.fits, "fits_flash": r.fits_flash, "fits_ram": r.fits_ram,

@@ -59,7 +59,7 @@ def side_by_side_latency(net: nn.Module | None, onnx_path: Path, sample: np.ndar
 def deploy_extras(onnx_path: Path, net: nn.Module | None, shape: tuple[int, ...], device: str | None = None,
                   threads: int = 1, runs: int = 200, batch: int | None = None, rss: bool = True) -> dict:
     """Fields added to each row of `edgeslim measure` (see the module docstring). Units: bytes, ms, mJ."""
-    from edgeslim.deploy.fit import fit_check
+    from edgeslim.measure.device_fit import check_fit
     from edgeslim.measure.energy import energy_for
 
     rng = np.random.default_rng(0)
@@ -79,10 +79,10 @@ def deploy_extras(onnx_path: Path, net: nn.Module | None, shape: tuple[int, ...]
         out.update(lb["onnxruntime"].as_dict(f"latency_b{batch}_ms_"))
         if "torch" in lb:
             out.update(lb["torch"].as_dict(f"latency_torch_b{batch}_ms_"))
-    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.measure.arena import plan_arena
 
     plan = plan_arena(onnx_path)
-    fit = fit_check(onnx_path, device or "host", arena_bytes=plan.arena_bytes, energy=False)
+    fit = check_fit(onnx_path, device or "host", arena_bytes=plan.arena_bytes, energy=False)
     e = energy_for(onnx_path, device or "host", sample=sample)
     out.update(
         deploy_device=fit.device, weights_bytes=fit.weights_bytes, flash_bytes=fit.flash_bytes,

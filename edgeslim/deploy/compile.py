@@ -5,7 +5,7 @@
   TorchScript exporter already folds BN of models in eval mode; `bn_folding_check` tells which.
 - `fold_and_prune`: constant folding and dead-node removal (onnxscript's optimizer, then
   `onnxkit.graph.remove_dead`: nodes whose outputs nobody reads, unused initializers).
-- `ort_optimize`: ONNX Runtime offline optimisation at level basic / extended / all, the optimised
+- `compile_ort`: ONNX Runtime offline optimisation at level basic / extended / all, the optimised
   graph saved (`SessionOptions.optimized_model_filepath`), with the fusions that happened listed
   from the operator counts before and after (e.g. Conv + Relu -> com.microsoft.FusedConv) and a
   parity check of the outputs. Level `all` adds layout (NCHWc) transforms specific to this CPU: the
@@ -29,8 +29,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.graph import op_counts, remove_dead
 from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import ort_level, session
-from edgeslim.onnxkit.session import ort_optimize as ort_offline
+from edgeslim.onnxkit.session import ort_level, ort_optimize, session
 
 FUSED_OPS = {
     "FusedConv": "Conv + activation",
@@ -112,7 +111,7 @@ def fold_and_prune(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
 
 @dataclass
-class OptimizeReport:
+class CompileReport:
     level: str
     path: str  # the saved optimised model
     nodes_before: int
@@ -142,19 +141,19 @@ def describe_fusions(before: dict[str, int], after: dict[str, int]) -> list[str]
     return lines
 
 
-def ort_optimize(model_path: str | Path, out_path: str | Path, level: str = "extended",
-                 check: bool = True, atol: float = 1e-4) -> OptimizeReport:
+def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "extended",
+                check: bool = True, atol: float = 1e-4) -> CompileReport:
     """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, check outputs still match."""
     ort_level(level)  # an unknown level is the user's mistake: one line with the valid ones
     src = read_onnx(model_path)
     try:
-        opt = ort_offline(model_path, level)
+        opt = ort_optimize(model_path, level)
     except Exception as e:  # ORT raises private exception types
         raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
     out_path = Path(out_path)
     write_bytes(out_path, opt.SerializeToString())
     before, after = op_counts(src, qualified=True), op_counts(opt, qualified=True)
-    rep = OptimizeReport(
+    rep = CompileReport(
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
         ops_before=before, ops_after=after, fusions=describe_fusions(before, after), batchnorm=bn_folding_check(src),
     )

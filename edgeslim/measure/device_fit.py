@@ -1,7 +1,7 @@
-"""Does a model fit a device? Flash for weights + runtime, RAM for the activation arena + runtime;
-estimated latency and energy per inference. Also the per-stage deploy metrics of the pipeline.
+"""Device fit: does a model fit a device? Flash for weights + runtime, RAM for the activation arena +
+runtime; estimated latency and energy per inference. Also the per-stage deploy metrics of the pipeline.
 
-Units: bytes, ms, mJ. The arena comes from the ONNX planner (`deploy.memory.plan_arena`) unless a
+Units: bytes, ms, mJ. The arena comes from the ONNX planner (`measure.arena.plan_arena`) unless a
 runtime-recorded one is given (e.g. TFLite Micro's, from `edgeslim.litert`).
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeslim.deploy.export import to_onnx
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.load import read_onnx
@@ -45,7 +46,7 @@ class FitReport:
         return {**asdict(self), "fits": self.fits}
 
 
-def verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
+def fit_verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
     """The fit verdict from sizes alone: weights + runtime_flash <= flash, arena + runtime_ram <= RAM."""
     flash = weights_bytes + device.runtime_flash_bytes
     ram = arena_bytes + device.runtime_ram_bytes
@@ -74,7 +75,7 @@ def weights_bytes(model: onnx.ModelProto) -> int:
     return int(total)
 
 
-def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int | None = None,
+def check_fit(model: str | Path, device: str | Path | Device, arena_bytes: int | None = None,
               arena_source: str = "planner", energy: bool = True) -> FitReport:
     """Fit of an ONNX file, an edgeslim model folder or (with `edgeslim[litert]`) a .tflite file."""
     dev = load_device(device)
@@ -83,7 +84,7 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
         return _fit_tflite(p, dev)
     onnx_path, cleanup = to_onnx(p)
     try:
-        from edgeslim.deploy.memory import plan_arena
+        from edgeslim.measure.arena import plan_arena
         from edgeslim.measure.energy import estimate_energy
 
         m = read_onnx(onnx_path)
@@ -91,7 +92,7 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
         if arena_bytes is None:
             plan = plan_arena(m)
             arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
-        r = verdict(dev, weights_bytes(m), arena_bytes, arena_source)
+        r = fit_verdict(dev, weights_bytes(m), arena_bytes, arena_source)
         if unknown:
             r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
                              f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
@@ -104,44 +105,24 @@ def fit_check(model: str | Path, device: str | Path | Device, arena_bytes: int |
             cleanup()
 
 
-def to_onnx(p: Path):
-    """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
-    if p.is_file() and p.suffix == ".onnx":
-        return p, None
-    if p.is_dir() and (p / "spec.json").is_file():
-        import shutil
-        import tempfile
-
-        from edgeslim import models
-        from edgeslim.deploy.export import export_onnx
-
-        net, spec = models.load_model(p)
-        tmp = Path(tempfile.mkdtemp(prefix="edgeslim-fit-"))
-        out = tmp / "model.onnx"
-        export_onnx(net, tuple(spec["input_shape"]), out)
-        return out, lambda: shutil.rmtree(tmp, ignore_errors=True)
-    raise EdgeslimError(f"{p}: not an ONNX file, .tflite file or edgeslim model folder (with spec.json)")
-
-
 def _fit_tflite(p: Path, dev: Device) -> FitReport:
     try:
-        from edgeslim.litert.fit import tflite_footprint  # type: ignore[import-not-found]
+        from edgeslim.litert.footprint import tflite_footprint  # type: ignore[import-not-found]
     except ImportError:
         raise EdgeslimError(f"{p}: fitting .tflite files needs the LiteRT extra: pip install 'edgeslim[litert]'"
                             ) from None
     fp = tflite_footprint(p)
     # flash = the whole .tflite file (weights + graph) + runtime; RAM = TFLite Micro's recorded arena
-    return verdict(dev, int(fp.get("model_bytes", fp.get("weights_bytes", 0))),
+    return fit_verdict(dev, int(fp.get("model_bytes", fp.get("weights_bytes", 0))),
                    int(fp.get("tflm_arena_bytes", fp.get("arena_bytes", 0))),
                    str(fp.get("arena_method", "recorded:tflite-micro")))
 
 
-def stage_metrics(onnx_path: Path, task: object = None, metrics: dict | None = None,
-                  device: str | Path | Device | None = None) -> dict:
+def stage_deploy_metrics(onnx_path: Path, task: object = None, device: str | Path | Device | None = None) -> dict:
     """Deploy fields for one pipeline stage (cheap: planner + analytic counts, tens of ms):
     arena_bytes, naive_activation_bytes, flash_bytes, energy_mj, energy_method, deploy_device."""
     dev = load_device(device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE)
-    from edgeslim.deploy.memory import plan_arena
+    from edgeslim.measure.arena import plan_arena
     from edgeslim.measure.energy import energy_for
 
     m = read_onnx(onnx_path)

@@ -1,4 +1,4 @@
-"""Dynamic (input-dependent) pruning by early exits: small classifier heads after intermediate blocks;
+"""`early_exit`: dynamic (input-dependent) pruning by early exits: small classifier heads after intermediate blocks;
 at inference an input leaves at the first head whose softmax confidence reaches a threshold, so easy
 inputs skip the rest of the network.
 
@@ -17,17 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.errors import EdgeslimError, choices
+from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json, write_text
-from edgeslim.measure.macs import count_macs
 from edgeslim.onnxkit.session import session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.prune.exits import build_exits
 
 DEFAULT_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
 
@@ -37,113 +36,6 @@ class EarlyExit(PassConfig):
     thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     head_epochs: int = Field(200, ge=1, description="full-batch Adam steps per head")
     lr: float = Field(1e-2, gt=0)
-
-
-def chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model as a flat list of modules run in order (nested nn.Sequential expanded)."""
-    out: list[tuple[str, nn.Module]] = []
-
-    def walk(prefix: str, m: nn.Module) -> None:
-        for name, child in m.named_children():
-            path = f"{prefix}{name}"
-            if isinstance(child, nn.Sequential):
-                walk(path + ".", child)
-            else:
-                out.append((path, child))
-
-    walk("", model)
-    return out
-
-
-def check_chain(model: nn.Module, links: list[tuple[str, nn.Module]], x: torch.Tensor) -> None:
-    with torch.no_grad():
-        ref, y = model.eval()(x), x
-        for _, m in links:
-            y = m(y)
-    if y.shape != ref.shape or not torch.allclose(y, ref, atol=1e-5):
-        raise EdgeslimError("early_exit needs a model whose forward runs its sub-modules in order (ResNet-8, "
-                            "DS-CNN, MobileNetV1, LeNet-5, CNN1D); this model's forward does something else")
-
-
-def make_head(feat: torch.Tensor, num_classes: int) -> nn.Module:
-    """Global average pool (for feature maps) + a linear classifier."""
-    if feat.dim() == 2:
-        return nn.Linear(feat.shape[1], num_classes)
-    pool = nn.AdaptiveAvgPool2d(1) if feat.dim() == 4 else nn.AdaptiveAvgPool1d(1)
-    return nn.Sequential(pool, nn.Flatten(), nn.Linear(feat.shape[1], num_classes))
-
-
-def default_exits(links: list[tuple[str, nn.Module]], macs: list[int], outs: list[torch.Tensor]) -> list[str]:
-    """Two exit points nearest to 1/3 and 2/3 of the cumulative MACs, each after a whole block (a module
-    holding convs) or after an activation, so heads see finished feature maps."""
-    cum = np.cumsum(macs) / max(1, sum(macs))
-    conv_seen = np.cumsum([any(isinstance(s, nn.modules.conv._ConvNd) for s in m.modules()) for _, m in links])
-
-    def block_end(m: nn.Module) -> bool:
-        inner = [s for s in m.modules() if s is not m]
-        return any(isinstance(s, nn.modules.conv._ConvNd) for s in inner) or isinstance(
-            m, (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish))
-
-    cands = [i for i in range(len(links) - 1)
-             if conv_seen[i] and outs[i].dim() >= 3 and block_end(links[i][1]) and cum[i] < 0.9]
-    if not cands:
-        raise EdgeslimError("early_exit: found no intermediate conv block to attach an exit to; name `exits`")
-    picks: list[int] = []
-    for f in (1 / 3, 2 / 3):
-        left = [i for i in cands if i not in picks]
-        if left:
-            picks.append(min(left, key=lambda i: abs(cum[i] - f)))
-    return [links[i][0] for i in sorted(picks)]
-
-
-def train_head(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int) -> None:
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(head.parameters(), lr)
-    head.train()
-    for _ in range(steps):
-        loss = F.cross_entropy(head(feats), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    head.eval()
-
-
-def build_exits(model: nn.Module, task: Task, cfg: EarlyExit, seed: int = 0) -> dict:
-    """Split the backbone at the exits, train one head per exit. Returns segments, heads and MACs."""
-    links = chain(model)
-    x0 = torch.from_numpy(task.x_val[:8])
-    check_chain(model, links, x0)
-    outs, macs, y = [], [], torch.zeros(1, *task.input_shape)
-    with torch.no_grad():
-        for _, m in links:
-            macs.append(count_macs(m, tuple(y.shape[1:])))  # keeps m's eval mode (BN stats frozen)
-            y = m(y)
-            outs.append(y)
-    names = [n for n, _ in links]
-    exits = cfg.exits or default_exits(links, macs, outs)
-    bad = [e for e in exits if e not in names[:-1]]
-    if bad:
-        raise EdgeslimError(f"early_exit: unknown exit points {bad}; valid: {choices(names[:-1])}")
-    cut = sorted(names.index(e) for e in exits)
-    bounds = [-1] + cut + [len(links) - 1]
-    segments = [nn.Sequential(*[m for _, m in links[a + 1 : b + 1]]).eval() for a, b in zip(bounds, bounds[1:])]
-    seg_macs = [int(sum(macs[a + 1 : b + 1])) for a, b in zip(bounds, bounds[1:])]
-    heads, head_macs, shapes = [], [], []
-    with torch.no_grad():
-        f_tr, f_in = torch.from_numpy(task.x_train), torch.zeros(1, *task.input_shape)
-        for k, seg in enumerate(segments[:-1]):
-            shapes.append(tuple(f_in.shape[1:]))
-            f_tr, f_in = seg(f_tr), seg(f_in)
-            head = make_head(f_in, task.num_classes)
-            with torch.enable_grad():
-                pooled = head[:-1](f_tr) if isinstance(head, nn.Sequential) else f_tr
-                lin = head[-1] if isinstance(head, nn.Sequential) else head
-                train_head(lin, pooled.detach(), torch.from_numpy(task.y_train), cfg.head_epochs, cfg.lr, seed + k)
-            heads.append(head.eval())
-            head_macs.append(count_macs(head, tuple(f_in.shape[1:])))
-        shapes.append(tuple(f_in.shape[1:]))
-    return {"exits": [names[i] for i in cut], "segments": segments, "heads": heads, "seg_macs": seg_macs,
-            "head_macs": head_macs, "shapes": shapes}
 
 
 def _softmax_max(z: np.ndarray) -> float:
@@ -226,7 +118,7 @@ def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path,
     """Build, train and measure exits; write early_exit.json / .md and the ONNX pieces into `folder`."""
     if any(not 0 <= t <= 1 for t in cfg.thresholds):
         raise EdgeslimError(f"early_exit: thresholds are softmax confidences in [0, 1], got {cfg.thresholds}")
-    ex = build_exits(model, task, cfg, seed)
+    ex = build_exits(model, task, cfg.exits, cfg.head_epochs, cfg.lr, seed)
     with tempfile.TemporaryDirectory() as tmp:
         res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp))
         for p in Path(tmp).glob("*.onnx"):

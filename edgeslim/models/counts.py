@@ -1,4 +1,5 @@
-"""Parameter and MAC counts of a PyTorch model (dense: zeros still cost MACs on dense kernels)."""
+"""Parameter and MAC counts of a PyTorch model (dense: zeros still cost MACs on dense kernels). The counts
+of an ONNX graph (per layer, by precision) are `edgeslim.measure.onnx_counts`."""
 
 from __future__ import annotations
 

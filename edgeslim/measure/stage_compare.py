@@ -1,7 +1,7 @@
 """The end of a run: what every stage is compared on, added to its results.json entry.
 
 - all stages timed together, interleaved (`measure.together`);
-- the device verdict with estimated energy and battery life (`report.verdict`);
+- the device verdict with estimated energy and battery life (`measure.verdict`);
 - the per-layer structure against the baseline (`report.layers`);
 - what changed in behaviour against the baseline (`report.behaviour`).
 Fields are only added, never removed (results.json is a contract).
@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.data import Task
-from edgeslim.report import behaviour, layers, verdict
+from edgeslim.measure import verdict
+from edgeslim.report import behaviour, layers
 
 
-def summarize(run_dir: Path, stages: list[dict], task: Task, seconds: float = 1.5) -> None:
+def compare_stages(run_dir: Path, stages: list[dict], task: Task, seconds: float = 1.5) -> None:
     """Annotate `stages` in place (see the module docstring). `seconds`: the interleaved timing budget."""
     from edgeslim.measure.together import time_stages
 

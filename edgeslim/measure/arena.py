@@ -174,7 +174,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
         order=[_node_name(nodes[i], i) for i in order], buffers=bufs, unknown_tensors=unknown,
     )
     if reorder and len(nodes) > 1:
-        from edgeslim.deploy.schedule import best_order
+        from edgeslim.measure.op_order import best_order
 
         new, method = best_order(nodes, root, size, [v.name for v in g.input], [v.name for v in g.output],
                                  max_states=max_states)
@@ -199,7 +199,7 @@ def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
     g = src.graph
     active = [n for n in g.node if any(o in root for o in n.output)]
     const = [n for n in g.node if not any(o in root for o in n.output)]
-    from edgeslim.deploy.schedule import best_order
+    from edgeslim.measure.op_order import best_order
 
     order, _ = best_order(active, root, size, [v.name for v in g.input], [v.name for v in g.output],
                           max_states=max_states)
