@@ -29,6 +29,7 @@ from edgeslim import models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
@@ -119,22 +120,17 @@ def compress(
 
 def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
             device: str | None = None, batch: int | None = None, deploy: bool = False,
-            battery: str | None = None, rate: str | None = None, between: str | None = None,
-            fleet: int | None = None, grid_intensity: float | None = None) -> list[dict]:
+            life: LifeOptions | None = None) -> list[dict]:
     """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). With a
-    battery (`battery`, or the device profile's default), each row gets `battery`: the estimated battery
-    life at `rate` (default 1/s) and, with `fleet`, the yearly energy and CO2 of that many devices
-    (`edgeslim.measure.battery`)."""
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). Rows with an
+    energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure import battery as bat
     from edgeslim.measure.stage import measure_stage
 
-    bat.check_options(battery, rate, between, fleet, grid_intensity)
-
+    life = (life or LifeOptions()).checked()
     t = load_task(task) if task else None
     out = []
     for p in paths:
@@ -165,8 +161,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
-    bat.annotate_rows(out, device, battery, rate, between, fleet, grid_intensity)
-    return out
+    return life.annotate_rows(out, device)
 
 
 def _onnx_input_shape(p: Path) -> tuple[int, ...]:
@@ -191,24 +186,19 @@ def _synthetic_task(shape: tuple[int, ...]) -> Task:
 
 
 def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None,
-              battery: str | None = None, rate: str | None = None, between: str | None = None,
-              fleet: int | None = None, grid_intensity: float | None = None) -> dict:
+              life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
-    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. With a battery (`battery`
-    or the profile's default), `battery`: the estimated battery life at `rate` (default 1/s), and with
-    `fleet` the yearly kWh and CO2 of that many devices (`edgeslim.measure.battery`). Bytes, ms, mJ."""
-    from edgeslim.measure import battery as bat
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
+    battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
     from edgeslim.measure.device_fit import check_fit as device_fit
     from edgeslim.measure.tflite import arena_beside
 
-    bat.check_options(battery, rate, between, fleet, grid_intensity)
+    life = (life or LifeOptions()).checked()
     r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
     beside = arena_beside(model)
-    life = bat.for_row({"name": str(model), "deploy_device": r.device, "energy_mj": r.energy_mj,
-                        "energy_latency_ms": r.latency_ms}, device, battery, rate, between, fleet, grid_intensity)
-    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {}),
-            **({"battery": life.as_dict()} if life else {})}
+    row = {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    return life.annotate_rows([row], device)[0]
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
@@ -234,25 +224,9 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
 def compile(model: Path, out: Path, level: str = "extended") -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
-    from edgeslim.deploy.compile import compile_ort, fold_and_prune, fold_batchnorm
-    from edgeslim.deploy.export import to_onnx
-    from edgeslim.fsutil import write_bytes
-    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.deploy.compile import compile_model
 
-    path, cleanup = to_onnx(model)
-    try:
-        m, n_bn = fold_batchnorm(read_onnx(path))
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
-            pre = Path(tmp) / "pre.onnx"
-            write_bytes(pre, m.SerializeToString())
-            rep = compile_ort(pre, out, level)
-    finally:
-        if cleanup:
-            cleanup()
-    # ORT's node counts (`nodes_before`/`nodes_after`) override the folding step's; those stay as fold_*
-    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-            "fold_nodes_after": info["nodes_after"]}
+    return compile_model(Path(model), Path(out), level)
 
 
 def optimize(
@@ -362,24 +336,9 @@ def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
 def quant_report(run: Path) -> dict[str, dict]:
     """{stage folder: its notes} for every quantized stage of a run (or one stage folder) that wrote a
     per-layer report: bits, weight-scale range, input scale and output SQNR (dB) per layer."""
-    import json
+    from edgeslim.report.quant import quantized_stages
 
-    run = Path(run)
-    folders = [run] if (run / "metrics.json").exists() else sorted((run / "stages").glob("[0-9][0-9]_*"))
-    if not folders:
-        raise EdgeslimError(f"{run}: not a run or stage folder (no metrics.json, no stages/)")
-    found: dict[str, dict] = {}
-    for f in folders:
-        try:
-            notes = json.loads((f / "metrics.json").read_text()).get("notes", {})
-        except (OSError, json.JSONDecodeError):
-            continue
-        if notes.get("layers"):
-            found[f.name] = notes
-    if not found:
-        raise EdgeslimError(f"{run}: no quantized stage with a per-layer report (quantize_int8, qat, lowbit, "
-                            "mixed_precision write one)")
-    return found
+    return quantized_stages(Path(run))
 
 
 def search(
@@ -397,35 +356,17 @@ def search(
     report.html into `out`. `log(message, is_warning)` gets the progress lines. Returns the summary (a
     worker: {"ran": trials it ran})."""
     from edgeslim.search.constraints import make_budget
-    from edgeslim.search.final import finalize
-    from edgeslim.search.study import (
-        SearchConfig,
-        load_device_profile,
-        open_or_join,
-        prepare,
-        wait_for_others,
-        work,
-    )
+    from edgeslim.search.final import run_search
+    from edgeslim.search.study import SearchConfig, load_device_profile
 
-    dev = load_device_profile(device)
-    budget = make_budget(dev, max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
+    budget = make_budget(load_device_profile(device), max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
     cfg = SearchConfig(model=str(Path(model).resolve()), task=task, device=device, objectives=list(objectives),
                        trials=trials, budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack,
                        seed=seed, sampler=sampler, guided=guided)
     if knobs:
         cfg.knobs = list(knobs)
-    out = Path(out).resolve()
-    ctx = prepare(cfg, out)
-    url = storage or f"journal://{out / 'study.journal'}"
-    study, created = open_or_join(ctx, url, study_name)
-    log(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {trials} trials, "
-        f"knobs {', '.join(k.name for k in ctx.knobs)}", False)
-    ran = work(ctx, study)
-    if worker:
-        return {"ran": ran}
-    if not wait_for_others(ctx, study, wait):
-        log(f"other workers still running after {wait:.0f} s; finishing with what is done", True)
-    return finalize(ctx, study, top)
+    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
+                      top=top, log=log)
 
 
 def list_models() -> list[dict]:

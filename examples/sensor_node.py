@@ -30,7 +30,7 @@ def run(out: Path, tiny: bool = False, budget_mj: float = BUDGET_MJ) -> dict:
     from rich.table import Table
 
     from edgeslim import api
-    from edgeslim.measure.battery import human_duration
+    from edgeslim.measure.battery import LifeOptions, human_duration
     from edgeslim.report.results import human_bytes
     from edgeslim.report.summary import print_summary
     from edgeslim.train import TrainConfig
@@ -81,7 +81,7 @@ def run(out: Path, tiny: bool = False, budget_mj: float = BUDGET_MJ) -> dict:
     print_summary(res, run_dir, common.console, f"sensor node: {'chosen' if chosen else 'best'} model "
                   f"(trial {first['trial']}) vs baseline")
     onnx = run_dir / res["stages"][-1]["onnx"]
-    lives = {r: api.check_fit(onnx, DEVICE, rate=r)["battery"] for r in RATES}
+    lives = {r: api.check_fit(onnx, DEVICE, life=LifeOptions(rate=r))["battery"] for r in RATES}
     if chosen is not None:
         common.console.print(
             f"chosen: trial {chosen['trial']}, {100 * chosen['metrics']['accuracy']:.2f}% test accuracy at "

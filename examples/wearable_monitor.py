@@ -33,7 +33,7 @@ passes:
 def run(out: Path, tiny: bool = False) -> dict:
     from edgeslim import api
     from edgeslim.fsutil import write_text
-    from edgeslim.measure.battery import human_duration
+    from edgeslim.measure.battery import LifeOptions, human_duration
     from edgeslim.report.summary import print_summary
     from edgeslim.train import TrainConfig
 
@@ -56,8 +56,8 @@ def run(out: Path, tiny: bool = False) -> dict:
     c = api.export(Path(tfl["path"]), "c", out / "firmware" / "model_data.c")
     fit = api.check_fit(Path(tfl["path"]), "cortex-m4")
     v = res["stages"][-1]["device_verdict"]
-    lives = {r: api.check_fit(out / "run" / res["stages"][-1]["onnx"], "cortex-m4", rate=r)["battery"]
-             for r in ("1/s", "1/min")}
+    final = out / "run" / res["stages"][-1]["onnx"]
+    lives = {r: api.check_fit(final, "cortex-m4", life=LifeOptions(rate=r))["battery"] for r in ("1/s", "1/min")}
     common.console.print(
         f"firmware: {c['c']} + {Path(c['h']).name} ({tfl['size_bytes']:,} B INT8 model, ops: "
         f"{', '.join(o for o in dict.fromkeys(tfl['ops']) if o != 'DELEGATE')}); TFLite Micro arena {fit['arena_bytes']:,} B "

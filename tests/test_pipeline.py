@@ -63,6 +63,9 @@ def test_run_results_contract(trained, tiny_image_task, tmp_path):
     assert base["accuracy"] > 0.8  # the tiny task is easy
     assert pruned["nonzero_params"] < 0.6 * base["nonzero_params"]
     assert quant["size_bytes"] < 0.5 * base["size_bytes"]  # INT8 weights
+    # each stage records the carry it ran with; a later pass's carry never shows up in an earlier stage
+    assert [s["carry"] for s in on_disk["stages"]] == [{}, {"keep_sparsity": True}, {"keep_sparsity": True},
+                                                       {"keep_sparsity": True}]
     assert (tmp_path / "run" / "report.md").read_text().startswith("# edgeslim report")
 
 

@@ -64,14 +64,15 @@ def test_scheduled_magnitude_prune_keeps_masks_and_exports(tiny_image_task, tmp_
     task = tiny_image_task
     m, spec = _trained("lenet300", task)
     cfg = PASSES["magnitude_prune"].config(sparsity=0.9, scope="lamp", schedule="cubic", rounds=3)
-    res = PASSES["magnitude_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    ctx = _ctx(tmp_path, spec)
+    res = PASSES["magnitude_prune"].fn(m, task, cfg, ctx)
     rounds = res.notes["rounds"]
     assert [r["target_sparsity"] for r in rounds] == pytest.approx(schedule_ratios(0.9, 3, "cubic"), abs=1e-4)
     for r in rounds:  # masks stayed fixed through each round's fine-tuning
         assert r["sparsity"] >= r["target_sparsity"] - 1e-3
     assert weight_sparsity(res.model) == pytest.approx(0.9, abs=0.01)
     assert res.notes["val_accuracy"] > 0.8
-    assert res.carry == {"keep_sparsity": True}
+    assert res.carry == {"keep_sparsity": True} and ctx.carry == {}  # carry goes out through the result only
     assert (tmp_path / "model.sparse.npz").stat().st_size == res.notes["sparse_file_bytes"]
     assert res.notes["sparse_file_bytes"] < 0.35 * res.notes["dense_onnx_bytes"]
     assert _parity(res.model, task, tmp_path / "m.onnx") < 1e-4

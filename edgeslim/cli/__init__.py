@@ -12,7 +12,8 @@ import importlib
 
 from edgeslim.cli.app import app, console, emit_json, main
 
-COMMAND_MODULES = ("train", "run", "measure", "optimize", "distill", "sensitivity", "quant_report", "search", "info")
+COMMAND_MODULES = ("train", "run", "measure", "optimize", "distill", "sensitivity", "quant_report", "search",
+                   "info")
 for _name in COMMAND_MODULES:  # each module adds its commands to `app` (the order of `edgeslim --help`)
     importlib.import_module(f"{__name__}.{_name}")
 

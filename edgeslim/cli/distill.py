@@ -29,9 +29,9 @@ def distill(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Build a smaller student from the teacher's architecture and train it with knowledge distillation."""
-    m = api.distill(teacher, task, out, width=width, depth=depth, temperature=temperature, alpha=alpha, epochs=epochs,
-                    lr=lr, transfer=transfer, transfer_ratio=transfer_ratio, extra_teachers=extra_teacher, seed=seed,
-                    quiet=as_json)
+    m = api.distill(teacher, task, out, width=width, depth=depth, temperature=temperature, alpha=alpha,
+                    epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
+                    extra_teachers=extra_teacher, seed=seed, quiet=as_json)
     if as_json:
         emit_json(m)
     else:

@@ -17,12 +17,10 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="edgeslim model zoo (counts at the reference input)")
-    for c in ("name", "about", "reference input", "params", "MACs"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(r["name"], r["about"], "x".join(map(str, r["ref_input"])), f"{r['params']:,}", f"{r['macs']:,}")
-    console.print(t)
+    _print_table("edgeslim model zoo (counts at the reference input)",
+                 ("name", "about", "reference input", "params", "MACs"),
+                 [(r["name"], r["about"], "x".join(map(str, r["ref_input"])), f"{r['params']:,}", f"{r['macs']:,}")
+                  for r in rows])
 
 
 @app.command("passes")
@@ -32,13 +30,10 @@ def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="recipe passes (name: {field: value, ...})")
-    for c in ("name", "kind", "what it does", "fields (defaults)"):
-        t.add_column(c)
-    for r in rows:
-        fields = ", ".join(f"{k}={v}" for k, v in r["fields"].items())
-        t.add_row(r["name"], r["kind"], r["about"], fields)
-    console.print(t)
+    _print_table("recipe passes (name: {field: value, ...})",
+                 ("name", "kind", "what it does", "fields (defaults)"),
+                 [(r["name"], r["kind"], r["about"], ", ".join(f"{k}={v}" for k, v in r["fields"].items()))
+                  for r in rows])
 
 
 @app.command("tasks")
@@ -62,11 +57,17 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-read
     if as_json:
         emit_json([d.model_dump() for d in devs])
         return
-    t = Table(title="edgeslim device profiles")
-    for c in ("name", "description", "flash", "RAM (arena)", "int8 MAC/s", "fp32 MAC/s", "active power"):
+    _print_table("edgeslim device profiles",
+                 ("name", "description", "flash", "RAM (arena)", "int8 MAC/s", "fp32 MAC/s", "active power"),
+                 [(d.name, d.description, human_bytes(d.flash_bytes), human_bytes(d.sram_bytes),
+                   f"{d.macs_per_second('int8') / 1e9:.3g} G", f"{d.macs_per_second('fp32') / 1e9:.3g} G",
+                   f"{d.active_power_mw:g} mW") for d in devs])
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    t = Table(title=title)
+    for c in columns:
         t.add_column(c)
-    for d in devs:
-        t.add_row(d.name, d.description, human_bytes(d.flash_bytes), human_bytes(d.sram_bytes),
-                  f"{d.macs_per_second('int8') / 1e9:.3g} G", f"{d.macs_per_second('fp32') / 1e9:.3g} G",
-                  f"{d.active_power_mw:g} mW")
+    for r in rows:
+        t.add_row(*r)
     console.print(t)

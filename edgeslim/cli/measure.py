@@ -10,6 +10,7 @@ from rich.table import Table
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
 from edgeslim.fsutil import write_json
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.measure.battery import lines as battery_lines
 from edgeslim.report.results import human_bytes, print_table
 
@@ -40,7 +41,7 @@ def measure(
     """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side;
     with a battery (option or the device profile's), the estimated battery life."""
     res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
-                      battery=battery, rate=rate, between=between, fleet=fleet, grid_intensity=grid_intensity)
+                      life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if save is not None:
         write_json(save, res)
     if as_json:
@@ -73,8 +74,7 @@ def fit(
 ) -> None:
     """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and, with a
     battery (option or the profile's), the estimated battery life."""
-    r = api.check_fit(model, device, arena_bytes=arena, battery=battery, rate=rate, between=between, fleet=fleet,
-                      grid_intensity=grid_intensity)
+    r = api.check_fit(model, device, arena_bytes=arena, life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if as_json:
         emit_json(r)
         return

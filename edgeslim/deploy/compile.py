@@ -17,6 +17,7 @@ Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; abs
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeslim.deploy.export import to_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.graph import op_counts, remove_dead
@@ -168,6 +170,25 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
             out_path.unlink(missing_ok=True)
             raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
     return rep
+
+
+def compile_model(model: Path, out: Path, level: str = "extended") -> dict:
+    """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
+    `compile_ort` into `out`. Returns the report; ORT's node counts are `nodes_before`/`nodes_after`, the
+    folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    path, cleanup = to_onnx(model)
+    try:
+        m, n_bn = fold_batchnorm(read_onnx(path))
+        m, info = fold_and_prune(m)
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            write_bytes(pre, m.SerializeToString())
+            rep = compile_ort(pre, out, level)
+    finally:
+        if cleanup:
+            cleanup()
+    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
+            "fold_nodes_after": info["nodes_after"]}
 
 
 def available_backends() -> dict[str, bool]:

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from edgeslim.errors import EdgeslimError
 from edgeslim.report.results import human_duration
 
-__all__ = ["Battery", "BatteryLife", "Rate", "battery_life", "for_device", "human_duration", "lines", "parse_battery",
-           "parse_rate"]
+__all__ = ["Battery", "BatteryLife", "LifeOptions", "Rate", "battery_life", "for_device", "human_duration", "lines",
+           "parse_battery", "parse_rate"]
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 # Grid carbon intensity used for --fleet unless --grid-intensity is given: the world-average CO2 intensity of
@@ -238,12 +238,14 @@ def requested(battery: str | None, rate: str | None, fleet: int | None) -> bool:
 
 def for_row(row: dict, device_name: str | None, battery: str | None, rate: str | None, between: str | None,
             fleet: int | None, grid_g_per_kwh: float | None) -> BatteryLife | None:
-    """The estimate for one `edgeslim measure` row (its `energy_mj` and device latency). None when the row
+    """The estimate for one `measure` or `fit` row (its `energy_mj` and device latency). None when the row
     has no energy estimate and nothing was asked explicitly."""
     from edgeslim.devices import load_device
 
     dev = load_device(device_name or row.get("deploy_device") or "host")  # the user's name or YAML path first
-    e, t = row.get("energy_mj"), row.get("energy_latency_ms") or row.get("latency_ms_p50")
+    # the device latency that goes with the energy: measure rows `energy_latency_ms`, fit rows `latency_ms`
+    e = row.get("energy_mj")
+    t = row.get("energy_latency_ms") or row.get("latency_ms") or row.get("latency_ms_p50")
     if e is None or t is None:
         if requested(battery, rate, fleet):
             raise EdgeslimError(f"{row.get('name', '?')}: no energy estimate to build a battery life on "
@@ -252,15 +254,27 @@ def for_row(row: dict, device_name: str | None, battery: str | None, rate: str |
     return for_device(float(e), float(t), dev, battery, rate, between, fleet, grid_g_per_kwh)
 
 
-def annotate_rows(rows: list[dict], device: str | None, battery: str | None, rate: str | None,
-                  between: str | None, fleet: int | None, grid_g_per_kwh: float | None
-                  ) -> list[tuple[str, BatteryLife]]:
-    """Add `battery` (the estimate as a dict) to each `edgeslim measure` row that has one; returns
-    (row name, estimate) pairs."""
-    out = []
-    for row in rows:
-        life = for_row(row, device, battery, rate, between, fleet, grid_g_per_kwh)
-        if life is not None:
-            row["battery"] = life.as_dict()
-            out.append((str(row.get("name", "?")), life))
-    return out
+@dataclass(frozen=True)
+class LifeOptions:
+    """What a battery-life estimate is asked for (the CLI's --battery, --rate, --between, --fleet,
+    --grid-intensity); all optional: the device profile's battery at 1/s by default."""
+
+    battery: str | None = None
+    rate: str | None = None
+    between: str | None = None
+    fleet: int | None = None
+    grid_intensity: float | None = None  # g CO2e/kWh
+
+    def checked(self) -> LifeOptions:
+        """Self, after validating every option (one-line EdgeslimError naming the option)."""
+        check_options(self.battery, self.rate, self.between, self.fleet, self.grid_intensity)
+        return self
+
+    def annotate_rows(self, rows: list[dict], device: str | None) -> list[dict]:
+        """Add `battery` (the estimate as a dict) to each row with an energy estimate (`energy_mj` and
+        `energy_latency_ms` or `latency_ms`, as `measure` and `fit` rows have); returns the rows."""
+        for row in rows:
+            life = for_row(row, device, self.battery, self.rate, self.between, self.fleet, self.grid_intensity)
+            if life is not None:
+                row["battery"] = life.as_dict()
+        return rows
