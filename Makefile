@@ -38,7 +38,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy edgeslim
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .hypothesis
 
 # A real local PostgreSQL server (Debian's package; started and stopped here) shared by two search workers.
 search-cluster: $(TEST_STAMP)

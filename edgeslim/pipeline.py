@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
@@ -30,6 +30,7 @@ from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
 
+RESUME = "finished stages are kept"
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
@@ -44,12 +45,21 @@ def run_recipe(
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
         "recipe_digest": recipe.digest, "seed": seed,
     }
-    _claim_run_dir(out, ident, force)
-    copy_recipe(out, recipe)
+    # everything that can refuse the run is checked before the first write (runlock.check_claim too)
     model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
     if spec.get("arch") == "pickle":
         spec["input_shape"] = list(task.input_shape)
     _check_input(spec, task, model_dir)
+    resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        runlock.claim(out, ident, force)
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, report)
+
+
+def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
+                quiet: bool, report: bool = True) -> dict:
+    copy_recipe(out, recipe)
 
     def teacher() -> nn.Module:
         return models.load_model(out / "stages" / "00_baseline")[0]
@@ -77,7 +87,7 @@ def run_recipe(
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, interrupt.during(f"stage {folder.name} of {out}", RESUME):
             ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             size_path = None
@@ -128,27 +138,6 @@ def run_recipe(
 
         write_run_html(out, results)
     return results
-
-
-def _claim_run_dir(out: Path, ident: dict, force: bool) -> None:
-    meta = out / "run.json"
-    if meta.exists():
-        old = json.loads(meta.read_text())
-        if old == ident:
-            return
-        if not force:
-            diff = [k for k in ident if old.get(k) != ident[k]]
-            raise EdgeslimError(
-                f"{out}: holds a different run ({', '.join(diff)} differ); use --force to overwrite or pick "
-                "another --out"
-            )
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        if not force:
-            raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(meta, ident)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
