@@ -30,6 +30,7 @@ from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.guard import TrainingDiverged
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.onnxkit.inputs import sample_shape
@@ -125,15 +126,18 @@ def compress(
 
 
 def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
+            device: str | None = None, batch: int | None = None, deploy: bool = False,
+            life: LifeOptions | None = None) -> list[dict]:
     """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`)."""
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). Rows with an
+    energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure.stage import measure_stage
 
+    life = (life or LifeOptions()).checked()
     t = load_task(task) if task else None
     out = []
     for p in paths:
@@ -167,7 +171,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
-    return out
+    return life.annotate_rows(out, device)
 
 
 def _synthetic_task(shape: tuple[int, ...]) -> Task:
@@ -177,16 +181,20 @@ def _synthetic_task(shape: tuple[int, ...]) -> Task:
     return Task("synthetic", x, y, x, y, x, y, num_classes=1)
 
 
-def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None) -> dict:
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None,
+              life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
-    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
+    battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
     from edgeslim.measure.device_fit import check_fit as device_fit
     from edgeslim.measure.tflite import arena_beside
 
+    life = (life or LifeOptions()).checked()
     r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
     beside = arena_beside(model)
-    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    row = {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    return life.annotate_rows([row], device)[0]
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,

@@ -5,7 +5,8 @@ RUN/run.json                 what was run (model, task, recipe digest): resume c
 RUN/recipe.yaml
 RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
 RUN/stages/01_<pass>/        ...
-RUN/results.json, RUN/report.md
+RUN/stages/NN_<pass>/predictions.npz   a classifier's test outputs (behaviour analysis)
+RUN/results.json, RUN/report.md, RUN/report.html, RUN/plots/
 ```
 A stage folder appears only when complete, so a killed run resumes from the last finished stage.
 """
@@ -35,9 +36,10 @@ RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_b
 
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
-    force: bool = False, trust_pickle: bool = False, task_spec: str = "",
+    force: bool = False, trust_pickle: bool = False, task_spec: str = "", report: bool = True,
 ) -> dict:
-    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict."""
+    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict. With `report`
+    (default), the stages are compared at the end (`measure.stage_compare`) and report.html is written."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
@@ -52,11 +54,11 @@ def run_recipe(
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         runlock.claim(out, ident, force)
-        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet)
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, report)
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
-                quiet: bool) -> dict:
+                quiet: bool, report: bool = True) -> dict:
     copy_recipe(out, recipe)
 
     def teacher() -> nn.Module:
@@ -113,7 +115,8 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
                 notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
             elif result_onnx != onnx_path:
                 shutil.copyfile(result_onnx, onnx_path)
-            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path)}
+            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path,
+                                                     predictions=tmp / "predictions.npz")}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             metrics["notes"] = notes
@@ -125,7 +128,15 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
         _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
     results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
+    if report:
+        from edgeslim.measure.stage_compare import compare_stages
+
+        compare_stages(out, stages, task)
     write_results(out, results)
+    if report:
+        from edgeslim.report.run_html import write_run_html
+
+        write_run_html(out, results)
     return results
 
 
