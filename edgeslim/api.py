@@ -29,6 +29,7 @@ from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.guard import TrainingDiverged
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
@@ -132,31 +133,37 @@ def compress(
 
 def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,
             device: str | None = None, batch: int | None = None, deploy: bool = False, *,
-            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None) -> list[dict]:
+            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None,
+            life: LifeOptions | None = None) -> list[dict]:
     """Measure models (ONNX files, model folders or .tflite) with the measurement core (`edgeslim.measure.core`):
     size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
     with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
     `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
     beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes). Several
-    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`)."""
+    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows
+    with an energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.measure.core import measure_models
 
     t = load_task(task) if task else None
-    return [m.as_dict() for m in measure_models(
+    life = (life or LifeOptions()).checked()
+    rows = [m.as_dict() for m in measure_models(
         list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
         batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    return life.annotate_rows(rows, device)
 
 
 def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,
-              inputs: Path | None = None, shapes: Sequence[str] = ()) -> dict:
+              inputs: Path | None = None, shapes: Sequence[str] = (), life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
-    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
+    battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
     from edgeslim.devices import load_device
     from edgeslim.measure.core import measure_model
     from edgeslim.measure.device_fit import fit_verdict
     from edgeslim.measure.tflite import arena_beside
 
+    life = (life or LifeOptions()).checked()
     m = measure_model(model, inputs, shapes=shapes, device=device, latency=False)
     fit = m.fit
     if arena_bytes is not None or fit is None:
@@ -171,7 +178,8 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
            "warnings": m.warnings}
     if m.arena.get("arena_note") and arena_bytes is None:
         out["arena_note"] = m.arena["arena_note"]
-    return {**out, **({"arena_beside": beside} if beside else {})}
+    row = {**out, **({"arena_beside": beside} if beside else {})}
+    return life.annotate_rows([row], device)[0]
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
@@ -268,39 +276,44 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
 
 
 def distill(
-    teacher: Path, task: str, out: Path, *, width: float = 0.5, depth: float = 1.0, temperature: float = 4.0,
-    alpha: float = 0.9, epochs: int = 20, lr: float = 3e-3, transfer: str | None = None,
-    transfer_ratio: int | None = None, extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
+    teacher: Path, task: str, out: Path, *, width: float | None = None, depth: float | None = None,
+    student: dict[str, Any] | None = None, temperature: float = 4.0, alpha: float = 0.9, epochs: int = 20,
+    lr: float = 3e-3, transfer: str | None = None, transfer_ratio: int | None = None,
+    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
 ) -> dict:
-    """Build a smaller student from the teacher's architecture (`width`, `depth`) and train it with
-    knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
+    """Build a smaller student from the teacher's architecture (`width`, default 0.5; `depth`, default 1)
+    or another zoo architecture (`student={"model": "gru", "hidden": 64}`; width/depth then do not
+    apply) and train it with knowledge distillation; saves it as a model folder in `out`. Returns
+    student and teacher metrics."""
     import torch
 
     from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, kd_settings
+    from edgeslim.passes.distill import Distill, kd_settings, student_base
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
     extras = [models.load_model(p)[0] for p in extra_teachers]
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     try:
-        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
+        cfg = Distill(**multipliers, student=dict(student or {}), temperature=temperature, alpha=alpha,
                       teachers=[str(p) for p in extra_teachers], transfer=transfer, transfer_ratio=transfer_ratio,
                       train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
     except ValueError as e:
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
-    student, spec = build_student(tspec, width, depth)
+    student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
-    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt, **kd_settings(cfg))
+    hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
+                         **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
-        "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
-        "teacher_params": count_params(tmodel)[0], "params": count_params(student)[0],
-        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student, t.input_shape),
+        "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
+        "teacher_params": count_params(tmodel)[0], "params": count_params(student_net)[0],
+        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student_net, t.input_shape),
         "student": spec["kwargs"],
     }
-    models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    models.save_model(out, student_net, spec, extra={"distill": cfg.model_dump(), "metrics": m})
     ckpt.unlink(missing_ok=True)
     m["arch"] = spec["arch"]
     return m

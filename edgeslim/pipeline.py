@@ -5,14 +5,16 @@ RUN/run.json                 what was run (model, task, recipe digest, seed): re
 RUN/recipe.yaml
 RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
 RUN/stages/01_<pass>/        ...
-RUN/results.json, RUN/report.md
+RUN/stages/NN_<pass>/predictions.npz   a classifier's test outputs (behaviour analysis)
+RUN/results.json, RUN/report.md, RUN/report.html, RUN/plots/
 ```
 A stage folder appears only when complete, so a killed run resumes from the last finished stage. Each stage
 is exported to ONNX once and measured by the measurement core as it finishes (for resume). The device
 (`--device`, else the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile) is recorded in
 run.json; a run resumed with another device re-measures the device figures of its finished stages and
 reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
-(`time_stages`): those latencies are the table's, so its speed-ups agree with the passes' own comparisons.
+(`measure.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
+own comparisons.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from edgeslim import interrupt, models, resources, runlock
@@ -35,6 +36,7 @@ from edgeslim.formats.sparse import write_sparse_stage
 from edgeslim.fsutil import atomic_dir, write_json, write_text
 from edgeslim.measure.core import Measurer
 from edgeslim.measure.stage import device_metrics, measure_stage
+from edgeslim.measure.together import time_stages
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
@@ -46,10 +48,11 @@ RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_b
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
     force: bool = False, trust_pickle: bool = False, task_spec: str = "", device: str | None = None,
-    threads: int = 1,
+    threads: int = 1, report: bool = True,
 ) -> dict:
     """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
-    the results dict."""
+    the results dict. With `report` (default), the stages are compared at the end (`measure.stage_compare`:
+    device verdict, layers, behaviour) and report.html is written."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
@@ -68,11 +71,11 @@ def run_recipe(
         before = runlock.recorded(out, "device")
         if runlock.claim(out, ident, force, {"device": dev}) and before not in (None, dev):
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
-        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads)
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
-                quiet: bool, dev: str, threads: int) -> dict:
+                quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
     copy_recipe(out, recipe)
     dev_name = load_device(dev).name
 
@@ -136,7 +139,7 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
             if i > 0 and res.store_sparse:  # from the stage's one export
                 notes.update(write_sparse_stage(onnx_path, tmp))
             metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path, threads=threads,
-                                                      device=dev)}
+                                                      device=dev, predictions=tmp / "predictions.npz")}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             metrics["notes"] = notes
@@ -147,36 +150,19 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
         stages.append(metrics)
         _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
-    time_stages(out, stages, task, recipe.batches, ctx.measure)
+    time_stages(out, stages, task, recipe.batches, ctx.measure)  # the table's latencies, all stages in one loop
     results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,
                "stages": stages}
+    if report:
+        from edgeslim.measure.stage_compare import compare_stages
+
+        compare_stages(out, stages, task)
     write_results(out, results)
+    if report:
+        from edgeslim.report.run_html import write_run_html
+
+        write_run_html(out, results)
     return results
-
-
-def time_stages(out: Path, stages: list[dict], task: Task, batches: tuple[int, ...] = (1,),
-                measure: Measurer | None = None) -> None:
-    """Time every stage's ONNX model together, interleaved in one loop (the measurement core), at each batch
-    size, and put those latencies (ms) into `stages`: `latency_ms_*` (batch 1; the figure each stage had when
-    it was timed alone is kept as `latency_ms_*_alone`), `latency_b<B>_ms_*`, and the speed-ups over the
-    baseline. metrics.json keeps the per-stage figures (what a resume starts from)."""
-    paths = {Path(s["onnx"]).parent.name: out / s["onnx"] for s in stages}
-    m = measure or Measurer()
-    for b in (1, *[b for b in batches if b != 1]):
-        x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        lat = m.compare(paths, {"input": x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
-        base = lat[next(iter(paths))].p50_ms
-        for s in stages:
-            got = lat[Path(s["onnx"]).parent.name]
-            if b == 1:
-                for q in ("p50", "p90", "p99", "mean"):
-                    s.setdefault(f"latency_ms_{q}_alone", s.get(f"latency_ms_{q}"))
-                s.update(got.as_dict())
-                s["latency_timing"] = f"interleaved: {len(stages)} stages in one loop at the end of the run"
-                s["speedup_vs_baseline"] = round(base / got.p50_ms, 3)
-            else:
-                s.update(got.as_dict(f"latency_b{b}_ms_"))
-                s[f"speedup_b{b}_vs_baseline"] = round(base / got.p50_ms, 3)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

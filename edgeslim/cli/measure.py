@@ -11,7 +11,15 @@ from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
 from edgeslim.cli.options import device_option, inputs_option, json_option, shape_option
 from edgeslim.fsutil import write_json
+from edgeslim.measure.battery import LifeOptions
+from edgeslim.measure.battery import lines as battery_lines
 from edgeslim.report.results import human_bytes, print_table
+
+BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"
+RATE_HELP = "inferences per time for the lifetime estimate: 1/s, 10/min, 0.5/s, 1/h (default 1/s)"
+BETWEEN_HELP = "power state between inferences: sleep (profile sleep_power_mw, the default where set) or idle"
+FLEET_HELP = "also the yearly energy (kWh) and CO2 of this many such devices"
+GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world average, IEA 2019)"
 
 
 @app.command()
@@ -27,12 +35,18 @@ def measure(
     runs: int = typer.Option(200, help="timed runs per model"),
     batch: int | None = typer.Option(None, help="also time this batch size"),
     quick: bool = typer.Option(False, help="skip PyTorch eager latency, parity and process peak RSS"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
 ) -> None:
     """Measure size, parameters, MACs, latency, arena, flash, fit, energy (accuracy with --task, fidelity with
-    --reference) side by side."""
+    --reference) side by side; with a battery (option or the device profile's), the estimated battery life."""
     res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
-                      inputs=inputs, shapes=shape, reference=reference)
+                      inputs=inputs, shapes=shape, reference=reference,
+                      life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if save is not None:
         write_json(save, res)
     if as_json:
@@ -43,7 +57,11 @@ def measure(
         for r in res:
             for w in r.get("warnings", []):
                 console.print(f"[yellow]note[/yellow] {Path(r['name']).name}: {w}", highlight=False)
-
+        for row in res:
+            if row.get("battery"):
+                console.print(f"[bold]{row['name']}[/bold] on {row['battery']['device']}:")
+                for line in battery_lines(row["battery"]):
+                    console.print(f"  {line}", highlight=False)
 
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
@@ -57,9 +75,16 @@ def fit(
     device: str = device_option("cortex-m4"),
     as_json: bool = json_option(),
     arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
 ) -> None:
-    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency and energy."""
-    r = api.check_fit(model, device, arena_bytes=arena, inputs=inputs, shapes=shape)
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and, with a
+    battery (option or the profile's), the estimated battery life."""
+    r = api.check_fit(model, device, arena_bytes=arena, inputs=inputs, shapes=shape,
+                      life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if as_json:
         emit_json(r)
         return
@@ -85,6 +110,8 @@ def fit(
         console.print(f"  [yellow]note[/yellow] arena: {r['arena_note']}", highlight=False)
     for w in r.get("warnings", []):
         console.print(f"  [yellow]note[/yellow] {w}", highlight=False)
+    for line in battery_lines(r["battery"]) if r.get("battery") else []:
+        console.print(f"  {line}", highlight=False)
 
 
 @app.command("arena")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeslim.devices import DEFAULT_DEVICE, load_device
+from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
@@ -132,10 +132,10 @@ def resolve_feeds(specs: list, inputs: str | Path | None, shapes: Sequence[str],
 
 def measure_model(
     model: str | Path, inputs: str | Path | None = None, *, shapes: Sequence[str] = (), task: Any = None,
-    device: str | Path | None = None, reference: str | Path | None = None, threads: int = 1,
+    device: str | Path | Device | None = None, reference: str | Path | None = None, threads: int = 1,
     batch: int | None = None, runs: int = 200, max_seconds: float = 5.0, latency: bool = True, deploy: bool = True,
     torch_eager: bool = False, rss: bool = False, torch_model: Any = None, size_path: Path | None = None,
-    seed: int = 0, trust_pickle: bool = False,
+    seed: int = 0, trust_pickle: bool = False, predictions: Path | None = None,
 ) -> Measurement:
     """Measure one model (ONNX path, edgeslim model folder or .tflite); see the module docstring.
 
@@ -143,7 +143,8 @@ def measure_model(
     (inputs with a symbolic leading dim are tiled to it); `latency=False` skips timing. `deploy`: arena, flash, fit and energy for
     `device` (default: the default device profile). `torch_eager`: time the PyTorch model beside ONNX
     Runtime and check their parity. `torch_model`/`size_path`: the pipeline's PyTorch model for the
-    counts and the stored artifact when it is not the ONNX file."""
+    counts and the stored artifact when it is not the ONNX file. `predictions`: with a task, the test
+    split's class scores are saved there (`measure.predictions`)."""
     with about(model), open_model(model, trust_pickle=trust_pickle) as src:  # a broken model: one line naming it
         if src.kind == "tflite":
             from edgeslim.measure.tflite import measure_tflite
@@ -153,14 +154,14 @@ def measure_model(
         net = torch_model if torch_model is not None else src.net
         m = Measurement(name=str(model))
         _measure_onnx(m, src, net, inputs, shapes, task, device, reference, threads, batch, runs if latency else 0,
-                      max_seconds, deploy, torch_eager, rss, size_path, seed)
+                      max_seconds, deploy, torch_eager, rss, size_path, seed, predictions)
         return m
 
 
 def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | None, shapes: Sequence[str],
-                  task: Any, device: str | Path | None, reference: str | Path | None, threads: int,
+                  task: Any, device: str | Path | Device | None, reference: str | Path | None, threads: int,
                   batch: int | None, runs: int, max_seconds: float, deploy: bool, torch_eager: bool, rss: bool,
-                  size_path: Path | None, seed: int) -> None:
+                  size_path: Path | None, seed: int, predictions: Path | None = None) -> None:
     assert src.onnx is not None
     where = str(src.path)
     proto = read_onnx(src.onnx)
@@ -212,8 +213,12 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
             m.warnings.append("MACs not counted: no MAC layer with known shapes outside If/Loop/Scan bodies")
     # accuracy (only with a task) and fidelity (only with a reference)
     if task is not None:
-        m.accuracy, m.accuracy_samples = onnx_accuracy(sess, specs[0], task, where)
-        m.accuracy = round(m.accuracy, 6)
+        acc, m.accuracy_samples, scores = onnx_accuracy(sess, specs[0], task, where)
+        m.accuracy = round(acc, 6)
+        if predictions is not None:  # kept so compression's effect on behaviour can be shown
+            from edgeslim.measure.predictions import save_predictions
+
+            save_predictions(predictions, scores, np.asarray(task.y_test), task.num_classes)
     if reference is not None:
         m.reference = str(reference)
         m.fidelity = _fidelity(sess, reference, fd.feeds, where)

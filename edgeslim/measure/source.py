@@ -102,9 +102,10 @@ def fixed_batch(spec: InputSpec) -> int | None:
     return lead if isinstance(lead, int) else None
 
 
-def onnx_accuracy(sess: Any, spec: InputSpec, task: Any, where: str, batch: int = 256) -> tuple[float, int]:
-    """(top-1 accuracy 0-1, samples) of an ONNX Runtime session on the task's test split; a fixed-batch
-    model is fed `fixed_batch` samples at a time."""
+def onnx_accuracy(sess: Any, spec: InputSpec, task: Any, where: str, batch: int = 256
+                  ) -> tuple[float, int, np.ndarray]:
+    """(top-1 accuracy 0-1, samples, the class scores [N, classes]) of an ONNX Runtime session on the task's
+    test split; a fixed-batch model is fed `fixed_batch` samples at a time."""
     x, y = task.x_test.astype(spec.dtype), np.asarray(task.y_test)
     step = fixed_batch(spec) or batch
     preds = []
@@ -121,5 +122,6 @@ def onnx_accuracy(sess: Any, spec: InputSpec, task: Any, where: str, batch: int 
         if z.shape[1] != task.num_classes:
             raise EdgeslimError(f"{where}: output '{out}' scores {z.shape[1]} classes but task '{task.name}' has "
                                 f"{task.num_classes}")
-        preds.append(z.argmax(1)[: len(xb) - pad])
-    return float((np.concatenate(preds) == y).mean()), int(len(y))
+        preds.append(z[: len(xb) - pad])
+    scores = np.concatenate(preds)
+    return float((scores.argmax(1) == y).mean()), int(len(y)), scores

@@ -5,7 +5,7 @@ Runtime, counts, size on disk, latency, arena, flash, fit and energy for the run
 Measurement never changes a model. Each extra is `fn(onnx_path, task) -> dict` and labels its estimates;
 the list is fixed here, so one file says what a stage's metrics hold. The latency here is the stage timed
 alone when it is written (what a resumed run keeps as `latency_ms_*_alone`); the run's final table times all
-stages together, interleaved, in one loop (`pipeline.time_stages`).
+stages together, interleaved, in one loop (`measure.together.time_stages`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ DEVICE_FIELDS = ("arena_bytes", "arena_bytes_reordered", "naive_activation_bytes
 
 def measure_stage(
     onnx_path: Path, task: Task, model: nn.Module | None, size_path: Path | None = None,
-    latency_runs: int = 200, threads: int = 1, device: str | None = None,
+    latency_runs: int = 200, threads: int = 1, device: str | None = None, predictions: Path | None = None,
 ) -> dict:
     """`model` (the PyTorch model of the stage, or the last one before an ONNX-only stage) gives
-    parameter and MAC counts; `size_path` is the stored artifact when it is not the ONNX file."""
+    parameter and MAC counts; `size_path` is the stored artifact when it is not the ONNX file.
+    With `predictions`, a classifier's test outputs are saved there (`measure.predictions`)."""
     m = measure_model(onnx_path, task=task, device=device, torch_model=model, size_path=size_path,
-                      threads=threads, runs=latency_runs).as_dict()
+                      threads=threads, runs=latency_runs, predictions=predictions).as_dict()
     for k in ("name", "runtime", "inputs", "warnings", "latency_runs"):
         m.pop(k, None)
     for fn in STAGE_EXTRAS:

@@ -41,7 +41,7 @@ def _sample(lm: Any, inputs: str | Path | None, task: Any, seed: int) -> tuple[n
 
 
 def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any = None,
-                   device: str | Path | None = None, threads: int = 1, runs: int = 200, max_seconds: float = 5.0,
+                   device: Any = None, threads: int = 1, runs: int = 200, max_seconds: float = 5.0,
                    deploy: bool = True, seed: int = 0) -> Any:  # -> Measurement
     from edgeslim.litert import available
     from edgeslim.litert.interpreter import LiteRTModel
