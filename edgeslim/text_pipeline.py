@@ -2,28 +2,35 @@
 interleaved timing of all stages.
 
 ```
-RUN/run.json, RUN/recipe.yaml
+RUN/run.json (identity + the device), RUN/recipe.yaml
 RUN/stages/00_baseline/     model.onnx (plain export of the original), tokenizer.json, metrics.json
 RUN/stages/01_<pass>/       config.json + model.safetensors + edgeslim_encoder.json (PyTorch stages),
                             model.onnx, tokenizer.json, metrics.json
-RUN/results.json, RUN/report.md
+RUN/results.json, RUN/report.md, RUN/report.html
 ```
 Stage folders appear only when complete (resume from the last one). Per-stage metrics are fidelity to
 the original encoder on the evaluation sentences, counts and size; latency is measured at the end for
-all stages together (`edgeslim.measure.text_encoder.time_stages`) and re-measured on every resume, so the table's
-speed-ups are always ratios from one loop.
+all stages together through the run's measurement core (`ctx.measure`, the one interleaved timer;
+`edgeslim.measure.text_encoder.time_stages`) and re-measured on every resume, so the table's speed-ups are
+always ratios from one loop. The folder is locked while the run works in it (`runlock`), and an interruption
+says which stage it stopped in. The device (`--device`, the recipe's `device:`, EDGESLIM_DEVICE) is recorded
+in run.json; text-encoder figures are ONNX Runtime on this host (no device estimate for encoders yet).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
+from edgeslim import interrupt, runlock
+from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.fsutil import atomic_dir, write_json
+from edgeslim.measure.core import Measurer
 from edgeslim.measure.text_encoder import stage_metrics, time_stages
 from edgeslim.nlp.config import is_text_pass
 from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, embed, load_encoder, save_encoder
@@ -31,7 +38,7 @@ from edgeslim.nlp.export import export_encoder
 from edgeslim.nlp.report import write_text_results
 from edgeslim.nlp.text import TextTask
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.pipeline import _claim_run_dir, copy_recipe
+from edgeslim.pipeline import RESUME, copy_recipe
 from edgeslim.recipe import Recipe
 from edgeslim.train import TrainConfig
 
@@ -46,22 +53,32 @@ def check_text_recipe(recipe: Recipe) -> None:
 
 
 def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, *, seed: int = 0,
-                    quiet: bool = False, force: bool = False, task_spec: str = "") -> dict:
+                    quiet: bool = False, force: bool = False, task_spec: str = "", device: str | None = None,
+                    threads: int = 1) -> dict:
     """Run (or resume) `recipe` on the encoder in `model_dir`; returns the results dict."""
-    import torch
-
     check_text_recipe(recipe)
     out = Path(out)
     model_dir = Path(model_dir)
+    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
+    load_device(dev)  # an unknown device is one line
     original = load_encoder(model_dir)  # loads and checks the folder before the run folder is claimed
     ident = {"model": str(model_dir.resolve()), "task": task_spec or task.name, "recipe_digest": recipe.digest,
              "seed": seed, "kind": "text-encoder"}
-    _claim_run_dir(out, ident, force)
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        runlock.claim(out, ident, force, {"device": dev})
+        return _run_text_stages(recipe, original, task, out, ident, seed, quiet, dev, threads)
+
+
+def _run_text_stages(recipe: Recipe, original: SentenceEncoder, task: TextTask, out: Path, ident: dict, seed: int,
+                     quiet: bool, dev: str, threads: int) -> dict:
+    import torch
+
     copy_recipe(out, recipe)
     torch.manual_seed(seed)
     ref = embed(original, task.test)  # the original's embeddings: what every stage is compared with
     ctx = RunContext(stage_dir=out, spec={}, finetune=TrainConfig(), seed=seed, quiet=quiet,
-                     teacher_loader=lambda: original)  # passes edit a copy; the original stays the teacher
+                     teacher_loader=lambda: original, measure=Measurer(threads))  # passes edit a copy
     # the last PyTorch encoder (ONNX-only stages keep the one before), a copy passes may edit in place
     current = SentenceEncoder(copy.deepcopy(original.backbone), original.tokenizer, dict(original.meta)).eval()
     stages: list[dict] = []
@@ -78,7 +95,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, interrupt.during(f"stage {folder.name} of {out}", RESUME):
             ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             onnx_path = tmp / "model.onnx"
@@ -99,9 +116,9 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
             if not (tmp / "tokenizer.json").exists():  # every stage folder is deployable: ONNX + tokenizer
                 (tmp / "tokenizer.json").write_text(current.tokenizer.to_str())
                 write_json(tmp / META, current.meta)
-            metrics = {"name": name, **stage_metrics(onnx_path, current, task, ref)}
+            metrics = {"name": name, **stage_metrics(onnx_path, current, task, ref, threads=threads)}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
-            metrics["seconds"] = round(time.perf_counter() - t0, 2)
+            metrics["seconds"] = round(time.perf_counter() - t0, 2)  # wall time of the stage's work
             metrics["notes"] = notes
             metrics["carry"] = ctx.carry
             write_json(tmp / "metrics.json", metrics)
@@ -109,12 +126,11 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
         stages.append(metrics)
         _log(quiet, f"[{name}] cosine {metrics['cosine']:.4f}  nn agreement {100 * metrics['nn_agreement']:.1f}%  "
                     f"size {metrics['size_bytes']} B")
-    _log(quiet, f"timing all {len(stages)} stages together (ONNX Runtime, batch 1, 1 thread, seq 128 and 32)")
-    vocab = int(original.tokenizer.get_vocab_size())
-    lat = time_stages({s["name"] + f"#{k}": out / s["onnx"] for k, s in enumerate(stages)}, vocab=vocab)
-    for k, s in enumerate(stages):
-        s.update(lat[s["name"] + f"#{k}"])
+    _log(quiet, f"timing all {len(stages)} stages together (ONNX Runtime, batch 1, {threads} thread(s), "
+                "seq 128 and 32, interleaved)")
+    time_stages(out, stages, ctx.measure, vocab=int(original.tokenizer.get_vocab_size()))
     results = {"model": ident["model"], "kind": "text-encoder", "task": task.summary(), "recipe": recipe.source,
+               "device": load_device(dev).name, "latency_host": "ONNX Runtime on this host (CPU)",
                "stages": stages, "encoder": {k: v for k, v in original.meta.items() if k != "source"}}
     write_text_results(out, results)
     return results

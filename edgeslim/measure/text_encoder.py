@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.latency import interleaved_latency
+from edgeslim.measure.core import Measurer
+from edgeslim.measure.latency import ort_runner
 from edgeslim.nlp import is_text_encoder_folder
 from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, count_params, synthetic_feed
 from edgeslim.nlp.export import onnx_embed, weight_storage
@@ -64,24 +65,44 @@ def stage_metrics(onnx_path: Path, enc: SentenceEncoder, task: TextTask, ref: np
     return m
 
 
-def time_stages(paths: dict[str, Path], rounds: int = ROUNDS, threads: int = 1,
-                seqs: tuple[int, int] = (SEQ_MAIN, SEQ_SHORT), vocab: int = 1000) -> dict[str, dict]:
-    """{stage: latency fields} with all stages timed in one interleaved loop per sequence length.
-    `latency_ms_*` are at `seqs[0]` tokens, `latency_ms_*_seq<n>` at `seqs[1]`."""
-    sess = {k: session(p, threads=threads) for k, p in paths.items()}
+def time_encoders(paths: dict[str, Path], measure: Measurer | None = None, rounds: int = ROUNDS,
+                  seqs: tuple[int, int] = (SEQ_MAIN, SEQ_SHORT), vocab: int = 1000) -> dict[str, dict]:
+    """{name: latency fields (ms)} with all encoders timed in one interleaved loop per sequence length by the
+    measurement core's timer (`measure`: the run's `Measurer`, default one thread). `latency_ms_*` are at
+    `seqs[0]` tokens, `latency_ms_*_seq<n>` at `seqs[1]`; batch 1, every position attended."""
+    m = measure or Measurer()
+    sess = {k: session(p, threads=m.threads) for k, p in paths.items()}
     out: dict[str, dict] = {k: {} for k in paths}
     for j, seq in enumerate(seqs):
-        feeds = {k: synthetic_feed([i.name for i in s.get_inputs()], seq, vocab=vocab) for k, s in sess.items()}
-        lat = interleaved_latency(sess, feeds, rounds=rounds, per_round=1, warmup=3, threads=threads)
+        runners = {k: ort_runner(s, synthetic_feed([i.name for i in s.get_inputs()], seq, vocab=vocab))
+                   for k, s in sess.items()}
+        lat = m.time(runners, rounds=rounds, per_round=1, warmup=3)
         for k, v in lat.items():
             if j == 0:
-                out[k].update(v.as_dict())
+                out[k].update(v.as_dict(), latency_ms_p50_interleaved=round(v.p50_ms, 5),
+                              latency_ms_p90_interleaved=round(v.p90_ms, 5), latency_interleaved_rounds=v.runs)
             else:
                 out[k].update({f"latency_ms_p50_seq{seq}": round(v.p50_ms, 4),
                                f"latency_ms_p90_seq{seq}": round(v.p90_ms, 4)})
-            out[k].update(latency_seq_len=seqs[0], latency_batch=1, latency_threads=threads,
-                          latency_timing=f"interleaved with all {len(paths)} stages, {rounds} rounds")
+            out[k].update(latency_seq_len=seqs[0], latency_batch=1, latency_threads=m.threads,
+                          latency_timing=f"interleaved: {len(paths)} models in one loop, {rounds} rounds per "
+                                         "sequence length")
     return out
+
+
+def time_stages(run_dir: Path, stages: list[dict], measure: Measurer | None = None, vocab: int = 1000,
+                rounds: int = ROUNDS) -> None:
+    """Time every stage's ONNX encoder together at the end of a text run (`time_encoders`) and add, per stage,
+    its latency fields and `speedup_vs_baseline` / `speedup_vs_baseline_seq32` (baseline p50 / stage p50)."""
+    keys = {f"{i}:{s['name']}": s for i, s in enumerate(stages)}
+    lat = time_encoders({k: run_dir / s["onnx"] for k, s in keys.items()}, measure, rounds=rounds, vocab=vocab)
+    for k, s in keys.items():
+        s.update(lat[k])
+    base = stages[0]
+    for s in stages:
+        s["speedup_vs_baseline"] = round(base["latency_ms_p50"] / s["latency_ms_p50"], 3)
+        s[f"speedup_vs_baseline_seq{SEQ_SHORT}"] = round(base[f"latency_ms_p50_seq{SEQ_SHORT}"]
+                                                         / s[f"latency_ms_p50_seq{SEQ_SHORT}"], 3)
 
 
 @dataclass
@@ -143,7 +164,7 @@ def measure_text(paths: list[Path], task_spec: str | None, threads: int = 1, rou
             rows.append(row)
         for row, e in zip(rows, embs):
             row.update(fidelity(e, embs[0], task.test_groups))
-        lat = time_stages(onnx_paths, rounds=rounds, threads=threads, vocab=vocab)
+        lat = time_encoders(onnx_paths, Measurer(threads), rounds=rounds, vocab=vocab)
     for k, row in enumerate(rows):
         row.update(lat[f"{k}"], reference=rows[0]["name"], task=task.name)
     return rows

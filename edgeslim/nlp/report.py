@@ -1,12 +1,17 @@
-"""results.json and report.md of a text-encoder run.
+"""results.json, report.md and report.html of a text-encoder run.
 
 `results.json` keeps the run contract (`stages`, each with name, accuracy (null: an encoder has none),
 params, nonzero_params, macs, size_bytes, latency_ms_p50, onnx) and adds per stage `cosine`,
-`nn_agreement`, `paraphrase_recall`, `latency_ms_p50_seq32` and the timing conditions.
+`nn_agreement`, `paraphrase_recall`, `latency_ms_p50_seq32`, `speedup_vs_baseline` and the timing
+conditions. report.html is self-contained (inline CSS, plots as PNG data URIs): the same tables as
+report.md and cosine against latency and size, the stages as points.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeslim.fsutil import write_json, write_text
@@ -15,7 +20,65 @@ from edgeslim.report.results import human_bytes, markdown_table
 
 def write_text_results(out: Path, results: dict) -> None:
     write_json(out / "results.json", results)
-    write_text(out / "report.md", report_md(results))
+    md = report_md(results)
+    write_text(out / "report.md", md)
+    rec = out / "recipe.yaml"
+    write_text(out / "report.html", report_html(results, md, rec.read_text() if rec.is_file() else ""))
+
+
+def _cosine_plot(stages: list[dict], get: Callable[[dict], float | None], label: str) -> bytes:
+    """Cosine to the original (y) against one cost (x), one labelled point per stage, in recipe order."""
+    from edgeslim.report.plots import _png, plt
+    from edgeslim.report.run_plots import COLORS
+
+    pts = [(float(x), float(s["cosine"]), s["name"]) for s in stages
+           if s.get("cosine") is not None and (x := get(s)) is not None]
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", c="#bbbbbb", zorder=1)
+        for i, (x, y, n) in enumerate(pts):
+            ax.scatter([x], [y], s=60 if i == 0 else 40, marker="*" if i == 0 else "o", c=COLORS[i % len(COLORS)],
+                       zorder=2, label=n)
+        ax.legend(fontsize=7)
+    ax.set_xlabel(label)
+    ax.set_ylabel("cosine to the original")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def report_html(results: dict, md: str, recipe_text: str = "") -> str:
+    """report.md's tables and notes as one self-contained page, plus two trade-off plots (measured figures)."""
+    from edgeslim.report.run_html import STYLE, _md_table_to_html
+
+    e = html.escape
+    stages = results["stages"]
+    body = ["<h1>edgeslim run report (text encoder)</h1>"]
+    table: list[str] = []
+    for line in md.splitlines()[1:]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            body.append(_md_table_to_html(table))
+            table = []
+        if line.startswith("## "):
+            body.append(f"<h2>{e(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<p class=note>{e(line[2:])}</p>")
+        elif line.strip():
+            body.append(f"<p>{e(line.strip().replace('**', '').replace('`', ''))}</p>")
+    if table:
+        body.append(_md_table_to_html(table))
+    figs = [(_cosine_plot(stages, lambda s: s.get("latency_ms_p50"), "latency p50 at seq 128 (ms, ONNX Runtime)"),
+             "cosine vs latency"),
+            (_cosine_plot(stages, lambda s: s.get("size_bytes") and s["size_bytes"] / 2**20, "ONNX file (MiB)"),
+             "cosine vs size")]
+    body += ["<h2>Trade-offs (stages as points, measured)</h2>", '<div class="figs">']
+    body += [f'<figure><img alt="{cap}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+             f"<figcaption>{cap}</figcaption></figure>" for png, cap in figs] + ["</div>"]
+    body += [f"<h2>Recipe</h2><p><code>{e(str(results.get('recipe', '')))}</code></p><pre>{e(recipe_text)}</pre>"]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgeslim run report (text encoder)</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
 
 
 def speedups(stages: list[dict]) -> list[tuple[str, float, float | None]]:

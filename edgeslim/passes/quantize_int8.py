@@ -9,17 +9,19 @@ from __future__ import annotations
 import shutil
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
+from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.measure.arena import plan_arena
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 
 DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
@@ -30,6 +32,16 @@ class QuantizeInt8(PassConfig):
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_formats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:  # a typo fails when the recipe is parsed, not after the earlier stages ran
+            try:
+                parse_format(c, "candidates")
+            except EdgeslimError as e:
+                raise ValueError(str(e).split(": ", 1)[1]) from None
+        return v
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
     # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
@@ -63,6 +75,9 @@ def quantize_int8(
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
+    prev = ctx.prev_onnx
+    resources.check_calibration(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+                                "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
@@ -74,12 +89,16 @@ def quantize_int8(
             raise EdgeslimError("quantize_int8: 'candidates' is empty; list at least one format, e.g. u8s8-rr-pc")
         fmts = [parse_format(c, "quantize_int8.candidates") for c in cfg.candidates]
     raw, paths = {}, {}
+    recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
         oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
+        recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
-    lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
+    # the format is chosen by measurement: the measurement core times FP32 and every candidate interleaved
+    lat = {k: v.p50_ms for k, v in ctx.measure.compare({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
+        if len(fmts) > 1 else {}
     rows = []
     for f in fmts:
         rows.append({
@@ -99,7 +118,11 @@ def quantize_int8(
     write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": chosen, "why": why,
                                                      "fp32_val_accuracy": fp32_acc, "layers": layers})
     shutil.rmtree(work)
-    return PassResult(None, onnx=dst, notes={
+    notes = {
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
         "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
-    })
+    }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent
+        notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
+    return PassResult(None, onnx=dst, notes=notes)
