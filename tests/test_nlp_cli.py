@@ -63,6 +63,13 @@ def test_run_text_encoder_end_to_end(tmp_path):
     assert (out / "stages" / "03_encoder_int8_dynamic" / "tokenizer.json").exists()
     report = (out / "report.md").read_text()
     assert "cosine" in report and "speed-up vs baseline @128" in report
+    page = (out / "report.html").read_text()
+    assert "NN agree" in page and "data:image/png;base64," in page and "<script" not in page
+    assert json.loads((out / "run.json").read_text())["device"]  # the device is part of the run
+    assert base["speedup_vs_baseline"] == 1.0 and all(s["speedup_vs_baseline"] > 0 for s in res["stages"])
+    assert all(s["speedup_vs_baseline"] == pytest.approx(base["latency_ms_p50"] / s["latency_ms_p50"], rel=1e-2)
+               for s in res["stages"])
+    assert len({s["latency_timing"] for s in res["stages"]}) == 1  # one loop for all stages
     # resuming the same run re-times every stage together and keeps the stage results
     r2 = edgeslim("run", str(recipe), "--model", str(folder), "--out", str(out), "--json")
     assert r2.returncode == 0, r2.stderr
@@ -107,3 +114,25 @@ def test_zoo_model_still_needs_a_task(tmp_path):
         api.run(recipe, tmp_path, None, tmp_path / "run")
     with pytest.raises(EdgeslimError, match="task 'sentences' is a text task"):
         api.run(recipe, tmp_path, "sentences", tmp_path / "run")
+
+
+BLOCKED = ("import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None; "
+           "sys.argv = ['edgeslim'] + sys.argv[1:]; from edgeslim.cli import main; main()")
+
+
+@pytest.mark.parametrize("cmd", ["run", "measure"])
+def test_without_the_extra_one_line_says_how_to_install(tmp_path, cmd):
+    """A new user without `transformers`: the text-encoder commands answer one line with the pip command and
+    write nothing (the folder need not hold weights: the extra is checked first)."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\npasses:\n  - encoder_int8_dynamic: {}\n")
+    args = ["run", str(recipe), "--model", str(folder), "--out", str(tmp_path / "run")] if cmd == "run" else \
+        ["measure", str(folder)]
+    r = subprocess.run([sys.executable, "-c", BLOCKED, *args], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "pip install -e '.[nlp]'" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
