@@ -66,7 +66,8 @@ def text_run(a: argparse.Namespace, out: Path) -> dict:
 
 def ablation(a: argparse.Namespace, res: dict, out: Path) -> list[dict]:
     """Single techniques on the original and on the run's last PyTorch stage, timed in one loop."""
-    from edgeslim.measure.text_encoder import stage_metrics, time_stages
+    from edgeslim.measure.core import Measurer
+    from edgeslim.measure.text_encoder import stage_metrics, time_encoders
     from edgeslim.nlp.encoder import SentenceEncoder, embed, load_encoder
     from edgeslim.nlp.export import export_encoder
     from edgeslim.nlp.text import load_text_task
@@ -123,8 +124,8 @@ def ablation(a: argparse.Namespace, res: dict, out: Path) -> list[dict]:
     rows = []
     for tag, (path, enc) in variants.items():
         rows.append({"name": tag, "path": str(path), **stage_metrics(path, enc, task, ref)})
-    lat = time_stages({r["name"]: Path(r["path"]) for r in rows}, rounds=a.text_rounds,
-                      vocab=int(orig.backbone.config.vocab_size))
+    lat = time_encoders({r["name"]: Path(r["path"]) for r in rows}, Measurer(1), rounds=a.text_rounds,
+                        vocab=int(orig.backbone.config.vocab_size))  # the one timer, all variants in one loop
     for r in rows:
         r.update(lat[r["name"]])
     print_stage_table(rows, f"ablation: single techniques, all {len(rows)} variants timed in one loop "
