@@ -29,7 +29,7 @@ DEVICE = "cortex-m4"
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "seq-distill-gru.yaml"
 RATES = ("1/s", "1/min")
 # full mode: (teacher epochs, student hidden, distill epochs, transfer signals, QAT epochs); the shipped
-# recipe uses 100 teacher / 100 distill epochs and 60,000 signals (docs/benchmarks.md, ~10-20 min)
+# recipe uses 100 teacher / 100 distill epochs and 60,000 signals (docs/benchmarks.md: 10-30 min on this VM)
 FULL = {"teacher_epochs": 30, "hidden": 48, "distill_epochs": 60, "transfer": 60000, "qat_epochs": 3}
 TINY = {"teacher_epochs": 1, "hidden": 8, "distill_epochs": 1, "transfer": 400, "qat_epochs": 1}
 
