@@ -49,6 +49,20 @@ def interleaved_latency(
     so that load from other processes (bursts of ms) lands on all candidates alike. This is the figure
     to compare models by (before/after a pass, candidate formats). With `seconds`, rounds go on for
     about that much wall time (at least `min_rounds`, at most 20x the time); otherwise exactly `rounds`."""
+    times = interleaved_times(sessions, feeds, seconds=seconds, rounds=rounds, per_round=per_round,
+                              warmup=warmup, min_rounds=min_rounds)
+    names = list(sessions)
+    first = next(iter(feeds[names[0]].values()), None) if names else None
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
+    return {n: percentiles(times[n], batch, threads) for n in names}
+
+
+def interleaved_times(
+    sessions: dict[str, Any], feeds: dict[str, dict[str, np.ndarray]], *, seconds: float | None = None,
+    rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30,
+) -> dict[str, list[float]]:
+    """The raw timings (s) behind `interleaved_latency`: per name, `per_round` runs per round, in round
+    order, so that entry i of two models comes from the same round (per-round ratios: `measure.compare`)."""
     names = list(sessions)
     fd = {n: feeds[n] for n in names}
     for n in names:
@@ -71,9 +85,7 @@ def interleaved_latency(
                 break
         elif (elapsed > seconds and r >= min_rounds) or elapsed > 20 * seconds:
             break
-    first = next(iter(fd[names[0]].values()), None) if names else None
-    batch = int(first.shape[0]) if first is not None and first.ndim else 1
-    return {n: percentiles(times[n], batch, threads) for n in names}
+    return times
 
 
 def interleaved_p50_ms(

@@ -18,20 +18,27 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json
 from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.graph import save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant.qdq import layer_report
 
-DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
+DEFAULT_CANDIDATES = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")  # per-tensor weights lose precision, never time
 
 
 class QuantizeInt8(PassConfig):
     calibration_samples: int = Field(256, ge=1, description="training samples used to calibrate ranges")
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    # select: per tensor among the four, validated end to end (per_layer only; else minmax)
+    method: Literal["minmax", "percentile", "entropy", "mse", "select"] = "select"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
+    # per_layer: INT8 only where it is faithful and faster on this CPU (quant.int8_plan); layers whose
+    # INT8 kernel is slower keep FP32 compute with int8 weights on disk; w8 and full INT8 compete too
+    per_layer: bool = True
+    prefer: Literal["balanced", "size", "speed"] = "balanced"
+    min_cosine: float = Field(0.99, gt=0, le=1, description="per_layer: logits cosine vs FP32 the plan keeps")
     # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
@@ -70,6 +77,8 @@ def static_int8(
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
     oq.preprocess(ctx.prev_onnx, pre)
+    if cfg.per_layer and cfg.select == "measure" and act_overrides is None:
+        return _per_layer(task, cfg, ctx, pre, work, feeds)
     if cfg.select == "fixed":
         fmts = [IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)]
     else:
@@ -79,7 +88,8 @@ def static_int8(
     raw, paths = {}, {}
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
-        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
+        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method if cfg.method in ("minmax", "percentile",
+                           "entropy") else "minmax", act_overrides=act_overrides)
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
@@ -95,6 +105,8 @@ def static_int8(
         best, why = rows[0], "fixed format (select: fixed)"
     else:
         best, why = choose_format(rows, fp32_acc, cfg.max_accuracy_drop)
+        if float(best["latency_ms_p50"]) > float(best["fp32_latency_ms_p50"]):  # type: ignore[arg-type]
+            why += "; SLOWER THAN FP32 (every format tried was: per_layer: true keeps slow layers float)"
     dst = ctx.stage_dir / "model.onnx"
     chosen = str(best["format"])
     shutil.copyfile(paths[chosen], dst)
@@ -104,8 +116,43 @@ def static_int8(
     shutil.rmtree(work)
     return PassResult(None, onnx=dst, notes={
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
-        "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
+        "calibration": {"method": cfg.method if cfg.method in ("minmax", "percentile", "entropy") else "minmax",
+                        "samples": len(calib)}, "tried": rows, "layers": layers,
     })
+
+
+def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds: list) -> PassResult:
+    """The per-layer path (`quant.int8_stage`): plan, three candidates, the measured pick."""
+    from edgeslim.quant.int8_plan import FORMATS, Int8Options
+    from edgeslim.quant.int8_stage import per_layer_int8
+
+    fmts = tuple(parse_format(c, "quantize_int8.candidates").name for c in cfg.candidates) or FORMATS
+    opts = Int8Options(formats=fmts, calib=cfg.method, target_cosine=cfg.min_cosine, seed=ctx.seed)
+    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, task.x_test[:1], opts, cfg.max_accuracy_drop,
+                       prefer=cfg.prefer)
+    report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
+    p = r.plan
+    src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(r.chosen)
+    if src:  # compare against the plan's float model: equalisation rescales channels between layers
+        save(p.float_model, work / "float.plan.onnx")
+    layers = layer_report(work / "float.plan.onnx", work / src, task.x_val[:128]) if src else []
+    float_why = {} if r.chosen == "int8-full" else (
+        p.float_units if r.chosen == "int8-mixed" else dict.fromkeys(p.units.quant, "w8 chosen: FP32 compute"))
+    layers += [{"layer": u, "op": p.units.op[u], "bits": 32, "weight_dtype": "int8 storage, fp32 compute"
+                if not w.startswith("fidelity") else "fp16 storage, fp32 compute", "float_because": w,
+                "sqnr_db": None} for u, w in float_why.items()]
+    report["layers"] = layers
+    write_json(ctx.stage_dir / "quant_report.json", report)
+    shutil.rmtree(work)
+    notes = {
+        "format": f"{r.chosen} ({p.fmt}, {len(p.int8_units)} layers INT8, {len(p.float_units)} float)"
+                  if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
+        "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
+        "tried": r.rows, "float_layers": p.float_units, "plan_notes": p.notes, "layers": layers,
+    }
+    if r.slower_than_fp32:
+        notes["slower_than_fp32"] = r.slower_than_fp32
+    return PassResult(None, onnx=r.path, notes=notes)
 
 
 class QuantizeDynamic(PassConfig):
