@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 from edgeslim import api, models  # noqa: E402
 from edgeslim.data import load_task  # noqa: E402
 from edgeslim.data.transfer import default_ratio, load_transfer  # noqa: E402
+from edgeslim.distill.train import distill_model  # noqa: E402
+from edgeslim.formats.eshare import load_shared_model  # noqa: E402
 from edgeslim.models.student import build_student  # noqa: E402
-from edgeslim.passes.distill import Distill, distill_model  # noqa: E402
-from edgeslim.passes.share import load_shared_model  # noqa: E402
-from edgeslim.train import Hooks, TrainConfig, evaluate, fit  # noqa: E402
+from edgeslim.passes.distill import Distill, kd_settings  # noqa: E402
+from edgeslim.train import Hooks, TrainConfig, evaluate, train_model  # noqa: E402
 
 LOWRANK = """version: 1
 finetune: {epochs: %d, lr: 0.001}
@@ -71,13 +72,13 @@ def part_kd(args, out: Path) -> dict:
         cfg = TrainConfig(epochs=args.student_epochs or args.epochs, seed=seed)
         torch.manual_seed(seed)
         s_lab, sspec = build_student(spec, 0.5)
-        fit(s_lab, t, cfg, quiet=True)
+        train_model(s_lab, t, cfg, quiet=True)
         torch.manual_seed(seed)
         s_kd, _ = build_student(spec, 0.5)
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
                        feature_weight=args.feature_weight, mixup=args.mixup, transfer=args.transfer)
-        distill_model(s_kd, [teacher], t, dcfg, quiet=True)
+        distill_model(s_kd, [teacher], t, dcfg.train, quiet=True, **kd_settings(dcfg))
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test),
                      "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
@@ -86,17 +87,17 @@ def part_kd(args, out: Path) -> dict:
             # (each KD step runs the student on 1 + ratio times as many inputs)
             torch.manual_seed(seed)
             s_plain, _ = build_student(spec, 0.5)
-            distill_model(s_plain, [teacher], t, dcfg.model_copy(update={"transfer": None}), quiet=True)
+            distill_model(s_plain, [teacher], t, dcfg.train, quiet=True, **{**kd_settings(dcfg), "transfer": None})
             torch.manual_seed(seed)
             s_long, _ = build_student(spec, 0.5)
-            fit(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)
+            train_model(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)
             rows[-1] |= {"kd_no_transfer": evaluate(s_plain, t.x_test, t.y_test),
                          "labels_long": evaluate(s_long, t.x_test, t.y_test),
                          "labels_long_val": evaluate(s_long, t.x_val, t.y_val)}
         if args.mixup:  # control: the same mixed inputs, labelled by mixing the labels instead of the teacher
             torch.manual_seed(seed)
             s_mix, _ = build_student(spec, 0.5)
-            fit(s_mix, t, cfg, Hooks(loss=_mixup_ce(args.mixup, args.alpha, seed)), quiet=True)
+            train_model(s_mix, t, cfg, Hooks(loss=_mixup_ce(args.mixup, args.alpha, seed)), quiet=True)
             rows[-1]["labels_mixup"] = evaluate(s_mix, t.x_test, t.y_test)
         print(f"[kd] seed {seed}: {rows[-1]}", flush=True)
     lab = [r["labels"] for r in rows]
@@ -131,7 +132,7 @@ def part_kd(args, out: Path) -> dict:
 def _mixup_ce(beta: float, alpha: float, seed: int):
     import torch.nn.functional as F
 
-    from edgeslim.kd import mix_inputs
+    from edgeslim.distill.kd import mix_inputs
 
     gen = torch.Generator().manual_seed(seed)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeslim.deploy.compile import compile_ort
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.memory import plan_arena
-from edgeslim.deploy.optimize import ort_optimize
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.energy import estimate_energy
 from edgeslim.models import build_model, make_spec
 from edgeslim.onnxkit.session import session
@@ -145,7 +145,7 @@ def levels_table(folder: Path, runs: int, threads: int) -> None:
         sess, info = {}, {}
         for lvl in ("disable", "basic", "extended", "all"):
             out = folder / f"lv-{name}-{lvl}.onnx"
-            rep = ort_optimize(src, out, lvl)
+            rep = compile_ort(src, out, lvl)
             # the saved graph is run without further optimisation so each level is measured as saved
             sess[f"ORT {lvl}"] = session(out, threads=threads, level="disable")
             fus = [f for f in rep.fusions if "absorbed" not in f]
@@ -161,11 +161,11 @@ def devices_table(folder: Path) -> None:
     print("\n### ResNet-8 (32x32x3, INT8 QDQ) on every device profile (estimated)\n")
     print("| device | fits | flash needed / available | RAM needed / available | est. latency | est. energy |")
     print("|---|---|---|---|---|---|")
-    from edgeslim.deploy.fit import fit_check
+    from edgeslim.measure.device_fit import check_fit
 
     _, int8 = export_pair(build("resnet8", (3, 32, 32), 10), (3, 32, 32), folder, "dev-resnet8")
     for d in builtin_devices():
-        r = fit_check(int8, d)
+        r = check_fit(int8, d)
         print(f"| {d} | {'yes' if r.fits else 'NO'} | {r.flash_bytes:,} / {r.flash_available:,} | "
               f"{r.ram_bytes:,} / {r.ram_available:,} | {r.latency_ms:.3g} ms | {r.energy_mj:.3g} mJ |")
 

@@ -5,7 +5,7 @@ INT8 `.tflite`: accuracy in the LiteRT interpreter (test split), file sizes, TFL
 tail, recorded by running the model in TFLite Micro on the host), LiteRT latency (XNNPACK, 1 thread),
 and the `edgeslim fit` verdict on the Cortex-M4 profile from that arena.
 
-Part 2: the ONNX-graph arena planner (`edgeslim.deploy.memory.plan_arena`, the file's own order)
+Part 2: the ONNX-graph arena planner (`edgeslim.measure.arena.plan_arena`, the file's own order)
 against TFLite Micro's recorded head (its planned, non-persistent section) for every zoo model at its
 reference input, FP32 and INT8 (ONNX Runtime QDQ s8s8 for the planner; PT2E INT8 for TFLite Micro).
 
@@ -26,11 +26,12 @@ import torch
 from edgeslim import api, models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.deploy.memory import plan_arena
 from edgeslim.litert.convert import to_tflite
-from edgeslim.litert.fit import tflite_fit, tflite_footprint
+from edgeslim.litert.footprint import tflite_fit, tflite_footprint
 from edgeslim.litert.interpreter import LiteRTModel
 from edgeslim.litert.micro import MicroModel
+from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.tflite import litert_latency
 from edgeslim.models.zoo import ZOO
 from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 from edgeslim.train import TrainConfig, evaluate
@@ -58,7 +59,7 @@ def part1(task_name: str, epochs: int, out: Path, archs: list[str]) -> list[dict
             agree = float((micro.argmax(1) == lm.predict(x).argmax(1)).mean())
             fp = tflite_footprint(s["path"])
             fit = tflite_fit(s["path"], "cortex-m4", fp)
-            lat = lm.latency(t.x_test[:1], runs=300)
+            lat = litert_latency(lm, t.x_test[:1], runs=300)
             row[prec] = {
                 "accuracy": acc, "size_bytes": s["size_bytes"], "parity": s.get("parity"),
                 "tflm_total": fp["tflm_arena_bytes"], "tflm_head": fp["tflm_arena_head_bytes"],

@@ -28,9 +28,9 @@ from rich.console import Console
 
 from edgeslim.onnxopt.candidates import ABLATION
 from edgeslim.onnxopt.fidelity import Tolerance
-from edgeslim.onnxopt.report import print_report
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
 from edgeslim.quant.int8_plan import Int8Options
+from edgeslim.report.optimize import print_report
 
 
 def _glyphs(rng: np.random.Generator, h: int, w: int, n: int) -> np.ndarray:

@@ -27,11 +27,11 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.measure.latency import interleaved_p50_ms
-from edgeslim.passes.dynamic import EarlyExit, early_exit_table
-from edgeslim.passes.sensitivity import sensitivity_curves, write_report
+from edgeslim.passes.early_exit import EarlyExit, early_exit_table
 from edgeslim.pipeline import run_recipe
+from edgeslim.prune.sensitivity import sensitivity_curves, write_report
 from edgeslim.recipe import parse_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -42,7 +42,7 @@ def baseline(arch: str, task, out: Path, epochs: int, seed: int) -> Path:
         spec = models.make_spec(arch, task.input_shape, task.num_classes)
         torch.manual_seed(seed)
         m = models.build_model(spec)
-        fit(m, task, TrainConfig(epochs=epochs, seed=seed), quiet=True)
+        train_model(m, task, TrainConfig(epochs=epochs, seed=seed), quiet=True)
         models.save_model(folder, m, spec)
     return folder
 

@@ -5,7 +5,7 @@
 Trains the baseline (cached in --out), runs the recipe (its first stage is exactly structured-50's
 pruning, so the same run gives "pruning alone" and "pruning + INT8"), then times the baseline, the pruned
 FP32 model and the final model together in this process (interleaved rounds, per-round ratios with
-95% confidence intervals: `measure.compare`). Accuracy is top-1 on the 360 test digits in ONNX Runtime;
+95% confidence intervals: `measure.decide`). Accuracy is top-1 on the 360 test digits in ONNX Runtime;
 size is the ONNX file in bytes. Targets (issue 17): final >= 10x smaller than the baseline within 1
 point, and at least as fast as pruning alone.
 """
@@ -22,7 +22,7 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.measure.compare import ratio
+from edgeslim.measure.decide import ratio
 from edgeslim.measure.latency import interleaved_times
 from edgeslim.onnxkit.session import onnx_accuracy, session
 from edgeslim.pipeline import run_recipe
@@ -60,7 +60,7 @@ def main() -> None:
     times = interleaved_times(sess, feeds, seconds=args.seconds, per_round=5, min_rounds=50)
     q = stages[-1]
     notes = q.get("notes", {})
-    print(f"| stage | test acc | ONNX bytes | x smaller vs baseline | p50 ms | speed-up vs baseline (95% CI) |")
+    print("| stage | test acc | ONNX bytes | x smaller vs baseline | p50 ms | speed-up vs baseline (95% CI) |")
     print("|---|---|---|---|---|---|")
     b_acc = onnx_accuracy(paths["baseline"], task.x_test, task.y_test)
     for s in stages:

@@ -26,13 +26,14 @@ from edgeslim.deploy.export import export_onnx
 from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.qat import QAT, export_qdq, export_via_ort, prepare
-from edgeslim.train import TrainConfig, fit
+from edgeslim.passes.qat import QAT, export_via_ort
+from edgeslim.quant.qat import export_qdq, prepare
+from edgeslim.train import TrainConfig, train_model
 
 
 def ctx_for(d: Path, spec: dict, prev: Path | None, epochs: int, lr: float) -> RunContext:
     d.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=d, run_dir=d, spec=spec, finetune=TrainConfig(epochs=epochs, lr=lr),
+    return RunContext(stage_dir=d, spec=spec, finetune=TrainConfig(epochs=epochs, lr=lr),
                       prev_onnx=prev, quiet=True)
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     spec = models.make_spec("resnet8", task.input_shape, task.num_classes)
     model = models.build_model(spec)
     t0 = time.perf_counter()
-    fit(model, task, TrainConfig(epochs=a.epochs, lr=3e-3, seed=a.seed), quiet=True)
+    train_model(model, task, TrainConfig(epochs=a.epochs, lr=3e-3, seed=a.seed), quiet=True)
     print(f"# ResNet-8 on {a.task} (input {task.input_shape}, {task.num_classes} classes), trained {a.epochs} "
           f"epochs in {time.perf_counter() - t0:.0f} s; test n={len(task.x_test)}")
     work = Path(tempfile.mkdtemp(prefix="bench_quant_"))
@@ -82,7 +83,7 @@ def main() -> None:
     for bits in sorted({a.qat_bits, 8}):
         for lsq in (False, True):
             cfg = QAT(weight_bits=bits, lsq=lsq)
-            qm, ref, _ = prepare(model, calib, cfg)
+            qm, ref, _ = prepare(model, calib, weight_bits=bits, lsq=lsq)
             if not lsq:
                 (work / f"ptq{bits}").mkdir(parents=True, exist_ok=True)
                 out = export_qdq(copy.deepcopy(qm), ref, task, work / f"ptq{bits}", bits)

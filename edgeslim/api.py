@@ -1,20 +1,46 @@
-"""The few functions a Python user calls. The CLI is a thin layer over these."""
+"""Every job a Python user needs, one function each. The CLI (`edgeslim.cli`) is a thin layer over these.
+
+```python
+from edgeslim import api
+from edgeslim.passes.structured_prune import StructuredPrune
+
+api.train("resnet8", "digits", Path("base"))
+net, spec = api.load_model(Path("base"))
+res = api.compress(net, StructuredPrune(ratio=0.5), "digits", spec=spec)   # one pass, in memory
+api.run(Path("recipes/structured-50.yaml"), Path("base"), "digits", Path("runs/s50"))  # a whole recipe
+api.measure([Path("runs/s50/stages/01_structured_prune")], task="digits", device="cortex-m4")
+```
+Functions return plain data (dicts of numbers with units in their keys) or the library's records; they
+print nothing unless asked (`quiet=False`, `log=`). User mistakes raise `EdgeslimError`.
+"""
 
 from __future__ import annotations
 
-import json
+import copy
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from edgeslim import models
-from edgeslim.data import Task, load_task
+from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.models import load_model, save_model
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.train import TrainConfig, evaluate, train_model
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
+TASK_FORMATS = [
+    ".npz with x_train,y_train,x_test,y_test (or x,y)",
+    "folder of images, one sub-folder per class",
+    ".csv with a label column (label/class/target/y)",
+    "folder in the CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin)",
+]
 
 
 def train(
@@ -31,7 +57,7 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = fit(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -58,15 +84,46 @@ def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quie
                       task_spec=task)
 
 
+def compress(
+    model: nn.Module, config: Any, task: str | Task, *, spec: dict | None = None,
+    finetune: TrainConfig | None = None, work_dir: Path | None = None, seed: int = 0, quiet: bool = True,
+) -> Any:  # -> edgeslim.passes.PassResult
+    """Apply one pass to an in-memory model, the pass chosen by its config's type (torchao style):
+    `compress(net, StructuredPrune(ratio=0.5), "digits", spec=spec)`.
+
+    `spec` is the model's architecture spec (from `load_model`; needed by passes that change structure,
+    e.g. low-rank or depth pruning); `finetune` the fine-tuning settings of passes that fine-tune without
+    their own (default `TrainConfig()`). Files a pass writes (e.g. the INT8 ONNX of `QuantizeInt8`, the
+    `.eshare` of `EntropyCode`) go to `work_dir` (default: a new temporary folder that is kept). Returns the
+    pass's `PassResult`: the new model (None when it became ONNX-only: see `.onnx`), spec, notes.
+    """
+    from edgeslim.passes import RunContext, pass_for_config
+
+    info = pass_for_config(config)
+    t = load_task(task, seed=seed) if isinstance(task, str) else task
+    spec = spec or {"format": 1, "arch": "custom", "input_shape": list(t.input_shape),
+                    "num_classes": t.num_classes, "kwargs": {}, "edits": []}
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="edgeslim-compress-"))
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = copy.deepcopy(model).eval()
+    prev_onnx = None
+    if info.consumes == "onnx":
+        from edgeslim.deploy.export import export_onnx
+
+        prev_onnx = work / "input.onnx"
+        export_onnx(model, t.input_shape, prev_onnx)
+    ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
+                     seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
+    return info.fn(model, t, config, ctx)
+
+
 def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
             device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
     """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.deploy.bench.deploy_extras`)."""
-    import tempfile
-
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure.stage import measure_stage
 
@@ -75,7 +132,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
     for p in paths:
         p = Path(p)
         if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.litert.measure import measure_tflite
+            from edgeslim.measure.tflite import measure_tflite
 
             out.append(measure_tflite(p, t, runs=runs, threads=threads))
             continue
@@ -96,7 +153,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
             if t is None:
                 m["accuracy"] = None
             if deploy or device or batch:
-                from edgeslim.deploy.bench import deploy_extras
+                from edgeslim.measure.deployment import deploy_extras
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
@@ -124,8 +181,229 @@ def _synthetic_task(shape: tuple[int, ...]) -> Task:
     return Task("synthetic", x, y, x, y, x, y, num_classes=1)
 
 
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None) -> dict:
+    """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
+    for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
+    from edgeslim.measure.device_fit import check_fit as device_fit
+    from edgeslim.measure.tflite import arena_beside
+
+    r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    beside = arena_beside(model)
+    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
 
 
-__all__ = ["train", "run", "measure", "write_json"]
+def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
+               write_reordered: Path | None = None) -> Any:  # -> edgeslim.measure.arena.ArenaPlan
+    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
+    with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
+    from edgeslim.deploy.export import to_onnx
+    from edgeslim.fsutil import write_bytes
+    from edgeslim.measure.arena import plan_arena as plan
+    from edgeslim.measure.arena import reorder_model
+
+    path, cleanup = to_onnx(model)
+    try:
+        result = plan(path, fuse_qdq=fuse_qdq, align=align)
+        if write_reordered is not None:
+            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
+    finally:
+        if cleanup:
+            cleanup()
+    return result
+
+
+def compile(model: Path, out: Path, level: str = "extended") -> dict:
+    """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
+    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
+    from edgeslim.deploy.compile import compile_model
+
+    return compile_model(Path(model), Path(out), level)
+
+
+def optimize(
+    model: Path, out: Path, *, calib: Path | None = None, shapes: Sequence[str] = (), samples: int = 32,
+    min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
+    candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
+    sqnr_db: float = 0.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
+    threads: int = 1, device: str = "host", seed: int = 0, force: bool = False, prefer: str = "balanced",
+    min_shrink: float = 1.8,
+) -> dict:
+    """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
+    the fastest within tolerance that is not slower than the original and at least `min_shrink` times
+    smaller (`prefer`: balanced | size | speed; `measure.decide`). Without any tolerance given, the
+    tolerance is cosine >= 0.995 on every output. Writes `out` unless refused; returns the full report."""
+    from edgeslim.onnxopt import candidates as cands
+    from edgeslim.onnxopt.fidelity import Tolerance
+
+    if prefer not in ("balanced", "size", "speed"):
+        raise EdgeslimError(f"prefer {prefer!r}: valid values are balanced, size, speed")
+    from edgeslim.onnxopt.run import OptimizeConfig
+    from edgeslim.onnxopt.run import optimize as run_optimize
+
+    given = any(v is not None for v in (min_cosine, max_abs, min_top1))
+    cfg = OptimizeConfig(
+        model=Path(model), out=Path(out), calib=calib, shapes=list(shapes), samples=samples, seed=seed,
+        tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
+        candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
+        exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
+        max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
+        prefer=prefer, min_shrink=min_shrink,
+    )
+    return run_optimize(cfg)
+
+
+def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
+           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
+    """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
+    Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
+    from edgeslim.deploy.artifacts import export_model
+
+    return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
+                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)
+
+
+def distill(
+    teacher: Path, task: str, out: Path, *, width: float = 0.5, depth: float = 1.0, temperature: float = 4.0,
+    alpha: float = 0.9, epochs: int = 20, lr: float = 3e-3, transfer: str | None = None,
+    transfer_ratio: int | None = None, extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
+) -> dict:
+    """Build a smaller student from the teacher's architecture (`width`, `depth`) and train it with
+    knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
+    import torch
+
+    from edgeslim.distill.train import distill_model
+    from edgeslim.models.student import build_student
+    from edgeslim.passes.distill import Distill, kd_settings
+
+    t = load_task(task, seed=seed)
+    tmodel, tspec = models.load_model(teacher)
+    extras = [models.load_model(p)[0] for p in extra_teachers]
+    try:
+        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
+                      teachers=[str(p) for p in extra_teachers], transfer=transfer, transfer_ratio=transfer_ratio,
+                      train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
+    except ValueError as e:
+        raise EdgeslimError(f"bad distill option: {e}") from None
+    torch.manual_seed(seed)
+    student, spec = build_student(tspec, width, depth)
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
+    m = {
+        "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
+        "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
+        "teacher_params": count_params(tmodel)[0], "params": count_params(student)[0],
+        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student, t.input_shape),
+        "student": spec["kwargs"],
+    }
+    models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    m["arch"] = spec["arch"]
+    return m
+
+
+def unpack(file: Path, out: Path) -> dict:
+    """Decode an entropy-coded weight-shared `.eshare` file into an ordinary model folder."""
+    from edgeslim.formats.eshare import load_shared_model
+
+    model, spec = load_shared_model(file)
+    models.save_model(out, model, spec)
+    return {"file": str(file), "file_bytes": Path(file).stat().st_size, "out": str(out), "arch": spec.get("arch")}
+
+
+def sensitivity(model: Path, task: str, out: Path, mode: str = "unstructured",
+                ratios: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                target: float | None = None) -> dict:
+    """Per-layer validation accuracy (0-1) with one layer pruned to each ratio; with `target`, the per-layer
+    ratios that reach that overall ratio. Writes sensitivity.md/.json/.png into `out`."""
+    from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
+
+    if mode not in ("unstructured", "structured"):
+        raise EdgeslimError(f"--mode: unknown mode '{mode}'; valid: structured, unstructured")
+    rs = sorted(float(r) for r in ratios)
+    if not rs or any(not 0 < r < 1 for r in rs):
+        raise EdgeslimError(f"--ratios: each ratio must lie in (0, 1), got '{','.join(f'{r:g}' for r in ratios)}'")
+    if target is not None and not 0 < target < 1:
+        raise EdgeslimError(f"--target: must lie in (0, 1), got {target}")
+    net, _ = models.load_model(model)
+    t = load_task(task)
+    curves = sensitivity_curves(net, t, rs, mode)
+    alloc = allocate(curves, target) if target is not None else None
+    files = write_report(out, curves, alloc)
+    return {**curves, "allocation": alloc, "files": [str(f) for f in files]}
+
+
+def quant_report(run: Path) -> dict[str, dict]:
+    """{stage folder: its notes} for every quantized stage of a run (or one stage folder) that wrote a
+    per-layer report: bits, weight-scale range, input scale and output SQNR (dB) per layer."""
+    from edgeslim.report.quant import quantized_stages
+
+    return quantized_stages(Path(run))
+
+
+def search(
+    model: Path, task: str, out: Path, *, device: str = "cortex-m4", trials: int = 20,
+    objectives: Sequence[str] = ("accuracy", "energy"), max_flash: str | None = None, max_ram: str | None = None,
+    max_latency: str | None = None, max_energy: str | None = None, max_accuracy_drop: float | None = 1.0,
+    proxy_epochs: int = 3, proxy_slack: float = 2.0, top: int = 6, knobs: Sequence[str] | None = None,
+    sampler: str = "tpe", guided: bool = True, storage: str | None = None, study_name: str = "edgeslim-search",
+    worker: bool = False, wait: float = 3600.0, seed: int = 0,
+    log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True),
+) -> dict:
+    """Hardware-aware search over compression recipes for `device` under hard budgets (Optuna; see
+    `edgeslim.search`). Several workers share one study through `storage`; a `worker` only runs trials.
+    Otherwise waits for the others, fine-tunes the Pareto front fully and writes search.json and
+    report.html into `out`. `log(message, is_warning)` gets the progress lines. Returns the summary (a
+    worker: {"ran": trials it ran})."""
+    from edgeslim.search.constraints import make_budget
+    from edgeslim.search.final import run_search
+    from edgeslim.search.study import SearchConfig, load_device_profile
+
+    budget = make_budget(load_device_profile(device), max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
+    cfg = SearchConfig(model=str(Path(model).resolve()), task=task, device=device, objectives=list(objectives),
+                       trials=trials, budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack,
+                       seed=seed, sampler=sampler, guided=guided)
+    if knobs:
+        cfg.knobs = list(knobs)
+    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
+                      top=top, log=log)
+
+
+def list_models() -> list[dict]:
+    """The model zoo with parameters and MACs at each model's reference input."""
+    from edgeslim.models.zoo import ZOO
+
+    rows: list[dict] = []
+    for name, e in ZOO.items():
+        net = e.build(e.ref_shape, e.ref_classes or 10)
+        rows.append({"name": name, "about": e.about, "ref_input": list(e.ref_shape),
+                     "params": count_params(net)[0], "macs": count_macs(net, e.ref_shape)})
+    return rows
+
+
+def list_passes() -> list[dict]:
+    """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
+    they produce), whether they must come last, what they do, config fields and defaults."""
+    from edgeslim.passes import PASSES
+
+    return [
+        {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
+         "must_be_last": p.must_be_last, "about": p.about,
+         "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
+        for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
+    ]
+
+
+def list_tasks() -> dict:
+    """Built-in tasks and the formats a task path may take."""
+    return {"builtin": [{"name": k, "about": v[1]} for k, v in BUILTIN.items()], "formats": list(TASK_FORMATS)}
+
+
+def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
+    """The built-in device profiles (pass a device's name, or a YAML path of your own)."""
+    from edgeslim.devices import builtin_devices, load_device
+
+    return [load_device(n) for n in builtin_devices()]
+
+
+__all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
+           "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
+           "list_tasks", "list_devices", "load_model", "save_model", "write_json", "RECIPES"]

@@ -53,7 +53,7 @@ def run_recipe(
         return models.load_model(out / "stages" / "00_baseline")[0]
 
     ctx = RunContext(
-        stage_dir=out, run_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
+        stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
         teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model),
     )
     stages: list[dict] = []
@@ -76,7 +76,7 @@ def run_recipe(
             continue
         t0 = time.perf_counter()
         with atomic_dir(folder) as tmp:
-            ctx.stage_dir = tmp
+            ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             size_path = None
             onnx_path = tmp / "model.onnx"
@@ -93,7 +93,7 @@ def run_recipe(
                 notes = res.notes
                 if res.artifact is not None:
                     size_path = res.artifact
-                if info.kind == "onnx" and result_onnx is None:
+                if info.produces == "onnx" and result_onnx is None:
                     raise AssertionError(f"onnx pass {name} returned no ONNX model")
             if result_model is not None:
                 models.save_model(tmp, result_model, ctx.spec)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -118,16 +117,26 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 
 
 def _check_order(steps: list[Step], source: str) -> None:
+    """What each pass consumes must be there: a pass that needs the PyTorch model cannot follow one that
+    left an ONNX-only model, and nothing follows a pass registered `must_be_last`."""
     onnx_from: Step | None = None
+    last: Step | None = None
     for s in steps:
-        kind = PASSES[s.name].kind
-        if kind == "torch" and onnx_from is not None:
+        info = PASSES[s.name]
+        if last is not None:
+            raise EdgeslimError(
+                f"{source}:{s.line}: '{s.name}' follows '{last.name}' (line {last.line}), which must be the last "
+                "pass of a recipe; move it earlier or drop it"
+            )
+        if info.consumes == "torch" and onnx_from is not None:
             raise EdgeslimError(
                 f"{source}:{s.line}: '{s.name}' changes a PyTorch model but follows '{onnx_from.name}' "
                 f"(line {onnx_from.line}), which produces an ONNX-only model; move it earlier"
             )
-        if kind == "onnx":
+        if info.produces == "onnx":
             onnx_from = s
+        if info.must_be_last:
+            last = s
 
 
 def _bad_key_line(node: yaml.Node, e: ValidationError) -> int | None:
@@ -151,7 +160,3 @@ def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
     if err["type"] == "extra_forbidden" and cls is not None:
         return f"unknown key '{key}'; valid: {choices(cls.model_fields)}"
     return f"'{key}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
-
-
-def dump_step(name: str, cfg: dict[str, Any]) -> dict:
-    return {name: cfg}

@@ -84,7 +84,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return opt_cls(params, cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def fit(
+def train_model(
     model: nn.Module,
     task: Task,
     cfg: TrainConfig,

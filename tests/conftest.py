@@ -29,12 +29,12 @@ def quadrant_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def trained(arch: str, task: Task, epochs: int, folder: Path | None = None, **kwargs: Any) -> tuple[nn.Module, dict]:
     """A zoo model trained briefly (seed 0) on `task`; saved as a model folder when `folder` is given."""
     from edgeslim import models
-    from edgeslim.train import TrainConfig, fit
+    from edgeslim.train import TrainConfig, train_model
 
     torch.manual_seed(0)
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kwargs)
     net = models.build_model(spec)
-    fit(net, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(net, task, TrainConfig(epochs=epochs), quiet=True)
     if folder is not None:
         models.save_model(folder, net, spec)
     return net, spec

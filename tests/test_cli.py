@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgeslim import cli
+from edgeslim import api, cli
 
 
 def edgeslim(*args: str) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def test_internal_error_exit_2(monkeypatch, capsys):
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cli.api, "train", boom)
+    monkeypatch.setattr(api, "train", boom)
     monkeypatch.setattr(sys, "argv", ["edgeslim", "train", "--model", "lenet5", "--task", "digits", "--out", "x"])
     with pytest.raises(SystemExit) as e:
         cli.main()

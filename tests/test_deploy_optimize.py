@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslim.deploy.optimize import (
+from edgeslim.deploy.compile import (
     bn_folding_check,
+    compile_ort,
     describe_fusions,
     fold_and_prune,
     fold_batchnorm,
-    ort_optimize,
 )
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.graph import remove_dead
@@ -73,15 +73,15 @@ def test_ort_levels_and_fusions(tmp_path):
     f, _ = fold_batchnorm(m)
     src = tmp_path / "m.onnx"
     onnx.save(f, str(src))
-    basic = ort_optimize(src, tmp_path / "basic.onnx", "basic")
-    ext = ort_optimize(src, tmp_path / "ext.onnx", "extended")
+    basic = compile_ort(src, tmp_path / "basic.onnx", "basic")
+    ext = compile_ort(src, tmp_path / "ext.onnx", "extended")
     assert (tmp_path / "ext.onnx").exists() and ext.parity_max_abs_diff is not None
     assert ext.parity_max_abs_diff < 1e-5
     assert "com.microsoft.FusedConv" in ext.ops_after and "Relu" not in ext.ops_after
     assert any("FusedConv x1 (Conv + activation)" in line for line in ext.fusions)
     assert "com.microsoft.FusedConv" not in basic.ops_after
     with pytest.raises(EdgeslimError, match="valid: all, basic, disable, extended"):
-        ort_optimize(src, tmp_path / "x.onnx", "max")
+        compile_ort(src, tmp_path / "x.onnx", "max")
 
 
 def test_describe_fusions():

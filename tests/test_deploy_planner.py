@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeslim.deploy.memory import Buffer, greedy_by_size, peak_live, plan_arena
 from edgeslim.errors import EdgeslimError
+from edgeslim.measure.arena import Buffer, greedy_by_size, peak_live, plan_arena
 from edgeslim.measure.onnx_counts import count_onnx
 
 
@@ -176,7 +176,7 @@ def test_unknown_shapes_are_recorded_not_fatal():
 def test_reorder_model_keeps_outputs_and_lowers_arena():
     import onnxruntime as ort
 
-    from edgeslim.deploy.memory import reorder_model
+    from edgeslim.measure.arena import reorder_model
 
     m = branches()
     new, plan = reorder_model(m)

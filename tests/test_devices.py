@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from edgeslim.deploy.fit import fit_check, verdict
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.measure.device_fit import check_fit, fit_verdict
 
 
 def test_builtin_profiles_load():
@@ -49,10 +49,10 @@ def test_verdict_both_sides_of_limits():
     m4 = load_device("cortex-m4")
     w_max = m4.flash_bytes - m4.runtime_flash_bytes
     a_max = m4.sram_bytes - m4.runtime_ram_bytes
-    assert verdict(m4, w_max, a_max).fits
-    r = verdict(m4, w_max + 1, a_max)
+    assert fit_verdict(m4, w_max, a_max).fits
+    r = fit_verdict(m4, w_max + 1, a_max)
     assert not r.fits and not r.fits_flash and r.fits_ram and "flash" in r.reasons[0]
-    r = verdict(m4, w_max, a_max + 1)
+    r = fit_verdict(m4, w_max, a_max + 1)
     assert not r.fits and r.fits_flash and not r.fits_ram and "RAM" in r.reasons[0]
 
 
@@ -62,14 +62,14 @@ def test_fit_check_onnx(tmp_path):
 
     path = tmp_path / "c.onnx"
     onnx.save(chain(), str(path))
-    r = fit_check(path, "cortex-m4")
+    r = check_fit(path, "cortex-m4")
     assert r.weights_bytes == (100 * 50 + 50 * 200) * 4
     assert r.arena_bytes == 1600 and r.fits
     assert r.energy_method == "estimated:analytic@cortex-m4" and r.energy_mj and r.energy_mj > 0
     small = tmp_path / "small.yaml"
     small.write_text("clock_mhz: 64\nflash_bytes: 65536\nsram_bytes: 1024\npeak_macs_per_cycle: {fp32: 1}\n"
                      "active_power_mw: 5\n")
-    r = fit_check(path, small)
+    r = check_fit(path, small)
     assert r.fits_flash and not r.fits_ram  # 1600 B arena > 1024 B
 
 
@@ -90,13 +90,13 @@ def test_fit_cli(tmp_path):
 
 
 def test_fit_routes_tflite_to_litert(tmp_path, monkeypatch):
-    litert_fit = pytest.importorskip("edgeslim.litert.fit")
+    litert_fit = pytest.importorskip("edgeslim.litert.footprint")
     monkeypatch.setattr(litert_fit, "tflite_footprint",
                         lambda p: {"model_bytes": 100_000, "tflm_arena_bytes": 700_000,
                                    "arena_method": "recorded:tflite-micro"})
     f = tmp_path / "m.tflite"
     f.write_bytes(b"\0")
-    r = fit_check(f, "cortex-m4")
+    r = check_fit(f, "cortex-m4")
     assert r.arena_source == "recorded:tflite-micro" and r.arena_bytes == 700_000
     assert r.fits_flash and not r.fits_ram
 

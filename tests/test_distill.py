@@ -12,8 +12,7 @@ from conftest import trained
 from torch import nn
 
 from edgeslim import models
-from edgeslim.errors import EdgeslimError
-from edgeslim.kd import (
+from edgeslim.distill.kd import (
     Teachers,
     feature_kd_loss,
     kd_loss,
@@ -22,8 +21,10 @@ from edgeslim.kd import (
     self_distill_loss,
     soft_targets,
 )
+from edgeslim.distill.train import distill_model
+from edgeslim.errors import EdgeslimError
 from edgeslim.models.student import build_student, student_spec
-from edgeslim.passes.distill import Distill, distill_model
+from edgeslim.passes.distill import Distill, kd_settings
 from edgeslim.train import TrainConfig, evaluate
 
 # ------------------------------------------------------------------------------------------ losses
@@ -166,7 +167,7 @@ def test_distill_model_all_terms(teacher, tiny_image_task):
     n_params = sum(p.numel() for p in s.parameters())
     cfg = Distill(features=[("fc1", "fc1")], self_distill=["relu1"],  # widths 16 vs 32: a linear adapter
                   train=TrainConfig(epochs=6), temperature=2.0, alpha=0.7)
-    hist = distill_model(s, [t_net, t_net], tiny_image_task, cfg, quiet=True)
+    hist = distill_model(s, [t_net, t_net], tiny_image_task, cfg.train, quiet=True, **kd_settings(cfg))
     assert hist["teacher_cache_hits"] > 0
     assert sum(p.numel() for p in s.parameters()) == n_params  # adapters and exits are gone
     assert not hasattr(s, "_kd_aux")
@@ -231,7 +232,7 @@ def test_shipped_recipes_parse(name):
 
 
 def test_mixup_transfer_set(teacher, tiny_image_task):
-    from edgeslim.kd import Teachers, kd_loss_fn, mix_inputs
+    from edgeslim.distill.kd import Teachers, kd_loss_fn, mix_inputs
 
     x = torch.arange(12.0).reshape(4, 3)
     xm, perm, lam = mix_inputs(x, torch.Generator().manual_seed(0), 1.0)
@@ -251,5 +252,5 @@ def test_mixup_transfer_set(teacher, tiny_image_task):
     loss.backward()
     with pytest.raises(ValueError, match="without mixup"):
         Distill(mixup=1.0, self_distill=["relu1"])
-    hist = distill_model(s, [t_net], tiny_image_task, Distill(mixup=0.4, train=TrainConfig(epochs=2)), quiet=True)
+    hist = distill_model(s, [t_net], tiny_image_task, TrainConfig(epochs=2), mixup=0.4, quiet=True)
     assert hist["epochs"] == 2

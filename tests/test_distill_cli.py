@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from edgeslim import models
-from edgeslim.passes.share import _layers, cluster_layer, save_shared, unshare
+from edgeslim.formats.eshare import save_shared
+from edgeslim.quant.sharing import cluster_layer, shared_layers, unshare
 
 
 def edgeslim(*args: str) -> subprocess.CompletedProcess:
@@ -34,10 +35,10 @@ def test_distill_and_unpack_commands(tmp_path, tiny_image_task):
     student, spec = models.load_model(tmp_path / "student")
     assert student.fc1.out_features == 75
 
-    for _, layer in _layers(student):
+    for _, layer in shared_layers(student):
         cluster_layer(layer, 3)
     unshare(student)
-    save_shared(tmp_path / "s.eshare", student.state_dict(), spec, [f"{n}.weight" for n, _ in _layers(student)])
+    save_shared(tmp_path / "s.eshare", student.state_dict(), spec, [f"{n}.weight" for n, _ in shared_layers(student)])
     r = edgeslim("unpack", str(tmp_path / "s.eshare"), "-o", str(tmp_path / "unpacked"))
     assert r.returncode == 0, r.stderr
     back, _ = models.load_model(tmp_path / "unpacked")

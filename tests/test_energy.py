@@ -147,7 +147,7 @@ def test_window_nvml_with_fake_driver(monkeypatch, tmp_path):
 
 
 def test_optional_backends_skip_cleanly(tmp_path):
-    from edgeslim.deploy.optimize import available_backends, openvino_latency
+    from edgeslim.deploy.compile import available_backends, openvino_latency
 
     b = available_backends()
     assert b["onnxruntime"] is True

@@ -192,7 +192,7 @@ def _device(tmp_path: Path, sram: int, name: str) -> Path:
 
 @needs_litert
 def test_fit_verdict_at_both_sides_of_the_ram_limit(converted, tmp_path):
-    from edgeslim.litert.fit import tflite_fit, tflite_footprint
+    from edgeslim.litert.footprint import tflite_fit, tflite_footprint
 
     path = converted["int8"]["path"]
     fp = tflite_footprint(path)
@@ -265,7 +265,7 @@ def test_planner_arena_shown_beside_tflite_micro(converted, tmp_path):
     import shutil
 
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.litert.fit import arena_beside
+    from edgeslim.measure.tflite import arena_beside
 
     tfl = tmp_path / "m.tflite"
     shutil.copy(converted["fp32"]["path"], tfl)

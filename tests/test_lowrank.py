@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs
+from edgeslim.models.counts import count_macs
 from edgeslim.passes.lowrank import (
     LowRank,
     energy_rank,

@@ -8,8 +8,8 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs, count_params
-from edgeslim.models.spec import add_edit, fit_to_state_dict
+from edgeslim.models.counts import count_macs, count_params
+from edgeslim.models.spec import add_edit, resize_to_state_dict
 from edgeslim.models.zoo import ZOO
 
 
@@ -61,7 +61,7 @@ def test_fit_depthwise():
     state = {k: v for k, v in net.state_dict().items()}
     dw = net.blocks[0][0]
     state["blocks.0.0.weight"] = torch.zeros(32, 1, 3, 3)
-    fit_to_state_dict(net, state)
+    resize_to_state_dict(net, state)
     assert net.blocks[0][0].groups == 32 and net.blocks[0][0].in_channels == 32
     assert dw is not net.blocks[0][0]
 

@@ -63,6 +63,9 @@ def test_run_results_contract(trained, tiny_image_task, tmp_path):
     assert base["accuracy"] > 0.8  # the tiny task is easy
     assert pruned["nonzero_params"] < 0.6 * base["nonzero_params"]
     assert quant["size_bytes"] < 0.5 * base["size_bytes"]  # INT8 weights
+    # each stage records the carry it ran with; a later pass's carry never shows up in an earlier stage
+    assert [s["carry"] for s in on_disk["stages"]] == [{}, {"keep_sparsity": True}, {"keep_sparsity": True},
+                                                       {"keep_sparsity": True}]
     assert (tmp_path / "run" / "report.md").read_text().startswith("# edgeslim report")
 
 
@@ -117,12 +120,12 @@ def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
     """A training killed after epoch 2 resumes at epoch 3 and ends exactly where an unbroken run does."""
     import torch
 
-    from edgeslim.train import fit
+    from edgeslim.train import train_model
 
     cfg = TrainConfig(epochs=4, seed=3)
     ref = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
     start = {k: v.clone() for k, v in ref.state_dict().items()}
-    fit(ref, tiny_image_task, cfg, quiet=True)
+    train_model(ref, tiny_image_task, cfg, quiet=True)
 
     ck = tmp_path / "ck.pt"
     net = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
@@ -135,10 +138,10 @@ def test_training_checkpoint_resumes(tiny_image_task, tmp_path):
     from edgeslim.train import Hooks
 
     with pytest.raises(KeyboardInterrupt):
-        fit(net, tiny_image_task, cfg, Hooks(after_epoch=[die]), quiet=True, checkpoint=ck)
+        train_model(net, tiny_image_task, cfg, Hooks(after_epoch=[die]), quiet=True, checkpoint=ck)
     assert ck.exists()
     net2 = models.build_model(models.make_spec("lenet300", (1, 8, 8), 4))
-    hist = fit(net2, tiny_image_task, cfg, quiet=True, checkpoint=ck)
+    hist = train_model(net2, tiny_image_task, cfg, quiet=True, checkpoint=ck)
     assert hist["history"][0]["epoch"] == 1 and len(hist["history"]) == 4
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, net2.state_dict()[k], atol=1e-5), k
@@ -159,7 +162,7 @@ def test_report_flags_a_stage_slower_than_the_one_before():
 
 def test_measure_onnx_file_counts_macs_from_the_graph(trained, tiny_image_task, tmp_path):
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.macs import count_macs
+    from edgeslim.models.counts import count_macs
 
     net, spec = models.load_model(trained)
     export_onnx(net, tiny_image_task.input_shape, tmp_path / "m.onnx")

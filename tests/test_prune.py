@@ -11,31 +11,25 @@ from torch import nn
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
+from edgeslim.formats.sparse import decode_sparse, encode_sparse
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.nm import is_nm, nm_mask
-from edgeslim.passes.prune import (
-    decode_sparse,
-    encode_sparse,
-    magnitude_masks,
-    prunable,
-    schedule_ratios,
-    weight_sparsity,
-)
-from edgeslim.passes.regularize import PENALTIES, small_fraction
-from edgeslim.passes.sensitivity import allocate, sensitivity_curves, write_report
-from edgeslim.train import TrainConfig, fit
+from edgeslim.prune.masks import magnitude_masks, prunable, schedule_ratios, weight_sparsity
+from edgeslim.prune.nm import is_nm, nm_mask
+from edgeslim.prune.regularizers import PENALTIES, small_fraction
+from edgeslim.prune.sensitivity import allocate, sensitivity_curves, write_report
+from edgeslim.train import TrainConfig, train_model
 
 
 def _ctx(tmp_path, spec, epochs=2) -> RunContext:
-    return RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec,
+    return RunContext(stage_dir=tmp_path, spec=spec,
                       finetune=TrainConfig(epochs=epochs, lr=3e-3), quiet=True)
 
 
 def _trained(arch, task, epochs=8, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(m, task, TrainConfig(epochs=epochs), quiet=True)
     return m, spec
 
 
@@ -70,14 +64,15 @@ def test_scheduled_magnitude_prune_keeps_masks_and_exports(tiny_image_task, tmp_
     task = tiny_image_task
     m, spec = _trained("lenet300", task)
     cfg = PASSES["magnitude_prune"].config(sparsity=0.9, scope="lamp", schedule="cubic", rounds=3)
-    res = PASSES["magnitude_prune"].fn(m, task, cfg, _ctx(tmp_path, spec))
+    ctx = _ctx(tmp_path, spec)
+    res = PASSES["magnitude_prune"].fn(m, task, cfg, ctx)
     rounds = res.notes["rounds"]
     assert [r["target_sparsity"] for r in rounds] == pytest.approx(schedule_ratios(0.9, 3, "cubic"), abs=1e-4)
     for r in rounds:  # masks stayed fixed through each round's fine-tuning
         assert r["sparsity"] >= r["target_sparsity"] - 1e-3
     assert weight_sparsity(res.model) == pytest.approx(0.9, abs=0.01)
     assert res.notes["val_accuracy"] > 0.8
-    assert res.carry == {"keep_sparsity": True}
+    assert res.carry == {"keep_sparsity": True} and ctx.carry == {}  # carry goes out through the result only
     assert (tmp_path / "model.sparse.npz").stat().st_size == res.notes["sparse_file_bytes"]
     assert res.notes["sparse_file_bytes"] < 0.35 * res.notes["dense_onnx_bytes"]
     assert _parity(res.model, task, tmp_path / "m.onnx") < 1e-4
@@ -95,7 +90,7 @@ def test_global_magnitude_can_empty_a_layer_lamp_does_not(tiny_image_task):
 def test_sparse_encoding_round_trips_bit_exact(tiny_image_task, tmp_path):
     task = tiny_image_task
     m, _ = _trained("lenet5", task, epochs=1)
-    from edgeslim.passes.prune import apply_masks
+    from edgeslim.prune.masks import apply_masks
 
     apply_masks(m, magnitude_masks(m, 0.85, "global"))
     p = tmp_path / "m.onnx"

@@ -9,16 +9,16 @@ import torch
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs
+from edgeslim.models.counts import count_macs
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.dynamic import EarlyExit, build_exits, chain
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.prune.exits import build_exits, chain
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 
 def _trained(arch, task, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=8), quiet=True)
+    train_model(m, task, TrainConfig(epochs=8), quiet=True)
     return m, spec
 
 
@@ -27,7 +27,7 @@ def test_early_exit_table_on_resnet8(tiny_image_task, tmp_path):
     m, spec = _trained("resnet8", task, width=8)
     full_acc = evaluate(m, task.x_test, task.y_test)
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    ctx = RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=0), quiet=True)
+    ctx = RunContext(stage_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=0), quiet=True)
     cfg = PASSES["early_exit"].config(thresholds=[0.0, 0.9, 1.0], head_epochs=100)
     res = PASSES["early_exit"].fn(m, task, cfg, ctx)
     assert res.model is m and res.notes["exits"] == ["layer1", "layer2"]
@@ -53,15 +53,15 @@ def test_early_exit_table_on_resnet8(tiny_image_task, tmp_path):
 def test_early_exit_on_depthwise_model_and_bad_exit(tiny_image_task):
     task = tiny_image_task
     m, _ = _trained("dscnn", task, width=8)
-    ex = build_exits(m, task, EarlyExit(exits=["blocks.1.5"], head_epochs=20))
+    ex = build_exits(m, task, exits=["blocks.1.5"], head_epochs=20)
     assert ex["exits"] == ["blocks.1.5"] and len(ex["segments"]) == 2 and len(ex["heads"]) == 1
     assert sum(ex["seg_macs"]) == count_macs(m, task.input_shape)
     with pytest.raises(EdgeslimError, match="unknown exit points"):
-        build_exits(m, task, EarlyExit(exits=["nope"]))
+        build_exits(m, task, exits=["nope"])
     assert [n for n, _ in chain(m)][:2] == ["stem.0", "stem.1"]
 
 
 def test_early_exit_rejects_models_that_do_not_chain(tiny_image_task):
     m, _ = _trained("lenet300", tiny_image_task)
     with pytest.raises(EdgeslimError, match="runs its sub-modules in order"):
-        build_exits(m, tiny_image_task, EarlyExit())
+        build_exits(m, tiny_image_task)

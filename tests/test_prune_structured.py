@@ -13,27 +13,27 @@ import torch
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs
+from edgeslim.models.counts import count_macs
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.structured import channel_counts, removable_blocks
 from edgeslim.pipeline import run_recipe
+from edgeslim.prune.structured import channel_counts, removable_blocks
 from edgeslim.recipe import parse_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 SMALL = {"resnet8": {"width": 4}, "dscnn": {"width": 8}, "mobilenetv1": {"alpha": 0.125}, "lenet5": {},
          "cnn1d": {"width": 8}}
 
 
 def _ctx(tmp_path, spec, epochs=1) -> RunContext:
-    return RunContext(stage_dir=tmp_path, run_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=epochs),
+    return RunContext(stage_dir=tmp_path, spec=spec, finetune=TrainConfig(epochs=epochs),
                       quiet=True)
 
 
 def _model(arch, task, epochs=2):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **SMALL[arch])
     m = models.build_model(spec)
-    fit(m, task, TrainConfig(epochs=epochs), quiet=True)
+    train_model(m, task, TrainConfig(epochs=epochs), quiet=True)
     return m, spec
 
 
@@ -45,7 +45,7 @@ def _check_export_and_reload(model, spec, task, tmp_path):
         ref = model.eval()(torch.from_numpy(x)).numpy()
     assert np.abs(run_batched(session(p), x) - ref).max() < 1e-4
     models.save_model(tmp_path / "saved", model, spec)
-    back, _ = models.load_model(tmp_path / "saved")  # fit_to_state_dict rebuilds the pruned shapes
+    back, _ = models.load_model(tmp_path / "saved")  # resize_to_state_dict rebuilds the pruned shapes
     with torch.no_grad():
         assert np.abs(back(torch.from_numpy(x)).numpy() - ref).max() < 1e-5
 
@@ -132,7 +132,7 @@ def test_recipes_run_in_the_pipeline(tiny_image_task, tmp_path):
     task = tiny_image_task
     m, spec = _model("resnet8", task)
     models.save_model(tmp_path / "base", m, spec)
-    from edgeslim.cli import RECIPES
+    from edgeslim.api import RECIPES
 
     for name in ("structured-50", "unstructured-92"):
         text = re.sub(r"epochs: \d+", "epochs: 1", (RECIPES / f"{name}.yaml").read_text())

@@ -20,14 +20,14 @@ from edgeslim.onnxkit.session import onnx_accuracy, run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ctx(stage: Path, spec: dict, prev: Path | None = None, epochs: int = 1) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
                       prev_onnx=prev, quiet=True)
 
 
@@ -37,7 +37,7 @@ def trained_resnet(tiny_image_task, tmp_path_factory):
     torch.manual_seed(0)
     spec = models.make_spec("resnet8", tiny_image_task.input_shape, tiny_image_task.num_classes, width=8)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=12, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=12, lr=3e-3), quiet=True)
     d = tmp_path_factory.mktemp("r8")
     export_onnx(m, tiny_image_task.input_shape, d / "fp32.onnx")
     return m, spec, d / "fp32.onnx"
@@ -97,7 +97,7 @@ def mlp(tiny_image_task, tmp_path_factory):
     torch.manual_seed(0)
     spec = models.make_spec("lenet300", tiny_image_task.input_shape, tiny_image_task.num_classes, h1=64, h2=32)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=4, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=4, lr=3e-3), quiet=True)
     d = tmp_path_factory.mktemp("mlp")
     export_onnx(m, tiny_image_task.input_shape, d / "fp32.onnx")
     return m, spec, d / "fp32.onnx"
@@ -160,28 +160,38 @@ def test_quantizing_twice_is_a_clear_error(trained_resnet, tiny_image_task, tmp_
                                    _ctx(tmp_path / "b", spec, res.onnx))
 
 
-def _fake_timer(slow_int8: float, slow_all: float = 1.0):
-    """Injected interleaved timings (s per round): FP32 takes 1 ms; a model with activation
-    quantization (any QuantizeLinear) `slow_int8` times that; any other model `slow_all` times that."""
-    def timer(models: dict[str, bytes]) -> dict[str, list[float]]:
-        out = {}
-        for k, data in models.items():
-            m = onnx.load_from_string(data)
-            f = 1.0 if k == "fp32" else (slow_int8 if any(n.op_type == "QuantizeLinear" for n in m.graph.node)
-                                         else slow_all)
-            jitter = np.random.default_rng(len(k)).normal(0, 0.01, 40)
-            out[k] = list(1e-3 * f * (1 + jitter))
-        return out
-    return timer
+def _fake_clock(slow_int8: float, slow_all: float = 1.0):
+    """An injected clock: FP32 takes 1 ms per round; a model with activation quantization (any
+    QuantizeLinear) `slow_int8` times that; any other model `slow_all` times that. Ratios: the real rule."""
+    from edgeslim.measure.decide import ratio
+
+    class Clock:
+        def __init__(self, feed, seconds=3.0, threads=1):
+            pass
+
+        def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
+            out = {}
+            for k, data in models.items():
+                m = onnx.load_from_string(data)
+                f = 1.0 if k == "fp32" else (slow_int8 if any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+                                             else slow_all)
+                jitter = np.random.default_rng(len(k)).normal(0, 0.01, 40)
+                out[k] = list(1e-3 * f * (1 + jitter))
+            return out
+
+        def ratio(self, cand, ref):
+            return ratio(cand, ref)
+
+    return Clock
 
 
 def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, tiny_image_task, tmp_path, monkeypatch):
     """Thin layers (a pruned model) where every INT8 kernel is slower: the pass keeps FP32 speed (w8 or an
     all-float plan) instead of picking the least slow INT8 format; if even that were slower, it says so."""
-    from edgeslim.quant import int8_plan
+    import edgeslim.passes.quantize_int8 as qpass
 
     _, spec, fp32 = trained_resnet
-    monkeypatch.setattr(int8_plan, "default_timer", lambda feed, seconds=3.0, threads=1: _fake_timer(1.6))
+    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(1.6))
     cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc", "u8s8-rr-pc"))
     res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path / "a", spec, fp32))
     tried = {r["candidate"]: r for r in res.notes["tried"]}
@@ -192,16 +202,16 @@ def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, ti
     assert onnx_accuracy(res.onnx, tiny_image_task.x_test, tiny_image_task.y_test) >= \
         onnx_accuracy(fp32, tiny_image_task.x_test, tiny_image_task.y_test) - 0.04
     # every candidate slower than FP32: the least slow faithful one is written, and the notes say so
-    monkeypatch.setattr(int8_plan, "default_timer", lambda feed, seconds=3.0, threads=1: _fake_timer(1.6, 1.3))
+    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(1.6, 1.3))
     res2 = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path / "b", spec, fp32))
     assert "slower" in res2.notes["slower_than_fp32"] and res2.notes["why"].startswith("written although slower")
 
 
 def test_per_layer_int8_keeps_faster_int8(trained_resnet, tiny_image_task, tmp_path, monkeypatch):
-    from edgeslim.quant import int8_plan
+    import edgeslim.passes.quantize_int8 as qpass
 
     _, spec, fp32 = trained_resnet
-    monkeypatch.setattr(int8_plan, "default_timer", lambda feed, seconds=3.0, threads=1: _fake_timer(0.6))
+    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(0.6))
     cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc",))
     res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path, spec, fp32))
     assert res.notes["format"].startswith(("int8-mixed", "int8-full")) and "slower_than_fp32" not in res.notes

@@ -13,11 +13,12 @@ import torch
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
+from edgeslim.formats.packed import pack_codes, unpack_codes, write_packed
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.mixed import allocate
-from edgeslim.quant.codebook import make_codec, pack_codes, unpack_codes, write_packed
-from edgeslim.train import TrainConfig, evaluate, fit
+from edgeslim.quant.codebook import make_codec
+from edgeslim.quant.mixed import allocate_bits
+from edgeslim.train import TrainConfig, evaluate, train_model
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +26,13 @@ def lenet(tiny_image_task):
     torch.manual_seed(0)
     spec = models.make_spec("lenet5", tiny_image_task.input_shape, tiny_image_task.num_classes)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=8, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=8, lr=3e-3), quiet=True)
     return m.eval(), spec
 
 
 def _ctx(stage: Path, spec: dict, epochs: int = 2) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=1e-3),
                       quiet=True)
 
 
@@ -94,10 +95,10 @@ def test_lowbit_pass_is_simulated_with_packed_size(lenet, tiny_image_task, tmp_p
 def test_allocate_meets_budget_and_spares_sensitive_layers():
     sens = {"a": {2: 1.0, 4: 0.1, 8: 0.0}, "b": {2: 0.01, 4: 0.001, 8: 0.0}}
     cost = {"a": 100, "b": 100}
-    bits = allocate(sens, cost, [2, 4, 8], 100 * 8 + 100 * 2)
+    bits = allocate_bits(sens, cost, [2, 4, 8], 100 * 8 + 100 * 2)
     assert bits == {"a": 8, "b": 2}
     with pytest.raises(EdgeslimError, match="cannot be met"):
-        allocate(sens, cost, [2, 4, 8], 100)
+        allocate_bits(sens, cost, [2, 4, 8], 100)
 
 
 def test_mixed_precision_pass(lenet, tiny_image_task, tmp_path):

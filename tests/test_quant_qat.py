@@ -16,12 +16,13 @@ from onnx import numpy_helper
 from edgeslim import models
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes import PASSES, RunContext
-from edgeslim.passes.prune import apply_masks, magnitude_masks
-from edgeslim.passes.qat import QAT, export_qdq, prepare
+from edgeslim.passes.qat import QAT
 from edgeslim.pipeline import run_recipe
+from edgeslim.prune.masks import apply_masks, magnitude_masks
 from edgeslim.quant import fakequant as fq
+from edgeslim.quant.qat import export_qdq, prepare
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +32,13 @@ def resnet(tiny_image_task):
     torch.manual_seed(0)
     spec = models.make_spec("resnet8", tiny_image_task.input_shape, tiny_image_task.num_classes, width=8)
     m = models.build_model(spec)
-    fit(m, tiny_image_task, TrainConfig(epochs=10, lr=3e-3), quiet=True)
+    train_model(m, tiny_image_task, TrainConfig(epochs=10, lr=3e-3), quiet=True)
     return m.eval(), spec
 
 
 def _ctx(stage: Path, spec: dict, epochs: int = 2, carry: dict | None = None) -> RunContext:
     stage.mkdir(parents=True, exist_ok=True)
-    return RunContext(stage_dir=stage, run_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=5e-4),
+    return RunContext(stage_dir=stage, spec=spec, finetune=TrainConfig(epochs=epochs, lr=5e-4),
                       carry=dict(carry or {}), quiet=True)
 
 
@@ -56,8 +57,7 @@ def test_fold_bn_keeps_outputs(resnet, tiny_image_task):
 @pytest.mark.parametrize("bits,lsq", [(8, False), (4, True)])
 def test_qdq_export_matches_fake_quant_model(resnet, tiny_image_task, tmp_path, bits, lsq):
     model, spec = resnet
-    cfg = QAT(weight_bits=bits, lsq=lsq)
-    qm, ref, _ = prepare(model, tiny_image_task.calibration(64), cfg)
+    qm, ref, _ = prepare(model, tiny_image_task.calibration(64), weight_bits=bits, lsq=lsq)
     scales0 = [p.detach().clone() for n, p in qm.named_parameters() if n.endswith("scale")]
     _ctx(tmp_path, spec, epochs=1).finetune_model(qm, tiny_image_task)
     if lsq:  # learned step sizes moved

@@ -49,6 +49,30 @@ def test_torch_pass_after_onnx_pass_rejected():
         parse_recipe("version: 1\npasses:\n  - quantize_int8\n  - magnitude_prune\n")
 
 
+def test_what_a_pass_consumes_is_checked_at_parse_time():
+    from edgeslim.passes import PASSES
+
+    assert (PASSES["qat"].consumes, PASSES["qat"].produces) == ("torch", "onnx")
+    assert (PASSES["quantize_int8"].consumes, PASSES["quantize_int8"].produces) == ("onnx", "onnx")
+    assert PASSES["tflite"].must_be_last and not PASSES["magnitude_prune"].must_be_last
+    # qat needs the PyTorch model: not after an ONNX-only stage, even though it produces ONNX itself
+    with pytest.raises(EdgeslimError, match=r"r.yaml:4: 'qat' changes a PyTorch model but follows "
+                                            r"'quantize_int8' \(line 3\)"):
+        parse_recipe("version: 1\npasses:\n  - quantize_int8\n  - qat: {weight_bits: 4}\n", "r.yaml")
+    # what follows qat must consume ONNX: another quantizer of the ONNX file parses, pruning does not
+    parse_recipe("version: 1\npasses:\n  - magnitude_prune\n  - qat\n  - quantize_fp16\n")
+    with pytest.raises(EdgeslimError, match=r":4: 'structured_prune' changes a PyTorch model but follows 'qat'"):
+        parse_recipe("version: 1\npasses:\n  - qat\n  - structured_prune\n")
+
+
+def test_nothing_may_follow_a_must_be_last_pass():
+    text = "version: 1\npasses:\n  - magnitude_prune\n  - tflite: {}\n  - quantize_int8\n"
+    with pytest.raises(EdgeslimError, match=r"r.yaml:5: 'quantize_int8' follows 'tflite' \(line 4\), which must be "
+                                            r"the last pass of a recipe"):
+        parse_recipe(text, "r.yaml")
+    assert [s.name for s in parse_recipe(text.rsplit("  - quantize_int8", 1)[0]).steps] == ["magnitude_prune", "tflite"]
+
+
 def test_finetune_validated():
     with pytest.raises(EdgeslimError, match=r":2: finetune: unknown|:2: finetune: 'epoch'"):
         parse_recipe("version: 1\nfinetune: {epoch: 3}\npasses:\n  - quantize_int8\n")

@@ -14,17 +14,10 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.errors import EdgeslimError
-from edgeslim.passes.share import (
-    MAGIC,
-    _gaps,
-    cluster_layer,
-    load_shared,
-    load_shared_model,
-    save_shared,
-    unshare,
-)
+from edgeslim.formats.eshare import MAGIC, _gaps, load_shared, load_shared_model, save_shared
+from edgeslim.formats.huffman import canonical_codes, decode, encode, huffman_lengths
 from edgeslim.quant.codebook import kmeans_1d
-from edgeslim.quant.huffman import canonical_codes, decode, encode, huffman_lengths
+from edgeslim.quant.sharing import cluster_layer, unshare
 from edgeslim.train import evaluate
 
 

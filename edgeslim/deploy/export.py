@@ -1,9 +1,11 @@
-"""ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance."""
+"""ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance. Also
+`to_onnx`: an ONNX file as is, or a model folder exported to a temporary one (for commands taking either)."""
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +59,22 @@ def parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> d
             f"{path}: ONNX Runtime output differs from PyTorch by {diff:.3g} (tolerance {atol:g} x {scale:.3g})"
         )
     return {"parity_max_abs_diff": diff}
+
+
+def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
+    """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
+    p = Path(p)
+    if p.is_file() and p.suffix == ".onnx":
+        return p, None
+    if p.is_dir() and (p / "spec.json").is_file():
+        import shutil
+        import tempfile
+
+        from edgeslim import models
+
+        net, spec = models.load_model(p)
+        tmp = Path(tempfile.mkdtemp(prefix="edgeslim-fit-"))
+        out = tmp / "model.onnx"
+        export_onnx(net, tuple(spec["input_shape"]), out)
+        return out, lambda: shutil.rmtree(tmp, ignore_errors=True)
+    raise EdgeslimError(f"{p}: not an ONNX file, .tflite file or edgeslim model folder (with spec.json)")

@@ -6,10 +6,13 @@ that says how to install them.
 
 - `convert`: PyTorch -> FP32 or full-integer INT8 `.tflite` (PT2E quantizer, calibrated on the task),
   with a parity check against the PyTorch (or fake-quant) model;
-- `interpreter`: the LiteRT interpreter (XNNPACK on CPU): accuracy, latency, int8 I/O (de)quantization;
+- `interpreter`: the LiteRT interpreter (XNNPACK on CPU): predictions, accuracy, int8 I/O (de)quantization;
 - `micro`: the TFLite Micro interpreter run on the host; its recording allocator gives the exact arena;
 - `carray`: the `.c`/`.h` pair for a firmware project;
-- `fit`: footprint of a `.tflite` on a device profile (flash = model + runtime, RAM = arena + runtime).
+- `footprint`: a `.tflite`'s bytes, TFLite Micro arena and operators, and its fit on a device profile
+  (flash = model + runtime, RAM = arena + runtime);
+- `export`: PyTorch -> checked `.tflite` (+ accuracy, arena) and `.tflite` -> C array.
+`edgeslim.measure.tflite` measures a `.tflite` for `edgeslim measure`.
 """
 
 from __future__ import annotations

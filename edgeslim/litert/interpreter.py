@@ -7,7 +7,6 @@ and zero point recorded in the file, so callers always pass and get float arrays
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,10 +83,14 @@ class LiteRTModel:
     def ops(self) -> list[str]:
         return [o["op_name"] for o in self._it._get_ops_details()]
 
-    def invoke_raw(self, q: np.ndarray) -> np.ndarray:
-        """One inference on an already-quantized batch-1 input; returns the raw output."""
+    def run_once(self, q: np.ndarray) -> None:
+        """One inference on an already-quantized batch-1 input, output left in the interpreter (for timing)."""
         self._it.set_tensor(self._in_idx, q)
         self._it.invoke()
+
+    def invoke_raw(self, q: np.ndarray) -> np.ndarray:
+        """One inference on an already-quantized batch-1 input; returns the raw output."""
+        self.run_once(q)
         return self._it.get_tensor(self._out_idx).copy()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -105,25 +108,6 @@ class LiteRTModel:
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
         return float((self.predict(x).argmax(1) == np.asarray(y)).mean())
-
-    def latency(self, sample: np.ndarray, runs: int = 200, warmup: int = 20, max_seconds: float = 5.0,
-                threads: int = 1):  # -> edgeslim.measure.latency.Latency
-        """Time single inferences (quantization of the input excluded, as on a device)."""
-        from edgeslim.measure.latency import percentiles
-
-        q = self.input.quantize(np.asarray(sample, np.float32)[:1])
-        for _ in range(warmup):
-            self.invoke_raw(q)
-        times: list[float] = []
-        start = time.perf_counter()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self._it.set_tensor(self._in_idx, q)
-            self._it.invoke()
-            times.append(time.perf_counter() - t0)
-            if time.perf_counter() - start > max_seconds and len(times) >= 20:
-                break
-        return percentiles(times, 1, threads)
 
 
 __all__ = ["LiteRTModel", "TensorInfo"]

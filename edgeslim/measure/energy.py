@@ -93,8 +93,8 @@ def measure_energy(onnx_path: str | Path, sample: np.ndarray, runs: int = 200, t
     `runs` inferences and `min_seconds` so the counters (updated every ~1 ms) resolve the window."""
     import time
 
-    from edgeslim.energy import window
     from edgeslim.measure import rapl
+    from edgeslim.measure.window import window
     from edgeslim.onnxkit.session import session
 
     root = powercap_root or rapl.POWERCAP

@@ -62,7 +62,7 @@ def interleaved_times(
     rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30,
 ) -> dict[str, list[float]]:
     """The raw timings (s) behind `interleaved_latency`: per name, `per_round` runs per round, in round
-    order, so that entry i of two models comes from the same round (per-round ratios: `measure.compare`)."""
+    order, so that entry i of two models comes from the same round (per-round ratios: `measure.decide`)."""
     names = list(sessions)
     fd = {n: feeds[n] for n in names}
     for n in names:

@@ -1,11 +1,13 @@
-"""Measure one pipeline stage: accuracy in ONNX Runtime, counts, size on disk, latency.
+"""Measure one pipeline stage: accuracy in ONNX Runtime, counts, size on disk, latency, and the extras
+in `STAGE_EXTRAS` (deploy figures, compressed size, a .tflite beside the ONNX).
 
-Measurement never changes a model. Other modules add fields through `STAGE_METRICS` (e.g. arena size,
-energy); each extra is `fn(onnx_path, task, metrics_so_far) -> dict` and must label estimates.
+Measurement never changes a model. Each extra is `fn(onnx_path, task) -> dict` and labels its estimates;
+the list is fixed here, so one file says what a stage's metrics hold.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +15,11 @@ import numpy as np
 from torch import nn
 
 from edgeslim.data import Task
+from edgeslim.formats.sparse import compressed_size
+from edgeslim.litert.export import TFLITE_FILE, tflite_fields
 from edgeslim.measure.latency import onnx_latency
-from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.onnxkit.session import onnx_accuracy
-
-StageMetric = Callable[[Path, Task, dict], dict]
-STAGE_METRICS: list[StageMetric] = []
 
 
 def measure_stage(
@@ -39,8 +40,8 @@ def measure_stage(
     lat = onnx_latency(str(onnx_path), task.x_test[:1].astype(np.float32), runs=latency_runs, threads=threads)
     m.update(lat.as_dict())
     m["latency_threads"] = threads
-    for fn in STAGE_METRICS:
-        m.update(fn(onnx_path, task, m))
+    for fn in STAGE_EXTRAS:
+        m.update(fn(onnx_path, task))
     return m
 
 
@@ -61,11 +62,30 @@ def _onnx_counts(path: Path) -> dict:
     return {"params": params, "nonzero_params": nonzero, "macs": macs}
 
 
-def _deploy_metrics(onnx_path: Path, task: Task, m: dict) -> dict:
-    """Arena, flash and energy per stage for the default device (edgeslim.deploy.fit.stage_metrics)."""
-    from edgeslim.deploy.fit import stage_metrics
+def _deploy_metrics(onnx_path: Path, task: Task) -> dict:
+    """Arena, flash and energy per stage for the default device (`device_fit.stage_deploy_metrics`)."""
+    from edgeslim.measure.device_fit import stage_deploy_metrics
 
-    return stage_metrics(onnx_path, task, m)
+    return stage_deploy_metrics(onnx_path, task)
 
 
-STAGE_METRICS.append(_deploy_metrics)
+def _compressed_size(onnx_path: Path, task: Task) -> dict:
+    """Bytes of the stage's ONNX in the sparse encoding (`size_bytes_compressed`; pruning pays there)."""
+    return compressed_size(onnx_path)
+
+
+def _tflite_metrics(onnx_path: Path, task: Task) -> dict:
+    """A `tflite` stage's figures, lifted to the top level of its metrics (results.json)."""
+    f = Path(onnx_path).parent / TFLITE_FILE
+    summary = f.with_suffix(".json")
+    if not f.is_file() or not summary.is_file():
+        return {}
+    try:
+        s = json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in tflite_fields(s).items() if k not in ("tflite_input", "tflite_parity")}
+
+
+StageExtra = Callable[[Path, Task], dict]
+STAGE_EXTRAS: tuple[StageExtra, ...] = (_deploy_metrics, _compressed_size, _tflite_metrics)

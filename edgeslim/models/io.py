@@ -12,7 +12,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json
-from edgeslim.models.spec import build_model, fit_to_state_dict
+from edgeslim.models.spec import build_model, resize_to_state_dict
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
@@ -47,7 +47,7 @@ def load_model(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]
     except (SafetensorError, OSError) as e:
         raise EdgeslimError(f"{path / WEIGHTS}: unreadable safetensors file ({e})") from None
     model = build_model(spec)
-    fit_to_state_dict(model, state)
+    resize_to_state_dict(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

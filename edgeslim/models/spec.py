@@ -2,7 +2,7 @@
 
 A spec names a zoo architecture and its arguments, plus an ordered list of *edits*: structural changes
 that passes made (a Linear replaced by two low-rank factors, a block removed). Channel counts changed
-by structured pruning need no edit: `fit_to_state_dict` resizes layers to the stored tensor shapes.
+by structured pruning need no edit: `resize_to_state_dict` resizes layers to the stored tensor shapes.
 """
 
 from __future__ import annotations
@@ -63,8 +63,6 @@ def apply_edit(model: nn.Module, edit: dict) -> None:
     args = dict(edit)
     name = args.pop("edit", None)
     if name not in EDITS:
-        _import_pass_modules()  # edits live beside the passes that make them
-    if name not in EDITS:
         raise EdgeslimError(f"architecture spec: unknown edit '{name}'; valid: {choices(EDITS)}")
     EDITS[name](model, **args)
 
@@ -74,10 +72,6 @@ def add_edit(spec: dict, name: str, **args: Any) -> dict:
     out = copy.deepcopy(spec)
     out.setdefault("edits", []).append({"edit": name, **args})
     return out
-
-
-def _import_pass_modules() -> None:
-    import edgeslim.passes  # noqa: F401  (registers edits)
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -95,7 +89,7 @@ def _identity(model: nn.Module, module: str) -> None:
     set_module(model, module, nn.Identity())
 
 
-def fit_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Resize Conv/Linear/BatchNorm layers to the shapes in `state` (structured pruning changes them)."""
     for path, m in list(model.named_modules()):
         w = state.get(f"{path}.weight" if path else "weight")

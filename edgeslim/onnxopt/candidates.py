@@ -24,6 +24,7 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.measure.decide import InterleavedClock
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
@@ -60,7 +61,7 @@ class Candidate:
     size: int = 0  # bytes on disk
     fid: Fidelity | None = None
     status: str = "ok"  # ok | chosen | rejected: ... | failed: ... | skipped: ...
-    why: str = ""       # why it won or lost the choice (measure.compare), for usable candidates
+    why: str = ""       # why it won or lost the choice (measure.decide), for usable candidates
     ablation: bool = False  # measured for comparison only, never chosen
     notes: list[str] = field(default_factory=list)
     ops: dict[str, int] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class Context:
     base_fp: onnx.ModelProto | None = None  # ORT-optimised at the source opset (None: same as base)
     int8: int8_plan.Int8Options = field(default_factory=int8_plan.Int8Options)
     plan: int8_plan.Int8Plan | None = None
-    timer: int8_plan.Timer | None = None    # injected by tests; None: the interleaved timer
+    clock: int8_plan.Clock | None = None    # injected by tests; None: the interleaved clock on feeds[0]
 
     @property
     def fp_base(self) -> onnx.ModelProto:
@@ -147,7 +148,8 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
             return m, [f"{n - n16} tensors int8, {n16} fp16{why}"]
         return m, [f"{n} tensors fp16"]
     if name == "int8-qdq":
-        plan = int8_plan.build(ctx.base, ctx.feeds, ctx.ref, ctx.int8, timer=ctx.timer)
+        clock = ctx.clock or InterleavedClock(ctx.feeds[0], threads=ctx.int8.threads)
+        plan = int8_plan.build(ctx.base, ctx.feeds, ctx.ref, ctx.int8, clock)
         if ctx.sqnr_db > 0:
             plan = _sqnr_floor(plan, ctx)
         ctx.plan = plan

@@ -3,7 +3,7 @@
 load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> candidates -> fidelity ->
 interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
 
-The rule (`measure.compare.choose`, "never slower by default"): every comparison is a per-round time
+The rule (`measure.decide.choose`, "never slower by default"): every comparison is a per-round time
 ratio from the same interleaved rounds, with a confidence interval. Among candidates within tolerance,
 smaller than the original and whose median ratio to it is at most 1 + `max_slowdown`, the default
 (`prefer="balanced"`) keeps the fastest of those at least `min_shrink` (1.8x) smaller (if none is, of
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.measure.compare import Option, choose
+from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.decide import Option, choose
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
@@ -82,10 +84,6 @@ def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
     static, ORT's constant folding turns those into constants, so the planner gets a second try on that.
     """
     try:
-        from edgeslim.deploy.memory import plan_arena
-    except ImportError:
-        return None
-    try:
         return int(plan_arena(path, reorder=False, shapes=shapes).arena_bytes)
     except Exception:
         pass
@@ -128,10 +126,6 @@ def _int8_options(cfg: OptimizeConfig) -> Int8Options:
 
 
 def _check_device(device: str) -> None:
-    try:
-        from edgeslim.devices import load_device
-    except ImportError:
-        return
     load_device(device)  # raises EdgeslimError with the valid names
 
 

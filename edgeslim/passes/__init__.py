@@ -1,12 +1,23 @@
-"""Compression passes. Importing this package registers every pass module in it (one file a technique)."""
+"""Compression passes, one module per pass, named after it (`magnitude_prune.py` registers
+`magnitude_prune`). Importing this package registers every pass and the fine-tuning hooks
+(`finetune_hooks`). The techniques' building blocks live in `edgeslim.prune`, `edgeslim.quant`,
+`edgeslim.distill`, `edgeslim.models.lowrank` and the file formats in `edgeslim.formats`."""
 
 import importlib
 import pkgutil
 
-from edgeslim.passes.base import PASSES, PassConfig, PassResult, RunContext, get_pass, register
+from edgeslim.passes.base import (
+    PASSES,
+    PassConfig,
+    PassResult,
+    RunContext,
+    get_pass,
+    pass_for_config,
+    register,
+)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["PASSES", "PassConfig", "PassResult", "RunContext", "get_pass", "register"]
+__all__ = ["PASSES", "PassConfig", "PassResult", "RunContext", "get_pass", "pass_for_config", "register"]

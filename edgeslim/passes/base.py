@@ -3,9 +3,13 @@
 A pass is `fn(model, task, cfg, ctx) -> PassResult`, registered by name with its pydantic config. A
 recipe's keys are these names and the config's fields, so a typo fails validation with the valid list.
 
-Two kinds: `torch` passes transform an `nn.Module`; `onnx` passes transform the previous stage's ONNX
-file (`ctx.prev_onnx`) and must return a new one. Once a stage is ONNX-only (e.g. a quantized QDQ
-model), only `onnx` passes may follow.
+The registration also says what a pass consumes and produces: `torch` (an `nn.Module`) or `onnx` (the
+previous stage's ONNX file, `ctx.prev_onnx`, in; a new ONNX file, `PassResult.onnx`, out). Once a pass
+produced an ONNX-only model (e.g. quantized QDQ), only passes that consume ONNX may follow; nothing may
+follow a pass registered `must_be_last`. The recipe parser checks both, naming the lines.
+
+A pass changes nothing but its model and its stage folder: state for later passes goes out through
+`PassResult.carry` (the pipeline merges it into `ctx.carry`; `finetune_hooks` turns it into hooks).
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError, choices
-from edgeslim.train import Hooks, TrainConfig, fit
+from edgeslim.train import Hooks, TrainConfig, train_model
 
 
 class PassConfig(BaseModel):
@@ -34,8 +38,7 @@ class PassResult:
     model: nn.Module | None
     spec: dict | None = None  # updated architecture spec when the pass changed structure
     onnx: Path | None = None  # a deployable ONNX the pass wrote itself (inside ctx.stage_dir)
-    size_bytes: int | None = None  # the stored artifact's size when it is not the ONNX file
-    artifact: Path | None = None  # that stored artifact (e.g. an entropy-coded weight file)
+    artifact: Path | None = None  # the stored artifact when it is not the ONNX file (e.g. an .eshare file)
     notes: dict[str, Any] = field(default_factory=dict)  # merged into the stage's metrics
     carry: dict[str, Any] = field(default_factory=dict)  # state later passes see (ctx.carry)
 
@@ -43,14 +46,14 @@ class PassResult:
 @dataclass
 class RunContext:
     stage_dir: Path  # where a pass may write files (becomes the stage folder)
-    run_dir: Path
     spec: dict  # current architecture spec
     finetune: TrainConfig  # the recipe's default fine-tuning settings
     prev_onnx: Path | None = None
-    carry: dict[str, Any] = field(default_factory=dict)
+    carry: dict[str, Any] = field(default_factory=dict)  # what earlier passes left (read-only for passes)
     seed: int = 0
     quiet: bool = False
     teacher_loader: Callable[[], nn.Module] | None = None  # the baseline model, loaded on demand
+    stage_name: str = ""  # the stage folder's final name in the run ("03_tflite"), "" outside a run
 
     def teacher(self) -> nn.Module:
         if self.teacher_loader is None:
@@ -59,14 +62,18 @@ class RunContext:
 
     def finetune_model(
         self, model: nn.Module, task: Task, cfg: TrainConfig | None = None, desc: str = "finetune",
-        hooks: Hooks | None = None,
+        hooks: Hooks | None = None, carry: dict[str, Any] | None = None,
     ) -> dict:
-        """Fine-tune with the hooks earlier passes carried (mask keepers, distillation) plus `hooks`."""
-        merged = build_hooks(model, self, hooks)
-        return fit(model, task, cfg or self.finetune, merged, desc=desc, quiet=self.quiet)
+        """Fine-tune with the hooks earlier passes carried (mask keepers, distillation) plus `hooks`. `carry`:
+        entries this pass will return in `PassResult.carry`, already active in its own fine-tuning."""
+        merged = build_hooks(model, self, hooks, carry)
+        return train_model(model, task, cfg or self.finetune, merged, desc=desc, quiet=self.quiet)
 
 
 PassFn = Callable[[nn.Module | None, Task, Any, RunContext], PassResult]
+
+
+ModelKind = Literal["torch", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,15 @@ class PassInfo:
     name: str
     fn: PassFn
     config: type[PassConfig]
-    kind: Literal["torch", "onnx"]
+    consumes: ModelKind  # torch: needs the PyTorch model; onnx: needs only the previous stage's ONNX
+    produces: ModelKind  # onnx: the stage is ONNX-only from here on
+    must_be_last: bool
     about: str
+
+    @property
+    def kind(self) -> ModelKind:
+        """What `edgeslim passes` lists as the kind: the model the pass leaves behind."""
+        return self.produces
 
 
 PASSES: dict[str, PassInfo] = {}
@@ -86,10 +100,18 @@ HookFactory = Callable[[nn.Module, RunContext, Any], Hooks]
 FINETUNE_HOOKS: dict[str, HookFactory] = {}
 
 
-def register(name: str, config: type[PassConfig], kind: Literal["torch", "onnx"] = "torch") -> Callable[[PassFn], PassFn]:
-    def deco(fn: PassFn) -> PassFn:
+FnT = TypeVar("FnT", bound=Callable[..., PassResult])
+
+
+def register(name: str, config: type[PassConfig], *, consumes: ModelKind = "torch", produces: ModelKind = "torch",
+             must_be_last: bool = False) -> Callable[[FnT], FnT]:
+    """Register `fn` as the pass `name` with its config class and what it consumes and produces."""
+
+    def deco(fn: FnT) -> FnT:
+        if any(i.config is config and i.name != name for i in PASSES.values()):
+            raise AssertionError(f"pass '{name}': config {config.__name__} already belongs to another pass")
         about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        PASSES[name] = PassInfo(name, fn, config, kind, about)
+        PASSES[name] = PassInfo(name, fn, config, consumes, produces, must_be_last, about)
         return fn
 
     return deco
@@ -103,9 +125,12 @@ def register_hook(name: str) -> Callable[[HookFactory], HookFactory]:
     return deco
 
 
-def build_hooks(model: nn.Module, ctx: RunContext, extra: Hooks | None = None) -> Hooks:
+def build_hooks(model: nn.Module, ctx: RunContext, extra: Hooks | None = None,
+                carry: dict[str, Any] | None = None) -> Hooks:
+    """The hooks of every carried entry (`ctx.carry` plus `carry`) merged with `extra`."""
     out = Hooks()
-    parts = [FINETUNE_HOOKS[k](model, ctx, v) for k, v in ctx.carry.items() if k in FINETUNE_HOOKS and v]
+    entries = {**ctx.carry, **(carry or {})}
+    parts = [FINETUNE_HOOKS[k](model, ctx, v) for k, v in entries.items() if k in FINETUNE_HOOKS and v]
     if extra is not None:
         parts.append(extra)
     for h in parts:
@@ -117,6 +142,15 @@ def build_hooks(model: nn.Module, ctx: RunContext, extra: Hooks | None = None) -
         out.after_step += h.after_step
         out.after_epoch += h.after_epoch
     return out
+
+
+def pass_for_config(config: PassConfig) -> PassInfo:
+    """The pass whose config type `config` is (each pass has its own config class)."""
+    for info in PASSES.values():
+        if type(config) is info.config:
+            return info
+    raise EdgeslimError(f"{type(config).__name__} is not the config of a registered pass; configs: "
+                        f"{choices(i.config.__name__ for i in PASSES.values() if not i.name.startswith('_'))}")
 
 
 def get_pass(name: str) -> PassInfo:

@@ -1,11 +1,7 @@
-"""The `distill` pass: train a smaller student (or the current model) from the run's baseline with KD.
-
-The student is built from the teacher spec (edgeslim.models.student) and trained with the KD terms the
-config switches on (logit, feature, self-distillation, several teachers, mixup or a transfer set of
-unlabelled inputs; the losses live in `edgeslim.kd`). Teachers run in inference mode (eval, no
-gradients); with `cache` their outputs on the training set are computed once and looked up by sample.
-With `keep: true` the pass leaves a `distill` entry in the run's carry so every later fine-tuning
-(pruning, low-rank, clustering) also distils from the same teachers, on the same transfer set.
+"""`distill`: train a smaller student (or the current model) from the run's baseline with knowledge
+distillation (`edgeslim.distill`). The student is built from the teacher spec (`models.student`); with
+`keep: true` the pass leaves a `distill` entry in the run's carry so every later fine-tuning (pruning,
+low-rank, clustering) also distils from the same teachers, on the same transfer set.
 """
 
 from __future__ import annotations
@@ -20,26 +16,17 @@ from torch import nn
 
 from edgeslim import models
 from edgeslim.data import Task
-from edgeslim.data.transfer import default_ratio, generate_count, load_transfer
+from edgeslim.data.transfer import generate_count
+from edgeslim.distill.train import distill_model
 from edgeslim.errors import EdgeslimError
-from edgeslim.kd import ExitHead, FeatureTap, Teachers, TransferSet, kd_loss_fn, make_adapter
-from edgeslim.measure.macs import count_macs, count_params
+from edgeslim.models.counts import count_macs, count_params
 from edgeslim.models.student import build_student
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register, register_hook
-from edgeslim.train import Hooks, TrainConfig, evaluate, fit, is_reconstruction
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.train import TrainConfig, evaluate
 
-
-def load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.Module]:
-    ts = [ctx.teacher()]
-    for p in paths:
-        m, spec = models.load_model(Path(p))
-        if spec.get("input_shape") and tuple(spec["input_shape"]) != task.input_shape:
-            raise EdgeslimError(f"teacher {p}: expects inputs {tuple(spec['input_shape'])}, task has {task.input_shape}")
-        ts.append(m)
-    return ts
-
-
-# ---------------------------------------------------------------------------------------------- the pass
+# the Distill fields that are distill_model's keyword arguments (the others say which student and teachers)
+KD_FIELDS = ("temperature", "alpha", "teacher_weights", "features", "feature_weight", "self_distill", "self_weight",
+             "cache", "mixup", "transfer", "transfer_ratio")
 
 
 class Distill(PassConfig):
@@ -84,82 +71,32 @@ class Distill(PassConfig):
         return self
 
 
-def _probe(model: nn.Module, layers: Sequence[str], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    tap = FeatureTap(model, layers)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(2, *input_shape))
-    model.train(was)
-    shapes = [tuple(t.shape) for t in tap.get(layers)]
-    tap.remove()
-    return shapes
+def kd_settings(cfg: Distill) -> dict[str, Any]:
+    """The KD keyword arguments of `distill_model` that `cfg` sets."""
+    return {k: getattr(cfg, k) for k in KD_FIELDS}
 
 
-def distill_model(
-    student: nn.Module, teachers: Sequence[nn.Module], task: Task, cfg: Distill, quiet: bool = False
-) -> dict:
-    """Train `student` in place with the KD terms of `cfg`. Returns the training history plus stats."""
-    s_layers = [s for s, _ in cfg.features]
-    t_layers = [t for _, t in cfg.features]
-    tcache = Teachers(teachers, t_layers, cfg.cache)
-    feat = exits = None
-    aux = nn.Module()  # adapters and exits: trained with the student, dropped afterwards
-    taps = []
-    if cfg.features:
-        s_shapes = _probe(student, s_layers, task.input_shape)
-        t_shapes = _probe(teachers[0], t_layers, task.input_shape)
-        aux.adapters = nn.ModuleDict({str(i): make_adapter(a, b) for i, (a, b) in enumerate(zip(s_shapes, t_shapes))})
-        taps.append(FeatureTap(student, s_layers))
-        feat = (taps[-1], s_layers, aux.adapters, cfg.feature_weight)
-    if cfg.self_distill:
-        if is_reconstruction(student):
-            raise EdgeslimError("self-distillation adds classifier exits; it needs a classification model")
-        shapes = _probe(student, cfg.self_distill, task.input_shape)
-        aux.exits = nn.ModuleDict({str(i): ExitHead(s[1], task.num_classes) for i, s in enumerate(shapes)})
-        taps.append(FeatureTap(student, cfg.self_distill))
-        exits = (taps[-1], list(cfg.self_distill), aux.exits, cfg.self_weight)
-    transfer = make_transfer(cfg.transfer, cfg.transfer_ratio, teachers, task.name, task.input_shape,
-                             len(task.x_train), cfg.train.seed, quiet)
-    student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
-    try:
-        loss = kd_loss_fn(tcache, cfg.temperature, cfg.alpha, cfg.teacher_weights, feat, exits, cfg.mixup,
-                          cfg.train.seed, transfer)
-        hist = fit(student, task, cfg.train, Hooks(loss=loss), desc="distill", quiet=quiet)
-    finally:
-        del student._kd_aux
-        for t in taps:
-            t.remove()
-        tcache.close()
-    hist["teacher_cache_hits"] = tcache.hits
-    hist["teacher_cache_misses"] = tcache.misses
-    return hist
-
-
-def make_transfer(spec: str | None, ratio: int | None, teachers: Sequence[nn.Module], task_name: str,
-                  input_shape: tuple[int, ...], n_train: int, seed: int = 0, quiet: bool = True,
-                  ) -> TransferSet | None:
-    """Load the transfer set and label it with the teachers; `ratio` defaults to `default_ratio`."""
-    if spec is None:
-        return None
-    x = load_transfer(spec, task_name, input_shape, seed=seed)
-    r = ratio or default_ratio(len(x), n_train)
-    if not quiet:
-        print(f"[distill] transfer set: {len(x):,} unlabelled inputs, {r} per labelled sample each step", flush=True)
-    return TransferSet(x, teachers, r, seed=seed)
+def _load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.Module]:
+    ts = [ctx.teacher()]
+    for p in paths:
+        m, spec = models.load_model(Path(p))
+        if spec.get("input_shape") and tuple(spec["input_shape"]) != task.input_shape:
+            raise EdgeslimError(f"teacher {p}: expects inputs {tuple(spec['input_shape'])}, task has {task.input_shape}")
+        ts.append(m)
+    return ts
 
 
 @register("distill", Distill)
 def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) -> PassResult:
     """Knowledge distillation into a smaller student (or the current model) from the run's baseline."""
     assert model is not None
-    teachers = load_teachers(ctx, cfg.teachers, task)
+    teachers = _load_teachers(ctx, cfg.teachers, task)
     if cfg.init == "student":
         torch.manual_seed(cfg.train.seed)
         student, spec = build_student(ctx.spec, cfg.width, cfg.depth, cfg.student)
     else:
         student, spec = model, ctx.spec
-    hist = distill_model(student, teachers, task, cfg, ctx.quiet)
+    hist = distill_model(student, teachers, task, cfg.train, quiet=ctx.quiet, **kd_settings(cfg))
     params, _ = count_params(student)
     notes = {
         "val_accuracy": hist["val_accuracy"],
@@ -181,24 +118,3 @@ def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) 
             "task": task.name, "input_shape": list(task.input_shape), "n_train": len(task.x_train),
         }
     return PassResult(student, spec=spec if cfg.init == "student" else None, notes=notes, carry=carry)
-
-
-@register_hook("distill")
-def distill_hook(model: nn.Module, ctx: RunContext, value: dict) -> Hooks:
-    """Later fine-tuning distils (logit KD) from the same teachers the `distill` pass used."""
-    teachers_paths = value.get("teachers", [])
-    state: dict[str, Any] = {}
-
-    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if "fn" not in state:
-            ts = [ctx.teacher()] + [models.load_model(Path(p))[0] for p in teachers_paths]
-            transfer = None
-            if value.get("transfer"):
-                transfer = make_transfer(value["transfer"], value.get("transfer_ratio"), ts, value["task"],
-                                         tuple(value["input_shape"]), value["n_train"], ctx.seed)
-            state["fn"] = kd_loss_fn(Teachers(ts, (), value.get("cache", True)), value["temperature"], value["alpha"],
-                                     value.get("teacher_weights"), mixup=value.get("mixup"), seed=ctx.seed,
-                                     transfer=transfer)
-        return state["fn"](m, x, y, out)
-
-    return Hooks(loss=loss)

@@ -1,10 +1,5 @@
-"""Low-rank factorisation of Linear and Conv layers, then fine-tuning.
-
-- Linear `W (out x in)`: truncated SVD, `W ~ (U sqrt(S)) (sqrt(S) V^T)`: two Linears through rank r.
-- Conv2d, `spatial` (Jaderberg 2014, scheme 2): a `kh x 1` conv to r channels, then a `1 x kw` conv; the
-  factors come from the SVD of the weight reshaped to `(C*kh) x (N*kw)`.
-- Conv (1-D or 2-D), `tucker2` (Kim 2016): 1x1 conv C -> r_in, the `k x k` core r_in -> r_out, 1x1 conv
-  r_out -> N; factors from the HOSVD of the two channel modes.
+"""`lowrank`: low-rank factorisation of Linear and Conv layers (`models.lowrank`: SVD for Linear, Tucker-2 or
+k x 1 / 1 x k for Conv), then fine-tuning.
 
 Ranks come from an energy threshold (the smallest rank keeping that fraction of the squared singular
 values) or a target compression of the layer. A layer is factorised only where that lowers its MACs
@@ -23,131 +18,12 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.macs import count_macs
+from edgeslim.models.counts import count_macs
+from edgeslim.models.lowrank import energy_rank, mode_svd, retained, spatial_conv, svd_linear, tucker2_conv
 from edgeslim.models.probe import probe
-from edgeslim.models.spec import add_edit, get_module, register_edit, set_module
+from edgeslim.models.spec import add_edit, get_module, set_module
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
-from edgeslim.train import TrainConfig
-
-# ------------------------------------------------------------------------------------- modules (edits)
-
-
-def _linear_factors(lin: Any, rank: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(lin.in_features, rank, bias=False),
-                         nn.Linear(rank, lin.out_features, bias=lin.bias is not None))
-
-
-def _spatial_factors(conv: Any, rank: int) -> nn.Sequential:
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    return nn.Sequential(
-        nn.Conv2d(conv.in_channels, rank, (kh, 1), (sh, 1), (ph, 0), bias=False),
-        nn.Conv2d(rank, conv.out_channels, (1, kw), (1, sw), (0, pw), bias=conv.bias is not None),
-    )
-
-
-def _tucker2_factors(conv: Any, r_in: int, r_out: int) -> nn.Sequential:
-    cls: Any = type(conv)
-    return nn.Sequential(
-        cls(conv.in_channels, r_in, 1, bias=False),
-        cls(r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False),
-        cls(r_out, conv.out_channels, 1, bias=conv.bias is not None),
-    )
-
-
-@register_edit("lowrank_linear")
-def _edit_linear(model: nn.Module, module: str, rank: int) -> None:
-    set_module(model, module, _linear_factors(get_module(model, module), rank))  # type: ignore[arg-type]
-
-
-@register_edit("lowrank_conv_spatial")
-def _edit_spatial(model: nn.Module, module: str, rank: int) -> None:
-    set_module(model, module, _spatial_factors(get_module(model, module), rank))  # type: ignore[arg-type]
-
-
-@register_edit("lowrank_conv_tucker2")
-def _edit_tucker2(model: nn.Module, module: str, r_in: int, r_out: int) -> None:
-    set_module(model, module, _tucker2_factors(get_module(model, module), r_in, r_out))  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------------------- decompositions
-
-
-def _at(seq: nn.Sequential, i: int) -> Any:
-    return seq[i]
-
-
-def energy_rank(s: torch.Tensor, energy: float) -> int:
-    """Smallest r with sum(s[:r]^2) >= energy * sum(s^2)."""
-    e = (s.double() ** 2).cumsum(0)
-    if e[-1] <= 0:
-        return 1
-    return int(torch.searchsorted(e / e[-1], torch.tensor(energy - 1e-12, dtype=e.dtype)).item()) + 1
-
-
-def retained(s: torch.Tensor, r: int) -> float:
-    e = s.double() ** 2
-    return float(e[:r].sum() / e.sum()) if e.sum() > 0 else 1.0
-
-
-@torch.no_grad()
-def svd_linear(lin: nn.Linear, rank: int) -> nn.Sequential:
-    """The rank-`rank` truncated SVD of a Linear as two Linears (the bias stays on the second)."""
-    u, s, vh = torch.linalg.svd(lin.weight.detach().double(), full_matrices=False)
-    r = min(rank, len(s))
-    root = s[:r].sqrt()
-    seq = _linear_factors(lin, r)
-    _at(seq, 0).weight.copy_((root[:, None] * vh[:r]).to(lin.weight.dtype))
-    _at(seq, 1).weight.copy_((u[:, :r] * root[None]).to(lin.weight.dtype))
-    if lin.bias is not None:
-        _at(seq, 1).bias.copy_(lin.bias)
-    return seq
-
-
-@torch.no_grad()
-def spatial_conv(conv: nn.Conv2d, rank: int) -> nn.Sequential:
-    """`kh x 1` then `1 x kw` convs through `rank` channels (exact at full rank)."""
-    w = conv.weight.detach().double()  # (N, C, kh, kw)
-    n, c, kh, kw = w.shape
-    m = w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
-    r = min(rank, len(s))
-    root = s[:r].sqrt()
-    seq = _spatial_factors(conv, r)
-    v = (u[:, :r] * root[None]).T.reshape(r, c, kh, 1)
-    h = (root[:, None] * vh[:r]).reshape(r, n, kw).permute(1, 0, 2).reshape(n, r, 1, kw)
-    _at(seq, 0).weight.copy_(v.to(conv.weight.dtype))
-    _at(seq, 1).weight.copy_(h.to(conv.weight.dtype))
-    if conv.bias is not None:
-        _at(seq, 1).bias.copy_(conv.bias)
-    return seq
-
-
-def _mode_svd(w: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
-    unf = w.movedim(mode, 0).reshape(w.shape[mode], -1)
-    u, s, _ = torch.linalg.svd(unf, full_matrices=False)
-    return u, s
-
-
-@torch.no_grad()
-def tucker2_conv(conv: nn.modules.conv._ConvNd, r_in: int, r_out: int) -> nn.Sequential:
-    """Tucker-2 (HOSVD of the output and input channel modes): 1x1, core k x k, 1x1."""
-    w = conv.weight.detach().double()  # (N, C, *k)
-    u_out, _ = _mode_svd(w, 0)
-    u_in, _ = _mode_svd(w, 1)
-    r_out, r_in = min(r_out, u_out.shape[1]), min(r_in, u_in.shape[1])
-    u_out, u_in = u_out[:, :r_out], u_in[:, :r_in]
-    core = torch.einsum("nc...,no,ci->oi...", w, u_out, u_in)
-    seq = _tucker2_factors(conv, r_in, r_out)
-    extra = (1,) * (w.dim() - 2)
-    _at(seq, 0).weight.copy_(u_in.T.reshape(r_in, -1, *extra).to(conv.weight.dtype))
-    _at(seq, 1).weight.copy_(core.to(conv.weight.dtype))
-    _at(seq, 2).weight.copy_(u_out.reshape(-1, r_out, *extra).to(conv.weight.dtype))
-    if conv.bias is not None:
-        _at(seq, 2).bias.copy_(conv.bias)
-    return seq
-
-
-# ------------------------------------------------------------------------------------- the pass
+from edgeslim.train import TrainConfig, evaluate
 
 
 class LowRank(PassConfig):
@@ -182,8 +58,8 @@ def _ranks_for(cfg: LowRank, m: nn.Module) -> dict[str, Any]:
         s = torch.linalg.svdvals(w.permute(1, 2, 0, 3).reshape(c * kh, n * kw))
         r = energy_rank(s, energy) if energy else max(1, math.floor(w.numel() / (comp * (c * kh + n * kw))))
         return {"rank": min(r, len(s)), "energy": retained(s, min(r, len(s)))}
-    _, s_out = _mode_svd(w, 0)
-    _, s_in = _mode_svd(w, 1)
+    _, s_out = mode_svd(w, 0)
+    _, s_in = mode_svd(w, 1)
     if energy:
         r_out, r_in = energy_rank(s_out, energy), energy_rank(s_in, energy)
     else:  # r_in = rho*C, r_out = rho*N: rho*(C^2 + N^2) + rho^2*C*N*k = C*N*k / compression
@@ -273,8 +149,6 @@ def lowrank(model: nn.Module | None, task: Task, cfg: LowRank, ctx: RunContext) 
             + "); lower 'energy' or raise 'compression'"
         )
     macs1 = count_macs(model, task.input_shape)
-    from edgeslim.train import evaluate
-
     acc_before_ft = evaluate(model, task.x_val, task.y_val)
     hist = ctx.finetune_model(model, task, cfg.finetune, desc="lowrank")
     notes = {

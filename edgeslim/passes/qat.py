@@ -1,22 +1,19 @@
-"""Quantization-aware training: BN folding, fake-quant fine-tuning with a straight-through estimator
-(derived or LSQ-learned scales), then export of the learned scales as an ONNX QDQ model.
+"""`qat`: quantization-aware training: BN folding, fake-quant fine-tuning with a straight-through estimator
+(derived or LSQ-learned scales, `quant.qat`), then export of the learned scales as an ONNX QDQ model.
 
-Registered as kind "onnx": it needs the PyTorch model (the pipeline passes the last one to every pass)
-and it returns the QDQ ONNX, so the stage is ONNX-only and only ONNX passes may follow, which the recipe
-checker enforces. Fine-tuning goes through `ctx.finetune_model`, so pruning masks (`keep_sparsity`)
+It consumes the PyTorch model and produces the QDQ ONNX, so the stage is ONNX-only and only passes that
+consume ONNX may follow, which the recipe parser enforces. Fine-tuning goes through `ctx.finetune_model`, so pruning masks (`keep_sparsity`)
 and distillation losses carried by earlier passes apply during QAT; a pruned weight stays exactly 0
 because symmetric quantization maps 0 to code 0.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 import torch
 from pydantic import Field
 from torch import nn
@@ -25,11 +22,11 @@ from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.onnxkit.quant import compact_onnx
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.quantize_int8 import QuantizeInt8, quantize_int8
 from edgeslim.quant import fakequant as fq
-from edgeslim.quant.qdq import QLayer, layer_report, write_qdq
+from edgeslim.quant.qat import QATOutput, export_qdq, prepare
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -47,73 +44,16 @@ class QAT(PassConfig):
     finetune: TrainConfig | None = None  # default: the recipe's finetune block
 
 
-@dataclass
-class QATOutput:
-    onnx: Path  # the compact QDQ model
-    notes: dict
-
-
-def prepare(model: nn.Module, calib: np.ndarray, cfg: QAT) -> tuple[nn.Module, nn.Module, list]:
-    """(fake-quant model ready to train, BN-folded float reference, folded conv/bn pairs)."""
-    m = copy.deepcopy(model).eval()
-    pairs = fq.fold_bn(m, torch.from_numpy(calib[:2].astype(np.float32))) if cfg.fold_bn else []
-    ref = copy.deepcopy(m)
-    fq.wrap_layers(m, lambda _n, layer: fq.QuantWrap(
-        layer, fq.WeightQuant(fq.weight_of(layer), cfg.weight_bits, cfg.per_channel, cfg.lsq),
-        fq.ActQuant(cfg.activation_bits, cfg.lsq),
-    ))
-    fq.share_input_quantizers(m, torch.from_numpy(calib[:2].astype(np.float32)))
-    fq.calibrate(m, calib)
-    return m, ref, pairs
-
-
-def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bits: int) -> QATOutput:
-    """Write the fake-quant model as a QDQ ONNX into `out_dir/model.onnx`; check it against PyTorch."""
-    qmodel.eval()
-    baked = fq.unwrap(qmodel)  # float layers holding the quantized weight values, trained biases
-    tmp_f, tmp_b, raw = out_dir / "qat_ref.onnx", out_dir / "qat_baked.onnx", out_dir / "qat_raw.onnx"
-    export_onnx(ref, task.input_shape, tmp_f)
-    export_onnx(baked, task.input_shape, tmp_b)
-    layers = {}
-    for name, w in fq.wrappers(qmodel).items():
-        assert isinstance(w.wq, fq.WeightQuant)
-        codes, scale = w.wq.integers(w.fweight.detach())
-        s, zp = w.aq.export() if w.aq is not None else (None, 0)
-        layers[name] = QLayer(f"{name}.weight", codes, scale, s, zp, bits)
-    done = write_qdq(tmp_b, raw, layers)
-    x = task.x_test[:256].astype(np.float32)
-    with torch.no_grad():
-        want = qmodel(torch.from_numpy(x)).numpy()
-    got = run_batched(session(raw), x)
-    diff = float(np.abs(want - got).max())
-    agree = float((want.argmax(1) == got.argmax(1)).mean())
-    report = layer_report(tmp_f, raw, task.x_val[:128], {f"{n}.weight": bits for n in layers})
-    dst = out_dir / "model.onnx"
-    compact_onnx(raw, dst)
-    for p in (tmp_f, tmp_b, raw):
-        p.unlink()
-    missing = sorted(set(layers) - set(done))
-    notes = {
-        "qdq_layers": len(done), "left_float": missing, "parity_max_abs_diff": diff,
-        "parity_top1_agreement": agree, "layers": report,
-    }
-    return QATOutput(dst, notes)
-
-
 def export_via_ort(qm: nn.Module, task: Task, ctx: RunContext, cfg: QAT, exact: QATOutput) -> QATOutput:
     """Re-export the QAT-trained model through ORT's static quantizer (fully fused QDQ)."""
-    from edgeslim.passes.quantize import QuantizeInt8, static_int8
-
     baked = ctx.stage_dir / "qat_baked.onnx"
     export_onnx(fq.unwrap(qm.eval()), task.input_shape, baked)
     exact.onnx.rename(ctx.stage_dir / "model_exact.onnx")
-    import onnx
-
     consumer = {n.input[1]: n.input[0] for n in onnx.load(str(baked)).graph.node if len(n.input) > 1}
     learned = {consumer[f"{name}.weight"]: w.aq.export() for name, w in fq.wrappers(qm).items()
                if w.aq is not None and f"{name}.weight" in consumer}
-    res = static_int8(task, QuantizeInt8(calibration_samples=cfg.calibration_samples),
-                      dataclasses.replace(ctx, prev_onnx=baked), act_overrides=learned)
+    res = quantize_int8(None, task, QuantizeInt8(calibration_samples=cfg.calibration_samples),
+                        dataclasses.replace(ctx, prev_onnx=baked), act_overrides=learned)
     baked.unlink()
     assert res.onnx is not None
     x = task.x_test[:256].astype(np.float32)
@@ -141,7 +81,7 @@ def fake_quant_accuracy(m: nn.Module, task: Task) -> float:
     return round(evaluate(m, task.x_val, task.y_val), 6)
 
 
-@register("qat", QAT, kind="onnx")
+@register("qat", QAT, consumes="torch", produces="onnx")
 def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassResult:
     """Quantization-aware training (fake quant + STE, optional LSQ) exported as an ONNX QDQ model."""
     if model is None:
@@ -149,7 +89,8 @@ def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassR
                             "put qat before ONNX passes such as quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     check_calibration_shape(calib, ctx.spec, "qat")
-    qm, ref, pairs = prepare(model, calib, cfg)
+    qm, ref, pairs = prepare(model, calib, weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
+                             per_channel=cfg.per_channel, lsq=cfg.lsq, fold_bn=cfg.fold_bn)
     before = fake_quant_accuracy(qm, task)
     float_acc = fake_quant_accuracy(ref, task)
     hist = ctx.finetune_model(qm, task, cfg.finetune, desc="qat")

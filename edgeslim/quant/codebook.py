@@ -10,20 +10,16 @@ Schemes (per output channel scales unless said otherwise):
              centroids are fixed after clustering, training moves the shadow weights between them.
 Zero weights (pruned) stay exactly zero in every scheme except binary, which has no zero level.
 No ONNX Runtime kernel runs these formats; accuracy is measured on the float model holding the
-quantized values, so results are *simulated* and say so.
+quantized values, so results are *simulated* and say so. Their storage is `edgeslim.formats.packed`.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.quant import sqnr_db
 
 SCHEMES = ("uniform", "binary", "ternary", "pow2", "kmeans")
@@ -134,41 +130,6 @@ def kmeans_1d(values: np.ndarray, k: int, init: str = "density", iters: int = 30
 def _nearest(x: np.ndarray, sorted_c: np.ndarray) -> np.ndarray:
     """Index of the nearest of the sorted centroids for each value (ties go to the lower one)."""
     return np.searchsorted((sorted_c[1:] + sorted_c[:-1]) / 2, x, side="left")
-
-
-def pack_codes(codes: np.ndarray, bits: int) -> bytes:
-    """Pack unsigned codes at exactly `bits` bits each (little-endian bit order)."""
-    c = codes.astype(np.uint8).reshape(-1, 1)
-    b = np.unpackbits(c, axis=1, bitorder="little")[:, :bits]
-    return np.packbits(b.ravel(), bitorder="little").tobytes()
-
-
-def unpack_codes(data: bytes, bits: int, n: int) -> np.ndarray:
-    b = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
-    return np.packbits(b, axis=1, bitorder="little").ravel()
-
-
-def write_packed(path: Path, state: dict[str, torch.Tensor], codecs: dict[str, WeightCodec]) -> dict:
-    """Write a weight file: each quantized weight as packed codes + float32 side info, everything else
-    float32, behind a JSON header. Returns {tensor: bytes used}. The file size is the storage cost."""
-    header, blobs, used = [], [], {}
-    for name, t in state.items():
-        if not torch.is_floating_point(t):
-            continue
-        codec = codecs.get(name)
-        if codec is None:
-            blob = t.detach().float().numpy().tobytes()
-            header.append({"name": name, "shape": list(t.shape), "bits": 32})
-        else:
-            _, codes, side = codec.dequant(t)
-            blob = pack_codes(codes.numpy(), codec.bits) + side.astype(np.float32).tobytes()
-            header.append({"name": name, "shape": list(t.shape), "bits": codec.bits, "scheme": codec.scheme,
-                           "side": int(side.size)})
-        blobs.append(blob)
-        used[name] = len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    write_bytes(path, struct.pack("<I", len(head)) + head + b"".join(blobs))
-    return used
 
 
 @torch.no_grad()

@@ -10,22 +10,23 @@
                 ─► keep float the layers whose INT8 kernels are slower here      (quant.layer_select)
 
 Every step can be switched off (`Int8Options`) so benchmarks can show what each contributes. Timing is
-injected (`Timer`: {name: serialized model} -> per-round times in s, from one interleaved run) so the
-pipeline can route it through the measurement core and tests can feed synthetic timings.
+injected (a `Clock`: per-round times of several models from one interleaved run, and the per-round
+ratio rule to compare them; `measure.decide.InterleavedClock` is the real one): this package sits
+below the measurement layer, and tests feed synthetic timings.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import onnx
 
-from edgeslim.measure.compare import ratio
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
@@ -43,7 +44,24 @@ from edgeslim.quant.layer_select import (
 )
 from edgeslim.quant.qdq_float import keep_float
 
-Timer = Callable[[dict[str, bytes]], dict[str, list[float]]]
+
+class RatioLike(Protocol):
+    @property
+    def speedup(self) -> float: ...
+
+    def verdict(self, margin: float = 0.0) -> str: ...
+
+
+class Clock(Protocol):
+    """Times models and compares them (`measure.decide.InterleavedClock`)."""
+
+    def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
+        """{name: per-round times (s)} of the serialized models, timed interleaved in one run."""
+        ...
+
+    def ratio(self, cand: Sequence[float], ref: Sequence[float]) -> RatioLike:
+        """Per-round time ratio cand / ref with its confidence interval."""
+        ...
 FORMATS = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")
 
 
@@ -141,16 +159,6 @@ def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1):
     return evaluate
 
 
-def default_timer(feed: Feed, seconds: float = 3.0, threads: int = 1) -> Timer:
-    from edgeslim.measure.latency import interleaved_times
-
-    def timer(models: dict[str, bytes]) -> dict[str, list[float]]:
-        sess = {k: session(v, threads=threads) for k, v in models.items()}
-        fd = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sess.items()}
-        return interleaved_times(sess, fd, seconds=seconds, min_rounds=15)
-    return timer
-
-
 def prepare(model: onnx.ModelProto, opts: Int8Options, notes: list[str]) -> onnx.ModelProto:
     """The float model to quantize: folded and fused as `opts` says (outputs unchanged up to rounding)."""
     fm = onnx.ModelProto()
@@ -194,26 +202,26 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
 
 
 def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
-          timer: Timer | None = None, profiler: Profiler | None = None, timing_feed: Feed | None = None) -> Int8Plan:
+          clock: Clock, profiler: Profiler | None = None, timing_feed: Feed | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
-    the reference outputs per feed; timings use `timing_feed` (default: the first feed)."""
+    the reference outputs per feed; `clock` times whole models, `profiler` (default: ORT's profiler on
+    `timing_feed`, else the first feed) per-node kernels."""
     notes: list[str] = []
-    clock: dict[str, float] = {}
+    spent: dict[str, float] = {}
     steps: dict = {}  # what each step measured (for ablation tables)
     evaluate = evaluator(feeds, ref, opts.threads)
     tf = timing_feed if timing_feed is not None else feeds[0]
-    timer = timer or default_timer(tf, threads=opts.threads)
     profiler = profiler or profiler_for(tf, runs=opts.profile_runs, threads=opts.threads)
     n = len(feeds)
     fmt0 = opts.formats[0]
-    with _timed(clock, "prepare"):
+    with _timed(spent, "prepare"):
         fm = prepare(model, opts, notes)
-    with _timed(clock, "calibration"):
+    with _timed(spent, "calibration"):
         ranges, calib_counts, method, cos = _ranges(fm, feeds, opts, evaluate, notes, steps)
     # every weight technique edits the float model the quantizer reads, and is kept only where it pays:
     # the fully quantized model's outputs must get closer to the reference
     if opts.cle:
-        with _timed(clock, "cle"):
+        with _timed(spent, "cle"):
             from edgeslim.quant.cle import equalize
 
             fe = _copy(fm)
@@ -231,7 +239,7 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
                     fm, ranges, cos = fe, r2, c2
     qm = fm
     if opts.adaround:
-        with _timed(clock, "adaround"):
+        with _timed(spent, "adaround"):
             from edgeslim.quant.adaround import adaround
 
             m2, done = adaround(qm, feeds, fmt0, ranges, layers=opts.adaround_layers, seed=opts.seed)
@@ -243,7 +251,7 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
                 if c2 > cos:
                     qm, cos = m2, c2
     if opts.bias_correction:
-        with _timed(clock, "bias_correction"):
+        with _timed(spent, "bias_correction"):
             from edgeslim.quant.bias_correction import correct_biases
 
             m2, k = correct_biases(qm, feeds, ranges, qmax=64 if "-rr" in fmt0 else 127,
@@ -255,14 +263,14 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
                 steps["bias_correction"] = {"layers": k, "before": cos, "after": c2, "kept": c2 > cos}
                 if c2 > cos:
                     qm, cos = m2, c2
-    with _timed(clock, "format"):
-        fmt, q = _choose_format(qm, fm, feeds, ranges, opts, timer, notes, steps)
+    with _timed(spent, "format"):
+        fmt, q = _choose_format(qm, fm, feeds, ranges, opts, clock, notes, steps)
     steps["full_cosine"] = cos
     us = units(q)
     float_units: dict[str, str] = {}
     fixed: list[str] = []
     if opts.fidelity_fallback:
-        with _timed(clock, "fidelity_fallback"):
+        with _timed(spent, "fidelity_fallback"):
             fb = fidelity_fallback(q, fm, us, evaluate, opts.target_cosine, probe_feeds=opts.probe_feeds,
                                    full_feeds=n)
         fixed = fb.float_units
@@ -274,7 +282,7 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
         steps["fidelity"] = {"float": len(fixed), "of": len(us.quant), "met": fb.met}
     times: dict[str, UnitTime] = {}
     if opts.speed_choice:
-        with _timed(clock, "speed_choice"):
+        with _timed(spent, "speed_choice"):
             sc = speed_fallback(q, fm, us, fixed, profiler)
         times = sc.times
         for u in sc.slow_units:
@@ -286,19 +294,19 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
     final = keep_float(q, us.nodes(float_units), exact=us.nodes(fixed), float_model=fm)
     cos = evaluate(final, n)
     int8_units = [u for u in us.quant if u not in float_units]
-    notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.items()))
-    steps["seconds"] = clock
+    notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))
+    steps["seconds"] = spent
     return Int8Plan(final, fm, fmt, float_units, int8_units, times, cos, notes, calib_counts, quantized_from=qm,
                     ranges=ranges, full=q, units=us, steps=steps)
 
 
 @contextmanager
-def _timed(clock: dict[str, float], step: str) -> Iterator[None]:
+def _timed(spent: dict[str, float], step: str) -> Iterator[None]:
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        clock[step] = time.perf_counter() - t0
+        spent[step] = time.perf_counter() - t0
 
 
 def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -332,21 +340,21 @@ def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate,
 
 
 def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: list[Feed], ranges: dict, opts: Int8Options,
-                   timer: Timer, notes: list[str], steps: dict) -> tuple[str, onnx.ModelProto]:
+                   clock: Clock, notes: list[str], steps: dict) -> tuple[str, onnx.ModelProto]:
     """(format, fully quantized model) of the integer format that runs fastest here; speed ties (per-round
     confidence interval) go to the format listed first (u8s8 without reduce_range keeps the most
     precision)."""
     models = {f: quantize(qm, feeds, f, ranges, opts) for f in opts.formats}
     if len(models) == 1:
         return opts.formats[0], models[opts.formats[0]]
-    times = timer({"fp32": fm.SerializeToString(), **{f: m.SerializeToString() for f, m in models.items()}})
+    times = clock.times({"fp32": fm.SerializeToString(), **{f: m.SerializeToString() for f, m in models.items()}})
     best = opts.formats[0]
     for f in opts.formats[1:]:
-        if ratio(times[f], times[best]).verdict() == "faster":
+        if clock.ratio(times[f], times[best]).verdict() == "faster":
             best = f
     notes.append("integer format (fully quantized, vs FP32): " + ", ".join(
-        f"{f} {ratio(times[f], times['fp32']).speedup:.2f}x" for f in opts.formats) + f" -> {best}")
-    steps["format"] = {"speedup_vs_fp32": {f: ratio(times[f], times["fp32"]).speedup for f in opts.formats},
+        f"{f} {clock.ratio(times[f], times['fp32']).speedup:.2f}x" for f in opts.formats) + f" -> {best}")
+    steps["format"] = {"speedup_vs_fp32": {f: clock.ratio(times[f], times["fp32"]).speedup for f in opts.formats},
                        "chosen": best}
     return best, models[best]
 

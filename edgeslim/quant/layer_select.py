@@ -15,7 +15,7 @@ model, run alternately on this CPU, gives each unit's FP32 and INT8 time; the IN
 quantize/dequantize nodes at the unit's edges that exist because its neighbours are float. Units whose
 INT8 time exceeds their FP32 time keep float compute (their weights stay int8 on disk), and the profile
 is taken again, because a unit turned float changes its neighbours' edges. Whole-model timing still has
-the last word on the result (`measure.compare`).
+the last word on the result (`measure.decide`).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from edgeslim import models
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.models.probe import probe
+from edgeslim.prune.sensitivity import sensitivity_curves
 from edgeslim.search.objectives import arena_bytes, measure_candidate
 from edgeslim.search.space import Baseline, Layer
-from edgeslim.train import evaluate
 
 LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -68,45 +68,9 @@ def profile_baseline(model_dir: Path, task: Task, device: Any, work: Path) -> tu
 
 def channel_sensitivity(model_dir: Path, task: Task, ratios: tuple[float, ...] = (0.1, 0.25, 0.4, 0.55, 0.7)) -> dict:
     """Per layer: validation accuracy drop (points) when that layer alone loses the given fraction of its
-    output channels (lowest L2 norm, no fine-tuning). Cheap: one evaluation per layer and ratio. Uses
-    the pruning area's structured sensitivity analysis (Torch-Pruning removes the channels and what
-    depends on them) when installed; otherwise zeroes the channels here."""
+    output channels (lowest L2 norm, no fine-tuning; Torch-Pruning removes the channels and what depends
+    on them: `prune.sensitivity`). Cheap: one evaluation per layer and ratio."""
     model, _ = models.load_model(model_dir)
-    try:
-        from edgeslim.passes.sensitivity import sensitivity_curves
-    except ImportError:
-        sensitivity_curves = None  # type: ignore[assignment]
-    if sensitivity_curves is not None:
-        c = sensitivity_curves(model, task, list(ratios), mode="structured")
-        return {row["layer"]: {r: round(100 * (c["baseline"] - row["accuracy"][f"{r:g}"]), 3) for r in ratios}
-                for row in c["layers"]}
-    with torch.no_grad():
-        return _zeroing_sensitivity(model, task, ratios)
-
-
-def _zeroing_sensitivity(model: nn.Module, task: Task, ratios: tuple[float, ...]) -> dict:
-    layers, _ = layer_table(model, task.input_shape)
-    mods = dict(model.named_modules())
-    base_acc = evaluate(model, task.x_val, task.y_val)
-    out: dict[str, dict[float, float]] = {}
-    for layer in layers:
-        if layer.last:
-            continue
-        m = mods[layer.name]
-        w = m.weight.data
-        norms = w.flatten(1).norm(dim=1)
-        saved_w = w.clone()
-        saved_b = m.bias.data.clone() if getattr(m, "bias", None) is not None else None
-        curve = {}
-        for r in ratios:
-            k = int(r * len(norms))
-            idx = norms.argsort()[:k]
-            w[idx] = 0
-            if saved_b is not None:
-                m.bias.data[idx] = 0
-            curve[r] = round(100 * (base_acc - evaluate(model, task.x_val, task.y_val)), 3)
-            w.copy_(saved_w)
-            if saved_b is not None:
-                m.bias.data.copy_(saved_b)
-        out[layer.name] = curve
-    return out
+    c = sensitivity_curves(model, task, list(ratios), mode="structured")
+    return {row["layer"]: {r: round(100 * (c["baseline"] - row["accuracy"][f"{r:g}"]), 3) for r in ratios}
+            for row in c["layers"]}

@@ -1,8 +1,10 @@
 """The truth after the proxies: re-run the front's recipes with full fine-tuning, measure them on the
-test split, pick the best feasible recipe per objective, and write search.json and the report."""
+test split, pick the best feasible recipe per objective, and write search.json and the report. Also
+`run_search`, the whole job behind `edgeslim search` (study, trials, then this)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,15 @@ from edgeslim.fsutil import write_json, write_text
 from edgeslim.search.constraints import measured_violations
 from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_value, onnx_layers
 from edgeslim.search.pareto import front_indices, hypervolume, reference_point
-from edgeslim.search.study import Context, trial_rows
+from edgeslim.search.study import (
+    Context,
+    SearchConfig,
+    open_or_join,
+    prepare,
+    trial_rows,
+    wait_for_others,
+    work,
+)
 
 
 def proxy_front(ctx: Context, rows: list[dict]) -> list[dict]:
@@ -111,3 +121,22 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
 
     write_search_report(ctx.out, summary)
     return summary
+
+
+def run_search(cfg: SearchConfig, out: Path, *, storage: str | None = None, study_name: str = "edgeslim-search",
+               worker: bool = False, wait: float = 3600.0, top: int = 6,
+               log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True)) -> dict:
+    """Open (or join) the study, run trial slots until none is left, then, unless a `worker`, wait up to
+    `wait` s for the other workers and `finalize`. `log(message, is_warning)` gets the progress lines.
+    Returns the summary (a worker: {"ran": trials it ran})."""
+    ctx = prepare(cfg, out)
+    url = storage or f"journal://{out / 'study.journal'}"
+    study, created = open_or_join(ctx, url, study_name)
+    log(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {cfg.trials} trials, "
+        f"knobs {', '.join(k.name for k in ctx.knobs)}", False)
+    ran = work(ctx, study)
+    if worker:
+        return {"ran": ran}
+    if not wait_for_others(ctx, study, wait):
+        log(f"other workers still running after {wait:.0f} s; finishing with what is done", True)
+    return finalize(ctx, study, top)

@@ -148,7 +148,7 @@ def estimate_energy(onnx_path: Path, layers: list[OnnxLayer], device: Any) -> di
 def arena_bytes(onnx_path: Path) -> tuple[int, str]:
     """Activation arena (bytes) from the deploy planner, or the largest layer's in+out as a floor."""
     try:
-        from edgeslim.deploy.memory import plan_arena
+        from edgeslim.measure.arena import plan_arena
 
         plan = plan_arena(onnx_path, reorder=False)
         return int(plan.arena_bytes), "planned:greedy-by-size"

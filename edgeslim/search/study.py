@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from edgeslim.data import Task, load_task
+from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.search import workers
 from edgeslim.search.baseline import channel_sensitivity, profile_baseline
@@ -80,11 +81,7 @@ class Context:
     quiet: bool = False
 
 
-def load_device_profile(name: str) -> Any:
-    try:
-        from edgeslim.devices import load_device
-    except ImportError:
-        raise EdgeslimError("device profiles are not installed in this edgeslim (edgeslim.devices)") from None
+def load_device_profile(name: str) -> Any:  # -> edgeslim.devices.Device
     return load_device(name)
 
 

@@ -1,0 +1,50 @@
+"""`edgeslim distill` (train a student from a teacher folder, no hand-written student needed) and
+`edgeslim unpack` (a Deep-Compression `.eshare` file back into a model folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+
+
+@app.command()
+def distill(
+    teacher: Path = typer.Argument(..., help="trained teacher model folder"),
+    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    out: Path = typer.Option(..., "--out", "-o", help="student model folder to write"),
+    width: float = typer.Option(0.5, help="student width multiplier"),
+    depth: float = typer.Option(1.0, help="fraction of removable blocks the student keeps"),
+    temperature: float = typer.Option(4.0, help="KD temperature"),
+    alpha: float = typer.Option(0.9, help="weight of the KD term (1 - alpha on the labels)"),
+    epochs: int = typer.Option(20, help="student training epochs"),
+    lr: float = typer.Option(3e-3, help="learning rate"),
+    transfer: str | None = typer.Option(None, help="unlabelled inputs for KD: an .npz/.npy file, or generate:N (mnist1d)"),
+    transfer_ratio: int | None = typer.Option(None, help="transfer samples per labelled sample each step (default: sizes' ratio, 1-8)"),
+    extra_teacher: list[Path] = typer.Option([], "--extra-teacher", help="more teachers (multi-teacher KD)"),
+    seed: int = typer.Option(0, help="random seed"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Build a smaller student from the teacher's architecture and train it with knowledge distillation."""
+    m = api.distill(teacher, task, out, width=width, depth=depth, temperature=temperature, alpha=alpha,
+                    epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
+                    extra_teachers=extra_teacher, seed=seed, quiet=as_json)
+    if as_json:
+        emit_json(m)
+    else:
+        console.print(f"student {m['arch']} {m['student']}: test accuracy {100 * m['test_accuracy']:.2f}% "
+                      f"(teacher {100 * m['teacher_test_accuracy']:.2f}%), {m['params']:,} params "
+                      f"(teacher {m['teacher_params']:,}) -> {out}")
+
+
+@app.command()
+def unpack(
+    file: Path = typer.Argument(..., help="a .eshare file written by the entropy_code pass"),
+    out: Path = typer.Option(..., "--out", "-o", help="model folder to write (safetensors + spec.json)"),
+) -> None:
+    """Decode an entropy-coded weight-shared model into an ordinary model folder."""
+    r = api.unpack(file, out)
+    console.print(f"{file} ({r['file_bytes']:,} B) -> {out}")

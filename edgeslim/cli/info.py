@@ -1,0 +1,73 @@
+"""`edgeslim models`, `passes`, `tasks` and `devices`: what edgeslim knows, as tables or JSON."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+from edgeslim.report.results import human_bytes
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the model zoo with parameters and MACs at each model's reference input."""
+    rows = api.list_models()
+    if as_json:
+        emit_json(rows)
+        return
+    _print_table("edgeslim model zoo (counts at the reference input)",
+                 ("name", "about", "reference input", "params", "MACs"),
+                 [(r["name"], r["about"], "x".join(map(str, r["ref_input"])), f"{r['params']:,}", f"{r['macs']:,}")
+                  for r in rows])
+
+
+@app.command("passes")
+def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the passes a recipe may use, with their config fields and defaults."""
+    rows = api.list_passes()
+    if as_json:
+        emit_json(rows)
+        return
+    _print_table("recipe passes (name: {field: value, ...})",
+                 ("name", "kind", "what it does", "fields (defaults)"),
+                 [(r["name"], r["kind"], r["about"], ", ".join(f"{k}={v}" for k, v in r["fields"].items()))
+                  for r in rows])
+
+
+@app.command("tasks")
+def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List built-in tasks and the user-data formats a --task path may take."""
+    info = api.list_tasks()
+    if as_json:
+        emit_json(info)
+        return
+    for r in info["builtin"]:
+        console.print(f"[bold]{r['name']}[/bold]  {r['about']}")
+    console.print("\nYour own data (--task PATH):")
+    for f in info["formats"]:
+        console.print(f"  - {f}")
+
+
+@app.command("devices")
+def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the built-in device profiles (pass --device NAME or a YAML path of your own)."""
+    devs = api.list_devices()
+    if as_json:
+        emit_json([d.model_dump() for d in devs])
+        return
+    _print_table("edgeslim device profiles",
+                 ("name", "description", "flash", "RAM (arena)", "int8 MAC/s", "fp32 MAC/s", "active power"),
+                 [(d.name, d.description, human_bytes(d.flash_bytes), human_bytes(d.sram_bytes),
+                   f"{d.macs_per_second('int8') / 1e9:.3g} G", f"{d.macs_per_second('fp32') / 1e9:.3g} G",
+                   f"{d.active_power_mw:g} mW") for d in devs])
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)

@@ -1,0 +1,149 @@
+"""`edgeslim measure` (with its deploy table), `edgeslim fit` and `edgeslim arena`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+from edgeslim.fsutil import write_json
+from edgeslim.report.results import human_bytes, print_table
+
+
+@app.command()
+def measure(
+    models: list[Path] = typer.Argument(..., help="edgeslim model folders or ONNX files"),
+    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (optional)"),
+    threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
+    runs: int = typer.Option(200, help="timed runs per model"),
+    device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
+    batch: int | None = typer.Option(None, help="also time this batch size"),
+    quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side."""
+    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick)
+    if save is not None:
+        write_json(save, res)
+    if as_json:
+        emit_json(res)
+    else:
+        print_table(res, title="edgeslim measure", console=console)
+        if not quick:
+            console.print(deploy_table(res))
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
+
+
+@app.command()
+def fit(
+    model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
+    device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
+    arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency and energy."""
+    r = api.check_fit(model, device, arena_bytes=arena)
+    if as_json:
+        emit_json(r)
+        return
+    console.print(f"[bold]{model}[/bold] on [bold]{r['device']}[/bold]: {_verdict(r['fits'])}")
+    console.print(f"  flash: {human_bytes(r['flash_bytes'])} needed (weights {human_bytes(r['weights_bytes'])} + "
+                  f"runtime {human_bytes(r['flash_bytes'] - r['weights_bytes'])}) of "
+                  f"{human_bytes(r['flash_available'])}  {_verdict(r['fits_flash'])}")
+    console.print(f"  RAM:   {human_bytes(r['ram_bytes'])} needed (arena {human_bytes(r['arena_bytes'])} "
+                  f"({r['arena_source']}) + runtime {human_bytes(r['ram_bytes'] - r['arena_bytes'])}) of "
+                  f"{human_bytes(r['ram_available'])}  {_verdict(r['fits_ram'])}")
+    if r["energy_mj"] is not None and r["latency_ms"] is not None:
+        console.print(f"  latency ~{r['latency_ms']:.3g} ms, energy ~{r['energy_mj']:.3g} mJ per inference "
+                      f"({r['energy_method']})")
+    beside = r.get("arena_beside")
+    if beside:
+        console.print(f"  arena: planner {human_bytes(beside['planner_arena_bytes'])} ({Path(beside['onnx']).name}) vs "
+                      f"TFLite Micro head {human_bytes(beside['tflm_arena_head_bytes'])} + tail "
+                      f"{human_bytes(beside['tflm_arena_tail_bytes'])} ({Path(beside['tflite']).name}): planner "
+                      f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
+    for line in r["reasons"]:
+        console.print(f"  [red]-[/red] {line}")
+
+
+@app.command("arena")
+def arena_cmd(
+    model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
+    no_fuse_qdq: bool = typer.Option(False, help="plan QDQ float tensors as float (no int8 kernel fusion)"),
+    align: int = typer.Option(16, help="buffer alignment in bytes (TFLite Micro: 16)"),
+    write_reordered: Path | None = typer.Option(None, help="write the model with its nodes in the best order"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Static activation arena plan: buffers, lifetimes, offsets; naive sum vs planned arena."""
+    plan = api.plan_arena(model, fuse_qdq=not no_fuse_qdq, align=align, write_reordered=write_reordered)
+    if as_json:
+        emit_json(plan.as_dict(buffers=True))
+        return
+    t = Table(title=f"arena plan of {model}")
+    for c in ("buffer", "bytes", "first", "last", "offset"):
+        t.add_column(c, justify="left" if c == "buffer" else "right")
+    for b in sorted(plan.buffers, key=lambda b: (b.first, b.name)):
+        t.add_row(b.name, f"{b.size:,}", str(b.first), str(b.last), f"{b.offset:,}")
+    console.print(t)
+    console.print(f"arena {human_bytes(plan.arena_bytes)} ({plan.arena_bytes:,} B) vs naive sum "
+                  f"{human_bytes(plan.naive_bytes)}; peak live {human_bytes(plan.peak_live_bytes)}; "
+                  f"best order found ({plan.reorder_method}): {human_bytes(plan.reordered_arena_bytes)}")
+    if plan.unknown_tensors:
+        console.print(f"[yellow]warning:[/yellow] {len(plan.unknown_tensors)} tensors have no inferable shape "
+                      "and count 0 bytes: the arena is a lower bound")
+
+
+def _ms(r: dict, key: str) -> str:
+    return f"{r[key]:.3f} ms" if r.get(key) is not None else "-"
+
+
+def deploy_table(rows: list[dict], title: str = "deployment (one column per model)") -> Table:
+    """Latency (ORT vs PyTorch), arena, flash, fit, energy and peak RSS; metrics as rows, models as columns."""
+    dev = rows[0].get("deploy_device", "?") if rows else "?"
+    litert = " (LiteRT for .tflite)" if any(r.get("runtime") == "litert" for r in rows) else ""
+    lines: list[tuple[str, object]] = [
+        ("ORT latency p50 / p90 / p99" + litert, lambda r: " / ".join(f"{r.get(f'latency_ms_{q}', float('nan')):.3f}"
+                                                            for q in ("p50", "p90", "p99")) + " ms"),
+        ("PyTorch eager p50", lambda r: _ms(r, "latency_torch_ms_p50")),
+        ("ORT vs PyTorch max |diff|", lambda r: f"{r['parity_max_abs_diff']:.2g}" if "parity_max_abs_diff" in r
+         else "-"),
+    ]
+    b = next((r["batch"] for r in rows if "batch" in r), None)
+    if b:
+        lines += [(f"ORT batch {b} p50", lambda r: _ms(r, f"latency_b{b}_ms_p50")),
+                  (f"PyTorch batch {b} p50", lambda r: _ms(r, f"latency_torch_b{b}_ms_p50"))]
+    lines += [
+        ("activation arena (planner)", lambda r: human_bytes(r.get("arena_bytes"))),
+        ("  best operator order", lambda r: human_bytes(r.get("arena_bytes_reordered"))),
+        ("  naive sum of activations", lambda r: human_bytes(r.get("naive_activation_bytes"))),
+    ]
+    if any(r.get("tflm_arena_bytes") for r in rows):  # .tflite models (edgeslim.litert): the runtime's own figure
+        lines += [("activation arena (TFLite Micro)", lambda r: "-" if not r.get("tflm_arena_bytes") else
+                   f"{human_bytes(r['tflm_arena_bytes'])} (head {human_bytes(r['tflm_arena_head_bytes'])})")]
+    lines += [
+        ("weights", lambda r: human_bytes(r.get("weights_bytes"))),
+        (f"flash needed ({dev})", lambda r: human_bytes(r.get("flash_bytes"))),
+        (f"fits {dev}", lambda r: "-" if "fits" not in r else ("yes" if r["fits"] else
+                                                               "NO (" + ("flash " if not r["fits_flash"] else "")
+                                                               + ("RAM" if not r["fits_ram"] else "") + ")")),
+        ("energy / inference", lambda r: f"{r['energy_mj']:.3g} mJ" if r.get("energy_mj") is not None else "-"),
+        ("  how", lambda r: r.get("energy_method", "-")),
+        (f"  {dev} latency (est.)", lambda r: _ms(r, "energy_latency_ms")),
+        ("process peak RSS", lambda r: human_bytes(r.get("inference_peak_rss_bytes"))),
+    ]
+    t = Table(title=title)
+    t.add_column("metric")
+    for r in rows:
+        p = Path(r["name"])
+        label = f"{p.parent.name}/{p.name}" if p.name in ("model.onnx", "model.tflite") else (p.name or r["name"])
+        t.add_column(label, justify="right", overflow="fold")
+    for name, fn in lines:
+        t.add_row(name, *[fn(r) for r in rows])  # type: ignore[operator]
+    return t

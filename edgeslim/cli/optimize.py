@@ -1,0 +1,129 @@
+"""`edgeslim optimize` (make a third-party ONNX model smaller without making it slower or wrong),
+`edgeslim compile` (graph compilation of one ONNX model) and `edgeslim export` (a model folder to ONNX,
+.tflite or a C array)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+from edgeslim.report.optimize import print_report
+from edgeslim.report.results import human_bytes
+
+
+@app.command()
+def optimize(
+    model: Path = typer.Argument(..., help="ONNX model to optimise (opset 11 or newer)"),
+    out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
+    calib: Path | None = typer.Option(None, "--calib", help=".npz with one array per model input name"),
+    shape: list[str] = typer.Option([], "--shape", help="NAME=D0,D1,... for inputs with unknown dims (repeat)"),
+    samples: int = typer.Option(32, min=1, help="feeds used for calibration and the fidelity check"),
+    min_cosine: float | None = typer.Option(None, help="tolerance: min cosine similarity of every output "
+                                            "(default 0.995 when no tolerance is given)"),
+    max_abs: float | None = typer.Option(None, help="tolerance: max absolute error of any output element"),
+    min_top1: float | None = typer.Option(None, help="tolerance: min top-1 agreement of classifier outputs (0-1)"),
+    candidates: str = typer.Option("fp32-opt,w8,w16,int8-qdq,int8-qdq+w8,int8-qop,int8-dyn,fp16",
+                                   help="comma-separated candidates to try"),
+    exclude_op: list[str] = typer.Option([], "--exclude-op", help="op type never quantized/compressed (repeat)"),
+    exclude_node: list[str] = typer.Option([], "--exclude-node", help="node name never quantized (repeat)"),
+    sqnr_db: float = typer.Option(0.0, help="also keep float every INT8 layer whose output SQNR is under this (dB); "
+                                  "0: off (layers stay float by output sensitivity and by speed)"),
+    weight_min_elements: int = typer.Option(1024, help="weight-only storage for weights at least this large"),
+    max_slowdown: float = typer.Option(0.05, help="a candidate may be this fraction slower than the original "
+                                       "(median per-round time ratio; measurement noise)"),
+    prefer: str = typer.Option("balanced", help="balanced: the fastest candidate at least --min-shrink times "
+                               "smaller; speed: the fastest; size: the smallest (speed ties go to the smaller file)"),
+    min_shrink: float = typer.Option(1.8, help="balanced: the size goal (original / candidate bytes)"),
+    bench_seconds: float = typer.Option(8.0, help="seconds of interleaved latency runs in all"),
+    threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
+    device: str = typer.Option("host", help="device profile for the energy estimate"),
+    seed: int = typer.Option(0, help="seed for synthetic inputs"),
+    force: bool = typer.Option(False, help="write the closest candidate even if it breaks the tolerance"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Optimise a third-party ONNX model: repair, graph-optimise, try FP16/INT8, check outputs, measure, pick.
+
+    Among candidates within tolerance and not slower than the original, keeps the fastest one at least
+    --min-shrink times smaller (--prefer tilts it); prints what was tried and why each won or lost.
+    Writes nothing if the tolerance cannot be met (unless --force).
+    """
+    res = api.optimize(
+        model, out, calib=calib, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
+        min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
+        exclude_ops=exclude_op, exclude_nodes=exclude_node, sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
+        max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, seed=seed, force=force,
+        prefer=prefer, min_shrink=min_shrink,
+    )
+    if as_json:
+        emit_json(res)
+    else:
+        print_report(res, console)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
+    level: str = typer.Option("extended", help="ONNX Runtime level: disable, basic, extended, all (this CPU only)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation; lists fusions."""
+    d = api.compile(model, out, level)
+    if as_json:
+        emit_json(d)
+        return
+    console.print(f"BatchNorm folded into Conv here: {d['batchnorm_folded_here']} (left in the graph: "
+                  f"{d['batchnorm']['batchnorm_nodes']})")
+    console.print(f"constant folding + dead-node removal: {d['fold_nodes_before']} -> {d['fold_nodes_after']} nodes")
+    console.print(f"ONNX Runtime '{level}': {d['nodes_before']} -> {d['nodes_after']} nodes, outputs within "
+                  f"{d['parity_max_abs_diff']:.2g} -> {out}")
+    for line in d["fusions"] or ["no fusions"]:
+        console.print(f"  {line}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Argument(..., help="edgeslim model folder (or a .tflite file with --format c)"),
+    fmt: str = typer.Option("tflite", "--format", "-f", help="onnx, tflite or c (a .c/.h pair for firmware)"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write (.onnx, .tflite, or the .c path)"),
+    int8: bool = typer.Option(False, "--int8", help="full-integer INT8 (int8 inputs and outputs)"),
+    task: str | None = typer.Option(None, "--task", "-t",
+                                    help="task for calibration, parity and accuracy (default: the training task)"),
+    calibration_samples: int = typer.Option(256, help="representative samples for INT8 calibration"),
+    per_tensor: bool = typer.Option(False, "--per-tensor",
+                                    help="one weight scale per tensor (smaller file) instead of per channel"),
+    trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Export a model to ONNX, LiteRT (.tflite, FP32 or INT8) or a C array for TFLite Micro, parity-checked."""
+    res = api.export(model, fmt, out, int8=int8, task=task, calibration_samples=calibration_samples,
+                     per_channel=not per_tensor, trust_pickle=trust_pickle)
+    if as_json:
+        emit_json(res)
+        return
+    line = f"wrote {res.get('c') or res['path']} ({res.get('precision', 'c')}, {human_bytes(res['size_bytes'])})"
+    if "h" in res:
+        line += f" and {res['h']}"
+    console.print(line, highlight=False)
+    for k in ("input", "output"):
+        if k in res and res[k].get("scale"):
+            i = res[k]
+            console.print(f"  {k}: {i['dtype']} {i['shape']} scale {i['scale']:.6g} zero point {i['zero_point']}",
+                          highlight=False)
+    if "parity" in res or "parity_max_abs_diff" in res:
+        p = res.get("parity", res)
+        extra = f", top-1 agreement {100 * p['parity_top1_agreement']:.1f}%" if "parity_top1_agreement" in p else ""
+        console.print(f"  parity vs {p.get('parity_reference', 'PyTorch')}: max |diff| "
+                      f"{p['parity_max_abs_diff']:.3g}{extra}", highlight=False)
+    if res.get("accuracy") is not None:
+        console.print(f"  accuracy: {100 * res['accuracy']:.2f}%", highlight=False)
+    if res.get("tflm_arena"):
+        a = res["tflm_arena"]
+        console.print(f"  TFLite Micro arena: {human_bytes(a['total_bytes'])} (head {a['head_bytes']} B + tail "
+                      f"{a['tail_bytes']} B)", highlight=False)
+    if "tflm_top1_agreement" in res:
+        console.print(f"  TFLite Micro vs LiteRT: same top-1 class on {100 * res['tflm_top1_agreement']:.0f}% of "
+                      f"{res['tflm_checked_samples']} samples", highlight=False)

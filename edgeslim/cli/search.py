@@ -1,0 +1,67 @@
+"""`edgeslim search`: hardware-aware search over compression recipes (Optuna; see edgeslim.search).
+
+Several workers share one study through `--storage`: start the search once, then on each machine
+`edgeslim search MODEL --task T --device D --trials N --storage URL --worker` (same arguments); every
+worker takes free trial slots until the N trials are done. The non-worker process also waits for the
+others, then fully fine-tunes the Pareto front and writes the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeslim import api
+from edgeslim.cli.app import app, console
+
+
+@app.command()
+def search(
+    model: Path = typer.Argument(..., help="trained model folder (edgeslim train)"),
+    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
+    trials: int = typer.Option(20, help="total trials in the study (shared by all workers)"),
+    out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="search folder (resumed when it exists)"),
+    objectives: str = typer.Option("accuracy,energy", help="comma list: accuracy, energy, latency, flash, arena"),
+    max_flash: str | None = typer.Option(None, help="model file limit, e.g. 256KB (default: device flash)"),
+    max_ram: str | None = typer.Option(None, help="activation arena limit, e.g. 64KB (default: device SRAM)"),
+    max_latency: str | None = typer.Option(None, help="estimated device latency limit, e.g. 20ms"),
+    max_energy: str | None = typer.Option(None, help="estimated energy per inference limit, e.g. 2mJ"),
+    max_accuracy_drop: float | None = typer.Option(1.0, help="points below the baseline (validation/test)"),
+    proxy_epochs: int = typer.Option(3, help="fine-tuning epochs of the proxy that ranks trials"),
+    proxy_slack: float = typer.Option(2.0, help="extra accuracy points a proxy may lose (full fine-tune recovers)"),
+    top: int = typer.Option(6, help="front members fine-tuned fully and measured at the end"),
+    knobs: str | None = typer.Option(None, help="restrict the space: comma list of knobs (default: all)"),
+    sampler: str = typer.Option("tpe", help="tpe (with sensitivity-seeded start) or random"),
+    guided: bool = typer.Option(True, help="seed the first trials from per-layer sensitivity"),
+    storage: str | None = typer.Option(None, help="journal:///file, sqlite:///file, postgresql://... "
+                                       "(default: journal in --out)"),
+    study_name: str = typer.Option("edgeslim-search", help="study name inside the storage"),
+    worker: bool = typer.Option(False, help="only run trials of a shared study (no final stage, no report)"),
+    wait: float = typer.Option(3600.0, help="seconds to wait for other workers' trials before the final stage"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Search compression recipes for a device under hard budgets; writes the front and report.html."""
+    def log(msg: str, warn: bool) -> None:
+        console.print(f"[yellow]{msg}[/]" if warn else msg)
+
+    summary = api.search(
+        model, task, out, device=device, trials=trials, objectives=[o.strip() for o in objectives.split(",") if o.strip()],
+        max_flash=max_flash, max_ram=max_ram, max_latency=max_latency, max_energy=max_energy,
+        max_accuracy_drop=max_accuracy_drop, proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
+        knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided, storage=storage,
+        study_name=study_name, worker=worker, wait=wait, seed=seed, log=log,
+    )
+    if worker:
+        console.print(f"worker done: ran {summary['ran']} trials")
+        return
+    out = out.resolve()
+    c = summary["counts"]
+    console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed; "
+                  f"hypervolume {summary['hypervolume']:.4g}")
+    for o, b in summary["best"].items():
+        console.print(f"best {o}: {out / b['file']} (trial {b['trial']})")
+    if not summary["best"]:
+        console.print("[yellow]no front member met the budget after full fine-tuning[/]")
+    console.print(f"report: {out / 'report.html'}")

@@ -1,0 +1,43 @@
+"""`edgeslim train`: a zoo model on a task, saved as a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeslim import api
+from edgeslim.cli.app import app, console, emit_json
+from edgeslim.errors import EdgeslimError
+from edgeslim.train import TrainConfig
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="zoo model name (see `edgeslim models`)"),
+    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    out: Path = typer.Option(..., "--out", "-o", help="model folder to write"),
+    epochs: int = typer.Option(20, help="training epochs"),
+    lr: float = typer.Option(3e-3, help="learning rate"),
+    batch_size: int = typer.Option(64, help="batch size"),
+    optimizer: str = typer.Option("adam", help="adam, adamw or sgd"),
+    patience: int = typer.Option(0, help="early stop after N epochs without validation gain (0: off)"),
+    seed: int = typer.Option(0, help="random seed"),
+    width: float | None = typer.Option(None, help="width (resnet8/dscnn/cnn1d) or alpha (mobilenetv1)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Train a zoo model on a task; writes model.safetensors + spec.json."""
+    try:
+        cfg = TrainConfig.model_validate(dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                                              patience=patience, seed=seed))
+    except Exception as e:
+        raise EdgeslimError(f"bad training option: {str(e).splitlines()[-2].strip()}") from None
+    kwargs: dict[str, float | int] = {}
+    if width is not None:
+        kwargs = {"alpha": width} if model == "mobilenetv1" else {"width": int(width)}
+    m = api.train(model, task, out, cfg, quiet=as_json, **kwargs)
+    if as_json:
+        emit_json(m)
+    else:
+        console.print(f"trained {model} on {m['task']}: test accuracy {100 * m['test_accuracy']:.2f}%, "
+                      f"{m['params']} params, {m['macs']} MACs -> {out}")

@@ -1,0 +1,145 @@
+"""`early_exit`: dynamic (input-dependent) pruning by early exits: small classifier heads after intermediate blocks;
+at inference an input leaves at the first head whose softmax confidence reaches a threshold, so easy
+inputs skip the rest of the network.
+
+The backbone is frozen (the stage's model and its metrics are unchanged); the heads are trained on its
+pooled features. Everything in the table is *measured*: each segment and head is its own ONNX model, the
+test set is run one input at a time in ONNX Runtime exactly as a device would run it, and per threshold
+we report accuracy, the mean MACs actually executed per input and the mean wall-clock latency per input
+(ms), interleaved input by input with the full static model so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.deploy.export import export_onnx
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_json, write_text
+from edgeslim.onnxkit.session import session
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.prune.exits import build_exits
+
+DEFAULT_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+
+
+class EarlyExit(PassConfig):
+    exits: list[str] | None = None  # module paths after which a head sits; default: ~1/3 and ~2/3 of MACs
+    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    head_epochs: int = Field(200, ge=1, description="full-batch Adam steps per head")
+    lr: float = Field(1e-2, gt=0)
+
+
+def _softmax_max(z: np.ndarray) -> float:
+    e = np.exp(z - z.max())
+    return float(e.max() / e.sum())
+
+
+def measure_exits(model: nn.Module, ex: dict, task: Task, thresholds: list[float], folder: Path) -> dict:
+    """Run the test set one input at a time through the full ONNX model and, per threshold, through the
+    exit cascade; interleaved per input. Accuracy (0-1), MACs per input, latency per input in ms."""
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, task.input_shape, folder / "full.onnx", check=task.x_test[:32])
+    segs, heads = [], []
+    for k, seg in enumerate(ex["segments"]):
+        export_onnx(seg, ex["shapes"][k], folder / f"segment{k}.onnx")
+        segs.append(session(folder / f"segment{k}.onnx"))
+        if k < len(ex["heads"]):
+            out_shape = tuple(seg(torch.zeros(1, *ex["shapes"][k])).shape[1:])
+            export_onnx(ex["heads"][k], out_shape, folder / f"head{k}.onnx")
+            heads.append(session(folder / f"head{k}.onnx"))
+    full = session(folder / "full.onnx")
+    n_exit = len(heads)
+
+    def cascade(x: np.ndarray, thr: float) -> tuple[int, int]:  # (predicted class, exit index)
+        for k in range(n_exit):
+            x = segs[k].run(None, {"input": x})[0]
+            z = heads[k].run(None, {"input": x})[0][0]
+            if _softmax_max(z) >= thr:
+                return int(z.argmax()), k
+        return int(segs[-1].run(None, {"input": x})[0][0].argmax()), n_exit
+
+    cost = np.cumsum([ex["seg_macs"][k] + (ex["head_macs"][k] if k < n_exit else 0) for k in range(n_exit + 1)])
+    full_macs = int(sum(ex["seg_macs"]))
+    xs = task.x_test.astype(np.float32)
+    for i in range(min(20, len(xs))):  # warm-up
+        full.run(None, {"input": xs[i : i + 1]})
+        cascade(xs[i : i + 1], 0.0)
+    configs: list[float | None] = [None, *thresholds]  # None: the full static model
+    rec: list[dict[str, list]] = [{"t": [], "k": [], "ok": []} for _ in configs]
+    for i in range(len(xs)):
+        x = xs[i : i + 1]
+        for thr, r in zip(configs, rec):
+            t0 = time.perf_counter()
+            if thr is None:
+                pred, k = int(full.run(None, {"input": x})[0][0].argmax()), n_exit
+            else:
+                pred, k = cascade(x, thr)
+            r["t"].append(time.perf_counter() - t0)
+            r["k"].append(k)
+            r["ok"].append(pred == int(task.y_test[i]))
+    rows = []
+    for thr, r in zip(configs, rec):
+        t = "full" if thr is None else thr
+        ks = np.asarray(r["k"])
+        macs = full_macs if thr is None else float(cost[ks].mean())
+        rows.append({
+            "threshold": t, "accuracy": float(np.mean(r["ok"])), "macs_per_input": round(float(macs)),
+            "macs_fraction": round(float(macs) / full_macs, 4),
+            "latency_ms_mean": round(1e3 * float(np.mean(r["t"])), 4),
+            "latency_ms_p50": round(1e3 * float(np.median(r["t"])), 4),
+            "exit_fractions": [round(float((ks == k).mean()), 4) for k in range(n_exit + 1)],
+        })
+    return {"exits": ex["exits"], "full_macs": full_macs, "test_inputs": len(xs), "rows": rows}
+
+
+def table_markdown(res: dict) -> str:
+    lines = [f"# Early exits after {', '.join(res['exits'])} (measured, ONNX Runtime, 1 thread, batch 1, "
+             f"{res['test_inputs']} test inputs)", "",
+             "| threshold | accuracy | MACs/input | MACs vs full | latency/input mean (ms) | p50 (ms) | exits |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in res["rows"]:
+        name = "full model" if r["threshold"] == "full" else f"{r['threshold']:g}"
+        lines.append(f"| {name} | {100 * r['accuracy']:.2f}% | {r['macs_per_input']:,} | "
+                     f"{100 * r['macs_fraction']:.1f}% | {r['latency_ms_mean']:.4f} | {r['latency_ms_p50']:.4f} | "
+                     f"{' / '.join(f'{100 * f:.0f}%' for f in r['exit_fractions'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path, seed: int = 0) -> dict:
+    """Build, train and measure exits; write early_exit.json / .md and the ONNX pieces into `folder`."""
+    if any(not 0 <= t <= 1 for t in cfg.thresholds):
+        raise EdgeslimError(f"early_exit: thresholds are softmax confidences in [0, 1], got {cfg.thresholds}")
+    ex = build_exits(model, task, cfg.exits, cfg.head_epochs, cfg.lr, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp))
+        for p in Path(tmp).glob("*.onnx"):
+            (folder / "exits").mkdir(parents=True, exist_ok=True)
+            p.replace(folder / "exits" / p.name)
+    write_json(folder / "early_exit.json", res)
+    write_text(folder / "early_exit.md", table_markdown(res))
+    return res
+
+
+@register("early_exit", EarlyExit)
+def early_exit(model: nn.Module | None, task: Task, cfg: EarlyExit, ctx: RunContext) -> PassResult:
+    """Early-exit heads with confidence thresholds; writes the measured accuracy/MACs/latency table."""
+    assert model is not None
+    res = early_exit_table(model, task, cfg, ctx.stage_dir, ctx.seed)
+    full = res["rows"][0]
+    best = min((r for r in res["rows"][1:] if r["accuracy"] >= full["accuracy"] - 0.01),
+               key=lambda r: r["macs_fraction"], default=None)
+    notes = {"exits": res["exits"], "table": "early_exit.md", "full_accuracy": full["accuracy"],
+             "full_latency_ms_mean": full["latency_ms_mean"], "backbone": "unchanged (heads in exits/)"}
+    if best is not None:
+        notes.update(cheapest_threshold_within_1pt=best["threshold"], best_accuracy=best["accuracy"],
+                     best_macs_fraction=best["macs_fraction"], best_latency_ms_mean=best["latency_ms_mean"])
+    return PassResult(model, notes=notes)

@@ -1,0 +1,140 @@
+"""Sensitivity analysis: validation accuracy when one layer at a time is pruned to each ratio, written as a
+table (Markdown + JSON) and a plot; and per-layer ratios allocated from those curves under a global target
+(layers that tolerate pruning get more of it). Used by `edgeslim sensitivity`, the `sensitivity_prune` pass
+and the search's guided start.
+
+Modes: `unstructured` (fraction of the layer's weights zeroed by magnitude) and `structured` (fraction
+of the layer's output channels removed by L2 norm, with Torch-Pruning handling coupled layers).
+Accuracies are fractions 0-1 on the task's validation split; the test split is never used to choose.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.errors import EdgeslimError
+from edgeslim.fsutil import write_json, write_text
+from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
+from edgeslim.prune.structured import output_layers
+from edgeslim.train import evaluate
+
+Mode = Literal["unstructured", "structured"]
+DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def candidate_layers(model: nn.Module, task: Task, mode: str) -> list[tuple[str, int]]:
+    """(layer name, weight count) of the layers analysed; structured mode skips the output layer."""
+    skip = {id(m) for m in output_layers(model, task.input_shape)} if mode == "structured" else set()
+    mods = dict(model.named_modules())
+    return [(n, w.numel()) for n, w in prunable(model) if id(mods[n]) not in skip]
+
+
+def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task) -> None:
+    """Remove `ratio` of one layer's output channels (lowest L2 norm) and whatever depends on them."""
+    import torch_pruning as tp
+
+    mod = model.get_submodule(layer)
+    dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
+    w = mod.get_parameter("weight").detach()
+    k = int(ratio * w.shape[0])
+    if k <= 0 or k >= w.shape[0]:
+        return
+    idxs = w.reshape(w.shape[0], -1).norm(dim=1).argsort()[:k].tolist()
+    group = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, idxs=idxs)
+    if dg.check_pruning_group(group):
+        group.prune()
+
+
+def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: str = "unstructured") -> dict:
+    """{"baseline": acc, "layers": [{"layer", "weights", "accuracy": {ratio: acc}}]} on validation data."""
+    base = evaluate(model, task.x_val, task.y_val)
+    rows = []
+    for name, n in candidate_layers(model, task, mode):
+        accs = {}
+        for r in ratios:
+            trial = copy.deepcopy(model)
+            if mode == "structured":
+                prune_one_structured(trial, name, r, task)
+            else:
+                apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
+            accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val)
+        rows.append({"layer": name, "weights": n, "accuracy": accs})
+    return {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
+
+
+def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:
+    """Per-layer ratios whose weight-weighted mean reaches `target` while keeping the largest per-layer
+    validation-accuracy drop (read off the interpolated, monotone curves) as small as possible."""
+    grid = np.round(np.arange(0, max_ratio + 1e-9, 0.01), 2)
+    drops, sizes, names = [], [], []
+    for row in curves["layers"]:
+        rs = [0.0] + [float(r) for r in row["accuracy"]]
+        ds = [0.0] + [curves["baseline"] - a for a in row["accuracy"].values()]
+        d = np.maximum.accumulate(np.interp(grid, rs, ds))  # a layer never gets easier to prune
+        drops.append(d)
+        sizes.append(row["weights"])
+        names.append(row["layer"])
+    size = np.asarray(sizes, float)
+
+    def ratios_at(tol: float) -> np.ndarray:
+        return np.asarray([grid[np.nonzero(d <= tol + 1e-12)[0].max()] for d in drops])
+
+    hi = max(float(d.max()) for d in drops)
+    if float((ratios_at(hi) * size).sum() / size.sum()) < target - 1e-9:
+        raise EdgeslimError(f"sensitivity: target {target} is above what per-layer ratios up to {max_ratio} "
+                            "reach; lower the target or raise max_ratio")
+    lo = 0.0
+    for _ in range(40):  # bisection on the tolerated drop
+        mid = (lo + hi) / 2
+        if float((ratios_at(mid) * size).sum() / size.sum()) >= target:
+            hi = mid
+        else:
+            lo = mid
+    r = ratios_at(hi)
+    overall = float((r * size).sum() / size.sum())
+    if overall > target:  # layers that lose nothing up to max_ratio overshoot: scale back to the target
+        r = r * (target / overall)
+    return {n: round(float(v), 4) for n, v in zip(names, r)}
+
+
+def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None = None) -> list[Path]:
+    """sensitivity.json, sensitivity.md (layers x ratios table) and sensitivity.png (one curve a layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {**curves, **({"allocation": allocation} if allocation else {})}
+    write_json(folder / "sensitivity.json", data)
+    ratios = [f"{r:g}" for r in curves["ratios"]]
+    lines = [f"# Sensitivity ({curves['mode']}): validation accuracy (%) with one layer pruned",
+             "", f"Baseline: {100 * curves['baseline']:.2f}%", "",
+             "| layer | weights | " + " | ".join(ratios) + (" | allocated |" if allocation else " |"),
+             "|---|---:|" + "---:|" * (len(ratios) + (1 if allocation else 0))]
+    for row in curves["layers"]:
+        cells = " | ".join(f"{100 * row['accuracy'][r]:.1f}" for r in ratios)
+        alloc = f" | {allocation[row['layer']]:.2f}" if allocation else ""
+        lines.append(f"| {row['layer']} | {row['weights']} | {cells}{alloc} |")
+    write_text(folder / "sensitivity.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [0.0] + [float(r) for r in ratios]
+    for row in curves["layers"]:
+        ax.plot(xs, [100 * curves["baseline"]] + [100 * row["accuracy"][r] for r in ratios], marker="o",
+                label=row["layer"])
+    ax.set_xlabel(f"pruning ratio ({curves['mode']})")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    tmp = folder / ".sensitivity.png.tmp"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    tmp.replace(folder / "sensitivity.png")
+    return [folder / "sensitivity.md", folder / "sensitivity.json", folder / "sensitivity.png"]

@@ -1,0 +1,128 @@
+"""Structured pruning helpers: what Torch-Pruning needs from us (an importance criterion, a schedule, the
+layers it must not touch) and what the passes report (channel counts), plus the blocks depth pruning may
+remove.
+
+Torch-Pruning's dependency graph decides what must be pruned together (residual adds, depthwise convs,
+concatenations, BatchNorm, the flatten into a classifier, attention head dims and FFN neurons of
+transformer blocks); we only choose the importance criterion and the schedule. The pruned model is a
+smaller dense model; its spec needs no edit: `resize_to_state_dict` resizes layers to the stored shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.errors import EdgeslimError, choices
+from edgeslim.models.probe import probe
+from edgeslim.models.spec import get_module
+from edgeslim.prune.masks import schedule_ratios
+from edgeslim.train import is_reconstruction
+
+Importance = Literal["l1", "l2", "taylor", "bn_scale", "random"]
+
+
+def make_importance(name: str):  # -> tp.importance.Importance
+    import torch_pruning as tp
+
+    table = {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+        "bn_scale": lambda: tp.importance.BNScaleImportance(),
+        "random": lambda: tp.importance.RandomImportance(),
+    }
+    if name not in table:
+        raise EdgeslimError(f"unknown importance '{name}'; valid: {choices(list(table))}")
+    return table[name]()
+
+
+def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
+    """The Conv/Linear layer that runs last produces the model's output: its out-features are fixed."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: order.append(m))
+        for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    ]
+    probe(model, torch.zeros(2, *input_shape), hooks)
+    if not order:
+        raise EdgeslimError("structured pruning needs a model with Conv or Linear layers")
+    return [order[-1]]
+
+
+def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size: int = 64, seed: int = 0) -> None:
+    """Loss gradients on a few training batches (Taylor importance = |weight x gradient|)."""
+    model.eval()  # BN statistics stay fixed; gradients still flow
+    model.zero_grad(set_to_none=True)
+    rng = np.random.default_rng(seed)
+    for _ in range(batches):
+        idx = rng.choice(len(task.x_train), min(batch_size, len(task.x_train)), replace=False)
+        x, y = torch.from_numpy(task.x_train[idx]), torch.from_numpy(task.y_train[idx])
+        out = model(x)
+        loss = F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
+        loss.backward()
+
+
+def make_pruner(
+    model: nn.Module, input_shape: tuple[int, ...], *, ratio: float, importance: str = "l2", scope: str = "layer",
+    schedule: str = "oneshot", rounds: int = 1, round_to: int | None = None,
+    layer_ratios: dict[str, float] | None = None,
+) -> tuple:  # (tp.pruner.MetaPruner, steps)
+    """Torch-Pruning's pruner for `ratio` of the channels of each group (or `layer_ratios`: module path ->
+    ratio), ranked by `importance`, over `rounds` steps of `schedule`; the output layer is never pruned."""
+    import torch_pruning as tp
+
+    if importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise EdgeslimError("structured_prune: importance 'bn_scale' needs BatchNorm layers; this model has "
+                            "none (use l1, l2, taylor or random)")
+    ratio_dict = None
+    if layer_ratios:
+        names = dict(model.named_modules())
+        bad = [k for k in layer_ratios if k not in names]
+        if bad:
+            raise EdgeslimError(f"structured_prune: layer_ratios names unknown modules {bad}; valid: "
+                                f"{choices([n for n, _ in model.named_modules() if n])}")
+        ratio_dict = {names[k]: v for k, v in layer_ratios.items() if v > 0}
+    steps = 1 if schedule == "oneshot" else rounds
+
+    def scheduler(r: float, n: int) -> list[float]:
+        return [0.0] + schedule_ratios(r, n, schedule)
+
+    return tp.pruner.MetaPruner(
+        model, torch.zeros(2, *input_shape), make_importance(importance),
+        global_pruning=scope == "global", pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
+        iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
+        ignored_layers=output_layers(model, input_shape), round_to=round_to,
+    ), steps
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    return {n: (m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+
+
+def removable_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Blocks that can become identity: sub-modules with >= 2 Conv/Linear layers whose output shape equals
+    their input shape (residual blocks with an identity shortcut, stride-1 same-width blocks); the
+    innermost such modules only."""
+    shapes: dict[str, tuple] = {}
+
+    def hook(name: str):
+        def fn(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            if isinstance(out, torch.Tensor) and inp and isinstance(inp[0], torch.Tensor):
+                shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
+        return fn
+
+    def n_layers(m: nn.Module) -> int:
+        return sum(isinstance(s, (nn.Linear, nn.modules.conv._ConvNd)) for s in m.modules())
+
+    cands = [n for n, m in model.named_modules() if n and n_layers(m) >= 2]
+    hs = [get_module(model, n).register_forward_hook(hook(n)) for n in cands]
+    probe(model, torch.zeros(2, *input_shape), hs)
+    ok = [n for n in cands if n in shapes and shapes[n][0] == shapes[n][1]]
+    return [n for n in ok if not any(o != n and o.startswith(n + ".") for o in ok)]
