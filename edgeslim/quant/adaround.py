@@ -130,7 +130,18 @@ def _crop(x: torch.Tensor, rng: np.random.Generator, side: int = 24) -> torch.Te
 def adaround(model: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
              layers: int = 4, max_feeds: int = 4, iters: int = 200, seed: int = 0) -> tuple[onnx.ModelProto, list[str]]:
     """(copy of `model` with AdaRound weights in the `layers` layers of largest relative output error
-    from nearest rounding, names of those layers)."""
+    from nearest rounding, names of those layers). Runs torch on one thread: these are small problems,
+    and two OpenMP threads spin against each other on a shared machine (measured 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _adaround(model, feeds, fmt, ranges, layers, max_feeds, iters, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _adaround(model: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
+              layers: int, max_feeds: int, iters: int, seed: int) -> tuple[onnx.ModelProto, list[str]]:
     g = model.graph
     c = Consts(g)
     cands = []
