@@ -27,7 +27,7 @@ from edgeslim.measure.latency import interleaved_times
 from edgeslim.onnxkit.session import onnx_accuracy, session
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import load_recipe
-from edgeslim.train import TrainConfig, fit
+from edgeslim.train import TrainConfig, train_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         spec = models.make_spec("resnet8", task.input_shape, task.num_classes)
         m = models.build_model(spec)
-        fit(m, task, TrainConfig(epochs=args.epochs, seed=args.seed), quiet=True)
+        train_model(m, task, TrainConfig(epochs=args.epochs, seed=args.seed), quiet=True)
         models.save_model(base, m, spec)
     res = run_recipe(load_recipe(ROOT / "recipes" / "prune-int8.yaml"), base, task, args.out / "run",
                      seed=args.seed, quiet=True, force=True)

@@ -218,9 +218,11 @@ def _sqnr_floor(plan: int8_plan.Int8Plan, ctx: Context) -> int8_plan.Int8Plan:
 def fp16_native() -> str | None:
     """None when ONNX Runtime runs FP16 compute natively on this CPU, else why the fp16 candidate is skipped.
 
-    ORT's CPU provider has FP16 Conv/MatMul kernels (MLAS half-precision GEMM) only on ARM64 with FP16
-    arithmetic; on x86 it runs FP16 graphs through casts to FP32 (even where the CPU has avx512_fp16),
-    which is slower than FP32. Set EDGESLIM_FP16=1 to try the candidate anyway."""
+    ORT's CPU provider has its half-precision kernels (MLAS FP16 GEMM/conv) for ARM64 CPUs with FP16
+    arithmetic (asimdhp). On x86_64 an FP16 graph gains nothing: measured on an x86 host whose CPU
+    reports avx512_fp16, PP-OCR cls and det FP16 graphs ran at FP32 speed (time ratio 0.98, CI reaching
+    above 1; docs/benchmarks.md) while losing precision, and w16 gives the same file size. Set
+    EDGESLIM_FP16=1 to try the candidate anyway."""
     import os
     import platform
 
@@ -235,8 +237,8 @@ def fp16_native() -> str | None:
         if "asimdhp" in flags or "fphp" in flags or platform.system() == "Darwin":
             return None
         return "this ARM CPU reports no FP16 arithmetic (asimdhp): FP16 compute would be emulated"
-    return (f"FP16 compute is emulated on {machine} by ONNX Runtime's CPU provider (casts around FP32 kernels), "
-            "so it cannot be faster; w16 stores weights in fp16 instead (EDGESLIM_FP16=1 tries it anyway)")
+    return (f"FP16 compute is not native in ONNX Runtime's CPU provider on {machine} (FP16 graphs measured at FP32 "
+            "speed at best, with less precision); w16 stores weights in fp16 instead (EDGESLIM_FP16=1 tries it)")
 
 
 # w8 tries all-int8 first, then keeps the weights with the worst int8 SQNR (under these dB) in fp16

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -62,6 +62,9 @@ class Clock(Protocol):
     def ratio(self, cand: Sequence[float], ref: Sequence[float]) -> RatioLike:
         """Per-round time ratio cand / ref with its confidence interval."""
         ...
+
+
+Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output cosine
 FORMATS = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")
 
 
@@ -149,7 +152,7 @@ def _cosine(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
     return worst
 
 
-def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1):
+def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1) -> Evaluate:
     """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
         s = session(model.SerializeToString(), threads=threads)
@@ -201,103 +204,125 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
                    cosine=cos, notes=plan.notes + [f"{len(more)} more layers kept float: {', '.join(more)}"])
 
 
+@dataclass
+class _Run:
+    """What every step of one `build` shares."""
+
+    feeds: list[Feed]
+    opts: Int8Options
+    evaluate: Evaluate
+    notes: list[str] = field(default_factory=list)
+    steps: dict = field(default_factory=dict)  # what each step measured (for ablation tables)
+    spent: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+    def cos_of(self, fm: onnx.ModelProto, fmt: str, ranges: dict) -> float:
+        """Worst-output cosine of `fm` fully quantized in `fmt` with `ranges`, on every feed."""
+        return self.evaluate(quantize(fm, self.feeds, fmt, ranges, self.opts), len(self.feeds))
+
+    def judge(self, step: str, what: str, before: float, after: float) -> bool:
+        """Record a technique's effect on the fully quantized model; True when it pays (is kept)."""
+        kept = after > before
+        self.notes.append(f"{what}: cosine {before:.4f} -> {after:.4f} " + ("(kept)" if kept else "(dropped: no gain)"))
+        self.steps[step] = {"what": what, "before": before, "after": after, "kept": kept}
+        return kept
+
+
 def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
           clock: Clock, profiler: Profiler | None = None, timing_feed: Feed | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
     the reference outputs per feed; `clock` times whole models, `profiler` (default: ORT's profiler on
     `timing_feed`, else the first feed) per-node kernels."""
-    notes: list[str] = []
-    spent: dict[str, float] = {}
-    steps: dict = {}  # what each step measured (for ablation tables)
-    evaluate = evaluator(feeds, ref, opts.threads)
+    run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads))
     tf = timing_feed if timing_feed is not None else feeds[0]
     profiler = profiler or profiler_for(tf, runs=opts.profile_runs, threads=opts.threads)
-    n = len(feeds)
-    fmt0 = opts.formats[0]
-    with _timed(spent, "prepare"):
-        fm = prepare(model, opts, notes)
-    with _timed(spent, "calibration"):
-        ranges, calib_counts, method, cos = _ranges(fm, feeds, opts, evaluate, notes, steps)
-    # every weight technique edits the float model the quantizer reads, and is kept only where it pays:
-    # the fully quantized model's outputs must get closer to the reference
+    with _timed(run.spent, "prepare"):
+        fm = prepare(model, opts, run.notes)
+    with _timed(run.spent, "calibration"):
+        ranges, calib_counts, method, cos = _ranges(fm, feeds, opts, run.evaluate, run.notes, run.steps)
+    fm, qm, ranges, cos = _weight_steps(run, fm, ranges, method, cos)
+    with _timed(run.spent, "format"):
+        fmt, q = _choose_format(qm, fm, feeds, ranges, opts, clock, run.notes, run.steps)
+    run.steps["full_cosine"] = cos
+    us = units(q)
+    float_units, fixed, times = _layer_steps(run, q, fm, us, profiler)
+    final = keep_float(q, us.nodes(float_units), exact=us.nodes(fixed), float_model=fm)
+    cos = run.evaluate(final, len(feeds))
+    int8_units = [u for u in us.quant if u not in float_units]
+    run.notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.spent.items()))
+    run.steps["seconds"] = run.spent
+    return Int8Plan(final, fm, fmt, float_units, int8_units, times, cos, run.notes, calib_counts,
+                    quantized_from=qm, ranges=ranges, full=q, units=us, steps=run.steps)
+
+
+def _weight_steps(run: _Run, fm: onnx.ModelProto, ranges: dict, method: str, cos: float
+                  ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict, float]:
+    """Cross-layer equalisation, AdaRound, bias correction: each edits the float model the quantizer
+    reads and is kept only where it pays (the fully quantized model's outputs get closer to the
+    reference). Returns (float model, model to quantize, ranges, cosine)."""
+    opts, feeds, fmt0 = run.opts, run.feeds, run.opts.formats[0]
     if opts.cle:
-        with _timed(spent, "cle"):
+        with _timed(run.spent, "cle"):
             from edgeslim.quant.cle import equalize
 
             fe = _copy(fm)
             k = equalize(fe)
-            if k:
+            if k:  # equalisation moves activation ranges: calibrate again with the same method
                 stats = calib_select.collect(fe, feeds, seed=opts.seed)
                 w = calib_select.channel_weights(fe)
-                r2 = calib_select.choose(stats, w)[0] if method == "per-tensor" else \
-                    calib_select.choose(stats, w, (method,))[0]
-                c2 = evaluate(quantize(fe, feeds, fmt0, r2, opts), n)
-                notes.append(f"cross-layer equalisation of {k} conv pairs: cosine {cos:.4f} -> {c2:.4f} "
-                             + ("(kept)" if c2 > cos else "(dropped: no gain)"))
-                steps["cle"] = {"layers": k, "before": cos, "after": c2, "kept": c2 > cos}
-                if c2 > cos:
+                r2 = calib_select.choose(stats, w, calib_select.METHODS if method == "per-tensor" else (method,))[0]
+                c2 = run.cos_of(fe, fmt0, r2)
+                if run.judge("cle", f"cross-layer equalisation of {k} conv pairs", cos, c2):
                     fm, ranges, cos = fe, r2, c2
     qm = fm
     if opts.adaround:
-        with _timed(spent, "adaround"):
+        with _timed(run.spent, "adaround"):
             from edgeslim.quant.adaround import adaround
 
             m2, done = adaround(qm, feeds, fmt0, ranges, layers=opts.adaround_layers, seed=opts.seed)
-            if done:
-                c2 = evaluate(quantize(m2, feeds, fmt0, ranges, opts), n)
-                notes.append(f"AdaRound on {len(done)} layers: cosine {cos:.4f} -> {c2:.4f} "
-                             + ("(kept)" if c2 > cos else "(dropped: no gain)"))
-                steps["adaround"] = {"layers": len(done), "before": cos, "after": c2, "kept": c2 > cos}
-                if c2 > cos:
-                    qm, cos = m2, c2
+            if done and run.judge("adaround", f"AdaRound on {len(done)} layers", cos, c2 := run.cos_of(m2, fmt0, ranges)):
+                qm, cos = m2, c2
     if opts.bias_correction:
-        with _timed(spent, "bias_correction"):
+        with _timed(run.spent, "bias_correction"):
             from edgeslim.quant.bias_correction import correct_biases
 
-            m2, k = correct_biases(qm, feeds, ranges, qmax=64 if "-rr" in fmt0 else 127,
-                                   skip=set(opts.exclude_nodes))
-            if k:
-                c2 = evaluate(quantize(m2, feeds, fmt0, ranges, opts), n)
-                notes.append(f"bias correction on {k} layers: cosine {cos:.4f} -> {c2:.4f} "
-                             + ("(kept)" if c2 > cos else "(dropped: no gain)"))
-                steps["bias_correction"] = {"layers": k, "before": cos, "after": c2, "kept": c2 > cos}
-                if c2 > cos:
-                    qm, cos = m2, c2
-    with _timed(spent, "format"):
-        fmt, q = _choose_format(qm, fm, feeds, ranges, opts, clock, notes, steps)
-    steps["full_cosine"] = cos
-    us = units(q)
+            m2, k = correct_biases(qm, feeds, ranges, qmax=64 if "-rr" in fmt0 else 127, skip=set(opts.exclude_nodes))
+            if k and run.judge("bias_correction", f"bias correction on {k} layers", cos,
+                               c2 := run.cos_of(m2, fmt0, ranges)):
+                qm, cos = m2, c2
+    return fm, qm, ranges, cos
+
+
+def _layer_steps(run: _Run, q: onnx.ModelProto, fm: onnx.ModelProto, us: Units, profiler: Profiler
+                 ) -> tuple[dict[str, str], list[str], dict[str, UnitTime]]:
+    """(float units with why, units kept float for fidelity, per-unit kernel times): the fidelity
+    fallback by output sensitivity, then the speed choice by profiled kernel times."""
+    opts = run.opts
     float_units: dict[str, str] = {}
     fixed: list[str] = []
     if opts.fidelity_fallback:
-        with _timed(spent, "fidelity_fallback"):
-            fb = fidelity_fallback(q, fm, us, evaluate, opts.target_cosine, probe_feeds=opts.probe_feeds,
-                                   full_feeds=n)
+        with _timed(run.spent, "fidelity_fallback"):
+            fb = fidelity_fallback(q, fm, us, run.evaluate, opts.target_cosine, probe_feeds=opts.probe_feeds,
+                                   full_feeds=len(run.feeds))
         fixed = fb.float_units
         for u in fixed:
             float_units[u] = f"fidelity: alone in INT8 it costs {fb.sensitivity[u]:.2g} output cosine"
-        notes.append(f"fidelity fallback: {len(fixed)}/{len(us.quant)} layers float to reach cosine >= "
-                     f"{opts.target_cosine:g} (bisection: " + ", ".join(f"{k} float -> {c:.4f}" for k, c in fb.trail)
-                     + ")" + ("" if fb.met else "; NOT MET even with every layer float"))
-        steps["fidelity"] = {"float": len(fixed), "of": len(us.quant), "met": fb.met}
+        run.notes.append(
+            f"fidelity fallback: {len(fixed)}/{len(us.quant)} layers float to reach cosine >= {opts.target_cosine:g} "
+            "(bisection: " + ", ".join(f"{k} float -> {c:.4f}" for k, c in fb.trail) + ")"
+            + ("" if fb.met else "; NOT MET even with every layer float"))
+        run.steps["fidelity"] = {"float": len(fixed), "of": len(us.quant), "met": fb.met}
     times: dict[str, UnitTime] = {}
     if opts.speed_choice:
-        with _timed(spent, "speed_choice"):
+        with _timed(run.spent, "speed_choice"):
             sc = speed_fallback(q, fm, us, fixed, profiler)
         times = sc.times
         for u in sc.slow_units:
             t = sc.decided.get(u)
             float_units[u] = "slower in INT8" + (f" ({t.int8_us:.0f} vs {t.fp32_us:.0f} us FP32)" if t else "")
-        notes.append(f"speed choice: {len(sc.slow_units)} layers keep FP32 compute (INT8 kernel slower here), "
-                     f"{sc.rounds} profile round(s)")
-        steps["speed"] = {"float": len(sc.slow_units), "of": len(us.quant)}
-    final = keep_float(q, us.nodes(float_units), exact=us.nodes(fixed), float_model=fm)
-    cos = evaluate(final, n)
-    int8_units = [u for u in us.quant if u not in float_units]
-    notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))
-    steps["seconds"] = spent
-    return Int8Plan(final, fm, fmt, float_units, int8_units, times, cos, notes, calib_counts, quantized_from=qm,
-                    ranges=ranges, full=q, units=us, steps=steps)
+        run.notes.append(f"speed choice: {len(sc.slow_units)} layers keep FP32 compute (INT8 kernel slower here), "
+                         f"{sc.rounds} profile round(s)")
+        run.steps["speed"] = {"float": len(sc.slow_units), "of": len(us.quant)}
+    return float_units, fixed, times
 
 
 @contextmanager
