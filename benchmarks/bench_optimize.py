@@ -132,10 +132,12 @@ def ablation_rows(name: str, res: dict, nofold: dict | None) -> list[str]:
         fold = (f"{_fmt(_ratio(res, res['chosen']))}x ({res['chosen']}) vs {_fmt(_ratio(nofold, nofold['chosen']))}x "
                 f"({nofold['chosen']}) without")
     fid, spd = st.get("fidelity", {}), st.get("speed", {})
+    chk = st.get("speed_check")
+    chk_s = "" if not chk else (", kept by the whole-model check" if chk["kept"] else ", undone by the whole-model check")
     return [f"| {name} | {fold} | {step('cle')} | {step('bias_correction')} | {cal_s} | {step('adaround')} | "
             f"{cv('int8-qdq')} ({fid.get('float', '-')} of {fid.get('of', '-')} float for fidelity) | "
             f"{cv('int8-no-fidelity-fallback')} | {cv('int8-no-speed-choice')} ({spd.get('float', '-')} float for "
-            f"speed) | {cv('int8-full')} | {cv('int8-qop')} | {fmt_s} -> {fmt.get('chosen', '-')} |"]
+            f"speed{chk_s}) | {cv('int8-full')} | {cv('int8-qop')} | {fmt_s} -> {fmt.get('chosen', '-')} |"]
 
 
 def main(argv: list[str] | None = None) -> int:
