@@ -22,13 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.guard import TrainingDiverged
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.recipe import load_recipe
@@ -57,7 +58,11 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    try:
+        hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    except TrainingDiverged as e:  # keep the last good weights the trainer restored
+        models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "diverged": str(e)})
+        raise TrainingDiverged(f"{e}; saved them to {out}", e.good_epoch) from None
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -74,14 +79,16 @@ def train(
 
 
 def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False) -> dict:
-    """Run a recipe on a trained model; writes results.json and report.md into `out`."""
+        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
+    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
+    the default profile); writes results.json and report.md into `out`. A resume with another device
+    re-measures the device figures and reuses the trained stages."""
     from edgeslim.pipeline import run_recipe
 
     r = load_recipe(recipe)
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                      task_spec=task)
+                      task_spec=task, device=device)
 
 
 def compress(
@@ -114,115 +121,114 @@ def compress(
         export_onnx(model, t.input_shape, prev_onnx)
     ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
-    return info.fn(model, t, config, ctx)
+    res = info.fn(model, t, config, ctx)
+    if res.store_sparse and res.model is not None:  # as the pipeline does: the sparse file from one export
+        from edgeslim.deploy.export import export_onnx
+        from edgeslim.formats.sparse import write_sparse_stage
+
+        export_onnx(res.model, t.input_shape, work / "model.onnx")
+        res.notes.update(write_sparse_stage(work / "model.onnx", work))
+    return res
 
 
-def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
-    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
-
-    With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
-    activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`)."""
-    from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.stage import measure_stage
+def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,
+            device: str | None = None, batch: int | None = None, deploy: bool = False, *,
+            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None,
+            life: LifeOptions | None = None) -> list[dict]:
+    """Measure models (ONNX files, model folders or .tflite) with the measurement core (`edgeslim.measure.core`):
+    size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
+    with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
+    `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
+    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes). Several
+    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows
+    with an energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
+    from edgeslim.measure.core import measure_models
 
     t = load_task(task) if task else None
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.measure.tflite import measure_tflite
-
-            out.append(measure_tflite(p, t, runs=runs, threads=threads))
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            if p.is_dir():
-                net, spec = models.load_model(p)
-                shape = tuple(spec["input_shape"])
-                onnx_path = Path(tmp) / "model.onnx"
-                export_onnx(net, shape, onnx_path)
-                size_path: Path | None = p / models.io.WEIGHTS
-            elif p.suffix == ".onnx" and p.is_file():
-                net, onnx_path, size_path = None, p, None
-                shape = _onnx_input_shape(p)
-            else:
-                raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
-            task_for = t or _synthetic_task(shape)
-            m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
-            if t is None:
-                m["accuracy"] = None
-            if deploy or device or batch:
-                from edgeslim.measure.deployment import deploy_extras
-
-                m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
-            out.append({"name": str(p), **m})
-    return out
+    life = (life or LifeOptions()).checked()
+    rows = [m.as_dict() for m in measure_models(
+        list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
+        batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    return life.annotate_rows(rows, device)
 
 
-def _onnx_input_shape(p: Path) -> tuple[int, ...]:
-    import onnx
-
-    try:
-        g = onnx.load(str(p)).graph
-    except Exception as e:  # onnx raises DecodeError and others for corrupt files
-        raise EdgeslimError(f"{p}: not a valid ONNX model ({type(e).__name__})") from None
-    dims = g.input[0].type.tensor_type.shape.dim[1:]
-    shape = tuple(d.dim_value for d in dims)
-    if not all(shape):
-        raise EdgeslimError(f"{p}: input '{g.input[0].name}' has unknown dimensions {shape}")
-    return shape
-
-
-def _synthetic_task(shape: tuple[int, ...]) -> Task:
-    rng = np.random.default_rng(0)
-    x = rng.random((8, *shape), dtype=np.float32)
-    y = np.zeros(8, np.int64)
-    return Task("synthetic", x, y, x, y, x, y, num_classes=1)
-
-
-def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None) -> dict:
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,
+              inputs: Path | None = None, shapes: Sequence[str] = (), life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
-    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
-    from edgeslim.measure.device_fit import check_fit as device_fit
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
+    battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
+    from edgeslim.devices import load_device
+    from edgeslim.measure.core import measure_model
+    from edgeslim.measure.device_fit import fit_verdict
     from edgeslim.measure.tflite import arena_beside
 
-    r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    life = (life or LifeOptions()).checked()
+    m = measure_model(model, inputs, shapes=shapes, device=device, latency=False)
+    fit = m.fit
+    if arena_bytes is not None or fit is None:
+        dev = load_device(device)
+        weights = fit.weights_bytes if fit is not None else (m.size_bytes or 0)
+        fit = fit_verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
+        if m.energy.get("energy_mj") is not None:
+            fit.energy_mj, fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
+            fit.latency_ms = m.energy.get("energy_latency_ms")
     beside = arena_beside(model)
-    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    out = {"model": str(model), **fit.as_dict(), "inputs": m.inputs, "input_source": m.input_source,
+           "warnings": m.warnings}
+    if m.arena.get("arena_note") and arena_bytes is None:
+        out["arena_note"] = m.arena["arena_note"]
+    row = {**out, **({"arena_beside": beside} if beside else {})}
+    return life.annotate_rows([row], device)[0]
 
 
-def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
-               write_reordered: Path | None = None) -> Any:  # -> edgeslim.measure.arena.ArenaPlan
-    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
-    with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
-    from edgeslim.deploy.export import to_onnx
+def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
+               inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> Any:
+    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder at
+    the shapes of its inputs (`inputs` .npz or `shapes`); with `write_reordered`, also write the model with its
+    nodes in the lowest-peak order found; with `device`, `plan.fit` is the RAM verdict on that device."""
+    from edgeslim.devices import load_device
     from edgeslim.fsutil import write_bytes
     from edgeslim.measure.arena import plan_arena as plan
     from edgeslim.measure.arena import reorder_model
+    from edgeslim.measure.device_fit import fit_verdict, weights_bytes
+    from edgeslim.measure.source import open_model
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
+    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.untrusted import about
 
-    path, cleanup = to_onnx(model)
-    try:
-        result = plan(path, fuse_qdq=fuse_qdq, align=align)
+    with about(model), open_model(model) as src:  # a broken model: one line naming it
+        if src.onnx is None:
+            raise EdgeslimError(f"{model}: the arena planner takes an ONNX file or a model folder; for a .tflite "
+                                "`edgeslim fit` reports TFLite Micro's recorded arena")
+        proto = read_onnx(src.onnx)
+        fd = make_feeds(input_specs(proto), inputs, shapes)
+        result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
+        result.warnings = fd.warnings
+        if device is not None:
+            result.fit = fit_verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
         if write_reordered is not None:
-            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
-    finally:
-        if cleanup:
-            cleanup()
+            write_bytes(write_reordered, reorder_model(proto, shapes=fd.shapes)[0].SerializeToString())
     return result
 
 
-def compile(model: Path, out: Path, level: str = "extended") -> dict:
+def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | None = None,
+            shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
-    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
+    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
+    output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
+    fit and energy there (`fit`)."""
     from edgeslim.deploy.compile import compile_model
 
-    return compile_model(Path(model), Path(out), level)
+    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes)
+    if device is not None:
+        res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
+    return res
 
 
 def optimize(
-    model: Path, out: Path, *, calib: Path | None = None, shapes: Sequence[str] = (), samples: int = 32,
+    model: Path, out: Path, *, inputs: Path | None = None, calib: Path | None = None, shapes: Sequence[str] = (),
+    samples: int = 32,
     min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
     candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
     sqnr_db: float = 0.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
@@ -232,70 +238,89 @@ def optimize(
     """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
     the fastest within tolerance that is not slower than the original and at least `min_shrink` times
     smaller (`prefer`: balanced | size | speed; `measure.decide`). Without any tolerance given, the
-    tolerance is cosine >= 0.995 on every output. Writes `out` unless refused; returns the full report."""
+    tolerance is cosine >= 0.995 on every output. `inputs` (`calib` is its older name): an .npz with one array
+    per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
+    returns the full report."""
+    from edgeslim.measure.fidelity import Tolerance
     from edgeslim.onnxopt import candidates as cands
-    from edgeslim.onnxopt.fidelity import Tolerance
-
-    if prefer not in ("balanced", "size", "speed"):
-        raise EdgeslimError(f"prefer {prefer!r}: valid values are balanced, size, speed")
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.onnxopt.run import optimize as run_optimize
 
+    if prefer not in ("balanced", "size", "speed"):
+        raise EdgeslimError(f"prefer {prefer!r}: valid values are balanced, size, speed")
+
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     cfg = OptimizeConfig(
-        model=Path(model), out=Path(out), calib=calib, shapes=list(shapes), samples=samples, seed=seed,
+        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes),
+        samples=samples, seed=seed,
         tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
         prefer=prefer, min_shrink=min_shrink,
     )
-    return run_optimize(cfg)
+    with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
+        return run_optimize(cfg)
 
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
-           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
+           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
+           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
-    Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
+    Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
+    (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
+    and energy there (`fit`). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
 
-    return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
-                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)
+    res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
+                       calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
+                       inputs=inputs, shapes=shapes)
+    if device is not None:
+        written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
+        res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)
+    return res
 
 
 def distill(
-    teacher: Path, task: str, out: Path, *, width: float = 0.5, depth: float = 1.0, temperature: float = 4.0,
-    alpha: float = 0.9, epochs: int = 20, lr: float = 3e-3, transfer: str | None = None,
-    transfer_ratio: int | None = None, extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
+    teacher: Path, task: str, out: Path, *, width: float | None = None, depth: float | None = None,
+    student: dict[str, Any] | None = None, temperature: float = 4.0, alpha: float = 0.9, epochs: int = 20,
+    lr: float = 3e-3, transfer: str | None = None, transfer_ratio: int | None = None,
+    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
 ) -> dict:
-    """Build a smaller student from the teacher's architecture (`width`, `depth`) and train it with
-    knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
+    """Build a smaller student from the teacher's architecture (`width`, default 0.5; `depth`, default 1)
+    or another zoo architecture (`student={"model": "gru", "hidden": 64}`; width/depth then do not
+    apply) and train it with knowledge distillation; saves it as a model folder in `out`. Returns
+    student and teacher metrics."""
     import torch
 
     from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, kd_settings
+    from edgeslim.passes.distill import Distill, kd_settings, student_base
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
     extras = [models.load_model(p)[0] for p in extra_teachers]
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     try:
-        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
+        cfg = Distill(**multipliers, student=dict(student or {}), temperature=temperature, alpha=alpha,
                       teachers=[str(p) for p in extra_teachers], transfer=transfer, transfer_ratio=transfer_ratio,
                       train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
     except ValueError as e:
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
-    student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
+    student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
+    ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
+    hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
+                         **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
-        "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
-        "teacher_params": count_params(tmodel)[0], "params": count_params(student)[0],
-        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student, t.input_shape),
+        "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
+        "teacher_params": count_params(tmodel)[0], "params": count_params(student_net)[0],
+        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student_net, t.input_shape),
         "student": spec["kwargs"],
     }
-    models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    models.save_model(out, student_net, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    ckpt.unlink(missing_ok=True)
     m["arch"] = spec["arch"]
     return m
 

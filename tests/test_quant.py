@@ -160,15 +160,14 @@ def test_quantizing_twice_is_a_clear_error(trained_resnet, tiny_image_task, tmp_
                                    _ctx(tmp_path / "b", spec, res.onnx))
 
 
-def _fake_clock(slow_int8: float, slow_all: float = 1.0):
-    """An injected clock: FP32 takes 1 ms per round; a model with activation quantization (any
-    QuantizeLinear) `slow_int8` times that; any other model `slow_all` times that. Ratios: the real rule."""
-    from edgeslim.measure.decide import ratio
+def _fake_measure(slow_int8: float, slow_all: float = 1.0):
+    """A measurement core whose clock is injected: FP32 takes 1 ms per round; a model with activation
+    quantization (any QuantizeLinear) `slow_int8` times that; any other model `slow_all` times that.
+    Ratios: the real rule; per-kernel profiles: the real one (the clock's `profile`)."""
+    from edgeslim.measure.core import Measurer
+    from edgeslim.measure.decide import InterleavedClock
 
-    class Clock:
-        def __init__(self, feed, seconds=3.0, threads=1):
-            pass
-
+    class Clock(InterleavedClock):
         def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
             out = {}
             for k, data in models.items():
@@ -179,21 +178,27 @@ def _fake_clock(slow_int8: float, slow_all: float = 1.0):
                 out[k] = list(1e-3 * f * (1 + jitter))
             return out
 
-        def ratio(self, cand, ref):
-            return ratio(cand, ref)
+    class Fake(Measurer):
+        def clock(self, feed, seconds=3.0, min_rounds=15):
+            self.asked = getattr(self, "asked", 0) + 1
+            return Clock(dict(feed), seconds=seconds, threads=self.threads, min_rounds=min_rounds)
 
-    return Clock
+    return Fake()
 
 
-def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, tiny_image_task, tmp_path, monkeypatch):
+def _with(ctx: RunContext, measure) -> RunContext:
+    ctx.measure = measure
+    return ctx
+
+
+def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, tiny_image_task, tmp_path):
     """Thin layers (a pruned model) where every INT8 kernel is slower: the pass keeps FP32 speed (w8 or an
     all-float plan) instead of picking the least slow INT8 format; if even that were slower, it says so."""
-    import edgeslim.passes.quantize_int8 as qpass
-
     _, spec, fp32 = trained_resnet
-    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(1.6))
     cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc", "u8s8-rr-pc"))
-    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path / "a", spec, fp32))
+    fake = _fake_measure(1.6)
+    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _with(_ctx(tmp_path / "a", spec, fp32), fake))
+    assert fake.asked == 1  # the pass times nothing itself: it asks the run's measurement core
     tried = {r["candidate"]: r for r in res.notes["tried"]}
     assert set(tried) == {"int8-mixed", "int8-full", "w8"}
     assert "slower than the original" in tried["int8-full"]["why"]  # rejected: 1.6x the FP32 time
@@ -202,17 +207,14 @@ def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, ti
     assert onnx_accuracy(res.onnx, tiny_image_task.x_test, tiny_image_task.y_test) >= \
         onnx_accuracy(fp32, tiny_image_task.x_test, tiny_image_task.y_test) - 0.04
     # every candidate slower than FP32: the least slow faithful one is written, and the notes say so
-    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(1.6, 1.3))
-    res2 = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path / "b", spec, fp32))
+    res2 = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg,
+                                      _with(_ctx(tmp_path / "b", spec, fp32), _fake_measure(1.6, 1.3)))
     assert "slower" in res2.notes["slower_than_fp32"] and res2.notes["why"].startswith("written although slower")
 
 
-def test_per_layer_int8_keeps_faster_int8(trained_resnet, tiny_image_task, tmp_path, monkeypatch):
-    import edgeslim.passes.quantize_int8 as qpass
-
+def test_per_layer_int8_keeps_faster_int8(trained_resnet, tiny_image_task, tmp_path):
     _, spec, fp32 = trained_resnet
-    monkeypatch.setattr(qpass, "InterleavedClock", _fake_clock(0.6))
     cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc",))
-    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path, spec, fp32))
+    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _with(_ctx(tmp_path, spec, fp32), _fake_measure(0.6)))
     assert res.notes["format"].startswith(("int8-mixed", "int8-full")) and "slower_than_fp32" not in res.notes
     assert res.notes["why"].startswith("won")

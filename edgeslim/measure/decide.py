@@ -170,8 +170,10 @@ def _explain(pool: list[Option], best: Option, vs_ref: dict[str, Ratio], per: in
 
 @dataclass
 class InterleavedClock:
-    """Times serialized ONNX models on one feed, interleaved (`measure.latency.interleaved_times`), and
-    compares them by per-round ratios (`ratio`): the clock INT8 planning and format choices ask."""
+    """Times serialized ONNX models on one feed with the one timer (`measure.latency.interleaved_times`)
+    and compares them by per-round ratios (`ratio`); `profile` gives ONNX Runtime's per-kernel times over
+    the same interleaved loop. The clock the INT8 plan and format choices ask (`Measurer.clock` makes it
+    with the run's threads)."""
 
     feed: dict
     seconds: float = 3.0
@@ -188,3 +190,9 @@ class InterleavedClock:
 
     def ratio(self, cand: Sequence[float], ref: Sequence[float]) -> Ratio:
         return ratio(cand, ref)
+
+    def profile(self, models: dict[str, bytes], runs: int = 15) -> dict[str, dict[str, float]]:
+        """{model key: {ORT node name: median kernel time (us)}} (`measure.latency.onnx_kernel_profile`)."""
+        from edgeslim.measure.latency import onnx_kernel_profile
+
+        return onnx_kernel_profile(models, self.feed, runs=runs, threads=self.threads)

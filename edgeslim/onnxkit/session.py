@@ -59,9 +59,30 @@ def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  #
 
 def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Run the first input/output of `sess` over `x` in batches; returns the concatenated output."""
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    batch = fixed or batch  # a model exported with a fixed batch gets exactly that many (the last padded)
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
     return np.concatenate(outs)
+
+
+def run_all(sess, feeds: list[dict[str, np.ndarray]], where: str = "") -> list[list[np.ndarray]]:
+    """Outputs of `sess` for every feed; a failure is the user's model/data problem, said in one line."""
+    out = []
+    for i, f in enumerate(feeds):
+        try:
+            out.append(sess.run(None, f))
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgeslimError(f"{where + ': ' if where else ''}the model fails on input sample {i} ({msg[:300]}); "
+                                "check --inputs/--shape") from None
+    return out
 
 
 def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import onnx
 
-from edgeslim.measure.decide import InterleavedClock
+from edgeslim.measure.core import Measurer
+from edgeslim.measure.fidelity import Fidelity, Tolerance, compare, run_all
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.quant import convert_fp16
 from edgeslim.onnxkit.session import session
 from edgeslim.onnxopt import fallback
-from edgeslim.onnxopt.fidelity import Fidelity, Tolerance, compare, run_all
 from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import int8_plan
 
@@ -97,7 +97,7 @@ class Context:
     base_fp: onnx.ModelProto | None = None  # ORT-optimised at the source opset (None: same as base)
     int8: int8_plan.Int8Options = field(default_factory=int8_plan.Int8Options)
     plan: int8_plan.Int8Plan | None = None
-    clock: int8_plan.Clock | None = None    # injected by tests; None: the interleaved clock on feeds[0]
+    clock: int8_plan.Clock | None = None    # injected by tests; None: the measurement core's clock on feeds[0]
 
     @property
     def fp_base(self) -> onnx.ModelProto:
@@ -148,7 +148,7 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
             return m, [f"{n - n16} tensors int8, {n16} fp16{why}"]
         return m, [f"{n} tensors fp16"]
     if name == "int8-qdq":
-        clock = ctx.clock or InterleavedClock(ctx.feeds[0], threads=ctx.int8.threads)
+        clock = ctx.clock or Measurer(ctx.int8.threads).clock(ctx.feeds[0])
         plan = int8_plan.build(ctx.base, ctx.feeds, ctx.ref, ctx.int8, clock)
         if ctx.sqnr_db > 0:
             plan = _sqnr_floor(plan, ctx)

@@ -16,20 +16,22 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
+from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.decide import InterleavedClock, Option, choose, ratio
-from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.decide import Option, choose, ratio
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import int8_plan
+from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 from edgeslim.quant.qdq_float import keep_float
 
@@ -42,6 +44,16 @@ class QuantizeInt8(PassConfig):
     method: Literal["minmax", "percentile", "entropy", "mse", "select"] = "select"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_formats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:  # a typo fails when the recipe is parsed, not after the earlier stages ran
+            try:
+                parse_format(c, "candidates")
+            except EdgeslimError as e:
+                raise ValueError(str(e).split(": ", 1)[1]) from None
+        return v
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
     # per_layer: INT8 only where it is faithful and faster on this CPU (quant.int8_plan); layers whose
     # INT8 kernel is slower keep FP32 compute with int8 weights on disk; w8 and full INT8 compete too
@@ -80,6 +92,9 @@ def quantize_int8(
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
+    prev = ctx.prev_onnx
+    resources.check_calibration(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+                                "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
@@ -93,13 +108,17 @@ def quantize_int8(
             raise EdgeslimError("quantize_int8: 'candidates' is empty; list at least one format, e.g. u8s8-rr-pc")
         fmts = [parse_format(c, "quantize_int8.candidates") for c in cfg.candidates]
     raw, paths = {}, {}
+    recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
         oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method if cfg.method in ("minmax", "percentile",
                            "entropy") else "minmax", act_overrides=act_overrides)
+        recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
-    lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
+    # the format is chosen by measurement: the measurement core times FP32 and every candidate interleaved
+    lat = {k: v.p50_ms for k, v in ctx.measure.compare({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
+        if len(fmts) > 1 else {}
     rows = []
     for f in fmts:
         rows.append({
@@ -121,11 +140,15 @@ def quantize_int8(
     write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": chosen, "why": why,
                                                      "fp32_val_accuracy": fp32_acc, "layers": layers})
     shutil.rmtree(work)
-    return PassResult(None, onnx=dst, notes={
+    notes = {
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
         "calibration": {"method": cfg.method if cfg.method in ("minmax", "percentile", "entropy") else "minmax",
                         "samples": len(calib)}, "tried": rows, "layers": layers,
-    })
+    }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent
+        notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
+    return PassResult(None, onnx=dst, notes=notes)
 
 
 def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds: list) -> PassResult:
@@ -133,8 +156,13 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     from edgeslim.quant.int8_plan import FORMATS, Int8Options
 
     fmts = tuple(parse_format(c, "quantize_int8.candidates").name for c in cfg.candidates) or FORMATS
-    opts = Int8Options(formats=fmts, calib=cfg.method, target_cosine=cfg.min_cosine, seed=ctx.seed)
-    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, task.x_test[:1], opts, cfg.max_accuracy_drop,
+    opts = Int8Options(formats=fmts, calib=cfg.method, target_cosine=cfg.min_cosine, seed=ctx.seed,
+                       threads=ctx.measure.threads)
+    # every timing decision asks the measurement core: batch 1, the pipeline's latency setting
+    x1 = task.x_test[:1].astype(np.float32)
+    name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    clock = ctx.measure.clock({name: x1}, seconds=4.0)
+    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, clock, opts, cfg.max_accuracy_drop,
                        prefer=cfg.prefer)
     report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
     p = r.plan
@@ -158,6 +186,9 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     }
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32
+    if r.recurrent:
+        notes["recurrent_weight_only"] = r.recurrent
+        notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
     return PassResult(None, onnx=r.path, notes=notes)
 
 
@@ -182,30 +213,31 @@ class StageResult:
     rows: list[dict]            # every candidate: accuracy, size, latency, ratio to FP32, why
     plan: int8_plan.Int8Plan
     slower_than_fp32: str | None  # set when the written model is slower than the FP32 input
+    recurrent: list[str]        # GRU/LSTM/RNN nodes given weight-only INT8 (no integer kernel in ORT)
 
 
 def per_layer_int8(
-    pre: Path, work: Path, feeds: list[dict], x_val: np.ndarray, y_val: np.ndarray, x_time: np.ndarray,
-    opts: int8_plan.Int8Options, max_drop: float, prefer: str = "balanced", seconds: float = 4.0,
+    pre: Path, work: Path, feeds: list[dict], x_val: np.ndarray, y_val: np.ndarray, clock: int8_plan.Clock,
+    opts: int8_plan.Int8Options, max_drop: float, prefer: str = "balanced",
 ) -> StageResult:
     """Plan, build the three candidates in `work`, measure, choose. `pre` is the FP32 model (ORT
-    pre-processed), `feeds` the calibration batches, `x_time` the batch-1 timing input."""
+    pre-processed), `feeds` the calibration batches, `clock` the measurement core's (`ctx.measure.clock`
+    on the batch-1 timing input): this pass times nothing itself."""
     model = onnx.load(str(pre))
     name_nodes(model)
-    name = model.graph.input[0].name
     fp = session(pre)
     ref = [fp.run(None, f) for f in feeds]
-    tfeed = {name: x_time.astype(np.float32)}
-    clock = InterleavedClock(tfeed, seconds=seconds, threads=opts.threads)
-    plan = int8_plan.build(model, feeds, ref, opts, clock, timing_feed=tfeed)
+    plan = int8_plan.build(model, feeds, ref, opts, clock)
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
     models = {"int8-mixed": plan.model, "int8-full": plan.full, "w8": w8}
     paths = {}
+    recurrent: list[str] = []
     for k, m in models.items():
         raw = work / f"{k}.raw.onnx"
         save(m, raw)
+        recurrent = rq.weight_only_recurrent(raw, raw)  # static QDQ has no GRU/LSTM/RNN kernels
         paths[k] = work / f"{k}.onnx"
         oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
     times = clock.times({"fp32": pre.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
@@ -235,4 +267,4 @@ def per_layer_int8(
         row["why"] = o.why
     dst = work.parent / "model.onnx"
     shutil.copyfile(paths[best.name], dst)
-    return StageResult(dst, best.name, best.why, rows, plan, slower)
+    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent)

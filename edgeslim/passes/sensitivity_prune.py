@@ -4,15 +4,14 @@ curves and the allocation come from `edgeslim.prune.sensitivity`."""
 
 from __future__ import annotations
 
-import copy
+from typing import Annotated
 
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.formats.sparse import write_sparse_model
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
@@ -23,7 +22,7 @@ from edgeslim.train import TrainConfig
 class SensitivityPrune(PassConfig):
     target: float = Field(0.5, gt=0, lt=1, description="weight-weighted mean of the per-layer ratios")
     mode: Mode = "unstructured"
-    ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: list(DEFAULT_RATIOS), min_length=1)
     max_ratio: float = Field(0.95, gt=0, lt=1)
     finetune: TrainConfig | None = None
 
@@ -43,13 +42,12 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         carry = {"keep_sparsity": True}
         hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune", carry=carry)
         notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
-        notes.update(write_sparse_model(model, task.input_shape, ctx.stage_dir))
-        return PassResult(model, notes=notes, carry=carry)
-    before = copy.deepcopy(model).eval()
+        return PassResult(model, notes=notes, carry=carry, store_sparse=True)
+    before = size_counts(model, task.input_shape, "before")
     pruner, _ = make_pruner(model, task.input_shape, ratio=0.5, importance="l2",
                             layer_ratios={k: min(v, 0.95) for k, v in alloc.items()})
     pruner.step()
     hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune")
     notes.update(val_accuracy=hist["val_accuracy"])
-    notes.update(before_after(before, model.eval(), task))
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
     return PassResult(model, notes=notes)

@@ -10,9 +10,10 @@
                 ─► keep float the layers whose INT8 kernels are slower here      (quant.layer_select)
 
 Every step can be switched off (`Int8Options`) so benchmarks can show what each contributes. Timing is
-injected (a `Clock`: per-round times of several models from one interleaved run, and the per-round
-ratio rule to compare them; `measure.decide.InterleavedClock` is the real one): this package sits
-below the measurement layer, and tests feed synthetic timings.
+injected (a `Clock`: per-round times of several models from one interleaved run, the per-round ratio
+rule to compare them, and ONNX Runtime's per-kernel profile; the real one is the measurement core's,
+`Measurer.clock` -> `measure.decide.InterleavedClock`, on the one timer): this package sits below the
+measurement layer and times nothing itself, and tests feed synthetic timings.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from edgeslim.quant.layer_select import (
     Units,
     UnitTime,
     fidelity_fallback,
-    profiler_for,
     speed_fallback,
     units,
 )
@@ -53,7 +53,7 @@ class RatioLike(Protocol):
 
 
 class Clock(Protocol):
-    """Times models and compares them (`measure.decide.InterleavedClock`)."""
+    """Times models and compares them (`measure.core.Measurer.clock`)."""
 
     def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
         """{name: per-round times (s)} of the serialized models, timed interleaved in one run."""
@@ -61,6 +61,10 @@ class Clock(Protocol):
 
     def ratio(self, cand: Sequence[float], ref: Sequence[float]) -> RatioLike:
         """Per-round time ratio cand / ref with its confidence interval."""
+        ...
+
+    def profile(self, models: dict[str, bytes], runs: int = 15) -> dict[str, dict[str, float]]:
+        """{name: {ORT node name: median kernel time (us)}} of the serialized models, interleaved."""
         ...
 
 
@@ -229,13 +233,14 @@ class _Run:
 
 
 def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
-          clock: Clock, profiler: Profiler | None = None, timing_feed: Feed | None = None) -> Int8Plan:
+          clock: Clock, profiler: Profiler | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
-    the reference outputs per feed; `clock` times whole models, `profiler` (default: ORT's profiler on
-    `timing_feed`, else the first feed) per-node kernels."""
+    the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
+    per-node kernels, on its own feed."""
     run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads))
-    tf = timing_feed if timing_feed is not None else feeds[0]
-    profiler = profiler or profiler_for(tf, runs=opts.profile_runs, threads=opts.threads)
+    if profiler is None:
+        def profiler(models: dict[str, bytes]) -> dict[str, dict[str, float]]:
+            return clock.profile(models, runs=opts.profile_runs)
     with _timed(run.spent, "prepare"):
         fm = prepare(model, opts, run.notes)
     with _timed(run.spent, "calibration"):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from edgeslim.onnxkit.graph import QDQ_OPS
-from edgeslim.quant.profile import attribute, profile_nodes
+from edgeslim.quant.profile import attribute
 from edgeslim.quant.qdq_float import keep_float, quantized_nodes
 
 WEIGHT_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU"}
@@ -218,8 +218,3 @@ def _qdq_owner(n: onnx.NodeProto, prod: dict, cons: dict, of: dict[str, str], in
         if of.get(r.name) in int8_units:
             return of[r.name]
     return None
-
-
-def profiler_for(feed: dict, runs: int = 15, threads: int = 1) -> Profiler:
-    """A `Profiler` that runs `profile_nodes` on one feed."""
-    return lambda models: profile_nodes(models, feed, runs=runs, threads=threads)
