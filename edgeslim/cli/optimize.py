@@ -52,6 +52,9 @@ def optimize(
     --min-shrink times smaller (--prefer tilts it); prints what was tried and why each won or lost.
     Writes nothing if the tolerance cannot be met (unless --force).
     """
+    if not as_json:  # a long job: say what comes before it starts (and flush: logs and pipes see it now)
+        console.print(f"optimize {model}: {'inputs from ' + str(inputs) if inputs else 'synthetic inputs'}; "
+                      f"building candidates, then {bench_seconds:g} s of interleaved timing", highlight=False)
     res = api.optimize(
         model, out, inputs=inputs, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
         min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
