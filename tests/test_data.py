@@ -20,6 +20,16 @@ def test_digits_builtin_is_real_and_split():
     assert t.x_train.dtype == np.float32 and t.y_train.dtype == np.int64
 
 
+def test_digits_read_without_sklearn_matches_load_digits():
+    from sklearn.datasets import load_digits
+
+    from edgeslim.data.builtin import _digits_arrays
+
+    images, target = _digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+
+
 def test_mnist1d_builtin_generated():
     t = load_task("mnist1d")
     assert t.input_shape == (1, 40)
