@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean search-cluster
+.PHONY: demo test lint install clean search-cluster examples
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,15 +24,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeslim demo --out runs/demo
 
+# Every worked scenario in examples/ (a few minutes each on 2 cores; the litert extra for the C array).
+# A new example is one more examples/<name>.py with run() and check(): it is picked up here and by the tests.
+examples: $(TEST_STAMP)
+	@set -e; for f in examples/[a-z]*.py; do n=$$(basename $$f .py); echo "== $$n"; \
+	  $(BIN)/python -m examples.$$n --out runs/examples/$$n; done
+
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check edgeslim tests benchmarks
+	$(BIN)/ruff check edgeslim tests benchmarks examples
 	$(BIN)/mypy edgeslim
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .hypothesis
 
 # A real local PostgreSQL server (Debian's package; started and stopped here) shared by two search workers.
 search-cluster: $(TEST_STAMP)

@@ -26,23 +26,16 @@ from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
 from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.energy import estimate_energy
 from edgeslim.models import build_model, make_spec
 from edgeslim.onnxkit.session import session
 
-# MLPerf Tiny reference on a Cortex-M4 @ 120 MHz (NUCLEO-L4R5ZI), energy per inference (mJ), as quoted
-# in the issue: ResNet-8 image classification ~29 mJ, DS-CNN keyword spotting ~7.4 mJ.
-MLPERF_TINY_M4_MJ = {"resnet8": 29.0, "dscnn": 7.4}
 ZOO = [("lenet5", (1, 28, 28), 10), ("resnet8", (3, 32, 32), 10), ("dscnn", (1, 49, 10), 12),
        ("mobilenetv1", (3, 96, 96), 2), ("cnn1d", (1, 40), 10), ("lenet300", (1, 28, 28), 10)]
 
 
-def build(name: str, shape: tuple[int, ...], classes: int, mlperf_geometry: bool = False) -> torch.nn.Module:
+def build(name: str, shape: tuple[int, ...], classes: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_model(make_spec(name, shape, classes)).eval()
-    if name == "dscnn" and mlperf_geometry:
-        net.stem[1].stride = (2, 2)  # the reference DS-CNN strides 2 along both axes (49x10 -> 25x5)
-    return net
+    return build_model(make_spec(name, shape, classes)).eval()
 
 
 def export_pair(net: torch.nn.Module, shape: tuple[int, ...], folder: Path, tag: str) -> tuple[Path, Path]:
@@ -66,33 +59,24 @@ def export_pair(net: torch.nn.Module, shape: tuple[int, ...], folder: Path, tag:
 
 
 def mlperf_table(folder: Path) -> None:
+    """The cortex-m4 profile (calibrated on image classification) against all four published MLPerf Tiny v0.5
+    reference runs, beside the a-priori profile; the leave-one-out table is `python -m edgeslim.measure.calibrate`."""
+    from edgeslim.measure.calibrate import MLPERF_TINY_V05_L4R5, check, reference_counts
+
     m4 = load_device("cortex-m4")
-    print(f"\n### Estimator vs MLPerf Tiny (Cortex-M4 profile: {m4.clock_mhz:g} MHz, {m4.active_power_mw:g} mW, "
-          f"int8 peak {m4.peak_macs_per_cycle['int8']:g} MAC/cycle x efficiency {m4.efficiency})\n")
-    print("| model | precision | MACs | est. latency | dynamic (ops+bytes) | static (power x time) | estimate "
-          "| published | estimate / published | implied MAC/cycle at 40 mW |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    implied_by: dict[str, float] = {}
-    int8_macs: dict[str, int] = {}
-    for name, shape, classes in [("resnet8", (3, 32, 32), 10), ("dscnn", (1, 49, 10), 12)]:
-        variants = [("zoo", False)] + ([("MLPerf stride", True)] if name == "dscnn" else [])
-        for label, geo in variants:
-            fp32, int8 = export_pair(build(name, shape, classes, geo), shape, folder, f"{name}-{int(geo)}")
-            for prec, path in (("int8", int8), ("fp32", fp32)):
-                e = estimate_energy(path, m4)
-                macs = sum(e.macs_by_precision.values())
-                pub = MLPERF_TINY_M4_MJ[name]
-                implied = macs / (pub / m4.active_power_mw) / (m4.clock_mhz * 1e6)
-                if prec == "int8" and (name == "resnet8" or geo):
-                    implied_by[name], int8_macs[name] = implied, macs
-                print(f"| {name} ({label}) | {prec} | {macs / 1e6:.2f} M | {e.latency_ms:.0f} ms | "
-                      f"{1e3 * (e.dynamic_mj or 0):.3f} uJ | {e.static_mj:.2f} mJ | {e.mj:.2f} mJ | {pub} mJ | "
-                      f"{e.mj / pub:.2f}x | {implied:.3f} |")
-    # leave-one-out: the MAC rate implied by one published figure predicts the other model
-    for a, b in (("resnet8", "dscnn"), ("dscnn", "resnet8")):
-        pred = int8_macs[b] / (implied_by[a] * m4.clock_mhz * 1e6) * m4.active_power_mw
-        print(f"\nCalibrated on {a} ({implied_by[a]:.3f} MAC/cycle at {m4.active_power_mw:g} mW), {b} int8 is "
-              f"predicted at {pred:.2f} mJ vs {MLPERF_TINY_M4_MJ[b]} mJ published ({pred / MLPERF_TINY_M4_MJ[b]:.2f}x).")
+    assert m4.calibration is not None
+    prior = m4.model_copy(update=m4.calibration.a_priori)
+    counts = reference_counts(MLPERF_TINY_V05_L4R5, folder)
+    print(f"\n### Estimator vs MLPerf Tiny v0.5 on the STM32L4R5 (cortex-m4: {m4.clock_mhz:g} MHz, int8 peak "
+          f"{m4.peak_macs_per_cycle['int8']:g} MAC/cycle; calibrated on {m4.calibration.fitted_on})\n")
+    print("| benchmark (zoo model, INT8) | MACs | a priori (eff. 0.25, 40 mW) | calibrated latency | published "
+          "| calibrated energy | published | calibrated / published (energy) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r, p in zip(check(m4, counts, MLPERF_TINY_V05_L4R5), check(prior, counts, MLPERF_TINY_V05_L4R5)):
+        tag = "fitted" if r["key"] == "ic" else "held out"
+        print(f"| {r['benchmark']} ({r['model']}) | {r['macs'] / 1e6:.2f} M | {p['energy_mj']:.3g} mJ "
+              f"({p['energy_ratio']:.2f}x) | {r['latency_ms']:.1f} ms | {r['published_latency_ms']} ms | "
+              f"{r['energy_mj']:.3g} mJ | {r['published_energy_mj']} mJ | {r['energy_ratio']:.2f}x ({tag}) |")
 
 
 def planner_table(folder: Path) -> None:

@@ -25,14 +25,18 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.guard import TrainingDiverged
+from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
+from edgeslim.onnxkit.inputs import sample_shape
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, evaluate, train_model
+from edgeslim.untrusted import about
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
 TASK_FORMATS = [
@@ -57,7 +61,11 @@ def train(
     net = models.build_model(spec)
     out = Path(out)
     ckpt = out.parent / f".{out.name}.train-checkpoint.pt"  # beside the folder: resumes a killed training
-    hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    try:
+        hist = train_model(net, t, cfg, desc=f"train {model}", quiet=quiet, checkpoint=ckpt)
+    except TrainingDiverged as e:  # keep the last good weights the trainer restored
+        models.save_model(out, net, spec, extra={"train": cfg.model_dump(), "diverged": str(e)})
+        raise TrainingDiverged(f"{e}; saved them to {out}", e.good_epoch) from None
     params, nonzero = count_params(net)
     metrics = {
         "model": model,
@@ -118,15 +126,18 @@ def compress(
 
 
 def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False) -> list[dict]:
+            device: str | None = None, batch: int | None = None, deploy: bool = False,
+            life: LifeOptions | None = None) -> list[dict]:
     """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
 
     With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
     activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`)."""
+    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). Rows with an
+    energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.deploy.export import export_onnx
     from edgeslim.measure.stage import measure_stage
 
+    life = (life or LifeOptions()).checked()
     t = load_task(task) if task else None
     out = []
     for p in paths:
@@ -136,7 +147,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
             out.append(measure_tflite(p, t, runs=runs, threads=threads))
             continue
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, about(p):  # a broken model: one line naming it
             if p.is_dir():
                 net, spec = models.load_model(p)
                 shape = tuple(spec["input_shape"])
@@ -145,9 +156,12 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
                 size_path: Path | None = p / models.io.WEIGHTS
             elif p.suffix == ".onnx" and p.is_file():
                 net, onnx_path, size_path = None, p, None
-                shape = _onnx_input_shape(p)
+                shape = sample_shape(p)
             else:
                 raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
+            if t is not None and tuple(t.input_shape) != tuple(shape):
+                raise EdgeslimError(f"{p}: the model takes inputs of shape {tuple(shape)} but task '{t.name}' "
+                                    f"has {tuple(t.input_shape)}")
             task_for = t or _synthetic_task(shape)
             m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
             if t is None:
@@ -157,21 +171,7 @@ def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: 
 
                 m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
             out.append({"name": str(p), **m})
-    return out
-
-
-def _onnx_input_shape(p: Path) -> tuple[int, ...]:
-    import onnx
-
-    try:
-        g = onnx.load(str(p)).graph
-    except Exception as e:  # onnx raises DecodeError and others for corrupt files
-        raise EdgeslimError(f"{p}: not a valid ONNX model ({type(e).__name__})") from None
-    dims = g.input[0].type.tensor_type.shape.dim[1:]
-    shape = tuple(d.dim_value for d in dims)
-    if not all(shape):
-        raise EdgeslimError(f"{p}: input '{g.input[0].name}' has unknown dimensions {shape}")
-    return shape
+    return life.annotate_rows(out, device)
 
 
 def _synthetic_task(shape: tuple[int, ...]) -> Task:
@@ -181,16 +181,20 @@ def _synthetic_task(shape: tuple[int, ...]) -> Task:
     return Task("synthetic", x, y, x, y, x, y, num_classes=1)
 
 
-def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None) -> dict:
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None,
+              life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
-    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. Bytes, ms, mJ."""
+    `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
+    battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
     from edgeslim.measure.device_fit import check_fit as device_fit
     from edgeslim.measure.tflite import arena_beside
 
+    life = (life or LifeOptions()).checked()
     r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
     beside = arena_beside(model)
-    return {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    row = {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    return life.annotate_rows([row], device)[0]
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
@@ -204,9 +208,10 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
 
     path, cleanup = to_onnx(model)
     try:
-        result = plan(path, fuse_qdq=fuse_qdq, align=align)
-        if write_reordered is not None:
-            write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
+        with about(model):  # a broken model: one line naming it
+            result = plan(path, fuse_qdq=fuse_qdq, align=align)
+            if write_reordered is not None:
+                write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
     finally:
         if cleanup:
             cleanup()
@@ -244,7 +249,8 @@ def optimize(
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
     )
-    return run_optimize(cfg)
+    with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
+        return run_optimize(cfg)
 
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
@@ -281,7 +287,8 @@ def distill(
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
     student, spec = build_student(tspec, width, depth)
-    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, **kd_settings(cfg))
+    ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
+    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt, **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -290,6 +297,7 @@ def distill(
         "student": spec["kwargs"],
     }
     models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    ckpt.unlink(missing_ok=True)
     m["arch"] = spec["arch"]
     return m
 

@@ -5,7 +5,8 @@ RUN/run.json                 what was run (model, task, recipe digest): resume c
 RUN/recipe.yaml
 RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
 RUN/stages/01_<pass>/        ...
-RUN/results.json, RUN/report.md
+RUN/stages/NN_<pass>/predictions.npz   a classifier's test outputs (behaviour analysis)
+RUN/results.json, RUN/report.md, RUN/report.html, RUN/plots/
 ```
 A stage folder appears only when complete, so a killed run resumes from the last finished stage.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgeslim import models
+from edgeslim import interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
@@ -29,25 +30,36 @@ from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
 
+RESUME = "finished stages are kept"
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
-    force: bool = False, trust_pickle: bool = False, task_spec: str = "",
+    force: bool = False, trust_pickle: bool = False, task_spec: str = "", report: bool = True,
 ) -> dict:
-    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict."""
+    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict. With `report`
+    (default), the stages are compared at the end (`measure.stage_compare`) and report.html is written."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
         "recipe_digest": recipe.digest, "seed": seed,
     }
-    _claim_run_dir(out, ident, force)
-    copy_recipe(out, recipe)
+    # everything that can refuse the run is checked before the first write (runlock.check_claim too)
     model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
     if spec.get("arch") == "pickle":
         spec["input_shape"] = list(task.input_shape)
     _check_input(spec, task, model_dir)
+    resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        runlock.claim(out, ident, force)
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, report)
+
+
+def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
+                quiet: bool, report: bool = True) -> dict:
+    copy_recipe(out, recipe)
 
     def teacher() -> nn.Module:
         return models.load_model(out / "stages" / "00_baseline")[0]
@@ -75,7 +87,7 @@ def run_recipe(
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp, interrupt.during(f"stage {folder.name} of {out}", RESUME):
             ctx.stage_dir, ctx.stage_name = tmp, folder.name
             notes: dict = {}
             size_path = None
@@ -103,7 +115,8 @@ def run_recipe(
                 notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
             elif result_onnx != onnx_path:
                 shutil.copyfile(result_onnx, onnx_path)
-            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path)}
+            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path,
+                                                     predictions=tmp / "predictions.npz")}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             metrics["notes"] = notes
@@ -115,29 +128,16 @@ def run_recipe(
         _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
     results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
+    if report:
+        from edgeslim.measure.stage_compare import compare_stages
+
+        compare_stages(out, stages, task)
     write_results(out, results)
+    if report:
+        from edgeslim.report.run_html import write_run_html
+
+        write_run_html(out, results)
     return results
-
-
-def _claim_run_dir(out: Path, ident: dict, force: bool) -> None:
-    meta = out / "run.json"
-    if meta.exists():
-        old = json.loads(meta.read_text())
-        if old == ident:
-            return
-        if not force:
-            diff = [k for k in ident if old.get(k) != ident[k]]
-            raise EdgeslimError(
-                f"{out}: holds a different run ({', '.join(diff)} differ); use --force to overwrite or pick "
-                "another --out"
-            )
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        if not force:
-            raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(meta, ident)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.passes import PASSES, PassConfig
 from edgeslim.train import TrainConfig
+from edgeslim.untrusted import resolve_recipe_paths
 
 RECIPE_VERSION = 1
 TOP_KEYS = {"version", "finetune", "passes", "description"}
@@ -51,7 +52,8 @@ def load_recipe(path: Path) -> Recipe:
         text = Path(path).read_text()
     except OSError as e:
         raise EdgeslimError(f"{path}: cannot read recipe ({e.strerror})") from None
-    return parse_recipe(text, str(path))
+    # paths inside the recipe resolve beside it (then the working directory) and must exist
+    return resolve_recipe_paths(parse_recipe(text, str(path)), Path(path).resolve().parent)
 
 
 def _line(node: yaml.Node | None) -> int:
@@ -73,19 +75,22 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise EdgeslimError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line
+        raise EdgeslimError(f"{where}: invalid YAML ({problem})") from None
+    _check_nodes(root, source)
     if not isinstance(data, dict):
         raise EdgeslimError(f"{source}: a recipe is a mapping with 'version' and 'passes'")
     for k in data:
         if k not in TOP_KEYS:
             raise EdgeslimError(
-                f"{source}:{_line(_key_node(root, k))}: unknown top-level key '{k}'; valid: {choices(TOP_KEYS)}"
+                f"{source}:{_line(_key_node(root, k))}: unknown top-level key {_q(k)}; valid: {choices(TOP_KEYS)}"
             )
-    if data.get("version") != RECIPE_VERSION:
-        raise EdgeslimError(f"{source}: 'version' must be {RECIPE_VERSION}, got {data.get('version')!r}")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version != RECIPE_VERSION:
+        raise EdgeslimError(f"{source}: 'version' must be {RECIPE_VERSION}, got {version!r}")
     ft_node = _key_node(root, "finetune")
     try:
-        finetune = TrainConfig(**(data.get("finetune") or {}))
+        finetune = TrainConfig.model_validate(_mapping(data.get("finetune") or {}, "finetune"))
     except (ValidationError, TypeError) as e:
         raise EdgeslimError(f"{source}:{_line(ft_node)}: finetune: {_pydantic_msg(e)}") from None
     passes = data.get("passes")
@@ -101,19 +106,55 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise EdgeslimError(f"{source}:{line}: pass {i + 1} must be one 'name: {{config}}' entry")
         name, cfg = next(iter(item.items()))
         if name not in PASSES:
-            raise EdgeslimError(f"{source}:{line}: unknown pass '{name}'; valid: {choices(PASSES)}")
+            raise EdgeslimError(f"{source}:{line}: unknown pass {_q(name)}; valid: {choices(PASSES)}")
         cfg = cfg or {}
         if not isinstance(cfg, dict):
-            raise EdgeslimError(f"{source}:{line}: config of '{name}' must be a mapping, got {cfg!r}")
+            raise EdgeslimError(f"{source}:{line}: config of {_q(name)} must be a mapping, got {cfg!r}")
         cls = PASSES[name].config
         try:
-            config = cls(**cfg)
+            config = cls.model_validate(cfg)
         except ValidationError as e:
             bad = _bad_key_line(node, e) or line
             raise EdgeslimError(f"{source}:{bad}: {name}: {_pydantic_msg(e, cls)}") from None
         steps.append(Step(name, config, line))
     _check_order(steps, source)
     return Recipe(tuple(steps), finetune, text, source)
+
+
+MAX_NODES = 100_000  # YAML nodes a recipe may expand to (aliases counted each time they are used)
+
+
+def _check_nodes(root: yaml.Node | None, source: str) -> None:
+    """Refuse what YAML accepts but a recipe must not hold: a key given twice in one mapping (YAML keeps
+    the last one silently), an alias that contains itself, and alias chains that expand to huge trees."""
+    count = 0
+    stack: list[tuple[yaml.Node, tuple[int, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise EdgeslimError(f"{source}: the recipe expands to more than {MAX_NODES:,} YAML nodes (aliases?)")
+        if id(node) in path:
+            raise EdgeslimError(f"{source}:{_line(node)}: an alias refers to itself (a recursive structure)")
+        inner = (*path, id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is not None and (key, k.tag) in seen:
+                    raise EdgeslimError(f"{source}:{_line(k)}: duplicate key {_q(key)} (first at line "
+                                        f"{seen[(key, k.tag)]}); give each key once")
+                if key is not None:
+                    seen[(key, k.tag)] = _line(k)
+                stack += [(k, inner), (v, inner)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(v, inner) for v in node.value]
+
+
+def _mapping(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"must be a mapping of settings, got {value!r}")
+    return value
 
 
 def _check_order(steps: list[Step], source: str) -> None:
@@ -158,5 +199,10 @@ def _pydantic_msg(e: Exception, cls: type[PassConfig] | None = None) -> str:
     err = e.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden" and cls is not None:
-        return f"unknown key '{key}'; valid: {choices(cls.model_fields)}"
-    return f"'{key}': {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+        return f"unknown key {_q(key)}; valid: {choices(cls.model_fields)}"
+    return f"{_q(key)}: {' '.join(str(err['msg']).split())}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else "")
+
+
+def _q(name: object) -> str:
+    """A user's key or name quoted for a one-line message (control characters escaped)."""
+    return repr(str(name)) if str(name).isprintable() else ascii(str(name))

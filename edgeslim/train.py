@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from edgeslim import interrupt, resources
 from edgeslim.data import Task
-from edgeslim.errors import EdgeslimError
+from edgeslim.guard import DivergenceGuard, NonFiniteLoss, TrainingDiverged
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[[nn.Module], None]
@@ -28,7 +29,7 @@ StepFn = Callable[[nn.Module], None]
 class TrainConfig(BaseModel):
     """Training settings; also the `finetune` block of recipes and passes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf and .nan are typos
 
     epochs: int = Field(20, ge=0)
     lr: float = Field(3e-3, gt=0)
@@ -148,6 +149,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, 
     hooks = hooks or Hooks()
     if cfg.epochs == 0:
         return {"epochs": 0, "val_accuracy": evaluate(model, task.x_val, task.y_val)}
+    resources.check_training(model, task.input_shape, cfg.batch_size, desc)  # refuse up front what cannot fit
     torch.manual_seed(cfg.seed)
     opt = _optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(task.x_train) / cfg.batch_size)
@@ -162,8 +164,11 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, 
     best, best_state, stale, history = -math.inf, None, 0, []
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if ck.get("config") == cfg.model_dump_json():
+        try:
+            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception:  # truncated or corrupt (it is only a cache of our own): start over
+            ck = {}
+        if isinstance(ck, dict) and ck.get("config") == cfg.model_dump_json():
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             if sched is not None:
@@ -173,52 +178,74 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, 
             if not quiet:
                 print(f"[{desc}] resuming from epoch {start} ({checkpoint})", flush=True)
     progress = _Progress(desc, cfg.epochs, quiet)
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays the same order
-        order = torch.from_numpy(rng.permutation(len(xt)))
-        running = 0.0
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            if len(idx) < 2 and steps_per_epoch > 1:
-                continue  # BatchNorm cannot train on a batch of one
-            x, y = xt[idx], yt[idx]
-            out = model(x)
-            loss = loss_fn(model, x, y, out)
-            for extra in hooks.extra_losses:
-                loss = loss + extra(model, x, y, out)
-            if not torch.isfinite(loss):
-                raise EdgeslimError(
-                    f"{desc}: training diverged (loss is {loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
-                    f"lower the learning rate (lr={cfg.lr:g}) or check the data for NaNs"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            for fn in hooks.after_step:
-                fn(model)
-            running += float(loss.detach())
-        for fn_e in hooks.after_epoch:
-            fn_e(model, epoch)
-        val = evaluate(model, task.x_val, task.y_val)
-        history.append({"epoch": epoch + 1, "loss": running / steps_per_epoch, "val": val})
-        progress.update(epoch + 1, running / steps_per_epoch, val)
-        if val > best:
-            best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, cfg, model, opt, sched, best, best_state, stale, history)
-        if cfg.patience and stale >= cfg.patience:
-            break
-    progress.close()
+    guard = DivergenceGuard(model, opt, sched, desc=desc, quiet=quiet)
+    try:
+        for epoch in range(start, cfg.epochs):
+            with interrupt.during(f"{desc} epoch {epoch + 1}/{cfg.epochs}"):
+                guard.save(epoch)
+                while True:  # a non-finite loss rolls back to the epoch's start with a lower lr (edgeslim.guard)
+                    try:
+                        running = _train_epoch(model, opt, sched, hooks, loss_fn, xt, yt, cfg, epoch, steps_per_epoch)
+                        break
+                    except NonFiniteLoss as bad:
+                        guard.rollback(bad)
+                val = evaluate(model, task.x_val, task.y_val)
+                history.append({"epoch": epoch + 1, "loss": running / steps_per_epoch, "val": val})
+                progress.update(epoch + 1, running / steps_per_epoch, val)
+                if val > best:
+                    best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, cfg, model, opt, sched, best, best_state, stale, history)
+            if cfg.patience and stale >= cfg.patience:
+                break
+    except TrainingDiverged:
+        if best_state is not None and cfg.keep_best:  # what a finished fit would keep: the best epoch
+            model.load_state_dict(best_state)
+        model.eval()
+        raise
+    finally:
+        progress.close()
     if best_state is not None and cfg.keep_best:
         model.load_state_dict(best_state)
     model.eval()
     val_acc = best if cfg.keep_best or not history else history[-1]["val"]
-    return {"epochs": len(history), "val_accuracy": val_acc, "history": history}
+    out = {"epochs": len(history), "val_accuracy": val_acc, "history": history}
+    if guard.events:
+        out["rollbacks"] = guard.events
+    return out
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler | None,
+                 hooks: Hooks, loss_fn: LossFn, xt: torch.Tensor, yt: torch.Tensor, cfg: TrainConfig, epoch: int,
+                 steps_per_epoch: int) -> float:
+    """One epoch of steps; returns the summed loss. Raises `NonFiniteLoss` before a bad step is taken."""
+    model.train()
+    rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume and rollback replay the same order
+    order = torch.from_numpy(rng.permutation(len(xt)))
+    running = 0.0
+    for i in range(steps_per_epoch):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        if len(idx) < 2 and steps_per_epoch > 1:
+            continue  # BatchNorm cannot train on a batch of one
+        x, y = xt[idx], yt[idx]
+        out = model(x)
+        loss = loss_fn(model, x, y, out)
+        for extra in hooks.extra_losses:
+            loss = loss + extra(model, x, y, out)
+        DivergenceGuard.check(loss, epoch, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        for fn in hooks.after_step:
+            fn(model)
+        running += float(loss.detach())
+    for fn_e in hooks.after_epoch:
+        fn_e(model, epoch)
+    return running
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,

@@ -57,3 +57,17 @@ def tiny_seq_task() -> Task:
     for i, c in enumerate(y):
         x[i, 0, int(c) * 5 : int(c) * 5 + 5] += 1.0
     return make_task("tinyseq", x[:240], y[:240], x[240:], y[240:], seed=0)
+
+
+# Fuzz tests (hypothesis): bounded example counts, no deadline (a shared 2-core VM is slow now and then),
+# no example database written into the working tree, and the same examples on every run (CI repeatable).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "edgeslim", deadline=None, database=None, derandomize=True, print_blob=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    settings.load_profile("edgeslim")
+except ImportError:  # pragma: no cover  (the test extra installs hypothesis)
+    pass

@@ -10,7 +10,15 @@ from rich.table import Table
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
 from edgeslim.fsutil import write_json
+from edgeslim.measure.battery import LifeOptions
+from edgeslim.measure.battery import lines as battery_lines
 from edgeslim.report.results import human_bytes, print_table
+
+BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"
+RATE_HELP = "inferences per time for the lifetime estimate: 1/s, 10/min, 0.5/s, 1/h (default 1/s)"
+BETWEEN_HELP = "power state between inferences: sleep (profile sleep_power_mw, the default where set) or idle"
+FLEET_HELP = "also the yearly energy (kWh) and CO2 of this many such devices"
+GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world average, IEA 2019)"
 
 
 @app.command()
@@ -22,11 +30,18 @@ def measure(
     device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
     batch: int | None = typer.Option(None, help="also time this batch size"),
     quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side."""
-    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick)
+    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side;
+    with a battery (option or the device profile's), the estimated battery life."""
+    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
+                      life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if save is not None:
         write_json(save, res)
     if as_json:
@@ -35,7 +50,11 @@ def measure(
         print_table(res, title="edgeslim measure", console=console)
         if not quick:
             console.print(deploy_table(res))
-
+        for row in res:
+            if row.get("battery"):
+                console.print(f"[bold]{row['name']}[/bold] on {row['battery']['device']}:")
+                for line in battery_lines(row["battery"]):
+                    console.print(f"  {line}", highlight=False)
 
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
@@ -46,10 +65,16 @@ def fit(
     model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
     device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
     arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
+    battery: str | None = typer.Option(None, help=BATTERY_HELP),
+    rate: str | None = typer.Option(None, help=RATE_HELP),
+    between: str | None = typer.Option(None, help=BETWEEN_HELP),
+    fleet: int | None = typer.Option(None, help=FLEET_HELP),
+    grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency and energy."""
-    r = api.check_fit(model, device, arena_bytes=arena)
+    """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and, with a
+    battery (option or the profile's), the estimated battery life."""
+    r = api.check_fit(model, device, arena_bytes=arena, life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if as_json:
         emit_json(r)
         return
@@ -71,6 +96,8 @@ def fit(
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r["reasons"]:
         console.print(f"  [red]-[/red] {line}")
+    for line in battery_lines(r["battery"]) if r.get("battery") else []:
+        console.print(f"  {line}", highlight=False)
 
 
 @app.command("arena")

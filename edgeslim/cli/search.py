@@ -43,6 +43,10 @@ def search(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Search compression recipes for a device under hard budgets; writes the front and report.html."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens; stderr stays for errors
+
     def log(msg: str, warn: bool) -> None:
         console.print(f"[yellow]{msg}[/]" if warn else msg)
 
@@ -58,7 +62,8 @@ def search(
         return
     out = out.resolve()
     c = summary["counts"]
-    console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed; "
+    again = f", {c['REQUEUED']} interrupted and run again" if c.get("REQUEUED") else ""
+    console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed{again}; "
                   f"hypervolume {summary['hypervolume']:.4g}")
     for o, b in summary["best"].items():
         console.print(f"best {o}: {out / b['file']} (trial {b['trial']})")

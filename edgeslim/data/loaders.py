@@ -58,10 +58,13 @@ def as_float_inputs(x: np.ndarray, where: str) -> np.ndarray:
 
 
 def load_npz(path: Path, seed: int = 0, test_fraction: float = 0.2) -> Task:
+    from edgeslim.resources import check_npz
+
+    check_npz(path, "loading the data set", "use a smaller file (a subset of the samples)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise EdgeslimError(f"{path}: not a readable .npz file ({e})") from None
     keys = set(arrays)
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
@@ -100,8 +103,8 @@ def load_image_folder(path: Path, seed: int = 0, test_fraction: float = 0.2) -> 
         try:
             images.append(Image.open(p))
             images[-1].load()
-        except (UnidentifiedImageError, OSError) as e:
-            raise EdgeslimError(f"{p}: not a readable image ({e})") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+            raise EdgeslimError(f"{p}: not a readable image ({' '.join(str(e).split())})") from None
     gray = all(im.mode in ("1", "L", "I", "I;16", "F") for im in images)
     mode = "L" if gray else "RGB"
     size = images[0].size
@@ -119,10 +122,10 @@ def load_csv(path: Path, seed: int = 0, test_fraction: float = 0.2, label_column
     import csv
 
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark is fine
             rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise EdgeslimError(f"{path}: cannot read CSV ({e})") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise EdgeslimError(f"{path}: cannot read CSV ({' '.join(str(e).split())})") from None
     if len(rows) < 3:
         raise EdgeslimError(f"{path}: a CSV task needs a header row and at least 2 data rows")
     header = [h.strip() for h in rows[0]]

@@ -12,6 +12,8 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 
+MAX_CLASSES = 100_000  # a label above this is a value, not a class index (and would need a huge output layer)
+
 
 @dataclass
 class Task:
@@ -83,6 +85,8 @@ def make_task(
         raise EdgeslimError(
             f"{where}: train samples have shape {x_train.shape[1:]} but test samples {x_test.shape[1:]}"
         )
+    if any(d == 0 for d in x_train.shape[1:]):
+        raise EdgeslimError(f"{where}: samples have shape {x_train.shape[1:]}, with an empty dimension")
     num_classes = int(y_train.max()) + 1
     if y_test.max() >= num_classes:
         raise EdgeslimError(
@@ -90,6 +94,9 @@ def make_task(
         )
     if num_classes < 2:
         raise EdgeslimError(f"{where}: labels have a single class; classification needs at least 2")
+    if len(x_train) < 3:
+        raise EdgeslimError(f"{where}: {len(x_train)} training samples; at least 3 are needed (2 to train on, "
+                            "1 to validate)")
     xt, yt, xv, yv = split(x_train.astype(np.float32), y_train, val_fraction, seed)
     return Task(name, xt, yt, xv, yv, x_test.astype(np.float32), y_test, num_classes)
 
@@ -100,9 +107,14 @@ def check_labels(y: np.ndarray, where: str) -> np.ndarray:
         raise EdgeslimError(f"{where}: labels must be 1-D class indices, got shape {y.shape}")
     if y.size == 0:
         raise EdgeslimError(f"{where}: no samples")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) or np.issubdtype(y.dtype, np.complexfloating):
+        raise EdgeslimError(f"{where}: labels must be integer class indices, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.isfinite(y)) or not np.all(np.equal(np.mod(y, 1), 0)):
             raise EdgeslimError(f"{where}: labels must be integers, got dtype {y.dtype}")
     if y.min() < 0:
         raise EdgeslimError(f"{where}: labels out of range: found {int(y.min())}, labels must be >= 0")
+    if y.max() > MAX_CLASSES:
+        raise EdgeslimError(f"{where}: label {int(y.max())} is not a class index (labels are 0..C-1 with C at most "
+                            f"{MAX_CLASSES:,})")
     return y.astype(np.int64)

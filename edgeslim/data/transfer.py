@@ -80,6 +80,6 @@ def _read(path: Path, where: str) -> np.ndarray:
                     raise EdgeslimError(f"{where}: expected an array 'x' (or a single array), found {', '.join(keys)}")
         else:
             raise EdgeslimError(f"{where}: unsupported file type '{path.suffix}'; use .npz or .npy")
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise EdgeslimError(f"{where}: not a readable {path.suffix} file ({e})") from None
     return np.asarray(arr)

@@ -153,7 +153,7 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
     except Exception as e:  # ORT raises private exception types
         raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
     out_path = Path(out_path)
-    write_bytes(out_path, opt.SerializeToString())
+    data = opt.SerializeToString()  # written only once checked: a refused model leaves `out_path` as it was
     before, after = op_counts(src, qualified=True), op_counts(opt, qualified=True)
     rep = CompileReport(
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
@@ -164,11 +164,11 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         a = session(model_path, level="disable").run(None, {inp.name: x})[0]
-        b = session(out_path, level="disable").run(None, {inp.name: x})[0]
+        b = session(data, level="disable").run(None, {inp.name: x})[0]
         rep.parity_max_abs_diff = float(np.abs(a - b).max())
         if rep.parity_max_abs_diff > atol * max(1.0, float(np.abs(a).max())):
-            out_path.unlink(missing_ok=True)
             raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
+    write_bytes(out_path, data)
     return rep
 
 
@@ -176,11 +176,13 @@ def compile_model(model: Path, out: Path, level: str = "extended") -> dict:
     """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
     `compile_ort` into `out`. Returns the report; ORT's node counts are `nodes_before`/`nodes_after`, the
     folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    from edgeslim.untrusted import about
+
     path, cleanup = to_onnx(model)
     try:
-        m, n_bn = fold_batchnorm(read_onnx(path))
-        m, info = fold_and_prune(m)
-        with tempfile.TemporaryDirectory() as tmp:
+        with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
+            m, n_bn = fold_batchnorm(read_onnx(path))
+            m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
             rep = compile_ort(pre, out, level)

@@ -65,6 +65,9 @@ def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
     """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
     p = Path(p)
     if p.is_file() and p.suffix == ".onnx":
+        from edgeslim.untrusted import check_onnx_file
+
+        check_onnx_file(p)  # corrupt files and external data outside the folder: one line
         return p, None
     if p.is_dir() and (p / "spec.json").is_file():
         import shutil

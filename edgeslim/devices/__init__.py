@@ -41,6 +41,18 @@ class EnergyCosts(BaseModel):
     pj_per_byte: dict[MemLevel, float] = Field(default_factory=dict)
 
 
+class Calibration(BaseModel):
+    """How a profile's figures were fitted to published measurements (`edgeslim.measure.calibrate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fitted: dict[str, float] = Field(description="profile key -> fitted value")
+    a_priori: dict[str, float] = Field(default_factory=dict, description="the values before the fit")
+    fitted_on: str = Field(description="the one published measurement the fit used")
+    held_out: dict[str, str] = Field(default_factory=dict, description="check on the other measurements")
+    source: str
+    command: str = ""
+
+
 class Device(BaseModel):
     """One edge target. Units: bytes, MHz, MACs per cycle, mW, pJ."""
 
@@ -60,7 +72,10 @@ class Device(BaseModel):
     peak_macs_per_cycle: dict[Precision, float]
     efficiency: float = Field(0.3, gt=0, le=1, description="fraction of peak MAC rate real kernels reach")
     active_power_mw: float = Field(description="board/core power while running inference")
-    idle_power_mw: float = 0.0
+    idle_power_mw: float = Field(0.0, description="awake but not computing (clock running, CPU halted), mW")
+    sleep_power_mw: float | None = Field(None, description="deepest mode that keeps RAM (wakes on a timer), mW")
+    battery: str | None = Field(None, description="default battery for lifetime estimates, e.g. 225mAh@3V")
+    calibration: Calibration | None = None
     energy_scale: float = Field(1.0, description="multiplier on Horowitz 45 nm energies for this process")
     energy: EnergyCosts = Field(default_factory=EnergyCosts)
     source: str = ""
@@ -138,4 +153,4 @@ def _detect_host() -> dict:
 
 DEFAULT_DEVICE = "host"
 
-__all__ = ["Device", "EnergyCosts", "load_device", "builtin_devices", "DEFAULT_DEVICE"]
+__all__ = ["Calibration", "Device", "EnergyCosts", "load_device", "builtin_devices", "DEFAULT_DEVICE"]

@@ -5,6 +5,7 @@ pass, the `edgeslim distill` command and, through `make_transfer`, KD during lat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,14 +34,15 @@ def distill_model(
     alpha: float = 0.9, teacher_weights: Sequence[float] | None = None,
     features: Sequence[tuple[str, str]] = (), feature_weight: float = 1.0, self_distill: Sequence[str] = (),
     self_weight: float = 1.0, cache: bool = True, mixup: float | None = None, transfer: str | None = None,
-    transfer_ratio: int | None = None, quiet: bool = False,
+    transfer_ratio: int | None = None, quiet: bool = False, checkpoint: Path | None = None,
 ) -> dict:
     """Train `student` in place from `teachers` (eval mode, no gradients) with `train`'s settings and the KD
     terms switched on: logit KD at `temperature` weighted `alpha` (1 - alpha on the labels), several
     teachers' soft targets averaged by `teacher_weights`, feature KD on (student layer, teacher layer)
     pairs, self-distillation exits on `self_distill` layers, mixup inputs (a Beta parameter) or a
     `transfer` set (file or generate:N) of unlabelled inputs. With `cache`, teacher outputs on the
-    training set are computed once. Returns the training history plus the cache's hits and misses."""
+    training set are computed once. With `checkpoint`, an interrupted distillation resumes from its last
+    finished epoch (`train.fit`). Returns the training history plus the cache's hits and misses."""
     s_layers = [s for s, _ in features]
     t_layers = [t for _, t in features]
     tcache = Teachers(teachers, t_layers, cache)
@@ -65,7 +67,7 @@ def distill_model(
     student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
     try:
         loss = kd_loss_fn(tcache, temperature, alpha, teacher_weights, feat, exits, mixup, train.seed, tset)
-        hist = train_model(student, task, train, Hooks(loss=loss), desc="distill", quiet=quiet)
+        hist = train_model(student, task, train, Hooks(loss=loss), desc="distill", quiet=quiet, checkpoint=checkpoint)
     finally:
         del student._kd_aux
         for t in taps:

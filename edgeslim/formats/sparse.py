@@ -47,7 +47,7 @@ def decode_sparse(data: bytes):  # -> onnx.ModelProto
     import onnx
     from onnx import numpy_helper
 
-    z = np.load(io.BytesIO(data))
+    z = np.load(io.BytesIO(data), allow_pickle=False)
     m = onnx.ModelProto()
     m.ParseFromString(z["graph"].tobytes())
     for i, name in enumerate(z["names"]):

@@ -19,6 +19,7 @@ from edgeslim.deploy.export import to_onnx
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.load import read_onnx
+from edgeslim.untrusted import about
 
 
 @dataclass
@@ -84,25 +85,30 @@ def check_fit(model: str | Path, device: str | Path | Device, arena_bytes: int |
         return _fit_tflite(p, dev)
     onnx_path, cleanup = to_onnx(p)
     try:
-        from edgeslim.measure.arena import plan_arena
-        from edgeslim.measure.energy import estimate_energy
-
-        m = read_onnx(onnx_path)
-        unknown: list[str] = []
-        if arena_bytes is None:
-            plan = plan_arena(m)
-            arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
-        r = fit_verdict(dev, weights_bytes(m), arena_bytes, arena_source)
-        if unknown:
-            r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
-                             f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
-        if energy:
-            e = estimate_energy(m, dev)
-            r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method
-        return r
+        with about(p):  # a broken model: one line naming it
+            return _fit_onnx(onnx_path, dev, arena_bytes, arena_source, energy)
     finally:
         if cleanup:
             cleanup()
+
+
+def _fit_onnx(onnx_path: Path, dev: Device, arena_bytes: int | None, arena_source: str, energy: bool) -> FitReport:
+    from edgeslim.measure.arena import plan_arena
+    from edgeslim.measure.energy import estimate_energy
+
+    m = read_onnx(onnx_path)
+    unknown: list[str] = []
+    if arena_bytes is None:
+        plan = plan_arena(m)
+        arena_bytes, unknown = plan.arena_bytes, plan.unknown_tensors  # the file's own order
+    r = fit_verdict(dev, weights_bytes(m), arena_bytes, arena_source)
+    if unknown:
+        r.reasons.append(f"arena is a lower bound: {len(unknown)} tensors of unknown shape "
+                         f"({', '.join(unknown[:3])}{'...' if len(unknown) > 3 else ''})")
+    if energy:
+        e = estimate_energy(m, dev)
+        r.latency_ms, r.energy_mj, r.energy_method = e.latency_ms, e.mj, e.method
+    return r
 
 
 def _fit_tflite(p: Path, dev: Device) -> FitReport:

@@ -24,12 +24,19 @@ from edgeslim.onnxkit.session import onnx_accuracy
 
 def measure_stage(
     onnx_path: Path, task: Task, model: nn.Module | None, size_path: Path | None = None,
-    latency_runs: int = 200, threads: int = 1,
+    latency_runs: int = 200, threads: int = 1, predictions: Path | None = None,
 ) -> dict:
     """`model` (the PyTorch model of the stage, or the last one before an ONNX-only stage) gives
-    parameter and MAC counts; `size_path` is the stored artifact when it is not the ONNX file."""
+    parameter and MAC counts; `size_path` is the stored artifact when it is not the ONNX file.
+    With `predictions`, a classifier's test outputs are saved there (`measure.predictions`)."""
     m: dict = {}
-    m["accuracy"] = round(onnx_accuracy(onnx_path, task.x_test, task.y_test, threads), 6)
+    if predictions is not None:
+        from edgeslim.measure.predictions import accuracy_and_predictions
+
+        acc = accuracy_and_predictions(onnx_path, task.x_test, task.y_test, task.num_classes, predictions, threads)
+    else:
+        acc = onnx_accuracy(onnx_path, task.x_test, task.y_test, threads)
+    m["accuracy"] = round(acc, 6)
     if model is not None:
         params, nonzero = count_params(model)
         m.update(params=params, nonzero_params=nonzero, macs=count_macs(model, task.input_shape))

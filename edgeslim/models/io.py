@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_bytes, write_json
+from edgeslim.fsutil import json_text, write_many
 from edgeslim.models.spec import build_model, resize_to_state_dict
 
 WEIGHTS = "model.safetensors"
@@ -24,8 +24,8 @@ def save_model(folder: Path, model: nn.Module, spec: dict, extra: dict | None = 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     from safetensors.torch import save
 
-    write_bytes(folder / WEIGHTS, save(state))
-    write_json(folder / SPEC, {**spec, **({"extra": extra} if extra else {})})
+    spec_text = json_text({**spec, **({"extra": extra} if extra else {})})
+    write_many({folder / WEIGHTS: save(state), folder / SPEC: spec_text.encode()})  # weights and spec as one step
 
 
 def load_model(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
@@ -59,8 +59,8 @@ def load_model(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]
 def _load_pickle(path: Path, trust_pickle: bool) -> tuple[nn.Module, dict]:
     if not trust_pickle:
         raise EdgeslimError(
-            f"{path}: a .pt pickle can run arbitrary code when loaded; pass --trust-pickle if you trust it, "
-            "or save the model as an edgeslim folder (safetensors)"
+            f"{path}: a .pt pickle can run arbitrary code when loaded, so it is not loaded; if you trust it, "
+            "pass --trust-pickle (edgeslim run, export), or save the model as an edgeslim folder (safetensors)"
         )
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(obj, nn.Module):

@@ -147,6 +147,10 @@ def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
         if s.dtype.kind in "biu" and a.dtype.kind == "f":
             raise EdgeslimError(f"{p}: array '{s.name}' is float but input '{s.name}' is {s.dtype}")
         a = a.astype(s.dtype)
+        if a.size == 0:
+            raise EdgeslimError(f"{p}: array '{s.name}' is empty (shape {a.shape}); give at least one sample")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise EdgeslimError(f"{p}: array '{s.name}' contains NaN or infinite values")
         rank = len(s.dims) if s.dims is not None else a.ndim
         lead = s.dims[0] if s.dims else None
         if a.ndim == rank + 1:
@@ -167,3 +171,24 @@ def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
                             f"({', '.join(f'{k}: {len(v)}' for k, v in per.items())})")
     n = counts.pop() if counts else 1
     return [{k: v[i] if len(v) > 1 else v[0] for k, v in per.items()} for i in range(n)]
+
+
+def sample_shape(p: Path) -> tuple[int, ...]:
+    """The per-sample shape (batch dimension dropped) of the first input of the ONNX file `p`, checked as
+    an untrusted file first (`edgeslim.untrusted`). Refused in one line: no input, a fixed batch above 1,
+    unknown dimensions."""
+    from edgeslim.untrusted import check_onnx_file
+
+    g = check_onnx_file(p).graph  # corrupt files and external data outside the folder: one line
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if not inputs:
+        raise EdgeslimError(f"{p}: the model has no inputs to feed")
+    batch = inputs[0].type.tensor_type.shape.dim[:1]
+    if batch and batch[0].HasField("dim_value") and batch[0].dim_value > 1:
+        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has a fixed batch of {batch[0].dim_value}; measure "
+                            "runs one sample at a time: export the model with batch 1 or a dynamic batch")
+    shape = tuple(d.dim_value for d in inputs[0].type.tensor_type.shape.dim[1:])
+    if not all(shape):
+        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has unknown dimensions {shape}")
+    return shape

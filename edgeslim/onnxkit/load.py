@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.graph import graphs
+from edgeslim.untrusted import check_onnx_file
 
 MIN_OPSET = 11     # the issue's floor: older exports are rare and the converter is unreliable on them
 PER_CHANNEL_OPSET = 13  # QuantizeLinear/DequantizeLinear gained `axis` (per-channel) in opset 13
@@ -51,10 +52,7 @@ def read_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Parse and check `path`; any problem is one `EdgeslimError` line naming the file."""
     p = Path(path)
-    if not p.is_file():
-        raise EdgeslimError(f"{p}: no such file")
-    if p.stat().st_size == 0:
-        raise EdgeslimError(f"{p}: empty file, not an ONNX model")
+    check_onnx_file(p)  # missing, empty, corrupt, external data outside the folder: one line
     try:
         model = onnx.load(str(p))
     except Exception as e:  # protobuf DecodeError, missing external data, ...

@@ -59,8 +59,16 @@ def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  #
 
 def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """Run the first input/output of `sess` over `x` in batches; returns the concatenated output."""
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    batch = fixed or batch  # a model exported with a fixed batch gets exactly that many (the last padded)
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
     return np.concatenate(outs)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim import resources
 from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
@@ -29,6 +30,7 @@ from edgeslim.onnxkit.session import ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
 from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
+from edgeslim.untrusted import about
 
 SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
@@ -111,6 +113,10 @@ def _check_device(device: str) -> None:
 def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
     """Calibration feeds from --calib, or synthetic ones with the loud warning."""
     if cfg.calib is not None:
+        resources.check_npz(Path(cfg.calib), "loading the calibration file",
+                            f"save only the samples you need (--samples {cfg.samples} uses the first {cfg.samples})")
+        resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
+                                    Path(cfg.model).name, "lower --samples")
         return load_npz(cfg.calib, specs)[: cfg.samples], []
     feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
     return feeds, [SYNTHETIC_WARNING, *w]
@@ -209,12 +215,13 @@ def optimize(cfg: OptimizeConfig) -> dict:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
     src = Path(cfg.model)
-    loaded = load_and_repair(src)
-    specs = input_specs(loaded.model)
-    feeds, warnings = _feeds(cfg, specs)
-    orig_sess = session(src, threads=cfg.threads)
-    out_names = [o.name for o in orig_sess.get_outputs()]
-    ref = run_all(orig_sess, feeds)
+    with about(src):  # what ONNX / ONNX Runtime refuse in the original: one line naming it
+        loaded = load_and_repair(src)
+        specs = input_specs(loaded.model)
+        feeds, warnings = _feeds(cfg, specs)
+        orig_sess = session(src, threads=cfg.threads)
+        out_names = [o.name for o in orig_sess.get_outputs()]
+        ref = run_all(orig_sess, feeds)
     orig_size = _file_size(src)
     with cands.workdir() as td:
         wd = Path(td)

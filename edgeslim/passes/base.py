@@ -30,7 +30,7 @@ from edgeslim.train import Hooks, TrainConfig, train_model
 class PassConfig(BaseModel):
     """Base of every pass config: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf and .nan are typos
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -42,14 +42,15 @@ class Distill(PassConfig):
     feature_weight: float = Field(1.0, ge=0.0)
     self_distill: list[str] = Field(default_factory=list, description="student layers that get auxiliary exits")
     self_weight: float = Field(1.0, ge=0.0)
-    teachers: list[str] = Field(default_factory=list, description="extra teacher model folders (multi-teacher)")
-    teacher_weights: list[float] | None = None
+    teachers: list[str] = Field(default_factory=list, description="extra teacher model folders (multi-teacher)",
+                                json_schema_extra={"path": "input"})
+    teacher_weights: list[Annotated[float, Field(ge=0)]] | None = None
     cache: bool = Field(True, description="cache teacher outputs on the training set (fixed transfer set)")
     mixup: float | None = Field(None, gt=0.0, description="distil on mixup inputs (Beta parameter) the teacher "
                                 "labels on the fly; the label term stays on clean inputs")
     transfer: str | None = Field(None, description="unlabelled inputs the teachers label for the KD term: an "
                                  ".npz (array 'x') or .npy file shaped like the task's inputs, or 'generate:N' "
-                                 "for a task with a generator (mnist1d)")
+                                 "for a task with a generator (mnist1d)", json_schema_extra={"path": "input"})
     transfer_ratio: int | None = Field(None, ge=1, le=64, description="transfer samples per labelled sample in "
                                        "each step; default: transfer size / training size, 1 to 8")
     keep: bool = Field(True, description="keep logit KD active in later passes' fine-tuning")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ DEFAULT_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 class EarlyExit(PassConfig):
     exits: list[str] | None = None  # module paths after which a head sits; default: ~1/3 and ~2/3 of MACs
-    thresholds: list[float] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     head_epochs: int = Field(200, ge=1, description="full-batch Adam steps per head")
     lr: float = Field(1e-2, gt=0)
 

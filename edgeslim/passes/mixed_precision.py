@@ -14,7 +14,7 @@ operand widths). The result is simulated like `lowbit` (packed weight file for t
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from torch import nn
@@ -31,7 +31,7 @@ from edgeslim.train import TrainConfig
 
 
 class MixedPrecision(PassConfig):
-    bit_choices: tuple[int, ...] = (2, 4, 8)
+    bit_choices: tuple[Annotated[int, Field(ge=2, le=8)], ...] = Field((2, 4, 8), min_length=1)
     budget: Literal["size", "bitops"] = "size"
     budget_fraction: float = Field(0.15, gt=0, le=1, description="of the FP32 cost (32-bit weights; 32x32 bitops)")
     sensitivity_samples: int = Field(512, ge=16)

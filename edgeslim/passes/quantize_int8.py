@@ -9,12 +9,14 @@ from __future__ import annotations
 import shutil
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
+from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
+from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.latency import interleaved_p50_ms
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
@@ -30,6 +32,16 @@ class QuantizeInt8(PassConfig):
     method: Literal["minmax", "percentile", "entropy"] = "minmax"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_formats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for c in v:  # a typo fails when the recipe is parsed, not after the earlier stages ran
+            try:
+                parse_format(c, "candidates")
+            except EdgeslimError as e:
+                raise ValueError(str(e).split(": ", 1)[1]) from None
+        return v
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
     # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
@@ -63,6 +75,9 @@ def quantize_int8(
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
+    prev = ctx.prev_onnx
+    resources.check_calibration(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+                                "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"

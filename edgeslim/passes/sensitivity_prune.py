@@ -5,6 +5,7 @@ curves and the allocation come from `edgeslim.prune.sensitivity`."""
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 from pydantic import Field
 from torch import nn
@@ -23,7 +24,7 @@ from edgeslim.train import TrainConfig
 class SensitivityPrune(PassConfig):
     target: float = Field(0.5, gt=0, lt=1, description="weight-weighted mean of the per-layer ratios")
     mode: Mode = "unstructured"
-    ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: list(DEFAULT_RATIOS), min_length=1)
     max_ratio: float = Field(0.95, gt=0, lt=1)
     finetune: TrainConfig | None = None
 

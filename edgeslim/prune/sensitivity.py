@@ -11,6 +11,7 @@ Accuracies are fractions 0-1 on the task's validation split; the test split is n
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.fsutil import write_json, write_text
+from edgeslim.fsutil import write_bytes, write_json, write_text
 from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
 from edgeslim.prune.structured import output_layers
 from edgeslim.train import evaluate
@@ -133,8 +134,8 @@ def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    tmp = folder / ".sensitivity.png.tmp"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    tmp.replace(folder / "sensitivity.png")
+    write_bytes(folder / "sensitivity.png", buf.getvalue())
     return [folder / "sensitivity.md", folder / "sensitivity.json", folder / "sensitivity.png"]

@@ -25,6 +25,18 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
+def human_duration(seconds: float) -> str:
+    """'3.2 years', '41.6 days', '17.3 h', '12 min'."""
+    days = seconds / 86400
+    if days >= 365:
+        return f"{days / 365:.3g} years"
+    if days >= 2:
+        return f"{days:.3g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min"
+
+
 def human_count(n: float | None) -> str:
     if n is None:
         return "-"
@@ -41,12 +53,19 @@ COLUMNS = [
     ("non-zero", lambda s: human_count(s.get("nonzero_params"))),
     ("MACs", lambda s: human_count(s.get("macs"))),
     ("size", lambda s: human_bytes(s.get("size_bytes"))),
-    ("latency p50", lambda s: f"{s['latency_ms_p50']:.3f} ms" if s.get("latency_ms_p50") is not None else "-"),
+    ("latency p50", lambda s: f"{_latency(s):.3f} ms" if _latency(s) is not None else "-"),
 ]
+
+
+def _latency(s: dict) -> float | None:
+    """The stage's p50 (ms): timed together with the other stages (interleaved) when the run did, else alone."""
+    return s.get("latency_ms_p50_interleaved", s.get("latency_ms_p50"))
 
 
 def extra_columns(stages: list[dict]) -> list:
     cols = []
+    if any("speedup_interleaved" in s for s in stages):
+        cols.append(("speed-up", lambda s: f"{s['speedup_interleaved']:.2f}x" if s.get("speedup_interleaved") else "-"))
     if any("arena_bytes" in s for s in stages):
         cols.append(("arena", lambda s: human_bytes(s.get("arena_bytes"))))
     if any("energy_mj" in s for s in stages):
@@ -116,14 +135,18 @@ def report_md(results: dict) -> str:
         f"Recipe: `{results.get('recipe', '?')}`",
         "",
         "All figures were measured in this run: accuracy on the test split and latency (single sample, "
-        "ONNX Runtime CPU, 1 thread) from each stage's exported ONNX model; size is the stored file.",
+        "ONNX Runtime CPU, 1 thread) from each stage's exported ONNX model; size is the stored file. "
+        + ("Latency: all stages timed together at the end of the run, interleaved in one process."
+           if any("latency_ms_p50_interleaved" in s for s in stages) else "Latency: each stage timed when it "
+           "finished.") + " Energy is labelled with its method (estimated or measured).",
         "",
         markdown_table(stages),
         "",
     ]
     if len(stages) > 1 and base.get("size_bytes") and last.get("size_bytes"):
         ratio = base["size_bytes"] / last["size_bytes"]
-        speed = base["latency_ms_p50"] / last["latency_ms_p50"] if last.get("latency_ms_p50") else float("nan")
+        lat0, lat1 = _latency(base), _latency(last)
+        speed = lat0 / lat1 if lat0 and lat1 else float("nan")
         drop = 100 * (base["accuracy"] - last["accuracy"]) if base.get("accuracy") is not None else float("nan")
         lines += [
             f"**{last['name']} vs baseline:** {ratio:.2f}x smaller on disk, {speed:.2f}x latency speed-up "
@@ -148,7 +171,7 @@ def _slower_stages(stages: list[dict], margin: float = 1.1) -> list[tuple[str, f
     """Stages whose p50 latency is more than `margin` times the previous stage's."""
     out = []
     for prev, cur in zip(stages, stages[1:]):
-        a, b = prev.get("latency_ms_p50"), cur.get("latency_ms_p50")
+        a, b = _latency(prev), _latency(cur)
         if a and b and b > margin * a:
             out.append((cur["name"], b, a))
     return out

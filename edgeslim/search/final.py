@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from edgeslim import interrupt
 from edgeslim.fsutil import write_json, write_text
 from edgeslim.search.constraints import measured_violations
 from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_value, onnx_layers
@@ -74,8 +75,10 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
     finals = []
     for r in front:
         run_dir = ctx.out / "final" / f"slot{int(r['slot']):04d}"
-        res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
-                         seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
+        with interrupt.during(f"the final fine-tuning of slot {r['slot']}", "trials and finished final runs are kept"):
+            print(f"final slot {r['slot']}: full fine-tuning and test-split measurement", flush=True)
+            res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
+                             seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
         onnx_path = run_dir / res["stages"][-1]["onnx"]
         m = measure_candidate(onnx_path, ctx.task, ctx.device, "test", res["stages"][-1]["size_bytes"])
         # measured by the pipeline: ONNX Runtime p50 on this host, 1 thread, batch 1 (baseline: stage 0)
@@ -112,7 +115,8 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
         "config": ctx.cfg.identity(), "device": ctx.device.name, "budget": ctx.budget.as_dict(),
         "baseline": {"val": {k: v for k, v in ctx.base_val.items() if k != "energy_layers"},
                      "test": ctx.base_test},
-        "counts": {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        "counts": {**{s: sum(r["state"] == s and not r["requeued"] for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")},
+                   "REQUEUED": sum(r["requeued"] for r in rows)},  # interrupted trials whose slot ran again
         "feasible_trials": len(feas_rows), "hypervolume": hv, "reference_point": ref,
         "trials": rows, "front": finals, "best": best,
     }

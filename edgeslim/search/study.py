@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from edgeslim import interrupt
 from edgeslim.data import Task, load_task
 from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError, choices
@@ -184,12 +185,13 @@ def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
         _log(ctx, f"trial {trial.number}: rejected before training ({'; '.join(bad)})")
         return
     slot = int(trial.user_attrs.get("slot", trial.number))
+    _log(ctx, f"trial {trial.number}: proxy run (slot {slot}, {ctx.cfg.proxy_epochs} fine-tuning epochs at most)")
     proxy = recipe_yaml(cand.steps, min(ctx.cfg.proxy_epochs, cand.finetune_epochs), ctx.cfg.lr)
     t0 = time.perf_counter()
     try:
         res = run_recipe(parse_recipe(proxy, f"trial {trial.number}"), Path(ctx.cfg.model), ctx.task,
                          ctx.out / "trials" / f"slot{slot:04d}", seed=ctx.cfg.seed, quiet=True, force=True,
-                         task_spec=ctx.cfg.task)
+                         task_spec=ctx.cfg.task, report=False)
         m = measure_candidate(ctx.out / "trials" / f"slot{slot:04d}" / res["stages"][-1]["onnx"],
                               ctx.task, ctx.device, "val", res["stages"][-1]["size_bytes"])
     except Exception as e:  # one bad candidate must not stop the study: record it as failed
@@ -217,10 +219,19 @@ def work(ctx: Context, study: optuna.Study, max_trials: int | None = None) -> in
     done = 0
     while max_trials is None or done < max_trials:
         workers.recover_stale(study)
-        trial = workers.claim(study)
-        if trial is None:
-            break
-        run_trial(ctx, study, trial)
+        trial = None
+        try:
+            trial = workers.claim(study)
+            if trial is None:
+                break
+            with interrupt.during(f"search trial {trial.number}", "finished trials are kept and this one's slot "
+                                  "is queued again"):
+                run_trial(ctx, study, trial)
+        except interrupt.Interrupted:  # give the slot back now (a SIGKILL leaves that to recover_stale)
+            ft = study._storage.get_trial(trial._trial_id) if trial is not None else None
+            if ft is not None and ft.state == TrialState.RUNNING:
+                workers.requeue(study, ft, "interrupted; slot re-queued")
+            raise
         done += 1
     return done
 
@@ -270,5 +281,6 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "rejected": t.user_attrs.get("rejected"), "error": t.user_attrs.get("error"),
             "violations": viol, "feasible": t.state == TrialState.COMPLETE and all(v <= 0 for v in viol.values()),
             "recipe": t.user_attrs.get("recipe"), "keep_out": t.user_attrs.get("keep_out", {}),
+            "requeued": bool(t.user_attrs.get("requeued")),  # interrupted or its worker died: slot re-run
         })
     return rows

@@ -136,20 +136,26 @@ def _alive(pid: int) -> bool:
 def recover_stale(study: optuna.Study) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker process on this machine is gone."""
     host = socket.gethostname()
-    storage = study._storage
     redone = []
     for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w: Any = ft.user_attrs.get("worker", "")
         h, _, pid = str(w).rpartition(":")
         if h != host or not pid.isdigit() or _alive(int(pid)) or int(pid) == os.getpid():
             continue
-        storage.set_trial_user_attr(ft._trial_id, "error", f"worker {w} died; slot re-queued")
-        storage.set_trial_state_values(ft._trial_id, TrialState.FAIL)
-        study.enqueue_trial(dict(ft.params), user_attrs={
-            "slot": ft.user_attrs.get("slot", -1), "seeded": ft.user_attrs.get("seeded", False),
-            "retry_of": ft.number})
+        requeue(study, ft, f"worker {w} died; slot re-queued")
         redone.append(ft.number)
     return redone
+
+
+def requeue(study: optuna.Study, ft: optuna.trial.FrozenTrial, why: str) -> None:
+    """Fail a RUNNING trial and queue its slot again with the same parameters (its run folder resumes)."""
+    storage = study._storage
+    storage.set_trial_user_attr(ft._trial_id, "error", why)
+    storage.set_trial_user_attr(ft._trial_id, "requeued", True)
+    storage.set_trial_state_values(ft._trial_id, TrialState.FAIL)
+    study.enqueue_trial(dict(ft.params), user_attrs={
+        "slot": ft.user_attrs.get("slot", -1), "seeded": ft.user_attrs.get("seeded", False),
+        "retry_of": ft.number})
 
 
 def pending(study: optuna.Study) -> tuple[int, int]:

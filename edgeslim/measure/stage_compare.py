@@ -1,0 +1,33 @@
+"""The end of a run: what every stage is compared on, added to its results.json entry.
+
+- all stages timed together, interleaved (`measure.together`);
+- the device verdict with estimated energy and battery life (`measure.verdict`);
+- the per-layer structure against the baseline (`report.layers`);
+- what changed in behaviour against the baseline (`report.behaviour`).
+Fields are only added, never removed (results.json is a contract).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeslim.data import Task
+from edgeslim.measure import verdict
+from edgeslim.report import behaviour, layers
+
+
+def compare_stages(run_dir: Path, stages: list[dict], task: Task, seconds: float = 1.5) -> None:
+    """Annotate `stages` in place (see the module docstring). `seconds`: the interleaved timing budget."""
+    from edgeslim.measure.together import time_stages
+
+    time_stages(run_dir, stages, task.x_test[:1], seconds=seconds)
+    verdict.annotate(run_dir, stages)
+    base: list[dict] | None = None
+    for s in stages:
+        p = run_dir / s["onnx"] if s.get("onnx") else None
+        if p is None or not p.is_file():
+            continue
+        rows = layers.onnx_layers(p)
+        base = rows if base is None else base
+        s["layers"] = layers.with_baseline(rows, base)
+    behaviour.annotate(run_dir, stages, task.x_test)

@@ -1,0 +1,139 @@
+"""Memory checked up front: a job that cannot fit says so, with the option that makes it fit, before it
+starts instead of being killed by the kernel an hour in.
+
+Estimates are deliberately simple upper bounds (float32 everywhere, units: bytes):
+- training: weights x 4 (weights, gradients, two Adam moments) + batch x per-sample activations x 3
+  (kept for backward, their gradients, temporaries); evaluation runs in batches of up to 512 without
+  gradients, so its peak is 512 x the largest layer output x 2;
+- ONNX Runtime static calibration: samples x the sum of every activation of one sample (its calibrators
+  keep each intermediate tensor of every sample until they compute the ranges);
+- an .npz file: the sum of its arrays' sizes, read from the array headers without loading the data.
+A job is refused when it needs more than `LIMIT` of the memory the kernel reports available
+(`MemAvailable` on Linux); where that is unknown the check is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeslim.errors import EdgeslimError
+
+LIMIT = 0.9  # fraction of the available memory a job may plan to use
+EVAL_BATCH = 512  # train.predict's batch
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel can give without swapping (bytes), or None when the platform does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def require(need: int, what: str, hint: str) -> None:
+    """Refuse `what` in one line when it needs more than LIMIT x the available memory."""
+    avail = available_bytes()
+    if avail is None or need <= LIMIT * avail:
+        return
+    raise EdgeslimError(f"{what} needs about {_mib(need)} of memory but only {_mib(avail)} is available; {hint}")
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(sum, largest) of the float32 outputs of every leaf module for ONE sample, in bytes."""
+    from edgeslim.models.probe import probe
+
+    sizes: list[int] = []
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                sizes.append(4 * t.numel())
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    try:
+        probe(model, tuple(input_shape), [m.register_forward_hook(hook) for m in leaves])
+    except Exception:  # a model the probe cannot run on zeros: nothing to estimate from here
+        return 0, 0
+    return sum(sizes), max(sizes, default=0)
+
+
+def check_training(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, desc: str,
+                   hint: str = "lower --batch-size (recipes: finetune: {batch_size: N})") -> int:
+    """Refuse a training whose estimated peak memory does not fit; returns the estimate (bytes)."""
+    weights = sum(4 * p.numel() for p in model.parameters())
+    total, largest = activation_bytes(model, input_shape)
+    need = 4 * weights + max(3 * batch_size * total, 2 * EVAL_BATCH * largest)
+    require(need, f"{desc} (batch size {batch_size})", hint)
+    return need
+
+
+def npz_bytes(path: Path) -> int:
+    """Sum of the arrays' sizes in an .npz (bytes), from their headers; 0 when it cannot tell."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with z.open(name) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    except Exception:  # not a zip, a bad header: the loader says what is wrong with the file
+        return 0
+    return total
+
+
+def check_npz(path: Path, what: str, hint: str) -> None:
+    require(npz_bytes(path), f"{what} {path}", hint)
+
+
+def check_calibration(per_sample: Callable[[], int], samples: int, what: str, hint: str) -> None:
+    """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring).
+    `per_sample` gives one sample's summed activations in bytes (the arena planner's naive sum, which
+    lives above this layer); a graph it cannot size gets no check."""
+    try:
+        one = int(per_sample())
+    except Exception:  # a graph the planner cannot size: no estimate
+        return
+    require(samples * one, f"calibrating {what} on {samples} samples", hint)
+
+
+def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: tuple[int, ...], n_train: int) -> None:
+    """Before a run writes anything: every stage's fine-tuning batch and calibration set must fit.
+    `steps` are the recipe's (name, config, line) steps; estimates from the starting model (passes only
+    make it smaller)."""
+    weights = sum(4 * p.numel() for p in model.parameters())
+    total, largest = activation_bytes(model, input_shape)
+    for s in steps:
+        fields = type(s.config).model_fields
+        ft = getattr(s.config, "finetune", None) or getattr(s.config, "train", None) or finetune
+        batch = int(getattr(ft, "batch_size", 0) or 0)
+        if ("finetune" in fields or "train" in fields) and batch and getattr(ft, "epochs", 0):  # passes that train
+            need = 4 * weights + max(3 * batch * total, 2 * EVAL_BATCH * largest)
+            require(need, f"{s.name} (recipe line {s.line}) fine-tuning with batch size {batch}",
+                    "lower batch_size in its finetune block")
+        n = getattr(s.config, "calibration_samples", None)
+        if n:
+            n = min(int(n), n_train)
+            require(n * total, f"{s.name} (recipe line {s.line}) calibrating on {n} samples",
+                    "lower calibration_samples")

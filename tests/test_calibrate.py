@@ -1,0 +1,52 @@
+"""The cortex-m4 profile's calibration on MLPerf Tiny: reproducible, and held-out points within 1.5x."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeslim.devices import load_device
+from edgeslim.measure.calibrate import MLPERF_TINY_V05_L4R5, check, fit, reference_counts
+from edgeslim.measure.onnx_counts import GraphCount, LayerCount
+
+
+def test_fit_recovers_a_known_profile() -> None:
+    """Estimates from a known profile, then fit from the a-priori one: the fit returns the known values."""
+    from edgeslim.measure.calibrate import Published
+    from edgeslim.measure.energy import estimate_from_counts
+
+    counts = GraphCount([LayerCount("conv", "Conv", "int8", 5_000_000, 10_000, 20_000, 4_000, 4_000)])
+    truth = load_device("cortex-m4").model_copy(update={"efficiency": 0.05, "active_power_mw": 33.0})
+    e = estimate_from_counts(counts, truth)
+    ref = Published("x", "synthetic", "resnet8", (3, 32, 32), 10, e.latency_ms or 0, e.mj)
+    got = fit(truth.model_copy(update={"efficiency": 0.25, "active_power_mw": 40.0}), counts, ref)
+    assert got.efficiency == pytest.approx(0.05, rel=1e-3)
+    assert got.active_power_mw == pytest.approx(33.0, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def counts() -> dict[str, GraphCount]:
+    return reference_counts(MLPERF_TINY_V05_L4R5)
+
+
+def test_zoo_matches_the_mlperf_tiny_geometries(counts: dict[str, GraphCount]) -> None:
+    # published MAC counts of the reference networks: ResNet-8 12.5 M, DS-CNN 2.7 M, MobileNetV1 0.25 7.5 M,
+    # FC autoencoder 0.26 M
+    got = {k: c.macs / 1e6 for k, c in counts.items()}
+    assert got["ic"] == pytest.approx(12.5, rel=0.01) and got["kws"] == pytest.approx(2.66, rel=0.02)
+    assert got["vww"] == pytest.approx(7.49, rel=0.01) and got["ad"] == pytest.approx(0.264, rel=0.01)
+    assert all(c.macs_by_precision().get("int8", 0) > 0.95 * c.macs for c in counts.values())
+
+
+def test_recorded_calibration_reproduces_and_holds_out(counts: dict[str, GraphCount]) -> None:
+    m4 = load_device("cortex-m4")
+    assert m4.calibration is not None and m4.calibration.fitted["efficiency"] == m4.efficiency
+    prior = m4.model_copy(update=m4.calibration.a_priori)
+    refit = fit(prior, counts["ic"], MLPERF_TINY_V05_L4R5[0])
+    assert refit.efficiency == pytest.approx(m4.efficiency, rel=1e-3)
+    assert refit.active_power_mw == pytest.approx(m4.active_power_mw, rel=1e-3)
+    rows = {r["key"]: r for r in check(m4, counts, MLPERF_TINY_V05_L4R5)}
+    assert rows["ic"]["energy_ratio"] == pytest.approx(1.0, abs=0.01)
+    for key in ("kws", "vww", "ad"):  # held out: each within 1.5x of the published energy
+        assert 1 / 1.5 <= rows[key]["energy_ratio"] <= 1.5, rows[key]
+    # the a-priori profile was 3.5-5x too low on the convolutional networks
+    assert all(r["energy_ratio"] < 0.45 for r in check(prior, counts, MLPERF_TINY_V05_L4R5))
