@@ -10,6 +10,7 @@ import copy
 import importlib.metadata as md
 import io
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+# NNCF's documented switch to its telemetry stub: a benchmark sends nothing anywhere (set before nncf is imported)
+os.environ.setdefault("NNCF_CI", "1")
 
 Feed = dict[str, np.ndarray]
 PEER_PACKAGES = ("onnxruntime", "torch", "torch-pruning", "nncf", "torchao")
