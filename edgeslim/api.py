@@ -264,39 +264,44 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
 
 
 def distill(
-    teacher: Path, task: str, out: Path, *, width: float = 0.5, depth: float = 1.0, temperature: float = 4.0,
-    alpha: float = 0.9, epochs: int = 20, lr: float = 3e-3, transfer: str | None = None,
-    transfer_ratio: int | None = None, extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
+    teacher: Path, task: str, out: Path, *, width: float | None = None, depth: float | None = None,
+    student: dict[str, Any] | None = None, temperature: float = 4.0, alpha: float = 0.9, epochs: int = 20,
+    lr: float = 3e-3, transfer: str | None = None, transfer_ratio: int | None = None,
+    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
 ) -> dict:
-    """Build a smaller student from the teacher's architecture (`width`, `depth`) and train it with
-    knowledge distillation; saves it as a model folder in `out`. Returns student and teacher metrics."""
+    """Build a smaller student from the teacher's architecture (`width`, default 0.5; `depth`, default 1)
+    or another zoo architecture (`student={"model": "gru", "hidden": 64}`; width/depth then do not
+    apply) and train it with knowledge distillation; saves it as a model folder in `out`. Returns
+    student and teacher metrics."""
     import torch
 
     from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
-    from edgeslim.passes.distill import Distill, kd_settings
+    from edgeslim.passes.distill import Distill, kd_settings, student_base
 
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
     extras = [models.load_model(p)[0] for p in extra_teachers]
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     try:
-        cfg = Distill(width=width, depth=depth, temperature=temperature, alpha=alpha,
+        cfg = Distill(**multipliers, student=dict(student or {}), temperature=temperature, alpha=alpha,
                       teachers=[str(p) for p in extra_teachers], transfer=transfer, transfer_ratio=transfer_ratio,
                       train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
     except ValueError as e:
         raise EdgeslimError(f"bad distill option: {e}") from None
     torch.manual_seed(seed)
-    student, spec = build_student(tspec, width, depth)
+    student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
-    hist = distill_model(student, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt, **kd_settings(cfg))
+    hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
+                         **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
-        "test_accuracy": evaluate(student, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
-        "teacher_params": count_params(tmodel)[0], "params": count_params(student)[0],
-        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student, t.input_shape),
+        "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
+        "teacher_params": count_params(tmodel)[0], "params": count_params(student_net)[0],
+        "teacher_macs": count_macs(tmodel, t.input_shape), "macs": count_macs(student_net, t.input_shape),
         "student": spec["kwargs"],
     }
-    models.save_model(out, student, spec, extra={"distill": cfg.model_dump(), "metrics": m})
+    models.save_model(out, student_net, spec, extra={"distill": cfg.model_dump(), "metrics": m})
     ckpt.unlink(missing_ok=True)
     m["arch"] = spec["arch"]
     return m

@@ -169,7 +169,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, 
             ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except Exception:  # truncated or corrupt (it is only a cache of our own): start over
             ck = {}
-        if isinstance(ck, dict) and ck.get("config") == cfg.model_dump_json():
+        if isinstance(ck, dict) and ck.get("config") == cfg.model_dump_json() and _fits(ck.get("model"), model):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             if sched is not None:
@@ -247,6 +247,14 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
     for fn_e in hooks.after_epoch:
         fn_e(model, epoch)
     return running
+
+
+def _fits(state: object, model: nn.Module) -> bool:
+    """Whether a checkpoint's weights have this model's names and shapes (another architecture trained
+    into the same folder, e.g. a GRU student after an LSTM one, starts over instead of failing)."""
+    own = model.state_dict()
+    return isinstance(state, dict) and state.keys() == own.keys() and all(
+        tuple(state[k].shape) == tuple(v.shape) for k, v in own.items())
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer,

@@ -9,6 +9,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.errors import EdgeslimError
 
 
 @app.command()
@@ -16,8 +17,10 @@ def distill(
     teacher: Path = typer.Argument(..., help="trained teacher model folder"),
     task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
     out: Path = typer.Option(..., "--out", "-o", help="student model folder to write"),
-    width: float = typer.Option(0.5, help="student width multiplier"),
-    depth: float = typer.Option(1.0, help="fraction of removable blocks the student keeps"),
+    width: float | None = typer.Option(None, help="student width multiplier (default 0.5)"),
+    depth: float | None = typer.Option(None, help="fraction of removable blocks the student keeps (default 1)"),
+    student_model: str | None = typer.Option(None, help="a student of another zoo architecture, e.g. gru"),
+    student_arg: list[str] = typer.Option([], "--student-arg", help="student zoo argument KEY=VALUE, e.g. hidden=32"),
     temperature: float = typer.Option(4.0, help="KD temperature"),
     alpha: float = typer.Option(0.9, help="weight of the KD term (1 - alpha on the labels)"),
     epochs: int = typer.Option(20, help="student training epochs"),
@@ -28,9 +31,18 @@ def distill(
     seed: int = typer.Option(0, help="random seed"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Build a smaller student from the teacher's architecture and train it with knowledge distillation."""
-    m = api.distill(teacher, task, out, width=width, depth=depth, temperature=temperature, alpha=alpha,
-                    epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
+    """Build a smaller student (from the teacher's architecture, or --student-model) and train it with
+    knowledge distillation."""
+    import yaml
+
+    sargs: dict = {"model": student_model} if student_model else {}
+    for kv in student_arg:
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip():
+            raise EdgeslimError(f"--student-arg '{kv}': expected KEY=VALUE, e.g. hidden=32")
+        sargs[k.strip()] = yaml.safe_load(v)
+    m = api.distill(teacher, task, out, width=width, depth=depth, student=sargs, temperature=temperature,
+                    alpha=alpha, epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
                     extra_teachers=extra_teacher, seed=seed, quiet=as_json)
     if as_json:
         emit_json(m)

@@ -13,6 +13,11 @@ Precision of a Conv / MatMul / Gemm:
   then the weight bytes are counted in int8 but the MACs in fp32.
 Elementwise and pooling ops are counted as `ops` (one operation per output element, in the
 activation precision); they are small next to the MACs in conv nets.
+
+Recurrent ops (GRU, LSTM, RNN and ORT's DynamicQuantizeLSTM) count, per step, direction and batch row,
+gates x hidden x (input + hidden) MACs (GRU 3 gates, LSTM 4, RNN 1) and, per hidden unit, the elementwise
+ops `RECURRENT` lists (gate nonlinearities, state updates). A GRU whose weights come from DequantizeLinear is
+weight-only INT8 (ONNX Runtime has no integer GRU kernel): fp32 MACs, int8 weight bytes.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from onnx import helper, numpy_helper
 from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.shapes import infer_static
 
-INT_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm"}
-MAC_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose"} | INT_OPS
+INT_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeLSTM"}
+# recurrent op -> (weight blocks per step, elementwise ops per hidden unit and step: gate bias adds,
+# sigmoid/tanh, the state update's products and sums)
+RECURRENT = {"GRU": (3, 12), "LSTM": (4, 17), "DynamicQuantizeLSTM": (4, 17), "RNN": (1, 3)}
+MAC_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose"} | INT_OPS | set(RECURRENT)
 SKIP = {"Constant", "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout",
         "QuantizeLinear", "DequantizeLinear", "Cast"}
 
@@ -147,6 +155,9 @@ def count_onnx(model: str | Path | onnx.ModelProto, shapes: dict[str, list[int]]
         if consumers and all(c.op_type == "QuantizeLinear" for c in consumers):
             out_bytes = out_elems * _itemsize(info, consumers[0].output[0])
         macs = _macs(n, info, oshape) if n.op_type in MAC_OPS else 0
+        ops = 0 if macs else out_elems
+        if n.op_type in RECURRENT:
+            macs, ops = _recurrent(n, info)
         if n.op_type in INT_OPS or (n.op_type in MAC_OPS and data and all(from_dq(t) for t in data) and w_dq):
             prec = "int8"
         elif _itemsize(info, out) == 2:
@@ -155,7 +166,7 @@ def count_onnx(model: str | Path | onnx.ModelProto, shapes: dict[str, list[int]]
             prec = "fp32"
         layers.append(LayerCount(
             name=n.name or f"{n.op_type}_{i}", op=n.op_type, precision=prec, macs=macs,
-            ops=0 if macs else out_elems, weight_bytes=wbytes,
+            ops=ops, weight_bytes=wbytes,
             act_in_bytes=sum(deployed_bytes(t) for t in data), act_out_bytes=out_bytes,
         ))
     return GraphCount(layers)
@@ -166,6 +177,19 @@ def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
         if a.name == name:
             return int(a.i)
     return default
+
+
+def _recurrent(n: onnx.NodeProto, info: dict) -> tuple[int, int]:
+    """(MACs, elementwise ops) of a GRU/LSTM/RNN node at batch 1, from its input X (seq, batch, input)
+    and its `hidden_size` (the output shape is not needed: ORT's contrib LSTM has none inferred)."""
+    x = _shape(info, n.input[0])
+    h = _attr(n, "hidden_size", 0)
+    if x is None or len(x) != 3 or not h:
+        return 0, 0
+    gates, per_unit = RECURRENT[n.op_type]
+    dirs = 2 if any(a.name == "direction" and a.s == b"bidirectional" for a in n.attribute) else 1
+    rows = x[0] * x[1] * dirs  # steps x batch x directions
+    return rows * gates * h * (x[2] + h), rows * per_unit * h
 
 
 def _macs(n: onnx.NodeProto, info: dict, oshape: list[int] | None) -> int:

@@ -4,6 +4,10 @@
 `depth` removes shape-preserving blocks (a residual block, a depthwise-separable block) through the
 replayable `identity` edit, so a student is rebuilt from its spec like any other model. Teacher edits
 (e.g. low-rank factors) are not copied: a student starts from the plain architecture, random weights.
+
+A student may also be another zoo architecture: `overrides={"model": "gru", "hidden": 32}` builds
+that model for the teacher's input shape and classes (e.g. a transformer teacher, a GRU student);
+width and depth multipliers then do not apply, the arguments are the student's own.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ WIDTH_ARGS: dict[str, tuple[str, ...]] = {
     "cnn1d": ("width",),
     "mobilenetv1": ("alpha",),
     "autoencoder": ("hidden",),
+    "gru": ("hidden",),
+    "lstm": ("hidden",),
+    "transformer": ("dim", "mlp"),
 }
 
 # Containers whose children are blocks that may be dropped when they keep the tensor shape.
@@ -64,7 +71,12 @@ def student_spec(
 ) -> dict:
     """The spec of a student: the teacher's arch with widths times `width` and about `depth` of its
     blocks (only shape-preserving blocks can go; the deepest go first). `overrides` sets builder
-    arguments directly (e.g. `{"h1": 100, "h2": 30}`)."""
+    arguments directly (e.g. `{"h1": 100, "h2": 30}`); with a `model` key naming another zoo
+    architecture, the student is that model built with the other keys (`other_arch_spec`)."""
+    overrides = dict(overrides or {})
+    other = overrides.pop("model", None)
+    if other is not None and other != teacher.get("arch"):
+        return other_arch_spec(str(other), teacher, overrides)
     arch = teacher.get("arch")
     if arch == "pickle" or arch not in ZOO:
         raise EdgeslimError(
@@ -98,6 +110,19 @@ def student_spec(
             )
         for n in reversed(removable[-drop:] if drop else []):
             spec = add_edit(spec, "identity", module=n)
+    return spec
+
+
+def other_arch_spec(arch: str, teacher: dict, kwargs: dict[str, Any]) -> dict:
+    """The spec of a student of zoo architecture `arch` (its defaults + `kwargs`) for the teacher's
+    input shape and classes; checked by building it once."""
+    if arch not in ZOO:
+        raise EdgeslimError(f"student model '{arch}' is not in the zoo; zoo models: {choices(ZOO)}")
+    if not teacher.get("input_shape") or teacher.get("num_classes") is None:
+        raise EdgeslimError(f"a '{arch}' student needs the teacher's input shape and classes; the teacher spec "
+                            f"(arch '{teacher.get('arch')}') has none")
+    spec = make_spec(arch, tuple(teacher["input_shape"]), int(teacher["num_classes"]), **kwargs)
+    build_model(spec)  # bad arguments fail here, with the model named
     return spec
 
 

@@ -4,7 +4,8 @@ strides that would not fit a tiny input, and size their classifier from a dummy 
 
 References: LeNet-300-100 and LeNet-5 (LeCun 1998), ResNet-8 and DS-CNN as in the MLPerf Tiny
 reference (image classification: 32x32x3 -> 10; keyword spotting: 49x10x1 -> 12), MobileNetV1
-(Howard 2017) with a width multiplier, the MLPerf Tiny anomaly-detection FC autoencoder.
+(Howard 2017) with a width multiplier, the MLPerf Tiny anomaly-detection FC autoencoder. Sequence
+models (GRU, LSTM, a small transformer) live in `edgeslim.models.sequence`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from edgeslim.models.sequence import GRUClassifier, LSTMClassifier, TransformerClassifier
 
 
 def _nd(input_shape: tuple[int, ...]) -> int:
@@ -249,4 +252,7 @@ ZOO: dict[str, ZooEntry] = {
     "mobilenetv1": ZooEntry(MobileNetV1, (3, 96, 96), 2, "MobileNetV1, width multiplier alpha (default 0.25)"),
     "cnn1d": ZooEntry(CNN1D, (1, 40), 10, "1-D CNN for sequences"),
     "autoencoder": ZooEntry(AutoEncoder, (640,), 0, "FC autoencoder, MLPerf Tiny anomaly detection"),
+    "gru": ZooEntry(GRUClassifier, (1, 40), 10, "GRU classifier for signals (hidden, frame samples a step)"),
+    "lstm": ZooEntry(LSTMClassifier, (1, 40), 10, "LSTM classifier for signals (hidden, frame samples a step)"),
+    "transformer": ZooEntry(TransformerClassifier, (1, 40), 10, "small transformer (conv stem, encoder blocks)"),
 }

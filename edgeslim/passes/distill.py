@@ -1,5 +1,6 @@
 """`distill`: train a smaller student (or the current model) from the run's baseline with knowledge
-distillation (`edgeslim.distill`). The student is built from the teacher spec (`models.student`); with
+distillation (`edgeslim.distill`). The student is built from the teacher spec (`models.student`), or is
+another zoo architecture (`student: {model: gru, hidden: 48}`, e.g. a transformer teacher's GRU); with
 `keep: true` the pass leaves a `distill` entry in the run's carry so every later fine-tuning (pruning,
 low-rank, clustering) also distils from the same teachers, on the same transfer set.
 """
@@ -29,13 +30,28 @@ KD_FIELDS = ("temperature", "alpha", "teacher_weights", "features", "feature_wei
              "cache", "mixup", "transfer", "transfer_ratio")
 
 
+def student_base(teacher_spec: dict, task: Task, cfg: Distill) -> dict:
+    """The teacher spec the student builder starts from; for a student of another architecture
+    (`student.model`) the task supplies what the teacher spec lacks (a pickled teacher has no classes),
+    and width/depth multipliers, which scale the teacher's own architecture, must not be set."""
+    other = cfg.student.get("model")
+    if other is None or other == teacher_spec.get("arch"):
+        return teacher_spec
+    given = sorted({"width", "depth"} & cfg.model_fields_set)
+    if given:
+        raise EdgeslimError(f"distill: {' and '.join(given)} scale the teacher's architecture; a '{other}' student "
+                            "takes its own arguments in `student` (e.g. student: {model: gru, hidden: 32})")
+    return {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **teacher_spec}
+
+
 class Distill(PassConfig):
     init: Literal["student", "current"] = Field(
         "student", description="'student': build a smaller student (width/depth); 'current': distil into this model"
     )
     width: float = Field(0.5, gt=0.0, le=4.0, description="student width multiplier")
     depth: float = Field(1.0, gt=0.0, le=1.0, description="fraction of removable blocks the student keeps")
-    student: dict[str, Any] = Field(default_factory=dict, description="zoo arguments set directly, e.g. {h1: 100}")
+    student: dict[str, Any] = Field(default_factory=dict, description="zoo arguments set directly, e.g. {h1: 100}; "
+                                    "with `model` another zoo architecture, e.g. {model: gru, hidden: 32}")
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the KD term; 1 - alpha on the labels")
     features: list[tuple[str, str]] = Field(default_factory=list, description="(student layer, teacher layer) pairs")
@@ -64,6 +80,13 @@ class Distill(PassConfig):
             raise ValueError("use either mixup or a transfer set, not both")
         if self.transfer is not None:
             generate_count(self.transfer)  # a bad generate:N fails when the recipe is parsed
+        if "model" in self.student:
+            from edgeslim.models.zoo import ZOO
+
+            if self.student["model"] not in ZOO:
+                raise ValueError(f"student.model '{self.student['model']}' is not in the zoo; valid: {', '.join(ZOO)}")
+            if self.init != "student":
+                raise ValueError("student.model builds a new student; it needs init: student")
         if self.teacher_weights is not None and len(self.teacher_weights) != 1 + len(self.teachers):
             raise ValueError(
                 f"teacher_weights needs {1 + len(self.teachers)} values (the run's baseline + {len(self.teachers)} "
@@ -94,7 +117,7 @@ def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) 
     teachers = _load_teachers(ctx, cfg.teachers, task)
     if cfg.init == "student":
         torch.manual_seed(cfg.train.seed)
-        student, spec = build_student(ctx.spec, cfg.width, cfg.depth, cfg.student)
+        student, spec = build_student(student_base(ctx.spec, task, cfg), cfg.width, cfg.depth, cfg.student)
     else:
         student, spec = model, ctx.spec
     hist = distill_model(student, teachers, task, cfg.train, quiet=ctx.quiet, **kd_settings(cfg))

@@ -5,6 +5,12 @@ It consumes the PyTorch model and produces the QDQ ONNX, so the stage is ONNX-on
 consume ONNX may follow, which the recipe parser enforces. Fine-tuning goes through `ctx.finetune_model`, so pruning masks (`keep_sparsity`)
 and distillation losses carried by earlier passes apply during QAT; a pruned weight stays exactly 0
 because symmetric quantization maps 0 to code 0.
+
+What the fake quantization covers: Conv and Linear layers (int8 weights and uint8 input activations,
+exported as QDQ that ONNX Runtime runs with integer kernels) and the weights of GRU/LSTM/RNN layers
+(int8, one scale per gate row; `edgeslim.quant.recurrent`). ONNX Runtime has no integer GRU kernel,
+so recurrent layers export weight-only (int8 weights + DequantizeLinear, FP32 compute) and their
+hidden-state activations are not fake-quantized; the notes list them under `recurrent_weight_only`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.passes.quantize_int8 import QuantizeInt8, quantize_int8
 from edgeslim.quant import fakequant as fq
 from edgeslim.quant.qat import QATOutput, export_qdq, prepare
+from edgeslim.quant.recurrent import recurrent_wrappers
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -105,7 +112,8 @@ def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassR
         "val_accuracy": round(hist["val_accuracy"], 6), **out.notes,
     }
     if cfg.weight_bits < 8:
-        n_w = sum(w.fweight.numel() for w in fq.wrappers(qm).values())
+        n_w = sum(w.fweight.numel() for w in fq.wrappers(qm).values()) + sum(
+            getattr(r.inner, k).numel() for r in recurrent_wrappers(qm).values() for k in r.wq)
         notes["packed_weight_bytes_estimated"] = int(np.ceil(n_w * cfg.weight_bits / 8))
         notes["storage_note"] = (f"{cfg.weight_bits}-bit codes are stored in int8 in the ONNX file (ONNX Runtime "
                                  f"runs int8 kernels); packed {cfg.weight_bits}-bit storage would need a custom format")

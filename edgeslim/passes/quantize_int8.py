@@ -22,6 +22,7 @@ from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 
 DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
@@ -89,9 +90,11 @@ def quantize_int8(
             raise EdgeslimError("quantize_int8: 'candidates' is empty; list at least one format, e.g. u8s8-rr-pc")
         fmts = [parse_format(c, "quantize_int8.candidates") for c in cfg.candidates]
     raw, paths = {}, {}
+    recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
         oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
+        recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     lat = interleaved_p50_ms({"fp32": pre, **paths}, task.x_test[:1]) if len(fmts) > 1 else {}
@@ -114,7 +117,11 @@ def quantize_int8(
     write_json(ctx.stage_dir / "quant_report.json", {"tried": rows, "chosen": chosen, "why": why,
                                                      "fp32_val_accuracy": fp32_acc, "layers": layers})
     shutil.rmtree(work)
-    return PassResult(None, onnx=dst, notes={
+    notes = {
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
         "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
-    })
+    }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent
+        notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
+    return PassResult(None, onnx=dst, notes=notes)

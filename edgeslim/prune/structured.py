@@ -55,6 +55,13 @@ def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Mod
     return [order[-1]]
 
 
+def model_ignored(model: nn.Module) -> list[nn.Module]:
+    """Layers a model says channel pruning must keep whole (`prune_ignored()`), e.g. the zoo transformer's
+    residual stream and attention heads, which a dependency graph cannot follow through the head reshape."""
+    fn = getattr(model, "prune_ignored", None)
+    return list(fn()) if callable(fn) else []
+
+
 def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size: int = 64, seed: int = 0) -> None:
     """Loss gradients on a few training batches (Taylor importance = |weight x gradient|)."""
     model.eval()  # BN statistics stay fixed; gradients still flow
@@ -75,7 +82,8 @@ def make_pruner(
     layer_ratios: dict[str, float] | None = None,
 ) -> tuple:  # (tp.pruner.MetaPruner, steps)
     """Torch-Pruning's pruner for `ratio` of the channels of each group (or `layer_ratios`: module path ->
-    ratio), ranked by `importance`, over `rounds` steps of `schedule`; the output layer is never pruned."""
+    ratio), ranked by `importance`, over `rounds` steps of `schedule`; the output layer is never pruned, nor
+    the layers the model lists in `prune_ignored()`."""
     import torch_pruning as tp
 
     if importance == "bn_scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -98,7 +106,7 @@ def make_pruner(
         model, torch.zeros(2, *input_shape), make_importance(importance),
         global_pruning=scope == "global", pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
         iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
-        ignored_layers=output_layers(model, input_shape), round_to=round_to,
+        ignored_layers=output_layers(model, input_shape) + model_ignored(model), round_to=round_to,
     ), steps
 
 

@@ -238,13 +238,16 @@ def wrappers(model: nn.Module) -> dict[str, QuantWrap]:
 
 @torch.no_grad()
 def unwrap(model: nn.Module) -> nn.Module:
-    """A copy with every wrapper replaced by its float layer holding the *quantized* weight values."""
+    """A copy with every wrapper replaced by its float layer holding the *quantized* weight values
+    (QuantWrap here; other wrappers, e.g. `quant.recurrent.QuantRNN`, give theirs through `baked()`)."""
     out = copy.deepcopy(model)
     for mod in list(out.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, QuantWrap):
                 cast(torch.Tensor, child.inner.weight).copy_(child.qweight())
                 setattr(mod, child_name, child.inner)
+            elif callable(getattr(child, "baked", None)):
+                setattr(mod, child_name, child.baked())  # type: ignore[operator]
     return out
 
 

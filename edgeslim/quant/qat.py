@@ -1,6 +1,7 @@
 """Quantization-aware training building blocks: a fake-quant copy of a model ready to train (BN folded,
-every Conv/Linear wrapped, activation ranges calibrated), and the export of what it learned as an ONNX
-QDQ model that ONNX Runtime runs and that matches PyTorch."""
+every Conv/Linear wrapped, GRU/LSTM/RNN weights fake-quantized per gate row, activation ranges
+calibrated), and the export of what it learned as an ONNX QDQ model that ONNX Runtime runs and that
+matches PyTorch (recurrent layers weight-only: `edgeslim.quant.recurrent`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from edgeslim.onnxkit.quant import compact_onnx
 from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.quant import fakequant as fq
 from edgeslim.quant.qdq import QLayer, layer_report, write_qdq
+from edgeslim.quant.recurrent import recurrent_wrappers, weight_only_recurrent, wrap_recurrent
 
 
 @dataclass
@@ -38,6 +40,7 @@ def prepare(model: nn.Module, calib: np.ndarray, *, weight_bits: int = 8, activa
         layer, fq.WeightQuant(fq.weight_of(layer), weight_bits, per_channel, lsq),
         fq.ActQuant(activation_bits, lsq),
     ))
+    wrap_recurrent(m, weight_bits)  # GRU/LSTM/RNN weights, derived per-row scales (quant.recurrent)
     fq.share_input_quantizers(m, torch.from_numpy(calib[:2].astype(np.float32)))
     fq.calibrate(m, calib)
     return m, ref, pairs
@@ -57,6 +60,7 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
         s, zp = w.aq.export() if w.aq is not None else (None, 0)
         layers[name] = QLayer(f"{name}.weight", codes, scale, s, zp, bits)
     done = write_qdq(tmp_b, raw, layers)
+    recurrent = weight_only_recurrent(raw, raw, bits=bits) if recurrent_wrappers(qmodel) else []
     x = task.x_test[:256].astype(np.float32)
     with torch.no_grad():
         want = qmodel(torch.from_numpy(x)).numpy()
@@ -73,4 +77,6 @@ def export_qdq(qmodel: nn.Module, ref: nn.Module, task: Task, out_dir: Path, bit
         "qdq_layers": len(done), "left_float": missing, "parity_max_abs_diff": diff,
         "parity_top1_agreement": agree, "layers": report,
     }
+    if recurrent:
+        notes["recurrent_weight_only"] = recurrent  # int8 weights, FP32 compute in ORT (quant.recurrent)
     return QATOutput(dst, notes)
