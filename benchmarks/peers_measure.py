@@ -184,8 +184,8 @@ def verdict(job: Job) -> str:
         behind.append(f"p50 {e.p50_ms:.4f} ms > fastest peer {t:.4f} ms ({e.p50_ms / t:.2f}x)")
     head = (f"DOMINATED by {', '.join(dominated)}" if dominated else
             "no peer is as small and as fast while more accurate")
-    return head + ("; edgeslim best in every column" if not behind else "; behind the best peer of a column: "
-                   + "; ".join(behind))
+    return head + ("; edgeslim best on quality, size and latency" if not behind else
+                   "; behind the best peer of a column: " + "; ".join(behind))
 
 
 def _q(job: Job, v: float | None) -> str:

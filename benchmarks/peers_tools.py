@@ -162,7 +162,7 @@ def _export_dynamo(m: nn.Module, x: torch.Tensor, dst: Path) -> None:
 
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:160]
+    return (s.splitlines()[0] if s else type(e).__name__)[:90]
 
 
 # --- PyTorch pruning -------------------------------------------------------------------------------------
