@@ -26,6 +26,7 @@ from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
 from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.latency import interleaved_latency
 from edgeslim.models import build_model, make_spec
 from edgeslim.onnxkit.session import session
 
@@ -95,24 +96,16 @@ def planner_table(folder: Path) -> None:
 
 
 def timed(sessions: dict[str, object], x: np.ndarray, runs: int, net: torch.nn.Module | None = None) -> dict:
-    """Interleaved timing: each round runs every candidate once, so load affects all alike. p50 in ms."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+    """The one timer (edgeslim.measure.latency), interleaved: each round runs every candidate once, PyTorch
+    eager included, so load affects all alike. (p50, p90) in ms."""
+    runners: dict[str, object] = dict(sessions)
+    feeds = dict.fromkeys(sessions, {"input": x})
     if net is not None:
-        times["pytorch eager"] = []
-    xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x)
+        runners["pytorch eager"] = lambda: net(xt)
     with torch.inference_mode():
-        for i in range(runs + 20):
-            for k, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})  # type: ignore[attr-defined]
-                if i >= 20:
-                    times[k].append(time.perf_counter() - t0)
-            if net is not None:
-                t0 = time.perf_counter()
-                net(xt)
-                if i >= 20:
-                    times["pytorch eager"].append(time.perf_counter() - t0)
-    return {k: (float(np.percentile(v, 50)) * 1e3, float(np.percentile(v, 90)) * 1e3) for k, v in times.items()}
+        lat = interleaved_latency(runners, feeds, rounds=runs, warmup=20)
+    return {k: (v.p50_ms, v.p90_ms) for k, v in lat.items()}
 
 
 def levels_table(folder: Path, runs: int, threads: int) -> None:
@@ -145,13 +138,13 @@ def devices_table(folder: Path) -> None:
     print("\n### ResNet-8 (32x32x3, INT8 QDQ) on every device profile (estimated)\n")
     print("| device | fits | flash needed / available | RAM needed / available | est. latency | est. energy |")
     print("|---|---|---|---|---|---|")
-    from edgeslim.measure.device_fit import check_fit
+    from edgeslim.api import check_fit
 
     _, int8 = export_pair(build("resnet8", (3, 32, 32), 10), (3, 32, 32), folder, "dev-resnet8")
     for d in builtin_devices():
         r = check_fit(int8, d)
-        print(f"| {d} | {'yes' if r.fits else 'NO'} | {r.flash_bytes:,} / {r.flash_available:,} | "
-              f"{r.ram_bytes:,} / {r.ram_available:,} | {r.latency_ms:.3g} ms | {r.energy_mj:.3g} mJ |")
+        print(f"| {d} | {'yes' if r['fits'] else 'NO'} | {r['flash_bytes']:,} / {r['flash_available']:,} | "
+              f"{r['ram_bytes']:,} / {r['ram_available']:,} | {r['latency_ms']:.3g} ms | {r['energy_mj']:.3g} mJ |")
 
 
 def window_line() -> None:

@@ -27,11 +27,11 @@ from edgeslim import api, models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.litert.convert import to_tflite
-from edgeslim.litert.footprint import tflite_fit, tflite_footprint
+from edgeslim.litert.footprint import tflite_footprint
 from edgeslim.litert.interpreter import LiteRTModel
 from edgeslim.litert.micro import MicroModel
 from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.tflite import litert_latency
+from edgeslim.measure.core import measure_model
 from edgeslim.models.zoo import ZOO
 from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 from edgeslim.train import TrainConfig, evaluate
@@ -58,14 +58,16 @@ def part1(task_name: str, epochs: int, out: Path, archs: list[str]) -> list[dict
                               for i in range(len(x))])
             agree = float((micro.argmax(1) == lm.predict(x).argmax(1)).mean())
             fp = tflite_footprint(s["path"])
-            fit = tflite_fit(s["path"], "cortex-m4", fp)
-            lat = litert_latency(lm, t.x_test[:1], runs=300)
+            meas = measure_model(s["path"], task=None, device="cortex-m4", runs=300)  # the core: timer + fit
+            lat, fit = meas.latency, meas.fit
+            assert lat is not None and fit is not None
             row[prec] = {
                 "accuracy": acc, "size_bytes": s["size_bytes"], "parity": s.get("parity"),
                 "tflm_total": fp["tflm_arena_bytes"], "tflm_head": fp["tflm_arena_head_bytes"],
                 "tflm_tail": fp["tflm_arena_tail_bytes"], "tflm_vs_litert_top1": agree,
-                "litert_p50_ms": lat.p50_ms, "fit_cortex_m4": fit["verdict"], "ram_bytes": fit["ram_bytes"],
-                "flash_bytes": fit["flash_bytes"], "input": s["input"], "convert_s": time.perf_counter() - t0,
+                "litert_p50_ms": lat.p50_ms, "fit_cortex_m4": "fits" if fit.fits else "does not fit: " + "; ".join(
+                    fit.reasons), "ram_bytes": fit.ram_bytes, "flash_bytes": fit.flash_bytes, "input": s["input"],
+                "convert_s": time.perf_counter() - t0,
             }
             print(arch, prec, json.dumps(row[prec], default=str), flush=True)
         rows.append(row)

@@ -82,7 +82,26 @@ PRESETS = {
     "silero_vad.onnx": ("silero-vad 6.2.3", lambda r, n: _vad(r, n)),
     "silero_vad_16k_op15.onnx": ("silero-vad 6.2.3", lambda r, n: _vad(r, n)),
     "silero_vad_op18_ifless.onnx": ("silero-vad 6.2.3", lambda r, n: _vad(r, n)),
+    # not in the optimize table (older or variant files of the same wheels), inputs for bench_thirdparty.py
+    "common_old.onnx": ("ddddocr 1.6.1", lambda r, n: {"input1": ((_glyphs(r, 64, 160, n) - 0.5) / 0.5)[:, None]}),
+    "silero_vad_16k_sequence.onnx": ("silero-vad 6.2.3", lambda r, n: {
+        "input": _audio(r, n * 4, 576).reshape(n, 4, 576), "h": np.zeros((1, 1, 128), np.float32),
+        "c": np.zeros((1, 1, 128), np.float32)}),
+    "silero_vad_half.onnx": ("silero-vad 6.2.3", lambda r, n: _vad(r, n, sr=False)),
+    "silero_vad_openvino_16k.onnx": ("silero-vad 6.2.3", lambda r, n: _vad(r, n, chunk=576, sr=False)),
 }
+OPTIMIZE_TABLE = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx", "ch_PP-OCRv4_det_infer.onnx",
+                  "common.onnx", "common_det.onnx", "silero_vad.onnx", "silero_vad_16k_op15.onnx",
+                  "silero_vad_op18_ifless.onnx")
+
+
+def write_inputs(src: Path, dst: Path, n: int, seed: int = 0) -> bool:
+    """Write the structured synthetic inputs of a preset model to `dst` (.npz); False for other models."""
+    make = PRESETS.get(src.name, ("?", None))[1]
+    if make is None:
+        return False
+    np.savez(dst, **make(np.random.default_rng(seed), n))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, width=160)  # the full per-model report; the summary table goes to stdout
     with tempfile.TemporaryDirectory() as td:
         for i, src in enumerate(args.models):
-            pkg, make = PRESETS.get(src.name, ("?", None))
-            calib = None
-            if make is not None:
-                calib = Path(td) / f"{i}.npz"
-                np.savez(calib, **make(np.random.default_rng(i), args.samples))
+            pkg = PRESETS.get(src.name, ("?", None))[0]
+            calib: Path | None = Path(td) / f"{i}.npz"
+            if not write_inputs(src, calib, args.samples, seed=i):  # type: ignore[arg-type]
+                calib = None
             out = (args.out_dir or Path(td)) / f"{src.stem}.opt.onnx"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"== {src} ({pkg})", file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ import torch
 
 from edgeslim import models
 from edgeslim.data import load_task
-from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.measure.core import compare_latency
 from edgeslim.passes.early_exit import EarlyExit, early_exit_table
 from edgeslim.pipeline import run_recipe
 from edgeslim.prune.sensitivity import sensitivity_curves, write_report
@@ -62,9 +62,9 @@ def latency_rows(run_dir: Path, res: dict, task, batches: list[int]) -> dict:
     out = {}
     for b in batches:
         x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        lat = interleaved_p50_ms({"base": paths[0], "pruned": paths[1]}, x, rounds=9,
-                                 per_round=40 if b == 1 else 8, warmup=5)
-        t0, t1 = lat["base"], lat["pruned"]
+        lat = compare_latency({"base": paths[0], "pruned": paths[1]}, {"input": x}, rounds=9,
+                              per_round=40 if b == 1 else 8, warmup=5)
+        t0, t1 = lat["base"].p50_ms, lat["pruned"].p50_ms
         out[b] = {"base_ms": t0, "pruned_ms": t1, "speedup": t0 / t1}
     return out
 

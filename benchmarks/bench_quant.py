@@ -23,7 +23,7 @@ import torch
 from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
-from edgeslim.measure.latency import interleaved_p50_ms
+from edgeslim.measure.core import compare_latency
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT, export_via_ort
@@ -119,7 +119,8 @@ def main() -> None:
         note=f"size budget 10% of FP32; avg {r.notes['avg_weight_bits']} bits/weight")
     # Latency: every ORT-runnable format against FP32, same process, interleaved.
     runnable = {row["method"]: row["onnx"] for row in rows if "simulated" not in row["method"]}
-    lat = interleaved_p50_ms(runnable, task.x_test[:1], rounds=a.rounds, per_round=20)
+    lat = {k: v.p50_ms for k, v in compare_latency(runnable, {"input": task.x_test[:1]}, rounds=a.rounds,
+                                                   per_round=20).items()}
     base = rows[0]
     print(f"\n{'method':46s} {'test acc':>8s} {'Δ pts':>6s} {'size B':>8s} {'x smaller':>9s} "
           f"{'p50 ms':>8s} {'FP32 p50':>8s} {'speed-up':>8s}  note")

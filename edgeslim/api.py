@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from edgeslim import interrupt, models
@@ -33,10 +32,8 @@ from edgeslim.guard import TrainingDiverged
 from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
-from edgeslim.onnxkit.inputs import sample_shape
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, evaluate, train_model
-from edgeslim.untrusted import about
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
 TASK_FORMATS = [
@@ -82,14 +79,16 @@ def train(
 
 
 def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False) -> dict:
-    """Run a recipe on a trained model; writes results.json and report.md into `out`."""
+        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
+    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
+    the default profile); writes results.json and report.md into `out`. A resume with another device
+    re-measures the device figures and reuses the trained stages."""
     from edgeslim.pipeline import run_recipe
 
     r = load_recipe(recipe)
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                      task_spec=task)
+                      task_spec=task, device=device)
 
 
 def compress(
@@ -122,112 +121,114 @@ def compress(
         export_onnx(model, t.input_shape, prev_onnx)
     ctx = RunContext(stage_dir=work, spec=spec, finetune=finetune or TrainConfig(), prev_onnx=prev_onnx,
                      seed=seed, quiet=quiet, teacher_loader=lambda: copy.deepcopy(teacher))
-    return info.fn(model, t, config, ctx)
+    res = info.fn(model, t, config, ctx)
+    if res.store_sparse and res.model is not None:  # as the pipeline does: the sparse file from one export
+        from edgeslim.deploy.export import export_onnx
+        from edgeslim.formats.sparse import write_sparse_stage
+
+        export_onnx(res.model, t.input_shape, work / "model.onnx")
+        res.notes.update(write_sparse_stage(work / "model.onnx", work))
+    return res
 
 
-def measure(paths: list[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False,
+def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,
+            device: str | None = None, batch: int | None = None, deploy: bool = False, *,
+            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None,
             life: LifeOptions | None = None) -> list[dict]:
-    """Measure models (edgeslim model folders or ONNX files): size, counts, latency, accuracy with a task.
+    """Measure models (ONNX files, model folders or .tflite) with the measurement core (`edgeslim.measure.core`):
+    size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
+    with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
+    `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
+    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes). Several
+    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows
+    with an energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
+    from edgeslim.measure.core import measure_models
 
-    With `deploy` (or a `device`/`batch`): PyTorch eager latency beside ONNX Runtime, latency at `batch`,
-    activation arena, flash, fit on `device` (default: this host), energy per inference (measured or
-    estimated, labelled) and process peak RSS (`edgeslim.measure.deployment.deploy_extras`). Rows with an
-    energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
-    from edgeslim.deploy.export import export_onnx
-    from edgeslim.measure.stage import measure_stage
-
-    life = (life or LifeOptions()).checked()
     t = load_task(task) if task else None
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.suffix == ".tflite" and p.is_file():  # LiteRT + TFLite Micro (edgeslim[litert])
-            from edgeslim.measure.tflite import measure_tflite
-
-            out.append(measure_tflite(p, t, runs=runs, threads=threads))
-            continue
-        with tempfile.TemporaryDirectory() as tmp, about(p):  # a broken model: one line naming it
-            if p.is_dir():
-                net, spec = models.load_model(p)
-                shape = tuple(spec["input_shape"])
-                onnx_path = Path(tmp) / "model.onnx"
-                export_onnx(net, shape, onnx_path)
-                size_path: Path | None = p / models.io.WEIGHTS
-            elif p.suffix == ".onnx" and p.is_file():
-                net, onnx_path, size_path = None, p, None
-                shape = sample_shape(p)
-            else:
-                raise EdgeslimError(f"{p}: not an edgeslim model folder, .onnx or .tflite file")
-            if t is not None and tuple(t.input_shape) != tuple(shape):
-                raise EdgeslimError(f"{p}: the model takes inputs of shape {tuple(shape)} but task '{t.name}' "
-                                    f"has {tuple(t.input_shape)}")
-            task_for = t or _synthetic_task(shape)
-            m = measure_stage(onnx_path, task_for, net, size_path, latency_runs=runs, threads=threads)
-            if t is None:
-                m["accuracy"] = None
-            if deploy or device or batch:
-                from edgeslim.measure.deployment import deploy_extras
-
-                m.update(deploy_extras(onnx_path, net, shape, device, threads=threads, runs=runs, batch=batch))
-            out.append({"name": str(p), **m})
-    return life.annotate_rows(out, device)
+    life = (life or LifeOptions()).checked()
+    rows = [m.as_dict() for m in measure_models(
+        list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
+        batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    return life.annotate_rows(rows, device)
 
 
-def _synthetic_task(shape: tuple[int, ...]) -> Task:
-    rng = np.random.default_rng(0)
-    x = rng.random((8, *shape), dtype=np.float32)
-    y = np.zeros(8, np.int64)
-    return Task("synthetic", x, y, x, y, x, y, num_classes=1)
-
-
-def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None,
-              life: LifeOptions | None = None) -> dict:
+def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,
+              inputs: Path | None = None, shapes: Sequence[str] = (), life: LifeOptions | None = None) -> dict:
     """Does `model` (ONNX file, model folder or .tflite) fit `device`? Flash for weights + runtime, RAM
     for the activation arena + runtime; estimated latency (ms) and energy (mJ). With `X.onnx` beside
     `X.tflite`, `arena_beside` compares the planner's arena with TFLite Micro's. `battery`: the estimated
     battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
-    from edgeslim.measure.device_fit import check_fit as device_fit
+    from edgeslim.devices import load_device
+    from edgeslim.measure.core import measure_model
+    from edgeslim.measure.device_fit import fit_verdict
     from edgeslim.measure.tflite import arena_beside
 
     life = (life or LifeOptions()).checked()
-    r = device_fit(model, device, arena_bytes=arena_bytes, arena_source="given" if arena_bytes else "planner")
+    m = measure_model(model, inputs, shapes=shapes, device=device, latency=False)
+    fit = m.fit
+    if arena_bytes is not None or fit is None:
+        dev = load_device(device)
+        weights = fit.weights_bytes if fit is not None else (m.size_bytes or 0)
+        fit = fit_verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
+        if m.energy.get("energy_mj") is not None:
+            fit.energy_mj, fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
+            fit.latency_ms = m.energy.get("energy_latency_ms")
     beside = arena_beside(model)
-    row = {"model": str(model), **r.as_dict(), **({"arena_beside": beside} if beside else {})}
+    out = {"model": str(model), **fit.as_dict(), "inputs": m.inputs, "input_source": m.input_source,
+           "warnings": m.warnings}
+    if m.arena.get("arena_note") and arena_bytes is None:
+        out["arena_note"] = m.arena["arena_note"]
+    row = {**out, **({"arena_beside": beside} if beside else {})}
     return life.annotate_rows([row], device)[0]
 
 
-def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16,
-               write_reordered: Path | None = None) -> Any:  # -> edgeslim.measure.arena.ArenaPlan
-    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder;
-    with `write_reordered`, also write the model with its nodes in the lowest-peak order found."""
-    from edgeslim.deploy.export import to_onnx
+def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
+               inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> Any:
+    """Static activation arena plan (buffers, lifetimes, offsets; bytes) of an ONNX file or model folder at
+    the shapes of its inputs (`inputs` .npz or `shapes`); with `write_reordered`, also write the model with its
+    nodes in the lowest-peak order found; with `device`, `plan.fit` is the RAM verdict on that device."""
+    from edgeslim.devices import load_device
     from edgeslim.fsutil import write_bytes
     from edgeslim.measure.arena import plan_arena as plan
     from edgeslim.measure.arena import reorder_model
+    from edgeslim.measure.device_fit import fit_verdict, weights_bytes
+    from edgeslim.measure.source import open_model
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
+    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.untrusted import about
 
-    path, cleanup = to_onnx(model)
-    try:
-        with about(model):  # a broken model: one line naming it
-            result = plan(path, fuse_qdq=fuse_qdq, align=align)
-            if write_reordered is not None:
-                write_bytes(write_reordered, reorder_model(path)[0].SerializeToString())
-    finally:
-        if cleanup:
-            cleanup()
+    with about(model), open_model(model) as src:  # a broken model: one line naming it
+        if src.onnx is None:
+            raise EdgeslimError(f"{model}: the arena planner takes an ONNX file or a model folder; for a .tflite "
+                                "`edgeslim fit` reports TFLite Micro's recorded arena")
+        proto = read_onnx(src.onnx)
+        fd = make_feeds(input_specs(proto), inputs, shapes)
+        result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
+        result.warnings = fd.warnings
+        if device is not None:
+            result.fit = fit_verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
+        if write_reordered is not None:
+            write_bytes(write_reordered, reorder_model(proto, shapes=fd.shapes)[0].SerializeToString())
     return result
 
 
-def compile(model: Path, out: Path, level: str = "extended") -> dict:
+def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | None = None,
+            shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
-    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check."""
+    (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
+    output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
+    fit and energy there (`fit`)."""
     from edgeslim.deploy.compile import compile_model
 
-    return compile_model(Path(model), Path(out), level)
+    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes)
+    if device is not None:
+        res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
+    return res
 
 
 def optimize(
-    model: Path, out: Path, *, calib: Path | None = None, shapes: Sequence[str] = (), samples: int = 32,
+    model: Path, out: Path, *, inputs: Path | None = None, calib: Path | None = None, shapes: Sequence[str] = (),
+    samples: int = 32,
     min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
     candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
     sqnr_db: float = 20.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
@@ -235,15 +236,18 @@ def optimize(
 ) -> dict:
     """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
     the smallest within tolerance that is not slower than the original. Without any tolerance given, the
-    tolerance is cosine >= 0.995 on every output. Writes `out` unless refused; returns the full report."""
+    tolerance is cosine >= 0.995 on every output. `inputs` (`calib` is its older name): an .npz with one array
+    per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
+    returns the full report."""
+    from edgeslim.measure.fidelity import Tolerance
     from edgeslim.onnxopt import candidates as cands
-    from edgeslim.onnxopt.fidelity import Tolerance
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.onnxopt.run import optimize as run_optimize
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     cfg = OptimizeConfig(
-        model=Path(model), out=Path(out), calib=calib, shapes=list(shapes), samples=samples, seed=seed,
+        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes),
+        samples=samples, seed=seed,
         tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
@@ -254,13 +258,21 @@ def optimize(
 
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
-           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False) -> dict:
+           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
+           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
-    Micro; also from a `.tflite` file), parity-checked against PyTorch. Returns the summary."""
+    Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
+    (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
+    and energy there (`fit`). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
 
-    return export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
-                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel)
+    res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
+                       calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
+                       inputs=inputs, shapes=shapes)
+    if device is not None:
+        written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
+        res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)
+    return res
 
 
 def distill(

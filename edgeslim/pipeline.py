@@ -1,19 +1,26 @@
 """Run a recipe: baseline stage, then each pass in order, each written atomically into the run folder.
 
 ```
-RUN/run.json                 what was run (model, task, recipe digest): resume checks it
+RUN/run.json                 what was run (model, task, recipe digest, seed): resume checks it; and the device
 RUN/recipe.yaml
 RUN/stages/00_baseline/      model.safetensors, spec.json, model.onnx, metrics.json
 RUN/stages/01_<pass>/        ...
 RUN/stages/NN_<pass>/predictions.npz   a classifier's test outputs (behaviour analysis)
 RUN/results.json, RUN/report.md, RUN/report.html, RUN/plots/
 ```
-A stage folder appears only when complete, so a killed run resumes from the last finished stage.
+A stage folder appears only when complete, so a killed run resumes from the last finished stage. Each stage
+is exported to ONNX once and measured by the measurement core as it finishes (for resume). The device
+(`--device`, else the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile) is recorded in
+run.json; a run resumed with another device re-measures the device figures of its finished stages and
+reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
+(`measure.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
+own comparisons.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,9 +30,13 @@ from torch import nn
 from edgeslim import interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
+from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.formats.sparse import write_sparse_stage
 from edgeslim.fsutil import atomic_dir, write_json, write_text
-from edgeslim.measure.stage import measure_stage
+from edgeslim.measure.core import Measurer
+from edgeslim.measure.stage import device_metrics, measure_stage
+from edgeslim.measure.together import time_stages
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.report.results import write_results
@@ -36,16 +47,20 @@ RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_b
 
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
-    force: bool = False, trust_pickle: bool = False, task_spec: str = "", report: bool = True,
+    force: bool = False, trust_pickle: bool = False, task_spec: str = "", device: str | None = None,
+    threads: int = 1, report: bool = True,
 ) -> dict:
-    """Run (or resume) `recipe` on the model in `model_dir`. Returns the results dict. With `report`
-    (default), the stages are compared at the end (`measure.stage_compare`) and report.html is written."""
+    """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
+    the results dict. With `report` (default), the stages are compared at the end (`measure.stage_compare`:
+    device verdict, layers, behaviour) and report.html is written."""
     out = Path(out)
     ident = {
         "model": str(Path(model_dir).resolve()), "task": task_spec or task.name,
         "recipe_digest": recipe.digest, "seed": seed,
     }
     # everything that can refuse the run is checked before the first write (runlock.check_claim too)
+    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
+    load_device(dev)  # an unknown device is one line
     model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
     if spec.get("arch") == "pickle":
         spec["input_shape"] = list(task.input_shape)
@@ -53,20 +68,23 @@ def run_recipe(
     resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
-        runlock.claim(out, ident, force)
-        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, report)
+        before = runlock.recorded(out, "device")
+        if runlock.claim(out, ident, force, {"device": dev}) and before not in (None, dev):
+            _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
-                quiet: bool, report: bool = True) -> dict:
+                quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
     copy_recipe(out, recipe)
+    dev_name = load_device(dev).name
 
     def teacher() -> nn.Module:
         return models.load_model(out / "stages" / "00_baseline")[0]
 
     ctx = RunContext(
         stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model),
+        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads),
     )
     stages: list[dict] = []
     count_model: nn.Module | None = model
@@ -84,6 +102,9 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
                 current = None
             ctx.carry = metrics.get("carry", {})
             ctx.prev_onnx = folder / "model.onnx"
+            if metrics.get("deploy_device") != dev_name:  # measured for another device: re-measure those figures
+                metrics.update(device_metrics(folder / "model.onnx", task, dev))
+                write_json(folder / "metrics.json", metrics)
             stages.append(metrics)
             continue
         t0 = time.perf_counter()
@@ -115,8 +136,10 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
                 notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
             elif result_onnx != onnx_path:
                 shutil.copyfile(result_onnx, onnx_path)
-            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path,
-                                                     predictions=tmp / "predictions.npz")}
+            if i > 0 and res.store_sparse:  # from the stage's one export
+                notes.update(write_sparse_stage(onnx_path, tmp))
+            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path, threads=threads,
+                                                      device=dev, predictions=tmp / "predictions.npz")}
             metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
             metrics["seconds"] = round(time.perf_counter() - t0, 2)
             metrics["notes"] = notes
@@ -127,7 +150,9 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
         stages.append(metrics)
         _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
              f"p50 {metrics['latency_ms_p50']:.3f} ms")
-    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "stages": stages}
+    time_stages(out, stages, task, recipe.batches, ctx.measure)  # the table's latencies, all stages in one loop
+    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,
+               "stages": stages}
     if report:
         from edgeslim.measure.stage_compare import compare_stages
 

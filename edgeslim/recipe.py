@@ -2,12 +2,16 @@
 
 ```yaml
 version: 1
+device: cortex-m4                    # optional: the device the run's figures are for (arena, flash, fit, energy)
+measure: {batches: [1, 64]}          # optional: batch sizes the final table times (default [1])
 finetune: {epochs: 5, lr: 0.001}     # default fine-tuning for passes that fine-tune
 passes:
   - magnitude_prune: {sparsity: 0.5}
   - quantize_int8: {}
 ```
-Validation errors name the file, the line and the valid choices.
+Validation errors name the file, the line and the valid choices. `device` and `measure` are not part of a
+run's identity (`digest` leaves them out): a run resumed on another device re-measures the device figures and
+keeps the trained stages.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from edgeslim.train import TrainConfig
 from edgeslim.untrusted import resolve_recipe_paths
 
 RECIPE_VERSION = 1
-TOP_KEYS = {"version", "finetune", "passes", "description"}
+TOP_KEYS = {"version", "finetune", "passes", "description", "device", "measure"}
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,15 @@ class Recipe:
     finetune: TrainConfig
     text: str
     source: str
+    device: str | None = None  # `device:` (a profile name or YAML path); --device on `run` overrides it
+    batches: tuple[int, ...] = (1,)  # `measure: {batches: [...]}`: batch sizes of the final interleaved timing
+    identity_text: str = ""  # the text without its `device:` and `measure:` entries: what `digest` hashes
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        """The run's identity: the recipe text less `device:` and `measure:` (they change measurements only: a
+        resumed run re-measures what they change)."""
+        return hashlib.sha256((self.identity_text or self.text).encode()).hexdigest()[:16]
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -118,7 +127,53 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise EdgeslimError(f"{source}:{bad}: {name}: {_pydantic_msg(e, cls)}") from None
         steps.append(Step(name, config, line))
     _check_order(steps, source)
-    return Recipe(tuple(steps), finetune, text, source)
+    device = _device(data, root, source)
+    batches = _batches(data, root, source)
+    ident = _without_key(_without_key(text, root, "device"), yaml.compose(_without_key(text, root, "device"),
+                                                                            Loader=yaml.SafeLoader), "measure")
+    return Recipe(tuple(steps), finetune, text, source, device, batches, ident)
+
+
+def _device(data: dict, root: yaml.Node | None, source: str) -> str | None:
+    if "device" not in data:
+        return None
+    d = data["device"]
+    line = _line(_key_node(root, "device"))
+    if not isinstance(d, str) or not d:
+        raise EdgeslimError(f"{source}:{line}: 'device' must be a device profile name or YAML path, got {d!r}")
+    from edgeslim.devices import load_device
+
+    try:
+        load_device(d)
+    except EdgeslimError as e:
+        raise EdgeslimError(f"{source}:{line}: device: {e}") from None
+    return d
+
+
+def _batches(data: dict, root: yaml.Node | None, source: str) -> tuple[int, ...]:
+    m = data.get("measure")
+    if m is None:
+        return (1,)
+    line = _line(_key_node(root, "measure"))
+    if not isinstance(m, dict) or set(m) - {"batches"}:
+        raise EdgeslimError(f"{source}:{line}: 'measure' takes one key, batches (e.g. measure: {{batches: [1, 64]}})")
+    b = m.get("batches", [1])
+    if not isinstance(b, list) or not b or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                      for v in b):
+        raise EdgeslimError(f"{source}:{line}: measure.batches must be a list of batch sizes >= 1, got {b!r}")
+    return tuple(dict.fromkeys(b))
+
+
+def _without_key(text: str, root: yaml.Node | None, key: str) -> str:
+    """`text` with the top-level `key:` entry's lines removed (so that it does not change the digest)."""
+    if not isinstance(root, yaml.MappingNode):
+        return text
+    for k, v in root.value:
+        if k.value == key:
+            lines = text.splitlines(keepends=True)
+            end = v.end_mark.line + (1 if v.end_mark.column > 0 else 0)
+            return "".join(lines[: k.start_mark.line] + lines[max(end, k.start_mark.line + 1):])
+    return text
 
 
 MAX_NODES = 100_000  # YAML nodes a recipe may expand to (aliases counted each time they are used)

@@ -23,6 +23,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 
 META = "run.json"
+RECORDED = ("device",)  # written into run.json beside the identity, not part of it (a change re-measures)
 
 
 @contextmanager
@@ -51,12 +52,20 @@ def hold(folder: Path, what: str = "run folder") -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _read_meta(out: Path) -> dict | None:
+def _read_meta(out: Path, full: bool = False) -> dict | None:
+    """run.json: its identity keys (all of it with `full`); None when unreadable."""
     try:
         old = json.loads((out / META).read_text())
     except (OSError, ValueError):
         return None  # unreadable or corrupt: treated as a different run
-    return old if isinstance(old, dict) else None
+    if not isinstance(old, dict):
+        return None
+    return old if full else {k: v for k, v in old.items() if k not in RECORDED}
+
+
+def recorded(out: Path, key: str) -> object:
+    """What run.json recorded beside the identity (e.g. the device), or None."""
+    return (_read_meta(Path(out), full=True) or {}).get(key)
 
 
 def _entries(out: Path) -> list[Path]:
@@ -82,16 +91,19 @@ def check_claim(out: Path, ident: dict, force: bool) -> None:
     raise EdgeslimError(f"{out}: folder exists and is not an edgeslim run; use --force or another --out")
 
 
-def claim(out: Path, ident: dict, force: bool) -> bool:
-    """Under `hold(out)`: make `out` hold this run. Returns True when it resumes the same run."""
+def claim(out: Path, ident: dict, force: bool, record: dict | None = None) -> bool:
+    """Under `hold(out)`: make `out` hold this run, with `record` (RECORDED keys) written beside its identity.
+    Returns True when it resumes the same run."""
     out = Path(out)
     check_claim(out, ident, force)  # again, under the lock: another process may have changed it
     if _read_meta(out) == ident:
         sweep_temporaries(out)
+        if record and {k: recorded(out, k) for k in record} != record:
+            write_json(out / META, {**ident, **record})
         return True
     for p in _entries(out):  # --force: empty the folder but keep it (the lock is on this inode)
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    write_json(out / META, ident)
+    write_json(out / META, {**ident, **(record or {})})
     return False
 
 

@@ -147,7 +147,8 @@ def test_window_nvml_with_fake_driver(monkeypatch, tmp_path):
 
 
 def test_optional_backends_skip_cleanly(tmp_path):
-    from edgeslim.deploy.compile import available_backends, openvino_latency
+    from edgeslim.deploy.compile import available_backends
+    from edgeslim.measure.latency import openvino_latency
 
     b = available_backends()
     assert b["onnxruntime"] is True
@@ -162,11 +163,14 @@ def test_measure_energy_through_fake_rapl(tmp_path):
     from test_deploy_planner import chain
 
     from edgeslim.measure.energy import measure_energy
+    from edgeslim.measure.latency import ort_runner
+    from edgeslim.onnxkit.session import session
 
     path = tmp_path / "c.onnx"
     onnx.save(chain(), str(path))
-    x = np.zeros((1, 100), np.float32)
-    assert measure_energy(path, x, powercap_root=tmp_path / "none") is None  # no counters: caller estimates
+    sess = session(path)
+    run = ort_runner(sess, {sess.get_inputs()[0].name: np.zeros((1, 100), np.float32)})
+    assert measure_energy(run, powercap_root=tmp_path / "none") is None  # no counters: caller estimates
     root = tmp_path / "pc"
     fake_powercap(root, pkg_uj=0, dram_uj=0)
     stop = threading.Event()
@@ -181,7 +185,7 @@ def test_measure_energy_through_fake_rapl(tmp_path):
     th = threading.Thread(target=tick)
     th.start()
     try:
-        e = measure_energy(path, x, runs=50, min_seconds=0.3, powercap_root=root)
+        e = measure_energy(run, runs=50, min_seconds=0.3, powercap_root=root)
     finally:
         stop.set()
         th.join()

@@ -1,10 +1,10 @@
-"""The interleaved ONNX Runtime timer: round-robin order, stopping rules, per-model feeds."""
+"""The one timer: round-robin order, stopping rules, per-model feeds, callables beside sessions."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgeslim.measure.latency import interleaved_latency, interleaved_p50_ms
+from edgeslim.measure.latency import interleaved_latency, onnx_interleaved
 
 
 class FakeSession:
@@ -44,6 +44,23 @@ def test_p50_of_real_models(tmp_path):
                               [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{name}.onnx")
-    p50 = interleaved_p50_ms({k: tmp_path / f"{k}.onnx" for k in ("m1", "m2")}, np.ones((1, 8)), rounds=2,
-                             per_round=3, warmup=1)
-    assert set(p50) == {"m1", "m2"} and all(0 < v < 1000 for v in p50.values())
+    lat = onnx_interleaved({k: tmp_path / f"{k}.onnx" for k in ("m1", "m2")}, {"x": np.ones((1, 8), np.float32)},
+                           rounds=2, per_round=3, warmup=1)
+    assert set(lat) == {"m1", "m2"} and all(0 < v.p50_ms < 1000 and v.runs == 6 for v in lat.values())
+
+
+def test_callables_are_timed_in_the_same_rounds():
+    log: list = []
+    sess = FakeSession("ort", log)
+    lat = interleaved_latency({"ort": sess, "torch": lambda: log.append(("torch", ()))},
+                              {"ort": {"x": np.zeros((2, 3))}}, rounds=4, warmup=0, batch=2)
+    assert [n for n, _ in log] == ["ort", "torch", "torch", "ort", "ort", "torch", "torch", "ort"]
+    assert lat["ort"].runs == lat["torch"].runs == 4 and lat["torch"].batch == 2
+
+
+def test_max_seconds_caps_the_rounds():
+    import time
+
+    lat = interleaved_latency({"slow": lambda: time.sleep(0.002)}, rounds=10_000, max_seconds=0.05, min_rounds=5,
+                              warmup=0)
+    assert 5 <= lat["slow"].runs < 10_000

@@ -192,13 +192,13 @@ def _device(tmp_path: Path, sram: int, name: str) -> Path:
 
 @needs_litert
 def test_fit_verdict_at_both_sides_of_the_ram_limit(converted, tmp_path):
-    from edgeslim.litert.footprint import tflite_fit, tflite_footprint
+    from edgeslim.litert.footprint import tflite_footprint
 
     path = converted["int8"]["path"]
     fp = tflite_footprint(path)
     need = fp["tflm_arena_bytes"] + 4_000
-    ok = tflite_fit(path, _device(tmp_path, need, "exact"), fp)
-    short = tflite_fit(path, _device(tmp_path, need - 1, "short"), fp)
+    ok = api.check_fit(Path(path), str(_device(tmp_path, need, "exact")))
+    short = api.check_fit(Path(path), str(_device(tmp_path, need - 1, "short")))
     assert ok["fits"] and ok["ram_bytes"] == need and ok["flash_bytes"] == fp["model_bytes"] + 50_000
     assert not short["fits"] and short["fits_flash"] and not short["fits_ram"]
     # the `edgeslim fit` command gives the same verdict from the TFLite Micro arena

@@ -11,12 +11,12 @@ import pytest
 from test_optimize_graphs import const_convnet, if_model, loop_model, multi_input_mlp
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.measure.fidelity import Tolerance
 from edgeslim.onnxkit.graph import all_nodes, name_nodes, op_counts, save
 from edgeslim.onnxkit.inputs import input_specs, synthetic_feeds
 from edgeslim.onnxkit.load import load_and_repair
 from edgeslim.onnxkit.session import ort_optimize, session
 from edgeslim.onnxopt import fallback
-from edgeslim.onnxopt.fidelity import Tolerance
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
 from edgeslim.onnxopt.weight_only import weight_only
 
@@ -189,7 +189,7 @@ def test_synthetic_inputs_warn_loudly(tmp_path: Path) -> None:
 
 
 def test_fidelity_metrics_by_hand() -> None:
-    from edgeslim.onnxopt.fidelity import compare
+    from edgeslim.measure.fidelity import compare
 
     ref = [[np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], np.float32)]]
     got = [[np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 3.0]], np.float32)]]

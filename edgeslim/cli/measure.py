@@ -9,6 +9,7 @@ from rich.table import Table
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.options import device_option, inputs_option, json_option, shape_option
 from edgeslim.fsutil import write_json
 from edgeslim.measure.battery import LifeOptions
 from edgeslim.measure.battery import lines as battery_lines
@@ -23,24 +24,28 @@ GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world a
 
 @app.command()
 def measure(
-    models: list[Path] = typer.Argument(..., help="edgeslim model folders or ONNX files"),
-    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (optional)"),
+    models: list[Path] = typer.Argument(..., help="ONNX files, edgeslim model folders or .tflite files"),
+    inputs: Path | None = inputs_option(),
+    shape: list[str] = shape_option(),
+    device: str | None = device_option("host"),
+    as_json: bool = json_option(),
+    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (none: no accuracy)"),
+    reference: Path | None = typer.Option(None, "--reference", help="model to compare outputs with (fidelity)"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
     runs: int = typer.Option(200, help="timed runs per model"),
-    device: str | None = typer.Option(None, "--device", "-d", help="device profile for fit/energy (default host)"),
     batch: int | None = typer.Option(None, help="also time this batch size"),
-    quick: bool = typer.Option(False, help="skip the deploy figures (arena, flash, energy, PyTorch, RSS)"),
+    quick: bool = typer.Option(False, help="skip PyTorch eager latency, parity and process peak RSS"),
     battery: str | None = typer.Option(None, help=BATTERY_HELP),
     rate: str | None = typer.Option(None, help=RATE_HELP),
     between: str | None = typer.Option(None, help=BETWEEN_HELP),
     fleet: int | None = typer.Option(None, help=FLEET_HELP),
     grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
     save: Path | None = typer.Option(None, "--save", help="also write the results to this JSON file"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Measure size, parameters, MACs, latency, arena, flash, energy (and accuracy with --task) side by side;
-    with a battery (option or the device profile's), the estimated battery life."""
+    """Measure size, parameters, MACs, latency, arena, flash, fit, energy (accuracy with --task, fidelity with
+    --reference) side by side; with a battery (option or the device profile's), the estimated battery life."""
     res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
+                      inputs=inputs, shapes=shape, reference=reference,
                       life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if save is not None:
         write_json(save, res)
@@ -48,8 +53,10 @@ def measure(
         emit_json(res)
     else:
         print_table(res, title="edgeslim measure", console=console)
-        if not quick:
-            console.print(deploy_table(res))
+        console.print(deploy_table(res))
+        for r in res:
+            for w in r.get("warnings", []):
+                console.print(f"[yellow]note[/yellow] {Path(r['name']).name}: {w}", highlight=False)
         for row in res:
             if row.get("battery"):
                 console.print(f"[bold]{row['name']}[/bold] on {row['battery']['device']}:")
@@ -63,18 +70,21 @@ def _verdict(ok: bool | None) -> str:
 @app.command()
 def fit(
     model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
-    device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
+    inputs: Path | None = inputs_option(),
+    shape: list[str] = shape_option(),
+    device: str = device_option("cortex-m4"),
+    as_json: bool = json_option(),
     arena: int | None = typer.Option(None, help="use this arena size (bytes) instead of the planner's"),
     battery: str | None = typer.Option(None, help=BATTERY_HELP),
     rate: str | None = typer.Option(None, help=RATE_HELP),
     between: str | None = typer.Option(None, help=BETWEEN_HELP),
     fleet: int | None = typer.Option(None, help=FLEET_HELP),
     grid_intensity: float | None = typer.Option(None, help=GRID_HELP),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Does MODEL fit DEVICE? Weights vs flash, activation arena vs RAM; estimated latency, energy and, with a
     battery (option or the profile's), the estimated battery life."""
-    r = api.check_fit(model, device, arena_bytes=arena, life=LifeOptions(battery, rate, between, fleet, grid_intensity))
+    r = api.check_fit(model, device, arena_bytes=arena, inputs=inputs, shapes=shape,
+                      life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if as_json:
         emit_json(r)
         return
@@ -96,6 +106,10 @@ def fit(
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r["reasons"]:
         console.print(f"  [red]-[/red] {line}")
+    if r.get("arena_note"):
+        console.print(f"  [yellow]note[/yellow] arena: {r['arena_note']}", highlight=False)
+    for w in r.get("warnings", []):
+        console.print(f"  [yellow]note[/yellow] {w}", highlight=False)
     for line in battery_lines(r["battery"]) if r.get("battery") else []:
         console.print(f"  {line}", highlight=False)
 
@@ -103,13 +117,17 @@ def fit(
 @app.command("arena")
 def arena_cmd(
     model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
+    inputs: Path | None = inputs_option(),
+    shape: list[str] = shape_option(),
+    device: str | None = device_option(help="device profile name or YAML path: does the arena fit its RAM"),
+    as_json: bool = json_option(),
     no_fuse_qdq: bool = typer.Option(False, help="plan QDQ float tensors as float (no int8 kernel fusion)"),
     align: int = typer.Option(16, help="buffer alignment in bytes (TFLite Micro: 16)"),
     write_reordered: Path | None = typer.Option(None, help="write the model with its nodes in the best order"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Static activation arena plan: buffers, lifetimes, offsets; naive sum vs planned arena."""
-    plan = api.plan_arena(model, fuse_qdq=not no_fuse_qdq, align=align, write_reordered=write_reordered)
+    plan = api.plan_arena(model, fuse_qdq=not no_fuse_qdq, align=align, write_reordered=write_reordered,
+                          inputs=inputs, shapes=shape, device=device)
     if as_json:
         emit_json(plan.as_dict(buffers=True))
         return
@@ -125,6 +143,15 @@ def arena_cmd(
     if plan.unknown_tensors:
         console.print(f"[yellow]warning:[/yellow] {len(plan.unknown_tensors)} tensors have no inferable shape "
                       "and count 0 bytes: the arena is a lower bound")
+    if plan.control_flow:
+        console.print("[yellow]warning:[/yellow] If/Loop/Scan bodies are not planned: the arena is a lower bound")
+    if plan.fit is not None:
+        f = plan.fit
+        console.print(f"RAM on {f['device']}: {human_bytes(f['ram_bytes'])} needed (arena + runtime "
+                      f"{human_bytes(f['runtime_ram_bytes'])}) of {human_bytes(f['ram_available'])}  "
+                      f"{_verdict(f['fits_ram'])}")
+    for w in plan.warnings:
+        console.print(f"[yellow]note[/yellow] {w}", highlight=False)
 
 
 def _ms(r: dict, key: str) -> str:
@@ -146,8 +173,16 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
     if b:
         lines += [(f"ORT batch {b} p50", lambda r: _ms(r, f"latency_b{b}_ms_p50")),
                   (f"PyTorch batch {b} p50", lambda r: _ms(r, f"latency_torch_b{b}_ms_p50"))]
+    if any(r.get("fidelity") for r in rows):
+        fid = (lambda r, k, f: "-" if not r.get("fidelity") or r["fidelity"].get(k) is None
+               else format(r["fidelity"][k], f))
+        lines += [("vs reference: cosine (worst output)", lambda r: fid(r, "cosine", ".6f")),
+                  ("  max / mean abs error", lambda r: f"{fid(r, 'max_abs_err', '.3g')} / {fid(r, 'mean_abs_err', '.3g')}"),
+                  ("  top-1 agreement", lambda r: fid(r, "top1_agreement", ".4f"))]
     lines += [
-        ("activation arena (planner)", lambda r: human_bytes(r.get("arena_bytes"))),
+        ("activation arena (planner)", lambda r: human_bytes(
+            r.get("planner_arena_bytes") if r.get("runtime") == "litert" else r.get("arena_bytes"))
+         + (" (lower bound)" if r.get("arena_lower_bound") else "")),
         ("  best operator order", lambda r: human_bytes(r.get("arena_bytes_reordered"))),
         ("  naive sum of activations", lambda r: human_bytes(r.get("naive_activation_bytes"))),
     ]

@@ -10,6 +10,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.options import device_option, inputs_option, json_option, shape_option
 from edgeslim.report.optimize import print_report
 from edgeslim.report.results import human_bytes
 
@@ -18,8 +19,11 @@ from edgeslim.report.results import human_bytes
 def optimize(
     model: Path = typer.Argument(..., help="ONNX model to optimise (opset 11 or newer)"),
     out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
-    calib: Path | None = typer.Option(None, "--calib", help=".npz with one array per model input name"),
-    shape: list[str] = typer.Option([], "--shape", help="NAME=D0,D1,... for inputs with unknown dims (repeat)"),
+    inputs: Path | None = inputs_option("--calib", help=".npz with one array per model input name (samples on "
+                                        "axis 0): calibration, fidelity checks, timing; --calib is its older name"),
+    shape: list[str] = shape_option(),
+    device: str = device_option("host", help="device profile name or YAML path (arena, energy)"),
+    as_json: bool = json_option(),
     samples: int = typer.Option(32, min=1, help="feeds used for calibration and the fidelity check"),
     min_cosine: float | None = typer.Option(None, help="tolerance: min cosine similarity of every output "
                                             "(default 0.995 when no tolerance is given)"),
@@ -35,10 +39,8 @@ def optimize(
                                        "(measurement noise)"),
     bench_seconds: float = typer.Option(8.0, help="seconds of interleaved latency runs in all"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
-    device: str = typer.Option("host", help="device profile for the energy estimate"),
     seed: int = typer.Option(0, help="seed for synthetic inputs"),
     force: bool = typer.Option(False, help="write the closest candidate even if it breaks the tolerance"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Optimise a third-party ONNX model: repair, graph-optimise, try FP16/INT8, check outputs, measure, pick.
 
@@ -46,7 +48,7 @@ def optimize(
     original; prints what was tried and why. Writes nothing if the tolerance cannot be met (unless --force).
     """
     res = api.optimize(
-        model, out, calib=calib, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
+        model, out, inputs=inputs, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
         min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
         exclude_ops=exclude_op, exclude_nodes=exclude_node, sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, seed=seed, force=force,
@@ -61,11 +63,14 @@ def optimize(
 def compile_cmd(
     model: Path = typer.Argument(..., help="ONNX file or edgeslim model folder"),
     out: Path = typer.Option(..., "--out", "-o", help="optimised ONNX file to write"),
+    inputs: Path | None = inputs_option(help=".npz with one array per model input name: the parity check's data"),
+    shape: list[str] = shape_option(),
+    device: str | None = device_option(help="device profile name or YAML path: the compiled model's fit"),
+    as_json: bool = json_option(),
     level: str = typer.Option("extended", help="ONNX Runtime level: disable, basic, extended, all (this CPU only)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation; lists fusions."""
-    d = api.compile(model, out, level)
+    d = api.compile(model, out, level, inputs=inputs, shapes=shape, device=device)
     if as_json:
         emit_json(d)
         return
@@ -73,9 +78,19 @@ def compile_cmd(
                   f"{d['batchnorm']['batchnorm_nodes']})")
     console.print(f"constant folding + dead-node removal: {d['fold_nodes_before']} -> {d['fold_nodes_after']} nodes")
     console.print(f"ONNX Runtime '{level}': {d['nodes_before']} -> {d['nodes_after']} nodes, outputs within "
-                  f"{d['parity_max_abs_diff']:.2g} -> {out}")
+                  f"{d['parity_max_abs_diff']:.2g} ({d['input_source']} inputs) -> {out}")
     for line in d["fusions"] or ["no fusions"]:
         console.print(f"  {line}")
+    _fit_line(d.get("fit"))
+    for w in d["warnings"]:
+        console.print(f"[yellow]note[/yellow] {w}", highlight=False)
+
+
+def _fit_line(f: dict | None) -> None:
+    if f:
+        console.print(f"on {f['device']}: flash {human_bytes(f['flash_bytes'])} of {human_bytes(f['flash_available'])}, "
+                      f"RAM {human_bytes(f['ram_bytes'])} of {human_bytes(f['ram_available'])}: "
+                      + ("fits" if f["fits"] else "does NOT fit"), highlight=False)
 
 
 @app.command("export")
@@ -83,6 +98,11 @@ def export_cmd(
     model: Path = typer.Argument(..., help="edgeslim model folder (or a .tflite file with --format c)"),
     fmt: str = typer.Option("tflite", "--format", "-f", help="onnx, tflite or c (a .c/.h pair for firmware)"),
     out: Path = typer.Option(..., "--out", "-o", help="file to write (.onnx, .tflite, or the .c path)"),
+    inputs: Path | None = inputs_option(help=".npz with the model input's samples: parity check data, and INT8 "
+                                        "calibration when no task is known"),
+    shape: list[str] = shape_option(),
+    device: str | None = device_option(help="device profile name or YAML path: the exported file's fit"),
+    as_json: bool = json_option(),
     int8: bool = typer.Option(False, "--int8", help="full-integer INT8 (int8 inputs and outputs)"),
     task: str | None = typer.Option(None, "--task", "-t",
                                     help="task for calibration, parity and accuracy (default: the training task)"),
@@ -90,11 +110,11 @@ def export_cmd(
     per_tensor: bool = typer.Option(False, "--per-tensor",
                                     help="one weight scale per tensor (smaller file) instead of per channel"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Export a model to ONNX, LiteRT (.tflite, FP32 or INT8) or a C array for TFLite Micro, parity-checked."""
     res = api.export(model, fmt, out, int8=int8, task=task, calibration_samples=calibration_samples,
-                     per_channel=not per_tensor, trust_pickle=trust_pickle)
+                     per_channel=not per_tensor, trust_pickle=trust_pickle, inputs=inputs, shapes=shape,
+                     device=device)
     if as_json:
         emit_json(res)
         return
@@ -121,3 +141,4 @@ def export_cmd(
     if "tflm_top1_agreement" in res:
         console.print(f"  TFLite Micro vs LiteRT: same top-1 class on {100 * res['tflm_top1_agreement']:.0f}% of "
                       f"{res['tflm_checked_samples']} samples", highlight=False)
+    _fit_line(res.get("fit"))

@@ -10,6 +10,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.options import device_option, json_option
 from edgeslim.report.results import print_table
 from edgeslim.train import TrainConfig
 
@@ -23,10 +24,13 @@ def run_cmd(
     seed: int = typer.Option(0, help="random seed"),
     force: bool = typer.Option(False, help="overwrite a run folder that holds a different run"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    device: str | None = device_option(help="device profile name or YAML path the run's figures are for "
+                                       "(default: the recipe's `device:`, else EDGESLIM_DEVICE, else host)"),
+    as_json: bool = json_option(),
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
-    res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle)
+    res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
+                  device=device)
     if as_json:
         emit_json(res)
     else:

@@ -1,13 +1,15 @@
 """`edgeslim export`: a model folder to a deployable file: ONNX (FP32, or INT8 QDQ s8s8), `.tflite` (FP32
-or full-integer INT8, `edgeslim.litert`) or a C array for TFLite Micro (also from a `.tflite` file).
+or full-integer INT8, `edgeslim.litert`) or a C array for TFLite Micro (also from a `.tflite` file); an ONNX
+file to a repaired, checked ONNX copy.
 
 Every export is checked against the PyTorch model (INT8 `.tflite` against the fake-quant model) on the
-task's test inputs, or on random inputs when no task is known; with a task it also reports accuracy.
+samples of `--inputs`, else the task's test inputs, else random inputs; with a task it also reports accuracy.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -38,46 +40,104 @@ def _task_for(spec: dict, task: str | None):
     return None
 
 
+def _sample_shape(shapes: Sequence[str]) -> tuple[int, ...]:
+    """The sample shape from `--shape NAME=N,D1,...` (the model's one input; N is the batch)."""
+    if len(shapes) != 1:
+        raise EdgeslimError(f"--shape: a model folder has one input; got {len(shapes)} --shape options")
+    _, sep, val = shapes[0].rpartition("=")
+    try:
+        dims = tuple(int(v) for v in val.split(","))
+    except ValueError:
+        dims = ()
+    if not sep or len(dims) < 2 or min(dims) < 1:
+        raise EdgeslimError(f"--shape {shapes[0]!r}: expected NAME=N,D1,... with the batch first, e.g. input=1,1,8,8")
+    return dims[1:]
+
+
+def _inputs_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Samples [N, *shape] (float32) from an .npz holding one array (the model's one input)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise EdgeslimError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    if len(arrays) != 1:
+        raise EdgeslimError(f"{path}: a model folder has one input; the file holds {len(arrays)} arrays "
+                            f"({', '.join(arrays)})")
+    name, a = next(iter(arrays.items()))
+    if a.dtype.kind not in "fiu":
+        raise EdgeslimError(f"{path}: array '{name}' has dtype {a.dtype}; the model takes float32")
+    if tuple(a.shape) == shape:
+        a = a[None]
+    if tuple(a.shape[1:]) != shape:
+        raise EdgeslimError(f"{path}: array '{name}' has shape {a.shape} but the model takes samples of shape "
+                            f"{list(shape)} (give [N, {', '.join(map(str, shape))}])")
+    return a.astype(np.float32)
+
+
 def export_model(
     model: Path, fmt: Format, out: Path, *, int8: bool = False, task: str | None = None,
     calibration_samples: int = 256, trust_pickle: bool = False, seed: int = 0, per_channel: bool = True,
+    inputs: Path | None = None, shapes: Sequence[str] = (),
 ) -> dict:
-    """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`). Returns a summary."""
+    """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`). Returns a summary.
+    `inputs`: an .npz of samples for the parity check (and INT8 calibration when no task is known);
+    `shapes`: `NAME=N,D1,...` when the folder does not record its input shape."""
     model, out = Path(model), Path(out)
     if fmt not in ("onnx", "tflite", "c"):
         raise EdgeslimError(f"unknown format '{fmt}'; valid: c, onnx, tflite")
     if fmt == "c" and model.suffix == ".tflite":
         return tflite_to_c(model, out)
+    if model.is_file() and model.suffix == ".onnx":
+        if fmt != "onnx":
+            raise EdgeslimError(f"{model}: edgeslim converts to .tflite from PyTorch, not from ONNX; export an ONNX "
+                                "file with --format onnx (a repaired, checked copy), or export the model folder")
+        from edgeslim.deploy.export import reexport_onnx
+
+        return reexport_onnx(model, out, inputs, list(shapes))
+    if model.is_file():
+        raise EdgeslimError(f"{model}: export takes an edgeslim model folder, an ONNX file (--format onnx) or a "
+                            ".tflite file (--format c)")
     net, spec = models.load_model(model, trust_pickle=trust_pickle)
     shape = tuple(spec.get("input_shape") or ())
     t = _task_for(spec, task)
+    if shapes:
+        given = _sample_shape(shapes)
+        if shape and given != shape:
+            raise EdgeslimError(f"--shape {shapes[0]}: the model takes samples of shape {list(shape)}")
+        shape = shape or given
     if not shape:
         if t is None:
-            raise EdgeslimError(f"{model}: the input shape is unknown; pass --task")
+            raise EdgeslimError(f"{model}: the input shape is unknown; pass --task or --shape input=1,...")
         shape = t.input_shape
     if t is not None and t.input_shape != shape:
         raise EdgeslimError(f"{model}: model expects inputs of shape {shape} but task '{t.name}' has {t.input_shape}")
     if t is not None and spec.get("num_classes") and spec["num_classes"] != t.num_classes:
         raise EdgeslimError(f"{model}: model has {spec['num_classes']} classes but task '{t.name}' has {t.num_classes}")
-    if t is not None:
+    x = _inputs_array(Path(inputs), shape) if inputs is not None else None
+    if x is not None:
+        check = x[:CHECK_SAMPLES]
+    elif t is not None:
         check = t.x_test[:CHECK_SAMPLES]
     else:
         check = np.random.default_rng(seed).random((16, *shape), dtype=np.float32)
-    if int8 and t is None:
-        raise EdgeslimError("--int8 needs a representative dataset: pass --task (the data the model was trained on)")
+    if int8 and t is None and x is None:
+        raise EdgeslimError("--int8 needs a representative dataset: pass --task (the data the model was trained on) "
+                            "or --inputs FILE.npz")
+    calib = t.calibration(calibration_samples, seed) if t is not None else (x[:calibration_samples] if x is not None
+                                                                            else None)
     if fmt == "onnx":
-        return _export_onnx(net, shape, out, int8, t, check, calibration_samples, seed, per_channel)
+        return _export_onnx(net, shape, out, int8, t, check, calib, per_channel)
     tfl = out if fmt == "tflite" else out.with_suffix(".tflite")
-    summary = tflite_export(net, shape, tfl, int8=int8, task=t, check=check,
-                            calibration_samples=calibration_samples, seed=seed, per_channel=per_channel)
+    summary = tflite_export(net, shape, tfl, int8=int8, task=t, check=check, calib=calib, seed=seed,
+                            per_channel=per_channel)
     if fmt == "c":
         c = tflite_to_c(tfl, out, arena=summary.get("tflm_arena"))
         summary.update(c=c["c"], h=c["h"])
     return summary
 
 
-def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_samples: int, seed: int,
-                 per_channel: bool = True) -> dict:
+def _export_onnx(net, shape, out: Path, int8: bool, t, check, calib, per_channel: bool = True) -> dict:
     if not int8:
         summary = {"format": "onnx", "precision": "fp32", "path": str(out),
                    **export_onnx(net, shape, out, check=check)}
@@ -86,7 +146,7 @@ def _export_onnx(net, shape, out: Path, int8: bool, t, check, calibration_sample
             fp32 = Path(tmp) / "fp32.onnx"
             export_onnx(net, shape, fp32, check=check)
             fmt = IntFormat("int8", reduce_range=False, per_channel=per_channel)
-            quantize_static_file(fp32, out, t.calibration(calibration_samples, seed), fmt)
+            quantize_static_file(fp32, out, calib, fmt)
         summary = {"format": "onnx", "precision": "int8 (QDQ s8s8)", "path": str(out)}
     summary["size_bytes"] = out.stat().st_size
     if t is not None:

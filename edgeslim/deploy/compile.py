@@ -11,7 +11,8 @@
   parity check of the outputs. Level `all` adds layout (NCHWc) transforms specific to this CPU: the
   saved file is for this machine's ONNX Runtime only.
 
-Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped.
+Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped
+(`measure.latency.openvino_latency` times OpenVINO with the one timer).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.graph import op_counts, remove_dead
 from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import ort_level, ort_optimize, session
+from edgeslim.onnxkit.session import ort_level, ort_optimize, run_all, session
 
 FUSED_OPS = {
     "FusedConv": "Conv + activation",
@@ -104,9 +106,13 @@ def fold_and_prune(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     try:
         from onnxscript import optimizer
 
-        m = optimizer.optimize(m, num_iterations=2, inline=True)
-    except Exception:  # the optimizer rejects some exotic graphs; keep the model as is then
+        opt = optimizer.optimize(m, num_iterations=2, inline=True)
+        # it can write attributes newer than the model's opset (Reshape allowzero into opset 12): check
+        onnx.checker.check_model(opt)
+        m = opt
+    except Exception:  # the optimizer rejects (or breaks) some graphs; keep the model as is then
         folded = False
+        m.CopyFrom(model)
     dead = remove_dead(m)
     return m, {"nodes_before": before, "nodes_after": len(m.graph.node), "constant_folding": folded,
                "dead_nodes_removed": dead}
@@ -144,8 +150,12 @@ def describe_fusions(before: dict[str, int], after: dict[str, int]) -> list[str]
 
 
 def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "extended",
-                check: bool = True, atol: float = 1e-4) -> CompileReport:
-    """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, check outputs still match."""
+                feeds: list[dict[str, np.ndarray]] | None = None, reference: str | Path | None = None,
+                atol: float = 1e-4) -> CompileReport:
+    """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, and check that every output
+    still matches `reference` (default: the input model) on `feeds` (default: synthetic feeds from the
+    declared shapes; `[]` skips the check). Parity is the max abs difference. The file is written only once
+    checked: a refused model leaves `out_path` as it was."""
     ort_level(level)  # an unknown level is the user's mistake: one line with the valid ones
     src = read_onnx(model_path)
     try:
@@ -153,71 +163,64 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
     except Exception as e:  # ORT raises private exception types
         raise EdgeslimError(f"{model_path}: ONNX Runtime could not optimise it ({str(e).splitlines()[0]})") from None
     out_path = Path(out_path)
-    data = opt.SerializeToString()  # written only once checked: a refused model leaves `out_path` as it was
+    data = opt.SerializeToString()
     before, after = op_counts(src, qualified=True), op_counts(opt, qualified=True)
     rep = CompileReport(
         level=level, path=str(out_path), nodes_before=len(src.graph.node), nodes_after=len(opt.graph.node),
         ops_before=before, ops_after=after, fusions=describe_fusions(before, after), batchnorm=bn_folding_check(src),
     )
-    if check:
-        inp = session(model_path, level="disable").get_inputs()[0]
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        a = session(model_path, level="disable").run(None, {inp.name: x})[0]
-        b = session(data, level="disable").run(None, {inp.name: x})[0]
-        rep.parity_max_abs_diff = float(np.abs(a - b).max())
-        if rep.parity_max_abs_diff > atol * max(1.0, float(np.abs(a).max())):
-            raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {rep.parity_max_abs_diff:.3g}")
+    if feeds is None:  # synthetic inputs from the declared shapes, when they are all known
+        from edgeslim.onnxkit.inputs import input_specs, make_feeds
+
+        try:
+            feeds = make_feeds(input_specs(src), n=1).feeds
+        except EdgeslimError:
+            feeds = []
+    if feeds:
+        ref = run_all(session(reference or model_path, level="disable"), feeds, str(reference or model_path))
+        got = run_all(session(data, level="disable"), feeds, str(out_path))
+        diff, scale = 0.0, 1.0
+        for a_out, b_out in zip(ref, got):
+            for a, b in zip(a_out, b_out):
+                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                if a.size:
+                    diff = max(diff, float(np.abs(a - b).max()))
+                    scale = max(scale, float(np.abs(a).max()))
+        rep.parity_max_abs_diff = diff
+        if not np.isfinite(diff) or diff > atol * scale:
+            raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {diff:.3g}")
     write_bytes(out_path, data)
     return rep
 
 
-def compile_model(model: Path, out: Path, level: str = "extended") -> dict:
+def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
+                  shapes: Sequence[str] = ()) -> dict:
     """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
-    `compile_ort` into `out`. Returns the report; ORT's node counts are `nodes_before`/`nodes_after`, the
-    folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    `compile_ort` into `out`, every output checked against the input model on its inputs (`inputs` .npz, else
+    synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
+    `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.untrusted import about
 
     path, cleanup = to_onnx(model)
     try:
         with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
-            m, n_bn = fold_batchnorm(read_onnx(path))
+            src = read_onnx(path)
+            fd = make_feeds(input_specs(src), inputs, shapes, n=2)
+            m, n_bn = fold_batchnorm(src)
             m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = compile_ort(pre, out, level)
+            rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=path)
     finally:
         if cleanup:
             cleanup()
     return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-            "fold_nodes_after": info["nodes_after"]}
+            "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
+            "input_source": fd.source, "warnings": fd.warnings}
 
 
 def available_backends() -> dict[str, bool]:
     """Which optional compilers are importable (extras `edgeslim[openvino]`, TVM installed by hand)."""
     return {"onnxruntime": True, "openvino": importlib.util.find_spec("openvino") is not None,
             "tvm": importlib.util.find_spec("tvm") is not None}
-
-
-def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
-    """OpenVINO CPU latency (ms p50/mean) of an ONNX model, or None when OpenVINO is not installed."""
-    if not available_backends()["openvino"]:
-        return None
-    import time
-
-    import openvino as ov  # type: ignore[import-not-found]
-
-    core = ov.Core()
-    compiled = core.compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": 1})
-    inp = compiled.inputs[0]
-    shape = [d if d > 0 else 1 for d in inp.get_partial_shape().get_min_shape()]
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    req = compiled.create_infer_request()
-    for _ in range(10):
-        req.infer({0: x})
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        req.infer({0: x})
-        t.append((time.perf_counter() - t0) * 1e3)
-    return {"openvino_ms_p50": float(np.percentile(t, 50)), "openvino_ms_mean": float(np.mean(t))}

@@ -1,5 +1,7 @@
 """ONNX export with a parity check: ONNX Runtime must reproduce PyTorch's outputs within tolerance. Also
-`to_onnx`: an ONNX file as is, or a model folder exported to a temporary one (for commands taking either)."""
+`reexport_onnx`: a model that is already ONNX, written again repaired and checked (`edgeslim export X.onnx`).
+`to_onnx`: an ONNX file as is, or a model folder exported to a temporary one (the measurement core's
+`measure.source.open_model` also keeps the PyTorch model)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.session import run_batched, session
+from edgeslim.onnxkit.session import run_all, run_batched, session
 
 OPSET = 17
 
@@ -61,6 +63,29 @@ def parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> d
     return {"parity_max_abs_diff": diff}
 
 
+def reexport_onnx(src: Path, out: Path, inputs: Path | None = None, shapes: tuple[str, ...] | list[str] = ()) -> dict:
+    """`edgeslim export X.onnx --format onnx`: a model that is already ONNX, written again repaired (Constant
+    weights lifted into initializers, incl. If/Loop bodies; the opset kept) and checked: every output must
+    match the input model on its inputs (`inputs` .npz or synthetic, `shapes`) within float rounding."""
+    from edgeslim.onnxkit.inputs import input_specs, make_feeds
+    from edgeslim.onnxkit.load import load_and_repair
+
+    loaded = load_and_repair(src, upgrade=False)
+    fd = make_feeds(input_specs(loaded.model), inputs, shapes, n=4)
+    data = loaded.model.SerializeToString()
+    ref = run_all(session(src), fd.feeds, str(src))
+    got = run_all(session(data), fd.feeds, str(out))
+    diff = max((float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+                for ra, rb in zip(ref, got) for a, b in zip(ra, rb) if np.size(a)), default=0.0)
+    scale = max((float(np.abs(np.asarray(a, np.float64)).max()) for ra in ref for a in ra if np.size(a)), default=1.0)
+    if not np.isfinite(diff) or diff > 1e-5 * max(1.0, scale):
+        raise EdgeslimError(f"{src}: the repaired model's outputs differ by {diff:.3g}; not written")
+    write_bytes(out, data)
+    return {"format": "onnx", "precision": "as the input", "path": str(out), "size_bytes": len(data),
+            "parity_max_abs_diff": diff, "parity_reference": "the input ONNX model", "repairs": loaded.notes,
+            "input_source": fd.source, "warnings": fd.warnings}
+
+
 def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
     """(ONNX path, cleanup or None) for an ONNX file or an edgeslim model folder (exported to a temp file)."""
     p = Path(p)
@@ -80,4 +105,4 @@ def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
         out = tmp / "model.onnx"
         export_onnx(net, tuple(spec["input_shape"]), out)
         return out, lambda: shutil.rmtree(tmp, ignore_errors=True)
-    raise EdgeslimError(f"{p}: not an ONNX file, .tflite file or edgeslim model folder (with spec.json)")
+    raise EdgeslimError(f"{p}: not an ONNX file or edgeslim model folder (with spec.json)")

@@ -8,11 +8,9 @@ a pruning stage writes; `decode_sparse` rebuilds the ONNX model with bit-exact w
 from __future__ import annotations
 
 import io
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from edgeslim.fsutil import write_bytes
 
@@ -78,13 +76,8 @@ def compressed_size(onnx_path: Path) -> dict:
         return {"size_bytes_compressed": None}
 
 
-def write_sparse_model(model: nn.Module, input_shape: tuple[int, ...], folder: Path) -> dict:
-    """Export the (pruned) model and store its compressed encoding in `folder` (`model.sparse.npz`).
-    Returns the file's name and bytes, and the dense ONNX's bytes."""
-    from edgeslim.deploy.export import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "model.onnx"
-        export_onnx(model, input_shape, p)
-        n = write_sparse(p, folder / SPARSE_FILE)
-        return {"sparse_file": SPARSE_FILE, "sparse_file_bytes": n, "dense_onnx_bytes": p.stat().st_size}
+def write_sparse_stage(onnx_path: Path, folder: Path) -> dict:
+    """Store the compressed encoding of a stage's ONNX (the pipeline's one export) in `folder`
+    (`model.sparse.npz`). Returns the file's name and bytes, and the dense ONNX's bytes."""
+    n = write_sparse(onnx_path, folder / SPARSE_FILE)
+    return {"sparse_file": SPARSE_FILE, "sparse_file_bytes": n, "dense_onnx_bytes": onnx_path.stat().st_size}

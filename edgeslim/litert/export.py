@@ -19,13 +19,17 @@ MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 
 def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
-                  seed: int = 0, micro: bool = True, per_channel: bool = True) -> dict:
-    """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena."""
+                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None) -> dict:
+    """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena. INT8
+    calibrates on `calib` (default: `calibration_samples` of the task's training inputs)."""
     from edgeslim.litert import available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
 
-    calib = task.calibration(calibration_samples, seed) if (int8 and task is not None) else None
+    if not int8:
+        calib = None
+    elif calib is None and task is not None:
+        calib = task.calibration(calibration_samples, seed)
     summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel)
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)

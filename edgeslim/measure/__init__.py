@@ -1,13 +1,20 @@
-"""Measurement: figures of a model that never change it. Where each number comes from:
+"""Measurement: figures of a model that never change it. One core, `core.measure_model`: any model (ONNX
+file, model folder, .tflite) + its inputs (+ a task, a reference, a device) -> one `Measurement`. Where each
+number comes from:
 
-    latency      latency.py      ONNX Runtime timing; `interleaved_latency` is the one timer comparisons use
-    accuracy     stage.py        ONNX Runtime on the task's test split (with the stage's other figures)
-    size         stage.py        bytes on disk of the stored artifact and of the ONNX file
+    the record   core.py         measure_model -> Measurement (as_dict: the results.json / --json keys);
+                                 compare_latency: several models timed together; Measurer: `ctx.measure`
+    model, size  source.py       opening a model (a folder exported once), bytes on disk, task accuracy
+    graph        figures.py      params/MACs from the graph, arena and energy fields at the inputs' shapes
+    inputs       onnxkit/inputs  --inputs .npz or synthetic feeds by dtype and name, --shape, named dims
+    latency      latency.py      `interleaved_latency`, the one timing loop (sessions and callables)
+    accuracy     source.py       ONNX Runtime on the task's test split; only with a task
+    fidelity     fidelity.py     outputs against a reference model: cosine, abs errors, top-1 agreement
     arena        arena.py        static activation-memory planner (TFLite Micro's greedy-by-size), op_order.py
-    flash, fit   device_fit.py   weights + runtime vs the device profile's flash and RAM
-    energy       energy.py       measured (RAPL/NVML windows, window.py) or estimated (analytic, onnx_counts.py)
+    flash, fit   device_fit.py   the one fit verdict: weights + runtime vs the device profile's flash and RAM
+    energy       energy.py       measured (RAPL window around the timer, window.py) or estimated (analytic,
+                                 onnx_counts.py), always labelled
     RSS          memory.py       peak resident memory of inference in a child process
-    .tflite      tflite.py       LiteRT latency/accuracy, TFLite Micro arena
-    deploy table deployment.py   PyTorch vs ORT latency, batch latency, fit, energy, RSS for `edgeslim measure`
-    before/after compare.py      a pass's own before/after figures (to be folded into one core, issue 13)
+    .tflite      tflite.py       LiteRT latency (the one timer), accuracy, TFLite Micro arena and fit
+    a stage      stage.py        the pipeline's per-stage figures from the core, and the device fields
 Parameter and MAC counts of a PyTorch model are `edgeslim.models.counts`."""

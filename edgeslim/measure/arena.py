@@ -65,6 +65,13 @@ class ArenaPlan:
     reordered_order: list[str] | None = None
     reorder_method: str = ""  # "greedy=bound", "exact", "greedy" or "" when not searched
     unknown_tensors: list[str] = field(default_factory=list)  # shapes not inferable: counted as 0 bytes
+    control_flow: bool = False  # If/Loop/Scan in the graph: their bodies are not planned (a lower bound)
+    fit: dict | None = None  # the RAM/flash verdict on a device, when one was asked for (measure.device_fit)
+    warnings: list[str] = field(default_factory=list)  # what was guessed about the inputs
+
+    @property
+    def lower_bound(self) -> bool:
+        return self.control_flow or bool(self.unknown_tensors)
 
     @property
     def best_arena_bytes(self) -> int:
@@ -72,6 +79,7 @@ class ArenaPlan:
 
     def as_dict(self, buffers: bool = False) -> dict:
         d = asdict(self)
+        d["lower_bound"] = self.lower_bound
         if not buffers:
             d.pop("buffers")
         return d
@@ -172,6 +180,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
     plan = ArenaPlan(
         arena_bytes=arena, naive_bytes=sum(b.size for b in bufs), peak_live_bytes=peak_live(bufs),
         order=[_node_name(nodes[i], i) for i in order], buffers=bufs, unknown_tensors=unknown,
+        control_flow=any(n.op_type in ("If", "Loop", "Scan") for n in g.node),
     )
     if reorder and len(nodes) > 1:
         from edgeslim.measure.op_order import best_order

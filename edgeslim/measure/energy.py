@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from edgeslim.devices import Device, load_device
+from edgeslim.measure.latency import Runner
 from edgeslim.measure.onnx_counts import GraphCount, count_onnx
 
 OP_FRACTION_OF_MAC = 0.2  # an add/compare costs ~0.2 of a MAC (Horowitz: fp32 add 0.9 pJ vs MAC 4.6 pJ)
@@ -87,41 +87,36 @@ def estimate_energy(model: str | Path | onnx.ModelProto, device: str | Path | De
     return estimate_from_counts(count_onnx(model, shapes), load_device(device))
 
 
-def measure_energy(onnx_path: str | Path, sample: np.ndarray, runs: int = 200, threads: int = 1,
-                   min_seconds: float = 1.0, powercap_root: Path | None = None) -> Energy | None:
-    """Measured energy per inference with RAPL (or None when no counter is readable). Runs at least
-    `runs` inferences and `min_seconds` so the counters (updated every ~1 ms) resolve the window."""
-    import time
-
+def measure_energy(runner: Runner, runs: int = 200, min_seconds: float = 1.0, threads: int = 1,
+                   powercap_root: Path | None = None) -> Energy | None:
+    """Measured energy per inference with RAPL (or None when no counter is readable): `runner` (one
+    inference) is called by the one timer (`measure.latency.interleaved_latency`) inside an energy window,
+    at least `runs` times and `min_seconds` long so the counters (updated every ~1 ms) resolve the window.
+    GPU counters (NVML) are left out: the inference runs on the CPU."""
     from edgeslim.measure import rapl
+    from edgeslim.measure.latency import interleaved_latency
     from edgeslim.measure.window import window
-    from edgeslim.onnxkit.session import session
 
     root = powercap_root or rapl.POWERCAP
     if not rapl.available(root):
         return None
-    sess = session(onnx_path, threads=threads)
-    feed = {sess.get_inputs()[0].name: sample}
-    for _ in range(10):
-        sess.run(None, feed)
-    n = 0
     with window("inference", nvml=False, powercap_root=root) as w:
-        t0 = time.perf_counter()
-        while n < runs or time.perf_counter() - t0 < min_seconds:
-            sess.run(None, feed)
-            n += 1
+        lat = interleaved_latency({"model": runner}, seconds=min_seconds, min_rounds=runs, warmup=10,
+                                  threads=threads)["model"]
     if w.energy_j is None:
         return None
+    n = lat.runs + 10
     return Energy(mj=w.energy_j * 1e3 / n, method=w.method, latency_ms=w.seconds * 1e3 / n,
                   note=f"{n} inferences; socket-wide counters include other processes' energy")
 
 
-def energy_for(onnx_path: str | Path, device: str | Path | Device | None = None,
-               sample: np.ndarray | None = None, measure: bool = True) -> Energy:
-    """Measured when `device` is this host (or None) and RAPL is readable, estimated otherwise."""
+def energy_for(model: str | Path | onnx.ModelProto, device: str | Path | Device | None = None,
+               runner: Runner | None = None, shapes: dict[str, list[int]] | None = None) -> Energy:
+    """Measured (RAPL) when `device` is this host (or None), a `runner` is given and the counters are
+    readable; estimated (analytic, at `shapes`) otherwise. The method label says which."""
     dev = load_device(device or "host")
-    if measure and dev.name == "host" and sample is not None:
-        got = measure_energy(onnx_path, sample)
+    if dev.name == "host" and runner is not None:
+        got = measure_energy(runner)
         if got is not None:
             return got
-    return estimate_energy(onnx_path, dev)
+    return estimate_energy(model, dev, shapes)

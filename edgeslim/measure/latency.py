@@ -1,19 +1,30 @@
-"""Latency of an ONNX model in ONNX Runtime: warm-up, repeated timed runs, percentiles in ms."""
+"""The one timer: latency of one or several models, timed interleaved in one process, in ms.
+
+Every latency edgeslim reports comes from `interleaved_latency`: a pipeline stage, `edgeslim measure`,
+the INT8 format picker, `optimize`'s candidates, PyTorch eager beside ONNX Runtime, LiteRT, OpenVINO
+and the early-exit cascades. What it times is a *runner*: an ONNX Runtime session with its feed, or any
+zero-argument callable (a LiteRT invoke, a PyTorch forward, an exit cascade). Several runners are timed
+in rounds, each round starting with a different one, so that load from other processes (bursts of ms
+on a shared machine) lands on all of them alike: ratios between models are the trustworthy figures.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeslim.onnxkit.session import session
+Runner = Callable[[], object]
 
 
 @dataclass(frozen=True)
 class Latency:
+    """Percentiles of single calls in ms (per call: per batch when batch > 1)."""
+
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -39,70 +50,103 @@ def percentiles(times_s: list[float], batch: int, threads: int) -> Latency:
     )
 
 
+def ort_runner(sess: Any, feed: Mapping[str, np.ndarray]) -> Runner:
+    """A runner for an ONNX Runtime session (anything with `.run(None, feed)`) on `feed`."""
+    fd = dict(feed)
+    return lambda: sess.run(None, fd)
+
+
+def _feed_batch(feed: Mapping[str, np.ndarray] | None) -> int:
+    first = next(iter(feed.values()), None) if feed else None
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 def interleaved_latency(
-    sessions: dict[str, Any], feeds: dict[str, dict[str, np.ndarray]], *, seconds: float | None = None,
-    rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30, threads: int = 1,
+    runners: Mapping[str, Any], feeds: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
+    seconds: float | None = None, rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30,
+    max_seconds: float | None = None, threads: int = 1, batch: int | None = None,
 ) -> dict[str, Latency]:
-    """Per-name Latency (ms) of each ONNX Runtime session on its feed in `feeds` (the same data for all;
-    input names may differ between models), timed in one process in
-    rounds: each round runs every model `per_round` times, starting with a different model each round,
-    so that load from other processes (bursts of ms) lands on all candidates alike. This is the figure
-    to compare models by (before/after a pass, candidate formats). With `seconds`, rounds go on for
-    about that much wall time (at least `min_rounds`, at most 20x the time); otherwise exactly `rounds`."""
-    names = list(sessions)
-    fd = {n: feeds[n] for n in names}
+    """Per-name Latency (ms per call) of each runner, timed interleaved in one loop (module docstring).
+
+    `runners[name]` is a zero-argument callable, or an ONNX Runtime session run on `feeds[name]`. Each
+    round calls every runner `per_round` times, starting with a different one each round. With `seconds`,
+    rounds go on for about that much wall time (at least `min_rounds`, at most 20x the time); otherwise
+    `rounds` of them, or fewer (at least `min_rounds`) once `max_seconds` have passed. `batch` (samples per
+    call) defaults to the leading dim of the feed, else 1; `threads` is recorded, not set (the session or
+    library of each runner sets it).
+    """
+    names = list(runners)
+    calls: dict[str, Runner] = {}
+    for n in names:
+        r = runners[n]
+        if not callable(r) and hasattr(r, "run"):  # an ONNX Runtime session (or one like it)
+            if feeds is None or n not in feeds:
+                raise AssertionError(f"interleaved_latency: session '{n}' needs a feed")
+            calls[n] = ort_runner(r, feeds[n])
+        else:
+            calls[n] = r
     for n in names:
         for _ in range(warmup):
-            sessions[n].run(None, fd[n])
+            calls[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     r = 0
-    while True:
+    while names:
         for k in range(len(names)):
             n = names[(r + k) % len(names)]
+            call = calls[n]
             for _ in range(per_round):
                 t0 = time.perf_counter()
-                sessions[n].run(None, fd[n])
+                call()
                 times[n].append(time.perf_counter() - t0)
         r += 1
         elapsed = time.perf_counter() - start
         if seconds is None:
-            if r >= rounds:
+            if r >= rounds or (max_seconds is not None and elapsed > max_seconds and r >= min(rounds, min_rounds)):
                 break
         elif (elapsed > seconds and r >= min_rounds) or elapsed > 20 * seconds:
             break
-    first = next(iter(fd[names[0]].values()), None) if names else None
-    batch = int(first.shape[0]) if first is not None and first.ndim else 1
-    return {n: percentiles(times[n], batch, threads) for n in names}
+    out = {}
+    for n in names:
+        b = batch if batch is not None else _feed_batch(feeds.get(n) if feeds else None)
+        out[n] = percentiles(times[n], b, threads)
+    return out
 
 
-def interleaved_p50_ms(
-    paths: dict[str, Path], sample: np.ndarray, rounds: int = 20, per_round: int = 10, warmup: int = 10,
-    threads: int = 1,
-) -> dict[str, float]:
-    """Median latency (ms per run) of each single-input ONNX model on `sample` (interleaved_latency)."""
-    sess = {k: session(p, threads=threads) for k, p in paths.items()}
-    feeds = {k: {s.get_inputs()[0].name: sample.astype(np.float32)} for k, s in sess.items()}
-    lat = interleaved_latency(sess, feeds, rounds=rounds, per_round=per_round, warmup=warmup, threads=threads)
-    return {k: v.p50_ms for k, v in lat.items()}
+def onnx_interleaved(
+    models: Mapping[str, str | Path], feeds: Mapping[str, Mapping[str, np.ndarray]] | Mapping[str, np.ndarray], *,
+    threads: int = 1, **timer: Any,
+) -> dict[str, Latency]:
+    """`interleaved_latency` of ONNX files: one fresh session each (same optimisation level and threads),
+    on one shared feed {input: array} or per-model feeds {model: feed}. `timer`: the timer's options."""
+    from edgeslim.onnxkit.session import session
+
+    sess = {k: session(p, threads=threads) for k, p in models.items()}
+    shared = not all(k in feeds and isinstance(feeds[k], Mapping) for k in models)
+    fd: dict[str, dict[str, np.ndarray]] = {}
+    for k, s in sess.items():
+        f: dict[str, np.ndarray] = dict(feeds if shared else feeds[k])  # type: ignore[arg-type]
+        names = [i.name for i in s.get_inputs()]
+        if set(f) != set(names) and len(f) == len(names) == 1:  # one input, named differently
+            f = {names[0]: next(iter(f.values()))}
+        fd[k] = f
+    return interleaved_latency(sess, fd, threads=threads, **timer)
 
 
-def onnx_latency(
-    path: str, sample: np.ndarray, runs: int = 200, warmup: int = 20, threads: int = 1,
-    max_seconds: float = 5.0,
-) -> Latency:
-    """Time `runs` inferences on `sample` (with its batch dim); stops early after `max_seconds`."""
-    sess = session(path, threads=threads)
-    name = sess.get_inputs()[0].name
-    feed = {name: sample}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times: list[float] = []
-    start = time.perf_counter()
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds and len(times) >= 20:
-            break
-    return percentiles(times, int(sample.shape[0]), threads)
+def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:
+    """OpenVINO CPU latency (ms p50/mean, through the one timer) of an ONNX model on random inputs at its
+    smallest static shape, or None when OpenVINO is not installed."""
+    from edgeslim.deploy.compile import available_backends
+
+    if not available_backends()["openvino"]:
+        return None
+    import openvino as ov  # type: ignore[import-not-found]
+
+    core = ov.Core()
+    compiled = core.compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    inp = compiled.inputs[0]
+    shape = [d if d > 0 else 1 for d in inp.get_partial_shape().get_min_shape()]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    req = compiled.create_infer_request()
+    lat = interleaved_latency({"openvino": lambda: req.infer({0: x})}, rounds=runs, warmup=10)["openvino"]
+    return {"openvino_ms_p50": lat.p50_ms, "openvino_ms_mean": lat.mean_ms}

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from edgeslim.errors import EdgeslimError
 
@@ -28,26 +31,46 @@ def peak():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-path, runs, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+path, runs, threads, batch, feed_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 import onnxruntime as ort
 base = peak()
 o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1; o.log_severity_level = 3
 s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
 loaded = peak()
-i = s.get_inputs()[0]
-shape = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in i.shape[1:]]
-dtype = np.float16 if "float16" in i.type else np.float32
-x = np.random.default_rng(0).random(shape).astype(dtype)
+if feed_file:
+    with np.load(feed_file, allow_pickle=False) as z:
+        feed = {k: z[k] for k in z.files}
+else:
+    i = s.get_inputs()[0]
+    shape = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in i.shape[1:]]
+    dtype = np.float16 if "float16" in i.type else np.float32
+    feed = {i.name: np.random.default_rng(0).random(shape).astype(dtype)}
 for _ in range(runs):
-    s.run(None, {i.name: x})
+    s.run(None, feed)
 print(json.dumps({"base": base, "loaded": loaded, "after": peak()}))
 """
 
 
 def inference_peak_rss(onnx_path: str | Path, runs: int = 20, threads: int = 1, batch: int = 1,
-                       timeout_s: float = 120) -> dict:
-    """Peak RSS figures (bytes) of a child process running `runs` inferences of `onnx_path`."""
-    cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch)]
+                       timeout_s: float = 120, feed: dict[str, np.ndarray] | None = None) -> dict:
+    """Peak RSS figures (bytes) of a child process running `runs` inferences of `onnx_path` on `feed`
+    (every input by name; default: random data for a single-input model at `batch`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        feed_file = ""
+        if feed is not None:
+            feed_file = str(Path(tmp) / "feed.npz")
+            np.savez(feed_file, **feed)  # type: ignore[arg-type]
+        cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch), feed_file]
+        res = _run_child(cmd, onnx_path, timeout_s)
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    return {
+        "inference_peak_rss_bytes": int(d["after"]),
+        "runtime_import_rss_bytes": int(d["base"]),
+        "session_rss_delta_bytes": int(d["after"] - d["base"]),
+    }
+
+
+def _run_child(cmd: list[str], onnx_path: str | Path, timeout_s: float) -> subprocess.CompletedProcess:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -55,9 +78,4 @@ def inference_peak_rss(onnx_path: str | Path, runs: int = 20, threads: int = 1, 
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["?"])[-1]
         raise EdgeslimError(f"{onnx_path}: peak-RSS child process failed ({last})")
-    d = json.loads(res.stdout.strip().splitlines()[-1])
-    return {
-        "inference_peak_rss_bytes": int(d["after"]),
-        "runtime_import_rss_bytes": int(d["base"]),
-        "session_rss_delta_bytes": int(d["after"] - d["base"]),
-    }
+    return res

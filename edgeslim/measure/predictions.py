@@ -36,8 +36,14 @@ def accuracy_and_predictions(onnx_path: Path, x: np.ndarray, y: np.ndarray, num_
     are also saved there (see the module docstring). Same figure as `onnxkit.session.onnx_accuracy`."""
     z = outputs(onnx_path, x, threads)
     acc = float((z.argmax(1) == y).mean())
-    if out is not None and z.ndim == 2 and z.shape[1] == num_classes and num_classes > 1:
+    if out is not None:
+        save_predictions(out, z, y, num_classes)
+    return acc
+
+
+def save_predictions(out: Path, z: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Save a classifier's outputs `z` [N, classes] and the labels to `out` (other outputs: nothing saved)."""
+    if z.ndim == 2 and z.shape[1] == num_classes and num_classes > 1:
         buf = io.BytesIO()
         np.savez_compressed(buf, logits=z.astype(np.float32), labels=np.asarray(y, np.int64))
         write_bytes(out, buf.getvalue())
-    return acc

@@ -1,8 +1,11 @@
-"""Measure one pipeline stage: accuracy in ONNX Runtime, counts, size on disk, latency, and the extras
-in `STAGE_EXTRAS` (deploy figures, compressed size, a .tflite beside the ONNX).
+"""Measure one pipeline stage with the measurement core (`measure.core.measure_model`): accuracy in ONNX
+Runtime, counts, size on disk, latency, arena, flash, fit and energy for the run's device, and the extras in
+`STAGE_EXTRAS` (compressed size, a .tflite beside the ONNX).
 
 Measurement never changes a model. Each extra is `fn(onnx_path, task) -> dict` and labels its estimates;
-the list is fixed here, so one file says what a stage's metrics hold.
+the list is fixed here, so one file says what a stage's metrics hold. The latency here is the stage timed
+alone when it is written (what a resumed run keeps as `latency_ms_*_alone`); the run's final table times all
+stages together, interleaved, in one loop (`measure.together.time_stages`).
 """
 
 from __future__ import annotations
@@ -11,69 +14,40 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.formats.sparse import compressed_size
 from edgeslim.litert.export import TFLITE_FILE, tflite_fields
-from edgeslim.measure.latency import onnx_latency
-from edgeslim.models.counts import count_macs, count_params
-from edgeslim.onnxkit.session import onnx_accuracy
+from edgeslim.measure.core import measure_model
+
+# The fields that depend on the device: a resumed run on another device re-measures these (only).
+DEVICE_FIELDS = ("arena_bytes", "arena_bytes_reordered", "naive_activation_bytes", "arena_lower_bound",
+                 "arena_note", "deploy_device", "weights_bytes", "flash_bytes", "flash_available", "ram_bytes",
+                 "ram_available", "arena_source", "fits_flash", "fits_ram", "fits", "fit_reasons", "energy_mj",
+                 "energy_method", "energy_latency_ms", "energy_note", "macs_by_precision")
 
 
 def measure_stage(
     onnx_path: Path, task: Task, model: nn.Module | None, size_path: Path | None = None,
-    latency_runs: int = 200, threads: int = 1, predictions: Path | None = None,
+    latency_runs: int = 200, threads: int = 1, device: str | None = None, predictions: Path | None = None,
 ) -> dict:
     """`model` (the PyTorch model of the stage, or the last one before an ONNX-only stage) gives
     parameter and MAC counts; `size_path` is the stored artifact when it is not the ONNX file.
     With `predictions`, a classifier's test outputs are saved there (`measure.predictions`)."""
-    m: dict = {}
-    if predictions is not None:
-        from edgeslim.measure.predictions import accuracy_and_predictions
-
-        acc = accuracy_and_predictions(onnx_path, task.x_test, task.y_test, task.num_classes, predictions, threads)
-    else:
-        acc = onnx_accuracy(onnx_path, task.x_test, task.y_test, threads)
-    m["accuracy"] = round(acc, 6)
-    if model is not None:
-        params, nonzero = count_params(model)
-        m.update(params=params, nonzero_params=nonzero, macs=count_macs(model, task.input_shape))
-    else:
-        m.update(_onnx_counts(onnx_path))
-    m["size_bytes"] = (size_path or onnx_path).stat().st_size
-    m["onnx_size_bytes"] = onnx_path.stat().st_size
-    lat = onnx_latency(str(onnx_path), task.x_test[:1].astype(np.float32), runs=latency_runs, threads=threads)
-    m.update(lat.as_dict())
-    m["latency_threads"] = threads
+    m = measure_model(onnx_path, task=task, device=device, torch_model=model, size_path=size_path,
+                      threads=threads, runs=latency_runs, predictions=predictions).as_dict()
+    for k in ("name", "runtime", "inputs", "warnings", "latency_runs"):
+        m.pop(k, None)
     for fn in STAGE_EXTRAS:
         m.update(fn(onnx_path, task))
     return m
 
 
-def _onnx_counts(path: Path) -> dict:
-    import onnx
-    from onnx import numpy_helper
-
-    g = onnx.load(str(path)).graph
-    arrays = [numpy_helper.to_array(t) for t in g.initializer]
-    params = int(sum(a.size for a in arrays))
-    nonzero = int(sum(np.count_nonzero(a) for a in arrays))
-    try:  # MACs from the graph itself (shape inference at batch 1); unknown shapes leave them out
-        from edgeslim.measure.onnx_counts import count_onnx
-
-        macs: int | None = count_onnx(path).macs or None
-    except Exception:  # a graph shape inference cannot follow: report no MAC count rather than a wrong one
-        macs = None
-    return {"params": params, "nonzero_params": nonzero, "macs": macs}
-
-
-def _deploy_metrics(onnx_path: Path, task: Task) -> dict:
-    """Arena, flash and energy per stage for the default device (`device_fit.stage_deploy_metrics`)."""
-    from edgeslim.measure.device_fit import stage_deploy_metrics
-
-    return stage_deploy_metrics(onnx_path, task)
+def device_metrics(onnx_path: Path, task: Task, device: str | None) -> dict:
+    """Only the device figures of a stage (arena, flash, fit, energy): what changes with the device."""
+    d = measure_model(onnx_path, task=None, device=device, latency=False).as_dict()
+    return {k: d[k] for k in DEVICE_FIELDS if k in d}
 
 
 def _compressed_size(onnx_path: Path, task: Task) -> dict:
@@ -95,4 +69,4 @@ def _tflite_metrics(onnx_path: Path, task: Task) -> dict:
 
 
 StageExtra = Callable[[Path, Task], dict]
-STAGE_EXTRAS: tuple[StageExtra, ...] = (_deploy_metrics, _compressed_size, _tflite_metrics)
+STAGE_EXTRAS: tuple[StageExtra, ...] = (_compressed_size, _tflite_metrics)

@@ -16,11 +16,13 @@ from edgeslim.measure import verdict
 from edgeslim.report import behaviour, layers
 
 
-def compare_stages(run_dir: Path, stages: list[dict], task: Task, seconds: float = 1.5) -> None:
-    """Annotate `stages` in place (see the module docstring). `seconds`: the interleaved timing budget."""
-    from edgeslim.measure.together import time_stages
+def compare_stages(run_dir: Path, stages: list[dict], task: Task) -> None:
+    """Annotate `stages` in place (see the module docstring); the stages are timed together first unless the
+    pipeline already did (`latency_timing`)."""
+    if not any("latency_timing" in s for s in stages):
+        from edgeslim.measure.together import time_stages
 
-    time_stages(run_dir, stages, task.x_test[:1], seconds=seconds)
+        time_stages(run_dir, stages, task)
     verdict.annotate(run_dir, stages)
     base: list[dict] | None = None
     for s in stages:

@@ -1,74 +1,104 @@
-"""`edgeslim measure X.tflite`: accuracy and latency in the LiteRT interpreter, size, and the TFLite
-Micro arena recorded by running the model in TFLite Micro. When an ONNX file of the same name sits
-beside it (as `edgeslim export` and the `tflite` stage leave them), the static planner's arena for that
-ONNX model is shown beside the TFLite Micro figure, so the estimate can be compared with the runtime
-(`arena_beside`, also shown by `edgeslim fit`).
+"""The measurement core for a `.tflite` file (LiteRT extra): latency in the LiteRT interpreter (through the
+one timer), size, accuracy with a task, the TFLite Micro arena recorded by running the model in TFLite Micro,
+and the fit verdict on it. When an ONNX file of the same name and precision sits beside it (as `edgeslim
+export` and the `tflite` stage leave them), the static planner's arena of that ONNX model is shown beside
+the TFLite Micro figure, and the energy estimate comes from that ONNX graph.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.litert.micro import tflm_arena
-from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.latency import Latency, percentiles
-from edgeslim.onnxkit.graph import has_qdq
-from edgeslim.onnxkit.load import read_onnx
+from edgeslim.measure.device_fit import fit_verdict
+from edgeslim.measure.latency import interleaved_latency
+from edgeslim.measure.source import Source
 
 
-def measure_tflite(path: str | Path, task=None, runs: int = 200, threads: int = 1) -> dict:
-    """One row of `edgeslim measure` for a `.tflite` (task optional: accuracy is None without it)."""
+def _sample(lm: Any, inputs: str | Path | None, task: Any, seed: int) -> tuple[np.ndarray, str]:
+    if inputs is not None:
+        p = Path(inputs)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise EdgeslimError(f"{p}: not a readable .npz file ({type(e).__name__})") from None
+        if len(arrays) != 1:
+            raise EdgeslimError(f"{p}: a .tflite model has one input; the file holds {len(arrays)} arrays "
+                                f"({', '.join(arrays)})")
+        a = next(iter(arrays.values())).astype(np.float32)
+        if a.shape[1:] != lm.sample_shape and a.shape != lm.sample_shape:
+            raise EdgeslimError(f"{p}: array has shape {a.shape} but the model takes samples of shape "
+                                f"{list(lm.sample_shape)}")
+        return (a[:1] if a.shape[1:] == lm.sample_shape else a[None]), "inputs"
+    if task is not None:
+        return task.x_test[:1].astype(np.float32), "task"
+    return np.random.default_rng(seed).random((1, *lm.sample_shape), dtype=np.float32), "declared"
+
+
+def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any = None,
+                   device: Any = None, threads: int = 1, runs: int = 200, max_seconds: float = 5.0,
+                   deploy: bool = True, seed: int = 0) -> Any:  # -> Measurement
     from edgeslim.litert import available
     from edgeslim.litert.interpreter import LiteRTModel
+    from edgeslim.measure.core import Measurement
+    from edgeslim.measure.figures import arena_fields, energy_fields
+    from edgeslim.onnxkit.graph import has_qdq
+    from edgeslim.onnxkit.load import read_onnx
 
-    p = Path(path)
-    lm = LiteRTModel(p, threads=threads)
-    m: dict = {"name": str(p), "runtime": "litert", "precision": "int8" if lm.input.quantized else lm.input.dtype}
-    if task is not None:
-        if tuple(task.input_shape) != lm.sample_shape:
-            raise EdgeslimError(f"{p}: model expects samples of shape {lm.sample_shape} but task '{task.name}' has "
-                                f"{tuple(task.input_shape)}")
-        m["accuracy"] = round(lm.accuracy(task.x_test, task.y_test), 6)
-        sample = task.x_test[:1]
-    else:
-        m["accuracy"] = None
-        sample = np.random.default_rng(0).random((1, *lm.sample_shape), dtype=np.float32)
-    m.update(params=None, nonzero_params=None, macs=None, size_bytes=p.stat().st_size)
-    m.update(litert_latency(lm, sample, runs=runs, threads=threads).as_dict())
-    m["latency_threads"] = threads
-    m["input"], m["output"] = lm.input.as_dict(), lm.output.as_dict()
+    p = src.path
+    m = Measurement(name=str(p), runtime="litert")
+    m.size_bytes = p.stat().st_size
+    quantized = None
+    if runs or task is not None or inputs is not None:  # the interpreter (fit alone needs only the footprint)
+        lm = LiteRTModel(p, threads=threads)
+        quantized = lm.input.quantized
+        if task is not None and tuple(task.input_shape) != lm.sample_shape:
+            raise EdgeslimError(f"{p}: model expects samples of shape {lm.sample_shape} but task '{task.name}' "
+                                f"has {tuple(task.input_shape)}")
+        x, m.input_source = _sample(lm, inputs, task, seed)
+        m.inputs = {lm.input.name: f"{lm.input.dtype}{list(lm.input.shape)}"}
+        if task is not None:
+            m.accuracy, m.accuracy_samples = round(lm.accuracy(task.x_test, task.y_test), 6), len(task.y_test)
+        q = lm.input.quantize(x)  # quantization of the input excluded from the timing, as on a device
+        m.runner = lambda: lm.invoke_raw(q)
+        if runs:
+            m.latency = interleaved_latency({"litert": m.runner}, rounds=runs,
+                                            max_seconds=max_seconds, warmup=10, threads=threads, batch=1)["litert"]
+        m.extra.update(precision="int8" if quantized else lm.input.dtype, input=lm.input.as_dict(),
+                       output=lm.output.as_dict())
+    tflm = None
     if available("micro"):
         from edgeslim.litert.footprint import tflite_footprint
 
         fp = tflite_footprint(p)
-        m.update({k: fp[k] for k in ("tflm_arena_bytes", "tflm_arena_head_bytes", "tflm_arena_tail_bytes", "ops")})
-        m["tflm_arena_method"] = fp["arena_method"]
+        tflm = fp["tflm_arena_bytes"]
+        m.extra.update({k: fp[k] for k in ("tflm_arena_bytes", "tflm_arena_head_bytes", "tflm_arena_tail_bytes",
+                                           "ops") if k in fp})
+        m.extra["tflm_arena_method"] = fp.get("arena_method", "recorded:tflite-micro")
     onnx = p.with_suffix(".onnx")
-    if onnx.is_file() and has_qdq(read_onnx(onnx)) == lm.input.quantized:  # compare like with like
-        m["arena_bytes"] = m["planner_arena_bytes"] = plan_arena(onnx, reorder=False).arena_bytes
-        m["planner_onnx"] = str(onnx)
+    beside = onnx.is_file() and quantized is not None and has_qdq(read_onnx(onnx)) == quantized  # like with like
+    if deploy:
+        dev = load_device(device or DEFAULT_DEVICE)
+        if beside:
+            proto = read_onnx(onnx)
+            shapes = {i.name: [1, *lm.sample_shape] for i in proto.graph.input[:1]}  # lm: loaded when `beside`
+            planner = arena_fields(proto, onnx, shapes)
+            m.arena = {**planner, "planner_onnx": str(onnx), "planner_arena_bytes": planner.get("arena_bytes")}
+            m.energy = energy_fields(proto, dev, None, shapes, threads)
+        if tflm is not None:  # RAM: the arena TFLite Micro recorded; flash: the whole .tflite file
+            m.arena["arena_bytes"] = tflm
+            m.fit = fit_verdict(dev, m.size_bytes, tflm, "recorded:tflite-micro")
+        elif m.arena.get("arena_bytes") is not None:
+            m.fit = fit_verdict(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
+        else:
+            m.warnings.append("no arena: install the TFLite Micro part of the LiteRT extra or keep the ONNX "
+                              "model beside the .tflite file")
     return m
-
-
-def litert_latency(lm, sample: np.ndarray, runs: int = 200, warmup: int = 20, max_seconds: float = 5.0,
-                   threads: int = 1) -> Latency:
-    """Time single inferences of a `LiteRTModel` (quantization of the input excluded, as on a device)."""
-    q = lm.input.quantize(np.asarray(sample, np.float32)[:1])
-    for _ in range(warmup):
-        lm.invoke_raw(q)
-    times: list[float] = []
-    start = time.perf_counter()
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        lm.run_once(q)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds and len(times) >= 20:
-            break
-    return percentiles(times, 1, threads)
 
 
 def arena_beside(model: str | Path) -> dict | None:
@@ -83,6 +113,10 @@ def arena_beside(model: str | Path) -> dict | None:
     if not (onnx.is_file() and tfl.is_file()):
         return None
     from edgeslim.litert.interpreter import LiteRTModel
+    from edgeslim.litert.micro import tflm_arena
+    from edgeslim.measure.arena import plan_arena
+    from edgeslim.onnxkit.graph import has_qdq
+    from edgeslim.onnxkit.load import read_onnx
 
     if LiteRTModel(tfl).input.quantized != has_qdq(read_onnx(onnx)):
         return None
@@ -94,6 +128,4 @@ def arena_beside(model: str | Path) -> dict | None:
             "planner_vs_tflm_head_pct": round(100.0 * (planner - a.head_bytes) / max(a.head_bytes, 1), 2)}
 
 
-
-
-__all__ = ["measure_tflite", "litert_latency", "arena_beside"]
+__all__ = ["measure_tflite", "arena_beside"]

@@ -27,10 +27,13 @@ def verdict_device(stages: list[dict]) -> Device:
 def stage_verdict(onnx_path: Path, device: Device) -> dict:
     """The `device_verdict` of one stage (see the module docstring)."""
     from edgeslim.measure.battery import for_device
-    from edgeslim.measure.device_fit import check_fit
+    from edgeslim.measure.core import measure_model
     from edgeslim.measure.energy import estimate_energy
 
-    r = check_fit(onnx_path, device, energy=False)
+    m = measure_model(onnx_path, device=device, latency=False)  # the one fit verdict, at the model's inputs
+    r = m.fit
+    if r is None:
+        raise EdgeslimError(f"{onnx_path}: no fit verdict ({m.arena.get('arena_note', 'no arena')})")
     e = estimate_energy(onnx_path, device)
     out = {
         "device": device.name, "fits": r.fits, "fits_flash": r.fits_flash, "fits_ram": r.fits_ram,

@@ -77,3 +77,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             hooks.append(m.register_forward_hook(matmul_hook))
     probe(model, input_shape, hooks)
     return int(macs)
+
+
+def size_counts(model: nn.Module, input_shape: tuple[int, ...], when: str) -> dict[str, int]:
+    """{params_<when>, macs_<when>}: what a pass reports of the model before and after it (counts only; the
+    run times every stage together, interleaved, at its end)."""
+    return {f"params_{when}": count_params(model)[0], f"macs_{when}": count_macs(model, input_shape)}

@@ -8,7 +8,9 @@ value reused for every sample.
 
 from __future__ import annotations
 
+import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,43 +82,106 @@ def _fits(spec: InputSpec, shape: tuple[int, ...]) -> bool:
     )
 
 
-def resolve_shape(spec: InputSpec, override: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Concrete shape for synthetic data: --shape wins; an unknown leading dim is batch 1; else ask."""
-    example = f"--shape {spec.name}=" + ",".join(
-        str(d) if isinstance(d, int) else ("1" if i == 0 else "N") for i, d in enumerate(spec.dims or ("N",))
-    )
+def _example(spec: InputSpec) -> str:
+    """`--shape NAME=...` with the fixed dims filled in, the batch 1 and a placeholder for each other dim: its
+    name when short (H, width), else D<axis>."""
+    def place(i: int, d: int | str | None) -> str:
+        if isinstance(d, int):
+            return str(d)
+        if i == 0:
+            return "1"
+        return d if d and len(d) <= 12 and d.isidentifier() else f"D{i}"
+
+    return f"--shape {spec.name}=" + ",".join(place(i, d) for i, d in enumerate(spec.dims or ("N",)))
+
+
+def dim_bindings(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], batch: int | None = None) -> dict[str, int]:
+    """Sizes of named dims: from --shape overrides, and a named leading (batch) dim is `batch` (default 1).
+    A name means the same size in every input (ONNX semantics), so `[B, 8]` ids bind B for a `[1, B, 16]` state."""
+    bound: dict[str, int] = {}
+    for s in specs:
+        if s.dims and s.name in shapes and len(shapes[s.name]) == len(s.dims):
+            bound.update({d: v for d, v in zip(s.dims, shapes[s.name]) if isinstance(d, str)})
+    for s in specs:
+        if s.dims and isinstance(s.dims[0], str):
+            bound.setdefault(s.dims[0], batch or 1)
+    return bound
+
+
+def resolve_shape(spec: InputSpec, override: tuple[int, ...] | None, batch: int | None = None,
+                  bound: dict[str, int] | None = None) -> tuple[int, ...]:
+    """Concrete shape for synthetic data: --shape wins; a symbolic leading dim is the batch (`batch`, default 1);
+    a fixed one is kept; a named dim bound elsewhere (`bound`, see `dim_bindings`) takes that size; any other
+    symbolic dim is one line naming the input, the dim and the options."""
     if override is not None:
         if not _fits(spec, override):
             raise EdgeslimError(f"--shape {spec.name}={','.join(map(str, override))} does not fit the model's "
                                 f"declared shape {spec.show()} for input '{spec.name}'")
         return override
     if spec.dims is None:
-        raise EdgeslimError(f"model input '{spec.name}' has no declared shape; give {example} (or --calib data)")
-    dims = [d if isinstance(d, int) else (1 if i == 0 else None) for i, d in enumerate(spec.dims)]
-    if any(d is None for d in dims):
+        raise EdgeslimError(f"model input '{spec.name}' has no declared shape; pass --inputs FILE.npz (one array "
+                            f"per input) or {_example(spec)}")
+    known = bound or {}
+    dims = [d if isinstance(d, int) else known.get(d) if isinstance(d, str) and d in known
+            else ((batch or 1) if i == 0 else None) for i, d in enumerate(spec.dims)]
+    unknown = [i for i, d in enumerate(dims) if d is None]
+    if unknown:
+        i = unknown[0]
+        name = spec.dims[i] or "?"
         raise EdgeslimError(
-            f"model input '{spec.name}' has shape {spec.show()} that cannot be inferred; give {example} "
-            "with real sizes (or --calib data)"
+            f"model input '{spec.name}' has symbolic dimension '{name}' (axis {i} of {spec.show()}); pass "
+            f"--inputs FILE.npz (one array per input) or {_example(spec)} with real sizes"
         )
     return tuple(int(d) for d in dims if d is not None)
 
 
+# Names that say what an input holds; values for synthetic feeds follow them (module docstring).
+_STATE = re.compile(r"(^|[._/])(h|c|hx|cx|h0|c0|hn|cn|state|states|hidden|cell|cache|past\w*|memory)(\d*)$",
+                    re.IGNORECASE)
+_RATE = re.compile(r"(^|[._/])(sr|rate|sample_?rate|sampling_?rate|fs)$", re.IGNORECASE)
+DEFAULT_SAMPLE_RATE = 16000  # Hz: what speech models (VAD, ASR) most often take
+TOKEN_ID_RANGE = (1, 100)    # synthetic token ids: small enough for any vocabulary
+
+
+def synthetic_value(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One synthetic array for `spec` with values suited to its dtype and name, and a warning ("" if none):
+    float data N(0,1); float state (h, c, state, hidden...) zeros; bool and *mask* ones; integer scalars a
+    sample rate (sr, rate: 16000) or 1; token_type/segment ids zeros; other integers token ids in [1, 100)."""
+    n, dt, low = spec.name, spec.dtype, spec.name.lower()
+    if dt.kind == "f":
+        if _STATE.search(n):
+            return np.zeros(shape, dt), f"input '{n}' (state) starts from zeros"
+        return rng.standard_normal(shape).astype(dt), ""
+    if dt.kind == "b" or "mask" in low:
+        return np.ones(shape, dt), f"input '{n}' ({dt}) set to ones (a mask)"
+    if dt.kind in "iu" and len(shape) == 0:
+        if _RATE.search(n):
+            return np.array(DEFAULT_SAMPLE_RATE, dt), (f"scalar input '{n}' set to {DEFAULT_SAMPLE_RATE} (a sample "
+                                                       "rate guess); give the real value with --inputs")
+        return np.array(1, dt), f"scalar input '{n}' ({dt}) set to 1; give the real value with --inputs"
+    if dt.kind in "iu":
+        if "type" in low or "segment" in low:
+            return np.zeros(shape, dt), f"input '{n}' ({dt}) set to zeros (segment ids)"
+        lo, hi = TOKEN_ID_RANGE
+        return rng.integers(lo, hi, size=shape).astype(dt), (
+            f"input '{n}' ({dt}) filled with token ids in [{lo}, {hi}); give real values with --inputs")
+    return np.zeros(shape, dt), f"input '{n}' ({dt}) filled with zeros; give real values with --inputs"
+
+
 def synthetic_feeds(
-    specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], n: int, seed: int
+    specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], n: int, seed: int, batch: int | None = None,
 ) -> tuple[list[Feed], list[str]]:
-    """`n` random feeds (float: N(0,1); integer: 0; bool: False) and warnings about what was guessed."""
+    """`n` synthetic feeds (values per `synthetic_value`) and the warnings about what was guessed."""
     rng = np.random.default_rng(seed)
-    warns = []
+    warns: list[str] = []
     feeds: list[Feed] = [{} for _ in range(n)]
+    bound = dim_bindings(specs, shapes, batch)
     for s in specs:
-        shape = resolve_shape(s, shapes.get(s.name))
-        if s.dtype.kind != "f":
-            warns.append(f"input '{s.name}' ({s.dtype}) filled with zeros: give real values with --calib")
-        for f in feeds:
-            if s.dtype.kind == "f":
-                f[s.name] = rng.standard_normal(shape).astype(s.dtype)
-            else:
-                f[s.name] = np.zeros(shape, s.dtype)
+        shape = resolve_shape(s, shapes.get(s.name), batch, bound)
+        for i, f in enumerate(feeds):
+            f[s.name], w = synthetic_value(s, shape, rng)
+            if w and i == 0:
+                warns.append(w)
     return feeds, warns
 
 
@@ -124,7 +189,7 @@ def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
     """Feeds from an .npz with one array per input name (see module docstring for the sample layout)."""
     p = Path(path)
     if not p.is_file():
-        raise EdgeslimError(f"{p}: no such calibration file")
+        raise EdgeslimError(f"{p}: no such inputs file (an .npz with one array per model input)")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -173,22 +238,44 @@ def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
     return [{k: v[i] if len(v) > 1 else v[0] for k, v in per.items()} for i in range(n)]
 
 
-def sample_shape(p: Path) -> tuple[int, ...]:
-    """The per-sample shape (batch dimension dropped) of the first input of the ONNX file `p`, checked as
-    an untrusted file first (`edgeslim.untrusted`). Refused in one line: no input, a fixed batch above 1,
-    unknown dimensions."""
-    from edgeslim.untrusted import check_onnx_file
+@dataclass
+class Feeds:
+    """Feeds for a model and where they came from: `inputs` (an .npz), `shape` (synthetic, some dims
+    from --shape) or `declared` (synthetic, the model's own static dims); warnings say what was guessed."""
 
-    g = check_onnx_file(p).graph  # corrupt files and external data outside the folder: one line
-    inits = {t.name for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in inits]
-    if not inputs:
-        raise EdgeslimError(f"{p}: the model has no inputs to feed")
-    batch = inputs[0].type.tensor_type.shape.dim[:1]
-    if batch and batch[0].HasField("dim_value") and batch[0].dim_value > 1:
-        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has a fixed batch of {batch[0].dim_value}; measure "
-                            "runs one sample at a time: export the model with batch 1 or a dynamic batch")
-    shape = tuple(d.dim_value for d in inputs[0].type.tensor_type.shape.dim[1:])
-    if not all(shape):
-        raise EdgeslimError(f"{p}: input '{inputs[0].name}' has unknown dimensions {shape}")
-    return shape
+    feeds: list[Feed]
+    source: str
+    warnings: list[str]
+
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        """Shapes of the first feed: what the planner and the op counts use for symbolic dims."""
+        return {k: list(v.shape) for k, v in self.feeds[0].items()}
+
+
+def make_feeds(
+    specs: list[InputSpec], inputs: str | Path | None = None, shapes: Sequence[str] = (), n: int = 1,
+    seed: int = 0, batch: int | None = None,
+) -> Feeds:
+    """Up to `n` feeds from `--inputs FILE.npz` (all of its samples when `n` is 0), else `n` synthetic ones
+    from the declared shapes and `--shape NAME=D0,...` (with values suited to each dtype)."""
+    if inputs is not None:
+        feeds = load_npz(inputs, specs)
+        warns = ["--shape ignored: the --inputs arrays give the shapes"] if shapes else []
+        return Feeds(feeds[:n] if n else feeds, "inputs", warns)
+    given = parse_shapes(list(shapes), specs)
+    feeds, warns = synthetic_feeds(specs, given, max(1, n), seed, batch)
+    return Feeds(feeds, "shape" if given else "declared", warns)
+
+
+def at_batch(feed: Feed, specs: list[InputSpec], batch: int) -> Feed:
+    """`feed` with every input whose leading dim is symbolic tiled to `batch` along axis 0 (others as they are)."""
+    out: Feed = {}
+    for s in specs:
+        a = feed[s.name]
+        lead = s.dims[0] if s.dims else 1
+        if a.ndim and not isinstance(lead, int) and a.shape[0] != batch:
+            reps = -(-batch // a.shape[0])
+            a = np.concatenate([a] * reps)[:batch]
+        out[s.name] = a
+    return out

@@ -72,6 +72,19 @@ def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def run_all(sess, feeds: list[dict[str, np.ndarray]], where: str = "") -> list[list[np.ndarray]]:
+    """Outputs of `sess` for every feed; a failure is the user's model/data problem, said in one line."""
+    out = []
+    for i, f in enumerate(feeds):
+        try:
+            out.append(sess.run(None, f))
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgeslimError(f"{where + ': ' if where else ''}the model fails on input sample {i} ({msg[:300]}); "
+                                "check --inputs/--shape") from None
+    return out
+
+
 def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:
     """Top-1 accuracy (fraction 0-1) of an ONNX classifier, run in ONNX Runtime."""
     out = run_batched(session(path, threads=threads), x.astype(np.float32))

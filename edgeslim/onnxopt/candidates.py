@@ -23,12 +23,12 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.measure.fidelity import Fidelity, Tolerance, compare, run_all
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.quant import convert_fp16
 from edgeslim.onnxkit.session import session
 from edgeslim.onnxopt import fallback
-from edgeslim.onnxopt.fidelity import Fidelity, Tolerance, compare, run_all
 from edgeslim.onnxopt.weight_only import weight_only
 
 ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qdq+w8", "int8-qop", "int8-dyn", "fp16")

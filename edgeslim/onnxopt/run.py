@@ -22,20 +22,21 @@ from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.fidelity import Tolerance, compare, run_all
 from edgeslim.measure.latency import Latency, interleaved_latency
+from edgeslim.measure.source import file_bytes
 from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
-from edgeslim.onnxkit.inputs import input_specs, load_npz, parse_shapes, synthetic_feeds
-from edgeslim.onnxkit.load import Loaded, load_and_repair
+from edgeslim.onnxkit.inputs import input_specs, make_feeds
+from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
 from edgeslim.onnxkit.session import ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
-from edgeslim.onnxopt.fidelity import Tolerance, compare, run_all
 from edgeslim.untrusted import about
 
 SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
-SYNTHETIC_WARNING = ("no --calib given: calibration and checks use synthetic N(0,1) inputs from the declared "
+SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic inputs from the declared "
                      "shapes. ACCURACY IS NOT CHECKED, only closeness to the original on random data; "
-                     "pass --calib INPUTS.npz with real inputs")
+                     "pass --inputs INPUTS.npz with real inputs")
 
 
 @dataclass
@@ -60,66 +61,20 @@ class OptimizeConfig:
     force: bool = False
 
 
-def _file_size(path: Path) -> int:
-    """Bytes on disk, external data files included."""
-    model = onnx.load(str(path), load_external_data=False)
-    extra = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra
-                                     if (path.parent / x).is_file())
-
-
-def _arena(path: Path, shapes: dict[str, list[int]]) -> int | None:
-    """Activation arena estimate (bytes) from the deploy planner, or None when it cannot plan this graph.
-
-    Exports that compute Reshape targets from `Shape` ops defeat ONNX shape inference; with the inputs made
-    static, ORT's constant folding turns those into constants, so the planner gets a second try on that.
-    """
-    try:
-        return int(plan_arena(path, reorder=False, shapes=shapes).arena_bytes)
-    except Exception:
-        pass
-    try:
-        m = onnx.load(str(path))
-        for v in m.graph.input:
-            if v.name in shapes:
-                dims = v.type.tensor_type.shape.dim
-                del dims[:]
-                for d in shapes[v.name]:
-                    dims.add().dim_value = int(d)
-        return int(plan_arena(ort_optimize(m), reorder=False, shapes=shapes).arena_bytes)
-    except Exception:
-        return None
-
-
-def _energy(path: Path, device: str, shapes: dict[str, list[int]]) -> dict | None:
-    """Estimated energy per inference (mJ) on `device`, or None when the estimator cannot handle it."""
-    try:
-        from edgeslim.measure.energy import estimate_energy
-
-        e = estimate_energy(path, device, shapes=shapes)
-        m = onnx.load(str(path), load_external_data=False)
-        flow = any(n.op_type in ("If", "Loop", "Scan") for n in m.graph.node)
-        return {"mj": e.mj, "method": e.method + (" (If/Loop/Scan bodies not counted)" if flow else "")}
-    except EdgeslimError:
-        raise
-    except Exception:
-        return None
-
-
 def _check_device(device: str) -> None:
     load_device(device)  # raises EdgeslimError with the valid names
 
 
 def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
-    """Calibration feeds from --calib, or synthetic ones with the loud warning."""
+    """Calibration feeds from --inputs (the measurement core's inputs), or synthetic ones with the loud warning.
+    A calibration file that would not fit in memory is refused up front (`edgeslim.resources`)."""
     if cfg.calib is not None:
         resources.check_npz(Path(cfg.calib), "loading the calibration file",
                             f"save only the samples you need (--samples {cfg.samples} uses the first {cfg.samples})")
         resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
                                     Path(cfg.model).name, "lower --samples")
-        return load_npz(cfg.calib, specs)[: cfg.samples], []
-    feeds, w = synthetic_feeds(specs, parse_shapes(cfg.shapes, specs), cfg.samples, cfg.seed)
-    return feeds, [SYNTHETIC_WARNING, *w]
+    fd = make_feeds(specs, cfg.calib, cfg.shapes, n=cfg.samples, seed=cfg.seed)
+    return fd.feeds, (fd.warnings if fd.source == "inputs" else [SYNTHETIC_WARNING, *fd.warnings])
 
 
 def _optimised(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
@@ -193,15 +148,26 @@ def _choose(built: list[cands.Candidate], lat: dict[str, Latency], orig_size: in
     return closest, f"{closest.name}: FORCED although it breaks the tolerance ({closest.status})"
 
 
+def _deploy(path: Path, device: str, shapes: dict[str, list[int]]) -> tuple[int | None, dict | None]:
+    """(arena bytes, {mj, method}) of the measurement core for `path` at `shapes` on `device`."""
+    from edgeslim.measure.figures import arena_fields, energy_fields
+
+    proto = read_onnx(path)
+    e = energy_fields(proto, load_device(device), None, shapes)
+    energy = None if e.get("energy_mj") is None else {"mj": e["energy_mj"], "method": e["energy_method"]}
+    return arena_fields(proto, path, shapes).get("arena_bytes"), energy
+
+
 def _side(src: Path, out_path: Path, size: tuple[int, int], ops: dict[str, int] | None, name: str,
           lat: dict[str, Latency], shapes: dict[str, list[int]], device: str) -> dict[str, dict]:
     before = op_counts(onnx.load(str(src), load_external_data=False))
+    a0, e0 = _deploy(src, device, shapes)
+    a1, e1 = _deploy(out_path, device, shapes)
     return {
         "original": {"size_bytes": size[0], "ops": before, "latency": lat["original"].as_dict(),
-                     "arena_bytes": _arena(src, shapes), "energy": _energy(src, device, shapes)},
+                     "arena_bytes": a0, "energy": e0},
         "optimised": {"size_bytes": size[1], "ops": ops or before, "latency": lat[name].as_dict(),
-                      "arena_bytes": _arena(out_path, shapes), "energy": _energy(out_path, device, shapes),
-                      "candidate": name},
+                      "arena_bytes": a1, "energy": e1, "candidate": name},
     }
 
 
@@ -222,7 +188,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
         orig_sess = session(src, threads=cfg.threads)
         out_names = [o.name for o in orig_sess.get_outputs()]
         ref = run_all(orig_sess, feeds)
-    orig_size = _file_size(src)
+    orig_size = file_bytes(src)
     with cands.workdir() as td:
         wd = Path(td)
         loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, out_names, cfg, wd)

@@ -9,7 +9,9 @@ produced an ONNX-only model (e.g. quantized QDQ), only passes that consume ONNX 
 follow a pass registered `must_be_last`. The recipe parser checks both, naming the lines.
 
 A pass changes nothing but its model and its stage folder: state for later passes goes out through
-`PassResult.carry` (the pipeline merges it into `ctx.carry`; `finetune_hooks` turns it into hooks).
+`PassResult.carry` (the pipeline merges it into `ctx.carry`; `finetune_hooks` turns it into hooks). A pass
+times nothing: the pipeline measures every stage, and times all stages together at the end of the run; a
+pass that needs a measurement to decide (the INT8 format picker) asks `ctx.measure`, the measurement core.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError, choices
+from edgeslim.measure.core import Measurer
 from edgeslim.train import Hooks, TrainConfig, train_model
 
 
@@ -41,6 +44,7 @@ class PassResult:
     artifact: Path | None = None  # the stored artifact when it is not the ONNX file (e.g. an .eshare file)
     notes: dict[str, Any] = field(default_factory=dict)  # merged into the stage's metrics
     carry: dict[str, Any] = field(default_factory=dict)  # state later passes see (ctx.carry)
+    store_sparse: bool = False  # the pipeline also stores the stage's ONNX sparse-encoded (model.sparse.npz)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class RunContext:
     quiet: bool = False
     teacher_loader: Callable[[], nn.Module] | None = None  # the baseline model, loaded on demand
     stage_name: str = ""  # the stage folder's final name in the run ("03_tflite"), "" outside a run
+    measure: Measurer = field(default_factory=Measurer)  # the measurement core, for passes that must measure
 
     def teacher(self) -> nn.Module:
         if self.teacher_loader is None:

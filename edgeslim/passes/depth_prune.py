@@ -10,7 +10,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.models.spec import add_edit, set_module
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.structured import removable_blocks
@@ -26,7 +26,7 @@ class DepthPrune(PassConfig):
 def depth_prune(model: nn.Module | None, task: Task, cfg: DepthPrune, ctx: RunContext) -> PassResult:
     """Remove whole blocks (greedy, least validation-accuracy loss first), then fine-tune."""
     assert model is not None
-    before = copy.deepcopy(model).eval()
+    before = size_counts(model, task.input_shape, "before")
     spec, removed, trail = ctx.spec, [], []
     for _ in range(cfg.blocks):
         cands = removable_blocks(model, task.input_shape)
@@ -49,5 +49,5 @@ def depth_prune(model: nn.Module | None, task: Task, cfg: DepthPrune, ctx: RunCo
         )
     hist = ctx.finetune_model(model, task, cfg.finetune, desc="depth_prune")
     notes = {"removed": removed, "trail": trail, "val_accuracy": hist["val_accuracy"]}
-    notes.update(before_after(before, model.eval(), task))
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
     return PassResult(model, spec=spec, notes=notes)

@@ -6,13 +6,16 @@ The backbone is frozen (the stage's model and its metrics are unchanged); the he
 pooled features. Everything in the table is *measured*: each segment and head is its own ONNX model, the
 test set is run one input at a time in ONNX Runtime exactly as a device would run it, and per threshold
 we report accuracy, the mean MACs actually executed per input and the mean wall-clock latency per input
-(ms), interleaved input by input with the full static model so machine load hits both alike.
+(ms). The timing is the measurement core's (`ctx.measure`, the one interleaved timer): input by input,
+every threshold and the full static model in turn, so machine load hits all alike.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +28,7 @@ from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json, write_text
+from edgeslim.measure.core import Measurer
 from edgeslim.onnxkit.session import session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.exits import build_exits
@@ -44,11 +48,30 @@ def _softmax_max(z: np.ndarray) -> float:
     return float(e.max() / e.sum())
 
 
-def measure_exits(model: nn.Module, ex: dict, task: Task, thresholds: list[float], folder: Path) -> dict:
+class _Cascade:
+    """One configuration as a runner for the measurement core's timer: each call runs the next test input
+    (the full model when `threshold` is None, else the exit cascade) and records its class and exit."""
+
+    def __init__(self, run: Callable[[np.ndarray], tuple[int, int]], xs: np.ndarray):
+        self.run, self.xs, self.preds, self.exits = run, xs, [], []  # type: ignore[var-annotated]
+
+    def __call__(self) -> None:
+        pred, k = self.run(self.xs[len(self.preds) % len(self.xs)][None])
+        self.preds.append(pred)
+        self.exits.append(k)
+
+
+def measure_exits(model: nn.Module, ex: dict, task: Task, thresholds: list[float], folder: Path,
+                  measure: Measurer | None = None, full_onnx: Path | None = None) -> dict:
     """Run the test set one input at a time through the full ONNX model and, per threshold, through the
-    exit cascade; interleaved per input. Accuracy (0-1), MACs per input, latency per input in ms."""
+    exit cascade, timed by the measurement core (`measure`, the run's `ctx.measure`): one round per test
+    input, every configuration in turn. Accuracy (0-1), MACs per input, latency per input in ms. `full_onnx`:
+    the backbone already exported (the previous stage's ONNX in a run), else it is exported here."""
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, task.input_shape, folder / "full.onnx", check=task.x_test[:32])
+    if full_onnx is not None:
+        shutil.copyfile(full_onnx, folder / "full.onnx")
+    else:
+        export_onnx(model, task.input_shape, folder / "full.onnx", check=task.x_test[:32])
     segs, heads = [], []
     for k, seg in enumerate(ex["segments"]):
         export_onnx(seg, ex["shapes"][k], folder / f"segment{k}.onnx")
@@ -68,35 +91,30 @@ def measure_exits(model: nn.Module, ex: dict, task: Task, thresholds: list[float
                 return int(z.argmax()), k
         return int(segs[-1].run(None, {"input": x})[0][0].argmax()), n_exit
 
+    def run_full(x: np.ndarray) -> tuple[int, int]:
+        return int(full.run(None, {"input": x})[0][0].argmax()), n_exit
+
     cost = np.cumsum([ex["seg_macs"][k] + (ex["head_macs"][k] if k < n_exit else 0) for k in range(n_exit + 1)])
     full_macs = int(sum(ex["seg_macs"]))
     xs = task.x_test.astype(np.float32)
-    for i in range(min(20, len(xs))):  # warm-up
-        full.run(None, {"input": xs[i : i + 1]})
-        cascade(xs[i : i + 1], 0.0)
+    warm = xs[: min(20, len(xs))]
+    for i in range(len(warm)):  # warm-up, untimed: every session's first runs
+        run_full(warm[i : i + 1])
+        cascade(warm[i : i + 1], 0.0)
     configs: list[float | None] = [None, *thresholds]  # None: the full static model
-    rec: list[dict[str, list]] = [{"t": [], "k": [], "ok": []} for _ in configs]
-    for i in range(len(xs)):
-        x = xs[i : i + 1]
-        for thr, r in zip(configs, rec):
-            t0 = time.perf_counter()
-            if thr is None:
-                pred, k = int(full.run(None, {"input": x})[0][0].argmax()), n_exit
-            else:
-                pred, k = cascade(x, thr)
-            r["t"].append(time.perf_counter() - t0)
-            r["k"].append(k)
-            r["ok"].append(pred == int(task.y_test[i]))
+    runners = {str(thr): _Cascade(run_full if thr is None else partial(cascade, thr=thr), xs)
+               for thr in configs}
+    lat = (measure or Measurer()).time(runners, rounds=len(xs), warmup=0, batch=1)
     rows = []
-    for thr, r in zip(configs, rec):
-        t = "full" if thr is None else thr
-        ks = np.asarray(r["k"])
+    for thr in configs:
+        r = runners[str(thr)]
+        ks = np.asarray(r.exits)
+        ok = np.asarray(r.preds) == np.asarray(task.y_test)
         macs = full_macs if thr is None else float(cost[ks].mean())
         rows.append({
-            "threshold": t, "accuracy": float(np.mean(r["ok"])), "macs_per_input": round(float(macs)),
-            "macs_fraction": round(float(macs) / full_macs, 4),
-            "latency_ms_mean": round(1e3 * float(np.mean(r["t"])), 4),
-            "latency_ms_p50": round(1e3 * float(np.median(r["t"])), 4),
+            "threshold": "full" if thr is None else thr, "accuracy": float(ok.mean()),
+            "macs_per_input": round(float(macs)), "macs_fraction": round(float(macs) / full_macs, 4),
+            "latency_ms_mean": round(lat[str(thr)].mean_ms, 4), "latency_ms_p50": round(lat[str(thr)].p50_ms, 4),
             "exit_fractions": [round(float((ks == k).mean()), 4) for k in range(n_exit + 1)],
         })
     return {"exits": ex["exits"], "full_macs": full_macs, "test_inputs": len(xs), "rows": rows}
@@ -115,13 +133,15 @@ def table_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path, seed: int = 0) -> dict:
-    """Build, train and measure exits; write early_exit.json / .md and the ONNX pieces into `folder`."""
+def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path, seed: int = 0,
+                     measure: Measurer | None = None, full_onnx: Path | None = None) -> dict:
+    """Build, train and measure exits (timed by `measure`, the measurement core); write early_exit.json / .md
+    and the ONNX pieces into `folder`."""
     if any(not 0 <= t <= 1 for t in cfg.thresholds):
         raise EdgeslimError(f"early_exit: thresholds are softmax confidences in [0, 1], got {cfg.thresholds}")
     ex = build_exits(model, task, cfg.exits, cfg.head_epochs, cfg.lr, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp))
+        res = measure_exits(model, ex, task, sorted(cfg.thresholds), Path(tmp), measure, full_onnx)
         for p in Path(tmp).glob("*.onnx"):
             (folder / "exits").mkdir(parents=True, exist_ok=True)
             p.replace(folder / "exits" / p.name)
@@ -134,7 +154,7 @@ def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path,
 def early_exit(model: nn.Module | None, task: Task, cfg: EarlyExit, ctx: RunContext) -> PassResult:
     """Early-exit heads with confidence thresholds; writes the measured accuracy/MACs/latency table."""
     assert model is not None
-    res = early_exit_table(model, task, cfg, ctx.stage_dir, ctx.seed)
+    res = early_exit_table(model, task, cfg, ctx.stage_dir, ctx.seed, ctx.measure, ctx.prev_onnx)
     full = res["rows"][0]
     best = min((r for r in res["rows"][1:] if r["accuracy"] >= full["accuracy"] - 0.01),
                key=lambda r: r["macs_fraction"], default=None)

@@ -6,15 +6,13 @@ fine-tuning. Every stage reports both sizes: `size_bytes` (the dense ONNX as sto
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
-from edgeslim.formats.sparse import write_sparse_model
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import Schedule, apply_masks, magnitude_masks, schedule_ratios, weight_sparsity
 from edgeslim.train import TrainConfig
@@ -35,7 +33,7 @@ def magnitude_prune(model: nn.Module | None, task: Task, cfg: MagnitudePrune, ct
     """Zero the smallest-magnitude weights to a target sparsity (one-shot or scheduled rounds), fine-tuning
     with masks fixed after each round."""
     assert model is not None
-    before = copy.deepcopy(model).eval()
+    before = size_counts(model, task.input_shape, "before")
     carry = {"keep_sparsity": True}  # masks fixed in this pass's fine-tuning and in every later one
     rounds = []
     for i, s in enumerate(schedule_ratios(cfg.sparsity, cfg.rounds, cfg.schedule)):
@@ -45,6 +43,5 @@ def magnitude_prune(model: nn.Module | None, task: Task, cfg: MagnitudePrune, ct
                        "val_accuracy": hist["val_accuracy"]})
     notes = {"val_accuracy": rounds[-1]["val_accuracy"], "weight_sparsity": rounds[-1]["sparsity"],
              "rounds": rounds}
-    notes.update(write_sparse_model(model, task.input_shape, ctx.stage_dir))
-    notes.update(before_after(before, model.eval(), task))  # dense kernels: expect a speedup near 1x
-    return PassResult(model, notes=notes, carry=carry)
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
+    return PassResult(model, notes=notes, carry=carry, store_sparse=True)

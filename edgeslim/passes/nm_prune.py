@@ -9,14 +9,11 @@ later passes inherit it), so the pattern survives training.
 
 from __future__ import annotations
 
-import copy
-
 from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim.data import Task
-from edgeslim.formats.sparse import write_sparse_model
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, prunable, weight_sparsity
 from edgeslim.prune.nm import is_nm, nm_masks
@@ -40,7 +37,7 @@ class NMPrune(PassConfig):
 def nm_prune(model: nn.Module | None, task: Task, cfg: NMPrune, ctx: RunContext) -> PassResult:
     """N:M (2:4) semi-structured sparsity along each layer's reduction axis, fine-tuned with masks fixed."""
     assert model is not None
-    before = copy.deepcopy(model).eval()
+    before = size_counts(model, task.input_shape, "before")
     masks, skipped = nm_masks(model, cfg.n, cfg.m, cfg.skip_first)
     apply_masks(model, masks)
     carry = {"keep_nm": {"n": cfg.n, "m": cfg.m, "layers": sorted(masks)}}  # masks kept from now on
@@ -53,6 +50,5 @@ def nm_prune(model: nn.Module | None, task: Task, cfg: NMPrune, ctx: RunContext)
         "speed_note": "ONNX Runtime CPU has no N:M kernels: expect no latency gain here; sparse tensor "
                       "cores (Ampere+) run 2:4",
     }
-    notes.update(write_sparse_model(model, task.input_shape, ctx.stage_dir))
-    notes.update(before_after(before, model.eval(), task))
-    return PassResult(model, notes=notes, carry=carry)
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
+    return PassResult(model, notes=notes, carry=carry, store_sparse=True)

@@ -4,7 +4,6 @@ curves and the allocation come from `edgeslim.prune.sensitivity`."""
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated
 
 from pydantic import Field
@@ -12,8 +11,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
-from edgeslim.formats.sparse import write_sparse_model
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
@@ -44,13 +42,12 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         carry = {"keep_sparsity": True}
         hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune", carry=carry)
         notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
-        notes.update(write_sparse_model(model, task.input_shape, ctx.stage_dir))
-        return PassResult(model, notes=notes, carry=carry)
-    before = copy.deepcopy(model).eval()
+        return PassResult(model, notes=notes, carry=carry, store_sparse=True)
+    before = size_counts(model, task.input_shape, "before")
     pruner, _ = make_pruner(model, task.input_shape, ratio=0.5, importance="l2",
                             layer_ratios={k: min(v, 0.95) for k, v in alloc.items()})
     pruner.step()
     hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune")
     notes.update(val_accuracy=hist["val_accuracy"])
-    notes.update(before_after(before, model.eval(), task))
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
     return PassResult(model, notes=notes)

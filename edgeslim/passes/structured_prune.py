@@ -4,14 +4,13 @@ latency drop for real (`edgeslim.prune.structured` holds the pruner set-up)."""
 
 from __future__ import annotations
 
-import copy
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim.data import Task
-from edgeslim.measure.compare import before_after
+from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import Schedule
 from edgeslim.prune.structured import Importance, accumulate_gradients, channel_counts, make_pruner
@@ -28,14 +27,21 @@ class StructuredPrune(PassConfig):
     round_to: int | None = Field(None, ge=1, description="keep channel counts a multiple of this")
     layer_ratios: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = None  # module path -> ratio (e.g. from sensitivity analysis)
     finetune: TrainConfig | None = None  # per round; default: the recipe's finetune block
-    measure_batches: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], description="batch sizes timed before/after")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "measure_batches" in data:
+            raise ValueError("'measure_batches' moved to the recipe's top level: `measure: {batches: [1, 64]}` times "
+                             "every stage at those batch sizes, interleaved, at the end of the run")
+        return data
 
 
 @register("structured_prune", StructuredPrune)
 def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, ctx: RunContext) -> PassResult:
     """Remove channels/neurons with Torch-Pruning (L1/L2/Taylor/BN-scale/random), fine-tune each round."""
     assert model is not None
-    before = copy.deepcopy(model).eval()
+    before = size_counts(model, task.input_shape, "before")
     ch_before = channel_counts(model)
     pruner, steps = make_pruner(
         model, task.input_shape, ratio=cfg.ratio, importance=cfg.importance, scope=cfg.scope, schedule=cfg.schedule,
@@ -57,5 +63,5 @@ def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, 
         "channels": {n: [ch_before[n], ch_after.get(n)] for n in ch_before},
         "channels_removed_fraction": round(1 - sum(ch_after.values()) / sum(ch_before.values()), 4),
     }
-    notes.update(before_after(before, model.eval(), task, tuple(cfg.measure_batches)))
+    notes.update({**before, **size_counts(model, task.input_shape, "after")})
     return PassResult(model, notes=notes)

@@ -13,7 +13,7 @@ import optuna
 from edgeslim import interrupt
 from edgeslim.fsutil import write_json, write_text
 from edgeslim.search.constraints import measured_violations
-from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_value, onnx_layers
+from edgeslim.search.objectives import OBJECTIVES, mac_layers, measure_candidate, objective_value
 from edgeslim.search.pareto import front_indices, hypervolume, reference_point
 from edgeslim.search.study import (
     Context,
@@ -55,7 +55,7 @@ def layer_details(run_dir: Path, base_model: Path, onnx_path: Path, stages: list
         rows.append({"layer": name, "out_channels": int(w.shape[0]),
                      "baseline_out_channels": int(r.weight.shape[0]) if r is not None else None,
                      "sparsity": float((w == 0).float().mean()), "params": int(w.numel())})
-    bits = [8 if x.precision == "int8" else 32 for x in onnx_layers(onnx_path)]
+    bits = [8 if x.precision == "int8" else 32 for x in mac_layers(onnx_path)]
     for row, b in zip(rows, bits):
         row["weight_bits"] = b
     mixed = next((s["notes"].get("bits") for s in stages if s["name"] == "mixed_precision"), None)

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeslim.errors import EdgeslimError
-from edgeslim.onnxkit.inputs import Feed
+from edgeslim.onnxkit.session import run_all  # noqa: F401  (re-exported: outputs of a session per feed)
 
 
 @dataclass(frozen=True)
@@ -49,18 +48,6 @@ class Fidelity:
     def as_dict(self) -> dict:
         return {"max_abs_err": self.max_abs, "mean_abs_err": self.mean_abs, "cosine": self.cosine,
                 "top1_agreement": self.top1, "per_output": self.per_output}
-
-
-def run_all(sess, feeds: list[Feed]) -> list[list[np.ndarray]]:
-    """Outputs of `sess` for every feed; a failure is the user's model/data problem, said in one line."""
-    out = []
-    for i, f in enumerate(feeds):
-        try:
-            out.append(sess.run(None, f))
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgeslimError(f"the model fails on input sample {i} ({msg[:300]}); check --calib/--shape") from None
-    return out
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

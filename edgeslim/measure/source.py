@@ -1,0 +1,127 @@
+"""What the measurement core measures: an ONNX file, an edgeslim model folder (exported to ONNX once, in a
+temporary folder) or a `.tflite` file (LiteRT extra); its size on disk; its task accuracy.
+
+Accuracy needs a classifier: one input that takes the task's samples and a first output of class scores
+[N, classes]. A model with a fixed batch (e.g. [1, 8, 32, 32]) is fed one sample at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.inputs import InputSpec
+
+
+@dataclass
+class Source:
+    """A model opened for measuring. `onnx` is None only for a `.tflite`."""
+
+    path: Path                       # what the user named
+    kind: str                        # "onnx" | "folder" | "tflite"
+    onnx: Path | None                # the ONNX file measured in ONNX Runtime
+    size_path: Path                  # the stored artifact whose bytes are `size_bytes`
+    net: Any = None                  # the PyTorch model of a model folder
+    spec: dict | None = None
+
+
+@contextmanager
+def open_model(model: str | Path, trust_pickle: bool = False) -> Iterator[Source]:
+    """Open `model` (ONNX file, model folder with spec.json, or .tflite); a folder is exported to a temporary
+    ONNX file that is removed afterwards. Anything else is one `EdgeslimError` line."""
+    p = Path(model)
+    if p.is_file() and p.suffix == ".tflite":
+        yield Source(p, "tflite", None, p)
+        return
+    if p.is_file() and p.suffix == ".onnx":
+        from edgeslim.untrusted import check_onnx_file
+
+        check_onnx_file(p)  # corrupt files and external data outside the folder: one line
+        yield Source(p, "onnx", p, p)
+        return
+    if p.is_dir() and (p / "spec.json").is_file():
+        from edgeslim import models
+        from edgeslim.deploy.export import export_onnx
+
+        net, spec = models.load_model(p, trust_pickle=trust_pickle)
+        tmp = Path(tempfile.mkdtemp(prefix="edgeslim-measure-"))
+        try:
+            out = tmp / "model.onnx"
+            export_onnx(net, tuple(spec["input_shape"]), out)
+            yield Source(p, "folder", out, p / models.io.WEIGHTS, net.eval(), spec)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if not p.exists():
+        raise EdgeslimError(f"{p}: no such file or folder")
+    raise EdgeslimError(f"{p}: not an ONNX file, .tflite file or edgeslim model folder (with spec.json)")
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes on disk; for an ONNX file its external data files too."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        return path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    extra = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return path.stat().st_size + sum((path.parent / x).stat().st_size for x in extra if (path.parent / x).is_file())
+
+
+def has_control_flow(model: onnx.ModelProto) -> bool:
+    """True when the main graph holds If/Loop/Scan (their bodies escape static shapes and counts)."""
+    return any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node)
+
+
+def check_task_input(specs: list[InputSpec], task: Any, where: str) -> InputSpec:
+    """The one input a task's samples go to; one line when the model cannot take them."""
+    if len(specs) != 1:
+        raise EdgeslimError(f"{where}: --task needs a model with one input; it has {len(specs)} "
+                            f"({', '.join(s.name for s in specs)}): measure it with --inputs instead")
+    s = specs[0]
+    want = tuple(task.input_shape)
+    if s.dims is not None:
+        got = tuple(s.dims[1:])
+        if len(got) != len(want) or any(isinstance(d, int) and d != w for d, w in zip(got, want)):
+            raise EdgeslimError(f"{where}: input '{s.name}' takes samples of shape {s.show()} but task "
+                                f"'{task.name}' has samples of shape {list(want)}")
+    return s
+
+
+def fixed_batch(spec: InputSpec) -> int | None:
+    """The input's batch when its leading dim is fixed (e.g. 1), else None."""
+    lead = spec.dims[0] if spec.dims else None
+    return lead if isinstance(lead, int) else None
+
+
+def onnx_accuracy(sess: Any, spec: InputSpec, task: Any, where: str, batch: int = 256
+                  ) -> tuple[float, int, np.ndarray]:
+    """(top-1 accuracy 0-1, samples, the class scores [N, classes]) of an ONNX Runtime session on the task's
+    test split; a fixed-batch model is fed `fixed_batch` samples at a time."""
+    x, y = task.x_test.astype(spec.dtype), np.asarray(task.y_test)
+    step = fixed_batch(spec) or batch
+    preds = []
+    out = sess.get_outputs()[0].name
+    for i in range(0, len(x), step):
+        xb = x[i : i + step]
+        pad = step - len(xb) if fixed_batch(spec) else 0
+        if pad:  # the last chunk of a fixed-batch model is padded and the padding dropped
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+        z = np.asarray(sess.run([out], {spec.name: xb})[0])
+        if z.ndim != 2 or z.shape[0] != len(xb):
+            raise EdgeslimError(f"{where}: output '{out}' has shape {list(z.shape)}, not class scores [N, classes]: "
+                                "accuracy needs a classifier (drop --task to measure it without accuracy)")
+        if z.shape[1] != task.num_classes:
+            raise EdgeslimError(f"{where}: output '{out}' scores {z.shape[1]} classes but task '{task.name}' has "
+                                f"{task.num_classes}")
+        preds.append(z[: len(xb) - pad])
+    scores = np.concatenate(preds)
+    return float((scores.argmax(1) == y).mean()), int(len(y)), scores

@@ -1,0 +1,36 @@
+"""One timing loop, one energy estimator, one fit verdict, one SQNR, one optimisation-level table: a source
+scan keeps them from being copied again."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "edgeslim"
+SOURCES = {p.relative_to(PKG).as_posix(): p.read_text() for p in PKG.rglob("*.py")}
+
+
+def _where(pattern: str) -> set[str]:
+    rx = re.compile(pattern)
+    return {name for name, text in SOURCES.items() if rx.search(text)}
+
+
+def test_one_timing_loop() -> None:
+    # per-call timing (t0 = perf_counter() ... perf_counter() - t0 appended to a list) lives in the one timer
+    assert _where(r"\.append\(time\.perf_counter\(\) - t0\)") == {"measure/latency.py"}
+    # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window), not a timing loop
+    assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "pipeline.py",
+                                           "search/study.py"}
+
+
+def test_one_energy_estimator_one_fit_verdict() -> None:
+    assert _where(r"pj_per_mac\(") == {"measure/energy.py", "devices/__init__.py"}
+    assert _where(r"runtime_flash_bytes\s*\n?\s*[+]|[+]\s*device\.runtime_flash_bytes|[+] dev\.runtime_flash_bytes") == {
+        "measure/device_fit.py"}
+    assert _where(r"def fit_verdict\(") == {"measure/device_fit.py"}
+
+
+def test_one_sqnr_one_level_table_one_fidelity() -> None:
+    assert _where(r"def sqnr") == {"onnxkit/quant.py"}
+    assert _where(r"ORT_ENABLE_EXTENDED") == {"onnxkit/session.py"}
+    assert _where(r"class Fidelity\b") == {"measure/fidelity.py"}  # outputs vs a reference model
