@@ -15,7 +15,8 @@ exist; until then the row says "pending").
 edgeslim runs its recipe (`edgeslim run`, per-stage measurement included in its wall time); every peer is
 called with its defaults as its documentation shows (benchmarks/peers_tools.py) and fine-tuned with the same
 budget (epochs, lr) as edgeslim's recipe. Every file is then measured the same way by edgeslim's measurement
-functions (benchmarks/peers_measure.py): ONNX Runtime, one thread, latency interleaved in one loop.
+core (`measure_model`, benchmarks/peers_measure.py): ONNX Runtime, one thread, latency of a job's files
+interleaved in one loop by the core's one timer.
 """
 
 from __future__ import annotations
@@ -232,12 +233,11 @@ def job_thirdparty(ctx: Ctx, src: Path) -> Job:
     calib_npz, check_npz = work / "calib.npz", work / "check.npz"
     np.savez(calib_npz, **make(np.random.default_rng(0), n))
     np.savez(check_npz, **make(np.random.default_rng(1000), 8))
-    specs = input_specs(read_onnx(src))
-    feeds, job.feeds = load_npz(calib_npz, specs), load_npz(check_npz, specs)
+    feeds, job.inputs = load_npz(calib_npz, input_specs(read_onnx(src))), check_npz
     job.add(Row("original", "reference", onnx=src))
-    es = job.add(Row("edgeslim optimize --calib (defaults)", "edgeslim", onnx=work / "edgeslim.onnx"))
+    es = job.add(Row("edgeslim optimize --inputs (defaults)", "edgeslim", onnx=work / "edgeslim.onnx"))
     info: dict = {}
-    timed(es, lambda: info.update(api.optimize(src, es.onnx, calib=calib_npz, samples=n,
+    timed(es, lambda: info.update(api.optimize(src, es.onnx, inputs=calib_npz, samples=n,
                                                bench_seconds=1.0 if ctx.quick else 8.0)))
     es.note = f"chose {info.get('chosen', '?')}" if info else ""
     for tool, fn in (
@@ -326,10 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(args)
     t0 = time.perf_counter()
     jobs = build_jobs(ctx, names)
-    lines = [f"peers: {json.dumps(pt.versions())}; ONNX Runtime 1 thread, latency interleaved per job "
-             f"({seconds:g} s), energy estimated (analytic, host profile)", ""]
     for job in jobs:
         measure_job(job, seconds)
+    methods = sorted({r.energy_method for j in jobs for r in j.rows if r.energy_method})
+    lines = [f"peers: {json.dumps(pt.versions())}; measured by edgeslim.measure.core.measure_model; ONNX Runtime "
+             f"1 thread, latency interleaved per job ({seconds:g} s); energy: {', '.join(methods) or '-'}", ""]
+    for job in jobs:
         lines += table(job)
     print("\n".join(lines))
     report = {"versions": pt.versions(), "quick": args.quick, "seconds": round(time.perf_counter() - t0, 1),

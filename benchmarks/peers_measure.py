@@ -1,9 +1,10 @@
-"""Measuring the files every tool wrote, with edgeslim's own measurement functions, and the comparison
-table (used by benchmarks/peers.py). The peers' files are models edgeslim did not make: they are measured
-exactly like edgeslim's: accuracy (or output cosine) in ONNX Runtime, size on disk, latency p50 timed
-interleaved in one loop with the same threads (`edgeslim.measure.latency.interleaved_latency`), the
-activation arena (`edgeslim.measure.arena.plan_arena`) and estimated energy per inference
-(`edgeslim.measure.energy.estimate_energy`, labelled with its method).
+"""Measuring the files every tool wrote, through edgeslim's measurement core, and the comparison table
+(used by benchmarks/peers.py). The peers' files are models edgeslim did not make: each file, edgeslim's and
+the peers', goes through `edgeslim.measure.core.measure_model` exactly as `edgeslim measure` would take it
+(accuracy on the task's test split, or fidelity against the original on the job's `--inputs` file; size on
+disk; the activation arena; energy per inference with its method label), and then all files of a job are
+timed together, interleaved in one loop with the same threads, by the core's one timer (`Measurer.time`
+over each measurement's runner). No figure here is computed by code of its own.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.energy import estimate_energy
-from edgeslim.measure.latency import interleaved_latency
-from edgeslim.onnxkit.inputs import Feed, input_specs
-from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import session
-from edgeslim.onnxopt.fidelity import compare
+from edgeslim.measure.core import Measurement, Measurer, measure_model
 
 LATENCY_TIE = 1.05  # interleaved p50 within 5% counts as equal speed (the timer's noise on a shared host)
 
@@ -50,7 +43,7 @@ class Job:
     title: str
     metric: str                     # "accuracy" | "cosine"
     task: Any = None                # edgeslim Task for accuracy jobs
-    feeds: list[Feed] = field(default_factory=list)  # check feeds (cosine jobs); [0] is timed
+    inputs: Path | None = None      # cosine jobs: the check inputs (.npz, one array per input; first one timed)
     rows: list[Row] = field(default_factory=list)
     device: str = "host"
 
@@ -59,88 +52,41 @@ class Job:
         return row
 
 
-def file_bytes(p: Path) -> int:
-    """Bytes on disk, external-data files beside an ONNX included."""
-    n = p.stat().st_size
-    if p.suffix == ".onnx":
-        try:
-            import onnx
-
-            m = onnx.load(str(p), load_external_data=False)
-            locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
-            n += sum((p.parent / loc).stat().st_size for loc in locs)
-        except Exception:  # noqa: BLE001 - a file ONNX cannot parse is measured as it is
-            pass
-    return n
-
-
-def _accuracy(sess: Any, task: Any) -> float:
-    """Top-1 on the task's test split; a model exported at a fixed batch runs at that batch (a remainder
-    that does not fill one is left out)."""
-    inp = sess.get_inputs()[0]
-    lead = inp.shape[0] if inp.shape else None
-    fixed = isinstance(lead, int) and lead > 0
-    b = lead if fixed else 256
-    x = task.x_test.astype(np.float32)
-    end = len(x) - len(x) % b if fixed else len(x)
-    outs = [sess.run(None, {inp.name: x[i : min(i + b, end)]})[0] for i in range(0, end, b)]
-    return float((np.concatenate(outs).argmax(1) == task.y_test[:end]).mean())
-
-
-def _feed_for(sess: Any, job: Job) -> Feed:
+def _one(r: Row, job: Job, reference: Path | None, threads: int) -> Measurement:
+    """One file through the measurement core, as `edgeslim measure FILE [--task T | --inputs X --reference R]`
+    takes it; latency is timed afterwards with the job's other files."""
     if job.metric == "accuracy":
-        inp = sess.get_inputs()[0]
-        return {inp.name: job.task.x_test[:1].astype(np.float32)}
-    return job.feeds[0]
-
-
-def _shapes(feed: Feed) -> dict[str, list[int]]:
-    return {k: list(np.shape(v)) for k, v in feed.items()}
+        m = measure_model(r.onnx, task=job.task, device=job.device, threads=threads, latency=False,
+                          size_path=r.stored)
+        r.quality = m.accuracy
+    else:
+        m = measure_model(r.onnx, job.inputs, reference=reference, device=job.device, threads=threads,
+                          latency=False, size_path=r.stored)
+        r.quality = m.fidelity.cosine if m.fidelity is not None else None
+    r.size_bytes, r.onnx_bytes = m.size_bytes, m.onnx_size_bytes
+    r.arena_bytes = m.arena.get("arena_bytes")
+    r.energy_mj, r.energy_method = m.energy.get("energy_mj"), str(m.energy.get("energy_method", ""))
+    notes = [m.arena["arena_note"]] if m.arena.get("arena_note") else []
+    notes += [m.energy["energy_note"]] if m.energy.get("energy_note") else []
+    if notes:
+        r.note = "; ".join([r.note, *notes] if r.note else notes)
+    return m
 
 
 def measure_job(job: Job, seconds: float, threads: int = 1) -> None:
-    """Fill every runnable row's figures; latency of all of them interleaved in one loop."""
-    ref_out = None
-    if not any(r.reason is None and r.onnx is not None for r in job.rows):
-        return
-    if job.metric == "cosine":
-        ref = next(r for r in job.rows if r.kind == "reference")
-        rs = session(ref.onnx, threads=threads)
-        ref_out = [rs.run(None, f) for f in job.feeds]
-        names = [o.name for o in rs.get_outputs()]
-    sessions, feeds = {}, {}
+    """Fill every runnable row's figures through the core; latency of all of them interleaved in one loop."""
+    ref = next((r.onnx for r in job.rows if r.kind == "reference"), None)
+    runners = {}
     for r in job.rows:
-        if r.reason is not None or r.onnx is None:
+        if r.reason is not None or r.onnx is None or not Path(r.onnx).is_file():
             r.reason = r.reason or "no model written"
             continue
         try:
-            s = session(r.onnx, threads=threads)
-            feed = _feed_for(s, job)
-            s.run(None, feed)
-            if job.metric == "accuracy":
-                r.quality = _accuracy(s, job.task)
-            else:
-                got = [s.run(None, f) for f in job.feeds]
-                r.quality = compare(names, ref_out, got).cosine
-            r.onnx_bytes = file_bytes(r.onnx)
-            r.size_bytes = file_bytes(r.stored) if r.stored is not None else r.onnx_bytes
-            proto = read_onnx(r.onnx)
-            shapes = _shapes(feed) if len(input_specs(proto)) > 0 else None
-            try:
-                r.arena_bytes = plan_arena(proto, reorder=False, shapes=shapes).arena_bytes
-            except Exception as e:  # noqa: BLE001 - the planner's limits, said in the note
-                r.note = (r.note + "; " if r.note else "") + f"arena: {str(e).splitlines()[0][:80]}"
-            try:
-                en = estimate_energy(proto, job.device, shapes=shapes)
-                r.energy_mj, r.energy_method = en.mj, en.method
-            except Exception as e:  # noqa: BLE001
-                r.note = (r.note + "; " if r.note else "") + f"energy: {str(e).splitlines()[0][:80]}"
-            sessions[r.tool], feeds[r.tool] = s, feed
+            runners[r.tool] = _one(r, job, ref, threads).runner
         except Exception as e:  # noqa: BLE001 - a file ONNX Runtime cannot run: the row says so
             r.reason = f"ONNX Runtime cannot run it: {str(e).strip().splitlines()[0][:160]}"
-    if sessions:
-        lat = interleaved_latency(sessions, feeds, seconds=seconds, per_round=5, warmup=5, min_rounds=10,
-                                  threads=threads)
+    if runners:
+        lat = Measurer(threads=threads).time(runners, seconds=seconds, per_round=5, warmup=5, min_rounds=10)
         for r in job.rows:
             if r.tool in lat:
                 r.p50_ms = lat[r.tool].p50_ms
