@@ -91,7 +91,8 @@ def timed(row: Row, fn: Callable[[], object]) -> Row:
         fn()
         row.wall_s = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - a peer that fails is a result: the row says why
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", str(e)).strip()  # no terminal colour codes in a table
+        msg = msg.splitlines()[0] if msg else type(e).__name__
         row.reason = f"{type(e).__name__}: {msg[:200]}"
     return row
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeslim.errors import EdgeslimError
 from edgeslim.measure.core import Measurement, Measurer, measure_model
 
 LATENCY_TIE = 1.05  # interleaved p50 within 5% counts as equal speed (the timer's noise on a shared host)
@@ -83,6 +84,9 @@ def measure_job(job: Job, seconds: float, threads: int = 1) -> None:
             continue
         try:
             runners[r.tool] = _one(r, job, ref, threads).runner
+        except EdgeslimError as e:  # the core refuses the file (e.g. the ONNX checker's verdict): the row says so
+            msg = str(e).strip().splitlines()[0].replace(f"{r.onnx}: ", "")
+            r.reason = f"edgeslim's measurement core refuses the file: {msg[:200]}"
         except Exception as e:  # noqa: BLE001 - a file ONNX Runtime cannot run: the row says so
             r.reason = f"ONNX Runtime cannot run it: {str(e).strip().splitlines()[0][:160]}"
     if runners:
