@@ -15,7 +15,7 @@ EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("[a-z]*.py"))
 
 
 def test_every_example_is_collected() -> None:
-    assert {"wearable_monitor", "smart_camera", "sensor_node"} <= set(EXAMPLES)
+    assert {"wearable_monitor", "respiratory_monitor", "smart_camera", "sensor_node"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -47,6 +47,9 @@ def optimize(
     Keeps the smallest candidate whose outputs stay within tolerance and that is not slower than the
     original; prints what was tried and why. Writes nothing if the tolerance cannot be met (unless --force).
     """
+    if not as_json:  # a long job: say what comes before it starts (and flush: logs and pipes see it now)
+        console.print(f"optimize {model}: {'inputs from ' + str(inputs) if inputs else 'synthetic inputs'}; "
+                      f"building candidates, then {bench_seconds:g} s of interleaved timing", highlight=False)
     res = api.optimize(
         model, out, inputs=inputs, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
         min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
