@@ -49,12 +49,6 @@ def recipe_text(cfg: dict, transfer: str) -> str:
     return yaml.safe_dump(r, sort_keys=False)
 
 
-def flat(x: np.ndarray) -> np.ndarray:
-    """(N, 1, 40) -> (N, 40): an .npz of (N, C, L) arrays loads as (N, 1, C, L) images, while (N, F)
-    loads as one-channel sequences of F samples, the layout of the built-in task (1 x 40)."""
-    return x.reshape(len(x), -1)
-
-
 def tiny_transfer(out: Path, n: int) -> str:
     """Tiny runs train on an .npz copy (no generator behind it): the transfer set is then an .npz of
     MNIST-1D training signals the tiny copy does not contain (labels dropped)."""
@@ -63,7 +57,7 @@ def tiny_transfer(out: Path, n: int) -> str:
     t = load_task("mnist1d")
     x = np.concatenate([t.x_train, t.x_val])[320:320 + n]  # task_file's tiny copy holds the first 320
     path = out / "transfer-tiny.npz"
-    np.savez_compressed(path, x=flat(x))
+    np.savez_compressed(path, x=x)  # (N, 1, 40), the built-in layout
     return str(path)
 
 
@@ -76,7 +70,7 @@ def run(out: Path, tiny: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = TINY if tiny else FULL
-    task = common.task_file("mnist1d", out, tiny, transform=flat if tiny else None)
+    task = common.task_file("mnist1d", out, tiny)
     base = out / "teacher"
     small = {"dim": 16, "mlp": 32} if tiny else {}
     if not (base / "spec.json").exists():

@@ -41,8 +41,16 @@ def subprocess_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProc
                           timeout=timeout, env=env)
 
 
-def start(*args: str) -> subprocess.Popen:
+PAUSE_HOOK = Path(__file__).resolve().parent / "pause_hook"
+
+
+def start(*args: str, pause_on: str | None = None) -> subprocess.Popen:
+    """`edgeslim ARGS` in a child process. With `pause_on`, the child sleeps 30 s right after it prints a
+    line holding that text (tests/pause_hook), so a signal sent on that line cannot miss the stage."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if pause_on:
+        env["EDGESLIM_TEST_PAUSE_ON"] = pause_on
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PAUSE_HOOK), env.get("PYTHONPATH")]))
     return subprocess.Popen([sys.executable, "-m", "edgeslim.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 

@@ -57,7 +57,8 @@ def test_mnist1d_builtin_generated():
 
 @pytest.mark.parametrize(
     "shape,expect",
-    [((20, 6, 5), (1, 6, 5)), ((20, 6, 5, 3), (3, 6, 5)), ((20, 3, 6, 5), (3, 6, 5)), ((20, 7), (7,))],
+    [((20, 6, 5), (1, 6, 5)), ((20, 6, 5, 3), (3, 6, 5)), ((20, 3, 6, 5), (3, 6, 5)), ((20, 7), (7,)),
+     ((20, 1, 40), (1, 40)), ((20, 3, 32), (3, 32)), ((20, 3, 8), (1, 3, 8))],  # signals (N, C, L); a short one is an image
 )
 def test_npz_layouts(tmp_path, shape, expect):
     rng = np.random.default_rng(0)

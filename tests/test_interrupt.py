@@ -61,7 +61,7 @@ def test_sigint_during_fine_tuning_then_resume(env: dict, tmp_path: Path) -> Non
     """Ctrl-C in the middle of a pass's fine-tuning; meanwhile a second process on the same folder is
     refused (the first is paused with SIGSTOP so the race cannot end before the second one starts)."""
     out = tmp_path / "run"
-    first = start(*_run_args(env, out))
+    first = start(*_run_args(env, out), pause_on="epoch 2/8")
     rc, stdout, err = signal_on(first, "epoch 2/8", signal.SIGSTOP, wait=False)
     second = subprocess.run([sys.executable, "-m", "edgeslim.cli", *_run_args(env, out)], capture_output=True,
                             text=True, timeout=120)
@@ -83,11 +83,13 @@ def test_sigint_during_fine_tuning_then_resume(env: dict, tmp_path: Path) -> Non
 
 def test_sigterm_then_sigkill_during_quantization_then_resume(env: dict, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    rc, stdout, err = signal_on(start(*_run_args(env, out)), "[quantize_int8] running", signal.SIGTERM)
+    rc, stdout, err = signal_on(start(*_run_args(env, out), pause_on="[quantize_int8] running"), "[quantize_int8] running",
+                                signal.SIGTERM)
     assert rc == 143, (stdout, err)
     interrupted_line(err, "SIGTERM", "stage 02_quantize_int8 of")
     assert sorted(os.listdir(out / "stages")) == ["00_baseline", "01_magnitude_prune"]
-    rc, stdout, err = signal_on(start(*_run_args(env, out)), "[quantize_int8] running", signal.SIGKILL)
+    rc, stdout, err = signal_on(start(*_run_args(env, out), pause_on="[quantize_int8] running"), "[quantize_int8] running",
+                                signal.SIGKILL)
     assert rc == -signal.SIGKILL and "[magnitude_prune] done earlier" in stdout
     finish(*_run_args(env, out))  # the kernel dropped the killed process's lock: the run resumes
     assert stages(out) == env["reference"]
@@ -103,7 +105,7 @@ def test_sigint_during_train_then_resume(env: dict, tmp_path: Path) -> None:
     args = ["train", "--model", "lenet300", "--task", "digits", "--epochs", "4"]
     finish(*args, "--out", str(tmp_path / "ref"))
     out = tmp_path / "m"
-    rc, stdout, err = signal_on(start(*args, "--out", str(out)), "epoch 2/4", signal.SIGINT)
+    rc, stdout, err = signal_on(start(*args, "--out", str(out), pause_on="epoch 2/4"), "epoch 2/4", signal.SIGINT)
     assert rc == 130, (stdout, err)
     interrupted_line(err, "SIGINT", "train lenet300 epoch")
     assert not out.exists()  # the model folder appears only at the end; the checkpoint sits beside it
@@ -117,7 +119,8 @@ def test_sigterm_during_distill_then_resume(env: dict, tmp_path: Path) -> None:
     args = ["distill", str(env["model"]), "--task", "digits", "--epochs", "4", "--width", "0.5"]
     finish(*args, "--out", str(tmp_path / "ref"))
     out = tmp_path / "s"
-    rc, stdout, err = signal_on(start(*args, "--out", str(out)), "[distill] epoch 2/4", signal.SIGTERM)
+    rc, stdout, err = signal_on(start(*args, "--out", str(out), pause_on="[distill] epoch 2/4"), "[distill] epoch 2/4",
+                                signal.SIGTERM)
     assert rc == 143, (stdout, err)
     interrupted_line(err, "SIGTERM", "distill epoch")
     assert not out.exists()

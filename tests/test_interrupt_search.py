@@ -35,7 +35,7 @@ def test_search_survives_sigint_sigkill_and_sigterm(env: tuple[Path, Path], tmp_
             "--knobs", "structured,quantize", "--proxy-epochs", "1", "--top", "1", "--device", "cortex-m4")
 
     # 1. Ctrl-C while a trial runs: one line, exit 130, the running trial's slot is queued again at once
-    rc, so, err = signal_on(start(*args), _trial_started, signal.SIGINT)
+    rc, so, err = signal_on(start(*args, pause_on=": proxy run (slot"), _trial_started, signal.SIGINT)
     assert rc == 130, (so, err)
     line = one_line(err)
     assert line.startswith("interrupted: SIGINT during search trial ") and "this one's slot is queued again" in line
@@ -46,12 +46,12 @@ def test_search_survives_sigint_sigkill_and_sigterm(env: tuple[Path, Path], tmp_
     assert not (out / "search.json").exists()
 
     # 2. SIGKILL (no handler runs): the killed trial stays RUNNING until the next start recovers it
-    rc, so, err = signal_on(start(*args), _trial_started, signal.SIGKILL)
+    rc, so, err = signal_on(start(*args, pause_on=": proxy run (slot"), _trial_started, signal.SIGKILL)
     assert rc == -signal.SIGKILL and "joined study" in so
     assert [t for t in trials_of(storage) if t.state == TrialState.RUNNING]  # left claimed by the dead worker
 
     # 3. SIGTERM in the final fine-tuning of the front
-    rc, so, err = signal_on(start(*args), "full fine-tuning", signal.SIGTERM)
+    rc, so, err = signal_on(start(*args, pause_on="full fine-tuning"), "full fine-tuning", signal.SIGTERM)
     assert rc == 143, (so, err)
     assert "the final fine-tuning of slot" in one_line(err) and "finished final runs are kept" in err
 

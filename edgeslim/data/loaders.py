@@ -15,16 +15,21 @@ from edgeslim.errors import EdgeslimError
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHANNELS = (1, 3, 4)
+SIGNAL_MIN_LENGTH = 16  # (N, C, L) with C in CHANNELS and L >= this is a 1-D signal, not an image
 
 
 def to_channels_first(x: np.ndarray, where: str) -> np.ndarray:
     """Normalise an input array to float32 `(N, C, H, W)`, `(N, C, L)` or `(N, F)`.
 
-    Images arrive as `(N,H,W)`, `(N,H,W,C)` or `(N,C,H,W)`; uint8 is scaled to [0, 1].
+    Images arrive as `(N,H,W)`, `(N,H,W,C)` or `(N,C,H,W)`; 1-D signals as `(N,C,L)` with C in 1, 3 or 4
+    channels and L at least 16 samples (a 1-row or 3-row "image" that long is a signal); uint8 is scaled
+    to [0, 1].
     """
     x = as_float_inputs(x, where)
     if x.ndim == 2:
         pass  # (N, F) feature vectors
+    elif x.ndim == 3 and x.shape[1] in CHANNELS and x.shape[2] >= SIGNAL_MIN_LENGTH:
+        pass  # (N, C, L) signals, e.g. mnist1d's (N, 1, 40)
     elif x.ndim == 3:
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
     elif x.ndim == 4:
