@@ -77,3 +77,54 @@ def test_choose_keeps_original_when_nothing_qualifies() -> None:
     opts = [Option("slow", 50_000, True, _times(14.0, seed=1)), Option("big", 120_000, True, _times(8.0, seed=2))]
     assert choose(opts, ref, 100_000) is None
     assert "not smaller" in opts[1].why and "slower" in opts[0].why
+
+
+def test_same_kernels_are_tied_whatever_the_timer_says() -> None:
+    """w8 and w16 decode to the same float kernels at load: the smaller file wins even when the timer puts
+    the larger one 6% ahead (the flip seen between runs on PP-OCR cls and silero_vad)."""
+    ref = _times(10.0, seed=0)
+    w8 = Option("w8", 200_000, True, _times(10.0, seed=1, jitter=0.002), kernels="k-fp32")
+    w16 = Option("w16", 390_000, True, _times(9.4, seed=2, jitter=0.002), kernels="k-fp32")
+    assert ratio(w8.times, w16.times).verdict(0.03) == "slower"  # timing alone would pick w16
+    best = choose([w8, w16], ref, 600_000, prefer="speed")
+    assert best is w8 and "same kernels as w8" in w16.why
+    # without signatures the timer decides
+    w8.kernels = w16.kernels = ""
+    assert choose([w8, w16], ref, 600_000, prefer="speed") is w16
+
+
+def test_kernel_signature_sees_through_weight_storage(tmp_path) -> None:
+    """Int8- and fp16-stored weights (Cast/Mul decode folded at load) give the float model's signature; a
+    graph with other ops does not."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.onnxkit.session import kernel_signature
+
+    w = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+
+    def model(decode: str) -> bytes:
+        nodes, inits = [], []
+        if decode == "fp32":
+            inits.append(numpy_helper.from_array(w, "W"))
+        elif decode == "fp16":
+            inits.append(numpy_helper.from_array(w.astype(np.float16), "W16"))
+            nodes.append(helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT))
+        else:  # int8 * scale
+            scale = np.abs(w).max() / 127
+            inits += [numpy_helper.from_array(np.round(w / scale).astype(np.int8), "W8"),
+                      numpy_helper.from_array(np.array(scale, np.float32), "S")]
+            nodes += [helper.make_node("Cast", ["W8"], ["W8f"], to=TensorProto.FLOAT),
+                      helper.make_node("Mul", ["W8f", "S"], ["W"])]
+        nodes.append(helper.make_node("MatMul", ["x", "W"], ["h"]))
+        nodes.append(helper.make_node("Relu" if decode != "other" else "Sigmoid", ["h"], ["y"]))
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    sig = {k: kernel_signature(model(k)) for k in ("fp32", "fp16", "int8", "other")}
+    assert sig["fp32"] and sig["fp32"] == sig["fp16"] == sig["int8"]
+    assert sig["other"] != sig["fp32"]
+    p = tmp_path / "m.onnx"
+    p.write_bytes(model("int8"))
+    assert kernel_signature(p) == sig["fp32"]
+    assert kernel_signature(b"not onnx") == ""

@@ -6,7 +6,10 @@ and 1.98x in the next, same command). Here every comparison is a *ratio per roun
 reference time, both from the same interleaved round, so a burst of load hits both), summarised by the
 median ratio and a distribution-free confidence interval of that median (order statistics of the
 binomial, no random resampling: the same timings always give the same interval). Two models whose
-interval contains 1 are *tied* on speed, and ties go to the smaller file. All ratios are time ratios:
+interval contains 1 are *tied* on speed, and ties go to the smaller file. Two files that ONNX Runtime
+turns into the same kernels (`Option.kernels`, e.g. int8- and fp16-stored weights both decoded at load)
+are tied whatever their timings say: that difference is the noise of separate sessions, and letting it
+decide made the pick flip between runs. All ratios are time ratios:
 below 1 means faster than the reference; `speedup` = 1 / ratio.
 """
 
@@ -88,6 +91,7 @@ class Option:
     faithful: bool
     times: Sequence[float]
     why: str = ""  # filled by `choose`: why it won or lost
+    kernels: str = ""  # onnxkit.session.kernel_signature: options with the same one run the same kernels
 
 
 Prefer = Literal["balanced", "size", "speed"]
@@ -148,6 +152,8 @@ def _fastest(pool: list[Option], vs_ref: dict[str, Ratio], per: int, margin: flo
     """The fastest of `pool` by median ratio; options tied with it (per-round CI) -> the smallest file."""
     top = min(pool, key=lambda o: (vs_ref[o.name].median, o.size, o.name))
     tied = [o for o in pool if o is top or ratio(o.times, top.times, per).verdict(margin) != "slower"]
+    same = {o.kernels for o in tied if o.kernels}  # the same kernels as a tied one: tied whatever the timer says
+    tied += [o for o in pool if o not in tied and o.kernels in same]
     return min(tied, key=lambda o: (o.size, vs_ref[o.name].median, o.name))
 
 
@@ -159,7 +165,10 @@ def _explain(pool: list[Option], best: Option, vs_ref: dict[str, Ratio], per: in
             continue
         r = ratio(o.times, best.times, per)
         v = r.verdict(margin)
-        if v == "slower":
+        if o.kernels and o.kernels == best.kernels:
+            o.why = (f"lost: runs the same kernels as {best.name} (timed {r.median:.2f}x its time: session "
+                     f"noise), file {o.size:,} vs {best.size:,} B")
+        elif v == "slower":
             o.why = f"lost: slower than {best.name} (time ratio {r.median:.2f}, CI {r.lo:.2f}-{r.hi:.2f})"
         elif v == "faster" and o.size > best.size:
             o.why = f"lost: faster than {best.name} but larger ({o.size:,} vs {best.size:,} B) under this rule"

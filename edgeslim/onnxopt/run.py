@@ -34,7 +34,7 @@ from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
 from edgeslim.onnxkit.inputs import input_specs, make_feeds
 from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
 from edgeslim.onnxkit.patterns import fuse_hardswish
-from edgeslim.onnxkit.session import ort_optimize, session
+from edgeslim.onnxkit.session import kernel_signature, ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
 from edgeslim.quant.int8_plan import Int8Options
@@ -149,7 +149,7 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
             cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
     """Apply the rule (module docstring). None means: write the original unchanged."""
     usable = [c for c in built if c.usable and not c.ablation]
-    opts = [Option(c.name, c.size, True, times[c.name]) for c in usable]
+    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file)) for c in usable]
     best = choose(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
                   min_shrink=cfg.min_shrink, max_slowdown=cfg.max_slowdown)
     for c, o in zip(usable, opts):

@@ -28,7 +28,7 @@ from edgeslim.measure.decide import Option, choose, ratio
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
-from edgeslim.onnxkit.session import onnx_accuracy, session
+from edgeslim.onnxkit.session import kernel_signature, onnx_accuracy, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
@@ -247,7 +247,7 @@ def per_layer_int8(
     for k, p in paths.items():
         acc = onnx_accuracy(p, x_val, y_val)
         ok = (fp32_acc - acc) * 100 <= max_drop + 1e-9
-        opts_.append(Option(k, p.stat().st_size, ok, times[k]))
+        opts_.append(Option(k, p.stat().st_size, ok, times[k], kernels=kernel_signature(p)))
         r = ratio(times[k], times["fp32"])
         rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
                      "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
