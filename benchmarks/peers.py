@@ -2,7 +2,7 @@
 baselines and data; prints one table per job (markdown) and writes peers.json.
 
     pip install -e '.[peers]'          # NNCF and torchao (`make test` installs them)
-    python benchmarks/peers.py --out runs/peers            # everything (21 min on a loaded 2-core VM)
+    python benchmarks/peers.py --out runs/peers            # everything (11 min on a shared 2-core VM at load 2-6)
     python benchmarks/peers.py --quick --out runs/peers-q  # CI: tiny epochs, a subset of jobs
 
 Jobs (`--jobs`, comma list): int8-resnet8 and int8-dscnn (static INT8 PTQ of ResNet-8 on digits and DS-CNN on
