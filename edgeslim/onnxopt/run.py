@@ -30,7 +30,7 @@ from edgeslim.measure.fidelity import Tolerance, compare, run_all
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
 from edgeslim.onnxkit.bnfold import fold_into_convs
-from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
+from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save, sort_topologically
 from edgeslim.onnxkit.inputs import input_specs, make_feeds
 from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
 from edgeslim.onnxkit.patterns import fuse_hardswish
@@ -238,7 +238,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
             warnings.append(reason)
         if chosen is not None:
             chosen.status = "chosen"
-            out_path, out_bytes = chosen.file, chosen.file.read_bytes()
+            out_path, out_bytes = chosen.file, _sorted_bytes(chosen.file)
         else:  # the original, in one file (external data folded in)
             out_path = src
             out_bytes = src.read_bytes() if orig_size == src.stat().st_size else loaded.model.SerializeToString()
@@ -267,3 +267,12 @@ def optimize(cfg: OptimizeConfig) -> dict:
                      "latency_ms_p90": lat["original"].p90_ms},
         "side_by_side": side,
     }
+
+
+def _sorted_bytes(path: Path) -> bytes:
+    """The file's bytes with its nodes in topological order: ORT's quantizers can leave a node after an
+    `If` whose body reads it (silero-vad's op15 export), which ONNX Runtime runs but the ONNX checker, and
+    so `edgeslim measure` on the written file, refuses."""
+    data = path.read_bytes()
+    m = onnx.load_from_string(data)
+    return m.SerializeToString() if sort_topologically(m.graph) else data
