@@ -122,6 +122,12 @@ def test_sort_topologically_puts_an_if_after_what_its_body_reads(tmp_path) -> No
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(onnx.checker.ValidationError):
         onnx.checker.check_model(m)
+    raw = tmp_path / "raw.onnx"  # as a peer's quantizer wrote it: the measurement core still takes it
+    raw.write_bytes(m.SerializeToString())
+    from edgeslim.measure.core import measure_model
+
+    got = measure_model(raw, latency=False)
+    assert got.size_bytes == raw.stat().st_size
     path = tmp_path / "m.onnx"
     save(m, path)
     fixed = onnx.load(str(path))
