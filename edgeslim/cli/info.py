@@ -43,7 +43,7 @@ def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readab
     if as_json:
         emit_json(info)
         return
-    for r in info["builtin"]:
+    for r in info["builtin"] + info["text"]:
         console.print(f"[bold]{r['name']}[/bold]  {r['about']}")
     console.print("\nYour own data (--task PATH):")
     for f in info["formats"]:

@@ -24,12 +24,14 @@ GRID_HELP = "grid carbon intensity for --fleet, g CO2e/kWh (default 475: world a
 
 @app.command()
 def measure(
-    models: list[Path] = typer.Argument(..., help="ONNX files, edgeslim model folders or .tflite files"),
+    models: list[Path] = typer.Argument(..., help="ONNX files, edgeslim model folders or .tflite files (or text "
+                                        "encoders: Hugging Face folders, text-run stage folders)"),
     inputs: Path | None = inputs_option(),
     shape: list[str] = shape_option(),
     device: str | None = device_option("host"),
     as_json: bool = json_option(),
-    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (none: no accuracy)"),
+    task: str | None = typer.Option(None, "--task", "-t", help="task for accuracy (none: no accuracy; text "
+                                    "encoders: the sentences for fidelity, default 'sentences')"),
     reference: Path | None = typer.Option(None, "--reference", help="model to compare outputs with (fidelity)"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
     runs: int = typer.Option(200, help="timed runs per model"),
@@ -52,7 +54,12 @@ def measure(
     if as_json:
         emit_json(res)
     else:
-        print_table(res, title="edgeslim measure", console=console)
+        text = any("cosine" in r for r in res)  # text encoders: cosine / agreement to the first model given
+        print_table(res, title="edgeslim measure" + (" (text encoders; latency p50 at sequence length 128, cosine "
+                                                     "and NN agreement vs the first model)" if text else ""),
+                    console=console)
+        if text:
+            return
         console.print(deploy_table(res))
         for r in res:
             for w in r.get("warnings", []):

@@ -147,7 +147,7 @@ def quantize_static(
     src: Path, dst: Path, feeds: Sequence[Feed], fmt: IntFormat, *, method: str = "minmax", qdq: bool = True,
     op_types: list[str] | None = None, exclude_nodes: Sequence[str] = (),
     act_overrides: dict[str, tuple[float, int]] | None = None,
-    ranges: dict[str, tuple[float, float]] | None = None, keep_activations: bool = False,
+    ranges: dict[str, tuple[float, float]] | None = None, keep_activations: bool = False, extra: dict | None = None,
 ) -> None:
     """Static INT8 of `src` (pre-processed) into `dst`, calibrated on `feeds` with `method` (minmax,
     percentile, entropy). `qdq`: QDQ format, else QOperator (QLinearConv, ...). `op_types`: ops to
@@ -156,7 +156,8 @@ def quantize_static(
     calibration altogether (ranges chosen elsewhere, e.g. per tensor by `quant.calib_select`; tensors
     missing from it stay float). `keep_activations` keeps Relu/Clip nodes ORT would fold into the
     quantization range (ORT still fuses them when the session loads; `quant.qdq_float` needs them to put
-    layers back in float). Raises whatever the tooling raises."""
+    layers back in float). `extra`: more of ORT's extra_options (e.g. DefaultTensorType for graphs with
+    contrib ops). Raises whatever the tooling raises."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -182,7 +183,7 @@ def quantize_static(
             weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude_nodes), calibrate_method=meth[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMovingAverage": False,
                            "TensorQuantOverrides": _overrides(src, act_overrides or {}, fmt),
-                           "QDQKeepRemovableActivations": keep_activations},
+                           "QDQKeepRemovableActivations": keep_activations, **(extra or {})},
             calibration_cache_path=cache,
         )
 
@@ -207,16 +208,17 @@ def quantize_static_file(src: Path, dst: Path, calib: np.ndarray, fmt: IntFormat
 
 def quantize_dynamic(
     src: Path, dst: Path, *, per_channel: bool = False, reduce_range: bool = True,
-    op_types: Sequence[str] = tuple(DYNAMIC_OPS), exclude_nodes: Sequence[str] = (),
+    op_types: Sequence[str] = tuple(DYNAMIC_OPS), exclude_nodes: Sequence[str] = (), extra: dict | None = None,
 ) -> None:
-    """Dynamic INT8: weights stored int8, activations scaled at run time (MatMul/Gemm/RNN/Attention)."""
+    """Dynamic INT8: weights stored int8, activations scaled at run time (MatMul/Gemm/RNN/Attention).
+    `extra`: ORT extra_options (e.g. DefaultTensorType for graphs with contrib ops such as Attention)."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     with quiet():
         ort_quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types), per_channel=per_channel,
                              reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=sorted(exclude_nodes))
+                             nodes_to_exclude=sorted(exclude_nodes), extra_options=extra or {})
 
 
 def convert_fp16(model: onnx.ModelProto, block_ops: set[str] | None = None) -> onnx.ModelProto:

@@ -67,6 +67,14 @@ def extra_columns(stages: list[dict]) -> list:
     if any("speedup_vs_baseline" in s for s in stages):  # a run: all stages timed together, interleaved
         cols.append(("speed-up", lambda s: f"{s['speedup_vs_baseline']:.2f}x" if s.get("speedup_vs_baseline")
                      else "-"))
+    if any("cosine" in s for s in stages):  # text encoders (edgeslim.nlp): fidelity to the original, seq-32 latency
+        cols.append(("cosine", lambda s: f"{s['cosine']:.4f}" if s.get("cosine") is not None else "-"))
+        cols.append(("NN agree", lambda s: f"{100 * s['nn_agreement']:.1f}%" if s.get("nn_agreement") is not None
+                     else "-"))
+        cols.append(("para R@1", lambda s: f"{100 * s['paraphrase_recall']:.1f}%"
+                     if s.get("paraphrase_recall") is not None else "-"))
+        cols.append(("p50 @seq32", lambda s: f"{s['latency_ms_p50_seq32']:.3f} ms"
+                     if s.get("latency_ms_p50_seq32") is not None else "-"))
     if any("arena_bytes" in s for s in stages):
         cols.append(("arena", lambda s: human_bytes(s.get("arena_bytes"))))
     if any("energy_mj" in s for s in stages):
