@@ -17,14 +17,19 @@ is what `edgeslim optimize` checks; task accuracy is not measured. Other models 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
+from edgeslim.measure.fidelity import Tolerance
+from edgeslim.onnxopt.candidates import ABLATION
 from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.quant.int8_plan import Int8Options
 from edgeslim.report.optimize import print_report
 
 
@@ -104,6 +109,56 @@ def write_inputs(src: Path, dst: Path, n: int, seed: int = 0) -> bool:
     return True
 
 
+def _ratio(res: dict, name: str) -> float | None:
+    """Speed-up of candidate `name` over the original (p50 ratio from the same interleaved run)."""
+    c = next((c for c in res["candidates"] if c["name"] == name), None)
+    if not c or not c.get("latency_ms_p50"):
+        return None
+    return res["original"]["latency_ms_p50"] / c["latency_ms_p50"]
+
+
+def _cand(res: dict, name: str) -> dict:
+    return next((c for c in res["candidates"] if c["name"] == name), {})
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ablation_rows(name: str, res: dict, nofold: dict | None) -> list[str]:
+    """One markdown row per model: what each technique measured in this run (see docs/benchmarks.md)."""
+    p = res.get("int8_plan") or {}
+    st = p.get("steps", {})
+
+    def step(k: str) -> str:
+        v = st.get(k)
+        if not v:
+            return "n/a"
+        return f"{v['before']:.4f} -> {v['after']:.4f}" + (" kept" if v["kept"] else " dropped")
+
+    cal = st.get("calibration", {})
+    cal_s = (", ".join(f"{k} {v:.4f}" for k, v in cal.get("cosine", {}).items()) + f" -> {cal.get('chosen')}"
+             if cal else "n/a")
+    fmt = st.get("format", {})
+    fmt_s = (", ".join(f"{k} {v:.2f}x" for k, v in fmt.get("speedup_vs_fp32", {}).items()) if fmt else "n/a")
+
+    def cv(n: str) -> str:
+        c = _cand(res, n)
+        return f"{_fmt(_ratio(res, n))}x / {_fmt(c.get('cosine'), '.4f')}" if c.get("cosine") is not None else "-"
+
+    fold = "-"
+    if nofold is not None:
+        fold = (f"{_fmt(_ratio(res, res['chosen']))}x ({res['chosen']}) vs {_fmt(_ratio(nofold, nofold['chosen']))}x "
+                f"({nofold['chosen']}) without")
+    fid, spd = st.get("fidelity", {}), st.get("speed", {})
+    chk = st.get("speed_check")
+    chk_s = "" if not chk else (", kept by the whole-model check" if chk["kept"] else ", undone by the whole-model check")
+    return [f"| {name} | {fold} | {step('cle')} | {step('bias_correction')} | {cal_s} | {step('adaround')} | "
+            f"{cv('int8-qdq')} ({fid.get('float', '-')} of {fid.get('of', '-')} float for fidelity) | "
+            f"{cv('int8-no-fidelity-fallback')} | {cv('int8-no-speed-choice')} ({spd.get('float', '-')} float for "
+            f"speed{chk_s}) | {cv('int8-full')} | {cv('int8-qop')} | {fmt_s} -> {fmt.get('chosen', '-')} |"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", type=Path)
@@ -112,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-dir", type=Path, default=None, help="keep the optimised models here")
     ap.add_argument("--device", default="host", help="device profile for the energy estimate")
+    ap.add_argument("--min-cosine", type=float, default=None, help="tolerance (default: optimize's, 0.995)")
+    ap.add_argument("--prefer", default="balanced", choices=("balanced", "size", "speed"))
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time int8-qdq with its choices undone, and run each model once more without "
+                         "the graph rewrites (folding, fusion): prints the ablation table")
+    ap.add_argument("--json", type=Path, default=None, help="write every result here")
     args = ap.parse_args(argv)
-    rows = []
+    rows, abl, results = [], [], {}
     err = Console(stderr=True, width=160)  # the full per-model report; the summary table goes to stdout
+    tol = {} if args.min_cosine is None else {"tol": Tolerance(args.min_cosine), "tol_given": True}
     with tempfile.TemporaryDirectory() as td:
         for i, src in enumerate(args.models):
             pkg = PRESETS.get(src.name, ("?", None))[0]
@@ -124,22 +186,49 @@ def main(argv: list[str] | None = None) -> int:
             out = (args.out_dir or Path(td)) / f"{src.stem}.opt.onnx"
             out.parent.mkdir(parents=True, exist_ok=True)
             print(f"== {src} ({pkg})", file=sys.stderr, flush=True)
-            res = optimize(OptimizeConfig(model=src, out=out, calib=calib, samples=args.samples,
-                                          bench_seconds=args.bench_seconds, threads=args.threads, device=args.device))
+            t0 = time.perf_counter()
+            base = dict(model=src, out=out, calib=calib, samples=args.samples, bench_seconds=args.bench_seconds,
+                        threads=args.threads, device=args.device, prefer=args.prefer, **tol)
+            res = optimize(OptimizeConfig(**base, ablation=args.ablation))
+            res["seconds"] = time.perf_counter() - t0
             print_report(res, err)
+            nofold = None
+            if args.ablation:
+                print(f"== {src} without graph rewrites", file=sys.stderr, flush=True)
+                nofold = optimize(OptimizeConfig(**{**base, "out": Path(td) / "nofold.onnx"}, rewrites=False,
+                                                 int8=Int8Options(fold=False)))
+                abl += ablation_rows(src.name, res, nofold)
+            results[src.name] = {"result": res, "no_rewrites": nofold}
             a, b = res["side_by_side"]["original"], res["side_by_side"]["optimised"]
-            ch = next((c for c in res["candidates"] if c["name"] == res["chosen"]), {})
-            tried = " ".join(f"{c['name']}:{c['status'].split(':')[0]}" for c in res["candidates"])
+            ch = _cand(res, res["chosen"])
+            tried = " ".join(f"{c['name']}:{c['status'].split(':')[0]}" for c in res["candidates"] if not
+                             c["name"] in ABLATION)
             rows.append((src.name, pkg, a["size_bytes"], b["size_bytes"], a["latency"]["latency_ms_p50"],
                          b["latency"]["latency_ms_p50"], res["chosen"], ch.get("cosine"), ch.get("max_abs_err"),
-                         ch.get("top1_agreement"), tried))
-    print("| model (package) | size KiB orig -> opt | x smaller | p50 ms orig -> opt | chosen | cosine | "
-          "max abs err | top-1 agr. | candidates (status) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+                         ch.get("top1_agreement"), tried, res["seconds"]))
+    print("| model (package) | size KiB orig -> opt | x smaller | p50 ms orig -> opt | speed-up | chosen | "
+          "worst-output cosine | max abs err | top-1 agr. | candidates (status) | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    ups = []
     for r in rows:
-        f = (lambda v, s: "-" if v is None else format(v, s))
+        up = r[4] / r[5]
+        ups.append(up)
         print(f"| {r[0]} ({r[1]}) | {r[2] / 1024:,.0f} -> {r[3] / 1024:,.0f} | {r[2] / r[3]:.2f} | "
-              f"{r[4]:.3f} -> {r[5]:.3f} | {r[6]} | {f(r[7], '.5f')} | {f(r[8], '.3g')} | {f(r[9], '.3f')} | {r[10]} |")
+              f"{r[4]:.3f} -> {r[5]:.3f} | {up:.2f}x | {r[6]} | {_fmt(r[7], '.5f')} | {_fmt(r[8], '.3g')} | "
+              f"{_fmt(r[9], '.3f')} | {r[10]} | {r[11]:.0f} |")
+    geo = float(np.exp(np.mean(np.log(ups))))
+    print(f"\ngeometric-mean speed-up {geo:.3f}x over {len(ups)} models; min speed-up {min(ups):.2f}x; "
+          f"min size ratio {min(r[2] / r[3] for r in rows):.2f}x; min worst-output cosine "
+          f"{min((r[7] for r in rows if r[7] is not None), default=float('nan')):.4f}")
+    if abl:
+        print("\n| model | graph rewrites: on vs off (chosen) | CLE (full-INT8 cosine) | bias correction | "
+              "calibration (full-INT8 cosine per method) | AdaRound | int8-qdq speed-up / cosine | "
+              "no fidelity fallback | no speed choice | every layer INT8 | QOperator | integer formats "
+              "(full INT8 vs FP32) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(abl))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 

@@ -255,11 +255,13 @@ def optimize(
     samples: int = 32,
     min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
     candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
-    sqnr_db: float = 20.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
-    threads: int = 1, device: str = "host", seed: int = 0, force: bool = False,
+    sqnr_db: float = 0.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
+    threads: int = 1, device: str = "host", seed: int = 0, force: bool = False, prefer: str = "balanced",
+    min_shrink: float = 1.8,
 ) -> dict:
     """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
-    the smallest within tolerance that is not slower than the original. Without any tolerance given, the
+    the fastest within tolerance that is not slower than the original and at least `min_shrink` times
+    smaller (`prefer`: balanced | size | speed; `measure.decide`). Without any tolerance given, the
     tolerance is cosine >= 0.995 on every output. `inputs` (`calib` is its older name): an .npz with one array
     per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
     returns the full report."""
@@ -267,6 +269,9 @@ def optimize(
     from edgeslim.onnxopt import candidates as cands
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.onnxopt.run import optimize as run_optimize
+
+    if prefer not in ("balanced", "size", "speed"):
+        raise EdgeslimError(f"prefer {prefer!r}: valid values are balanced, size, speed")
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))
     cfg = OptimizeConfig(
@@ -276,6 +281,7 @@ def optimize(
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
+        prefer=prefer, min_shrink=min_shrink,
     )
     with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
         return run_optimize(cfg)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,39 @@ class TrainConfig(BaseModel):
     seed: int = 0
     keep_best: bool = Field(True, description="restore the best-validation epoch; false keeps the last "
                             "(e.g. sparsity training, where later epochs are sparser)")
+    threads: int | None = Field(None, ge=1, description="PyTorch intra-op threads while training; default: "
+                                "1 for small models (see SMALL_BATCH_MACS), else PyTorch's own choice")
+
+
+SMALL_BATCH_MACS = 1e9
+"""Forward MACs per training batch below which one intra-op thread trains fastest. Edge models are small
+(every zoo model at its reference input and batch 64 is under 7e8), and there PyTorch's default of one
+thread per core spends its time in thread barriers, worst when other processes share the cores: 3 epochs
+of ResNet-8 on 8x8 digits took 95 s with 2 threads vs 5 s with 1 on a loaded 2-core host, LeNet-5 12 s vs
+3.3 s, and `make demo` (cnn1d, 2.6e8 MACs per batch) 9.5 min vs 57 s (docs/benchmarks.md, tool speed)."""
+
+
+def train_threads(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """Intra-op threads for training `model` on batches of `batch_size`: 1 when a batch's forward pass is
+    under SMALL_BATCH_MACS (counted MACs, or parameters when no layer is counted), else PyTorch's default."""
+    from edgeslim.models.counts import count_macs
+
+    try:
+        work = max(count_macs(model, input_shape), sum(p.numel() for p in model.parameters())) * batch_size
+    except Exception:  # a model the probe cannot run alone (e.g. it needs several inputs): keep the default
+        return torch.get_num_threads()
+    return 1 if work < SMALL_BATCH_MACS else torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch intra-op threads set to `n` inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
@@ -64,8 +98,14 @@ def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Ten
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Outputs of `model` in eval mode on `x`, in batches. Threads as for training (`train_threads`); inside
+    `train_model` they are already chosen, so the per-epoch validation does not count MACs again."""
     model.eval()
-    outs = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    threads = torch.get_num_threads()
+    if threads > 1:
+        threads = train_threads(model, tuple(x.shape[1:]), min(batch, len(x)))
+    with torch_threads(threads):
+        outs = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
     return np.concatenate(outs)
 
 
@@ -98,7 +138,15 @@ def train_model(
 
     With `checkpoint`, the state after every epoch is saved there (tensors only, loaded with
     `weights_only=True`: no pickle code runs) and a killed run resumes from the last finished epoch.
+    Runs with `cfg.threads` PyTorch threads (default `train_threads`), restored afterwards.
     """
+    threads = cfg.threads or train_threads(model, task.input_shape, cfg.batch_size)
+    with torch_threads(threads):
+        return _train(model, task, cfg, hooks, desc, quiet, checkpoint)
+
+
+def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, desc: str, quiet: bool,
+           checkpoint: Path | None) -> dict:
     hooks = hooks or Hooks()
     if cfg.epochs == 0:
         return {"epochs": 0, "val_accuracy": evaluate(model, task.x_val, task.y_val)}

@@ -180,3 +180,28 @@ def test_several_models_are_timed_together(tmp_path: Path) -> None:
     for row in rows:  # the comparison is one interleaved loop; each model's own timing is kept beside it
         assert row["latency_timing"] == "interleaved: 2 models in one loop"
         assert row["latency_ms_p50"] > 0 and row["latency_ms_p50_alone"] > 0 and row["latency_runs"] == 20
+
+
+def test_energy_counts_macs_behind_shape_computed_reshapes(tmp_path: Path) -> None:
+    """Transformer exports size their Reshapes from `Shape` ops (heads split as BERT exports do): the MACs
+    after them count in the graph figures and in the energy estimate (test_nlp_encoder checks a real
+    exported BERT, where only the folded graph has the shapes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.measure.core import measure_model
+
+    inits = [numpy_helper.from_array(np.ones((4, 16), np.float32), "W"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([2, 4], np.int64), "heads")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),  # as BERT exports split heads: (B, S, 8) -> (B, S, 2, 4)
+             helper.make_node("Gather", ["s", "one"], ["seq"], axis=0),
+             helper.make_node("Concat", ["one", "seq", "heads"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["r"]),
+             helper.make_node("MatMul", ["r", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "S", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "S", 2, 16])], inits)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    m = measure_model(path, shapes=["x=1,32,8"], device="cortex-a72", latency=False)
+    assert m.macs == 32 * 2 * 4 * 16
+    assert m.energy["macs_by_precision"] == {"fp32": 32 * 2 * 4 * 16} and m.energy["energy_latency_ms"] > 0

@@ -20,6 +20,34 @@ def test_digits_builtin_is_real_and_split():
     assert t.x_train.dtype == np.float32 and t.y_train.dtype == np.int64
 
 
+def test_digits_read_without_sklearn_matches_load_digits():
+    from sklearn.datasets import load_digits
+
+    from edgeslim.data.builtin import _digits_arrays
+
+    images, target = _digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+
+
+def test_mnist1d_cache_holds_the_generated_set(tmp_path, monkeypatch):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from edgeslim.data import builtin
+
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))
+    first = builtin._mnist1d_arrays()  # generated and written
+    files = list(tmp_path.glob("mnist1d-*.npz"))
+    assert len(files) == 1
+    again = builtin._mnist1d_arrays()  # read back
+    ref = make_dataset(get_dataset_args())
+    for k in builtin.MNIST1D_KEYS:
+        assert np.array_equal(again[k], first[k])
+        assert np.array_equal(again[k], np.asarray(ref[k]).astype(again[k].dtype))
+    files[0].write_bytes(b"not an npz")  # a broken cache file is regenerated, not trusted
+    assert np.array_equal(builtin._mnist1d_arrays()["x"], first["x"])
+
+
 def test_mnist1d_builtin_generated():
     t = load_task("mnist1d")
     assert t.input_shape == (1, 40)

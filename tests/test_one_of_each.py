@@ -18,9 +18,15 @@ def _where(pattern: str) -> set[str]:
 def test_one_timing_loop() -> None:
     # per-call timing (t0 = perf_counter() ... perf_counter() - t0 appended to a list) lives in the one timer
     assert _where(r"\.append\(time\.perf_counter\(\) - t0\)") == {"measure/latency.py"}
-    # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window), not a timing loop
+    # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window, the INT8 plan's
+    # steps in its report), not a timing loop
     assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "pipeline.py",
-                                           "text_pipeline.py", "search/study.py"}
+                                           "text_pipeline.py", "search/study.py", "quant/int8_plan.py"}
+
+
+def test_one_kernel_profiler() -> None:
+    # ONNX Runtime's per-kernel profile (the INT8 plan's per-layer speed choice) is read over the one timer's rounds
+    assert _where(r"enable_profiling") == {"measure/latency.py"}
 
 
 def test_one_energy_estimator_one_fit_verdict() -> None:

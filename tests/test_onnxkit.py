@@ -102,3 +102,35 @@ def test_level_table_and_offline_optimisation(tmp_path):
         assert np.allclose(got, [0.0, 1.0])
     with pytest.raises(EdgeslimError, match="in-memory model.*cannot load"):
         session(b"not a model")
+
+
+def test_sort_topologically_puts_an_if_after_what_its_body_reads(tmp_path) -> None:
+    """A quantizer left `scaled` after the `If` whose branch reads it (silero-vad op15 after int8-qdq+w8):
+    ONNX Runtime runs it, the ONNX checker (and so `edgeslim measure`) refuses it. `save` sorts."""
+    from edgeslim.onnxkit.graph import save, sort_topologically
+
+    then = helper.make_graph([helper.make_node("Identity", ["scaled"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+             helper.make_node("Mul", ["x", "two"], ["scaled"])]  # produced after the If that reads it
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                                       helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(m)
+    raw = tmp_path / "raw.onnx"  # as a peer's quantizer wrote it: the measurement core still takes it
+    raw.write_bytes(m.SerializeToString())
+    from edgeslim.measure.core import measure_model
+
+    got = measure_model(raw, latency=False)
+    assert got.size_bytes == raw.stat().st_size
+    path = tmp_path / "m.onnx"
+    save(m, path)
+    fixed = onnx.load(str(path))
+    onnx.checker.check_model(fixed)
+    assert [n.op_type for n in fixed.graph.node] == ["Mul", "If"]
+    assert not sort_topologically(fixed.graph)  # sorted stays as it is

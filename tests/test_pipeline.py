@@ -163,6 +163,11 @@ def test_report_flags_a_stage_slower_than_the_one_before():
     assert "3.33x smaller on disk, 0.67x latency speed-up" in md
     assert "tried=[2 entries]" in md
     assert "Slower than" not in report_md({"stages": [base, {**q, "latency_ms_p50": 0.0105}]})
+    # the table itself says it, also when the pass's own interleaved verdict found the stage slower
+    assert "| quantize_int8 (slower) |" in md
+    said = {**q, "latency_ms_p50": 0.0095, "notes": {"slower_than_fp32": "w8 is 0.97x FP32 speed"}}
+    assert "| quantize_int8 (slower) |" in report_md({"stages": [base, said]})
+    assert "| quantize_int8 |" in report_md({"stages": [base, {**q, "latency_ms_p50": 0.0105}]})
 
 
 def test_measure_onnx_file_counts_macs_from_the_graph(trained, tiny_image_task, tmp_path):

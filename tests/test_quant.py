@@ -45,7 +45,7 @@ def trained_resnet(tiny_image_task, tmp_path_factory):
 
 def test_ptq_int8_picks_measured_format_and_reports_layers(trained_resnet, tiny_image_task, tmp_path):
     m, spec, fp32 = trained_resnet
-    cfg = PASSES["quantize_int8"].config(calibration_samples=64, candidates=("u8s8-rr-pc", "s8s8"))
+    cfg = PASSES["quantize_int8"].config(calibration_samples=64, candidates=("u8s8-rr-pc", "s8s8"), per_layer=False)
     res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _ctx(tmp_path, spec, fp32))
     assert res.onnx is not None and res.onnx.exists()
     session(res.onnx)  # loads in ONNX Runtime
@@ -144,7 +144,9 @@ def test_shipped_ptq_recipe_runs_on_a_sequence_task(tiny_seq_task, tmp_path):
     out = CliRunner().invoke(app, ["quant-report", str(tmp_path / "run"), "--json"])
     assert out.exit_code == 0, out.output
     layers = json.loads(out.output)["01_quantize_int8"]["layers"]
-    assert len(layers) == 4 and all(r["bits"] == 8 and r["sqnr_db"] > 15 for r in layers)  # 3 convs + fc
+    assert len(layers) == 4  # 3 convs + fc, INT8 or kept float (per_layer: by fidelity or speed), each said
+    assert all(r["sqnr_db"] > 15 for r in layers if r["bits"] == 8), [(r["layer"], r["sqnr_db"], r.get("float_because")) for r in layers]
+    assert all(r["float_because"] for r in layers if r["bits"] == 32)
     bad = CliRunner().invoke(app, ["quant-report", str(tmp_path)])
     assert isinstance(bad.exception, EdgeslimError) and "not a run or stage folder" in str(bad.exception)
 
@@ -156,3 +158,63 @@ def test_quantizing_twice_is_a_clear_error(trained_resnet, tiny_image_task, tmp_
     with pytest.raises(EdgeslimError, match="already quantized"):
         PASSES["quantize_fp16"].fn(None, tiny_image_task, PASSES["quantize_fp16"].config(),
                                    _ctx(tmp_path / "b", spec, res.onnx))
+
+
+def _fake_measure(slow_int8: float, slow_all: float = 1.0):
+    """A measurement core whose clock is injected: FP32 takes 1 ms per round; a model with activation
+    quantization (any QuantizeLinear) `slow_int8` times that; any other model `slow_all` times that.
+    Ratios: the real rule; per-kernel profiles: the real one (the clock's `profile`)."""
+    from edgeslim.measure.core import Measurer
+    from edgeslim.measure.decide import InterleavedClock
+
+    class Clock(InterleavedClock):
+        def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
+            out = {}
+            for k, data in models.items():
+                m = onnx.load_from_string(data)
+                f = 1.0 if k == "fp32" else (slow_int8 if any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+                                             else slow_all)
+                jitter = np.random.default_rng(len(k)).normal(0, 0.01, 40)
+                out[k] = list(1e-3 * f * (1 + jitter))
+            return out
+
+    class Fake(Measurer):
+        def clock(self, feed, seconds=3.0, min_rounds=15):
+            self.asked = getattr(self, "asked", 0) + 1
+            return Clock(dict(feed), seconds=seconds, threads=self.threads, min_rounds=min_rounds)
+
+    return Fake()
+
+
+def _with(ctx: RunContext, measure) -> RunContext:
+    ctx.measure = measure
+    return ctx
+
+
+def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, tiny_image_task, tmp_path):
+    """Thin layers (a pruned model) where every INT8 kernel is slower: the pass keeps FP32 speed (w8 or an
+    all-float plan) instead of picking the least slow INT8 format; if even that were slower, it says so."""
+    _, spec, fp32 = trained_resnet
+    cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc", "u8s8-rr-pc"))
+    fake = _fake_measure(1.6)
+    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _with(_ctx(tmp_path / "a", spec, fp32), fake))
+    assert fake.asked == 1  # the pass times nothing itself: it asks the run's measurement core
+    tried = {r["candidate"]: r for r in res.notes["tried"]}
+    assert set(tried) == {"int8-mixed", "int8-full", "w8"}
+    assert "slower than the original" in tried["int8-full"]["why"]  # rejected: 1.6x the FP32 time
+    assert res.notes["format"].split()[0] in ("w8", "int8-mixed") and "slower_than_fp32" not in res.notes
+    assert fp32.stat().st_size / res.onnx.stat().st_size > 2.5  # weights stored int8 all the same
+    assert onnx_accuracy(res.onnx, tiny_image_task.x_test, tiny_image_task.y_test) >= \
+        onnx_accuracy(fp32, tiny_image_task.x_test, tiny_image_task.y_test) - 0.04
+    # every candidate slower than FP32: the least slow faithful one is written, and the notes say so
+    res2 = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg,
+                                      _with(_ctx(tmp_path / "b", spec, fp32), _fake_measure(1.6, 1.3)))
+    assert "slower" in res2.notes["slower_than_fp32"] and res2.notes["why"].startswith("written although slower")
+
+
+def test_per_layer_int8_keeps_faster_int8(trained_resnet, tiny_image_task, tmp_path):
+    _, spec, fp32 = trained_resnet
+    cfg = PASSES["quantize_int8"].config(calibration_samples=32, candidates=("u8s8-pc",))
+    res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _with(_ctx(tmp_path, spec, fp32), _fake_measure(0.6)))
+    assert res.notes["format"].startswith(("int8-mixed", "int8-full")) and "slower_than_fp32" not in res.notes
+    assert res.notes["why"].startswith("won")

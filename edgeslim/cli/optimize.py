@@ -33,10 +33,14 @@ def optimize(
                                    help="comma-separated candidates to try"),
     exclude_op: list[str] = typer.Option([], "--exclude-op", help="op type never quantized/compressed (repeat)"),
     exclude_node: list[str] = typer.Option([], "--exclude-node", help="node name never quantized (repeat)"),
-    sqnr_db: float = typer.Option(20.0, help="layers whose INT8 output SQNR is under this (dB) stay float"),
+    sqnr_db: float = typer.Option(0.0, help="also keep float every INT8 layer whose output SQNR is under this (dB); "
+                                  "0: off (layers stay float by output sensitivity and by speed)"),
     weight_min_elements: int = typer.Option(1024, help="weight-only storage for weights at least this large"),
-    max_slowdown: float = typer.Option(0.05, help="a candidate may be this fraction slower (p50) than the original "
-                                       "(measurement noise)"),
+    max_slowdown: float = typer.Option(0.05, help="a candidate may be this fraction slower than the original "
+                                       "(median per-round time ratio; measurement noise)"),
+    prefer: str = typer.Option("balanced", help="balanced: the fastest candidate at least --min-shrink times "
+                               "smaller; speed: the fastest; size: the smallest (speed ties go to the smaller file)"),
+    min_shrink: float = typer.Option(1.8, help="balanced: the size goal (original / candidate bytes)"),
     bench_seconds: float = typer.Option(8.0, help="seconds of interleaved latency runs in all"),
     threads: int = typer.Option(1, help="ONNX Runtime intra-op threads"),
     seed: int = typer.Option(0, help="seed for synthetic inputs"),
@@ -44,8 +48,9 @@ def optimize(
 ) -> None:
     """Optimise a third-party ONNX model: repair, graph-optimise, try FP16/INT8, check outputs, measure, pick.
 
-    Keeps the smallest candidate whose outputs stay within tolerance and that is not slower than the
-    original; prints what was tried and why. Writes nothing if the tolerance cannot be met (unless --force).
+    Among candidates within tolerance and not slower than the original, keeps the fastest one at least
+    --min-shrink times smaller (--prefer tilts it); prints what was tried and why each won or lost.
+    Writes nothing if the tolerance cannot be met (unless --force).
     """
     if not as_json:  # a long job: say what comes before it starts (and flush: logs and pipes see it now)
         console.print(f"optimize {model}: {'inputs from ' + str(inputs) if inputs else 'synthetic inputs'}; "
@@ -55,6 +60,7 @@ def optimize(
         min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
         exclude_ops=exclude_op, exclude_nodes=exclude_node, sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, seed=seed, force=force,
+        prefer=prefer, min_shrink=min_shrink,
     )
     if as_json:
         emit_json(res)

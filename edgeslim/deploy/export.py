@@ -32,10 +32,13 @@ def export_onnx(
 
     Returns the parity figures: max absolute difference between PyTorch and ONNX Runtime.
     """
+    from edgeslim.train import torch_threads, train_threads
+
     model = model.eval()
     dummy = torch.zeros(1, *input_shape)
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    # the trace runs the model once: on the threads training would pick (one for small models)
+    with warnings.catch_warnings(), torch_threads(train_threads(model, tuple(input_shape), 1)):
         warnings.simplefilter("ignore")
         # The TorchScript exporter: fast (tens of ms) and stable for the CNN/MLP layers edge models use.
         torch.onnx.export(
@@ -51,7 +54,12 @@ def export_onnx(
 
 
 def parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> dict:
-    with torch.no_grad():
+    """Max abs difference of ONNX Runtime vs PyTorch on `x` (output units); the PyTorch side runs on the
+    threads training would pick for this model and batch (`train.train_threads`: one for small models,
+    where a second thread only spins on a shared machine)."""
+    from edgeslim.train import torch_threads, train_threads
+
+    with torch.no_grad(), torch_threads(train_threads(model, tuple(x.shape[1:]), len(x))):
         ref = model.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
     got = run_batched(session(path), x.astype(np.float32))
     diff = float(np.abs(ref - got).max())

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.measure.decide import InterleavedClock
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
@@ -338,3 +339,9 @@ class Measurer:
     def time(self, runners: Mapping[str, Any], **timer: Any) -> dict[str, Latency]:
         """Latency (ms per call) of zero-argument callables, interleaved in one loop (`interleaved_latency`)."""
         return interleaved_latency(runners, threads=self.threads, **timer)
+
+    def clock(self, feed: Mapping[str, np.ndarray], seconds: float = 3.0, min_rounds: int = 15) -> InterleavedClock:
+        """A clock for decisions by confidence interval (`measure.decide`): per-round times of serialized
+        ONNX models on `feed` and ORT's per-kernel profile, both from the one timer, with the run's threads.
+        The INT8 plan (`quant.int8_plan`) and `optimize`'s candidates take it."""
+        return InterleavedClock(dict(feed), seconds=seconds, threads=self.threads, min_rounds=min_rounds)

@@ -105,6 +105,8 @@ def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]
     if e is None:
         try:
             e = estimate_energy(proto, dev, shapes=shapes)
+            if _unsized_macs(e):  # Reshape targets from Shape ops (transformer exports): fold at static shapes
+                e = _more_macs(e, lambda: estimate_energy(_folded(proto, shapes), dev, shapes=shapes))
         except Exception as err:  # a graph the counter cannot follow: say so, do not guess
             return {"energy_mj": None, "energy_method": "unavailable",
                     "energy_note": f"no estimate: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"}
@@ -115,3 +117,17 @@ def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]
             "macs_by_precision": e.macs_by_precision}
 
 
+def _unsized_macs(e: Any) -> bool:
+    """Some MatMul/Conv/Gemm layer of the estimate has no MACs: its shapes were not known."""
+    from edgeslim.measure.onnx_counts import MAC_OPS
+
+    return any(r["op"] in MAC_OPS and not r["macs"] for r in e.breakdown)
+
+
+def _more_macs(e: Any, retry: Any) -> Any:
+    """`retry()`'s estimate when it counts more MACs than `e` (and it does not fail), else `e`."""
+    try:
+        f = retry()
+    except Exception:  # ONNX Runtime cannot fold it: keep the first estimate
+        return e
+    return f if sum(f.macs_by_precision.values()) > sum(e.macs_by_precision.values()) else e

@@ -1,8 +1,9 @@
 """The one timer: latency of one or several models, timed interleaved in one process, in ms.
 
-Every latency edgeslim reports comes from `interleaved_latency`: a pipeline stage, `edgeslim measure`,
-the INT8 format picker, `optimize`'s candidates, PyTorch eager beside ONNX Runtime, LiteRT, OpenVINO
-and the early-exit cascades. What it times is a *runner*: an ONNX Runtime session with its feed, or any
+Every latency edgeslim reports comes from `interleaved_latency` (raw per-round times:
+`interleaved_times`): a pipeline stage, `edgeslim measure`, the INT8 format picker and the INT8 plan's
+per-layer choice (`onnx_kernel_profile`: ONNX Runtime's per-kernel profile over this loop's rounds),
+`optimize`'s candidates, PyTorch eager beside ONNX Runtime, LiteRT, OpenVINO and the early-exit cascades. What it times is a *runner*: an ONNX Runtime session with its feed, or any
 zero-argument callable (a LiteRT invoke, a PyTorch forward, an exit cascade). Several runners are timed
 in rounds, each round starting with a different one, so that load from other processes (bursts of ms
 on a shared machine) lands on all of them alike: ratios between models are the trustworthy figures.
@@ -75,6 +76,23 @@ def interleaved_latency(
     call) defaults to the leading dim of the feed, else 1; `threads` is recorded, not set (the session or
     library of each runner sets it).
     """
+    times = interleaved_times(runners, feeds, seconds=seconds, rounds=rounds, per_round=per_round, warmup=warmup,
+                              min_rounds=min_rounds, max_seconds=max_seconds)
+    out = {}
+    for n in times:
+        b = batch if batch is not None else _feed_batch(feeds.get(n) if feeds else None)
+        out[n] = percentiles(times[n], b, threads)
+    return out
+
+
+def interleaved_times(
+    runners: Mapping[str, Any], feeds: Mapping[str, Mapping[str, np.ndarray]] | None = None, *,
+    seconds: float | None = None, rounds: int = 20, per_round: int = 1, warmup: int = 5, min_rounds: int = 30,
+    max_seconds: float | None = None,
+) -> dict[str, list[float]]:
+    """The raw timings (s) behind `interleaved_latency` (same arguments): per name, `per_round` calls per
+    round, in round order, so that entry i of two runners comes from the same round. Comparisons with
+    confidence intervals take per-round ratios of these (`measure.decide`)."""
     names = list(runners)
     calls: dict[str, Runner] = {}
     for n in names:
@@ -106,11 +124,7 @@ def interleaved_latency(
                 break
         elif (elapsed > seconds and r >= min_rounds) or elapsed > 20 * seconds:
             break
-    out = {}
-    for n in names:
-        b = batch if batch is not None else _feed_batch(feeds.get(n) if feeds else None)
-        out[n] = percentiles(times[n], b, threads)
-    return out
+    return times
 
 
 def onnx_interleaved(
@@ -131,6 +145,40 @@ def onnx_interleaved(
             f = {names[0]: next(iter(f.values()))}
         fd[k] = f
     return interleaved_latency(sess, fd, threads=threads, **timer)
+
+
+def onnx_kernel_profile(models: Mapping[str, bytes], feed: Mapping[str, np.ndarray], *, runs: int = 15,
+                        threads: int = 1, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """{model key: {ORT node name: median kernel time in us}}: ONNX Runtime's own per-kernel profile of
+    each serialized model on `feed`, over `runs` rounds of this module's interleaved loop (the sessions
+    alternate, so load lands on all alike). Why: choosing INT8 or float layer by layer needs each
+    layer's time; timing a whole model per layer would take minutes."""
+    import json
+    import tempfile
+    from collections import defaultdict
+
+    import onnxruntime as ort
+
+    from edgeslim.onnxkit.session import session_options
+
+    with tempfile.TemporaryDirectory() as td:
+        sess: dict[str, Any] = {}
+        for k, data in models.items():
+            opts = session_options(threads)
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(td) / f"p{len(sess)}")
+            sess[k] = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        fd = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sess.items()}
+        interleaved_times(sess, fd, rounds=runs, warmup=warmup, min_rounds=runs)
+        out = {}
+        for k, s in sess.items():
+            events = json.loads(Path(s.end_profiling()).read_text())
+            per: dict[str, list[float]] = defaultdict(list)
+            for e in events:
+                if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                    per[e["name"][: -len("_kernel_time")]].append(float(e["dur"]))
+            out[k] = {n: float(np.median(v[warmup:] or v)) for n, v in per.items()}  # warm-up runs are profiled too
+        return out
 
 
 def openvino_latency(model_path: str | Path, runs: int = 100) -> dict | None:

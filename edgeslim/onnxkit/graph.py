@@ -12,6 +12,8 @@ from pathlib import Path
 
 import onnx
 
+from edgeslim.untrusted import outer_reads, sort_topologically  # noqa: F401 - part of this toolkit's API
+
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
@@ -100,7 +102,9 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: Path) -> int:
-    """Write `model` (single file, not atomic: for work files) and return its size in bytes."""
+    """Write `model` (single file, not atomic: for work files) and return its size in bytes. Nodes are put
+    in topological order first (`sort_topologically`), so every file written passes the ONNX checker."""
+    sort_topologically(model.graph)
     data = model.SerializeToString()
     path.write_bytes(data)
     return len(data)

@@ -146,13 +146,18 @@ def _overrides(src: Path, act_overrides: dict[str, tuple[float, int]], fmt: IntF
 def quantize_static(
     src: Path, dst: Path, feeds: Sequence[Feed], fmt: IntFormat, *, method: str = "minmax", qdq: bool = True,
     op_types: list[str] | None = None, exclude_nodes: Sequence[str] = (),
-    act_overrides: dict[str, tuple[float, int]] | None = None, extra: dict | None = None,
+    act_overrides: dict[str, tuple[float, int]] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None, keep_activations: bool = False, extra: dict | None = None,
 ) -> None:
     """Static INT8 of `src` (pre-processed) into `dst`, calibrated on `feeds` with `method` (minmax,
     percentile, entropy). `qdq`: QDQ format, else QOperator (QLinearConv, ...). `op_types`: ops to
     quantize (default: every op ORT supports). `act_overrides` fixes {tensor: (scale, uint8 zero point)}
-    instead of calibrating it (e.g. QAT scales). `extra`: more of ORT's extra_options (e.g.
-    DefaultTensorType for graphs with contrib ops). Raises whatever the tooling raises."""
+    instead of calibrating it (e.g. QAT scales). `ranges` ({tensor: (min, max)}, float units) replaces
+    calibration altogether (ranges chosen elsewhere, e.g. per tensor by `quant.calib_select`; tensors
+    missing from it stay float). `keep_activations` keeps Relu/Clip nodes ORT would fold into the
+    quantization range (ORT still fuses them when the session loads; `quant.qdq_float` needs them to put
+    layers back in float). `extra`: more of ORT's extra_options (e.g. DefaultTensorType for graphs with
+    contrib ops). Raises whatever the tooling raises."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -160,7 +165,16 @@ def quantize_static(
             "entropy": CalibrationMethod.Entropy}
     if method not in meth:
         raise EdgeslimError(f"unknown calibration method '{method}'; valid: {choices(meth)}")
-    with quiet():
+    with quiet(), tempfile.TemporaryDirectory() as td:
+        cache = None
+        if ranges is not None:
+            from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+            cache = Path(td) / "ranges.json"
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+                k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                for k, (lo, hi) in ranges.items()}), cache)
+            method = "minmax"
         ort_quantize_static(
             str(src), str(dst), FeedReader(feeds),
             quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator, op_types_to_quantize=op_types,
@@ -168,7 +182,9 @@ def quantize_static(
             activation_type=QuantType.QUInt8 if fmt.activation == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude_nodes), calibrate_method=meth[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMovingAverage": False,
-                           "TensorQuantOverrides": _overrides(src, act_overrides or {}, fmt), **(extra or {})},
+                           "TensorQuantOverrides": _overrides(src, act_overrides or {}, fmt),
+                           "QDQKeepRemovableActivations": keep_activations, **(extra or {})},
+            calibration_cache_path=cache,
         )
 
 

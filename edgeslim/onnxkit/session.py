@@ -110,3 +110,26 @@ def ort_optimize(model: str | Path | onnx.ModelProto, level: str = "basic") -> o
         opts.optimized_model_filepath = str(dst)
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         return onnx.load(str(dst))
+
+
+def kernel_signature(model: str | Path | bytes, level: str = "extended") -> str:
+    """A short hash of the kernels ONNX Runtime will run for `model`: the op types (with domains) of the
+    graph a session builds at `level` (constant folding included, so int8/fp16 weights stored with a
+    Cast/Mul decode fold back into float constants), subgraphs included, plus the dtypes and shapes of the
+    constants. Two files with the same signature run the same kernels on the same shapes: a timing
+    difference between them is noise of separate sessions, not a property of the files. Empty when ORT
+    cannot write the optimised graph (then timing alone decides)."""
+    import hashlib
+    import json
+
+    from edgeslim.onnxkit.graph import graphs
+
+    try:
+        m = ort_optimize(onnx.load_from_string(model) if isinstance(model, bytes) else model, level)
+    except Exception:  # noqa: BLE001 - a signature is an optimisation of the choice, never a failure
+        return ""
+    ops, consts = [], []
+    for g in graphs(m.graph):
+        ops.append([f"{n.domain}:{n.op_type}" for n in g.node])
+        consts.append(sorted(f"{t.data_type}:{tuple(t.dims)}" for t in g.initializer))
+    return hashlib.sha1(json.dumps([ops, consts]).encode()).hexdigest()[:16]

@@ -3,16 +3,19 @@
 load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> candidates -> fidelity ->
 interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
 
-The rule ("never slower by default"): among candidates within tolerance and not slower than the
-original by more than `max_slowdown` (p50), keep the smallest file; files within SIZE_TIE (5%) of the
-smallest count as equally small and the fastest of them wins (a QDQ model carries scales that make it a
-few % larger than weight-only storage while running up to 2x faster). If none is both, the original is
-written unchanged. If none even meets the tolerance, nothing is written unless `force`.
+The rule (`measure.decide.choose`, "never slower by default"): every comparison is a per-round time
+ratio from the same interleaved rounds, with a confidence interval. Among candidates within tolerance,
+smaller than the original and whose median ratio to it is at most 1 + `max_slowdown`, the default
+(`prefer="balanced"`) keeps the fastest of those at least `min_shrink` (1.8x) smaller (if none is, of
+all of them); candidates tied with it on speed (interval reaching below 1 + 3%) count as equally fast
+and the smallest file of those wins. `prefer="speed"` drops the size floor, `prefer="size"` keeps the
+smallest (files within 5% count as equal, then the fastest). If none qualifies, the original is written
+unchanged. If none even meets the tolerance, nothing is written unless `force`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -22,18 +25,21 @@ from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.decide import Option, choose
 from edgeslim.measure.fidelity import Tolerance, compare, run_all
-from edgeslim.measure.latency import Latency, interleaved_latency
+from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
-from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save
+from edgeslim.onnxkit.bnfold import fold_into_convs
+from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save, sort_topologically
 from edgeslim.onnxkit.inputs import input_specs, make_feeds
 from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
-from edgeslim.onnxkit.session import ort_optimize, session
+from edgeslim.onnxkit.patterns import fuse_hardswish
+from edgeslim.onnxkit.session import kernel_signature, ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
+from edgeslim.quant.int8_plan import Int8Options
 from edgeslim.untrusted import about
 
-SIZE_TIE = 0.05  # fraction: files this close in size count as equally small
 SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic inputs from the declared "
                      "shapes. ACCURACY IS NOT CHECKED, only closeness to the original on random data; "
                      "pass --inputs INPUTS.npz with real inputs")
@@ -52,13 +58,28 @@ class OptimizeConfig:
     candidates: tuple[str, ...] = cands.ALL
     exclude_ops: set[str] = field(default_factory=set)
     exclude_nodes: set[str] = field(default_factory=set)
-    sqnr_db: float = 20.0                                 # layer fallback threshold, dB
+    sqnr_db: float = 0.0                                  # extra float fallback under this layer SQNR, dB (0: off)
     weight_min_elements: int = 1024                       # weight-only storage for tensors this large
-    max_slowdown: float = 0.05                            # p50 may exceed the original's by this fraction
+    max_slowdown: float = 0.05                            # median time ratio may exceed 1 by this fraction
+    prefer: str = "balanced"                              # balanced | size | speed (see module docstring)
+    min_shrink: float = 1.8                               # balanced: the size goal, original / candidate
+    rewrites: bool = True                                 # BatchNorm/affine folding, hard-swish fusion
+    int8: Int8Options | None = None                       # INT8 techniques; None: all on, target from tol
+    ablation: bool = False                                # also time int8-qdq with its choices undone
     bench_seconds: float = 8.0                            # wall time for all latency runs together, s
     threads: int = 1
     device: str = "host"                                  # device profile for the energy estimate
     force: bool = False
+
+
+def _int8_options(cfg: OptimizeConfig) -> Int8Options:
+    """The INT8 plan's settings: the config's, with the fidelity target a little inside the tolerance
+    (30% of its slack), so the candidate's own check against the tolerance passes with a margin."""
+    base = cfg.int8 or Int8Options()
+    mc = cfg.tol.min_cosine
+    target = 1 - 0.7 * (1 - mc) if mc is not None else base.target_cosine
+    return replace(base, target_cosine=target, exclude_ops=frozenset(cfg.exclude_ops) | base.exclude_ops,
+                   exclude_nodes=frozenset(cfg.exclude_nodes) | base.exclude_nodes, threads=cfg.threads)
 
 
 def _check_device(device: str) -> None:
@@ -77,8 +98,10 @@ def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
     return fd.feeds, (fd.warnings if fd.source == "inputs" else [SYNTHETIC_WARNING, *fd.warnings])
 
 
-def _optimised(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """ORT offline optimisation, dead-node removal, shape inference, node names."""
+def _optimised(model: onnx.ModelProto, notes: list[str], rewrites: bool = True) -> onnx.ModelProto:
+    """ORT offline optimisation, dead-node removal, (rewrites:) BatchNorm and constant Mul/Add folded
+    into convs and decomposed hard-swish fused (ORT misses both when constants sit in Constant nodes or
+    come first), shape inference, node names."""
     try:
         base = ort_optimize(model)
     except Exception as e:
@@ -87,6 +110,13 @@ def _optimised(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     dead = remove_dead(base)
     if dead:
         notes.append(f"removed {dead} dead nodes")
+    if rewrites:
+        a = fold_into_convs(base)
+        h = fuse_hardswish(base)
+        b = fold_into_convs(base)
+        if a["batchnorm"] + b["batchnorm"] + a["affine"] + b["affine"] + h:
+            notes.append(f"folded {a['batchnorm'] + b['batchnorm']} BatchNorm and {a['affine'] + b['affine']} "
+                         f"constant Mul/Add into convs, fused {h} decomposed hard-swish")
     base, inferred = infer_shapes(base)  # value_info helps the quantizers; symbolic dims may stay
     if not inferred:
         notes.append("shape inference could not resolve this graph: continuing without it")
@@ -108,38 +138,34 @@ def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str
     if fid.cosine < 0.9999 or not fid.finite:
         loaded = load_and_repair(src, upgrade=False)
         loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
-    base = _optimised(loaded.model, loaded.notes)
+    base = _optimised(loaded.model, loaded.notes, cfg.rewrites)
     if loaded.opset == loaded.source_opset:
         return loaded, loaded.model, base, None
     plain = load_and_repair(src, upgrade=False).model
-    return loaded, plain, base, _optimised(plain, [])
+    return loaded, plain, base, _optimised(plain, [], cfg.rewrites)
 
 
-def _choose(built: list[cands.Candidate], lat: dict[str, Latency], orig_size: int,
+def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_size: int,
             cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
     """Apply the rule (module docstring). None means: write the original unchanged."""
-    usable = [c for c in built if c.usable]
-    limit = lat["original"].p50_ms * (1 + cfg.max_slowdown)
-    for c in usable:
-        if lat[c.name].p50_ms > limit:
-            c.status = (f"rejected: slower (p50 {lat[c.name].p50_ms:.3g} ms > original "
-                        f"{lat['original'].p50_ms:.3g} ms + {100 * cfg.max_slowdown:g}%)")
-    fast = [c for c in usable if c.usable]
-    if fast:  # the smallest; sizes within SIZE_TIE of it count as equal and the fastest of those wins
-        near = [c for c in fast if c.size <= (1 + SIZE_TIE) * min(c.size for c in fast)]
-        best = min(near, key=lambda c: lat[c.name].p50_ms)
-        if best.size >= orig_size:
-            return None, (f"{best.name}: no candidate is both smaller and within tolerance and speed; "
-                          "the original is written unchanged")
-        return best, (f"{best.name}: smallest (sizes within {100 * SIZE_TIE:g}% go to the fastest) of "
-                      f"{len(fast)} candidate(s) within tolerance and not slower than the original "
-                      f"(p50 {lat[best.name].p50_ms:.3g} vs {lat['original'].p50_ms:.3g} ms)")
+    usable = [c for c in built if c.usable and not c.ablation]
+    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file)) for c in usable]
+    best = choose(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
+                  min_shrink=cfg.min_shrink, max_slowdown=cfg.max_slowdown)
+    for c, o in zip(usable, opts):
+        c.why = o.why
+        if "slower than the original" in o.why:
+            c.status = "rejected: " + o.why.removeprefix("lost: ")
+    if best is not None:
+        c = next(c for c in usable if c.name == best.name)
+        return c, f"{c.name}: {best.why.removeprefix('won: ')}"
     if usable:
-        return None, "every candidate within tolerance is slower than the original: the original is written unchanged"
+        return None, ("no candidate within tolerance is both smaller and not slower than the original: "
+                      "the original is written unchanged")
     broken = cfg.tol_given and any(c.status.startswith("rejected") for c in built)
     if not cfg.force and not broken:
         return None, "no candidate could be built within tolerance: the original is written unchanged"
-    closest = max((c for c in built if c.fid is not None), key=lambda c: c.fid.cosine if c.fid else 0.0,
+    closest = max((c for c in built if c.fid is not None and not c.ablation), key=lambda c: c.fid.cosine if c.fid else 0.0,
                   default=None)
     if not cfg.force or closest is None:
         raise EdgeslimError(
@@ -176,7 +202,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
     import onnxruntime as ort
 
     _check_device(cfg.device)
-    bad = [c for c in cfg.candidates if c not in cands.ALL]
+    bad = [c for c in cfg.candidates if c not in cands.ALL + cands.ABLATION]
     if bad:
         raise EdgeslimError(f"unknown candidate {', '.join(bad)}; valid: {', '.join(cands.ALL)}")
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about every folded initializer
@@ -193,23 +219,26 @@ def optimize(cfg: OptimizeConfig) -> dict:
         wd = Path(td)
         loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, out_names, cfg, wd)
         ctx = cands.Context(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
-                            set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp)
-        built = [cands.evaluate(n, ctx, cfg.threads) for n in cfg.candidates]
+                            set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp,
+                            int8=_int8_options(cfg))
+        names = list(cfg.candidates) + [a for a in cands.ABLATION if cfg.ablation and a not in cfg.candidates]
+        built = [cands.evaluate(n, ctx, cfg.threads) for n in names]
         # a fresh session for the original too, so that every model is timed from the same memory state
+        timed = [c for c in built if c.usable or (c.ablation and c.fid is not None)]
         sessions = {"original": session(src, threads=cfg.threads),
-                    **{c.name: session(c.file, threads=cfg.threads) for c in built if c.usable}}
-        lat = interleaved_latency(sessions, dict.fromkeys(sessions, feeds[0]), seconds=cfg.bench_seconds,
-                                  threads=cfg.threads)
-        chosen, reason = _choose(built, lat, orig_size, cfg)
-        if chosen is not None and chosen.name not in lat:  # forced: time it against the original
+                    **{c.name: session(c.file, threads=cfg.threads) for c in timed}}
+        times = interleaved_times(sessions, dict.fromkeys(sessions, feeds[0]), seconds=cfg.bench_seconds)
+        chosen, reason = _choose(built, times, orig_size, cfg)
+        if chosen is not None and chosen.name not in times:  # forced: time it against the original
             pair = {"original": sessions["original"], chosen.name: session(chosen.file, threads=cfg.threads)}
-            lat.update(interleaved_latency(pair, dict.fromkeys(pair, feeds[0]), seconds=cfg.bench_seconds / 2,
-                                           threads=cfg.threads))
+            times.update(interleaved_times(pair, dict.fromkeys(pair, feeds[0]), seconds=cfg.bench_seconds / 2))
+        batch = int(next(iter(feeds[0].values())).shape[0]) if feeds[0] and next(iter(feeds[0].values())).ndim else 1
+        lat = {k: percentiles(v, batch, cfg.threads) for k, v in times.items()}
         if chosen is not None and reason.startswith(f"{chosen.name}: FORCED"):
             warnings.append(reason)
         if chosen is not None:
             chosen.status = "chosen"
-            out_path, out_bytes = chosen.file, chosen.file.read_bytes()
+            out_path, out_bytes = chosen.file, _sorted_bytes(chosen.file)
         else:  # the original, in one file (external data folded in)
             out_path = src
             out_bytes = src.read_bytes() if orig_size == src.stat().st_size else loaded.model.SerializeToString()
@@ -226,13 +255,24 @@ def optimize(cfg: OptimizeConfig) -> dict:
         "tolerance": vars(cfg.tol), "device": cfg.device, "threads": cfg.threads,
         "notes": loaded.notes, "warnings": warnings,
         "candidates": [{
-            "name": c.name, "about": cands.ABOUT[c.name], "status": c.status, "notes": c.notes,
+            "name": c.name, "about": cands.ABOUT[c.name], "status": c.status, "why": c.why, "notes": c.notes,
             "size_bytes": c.size or None,
             "latency_ms_p50": lat[c.name].p50_ms if c.name in lat else None,
             "latency_ms_p90": lat[c.name].p90_ms if c.name in lat else None,
             **(c.fid.as_dict() if c.fid else {}),
         } for c in built],
+        "int8_plan": ctx.plan.report() if ctx.plan is not None else None,
+        "prefer": cfg.prefer,
         "original": {"size_bytes": orig_size, "latency_ms_p50": lat["original"].p50_ms,
                      "latency_ms_p90": lat["original"].p90_ms},
         "side_by_side": side,
     }
+
+
+def _sorted_bytes(path: Path) -> bytes:
+    """The file's bytes with its nodes in topological order: ORT's quantizers can leave a node after an
+    `If` whose body reads it (silero-vad's op15 export), which ONNX Runtime runs but the ONNX checker, and
+    so `edgeslim measure` on the written file, refuses."""
+    data = path.read_bytes()
+    m = onnx.load_from_string(data)
+    return m.SerializeToString() if sort_topologically(m.graph) else data

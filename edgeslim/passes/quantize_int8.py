@@ -1,14 +1,21 @@
 """`quantize_int8`: static INT8 post-training quantization with ONNX Runtime's tooling (QDQ, calibrated on
-the task); with `select: measure` every candidate integer format is timed against FP32, interleaved, and
-the fastest one within `max_accuracy_drop` is kept. It reads the previous stage's ONNX: the stage, and
-every one after it, is ONNX-only.
+the task). With `per_layer` (default) the INT8 plan (`quant.int8_plan`) keeps float the layers that break
+fidelity or run slower in INT8 on this CPU, and the mixed model, full INT8 and FP32-with-int8-weights are
+timed against FP32, interleaved, and picked by `measure.decide` within `max_accuracy_drop`
+(`per_layer_int8` below). Without it, every candidate integer format is timed and the fastest one within
+`max_accuracy_drop` is kept (said loudly when it is slower than FP32). It reads the previous stage's ONNX:
+the stage, and every one after it, is ONNX-only.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import onnx
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -17,19 +24,24 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.decide import Option, choose, ratio
 from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
-from edgeslim.onnxkit.session import onnx_accuracy
+from edgeslim.onnxkit.session import kernel_signature, onnx_accuracy, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
+from edgeslim.quant.qdq_float import keep_float
 
-DEFAULT_CANDIDATES = ("u8s8-rr-pc", "u8s8-rr", "s8s8-pc", "s8s8")
+DEFAULT_CANDIDATES = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")  # per-tensor weights lose precision, never time
 
 
 class QuantizeInt8(PassConfig):
     calibration_samples: int = Field(256, ge=1, description="training samples used to calibrate ranges")
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    # select: per tensor among the four, validated end to end (per_layer only; else minmax)
+    method: Literal["minmax", "percentile", "entropy", "mse", "select"] = "select"
     select: Literal["measure", "fixed"] = "measure"  # measure: time every candidate, keep the fastest good one
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES  # formats tried when select=measure
 
@@ -43,6 +55,11 @@ class QuantizeInt8(PassConfig):
                 raise ValueError(str(e).split(": ", 1)[1]) from None
         return v
     max_accuracy_drop: float = Field(1.0, ge=0, description="points of val accuracy a format may lose vs FP32")
+    # per_layer: INT8 only where it is faithful and faster on this CPU (quant.int8_plan); layers whose
+    # INT8 kernel is slower keep FP32 compute with int8 weights on disk; w8 and full INT8 compete too
+    per_layer: bool = True
+    prefer: Literal["balanced", "size", "speed"] = "balanced"
+    min_cosine: float = Field(0.99, gt=0, le=1, description="per_layer: logits cosine vs FP32 the plan keeps")
     # Used when select=fixed. u8 activations + reduced-range s8 weights are fastest on AVX2 without VNNI.
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
@@ -82,6 +99,8 @@ def quantize_int8(
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"
     oq.preprocess(ctx.prev_onnx, pre)
+    if cfg.per_layer and cfg.select == "measure" and act_overrides is None:
+        return _per_layer(task, cfg, ctx, pre, work, feeds)
     if cfg.select == "fixed":
         fmts = [IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)]
     else:
@@ -92,7 +111,8 @@ def quantize_int8(
     recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
-        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method, act_overrides=act_overrides)
+        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method if cfg.method in ("minmax", "percentile",
+                           "entropy") else "minmax", act_overrides=act_overrides)
         recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
@@ -111,6 +131,8 @@ def quantize_int8(
         best, why = rows[0], "fixed format (select: fixed)"
     else:
         best, why = choose_format(rows, fp32_acc, cfg.max_accuracy_drop)
+        if float(best["latency_ms_p50"]) > float(best["fp32_latency_ms_p50"]):  # type: ignore[arg-type]
+            why += "; SLOWER THAN FP32 (every format tried was: per_layer: true keeps slow layers float)"
     dst = ctx.stage_dir / "model.onnx"
     chosen = str(best["format"])
     shutil.copyfile(paths[chosen], dst)
@@ -120,9 +142,129 @@ def quantize_int8(
     shutil.rmtree(work)
     notes = {
         "format": f"QDQ {best['format']}", "why": why, "fp32_val_accuracy": round(fp32_acc, 6),
-        "calibration": {"method": cfg.method, "samples": len(calib)}, "tried": rows, "layers": layers,
+        "calibration": {"method": cfg.method if cfg.method in ("minmax", "percentile", "entropy") else "minmax",
+                        "samples": len(calib)}, "tried": rows, "layers": layers,
     }
     if recurrent:
         notes["recurrent_weight_only"] = recurrent
         notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
     return PassResult(None, onnx=dst, notes=notes)
+
+
+def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds: list) -> PassResult:
+    """The per-layer path (`per_layer_int8` below): plan, three candidates, the measured pick."""
+    from edgeslim.quant.int8_plan import FORMATS, Int8Options
+
+    fmts = tuple(parse_format(c, "quantize_int8.candidates").name for c in cfg.candidates) or FORMATS
+    opts = Int8Options(formats=fmts, calib=cfg.method, target_cosine=cfg.min_cosine, seed=ctx.seed,
+                       threads=ctx.measure.threads)
+    # every timing decision asks the measurement core: batch 1, the pipeline's latency setting
+    x1 = task.x_test[:1].astype(np.float32)
+    name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    clock = ctx.measure.clock({name: x1}, seconds=4.0)
+    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, clock, opts, cfg.max_accuracy_drop,
+                       prefer=cfg.prefer)
+    report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
+    p = r.plan
+    src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(r.chosen)
+    if src:  # compare against the plan's float model: equalisation rescales channels between layers
+        save(p.float_model, work / "float.plan.onnx")
+    layers = layer_report(work / "float.plan.onnx", work / src, task.x_val[:128]) if src else []
+    float_why = {} if r.chosen == "int8-full" else (
+        p.float_units if r.chosen == "int8-mixed" else dict.fromkeys(p.units.quant, "w8 chosen: FP32 compute"))
+    layers += [{"layer": u, "op": p.units.op[u], "bits": 32, "weight_dtype": "int8 storage, fp32 compute"
+                if not w.startswith("fidelity") else "fp16 storage, fp32 compute", "float_because": w,
+                "sqnr_db": None} for u, w in float_why.items()]
+    report["layers"] = layers
+    write_json(ctx.stage_dir / "quant_report.json", report)
+    shutil.rmtree(work)
+    notes = {
+        "format": f"{r.chosen} ({p.fmt}, {len(p.int8_units)} layers INT8, {len(p.float_units)} float)"
+                  if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
+        "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
+        "tried": r.rows, "float_layers": p.float_units, "plan_notes": p.notes, "layers": layers,
+    }
+    if r.slower_than_fp32:
+        notes["slower_than_fp32"] = r.slower_than_fp32
+    if r.recurrent:
+        notes["recurrent_weight_only"] = r.recurrent
+        notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
+    return PassResult(None, onnx=r.path, notes=notes)
+
+
+# The per-layer path: the INT8 plan on a task model, then a pick by measurement.
+#
+# Three models compete against the stage's FP32 input, timed interleaved at batch 1 (the pipeline's
+# latency setting) and judged by `measure.decide.choose` (the same rule as `edgeslim optimize`):
+#   int8-mixed  the plan: INT8 where it is faithful and faster here, float (int8 weights on disk) elsewhere
+#   int8-full   every layer INT8 in the plan's integer format (what the pass did before)
+#   w8          FP32 compute with int8 weight storage (the plan with every layer float)
+# A candidate must stay within `max_drop` points of the FP32 validation accuracy. If none qualifies
+# under the rule (all slower than FP32), the fastest faithful one is written and the stage says, in its
+# notes, that it is slower than FP32: thin layers (a pruned ResNet-8 on 8x8 digits) often run slower in
+# INT8 than in FP32 on x86, and a compression step must not undo the previous one's speed silently.
+
+
+@dataclass
+class StageResult:
+    path: Path                  # the written model (inside the stage folder)
+    chosen: str
+    why: str
+    rows: list[dict]            # every candidate: accuracy, size, latency, ratio to FP32, why
+    plan: int8_plan.Int8Plan
+    slower_than_fp32: str | None  # set when the written model is slower than the FP32 input
+    recurrent: list[str]        # GRU/LSTM/RNN nodes given weight-only INT8 (no integer kernel in ORT)
+
+
+def per_layer_int8(
+    pre: Path, work: Path, feeds: list[dict], x_val: np.ndarray, y_val: np.ndarray, clock: int8_plan.Clock,
+    opts: int8_plan.Int8Options, max_drop: float, prefer: str = "balanced",
+) -> StageResult:
+    """Plan, build the three candidates in `work`, measure, choose. `pre` is the FP32 model (ORT
+    pre-processed), `feeds` the calibration batches, `clock` the measurement core's (`ctx.measure.clock`
+    on the batch-1 timing input): this pass times nothing itself."""
+    model = onnx.load(str(pre))
+    name_nodes(model)
+    fp = session(pre)
+    ref = [fp.run(None, f) for f in feeds]
+    plan = int8_plan.build(model, feeds, ref, opts, clock)
+    assert plan.full is not None
+    every = set(plan.units.quant)
+    w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
+    models = {"int8-mixed": plan.model, "int8-full": plan.full, "w8": w8}
+    paths = {}
+    recurrent: list[str] = []
+    for k, m in models.items():
+        raw = work / f"{k}.raw.onnx"
+        save(m, raw)
+        recurrent = rq.weight_only_recurrent(raw, raw)  # static QDQ has no GRU/LSTM/RNN kernels
+        paths[k] = work / f"{k}.onnx"
+        oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
+    times = clock.times({"fp32": pre.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
+    fp32_acc = onnx_accuracy(pre, x_val, y_val)
+    opts_ = []
+    rows = []
+    for k, p in paths.items():
+        acc = onnx_accuracy(p, x_val, y_val)
+        ok = (fp32_acc - acc) * 100 <= max_drop + 1e-9
+        opts_.append(Option(k, p.stat().st_size, ok, times[k], kernels=kernel_signature(p)))
+        r = ratio(times[k], times["fp32"])
+        rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
+                     "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
+                     "fp32_latency_ms_p50": round(float(np.median(times["fp32"])) * 1e3, 4),
+                     "speedup_vs_fp32": round(r.speedup, 3), "speedup_ci": [round(1 / r.hi, 3), round(1 / r.lo, 3)]})
+    fp_size = pre.stat().st_size
+    best = choose(opts_, times["fp32"], fp_size, prefer=prefer)  # type: ignore[arg-type]
+    slower = None
+    if best is None:  # nothing qualifies: the fastest faithful one, said loudly
+        faithful = [o for o in opts_ if o.faithful] or opts_
+        best = min(faithful, key=lambda o: ratio(o.times, times["fp32"]).median)
+        r = ratio(best.times, times["fp32"])
+        slower = (f"{best.name} is {r.speedup:.2f}x FP32 speed (slower; 95% CI {1 / r.hi:.2f}-{1 / r.lo:.2f}x): "
+                  "no candidate was both faithful and at least as fast")
+        best.why = "written although slower: " + slower
+    for row, o in zip(rows, opts_):
+        row["why"] = o.why
+    dst = work.parent / "model.onnx"
+    shutil.copyfile(paths[best.name], dst)
+    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent)

@@ -22,7 +22,7 @@ from edgeslim.errors import EdgeslimError, choices
 from edgeslim.models.probe import probe
 from edgeslim.models.spec import get_module
 from edgeslim.prune.masks import schedule_ratios
-from edgeslim.train import is_reconstruction
+from edgeslim.train import is_reconstruction, torch_threads, train_threads
 
 Importance = Literal["l1", "l2", "taylor", "bn_scale", "random"]
 
@@ -67,12 +67,13 @@ def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size:
     model.eval()  # BN statistics stay fixed; gradients still flow
     model.zero_grad(set_to_none=True)
     rng = np.random.default_rng(seed)
-    for _ in range(batches):
-        idx = rng.choice(len(task.x_train), min(batch_size, len(task.x_train)), replace=False)
-        x, y = torch.from_numpy(task.x_train[idx]), torch.from_numpy(task.y_train[idx])
-        out = model(x)
-        loss = F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
-        loss.backward()
+    with torch_threads(train_threads(model, task.input_shape, batch_size)):
+        for _ in range(batches):
+            idx = rng.choice(len(task.x_train), min(batch_size, len(task.x_train)), replace=False)
+            x, y = torch.from_numpy(task.x_train[idx]), torch.from_numpy(task.y_train[idx])
+            out = model(x)
+            loss = F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
+            loss.backward()
 
 
 def make_pruner(

@@ -134,6 +134,16 @@ def _run_tensors(model: Path, x: np.ndarray, names: list[str]) -> dict[str, np.n
     return dict(zip(uniq, outs))
 
 
+def _after_qdq(q, out: str) -> str:
+    """`out` after its QuantizeLinear -> DequantizeLinear pair, if it has one."""
+    q_next = next((c for c in q.graph.node if c.op_type == "QuantizeLinear" and c.input[0] == out), None)
+    if q_next is None:
+        return out
+    dq_next = next((c for c in q.graph.node if c.op_type == "DequantizeLinear" and c.input[0] == q_next.output[0]),
+                   None)
+    return dq_next.output[0] if dq_next is not None else out
+
+
 def layer_report(
     float_onnx: Path, q_onnx: Path, x: np.ndarray, bits: dict[str, int] | None = None,
 ) -> list[dict]:
@@ -162,13 +172,12 @@ def layer_report(
         if xdq is not None and xdq.op_type == "DequantizeLinear" and xdq.input[1] in inits:
             act = float(numpy_helper.to_array(inits[xdq.input[1]]))
         out = n.output[0]  # compare what the next layer sees: after the output's Q/DQ (which may clip = ReLU)
-        q_next = next((c for c in q.graph.node if c.op_type == "QuantizeLinear" and c.input[0] == out), None)
-        if q_next is not None:
-            dq_next = next((c for c in q.graph.node if c.op_type == "DequantizeLinear"
-                            and c.input[0] == q_next.output[0]), None)
-            tensor = dq_next.output[0] if dq_next is not None else out
-        else:
-            tensor = out
+        tensor = _after_qdq(q, out)
+        readers = [c for c in q.graph.node if tensor in c.input]
+        if len(readers) == 1 and readers[0].op_type in ("Relu", "Clip"):
+            # a ReLU/Clip kept in the graph: the Q/DQ before it already clips to its range, so compare after it
+            out = readers[0].output[0]
+            tensor = _after_qdq(q, out)
         rows.append({
             "layer": n.name or n.output[0], "op": n.op_type, "bits": int(b),
             "weight_dtype": str(codes.dtype), "weight_scale_min": float(np.min(scale)),

@@ -2,7 +2,8 @@
 
 Read from the deployed graph itself, so every stage (PyTorch or ONNX-only) is described the same way:
 for each Conv / ConvTranspose / Gemm / MatMul whose weight is stored in the file (an initializer or
-Constant, directly or behind a DequantizeLinear), the output channels (Conv: weight dim 0; Gemm/MatMul:
+Constant, directly, behind a DequantizeLinear, or as weight-only storage decoded by Cast (-> Mul by a
+scale) that ONNX Runtime folds at load time), the output channels (Conv: weight dim 0; Gemm/MatMul:
 the output features), the fraction of stored weights that are zero (for quantized weights: equal to
 the zero point) and the stored bits per weight. Layers are matched to the baseline's by node name
 (torch export names nodes after module paths, which pruning keeps).
@@ -46,6 +47,15 @@ def _weight(name: str, arrays: dict[str, np.ndarray], producers: dict[str, onnx.
         if zp is not None and zp.size > 1 and q.ndim >= 1:  # per-channel zero points along axis 0
             zp = zp.reshape((-1,) + (1,) * (q.ndim - 1)) if zp.shape[0] == q.shape[0] else zp
         return q, bits, zp if zp is not None else 0.0  # type: ignore[return-value]
+    if n is not None and n.op_type == "Mul":  # int8 codes decoded by Cast -> Mul (weight-only storage)
+        for a, b in ((n.input[0], n.input[1]), (n.input[1], n.input[0])):
+            c = producers.get(a)
+            if c is not None and c.op_type == "Cast" and c.input[0] in arrays and b in arrays:
+                q = arrays[c.input[0]]
+                return q, BITS.get(q.dtype, 32), 0.0
+    if n is not None and n.op_type == "Cast" and n.input[0] in arrays:  # fp16 storage, cast at load
+        w = arrays[n.input[0]]
+        return w, BITS.get(w.dtype, 32), 0.0
     return None
 
 

@@ -36,11 +36,54 @@ def print_candidates(res: dict, console: Console) -> None:
                   style="bold green" if c["status"] == "chosen" else None)
     console.print(t)
     for c in res["candidates"]:
-        why = c["status"].partition(": ")[2]
+        why = c["status"].partition(": ")[2] or c.get("why", "")
         err = f"mean abs err {c['mean_abs_err']:.2g}" if c.get("mean_abs_err") is not None else ""
         notes = [] if c["status"].startswith("skipped") else c["notes"]
+        if c["name"].startswith("int8-qdq") and c["name"] != "int8-qdq":
+            notes = notes[:1]
+        elif c["name"] == "int8-qdq":
+            notes = notes[:1]  # the plan's own notes are printed below
         extra = "; ".join(([why] if why else []) + notes + ([err] if err else []))
         console.print(f"  {c['name']:9s} {c['about']}" + (f" -- {extra}" if extra else ""), highlight=False)
+
+
+def print_int8(res: dict, console: Console, top: int = 8) -> None:
+    """The INT8 plan: steps taken, which layers stayed float and why, per-layer FP32 vs INT8 kernel time."""
+    p = res.get("int8_plan")
+    if not p:
+        return
+    console.print(f"INT8 plan ({p['format']}, {p['int8_layers']} layers INT8, {len(p['float_layers'])} float, "
+                  f"cosine {p['cosine']:.5f}):", highlight=False)
+    for n in p["notes"]:
+        console.print(f"  - {n}", highlight=False)
+    fl = p["float_layers"]
+    if fl:
+        shown = list(fl.items())[:top]
+        console.print("  float layers: " + "; ".join(f"{u} ({w})" for u, w in shown)
+                      + (f"; +{len(fl) - top} more (results JSON: int8_plan.float_layers)" if len(fl) > top else ""),
+                      highlight=False)
+    t = p["layer_times_us"]
+    if t:
+        tab = Table(title="INT8 layers: kernel time per layer, FP32 vs INT8 (profiled, us; INT8 incl. its "
+                          "quantize/dequantize edges)")
+        for col in ("layer", "FP32 us", "INT8 us", "speed-up"):
+            tab.add_column(col)
+        rows = sorted(t.items(), key=lambda kv: -(kv[1]["fp32"] - kv[1]["int8"]))
+        for u, v in rows[:top] + (rows[-3:] if len(rows) > top + 3 else []):
+            tab.add_row(u, f"{v['fp32']:.0f}", f"{v['int8']:.0f}", _f(v["speedup"], ".2f") + "x")
+        fp, q8 = sum(v["fp32"] for v in t.values()), sum(v["int8"] for v in t.values())
+        tab.add_row(f"all {len(t)} INT8 layers", f"{fp:.0f}", f"{q8:.0f}", f"{fp / q8:.2f}x" if q8 else "-")
+        console.print(tab)
+
+
+def print_fidelity(res: dict, console: Console) -> None:
+    c = next((c for c in res["candidates"] if c["status"] == "chosen"), None)
+    if not c or not c.get("per_output"):
+        return
+    console.print("fidelity per output (chosen): " + "; ".join(
+        f"{k}: cosine {v['cosine']:.5f}, max abs {v['max_abs_err']:.3g}"
+        + (f", top-1 {v['top1_agreement']:.3f}" if "top1_agreement" in v else "") for k, v in c["per_output"].items()),
+        highlight=False)
 
 
 def print_side_by_side(res: dict, console: Console) -> None:
@@ -68,6 +111,8 @@ def print_report(res: dict, console: Console) -> None:
     for n in res["notes"]:
         console.print(f"repair: {n}", highlight=False)
     print_candidates(res, console)
+    print_int8(res, console)
     print_side_by_side(res, console)
+    print_fidelity(res, console)
     console.print(f"chosen: {res['reason']}", highlight=False)
     console.print(f"wrote {res['output']}", highlight=False)

@@ -100,12 +100,20 @@ def methods_caption(stages: list[dict]) -> str:
     return ("energy: " + "; ".join(methods)) if methods else ""
 
 
+def _flagged(stages: list[dict]) -> list[dict]:
+    """Stages with "(slower)" after the name when slower than the stage before (measured p50, or the
+    pass's own interleaved verdict `notes.slower_than_fp32`): said in the table itself, not only below."""
+    slow = {name for name, _, _ in _slower_stages(stages)}
+    slow |= {s["name"] for s in stages if (s.get("notes") or {}).get("slower_than_fp32")}
+    return [{**s, "name": s["name"] + " (slower)"} if s["name"] in slow else s for s in stages]
+
+
 def results_table(stages: list[dict], title: str = "edgeslim results") -> Table:
     t = Table(title=title, caption=methods_caption(stages) or None)
     cols = COLUMNS + extra_columns(stages)
     for name, _ in cols:
         t.add_column(name, justify="left" if name == "stage" else "right", no_wrap=True)
-    for s in stages:
+    for s in _flagged(stages):
         t.add_row(*[fn(s) for _, fn in cols])
     return t
 
@@ -121,7 +129,7 @@ def print_table(stages: list[dict], title: str = "edgeslim results", console: Co
 def markdown_table(stages: list[dict]) -> str:
     cols = COLUMNS + extra_columns(stages)
     lines = ["| " + " | ".join(n for n, _ in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fn(s) for _, fn in cols) + " |" for s in stages]
+    lines += ["| " + " | ".join(fn(s) for _, fn in cols) + " |" for s in _flagged(stages)]
     caption = methods_caption(stages)
     return "\n".join(lines + ([f"\n{caption}"] if caption else []))
 
