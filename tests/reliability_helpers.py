@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,8 +52,15 @@ def start(*args: str, pause_on: str | None = None) -> subprocess.Popen:
     if pause_on:
         env["EDGESLIM_TEST_PAUSE_ON"] = pause_on
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PAUSE_HOOK), env.get("PYTHONPATH")]))
+    # default SIGINT/SIGTERM in the child even when the tests run as a background job (whose children
+    # inherit "ignore SIGINT", which edgeslim then rightly keeps)
     return subprocess.Popen([sys.executable, "-m", "edgeslim.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def signal_on(p: subprocess.Popen, needle: str | Callable[[str], bool], sig: int, timeout: float = 300,

@@ -15,7 +15,7 @@ EXAMPLES = sorted(p.stem for p in (ROOT / "examples").glob("[a-z]*.py"))
 
 
 def test_every_example_is_collected() -> None:
-    assert {"wearable_monitor", "respiratory_monitor", "smart_camera", "sensor_node"} <= set(EXAMPLES)
+    assert {"wearable_monitor", "respiratory_monitor", "smart_camera", "sensor_node", "text_search"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -28,7 +28,7 @@ def test_example_in_tiny_mode(name: str, tmp_path: Path) -> None:
         sys.path.remove(str(ROOT))
     gone = common.missing(getattr(mod, "REQUIRES", []))
     if gone:
-        pytest.skip(f"{name} needs {', '.join(gone)} (pip install -e '.[litert]')")
+        pytest.skip(f"{name} needs {', '.join(gone)} (pip install -e '.[{getattr(mod, 'EXTRA', 'litert')}]')")
     torch.manual_seed(0)
     summary = mod.run(tmp_path / name, tiny=True)
     assert summary["example"] == name and summary["tiny"] is True
