@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium_helpers import chromium, images_loaded
 
 from edgeslim import api
 from edgeslim.pipeline import run_recipe
@@ -93,27 +91,7 @@ def test_report_html_is_self_contained(run: Path) -> None:
     assert all((run / "plots" / f"{k}.png").is_file() for k in ("acc_size", "acc_latency", "acc_energy"))
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
 def test_run_report_images_load_in_headless_chromium(run: Path, tmp_path: Path) -> None:
-    page = (run / "report.html").read_text()
-    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-             "document.body.dataset.imgs=i.length;"
-             "document.body.dataset.ok=i.filter(x=>x.complete&&x.naturalWidth>0&&x.naturalHeight>0).length;"
-             "});</script>")
-    check = tmp_path / "check.html"
-    check.write_text(page.replace("</body>", probe + "</body>"))
-    with tempfile.TemporaryDirectory() as profile:
-        p = subprocess.run(
-            [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw", "--dump-dom",
-             check.as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )
-    m = re.search(r'<body data-imgs="(\d+)" data-ok="(\d+)"', p.stdout)
-    assert m, p.stderr[-2000:]
-    assert int(m.group(1)) == page.count("<img ") and int(m.group(2)) == int(m.group(1))
+    imgs, ok = images_loaded(run / "report.html", tmp_path)
+    assert imgs == (run / "report.html").read_text().count("<img ") and ok == imgs

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from chromium_helpers import chromium, images_loaded
 
 from edgeslim.report.html import write_search_report
 
@@ -55,28 +53,8 @@ def test_report_is_self_contained_with_tables_and_recipes(tmp_path: Path) -> Non
     assert "| baseline | 98.00%" in md
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
 def test_every_plot_renders_in_headless_chromium(tmp_path: Path) -> None:
     write_search_report(tmp_path, _summary())
-    page = (tmp_path / "report.html").read_text()
-    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
-             "document.body.dataset.imgs=i.length;"
-             "document.body.dataset.ok=i.filter(x=>x.complete&&x.naturalWidth>100&&x.naturalHeight>100).length;"
-             "});</script>")
-    check = tmp_path / "check.html"
-    check.write_text(page.replace("</body>", probe + "</body>"))
-    with tempfile.TemporaryDirectory() as profile:
-        p = subprocess.run(
-            [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw", "--dump-dom",
-             check.as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )
-    m = re.search(r'<body data-imgs="(\d+)" data-ok="(\d+)"', p.stdout)
-    assert m, p.stderr[-2000:]
-    assert int(m.group(1)) == 5 and int(m.group(2)) == 5  # every plot decoded with real pixel size
+    imgs, ok = images_loaded(tmp_path / "report.html", tmp_path, min_px=100)
+    assert imgs == 5 and ok == 5  # every plot decoded with real pixel size
