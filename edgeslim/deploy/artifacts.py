@@ -20,6 +20,7 @@ from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.litert.export import tflite_export, tflite_to_c
+from edgeslim.onnxkit.inputs import single_input_samples
 from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 from edgeslim.onnxkit.session import onnx_accuracy
 
@@ -52,27 +53,6 @@ def _sample_shape(shapes: Sequence[str]) -> tuple[int, ...]:
     if not sep or len(dims) < 2 or min(dims) < 1:
         raise EdgeslimError(f"--shape {shapes[0]!r}: expected NAME=N,D1,... with the batch first, e.g. input=1,1,8,8")
     return dims[1:]
-
-
-def _inputs_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """Samples [N, *shape] (float32) from an .npz holding one array (the model's one input)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise EdgeslimError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
-    if len(arrays) != 1:
-        raise EdgeslimError(f"{path}: a model folder has one input; the file holds {len(arrays)} arrays "
-                            f"({', '.join(arrays)})")
-    name, a = next(iter(arrays.items()))
-    if a.dtype.kind not in "fiu":
-        raise EdgeslimError(f"{path}: array '{name}' has dtype {a.dtype}; the model takes float32")
-    if tuple(a.shape) == shape:
-        a = a[None]
-    if tuple(a.shape[1:]) != shape:
-        raise EdgeslimError(f"{path}: array '{name}' has shape {a.shape} but the model takes samples of shape "
-                            f"{list(shape)} (give [N, {', '.join(map(str, shape))}])")
-    return a.astype(np.float32)
 
 
 def export_model(
@@ -114,7 +94,7 @@ def export_model(
         raise EdgeslimError(f"{model}: model expects inputs of shape {shape} but task '{t.name}' has {t.input_shape}")
     if t is not None and spec.get("num_classes") and spec["num_classes"] != t.num_classes:
         raise EdgeslimError(f"{model}: model has {spec['num_classes']} classes but task '{t.name}' has {t.num_classes}")
-    x = _inputs_array(Path(inputs), shape) if inputs is not None else None
+    x = single_input_samples(Path(inputs), shape) if inputs is not None else None
     if x is not None:
         check = x[:CHECK_SAMPLES]
     elif t is not None:

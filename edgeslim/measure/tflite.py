@@ -17,24 +17,12 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.measure.device_fit import fit_verdict
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.measure.source import Source
+from edgeslim.onnxkit.inputs import single_input_samples
 
 
 def _sample(lm: Any, inputs: str | Path | None, task: Any, seed: int) -> tuple[np.ndarray, str]:
     if inputs is not None:
-        p = Path(inputs)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise EdgeslimError(f"{p}: not a readable .npz file ({type(e).__name__})") from None
-        if len(arrays) != 1:
-            raise EdgeslimError(f"{p}: a .tflite model has one input; the file holds {len(arrays)} arrays "
-                                f"({', '.join(arrays)})")
-        a = next(iter(arrays.values())).astype(np.float32)
-        if a.shape[1:] != lm.sample_shape and a.shape != lm.sample_shape:
-            raise EdgeslimError(f"{p}: array has shape {a.shape} but the model takes samples of shape "
-                                f"{list(lm.sample_shape)}")
-        return (a[:1] if a.shape[1:] == lm.sample_shape else a[None]), "inputs"
+        return single_input_samples(inputs, tuple(lm.sample_shape), "a .tflite model")[:1], "inputs"
     if task is not None:
         return task.x_test[:1].astype(np.float32), "task"
     return np.random.default_rng(seed).random((1, *lm.sample_shape), dtype=np.float32), "declared"

@@ -185,16 +185,39 @@ def synthetic_feeds(
     return feeds, warns
 
 
+def read_npz(p: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), or one EdgeslimError line."""
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise EdgeslimError(f"{p}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else e})") from None
+
+
+def single_input_samples(path: str | Path, shape: tuple[int, ...], holder: str = "a model folder") -> np.ndarray:
+    """Samples [N, *shape] (float32) from an .npz holding one array, for models with one float input (an
+    edgeslim model folder, a .tflite file); one sample without the batch axis is taken as N = 1."""
+    p = Path(path)
+    arrays = read_npz(p)
+    if len(arrays) != 1:
+        raise EdgeslimError(f"{p}: {holder} has one input; the file holds {len(arrays)} arrays ({', '.join(arrays)})")
+    name, a = next(iter(arrays.items()))
+    if a.dtype.kind not in "fiu":
+        raise EdgeslimError(f"{p}: array '{name}' has dtype {a.dtype}; the model takes float32")
+    if tuple(a.shape) == shape:
+        a = a[None]
+    if tuple(a.shape[1:]) != shape:
+        raise EdgeslimError(f"{p}: array '{name}' has shape {a.shape} but the model takes samples of shape "
+                            f"{list(shape)} (give [N, {', '.join(map(str, shape))}])")
+    return a.astype(np.float32)
+
+
 def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
     """Feeds from an .npz with one array per input name (see module docstring for the sample layout)."""
     p = Path(path)
     if not p.is_file():
         raise EdgeslimError(f"{p}: no such inputs file (an .npz with one array per model input)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise EdgeslimError(f"{p}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else e})") from None
+    arrays = read_npz(p)
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
