@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -41,6 +42,19 @@ def task_file(name: str, out: Path, tiny: bool, n_train: int = 320, n_test: int 
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, x_train=f(xtr), y_train=ytr, x_test=f(xte), y_test=yte)
     return str(path)
+
+
+def baseline(out: Path, arch: str, task: str, cfg: Any, tiny: bool, what: str, folder: str = "baseline",
+             **model_kwargs: Any) -> Path:
+    """The example's trained model in `out`/`folder`: trained once with `cfg` (a TrainConfig), reused by
+    later runs of the example."""
+    from edgeslim import api
+
+    base = out / folder
+    if not (base / "spec.json").exists():
+        console.print(f"training {what}, {cfg.epochs} epochs", highlight=False)
+        api.train(arch, task, base, cfg, quiet=tiny, **model_kwargs)
+    return base
 
 
 def missing(requires: list[str]) -> list[str]:

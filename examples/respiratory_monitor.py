@@ -71,12 +71,10 @@ def run(out: Path, tiny: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg = TINY if tiny else FULL
     task = common.task_file("mnist1d", out, tiny)
-    base = out / "teacher"
     small = {"dim": 16, "mlp": 32} if tiny else {}
-    if not (base / "spec.json").exists():
-        common.console.print(f"training the transformer teacher on {task}, {cfg['teacher_epochs']} epochs (AdamW)")
-        api.train("transformer", task, base, TrainConfig(epochs=cfg["teacher_epochs"], optimizer="adamw",
-                                                         weight_decay=0.05), quiet=tiny, **small)
+    base = common.baseline(out, "transformer", task, TrainConfig(epochs=cfg["teacher_epochs"], optimizer="adamw",
+                                                                 weight_decay=0.05), tiny,
+                           f"the transformer teacher (AdamW) on {task}", folder="teacher", **small)
     transfer = tiny_transfer(out, cfg["transfer"]) if tiny else f"generate:{cfg['transfer']}"
     recipe = out / "recipe.yaml"
     write_text(recipe, recipe_text(cfg, transfer))

@@ -37,11 +37,9 @@ def run(out: Path, tiny: bool = False, budget_mj: float = BUDGET_MJ) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     task = common.task_file("mnist1d", out, tiny)
-    base = out / "baseline"
     width, epochs = (16, 1) if tiny else (64, 20)
-    if not (base / "spec.json").exists():
-        common.console.print(f"training a 1-D CNN (width {width}) on {task}, {epochs} epochs")
-        api.train("cnn1d", task, base, TrainConfig(epochs=epochs, batch_size=128), quiet=tiny, width=width)
+    base = common.baseline(out, "cnn1d", task, TrainConfig(epochs=epochs, batch_size=128), tiny,
+                           f"a 1-D CNN (width {width}) on {task}", width=width)
     budget = budget_mj if not tiny else 0.2 * api.check_fit(base, DEVICE)["energy_mj"]
     common.console.print(f"search on {DEVICE}: energy <= {budget:.3g} mJ per inference (estimated), accuracy drop "
                          f"<= {'50' if tiny else '1'} point(s)")

@@ -78,11 +78,9 @@ def run(out: Path, tiny: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     task = common.task_file("digits", out, tiny, transform=frames32)
-    base = out / "baseline"
     alpha, epochs = (0.25, 1) if tiny else (0.5, 12)
-    if not (base / "spec.json").exists():
-        common.console.print(f"training MobileNetV1 (alpha {alpha}) on 32x32 RGB frames, {epochs} epochs")
-        api.train("mobilenetv1", task, base, TrainConfig(epochs=epochs, batch_size=64), quiet=tiny, alpha=alpha)
+    base = common.baseline(out, "mobilenetv1", task, TrainConfig(epochs=epochs, batch_size=64), tiny,
+                           f"MobileNetV1 (alpha {alpha}) on 32x32 RGB frames", alpha=alpha)
     recipe = out / "recipe.yaml"
     write_text(recipe, RECIPE % {"ft": 1 if tiny else 6, "rounds": 1 if tiny else 2})
     with device(DEVICE):

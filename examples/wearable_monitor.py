@@ -39,11 +39,9 @@ def run(out: Path, tiny: bool = False) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     task = common.task_file("mnist1d", out, tiny)
-    base = out / "baseline"
     width, epochs = (16, 1) if tiny else (64, 20)
-    if not (base / "spec.json").exists():
-        common.console.print(f"training a 1-D CNN (width {width}) on {task}, {epochs} epochs")
-        api.train("cnn1d", task, base, TrainConfig(epochs=epochs, batch_size=128), quiet=tiny, width=width)
+    base = common.baseline(out, "cnn1d", task, TrainConfig(epochs=epochs, batch_size=128), tiny,
+                           f"a 1-D CNN (width {width}) on {task}", width=width)
     recipe = out / "recipe.yaml"
     write_text(recipe, RECIPE % {"ft": 1 if tiny else 10})
     res = api.run(recipe, base, task, out / "run", quiet=tiny, force=True)
