@@ -101,6 +101,17 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
+def insert_before(g: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]]) -> None:
+    """Put, in place, the nodes `before[id(n)]` just ahead of each node `n` of `g` (keeps the graph sorted
+    when they feed `n`)."""
+    ordered: list[onnx.NodeProto] = []
+    for n in g.node:
+        ordered += before.get(id(n), [])
+        ordered.append(n)
+    del g.node[:]
+    g.node.extend(ordered)
+
+
 def save(model: onnx.ModelProto, path: Path) -> int:
     """Write `model` (single file, not atomic: for work files) and return its size in bytes. Nodes are put
     in topological order first (`sort_topologically`), so every file written passes the ONNX checker."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.graph import with_outputs
+from edgeslim.onnxkit.graph import insert_before, with_outputs
 from edgeslim.onnxkit.quant import sqnr_db
 from edgeslim.onnxkit.session import session
 
@@ -110,12 +110,7 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
                 node.input[2] = f"{b}_dq"
         before[id(node)] = nodes
         done.append(lname)
-    ordered = []
-    for n in g.node:
-        ordered += before.get(id(n), [])
-        ordered.append(n)
-    del g.node[:]
-    g.node.extend(ordered)
+    insert_before(g, before)
     keep = [t for t in g.initializer if t.name not in drop]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.graph import insert_before
 from edgeslim.quant.fakequant import WeightQuant, weight_range
 
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
@@ -123,12 +124,7 @@ def weight_only_recurrent(src: Path, dst: Path, bits: int = 8, per_channel: bool
         if Path(src) != Path(dst):
             write_bytes(dst, m.SerializeToString())
         return []
-    ordered = []
-    for n in g.node:
-        ordered += before.get(id(n), [])
-        ordered.append(n)
-    del g.node[:]
-    g.node.extend(ordered)
+    insert_before(g, before)
     keep = [t for t in g.initializer if t.name not in targets - other_readers]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
