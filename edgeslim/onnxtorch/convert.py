@@ -71,25 +71,20 @@ class GraphModule(nn.Module):
         consumers = collections.Counter(i for n in g.node for i in n.input)
         for o in g.output:
             consumers[o.name] += 1
-        fused: set[int] = set()
+        for n in g.node:  # names If/Loop bodies read from this scope
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    consumers.update(_outer_names(a.g))
         used: set[str] = set()
-        for idx, n in enumerate(g.node):
+        self.producer: dict[str, int] = {}  # output name -> index into self.steps
+        for n in g.node:
             ctx.report.ops[n.op_type] += 1
-            if idx in fused:
-                continue
             if n.op_type == "Constant":
                 consts[n.output[0]] = ops.constant_value(n)
                 continue
             ins: list[torch.Tensor | None] = [consts.get(i) if i else None for i in n.input]
             dyn = [i for i, v in zip(n.input, ins) if i and v is None]
-            # MatMul(x, W) + Add(b): one nn.Linear with a bias (prunable together)
-            nxt = g.node[idx + 1] if idx + 1 < len(g.node) else None
-            bias = layers.matmul_add_bias(n, nxt, ins, consts, consumers)
-            if bias is not None and nxt is not None:
-                fused.add(idx + 1)
-                ctx.report.ops[nxt.op_type] += 1
-                mod = layers.linear(n, ins[1], bias, transpose=False)
-                self._add(n, mod, dyn, list(nxt.output), used)
+            if self._bias_into_layer(n, ins, dyn, consumers):
                 continue
             try:
                 mod = build(n, ins, ctx, consts)
@@ -116,7 +111,36 @@ class GraphModule(nn.Module):
     def _add(self, n: onnx.NodeProto, mod: nn.Module, dyn: list[str], outs: list[str], used: set[str]) -> None:
         key = _key(n.name or f"{n.op_type}_{len(self.steps)}", used)
         self.nodes[key] = mod
+        for o in outs:
+            self.producer[o] = len(self.steps)
         self.steps.append((key, dyn, outs))
+
+    def _bias_into_layer(self, n: onnx.NodeProto, ins: list, dyn: list[str], consumers: collections.Counter) -> bool:
+        """Add(y, b) where y is the only use of a bias-free Conv/Linear output and b a per-channel constant
+        (Paddle's conv + Reshape(bias) + Add, MatMul + Add): b becomes the layer's bias parameter, so pruning
+        the layer's channels prunes the bias with them."""
+        if n.op_type != "Add" or len(dyn) != 1 or consumers[dyn[0]] != 1 or dyn[0] not in self.producer:
+            return False
+        b = next(v for v in ins if v is not None)
+        k = self.producer[dyn[0]]
+        key, _, outs = self.steps[k]
+        mod = self.nodes[key]
+        layer = mod.conv if isinstance(mod, layers.Conv) else mod.linear if isinstance(mod, layers.Linear) else None
+        if layer is None or layer.bias is not None or len(outs) != 1 or not b.is_floating_point():
+            return False
+        ch = layer.weight.shape[1] if isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) \
+            else layer.weight.shape[0]
+        axis = -1 if isinstance(layer, nn.Linear) else -(layer.weight.dim() - 1)  # channel axis from the right
+        if isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+            ch *= layer.groups
+        if b.numel() != ch or b.dim() < -axis or b.shape[axis] != ch:
+            return False
+        layer.bias = nn.Parameter(b.reshape(-1).float().clone())
+        del self.producer[outs[0]]
+        self.steps[k] = (key, self.steps[k][1], [n.output[0]])
+        self.producer[n.output[0]] = k
+        return True
+
 
     @staticmethod
     def _fold(mod: nn.Module, ins: list, n: onnx.NodeProto, ctx: Ctx) -> dict[str, torch.Tensor] | None:

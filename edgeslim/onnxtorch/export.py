@@ -31,8 +31,10 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     in_names = list(getattr(module, "input_names", [f"input_{i}" for i in range(len(feeds))]))
     ref = torch_outputs(module, in_names, feeds)
     out_names = list(getattr(module, "output_names", [f"output_{i}" for i in range(len(ref))]))
-    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in in_names)
-    axes = {n: {0: "batch"} for n in in_names + out_names if dynamic_batch}
+    # the TorchScript exporter refuses some ONNX names (e.g. '387'): export with plain names, rename after
+    tmp_in, tmp_out = [f"in_{i}" for i in range(len(in_names))], [f"out_{i}" for i in range(len(out_names))]
+    args = tuple(torch.from_numpy(np.array(feeds[n], copy=True)) for n in in_names)
+    axes = {n: {0: "batch"} for n in tmp_in + tmp_out if dynamic_batch}
     was = module.training
     module.eval()
     buf = io.BytesIO()
@@ -40,10 +42,10 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                              input_names=in_names, output_names=out_names, dynamic_axes=axes or None)
+                              input_names=tmp_in, output_names=tmp_out, dynamic_axes=axes or None)
     finally:
         module.train(was)
-    data = buf.getvalue()
+    data = _rename(buf.getvalue(), dict(zip(tmp_in + tmp_out, in_names + out_names)))
     sess = session(data)
     feed_names = {i.name for i in sess.get_inputs()}  # inputs the trace found unused are dropped by the exporter
     got = sess.run(None, {n: feeds[n] for n in in_names if n in feed_names})
@@ -55,3 +57,29 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
                                 f"(tolerance {atol:g} x {scale:.3g}); not written")
     write_bytes(Path(out_path), data)
     return {"path": str(out_path), "size_bytes": len(data), "parity_max_abs_diff": errs}
+
+
+def _rename(data: bytes, names: dict[str, str]) -> bytes:
+    """The exported model with its graph inputs/outputs renamed (`names`: exported -> wanted)."""
+    import onnx
+
+    from edgeslim.onnxkit.graph import all_nodes
+
+    m = onnx.load_from_string(data)
+    wanted = set(names.values())
+    full = {k: v for k, v in names.items() if k != v}
+    for n in all_nodes(m.graph):  # internal names that happen to equal a wanted one move aside
+        for o in n.output:
+            if o in wanted and o not in full:
+                full[o] = f"{o}_internal"
+    for t in m.graph.initializer:
+        if t.name in wanted and t.name not in full:
+            full[t.name] = f"{t.name}_internal"
+    for t in m.graph.initializer:
+        t.name = full.get(t.name, t.name)
+    for v in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+        v.name = full.get(v.name, v.name)
+    for n in all_nodes(m.graph):
+        n.input[:] = [full.get(i, i) for i in n.input]
+        n.output[:] = [full.get(o, o) for o in n.output]
+    return m.SerializeToString()

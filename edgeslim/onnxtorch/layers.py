@@ -152,20 +152,6 @@ def _matmul(n: onnx.NodeProto, ins: list, ctx: Any) -> nn.Module:
     return ops.Op(n, ins, ctx.opset, ctx.ranks)
 
 
-def matmul_add_bias(n: onnx.NodeProto, nxt: onnx.NodeProto | None, ins: list, consts: dict,
-                    consumers: dict) -> torch.Tensor | None:
-    """The constant bias `b` when `n` is MatMul(x, W const 2-D) whose only consumer is the next node Add(., b)
-    with `b` of shape [out]: the pair becomes one nn.Linear."""
-    if (n.op_type != "MatMul" or nxt is None or nxt.op_type != "Add" or ins[0] is not None or ins[1] is None
-            or ins[1].dim() != 2 or consumers[n.output[0]] != 1 or n.output[0] not in nxt.input):
-        return None
-    other = nxt.input[1] if nxt.input[0] == n.output[0] else nxt.input[0]
-    b = consts.get(other)
-    if b is None or b.dim() != 1 or b.numel() != ins[1].shape[1]:
-        return None
-    return b
-
-
 def _perm(h: int, blocks: list[int]) -> torch.Tensor:
     return torch.cat([torch.arange(k * h, (k + 1) * h) for k in blocks])
 

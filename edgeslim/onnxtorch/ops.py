@@ -206,7 +206,7 @@ def _gather(op: Op, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     axis = axis + x.dim() if axis < 0 else axis
     idx = torch.where(idx < 0, idx + x.shape[axis], idx).long()
     y = torch.index_select(x, axis, idx.reshape(-1))
-    return y.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+    return y.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
 
 def _unsqueeze(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ def torch_outputs(module: nn.Module, names: list[str], feeds: dict[str, np.ndarr
     module.eval()
     try:
         with torch.no_grad():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names])
+            out = module(*[torch.from_numpy(np.array(feeds[n], copy=True)) for n in names])
     finally:
         module.train(was)
     return [o.detach().numpy() for o in (out if isinstance(out, tuple) else (out,))]
