@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
@@ -164,7 +163,7 @@ class GraphModule(nn.Module):
                         env[o] = r
             else:
                 env[outs[0]] = res
-        for i, name in enumerate(self.const_names):
+        for name in self.const_names:
             env.setdefault(name, getattr(self, f"out_const_{self.outputs.index(name)}"))
         return [env[o] for o in self.outputs]
 

@@ -50,12 +50,12 @@ class Conv(Layer):
         if self.transposed:
             if "output_shape" in a:
                 raise ValueError("ConvTranspose with output_shape")
-            cls = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d][nd - 1]
-            self.conv: nn.Module = cls(w.shape[0], w.shape[1] * groups, w.shape[2:], stride, pads[:nd],
-                                       a.get("output_padding", [0] * nd), groups, bias is not None, dil)
+            tcls: Any = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d][nd - 1]
+            self.conv: Any = tcls(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride, pads[:nd],
+                                  a.get("output_padding", [0] * nd), groups, bias is not None, dil)
         else:
-            cls = [nn.Conv1d, nn.Conv2d, nn.Conv3d][nd - 1]
-            self.conv = cls(w.shape[1] * groups, w.shape[0], w.shape[2:], stride, pads[:nd], dil, groups,
+            cls: Any = [nn.Conv1d, nn.Conv2d, nn.Conv3d][nd - 1]
+            self.conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride, pads[:nd], dil, groups,
                             bias is not None)
         with torch.no_grad():
             self.conv.weight.copy_(w)
@@ -83,7 +83,7 @@ def _bn(n: onnx.NodeProto, ins: list, ctx: Any) -> nn.Module:
     scale, b, mean, var = (_need(t, w) for t, w in zip(ins[1:5], ("scale", "bias", "mean", "var")))
     rank = ctx.ranks.get(n.input[0])
     cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank or 0, AnyRankBN)
-    bn = cls(scale.numel(), eps=a.get("epsilon", 1e-5), momentum=1.0 - a.get("momentum", 0.9))
+    bn: Any = cls(scale.numel(), eps=a.get("epsilon", 1e-5), momentum=1.0 - a.get("momentum", 0.9))
     with torch.no_grad():
         bn.weight.copy_(scale)
         bn.bias.copy_(b)
