@@ -81,7 +81,7 @@ def run_one(src: Path, tmp: Path, n: int, seed: int, prune: bool) -> dict:
     row["parity"] = {k: max(max_abs(r[i], g[i]) for r, g in zip(ref, got)) for i, k in enumerate(names)}
     row["scale"] = {k: max(float(np.abs(r[i]).max()) for r in ref) for i, k in enumerate(names)}
     try:
-        exp = export_converted(module, feeds[0], tmp / f"{src.stem}.torch.onnx")
+        exp = export_converted(module, feeds[0], tmp / f"{src.stem}.torch.onnx", dynamic=True)
         back = session(exp["path"])
         inn = {i.name for i in back.get_inputs()}
         errs = [max_abs(a, b) for f, r in zip(feeds, ref)

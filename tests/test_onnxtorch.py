@@ -245,3 +245,30 @@ def test_reshape_rule_follows_pruned_channels():
     assert reshape_rule([2, 8, 1, 1], [2, 8]) == [("in", 0, 1), ("in", 1, 4)]
     assert reshape_rule([2, 12], [2, 3, 4]) == [("in", 0, 1), ("const", -1, 0), ("const", 4, 0)]
     assert reshape_rule([2, 3, 4], [2, 12, 1]) == [("in", 0, 1), ("in", 1, 3), ("const", 1, 0)]
+
+
+def test_dynamic_export_keeps_symbolic_dims_and_every_input(tmp_path):
+    """dynamic=True: the source's symbolic batch stays symbolic (a Shape->Reshape chain stays live); an int64 scalar
+    input decided at trace time (a sample-rate-like If condition) is still declared by the exported file."""
+    then_g = h.make_graph([h.make_node("Mul", ["c1", "two"], ["yt"])], "then", [], [vi("yt", None)],
+                          [nh.from_array(np.array(2, np.float32), "two")])
+    else_g = h.make_graph([h.make_node("Neg", ["c1"], ["ye"])], "else", [], [vi("ye", None)], [])
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c0"], name="conv1"),
+             h.make_node("Shape", ["c0"], ["sh"]), h.make_node("Slice", ["sh", "s0", "s1"], ["n"]),
+             h.make_node("Concat", ["n", "minus1"], ["tgt"], axis=0), h.make_node("Reshape", ["c0", "tgt"], ["c1"]),
+             h.make_node("Equal", ["sr", "k16"], ["cond"]),
+             h.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g, name="rate")]
+    inits = [w("w1", 4, 2, 1, 1), i64("s0", [0]), i64("s1", [1]), i64("minus1", [-1]), i64("k16", 16000)]
+    m = model(nodes, [vi("x", ["N", 2, 3, 3]), vi("sr", [], T.INT64)], [vi("y", ["N", 36])], inits)
+    module, _ = onnx_to_torch(m)
+    assert module.dynamic_axes == {"x": {0: "N"}, "y": {0: "N"}}
+    sr = np.array(16000, np.int64)
+    res = export_converted(module, {"x": RNG.normal(size=(1, 2, 3, 3)).astype(np.float32), "sr": sr},
+                           tmp_path / "dyn.onnx", dynamic=True)
+    assert res["parity_max_abs_diff"]["y"] < 1e-5
+    sess = session(str(tmp_path / "dyn.onnx"))
+    assert [i.name for i in sess.get_inputs()] == ["x", "sr"]
+    x3 = RNG.normal(size=(3, 2, 3, 3)).astype(np.float32)
+    got = sess.run(None, {"x": x3, "sr": sr})[0]
+    ref = session(m.SerializeToString()).run(None, {"x": x3, "sr": sr})[0]
+    assert got.shape == (3, 36) and np.abs(got - ref).max() < 1e-5

@@ -171,11 +171,15 @@ class GraphModule(nn.Module):
 class ConvertedModule(nn.Module):
     """An ONNX model as a trainable module: `forward(*inputs)` in graph-input order, returns a tuple of outputs."""
 
-    def __init__(self, graph: GraphModule, input_names: list[str], output_names: list[str]) -> None:
+    def __init__(self, graph: GraphModule, input_names: list[str], output_names: list[str],
+                 dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
         super().__init__()
         self.graph = graph
         self.input_names = list(input_names)
         self.output_names = list(output_names)
+        # the source graph's symbolic dims per input/output name (axis -> symbol): what `export_converted`
+        # keeps symbolic with dynamic=True
+        self.dynamic_axes: dict[str, dict[int, str]] = dict(dynamic_axes or {})
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.input_names):
@@ -260,10 +264,17 @@ def onnx_to_torch(
     inits = {t.name for t in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
     graph = GraphModule(m.graph, {}, ctx)
-    module = ConvertedModule(graph, [i.name for i in inputs], [o.name for o in m.graph.output])
+    module = ConvertedModule(graph, [i.name for i in inputs], [o.name for o in m.graph.output],
+                             {v.name: _symbolic(v) for v in [*inputs, *m.graph.output] if _symbolic(v)})
     report.parameters = sum(p.numel() for p in module.parameters())
     _probe(module, inputs, input_shapes or {}, report)
     return module, report
+
+
+def _symbolic(v: onnx.ValueInfoProto) -> dict[int, str]:
+    """Axis -> symbol for the dims of `v` that are not fixed (named, unknown or <= 0)."""
+    return {k: (d.dim_param or f"{v.name}_dim{k}") for k, d in enumerate(v.type.tensor_type.shape.dim)
+            if not (d.HasField("dim_value") and d.dim_value > 0)}
 
 
 def _probe_feed(inp: onnx.ValueInfoProto, shape: tuple[int, ...] | None) -> torch.Tensor:

@@ -69,12 +69,16 @@ class Op(nn.Module):
         self.n_out = len(n.output)
         self.want = [bool(o) for o in n.output]
         self.in_rank = [ranks.get(i) for i in n.input]
-        self.slots: list[str] = []  # per input: "d" dynamic, "c<i>" buffer, "-" absent
+        self.slots: list[str] = []  # per input: "d" dynamic, "c<i>" buffer, "p<i>" python list, "-" absent
+        self.py: dict[str, list] = {}
         for i, (name, v) in enumerate(zip(n.input, ins)):
             if not name:
                 self.slots.append("-")
             elif v is None:
                 self.slots.append("d")
+            elif i in ATTR_INPUTS.get(n.op_type, ()):  # shapes, axes, pads, bounds: python values, read for free
+                self.py[f"p{i}"] = v.reshape(-1).tolist()
+                self.slots.append(f"p{i}")
             else:
                 self.register_buffer(f"c{i}", v.clone(), persistent=True)
                 self.slots.append(f"c{i}")
@@ -83,15 +87,29 @@ class Op(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         it = iter(xs)
-        args = [None if s == "-" else next(it) if s == "d" else getattr(self, s) for s in self.slots]
+        args = [None if s == "-" else next(it) if s == "d" else self.py[s] if s[0] == "p" else getattr(self, s)
+                for s in self.slots]
         return FUNCS[self.op_type](self, *args)
 
     def const(self, i: int) -> bool:
-        return i < len(self.slots) and self.slots[i].startswith("c")
+        return i < len(self.slots) and self.slots[i][0] in "cp"
 
 
-def ints(t: torch.Tensor | None) -> list[int]:
-    return [] if t is None else [int(v) for v in t.reshape(-1).tolist()]
+# inputs that act as attributes (shapes, axes, pads, bounds): when constant they are held as python lists
+ATTR_INPUTS: dict[str, set[int]] = {
+    "Reshape": {1}, "Unsqueeze": {1}, "Squeeze": {1}, "Slice": {1, 2, 3, 4}, "Pad": {1, 2, 3}, "Split": {1},
+    "ReduceMean": {1}, "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceSumSquare": {1},
+    "Expand": {1}, "Tile": {1}, "ConstantOfShape": {0}, "Clip": {1, 2}, "Resize": {1, 2, 3}, "Upsample": {1},
+}
+
+
+def pylist(t: torch.Tensor | list | None) -> list:
+    """A constant operand as a python list (already one when the op held it as an attribute-like input)."""
+    return [] if t is None else t if isinstance(t, list) else t.reshape(-1).tolist()
+
+
+def ints(t: torch.Tensor | list | None) -> list[int]:
+    return [int(v) for v in pylist(t)]
 
 
 def _axes(op: Op, t: torch.Tensor | None, name: str = "axes") -> list[int] | None:
@@ -112,14 +130,12 @@ def _div(op: Op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _pow(op: Op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if b.numel() == 1 and not b.requires_grad and float(b) == 2.0:
-        return a * a
     return torch.pow(a, b).to(a.dtype)
 
 
 def _clip(op: Op, x: torch.Tensor, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
-    lo_v = op.a.get("min", None if lo is None else float(lo))
-    hi_v = op.a.get("max", None if hi is None else float(hi))
+    lo_v = op.a.get("min", None if lo is None or not pylist(lo) else float(pylist(lo)[0]))
+    hi_v = op.a.get("max", None if hi is None or not pylist(hi) else float(pylist(hi)[0]))
     return torch.clamp(x, lo_v, hi_v)
 
 
@@ -152,6 +168,15 @@ def _reshape(op: Op, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
         for kind, i, j in op.rule:
             out.append(math.prod(x.shape[i:j]) if kind == "in" else i)
         return x.reshape(out)
+    if torch.jit.is_tracing() and isinstance(shape, torch.Tensor) and not op.const(1):
+        # the exported Reshape reads the live shape tensor (0 and -1 as ONNX)
+        from torch.onnx import operators
+
+        if not op.a.get("allowzero", 0):  # ONNX 0 = copy that input dim, which torch does not know
+            n, live = shape.shape[0], torch._shape_as_tensor(x)
+            live = live[:n] if n <= x.dim() else torch.cat([live, shape[x.dim():]])
+            shape = torch.where(shape == 0, live, shape)
+        return operators.reshape_from_tensor_shape(x, shape)
     target = ints(shape)
     if not op.a.get("allowzero", 0):
         target = [x.shape[k] if v == 0 else v for k, v in enumerate(target)]
@@ -283,7 +308,7 @@ def _pad(op: Op, x: torch.Tensor, pads_t: Any = None, value: Any = None, axes_t:
         tp += [full[a], full[a + r]]
     while len(tp) > 2 and tp[-1] == 0 and tp[-2] == 0:  # torch pads the last dims only for reflect/replicate
         tp = tp[:-2]
-    cval = float(op.a.get("value", 0.0)) if value is None or value.numel() == 0 else float(value)
+    cval = float(op.a.get("value", 0.0)) if value is None or not pylist(value) else float(pylist(value)[0])
     if mode == "constant":
         return F.pad(x, tp, value=cval)
     tmode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
@@ -359,10 +384,10 @@ def _resize(op: Op, x: torch.Tensor, roi: Any = None, scales: Any = None, sizes:
     mode = op.a.get("mode", "nearest")
     ctm = op.a.get("coordinate_transformation_mode", "half_pixel" if op.op_type == "Resize" else "asymmetric")
     nd = x.dim() - 2
-    if sizes is not None and sizes.numel():
+    if sizes is not None and pylist(sizes):
         kw: dict[str, Any] = {"size": ints(sizes)[-nd:]}
     else:
-        sc = [float(v) for v in scales.reshape(-1).tolist()]
+        sc = [float(v) for v in pylist(scales)]
         if sc[:2] != [1.0, 1.0]:
             raise ValueError("Resize of the batch or channel dims")
         kw = {"scale_factor": sc[2:], "recompute_scale_factor": False}
