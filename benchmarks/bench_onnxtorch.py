@@ -10,8 +10,9 @@ other models at their declared shapes). Per model it prints: op count (nodes inc
 types, conversion time (s, one run), parameters, parity = max abs error of the torch module vs ONNX Runtime per
 output over all samples, with the output's max |value| for scale; re-export = the module exported back with
 `export_converted` (traced at sample 0), then ONNX Runtime on the exported file vs the ORIGINAL file over all
-samples (max abs error); prune = Torch-Pruning's MetaPruner removing 30% of the channels of every conv but the
-first and the last (L2 magnitude), then the pruned module exported and run in ONNX Runtime (parameters kept).
+samples (max abs error); prune = Torch-Pruning's MetaPruner removing 30% of the channels of every layer except
+`unprunable_layers(module)` (output, recurrent and head-split layers; L2 magnitude, no fine-tuning), then
+the output shapes compared with the unpruned ones and the pruned module exported and run in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bench_optimize import write_inputs  # noqa: E402
 from edgeslim.onnxkit.inputs import Feed, input_specs, load_npz, synthetic_feeds  # noqa: E402
 from edgeslim.onnxkit.load import read_onnx  # noqa: E402
 from edgeslim.onnxkit.session import session  # noqa: E402
-from edgeslim.onnxtorch import export_converted, onnx_to_torch  # noqa: E402
+from edgeslim.onnxtorch import export_converted, onnx_to_torch, unprunable_layers  # noqa: E402
 from edgeslim.onnxtorch.parity import max_abs, torch_outputs  # noqa: E402
 
 
@@ -48,18 +49,19 @@ def prune_check(module: torch.nn.Module, feed: Feed, out: Path) -> str:
     import torch_pruning as tp
 
     args = tuple(torch.from_numpy(np.array(feed[n], copy=True)) for n in module.input_names)
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)]
-    keep = [m for m in module.modules() if isinstance(m, torch.nn.Linear | torch.nn.LSTM | torch.nn.GRU)]
     before = sum(p.numel() for p in module.parameters())
+    shapes = [o.shape for o in torch_outputs(module, module.input_names, feed)]
     try:
         pr = tp.pruner.MetaPruner(module, args, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.3,
-                                  ignored_layers=keep + convs[:1] + convs[-1:])
+                                  ignored_layers=unprunable_layers(module))
         pr.step()
         res = export_converted(module, feed, out)
     except Exception as e:
         return f"fails ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
     after = sum(p.numel() for p in module.parameters())
-    return f"ok: params {after / before:.2f}x, re-export err {max(res['parity_max_abs_diff'].values()):.2g}"
+    same = [o.shape for o in torch_outputs(module, module.input_names, feed)] == shapes
+    return (f"{'ok' if same else 'OUTPUT SHAPES CHANGED'}: params {after / before:.2f}x, re-export err "
+            f"{max(res['parity_max_abs_diff'].values()):.2g}")
 
 
 def run_one(src: Path, tmp: Path, n: int, seed: int, prune: bool) -> dict:

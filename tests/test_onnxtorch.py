@@ -272,3 +272,35 @@ def test_dynamic_export_keeps_symbolic_dims_and_every_input(tmp_path):
     got = sess.run(None, {"x": x3, "sr": sr})[0]
     ref = session(m.SerializeToString()).run(None, {"x": x3, "sr": sr})[0]
     assert got.shape == (3, 36) and np.abs(got - ref).max() < 1e-5
+
+
+def test_unprunable_layers_and_metapruner_keep_outputs(tmp_path):
+    """Output layers, layers feeding a per-channel constant (a decomposed LayerNorm's gamma) or a head-splitting
+    Reshape are listed; MetaPruner with them ignored prunes the rest and every output keeps its shape."""
+    from edgeslim.onnxtorch import unprunable_layers
+
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2"),
+             h.make_node("Mul", ["c2", "gamma"], ["g2"], name="gamma_mul"),
+             h.make_node("Flatten", ["r1"], ["f1"], axis=1),
+             h.make_node("Gemm", ["f1", "wl"], ["l1"], transB=1, name="fc_heads"),
+             h.make_node("Reshape", ["l1", "heads"], ["hsplit"], name="split_heads"),
+             h.make_node("ReduceMean", ["hsplit"], ["hm"], axes=[2], keepdims=0),
+             h.make_node("Conv", ["g2", "w3"], ["y1"], name="conv_out")]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 6, 8, 1, 1), w("b2", 6), w("gamma", 1, 6, 1, 1),
+             w("wl", 8, 8 * 16), i64("heads", [-1, 2, 4]), w("w3", 5, 6, 1, 1)]
+    m = model(nodes, [vi("x", [1, 3, 4, 4])], [vi("y1", [1, 5, 4, 4]), vi("hm", [1, 2])], inits)
+    module, _ = onnx_to_torch(m)
+    names = {id(mod): k for k, mod in module.named_modules()}
+    listed = sorted(names[id(x)] for x in unprunable_layers(module))
+    assert listed == ["graph.nodes.conv2.conv", "graph.nodes.conv_out.conv", "graph.nodes.fc_heads.linear"]
+    x = RNG.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    args = (torch.from_numpy(x),)
+    pruner = tp.pruner.MetaPruner(module, args, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=0.5, ignored_layers=unprunable_layers(module))
+    pruner.step()
+    assert module.graph.nodes["conv1"].conv.out_channels == 4  # conv1 pruned, the Flatten->Gemm follows
+    assert [tuple(o.shape) for o in module(*args)] == [(1, 5, 4, 4), (1, 2)]
+    res = export_converted(module, {"x": x}, tmp_path / "p.onnx")
+    assert max(res["parity_max_abs_diff"].values()) < 1e-4

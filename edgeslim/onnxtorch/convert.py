@@ -141,6 +141,36 @@ class GraphModule(nn.Module):
         return True
 
 
+    def layers_feeding(self, names: list[str]) -> tuple[list[nn.Module], set[str]]:
+        """(layers met walking back from `names` until a weighted layer, names read from an enclosing scope)."""
+        found: list[nn.Module] = []
+        outer: set[str] = set()
+        seen: set[str] = set()
+        stack = list(names)
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v not in self.producer:
+                outer.add(v)
+                continue
+            key, dyn, outs = self.steps[self.producer[v]]
+            mod = self.nodes[key]
+            inner = getattr(mod, "conv", None) or getattr(mod, "linear", None) or getattr(mod, "rnn", None)
+            if inner is not None:
+                found.append(inner)
+            elif isinstance(mod, IfOp):
+                for br in (getattr(mod, "then_branch", None), getattr(mod, "else_branch", None)):
+                    if br is not None:
+                        f, o = br.layers_feeding([br.outputs[outs.index(v)]])
+                        found += f
+                        stack += list(o)
+                stack += dyn
+            elif not (isinstance(mod, ops.Op) and mod.op_type in ("Shape", "Size")):  # shape reads: no channels
+                stack += dyn
+        return found, outer
+
     @staticmethod
     def _fold(mod: nn.Module, ins: list, n: onnx.NodeProto, ctx: Ctx) -> dict[str, torch.Tensor] | None:
         try:
@@ -187,6 +217,13 @@ class ConvertedModule(nn.Module):
                                 f"({', '.join(self.input_names)}), got {len(inputs)}")
         env: dict[str, Any] = dict(zip(self.input_names, inputs))
         return tuple(self.graph.run(env))
+
+    def output_layers(self) -> list[nn.Module]:
+        """The torch layers (Conv*/Linear/LSTM/GRU) whose output channels reach a graph output through ops that
+        keep channels (activations, BN, reshapes, concat, If branches): pruning their output channels would
+        change an output's shape, so a pruner leaves them out (Torch-Pruning's `ignored_layers`)."""
+        found, _ = self.graph.layers_feeding(self.output_names)
+        return list({id(m): m for m in found}.values())
 
 
 def build(n: onnx.NodeProto, ins: list[torch.Tensor | None], ctx: Ctx, consts: dict[str, torch.Tensor]) -> nn.Module:
@@ -291,7 +328,7 @@ def _probe_feed(inp: onnx.ValueInfoProto, shape: tuple[int, ...] | None) -> torc
 
 
 def _probe(module: ConvertedModule, inputs: list[onnx.ValueInfoProto], shapes: dict, report: ConversionReport) -> None:
-    """One run on synthetic inputs with constant-target Reshapes recording their shape rule."""
+    """One run on synthetic inputs with every Reshape recording how its output dims follow its input dims."""
     feeds = [_probe_feed(i, tuple(shapes[i.name]) if i.name in shapes else None) for i in inputs]
     reshapes = [m for m in module.modules() if isinstance(m, ops.Op) and m.op_type == "Reshape"]
     for r in reshapes:
@@ -306,6 +343,6 @@ def _probe(module: ConvertedModule, inputs: list[onnx.ValueInfoProto], shapes: d
     finally:
         for r in reshapes:
             r.recording = False
-    learned = sum(1 for r in reshapes if r.rule is not None)
+    learned = sum(1 for r in reshapes if r.rule is not None and r.const(1))
     if learned:
         report.notes.append(f"{learned} constant Reshape target(s) follow the input's dimensions")

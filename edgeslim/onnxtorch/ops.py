@@ -162,12 +162,27 @@ def _shape(op: Op, x: torch.Tensor) -> torch.Tensor:
     return s[start:end]
 
 
-def _reshape(op: Op, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    if op.rule is not None and not op.recording:
-        out = []
-        for kind, i, j in op.rule:
-            out.append(math.prod(x.shape[i:j]) if kind == "in" else i)
-        return x.reshape(out)
+def _by_rule(rule: list[tuple[str, int, int]], x: torch.Tensor) -> torch.Tensor:
+    return x.reshape([math.prod(x.shape[i:j]) if kind == "in" else i for kind, i, j in rule])
+
+
+def _fits(target: list[int], x: torch.Tensor) -> bool:
+    """Does the ONNX target (0 and -1 already resolved to the input's dims / a free dim) fit `x`'s size?"""
+    known = math.prod(v for v in target if v != -1)
+    return target.count(-1) <= 1 and known > 0 and (x.numel() % known == 0 if -1 in target else known == x.numel())
+
+
+def _reshape(op: Op, x: torch.Tensor, shape: torch.Tensor | list) -> torch.Tensor:
+    """ONNX Reshape. A constant target follows the rule learned at the probe run (so pruned channels fit); a
+    computed target is used as computed, unless it no longer fits (it carried a constant channel count that
+    pruning changed): then the learned rule."""
+    if op.rule is not None and not op.recording and op.const(1):
+        return _by_rule(op.rule, x)
+    target = ints(shape)
+    if not op.a.get("allowzero", 0):
+        target = [x.shape[k] if v == 0 and k < x.dim() else v for k, v in enumerate(target)]
+    if op.rule is not None and not op.recording and not _fits(target, x):
+        return _by_rule(op.rule, x)
     if torch.jit.is_tracing() and isinstance(shape, torch.Tensor) and not op.const(1):
         # the exported Reshape reads the live shape tensor (0 and -1 as ONNX)
         from torch.onnx import operators
@@ -177,11 +192,8 @@ def _reshape(op: Op, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
             live = live[:n] if n <= x.dim() else torch.cat([live, shape[x.dim():]])
             shape = torch.where(shape == 0, live, shape)
         return operators.reshape_from_tensor_shape(x, shape)
-    target = ints(shape)
-    if not op.a.get("allowzero", 0):
-        target = [x.shape[k] if v == 0 else v for k, v in enumerate(target)]
     y = x.reshape(target)
-    if op.recording and op.const(1):
+    if op.recording:
         op.rule = reshape_rule(list(x.shape), list(y.shape))
     return y
 
