@@ -304,3 +304,40 @@ def test_unprunable_layers_and_metapruner_keep_outputs(tmp_path):
     assert [tuple(o.shape) for o in module(*args)] == [(1, 5, 4, 4), (1, 2)]
     res = export_converted(module, {"x": x}, tmp_path / "p.onnx")
     assert max(res["parity_max_abs_diff"].values()) < 1e-4
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_op_semantics_match_onnxruntime(opset):
+    """Reflect pad of a 3-D audio tensor, asymmetric MaxPool, nearest Resize, negative-step Slice, Split, Softmax
+    (opset 11's 2-D coercion), HardSigmoid, Clip, ReduceMean, ConstantOfShape: parity with ONNX Runtime."""
+    ax = (lambda name, v: [i64(name, v)]) if opset >= 13 else (lambda name, v: [])
+    sq_in = ["p", "ax1"] if opset >= 13 else ["p"]
+    sq_kw = {} if opset >= 13 else {"axes": [1]}
+    split_kw = {"split": [3, 5]} if opset < 13 else {}
+    split_in = ["c", "splits"] if opset >= 13 else ["c"]
+    nodes = [h.make_node("Pad", ["a", "pads"], ["p"], mode="reflect"),                       # [1, 1, 20] -> [1, 1, 26]
+             h.make_node("Squeeze", sq_in, ["s"], **sq_kw),                                 # [1, 26]
+             h.make_node("Slice", ["s", "st", "en", "axs", "stp"], ["rev"]),               # reversed, every 2nd
+             h.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),                    # [1, 8, 6, 6]
+             h.make_node("Split", split_in, ["c1", "c2"], axis=1, **split_kw),
+             h.make_node("MaxPool", ["c1"], ["mp"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1]),
+             h.make_node("Resize", ["mp", "roi", "scales"], ["up"], mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             h.make_node("HardSigmoid", ["c2"], ["hs"], alpha=0.3),
+             h.make_node("Clip", ["hs", "lo", "hi"], ["cl"]),
+             h.make_node("ReduceMean", ["cl"], ["rm"], axes=[2, 3], keepdims=1),
+             h.make_node("Softmax", ["rm"], ["sm"], axis=1),
+             h.make_node("Shape", ["up"], ["shp"]),
+             h.make_node("ConstantOfShape", ["shp"], ["ones"], value=nh.from_array(np.array([1.5], np.float32))),
+             h.make_node("Add", ["up", "ones"], ["upo"])]
+    inits = [i64("pads", [0, 0, 3, 0, 0, 3]), i64("st", [-1]), i64("en", [-100]), i64("axs", [1]), i64("stp", [-2]),
+             w("w1", 8, 2, 3, 3), nh.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             nh.from_array(np.zeros(0, np.float32), "roi"),
+             nh.from_array(np.array(0.1, np.float32), "lo"), nh.from_array(np.array(0.8, np.float32), "hi"),
+             *ax("ax1", [1]), *ax("splits", [3, 5])]
+    m = model(nodes, [vi("a", [1, 1, 20]), vi("x", [1, 2, 6, 6])],
+              [vi("rev", [1, 13]), vi("upo", [1, 3, 6, 6]), vi("sm", [1, 5, 1, 1])], inits, opset=opset)
+    module, _ = onnx_to_torch(m)
+    feeds = {"a": RNG.normal(size=(1, 1, 20)).astype(np.float32), "x": RNG.normal(size=(1, 2, 6, 6)).astype(np.float32)}
+    errs = parity(m, module, feeds)
+    assert max(errs.values()) < 1e-5, errs
