@@ -10,7 +10,8 @@ other models at their declared shapes). Per model it prints: op count (nodes inc
 types, conversion time (s, one run), parameters, parity = max abs error of the torch module vs ONNX Runtime per
 output over all samples, with the output's max |value| for scale; re-export = the module exported back with
 `export_converted` (traced at sample 0), then ONNX Runtime on the exported file vs the ORIGINAL file over all
-samples (max abs error); prune = Torch-Pruning's MetaPruner removing 30% of the channels of every layer except
+samples (max abs error); streamed = for models with recurrent state (an input and an output of the same
+shape) the samples run in order with the state fed back, ORT and torch each on their own state; prune = Torch-Pruning's MetaPruner removing 30% of the channels of every layer except
 `unprunable_layers(module)` (output, recurrent and head-split layers; L2 magnitude, no fine-tuning), then
 the output shapes compared with the unpruned ones and the pruned module exported and run in ONNX Runtime.
 """
@@ -64,6 +65,25 @@ def prune_check(module: torch.nn.Module, feed: Feed, out: Path) -> str:
             f"{max(res['parity_max_abs_diff'].values()):.2g}")
 
 
+def stream_check(module: torch.nn.Module, sess, feeds: list[Feed], ref: list[list[np.ndarray]]) -> str:
+    """Models with recurrent state (an input and an output of the same shape): the samples run in order with the
+    state carried, ONNX Runtime and torch each feeding back their own state; worst abs error over the run."""
+    pairs = [(k, i) for k, v in feeds[0].items() for i, r in enumerate(ref[0])
+             if np.asarray(v).dtype.kind == "f" and np.asarray(v).shape == r.shape and np.asarray(v).ndim >= 2]
+    if not pairs or len(feeds) < 2:
+        return "-"
+    st_o = {k: feeds[0][k] for k, _ in pairs}
+    st_t = dict(st_o)
+    worst = 0.0
+    for f in feeds:
+        a = sess.run(None, {**f, **st_o})
+        b = torch_outputs(module, module.input_names, {**f, **st_t})
+        worst = max([worst] + [max_abs(x, y) for x, y in zip(a, b)])
+        st_o = {k: a[i] for k, i in pairs}
+        st_t = {k: b[i] for k, i in pairs}
+    return f"{worst:.2g} over {len(feeds)} steps ({', '.join(k for k, _ in pairs)} carried)"
+
+
 def run_one(src: Path, tmp: Path, n: int, seed: int, prune: bool) -> dict:
     feeds = feeds_for(src, tmp, n, seed)
     row: dict = {"model": src.name}
@@ -91,6 +111,7 @@ def run_one(src: Path, tmp: Path, n: int, seed: int, prune: bool) -> dict:
         row["reexport"] = f"ok: {max(errs):.2g} vs original"
     except Exception as e:
         row["reexport"] = f"fails ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+    row["stream"] = stream_check(module, sess, feeds, ref)
     if prune:
         row["prune"] = prune_check(module, feeds[0], tmp / f"{src.stem}.pruned.onnx")
     row["notes"] = report.notes
@@ -110,17 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {src}", file=sys.stderr, flush=True)
             rows.append(run_one(src, Path(td), args.samples, i, not args.no_prune))
     print("| model | nodes (op types) | convert s | params | parity: max abs err per output (output max abs) | "
-          "re-export to ONNX (ORT vs original) | Torch-Pruning 30% + re-export |")
-    print("|---|---|---|---|---|---|---|")
+          "re-export to ONNX (ORT vs original) | streamed, state carried: max abs err | Torch-Pruning 30% + re-export |")
+    print("|---|---|---|---|---|---|---|---|")
     ok = 0
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | - | - | - | **fails**: {r['error']} | - | - |")
+            print(f"| {r['model']} | - | - | - | **fails**: {r['error']} | - | - | - |")
             continue
         par = ", ".join(f"{k}: {v:.2g} ({r['scale'][k]:.3g})" for k, v in r["parity"].items())
         ok += all(v <= 1e-3 * max(1.0, r["scale"][k]) for k, v in r["parity"].items())
         print(f"| {r['model']} | {r['nodes']} ({r['op_types']}) | {r['convert_s']:.2f} | {r['params']:,} | {par} | "
-              f"{r['reexport']} | {r.get('prune', '-')} |")
+              f"{r['reexport']} | {r['stream']} | {r.get('prune', '-')} |")
     print(f"\n{ok} of {len(rows)} models convert with parity (max abs err <= 1e-3 x max(1, output max abs))")
     for r in rows:
         for note in r.get("notes", []):
