@@ -341,3 +341,19 @@ def test_op_semantics_match_onnxruntime(opset):
     feeds = {"a": RNG.normal(size=(1, 1, 20)).astype(np.float32), "x": RNG.normal(size=(1, 2, 6, 6)).astype(np.float32)}
     errs = parity(m, module, feeds)
     assert max(errs.values()) < 1e-5, errs
+
+
+def test_unsorted_graph_and_bad_path(tmp_path):
+    """Nodes listed before their producers (as some tools write them) convert in dependency order; a missing
+    file is one EdgeslimError line naming it."""
+    m = conv_bn_res()
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(m)
+    nodes = list(shuffled.graph.node)[::-1]
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes)
+    module, _ = onnx_to_torch(shuffled)
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert parity(m, module, {"x": x})["y"] < 1e-4
+    with pytest.raises(EdgeslimError, match="nope.onnx"):
+        onnx_to_torch(tmp_path / "nope.onnx")

@@ -10,6 +10,7 @@ with a constant target learns, from one probe run, which input dimensions each o
 from __future__ import annotations
 
 import collections
+import heapq
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ class GraphModule(nn.Module):
                     consumers.update(_outer_names(a.g))
         used: set[str] = set()
         self.producer: dict[str, int] = {}  # output name -> index into self.steps
-        for n in g.node:
+        for n in _sorted(g):
             ctx.report.ops[n.op_type] += 1
             if n.op_type == "Constant":
                 consts[n.output[0]] = ops.constant_value(n)
@@ -264,6 +265,35 @@ class IfOp(nn.Module):
         return tuple(branch.run(dict(env)))
 
 
+def _sorted(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of `g` in an order where every value is produced before it is read (files written by some
+    tools, e.g. ONNX Runtime's quantizers, list a node before its producer); stable for sorted graphs."""
+    reads = [set(i for i in n.input if i) | set().union(*[_outer_names(a.g) for a in n.attribute
+                                                        if a.type == onnx.AttributeProto.GRAPH])
+             for n in g.node]
+    made = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    deps = [{made[i] for i in r if i in made and made[i] != k} for k, r in enumerate(reads)]
+    users: list[list[int]] = [[] for _ in g.node]
+    for k, d in enumerate(deps):
+        for j in d:
+            users[j].append(k)
+    waiting = [len(d) for d in deps]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)  # Kahn's algorithm, lowest file position first: a sorted graph keeps its order
+    order: list[onnx.NodeProto] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(g.node[k])
+        for u in users[k]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) < len(g.node):  # a cycle: left in file order, the run fails on it as in ONNX Runtime
+        placed = {id(n) for n in order}
+        order += [n for n in g.node if id(n) not in placed]
+    return order
+
+
 def _outer_names(g: onnx.GraphProto) -> set[str]:
     """Names a subgraph reads from enclosing scopes (incl. nested subgraphs)."""
     local = {i.name for i in g.input} | {t.name for t in g.initializer}
@@ -291,6 +321,10 @@ def onnx_to_torch(
     from edgeslim.onnxkit.shapes import infer_shapes
 
     where = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    if not isinstance(model, onnx.ModelProto):
+        from edgeslim.untrusted import check_onnx_file
+
+        check_onnx_file(model)  # missing, empty, corrupt, external data outside its folder: one line
     m = read_onnx(model)
     inferred, _ = infer_shapes(m)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
