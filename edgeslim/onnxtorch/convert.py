@@ -338,6 +338,10 @@ def onnx_to_torch(
     module = ConvertedModule(graph, [i.name for i in inputs], [o.name for o in m.graph.output],
                              {v.name: _symbolic(v) for v in [*inputs, *m.graph.output] if _symbolic(v)})
     report.parameters = sum(p.numel() for p in module.parameters())
+    live = sum(1 for x in module.modules() if isinstance(x, IfOp) and x.fixed is None)
+    if live:
+        report.notes.append(f"{live} If node(s) pick their branch at run time (eager); a traced export keeps "
+                            "the branches its example inputs took")
     _probe(module, inputs, input_shapes or {}, report)
     return module, report
 

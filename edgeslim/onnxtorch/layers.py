@@ -195,7 +195,9 @@ class RNN(Layer):
         for i in (4, 5, 6):
             if self.slots[i] == "c":
                 self.register_buffer(f"c{i}", ins[i].float().clone())
-        self.seq_note = self.slots[4] != "-"
+        if self.slots[4] != "-":
+            ctx.report.notes.append(f"{n.op_type} '{n.name}': sequence_lens ignored (every sequence taken at full "
+                                    "length, as ONNX computes it when all lengths equal the time steps)")
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         it = iter(xs)
