@@ -89,6 +89,10 @@ def prune_export_check(m: onnx.ModelProto, feeds: dict[str, np.ndarray], conv_ke
     assert [g.shape for g in got] == shapes
     weights = [nh.to_array(t).shape for t in exported.graph.initializer]
     assert any(len(s) >= 3 and s[0] == before - k for s in weights)  # the pruned conv's weight, fewer filters
+    # the exported file reopens as a trainable module again (how a pruned stage is saved and resumed)
+    again, _ = onnx_to_torch(tmp_path / "pruned.onnx")
+    assert again.input_names == module.input_names and again.output_names == module.output_names
+    assert max(parity(tmp_path / "pruned.onnx", again, feeds).values()) < 1e-4
 
 
 def test_conv_bn_residual_prune_export(tmp_path):

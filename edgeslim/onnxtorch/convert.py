@@ -352,11 +352,13 @@ def _symbolic(v: onnx.ValueInfoProto) -> dict[int, str]:
             if not (d.HasField("dim_value") and d.dim_value > 0)}
 
 
-def _probe_feed(inp: onnx.ValueInfoProto, shape: tuple[int, ...] | None) -> torch.Tensor:
+def _probe_feed(inp: onnx.ValueInfoProto, shape: tuple[int, ...] | None, size: int) -> torch.Tensor:
+    """A synthetic input: `shape`, else the declared dims with batch-like symbols (axis 0, or a name with
+    'batch') at 1 and the other symbolic dims at `size` (the same symbol, the same value)."""
     tt = inp.type.tensor_type
     if shape is None:
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if i == 0 else 64)
-                      for i, d in enumerate(tt.shape.dim))
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                      1 if i == 0 or "batch" in d.dim_param.lower() else size for i, d in enumerate(tt.shape.dim))
     dtype = ops.torch_dtype(tt.elem_type)
     if dtype.is_floating_point:
         return torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
@@ -366,21 +368,31 @@ def _probe_feed(inp: onnx.ValueInfoProto, shape: tuple[int, ...] | None) -> torc
 
 
 def _probe(module: ConvertedModule, inputs: list[onnx.ValueInfoProto], shapes: dict, report: ConversionReport) -> None:
-    """One run on synthetic inputs with every Reshape recording how its output dims follow its input dims."""
-    feeds = [_probe_feed(i, tuple(shapes[i.name]) if i.name in shapes else None) for i in inputs]
+    """One run on synthetic inputs with every Reshape recording how its output dims follow its input dims
+    (symbolic dims without `shapes` tried at 64, then 512)."""
     reshapes = [m for m in module.modules() if isinstance(m, ops.Op) and m.op_type == "Reshape"]
     for r in reshapes:
         r.recording = True
+    err = ""
     try:
-        with torch.no_grad():
-            module(*feeds)
-    except Exception as e:
-        report.notes.append(f"probe run at shapes {[tuple(f.shape) for f in feeds]} failed ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); "
-                            "constant Reshape targets kept as they are (pass input_shapes)")
+        for size in (64, 512):
+            feeds = [_probe_feed(i, tuple(shapes[i.name]) if i.name in shapes else None, size) for i in inputs]
+            try:
+                with torch.no_grad():
+                    module(*feeds)
+                err = ""
+                break
+            except Exception as e:
+                err = (f"probe run at shapes {[tuple(f.shape) for f in feeds]} failed ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:120] if str(e) else ''}); constant Reshape targets kept as they are "
+                       "(pass input_shapes)")
+                if all(i.name in shapes for i in inputs):
+                    break
     finally:
         for r in reshapes:
             r.recording = False
+    if err:
+        report.notes.append(err)
     learned = sum(1 for r in reshapes if r.rule is not None and r.const(1))
     if learned:
         report.notes.append(f"{learned} constant Reshape target(s) follow the input's dimensions")

@@ -40,8 +40,9 @@ def _unsafe_op(op: ops.Op) -> bool:
     return False
 
 
-def _walk(g: GraphModule, start: str) -> bool:
-    """True when the channels of value `start` of `g` reach an op that cannot follow a pruned channel count."""
+def _walk(g: GraphModule, start: str, branch: bool) -> bool:
+    """True when the channels of value `start` of `g` reach an op that cannot follow a pruned channel count
+    (or, in an If `branch`, leave the branch: what the enclosing graph does with them is not looked at)."""
     readers: dict[str, list[int]] = {}
     for k, (_, dyn, _) in enumerate(g.steps):
         for name in dyn:
@@ -49,6 +50,8 @@ def _walk(g: GraphModule, start: str) -> bool:
     stack, seen = [start], {start}
     while stack:
         v = stack.pop()
+        if branch and v in g.outputs:
+            return True
         for k in readers.get(v, []):
             key, _, outs = g.steps[k]
             mod = g.nodes[key]
@@ -85,10 +88,11 @@ def unprunable_layers(module: ConvertedModule) -> list[nn.Module]:
     recurrent layers, and those whose output channels meet an op the dependency graph cannot adjust."""
     found: dict[int, nn.Module] = {id(m): m for m in module.output_layers()}
     for g in _graphs(module.graph):
+        branch = g is not module.graph
         for key, _, outs in g.steps:
             inner = _inner(g.nodes[key])
             if inner is None:
                 continue
-            if isinstance(inner, nn.LSTM | nn.GRU) or _walk(g, outs[0]):
+            if isinstance(inner, nn.LSTM | nn.GRU) or _walk(g, outs[0], branch):
                 found[id(inner)] = inner
     return list(found.values())
