@@ -94,7 +94,7 @@ class GraphModule(nn.Module):
                 raise EdgeslimError(f"{ctx.where}: cannot convert node '{n.name}' (op {n.op_type}): "
                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
             if not dyn and not isinstance(mod, layers.Layer) and n.op_type not in ("If", "Loop"):
-                folded = self._fold(mod, ins, n, ctx)
+                folded = self._fold(mod, n)
                 if folded is not None:
                     consts.update(folded)
                     ctx.report.folded += 1
@@ -141,7 +141,6 @@ class GraphModule(nn.Module):
         self.producer[n.output[0]] = k
         return True
 
-
     def layers_feeding(self, names: list[str]) -> tuple[list[nn.Module], set[str]]:
         """(layers met walking back from `names` until a weighted layer, names read from an enclosing scope)."""
         found: list[nn.Module] = []
@@ -173,7 +172,8 @@ class GraphModule(nn.Module):
         return found, outer
 
     @staticmethod
-    def _fold(mod: nn.Module, ins: list, n: onnx.NodeProto, ctx: Ctx) -> dict[str, torch.Tensor] | None:
+    def _fold(mod: nn.Module, n: onnx.NodeProto) -> dict[str, torch.Tensor] | None:
+        """The outputs of a node whose inputs are all constant, computed once (None: leave it to run time)."""
         try:
             with torch.no_grad():
                 res = mod()
