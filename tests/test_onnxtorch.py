@@ -361,3 +361,22 @@ def test_unsorted_graph_and_bad_path(tmp_path):
     assert parity(m, module, {"x": x})["y"] < 1e-4
     with pytest.raises(EdgeslimError, match="nope.onnx"):
         onnx_to_torch(tmp_path / "nope.onnx")
+
+
+def test_loop_runs_eagerly():
+    """Loop with a trip count from an input, a carried value and a scan output (conv weights in the body)."""
+    body = h.make_graph(
+        [h.make_node("Conv", ["acc_in", "wb"], ["c"], pads=[1, 1, 1, 1], name="body_conv"),
+         h.make_node("Tanh", ["c"], ["acc_out"]), h.make_node("Identity", ["cond_in"], ["cond_out"]),
+         h.make_node("ReduceMean", ["acc_out"], ["m"], keepdims=0)],
+        "body", [vi("i", [], T.INT64), vi("cond_in", [], T.BOOL), vi("acc_in", None)],
+        [vi("cond_out", [], T.BOOL), vi("acc_out", None), vi("m", [])], [w("wb", 2, 2, 3, 3)])
+    nodes = [h.make_node("Loop", ["n", "", "x"], ["y", "trace"], body=body, name="loop")]
+    m = model(nodes, [vi("n", [], T.INT64), vi("x", [1, 2, 5, 5])], [vi("y", [1, 2, 5, 5]), vi("trace", [None])], [])
+    module, report = onnx_to_torch(m)
+    assert report.ops["Loop"] == 1 and report.ops["Conv"] == 1
+    assert isinstance(module.graph.nodes["loop"].body.nodes["body_conv"].conv, torch.nn.Conv2d)
+    x = RNG.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    for n in (0, 3):
+        errs = parity(m, module, {"n": np.array(n, np.int64), "x": x})
+        assert max(errs.values()) < 1e-5, errs

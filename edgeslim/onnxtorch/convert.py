@@ -45,6 +45,17 @@ class Ctx:
     ranks: dict[str, int]     # value name -> rank, from ONNX shape inference (missing where unknown)
 
 
+def _layer_of(mod: nn.Module) -> nn.Module | None:
+    """The torch layer inside a weighted node module (Conv, Linear, LSTM/GRU), else None."""
+    if isinstance(mod, layers.Conv):
+        return mod.conv
+    if isinstance(mod, layers.Linear):
+        return mod.linear
+    if isinstance(mod, layers.RNN):
+        return mod.rnn
+    return None
+
+
 def _key(name: str, used: set[str]) -> str:
     """A unique attribute-safe module name for a node (readable in `named_modules`, e.g. for ignore lists)."""
     k = re.sub(r"\W", "_", name) or "node"
@@ -157,7 +168,7 @@ class GraphModule(nn.Module):
                 continue
             key, dyn, outs = self.steps[self.producer[v]]
             mod = self.nodes[key]
-            inner = getattr(mod, "conv", None) or getattr(mod, "linear", None) or getattr(mod, "rnn", None)
+            inner = _layer_of(mod)
             if inner is not None:
                 found.append(inner)
             elif isinstance(mod, IfOp):
@@ -166,6 +177,9 @@ class GraphModule(nn.Module):
                         f, o = br.layers_feeding([br.outputs[outs.index(v)]])
                         found += f
                         stack += list(o)
+                stack += dyn
+            elif isinstance(mod, LoopOp):  # every layer of the body may feed the result
+                found += [m for b in mod.body.modules() for m in [_layer_of(b)] if m is not None]
                 stack += dyn
             elif not (isinstance(mod, ops.Op) and mod.op_type in ("Shape", "Size")):  # shape reads: no channels
                 stack += dyn
@@ -187,7 +201,7 @@ class GraphModule(nn.Module):
         for key, dyn, outs in self.steps:
             mod = self.nodes[key]
             args = [env[i] for i in dyn]
-            res = mod.select(env, *args) if isinstance(mod, IfOp) else mod(*args)
+            res = mod.select(env, *args) if isinstance(mod, IfOp | LoopOp) else mod(*args)
             if isinstance(res, tuple):
                 for o, r in zip(outs, res):
                     if o:
@@ -233,8 +247,10 @@ def build(n: onnx.NodeProto, ins: list[torch.Tensor | None], ctx: Ctx, consts: d
         return layers.BUILDERS[n.op_type](n, ins, ctx)
     if n.op_type == "If":
         return IfOp(n, ins, ctx, consts)
+    if n.op_type == "Loop":
+        return LoopOp(n, ins, ctx, consts)
     if n.domain not in ("", "ai.onnx") or n.op_type not in ops.FUNCS:
-        supported = sorted(set(ops.FUNCS) | set(layers.BUILDERS) | {"If", "Constant"})
+        supported = sorted(set(ops.FUNCS) | set(layers.BUILDERS) | {"If", "Loop", "Constant"})
         dom = f"{n.domain}." if n.domain not in ("", "ai.onnx") else ""
         raise EdgeslimError(f"{ctx.where}: cannot convert node '{n.name}' (op {dom}{n.op_type}): not supported; "
                             f"supported ops: {', '.join(supported)}")
@@ -263,6 +279,44 @@ class IfOp(nn.Module):
         take = self.fixed if self.fixed is not None else bool(cond[0].reshape(-1)[0])
         branch = self.then_branch if take else self.else_branch
         return tuple(branch.run(dict(env)))
+
+
+class LoopOp(nn.Module):
+    """ONNX Loop, run eagerly: trip count and condition read at run time, loop-carried values fed back, scan
+    outputs stacked on a new axis 0 (empty when the loop runs no iteration). A traced export unrolls it."""
+
+    def __init__(self, n: onnx.NodeProto, ins: list, ctx: Ctx, consts: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        g = next(a.g for a in n.attribute if a.name == "body")
+        self.body = GraphModule(g, consts, ctx)
+        self.body_inputs = [i.name for i in g.input]          # iteration, condition, carried...
+        self.n_carried = len(n.input) - 2
+        self.slots = ["-" if not name else "d" if v is None else f"c{i}" for i, (name, v) in enumerate(zip(n.input, ins))]
+        for i, v in enumerate(ins):
+            if n.input[i] and v is not None:
+                self.register_buffer(f"c{i}", v.clone())
+
+    def select(self, env: dict[str, Any], *dyn: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        it = iter(dyn)
+        args = [None if s == "-" else next(it) if s == "d" else getattr(self, s) for s in self.slots]
+        trips = int(args[0].reshape(-1)[0]) if args[0] is not None else None
+        cond = bool(args[1].reshape(-1)[0]) if args[1] is not None else True
+        carried: list[Any] = list(args[2:])
+        scans: list[list[torch.Tensor]] = []
+        i = 0
+        while cond and (trips is None or i < trips):
+            benv = dict(env)
+            benv.update(zip(self.body_inputs, [torch.tensor(i, dtype=torch.int64), torch.tensor(cond)] + carried))
+            outs = self.body.run(benv)
+            cond = bool(outs[0].reshape(-1)[0])
+            carried = list(outs[1 : 1 + self.n_carried])
+            scans = scans or [[] for _ in outs[1 + self.n_carried:]]
+            for k, o in enumerate(outs[1 + self.n_carried:]):
+                scans[k].append(o)
+            i += 1
+        n_scan = len(self.body.outputs) - 1 - self.n_carried
+        stacked = [torch.stack(s) for s in scans] if scans else [torch.empty(0) for _ in range(n_scan)]
+        return tuple(carried + stacked)
 
 
 def _sorted(g: onnx.GraphProto) -> list[onnx.NodeProto]:

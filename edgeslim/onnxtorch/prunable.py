@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from edgeslim.onnxtorch import layers, ops
-from edgeslim.onnxtorch.convert import ConvertedModule, GraphModule, IfOp
+from edgeslim.onnxtorch.convert import ConvertedModule, GraphModule, IfOp, LoopOp
 
 ELEMENTWISE_CONST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "PRelu", "Max", "Min", "Sum", "Mean", "Equal",
                      "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Concat"}
@@ -55,7 +55,7 @@ def _walk(g: GraphModule, start: str, branch: bool) -> bool:
         for k in readers.get(v, []):
             key, _, outs = g.steps[k]
             mod = g.nodes[key]
-            if isinstance(mod, IfOp):
+            if isinstance(mod, IfOp | LoopOp):
                 return True
             if _inner(mod) is not None:
                 continue  # a layer reads it as input channels: the dependency graph prunes those
@@ -76,8 +76,8 @@ def _walk(g: GraphModule, start: str, branch: bool) -> bool:
 def _graphs(g: GraphModule) -> list[GraphModule]:
     out = [g]
     for mod in g.nodes.values():
-        if isinstance(mod, IfOp):
-            for br in (getattr(mod, "then_branch", None), getattr(mod, "else_branch", None)):
+        if isinstance(mod, IfOp | LoopOp):
+            for br in (getattr(mod, "then_branch", None), getattr(mod, "else_branch", None), getattr(mod, "body", None)):
                 if br is not None:
                     out += _graphs(br)
     return out
