@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from edgeslim.onnxtorch import layers, ops
-from edgeslim.onnxtorch.convert import ConvertedModule, GraphModule, IfOp, LoopOp
+from edgeslim.onnxtorch.control import IfOp, LoopOp
+from edgeslim.onnxtorch.convert import ConvertedModule, GraphModule
 
 ELEMENTWISE_CONST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "PRelu", "Max", "Min", "Sum", "Mean", "Equal",
                      "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Concat"}
