@@ -66,10 +66,18 @@ def prune_check(module: torch.nn.Module, feed: Feed, out: Path) -> str:
 
 
 def stream_check(module: torch.nn.Module, sess, feeds: list[Feed], ref: list[list[np.ndarray]]) -> str:
-    """Models with recurrent state (an input and an output of the same shape): the samples run in order with the
-    state carried, ONNX Runtime and torch each feeding back their own state; worst abs error over the run."""
-    pairs = [(k, i) for k, v in feeds[0].items() for i, r in enumerate(ref[0])
-             if np.asarray(v).dtype.kind == "f" and np.asarray(v).shape == r.shape and np.asarray(v).ndim >= 2]
+    """Models with recurrent state (an input and an output of the same shape, the output named after the input
+    where several fit): the samples run in order with the state carried, ONNX Runtime and torch each feeding
+    back their own state; worst abs error over the run."""
+    names = [o.name for o in sess.get_outputs()]
+    pairs: list[tuple[str, int]] = []
+    for k, v in feeds[0].items():
+        v = np.asarray(v)
+        same = [i for i, r in enumerate(ref[0]) if v.dtype.kind == "f" and v.ndim >= 2 and r.shape == v.shape
+                and i not in {j for _, j in pairs}]
+        named = [i for i in same if names[i].startswith(k)]  # state -> stateN, h -> hn
+        if same:
+            pairs.append((k, (named or same)[0]))
     if not pairs or len(feeds) < 2:
         return "-"
     st_o = {k: feeds[0][k] for k, _ in pairs}
@@ -81,7 +89,7 @@ def stream_check(module: torch.nn.Module, sess, feeds: list[Feed], ref: list[lis
         worst = max([worst] + [max_abs(x, y) for x, y in zip(a, b)])
         st_o = {k: a[i] for k, i in pairs}
         st_t = {k: b[i] for k, i in pairs}
-    return f"{worst:.2g} over {len(feeds)} steps ({', '.join(k for k, _ in pairs)} carried)"
+    return f"{worst:.2g} over {len(feeds)} steps ({', '.join(f'{k} <- {names[i]}' for k, i in pairs)})"
 
 
 def run_one(src: Path, tmp: Path, n: int, seed: int, prune: bool) -> dict:
