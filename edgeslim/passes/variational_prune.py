@@ -94,7 +94,8 @@ def variational_prune(model: nn.Module | None, task: Task, cfg: VariationalPrune
                         "units_kept": f"{int(rows.sum())}/{rows.numel()}", "posterior_bits": bits[name]}
     carry["posterior_bits"] = bits
     notes = {"val_accuracy_before": acc0, "val_accuracy_vd": hist["val_accuracy"], "val_accuracy_masked": acc_masked,
-             "val_accuracy": acc_ft, "weight_sparsity": round(weight_sparsity(model), 4), "layers": layers,
+             "val_accuracy": acc_ft, "val_curve_vd": [round(h["val"], 4) for h in hist.get("history", [])],
+             "weight_sparsity": round(weight_sparsity(model), 4), "layers": layers,
              **before, **size_counts(model, task.input_shape, "after")}
     if not ctx.quiet:
         for name, s in layers.items():
