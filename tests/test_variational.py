@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,9 @@ def test_recipe_end_to_end_and_unpack(tiny_image_task, tmp_path: Path) -> None:
     t = tiny_image_task
     assert evaluate(model, t.x_test, t.y_test) == pytest.approx(last["accuracy"], abs=1e-9)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["stages"][-1]["notes"]["roundtrip_exact"]
+    # a run killed during posterior_code resumes from variational_prune's stage (masks and bits in its carry)
+    first = eshare.read_bytes()
+    shutil.rmtree(eshare.parent)
+    again = run_recipe(parse_recipe(small), tmp_path / "base", tiny_image_task, tmp_path / "run", quiet=True)
+    assert again["stages"][1]["seconds"] == res["stages"][1]["seconds"]  # not re-run
+    assert eshare.read_bytes() == first
