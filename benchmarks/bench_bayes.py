@@ -3,6 +3,7 @@ bits per layer from the posterior, k-means sharing, Huffman-coded `.eshare`) on 
 
     .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes                 # grid + mnist1d
     .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes --grid shipped  # the recipe as shipped
+    .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes --parts cnn1d   # cnn1d / mnist1d only
 
 For every grid point (KL weight x posterior step scale) the recipe runs on the same trained baseline; the
 point kept is the smallest file whose VALIDATION accuracy (measured on the model decoded from the file)
@@ -13,7 +14,8 @@ points' test figures are printed for transparency, never used to choose.
 Every accuracy of the kept point is re-measured here from the file: `api.unpack` writes it back as a model
 folder (what `edgeslim unpack` does), which is loaded and evaluated on the test split. Ratio: float32
 weights (4 bytes x parameters) / `.eshare` bytes, and the float32 safetensors weights file (header
-included) / `.eshare` bytes. Writes results.json and summary.md into --out and prints the summary.
+included) / `.eshare` bytes. Writes results.json and summary.md (results_<parts>.json, summary_<parts>.md) into --out and
+prints the summary.
 """
 
 from __future__ import annotations
@@ -133,18 +135,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40, help="baseline training epochs (LeNet-300-100)")
     ap.add_argument("--val-tol", type=float, default=0.7, help="validation accuracy drop allowed (points): one of 144 "
                     "validation digits is 0.69 points")
-    ap.add_argument("--mnist1d", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the shipped recipe on cnn1d / mnist1d and report its ratio")
+    ap.add_argument("--parts", default="lenet300,cnn1d", help="lenet300: the grid on LeNet-300-100 / digits28; "
+                    "cnn1d: the shipped recipe on cnn1d / mnist1d (its ratio)")
     ap.add_argument("--mnist1d-epochs", type=int, default=60)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {"lenet300": part(args, args.out, "lenet300", "digits28", args.epochs, GRID[args.grid], None)}
-    if args.mnist1d:
+    parts = set(args.parts.split(","))
+    results = {}
+    if "lenet300" in parts:
+        results["lenet300"] = part(args, args.out, "lenet300", "digits28", args.epochs, GRID[args.grid], None)
+    if "cnn1d" in parts:
         results["cnn1d"] = part(args, args.out, "cnn1d", "mnist1d", args.mnist1d_epochs, GRID["shipped"], None)
     text = "\n".join(["## bench_bayes", "", f"command: `{' '.join(sys.argv)}`", ""]
                      + [line for r in results.values() for line in _fmt_part(r)])
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out / "summary.md").write_text(text)
+    tag = "_".join(sorted(results))
+    (args.out / f"results_{tag}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"summary_{tag}.md").write_text(text)
     print(text)
 
 

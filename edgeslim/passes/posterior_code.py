@@ -33,7 +33,7 @@ class PosteriorCode(PassConfig):
     bits: int = Field(5, ge=1, le=8, description="index bits of a layer without posterior bits in the carry")
     bit_offset: int = Field(0, ge=-7, le=7, description="added to each layer's posterior bits (clipped to 1-8)")
     iters: int = Field(30, ge=1, description="k-means iterations")
-    fp16: bool = Field(True, description="round every float (centroids, biases) to float16 after fine-tuning; "
+    fp16: bool = Field(True, description="round every float (centroids, biases, norms) to float16 after fine-tuning; "
                        "the file then stores them in 2 bytes, losslessly")
     gap_bits: int | None = Field(None, ge=1, le=12, description="zero-run symbol bits; default: per layer, the "
                                  "width that stores it smallest")
@@ -42,9 +42,10 @@ class PosteriorCode(PassConfig):
 
 @torch.no_grad()
 def _round_fp16(model: nn.Module) -> None:
-    for p in model.parameters():
-        if p.dtype == torch.float32:
-            p.copy_(p.half().float())
+    """Every float32 parameter and buffer (BatchNorm running statistics too) rounded to a float16 value."""
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype == torch.float32:
+            t.copy_(t.half().float())
 
 
 @register("posterior_code", PosteriorCode)
