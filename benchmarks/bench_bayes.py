@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def _recipe_text(kl: float | None, step: float | None, vd_epochs: int | None) ->
 
 
 def run_point(base: Path, task: str, out: Path, kl: float | None, step: float | None, vd_epochs: int | None) -> dict:
-    """One recipe run; every figure of its last stage, and test accuracy re-measured from the unpacked file."""
+    """One recipe run (from scratch: a finished run in `out` would otherwise be resumed, not measured); every
+    figure of its last stage, and test accuracy re-measured from the unpacked file."""
+    shutil.rmtree(out, ignore_errors=True)
     res = run_recipe(parse_recipe(_recipe_text(kl, step, vd_epochs)), base, load_task(task), out, quiet=True,
                      force=True)
     st = res["stages"]
