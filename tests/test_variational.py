@@ -19,7 +19,7 @@ from edgeslim.passes.base import RunContext
 from edgeslim.passes.posterior_code import PosteriorCode, posterior_code
 from edgeslim.passes.variational_prune import VariationalPrune, variational_prune
 from edgeslim.prune.masks import prunable
-from edgeslim.prune.variational import K1, SparseVD, attach, layer_sparsity, posterior_bits, total_kl
+from edgeslim.prune.variational import K1, SparseVD, attach, detach, layer_sparsity, posterior_bits, total_kl
 from edgeslim.train import Hooks, TrainConfig, evaluate, train_model
 
 FT = TrainConfig(epochs=2, lr=1e-3)
@@ -59,6 +59,25 @@ def test_sparsity_rises_with_training(tiny_image_task) -> None:
     masked = {k: w.theta * w.keep_mask() for k, w in wrapped.items()}
     assert masked["fc1"].eq(0).float().mean() >= after["fc1"] - 1e-4
     assert torch.isfinite(net(x)).all()
+
+
+def test_conv_layers_learn_masks_and_detach_keeps_the_function(tiny_seq_task) -> None:
+    net, _ = trained("cnn1d", tiny_seq_task, 2)
+    wrapped = attach(net)
+    assert {n for n in wrapped if n.startswith("features")} == {"features.1", "features.4", "features.7"}
+    n = len(tiny_seq_task.x_train)
+    hooks = Hooks(extra_losses=[lambda m, x, y, o: 20.0 * total_kl(wrapped) / n])
+    train_model(net, tiny_seq_task, TrainConfig(epochs=4, lr=1e-2, keep_best=False), hooks, quiet=True)
+    assert layer_sparsity(wrapped)["features.7"] > 0.3
+    net.eval()
+    x = torch.from_numpy(tiny_seq_task.x_val)
+    with torch.no_grad():
+        y_vd = net(x)
+        detach(net, wrapped)  # plain Conv1d / Linear back, dropped weights zeroed
+        y_plain = net(x)
+    assert not any(isinstance(m, SparseVD) for m in net.modules())
+    assert torch.allclose(y_vd, y_plain, atol=1e-6)
+    assert float((net.features[7].weight == 0).float().mean()) > 0.3
 
 
 def test_posterior_bits_rule() -> None:

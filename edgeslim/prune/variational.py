@@ -29,9 +29,11 @@ LOG_ALPHA_CLAMP = 10.0  # log alpha is clamped to [-10, 10] (as the paper's code
 
 
 def vd_layers(model: nn.Module, skip: list[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every Linear and Conv layer with a weight, except the `skip` names."""
+    """(name, layer) of every Linear and Conv (1-3 d, any groups; not transposed) layer with a weight, except
+    the `skip` names."""
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and m.weight is not None and n not in (skip or [])]
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.weight is not None
+            and n not in (skip or [])]
 
 
 class SparseVD(nn.Module):
