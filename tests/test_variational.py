@@ -80,6 +80,22 @@ def test_conv_layers_learn_masks_and_detach_keeps_the_function(tiny_seq_task) ->
     assert float((net.features[7].weight == 0).float().mean()) > 0.3
 
 
+def test_target_sparsity_drops_the_highest_log_alpha_first() -> None:
+    from edgeslim.passes.variational_prune import _top_alpha_masks
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    wrapped = attach(net)
+    with torch.no_grad():
+        for w in wrapped.values():
+            w.log_sigma2.normal_(-4, 2)  # log alpha spread around the threshold
+    las = torch.cat([w.log_alpha().detach().flatten() for w in wrapped.values()])
+    _top_alpha_masks(wrapped, 0.9)
+    kept = torch.cat([w.keep_mask().flatten() for w in wrapped.values()])
+    assert kept.sum() == round(0.1 * las.numel())
+    assert float(las[kept].max()) <= float(las[~kept].min())  # the kept ones are the least noisy
+
+
 def test_posterior_bits_rule() -> None:
     w = torch.tensor([0.0, -0.5, 0.5, 0.0, 0.25])
     sigma = torch.full_like(w, 1 / 16)  # range 1.0 over a step of 1/16: 16 levels, 4 bits
