@@ -42,9 +42,10 @@ class PosteriorCode(PassConfig):
 
 @torch.no_grad()
 def _round_fp16(model: nn.Module) -> None:
-    """Every float32 parameter and buffer (BatchNorm running statistics too) rounded to a float16 value."""
+    """Every float32 parameter and buffer (BatchNorm running statistics too) rounded to a float16 value; a
+    tensor with a value beyond float16's range (65,504) stays float32 (and is stored so)."""
     for t in [*model.parameters(), *model.buffers()]:
-        if t.dtype == torch.float32:
+        if t.dtype == torch.float32 and bool(torch.isfinite(t.half()).all()):
             t.copy_(t.half().float())
 
 
