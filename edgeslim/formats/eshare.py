@@ -3,8 +3,8 @@ edgeslim loads back bit-exactly (`edgeslim unpack`, `load_shared_model`).
 
 ```
 b"ESHR" | u8 version | u32 header length | header: zlib(JSON: spec, tensor names/shapes/kinds)
-per shared tensor: codebook (k x f32, or f16 when the header's entry says `book: float16`, version 2) | Huffman code lengths of the indices and the gaps (u8 each)
-                   | u32 bit counts | cluster-index bitstream | sparse-position (gap) bitstream
+per shared tensor: codebook (k x f32; k x f16 if its header entry says `book: float16`, version 2)
+                   | Huffman code lengths of the indices and the gaps (u8 each) | u32 bit counts | cluster-index bitstream | sparse-position (gap) bitstream
 per other tensor:  its raw bytes (biases, norms)
 ```
 Sparse positions are run lengths of zeros between non-zero weights, capped at `2^gap_bits - 1` (that
