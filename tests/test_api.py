@@ -58,7 +58,7 @@ def test_compress_rejects_a_config_of_no_pass(net, tiny_image_task):
 def test_listings_and_quant_report_errors(tmp_path):
     names = {p["name"] for p in api.list_passes()}
     assert {"magnitude_prune", "quantize_int8", "tflite"} <= names
-    assert {t["name"] for t in api.list_tasks()["builtin"]} == {"digits", "mnist1d"}
+    assert {t["name"] for t in api.list_tasks()["builtin"]} == {"digits", "digits28", "mnist1d"}
     assert "cortex-m4" in {d.name for d in api.list_devices()}
     with pytest.raises(EdgeslimError, match="not a run or stage folder"):
         api.quant_report(tmp_path)

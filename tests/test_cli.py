@@ -25,7 +25,7 @@ def test_models_json():
 def test_tasks_lists_builtins():
     r = edgeslim("tasks", "--json")
     assert r.returncode == 0
-    assert {t["name"] for t in json.loads(r.stdout)["builtin"]} == {"digits", "mnist1d"}
+    assert {t["name"] for t in json.loads(r.stdout)["builtin"]} == {"digits", "digits28", "mnist1d"}
 
 
 def test_user_error_is_one_line_exit_1(tmp_path):

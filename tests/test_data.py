@@ -178,5 +178,5 @@ def test_cifar_bin_truncated(tmp_path):
 
 
 def test_unknown_task():
-    with pytest.raises(EdgeslimError, match=r"unknown task 'nope'.*digits, mnist1d"):
+    with pytest.raises(EdgeslimError, match=r"unknown task 'nope'.*digits, digits28, mnist1d"):
         load_task("nope")

@@ -32,16 +32,33 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return b.images, b.target
 
 
-def digits(seed: int = 0) -> Task:
-    """scikit-learn's 1,797 real 8x8 handwritten digits, pixel values scaled to [0, 1]."""
+def _digits_split(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) of the digits at `size` x `size` (8: as shipped; else bilinear
+    upsampling as `torch.nn.functional.interpolate`), pixel values in [0, 1]; the same fixed test split."""
     images, target = _digits_arrays()
     x = (images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    if size != 8:
+        import torch
+        import torch.nn.functional as F
+
+        x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
     y = target.astype(np.int64)
     rng = np.random.default_rng(1234)  # fixed test split so every run compares on the same digits
     idx = rng.permutation(len(x))
     n_test = 360
     te, tr = idx[:n_test], idx[n_test:]
-    return make_task("digits", x[tr], y[tr], x[te], y[te], seed=seed)
+    return x[tr], y[tr], x[te], y[te]
+
+
+def digits(seed: int = 0) -> Task:
+    """scikit-learn's 1,797 real 8x8 handwritten digits, pixel values scaled to [0, 1]."""
+    return make_task("digits", *_digits_split(8), seed=seed)
+
+
+def digits28(seed: int = 0) -> Task:
+    """`digits` upsampled to 1x28x28 (bilinear): MNIST's input size, so LeNet-300-100 has MNIST's 266,610
+    parameters. The same images, labels, test split and validation split as `digits`."""
+    return make_task("digits28", *_digits_split(28), seed=seed)
 
 
 MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
@@ -108,5 +125,6 @@ GENERATORS = {"mnist1d": mnist1d_unlabelled}
 
 BUILTIN = {
     "digits": (digits, "scikit-learn handwritten digits, 1x8x8 images, 10 classes"),
+    "digits28": (digits28, "scikit-learn handwritten digits upsampled to 1x28x28 (MNIST's size), 10 classes"),
     "mnist1d": (mnist1d, "MNIST-1D generated signals, 1x40 sequences, 10 classes"),
 }

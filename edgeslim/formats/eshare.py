@@ -3,12 +3,13 @@ edgeslim loads back bit-exactly (`edgeslim unpack`, `load_shared_model`).
 
 ```
 b"ESHR" | u8 version | u32 header length | header: zlib(JSON: spec, tensor names/shapes/kinds)
-per shared tensor: codebook (k x f32) | Huffman code lengths of the indices and the gaps (u8 each)
-                   | u32 bit counts | cluster-index bitstream | sparse-position (gap) bitstream
+per shared tensor: codebook (k x f32; k x f16 if its header entry says `book: float16`, version 2)
+                   | Huffman code lengths of the indices and the gaps (u8 each) | u32 bit counts | cluster-index bitstream | sparse-position (gap) bitstream
 per other tensor:  its raw bytes (biases, norms)
 ```
 Sparse positions are run lengths of zeros between non-zero weights, capped at `2^gap_bits - 1` (that
-symbol means "skip that many, no weight", Han's filler); both streams are canonical-Huffman coded.
+symbol means "skip that many, no weight", Han's filler); both streams are canonical-Huffman coded. Version 2
+lets a tensor's header entry name its own `gap_bits`; version-1 files read as before.
 `load_shared(path)` decodes it into a state dict that equals the model's exactly.
 """
 
@@ -33,7 +34,8 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.models.spec import build_model, resize_to_state_dict
 
 MAGIC = b"ESHR"
-VERSION = 1
+VERSION = 2  # the newest this edgeslim writes; it reads every version in READS
+READS = (1, 2)  # 2: optional per-tensor `gap_bits` and float16 codebooks (`book`) in the header
 ESHARE_FILE = "model.eshare"
 
 
@@ -51,12 +53,55 @@ def _gaps(flat_nonzero: np.ndarray, filler: int) -> list[int]:
     return out
 
 
-def save_shared(path: Path, state: dict[str, torch.Tensor], spec: dict | None, shared: list[str],
-                gap_bits: int = 5, huffman: bool = True, max_codebook: int = 256) -> dict:
-    """Write `state` to an entropy-coded `.eshare` file. Tensors named in `shared` are stored as codebook
-    + Huffman-coded indices and zero runs; others raw. Returns the byte breakdown."""
+def _encode_shared(flat: np.ndarray, gap_bits: int, huffman: bool, name: str, max_codebook: int,
+                   half_book: bool) -> tuple[list[bytes], dict, dict]:
+    """One shared tensor's parts (codebook, tables, bit counts, index stream, gap stream), their byte
+    counts and its header entry fields."""
     filler = 2**gap_bits - 1
-    meta: dict[str, Any] = {"spec": spec, "gap_bits": gap_bits, "huffman": huffman, "tensors": []}
+    pos = np.flatnonzero(flat)
+    values = flat[pos]
+    book, idx = np.unique(values, return_inverse=True)
+    if len(book) > max_codebook:
+        raise EdgeslimError(
+            f"entropy_code: {name} has {len(book)} distinct non-zero weights (max {max_codebook}); "
+            "run weight_share before entropy_code"
+        )
+    dense = len(pos) == flat.size
+    gaps = [] if dense else _gaps(pos, filler)
+    k = len(book)
+    if huffman:
+        li = huffman_lengths(Counter(idx.tolist()))
+        lg = huffman_lengths(Counter(gaps))
+        ci, cg = canonical_codes(li), canonical_codes(lg)
+        tables = bytes(li.get(s, 0) for s in range(k)) + (b"" if dense else bytes(lg.get(s, 0) for s in range(filler + 1)))
+    else:
+        ci, cg, tables = fixed_codes(k), fixed_codes(filler + 1), b""
+    bi, ni = encode(idx.tolist(), ci)
+    bg, ng = encode(gaps, cg)
+    book16 = half_book and bool(np.array_equal(book.astype(np.float16).astype(np.float32), book))
+    book_bytes = book.astype("<f2" if book16 else "<f4").tobytes()
+    parts = [book_bytes, tables, struct.pack("<II", ni, ng), bi, bg]
+    acct = {"codebook_bytes": len(book_bytes), "table_bytes": len(tables) + 8, "index_bytes": len(bi),
+            "position_bytes": len(bg)}
+    entry: dict[str, Any] = {"kind": "shared", "k": k, "nonzero": int(len(pos)), "dense": dense, "gaps": len(gaps)}
+    if book16:
+        entry["book"] = "float16"
+    return parts, acct, entry
+
+
+def save_shared(path: Path, state: dict[str, torch.Tensor], spec: dict | None, shared: list[str],
+                gap_bits: int | str = 5, huffman: bool = True, max_codebook: int = 256,
+                half_codebooks: bool = False, per_tensor: dict[str, dict] | None = None) -> dict:
+    """Write `state` to an entropy-coded `.eshare` file. Tensors named in `shared` are stored as codebook
+    + Huffman-coded indices and zero runs; others raw. Returns the byte breakdown.
+
+    `gap_bits="auto"`: each shared tensor gets the zero-run symbol width (1-12 bits) that stores it in the
+    fewest bytes (very sparse layers want long runs). `half_codebooks`: a codebook whose values are all
+    exactly float16 is stored in 2 bytes per value. Either makes a version-2 file (per-tensor fields in the
+    header); without them the file is version 1, as before, byte for byte. `per_tensor`, if given, is
+    filled with each shared tensor's bytes by part, its gap bits, codebook size and non-zero count."""
+    default_gap = 5 if gap_bits == "auto" else int(gap_bits)
+    meta: dict[str, Any] = {"spec": spec, "gap_bits": default_gap, "huffman": huffman, "tensors": []}
     body = io.BytesIO()
     acct = dict(codebook_bytes=0, index_bytes=0, position_bytes=0, table_bytes=0, raw_bytes=0)
     for name, t in state.items():
@@ -64,36 +109,20 @@ def save_shared(path: Path, state: dict[str, torch.Tensor], spec: dict | None, s
         entry: dict[str, Any] = {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype).replace("torch.", "")}
         if name in shared and arr.dtype == torch.float32:
             flat = arr.numpy().ravel()
-            pos = np.flatnonzero(flat)
-            values = flat[pos]
-            book, idx = np.unique(values, return_inverse=True)
-            if len(book) > max_codebook:
-                raise EdgeslimError(
-                    f"entropy_code: {name} has {len(book)} distinct non-zero weights (max {max_codebook}); "
-                    "run weight_share before entropy_code"
-                )
-            dense = len(pos) == flat.size
-            gaps = [] if dense else _gaps(pos, filler)
-            k = len(book)
-            if huffman:
-                li = huffman_lengths(Counter(idx.tolist()))
-                lg = huffman_lengths(Counter(gaps))
-                ci, cg = canonical_codes(li), canonical_codes(lg)
-                tables = bytes(li.get(s, 0) for s in range(k)) + (b"" if dense else bytes(lg.get(s, 0) for s in range(filler + 1)))
-            else:
-                ci, cg, tables = fixed_codes(k), fixed_codes(filler + 1), b""
-            bi, ni = encode(idx.tolist(), ci)
-            bg, ng = encode(gaps, cg)
-            body.write(book.astype("<f4").tobytes())
-            body.write(tables)
-            body.write(struct.pack("<II", ni, ng))
-            body.write(bi)
-            body.write(bg)
-            acct["codebook_bytes"] += 4 * k
-            acct["table_bytes"] += len(tables) + 8
-            acct["index_bytes"] += len(bi)
-            acct["position_bytes"] += len(bg)
-            entry.update(kind="shared", k=k, nonzero=int(len(pos)), dense=dense, gaps=len(gaps))
+            tries = range(1, 13) if gap_bits == "auto" else [default_gap]
+            best = min((_encode_shared(flat, g, huffman, name, max_codebook, half_codebooks) + (g,) for g in tries),
+                       key=lambda r: sum(len(b) for b in r[0]))
+            parts, part_acct, fields, g = best
+            for b in parts:
+                body.write(b)
+            for k, v in part_acct.items():
+                acct[k] += v
+            entry.update(fields)
+            if per_tensor is not None:
+                per_tensor[name] = {**part_acct, "gap_bits": g, "k": fields["k"], "nonzero": fields["nonzero"],
+                                    "size": int(flat.size)}
+            if g != default_gap:
+                entry["gap_bits"] = g
         else:
             half = arr.half() if arr.dtype == torch.float32 else None
             if half is not None and torch.equal(half.float(), arr):  # exactly representable: lossless
@@ -105,8 +134,9 @@ def save_shared(path: Path, state: dict[str, torch.Tensor], spec: dict | None, s
             body.write(raw)
             acct["raw_bytes"] += len(raw)
         meta["tensors"].append(entry)
+    version = 2 if any("gap_bits" in e or "book" in e for e in meta["tensors"]) else 1
     header = zlib.compress(json.dumps(meta, separators=(",", ":")).encode(), 9)
-    data = MAGIC + struct.pack("<BI", VERSION, len(header)) + header + body.getvalue()
+    data = MAGIC + struct.pack("<BI", version, len(header)) + header + body.getvalue()
     write_bytes(Path(path), data)
     acct["header_bytes"] = len(MAGIC) + 5 + len(header)
     acct["file_bytes"] = len(data)
@@ -118,8 +148,9 @@ def _read_header(data: bytes, path: Path) -> tuple[dict, int]:
     if data[:4] != MAGIC:
         raise EdgeslimError(f"{path}: not an edgeslim weight-shared file (bad magic)")
     version, hlen = struct.unpack("<BI", data[4:9])
-    if version != VERSION:
-        raise EdgeslimError(f"{path}: .eshare version {version}, this edgeslim reads version {VERSION}")
+    if version not in READS:
+        raise EdgeslimError(f"{path}: .eshare version {version}, this edgeslim reads versions "
+                            f"{', '.join(map(str, READS))}")
     try:
         meta = json.loads(zlib.decompress(data[9 : 9 + hlen]))
     except (zlib.error, json.JSONDecodeError) as e:
@@ -135,7 +166,6 @@ def load_shared(path: Path | str) -> dict[str, torch.Tensor]:
     except OSError as err0:
         raise EdgeslimError(f"{path}: cannot read ({err0.strerror})") from None
     meta, off = _read_header(data, path)
-    filler = 2 ** meta["gap_bits"] - 1
     state = {}
     try:
         for e in meta["tensors"]:
@@ -149,9 +179,11 @@ def load_shared(path: Path | str) -> dict[str, torch.Tensor]:
                 state[e["name"]] = t.to(dtype).clone()
                 off += size
                 continue
+            filler = 2 ** e.get("gap_bits", meta["gap_bits"]) - 1
             k = e["k"]
-            book = np.frombuffer(data[off : off + 4 * k], "<f4")
-            off += 4 * k
+            width = 2 if e.get("book") == "float16" else 4
+            book = np.frombuffer(data[off : off + width * k], "<f2" if width == 2 else "<f4").astype(np.float32)
+            off += width * k
             if meta["huffman"]:
                 li = {s: int(x) for s, x in enumerate(data[off : off + k]) if x}
                 off += k
