@@ -84,7 +84,7 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
 
     ctx = RunContext(
         stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads),
+        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads, device=dev),
     )
     stages: list[dict] = []
     count_model: nn.Module | None = model

@@ -60,6 +60,10 @@ class Device(BaseModel):
     name: str
     description: str = ""
     kind: Literal["mcu", "cpu", "gpu"] = "cpu"
+    runtime: str = Field("", description="inference runtime: tflite-micro, tflite, onnxruntime, ...; "
+                         "'' = tflite-micro on an mcu, onnxruntime elsewhere")
+    arch: str = Field("", description="CPU architecture (x86_64, aarch64, armv7e-m, ...); speed decisions are "
+                      "timed on this host only for the host or the same runtime on the same arch")
     clock_mhz: float
     cores: int = 1
     flash_bytes: int = Field(description="storage for weights + runtime code (flash on MCUs, eMMC/disk on boards)")
