@@ -58,10 +58,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--devices", default="cortex-m4,host")
+    ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td)
+        tmp = a.keep or Path(td)
+        tmp.mkdir(parents=True, exist_ok=True)
         for name in a.models.split(","):
             shape, classes, n, published = MODELS[name]
             task = tmp / f"{name}.npz"
@@ -71,11 +73,11 @@ def main() -> None:
             for dev in a.devices.split(","):
                 run = tmp / f"{name}.{dev}.run"
                 cli("run", str(ROOT / "recipes" / "int8-ptq.yaml"), "--model", str(tmp / f"{name}.model"),
-                    "--task", str(task), "--out", str(run), "--device", dev)
+                    "--task", str(task), "--out", str(run), "--device", dev, "--force")
                 st = stage_notes(run)
                 notes = st.get("notes", {})
                 onnx_path = next(run.glob("stages/*_quantize_int8/model.onnx"))
-                fit = cli("fit", str(onnx_path), "--device", "cortex-m4")
+                fit = cli("fit", str(onnx_path), "--device", "cortex-m4", "--rate", "1/min")
                 rows.append((name, dev, notes.get("format", "?"), len(notes.get("float_layers", {})),
                              fit.get("energy_mj"), published, notes.get("speed_decisions", "?")))
     print(f"{'model':12} {'--device':10} {'int8-ptq pick':55} {'float':>5} {'fit mJ':>8} {'MLPerf':>7} {'ratio':>6}"

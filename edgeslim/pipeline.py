@@ -69,9 +69,11 @@ def run_recipe(
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         before = runlock.recorded(out, "device")
-        if runlock.claim(out, ident, force, {"device": dev}) and before not in (None, dev):
+        if runlock.claim(out, ident, force) and before not in (None, dev):  # a failed retry keeps run.json's device
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
-        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
+        results = _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
+        runlock.claim(out, ident, False, {"device": dev})  # finished: the device its figures are for
+        return results
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
