@@ -24,9 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {  # zoo name -> (input shape, classes, samples, published STM32L4R5 energy per inference, mJ)
-    "resnet8": ((3, 32, 32), 10, 600, 29.2),
-    "dscnn": ((1, 49, 10), 12, 720, 7.37),
-    "mobilenetv1": ((3, 96, 96), 2, 400, 24.3),
+    "resnet8": ((3, 32, 32), 10, 2000, 29.2),
+    "dscnn": ((1, 49, 10), 12, 2000, 7.37),
+    "mobilenetv1": ((3, 96, 96), 2, 1000, 24.3),
 }
 
 
