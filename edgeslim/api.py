@@ -244,7 +244,7 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
     fit and energy there (`fit`)."""
     from edgeslim.deploy.compile import compile_model
 
-    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes)
+    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes, device=device)
     if device is not None:
         res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
     return res

@@ -88,3 +88,24 @@ def test_int8_stage_for_cortex_m4_is_full_int8_decided_by_its_cost_model(r8, tin
     tried = {r["candidate"]: r for r in n["tried"]}
     # estimated times: full INT8 about 4x faster than FP32 there, w8 (FP32 compute) no faster
     assert tried["int8-full"]["speedup_vs_fp32"] > 2.5 and tried["w8"]["speedup_vs_fp32"] <= 1.05
+
+
+def test_compile_for_another_device_writes_no_host_kernels(tmp_path):
+    """`compile --level all` for a microcontroller: the highest level without ONNX Runtime's CPU-specific
+    kernels is written, and said; for this host the file says it is for this CPU."""
+    import onnx
+    from test_deploy_optimize import conv_bn_relu
+
+    from edgeslim.deploy.compile import compile_model, host_specific_ops
+    from edgeslim.onnxkit.graph import op_counts
+
+    _, m = conv_bn_relu()
+    src = tmp_path / "m.onnx"
+    onnx.save(m, str(src))
+    here = compile_model(src, tmp_path / "host.onnx", "all")
+    assert host_specific_ops({}, here["ops_after"]) and "is for this CPU" in here["for_this_cpu"]  # NCHWc here
+    m4 = compile_model(src, tmp_path / "m4.onnx", "all", device="cortex-m4")
+    ops = op_counts(onnx.load(str(tmp_path / "m4.onnx")), qualified=True)
+    assert host_specific_ops({}, ops) == [] and "for_this_cpu" not in m4 and m4["level"] == "basic"
+    assert "does not run: wrote level 'basic' instead" in m4["device_note"] and "cortex-m4" in m4["device_note"]
+    assert m4["parity_max_abs_diff"] is not None and m4["parity_max_abs_diff"] < 1e-4

@@ -91,6 +91,9 @@ def compile_cmd(
     for line in d["fusions"] or ["no fusions"]:
         console.print(f"  {line}")
     _fit_line(d.get("fit"))
+    for k in ("device_note", "for_this_cpu"):
+        if d.get(k):
+            console.print(f"[yellow]note[/yellow] {d[k]}", highlight=False)
     for w in d["warnings"]:
         console.print(f"[yellow]note[/yellow] {w}", highlight=False)
 
