@@ -109,3 +109,21 @@ def test_compile_for_another_device_writes_no_host_kernels(tmp_path):
     assert host_specific_ops({}, ops) == [] and "for_this_cpu" not in m4 and m4["level"] == "basic"
     assert "does not run: wrote level 'basic' instead" in m4["device_note"] and "cortex-m4" in m4["device_note"]
     assert m4["parity_max_abs_diff"] is not None and m4["parity_max_abs_diff"] < 1e-4
+
+
+def test_optimize_for_a_microcontroller_picks_by_its_cost_model(tmp_path):
+    """`optimize --device cortex-m4`: the INT8 plan and the pick come from the device's cost model (full INT8
+    is ~4x FP32 there, whatever this host's timer says); the reason names how it was decided."""
+    from test_optimize_graphs import const_convnet
+
+    from edgeslim.onnxopt.run import OptimizeConfig, optimize
+
+    src = const_convnet(tmp_path / "conv.onnx", opset=13)
+    res = optimize(OptimizeConfig(model=src, out=tmp_path / "o.onnx", samples=8, bench_seconds=0.2,
+                                  weight_min_elements=64, device="cortex-m4", prefer="speed",
+                                  int8=Int8Options(adaround=False), candidates=("w8", "int8-qdq")))
+    assert res["chosen"] == "int8-qdq" and res["reason"].endswith("[decided for cortex-m4 from its cost model "
+                                                                  "(calibrated)]")
+    plan = res["int8_plan"]
+    assert plan["format"] == "s8s8-pc" and not any(w.startswith("slower") for w in plan["float_layers"].values())
+    assert any("decided for cortex-m4" in n for n in plan["notes"])
