@@ -189,3 +189,14 @@ def test_export_refuses_a_failing_tflite_and_force_writes_it_labelled(int8_tflit
     forced = conv.to_tflite(net, t.input_shape, out, int8=True, calib=t.calibration(32), check=t.x_test[:8],
                             force=True)
     assert out.is_file() and forced["parity_failed"].endswith(": X")
+
+
+def test_devices_template_command(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgeslim.cli", "devices", "--template"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == template()
+    (tmp_path / "b.yaml").write_text(r.stdout)
+    assert load_device(tmp_path / "b.yaml").flash_bytes == 1048576
