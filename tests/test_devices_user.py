@@ -200,3 +200,15 @@ def test_devices_template_command(tmp_path):
     assert r.returncode == 0 and r.stdout == template()
     (tmp_path / "b.yaml").write_text(r.stdout)
     assert load_device(tmp_path / "b.yaml").flash_bytes == 1048576
+
+
+def test_a_user_profile_named_like_a_builtin_wins_for_its_name(tmp_path, capsys):
+    p = tmp_path / "mine.yaml"
+    p.write_text(BOARD.replace("my-m4-256k", "cortex-m7"))
+    try:
+        assert load_device(p).sram_bytes == 262144
+        assert "is a built-in profile's" in capsys.readouterr().err
+        assert load_device("cortex-m7").sram_bytes == 262144  # the run's recorded name means the user's file
+    finally:
+        devices._USER.pop("cortex-m7", None)
+    assert load_device("cortex-m7").sram_bytes != 262144

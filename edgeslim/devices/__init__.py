@@ -116,12 +116,12 @@ RUNTIME_DEFAULTS = {"mcu": (81920, 16384), "cpu": (10485760, 33554432), "gpu": (
 
 
 def _find(name: str) -> Path | None:
-    """The file of the profile called `name`: built-in, loaded earlier by path, or NAME.yaml in a folder of
-    $EDGESLIM_DEVICE_PATH."""
+    """The file of the profile called `name`: loaded earlier by path in this process (the name a run recorded
+    is that file's, even when it shadows a built-in), built-in, or NAME.yaml in a folder of $EDGESLIM_DEVICE_PATH."""
     import os
 
     key = name.lower()
-    for cand in [HERE / f"{key}.yaml", _USER.get(key)] + [
+    for cand in [_USER.get(key), HERE / f"{key}.yaml"] + [
             Path(d) / f"{name}{ext}" for d in os.environ.get(DEVICE_PATH_ENV, "").split(os.pathsep) if d
             for ext in (".yaml", ".yml")]:
         if cand is not None and cand.is_file():
@@ -156,6 +156,8 @@ def load_device(name_or_path: str | Path | Device) -> Device:
     if builtin and path.stem == "host":
         data.update(_detect_host())
     warn = [] if builtin else _runtime_defaults(data)
+    if not builtin and str(data["name"]).lower() in builtin_devices():
+        warn.append(f"its name '{data['name']}' is a built-in profile's: in this process that name now means this file")
     try:
         dev = Device(**data)
     except ValidationError as e:
