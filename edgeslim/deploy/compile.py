@@ -210,12 +210,11 @@ def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path 
     synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
     `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`.
 
-    For a `device` that is not this host (`quant.device_choice.timed_here`) the file handed over never holds
+    For a `device` that is not this host (`devices.timed_here`) the file handed over never holds
     host-specific kernels or layouts (`host_specific_ops`): the highest level up to `level` without them is
     written and `device_note` says so. Otherwise a file with them says it is for this CPU (`for_this_cpu`)."""
-    from edgeslim.devices import load_device
+    from edgeslim.devices import load_device, timed_here
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
-    from edgeslim.quant.device_choice import timed_here
     from edgeslim.untrusted import about
 
     ort_level(level)

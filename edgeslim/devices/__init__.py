@@ -101,6 +101,32 @@ class Device(BaseModel):
         return self.clock_mhz * 1e6 * self.cores * per_cycle * self.efficiency
 
 
+HOST_RUNTIME = "onnxruntime"
+
+
+def runtime_of(device: Device) -> str:
+    """The inference runtime of `device`: its profile's `runtime`, else TFLite Micro on a microcontroller
+    and ONNX Runtime elsewhere."""
+    return device.runtime or ("tflite-micro" if device.kind == "mcu" else HOST_RUNTIME)
+
+
+def host_arch() -> str:
+    """This machine's CPU architecture, normalised ("x86_64", "aarch64", ...)."""
+    import platform
+
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def timed_here(device: Device) -> bool:
+    """True when timing on this host answers speed questions for `device`: it is the host, or a CPU profile
+    running ONNX Runtime on this machine's architecture (`quant.device_choice` makes the decisions)."""
+    if device.name == "host":
+        return True
+    return (device.kind == "cpu" and runtime_of(device) == HOST_RUNTIME
+            and bool(device.arch) and device.arch.lower() == host_arch())
+
+
 def builtin_devices() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.yaml"))
 
@@ -228,4 +254,5 @@ def _detect_host() -> dict:
 
 DEFAULT_DEVICE = "host"
 
-__all__ = ["Calibration", "Device", "EnergyCosts", "load_device", "builtin_devices", "template", "DEFAULT_DEVICE"]
+__all__ = ["Calibration", "Device", "EnergyCosts", "load_device", "builtin_devices", "template", "DEFAULT_DEVICE",
+           "HOST_RUNTIME", "host_arch", "runtime_of", "timed_here"]

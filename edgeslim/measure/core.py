@@ -345,7 +345,7 @@ class Measurer:
         """A clock for decisions by confidence interval (`measure.decide`): per-round times of serialized
         ONNX models on `feed` and ORT's per-kernel profile, both from the one timer, with the run's threads.
         The INT8 plan (`quant.int8_plan`) and `optimize`'s candidates take it. For a device this host cannot
-        time (`quant.device_choice.timed_here`) it is the device's cost model instead (`measure.device_clock`)."""
+        time (`devices.timed_here`) it is the device's cost model instead (`measure.device_clock`)."""
         from edgeslim.measure.device_clock import clock_for
 
         dev = load_device(self.device) if self.device is not None else None

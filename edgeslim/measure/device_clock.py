@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from edgeslim.devices import Device
+from edgeslim.devices import Device, timed_here
 from edgeslim.measure.decide import InterleavedClock, Ratio, ratio
-from edgeslim.quant.device_choice import timed_here
 
 
 @dataclass
@@ -65,7 +64,7 @@ class EstimatedClock:
 def clock_for(device: Device | None, feed: Mapping[str, np.ndarray], seconds: float = 3.0, threads: int = 1,
               min_rounds: int = 15) -> InterleavedClock | EstimatedClock:
     """The clock speed decisions for `device` ask: this host's timer when it answers for `device`
-    (`quant.device_choice.timed_here`), the device's cost model otherwise."""
+    (`devices.timed_here`), the device's cost model otherwise."""
     if device is None or timed_here(device):
         return InterleavedClock(dict(feed), seconds=seconds, threads=threads, min_rounds=min_rounds)
     return EstimatedClock(device, {k: [1, *np.asarray(v).shape[1:]] for k, v in feed.items()})

@@ -21,35 +21,13 @@ lives in the measurement layer (`measure.device_clock`) and is injected, as the 
 
 from __future__ import annotations
 
-import platform
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
-from edgeslim.devices import Device
+from edgeslim.devices import HOST_RUNTIME, Device, host_arch, runtime_of, timed_here
 
 # The integer scheme each runtime executes, as an `onnxkit.quant` format name.
 RUNTIME_FORMAT = {"tflite-micro": "s8s8-pc", "tflite": "s8s8-pc", "vela": "s8s8-pc"}
-HOST_RUNTIME = "onnxruntime"
-
-
-def runtime_of(device: Device) -> str:
-    """The inference runtime of `device`: its profile's `runtime`, else TFLite Micro on a microcontroller
-    and ONNX Runtime elsewhere."""
-    return device.runtime or ("tflite-micro" if device.kind == "mcu" else HOST_RUNTIME)
-
-
-def host_arch() -> str:
-    """This machine's CPU architecture, normalised ("x86_64", "aarch64", ...)."""
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
-
-
-def timed_here(device: Device) -> bool:
-    """True when timing on this host answers speed questions for `device` (module docstring)."""
-    if device.name == "host":
-        return True
-    return (device.kind == "cpu" and runtime_of(device) == HOST_RUNTIME
-            and bool(device.arch) and device.arch.lower() == host_arch())
 
 
 def decided_by(device: Device | None) -> str:
@@ -94,4 +72,4 @@ def adapt_options(opts: O, device: Device | None, notes: list[str]) -> O:
 
 
 __all__ = ["adapt_options", "decided_by", "host_arch", "int8_speedup", "runtime_of", "timed_here",
-           "RUNTIME_FORMAT"]
+           "RUNTIME_FORMAT", "HOST_RUNTIME"]
