@@ -244,7 +244,7 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
     fit and energy there (`fit`)."""
     from edgeslim.deploy.compile import compile_model
 
-    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes)
+    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes, device=device)
     if device is not None:
         res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
     return res
@@ -289,7 +289,8 @@ def optimize(
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
            calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
-           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> dict:
+           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None,
+           force: bool = False) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
     Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
     (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
@@ -298,7 +299,7 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
 
     res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
-                       inputs=inputs, shapes=shapes)
+                       inputs=inputs, shapes=shapes, force=force)  # force: write a .tflite that misses parity
     if device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
         res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)

@@ -69,9 +69,11 @@ def run_recipe(
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         before = runlock.recorded(out, "device")
-        if runlock.claim(out, ident, force, {"device": dev}) and before not in (None, dev):
+        if runlock.claim(out, ident, force) and before not in (None, dev):  # a failed retry keeps run.json's device
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
-        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
+        results = _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
+        runlock.claim(out, ident, False, {"device": dev})  # finished: the device its figures are for
+        return results
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
@@ -84,7 +86,7 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
 
     ctx = RunContext(
         stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads),
+        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads, device=dev),
     )
     stages: list[dict] = []
     count_model: nn.Module | None = model

@@ -143,6 +143,9 @@ def _device(data: dict, root: yaml.Node | None, source: str) -> str | None:
         raise EdgeslimError(f"{source}:{line}: 'device' must be a device profile name or YAML path, got {d!r}")
     from edgeslim.devices import load_device
 
+    near = Path(source).parent / d  # a relative YAML path is relative to the recipe's folder
+    if d.endswith((".yaml", ".yml")) and not Path(d).is_absolute() and near.is_file():
+        d = str(near)
     try:
         load_device(d)
     except EdgeslimError as e:

@@ -69,7 +69,7 @@ def test_fit_check_onnx(tmp_path):
     assert r["energy_method"] == "estimated:analytic@cortex-m4" and r["energy_mj"] and r["energy_mj"] > 0
     small = tmp_path / "small.yaml"
     small.write_text("clock_mhz: 64\nflash_bytes: 65536\nsram_bytes: 1024\npeak_macs_per_cycle: {fp32: 1}\n"
-                     "active_power_mw: 5\n")
+                     "active_power_mw: 5\nruntime_flash_bytes: 0\nruntime_ram_bytes: 0\n")  # stated: no default
     r = check_fit(path, str(small))
     assert r["fits_flash"] and not r["fits_ram"]  # 1600 B arena > 1024 B
 

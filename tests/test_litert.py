@@ -255,6 +255,13 @@ def test_tflite_stage_in_a_recipe(trained, tiny_image_task, tmp_path):
     assert (tmp_path / "run" / st["tflite"]).stat().st_size == st["tflite_size_bytes"]
     assert st["tflm_arena_bytes"] > 0 and 0 <= st["tflite_accuracy"] <= 1
     assert st["tflite_size_bytes"] < res["stages"][0]["size_bytes"] / 2.5
+    # the headline verdict is the shipped .tflite's: its own INT8 operators and TFLite Micro's recorded arena
+    v = st["device_verdict"]
+    assert v["of"] == "model.tflite" and v["energy_method"].endswith("(.tflite operators)")
+    assert v["arena_bytes"] == st["tflm_arena_bytes"] and v["weights_bytes"] == st["tflite_size_bytes"]
+    from edgeslim.report.run_html import headline
+
+    assert "ships a" in headline(res["stages"]) and ", the .tflite)" in headline(res["stages"])
     bad = "version: 1\nfinetune: {epochs: 1}\npasses:\n  - tflite: {}\n  - magnitude_prune: {sparsity: 0.5}\n"
     with pytest.raises(EdgeslimError, match="must be the last"):
         run_recipe(parse_recipe(bad), trained, tiny_image_task, tmp_path / "run2", quiet=True)

@@ -51,8 +51,15 @@ def tasks_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readab
 
 
 @app.command("devices")
-def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def devices_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+                template: bool = typer.Option(False, "--template", help="print a commented profile to copy and edit")
+                ) -> None:
     """List the built-in device profiles (pass --device NAME or a YAML path of your own)."""
+    if template:
+        from edgeslim.devices import template as device_template
+
+        print(device_template(), end="")
+        return
     devs = api.list_devices()
     if as_json:
         emit_json([d.model_dump() for d in devs])

@@ -91,6 +91,9 @@ def compile_cmd(
     for line in d["fusions"] or ["no fusions"]:
         console.print(f"  {line}")
     _fit_line(d.get("fit"))
+    for k in ("device_note", "for_this_cpu"):
+        if d.get(k):
+            console.print(f"[yellow]note[/yellow] {d[k]}", highlight=False)
     for w in d["warnings"]:
         console.print(f"[yellow]note[/yellow] {w}", highlight=False)
 
@@ -119,11 +122,12 @@ def export_cmd(
     per_tensor: bool = typer.Option(False, "--per-tensor",
                                     help="one weight scale per tensor (smaller file) instead of per channel"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
+    force: bool = typer.Option(False, "--force", help="write a .tflite that misses the parity check (labelled)"),
 ) -> None:
     """Export a model to ONNX, LiteRT (.tflite, FP32 or INT8) or a C array for TFLite Micro, parity-checked."""
     res = api.export(model, fmt, out, int8=int8, task=task, calibration_samples=calibration_samples,
                      per_channel=not per_tensor, trust_pickle=trust_pickle, inputs=inputs, shapes=shape,
-                     device=device)
+                     device=device, force=force)
     if as_json:
         emit_json(res)
         return
@@ -139,8 +143,13 @@ def export_cmd(
     if "parity" in res or "parity_max_abs_diff" in res:
         p = res.get("parity", res)
         extra = f", top-1 agreement {100 * p['parity_top1_agreement']:.1f}%" if "parity_top1_agreement" in p else ""
+        if "parity_accuracy" in p:
+            extra += (f", accuracy {100 * p['parity_accuracy']:.2f}% vs {100 * p['parity_reference_accuracy']:.2f}% "
+                      f"on {p['parity_samples']} test samples")
         console.print(f"  parity vs {p.get('parity_reference', 'PyTorch')}: max |diff| "
                       f"{p['parity_max_abs_diff']:.3g}{extra}", highlight=False)
+    if res.get("parity_failed"):
+        console.print(f"  [red]FAILS PARITY, written because of --force:[/red] {res['parity_failed']}", highlight=False)
     if res.get("accuracy") is not None:
         console.print(f"  accuracy: {100 * res['accuracy']:.2f}%", highlight=False)
     if res.get("tflm_arena"):

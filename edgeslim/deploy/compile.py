@@ -9,7 +9,8 @@
   graph saved (`SessionOptions.optimized_model_filepath`), with the fusions that happened listed
   from the operator counts before and after (e.g. Conv + Relu -> com.microsoft.FusedConv) and a
   parity check of the outputs. Level `all` adds layout (NCHWc) transforms specific to this CPU: the
-  saved file is for this machine's ONNX Runtime only.
+  saved file is for this machine's ONNX Runtime only, and says so; for another device (`--device`) the
+  highest level without such kernels is written instead (`compile_model`).
 
 Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped
 (`measure.latency.openvino_latency` times OpenVINO with the one timer).
@@ -193,15 +194,33 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
     return rep
 
 
+LEVELS = ("disable", "basic", "extended", "all")  # ORT's, from the most portable
+
+
+def host_specific_ops(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Operators compilation added that only ONNX Runtime runs, some only on this kind of CPU: contrib kernels
+    (`com.microsoft.FusedConv`, ...) and NCHWc layouts (`com.microsoft.nchwc.*`). Names qualified (`op_counts`)."""
+    return sorted(op for op, n in after.items() if op.startswith("com.microsoft") and n > before.get(op, 0))
+
+
 def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
-                  shapes: Sequence[str] = ()) -> dict:
+                  shapes: Sequence[str] = (), device: str | Path | None = None) -> dict:
     """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
     `compile_ort` into `out`, every output checked against the input model on its inputs (`inputs` .npz, else
     synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
-    `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`."""
+    `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`.
+
+    For a `device` that is not this host (`devices.timed_here`) the file handed over never holds
+    host-specific kernels or layouts (`host_specific_ops`): the highest level up to `level` without them is
+    written and `device_note` says so. Otherwise a file with them says it is for this CPU (`for_this_cpu`)."""
+    from edgeslim.devices import load_device, timed_here
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.untrusted import about
 
+    ort_level(level)
+    dev = load_device(device) if device is not None else None
+    portable = dev is not None and not timed_here(dev)
+    note = None
     path, cleanup = to_onnx(model)
     try:
         with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
@@ -211,13 +230,28 @@ def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path 
             m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())
-            rep = compile_ort(pre, out, level, feeds=fd.feeds, reference=path)
+            for lvl in reversed(LEVELS[: LEVELS.index(level) + 1]):
+                rep = compile_ort(pre, Path(tmp) / f"{lvl}.onnx", lvl, feeds=fd.feeds, reference=path)
+                host_ops = host_specific_ops(rep.ops_before, rep.ops_after)
+                if not (portable and host_ops):
+                    break
+                assert dev is not None
+                note = (f"level '{level}' writes ONNX Runtime kernels for this CPU ({', '.join(host_ops)}) that "
+                        f"{dev.name} does not run: wrote level '{LEVELS[LEVELS.index(lvl) - 1]}' instead")
+            write_bytes(out, Path(rep.path).read_bytes())
+            rep.path = str(out)
     finally:
         if cleanup:
             cleanup()
-    return {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
-            "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
-            "input_source": fd.source, "warnings": fd.warnings}
+    res = {"batchnorm_folded_here": n_bn, **info, **rep.as_dict(), "fold_nodes_before": info["nodes_before"],
+           "fold_nodes_after": info["nodes_after"], "inputs": {k: list(v.shape) for k, v in fd.feeds[0].items()},
+           "input_source": fd.source, "warnings": fd.warnings}
+    if note:
+        res["device_note"] = note
+    if host_ops and not portable:
+        res["for_this_cpu"] = (f"{out} is for this CPU: its {', '.join(host_ops)} run only in ONNX Runtime on a "
+                               "CPU like this one (pass --device for another target, or --level basic)")
+    return res
 
 
 def available_backends() -> dict[str, bool]:

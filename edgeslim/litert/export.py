@@ -19,9 +19,12 @@ MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 
 def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
-                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None) -> dict:
+                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None,
+                  force: bool = False) -> dict:
     """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena. INT8
-    calibrates on `calib` (default: `calibration_samples` of the task's training inputs)."""
+    calibrates on `calib` (default: `calibration_samples` of the task's training inputs) and, with a task, its
+    parity is judged on the task's whole test split (accuracy of both, top-1 agreement). `force`: write a file
+    that misses the parity check (its summary's `parity_failed` says why)."""
     from edgeslim.litert import available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
@@ -30,7 +33,11 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
         calib = None
     elif calib is None and task is not None:
         calib = task.calibration(calibration_samples, seed)
-    summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel)
+    labels = None
+    if int8 and task is not None:  # judged on the whole test split, with its labels
+        check, labels = task.x_test, task.y_test
+    summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel, labels=labels,
+                        force=force)
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
@@ -60,6 +67,8 @@ def tflite_fields(s: dict) -> dict:
         "tflite_input": {k: s["input"][k] for k in ("dtype", "scale", "zero_point")},
         "tflite_parity": s.get("parity"),
     }
+    if s.get("parity_failed"):
+        out["tflite_parity_failed"] = s["parity_failed"]
     if arena:
         out.update(tflm_arena_bytes=arena["total_bytes"], tflm_arena_head_bytes=arena["head_bytes"],
                    tflm_arena_tail_bytes=arena["tail_bytes"])

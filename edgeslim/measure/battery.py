@@ -248,8 +248,10 @@ def for_row(row: dict, device_name: str | None, battery: str | None, rate: str |
     t = row.get("energy_latency_ms") or row.get("latency_ms") or row.get("latency_ms_p50")
     if e is None or t is None:
         if requested(battery, rate, fleet):
-            raise EdgeslimError(f"{row.get('name', '?')}: no energy estimate to build a battery life on "
-                                "(drop --quick, or measure an ONNX model or model folder)")
+            why = row.get("energy_note") or "the model's operators could not be counted"
+            raise EdgeslimError(f"{row.get('name') or row.get('model') or '?'}: no energy estimate to build a "
+                                f"battery life on ({why}; `measure` without --quick, or an ONNX model, .tflite "
+                                "or model folder, gives one)")
         return None
     return for_device(float(e), float(t), dev, battery, rate, between, fleet, grid_g_per_kwh)
 

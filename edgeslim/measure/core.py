@@ -330,6 +330,7 @@ class Measurer:
     so every figure comes from the one interleaved timer with the run's threads."""
 
     threads: int = 1
+    device: str | Path | Device | None = None  # the run's device: speed decisions are made for it (`clock`)
 
     def compare(self, models: Mapping[str, str | Path], feed: Mapping[str, np.ndarray], **timer: Any
                 ) -> dict[str, Latency]:
@@ -343,5 +344,9 @@ class Measurer:
     def clock(self, feed: Mapping[str, np.ndarray], seconds: float = 3.0, min_rounds: int = 15) -> InterleavedClock:
         """A clock for decisions by confidence interval (`measure.decide`): per-round times of serialized
         ONNX models on `feed` and ORT's per-kernel profile, both from the one timer, with the run's threads.
-        The INT8 plan (`quant.int8_plan`) and `optimize`'s candidates take it."""
-        return InterleavedClock(dict(feed), seconds=seconds, threads=self.threads, min_rounds=min_rounds)
+        The INT8 plan (`quant.int8_plan`) and `optimize`'s candidates take it. For a device this host cannot
+        time (`devices.timed_here`) it is the device's cost model instead (`measure.device_clock`)."""
+        from edgeslim.measure.device_clock import clock_for
+
+        dev = load_device(self.device) if self.device is not None else None
+        return clock_for(dev, feed, seconds=seconds, threads=self.threads, min_rounds=min_rounds)  # type: ignore[return-value]

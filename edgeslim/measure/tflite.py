@@ -78,15 +78,34 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
             planner = arena_fields(proto, onnx, shapes)
             m.arena = {**planner, "planner_onnx": str(onnx), "planner_arena_bytes": planner.get("arena_bytes")}
             m.energy = energy_fields(proto, dev, None, shapes, threads)
+        m.energy = tflite_energy(p, dev) or m.energy  # the file's own operators, at their stored precision
         if tflm is not None:  # RAM: the arena TFLite Micro recorded; flash: the whole .tflite file
             m.arena["arena_bytes"] = tflm
             m.fit = fit_verdict(dev, m.size_bytes, tflm, "recorded:tflite-micro")
         elif m.arena.get("arena_bytes") is not None:
             m.fit = fit_verdict(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
+        if m.fit is not None and m.energy.get("energy_mj") is not None:
+            m.fit.energy_mj, m.fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
+            m.fit.latency_ms = m.energy.get("energy_latency_ms")
         else:
             m.warnings.append("no arena: install the TFLite Micro part of the LiteRT extra or keep the ONNX "
                               "model beside the .tflite file")
     return m
+
+
+def tflite_energy(path: Path, dev: Any) -> dict:
+    """Energy per inference (mJ) and latency (ms) on `dev`, *estimated* by the analytic model over the
+    .tflite file's own operators (`measure.tflite_counts`); {} when the file cannot be counted."""
+    from edgeslim.measure.energy import estimate_from_counts
+    from edgeslim.measure.tflite_counts import count_tflite
+
+    try:
+        e = estimate_from_counts(count_tflite(path), dev)
+    except (EdgeslimError, ImportError):
+        return {}
+    return {"energy_mj": round(e.mj, 6), "energy_method": e.method + " (.tflite operators)",
+            "energy_latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4),
+            "macs_by_precision": e.macs_by_precision}
 
 
 def arena_beside(model: str | Path) -> dict | None:
@@ -116,4 +135,4 @@ def arena_beside(model: str | Path) -> dict | None:
             "planner_vs_tflm_head_pct": round(100.0 * (planner - a.head_bytes) / max(a.head_bytes, 1), 2)}
 
 
-__all__ = ["measure_tflite", "arena_beside"]
+__all__ = ["measure_tflite", "arena_beside", "tflite_energy"]

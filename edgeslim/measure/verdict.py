@@ -34,9 +34,16 @@ def stage_verdict(onnx_path: Path, device: Device) -> dict:
     r = m.fit
     if r is None:
         raise EdgeslimError(f"{onnx_path}: no fit verdict ({m.arena.get('arena_note', 'no arena')})")
-    e = estimate_energy(onnx_path, device)
+    if Path(onnx_path).suffix == ".tflite":  # the file that ships: its own operators at their precision
+        from edgeslim.measure.energy import estimate_from_counts
+        from edgeslim.measure.tflite_counts import count_tflite
+
+        e = estimate_from_counts(count_tflite(onnx_path), device)
+        e.method += " (.tflite operators)"
+    else:
+        e = estimate_energy(onnx_path, device)
     out = {
-        "device": device.name, "fits": r.fits, "fits_flash": r.fits_flash, "fits_ram": r.fits_ram,
+        "device": device.name, "of": Path(onnx_path).name, "fits": r.fits, "fits_flash": r.fits_flash, "fits_ram": r.fits_ram,
         "weights_bytes": r.weights_bytes, "flash_bytes": r.flash_bytes, "flash_available": r.flash_available,
         "arena_bytes": r.arena_bytes, "ram_bytes": r.ram_bytes, "ram_available": r.ram_available,
         "latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4), "energy_mj": round(e.mj, 6),
@@ -63,9 +70,11 @@ def annotate(run_dir: Path, stages: list[dict]) -> Device:
     """Add `device_verdict` to every stage that has an ONNX model; returns the device used."""
     dev = verdict_device(stages)
     for s in stages:
-        if s.get("onnx") and (run_dir / s["onnx"]).is_file():
+        tfl = s.get("tflite") or (s.get("notes") or {}).get("tflite")  # a `tflite` stage ships its .tflite
+        path = run_dir / tfl if tfl and (run_dir / tfl).is_file() else run_dir / s["onnx"] if s.get("onnx") else None
+        if path is not None and path.is_file():
             try:
-                s["device_verdict"] = stage_verdict(run_dir / s["onnx"], dev)
+                s["device_verdict"] = stage_verdict(path, dev)
             except EdgeslimError as err:  # a graph the planner or counter cannot size: say so, keep the run
                 s["device_verdict_note"] = str(err)
     return dev

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgeslim import resources
@@ -26,6 +27,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_arena
 from edgeslim.measure.decide import Option, choose
+from edgeslim.measure.device_clock import EstimatedClock
 from edgeslim.measure.fidelity import Tolerance, compare, run_all
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
@@ -37,6 +39,7 @@ from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import kernel_signature, ort_optimize, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
+from edgeslim.quant.device_choice import decided_by, timed_here
 from edgeslim.quant.int8_plan import Int8Options
 from edgeslim.untrusted import about
 
@@ -80,6 +83,12 @@ def _int8_options(cfg: OptimizeConfig) -> Int8Options:
     target = 1 - 0.7 * (1 - mc) if mc is not None else base.target_cosine
     return replace(base, target_cosine=target, exclude_ops=frozenset(cfg.exclude_ops) | base.exclude_ops,
                    exclude_nodes=frozenset(cfg.exclude_nodes) | base.exclude_nodes, threads=cfg.threads)
+
+
+def _device_clock(cfg: OptimizeConfig, feed: dict) -> EstimatedClock | None:
+    """The cost-model clock of `cfg.device` when this host cannot time it (`quant.device_choice`), else None."""
+    dev = load_device(cfg.device)
+    return None if timed_here(dev) else EstimatedClock(dev, {k: list(np.shape(v)) for k, v in feed.items()})
 
 
 def _check_device(device: str) -> None:
@@ -218,9 +227,10 @@ def optimize(cfg: OptimizeConfig) -> dict:
     with cands.workdir() as td:
         wd = Path(td)
         loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, out_names, cfg, wd)
+        dev_clock = _device_clock(cfg, feeds[0])  # speed decisions for another device: its cost model
         ctx = cands.Context(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp,
-                            int8=_int8_options(cfg))
+                            int8=_int8_options(cfg), clock=dev_clock)
         names = list(cfg.candidates) + [a for a in cands.ABLATION if cfg.ablation and a not in cfg.candidates]
         built = [cands.evaluate(n, ctx, cfg.threads) for n in names]
         # a fresh session for the original too, so that every model is timed from the same memory state
@@ -228,7 +238,10 @@ def optimize(cfg: OptimizeConfig) -> dict:
         sessions = {"original": session(src, threads=cfg.threads),
                     **{c.name: session(c.file, threads=cfg.threads) for c in timed}}
         times = interleaved_times(sessions, dict.fromkeys(sessions, feeds[0]), seconds=cfg.bench_seconds)
-        chosen, reason = _choose(built, times, orig_size, cfg)
+        pick = times if dev_clock is None else dev_clock.times(
+            {"original": loaded.model.SerializeToString(), **{c.name: c.file.read_bytes() for c in timed}})
+        chosen, reason = _choose(built, pick, orig_size, cfg)
+        reason += f" [{decided_by(load_device(cfg.device))}]"
         if chosen is not None and chosen.name not in times:  # forced: time it against the original
             pair = {"original": sessions["original"], chosen.name: session(chosen.file, threads=cfg.threads)}
             times.update(interleaved_times(pair, dict.fromkeys(pair, feeds[0]), seconds=cfg.bench_seconds / 2))

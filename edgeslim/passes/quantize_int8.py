@@ -183,6 +183,7 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
                   if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
         "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
         "tried": r.rows, "float_layers": p.float_units, "plan_notes": p.notes, "layers": layers,
+        "speed_decisions": getattr(clock, "method", "measured: interleaved on this host"),
     }
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32

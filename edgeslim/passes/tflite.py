@@ -25,6 +25,7 @@ class TfliteStage(PassConfig):
     calibration_samples: int = Field(256, ge=1)
     per_channel: bool = True
     micro: bool = True  # run the model in TFLite Micro to record its arena
+    force: bool = False  # write a .tflite that misses the parity check (notes: tflite_parity_failed)
 
 
 @register("tflite", TfliteStage, consumes="torch", produces="torch", must_be_last=True)
@@ -39,7 +40,7 @@ def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContex
     path = ctx.stage_dir / TFLITE_FILE
     s = tflite_export(model, task.input_shape, path, int8=cfg.int8, task=task, check=task.x_test[:64],
                       calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro,
-                      per_channel=cfg.per_channel)
+                      per_channel=cfg.per_channel, force=cfg.force)
     s["path"] = f"stages/{ctx.stage_name}/{TFLITE_FILE}" if ctx.stage_name else str(path)
     write_json(path.with_suffix(".json"), s)
     return PassResult(model, notes=tflite_fields(s))

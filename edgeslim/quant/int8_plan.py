@@ -33,7 +33,7 @@ from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
-from edgeslim.quant import calib_select
+from edgeslim.quant import calib_select, device_choice
 from edgeslim.quant.layer_select import (
     Profiler,
     Units,
@@ -237,7 +237,9 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
     the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
     per-node kernels, on its own feed."""
-    run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads))
+    notes: list[str] = []  # speed decisions are made for the clock's device (quant.device_choice)
+    opts = device_choice.adapt_options(opts, getattr(clock, "device", None), notes)
+    run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads), notes)
     if profiler is None:
         def profiler(models: dict[str, bytes]) -> dict[str, dict[str, float]]:
             return clock.profile(models, runs=opts.profile_runs)

@@ -78,8 +78,11 @@ def headline(stages: list[dict]) -> str:
            f"{sp:.2f}x the speed ({'faster' if sp > 1 else 'slower'}; ONNX Runtime, batch 1, all stages timed "
            f"together, interleaved), accuracy {d:+.2f} points.")
     v0, v1 = base.get("device_verdict"), last.get("device_verdict")
+    tfl = last.get("tflite_size_bytes") or (last.get("notes") or {}).get("tflite_size_bytes")
+    if tfl:  # the file that ships is the .tflite: its size, and (below) its device verdict
+        txt += f" The {last['name']} stage ships a {human_bytes(tfl)} .tflite ({base['size_bytes'] / tfl:.1f}x smaller)."
     if v0 and v1:
-        txt += (f" On {v1['device']} (estimated): {v0['energy_mj']:.3g} -> {v1['energy_mj']:.3g} mJ per inference, "
+        txt += (f" On {v1['device']} (estimated{', the .tflite' if v1.get('of', '').endswith('.tflite') else ''}): {v0['energy_mj']:.3g} -> {v1['energy_mj']:.3g} mJ per inference, "
                 f"{'fits' if v1['fits'] else 'does NOT fit'} (flash {human_bytes(v1['flash_bytes'])} of "
                 f"{human_bytes(v1['flash_available'])}, RAM {human_bytes(v1['ram_bytes'])} of "
                 f"{human_bytes(v1['ram_available'])}).")

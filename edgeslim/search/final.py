@@ -78,7 +78,8 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
         with interrupt.during(f"the final fine-tuning of slot {r['slot']}", "trials and finished final runs are kept"):
             print(f"final slot {r['slot']}: full fine-tuning and test-split measurement", flush=True)
             res = run_recipe(parse_recipe(r["recipe"], f"slot {r['slot']}"), Path(ctx.cfg.model), ctx.task, run_dir,
-                             seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task)
+                             seed=ctx.cfg.seed, quiet=True, force=True, task_spec=ctx.cfg.task,
+                             device=ctx.cfg.device)
         onnx_path = run_dir / res["stages"][-1]["onnx"]
         m = measure_candidate(onnx_path, ctx.task, ctx.device, "test", res["stages"][-1]["size_bytes"])
         # measured by the pipeline: ONNX Runtime p50 on this host, 1 thread, batch 1 (baseline: stage 0)

@@ -191,7 +191,7 @@ def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
     try:
         res = run_recipe(parse_recipe(proxy, f"trial {trial.number}"), Path(ctx.cfg.model), ctx.task,
                          ctx.out / "trials" / f"slot{slot:04d}", seed=ctx.cfg.seed, quiet=True, force=True,
-                         task_spec=ctx.cfg.task, report=False)
+                         task_spec=ctx.cfg.task, report=False, device=ctx.cfg.device)  # decisions for it
         m = measure_candidate(ctx.out / "trials" / f"slot{slot:04d}" / res["stages"][-1]["onnx"],
                               ctx.task, ctx.device, "val", res["stages"][-1]["size_bytes"])
     except Exception as e:  # one bad candidate must not stop the study: record it as failed
