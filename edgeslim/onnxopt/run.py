@@ -14,7 +14,7 @@ ratio from the same interleaved rounds, with a confidence interval. Among candid
 smaller than the original and whose median ratio to it is at most 1 + `max_slowdown`, the default
 (`prefer="balanced"`) keeps the fastest of those at least `min_shrink` (1.8x) smaller (if none is, of
 all of them); candidates tied with it on speed (interval reaching below 1 + 3%) count as equally fast
-and the smallest file of those wins. `prefer="speed"` drops the size floor, `prefer="size"` keeps the
+and the most faithful of those (max abs error within 1.25x of the smallest) wins, then the smallest file. `prefer="speed"` drops the size floor, `prefer="size"` keeps the
 smallest (files within 5% count as equal, then the fastest). If none qualifies, the original is written
 unchanged. If none even meets the tolerance, nothing is written unless `force`.
 """
@@ -193,7 +193,8 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
             cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
     """Apply the rule (module docstring). None means: write the original unchanged."""
     usable = [c for c in built if c.usable and not c.ablation]
-    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file)) for c in usable]
+    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file),
+                   error=c.fid.max_abs if c.fid is not None else None) for c in usable]
     best = choose(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
                   min_shrink=cfg.min_shrink, max_slowdown=cfg.max_slowdown)
     for c, o in zip(usable, opts):
@@ -202,7 +203,8 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
             c.status = "rejected: " + o.why.removeprefix("lost: ")
     if best is not None:
         c = next(c for c in usable if c.name == best.name)
-        return c, f"{c.name}: {best.why.removeprefix('won: ')}"
+        fid = f"; on {c.fid.samples} held-out samples: {cfg.tol.show(c.fid)}" if c.fid is not None else ""
+        return c, f"{c.name}: {best.why.removeprefix('won: ')}{fid}"
     if usable:
         return None, ("no candidate within tolerance is both smaller and not slower than the original: "
                       "the original is written unchanged")
