@@ -22,7 +22,7 @@ def _ops(ops: dict[str, int], top: int = 8) -> str:
 
 def print_candidates(res: dict, console: Console) -> None:
     sp = res.get("samples")
-    feeds = (f"{sp['calibration_count']} {res['data']} samples calibrate, fidelity on {sp['held_out_count']} held out"
+    feeds = (f"{res['data']} samples: {sp['calibration_count']} calibrate, fidelity on {sp['held_out_count']} held out"
              if sp else f"{res['feeds']} {res['data']} feeds")
     t = Table(title=f"candidates ({feeds}; latency measured now, interleaved, {res['threads']} thread(s))")
     for c in ("candidate", "KiB", "p50 ms", "p90 ms", "max err", "cosine", "top-1", "status"):
