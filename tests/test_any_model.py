@@ -36,7 +36,7 @@ def _check(cmd: str, d: dict | list, tmp: Path) -> None:
         assert r["accuracy"] is None and "accuracy_samples" not in r  # no task: no accuracy
         assert r["latency_ms_p50"] > 0 and r["latency_runs"] >= 5 and r["size_bytes"] > 0 and r["params"] > 0
         assert r["deploy_device"] == "cortex-m4" and isinstance(r["fits"], bool) and r["flash_bytes"] > r["weights_bytes"]
-        assert r["energy_method"].startswith(("estimated:analytic@cortex-m4", "measured:"))
+        assert r["energy_method"].startswith(("estimated:calibrated@cortex-m4 (LOO error", "measured:"))
         assert r["inputs"] and r["input_source"] in ("declared", "shape")
     elif cmd == "fit":
         assert isinstance(d, dict)

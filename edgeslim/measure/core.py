@@ -7,7 +7,8 @@ Every command and the pipeline measure through `measure_model`, and compare mode
 - size on disk (external data included), parameters and MACs (PyTorch when there is a model, else the graph);
 - activation arena (the static planner; a lower bound with If/Loop/Scan or unknown shapes), flash, the fit
   verdict for the device (`measure.device_fit`), energy per inference with its method label
-  (`measured:rapl` on this host where readable, else `estimated:analytic@<device>`);
+  (`measured:rapl` on this host where readable, else `estimated:calibrated@<device> (LOO error ...)` or
+  `estimated:uncalibrated@<device>`; on this host the static term rests on the measured latency);
 - accuracy only with a task; fidelity (cosine per output, max/mean abs error, top-1 agreement where outputs
   are scores) against a reference model when one is given.
 Inputs: an .npz (one array per input name) or synthetic feeds from the declared shapes and `--shape`.
@@ -234,7 +235,8 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
         if m.arena.get("arena_lower_bound"):
             m.fit.reasons.append("the arena is a lower bound (see arena_note): RAM may not suffice")
         host_runner = runners["onnxruntime"] if dev.name == "host" else None
-        m.energy = energy_fields(proto, dev, host_runner, fd.shapes, threads)
+        measured = m.latency.p50_ms if host_runner is not None and m.latency is not None else None
+        m.energy = energy_fields(proto, dev, host_runner, fd.shapes, threads, measured_ms=measured)
         if m.energy.get("energy_mj") is not None and m.fit is not None:
             m.fit.energy_mj, m.fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
             m.fit.latency_ms = m.energy.get("energy_latency_ms")
