@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from chromium_helpers import chromium, images_loaded
+from chromium_helpers import images_loaded, needs_chromium
 
 from edgeslim.report.html import write_search_report
 
@@ -53,7 +53,7 @@ def test_report_is_self_contained_with_tables_and_recipes(tmp_path: Path) -> Non
     assert "| baseline | 98.00%" in md
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+@needs_chromium
 def test_every_plot_renders_in_headless_chromium(tmp_path: Path) -> None:
     write_search_report(tmp_path, _summary())
     imgs, ok = images_loaded(tmp_path / "report.html", tmp_path, min_px=100)
