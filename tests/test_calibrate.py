@@ -1,4 +1,4 @@
-"""The cortex-m4 profile's calibration on MLPerf Tiny: one fit on all points, reproducible, leave-one-out recorded.
+"""The cortex-m4 profile's calibration on MLPerf Tiny: one fit on all points, reproducible, leave-one-out recorded."""
 
 from __future__ import annotations
 

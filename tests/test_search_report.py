@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from chromium_helpers import images_loaded, needs_chromium
 
 from edgeslim.report.html import write_search_report
