@@ -37,7 +37,11 @@ def _chosen(summary: dict) -> dict | None:
 
 def figures(summary: dict) -> dict[str, bytes]:
     figs = {}
+    method = next((f["metrics"].get("energy_method") for f in summary["front"] if f["metrics"].get("energy_method")),
+                  summary["baseline"]["test"].get("energy_method"))
     for name, key, label in FRONT_PLOTS:
+        if key == "energy_mj" and method:  # the estimate's label on the axis
+            label = f"energy per inference (mJ, {method})"
         figs[f"front_{name}"] = plots.front_plot(summary, key, label, 1 / 1024 if key == "flash_bytes" else 1.0)
     chosen = _chosen(summary)
     if chosen is not None:
