@@ -13,7 +13,7 @@
    chosen by measuring).
 4. One table, teacher vs every student: test accuracy in ONNX Runtime, parameters, MACs, file size,
    ORT p50 latency (all models timed interleaved in one process, one thread) and the *estimated*
-   energy per inference on `cortex-m4` and on this host (`estimated:analytic@<device>`).
+   energy per inference on `cortex-m4` and on this host (each with its label, `measure.energy.estimate_label`).
 5. The issue-14 check: the recipe's final student within 2 points of the teacher at no more than a
    tenth of the teacher's estimated energy per inference, on both devices.
 
@@ -101,7 +101,8 @@ def _row(name: str, stage: dict, run: Path) -> dict:
         "model": name, "accuracy": stage["accuracy"], "params": stage["params"], "macs": stage["macs"],
         "size_bytes": stage["size_bytes"], "arena_bytes": stage.get("arena_bytes"), "onnx": str(onnx_path),
         "energy_mj_cortex_m4": round(e_m4.mj, 5), "latency_ms_cortex_m4": round(e_m4.latency_ms or 0, 3),
-        "energy_mj_host": round(e_host.mj, 6), "energy_method": "estimated:analytic@<device>",
+        "energy_mj_host": round(e_host.mj, 6), "energy_method_cortex_m4": e_m4.method,
+        "energy_method_host": e_host.method,
         "format": stage.get("notes", {}).get("format", "fp32"),
         "stage_seconds": stage.get("seconds"),
     }

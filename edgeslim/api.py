@@ -262,7 +262,8 @@ def optimize(
     """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
     the fastest within tolerance that is not slower than the original and at least `min_shrink` times
     smaller (`prefer`: balanced | size | speed; `measure.decide`). Without any tolerance given, the
-    tolerance is cosine >= 0.995 on every output. `inputs` (`calib` is its older name): an .npz with one array
+    tolerance is cosine >= 0.995 on every output, probability outputs (values in 0-1) within 0.05 max abs
+    error and single-score outputs on the same side of 0.5 for >= 98% of samples (`Tolerance()`). `inputs` (`calib` is its older name): an .npz with one array
     per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
     returns the full report."""
     from edgeslim.measure.fidelity import Tolerance
@@ -277,7 +278,8 @@ def optimize(
     cfg = OptimizeConfig(
         model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes),
         samples=samples, seed=seed,
-        tol=Tolerance(min_cosine if given else 0.995, max_abs, min_top1), tol_given=given,
+        tol=Tolerance(min_cosine, max_abs, min_top1, max_prob_abs=None, min_agreement=None) if given else Tolerance(),
+        tol_given=given,
         candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
         exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
         max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,

@@ -128,3 +128,39 @@ def test_kernel_signature_sees_through_weight_storage(tmp_path) -> None:
     p.write_bytes(model("int8"))
     assert kernel_signature(p) == sig["fp32"]
     assert kernel_signature(b"not onnx") == ""
+
+
+def test_speed_tie_goes_to_the_more_faithful_file() -> None:
+    """The vendor siamese case: int8-qdq and int8-qop timed tied, qop 0.8% smaller but 18x the error."""
+    ref = _times(10.0, seed=0)
+    qdq = Option("int8-qdq", 15_175_815, True, _times(5.0, seed=1), error=0.013)
+    qop = Option("int8-qop", 15_048_663, True, _times(5.02, seed=2), error=0.24)
+    best = choose([qop, qdq], ref, 60_000_000)
+    assert best is qdq and "more faithful" in qdq.why
+    assert "less faithful (error 0.24 vs 0.013)" in qop.why
+    # errors within 1.25x of each other are equally faithful: the smaller file wins as before
+    qop.error = 0.015
+    assert choose([qop, qdq], ref, 60_000_000) is qop
+    # without error figures the rule is the old one (smaller file)
+    qop.error = qdq.error = None
+    assert choose([qop, qdq], ref, 60_000_000) is qop
+
+
+def test_default_tolerance_checks_probabilities_and_the_decision() -> None:
+    from edgeslim.measure.fidelity import Tolerance, compare
+
+    ref = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.51, 0.9)]  # one sigmoid score per sample
+    near = [[np.array([[p + 0.01]], np.float32)] for p in (0.1, 0.45, 0.51, 0.9)]
+    flip = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.48, 0.9)]  # sample 3 crosses 0.5
+    far = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.51, 0.5)]  # 0.4 off, same side
+    f = compare(["p"], ref, near)
+    assert f.prob_max_abs == np.float32(0.01) or abs(f.prob_max_abs - 0.01) < 1e-6
+    assert f.agreement == 1.0 and f.samples == 4 and Tolerance().broken(f) is None
+    assert Tolerance().broken(compare(["p"], ref, flip)) == "agreement at threshold 0.5 0.750 < 0.98"
+    assert compare(["p"], ref, flip).cosine > 0.995  # cosine alone would have let it through
+    assert "probability max abs err 0.4 > 0.05" in (Tolerance(min_cosine=None).broken(compare(["p"], ref, far)) or "")
+    shown = Tolerance().show(f)
+    assert "probability max abs err 0.01 <= 0.05" in shown and "agreement at threshold 0.5 1.000 >= 0.98" in shown
+    # logits (outside 0-1) get neither check
+    g = compare(["z"], [[np.array([[-3.0, 2.0]], np.float32)]], [[np.array([[-3.0, 2.5]], np.float32)]])
+    assert g.prob_max_abs is None and g.agreement is None and "no probability output" in Tolerance().show(g)

@@ -31,7 +31,7 @@ def test_stage_gets_deploy_fields(tmp_path, tiny_image_task):
         assert k in m, k
     assert 0 < m["arena_bytes"] <= m["naive_activation_bytes"]
     assert m["energy_mj"] > 0
-    assert m["energy_method"].startswith(("estimated:analytic@", "measured:"))
+    assert m["energy_method"].startswith(("estimated:calibrated@", "estimated:uncalibrated@", "measured:"))
 
 
 def test_measure_cli_side_by_side(tmp_path, tiny_image_task):
@@ -54,7 +54,7 @@ def test_measure_cli_side_by_side(tmp_path, tiny_image_task):
                        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     for label in ("activation arena", "flash needed (cortex-m4)", "energy / inference",
-                  "estimated:analytic@cortex-m4", "ORT latency p50", "ORT batch 4 p50"):
+                  "estimated:calibrated@cortex-m4", "ORT latency p50", "ORT batch 4 p50"):
         assert label in r.stdout, label
     rows = json.loads(save.read_text())
     base, quant = rows

@@ -33,7 +33,7 @@ def test_energy_arithmetic():
     assert e.latency_ms == pytest.approx(1.0)  # 1000 MACs at 1 MAC/cycle, 1 MHz
     assert e.static_mj == pytest.approx(1e-3)  # 1 mW x 1 ms
     assert e.mj == pytest.approx(1e-3 + 1270e-9)
-    assert e.method == "estimated:analytic@toy"
+    assert e.method == "estimated:uncalibrated@toy"  # no calibration block
 
 
 def test_energy_precision_and_ops():

@@ -43,7 +43,10 @@ def test_multi_input_dynamic_batch(tmp_path: Path) -> None:
              b=rng.standard_normal((16, 16)).astype(np.float32))
     res = optimize(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "calib.npz"))
     out = tmp_path / "out.onnx"
-    assert out.is_file() and res["data"] == "calibration" and res["feeds"] == 8  # --samples caps it
+    assert out.is_file() and res["data"] == "calibration" and res["feeds"] == 16  # every given sample is used
+    sp = res["samples"]  # --samples 8 calibrate, the other 8 are held out for fidelity
+    assert sp["calibration_count"] == 8 and sp["held_out_count"] == 8
+    assert sorted(sp["calibration"] + sp["held_out"]) == list(range(16))
     assert res["side_by_side"]["optimised"]["size_bytes"] < res["side_by_side"]["original"]["size_bytes"]
     assert res["original"]["latency_ms_p50"] > 0 and res["side_by_side"]["optimised"]["latency"]["latency_ms_p50"] > 0
     # the written model keeps both inputs, the dynamic batch and both outputs, and stays close

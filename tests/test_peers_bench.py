@@ -13,7 +13,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "peers.py"
 JOBS = ("int8-resnet8", "structured-resnet8", "unstructured-lenet300", "minilm")
-MEASURED = ("quality", "size_bytes", "onnx_bytes", "p50_ms", "arena_bytes", "energy_mj")
+MEASURED = ("quality", "size_bytes", "onnx_bytes", "onnx_gzip_bytes", "p50_ms", "arena_bytes", "energy_mj")
+# peer rows that fail for a reason of the peer's own, named here so that any other failing row fails the test
+KNOWN_FAILURES = {"torchao quantize_ Int8DynamicActivationInt8Weight -> ONNX": "exporter"}  # no ONNX export of it
+COLUMNS = ("quality", "stored size", "ONNX size", "ONNX gzip size", "p50", "arena", "energy", "tool time")
 
 
 def test_peers_quick_table(tmp_path: Path):
@@ -30,16 +33,25 @@ def test_peers_quick_table(tmp_path: Path):
     for name, job in jobs.items():
         kinds = [r["kind"] for r in job["rows"]]
         assert kinds.count("edgeslim") == 1 and "peer" in kinds, name
+        if name != "minilm":  # every peer row ran: numbers, or a missing optional package named with its install
+            for r in job["rows"]:
+                ran = all(r[k] is not None for k in MEASURED)
+                known = KNOWN_FAILURES.get(r["tool"])
+                assert ran or "pip install" in (r["reason"] or "") or (known and known in (r["reason"] or "")), \
+                    (name, r["tool"], r["reason"])
         for r in job["rows"]:
             measured = all(r[k] is not None for k in MEASURED)
             assert measured or (r["reason"] and len(r["reason"]) > 10), (name, r["tool"], r["reason"])
             if measured:
-                assert r["reason"] is None and r["size_bytes"] > 0 and r["p50_ms"] > 0
-                assert 0.0 <= r["quality"] <= 1.0
+                assert r["reason"] is None and r["size_bytes"] > 1000 and 0 < r["p50_ms"] < 100
+                assert 0 < r["onnx_gzip_bytes"] < r["onnx_bytes"]  # the same encodings for every tool
+                assert 0.0 <= r["quality"] <= 1.0 and r["arena_bytes"] > 100 and r["energy_mj"] > 1e-6
                 assert r["energy_method"].startswith("estimated:")
                 if r["kind"] != "reference":
                     assert r["wall_s"] is not None and r["wall_s"] >= 0
         assert job["verdict"]
+        if name != "minilm":  # the verdict speaks to every column the table prints
+            assert all(c in job["verdict"] for c in COLUMNS), job["verdict"]
     # the accuracy jobs: edgeslim and ONNX Runtime's quantizers are always measured
     for name in JOBS[:3]:
         rows = {r["tool"]: r for r in jobs[name]["rows"]}
@@ -55,12 +67,12 @@ def test_peers_quick_table(tmp_path: Path):
     # pruning: the structured peers fine-tune with the recipe's budget (2 rounds x 1 epoch in quick mode)
     tp = {r["tool"]: r for r in jobs["structured-resnet8"]["rows"]}["Torch-Pruning MagnitudePruner 50% (defaults)"]
     assert "fine-tuned 2 epochs" in tp["note"]
-    # the printed table: a header of 12 columns per job, one line per row
+    # the printed table: a header of 18 columns per job, one line per row
     table = proc.stdout
     assert table.count("| tool | accuracy / cosine |") == len(JOBS)
     for job in jobs.values():
         for r in job["rows"]:
             line = next(ln for ln in table.splitlines() if ln.startswith(f"| {r['tool']} |"))
-            assert line.count("|") == 16
+            assert line.count("|") == 19
     minilm = jobs["minilm"]["rows"][0]  # not run in --quick (or pending until issue 14 is on the branch)
     assert minilm["quality"] is None and ("--quick" in minilm["reason"] or "pending" in minilm["reason"])

@@ -47,6 +47,21 @@ def test_early_exit_table_on_resnet8(tiny_image_task, tmp_path):
         assert r["latency_ms_mean"] > 0 and 0 <= r["accuracy"] <= 1
     assert rows[0.0]["accuracy"] > 0.5  # the first head learned something (4 classes)
     assert "| full model |" in (tmp_path / "early_exit.md").read_text()
+    # the threshold is picked on validation: the cheapest (val MACs) within 1 point of the full model's val accuracy
+    from edgeslim.passes.early_exit import pick_threshold
+
+    assert table["val_inputs"] == len(task.x_val) and rows["full"]["val_macs_fraction"] == 1.0
+    ok = [r for r in table["rows"][1:] if r["val_accuracy"] >= rows["full"]["val_accuracy"] - 0.01]
+    if ok:
+        best = min(ok, key=lambda r: r["val_macs_fraction"])
+        assert res.notes["cheapest_threshold_within_1pt"] == best["threshold"]
+        assert res.notes["best_accuracy"] == best["accuracy"] and res.notes["best_val_accuracy"] == best["val_accuracy"]
+    # a table whose test figures favour another threshold: the pick follows validation
+    fake = [{"threshold": "full", "val_accuracy": 0.9, "accuracy": 0.9, "val_macs_fraction": 1.0, "macs_fraction": 1.0},
+            {"threshold": 0.5, "val_accuracy": 0.7, "accuracy": 0.95, "val_macs_fraction": 0.3, "macs_fraction": 0.3},
+            {"threshold": 0.9, "val_accuracy": 0.895, "accuracy": 0.8, "val_macs_fraction": 0.6, "macs_fraction": 0.6}]
+    picked = pick_threshold(fake)
+    assert picked is not None and picked["threshold"] == 0.9
     assert {p.name for p in (tmp_path / "exits").iterdir()} >= {"segment0.onnx", "head0.onnx", "full.onnx"}
 
 

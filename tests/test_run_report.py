@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium_helpers import chromium, images_loaded
+from chromium_helpers import images_loaded, needs_chromium
 
 from edgeslim import api
 from edgeslim.pipeline import run_recipe
@@ -91,7 +91,7 @@ def test_report_html_is_self_contained(run: Path) -> None:
     assert all((run / "plots" / f"{k}.png").is_file() for k in ("acc_size", "acc_latency", "acc_energy"))
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+@needs_chromium
 def test_run_report_images_load_in_headless_chromium(run: Path, tmp_path: Path) -> None:
     imgs, ok = images_loaded(run / "report.html", tmp_path)
     assert imgs == (run / "report.html").read_text().count("<img ") and ok == imgs

@@ -130,13 +130,20 @@ def test_cli_search_end_to_end(env: tuple[Path, Path], tmp_path: Path) -> None:
     assert s["front"], "no feasible proxy trial"
     fits = [f for f in s["front"] if f["feasible"]]
     assert fits, [f["violations"] for f in s["front"]]
-    base_acc = s["baseline"]["test"]["accuracy"]
-    for f in fits:  # the final measurement (test split) meets the budget
-        assert f["metrics"]["flash_bytes"] <= 48 * 1024
-        assert 100 * (base_acc - f["metrics"]["accuracy"]) <= 3.0 + 1e-9
+    base_val = s["baseline"]["val"]["accuracy"]
+    for f in fits:  # the final measurement on the validation split meets the budget (picks read validation)
+        assert f["val_metrics"]["accuracy_split"] == "val" and f["metrics"]["accuracy_split"] == "test"
+        assert f["val_metrics"]["flash_bytes"] <= 48 * 1024
+        assert 100 * (base_val - f["val_metrics"]["accuracy"]) <= 3.0 + 1e-9
     for f in s["front"]:  # and `feasible` means exactly that
-        assert f["feasible"] == (f["metrics"]["flash_bytes"] <= 48 * 1024
-                                 and 100 * (base_acc - f["metrics"]["accuracy"]) <= 3.0 + 1e-9)
+        assert f["feasible"] == (f["val_metrics"]["flash_bytes"] <= 48 * 1024
+                                 and 100 * (base_val - f["val_metrics"]["accuracy"]) <= 3.0 + 1e-9)
+        assert f["values"][0] == pytest.approx(100 * f["val_metrics"]["accuracy"])
+        assert f["test_values"][0] == pytest.approx(100 * f["metrics"]["accuracy"])
+    # the best accuracy is the validation best among the feasible; its test figure is reported beside it
+    b = s["best"]["accuracy"]
+    assert b["picked_on"] == "val" and b["val"] == max(f["values"][0] for f in fits)
+    assert b["test"] == pytest.approx(100 * next(f for f in fits if f["trial"] == b["trial"])["metrics"]["accuracy"])
     best = (out / "best_accuracy.yaml").read_text()
     assert "passes:" in best
     html = (out / "report.html").read_text()

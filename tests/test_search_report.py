@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-from chromium_helpers import chromium, images_loaded
+from chromium_helpers import images_loaded, needs_chromium
 
 from edgeslim.report.html import write_search_report
 
@@ -15,7 +14,7 @@ def _metrics(acc: float, flash: int, energy: float) -> dict:
     layers = [{"layer": n, "op": "Conv", "precision": "int8", "macs": 1000 * (i + 1), "compute_mj": energy * 0.1,
                "memory_mj": energy * 0.2, "static_mj": energy * 0.2} for i, n in enumerate(("conv1", "fc"))]
     return {"accuracy": acc, "flash_bytes": flash, "arena_bytes": 900, "latency_ms": 0.5 * energy * 100,
-            "energy_mj": energy, "energy_method": "estimated:analytic@cortex-m4", "macs": 3000,
+            "energy_mj": energy, "energy_method": "estimated:calibrated@cortex-m4 (LOO error 0.66x-1.78x)", "macs": 3000,
             "energy_layers": layers}
 
 
@@ -53,7 +52,7 @@ def test_report_is_self_contained_with_tables_and_recipes(tmp_path: Path) -> Non
     assert "| baseline | 98.00%" in md
 
 
-@pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
+@needs_chromium
 def test_every_plot_renders_in_headless_chromium(tmp_path: Path) -> None:
     write_search_report(tmp_path, _summary())
     imgs, ok = images_loaded(tmp_path / "report.html", tmp_path, min_px=100)

@@ -183,7 +183,8 @@ def deploy_table(rows: list[dict], title: str = "deployment (one column per mode
     if any(r.get("fidelity") for r in rows):
         fid = (lambda r, k, f: "-" if not r.get("fidelity") or r["fidelity"].get(k) is None
                else format(r["fidelity"][k], f))
-        lines += [("vs reference: cosine (worst output)", lambda r: fid(r, "cosine", ".6f")),
+        lines += [("vs reference: samples compared", lambda r: fid(r, "samples_compared", "d")),
+                  ("  cosine (worst output)", lambda r: fid(r, "cosine", ".6f")),
                   ("  max / mean abs error", lambda r: f"{fid(r, 'max_abs_err', '.3g')} / {fid(r, 'mean_abs_err', '.3g')}"),
                   ("  top-1 agreement", lambda r: fid(r, "top1_agreement", ".4f"))]
     lines += [

@@ -24,7 +24,8 @@ def optimize(
     shape: list[str] = shape_option(),
     device: str = device_option("host", help="device profile name or YAML path (arena, energy)"),
     as_json: bool = json_option(),
-    samples: int = typer.Option(32, min=1, help="feeds used for calibration and the fidelity check"),
+    samples: int = typer.Option(32, min=1, help="samples to calibrate on; the other given samples (at least a "
+                                "quarter) are held out for the fidelity check and the tolerance"),
     min_cosine: float | None = typer.Option(None, help="tolerance: min cosine similarity of every output "
                                             "(default 0.995 when no tolerance is given)"),
     max_abs: float | None = typer.Option(None, help="tolerance: max absolute error of any output element"),

@@ -66,7 +66,8 @@ def search(
     console.print(f"{c['COMPLETE']} trials trained, {c['PRUNED']} rejected before training, {c['FAIL']} failed{again}; "
                   f"hypervolume {summary['hypervolume']:.4g}")
     for o, b in summary["best"].items():
-        console.print(f"best {o}: {out / b['file']} (trial {b['trial']})")
+        vt = (f"; picked on validation {b['val']:.4g}, test {b['test']:.4g}" if "val" in b and "test" in b else "")
+        console.print(f"best {o}: {out / b['file']} (trial {b['trial']}{vt})")
     if not summary["best"]:
         console.print("[yellow]no front member met the budget after full fine-tuning[/]")
     console.print(f"report: {out / 'report.html'}")

@@ -52,6 +52,12 @@ class Calibration(BaseModel):
     held_out: dict[str, str] = Field(default_factory=dict, description="check on the other measurements")
     source: str
     command: str = ""
+    loo: dict[str, str] = Field(default_factory=dict, description="leave-one-out: each point predicted by the fit "
+                                "on the others")
+    loo_energy_ratio: list[float] = Field(default_factory=list, description="[min, max] leave-one-out energy "
+                                          "ratio, estimate / published")
+    precisions: list[str] = Field(default_factory=lambda: ["int8"], description="precisions the published points "
+                                  "ran in; others are 'uncalibrated precision'")
 
 
 class Device(BaseModel):

@@ -198,6 +198,11 @@ DEFAULT_RATE = "1/s"
 
 def lines(b: BatteryLife | dict) -> list[str]:
     """Plain lines for the CLI (from an estimate or its `as_dict()`); every figure says it is estimated."""
+    if isinstance(b, dict) and b.get("sustainable") is False:
+        top = b["max_rate_per_s"]
+        return [f"{b['note']} (estimated: one inference takes {b['latency_ms']:.3g} ms on {b['device']})",
+                f"  highest sustainable rate (estimated): {top:.3g} inferences/s, one every "
+                f"{1.0 / top:.3g} s; pass a lower --rate (e.g. 1/min) for a lifetime"]
     if isinstance(b, dict):
         b = BatteryLife(**{k: v for k, v in b.items() if k != "lifetime_days"})
     out = [
@@ -236,8 +241,19 @@ def requested(battery: str | None, rate: str | None, fleet: int | None) -> bool:
     return battery is not None or rate is not None or fleet is not None
 
 
+def not_sustainable(latency_ms: float, device: str, battery: str, rate: str = DEFAULT_RATE) -> dict:
+    """The `battery` entry of a row whose model cannot keep up with the *default* rate: no lifetime, the
+    highest sustainable rate instead (inferences/s = 1000 / latency_ms, estimated like the latency). An
+    explicit --rate that cannot be kept stays an error (`battery_life`)."""
+    top = 1e3 / latency_ms
+    return {"device": device, "battery": battery, "rate": rate, "rate_per_s": parse_rate(rate).per_second,
+            "sustainable": False, "latency_ms": latency_ms, "max_rate_per_s": top,
+            "note": f"battery life at {rate}: not sustainable",
+            "method": f"estimated: profile {device} (one inference takes {latency_ms:.3g} ms)"}
+
+
 def for_row(row: dict, device_name: str | None, battery: str | None, rate: str | None, between: str | None,
-            fleet: int | None, grid_g_per_kwh: float | None) -> BatteryLife | None:
+            fleet: int | None, grid_g_per_kwh: float | None) -> BatteryLife | dict | None:
     """The estimate for one `measure` or `fit` row (its `energy_mj` and device latency). None when the row
     has no energy estimate and nothing was asked explicitly."""
     from edgeslim.devices import load_device
@@ -253,6 +269,11 @@ def for_row(row: dict, device_name: str | None, battery: str | None, rate: str |
                                 f"battery life on ({why}; `measure` without --quick, or an ONNX model, .tflite "
                                 "or model folder, gives one)")
         return None
+    if rate is None and float(t) * parse_rate(DEFAULT_RATE).per_second > 1e3:  # the default rate: a verdict
+        text = battery or getattr(dev, "battery", None)
+        if text is None and fleet is None:
+            return None
+        return not_sustainable(float(t), getattr(dev, "name", "?"), text or "?")
     return for_device(float(e), float(t), dev, battery, rate, between, fleet, grid_g_per_kwh)
 
 
@@ -278,5 +299,5 @@ class LifeOptions:
         for row in rows:
             life = for_row(row, device, self.battery, self.rate, self.between, self.fleet, self.grid_intensity)
             if life is not None:
-                row["battery"] = life.as_dict()
+                row["battery"] = life if isinstance(life, dict) else life.as_dict()
         return rows

@@ -7,7 +7,8 @@ Every command and the pipeline measure through `measure_model`, and compare mode
 - size on disk (external data included), parameters and MACs (PyTorch when there is a model, else the graph);
 - activation arena (the static planner; a lower bound with If/Loop/Scan or unknown shapes), flash, the fit
   verdict for the device (`measure.device_fit`), energy per inference with its method label
-  (`measured:rapl` on this host where readable, else `estimated:analytic@<device>`);
+  (`measured:rapl` on this host where readable, else `estimated:calibrated@<device> (LOO error ...)` or
+  `estimated:uncalibrated@<device>`; on this host the static term rests on the measured latency);
 - accuracy only with a task; fidelity (cosine per output, max/mean abs error, top-1 agreement where outputs
   are scores) against a reference model when one is given.
 Inputs: an .npz (one array per input name) or synthetic feeds from the declared shapes and `--shape`.
@@ -43,7 +44,8 @@ from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.session import session
 from edgeslim.untrusted import about
 
-FIDELITY_FEEDS = 8  # feeds compared against a reference model
+FIDELITY_FEEDS = 8  # synthetic feeds compared against a reference model (given inputs or a task: all of them)
+FIDELITY_BATCH = 64  # samples run together when every input has a symbolic leading (batch) dim
 
 
 @dataclass
@@ -220,9 +222,12 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
             from edgeslim.measure.predictions import save_predictions
 
             save_predictions(predictions, scores, np.asarray(task.y_test), task.num_classes)
-    if reference is not None:
+    if reference is not None:  # every given sample (or test sample), batched where the batch dim is free
         m.reference = str(reference)
-        m.fidelity = _fidelity(sess, reference, fd.feeds, where)
+        n_fid = len(task.x_test) if task is not None and inputs is None else (0 if inputs is not None
+                                                                               else FIDELITY_FEEDS)
+        ff = resolve_feeds(specs, inputs, shapes, task, n_fid, seed).feeds if n_fid != 1 else fd.feeds
+        m.fidelity = replace(_fidelity(sess, reference, batched(ff, specs), where), samples=len(ff))
     if deploy:
         dev = load_device(device or DEFAULT_DEVICE)
         m.arena = arena_fields(proto, src.onnx, fd.shapes)
@@ -230,7 +235,8 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
         if m.arena.get("arena_lower_bound"):
             m.fit.reasons.append("the arena is a lower bound (see arena_note): RAM may not suffice")
         host_runner = runners["onnxruntime"] if dev.name == "host" else None
-        m.energy = energy_fields(proto, dev, host_runner, fd.shapes, threads)
+        measured = m.latency.p50_ms if host_runner is not None and m.latency is not None else None
+        m.energy = energy_fields(proto, dev, host_runner, fd.shapes, threads, measured_ms=measured)
         if m.energy.get("energy_mj") is not None and m.fit is not None:
             m.fit.energy_mj, m.fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
             m.fit.latency_ms = m.energy.get("energy_latency_ms")
@@ -274,6 +280,17 @@ def _task_or_random(task: Any, src: Source, n: int, seed: int) -> np.ndarray:
         return task.x_test[:n].astype(np.float32)
     shape = tuple((src.spec or {}).get("input_shape", ()))
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+def batched(feeds: list[Feed], specs: list, size: int = FIDELITY_BATCH) -> list[Feed]:
+    """`feeds` joined `size` at a time along axis 0 when every input has a symbolic leading dim (the
+    outputs are then the same, in fewer runs); else as they are."""
+    if len(feeds) < 2 or not specs or any(not s.dims or isinstance(s.dims[0], int) for s in specs):
+        return feeds
+    if any(np.ndim(f[s.name]) == 0 for f in feeds for s in specs):
+        return feeds
+    return [{s.name: np.concatenate([f[s.name] for f in feeds[i : i + size]]) for s in specs}
+            for i in range(0, len(feeds), size)]
 
 
 def _fidelity(sess: Any, reference: str | Path, feeds: list[Feed], where: str) -> Fidelity:

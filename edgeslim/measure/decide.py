@@ -6,7 +6,8 @@ and 1.98x in the next, same command). Here every comparison is a *ratio per roun
 reference time, both from the same interleaved round, so a burst of load hits both), summarised by the
 median ratio and a distribution-free confidence interval of that median (order statistics of the
 binomial, no random resampling: the same timings always give the same interval). Two models whose
-interval contains 1 are *tied* on speed, and ties go to the smaller file. Two files that ONNX Runtime
+interval contains 1 are *tied* on speed, and ties go to the more faithful file (`Option.error`, lower
+is better; errors within `FIDELITY_TIE` of the best count as equal), then to the smaller one. Two files that ONNX Runtime
 turns into the same kernels (`Option.kernels`, e.g. int8- and fp16-stored weights both decoded at load)
 are tied whatever their timings say: that difference is the noise of separate sessions, and letting it
 decide made the pick flip between runs. All ratios are time ratios:
@@ -92,6 +93,11 @@ class Option:
     times: Sequence[float]
     why: str = ""  # filled by `choose`: why it won or lost
     kernels: str = ""  # onnxkit.session.kernel_signature: options with the same one run the same kernels
+    error: float | None = None  # fidelity: the output error vs the reference (lower is better; None: unknown)
+
+
+FIDELITY_TIE = 1.25  # errors within this factor of the smallest (or both under FIDELITY_FLOOR) count as equal
+FIDELITY_FLOOR = 1e-6
 
 
 Prefer = Literal["balanced", "size", "speed"]
@@ -144,7 +150,8 @@ def choose(options: list[Option], ref_times: Sequence[float], ref_size: int, *, 
             if o not in pool:
                 o.why = f"lost: only {ref_size / o.size:.2f}x smaller (< {min_shrink:g}x) while others reach it"
     best = _fastest(pool, vs_ref, per, tie_margin)
-    _explain(pool, best, vs_ref, per, "fastest" + goal + " (speed ties go to the smaller file)", tie_margin)
+    _explain(pool, best, vs_ref, per, "fastest" + goal + " (speed ties go to the more faithful, then the smaller "
+             "file)", tie_margin)
     return best
 
 
@@ -154,7 +161,17 @@ def _fastest(pool: list[Option], vs_ref: dict[str, Ratio], per: int, margin: flo
     tied = [o for o in pool if o is top or ratio(o.times, top.times, per).verdict(margin) != "slower"]
     same = {o.kernels for o in tied if o.kernels}  # the same kernels as a tied one: tied whatever the timer says
     tied += [o for o in pool if o not in tied and o.kernels in same]
-    return min(tied, key=lambda o: (o.size, vs_ref[o.name].median, o.name))
+    return min(faithful_first(tied), key=lambda o: (o.size, vs_ref[o.name].median, o.name))
+
+
+def faithful_first(tied: list[Option]) -> list[Option]:
+    """Of options tied on speed, those whose `error` is within `FIDELITY_TIE` of the smallest (all of them
+    when no error is known): fidelity first, size decides among these."""
+    errs = [o.error for o in tied if o.error is not None]
+    if not errs:
+        return tied
+    bar = max(FIDELITY_TIE * min(errs), FIDELITY_FLOOR)
+    return [o for o in tied if o.error is not None and o.error <= bar]
 
 
 def _explain(pool: list[Option], best: Option, vs_ref: dict[str, Ratio], per: int, rule: str,
@@ -172,6 +189,10 @@ def _explain(pool: list[Option], best: Option, vs_ref: dict[str, Ratio], per: in
             o.why = f"lost: slower than {best.name} (time ratio {r.median:.2f}, CI {r.lo:.2f}-{r.hi:.2f})"
         elif v == "faster" and o.size > best.size:
             o.why = f"lost: faster than {best.name} but larger ({o.size:,} vs {best.size:,} B) under this rule"
+        elif o.error is not None and best.error is not None and o.error > max(FIDELITY_TIE * best.error,
+                                                                              FIDELITY_FLOOR):
+            o.why = (f"lost: speed tied with {best.name} (time ratio {r.median:.2f}, CI {r.lo:.2f}-{r.hi:.2f}), "
+                     f"less faithful (error {o.error:.3g} vs {best.error:.3g})")
         else:
             o.why = (f"lost: speed tied with {best.name} (time ratio {r.median:.2f}, CI {r.lo:.2f}-{r.hi:.2f}), "
                      f"file {o.size:,} vs {best.size:,} B")

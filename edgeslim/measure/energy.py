@@ -4,8 +4,14 @@
 DRAM counters through powercap sysfs) and divide by the number of inferences. It includes whatever
 else the socket did meanwhile; we say so in the label's note.
 
-*Estimated* (`estimated:analytic@<device>`): an analytic model over per-layer counts
-(`measure.onnx_counts`) and a device profile (`devices/*.yaml`):
+*Estimated*: an analytic model over per-layer counts (`measure.onnx_counts`) and a device profile
+(`devices/*.yaml`), labelled by what stands behind the profile (`estimate_label`):
+`estimated:calibrated@cortex-m4 (LOO error 0.66x-1.78x)` when the profile has a `calibration` block (the
+leave-one-out energy error range it records), `estimated:uncalibrated@cortex-a72` when it has none, plus
+`(uncalibrated precision: fp32)` for MACs in a precision no published point ran in, and
+`; incomplete: N ops not counted` (added by `measure.figures.energy_fields`) when the graph was not fully
+counted. On this host with no readable counter the static term rests on the *measured* latency:
+`estimated:uncalibrated@host (on measured latency)`.
 
     E_dynamic = sum_layers  MACs x pJ/MAC[precision] + other ops x 0.2 pJ/MAC[precision]
                             + weight bytes x pJ/B[weights_in] + activation bytes x pJ/B[activations_in]
@@ -37,7 +43,7 @@ OP_FRACTION_OF_MAC = 0.2  # an add/compare costs ~0.2 of a MAC (Horowitz: fp32 a
 @dataclass
 class Energy:
     mj: float  # energy per inference, mJ
-    method: str  # "estimated:analytic@cortex-m4", "measured:rapl", ...
+    method: str  # "estimated:calibrated@cortex-m4 (LOO error 0.66x-1.78x)", "measured:rapl", ...
     latency_ms: float | None = None  # estimated (analytic) or measured latency per inference, ms
     dynamic_mj: float | None = None  # MAC + memory energy (estimated only)
     static_mj: float | None = None  # active power x time (estimated only)
@@ -75,10 +81,31 @@ def estimate_from_counts(counts: GraphCount, device: Device) -> Energy:
     dynamic_mj = (compute_pj + memory_pj) * 1e-9
     static_mj = device.active_power_mw * seconds  # mW x s = mJ
     return Energy(
-        mj=dynamic_mj + static_mj, method=f"estimated:analytic@{device.name}", latency_ms=seconds * 1e3,
+        mj=dynamic_mj + static_mj, method=estimate_label(device, counts), latency_ms=seconds * 1e3,
         dynamic_mj=dynamic_mj, static_mj=static_mj, compute_mj=compute_pj * 1e-9, memory_mj=memory_pj * 1e-9,
         macs_by_precision=counts.macs_by_precision(), breakdown=rows,
     )
+
+
+def estimate_label(device: Device, counts: GraphCount | None = None) -> str:
+    """The label of an analytic estimate on `device` (module docstring): calibrated only when the profile
+    carries a `calibration` block, whatever its name; precisions it was not calibrated in are named."""
+    cal = device.calibration
+    if cal is None:
+        return f"estimated:uncalibrated@{device.name}"
+    loo = cal.loo_energy_ratio
+    label = f"estimated:calibrated@{device.name}" + (f" (LOO error {loo[0]:.2f}x-{loo[-1]:.2f}x)" if loo else "")
+    other = sorted(p for p, n in (counts.macs_by_precision() if counts else {}).items() if n and p not in cal.precisions)
+    return label + (f" (uncalibrated precision: {', '.join(other)})" if other else "")
+
+
+def on_measured_latency(e: Energy, device: Device, latency_ms: float) -> Energy:
+    """`e` with its static term rebuilt on a measured latency (this host): active power x measured time."""
+    static = device.active_power_mw * latency_ms / 1e3
+    return Energy(mj=(e.dynamic_mj or 0.0) + static, method=e.method + " (on measured latency)",
+                  latency_ms=latency_ms, dynamic_mj=e.dynamic_mj, static_mj=static, compute_mj=e.compute_mj,
+                  memory_mj=e.memory_mj, macs_by_precision=e.macs_by_precision, breakdown=e.breakdown,
+                  note=f"static term on the measured latency {latency_ms:.4g} ms (analytic {e.latency_ms:.4g} ms)")
 
 
 def estimate_energy(model: str | Path | onnx.ModelProto, device: str | Path | Device = "host",

@@ -2,8 +2,11 @@
 
 Per output: max and mean absolute error (output units), cosine similarity of the flattened outputs over
 all feeds, and for classifier-shaped outputs ([N, C] scores, or rank-3 per-position scores) top-1
-agreement (fraction 0-1, per position for rank 3). The
-summary is the worst over outputs, because a model is only as good as its worst output.
+agreement (fraction 0-1, per position for rank 3). Outputs whose reference values all lie in [0, 1]
+(sigmoid/softmax probabilities) also give `prob_max_abs`, their max absolute error in probability; those
+with one score per sample (a single sigmoid: [N], [N, 1], ...) give `threshold_agreement`, the fraction of
+samples on the same side of the decision threshold (0.5) as the original. The summary is the worst over
+outputs, because a model is only as good as its worst output.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import numpy as np
 
 from edgeslim.onnxkit.session import run_all  # noqa: F401  (re-exported: outputs of a session per feed)
 
+DECISION_THRESHOLD = 0.5  # single-score (sigmoid) outputs: the decision a user takes from the score
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -22,6 +27,9 @@ class Tolerance:
     min_cosine: float | None = 0.995
     max_abs: float | None = None
     min_top1: float | None = None
+    max_prob_abs: float | None = 0.05   # probability outputs (sigmoid/softmax): max abs error, in probability
+    min_agreement: float | None = 0.98  # single-score outputs: fraction on the same side of `threshold`
+    threshold: float = DECISION_THRESHOLD
 
     def broken(self, f: Fidelity) -> str | None:
         """A short reason if `f` breaks this tolerance, else None."""
@@ -33,7 +41,25 @@ class Tolerance:
             return f"max abs err {f.max_abs:.3g} > {self.max_abs:g}"
         if self.min_top1 is not None and f.top1 is not None and f.top1 < self.min_top1:
             return f"top-1 agreement {f.top1:.3f} < {self.min_top1}"
+        if self.max_prob_abs is not None and f.prob_max_abs is not None and f.prob_max_abs > self.max_prob_abs:
+            return f"probability max abs err {f.prob_max_abs:.3g} > {self.max_prob_abs:g}"
+        if self.min_agreement is not None and f.agreement is not None and f.agreement < self.min_agreement:
+            return f"agreement at threshold {self.threshold:g} {f.agreement:.3f} < {self.min_agreement:g}"
         return None
+
+    def show(self, f: Fidelity) -> str:
+        """The checks this tolerance makes on `f`, with the figures, e.g. for the pick line."""
+        parts = [f"cosine {f.cosine:.5f}" + (f" >= {self.min_cosine:g}" if self.min_cosine is not None else "")]
+        if self.max_abs is not None:
+            parts.append(f"max abs err {f.max_abs:.3g} <= {self.max_abs:g}")
+        parts.append("probability max abs err " + ("-: no probability output" if f.prob_max_abs is None else
+                     f"{f.prob_max_abs:.3g}" + (f" <= {self.max_prob_abs:g}" if self.max_prob_abs is not None else "")))
+        parts.append(f"agreement at threshold {self.threshold:g} " + ("-: no single-score output" if f.agreement is None
+                     else f"{f.agreement:.3f}" + (f" >= {self.min_agreement:g}" if self.min_agreement is not None
+                                                  else "")))
+        if self.min_top1 is not None and f.top1 is not None:
+            parts.append(f"top-1 agreement {f.top1:.3f} >= {self.min_top1:g}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -44,10 +70,15 @@ class Fidelity:
     top1: float | None  # None when no output looks like a classifier
     finite: bool
     per_output: dict[str, dict[str, float]]
+    prob_max_abs: float | None = None  # worst max abs err over probability outputs; None: none
+    agreement: float | None = None     # worst decision agreement over single-score outputs; None: none
+    samples: int = 0                   # feeds compared
 
     def as_dict(self) -> dict:
         return {"max_abs_err": self.max_abs, "mean_abs_err": self.mean_abs, "cosine": self.cosine,
-                "top1_agreement": self.top1, "per_output": self.per_output}
+                "top1_agreement": self.top1, "prob_max_abs_err": self.prob_max_abs,
+                "threshold_agreement": self.agreement, "samples_compared": self.samples,
+                "per_output": self.per_output}
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,15 +115,23 @@ def compare(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.nda
         row = {"max_abs_err": float(d.max()) if d.size else 0.0, "mean_abs_err": float(d.mean()) if d.size else 0.0,
                "cosine": _cos(a[ok], b[ok])}
         r0 = np.asarray(ref[0][k])
+        if r0.dtype.kind == "f" and a.size and bool(np.all((a[ok] >= 0) & (a[ok] <= 1))):  # probabilities
+            row["prob_max_abs_err"] = row["max_abs_err"]
+            if all(np.asarray(r[k]).size == max(1, np.asarray(r[k]).shape[0] if np.asarray(r[k]).ndim else 1)
+                   for r in ref):  # one score per sample: the decision at the threshold
+                row["threshold_agreement"] = float(((a >= DECISION_THRESHOLD) == (b >= DECISION_THRESHOLD)).mean())
         if _classifier_like(r0):
             ra = np.concatenate([np.asarray(r[k]).argmax(-1) for r in ref])
             ga = np.concatenate([np.asarray(g[k]).argmax(-1) for g in got])
             row["top1_agreement"] = float((ra == ga).mean())
         per[name] = row
     top1 = [v["top1_agreement"] for v in per.values() if "top1_agreement" in v]
+    prob = [v["prob_max_abs_err"] for v in per.values() if "prob_max_abs_err" in v]
+    agree = [v["threshold_agreement"] for v in per.values() if "threshold_agreement" in v]
     return Fidelity(
         max_abs=max(v["max_abs_err"] for v in per.values()),
         mean_abs=max(v["mean_abs_err"] for v in per.values()),
         cosine=min(v["cosine"] for v in per.values()),
         top1=min(top1) if top1 else None, finite=finite, per_output=per,
+        prob_max_abs=max(prob) if prob else None, agreement=min(agree) if agree else None, samples=len(got),
     )

@@ -96,10 +96,13 @@ def _folded(proto: Any, shapes: dict[str, list[int]]) -> Any:
     return ort_optimize(m)
 
 
-def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]], threads: int = 1) -> dict:
-    """Energy per inference (mJ) with its method: measured (RAPL) for this host where readable, else
-    the analytic estimate for `dev` (If/Loop/Scan bodies not counted, and said so)."""
-    from edgeslim.measure.energy import estimate_energy, measure_energy
+def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]], threads: int = 1,
+                  measured_ms: float | None = None) -> dict:
+    """Energy per inference (mJ) with its label (`measure.energy`): measured (RAPL) for this host where
+    readable; else the analytic estimate for `dev`, on this host with its static term on the measured
+    latency (`measured_ms`, or timed here with `runner`), and `incomplete: N ops not counted` when If/Loop/Scan
+    bodies or MAC layers of unknown shape escaped the count."""
+    from edgeslim.measure.energy import estimate_energy, measure_energy, on_measured_latency
 
     e = measure_energy(runner, threads=threads) if runner is not None else None
     if e is None:
@@ -110,11 +113,31 @@ def energy_fields(proto: Any, dev: Any, runner: Any, shapes: dict[str, list[int]
         except Exception as err:  # a graph the counter cannot follow: say so, do not guess
             return {"energy_mj": None, "energy_method": "unavailable",
                     "energy_note": f"no estimate: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"}
-        if has_control_flow(proto):
-            e.method += " (If/Loop/Scan bodies not counted)"
+        if getattr(dev, "name", None) == "host" and runner is not None:
+            e = on_measured_latency(e, dev, measured_ms or _time_ms(runner, threads))
+        n = uncounted_ops(proto, e)
+        if n:
+            e.method += f"; incomplete: {n} ops not counted"
     return {"energy_mj": round(e.mj, 6), "energy_method": e.method,
             "energy_latency_ms": None if e.latency_ms is None else round(e.latency_ms, 4),
             "macs_by_precision": e.macs_by_precision}
+
+
+def _time_ms(runner: Any, threads: int) -> float:
+    """Median latency of one inference (ms), by the one timer."""
+    from edgeslim.measure.latency import interleaved_latency
+
+    return float(interleaved_latency({"model": runner}, seconds=0.5, min_rounds=20, warmup=5,
+                                     threads=threads)["model"].p50_ms)
+
+
+def uncounted_ops(proto: Any, e: Any) -> int:
+    """Nodes the estimate could not count: those inside If/Loop/Scan bodies, and MAC layers of unknown shape."""
+    from edgeslim.measure.onnx_counts import MAC_OPS
+    from edgeslim.onnxkit.graph import graphs
+
+    body = sum(len(g.node) for g in graphs(proto.graph)) - len(proto.graph.node) if has_control_flow(proto) else 0
+    return body + sum(1 for r in e.breakdown if r["op"] in MAC_OPS and not r["macs"])
 
 
 def _unsized_macs(e: Any) -> bool:

@@ -58,7 +58,8 @@ def stage_verdict(onnx_path: Path, device: Device) -> dict:
             life = for_device(e.mj, e.latency_ms, device)
         except EdgeslimError:  # a rate the model cannot keep up with: no lifetime, said in the note
             life = None
-            out["battery_note"] = f"one inference takes {e.latency_ms:.3g} ms: too slow for 1 inference/s"
+            out["battery_note"] = (f"battery life at 1/s: not sustainable (one inference takes {e.latency_ms:.3g} ms; "
+                                   f"at most {1e3 / e.latency_ms:.3g} inferences/s, estimated)")
         if life is not None:
             out["battery"] = {"battery": life.battery, "rate": life.rate, "rest_mode": life.rest_mode,
                               "average_power_mw": round(life.average_power_mw, 6),

@@ -1,14 +1,20 @@
 """`optimize()`: the whole job behind `edgeslim optimize`.
 
-load + repair -> feeds (calibration .npz or synthetic) -> original outputs -> candidates -> fidelity ->
-interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
+load + repair -> feeds (calibration .npz or synthetic) -> one seeded split of the samples into a
+calibration part and a held-out part -> original outputs -> candidates (built and calibrated on the
+calibration part only) -> fidelity and the tolerance gate on the held-out part (samples no quantizer saw)
+-> interleaved latency (original vs every candidate that kept its outputs close) -> choose -> write.
+
+Samples (`split_samples`): every given sample is used: up to `samples` calibrate, all the others (at
+least a quarter, at most `MAX_HELD_OUT`) are held out for fidelity; the report says how many of each,
+which indices, and why any were left out.
 
 The rule (`measure.decide.choose`, "never slower by default"): every comparison is a per-round time
 ratio from the same interleaved rounds, with a confidence interval. Among candidates within tolerance,
 smaller than the original and whose median ratio to it is at most 1 + `max_slowdown`, the default
 (`prefer="balanced"`) keeps the fastest of those at least `min_shrink` (1.8x) smaller (if none is, of
 all of them); candidates tied with it on speed (interval reaching below 1 + 3%) count as equally fast
-and the smallest file of those wins. `prefer="speed"` drops the size floor, `prefer="size"` keeps the
+and the most faithful of those (max abs error within 1.25x of the smallest) wins, then the smallest file. `prefer="speed"` drops the size floor, `prefer="size"` keeps the
 smallest (files within 5% count as equal, then the fastest). If none qualifies, the original is written
 unchanged. If none even meets the tolerance, nothing is written unless `force`.
 """
@@ -95,15 +101,52 @@ def _check_device(device: str) -> None:
     load_device(device)  # raises EdgeslimError with the valid names
 
 
+MAX_HELD_OUT = 512  # held-out samples compared at most (each candidate runs on all of them)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One seeded split of the given samples (indices into them, sorted)."""
+
+    given: int
+    calibration: list[int]
+    held_out: list[int]
+    note: str  # how many of each and why, for the report
+
+    def as_dict(self) -> dict:
+        return {"given": self.given, "calibration": self.calibration, "held_out": self.held_out,
+                "calibration_count": len(self.calibration), "held_out_count": len(self.held_out), "note": self.note}
+
+
+def split_samples(n: int, samples: int, seed: int) -> Split:
+    """Split `n` samples once, with `seed`: a held-out part of at least a quarter of them (at least one)
+    for fidelity, and up to `samples` of the rest to calibrate on. Disjoint whenever n >= 2. With a single
+    sample there is nothing to hold out: calibration and fidelity share it, and the note says so."""
+    if n < 2:
+        return Split(n, list(range(n)), list(range(n)), f"only {n} sample: fidelity is measured on the sample the "
+                     "INT8 candidates calibrated on (give more samples for a held-out check)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = min(samples, n - max(1, n // 4))
+    cal, rest = sorted(int(i) for i in order[:n_cal]), sorted(int(i) for i in order[n_cal:])
+    held = rest[:MAX_HELD_OUT]
+    why = (f"{n} samples: {len(cal)} calibrate (--samples {samples}), {len(held)} held out for fidelity"
+           + (f"; {len(rest) - len(held)} not used (at most {MAX_HELD_OUT} are compared)" if len(rest) > len(held)
+              else ""))
+    return Split(n, cal, held, why)
+
+
 def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
-    """Calibration feeds from --inputs (the measurement core's inputs), or synthetic ones with the loud warning.
-    A calibration file that would not fit in memory is refused up front (`edgeslim.resources`)."""
+    """All the feeds of --inputs (the measurement core's inputs), or `samples` + a quarter synthetic ones
+    with the loud warning. A calibration file that would not fit in memory is refused up front
+    (`edgeslim.resources`)."""
     if cfg.calib is not None:
         resources.check_npz(Path(cfg.calib), "loading the calibration file",
-                            f"save only the samples you need (--samples {cfg.samples} uses the first {cfg.samples})")
+                            f"save fewer samples (--samples {cfg.samples} calibrate on {cfg.samples}, the rest "
+                            "is held out for fidelity)")
         resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
                                     Path(cfg.model).name, "lower --samples")
-    fd = make_feeds(specs, cfg.calib, cfg.shapes, n=cfg.samples, seed=cfg.seed)
+    n = 0 if cfg.calib is not None else cfg.samples + max(1, cfg.samples // 4)
+    fd = make_feeds(specs, cfg.calib, cfg.shapes, n=n, seed=cfg.seed)
     return fd.feeds, (fd.warnings if fd.source == "inputs" else [SYNTHETIC_WARNING, *fd.warnings])
 
 
@@ -158,7 +201,8 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
             cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
     """Apply the rule (module docstring). None means: write the original unchanged."""
     usable = [c for c in built if c.usable and not c.ablation]
-    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file)) for c in usable]
+    opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file),
+                   error=c.fid.max_abs if c.fid is not None else None) for c in usable]
     best = choose(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
                   min_shrink=cfg.min_shrink, max_slowdown=cfg.max_slowdown)
     for c, o in zip(usable, opts):
@@ -167,7 +211,8 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
             c.status = "rejected: " + o.why.removeprefix("lost: ")
     if best is not None:
         c = next(c for c in usable if c.name == best.name)
-        return c, f"{c.name}: {best.why.removeprefix('won: ')}"
+        fid = f"; on {c.fid.samples} held-out samples: {cfg.tol.show(c.fid)}" if c.fid is not None else ""
+        return c, f"{c.name}: {best.why.removeprefix('won: ')}{fid}"
     if usable:
         return None, ("no candidate within tolerance is both smaller and not slower than the original: "
                       "the original is written unchanged")
@@ -219,10 +264,16 @@ def optimize(cfg: OptimizeConfig) -> dict:
     with about(src):  # what ONNX / ONNX Runtime refuse in the original: one line naming it
         loaded = load_and_repair(src)
         specs = input_specs(loaded.model)
-        feeds, warnings = _feeds(cfg, specs)
+        all_feeds, warnings = _feeds(cfg, specs)
+        split = split_samples(len(all_feeds), cfg.samples, cfg.seed)
+        feeds = [all_feeds[i] for i in split.calibration]
+        held = [all_feeds[i] for i in split.held_out]
         orig_sess = session(src, threads=cfg.threads)
         out_names = [o.name for o in orig_sess.get_outputs()]
         ref = run_all(orig_sess, feeds)
+        held_ref = run_all(orig_sess, held)
+        if len(all_feeds) < 2:
+            warnings.append(split.note)
     orig_size = file_bytes(src)
     with cands.workdir() as td:
         wd = Path(td)
@@ -230,7 +281,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
         dev_clock = _device_clock(cfg, feeds[0])  # speed decisions for another device: its cost model
         ctx = cands.Context(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp,
-                            int8=_int8_options(cfg), clock=dev_clock)
+                            int8=_int8_options(cfg), clock=dev_clock, check_feeds=held, check_ref=held_ref)
         names = list(cfg.candidates) + [a for a in cands.ABLATION if cfg.ablation and a not in cfg.candidates]
         built = [cands.evaluate(n, ctx, cfg.threads) for n in names]
         # a fresh session for the original too, so that every model is timed from the same memory state
@@ -263,7 +314,8 @@ def optimize(cfg: OptimizeConfig) -> dict:
     return {
         "model": str(src), "output": str(cfg.out), "chosen": name, "reason": reason,
         "opset": {"source": loaded.source_opset, "used": loaded.opset},
-        "inputs": {s.name: s.show() for s in specs}, "feeds": len(feeds),
+        "inputs": {s.name: s.show() for s in specs}, "feeds": len(all_feeds),
+        "samples": {**split.as_dict(), "fidelity_on": "held_out"},
         "data": "calibration" if cfg.calib is not None else "synthetic",
         "tolerance": vars(cfg.tol), "device": cfg.device, "threads": cfg.threads,
         "notes": loaded.notes, "warnings": warnings,

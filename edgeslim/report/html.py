@@ -16,26 +16,32 @@ FRONT_PLOTS = (("energy", "energy_mj", "energy per inference (mJ, estimated)"),
                ("size", "flash_bytes", "model file (KB, measured)"))
 
 
-def _row(name: str, m: dict, fits: str) -> list[str]:
+def _row(name: str, m: dict, fits: str, val: dict | None = None) -> list[str]:
     ort = m.get("ort_latency_ms_p50")
-    return [name, f"{100 * m['accuracy']:.2f}%", human_bytes(m["flash_bytes"]), human_bytes(m["arena_bytes"]),
+    va = "-" if not val or val.get("accuracy") is None else f"{100 * val['accuracy']:.2f}%"
+    return [name, va, f"{100 * m['accuracy']:.2f}%", human_bytes(m["flash_bytes"]), human_bytes(m["arena_bytes"]),
             f"{m['latency_ms']:.3g} ms", "-" if ort is None else f"{ort:.3f} ms", f"{m['energy_mj']:.3g} mJ",
             f"{m['macs']:,}", fits]
 
 
-HEAD = ["model", "accuracy (test)", "flash (file)", "arena", "device latency (est.)", "ORT p50 (host, measured)",
+HEAD = ["model", "accuracy (val: picks)", "accuracy (test: reported)", "flash (file)", "arena", "device latency (est.)", "ORT p50 (host, measured)",
         "energy (est.)", "MACs", "fits budget"]
 
 
 def _chosen(summary: dict) -> dict | None:
     feas = [f for f in summary["front"] if f["feasible"]]
     pool = feas or summary["front"]
-    return max(pool, key=lambda f: f["metrics"]["accuracy"]) if pool else None
+    # picked on validation (older search.json files have only the test figures)
+    return max(pool, key=lambda f: f.get("val_metrics", f["metrics"])["accuracy"]) if pool else None
 
 
 def figures(summary: dict) -> dict[str, bytes]:
     figs = {}
+    method = next((f["metrics"].get("energy_method") for f in summary["front"] if f["metrics"].get("energy_method")),
+                  summary["baseline"]["test"].get("energy_method"))
     for name, key, label in FRONT_PLOTS:
+        if key == "energy_mj" and method:  # the estimate's label on the axis
+            label = f"energy per inference (mJ, {method})"
         figs[f"front_{name}"] = plots.front_plot(summary, key, label, 1 / 1024 if key == "flash_bytes" else 1.0)
     chosen = _chosen(summary)
     if chosen is not None:
@@ -61,11 +67,12 @@ def _budget_lines(summary: dict) -> list[str]:
 
 
 def _table_rows(summary: dict) -> list[tuple[list[str], str | None]]:
-    rows: list[tuple[list[str], str | None]] = [(_row("baseline", summary["baseline"]["test"], "-"), None)]
+    rows: list[tuple[list[str], str | None]] = [(_row("baseline", summary["baseline"]["test"], "-",
+                                                                summary["baseline"].get("val")), None)]
     for f in summary["front"]:
         bad = ", ".join(k for k, v in f["violations"].items() if v > 0)
-        rows.append((_row(f"trial {f['trial']}", f["metrics"], "yes" if f["feasible"] else f"no ({bad})"),
-                     f["recipe"]))
+        rows.append((_row(f"trial {f['trial']}", f["metrics"], "yes" if f["feasible"] else f"no ({bad})",
+                          f.get("val_metrics")), f["recipe"]))
     return rows
 
 
@@ -80,7 +87,8 @@ def write_search_report(out: Path, summary: dict) -> None:
              f"{cfg['trials']} trials: {c['COMPLETE']} proxy-trained, {c['PRUNED']} rejected before training, "
              f"{c['FAIL']} failed; {summary['feasible_trials']} feasible. Proxy: {cfg['proxy_epochs']} fine-tuning "
              f"epochs, accuracy on the validation split. The front was then fine-tuned fully and measured on the "
-             f"test split. Accuracy, file size and arena (planner) are measured; device latency "
+             f"validation split (which decides `fits budget` and the best recipes) and the test split (reported "
+             f"only, never used for a pick). Accuracy, file size and arena (planner) are measured; device latency "
              f"(MACs / profile MAC rate) and energy ({energy_method}) are estimated.")
     best = ", ".join(f"{o}: `{b['file']}` (trial {b['trial']})" for o, b in summary["best"].items()) or \
         "none: no front member met the budget after full fine-tuning"

@@ -21,8 +21,10 @@ def _ops(ops: dict[str, int], top: int = 8) -> str:
 
 
 def print_candidates(res: dict, console: Console) -> None:
-    t = Table(title=f"candidates ({res['feeds']} {res['data']} feeds; latency measured now, interleaved, "
-                    f"{res['threads']} thread(s))")
+    sp = res.get("samples")
+    feeds = (f"{res['data']} samples: {sp['calibration_count']} calibrate, fidelity on {sp['held_out_count']} held out"
+             if sp else f"{res['feeds']} {res['data']} feeds")
+    t = Table(title=f"candidates ({feeds}; latency measured now, interleaved, {res['threads']} thread(s))")
     for c in ("candidate", "KiB", "p50 ms", "p90 ms", "max err", "cosine", "top-1", "status"):
         t.add_column(c, no_wrap=c in ("candidate", "status"))
     o = res["original"]
@@ -35,6 +37,8 @@ def print_candidates(res: dict, console: Console) -> None:
                   _f(c.get("top1_agreement"), ".3f"), c["status"].split(":")[0],
                   style="bold green" if c["status"] == "chosen" else None)
     console.print(t)
+    if sp:
+        console.print(f"  samples: {sp['note']}", highlight=False)
     for c in res["candidates"]:
         why = c["status"].partition(": ")[2] or c.get("why", "")
         err = f"mean abs err {c['mean_abs_err']:.2g}" if c.get("mean_abs_err") is not None else ""

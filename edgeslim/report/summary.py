@@ -37,7 +37,21 @@ def summary_tables(stages: list[dict], title: str) -> list[Table]:
         battery = any(r[-1] != "-" for r in vrows)
         if not battery:  # no battery in the profile (a mains-powered board): no column
             cols, vrows = cols[:-1], [r[:-1] for r in vrows]
-        v = Table(title=f"{dev} verdict (estimated from the {'calibrated ' if dev == 'cortex-m4' else ''}profile)",
+        from edgeslim.devices import load_device
+
+        try:
+            calibrated = load_device(dev).calibration is not None  # the profile's own record, not its name
+        except Exception:  # a user profile that is gone: say nothing about it
+            calibrated = False
+        prec = sorted({m.split("uncalibrated precision: ")[1].split(")")[0] for s in stages
+                       for m in [str((s.get("device_verdict") or {}).get("energy_method", ""))]
+                       if "uncalibrated precision: " in m})
+        what = "calibrated" if calibrated else "uncalibrated"
+        if prec:
+            what += f" profile; {', '.join(prec)} MACs at an uncalibrated precision"
+        else:
+            what += " profile"
+        v = Table(title=f"{dev} verdict (estimated from the {what})",
                   caption="fits: weights + runtime in flash, arena + runtime in RAM"
                   + ("; battery life at 1 inference/s on the profile's battery, sleeping in between" if battery else ""))
         for i, h in enumerate(cols):

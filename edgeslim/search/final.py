@@ -1,6 +1,8 @@
 """The truth after the proxies: re-run the front's recipes with full fine-tuning, measure them on the
-test split, pick the best feasible recipe per objective, and write search.json and the report. Also
-`run_search`, the whole job behind `edgeslim search` (study, trials, then this)."""
+validation and the test split, pick the best feasible recipe per objective **on validation** (feasibility
+and objective values from the validation figures), report the test figures, and write search.json and the
+report. The test split is read only to report. Also `run_search`, the whole job behind `edgeslim search`
+(study, trials, then this)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import optuna
 
 from edgeslim import interrupt
 from edgeslim.fsutil import write_json, write_text
+from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.search.constraints import measured_violations
 from edgeslim.search.objectives import OBJECTIVES, mac_layers, measure_candidate, objective_value
 from edgeslim.search.pareto import front_indices, hypervolume, reference_point
@@ -65,6 +68,31 @@ def layer_details(run_dir: Path, base_model: Path, onnx_path: Path, stages: list
     return rows
 
 
+def final_entry(r: dict, objectives: list[str], val: dict, test: dict, val_viol: dict[str, float],
+                test_viol: dict[str, float]) -> dict:
+    """One row of search.json's `front`: `metrics` are the test figures (reported), `val_metrics` the
+    validation figures; `feasible` and `values` (what `pick_best` reads) come from validation,
+    `test_values` / `test_violations` / `feasible_on_test` are reported only."""
+    return {"trial": r["number"], "slot": r["slot"], "recipe": r["recipe"], "metrics": test, "val_metrics": val,
+            "proxy_metrics": r["metrics"], "violations": val_viol, "feasible": all(v <= 0 for v in val_viol.values()),
+            "picked_on": "val", "values": [objective_value(OBJECTIVES[o], val) for o in objectives],
+            "test_values": [objective_value(OBJECTIVES[o], test) for o in objectives],
+            "test_violations": test_viol, "feasible_on_test": all(v <= 0 for v in test_viol.values())}
+
+
+def pick_best(finals: list[dict], objectives: list[str]) -> dict[str, dict]:
+    """The best feasible entry per objective, from the **validation** figures only (`feasible`, `values`;
+    ties: higher validation accuracy, the first objective's value). Test figures are never read here."""
+    feas = [f for f in finals if f["feasible"]]
+    best: dict[str, dict] = {}
+    for i, o in enumerate(objectives):
+        if not feas:
+            break
+        sign = -1 if OBJECTIVES[o].direction == "maximize" else 1
+        best[o] = min(feas, key=lambda f: (sign * f["values"][i], -f["values"][0]))
+    return best
+
+
 def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
     """Run the front fully, choose, write search.json + best_<objective>.yaml + the reports."""
     from edgeslim.pipeline import run_recipe
@@ -85,28 +113,27 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
         # measured by the pipeline: ONNX Runtime p50 on this host, 1 thread, batch 1 (baseline: stage 0)
         m["ort_latency_ms_p50"] = res["stages"][-1].get("latency_ms_p50")
         ctx.base_test.setdefault("ort_latency_ms_p50", res["stages"][0].get("latency_ms_p50"))
-        viol = measured_violations(m, ctx.base_test["accuracy"], ctx.budget)
-        finals.append({"trial": r["number"], "slot": r["slot"], "recipe": r["recipe"], "metrics": m,
-                       "proxy_metrics": r["metrics"], "violations": viol,
-                       "feasible": all(v <= 0 for v in viol.values()),
-                       "values": [objective_value(OBJECTIVES[o], m) for o in ctx.cfg.objectives],
-                       "run_dir": str(run_dir.relative_to(ctx.out)),
-                       "layers": layer_details(run_dir, Path(ctx.cfg.model), onnx_path, res["stages"])})
-        print(f"final slot {r['slot']}: test accuracy {100 * m['accuracy']:.2f}%  flash {m['flash_bytes']} B  "
-              f"arena {m['arena_bytes']} B  energy {m['energy_mj']:.4g} mJ  "
-              f"({'fits' if finals[-1]['feasible'] else 'breaks the budget'})", flush=True)
+        mv = {**m, "accuracy": round(onnx_accuracy(onnx_path, ctx.task.x_val, ctx.task.y_val), 6),
+              "accuracy_split": "val"}  # the other figures do not depend on the split
+        finals.append(final_entry(r, ctx.cfg.objectives, mv, m, measured_violations(mv, ctx.base_val["accuracy"],
+                                                                                      ctx.budget),
+                                  measured_violations(m, ctx.base_test["accuracy"], ctx.budget)))
+        finals[-1].update(run_dir=str(run_dir.relative_to(ctx.out)),
+                          layers=layer_details(run_dir, Path(ctx.cfg.model), onnx_path, res["stages"]))
+        print(f"final slot {r['slot']}: val accuracy {100 * mv['accuracy']:.2f}% (picks), test accuracy "
+              f"{100 * m['accuracy']:.2f}% (reported)  flash {m['flash_bytes']} B  arena {m['arena_bytes']} B  "
+              f"energy {m['energy_mj']:.4g} mJ ({m['energy_method']})  "
+              f"({'fits' if finals[-1]['feasible'] else 'breaks the budget'} on validation)", flush=True)
     best = {}
-    feas = [f for f in finals if f["feasible"]]
-    for i, o in enumerate(ctx.cfg.objectives):
-        if not feas:
-            break
-        sign = -1 if OBJECTIVES[o].direction == "maximize" else 1
-        pick = min(feas, key=lambda f: (sign * f["values"][i], -f["values"][0]))
+    for o, pick in pick_best(finals, ctx.cfg.objectives).items():
         path = ctx.out / f"best_{o}.yaml"
-        write_text(path, f"# best feasible {o} found by edgeslim search (trial {pick['trial']}); reproduce with\n"
+        write_text(path, f"# best feasible {o} on the validation split found by edgeslim search (trial "
+                         f"{pick['trial']}); reproduce with\n"
                          f"# edgeslim run {path.name} --model {ctx.cfg.model} --task {ctx.cfg.task} --out RUN\n"
                          + pick["recipe"])
-        best[o] = {"trial": pick["trial"], "file": path.name}
+        i = ctx.cfg.objectives.index(o)
+        best[o] = {"trial": pick["trial"], "file": path.name, "picked_on": "val", "val": pick["values"][i],
+                   "test": pick["test_values"][i]}
     dirs = [OBJECTIVES[o].direction for o in ctx.cfg.objectives]
     base_vals = [objective_value(OBJECTIVES[o], ctx.base_val) for o in ctx.cfg.objectives]
     ref = reference_point(dirs, base_vals)

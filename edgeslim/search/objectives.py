@@ -80,7 +80,7 @@ def measure_candidate(onnx_path: Path, task: Task, device: Any, split: Literal["
         "macs": int(sum(r["macs"] for r in layers)),
         "macs_int8": int(sum(r["macs"] for r in layers if r["precision"] == "int8")),
         "energy_mj": e.mj, "energy_method": e.method,
-        "latency_ms": e.latency_ms, "latency_method": f"estimated:analytic@{device.name}",
+        "latency_ms": e.latency_ms, "latency_method": e.method,
         "energy_layers": [{"layer": r["name"], "op": r["op"], "precision": r["precision"], "macs": r["macs"],
                            "compute_mj": r["compute_uj"] * 1e-3, "memory_mj": r["memory_uj"] * 1e-3,
                            "static_mj": r.get("static_uj", 0.0) * 1e-3} for r in e.breakdown],
