@@ -289,16 +289,19 @@ def optimize(
 
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
            calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
-           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None) -> dict:
+           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None,
+           min_arena: bool = False, max_recompute: float = 0.2) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
     Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
     (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
-    and energy there (`fit`). Returns the summary."""
+    and energy there (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos
+    recomputing at most `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
 
     res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
-                       inputs=inputs, shapes=shapes)
+                       inputs=inputs, shapes=shapes, min_arena=min_arena, max_recompute=max_recompute,
+                       device=device)
     if device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
         res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)

@@ -19,9 +19,12 @@ MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 
 def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
-                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None) -> dict:
+                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None,
+                  min_arena: bool = False, max_recompute: float = 0.2, device: str | None = None) -> dict:
     """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena. INT8
-    calibrates on `calib` (default: `calibration_samples` of the task's training inputs)."""
+    calibrates on `calib` (default: `calibration_samples` of the task's training inputs). `min_arena`
+    (INT8): rewrite the file for a smaller TFLite Micro arena (`edgeslim.litert.min_arena`; the report is
+    `min_arena`, the plain file stays beside it), proven on the task's test inputs (else `check`)."""
     from edgeslim.litert import available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
@@ -30,7 +33,19 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
         calib = None
     elif calib is None and task is not None:
         calib = task.calibration(calibration_samples, seed)
+    if min_arena and not int8:
+        from edgeslim.errors import EdgeslimError
+
+        raise EdgeslimError("--min-arena rewrites full-integer INT8 files for TFLite Micro; add --int8")
     summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel)
+    if min_arena:
+        from edgeslim.litert import require
+        from edgeslim.litert.min_arena import apply_to_file
+
+        require("micro")
+        proof_x, proof_y = (task.x_test, task.y_test) if task is not None else (check, None)
+        summary["min_arena"] = apply_to_file(out, x=proof_x, y=proof_y, max_recompute=max_recompute, device=device)
+        summary["size_bytes"] = out.stat().st_size
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
