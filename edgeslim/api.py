@@ -203,6 +203,12 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     if m.arena.get("arena_note") and arena_bytes is None:
         out["arena_note"] = m.arena["arena_note"]
     row = {**out, **({"arena_beside": beside} if beside else {})}
+    if arena_bytes is None and not fit.fits_ram:  # would `export --min-arena` make it fit? (TFLite Micro's arena)
+        from edgeslim.litert.min_arena import fit_after_min_arena
+
+        after = fit_after_min_arena(Path(model), row)
+        if after is not None:
+            row["min_arena"] = after
     return life.annotate_rows([row], device)[0]
 
 

@@ -188,3 +188,29 @@ def test_export_min_arena_cli_proves_in_tflite_micro(resnet8_folder, tmp_path):
     r = _cli("export", str(folder), "--format", "tflite", "--min-arena", "--max-recompute", "lots",
              "-o", str(tmp_path / "y.tflite"))
     assert r.returncode == 1 and "--max-recompute" in r.stderr and not (tmp_path / "y.tflite").exists()
+
+
+def test_fit_says_a_model_missing_64kb_fits_after_min_arena(tmp_path):
+    import yaml
+
+    from edgeslim.litert.micro import tflm_arena
+    from edgeslim.models.zoo import ZOO
+
+    path = tmp_path / "r8.tflite"
+    data = _int8(ZOO["resnet8"].build((3, 32, 32), 10), (3, 32, 32), path)
+    runtime = 65536 - tflm_arena(data).total_bytes + 2048  # plain misses 64 KB by 2 KB
+    dev = tmp_path / "m4-64k.yaml"
+    dev.write_text(yaml.safe_dump({
+        "name": "m4-64k", "kind": "mcu", "clock_mhz": 80, "flash_bytes": 1 << 20, "sram_bytes": 65536,
+        "runtime_flash_bytes": 60_000, "runtime_ram_bytes": runtime, "peak_macs_per_cycle": {"int8": 2.0, "fp32": 0.5},
+        "active_power_mw": 30}))
+    r = _cli("fit", str(path), "--device", str(dev), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["fits_ram"] is False and res["ram_bytes"] == 65536 + 2048
+    m = res["min_arena"]
+    assert m["fits_ram"] and m["ram_bytes"] == m["arena_bytes"] + runtime <= 65536
+    assert m["saves_bytes"] == m["arena_bytes_plain"] - m["arena_bytes"] > 2048 and m["recompute_fraction"] <= 0.2
+    assert m["arena_bytes_plain"] == res["arena_bytes"] and m["arena_source"].startswith("recorded:tflite-micro")
+    r = _cli("fit", str(path), "--device", str(dev))
+    assert r.returncode == 0 and "with --min-arena" in r.stdout and "fits" in r.stdout.split("with --min-arena")[1]

@@ -70,6 +70,17 @@ def measure(
                 for line in battery_lines(row["battery"]):
                     console.print(f"  {line}", highlight=False)
 
+def _min_arena_line(m: dict, available: int) -> None:
+    """What `export --min-arena` would change to a model that misses its RAM budget."""
+    verdict = "[green]fits[/green]" if m["fits_ram"] else "[red]still does not fit[/red]"
+    console.print(f"  with --min-arena: RAM {human_bytes(m['ram_bytes'])} of {human_bytes(available)} {verdict} (arena "
+                  f"{human_bytes(m['arena_bytes_plain'])} -> {human_bytes(m['arena_bytes'])}, "
+                  f"{human_bytes(m['saves_bytes'])} less, {100 * m['recompute_fraction']:.1f}% MACs recomputed; "
+                  f"{m['arena_source']})", highlight=False)
+    if m.get("command") and m["fits_ram"]:
+        console.print(f"    {m['command']}", highlight=False)
+
+
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
 
@@ -113,6 +124,8 @@ def fit(
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r["reasons"]:
         console.print(f"  [red]-[/red] {line}")
+    if r.get("min_arena"):
+        _min_arena_line(r["min_arena"], r["ram_available"])
     if r.get("arena_note"):
         console.print(f"  [yellow]note[/yellow] arena: {r['arena_note']}", highlight=False)
     for w in r.get("warnings", []):

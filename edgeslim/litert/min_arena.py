@@ -182,3 +182,49 @@ def latency_estimate(report: dict, device: str = "cortex-m4") -> dict:
 
 
 __all__ = ["apply_to_file", "minimise", "prove", "reorder", "skyline_plot", "latency_estimate", "MAX_RECOMPUTE"]
+
+
+def fit_after_min_arena(model: Path, fit: dict, max_recompute: float = MAX_RECOMPUTE) -> dict | None:
+    """For a model that misses its RAM budget: TFLite Micro's recorded arena of the `--min-arena` rewrite and the
+    RAM verdict with it. A `.tflite` is rewritten as it is; a model folder is converted to INT8 first with
+    random calibration inputs (the arena depends on shapes and operators, not on the values). None when the
+    model fits already, is an ONNX file, or cannot be converted."""
+    import tempfile
+
+    from edgeslim.errors import EdgeslimError
+    from edgeslim.litert import available
+    from edgeslim.litert.micro import tflm_arena
+
+    model = Path(model)
+    if fit.get("fits_ram") is not False or not available("micro", "run"):
+        return None
+    runtime = int(fit["ram_bytes"]) - int(fit["arena_bytes"])
+    try:
+        if model.suffix == ".tflite":
+            data, how = model.read_bytes(), "the rewritten file"
+        elif model.is_dir() and available("convert"):
+            from edgeslim import models
+            from edgeslim.litert.convert import to_tflite
+
+            net, spec = models.load_model(model)
+            shape = tuple(spec.get("input_shape") or ())
+            if not shape:
+                return None
+            calib = np.random.default_rng(0).normal(size=(8, *shape)).astype(np.float32)
+            with tempfile.TemporaryDirectory() as tmp:
+                to_tflite(net, shape, Path(tmp) / "m.tflite", int8=True, calib=calib)
+                data = (Path(tmp) / "m.tflite").read_bytes()
+            how = "an INT8 conversion of the model (random calibration: same shapes and operators)"
+        else:
+            return None
+        new, rep = minimise(data, max_recompute)
+        plain, small = tflm_arena(data), tflm_arena(new)
+    except EdgeslimError:
+        return None
+    ram = small.total_bytes + runtime
+    return {"arena_bytes_plain": plain.total_bytes, "arena_bytes": small.total_bytes, "ram_bytes": ram,
+            "fits_ram": ram <= int(fit["ram_available"]), "saves_bytes": plain.total_bytes - small.total_bytes,
+            "recompute_fraction": rep["recompute_fraction"], "patch_grid": rep["patch_grid"],
+            "arena_source": f"recorded:tflite-micro on {how}",
+            "command": f"edgeslim export {model} --format tflite --int8 --min-arena -o OUT.tflite"
+            if model.is_dir() else None}
