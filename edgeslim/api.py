@@ -173,6 +173,10 @@ def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, ru
     rows = [m.as_dict() for m in measure_models(
         list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
         batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    for p, row in zip(paths, rows):  # an Ethos-U profile: Vela's own estimate beside ours
+        vela = _vela(Path(p), device)
+        if vela is not None:
+            row["vela"] = vela
     return life.annotate_rows(rows, device)
 
 
@@ -209,7 +213,28 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
         after = fit_after_min_arena(Path(model), row)
         if after is not None:
             row["min_arena"] = after
+    vela = _vela(model, device)
+    if vela is not None:
+        row["vela"] = vela
     return life.annotate_rows([row], device)[0]
+
+
+def _vela(model: Path, device: str | None) -> dict | None:
+    """Vela's estimate (SRAM, flash, cycles, time, CPU fallbacks) when `device` names an Ethos-U configuration."""
+    from edgeslim.devices import load_device
+
+    if device is None:
+        return None
+    dev = load_device(device)
+    if not dev.vela:
+        return None
+    from edgeslim.litert.vela import vela_for_fit
+
+    v = vela_for_fit(Path(model), dev.vela)
+    if "sram_bytes" in v:
+        v["fits_sram"] = v["sram_bytes"] + dev.runtime_ram_bytes <= dev.sram_bytes
+        v["fits_flash"] = v["flash_bytes"] + dev.runtime_flash_bytes <= dev.flash_bytes
+    return v
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
