@@ -28,7 +28,15 @@ def load(data: bytes):
     """The flatbuffer as the schema's object API (`ModelT`)."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
-    return fu.read_model_from_bytearray(bytearray(data))
+    from edgeslim.errors import EdgeslimError
+
+    try:
+        m = fu.read_model_from_bytearray(bytearray(data))
+    except Exception as e:  # noqa: BLE001 - the flatbuffer reader raises whatever the bytes provoke
+        raise EdgeslimError(f"not a readable .tflite flatbuffer ({type(e).__name__})") from None
+    if not m.subgraphs or m.buffers is None:
+        raise EdgeslimError("not a readable .tflite flatbuffer (no subgraph or buffers)")
+    return m
 
 
 def dump(model) -> bytes:
