@@ -214,3 +214,20 @@ def test_fit_says_a_model_missing_64kb_fits_after_min_arena(tmp_path):
     assert m["arena_bytes_plain"] == res["arena_bytes"] and m["arena_source"].startswith("recorded:tflite-micro")
     r = _cli("fit", str(path), "--device", str(dev))
     assert r.returncode == 0 and "with --min-arena" in r.stdout and "fits" in r.stdout.split("with --min-arena")[1]
+
+
+def test_offline_plan_in_place_add_is_what_tflite_micro_uses(tmp_path):
+    from edgeslim.litert import offline
+    from edgeslim.litert import tfgraph as tg
+
+    data = _int8(SmallCNN(), (3, 24, 24), tmp_path / "s.tflite")
+    model = tg.load(data)
+    alias = offline._aliases(model)
+    assert len(alias) == 1  # the residual ADD writes over the block's dying output
+    new, head, wrote = offline.apply(model)
+    assert wrote and head < tg.plan(model).head_bytes
+    b = tg.dump(new)
+    ref, _ = _outputs(data)
+    got, mm = _outputs(b)
+    assert all(np.array_equal(x, y) for x, y in zip(ref, got))
+    assert mm.arena().head_bytes == head  # TFLite Micro placed the tensors where the metadata says
