@@ -67,6 +67,11 @@ def _place(bufs: list[Buffer], key) -> int:
     return max((b.offset + b.size for b in bufs), default=0)
 
 
+def _noisy(noise: dict[str, float]) -> Callable[[Buffer], tuple]:
+    """Largest first with each size scaled by a random factor in [0.5, 1.5]."""
+    return lambda b: (-b.size * noise[b.name], b.first)
+
+
 def plan_offline(model) -> tuple[int, dict[int, int]]:
     """(head bytes, tensor index -> arena offset) of edgeslim's own plan for the file's operator order."""
     sg = model.subgraphs[0]
@@ -78,12 +83,12 @@ def plan_offline(model) -> tuple[int, dict[int, int]]:
             r = alias[r]
         root[t] = r
     size = {r: max(size[t] for t in root if root[t] == r) for r in set(root.values())}
-    keys: list[Callable[[Buffer], tuple]] = [lambda b: (-b.size, -int(b.name)), lambda b: (-(b.last - b.first), -b.size),
-            lambda b: (b.first, -b.size), lambda b: (-b.size * (b.last - b.first + 1), b.first)]
+    keys: list[Callable[[Buffer], tuple]] = [
+        lambda b: (-b.size, -int(b.name)), lambda b: (-(b.last - b.first), -b.size),
+        lambda b: (b.first, -b.size), lambda b: (-b.size * (b.last - b.first + 1), b.first)]
     rng = np.random.default_rng(0)
     for _ in range(RESTARTS):
-        noise = {r: float(rng.uniform(0.5, 1.5)) for r in size}
-        keys.append(lambda b, noise=noise: (-b.size * noise[b.name], b.first))
+        keys.append(_noisy({r: float(rng.uniform(0.5, 1.5)) for r in size}))
     best: tuple[int, list[Buffer]] | None = None
     for key in keys:
         bufs = lifetimes(nodes, list(range(len(nodes))), root, size, ins, outs, TFLM_ALIGN)
