@@ -35,12 +35,12 @@ def generated_task(name: str, shape: tuple[int, ...], classes: int, n: int = 320
     rng = np.random.default_rng(seed)
     patterns = rng.normal(0, 1, (classes, *shape)).astype(np.float32)
     y = rng.integers(0, classes, n)
-    x = (rng.normal(0, 1, (n, *shape)) + 0.8 * patterns[y]).astype(np.float32)
+    x = (rng.normal(0, 1, (n, *shape)) + 1.5 * patterns[y]).astype(np.float32)
     cut = n * 3 // 4
     return make_task(f"gen-{name}", x[:cut], y[:cut], x[cut:], y[cut:], seed=seed)
 
 
-def train(net: torch.nn.Module, task, epochs: int = 2, seed: int = 0) -> torch.nn.Module:
+def train(net: torch.nn.Module, task, epochs: int = 4, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     x, y = torch.from_numpy(task.x_train), torch.from_numpy(task.y_train).long()

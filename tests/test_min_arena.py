@@ -231,3 +231,19 @@ def test_offline_plan_in_place_add_is_what_tflite_micro_uses(tmp_path):
     got, mm = _outputs(b)
     assert all(np.array_equal(x, y) for x, y in zip(ref, got))
     assert mm.arena().head_bytes == head  # TFLite Micro placed the tensors where the metadata says
+
+
+def test_tflite_stage_min_arena_option_in_a_recipe(resnet8_folder, tmp_path):
+    from edgeslim.data import load_task
+    from edgeslim.pipeline import run_recipe
+    from edgeslim.recipe import parse_recipe
+
+    folder, npz = resnet8_folder
+    recipe = "version: 1\npasses:\n  - tflite: {int8: true, calibration_samples: 32, min_arena: true}\n"
+    run_recipe(parse_recipe(recipe), folder, load_task(str(npz)), tmp_path / "run", quiet=True)
+    st = json.loads((tmp_path / "run" / "results.json").read_text())["stages"][-1]
+    m = st["notes"]["min_arena"] if "notes" in st and "min_arena" in st["notes"] else st["min_arena"]
+    stage_dir = (tmp_path / "run" / st["tflite"]).parent
+    assert (stage_dir / m["plain_path"]).is_file() and (stage_dir / m["skyline_png"]).is_file()
+    assert st["tflm_arena_bytes"] == m["tflm_arena"]["total_bytes"] < m["tflm_arena_plain"]["total_bytes"]
+    assert m["outputs_identical"]
