@@ -247,3 +247,21 @@ def test_tflite_stage_min_arena_option_in_a_recipe(resnet8_folder, tmp_path):
     assert (stage_dir / m["plain_path"]).is_file() and (stage_dir / m["skyline_png"]).is_file()
     assert st["tflm_arena_bytes"] == m["tflm_arena"]["total_bytes"] < m["tflm_arena_plain"]["total_bytes"]
     assert m["outputs_identical"]
+
+
+def test_offline_plan_reshape_shares_its_input(tmp_path):
+    from edgeslim.litert import offline
+    from edgeslim.litert import tfgraph as tg
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(16 * 8 * 8, 5))
+    data = _int8(net, (3, 8, 8), tmp_path / "f.tflite")
+    model = tg.load(data)
+    sg = model.subgraphs[0]
+    shared = {tg.op_name(model, op) for op in sg.operators if str(op.outputs[0]) in offline._aliases(model)}
+    assert "RESHAPE" in shared or "TRANSPOSE" in {tg.op_name(model, op) for op in sg.operators}
+    new, head, wrote = offline.apply(model)
+    ref, _ = _outputs(data)
+    got, mm = _outputs(tg.dump(new))
+    assert all(np.array_equal(x, y) for x, y in zip(ref, got))
+    assert mm.arena().head_bytes == head <= tg.plan(model).head_bytes

@@ -2,9 +2,11 @@
 
 TFLite Micro's greedy planner places buffers largest first, which can leave gaps; and it never lets two
 tensors share memory. Here edgeslim plans the head itself:
-- in place: the output of an elementwise ADD of two equal shapes shares the buffer of an input whose last
-  reader is that ADD (element i is read before it is written, in TFLite Micro's reference kernel and
-  CMSIS-NN's alike); graph inputs and outputs are never shared;
+- in place: the output of an elementwise operator (ADD/SUB/MUL of equal shapes, unary activations,
+  requantisation) shares the buffer of an input of the same size whose last reader it is (element i is
+  read before it is written, in TFLite Micro's reference kernels and CMSIS-NN's alike), and a RESHAPE /
+  SQUEEZE / EXPAND_DIMS output shares its dying input's buffer (TFLite Micro skips the copy when both
+  are the same memory); graph inputs and outputs are never shared;
 - placement: several orders of first fit (by size, by lifetime, by start, by size x lifetime, and
   `RESTARTS` seeded random perturbations of the size order) are tried and the lowest head kept.
 The plan is written only when its head is below what TFLite Micro's own planner would give. The metadata
@@ -23,6 +25,8 @@ from edgeslim.litert import tfgraph as tg
 from edgeslim.measure.arena import TFLM_ALIGN, Buffer, lifetimes
 
 METADATA = "OfflineMemoryAllocation"
+IN_PLACE = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "LOGISTIC", "TANH", "HARD_SWISH",
+            "QUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 RESTARTS = 200  # random perturbations of the largest-first order tried (seeded: the plan is reproducible)
 
 
@@ -42,11 +46,15 @@ def _aliases(model) -> dict[str, str]:
         return t
 
     for i, op in enumerate(sg.operators):
-        if tg.op_name(model, op) != "ADD" or len(op.outputs) != 1:
+        if tg.op_name(model, op) not in IN_PLACE or len(op.outputs) != 1:
             continue
         out = int(op.outputs[0])
         size = tg.tensor_bytes(sg.tensors[out])
-        for t in tg.activations(model, sg, op.inputs):
+        acts = tg.activations(model, sg, op.inputs)
+        if tg.op_name(model, op) in ("ADD", "SUB", "MUL") and len({tuple(sg.tensors[t].shape) for t in acts}
+                                                                     | {tuple(sg.tensors[out].shape)}) != 1:
+            continue  # broadcasting: element i of the output is not element i of each input
+        for t in acts[:1] if tg.op_name(model, op) in ("RESHAPE", "SQUEEZE", "EXPAND_DIMS") else acts:
             if (last.get(t) == i and t not in io and out not in io and list(op.inputs).count(t) == 1
                     and tg.tensor_bytes(sg.tensors[t]) == size):
                 root[str(out)] = find(str(t))
