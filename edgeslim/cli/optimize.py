@@ -181,6 +181,9 @@ def _min_arena_lines(m: dict) -> None:
         how.append(f"first {m['patch_stage_ops']} operators per patch ({m['patch_grid'][0]}x{m['patch_grid'][1]})")
     if m.get("reorder_method"):
         how.append(f"operators reordered ({m['reorder_method']})")
+    if m.get("offline_plan"):
+        how.append(f"offline memory plan in the metadata (head {m['greedy_head_bytes']} -> {m['planned_head_bytes']} B "
+                   "vs TFLite Micro's own planner)")
     console.print(f"  --min-arena: {', '.join(how) or 'no rewrite lowers the arena of this model; file unchanged'}",
                   highlight=False)
     console.print(f"  TFLite Micro recorded arena: plain {human_bytes(a0['total_bytes'])} (head {a0['head_bytes']} B) -> "
