@@ -25,6 +25,7 @@ from edgeslim.litert import tfgraph as tg
 from edgeslim.litert.patches import grids, patch_stage, stage_cuts
 
 MAX_RECOMPUTE = 0.2  # default: halos may add at most 20% of the model's MACs
+FINALISTS = 8  # candidates (by TFLite Micro's greedy plan) rescored with reordering and the offline plan
 
 
 def _macs(model) -> int:
@@ -52,8 +53,8 @@ def minimise(data: bytes, max_recompute: float = MAX_RECOMPUTE, max_side: int = 
         return data, {"applied": False, "reason": "more than one subgraph"}
     base = tg.plan(model)
     macs0 = _macs(model)
-    best: tuple[int, object, tuple[int, tuple[int, int]] | None, int] = (
-        base.head_bytes + base.tail_estimate_bytes, model, None, 0)
+    cands: list[tuple[int, int, object, tuple[int, tuple[int, int]] | None, int]] = [
+        (base.head_bytes + base.tail_estimate_bytes, 0, tg.load(data), None, 0)]
     for k, boundary in stage_cuts(model):
         for grid in grids(max_side):
             cand = patch_stage(model, k, boundary, grid)
@@ -61,13 +62,17 @@ def minimise(data: bytes, max_recompute: float = MAX_RECOMPUTE, max_side: int = 
             if added > max_recompute * macs0:
                 continue
             p = tg.plan(cand)
-            if p.head_bytes + p.tail_estimate_bytes < best[0]:
-                best = (p.head_bytes + p.tail_estimate_bytes, cand, (k, grid), added)
-    _, new, patch, added = best
-    if new is model:
-        new = tg.load(data)
-    new, method = reorder(new)
-    new, offline_head, offline_written = offline.apply(new)
+            cands.append((p.head_bytes + p.tail_estimate_bytes, len(cands), cand, (k, grid), added))
+    # the best few by TFLite Micro's own plan, then rescored with reordering and edgeslim's offline plan
+    best = None
+    for _, _, cand, patch_, added_ in sorted(cands, key=lambda c: c[:2])[:FINALISTS]:
+        cand, method_ = reorder(cand)
+        cand, head_, written_ = offline.apply(cand)
+        score = head_ + tg.tail_estimate(cand)
+        if best is None or score < best[0]:
+            best = (score, cand, patch_, added_, method_, head_, written_)
+    assert best is not None
+    _, new, patch, added, method, offline_head, offline_written = best
     after = tg.plan(new)
     after.head_bytes = offline_head  # TFLite Micro uses the offline plan when the file carries one
     if after.head_bytes + after.tail_estimate_bytes >= base.head_bytes + base.tail_estimate_bytes:

@@ -97,15 +97,14 @@ def plan_offline(model) -> tuple[int, dict[int, int]]:
     rng = np.random.default_rng(0)
     for _ in range(RESTARTS):
         keys.append(_noisy({r: float(rng.uniform(0.5, 1.5)) for r in size}))
-    best: tuple[int, list[Buffer]] | None = None
+    bufs = lifetimes(nodes, list(range(len(nodes))), root, size, ins, outs, TFLM_ALIGN)
+    best: tuple[int, dict[str, int]] | None = None
     for key in keys:
-        bufs = lifetimes(nodes, list(range(len(nodes))), root, size, ins, outs, TFLM_ALIGN)
         head = _place(bufs, key)
         if best is None or head < best[0]:
-            best = (head, bufs)
+            best = (head, {b.name: b.offset for b in bufs})
     assert best is not None
-    head, bufs = best
-    offset = {b.name: b.offset for b in bufs}
+    head, offset = best
     return head, {int(t): offset[r] for t, r in root.items()}
 
 
