@@ -79,6 +79,8 @@ def table(rows: list[dict]) -> str:
                if r["patch_grid"] else "unchanged")
         if r.get("reorder_method"):
             how += ", reordered"
+        if r.get("offline_plan"):
+            how += ", offline plan"
         lines.append(
             f"| {r['model']} | {r['input']} | {a0['total_bytes'] / 1024:.1f} KB ({a0['head_bytes'] / 1024:.1f}) | "
             f"{a1['total_bytes'] / 1024:.1f} KB ({a1['head_bytes'] / 1024:.1f}) | {100 * r['reduction']:.1f}% / "
