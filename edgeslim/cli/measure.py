@@ -90,11 +90,11 @@ def vela_lines(v: dict) -> None:
 
 def _min_arena_line(m: dict, available: int) -> None:
     """What `export --min-arena` would change to a model that misses its RAM budget."""
-    verdict = "[green]fits[/green]" if m["fits_ram"] else "[red]still does not fit[/red]"
-    console.print(f"  with --min-arena: RAM {human_bytes(m['ram_bytes'])} of {human_bytes(available)} {verdict} (arena "
-                  f"{human_bytes(m['arena_bytes_plain'])} -> {human_bytes(m['arena_bytes'])}, "
-                  f"{human_bytes(m['saves_bytes'])} less, {100 * m['recompute_fraction']:.1f}% MACs recomputed; "
-                  f"{m['arena_source']})", highlight=False)
+    console.print(f"  as an INT8 .tflite in TFLite Micro: RAM {human_bytes(m['ram_bytes_plain'])} plain "
+                  f"{_verdict(m['fits_ram_plain'])}; with --min-arena: RAM {human_bytes(m['ram_bytes'])} of "
+                  f"{human_bytes(available)} {_verdict(m['fits_ram'])} (arena {human_bytes(m['arena_bytes_plain'])} -> "
+                  f"{human_bytes(m['arena_bytes'])}, {human_bytes(m['saves_bytes'])} less, "
+                  f"{100 * m['recompute_fraction']:.1f}% MACs recomputed; {m['arena_source']})", highlight=False)
     if m.get("command") and m["fits_ram"]:
         console.print(f"    {m['command']}", highlight=False)
 

@@ -234,6 +234,8 @@ def fit_after_min_arena(model: Path, fit: dict, max_recompute: float = MAX_RECOM
         return None
     ram = small.total_bytes + runtime
     return {"arena_bytes_plain": plain.total_bytes, "arena_bytes": small.total_bytes, "ram_bytes": ram,
+            "ram_bytes_plain": plain.total_bytes + runtime,
+            "fits_ram_plain": plain.total_bytes + runtime <= int(fit["ram_available"]),
             "fits_ram": ram <= int(fit["ram_available"]), "saves_bytes": plain.total_bytes - small.total_bytes,
             "recompute_fraction": rep["recompute_fraction"], "patch_grid": rep["patch_grid"],
             "arena_source": f"recorded:tflite-micro on {how}",
