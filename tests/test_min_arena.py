@@ -248,7 +248,8 @@ def test_tflite_stage_min_arena_option_in_a_recipe(resnet8_folder, tmp_path):
     stage_dir = (tmp_path / "run" / st["tflite"]).parent
     assert (stage_dir / m["plain_path"]).is_file() and (stage_dir / m["skyline_png"]).is_file()
     assert st["tflm_arena_bytes"] == m["tflm_arena"]["total_bytes"] < m["tflm_arena_plain"]["total_bytes"]
-    assert m["outputs_identical"]
+    assert m["outputs_identical"] and st["tflm_arena_plain_bytes"] == m["tflm_arena_plain"]["total_bytes"]
+    assert "(plain " in (tmp_path / "run" / "report.md").read_text()  # both recorded arenas in the report
 
 
 def test_offline_plan_reshape_shares_its_input(tmp_path):

@@ -78,6 +78,8 @@ def tflite_fields(s: dict) -> dict:
     if arena:
         out.update(tflm_arena_bytes=arena["total_bytes"], tflm_arena_head_bytes=arena["head_bytes"],
                    tflm_arena_tail_bytes=arena["tail_bytes"])
+    if s.get("min_arena"):  # --min-arena: the plain file's recorded arena beside the minimised one's
+        out["tflm_arena_plain_bytes"] = s["min_arena"]["tflm_arena_plain"]["total_bytes"]
     return out
 
 

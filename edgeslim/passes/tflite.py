@@ -52,5 +52,4 @@ def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContex
         notes["min_arena"] = {k: v for k, v in m.items() if not k.startswith("skyline")}
         notes["min_arena"]["plain_path"] = Path(m["plain_path"]).name  # beside model.tflite in the stage folder
         notes["min_arena"]["skyline_png"] = Path(m["skyline_png"]).name
-        notes["tflm_arena_plain_bytes"] = m["tflm_arena_plain"]["total_bytes"]
     return PassResult(model, notes=notes)
