@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/pip install -q -e '.[test,litert,nlp,peers]'
+	$(BIN)/pip install -q -e '.[test,litert,vela,nlp,peers]'
 	touch $@
 
 install: $(STAMP)
@@ -29,7 +29,7 @@ demo: $(STAMP)
 # it is picked up here and by the tests.
 EXAMPLES_STAMP := $(VENV)/.installed-examples
 $(EXAMPLES_STAMP): pyproject.toml $(TEST_STAMP)
-	$(BIN)/pip install -q -e '.[test,litert,nlp,peers,minilm]'
+	$(BIN)/pip install -q -e '.[test,litert,vela,nlp,peers,minilm]'
 	touch $@
 
 examples: $(EXAMPLES_STAMP)

@@ -173,6 +173,10 @@ def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, ru
     rows = [m.as_dict() for m in measure_models(
         list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
         batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    for p, row in zip(paths, rows):  # an Ethos-U profile: Vela's own estimate beside ours
+        vela = _vela(Path(p), device)
+        if vela is not None:
+            row["vela"] = vela
     return life.annotate_rows(rows, device)
 
 
@@ -203,7 +207,34 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     if m.arena.get("arena_note") and arena_bytes is None:
         out["arena_note"] = m.arena["arena_note"]
     row = {**out, **({"arena_beside": beside} if beside else {})}
+    if arena_bytes is None and not fit.fits_ram:  # would `export --min-arena` make it fit? (TFLite Micro's arena)
+        from edgeslim.litert.min_arena import fit_after_min_arena
+
+        after = fit_after_min_arena(Path(model), row)
+        if after is not None:
+            row["min_arena"] = after
+    vela = _vela(model, device)
+    if vela is not None:
+        row["vela"] = vela
     return life.annotate_rows([row], device)[0]
+
+
+def _vela(model: Path, device: str | None) -> dict | None:
+    """Vela's estimate (SRAM, flash, cycles, time, CPU fallbacks) when `device` names an Ethos-U configuration."""
+    from edgeslim.devices import load_device
+
+    if device is None:
+        return None
+    dev = load_device(device)
+    if not dev.vela:
+        return None
+    from edgeslim.litert.vela import vela_for_fit
+
+    v = vela_for_fit(Path(model), dev.vela)
+    if "sram_bytes" in v:
+        v["fits_sram"] = v["sram_bytes"] + dev.runtime_ram_bytes <= dev.sram_bytes
+        v["fits_flash"] = v["flash_bytes"] + dev.runtime_flash_bytes <= dev.flash_bytes
+    return v
 
 
 def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reordered: Path | None = None, *,
@@ -292,16 +323,18 @@ def optimize(
 def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
            calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
            inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None,
-           force: bool = False) -> dict:
+           force: bool = False, min_arena: bool = False, max_recompute: float = 0.2) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
     Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
     (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
-    and energy there (`fit`). Returns the summary."""
+    and energy there (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos
+    recomputing at most `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
 
     res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
                        calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
-                       inputs=inputs, shapes=shapes, force=force)  # force: write a .tflite that misses parity
+                       inputs=inputs, shapes=shapes, force=force, min_arena=min_arena, max_recompute=max_recompute,
+                       device=device)
     if device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
         res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)

@@ -69,6 +69,35 @@ def measure(
                 console.print(f"[bold]{row['name']}[/bold] on {row['battery']['device']}:")
                 for line in battery_lines(row["battery"]):
                     console.print(f"  {line}", highlight=False)
+        for row in res:
+            if row.get("vela"):
+                console.print(f"[bold]{row['name']}[/bold] on an Ethos-U NPU:")
+                vela_lines(row["vela"])
+
+
+def vela_lines(v: dict) -> None:
+    """Vela's figures for an Ethos-U profile (or the one line saying what is missing)."""
+    if "missing" in v:
+        console.print(f"  [yellow]note[/yellow] {v['missing']}", highlight=False)
+        return
+    cpu = f"CPU fallback: {', '.join(v['cpu_fallback'])}" if v["cpu_fallback"] else "no CPU fallback"
+    console.print(f"  Vela ({v['accelerator']}, {v['system_config']}, {v['memory_mode']}), estimated:vela: SRAM "
+                  f"{human_bytes(v['sram_bytes'])} {_verdict(v.get('fits_sram'))}, flash {human_bytes(v['flash_bytes'])}"
+                  f" {_verdict(v.get('fits_flash'))}, {v['cycles']:,} cycles = {v['latency_ms']:.3g} ms at "
+                  f"{v['clock_hz'] / 1e6:.0f} MHz; {v['npu_ops']} NPU / {v['cpu_ops']} CPU operators ({cpu})",
+                  highlight=False)
+
+
+def _min_arena_line(m: dict, available: int) -> None:
+    """What `export --min-arena` would change to a model that misses its RAM budget."""
+    console.print(f"  as an INT8 .tflite in TFLite Micro: RAM {human_bytes(m['ram_bytes_plain'])} plain "
+                  f"{_verdict(m['fits_ram_plain'])}; with --min-arena: RAM {human_bytes(m['ram_bytes'])} of "
+                  f"{human_bytes(available)} {_verdict(m['fits_ram'])} (arena {human_bytes(m['arena_bytes_plain'])} -> "
+                  f"{human_bytes(m['arena_bytes'])}, {human_bytes(m['saves_bytes'])} less, "
+                  f"{100 * m['recompute_fraction']:.1f}% MACs recomputed; {m['arena_source']})", highlight=False)
+    if m.get("command") and m["fits_ram"]:
+        console.print(f"    {m['command']}", highlight=False)
+
 
 def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
@@ -113,6 +142,10 @@ def fit(
                       f"{beside['planner_vs_tflm_head_pct']:+.1f}% vs head", highlight=False)
     for line in r["reasons"]:
         console.print(f"  [red]-[/red] {line}")
+    if r.get("min_arena"):
+        _min_arena_line(r["min_arena"], r["ram_available"])
+    if r.get("vela"):
+        vela_lines(r["vela"])
     if r.get("arena_note"):
         console.print(f"  [yellow]note[/yellow] arena: {r['arena_note']}", highlight=False)
     for w in r.get("warnings", []):

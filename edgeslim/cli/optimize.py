@@ -11,6 +11,7 @@ import typer
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
 from edgeslim.cli.options import device_option, inputs_option, json_option, shape_option
+from edgeslim.errors import EdgeslimError
 from edgeslim.report.optimize import print_report
 from edgeslim.report.results import human_bytes
 
@@ -124,11 +125,17 @@ def export_cmd(
                                     help="one weight scale per tensor (smaller file) instead of per channel"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
     force: bool = typer.Option(False, "--force", help="write a .tflite that misses the parity check (labelled)"),
+    min_arena: bool = typer.Option(False, "--min-arena", help="INT8 .tflite: patch-based first stage and operator "
+                                   "order for a smaller TFLite Micro arena, outputs unchanged (proven in TFLite Micro)"),
+    max_recompute: str = typer.Option("20%", "--max-recompute", help="--min-arena: MACs the patch halos may add"),
 ) -> None:
     """Export a model to ONNX, LiteRT (.tflite, FP32 or INT8) or a C array for TFLite Micro, parity-checked."""
+    if min_arena and fmt.lower() not in ("tflite", "c"):
+        raise EdgeslimError(f"--min-arena: rewrites .tflite files for TFLite Micro, not --format {fmt}")
     res = api.export(model, fmt, out, int8=int8, task=task, calibration_samples=calibration_samples,
                      per_channel=not per_tensor, trust_pickle=trust_pickle, inputs=inputs, shapes=shape,
-                     device=device, force=force)
+                     device=device, force=force, min_arena=min_arena,
+                     max_recompute=parse_fraction(max_recompute, "--max-recompute"))
     if as_json:
         emit_json(res)
         return
@@ -160,4 +167,46 @@ def export_cmd(
     if "tflm_top1_agreement" in res:
         console.print(f"  TFLite Micro vs LiteRT: same top-1 class on {100 * res['tflm_top1_agreement']:.0f}% of "
                       f"{res['tflm_checked_samples']} samples", highlight=False)
+    if res.get("min_arena"):
+        _min_arena_lines(res["min_arena"])
     _fit_line(res.get("fit"))
+
+
+def parse_fraction(text: str, where: str) -> float:
+    """'20%' or '0.2' -> 0.2; anything else is one clear error naming the option."""
+    t = text.strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise EdgeslimError(f"{where} {text!r}: give a fraction of the MACs, e.g. 20% or 0.2") from None
+    if not 0 <= v <= 10:
+        raise EdgeslimError(f"{where} {text!r}: must be between 0% and 1000%")
+    return v
+
+
+def _min_arena_lines(m: dict) -> None:
+    """What --min-arena did and TFLite Micro's proof."""
+    a0, a1 = m["tflm_arena_plain"], m["tflm_arena"]
+    how = []
+    if m.get("patch_grid"):
+        how.append(f"first {m['patch_stage_ops']} operators per patch ({m['patch_grid'][0]}x{m['patch_grid'][1]})")
+    if m.get("reorder_method"):
+        how.append(f"operators reordered ({m['reorder_method']})")
+    if m.get("offline_plan"):
+        how.append(f"offline memory plan in the metadata (head {m['greedy_head_bytes']} -> {m['planned_head_bytes']} B "
+                   "vs TFLite Micro's own planner)")
+    console.print(f"  --min-arena: {', '.join(how) or 'no rewrite lowers the arena of this model; file unchanged'}",
+                  highlight=False)
+    console.print(f"  TFLite Micro recorded arena: plain {human_bytes(a0['total_bytes'])} (head {a0['head_bytes']} B) -> "
+                  f"{human_bytes(a1['total_bytes'])} (head {a1['head_bytes']} B): {100 * m['reduction']:.1f}% less; "
+                  f"plain file kept as {m['plain_path']}", highlight=False)
+    console.print(f"  MACs added by recompute: {m['macs_added']} ({100 * m['recompute_fraction']:.1f}%, budget "
+                  f"{100 * m['max_recompute']:.0f}%); edgeslim's planned arena {human_bytes(m['planned_arena_bytes'])} "
+                  f"({100 * m['planner_vs_tflm']:+.1f}% vs TFLite Micro)", highlight=False)
+    if "compared_samples" in m:
+        same = "identical" if m["outputs_identical"] else f"DIFFERENT on {m['compared_samples'] - m['identical_samples']}"
+        acc = (f"; TFLite Micro accuracy plain {100 * m['accuracy_plain']:.2f}%, minimised {100 * m['accuracy']:.2f}%"
+               if "accuracy" in m else "")
+        console.print(f"  int8 outputs on {m['compared_samples']} test inputs: {same}{acc}", highlight=False)
+    console.print(f"  estimated latency on {m['device']} ({m['latency_source']}): {m['latency_ms_plain']} -> "
+                  f"{m['latency_ms']} ms; skyline: {m['skyline_png']}", highlight=False)

@@ -58,7 +58,8 @@ def _sample_shape(shapes: Sequence[str]) -> tuple[int, ...]:
 def export_model(
     model: Path, fmt: Format, out: Path, *, int8: bool = False, task: str | None = None,
     calibration_samples: int = 256, trust_pickle: bool = False, seed: int = 0, per_channel: bool = True,
-    inputs: Path | None = None, shapes: Sequence[str] = (), force: bool = False,
+    inputs: Path | None = None, shapes: Sequence[str] = (), force: bool = False, min_arena: bool = False,
+    max_recompute: float = 0.2, device: str | None = None,
 ) -> dict:
     """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`). Returns a summary.
     `inputs`: an .npz of samples for the parity check (and INT8 calibration when no task is known);
@@ -110,7 +111,8 @@ def export_model(
         return _export_onnx(net, shape, out, int8, t, check, calib, per_channel)
     tfl = out if fmt == "tflite" else out.with_suffix(".tflite")
     summary = tflite_export(net, shape, tfl, int8=int8, task=t, check=check, calib=calib, seed=seed,
-                            per_channel=per_channel, force=force)
+                            per_channel=per_channel, force=force, min_arena=min_arena, max_recompute=max_recompute,
+                            device=device)
     if fmt == "c":
         c = tflite_to_c(tfl, out, arena=summary.get("tflm_arena"))
         summary.update(c=c["c"], h=c["h"])

@@ -91,6 +91,8 @@ class Device(BaseModel):
     energy_scale: float = Field(1.0, description="multiplier on Horowitz 45 nm energies for this process")
     energy: EnergyCosts = Field(default_factory=EnergyCosts)
     source: str = ""
+    vela: dict[str, str] | None = Field(None, description="Arm Vela settings of an Ethos-U NPU: accelerator, "
+                                        "system_config, memory_mode, config (edgeslim.litert.vela)")
 
     def pj_per_mac(self, precision: str) -> float:
         p = "fp32" if precision not in HOROWITZ_45NM_PJ_PER_MAC else precision

@@ -20,11 +20,14 @@ MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
                   seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None,
-                  force: bool = False) -> dict:
+                  force: bool = False, min_arena: bool = False, max_recompute: float = 0.2,
+                  device: str | None = None) -> dict:
     """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena. INT8
     calibrates on `calib` (default: `calibration_samples` of the task's training inputs) and, with a task, its
     parity is judged on the task's whole test split (accuracy of both, top-1 agreement). `force`: write a file
-    that misses the parity check (its summary's `parity_failed` says why)."""
+    that misses the parity check (its summary's `parity_failed` says why). `min_arena` (INT8): rewrite the
+    file for a smaller TFLite Micro arena (`edgeslim.litert.min_arena`; the report is `min_arena`, the plain
+    file stays beside it), proven on the task's test inputs (else `check`)."""
     from edgeslim.litert import available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
@@ -33,11 +36,23 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
         calib = None
     elif calib is None and task is not None:
         calib = task.calibration(calibration_samples, seed)
+    if min_arena and not int8:
+        from edgeslim.errors import EdgeslimError
+
+        raise EdgeslimError("--min-arena rewrites full-integer INT8 files for TFLite Micro; add --int8")
+    proof_x, proof_y = (task.x_test, task.y_test) if task is not None else (check, None)
     labels = None
     if int8 and task is not None:  # judged on the whole test split, with its labels
         check, labels = task.x_test, task.y_test
     summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel, labels=labels,
                         force=force)
+    if min_arena:
+        from edgeslim.litert import require
+        from edgeslim.litert.min_arena import apply_to_file
+
+        require("micro")
+        summary["min_arena"] = apply_to_file(out, x=proof_x, y=proof_y, max_recompute=max_recompute, device=device)
+        summary["size_bytes"] = out.stat().st_size
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
@@ -72,6 +87,8 @@ def tflite_fields(s: dict) -> dict:
     if arena:
         out.update(tflm_arena_bytes=arena["total_bytes"], tflm_arena_head_bytes=arena["head_bytes"],
                    tflm_arena_tail_bytes=arena["tail_bytes"])
+    if s.get("min_arena"):  # --min-arena: the plain file's recorded arena beside the minimised one's
+        out["tflm_arena_plain_bytes"] = s["min_arena"]["tflm_arena_plain"]["total_bytes"]
     return out
 
 

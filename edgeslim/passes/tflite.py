@@ -10,6 +10,8 @@ interpreter, test split) and `tflm_arena_bytes` (+ head/tail), also kept under `
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from torch import nn
 
@@ -26,6 +28,8 @@ class TfliteStage(PassConfig):
     per_channel: bool = True
     micro: bool = True  # run the model in TFLite Micro to record its arena
     force: bool = False  # write a .tflite that misses the parity check (notes: tflite_parity_failed)
+    min_arena: bool = False  # INT8: rewrite the file for a smaller TFLite Micro arena (edgeslim.litert.min_arena)
+    max_recompute: float = Field(0.2, ge=0.0, le=10.0)  # min_arena: MACs patch halos may add (fraction of the model's)
 
 
 @register("tflite", TfliteStage, consumes="torch", produces="torch", must_be_last=True)
@@ -40,7 +44,14 @@ def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContex
     path = ctx.stage_dir / TFLITE_FILE
     s = tflite_export(model, task.input_shape, path, int8=cfg.int8, task=task, check=task.x_test[:64],
                       calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro,
-                      per_channel=cfg.per_channel, force=cfg.force)
+                      per_channel=cfg.per_channel, force=cfg.force, min_arena=cfg.min_arena,
+                      max_recompute=cfg.max_recompute)
     s["path"] = f"stages/{ctx.stage_name}/{TFLITE_FILE}" if ctx.stage_name else str(path)
     write_json(path.with_suffix(".json"), s)
-    return PassResult(model, notes=tflite_fields(s))
+    notes = tflite_fields(s)
+    if "min_arena" in s:
+        m = s["min_arena"]
+        notes["min_arena"] = {k: v for k, v in m.items() if not k.startswith("skyline")}
+        notes["min_arena"]["plain_path"] = Path(m["plain_path"]).name  # beside model.tflite in the stage folder
+        notes["min_arena"]["skyline_png"] = Path(m["skyline_png"]).name
+    return PassResult(model, notes=notes)

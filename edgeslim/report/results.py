@@ -86,7 +86,9 @@ def extra_columns(stages: list[dict]) -> list:
         cols.append(("tflite acc/size/TFLM arena", lambda s: "-" if "tflite_size_bytes" not in s else
                      ("-" if s.get("tflite_accuracy") is None else f"{100 * s['tflite_accuracy']:.2f}%")
                      + f" / {human_bytes(s['tflite_size_bytes'])} / "
-                     f"{human_bytes(s.get('tflm_arena_bytes'))}"))
+                     f"{human_bytes(s.get('tflm_arena_bytes'))}"
+                     + (f" (plain {human_bytes(s['tflm_arena_plain_bytes'])})"  # tflite: {min_arena: true}
+                        if s.get("tflm_arena_plain_bytes") else "")))
     return cols
 
 
