@@ -5,7 +5,7 @@ STM32L4R5 energies. Prints one table.
 
 The tasks are synthetic (class-dependent patterns plus noise, seeded; no downloads), sized as the MLPerf Tiny
 inputs: 3x32x32 / 10 classes, 1x49x10 / 12 classes, 3x96x96 / 2 classes. Energies are *estimated*
-(`estimated:analytic@cortex-m4`, the profile calibrated on MLPerf Tiny's ResNet-8).
+(`estimated:calibrated@cortex-m4`, the profile calibrated on MLPerf Tiny's ResNet-8).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/bench_device_choice.py [--models resnet8,dscnn,mobilenetv1]
 """

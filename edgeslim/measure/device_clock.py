@@ -31,7 +31,9 @@ class EstimatedClock:
 
     @property
     def method(self) -> str:
-        return f"estimated:analytic@{self.device.name}"
+        from edgeslim.measure.energy import estimate_label
+
+        return estimate_label(self.device)
 
     def seconds(self, model: bytes | onnx.ModelProto) -> float:
         """Estimated latency (s) of one inference of `model` on the device."""
