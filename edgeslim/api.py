@@ -7,7 +7,7 @@ from edgeslim.passes.structured_prune import StructuredPrune
 api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
 res = api.compress(net, StructuredPrune(ratio=0.5), "digits", spec=spec)   # one pass, in memory
-api.run(Path("recipes/structured-50.yaml"), Path("base"), "digits", Path("runs/s50"))  # a whole recipe
+api.run("structured-50", Path("base"), "digits", Path("runs/s50"))  # a whole recipe (built-in name or a path)
 api.measure([Path("runs/s50/stages/01_structured_prune")], task="digits", device="cortex-m4")
 ```
 Functions return plain data (dicts of numbers with units in their keys) or the library's records; they
@@ -32,10 +32,10 @@ from edgeslim.guard import TrainingDiverged
 from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
-from edgeslim.recipe import load_recipe
+from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe, recipe_about
 from edgeslim.train import TrainConfig, evaluate, train_model
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
+RECIPES = RECIPE_DIR  # the built-in recipes, package data (edgeslim/recipes/*.yaml); `run` takes their names
 TASK_FORMATS = [
     ".npz with x_train,y_train,x_test,y_test (or x,y)",
     "folder of images, one sub-folder per class",
@@ -78,10 +78,10 @@ def train(
     return metrics
 
 
-def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
+def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
         force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
-    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
-    the default profile); writes results.json, report.md and report.html into `out`. A resume with another
+    """Run a recipe (a YAML path or a built-in recipe's name, see `list_recipes`) on a trained model for
+    `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
     runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
     from edgeslim.nlp import is_text_encoder_folder
@@ -450,6 +450,11 @@ def list_tasks() -> dict:
             "formats": list(TASK_FORMATS) + list(TEXT_FORMATS)}
 
 
+def list_recipes() -> list[dict]:
+    """The built-in recipes (package data): name, file and one-line description."""
+    return [{"name": n, "path": str(p), "about": recipe_about(p)} for n, p in builtin_recipes().items()]
+
+
 def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
     """The built-in device profiles (pass a device's name, or a YAML path of your own)."""
     from edgeslim.devices import builtin_devices, load_device
@@ -459,4 +464,4 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
 
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
-           "list_tasks", "list_devices", "load_model", "save_model", "write_json", "RECIPES"]
+           "list_tasks", "list_devices", "list_recipes", "load_model", "save_model", "write_json", "RECIPES"]

@@ -17,7 +17,7 @@ from edgeslim.train import TrainConfig
 
 @app.command("run")
 def run_cmd(
-    recipe: Path = typer.Argument(..., help="recipe YAML (see recipes/)"),
+    recipe: Path = typer.Argument(..., help="recipe: a built-in name (`edgeslim recipes`) or a YAML path"),
     model: Path = typer.Option(..., "--model", "-m",
                                help="trained model folder, or a Hugging Face text-encoder folder"),
     task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data "
@@ -50,7 +50,7 @@ def demo(
     task: str = typer.Option("mnist1d", help="task"),
     width: int = typer.Option(128, help="model width (channels of the first layers)"),
     epochs: int = typer.Option(15, help="baseline training epochs"),
-    recipe: Path = typer.Option(api.RECIPES / "demo.yaml", help="compression recipe"),
+    recipe: Path = typer.Option(Path("demo"), help="compression recipe: a built-in name or a YAML path"),
 ) -> None:
     """The default job: train a baseline, structured-prune + INT8 it, measure, compare, verdict on a Cortex-M4."""
     import torch
