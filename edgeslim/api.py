@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from edgeslim import accelerator as accel
 from edgeslim import interrupt, models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
@@ -45,10 +46,16 @@ TASK_FORMATS = [
 
 
 def train(
-    model: str, task: str | Task, out: Path, cfg: TrainConfig | None = None, quiet: bool = False,
-    **model_kwargs: Any,
+    model: str, task: str | Task, out: Path, cfg: TrainConfig | None = None, quiet: bool = False, *,
+    accelerator: str = "auto", **model_kwargs: Any,
 ) -> dict:
-    """Train a zoo model on a task and save it as an edgeslim model folder. Returns its metrics."""
+    """Train a zoo model on a task and save it as an edgeslim model folder. Returns its metrics.
+    `accelerator`: where training runs (`edgeslim.accelerator`: auto picks the GPU PyTorch sees)."""
+    with accel.use(accelerator):
+        return _train(model, task, out, cfg, quiet, **model_kwargs)
+
+
+def _train(model: str, task: str | Task, out: Path, cfg: TrainConfig | None, quiet: bool, **model_kwargs: Any) -> dict:
     t = load_task(task, seed=(cfg.seed if cfg else 0)) if isinstance(task, str) else task
     cfg = cfg or TrainConfig()
     spec = models.make_spec(model, t.input_shape, t.num_classes, **model_kwargs)
@@ -79,11 +86,18 @@ def train(
 
 
 def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
+        force: bool = False, trust_pickle: bool = False, device: str | None = None, accelerator: str = "auto") -> dict:
     """Run a recipe (a YAML path or a built-in recipe's name, see `list_recipes`) on a trained model for
     `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
-    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
+    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`. Training runs on
+    `accelerator` (`edgeslim.accelerator`; recorded in run.json); export and measurements do not depend on it."""
+    with accel.use(accelerator):
+        return _run(recipe, model_dir, task, out, seed, quiet, force, trust_pickle, device)
+
+
+def _run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int, quiet: bool, force: bool,
+         trust_pickle: bool, device: str | None) -> dict:
     from edgeslim.nlp import is_text_encoder_folder
     from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
@@ -309,12 +323,12 @@ def distill(
     teacher: Path, task: str, out: Path, *, width: float | None = None, depth: float | None = None,
     student: dict[str, Any] | None = None, temperature: float = 4.0, alpha: float = 0.9, epochs: int = 20,
     lr: float = 3e-3, transfer: str | None = None, transfer_ratio: int | None = None,
-    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
+    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False, accelerator: str = "auto",
 ) -> dict:
     """Build a smaller student from the teacher's architecture (`width`, default 0.5; `depth`, default 1)
     or another zoo architecture (`student={"model": "gru", "hidden": 64}`; width/depth then do not
     apply) and train it with knowledge distillation; saves it as a model folder in `out`. Returns
-    student and teacher metrics."""
+    student and teacher metrics. Training runs on `accelerator` (`edgeslim.accelerator`)."""
     import torch
 
     from edgeslim.distill.train import distill_model
@@ -334,8 +348,9 @@ def distill(
     torch.manual_seed(seed)
     student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
-    hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
-                         **kd_settings(cfg))
+    with accel.use(accelerator):
+        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
+                             **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -395,7 +410,7 @@ def search(
     proxy_epochs: int = 3, proxy_slack: float = 2.0, top: int = 6, knobs: Sequence[str] | None = None,
     sampler: str = "tpe", guided: bool = True, storage: str | None = None, study_name: str = "edgeslim-search",
     worker: bool = False, wait: float = 3600.0, seed: int = 0,
-    log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True),
+    log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True), accelerator: str = "auto",
 ) -> dict:
     """Hardware-aware search over compression recipes for `device` under hard budgets (Optuna; see
     `edgeslim.search`). Several workers share one study through `storage`; a `worker` only runs trials.
@@ -412,8 +427,9 @@ def search(
                        seed=seed, sampler=sampler, guided=guided)
     if knobs:
         cfg.knobs = list(knobs)
-    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
-                      top=top, log=log)
+    with accel.use(accelerator):  # every trial's fine-tuning and the front's full fine-tuning
+        return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker,
+                          wait=wait, top=top, log=log)
 
 
 def list_models() -> list[dict]:

@@ -10,7 +10,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
-from edgeslim.cli.options import device_option, json_option
+from edgeslim.cli.options import accelerator_option, device_option, json_option
 from edgeslim.report.results import print_table
 from edgeslim.train import TrainConfig
 
@@ -28,11 +28,12 @@ def run_cmd(
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
     device: str | None = device_option(help="device profile name or YAML path the run's figures are for "
                                        "(default: the recipe's `device:`, else EDGESLIM_DEVICE, else host)"),
+    accelerator: str = accelerator_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
     res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device)
+                  device=device, accelerator=accelerator)
     if as_json:
         emit_json(res)
     else:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeslim import accelerator
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
 
 Precision = Literal["fp32", "bf16", "auto"]
@@ -45,9 +46,19 @@ def distill(
     batch_size: int = 32, loss: Literal["cosine", "mse"] = "cosine", token_weight: float = 0.0, seed: int = 0,
     quiet: bool = False, desc: str = "distill", precision: Precision = "fp32",
 ) -> dict:
-    """Train `student` in place; returns the loss per epoch, the sentence count and the seconds taken."""
+    """Train `student` in place on the job's accelerator (`edgeslim.accelerator`; both encoders are back on
+    the CPU afterwards); returns the loss per epoch, the sentence count and the seconds taken."""
     if epochs <= 0 or not texts:
         return {"epochs": 0}
+    dev = accelerator.current()
+    with accelerator.on_device(student, dev), accelerator.on_device(teacher, dev):
+        return _distill(student, teacher, texts, epochs, lr, batch_size, loss, token_weight, seed, quiet, desc,
+                        precision, dev)
+
+
+def _distill(student: SentenceEncoder, teacher: SentenceEncoder, texts: list[str], epochs: int, lr: float,
+             batch_size: int, loss: str, token_weight: float, seed: int, quiet: bool, desc: str,
+             precision: Precision, dev: torch.device) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     teacher.eval()
@@ -60,14 +71,14 @@ def distill(
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps))
     bf16 = use_bf16(precision)
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     hist = []
     for ep in range(epochs):
         order = rng.permutation(len(texts))
         total, n = 0.0, 0
         for s in range(0, len(texts), batch_size):
             chunk = [texts[i] for i in order[s : s + batch_size]]
-            feed = {k: torch.from_numpy(v) for k, v in tokenize(student, chunk).items()}
+            feed = {k: torch.from_numpy(v).to(dev) for k, v in tokenize(student, chunk).items()}
             mask = feed["attention_mask"]
             m = mask.unsqueeze(-1).float()
             with torch.no_grad(), amp():
