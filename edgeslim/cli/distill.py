@@ -43,9 +43,16 @@ def distill(
         if not eq or not k.strip():
             raise EdgeslimError(f"--student-arg '{kv}': expected KEY=VALUE, e.g. hidden=32")
         sargs[k.strip()] = yaml.safe_load(v)
-    m = api.distill(teacher, task, out, width=width, depth=depth, student=sargs, temperature=temperature,
-                    alpha=alpha, epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
-                    extra_teachers=extra_teacher, seed=seed, quiet=as_json, accelerator=accelerator)
+    from edgeslim.configs import build
+    from edgeslim.passes.distill import Distill
+    from edgeslim.train import TrainConfig
+
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}  # only those given
+    train = build(TrainConfig, "distill", epochs=epochs, lr=lr, seed=seed)
+    cfg = build(Distill, "distill", **multipliers, student=sargs, temperature=temperature, alpha=alpha,
+                teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
+                train=train)
+    m = api.distill(teacher, task, out, cfg, quiet=as_json, accelerator=accelerator)
     if as_json:
         emit_json(m)
     else:

@@ -52,13 +52,16 @@ def search(
     def log(msg: str, warn: bool) -> None:
         console.print(f"[yellow]{msg}[/]" if warn else msg)
 
-    summary = api.search(
-        model, task, out, device=device, trials=trials, objectives=[o.strip() for o in objectives.split(",") if o.strip()],
-        max_flash=max_flash, max_ram=max_ram, max_latency=max_latency, max_energy=max_energy,
-        max_accuracy_drop=max_accuracy_drop, proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
-        knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided, storage=storage,
-        study_name=study_name, worker=worker, wait=wait, seed=seed, log=log, accelerator=accelerator,
-    )
+    from edgeslim.configs import build
+    from edgeslim.search.job import SearchJob
+
+    job = build(SearchJob, "search", model=model, task=task, out=out, device=device, trials=trials,
+                objectives=[o.strip() for o in objectives.split(",") if o.strip()], max_flash=max_flash,
+                max_ram=max_ram, max_latency=max_latency, max_energy=max_energy, max_accuracy_drop=max_accuracy_drop,
+                proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
+                knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided,
+                storage=storage, study_name=study_name, worker=worker, wait=wait, seed=seed, accelerator=accelerator)
+    summary = api.search(job, log=log)
     if worker:
         console.print(f"worker done: ran {summary['ran']} trials")
         return
