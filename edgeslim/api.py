@@ -417,12 +417,14 @@ def list_models() -> list[dict]:
 
 def list_passes() -> list[dict]:
     """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
-    they produce), whether they must come last, what they do, config fields and defaults."""
+    they produce), whether they must come last, what they do, config fields and defaults, and `config`: the
+    config class to import for `compress` (`edgeslim.passes.structured_prune.StructuredPrune`)."""
     from edgeslim.passes import PASSES
 
     return [
         {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
          "must_be_last": p.must_be_last, "about": p.about,
+         "config": f"{p.config.__module__}.{p.config.__qualname__}",
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
     ]
@@ -451,4 +453,5 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
 
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
-           "list_tasks", "list_devices", "list_recipes", "load_model", "save_model", "write_json", "RECIPES"]
+           "list_tasks", "list_devices", "list_recipes", "train_model", "TrainConfig",
+           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "load_model", "save_model", "write_json", "RECIPES"]

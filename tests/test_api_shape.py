@@ -109,3 +109,36 @@ def test_measure_options_and_keywords_are_the_same(tmp_path):
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys} == {k: c[k] for k in keys}
     assert a["params"] == 12 and "latency_ms_p50" not in a  # latency=False: not timed
     assert repr(MeasureOptions(runs=5, task=None)) == "MeasureOptions(runs=5)"
+
+
+def test_small_objects_print_short(tiny_image_task):
+    assert repr(tiny_image_task) == "Task('tiny', input (1, 8, 8), 4 classes, train/val/test 288/32/80)"
+
+
+def test_passes_python_names_an_importable_config_per_pass():
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from edgeslim.cli import app
+    from edgeslim.passes import PASSES
+
+    r = CliRunner().invoke(app, ["passes", "--python"])
+    assert r.exit_code == 0
+    lines = dict(line.split(None, 1) for line in r.output.strip().splitlines())
+    public = {n for n in PASSES if not n.startswith("_")}
+    assert set(lines) == public
+    for name, imp in lines.items():
+        module, cls = imp.removeprefix("from ").split(" import ")
+        assert getattr(importlib.import_module(module), cls) is PASSES[name].config
+    assert lines["structured_prune"] == "from edgeslim.passes.structured_prune import StructuredPrune"
+
+
+def test_readme_python_section_lists_every_public_call():
+    readme = (PKG.parent / "README.md").read_text()
+    section = readme[readme.index("From Python, every command"):]
+    calls = [n for n in api.__all__ if n[0].islower() and callable(getattr(api, n)) and n != "write_json"]
+    missing = [n for n in calls if n not in section and n.removeprefix("list_") not in section]
+    assert missing == []
+    for cls in ("TrainConfig", "MeasureOptions", "OptimizeConfig", "SearchJob", "Distill"):
+        assert cls in section and isinstance(getattr(api, cls), type)

@@ -24,11 +24,19 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
 
 
 @app.command("passes")
-def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+               python: bool = typer.Option(False, "--python", help="the config class of each pass, as the import "
+                                           "line for `api.compress(net, Config(...), task)`")) -> None:
     """List the passes a recipe may use, with their config fields and defaults."""
     rows = api.list_passes()
     if as_json:
         emit_json(rows)
+        return
+    if python:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            module, _, cls = r["config"].rpartition(".")
+            typer.echo(f"{r['name']:<{width}}  from {module} import {cls}")
         return
     _print_table("recipe passes (name: {field: value, ...})",
                  ("name", "kind", "what it does", "fields (defaults)"),
