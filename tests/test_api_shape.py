@@ -142,3 +142,28 @@ def test_readme_python_section_lists_every_public_call():
     assert missing == []
     for cls in ("TrainConfig", "MeasureOptions", "OptimizeConfig", "SearchJob", "Distill"):
         assert cls in section and isinstance(getattr(api, cls), type)
+
+
+def test_measure_loads_no_report_cli_or_argparse():
+    """`import edgeslim.measure` loads nothing from edgeslim.report, edgeslim.cli or argparse; importing every
+    measure module loads no report or CLI code either (argparse then only through ONNX, which imports it)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import ast, importlib, pkgutil, sys
+import edgeslim.measure as M
+bad = lambda: sorted(m for m in sys.modules if m.startswith(("edgeslim.report", "edgeslim.cli")) or m == "argparse")
+print(bad())
+for info in pkgutil.iter_modules(M.__path__):
+    importlib.import_module("edgeslim.measure." + info.name)
+print([m for m in bad() if m != "argparse"])
+for info in pkgutil.iter_modules(M.__path__):
+    tree = ast.parse(open(M.__path__[0] + "/" + info.name + ".py").read())
+    assert not [n for n in tree.body if isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names)], info.name
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(PKG.parent)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[:2] == ["[]", "[]"]

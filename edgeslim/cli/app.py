@@ -26,9 +26,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do
 
 def _print_version(value: bool) -> None:
     if value:
-        from edgeslim import __version__
+        import edgeslim
 
-        typer.echo(f"edgeslim {__version__}")
+        typer.echo(f"edgeslim {edgeslim.__version__}")
         raise typer.Exit()
 
 

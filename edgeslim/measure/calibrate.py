@@ -21,7 +21,6 @@ Units: ms, mJ, mW, MACs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -129,6 +128,8 @@ def calibration_block(before: Device, after: Device, rows: list[dict], ref: Publ
 
 
 def main(argv: list[str] | None = None) -> None:
+    import argparse  # the maintainer tool's own options: not loaded by importing edgeslim.measure
+
     import yaml
 
     ap = argparse.ArgumentParser(description="calibrate a device profile on published measurements")
