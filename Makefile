@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean search-cluster examples
+.PHONY: demo test lint install clean search-cluster examples wheel-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ examples: $(EXAMPLES_STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 tests
+
+# The package as a user installs it: wheel -> fresh virtualenv in a temp folder -> demo + run by name (CI runs it).
+wheel-check:
+	.ci/wheel-check
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check edgeslim tests benchmarks examples

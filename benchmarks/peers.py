@@ -239,8 +239,9 @@ def job_thirdparty(ctx: Ctx, src: Path) -> Job:
     job.add(Row("original", "reference", onnx=src))
     es = job.add(Row("edgeslim optimize --inputs (defaults)", "edgeslim", onnx=work / "edgeslim.onnx"))
     info: dict = {}
-    timed(es, lambda: info.update(api.optimize(src, es.onnx, inputs=calib_npz, samples=n,
-                                               bench_seconds=1.0 if ctx.quick else 8.0)))
+    cfg = api.OptimizeConfig(model=src, out=es.onnx, calib=calib_npz, samples=n,
+                             bench_seconds=1.0 if ctx.quick else 8.0)
+    timed(es, lambda: info.update(api.optimize(cfg)))
     es.note = f"chose {info.get('chosen', '?')}" if info else ""
     for tool, fn in (
         ("ONNX Runtime quantize_static (defaults)", lambda d: pt.ort_static(src, d, feeds)),

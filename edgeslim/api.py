@@ -7,7 +7,7 @@ from edgeslim.passes.structured_prune import StructuredPrune
 api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
 res = api.compress(net, StructuredPrune(ratio=0.5), "digits", spec=spec)   # one pass, in memory
-api.run(Path("recipes/structured-50.yaml"), Path("base"), "digits", Path("runs/s50"))  # a whole recipe
+api.run("structured-50", Path("base"), "digits", Path("runs/s50"))  # a whole recipe (built-in name or a path)
 api.measure([Path("runs/s50/stages/01_structured_prune")], task="digits", device="cortex-m4")
 ```
 Functions return plain data (dicts of numbers with units in their keys) or the library's records; they
@@ -20,10 +20,11 @@ import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from edgeslim import accelerator as accel
 from edgeslim import interrupt, models
 from edgeslim.data import BUILTIN, Task, load_task
 from edgeslim.errors import EdgeslimError
@@ -32,10 +33,29 @@ from edgeslim.guard import TrainingDiverged
 from edgeslim.measure.battery import LifeOptions
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
-from edgeslim.recipe import load_recipe
+from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe, recipe_about
 from edgeslim.train import TrainConfig, evaluate, train_model
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # the documented example recipes (source tree)
+if TYPE_CHECKING:
+    from edgeslim.measure.options import MeasureOptions
+    from edgeslim.onnxopt.run import OptimizeConfig
+    from edgeslim.passes.distill import Distill
+    from edgeslim.search.job import SearchJob
+
+# One config object per job (torchao's shape), imported on first use: `api.OptimizeConfig(...)`
+CONFIGS = {"OptimizeConfig": "edgeslim.onnxopt.run", "MeasureOptions": "edgeslim.measure.options",
+           "SearchJob": "edgeslim.search.job", "Distill": "edgeslim.passes.distill"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in CONFIGS:
+        import importlib
+
+        return getattr(importlib.import_module(CONFIGS[name]), name)
+    raise AttributeError(f"module 'edgeslim.api' has no attribute {name!r}")
+
+
+RECIPES = RECIPE_DIR  # the built-in recipes, package data (edgeslim/recipes/*.yaml); `run` takes their names
 TASK_FORMATS = [
     ".npz with x_train,y_train,x_test,y_test (or x,y)",
     "folder of images, one sub-folder per class",
@@ -45,10 +65,16 @@ TASK_FORMATS = [
 
 
 def train(
-    model: str, task: str | Task, out: Path, cfg: TrainConfig | None = None, quiet: bool = False,
-    **model_kwargs: Any,
+    model: str, task: str | Task, out: Path, cfg: TrainConfig | None = None, quiet: bool = False, *,
+    accelerator: str = "auto", **model_kwargs: Any,
 ) -> dict:
-    """Train a zoo model on a task and save it as an edgeslim model folder. Returns its metrics."""
+    """Train a zoo model on a task and save it as an edgeslim model folder. Returns its metrics.
+    `accelerator`: where training runs (`edgeslim.accelerator`: auto picks the GPU PyTorch sees)."""
+    with accel.use(accelerator):
+        return _train(model, task, out, cfg, quiet, **model_kwargs)
+
+
+def _train(model: str, task: str | Task, out: Path, cfg: TrainConfig | None, quiet: bool, **model_kwargs: Any) -> dict:
     t = load_task(task, seed=(cfg.seed if cfg else 0)) if isinstance(task, str) else task
     cfg = cfg or TrainConfig()
     spec = models.make_spec(model, t.input_shape, t.num_classes, **model_kwargs)
@@ -78,12 +104,19 @@ def train(
     return metrics
 
 
-def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
-    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
-    the default profile); writes results.json, report.md and report.html into `out`. A resume with another
+def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
+        force: bool = False, trust_pickle: bool = False, device: str | None = None, accelerator: str = "auto") -> dict:
+    """Run a recipe (a YAML path or a built-in recipe's name, see `list_recipes`) on a trained model for
+    `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
-    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
+    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`. Training runs on
+    `accelerator` (`edgeslim.accelerator`; recorded in run.json); export and measurements do not depend on it."""
+    with accel.use(accelerator):
+        return _run(recipe, model_dir, task, out, seed, quiet, force, trust_pickle, device)
+
+
+def _run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int, quiet: bool, force: bool,
+         trust_pickle: bool, device: str | None) -> dict:
     from edgeslim.nlp import is_text_encoder_folder
     from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
@@ -150,34 +183,33 @@ def compress(
     return res
 
 
-def measure(paths: Sequence[Path], task: str | None = None, threads: int = 1, runs: int = 200,
-            device: str | None = None, batch: int | None = None, deploy: bool = False, *,
-            inputs: Path | None = None, shapes: Sequence[str] = (), reference: Path | None = None,
-            life: LifeOptions | None = None) -> list[dict]:
+def measure(paths: Sequence[Path], options: MeasureOptions | None = None, *, task: str | None = None,
+            inputs: Path | None = None, life: LifeOptions | None = None, **fields: Any) -> list[dict]:
     """Measure models (ONNX files, model folders or .tflite) with the measurement core (`edgeslim.measure.core`):
     size, counts, latency (ms), arena, flash, fit and energy on `device` (default: this host), accuracy only
-    with a `task`, fidelity against a `reference` model. `inputs`: an .npz with one array per input name;
-    `shapes`: `NAME=D0,...` for symbolic dims of synthetic inputs. With `deploy`: PyTorch eager latency
-    beside ONNX Runtime (interleaved) and its parity for model folders, and process peak RSS (bytes). Several
-    models are timed again together, interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows
-    with an energy estimate get `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
+    with a `task` (a built-in name or data path), fidelity against a `reference` model. How: `options`
+    (`api.MeasureOptions`), or any of its fields as keywords (`runs=50, device="cortex-m4", torch_eager=True,
+    rss=True`). `inputs`: an .npz with one array per input name. Several models are timed again together,
+    interleaved in one loop (`latency_ms_*`; each alone: `*_alone`). Rows with an energy estimate get
+    `battery`, the estimated battery life (`life`, or the profile's battery at 1/s)."""
     from edgeslim.measure.core import measure_models
+    from edgeslim.measure.options import measure_options
     from edgeslim.measure.text_encoder import is_text_model
 
+    o = measure_options(options, fields)
     if paths and any(is_text_model(Path(p)) for p in paths):  # text encoders: fidelity to the first, seq 128/32
         from edgeslim.measure.text_encoder import measure_text
 
-        return measure_text([Path(p) for p in paths], task, threads=threads)
-    t = load_task(task) if task else None
+        return measure_text([Path(p) for p in paths], task, threads=o.threads)
     life = (life or LifeOptions()).checked()
-    rows = [m.as_dict() for m in measure_models(
-        list(paths), inputs, shapes=shapes, task=t, device=device or "host", reference=reference, threads=threads,
-        batch=batch, runs=runs, torch_eager=deploy, rss=deploy)]
+    t = load_task(task) if task else None
+    rows = [m.as_dict() for m in measure_models(list(paths), inputs, o.model_copy(
+        update={"task": t, "device": o.device or "host"}))]
     for p, row in zip(paths, rows):  # an Ethos-U profile: Vela's own estimate beside ours
-        vela = _vela(Path(p), device)
+        vela = _vela(Path(p), o.device)
         if vela is not None:
             row["vela"] = vela
-    return life.annotate_rows(rows, device)
+    return life.annotate_rows(rows, o.device)
 
 
 def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = None, *,
@@ -281,42 +313,18 @@ def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | N
     return res
 
 
-def optimize(
-    model: Path, out: Path, *, inputs: Path | None = None, calib: Path | None = None, shapes: Sequence[str] = (),
-    samples: int = 32,
-    min_cosine: float | None = None, max_abs: float | None = None, min_top1: float | None = None,
-    candidates: Sequence[str] | None = None, exclude_ops: Sequence[str] = (), exclude_nodes: Sequence[str] = (),
-    sqnr_db: float = 0.0, weight_min_elements: int = 1024, max_slowdown: float = 0.05, bench_seconds: float = 8.0,
-    threads: int = 1, device: str = "host", seed: int = 0, force: bool = False, prefer: str = "balanced",
-    min_shrink: float = 1.8,
-) -> dict:
-    """Optimise a third-party ONNX model (`edgeslim.onnxopt`): repair, try FP32/FP16/INT8 candidates, keep
-    the fastest within tolerance that is not slower than the original and at least `min_shrink` times
-    smaller (`prefer`: balanced | size | speed; `measure.decide`). Without any tolerance given, the
-    tolerance is cosine >= 0.995 on every output, probability outputs (values in 0-1) within 0.05 max abs
-    error and single-score outputs on the same side of 0.5 for >= 98% of samples (`Tolerance()`). `inputs` (`calib` is its older name): an .npz with one array
-    per input name, used for calibration, the fidelity checks and the timing. Writes `out` unless refused;
-    returns the full report."""
-    from edgeslim.measure.fidelity import Tolerance
-    from edgeslim.onnxopt import candidates as cands
-    from edgeslim.onnxopt.run import OptimizeConfig
+def optimize(cfg: OptimizeConfig) -> dict:
+    """Optimise a third-party ONNX model (`edgeslim.onnxopt`, configured by `OptimizeConfig`): repair, try
+    FP32/FP16/INT8 candidates, keep the fastest within tolerance that is not slower than the original and at
+    least `cfg.min_shrink` times smaller (`cfg.prefer`: balanced | size | speed; `measure.decide`). The default
+    tolerance (`Tolerance()`) is cosine >= 0.995 on every output, probability outputs (values in 0-1) within
+    0.05 max abs error and single-score outputs on the same side of 0.5 for >= 98% of samples. `cfg.calib`: an
+    .npz with one array per input name, used for calibration (one part) and the fidelity checks (the held-out
+    rest) and the timing. Writes `cfg.out` unless refused; returns the full report.
+    `api.OptimizeConfig(model=..., out=...)` lists every field once."""
     from edgeslim.onnxopt.run import optimize as run_optimize
 
-    if prefer not in ("balanced", "size", "speed"):
-        raise EdgeslimError(f"prefer {prefer!r}: valid values are balanced, size, speed")
-
-    given = any(v is not None for v in (min_cosine, max_abs, min_top1))
-    cfg = OptimizeConfig(
-        model=Path(model), out=Path(out), calib=inputs if inputs is not None else calib, shapes=list(shapes),
-        samples=samples, seed=seed,
-        tol=Tolerance(min_cosine, max_abs, min_top1, max_prob_abs=None, min_agreement=None) if given else Tolerance(),
-        tol_given=given,
-        candidates=tuple(candidates) if candidates is not None else cands.ALL, exclude_ops=set(exclude_ops),
-        exclude_nodes=set(exclude_nodes), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
-        max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, force=force,
-        prefer=prefer, min_shrink=min_shrink,
-    )
-    with interrupt.during(f"optimize {model}", "nothing was written; a rerun starts over"):
+    with interrupt.during(f"optimize {cfg.model}", "nothing was written; a rerun starts over"):
         return run_optimize(cfg)
 
 
@@ -341,37 +349,30 @@ def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | 
     return res
 
 
-def distill(
-    teacher: Path, task: str, out: Path, *, width: float | None = None, depth: float | None = None,
-    student: dict[str, Any] | None = None, temperature: float = 4.0, alpha: float = 0.9, epochs: int = 20,
-    lr: float = 3e-3, transfer: str | None = None, transfer_ratio: int | None = None,
-    extra_teachers: Sequence[Path] = (), seed: int = 0, quiet: bool = False,
-) -> dict:
-    """Build a smaller student from the teacher's architecture (`width`, default 0.5; `depth`, default 1)
-    or another zoo architecture (`student={"model": "gru", "hidden": 64}`; width/depth then do not
-    apply) and train it with knowledge distillation; saves it as a model folder in `out`. Returns
-    student and teacher metrics."""
+def distill(teacher: Path, task: str, out: Path, cfg: Distill | None = None, *, quiet: bool = False,
+            accelerator: str = "auto") -> dict:
+    """Build a smaller student from the teacher's architecture (`cfg.width`, default 0.5; `cfg.depth`,
+    default 1) or another zoo architecture (`Distill(student={"model": "gru", "hidden": 64})`; width/depth
+    then do not apply) and train it with knowledge distillation (`cfg`: the `distill` pass's config, whose
+    `train` block holds epochs, lr and the seed); saves it as a model folder in `out`. Returns student and
+    teacher metrics. Training runs on `accelerator` (`edgeslim.accelerator`)."""
     import torch
 
     from edgeslim.distill.train import distill_model
     from edgeslim.models.student import build_student
     from edgeslim.passes.distill import Distill, kd_settings, student_base
 
+    cfg = cfg or Distill()
+    seed = cfg.train.seed
     t = load_task(task, seed=seed)
     tmodel, tspec = models.load_model(teacher)
-    extras = [models.load_model(p)[0] for p in extra_teachers]
-    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
-    try:
-        cfg = Distill(**multipliers, student=dict(student or {}), temperature=temperature, alpha=alpha,
-                      teachers=[str(p) for p in extra_teachers], transfer=transfer, transfer_ratio=transfer_ratio,
-                      train=TrainConfig(epochs=epochs, lr=lr, seed=seed))
-    except ValueError as e:
-        raise EdgeslimError(f"bad distill option: {e}") from None
+    extras = [models.load_model(Path(p))[0] for p in cfg.teachers]
     torch.manual_seed(seed)
     student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
-    hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
-                         **kd_settings(cfg))
+    with accel.use(accelerator):
+        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
+                             **kd_settings(cfg))
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -424,32 +425,18 @@ def quant_report(run: Path) -> dict[str, dict]:
     return quantized_stages(Path(run))
 
 
-def search(
-    model: Path, task: str, out: Path, *, device: str = "cortex-m4", trials: int = 20,
-    objectives: Sequence[str] = ("accuracy", "energy"), max_flash: str | None = None, max_ram: str | None = None,
-    max_latency: str | None = None, max_energy: str | None = None, max_accuracy_drop: float | None = 1.0,
-    proxy_epochs: int = 3, proxy_slack: float = 2.0, top: int = 6, knobs: Sequence[str] | None = None,
-    sampler: str = "tpe", guided: bool = True, storage: str | None = None, study_name: str = "edgeslim-search",
-    worker: bool = False, wait: float = 3600.0, seed: int = 0,
-    log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True),
-) -> dict:
-    """Hardware-aware search over compression recipes for `device` under hard budgets (Optuna; see
-    `edgeslim.search`). Several workers share one study through `storage`; a `worker` only runs trials.
-    Otherwise waits for the others, fine-tunes the Pareto front fully and writes search.json and
-    report.html into `out`. `log(message, is_warning)` gets the progress lines. Returns the summary (a
-    worker: {"ran": trials it ran})."""
-    from edgeslim.search.constraints import make_budget
+def search(job: SearchJob, log: Callable[[str, bool], None] = lambda msg, warn: print(msg, flush=True)) -> dict:
+    """Hardware-aware search over compression recipes (Optuna; see `edgeslim.search`), configured by
+    `api.SearchJob(model=..., task=..., device=..., max_energy="2mJ", ...)`. Several workers share one study
+    through `job.storage`; a `job.worker` only runs trials. Otherwise waits for the others, fine-tunes the
+    Pareto front fully and writes search.json and report.html into `job.out`. `log(message, is_warning)`
+    gets the progress lines. Returns the summary (a worker: {"ran": trials it ran})."""
     from edgeslim.search.final import run_search
-    from edgeslim.search.study import SearchConfig, load_device_profile
 
-    budget = make_budget(load_device_profile(device), max_flash, max_ram, max_latency, max_energy, max_accuracy_drop)
-    cfg = SearchConfig(model=str(Path(model).resolve()), task=task, device=device, objectives=list(objectives),
-                       trials=trials, budget=budget.as_dict(), proxy_epochs=proxy_epochs, proxy_slack=proxy_slack,
-                       seed=seed, sampler=sampler, guided=guided)
-    if knobs:
-        cfg.knobs = list(knobs)
-    return run_search(cfg, Path(out).resolve(), storage=storage, study_name=study_name, worker=worker, wait=wait,
-                      top=top, log=log)
+    cfg = job.study_config()
+    with accel.use(job.accelerator):  # every trial's fine-tuning and the front's full fine-tuning
+        return run_search(cfg, Path(job.out).resolve(), storage=job.storage, study_name=job.study_name,
+                          worker=job.worker, wait=job.wait, top=job.top, log=log)
 
 
 def list_models() -> list[dict]:
@@ -466,12 +453,14 @@ def list_models() -> list[dict]:
 
 def list_passes() -> list[dict]:
     """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
-    they produce), whether they must come last, what they do, config fields and defaults."""
+    they produce), whether they must come last, what they do, config fields and defaults, and `config`: the
+    config class to import for `compress` (`edgeslim.passes.structured_prune.StructuredPrune`)."""
     from edgeslim.passes import PASSES
 
     return [
         {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
          "must_be_last": p.must_be_last, "about": p.about,
+         "config": f"{p.config.__module__}.{p.config.__qualname__}",
          "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
         for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
     ]
@@ -486,6 +475,11 @@ def list_tasks() -> dict:
             "formats": list(TASK_FORMATS) + list(TEXT_FORMATS)}
 
 
+def list_recipes() -> list[dict]:
+    """The built-in recipes (package data): name, file and one-line description."""
+    return [{"name": n, "path": str(p), "about": recipe_about(p)} for n, p in builtin_recipes().items()]
+
+
 def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
     """The built-in device profiles (pass a device's name, or a YAML path of your own)."""
     from edgeslim.devices import builtin_devices, load_device
@@ -495,4 +489,5 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
 
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
-           "list_tasks", "list_devices", "load_model", "save_model", "write_json", "RECIPES"]
+           "list_tasks", "list_devices", "list_recipes", "train_model", "TrainConfig",
+           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "load_model", "save_model", "write_json", "RECIPES"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torch import nn
 
-from edgeslim import interrupt, models, resources, runlock
+from edgeslim import accelerator, interrupt, models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import DEFAULT_DEVICE, load_device
@@ -69,7 +69,8 @@ def run_recipe(
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         before = runlock.recorded(out, "device")
-        if runlock.claim(out, ident, force) and before not in (None, dev):  # a failed retry keeps run.json's device
+        record = {"accelerator": accelerator.describe()}  # where training runs: not the identity
+        if runlock.claim(out, ident, force, record) and before not in (None, dev):  # a failed retry keeps the device
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
         results = _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
         runlock.claim(out, ident, False, {"device": dev})  # finished: the device its figures are for

@@ -56,7 +56,43 @@ class Recipe:
         return hashlib.sha256((self.identity_text or self.text).encode()).hexdigest()[:16]
 
 
-def load_recipe(path: Path) -> Recipe:
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # the built-in recipes: package data, found by name
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """{name: file} of the recipes shipped in the package (`edgeslim run structured-50 ...`)."""
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
+
+
+def recipe_about(path: Path) -> str:
+    """A recipe's one-line description: its `description:` entry, else its first comment line."""
+    for line in Path(path).read_text().splitlines():
+        s = line.strip()
+        if s.startswith("description:"):
+            return s.split(":", 1)[1].strip().strip("'\"")
+        if s.startswith("#"):  # a sentence that goes on below ends in "..."
+            first = s.lstrip("#").strip()
+            return first if first.endswith((".", ":")) else first.rstrip(",;( ") + " ..."
+    return ""
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path as given, else a built-in recipe by name (`structured-50`, with or
+    without `.yaml`). A bare name that is neither raises one line listing the built-in names."""
+    p = Path(name_or_path)
+    if p.is_file() or len(p.parts) != 1:  # a path (a folder named like a recipe, e.g. `demo/`, is not one)
+        return p
+    known = builtin_recipes()
+    stem = p.stem if p.suffix.lower() in (".yaml", ".yml") else p.name
+    if stem in known:
+        return known[stem]
+    raise EdgeslimError(f"recipe '{name_or_path}': no such file and not a built-in recipe; "
+                        f"built-in recipes: {choices(known)} (`edgeslim recipes` describes them)")
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Load and validate a recipe from a YAML path or a built-in recipe's name (`find_recipe`)."""
+    path = find_recipe(path)
     try:
         text = Path(path).read_text()
     except OSError as e:

@@ -23,7 +23,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 
 META = "run.json"
-RECORDED = ("device",)  # written into run.json beside the identity, not part of it (a change re-measures)
+RECORDED = ("device", "accelerator")  # written into run.json beside the identity, not part of it (a change re-measures)
 
 
 @contextmanager

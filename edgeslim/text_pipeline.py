@@ -26,7 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgeslim import interrupt, runlock
+from edgeslim import accelerator, interrupt, runlock
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError, choices
 from edgeslim.fsutil import atomic_dir, write_json
@@ -66,7 +66,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
              "seed": seed, "kind": "text-encoder"}
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
-        runlock.claim(out, ident, force, {"device": dev})
+        runlock.claim(out, ident, force, {"device": dev, "accelerator": accelerator.describe()})
         return _run_text_stages(recipe, original, task, out, ident, seed, quiet, dev, threads)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from edgeslim import interrupt, resources
+from edgeslim import accelerator, interrupt, resources
 from edgeslim.data import Task
 from edgeslim.guard import DivergenceGuard, NonFiniteLoss, TrainingDiverged
 
@@ -101,11 +101,12 @@ def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     """Outputs of `model` in eval mode on `x`, in batches. Threads as for training (`train_threads`); inside
     `train_model` they are already chosen, so the per-epoch validation does not count MACs again."""
     model.eval()
+    dev = accelerator.device_of(model)  # a model inside a training on the accelerator is evaluated there
     threads = torch.get_num_threads()
-    if threads > 1:
+    if threads > 1 and dev.type == "cpu":
         threads = train_threads(model, tuple(x.shape[1:]), min(batch, len(x)))
     with torch_threads(threads):
-        outs = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        outs = [model(torch.from_numpy(x[i : i + batch]).to(dev)).cpu().numpy() for i in range(0, len(x), batch)]
     return np.concatenate(outs)
 
 
@@ -138,15 +139,18 @@ def train_model(
 
     With `checkpoint`, the state after every epoch is saved there (tensors only, loaded with
     `weights_only=True`: no pickle code runs) and a killed run resumes from the last finished epoch.
-    Runs with `cfg.threads` PyTorch threads (default `train_threads`), restored afterwards.
+    Runs with `cfg.threads` PyTorch threads (default `train_threads`), restored afterwards, on the job's
+    accelerator (`edgeslim.accelerator.current()`: a CUDA GPU when PyTorch sees one, unless `cpu` was asked);
+    the model is back on its own device (the CPU) when this returns.
     """
     threads = cfg.threads or train_threads(model, task.input_shape, cfg.batch_size)
-    with torch_threads(threads):
-        return _train(model, task, cfg, hooks, desc, quiet, checkpoint)
+    dev = accelerator.current()
+    with torch_threads(threads), accelerator.on_device(model, dev):
+        return _train(model, task, cfg, hooks, desc, quiet, checkpoint, dev)
 
 
 def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, desc: str, quiet: bool,
-           checkpoint: Path | None) -> dict:
+           checkpoint: Path | None, dev: torch.device) -> dict:
     hooks = hooks or Hooks()
     if cfg.epochs == 0:
         return {"epochs": 0, "val_accuracy": evaluate(model, task.x_val, task.y_val)}
@@ -161,7 +165,7 @@ def _train(model: nn.Module, task: Task, cfg: TrainConfig, hooks: Hooks | None, 
     elif cfg.schedule == "step":
         sched = torch.optim.lr_scheduler.StepLR(opt, max(1, total // 3), 0.1)
     loss_fn = hooks.loss or task_loss
-    xt, yt = torch.from_numpy(task.x_train), torch.from_numpy(task.y_train)
+    xt, yt = torch.from_numpy(task.x_train).to(dev), torch.from_numpy(task.y_train).to(dev)
     best, best_state, stale, history = -math.inf, None, 0, []
     start = 0
     if checkpoint is not None and checkpoint.exists():
@@ -224,7 +228,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
     """One epoch of steps; returns the summed loss. Raises `NonFiniteLoss` before a bad step is taken."""
     model.train()
     rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume and rollback replay the same order
-    order = torch.from_numpy(rng.permutation(len(xt)))
+    order = torch.from_numpy(rng.permutation(len(xt))).to(xt.device)
     running = 0.0
     for i in range(steps_per_epoch):
         idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]

@@ -44,12 +44,14 @@ def run(out: Path, tiny: bool = False, budget_mj: float = BUDGET_MJ) -> dict:
     budget = budget_mj if not tiny else 0.2 * api.check_fit(base, DEVICE)["energy_mj"]
     common.console.print(f"search on {DEVICE}: energy <= {budget:.3g} mJ per inference (estimated), accuracy drop "
                          f"<= {'50' if tiny else '1'} point(s)")
-    summary = api.search(
-        base, task, out / "search", device=DEVICE, trials=3 if tiny else 16, objectives=("accuracy", "energy"),
-        max_energy=f"{budget:.6g}mJ", max_accuracy_drop=50.0 if tiny else 1.0, proxy_epochs=1 if tiny else 2,
-        top=1 if tiny else 4, knobs=("structured", "unstructured", "quantize", "finetune"), guided=not tiny, seed=0,
-        log=lambda msg, warn: common.console.print(msg, highlight=False) if not tiny or warn else None,
+    job = api.SearchJob(
+        model=base, task=task, out=out / "search", device=DEVICE, trials=3 if tiny else 16,
+        objectives=("accuracy", "energy"), max_energy=f"{budget:.6g}mJ", max_accuracy_drop=50.0 if tiny else 1.0,
+        proxy_epochs=1 if tiny else 2, top=1 if tiny else 4, knobs=("structured", "unstructured", "quantize", "finetune"),
+        guided=not tiny, seed=0,
     )
+    summary = api.search(job, log=lambda msg, warn: common.console.print(msg, highlight=False) if not tiny or warn
+                         else None)
     t = Table(title=f"Pareto front after full fine-tuning (val accuracy picks, test accuracy reported; {DEVICE}, "
               f"estimated energy; budget {budget:.3g} mJ)")
     for c in ("model", "val accuracy", "test accuracy", "flash (file)", "arena", "latency (est.)", "energy (est.)", "within budget"):

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent / "edgeslim"
 # Bottom up. A unit is a subpackage or a top-level module of edgeslim ("edgeslim" itself: its __init__).
 LAYERS: list[set[str]] = [
     {"edgeslim", "errors", "fsutil",                             # no edgeslim imports beyond these
-     "interrupt", "exitcodes", "runlock"},                       # signals, exit codes, the run-folder lock
+     "interrupt", "exitcodes", "runlock",                        # signals, exit codes, the run-folder lock
+     "accelerator", "configs"},                                  # where training runs; config objects built
     {"onnxkit", "untrusted"},                                    # the ONNX toolkit; checks of untrusted files
     {"data", "devices", "models", "train", "report", "litert",   # what a task, device, model is; backends
      "guard", "resources"},                                      # NaN rollback, memory checked up front

@@ -5,7 +5,7 @@
     measure.py      measure, fit, arena      optimize.py     optimize, compile, export
     distill.py      distill, unpack          sensitivity.py  sensitivity
     quant_report.py quant-report             search.py       search
-    info.py         models, passes, tasks, devices
+    info.py         models, passes, recipes, tasks, devices
 """
 
 import importlib

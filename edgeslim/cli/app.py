@@ -24,6 +24,20 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze tables to 80
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import edgeslim
+
+        typer.echo(f"edgeslim {edgeslim.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="print the version and exit")) -> None:
+    """Make neural networks small, fast and frugal enough for edge devices, and prove it."""
+
+
 def emit_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 

@@ -9,6 +9,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.options import accelerator_option
 from edgeslim.errors import EdgeslimError
 
 
@@ -29,6 +30,7 @@ def distill(
     transfer_ratio: int | None = typer.Option(None, help="transfer samples per labelled sample each step (default: sizes' ratio, 1-8)"),
     extra_teacher: list[Path] = typer.Option([], "--extra-teacher", help="more teachers (multi-teacher KD)"),
     seed: int = typer.Option(0, help="random seed"),
+    accelerator: str = accelerator_option(),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Build a smaller student (from the teacher's architecture, or --student-model) and train it with
@@ -41,9 +43,16 @@ def distill(
         if not eq or not k.strip():
             raise EdgeslimError(f"--student-arg '{kv}': expected KEY=VALUE, e.g. hidden=32")
         sargs[k.strip()] = yaml.safe_load(v)
-    m = api.distill(teacher, task, out, width=width, depth=depth, student=sargs, temperature=temperature,
-                    alpha=alpha, epochs=epochs, lr=lr, transfer=transfer, transfer_ratio=transfer_ratio,
-                    extra_teachers=extra_teacher, seed=seed, quiet=as_json)
+    from edgeslim.configs import build
+    from edgeslim.passes.distill import Distill
+    from edgeslim.train import TrainConfig
+
+    multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}  # only those given
+    train = build(TrainConfig, "distill", epochs=epochs, lr=lr, seed=seed)
+    cfg = build(Distill, "distill", **multipliers, student=sargs, temperature=temperature, alpha=alpha,
+                teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
+                train=train)
+    m = api.distill(teacher, task, out, cfg, quiet=as_json, accelerator=accelerator)
     if as_json:
         emit_json(m)
     else:

@@ -1,4 +1,4 @@
-"""`edgeslim models`, `passes`, `tasks` and `devices`: what edgeslim knows, as tables or JSON."""
+"""`edgeslim models`, `passes`, `recipes`, `tasks` and `devices`: what edgeslim knows, as tables or JSON."""
 
 from __future__ import annotations
 
@@ -24,16 +24,35 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
 
 
 @app.command("passes")
-def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+def passes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+               python: bool = typer.Option(False, "--python", help="the config class of each pass, as the import "
+                                           "line for `api.compress(net, Config(...), task)`")) -> None:
     """List the passes a recipe may use, with their config fields and defaults."""
     rows = api.list_passes()
     if as_json:
         emit_json(rows)
         return
+    if python:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            module, _, cls = r["config"].rpartition(".")
+            typer.echo(f"{r['name']:<{width}}  from {module} import {cls}")
+        return
     _print_table("recipe passes (name: {field: value, ...})",
                  ("name", "kind", "what it does", "fields (defaults)"),
                  [(r["name"], r["kind"], r["about"], ", ".join(f"{k}={v}" for k, v in r["fields"].items()))
                   for r in rows])
+
+
+@app.command("recipes")
+def recipes_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the built-in recipes (run one by name: `edgeslim run structured-50 --model ...`)."""
+    rows = api.list_recipes()
+    if as_json:
+        emit_json(rows)
+        return
+    _print_table("built-in recipes (edgeslim run NAME ...; a YAML path works too)", ("name", "what it does"),
+                 [(r["name"], r["about"]) for r in rows])
 
 
 @app.command("tasks")

@@ -46,8 +46,12 @@ def measure(
 ) -> None:
     """Measure size, parameters, MACs, latency, arena, flash, fit, energy (accuracy with --task, fidelity with
     --reference) side by side; with a battery (option or the device profile's), the estimated battery life."""
-    res = api.measure(models, task, threads=threads, runs=runs, device=device, batch=batch, deploy=not quick,
-                      inputs=inputs, shapes=shape, reference=reference,
+    from edgeslim.configs import build
+    from edgeslim.measure.options import MeasureOptions
+
+    opts = build(MeasureOptions, "measure", threads=threads, runs=runs, device=device, batch=batch, shapes=shape,
+                 reference=reference, torch_eager=not quick, rss=not quick)
+    res = api.measure(models, opts, task=task, inputs=inputs,
                       life=LifeOptions(battery, rate, between, fleet, grid_intensity))
     if save is not None:
         write_json(save, res)

@@ -57,13 +57,19 @@ def optimize(
     if not as_json:  # a long job: say what comes before it starts (and flush: logs and pipes see it now)
         console.print(f"optimize {model}: {'inputs from ' + str(inputs) if inputs else 'synthetic inputs'}; "
                       f"building candidates, then {bench_seconds:g} s of interleaved timing", highlight=False)
-    res = api.optimize(
-        model, out, inputs=inputs, shapes=shape, samples=samples, min_cosine=min_cosine, max_abs=max_abs,
-        min_top1=min_top1, candidates=[c.strip() for c in candidates.split(",") if c.strip()],
-        exclude_ops=exclude_op, exclude_nodes=exclude_node, sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
-        max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, seed=seed, force=force,
-        prefer=prefer, min_shrink=min_shrink,
-    )
+    from edgeslim.configs import build
+    from edgeslim.measure.fidelity import Tolerance
+    from edgeslim.onnxopt.run import OptimizeConfig
+
+    given = any(v is not None for v in (min_cosine, max_abs, min_top1))  # else the default tolerance
+    cfg = build(OptimizeConfig, "optimize", model=model, out=out, calib=inputs, shapes=shape, samples=samples,
+                tol=Tolerance(min_cosine, max_abs, min_top1, max_prob_abs=None, min_agreement=None) if given
+                else Tolerance(), tol_given=given,
+                candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), exclude_ops=set(exclude_op),
+                exclude_nodes=set(exclude_node), sqnr_db=sqnr_db, weight_min_elements=weight_min_elements,
+                max_slowdown=max_slowdown, bench_seconds=bench_seconds, threads=threads, device=device, seed=seed,
+                force=force, prefer=prefer, min_shrink=min_shrink)
+    res = api.optimize(cfg)
     if as_json:
         emit_json(res)
     else:

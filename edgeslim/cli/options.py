@@ -1,4 +1,5 @@
-"""The options every model command shares, with one meaning: `--inputs`, `--shape`, `--device`, `--json`.
+"""The options every model command shares, with one meaning: `--inputs`, `--shape`, `--device`, `--json`
+(and `--accelerator` on the commands that train: train, run, distill, search).
 
 `measure`, `fit`, `arena`, `compile`, `optimize` and `export` take them from here, so they read the same
 everywhere: `--inputs FILE.npz` holds one array per model input name (samples on axis 0, as `optimize`'s
@@ -28,6 +29,13 @@ def shape_option() -> Any:
 
 def device_option(default: str | None = None, help: str = DEVICE_HELP) -> Any:
     return typer.Option(default, "--device", "-d", help=help + (f" (default {default})" if default else ""))
+
+
+def accelerator_option() -> Any:
+    from edgeslim.accelerator import ACCELERATORS
+
+    return typer.Option("auto", "--accelerator", help=f"where training runs: {' | '.join(ACCELERATORS)} (auto: the "
+                        "GPU PyTorch sees, else the CPU); export and measurements are the same either way")
 
 
 def json_option() -> Any:

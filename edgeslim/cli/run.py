@@ -10,14 +10,14 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
-from edgeslim.cli.options import device_option, json_option
+from edgeslim.cli.options import accelerator_option, device_option, json_option
 from edgeslim.report.results import print_table
 from edgeslim.train import TrainConfig
 
 
 @app.command("run")
 def run_cmd(
-    recipe: Path = typer.Argument(..., help="recipe YAML (see recipes/)"),
+    recipe: Path = typer.Argument(..., help="recipe: a built-in name (`edgeslim recipes`) or a YAML path"),
     model: Path = typer.Option(..., "--model", "-m",
                                help="trained model folder, or a Hugging Face text-encoder folder"),
     task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data "
@@ -28,11 +28,12 @@ def run_cmd(
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
     device: str | None = device_option(help="device profile name or YAML path the run's figures are for "
                                        "(default: the recipe's `device:`, else EDGESLIM_DEVICE, else host)"),
+    accelerator: str = accelerator_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
     res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device)
+                  device=device, accelerator=accelerator)
     if as_json:
         emit_json(res)
     else:
@@ -50,7 +51,7 @@ def demo(
     task: str = typer.Option("mnist1d", help="task"),
     width: int = typer.Option(128, help="model width (channels of the first layers)"),
     epochs: int = typer.Option(15, help="baseline training epochs"),
-    recipe: Path = typer.Option(api.RECIPES / "demo.yaml", help="compression recipe"),
+    recipe: Path = typer.Option(Path("demo"), help="compression recipe: a built-in name or a YAML path"),
 ) -> None:
     """The default job: train a baseline, structured-prune + INT8 it, measure, compare, verdict on a Cortex-M4."""
     import torch

@@ -14,6 +14,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console
+from edgeslim.cli.options import accelerator_option
 
 
 @app.command()
@@ -41,6 +42,7 @@ def search(
     worker: bool = typer.Option(False, help="only run trials of a shared study (no final stage, no report)"),
     wait: float = typer.Option(3600.0, help="seconds to wait for other workers' trials before the final stage"),
     seed: int = typer.Option(0, help="random seed"),
+    accelerator: str = accelerator_option(),
 ) -> None:
     """Search compression recipes for a device under hard budgets; writes the front and report.html."""
     import optuna
@@ -50,13 +52,16 @@ def search(
     def log(msg: str, warn: bool) -> None:
         console.print(f"[yellow]{msg}[/]" if warn else msg)
 
-    summary = api.search(
-        model, task, out, device=device, trials=trials, objectives=[o.strip() for o in objectives.split(",") if o.strip()],
-        max_flash=max_flash, max_ram=max_ram, max_latency=max_latency, max_energy=max_energy,
-        max_accuracy_drop=max_accuracy_drop, proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
-        knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided, storage=storage,
-        study_name=study_name, worker=worker, wait=wait, seed=seed, log=log,
-    )
+    from edgeslim.configs import build
+    from edgeslim.search.job import SearchJob
+
+    job = build(SearchJob, "search", model=model, task=task, out=out, device=device, trials=trials,
+                objectives=[o.strip() for o in objectives.split(",") if o.strip()], max_flash=max_flash,
+                max_ram=max_ram, max_latency=max_latency, max_energy=max_energy, max_accuracy_drop=max_accuracy_drop,
+                proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,
+                knobs=[k.strip() for k in knobs.split(",")] if knobs else None, sampler=sampler, guided=guided,
+                storage=storage, study_name=study_name, worker=worker, wait=wait, seed=seed, accelerator=accelerator)
+    summary = api.search(job, log=log)
     if worker:
         console.print(f"worker done: ran {summary['ran']} trials")
         return

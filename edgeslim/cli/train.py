@@ -8,6 +8,7 @@ import typer
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.options import accelerator_option
 from edgeslim.errors import EdgeslimError
 from edgeslim.train import TrainConfig
 
@@ -26,6 +27,7 @@ def train(
     seed: int = typer.Option(0, help="random seed"),
     width: float | None = typer.Option(None, help="width (resnet8/dscnn/cnn1d), alpha (mobilenetv1), hidden "
                                        "(gru/lstm) or dim (transformer)"),
+    accelerator: str = accelerator_option(),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Train a zoo model on a task; writes model.safetensors + spec.json."""
@@ -40,7 +42,7 @@ def train(
 
         arg = WIDTH_ARGS.get(model, ("width",))[0]  # the zoo builder's first width argument
         kwargs = {arg: width if arg == "alpha" else int(width)}
-    m = api.train(model, task, out, cfg, quiet=as_json, **kwargs)
+    m = api.train(model, task, out, cfg, quiet=as_json, accelerator=accelerator, **kwargs)
     if as_json:
         emit_json(m)
     else:

@@ -15,7 +15,7 @@ from edgeslim.errors import EdgeslimError
 MAX_CLASSES = 100_000  # a label above this is a value, not a class index (and would need a huge output layer)
 
 
-@dataclass
+@dataclass(repr=False)  # a short repr: printing a task must not dump its arrays
 class Task:
     name: str
     x_train: np.ndarray
@@ -32,6 +32,10 @@ class Task:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, without the batch dimension."""
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (f"Task({self.name!r}, input {self.input_shape}, {self.num_classes} classes, train/val/test "
+                f"{len(self.x_train)}/{len(self.x_val)}/{len(self.x_test)})")
 
     def calibration(self, n: int = 256, seed: int = 0) -> np.ndarray:
         """A reproducible subset of the training inputs, e.g. for quantization calibration."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeslim.accelerator import device_of
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.spec import get_module
 from edgeslim.train import is_reconstruction
@@ -169,6 +170,8 @@ class Teachers:
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
         for t in self.models:
             t.eval()
+            if device_of(t) != x.device:  # the student's batch is on the training's accelerator
+                t.to(x.device)
         res = [t(x).clone() for t in self.models]
         if self.tap is not None:
             self.models[0](x)
@@ -197,6 +200,8 @@ class Teachers:
     def close(self) -> None:
         if self.tap is not None:
             self.tap.remove()
+        for t in self.models:  # back to the CPU after a training on the accelerator: counts and exports run there
+            t.cpu()
 
 
 
@@ -226,7 +231,7 @@ class TransferSet:
 def mix_inputs(x: torch.Tensor, gen: torch.Generator, beta: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mixup of a batch with a shuffled copy of itself: (mixed inputs, the permutation, lambda)."""
     lam = float(torch.distributions.Beta(beta, beta).sample()) if beta > 0 else 0.5
-    perm = torch.randperm(len(x), generator=gen)
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
     return lam * x + (1 - lam) * x[perm], perm, lam
 
 
@@ -264,6 +269,7 @@ def kd_loss_fn(teachers: Teachers, temperature: float, alpha: float, weights: Se
             total = total + w * self_distill_loss(logits, out, y, temperature, 0.5)
         if transfer is not None and model.training:
             xu, tu = transfer.sample(len(x))
+            xu, tu = xu.to(x.device), [t.to(x.device) for t in tu]
             s_out = torch.cat([s_out, model(xu)])
             t_logits = [torch.cat([a, b]) for a, b in zip(t_logits, tu)]
         if is_reconstruction(model):  # regression: match the teachers' outputs

@@ -22,7 +22,6 @@ import re
 from dataclasses import asdict, dataclass
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.report.results import human_duration
 
 __all__ = ["Battery", "BatteryLife", "LifeOptions", "Rate", "battery_life", "for_device", "human_duration", "lines",
            "parse_battery", "parse_rate"]
@@ -41,6 +40,14 @@ _RATE = re.compile(rf"^\s*(?P<n>{_NUM})\s*/\s*(?P<per>{_NUM})?\s*(?P<u>s|sec|sec
 _HZ = re.compile(rf"^\s*(?P<n>{_NUM})\s*hz\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hr": 3600, "hour": 3600,
            "d": 86400, "day": 86400}
+
+
+def human_duration(seconds: float) -> str:
+    """'3.2 years', '41.6 days', '17.3 h' (`report.results.human_duration`, imported when called so that
+    importing edgeslim.measure loads no report code)."""
+    from edgeslim.report.results import human_duration as fmt
+
+    return fmt(seconds)
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ def loo_table(loo: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
+    import argparse  # the maintainer tool's own options: not loaded by importing edgeslim.measure
 
     import yaml
 

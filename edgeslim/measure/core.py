@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
+from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.decide import InterleavedClock
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
@@ -31,6 +31,7 @@ from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
 from edgeslim.measure.figures import arena_fields, energy_fields, graph_counts
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
+from edgeslim.measure.options import MeasureOptions, measure_options
 from edgeslim.measure.source import (
     Source,
     check_task_input,
@@ -133,38 +134,29 @@ def resolve_feeds(specs: list, inputs: str | Path | None, shapes: Sequence[str],
     return make_feeds(specs, inputs, shapes, n=n, seed=seed)
 
 
-def measure_model(
-    model: str | Path, inputs: str | Path | None = None, *, shapes: Sequence[str] = (), task: Any = None,
-    device: str | Path | Device | None = None, reference: str | Path | None = None, threads: int = 1,
-    batch: int | None = None, runs: int = 200, max_seconds: float = 5.0, latency: bool = True, deploy: bool = True,
-    torch_eager: bool = False, rss: bool = False, torch_model: Any = None, size_path: Path | None = None,
-    seed: int = 0, trust_pickle: bool = False, predictions: Path | None = None,
-) -> Measurement:
-    """Measure one model (ONNX path, edgeslim model folder or .tflite); see the module docstring.
-
-    `runs` timed calls (fewer, at least 30, after `max_seconds`); `batch`: also time this batch size
-    (inputs with a symbolic leading dim are tiled to it); `latency=False` skips timing. `deploy`: arena, flash, fit and energy for
-    `device` (default: the default device profile). `torch_eager`: time the PyTorch model beside ONNX
-    Runtime and check their parity. `torch_model`/`size_path`: the pipeline's PyTorch model for the
-    counts and the stored artifact when it is not the ONNX file. `predictions`: with a task, the test
-    split's class scores are saved there (`measure.predictions`)."""
-    with about(model), open_model(model, trust_pickle=trust_pickle) as src:  # a broken model: one line naming it
+def measure_model(model: str | Path, inputs: str | Path | None = None, options: MeasureOptions | None = None,
+                  **fields: Any) -> Measurement:
+    """Measure one model (ONNX path, edgeslim model folder or .tflite); see the module docstring. How: the
+    `MeasureOptions` (`options`, with any of its fields given as keywords on top, e.g. `runs=50`); inputs
+    with a symbolic leading dim are tiled to `batch`. `inputs`: an .npz with one array per input name."""
+    o = measure_options(options, fields)
+    runs = o.runs if o.latency else 0
+    with about(model), open_model(model, trust_pickle=o.trust_pickle) as src:  # a broken model: one line naming it
         if src.kind == "tflite":
             from edgeslim.measure.tflite import measure_tflite
 
-            return measure_tflite(src, inputs, task=task, device=device, threads=threads, runs=runs if latency else 0,
-                                  max_seconds=max_seconds, deploy=deploy, seed=seed)
-        net = torch_model if torch_model is not None else src.net
+            return measure_tflite(src, inputs, task=o.task, device=o.device, threads=o.threads, runs=runs,
+                                  max_seconds=o.max_seconds, deploy=o.deploy, seed=o.seed)
+        net = o.torch_model if o.torch_model is not None else src.net
         m = Measurement(name=str(model))
-        _measure_onnx(m, src, net, inputs, shapes, task, device, reference, threads, batch, runs if latency else 0,
-                      max_seconds, deploy, torch_eager, rss, size_path, seed, predictions)
+        _measure_onnx(m, src, net, inputs, o.model_copy(update={"runs": runs}))
         return m
 
 
-def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | None, shapes: Sequence[str],
-                  task: Any, device: str | Path | Device | None, reference: str | Path | None, threads: int,
-                  batch: int | None, runs: int, max_seconds: float, deploy: bool, torch_eager: bool, rss: bool,
-                  size_path: Path | None, seed: int, predictions: Path | None = None) -> None:
+def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | None, o: MeasureOptions) -> None:
+    shapes, task, device, reference, threads = o.shapes, o.task, o.device, o.reference, o.threads
+    batch, runs, max_seconds, deploy, torch_eager = o.batch, o.runs, o.max_seconds, o.deploy, o.torch_eager
+    rss, size_path, seed, predictions = o.rss, o.size_path, o.seed, o.predictions
     assert src.onnx is not None
     where = str(src.path)
     proto = read_onnx(src.onnx)
@@ -315,17 +307,18 @@ def _fidelity(sess: Any, reference: str | Path, feeds: list[Feed], where: str) -
         return compare_outputs(names, ref_out, got)
 
 
-def measure_models(models: Sequence[str | Path], inputs: str | Path | None = None, **options: Any
-                   ) -> list[Measurement]:
+def measure_models(models: Sequence[str | Path], inputs: str | Path | None = None,
+                   options: MeasureOptions | None = None, **fields: Any) -> list[Measurement]:
     """`measure_model` on each model, then (for more than one) their latencies timed again together,
     interleaved in one loop (the figure to compare them by; each one's own figure stays as
-    `latency_ms_*_alone`). `options`: `measure_model`'s keyword arguments."""
-    ms = [measure_model(p, inputs, **options) for p in models]
+    `latency_ms_*_alone`). `options`/`fields`: as `measure_model`'s."""
+    o = measure_options(options, fields)
+    ms = [measure_model(p, inputs, o) for p in models]
     timed = {str(i): m for i, m in enumerate(ms) if m.runner is not None and m.latency is not None}
     if len(timed) > 1:
-        runs, threads = options.get("runs", 200), options.get("threads", 1)
+        runs, threads = o.runs, o.threads
         lat = interleaved_latency({k: m.runner for k, m in timed.items()}, rounds=runs, warmup=10, threads=threads,
-                                  max_seconds=options.get("max_seconds", 5.0) * len(timed))
+                                  max_seconds=o.max_seconds * len(timed))
         for k, m in timed.items():
             assert m.latency is not None
             m.latency_alone, m.latency = m.latency, replace(lat[k], batch=m.latency.batch)

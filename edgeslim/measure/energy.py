@@ -135,15 +135,3 @@ def measure_energy(runner: Runner, runs: int = 200, min_seconds: float = 1.0, th
     n = lat.runs + 10
     return Energy(mj=w.energy_j * 1e3 / n, method=w.method, latency_ms=w.seconds * 1e3 / n,
                   note=f"{n} inferences; socket-wide counters include other processes' energy")
-
-
-def energy_for(model: str | Path | onnx.ModelProto, device: str | Path | Device | None = None,
-               runner: Runner | None = None, shapes: dict[str, list[int]] | None = None) -> Energy:
-    """Measured (RAPL) when `device` is this host (or None), a `runner` is given and the counters are
-    readable; estimated (analytic, at `shapes`) otherwise. The method label says which."""
-    dev = load_device(device or "host")
-    if dev.name == "host" and runner is not None:
-        got = measure_energy(runner)
-        if got is not None:
-            return got
-    return estimate_energy(model, dev, shapes)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from edgeslim.data import Task
 from edgeslim.measure import verdict
-from edgeslim.report import behaviour, layers
 
 
 def compare_stages(run_dir: Path, stages: list[dict], task: Task) -> None:
     """Annotate `stages` in place (see the module docstring); the stages are timed together first unless the
     pipeline already did (`latency_timing`)."""
+    from edgeslim.report import behaviour, layers  # here: importing edgeslim.measure loads no report code
     if not any("latency_timing" in s for s in stages):
         from edgeslim.measure.together import time_stages
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeslim import accelerator
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
 
 Precision = Literal["fp32", "bf16", "auto"]
@@ -45,53 +46,56 @@ def distill(
     batch_size: int = 32, loss: Literal["cosine", "mse"] = "cosine", token_weight: float = 0.0, seed: int = 0,
     quiet: bool = False, desc: str = "distill", precision: Precision = "fp32",
 ) -> dict:
-    """Train `student` in place; returns the loss per epoch, the sentence count and the seconds taken."""
+    """Train `student` in place on the job's accelerator (`edgeslim.accelerator`; both encoders are back on
+    the CPU afterwards); returns the loss per epoch, the sentence count and the seconds taken."""
     if epochs <= 0 or not texts:
         return {"epochs": 0}
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    teacher.eval()
-    student.eval()  # dropout off; gradients still flow
-    n_layers = len(getattr(student.backbone.encoder, "layer", []))
-    layer_map = list(student.meta.get("layer_ids") or range(n_layers))
-    params = [p for p in student.backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps))
-    bf16 = use_bf16(precision)
-    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    hist = []
-    for ep in range(epochs):
-        order = rng.permutation(len(texts))
-        total, n = 0.0, 0
-        for s in range(0, len(texts), batch_size):
-            chunk = [texts[i] for i in order[s : s + batch_size]]
-            feed = {k: torch.from_numpy(v) for k, v in tokenize(student, chunk).items()}
-            mask = feed["attention_mask"]
-            m = mask.unsqueeze(-1).float()
-            with torch.no_grad(), amp():
-                t_hid = teacher.backbone(**feed, output_hidden_states=True).hidden_states
-            t_hid = [h.float() for h in t_hid]
-            with amp():
-                s_hid = student.backbone(**feed, output_hidden_states=True).hidden_states
-            s_hid = [h.float() for h in s_hid]
-            s_emb, t_emb = student.pool(s_hid[-1], mask), teacher.pool(t_hid[-1], mask)
-            if loss == "cosine":
-                lval = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
-            else:
-                lval = ((s_emb - t_emb) ** 2).sum(-1).mean()
-            if token_weight > 0 and n_layers:
-                per_layer = [_rel_sq(s_hid[j + 1], t_hid[layer_map[j] + 1], m) for j in range(n_layers)]
-                lval = lval + token_weight * torch.stack(per_layer).mean()
-            opt.zero_grad()
-            lval.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            total += float(lval.detach()) * len(chunk)
-            n += len(chunk)
-        hist.append(round(total / n, 6))
-        if not quiet:
-            print(f"  {desc} epoch {ep + 1}/{epochs}: loss {hist[-1]:.5f}", file=sys.stdout, flush=True)
-    return {"epochs": epochs, "loss": hist, "sentences": len(texts), "precision": "bf16" if bf16 else "fp32"}  # wall time: the stage's `seconds`
+    dev = accelerator.current()
+    with accelerator.on_device(student, dev), accelerator.on_device(teacher, dev):
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        teacher.eval()
+        student.eval()  # dropout off; gradients still flow
+        n_layers = len(getattr(student.backbone.encoder, "layer", []))
+        layer_map = list(student.meta.get("layer_ids") or range(n_layers))
+        params = [p for p in student.backbone.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
+        warm = max(1, steps // 10)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps))
+        bf16 = use_bf16(precision)
+        amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        hist = []
+        for ep in range(epochs):
+            order = rng.permutation(len(texts))
+            total, n = 0.0, 0
+            for s in range(0, len(texts), batch_size):
+                chunk = [texts[i] for i in order[s : s + batch_size]]
+                feed = {k: torch.from_numpy(v).to(dev) for k, v in tokenize(student, chunk).items()}
+                mask = feed["attention_mask"]
+                m = mask.unsqueeze(-1).float()
+                with torch.no_grad(), amp():
+                    t_hid = teacher.backbone(**feed, output_hidden_states=True).hidden_states
+                t_hid = [h.float() for h in t_hid]
+                with amp():
+                    s_hid = student.backbone(**feed, output_hidden_states=True).hidden_states
+                s_hid = [h.float() for h in s_hid]
+                s_emb, t_emb = student.pool(s_hid[-1], mask), teacher.pool(t_hid[-1], mask)
+                if loss == "cosine":
+                    lval = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+                else:
+                    lval = ((s_emb - t_emb) ** 2).sum(-1).mean()
+                if token_weight > 0 and n_layers:
+                    per_layer = [_rel_sq(s_hid[j + 1], t_hid[layer_map[j] + 1], m) for j in range(n_layers)]
+                    lval = lval + token_weight * torch.stack(per_layer).mean()
+                opt.zero_grad()
+                lval.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                total += float(lval.detach()) * len(chunk)
+                n += len(chunk)
+            hist.append(round(total / n, 6))
+            if not quiet:
+                print(f"  {desc} epoch {ep + 1}/{epochs}: loss {hist[-1]:.5f}", file=sys.stdout, flush=True)
+        return {"epochs": epochs, "loss": hist, "sentences": len(texts), "precision": "bf16" if bf16 else "fp32"}  # wall time: the stage's `seconds`

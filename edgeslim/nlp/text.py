@@ -21,7 +21,7 @@ from edgeslim.errors import EdgeslimError, choices
 EVAL_FRACTION = 0.5  # share of groups (paraphrase sets and single sentences) in the evaluation split
 
 
-@dataclass
+@dataclass(repr=False)  # a short repr, not every sentence
 class TextTask:
     name: str
     train: list[str]  # calibration / fine-tuning sentences
@@ -33,6 +33,9 @@ class TextTask:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return ()  # token sequences of any length
+
+    def __repr__(self) -> str:
+        return f"TextTask({self.name!r}, {len(self.train)} calibration / {len(self.test)} test sentences)"
 
     def summary(self) -> dict:
         groups = {g for g in self.test_groups if g is not None}

@@ -21,11 +21,14 @@ unchanged. If none even meets the tolerance, nothing is written unless `force`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 from edgeslim import resources
 from edgeslim.devices import load_device
@@ -54,8 +57,12 @@ SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic in
                      "pass --inputs INPUTS.npz with real inputs")
 
 
-@dataclass
+@dataclass(config=ConfigDict(arbitrary_types_allowed=True, extra="forbid"))
 class OptimizeConfig:
+    """Everything `edgeslim optimize` / `api.optimize` takes, validated once (pydantic): the CLI builds it
+    from its options. Units: seconds, dB, elements; `tol` is the fidelity tolerance (`tol_given`: the user
+    set it, so a candidate that breaks it is refused rather than skipped)."""
+
     model: Path
     out: Path
     calib: Path | None = None
@@ -70,7 +77,7 @@ class OptimizeConfig:
     sqnr_db: float = 0.0                                  # extra float fallback under this layer SQNR, dB (0: off)
     weight_min_elements: int = 1024                       # weight-only storage for tensors this large
     max_slowdown: float = 0.05                            # median time ratio may exceed 1 by this fraction
-    prefer: str = "balanced"                              # balanced | size | speed (see module docstring)
+    prefer: Literal["balanced", "size", "speed"] = "balanced"  # see the module docstring
     min_shrink: float = 1.8                               # balanced: the size goal, original / candidate
     rewrites: bool = True                                 # BatchNorm/affine folding, hard-swish fusion
     int8: Int8Options | None = None                       # INT8 techniques; None: all on, target from tol

@@ -76,7 +76,7 @@ def magnitude_masks(
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     for n, w in prunable(model):
         if n in masks:
-            w.mul_(masks[n].to(w.dtype))
+            w.mul_(masks[n].to(w.device, w.dtype))  # masks made on the CPU, weights maybe on the accelerator
 
 
 def weight_sparsity(model: nn.Module) -> float:

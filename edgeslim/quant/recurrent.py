@@ -131,11 +131,3 @@ def weight_only_recurrent(src: Path, dst: Path, bits: int = 8, per_channel: bool
     onnx.checker.check_model(m)
     write_bytes(dst, m.SerializeToString())
     return list(done.values())
-
-
-def recurrent_op_types(path: Path) -> list[str]:
-    """The recurrent op types (GRU, LSTM, RNN) in an ONNX file, in graph order."""
-    import onnx
-
-    return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node
-            if n.op_type in RECURRENT_OPS]
