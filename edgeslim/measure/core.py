@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeslim.devices import DEFAULT_DEVICE, load_device
+from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.decide import InterleavedClock
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
