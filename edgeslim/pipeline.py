@@ -73,7 +73,7 @@ def run_recipe(
         if runlock.claim(out, ident, force, record) and before not in (None, dev):  # a failed retry keeps the device
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
         results = _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
-        runlock.claim(out, ident, False, {"device": dev})  # finished: the device its figures are for
+        runlock.claim(out, ident, False, {**record, "device": dev})  # finished: the device its figures are for
         return results
 
 
