@@ -34,6 +34,7 @@ from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 from edgeslim.quant.qdq_float import keep_float
+from edgeslim.quant.qdq_shrink import shrink
 
 DEFAULT_CANDIDATES = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")  # per-tensor weights lose precision, never time
 
@@ -231,7 +232,7 @@ def per_layer_int8(
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
-    models = {"int8-mixed": plan.model, "int8-full": plan.full, "w8": w8}
+    models = {"int8-mixed": plan.model, "int8-full": shrink(plan.full)[0], "w8": w8}
     paths = {}
     recurrent: list[str] = []
     for k, m in models.items():
