@@ -180,10 +180,10 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     write_json(ctx.stage_dir / "quant_report.json", report)
     shutil.rmtree(work)
     notes = {
-        "format": f"{r.chosen} ({p.fmt}, {len(p.int8_units)} layers INT8, {len(p.float_units)} float)"
+        "format": f"{r.chosen} ({p.fmt}, {len(p.units.quant) - len(float_why)} layers INT8, {len(float_why)} float)"
                   if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
         "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
-        "tried": r.rows, "float_layers": p.float_units, "plan_notes": p.notes, "layers": layers,
+        "tried": r.rows, "float_layers": float_why, "plan_notes": p.notes, "layers": layers,
     }
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32

@@ -5,7 +5,8 @@ plan quantizes with the activations kept (`QDQKeepRemovableActivations`, so `qua
 layers back in float), which leaves `Q -> DQ -> Relu -> Q -> DQ` around every ReLU; ORT removes the ReLU
 and the first pair when the session loads (the second QuantizeLinear's zero point already clips at 0).
 Here the same rewrite is done on disk, and the all-zero zero points of constant DequantizeLinear
-nodes (weights, biases; optional in ONNX, zero by default) are dropped. Outputs are unchanged up to
+nodes (weights, biases; optional in ONNX, zero by default) are dropped, and equal scalar scales and zero
+points are stored once. Outputs are unchanged up to
 the one rounding step removed (the ReLU's input is no longer quantized twice); figures in
 docs/benchmarks.md, "INT8 that does not go backwards".
 """
@@ -86,9 +87,32 @@ def drop_zero_zero_points(m: onnx.ModelProto) -> int:
     return k
 
 
+def share_scalars(m: onnx.ModelProto) -> int:
+    """Scalar initializers (quantization scales and zero points) with the same type and value become one
+    (after the ReLU fusion many activations share zero point 0). Returns how many were merged away."""
+    g = m.graph
+    first: dict[tuple[int, bytes], str] = {}
+    ren: dict[str, str] = {}
+    for t in g.initializer:
+        if len(t.dims) > 1 or (len(t.dims) == 1 and t.dims[0] != 1):
+            continue
+        key = (t.data_type, numpy_helper.to_array(t).tobytes())
+        if key in first:
+            ren[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not ren:
+        return 0
+    for n in g.node:
+        n.input[:] = [ren.get(i, i) for i in n.input]
+    remove_dead(m)
+    return len(ren)
+
+
 def shrink(m: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy of QDQ model `m` with both rewrites above; counts per rewrite."""
+    """A copy of QDQ model `m` with the rewrites above; counts per rewrite."""
     out = onnx.ModelProto()
     out.CopyFrom(m)
-    counts = {"relus": drop_fused_relus(out), "zero_points": drop_zero_zero_points(out)}
+    counts = {"relus": drop_fused_relus(out), "zero_points": drop_zero_zero_points(out),
+              "scalars_shared": share_scalars(out)}
     return out, counts
