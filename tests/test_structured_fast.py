@@ -57,7 +57,7 @@ def test_fast_counts_keep_the_top_of_each_step() -> None:
     assert cm.fast_counts(times) == [16, 32, 48, 64]
     assert cm.round_down(40, [16, 32, 48, 64]) == 32 and cm.round_down(10, [16, 32]) == 16
     geo = {"a": (64, (4, 4)), "b": (64, (4, 4)), "c": (16, (8, 8))}
-    r = cm.layer_ratios(geo, {(4, 4): [16, 32, 48, 64], (8, 8): [8, 16]}, {(4, 4): 0.6, (8, 8): 0.5})
+    r = cm.layer_ratios(geo, {(4, 4): [16, 32, 48, 64], (8, 8): [8, 16]}, {(64, (4, 4)): 0.6, (16, (8, 8)): 0.5})
     assert r["a"] == r["b"] and int(64 * (1 - r["a"])) == 16 and int(16 * (1 - r["c"])) == 8
 
 

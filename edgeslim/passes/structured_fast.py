@@ -4,8 +4,8 @@ not at a ratio (issue 27).
     probe   ORT conv latency vs channel count per output size, interleaved (prune.channel_multiples): the
             staircase; only counts on the fast side of a step are used
     ladder  candidate architectures: 0..k whole shape-preserving blocks removed (the one that costs least
-            validation accuracy first) x a channel ratio per output size (layers of one size share it),
-            each layer rounded down to a fast count; Torch-Pruning's dependency graph prunes residual
+            validation accuracy first) x a channel ratio per layer class (width, output size: the
+            layers a residual add joins are of one class), each rounded down to a fast count; Torch-Pruning's dependency graph prunes residual
             groups together; candidates with the same channel counts are built once
     time    every candidate exported and timed against the unpruned export in one interleaved loop
             (`ctx.measure`: the measurement core; timing does not depend on the weights, so this happens
@@ -51,7 +51,7 @@ class StructuredFast(PassConfig):
     max_accuracy_drop: float = Field(0.5, ge=0, description="validation points the pick may lose (reported)")
     importance: Importance = "taylor"
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.75], min_length=1,
-                                description="channel ratios tried per output size (every combination)")
+                                description="channel ratios tried per layer class (every combination)")
     speed_margin: float = Field(0.03, ge=0, description="a candidate must time target x (1 + this)")
     max_blocks: int = Field(1, ge=0, description="at most this many whole blocks removed")
     probe_step: int = Field(4, ge=1, description="channel counts probed: multiples of this")
@@ -119,6 +119,17 @@ def probe_fast(model: nn.Module, task: Task, cfg: StructuredFast, ctx: RunContex
     return fast, times
 
 
+def val_loss(model: nn.Module, task: Task) -> float:
+    """Mean cross-entropy (nats) on the validation split: the tie-breaker between equally accurate picks."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeslim.train import predict
+
+    out = torch.from_numpy(predict(model, task.x_val))
+    return float(F.cross_entropy(out, torch.from_numpy(np.asarray(task.y_val)).long()))
+
+
 def _kd_carry(task: Task, cfg: StructuredFast) -> dict[str, Any]:
     """The `distill` carry entry (passes.finetune_hooks): logit KD from the run's baseline while fine-tuning."""
     return {"distill": {"temperature": cfg.temperature, "alpha": cfg.alpha, "teachers": [], "cache": True,
@@ -141,18 +152,19 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
         export_onnx(model, task.input_shape, base)
     fast, probe_times = probe_fast(model, task, cfg, ctx)
     cands: dict[str, tuple[list[str], dict, nn.Module]] = {}
-    sizes = sorted(fast, key=lambda hw: -int(np.prod(hw)))
+    geo = cm.conv_geometry(model, task.input_shape)
+    classes = cm.layer_classes(geo, {n for n, x in model.named_modules() if x in output_layers(model, task.input_shape)})
     seen: set[tuple] = set()
     for blocks in _ladder(model, task, cfg):
-        for combo in itertools.product(sorted(set(cfg.ratios)), repeat=len(sizes)):
-            r = dict(zip(sizes, combo))
+        for combo in itertools.product(sorted(set(cfg.ratios)), repeat=len(classes)):
+            r = dict(zip(classes, combo))
             m = build(model, task, blocks, r, fast, cfg, ctx.seed)
             sig = (tuple(blocks), tuple(sorted(channel_counts(m).items())))
             if sig in seen:
                 continue
             seen.add(sig)
             key = f"d{len(blocks)}_" + "_".join(f"r{x:g}" for x in combo)
-            cands[key] = (blocks, {"x".join(map(str, hw)): x for hw, x in r.items()}, m)
+            cands[key] = (blocks, {f"{c}@{'x'.join(map(str, hw))}": x for (c, hw), x in r.items()}, m)
             export_onnx(m, task.input_shape, work / f"{key}.onnx")
     x = task.x_val[:1].astype(np.float32)
     lat = ctx.measure.compare({"base": base, **{k: work / f"{k}.onnx" for k in cands}}, {"input": x},
@@ -171,12 +183,13 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
     for k in pool:
         m = cands[k][2]
         hist = ctx.finetune_model(m, task, cfg.finetune, desc=f"structured_fast {k}", carry=_kd_carry(task, cfg))
-        acc = float(hist["val_accuracy"])
-        tried.append({"candidate": k, "val_accuracy": acc, "speedup": round(speed[k], 3)})
-        if best is None or (acc, speed[k]) > best[:2]:  # val ties: the faster (the target is speed)
-            best = (acc, speed[k], k, m)
+        acc, loss = float(hist["val_accuracy"]), val_loss(m, task)
+        tried.append({"candidate": k, "val_accuracy": acc, "val_loss": round(loss, 5), "speedup": round(speed[k], 3)})
+        if best is None or (acc, -loss) > best[:2]:  # 144 validation digits tie often: the loss breaks ties
+            best = (acc, -loss, k, m)
     assert best is not None
-    acc, sp, key, pruned = best
+    acc, _, key, pruned = best
+    sp = speed[key]
     blocks = cands[key][0]
     spec = ctx.spec
     for b in blocks:

@@ -109,20 +109,27 @@ def conv_geometry(model: Any, input_shape: tuple[int, ...]) -> dict[str, tuple[i
 
 
 def layer_ratios(geo: Mapping[str, tuple[int, tuple[int, ...]]], fast: Mapping[tuple[int, ...], Sequence[int]],
-                 ratio: float | Mapping[tuple[int, ...], float], skip: set[str] | frozenset[str] = frozenset(),
-                 ) -> dict[str, float]:
+                 ratio: float | Mapping[tuple[int, tuple[int, ...]], float],
+                 skip: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
     """Torch-Pruning ratios ({module path: fraction removed}) that leave each conv of `geo` (not in `skip`)
     with the fast count at or below (1 - `ratio`) of its channels (`fast[spatial size]`: the counts that
     `fast_counts` kept for that output size, cut at the layer's width). `ratio`: one for every layer, or
-    one per output size. The fraction is set half a channel below the exact one because Torch-Pruning
-    keeps int(C x (1 - fraction)) channels."""
+    one per layer class (channels, output size) as `layer_classes` lists them: layers added together in a
+    residual group are of one class, so they get one count. The fraction is set half a channel below the
+    exact one because Torch-Pruning keeps int(C x (1 - fraction)) channels."""
     out = {}
     for name, (c, hw) in geo.items():
         if name in skip:
             continue
-        r = ratio if isinstance(ratio, (int, float)) else ratio.get(hw, 0.0)
+        r = ratio if isinstance(ratio, (int, float)) else ratio.get((c, hw), 0.0)
         allowed = [k for k in fast.get(hw, ()) if k <= c] or [c]
         keep = round_down(c * (1 - r), allowed)
         if keep < c:
             out[name] = (c - keep - 0.5) / c
     return out
+
+
+def layer_classes(geo: Mapping[str, tuple[int, tuple[int, ...]]], skip: set[str] | frozenset[str] = frozenset()
+                  ) -> list[tuple[int, tuple[int, ...]]]:
+    """The distinct (output channels, output size) of the convs in `geo` not in `skip`, widest output first."""
+    return sorted({v for k, v in geo.items() if k not in skip}, key=lambda v: (-int(np.prod(v[1])), v[0]))
