@@ -120,13 +120,16 @@ def probe_fast(model: nn.Module, task: Task, cfg: StructuredFast, ctx: RunContex
 
 
 def val_loss(model: nn.Module, task: Task) -> float:
-    """Mean cross-entropy (nats) on the validation split: the tie-breaker between equally accurate picks."""
+    """Mean cross-entropy (nats; mean squared error for a reconstruction model) on the validation split:
+    the tie-breaker between equally accurate picks."""
     import torch
     import torch.nn.functional as F
 
-    from edgeslim.train import predict
+    from edgeslim.train import is_reconstruction, predict
 
     out = torch.from_numpy(predict(model, task.x_val))
+    if is_reconstruction(model):
+        return float(F.mse_loss(out, torch.from_numpy(task.x_val)))
     return float(F.cross_entropy(out, torch.from_numpy(np.asarray(task.y_val)).long()))
 
 

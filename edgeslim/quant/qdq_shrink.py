@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from edgeslim.onnxkit.graph import remove_dead
 
-_QMIN = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
+_QMIN: dict[int, int] = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
 
 
 def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
@@ -32,7 +32,7 @@ def _clips_at_zero(q: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> boo
     if len(q.input) < 3 or q.input[2] not in inits:
         return False
     zp_t = inits[q.input[2]]
-    lo = _QMIN.get(zp_t.data_type)
+    lo = _QMIN.get(int(zp_t.data_type))
     zp = numpy_helper.to_array(zp_t)
     return lo is not None and zp.size == 1 and int(zp.reshape(())) == lo
 
