@@ -10,8 +10,9 @@ not at a ratio (issue 27).
     time    every candidate exported and timed against the unpruned export in one interleaved loop
             (`ctx.measure`: the measurement core; timing does not depend on the weights, so this happens
             before any fine-tuning)
-    pick    the `tries` least pruned candidates that reach `target_speedup` (+ `speed_margin`, so that the
-            run's own timing at its end still finds the target) are fine-tuned with logit
+    pick    the candidates that reach `target_speedup` (+ `speed_margin`, so that the run's own timing at
+            its end still finds the target), least pruned first, get a short fine-tune (`screen_epochs`)
+            and the `tries` best on validation are fine-tuned in full with logit
             distillation from the unpruned model (the run's baseline), the best on the validation split
             is kept; if none reaches the target, the fastest is, and the notes say so
 BatchNorm folding and Conv+ReLU / Conv+Add+ReLU fusion happen in ONNX Runtime when the session loads (the
@@ -56,7 +57,9 @@ class StructuredFast(PassConfig):
     max_blocks: int = Field(1, ge=0, description="at most this many whole blocks removed")
     probe_step: int = Field(4, ge=1, description="channel counts probed: multiples of this")
     step_margin: float = Field(cm.STEP_MARGIN, ge=0, description="relative time within which counts tie")
-    tries: int = Field(2, ge=1, description="candidates reaching the target that are fine-tuned")
+    tries: int = Field(2, ge=1, description="candidates reaching the target that are fine-tuned in full")
+    screen: int = Field(12, ge=1, description="candidates reaching the target screened by a short fine-tune")
+    screen_epochs: int = Field(3, ge=0, description="epochs of the screening fine-tune (0: no screening)")
     calibration_batches: int = Field(4, ge=1, description="batches of training data for Taylor gradients")
     temperature: float = Field(4.0, gt=0, description="distillation temperature")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation loss (0: labels only)")
@@ -181,6 +184,15 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
     reach = sorted((k for k in cands if speed[k] >= goal), key=lambda k: (-params[k], -speed[k]))
     met = bool(reach)
     pool = reach[: cfg.tries] if met else [max(cands, key=lambda k: speed[k])]
+    screened = []
+    if met and len(reach) > cfg.tries and cfg.screen_epochs > 0:  # a short KD fine-tune of each, judged on val
+        short = (cfg.finetune or ctx.finetune).model_copy(update={"epochs": cfg.screen_epochs})
+        for k in reach[: cfg.screen]:
+            ctx.finetune_model(cands[k][2], task, short, desc=f"structured_fast screen {k}", carry=_kd_carry(task, cfg))
+            a = evaluate(cands[k][2], task.x_val, task.y_val)
+            screened.append({"candidate": k, "val_accuracy": a, "val_loss": round(val_loss(cands[k][2], task), 5)})
+        order = sorted(screened, key=lambda r: (-r["val_accuracy"], r["val_loss"]))
+        pool = [r["candidate"] for r in order[: cfg.tries]]
     tried = []
     best: tuple[float, float, str, nn.Module] | None = None
     for k in pool:
@@ -204,7 +216,8 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
         "target_speedup": cfg.target_speedup, "speed_target_met": met,
         "val_within_drop": drop <= cfg.max_accuracy_drop + 1e-9, "val_samples": len(task.y_val),
         "chosen": key, "speedup_timed": round(sp, 3), "val_accuracy_before": val_before, "val_accuracy": acc,
-        "val_drop_points": round(drop, 3), "blocks_removed": blocks, "tried": tried, "ladder": ladder,
+        "val_drop_points": round(drop, 3), "blocks_removed": blocks, "screened": screened, "tried": tried,
+        "ladder": ladder,
         "fast_counts": {"x".join(map(str, hw)): v for hw, v in fast.items()},
         "probe_ms": {"x".join(map(str, hw)): {c: round(t, 4) for c, t in v.items()} for hw, v in probe_times.items()},
         "channels": {n: [ch_before[n], ch_after.get(n)] for n in ch_before},
