@@ -102,7 +102,7 @@ def test_structured_fast_reaches_the_target_with_fast_consistent_counts(resnet, 
     # one interleaved loop per probed output size, then one for every candidate with the unpruned export
     assert len(meas.calls) == len(n["fast_counts"]) + 1 and "base" in meas.calls[-1]
     assert len(meas.calls[-1]) == len(n["ladder"]) + 1
-    assert n["distill"] == {"temperature": 4.0, "alpha": 0.7}
+    assert n["distill"] == {"temperature": 4.0, "alpha": 0.7, "mixup": None}
     assert net(torch.zeros(2, *tiny_image_task.input_shape)).shape == (2, tiny_image_task.num_classes)
     # the spec replays: removed blocks as identity edits, widths from the state dict
     if n["blocks_removed"]:

@@ -63,6 +63,7 @@ class StructuredFast(PassConfig):
     calibration_batches: int = Field(4, ge=1, description="batches of training data for Taylor gradients")
     temperature: float = Field(4.0, gt=0, description="distillation temperature")
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation loss (0: labels only)")
+    mixup: float | None = Field(None, gt=0, description="distil on mixup inputs too (Beta parameter)")
     rounds: int = Field(40, ge=5, description="interleaved timing rounds for the candidates")
     finetune: TrainConfig | None = None  # default: the recipe's finetune block
 
@@ -139,6 +140,7 @@ def val_loss(model: nn.Module, task: Task) -> float:
 def _kd_carry(task: Task, cfg: StructuredFast) -> dict[str, Any]:
     """The `distill` carry entry (passes.finetune_hooks): logit KD from the run's baseline while fine-tuning."""
     return {"distill": {"temperature": cfg.temperature, "alpha": cfg.alpha, "teachers": [], "cache": True,
+                        "mixup": cfg.mixup,
                         "transfer": None, "task": task.name, "input_shape": list(task.input_shape),
                         "n_train": len(task.x_train)}} if cfg.alpha > 0 else {}
 
@@ -221,7 +223,7 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
         "fast_counts": {"x".join(map(str, hw)): v for hw, v in fast.items()},
         "probe_ms": {"x".join(map(str, hw)): {c: round(t, 4) for c, t in v.items()} for hw, v in probe_times.items()},
         "channels": {n: [ch_before[n], ch_after.get(n)] for n in ch_before},
-        "distill": {"temperature": cfg.temperature, "alpha": cfg.alpha} if cfg.alpha > 0 else None,
+        "distill": {"temperature": cfg.temperature, "alpha": cfg.alpha, "mixup": cfg.mixup} if cfg.alpha > 0 else None,
     }
     if not met:
         notes["note"] = (f"no candidate reached {goal:.2f}x (target {cfg.target_speedup:g}x + margin; fastest "
