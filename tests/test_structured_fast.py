@@ -84,7 +84,7 @@ def _run(resnet, task, tmp_path: Path, **cfg):
 
 def test_structured_fast_reaches_the_target_with_fast_consistent_counts(resnet, tiny_image_task, tmp_path) -> None:
     res, meas = _run(resnet, tiny_image_task, tmp_path, target_speedup=2.2, ratios=[0.0, 0.5, 0.75], tries=1,
-                     calibration_batches=1)
+                     calibration_batches=1, screen_epochs=0)
     n, net = res.notes, res.model
     assert n["speed_target_met"] and n["speedup_timed"] >= 2.2 * 1.03
     # the least pruned candidate that reaches the target (most weights) is the one kept
@@ -102,7 +102,7 @@ def test_structured_fast_reaches_the_target_with_fast_consistent_counts(resnet, 
     # one interleaved loop per probed output size, then one for every candidate with the unpruned export
     assert len(meas.calls) == len(n["fast_counts"]) + 1 and "base" in meas.calls[-1]
     assert len(meas.calls[-1]) == len(n["ladder"]) + 1
-    assert n["distill"] == {"temperature": 4.0, "alpha": 0.7, "mixup": None}
+    assert n["distill"] == {"temperature": 4.0, "alpha": 0.7, "mixup": None} and n["screened"] == []
     assert net(torch.zeros(2, *tiny_image_task.input_shape)).shape == (2, tiny_image_task.num_classes)
     # the spec replays: removed blocks as identity edits, widths from the state dict
     if n["blocks_removed"]:
@@ -123,3 +123,14 @@ def test_recipe_parses() -> None:
     r = load_recipe(Path(edgeslim.__file__).parent / "recipes" / "structured-fast.yaml")
     step = r.steps[0]
     assert step.name == "structured_fast" and step.config.target_speedup == 2.2  # type: ignore[attr-defined]
+
+
+def test_screening_picks_on_validation(resnet, tiny_image_task, tmp_path) -> None:
+    res, _ = _run(resnet, tiny_image_task, tmp_path, target_speedup=2.2, ratios=[0.0, 0.75], max_blocks=0, tries=1,
+                  screen=3, screen_epochs=1, importance="l1")
+    n = res.notes
+    goal = 2.2 * 1.03
+    reach = sorted((c for c in n["ladder"] if c["speedup"] >= goal), key=lambda c: -c["params"])
+    assert len(reach) > 1 and [r["candidate"] for r in n["screened"]] == [c["candidate"] for c in reach[:3]]
+    best = min(n["screened"], key=lambda r: (-r["val_accuracy"], r["val_loss"]))
+    assert [t["candidate"] for t in n["tried"]] == [best["candidate"]] == [n["chosen"]]
