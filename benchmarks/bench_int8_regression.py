@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def job(name: str, out: Path, epochs: int, seed: int, rounds: int) -> dict:
     arch, tname = JOBS[name]
     task = task_for(tname, out)
     base = baseline(arch, task, out / f"{name}_base", epochs, seed)
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run: an existing finished one would be resumed
     t0 = time.perf_counter()
     res = run_recipe(parse_recipe(RECIPE.read_text(), "int8-ptq"), base, task, out / name, seed=seed, quiet=True,
                      force=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def main() -> None:
         for name, path in RECIPES.items():
             t0 = time.perf_counter()
             key = f"{name} s{s}"
+            shutil.rmtree(args.out / key.replace(" ", "_"), ignore_errors=True)  # fresh, not resumed
             runs[key] = run_recipe(parse_recipe(path.read_text(), name), base, task, args.out / key.replace(" ", "_"),
                                    seed=s, quiet=True, force=True)
             walls[key] = time.perf_counter() - t0
