@@ -116,7 +116,8 @@ def main() -> None:
         tgt = TARGETS.get(r["job"])
         verdict = "" if tgt is None else (
             f">= {tgt[0]}x / {tgt[1]}x: " + ("met" if r["smaller"] >= tgt[0] and r["speedup"] >= tgt[1] else "NOT MET"))
-        fl = ", ".join(f"{k} ({v})" for k, v in r["float_layers"].items()) or "none"
+        fl = ("every layer (w8)" if r["format"].startswith("w8") else
+              ", ".join(f"{k} ({v})" for k, v in r["float_layers"].items()) or "none")
         print(f"| {r['job']} | {100 * r['acc_fp32']:.2f}% -> {100 * r['acc_int8']:.2f}% | {r['bytes_fp32']:,} -> "
               f"{r['bytes_int8']:,} | {r['smaller']:.2f}x | {r['ms_fp32']:.4f} -> {r['ms_int8']:.4f} ms | "
               f"{r['speedup']:.2f}x | {r['format']} | {fl} | {verdict} |")
