@@ -186,15 +186,15 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
     reach = sorted((k for k in cands if speed[k] >= goal), key=lambda k: (-params[k], -speed[k]))
     met = bool(reach)
     pool = reach[: cfg.tries] if met else [max(cands, key=lambda k: speed[k])]
-    screened = []
+    screened: list[dict[str, Any]] = []
     if met and len(reach) > cfg.tries and cfg.screen_epochs > 0:  # a short KD fine-tune of each, judged on val
         short = (cfg.finetune or ctx.finetune).model_copy(update={"epochs": cfg.screen_epochs})
         for k in reach[: cfg.screen]:
             ctx.finetune_model(cands[k][2], task, short, desc=f"structured_fast screen {k}", carry=_kd_carry(task, cfg))
             a = evaluate(cands[k][2], task.x_val, task.y_val)
             screened.append({"candidate": k, "val_accuracy": a, "val_loss": round(val_loss(cands[k][2], task), 5)})
-        order = sorted(screened, key=lambda r: (-r["val_accuracy"], r["val_loss"]))
-        pool = [r["candidate"] for r in order[: cfg.tries]]
+        order = sorted(screened, key=lambda r: (-float(r["val_accuracy"]), float(r["val_loss"])))
+        pool = [str(r["candidate"]) for r in order[: cfg.tries]]
     tried = []
     best: tuple[float, float, str, nn.Module] | None = None
     for k in pool:
