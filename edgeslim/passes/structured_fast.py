@@ -225,7 +225,10 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
         "channels": {n: [ch_before[n], ch_after.get(n)] for n in ch_before},
         "distill": {"temperature": cfg.temperature, "alpha": cfg.alpha, "mixup": cfg.mixup} if cfg.alpha > 0 else None,
     }
-    if not met:
+    if not classes:
+        notes["note"] = "no convolution to prune: structured_fast cuts conv channels and blocks (structured_prune " \
+                        "also prunes Linear layers)"
+    elif not met:
         notes["note"] = (f"no candidate reached {goal:.2f}x (target {cfg.target_speedup:g}x + margin; fastest "
                          f"{sp:.2f}x): raise max_blocks or add higher ratios")
     elif drop > cfg.max_accuracy_drop:
