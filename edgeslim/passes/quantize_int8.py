@@ -34,6 +34,7 @@ from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 from edgeslim.quant.qdq_float import keep_float
+from edgeslim.quant.qdq_shrink import shrink
 
 DEFAULT_CANDIDATES = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")  # per-tensor weights lose precision, never time
 
@@ -179,10 +180,10 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     write_json(ctx.stage_dir / "quant_report.json", report)
     shutil.rmtree(work)
     notes = {
-        "format": f"{r.chosen} ({p.fmt}, {len(p.int8_units)} layers INT8, {len(p.float_units)} float)"
+        "format": f"{r.chosen} ({p.fmt}, {len(p.units.quant) - len(float_why)} layers INT8, {len(float_why)} float)"
                   if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
         "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
-        "tried": r.rows, "float_layers": p.float_units, "plan_notes": p.notes, "layers": layers,
+        "tried": r.rows, "float_layers": float_why, "plan_notes": p.notes, "layers": layers,
         "speed_decisions": getattr(clock, "method", "measured: interleaved on this host"),
     }
     if r.slower_than_fp32:
@@ -232,7 +233,7 @@ def per_layer_int8(
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
-    models = {"int8-mixed": plan.model, "int8-full": plan.full, "w8": w8}
+    models = {"int8-mixed": plan.model, "int8-full": shrink(plan.full)[0], "w8": w8}
     paths = {}
     recurrent: list[str] = []
     for k, m in models.items():

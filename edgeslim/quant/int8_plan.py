@@ -35,6 +35,7 @@ from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
 from edgeslim.quant.layer_select import (
+    WEIGHT_CODES_MIN,
     Profiler,
     Units,
     UnitTime,
@@ -43,6 +44,7 @@ from edgeslim.quant.layer_select import (
     units,
 )
 from edgeslim.quant.qdq_float import keep_float
+from edgeslim.quant.qdq_shrink import shrink
 
 
 class RatioLike(Protocol):
@@ -117,7 +119,8 @@ class Int8Plan:
         fl = {u: w for u, w in self.float_units.items() if (w.startswith("fidelity") and fidelity)
               or (not w.startswith("fidelity") and speed)}
         exact = [u for u, w in fl.items() if w.startswith("fidelity")]
-        return keep_float(self.full, self.units.nodes(fl), exact=self.units.nodes(exact), float_model=self.float_model)
+        return keep_float(self.full, self.units.nodes(fl), exact=self.units.nodes(exact), float_model=self.float_model,
+                          int8_min_elements=WEIGHT_CODES_MIN)
 
     @property
     def exact_units(self) -> list[str]:
@@ -203,7 +206,8 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
     assert plan.full is not None
     fl = {**plan.float_units, **more}
     exact = [u for u, w in fl.items() if w.startswith("fidelity")]
-    m = keep_float(plan.full, plan.units.nodes(fl), exact=plan.units.nodes(exact), float_model=plan.float_model)
+    m = keep_float(plan.full, plan.units.nodes(fl), exact=plan.units.nodes(exact), float_model=plan.float_model,
+                   int8_min_elements=WEIGHT_CODES_MIN)
     cos = evaluator(feeds, ref, threads)(m, len(feeds))
     return replace(plan, model=m, float_units=fl, int8_units=[u for u in plan.int8_units if u not in fl],
                    cosine=cos, notes=plan.notes + [f"{len(more)} more layers kept float: {', '.join(more)}"])
@@ -253,10 +257,14 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
     run.steps["full_cosine"] = cos
     us = units(q)
     float_units, fixed, times = _layer_steps(run, q, fm, us, profiler)
-    final = keep_float(q, us.nodes(float_units), exact=us.nodes(fixed), float_model=fm)
+    final = keep_float(q, us.nodes(float_units), exact=us.nodes(fixed), float_model=fm, int8_min_elements=WEIGHT_CODES_MIN)
     if len(float_units) > len(fixed):  # whole-model timing has the last word on the per-layer speed choice
         with _timed(run.spent, "speed_check"):
             final, float_units = _check_speed_choice(run, clock, q, fm, us, final, float_units, fixed)
+    final, cut = shrink(final)  # what ORT drops at load, dropped on disk too (quant.qdq_shrink)
+    if any(cut.values()):
+        run.notes.append(f"shrink: {cut['relus']} ReLUs fused into their quantize, {cut['zero_points']} zero "
+                         "zero-points dropped")
     cos = run.evaluate(final, len(feeds))
     int8_units = [u for u in us.quant if u not in float_units]
     run.notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.spent.items()))
@@ -346,7 +354,7 @@ def _check_speed_choice(run: _Run, clock: Clock, q: onnx.ModelProto, fm: onnx.Mo
     ORT adds between kernels (layout changes, memory traffic), so the layers it kept float for speed
     go back to INT8 when the whole model is clearly faster that way (measured: ddddocr's YOLOX
     detector ran 2.35x vs 1.87x with every layer INT8)."""
-    without = keep_float(q, us.nodes(fixed), exact=us.nodes(fixed), float_model=fm)
+    without = keep_float(q, us.nodes(fixed), exact=us.nodes(fixed), float_model=fm, int8_min_elements=WEIGHT_CODES_MIN)
     t = clock.times({"with": mixed.SerializeToString(), "without": without.SerializeToString()})
     r = clock.ratio(t["without"], t["with"])
     keep = r.verdict(SPEED_CHECK_MARGIN) != "faster"

@@ -149,7 +149,9 @@ def layer_report(
     q = onnx.load(str(q_onnx))
     inits = {t.name: t for t in q.graph.initializer}
     producer = {o: n for n in q.graph.node for o in n.output}
-    fnames = {o for n in onnx.load(str(float_onnx)).graph.node for o in n.output}
+    fgraph = onnx.load(str(float_onnx)).graph
+    fnames = {o for n in fgraph.node for o in n.output}
+    frelu = {n.input[0]: n.output[0] for n in fgraph.node if n.op_type == "Relu"}  # fused on disk (qdq_shrink)
     rows = []
     for n in q.graph.node:
         if n.op_type not in WEIGHT_OPS or len(n.input) < 2:
@@ -173,6 +175,8 @@ def layer_report(
             # a ReLU/Clip kept in the graph: the Q/DQ before it already clips to its range, so compare after it
             out = readers[0].output[0]
             tensor = _after_qdq(q, out)
+        elif out in frelu and tensor != out:  # the ReLU went into the output's quantize: compare after it
+            out = frelu[out]
         rows.append({
             "layer": n.name or n.output[0], "op": n.op_type, "bits": int(b),
             "weight_dtype": str(codes.dtype), "weight_scale_min": float(np.min(scale)),

@@ -45,12 +45,14 @@ def _decoded(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int)
 
 def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_elements: int = 1024,
                exact: set[str] | frozenset[str] = frozenset(), float_model: onnx.ModelProto | None = None,
-               ) -> onnx.ModelProto:
+               int8_min_elements: int | None = None) -> onnx.ModelProto:
     """A copy of `qdq` in which the nodes named `names` compute in float (see the module docstring).
 
     Nodes also in `exact` take their original weights from the node of the same name in `float_model`
     (stored fp16 when large, float32 otherwise) instead of the int8 codes: for layers kept float for
-    fidelity, where int8 weight rounding alone would already cost too much."""
+    fidelity, where int8 weight rounding alone would already cost too much. `int8_min_elements` (default
+    `min_elements`): the other weights keep their int8 codes on disk (Cast -> Mul, folded at load) from
+    this many elements; smaller ones are stored decoded in float32."""
     m = onnx.ModelProto()
     m.CopyFrom(qdq)
     g = m.graph
@@ -75,7 +77,8 @@ def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_eleme
                     n.input[k] = _store_float(g, f"{t}__exact_{n.name}", w, min_elements, new_nodes)
                     continue
                 if t not in decoded:
-                    decoded[t] = _decode_const(g, dq, inits, min_elements, new_nodes)
+                    decoded[t] = _decode_const(g, dq, inits, min_elements if int8_min_elements is None
+                                               else int8_min_elements, new_nodes)
                 n.input[k] = decoded[t]
                 continue
             q = prod.get(src)

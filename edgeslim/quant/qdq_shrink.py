@@ -1,0 +1,162 @@
+"""Shrink a finished QDQ model without changing what ONNX Runtime runs: bytes that ORT throws away at load.
+
+Why: on a small model (ResNet-8, 77k weights) the QDQ bookkeeping is a large share of the file. The INT8
+plan quantizes with the activations kept (`QDQKeepRemovableActivations`, so `quant.qdq_float` can put
+layers back in float), which leaves `Q -> DQ -> Relu -> Q -> DQ` around every ReLU; ORT removes the ReLU
+and the first pair when the session loads (the second QuantizeLinear's zero point already clips at 0).
+Here the same rewrite is done on disk, and the all-zero zero points of constant DequantizeLinear
+nodes (weights, biases; optional in ONNX, zero by default) are dropped, equal scalar scales and zero
+points are stored once, and (ORT >= 1.20) int32 biases are stored as the float values ORT quantizes
+back at load. Outputs are unchanged up to
+the one rounding step removed (the ReLU's input is no longer quantized twice); figures in
+docs/benchmarks.md, "INT8 that does not go backwards".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeslim.onnxkit.graph import remove_dead
+
+_QMIN: dict[int, int] = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
+
+
+def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
+    return numpy_helper.to_array(inits[name]) if name in inits else None
+
+
+def _clips_at_zero(q: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """True when QuantizeLinear `q` saturates every negative input to its lowest code (zero point =
+    the type's minimum), i.e. it applies a ReLU by itself."""
+    if len(q.input) < 3 or q.input[2] not in inits:
+        return False
+    zp_t = inits[q.input[2]]
+    lo = _QMIN.get(int(zp_t.data_type))
+    zp = numpy_helper.to_array(zp_t)
+    return lo is not None and zp.size == 1 and int(zp.reshape(())) == lo
+
+
+def drop_fused_relus(m: onnx.ModelProto) -> int:
+    """`x -> Q1 -> DQ1 -> Relu -> Q2` with Q2 clipping at 0 becomes `x -> Q2` (ORT's own load-time fusion,
+    done on disk). Returns how many ReLUs went."""
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output if o}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    k = 0
+    for relu in list(g.node):
+        if relu.op_type != "Relu" or relu.output[0] in outputs:
+            continue
+        rd = readers.get(relu.output[0], [])
+        dq1 = prod.get(relu.input[0])
+        q1 = prod.get(dq1.input[0]) if dq1 is not None and dq1.op_type == "DequantizeLinear" else None
+        if q1 is None or q1.op_type != "QuantizeLinear" or not rd:
+            continue
+        if not all(r.op_type == "QuantizeLinear" and _clips_at_zero(r, inits) for r in rd):
+            continue
+        for q2 in rd:
+            q2.input[0] = q1.input[0]
+        k += 1
+    if k:
+        remove_dead(m)
+    return k
+
+
+def drop_zero_zero_points(m: onnx.ModelProto) -> int:
+    """Remove the all-zero zero point of DequantizeLinear nodes that decode constants (int8 weights with
+    symmetric scales, int32 biases): the input is optional and zero, of the constant's type, by default;
+    ORT's fused kernels get the same zero (measured: same kernels and speed on ResNet-8). Returns how
+    many were dropped."""
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    k = 0
+    for n in g.node:
+        if n.op_type != "DequantizeLinear" or len(n.input) < 3 or n.input[0] not in inits:
+            continue
+        zp = _const(inits, n.input[2])
+        if zp is not None and inits[n.input[2]].data_type == inits[n.input[0]].data_type and not zp.any():
+            del n.input[2]
+            k += 1
+    if k:
+        remove_dead(m)
+    return k
+
+
+def share_scalars(m: onnx.ModelProto) -> int:
+    """Scalar initializers (quantization scales and zero points) with the same type and value become one
+    (after the ReLU fusion many activations share zero point 0). Returns how many were merged away."""
+    g = m.graph
+    first: dict[tuple[int, bytes], str] = {}
+    ren: dict[str, str] = {}
+    for t in g.initializer:
+        if len(t.dims) > 1 or (len(t.dims) == 1 and t.dims[0] != 1):
+            continue
+        key = (t.data_type, numpy_helper.to_array(t).tobytes())
+        if key in first:
+            ren[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not ren:
+        return 0
+    for n in g.node:
+        n.input[:] = [ren.get(i, i) for i in n.input]
+    remove_dead(m)
+    return len(ren)
+
+
+def ort_quantizes_float_bias() -> bool:
+    """ONNX Runtime >= 1.20 has the `BiasQuantization` transformer: a QDQ Conv/Gemm whose bias is float
+    gets it quantized at load (scale = input scale x weight scale), so the file need not carry it."""
+    import onnxruntime as ort
+
+    major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+    return (major, minor) >= (1, 20)
+
+
+def float_biases(m: onnx.ModelProto) -> int:
+    """Replace the int32 bias + its scale vector + DequantizeLinear of each Conv/Gemm by the float bias it
+    decodes to (4 bytes per channel instead of 8 and a node): ORT quantizes it back at load with the same
+    scale (`ort_quantizes_float_bias`; measured with ORT 1.32 on ResNet-8: the same 22 kernels, the same
+    speed, the same outputs). Returns how many biases changed."""
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output if o}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    k = 0
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3:
+            continue
+        dq = prod.get(n.input[2])
+        if dq is None or dq.op_type != "DequantizeLinear" or readers.get(n.input[2], 0) != 1:
+            continue
+        q, scale = inits.get(dq.input[0]), inits.get(dq.input[1])
+        if q is None or scale is None or q.data_type != onnx.TensorProto.INT32:
+            continue
+        zp = _const(inits, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        b = (numpy_helper.to_array(q).astype(np.float64) - (0 if zp is None else zp)) * numpy_helper.to_array(scale)
+        name = dq.output[0] + "_float"
+        g.initializer.append(numpy_helper.from_array(b.astype(np.float32), name))
+        n.input[2] = name
+        k += 1
+    if k:
+        remove_dead(m)
+    return k
+
+
+def shrink(m: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of QDQ model `m` with the rewrites above; counts per rewrite."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    counts = {"relus": drop_fused_relus(out), "zero_points": drop_zero_zero_points(out),
+              "float_biases": float_biases(out) if ort_quantizes_float_bias() else 0,
+              "scalars_shared": share_scalars(out)}
+    return out, counts
