@@ -83,13 +83,14 @@ def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 
     """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
     the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
-    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`."""
-    from edgeslim.nlp import is_text_encoder_folder
+    runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. The model's kind is found
+    first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data."""
     from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
 
-    r = load_recipe(recipe)
-    if is_text_encoder_folder(model_dir):
+    kind = model_kind(model_dir)
+    r = load_recipe(recipe, kind=kind)
+    if kind == "text":
         from edgeslim.nlp import require
 
         require()
@@ -108,6 +109,22 @@ def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
                       task_spec=task, device=device)
+
+
+def model_kind(model: Path) -> str:
+    """The kind of model at `model` (`passes.SOURCE_KINDS`): `text` (a Hugging Face text-encoder folder),
+    `onnx` (a .onnx file), `pytorch` (a .pt2 program, a state dict, a pickle), else `zoo` (an edgeslim model
+    folder; checked when loaded)."""
+    from edgeslim.nlp import is_text_encoder_folder
+
+    p = Path(model)
+    if is_text_encoder_folder(p):
+        return "text"
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix in (".pt2", ".pt", ".pth", ".safetensors") and p.is_file():
+        return "pytorch"
+    return "zoo"
 
 
 def compress(
