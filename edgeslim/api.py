@@ -79,12 +79,15 @@ def train(
 
 
 def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False, device: str | None = None) -> dict:
+        force: bool = False, trust_pickle: bool = False, device: str | None = None,
+        model_class: str | None = None) -> dict:
     """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
     the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
     runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. The model's kind is found
-    first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data."""
+    first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data.
+    Your own PyTorch model: a `torch.export` program (`.pt2`), or a state dict with `model_class`
+    (`module:Class`, imported from the working directory), or a trusted pickle; its stages are stored as `.pt2`."""
     from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
 
@@ -108,7 +111,7 @@ def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 
                             f"config.json); {model_dir} is not one")
     t = load_task(task, seed=seed)
     return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                      task_spec=task, device=device)
+                      task_spec=task, device=device, model_class=model_class)
 
 
 def model_kind(model: Path) -> str:

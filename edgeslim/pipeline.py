@@ -14,7 +14,9 @@ is exported to ONNX once and measured by the measurement core as it finishes (fo
 run.json; a run resumed with another device re-measures the device figures of its finished stages and
 reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
 (`measure.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
-own comparisons. The stages run in the one stage loop (`edgeslim.run.loop`) with the zoo's model handler.
+own comparisons. The stages run in the one stage loop (`edgeslim.run.loop`) with the zoo's model handler, or for a PyTorch
+program (`.pt2`, a state dict + `model_class`, a trusted pickle) `run.pytorch.ProgramHandler`: its stages are
+stored as `.pt2` programs that reopen without the user's code.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from edgeslim import models, resources, runlock
 from edgeslim.data import Task
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
+from edgeslim.models.program import check_batch
 from edgeslim.recipe import Recipe
 from edgeslim.run import RESUME, ModelHandler, run_stages
+from edgeslim.run.pytorch import ProgramHandler
 
 __all__ = ["RESUME", "RESULT_FIELDS", "run_recipe"]
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
@@ -38,7 +42,7 @@ RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_b
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
     force: bool = False, trust_pickle: bool = False, task_spec: str = "", device: str | None = None,
-    threads: int = 1, report: bool = True,
+    threads: int = 1, report: bool = True, model_class: str | None = None,
 ) -> dict:
     """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
     the results dict. With `report` (default), the stages are compared at the end (`measure.stage_compare`:
@@ -51,9 +55,10 @@ def run_recipe(
     # everything that can refuse the run is checked before the first write (runlock.check_claim too)
     dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
     load_device(dev)  # an unknown device is one line
-    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
-    if spec.get("arch") == "pickle":
-        spec["input_shape"] = list(task.input_shape)
+    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle, model_class=model_class)
+    if spec.get("arch") == "program":  # a PyTorch program: its input shape is the task's unless it fixes one
+        spec.setdefault("input_shape", list(task.input_shape))
+        check_batch(model, task.input_shape, Path(model_dir))
     _check_input(spec, task, model_dir)
     resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
     runlock.check_claim(out, ident, force)
@@ -66,9 +71,7 @@ def run_recipe(
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
                 quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
-    h = ModelHandler(spec, threads)
-    if spec.get("arch") == "pickle":  # a trusted pickle: the in-memory original is the teacher
-        h.teacher_loader = lambda out, original: (lambda: original)  # type: ignore[method-assign]
+    h = ProgramHandler(spec, threads) if spec.get("arch") == "program" else ModelHandler(spec, threads)
     return run_stages(h, recipe, model, task, out, ident, seed, quiet, dev, threads, report)
 
 
