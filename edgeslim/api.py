@@ -80,19 +80,36 @@ def train(
 
 def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
         force: bool = False, trust_pickle: bool = False, device: str | None = None,
-        model_class: str | None = None) -> dict:
+        model_class: str | None = None, inputs: Path | None = None) -> dict:
     """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
     the default profile); writes results.json, report.md and report.html into `out`. A resume with another
     device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
     runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. The model's kind is found
     first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data.
     Your own PyTorch model: a `torch.export` program (`.pt2`), or a state dict with `model_class`
-    (`module:Class`, imported from the working directory), or a trusted pickle; its stages are stored as `.pt2`."""
+    (`module:Class`, imported from the working directory), or a trusted pickle; its stages are stored as `.pt2`.
+    An ONNX file with `inputs` (an .npz, one array per model input, samples on axis 0) and no labels: the original
+    model is the teacher; every stage records its fidelity on a held-out split of the inputs."""
     from edgeslim.nlp.text import is_text_task
     from edgeslim.pipeline import run_recipe
 
     kind = model_kind(model_dir)
     r = load_recipe(recipe, kind=kind)
+    if kind == "onnx":
+        from edgeslim.onnxkit.load import read_onnx
+        from edgeslim.pipeline import run_onnx_recipe
+
+        read_onnx(model_dir)  # the model is checked before the data
+        if inputs is None:
+            raise EdgeslimError(f"{model_dir}: an ONNX file needs its inputs: --inputs X.npz (one array per model "
+                                "input, samples on axis 0; no labels needed), e.g. edgeslim run "
+                                "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R"
+                                + ("; --task (labels) is not taken for ONNX files yet" if task else ""))
+        return run_onnx_recipe(r, Path(model_dir), Path(inputs), out, seed=seed, quiet=quiet, force=force,
+                               device=device)
+    if inputs is not None:
+        raise EdgeslimError(f"{model_dir}: --inputs (no labels) is taken for ONNX files for now; give this model "
+                            "--task")
     if kind == "text":
         from edgeslim.nlp import require
 

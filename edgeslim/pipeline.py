@@ -35,7 +35,7 @@ from edgeslim.recipe import Recipe
 from edgeslim.run import RESUME, ModelHandler, run_stages
 from edgeslim.run.pytorch import ProgramHandler
 
-__all__ = ["RESUME", "RESULT_FIELDS", "run_recipe"]
+__all__ = ["RESUME", "RESULT_FIELDS", "run_onnx_recipe", "run_recipe"]
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
@@ -73,6 +73,45 @@ def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
                 quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
     h = ProgramHandler(spec, threads) if spec.get("arch") == "program" else ModelHandler(spec, threads)
     return run_stages(h, recipe, model, task, out, ident, seed, quiet, dev, threads, report)
+
+
+def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path, out: Path, *, seed: int = 0, quiet: bool = False,
+                    force: bool = False, device: str | None = None, threads: int = 1) -> dict:
+    """Run (or resume) `recipe` on the ONNX file `model` with the user's inputs `inputs` (an .npz, one array per
+    model input, samples on axis 0) and no labels: the original is the teacher (`data.unlabelled`,
+    `run.onnx.OnnxHandler`). The model is converted (and refused, in one line) before the data is read."""
+    import numpy as np
+
+    from edgeslim.data.unlabelled import teacher_task
+    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.run.onnx import OnnxHandler, convert, flat_outputs, onnx_outputs
+
+    out, model = Path(out), Path(model)
+    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
+    load_device(dev)
+    specs = input_specs(read_onnx(model))
+    original = convert(model, ())  # the model first: an op that cannot be converted is one line
+    spec_in = specs[0]
+    if spec_in.dtype.kind != "f":
+        raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
+    fixed = bool(spec_in.dims) and isinstance(spec_in.dims[0], int)
+    x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
+
+    def teacher(a: np.ndarray) -> np.ndarray:
+        return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads))
+
+    task = teacher_task(str(inputs), x, teacher, seed)
+    spec = {"format": 1, "arch": "onnx", "source": str(model.resolve()), "input_name": spec_in.name,
+            "fixed_batch": fixed, "input_shape": list(task.input_shape), "edits": []}
+    ident = {"model": str(model.resolve()), "task": f"inputs:{Path(inputs).resolve()}", "recipe_digest": recipe.digest,
+             "seed": seed, "kind": "onnx"}
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        runlock.claim(out, ident, force, {"device": dev})
+        h = OnnxHandler(spec, threads)
+        h.write_splits(out, task)
+        return run_stages(h, recipe, original, task, out, ident, seed, quiet, dev, threads)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

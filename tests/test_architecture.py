@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"onnxkit", "untrusted"},                                    # the ONNX toolkit; checks of untrusted files
     {"data", "devices", "models", "train", "report", "litert",   # what a task, device, model is; backends
      "guard", "resources"},                                      # NaN rollback, memory checked up front
-    {"formats", "quant", "prune", "distill", "deploy", "nlp"},   # techniques' building blocks, file formats
+    {"formats", "quant", "prune", "distill", "deploy", "nlp", "onnxtorch"},   # techniques' building blocks, file formats
     {"measure", "energy"},                                       # figures of a model, never changing it
     {"passes"},                                                  # pure transforms registered by name
     {"recipe", "run", "pipeline", "text_pipeline", "onnxopt", "search"},  # jobs made of passes and measurements

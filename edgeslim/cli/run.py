@@ -23,6 +23,8 @@ def run_cmd(
                                "(.safetensors/.pt, with --model-class), or a Hugging Face text-encoder folder"),
     task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data "
                                     "(text encoders: default 'sentences', or a .txt/.jsonl)"),
+    inputs: Path | None = typer.Option(None, "--inputs", help="an ONNX model's inputs without labels: .npz with one "
+                                       "array per model input, samples on axis 0 (the original is the teacher)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (resumed if it holds the same run)"),
     seed: int = typer.Option(0, help="random seed"),
     force: bool = typer.Option(False, help="overwrite a run folder that holds a different run"),
@@ -35,7 +37,7 @@ def run_cmd(
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
     res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device, model_class=model_class)
+                  device=device, model_class=model_class, inputs=inputs)
     if as_json:
         emit_json(res)
     else:
