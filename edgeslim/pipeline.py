@@ -95,7 +95,7 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path, out: Path, *, see
     spec_in = specs[0]
     if spec_in.dtype.kind != "f":
         raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
-    fixed = bool(spec_in.dims) and isinstance(spec_in.dims[0], int)
+    fixed = spec_in.dims is not None and len(spec_in.dims) > 0 and isinstance(spec_in.dims[0], int)
     x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
 
     def teacher(a: np.ndarray) -> np.ndarray:
