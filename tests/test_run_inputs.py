@@ -22,6 +22,7 @@ finetune: {epochs: 2, lr: 0.0005, batch_size: 32}
 passes:
   - sensitivity_prune: {target: 0.4, mode: structured, max_ratio: 0.6, ratios: [0.25, 0.5]}
   - distill_outputs: {train: {epochs: 2, lr: 0.0002, batch_size: 32}}
+  - quantize_int8: {}
 """
 
 
@@ -78,7 +79,7 @@ def test_onnx_with_inputs_runs_with_held_out_fidelity(onnx_model, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["kind"] == "onnx" and res["task"]["labels"].startswith("none")
     assert res["task"]["augmentation"]["augmented"] and res["task"]["augmentation"]["from"] == 72  # 120 - 24 - 24
-    base, pruned, distilled = res["stages"]
+    base, pruned, distilled, int8 = res["stages"]
     assert base["fidelity"]["cosine"] == pytest.approx(1.0) and base["fidelity"]["split"] == "test"
     assert max(base["notes"]["conversion_parity_max_abs_diff"].values()) < 1e-5
     for s in (pruned, distilled):
@@ -88,11 +89,12 @@ def test_onnx_with_inputs_runs_with_held_out_fidelity(onnx_model, tmp_path):
         assert max(s["notes"]["parity_max_abs_diff"].values()) < 1e-4  # exported back, checked per output
     assert pruned["macs"] < 0.8 * base["macs"] and pruned["size_bytes"] < base["size_bytes"]
     assert distilled["speedup_vs_baseline"] is not None and base["latency_timing"].startswith("interleaved")
+    assert int8["size_bytes"] < 0.6 * pruned["size_bytes"] and int8["fidelity"]["cosine"] > 0.98
     assert "held-out cosine" in stdout
     # resume: nothing is redone
     code, stdout, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs", str(inputs),
                                     "-o", str(out))
-    assert code == 0 and "[distill_outputs] done earlier" in stdout, err
+    assert code == 0 and "[quantize_int8] done earlier" in stdout, err
 
 
 def test_no_held_out_sample_reaches_training_calibration_sensitivity_or_the_pick(onnx_model, tmp_path, monkeypatch):
@@ -138,4 +140,4 @@ def test_any_model_recipe_parses_for_onnx_and_pytorch():
 
     for kind in ("onnx", "pytorch", "zoo"):
         r = load_recipe(ANY_MODEL, kind=kind)
-        assert [s.name for s in r.steps][:2] == ["sensitivity_prune", "distill_outputs"]
+        assert [s.name for s in r.steps] == ["sensitivity_prune", "distill_outputs", "quantize_int8"]
