@@ -141,3 +141,12 @@ def test_any_model_recipe_parses_for_onnx_and_pytorch():
     for kind in ("onnx", "pytorch", "zoo"):
         r = load_recipe(ANY_MODEL, kind=kind)
         assert [s.name for s in r.steps] == ["sensitivity_prune", "distill_outputs", "quantize_int8"]
+
+
+def test_optimize_says_in_its_last_line_that_any_model_goes_further(onnx_model, tmp_path):
+    inputs = _inputs(tmp_path / "x.npz", 16)
+    code, stdout, err = main_inproc("optimize", str(onnx_model), "-o", str(tmp_path / "o.onnx"), "--inputs",
+                                    str(inputs), "--bench-seconds", "0.5")
+    assert code == 0, err
+    last = [ln for ln in stdout.splitlines() if ln.strip()][-1]
+    assert "edgeslim run edgeslim/recipes/any-model.yaml" in last and "--inputs" in last
