@@ -180,3 +180,18 @@ def test_fixed_batch_program_is_one_line(net_module, tmp_path):
     with pytest.raises(EdgeslimError, match="dynamic batch") as e:
         check_batch(net, tuple(spec["input_shape"]), p)
     assert "\n" not in str(e.value)
+
+
+def test_pt2_goes_through_any_model(net_module, task_file, tmp_path):
+    import edgeslim
+
+    _, kwsnet = net_module
+    torch.manual_seed(2)
+    pt2 = _program(kwsnet.KwsNet(), tmp_path / "kws.pt2")
+    out = tmp_path / "run"
+    code, _, err = main_inproc("run", str(Path(edgeslim.__file__).parent / "recipes" / "any-model.yaml"),
+                               "--model", str(pt2), "--task", str(task_file), "-o", str(out))
+    assert code == 0, err
+    names = [s["name"] for s in json.loads((out / "results.json").read_text())["stages"]]
+    assert names == ["baseline", "sensitivity_prune", "distill_outputs", "quantize_int8"]
+    assert (out / "stages" / "02_distill_outputs" / "model.pt2").is_file()
