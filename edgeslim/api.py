@@ -108,8 +108,13 @@ def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 
         return run_onnx_recipe(r, Path(model_dir), Path(inputs), out, seed=seed, quiet=quiet, force=force,
                                device=device)
     if inputs is not None:
-        raise EdgeslimError(f"{model_dir}: --inputs (no labels) is taken for ONNX files for now; give this model "
-                            "--task")
+        if task is not None:
+            raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
+                                "not both")
+        from edgeslim.pipeline import run_inputs_recipe
+
+        return run_inputs_recipe(r, model_dir, Path(inputs), out, seed=seed, quiet=quiet, force=force,
+                                 trust_pickle=trust_pickle, device=device, model_class=model_class)
     if kind == "text":
         from edgeslim.nlp import require
 

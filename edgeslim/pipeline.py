@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -35,7 +36,7 @@ from edgeslim.recipe import Recipe
 from edgeslim.run import RESUME, ModelHandler, run_stages
 from edgeslim.run.pytorch import ProgramHandler
 
-__all__ = ["RESUME", "RESULT_FIELDS", "run_onnx_recipe", "run_recipe"]
+__all__ = ["RESUME", "RESULT_FIELDS", "run_inputs_recipe", "run_onnx_recipe", "run_recipe"]
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
@@ -71,8 +72,40 @@ def run_recipe(
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
                 quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
-    h = ProgramHandler(spec, threads) if spec.get("arch") == "program" else ModelHandler(spec, threads)
+    h: ModelHandler
+    if task.metric == "fidelity":  # no labels (run --inputs): the original is the teacher
+        from edgeslim.run.pytorch import inputs_handler
+
+        h = inputs_handler(spec, threads)
+        h.write_splits(out, task)  # type: ignore[attr-defined]
+    else:
+        h = ProgramHandler(spec, threads) if spec.get("arch") == "program" else ModelHandler(spec, threads)
     return run_stages(h, recipe, model, task, out, ident, seed, quiet, dev, threads, report)
+
+
+def run_inputs_recipe(recipe: Recipe, model_dir: Path, inputs: Path, out: Path, *, seed: int = 0, quiet: bool = False,
+                      force: bool = False, trust_pickle: bool = False, device: str | None = None, threads: int = 1,
+                      model_class: str | None = None) -> dict:
+    """`run_recipe` without labels on a PyTorch program or a zoo folder: the user's samples (`inputs`, an .npz
+    holding one array [N, *input shape]) with the original model's outputs as the targets (`data.unlabelled`)."""
+    from edgeslim.data.unlabelled import teacher_task
+    from edgeslim.onnxkit.inputs import single_input_samples
+    from edgeslim.train import predict
+
+    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle, model_class=model_class)
+    shape = spec.get("input_shape")
+    if not shape:
+        raise EdgeslimError(f"{model_dir}: the model does not say its input shape; export the program at a fixed "
+                            "sample shape (only the batch dimension dynamic)")
+    x = single_input_samples(inputs, tuple(shape), holder="the model")
+
+    def teacher(a: Any) -> Any:
+        return predict(model, a).reshape(len(a), -1)
+
+    task = teacher_task(str(inputs), x, teacher, seed)
+    return run_recipe(recipe, model_dir, task, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
+                      task_spec=f"inputs:{Path(inputs).resolve()}", device=device, threads=threads,
+                      model_class=model_class)
 
 
 def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path, out: Path, *, seed: int = 0, quiet: bool = False,
@@ -121,7 +154,7 @@ def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
             f"{model_dir}: model expects inputs of shape {want} but task '{task.name}' has {task.input_shape}"
         )
     nc = spec.get("num_classes")
-    if nc and nc != task.num_classes:
+    if nc and task.num_classes and nc != task.num_classes:  # (0: no labels, the model's outputs are the targets)
         raise EdgeslimError(
             f"{model_dir}: model has {nc} classes but task '{task.name}' has {task.num_classes}"
         )

@@ -195,3 +195,27 @@ def test_pt2_goes_through_any_model(net_module, task_file, tmp_path):
     names = [s["name"] for s in json.loads((out / "results.json").read_text())["stages"]]
     assert names == ["baseline", "sensitivity_prune", "distill_outputs", "quantize_int8"]
     assert (out / "stages" / "02_distill_outputs" / "model.pt2").is_file()
+
+
+def test_pt2_with_inputs_and_no_labels(net_module, tmp_path):
+    _, kwsnet = net_module
+    torch.manual_seed(3)
+    pt2 = _program(kwsnet.KwsNet(), tmp_path / "kws.pt2")
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=quadrant_images(150)[0])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nfinetune: {epochs: 2, batch_size: 32}\npasses:\n"
+                      "  - structured_prune: {ratio: 0.5}\n  - distill_outputs: {train: {epochs: 8, lr: 0.001}}\n")
+    out = tmp_path / "run"
+    code, stdout, err = main_inproc("run", str(recipe), "--model", str(pt2), "--inputs", str(npz), "-o", str(out))
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["kind"] == "pytorch" and res["task"]["labels"].startswith("none") and res["task"]["test"] == 30
+    base, pruned, distilled = res["stages"]
+    assert base["fidelity"]["cosine"] == pytest.approx(1.0)
+    assert distilled["fidelity"]["split"] == "test" and distilled["fidelity"]["cosine"] > 0.9, distilled["fidelity"]
+    assert distilled["fidelity"]["cosine"] > pruned["fidelity"]["cosine"]  # distillation on outputs recovers
+    assert pruned["params"] < 0.5 * base["params"] and (out / "splits" / "test.npz").is_file()
+    code, _, err = main_inproc("run", str(recipe), "--model", str(pt2), "--inputs", str(npz), "--task",
+                               str(npz), "-o", str(tmp_path / "r2"))
+    assert_user_error(code, err, "not both")

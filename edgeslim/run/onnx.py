@@ -72,18 +72,89 @@ def flat_outputs(runs: list[list[np.ndarray]]) -> np.ndarray:
                            for r in runs])
 
 
-class OnnxHandler(ModelHandler):
+class FidelityStages(ModelHandler):
+    """Stage metrics of a run without labels (`data.unlabelled`): held-out fidelity of every stage's ONNX to the
+    reference ONNX (the original file, or the baseline stage's export of a PyTorch model), validation fidelity,
+    the measurement core's counts and device figures; the final interleaved timing; results.json."""
+
+    input_name = "input"
+    fixed_batch = False
+    source: Path | None = None  # the reference ONNX when it is known up front (an ONNX file given to run)
+
+    def _reference(self, onnx_path: Path) -> Path:
+        if self.source is not None:
+            return self.source
+        base = self._out / "stages" / "00_baseline" / "model.onnx"
+        return base if base.is_file() else onnx_path  # the baseline stage is its own reference
+
+    def write_splits(self, out: Path, task: Any) -> None:
+        """The held-out inputs as an .npz named for the model's input (what `measure --inputs` takes)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **{self.input_name: task.x_test})
+        self._out = out
+        self._test_npz = out / "splits" / "test.npz"
+        write_bytes(self._test_npz, buf.getvalue())
+
+    def resumed(self, folder: Path, metrics: dict, task: Any, dev: str, dev_name: str) -> None:
+        pass  # the device figures were measured for the run's device (kept in run.json)
+
+    def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
+                      dev: str) -> dict:
+        from edgeslim.measure.core import measure_model
+        from edgeslim.measure.fidelity import compare
+        from edgeslim.onnxkit.session import session
+
+        m = measure_model(onnx_path, task=None, device=dev, size_path=size_path, threads=self.threads,
+                          latency=False, inputs=self._test_npz).as_dict()
+        for k in ("name", "runtime", "inputs", "warnings", "latency_runs", "fidelity", "reference"):
+            m.pop(k, None)
+        out: dict = {**m, "accuracy": None, "latency_ms_p50": None}
+        ref_path = self._reference(onnx_path)
+        names = [o.name for o in session(ref_path).get_outputs()]
+        for split, x in (("test", task.x_test), ("val", task.x_val)):
+            ref = onnx_outputs(ref_path, self.input_name, x, self.fixed_batch)
+            got = onnx_outputs(onnx_path, self.input_name, x, self.fixed_batch)
+            f = compare(names, ref, got)
+            out["fidelity" if split == "test" else "fidelity_val"] = {"split": split, "samples": len(x),
+                                                                      **f.as_dict()}
+        return out
+
+    def stage_line(self, name: str, m: dict) -> str:
+        f = m["fidelity"]
+        top1 = f" top-1 agreement {100 * f['top1_agreement']:.1f}%" if f.get("top1_agreement") is not None else ""
+        return (f"[{name}] held-out cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
+                f"size {m['size_bytes']} B")
+
+    def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
+               dev_name: str, report: bool, quiet: bool) -> dict:
+        from edgeslim.measure.together import time_stages
+        from edgeslim.report.results import write_results
+
+        time_stages(out, stages, task, recipe.batches if not self.fixed_batch else (1,), measure,
+                    input_name=self.input_name)
+        results = {"model": ident["model"], "kind": self.kind, "task": task.summary(), "recipe": recipe.source,
+                   "device": dev_name, "stages": stages,
+                   "splits": {"train": "training, calibration, Taylor gradients", "val": "every pick (fidelity_val)",
+                              "test": "held out: fidelity (reported), parity; nothing trains or picks on it"}}
+        write_results(out, results)
+        if report:
+            from edgeslim.report.run_html import write_run_html
+
+            write_run_html(out, results)
+        return results
+
+
+class OnnxHandler(FidelityStages):
     kind = "onnx"
 
     def __init__(self, spec: dict, threads: int = 1):
         super().__init__(spec, threads)
         self.source = Path(spec["source"])
-        self.input_name: str = spec["input_name"]
-        self.fixed_batch: bool = bool(spec.get("fixed_batch"))
+        self.input_name = spec["input_name"]
+        self.fixed_batch = bool(spec.get("fixed_batch"))
         self.pending_baseline = True
-
-    def begin(self, original: Any, task: Any, seed: int) -> None:
-        self.task = task
 
     def _reopen(self, folder: Path) -> tuple[Any, dict]:
         import json
@@ -113,6 +184,7 @@ class OnnxHandler(ModelHandler):
         from edgeslim.onnxtorch import export_converted, parity
 
         feeds = {self.input_name: task.x_test[:1]}
+        assert self.source is not None
         if self.pending_baseline:  # the baseline is the original file as given; the conversion is checked on it
             self.pending_baseline = False
             shutil.copyfile(self.source, onnx_path)
@@ -121,61 +193,3 @@ class OnnxHandler(ModelHandler):
             return {"conversion_parity_max_abs_diff": errs, "parity_split": "test"}
         res = export_converted(model.inner, feeds, onnx_path, dynamic=not self.fixed_batch)
         return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test"}
-
-    def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
-                      dev: str) -> dict:
-        from edgeslim.measure.core import measure_model
-        from edgeslim.measure.fidelity import compare
-
-        m = measure_model(onnx_path, task=None, device=dev, size_path=size_path, threads=self.threads,
-                          latency=False, inputs=self.test_inputs).as_dict()
-        for k in ("name", "runtime", "inputs", "warnings", "latency_runs", "fidelity", "reference"):
-            m.pop(k, None)
-        out: dict = {**m, "accuracy": None, "latency_ms_p50": None}
-        for split, x in (("test", task.x_test), ("val", task.x_val)):
-            ref = onnx_outputs(self.source, self.input_name, x, self.fixed_batch)
-            got = onnx_outputs(onnx_path, self.input_name, x, self.fixed_batch)
-            from edgeslim.onnxkit.session import session
-
-            names = [o.name for o in session(self.source).get_outputs()]
-            f = compare(names, ref, got)
-            out["fidelity" if split == "test" else "fidelity_val"] = {"split": split, "samples": len(x),
-                                                                      **f.as_dict()}
-        return out
-
-    @property
-    def test_inputs(self) -> Path:
-        return self._test_npz
-
-    def write_splits(self, out: Path, task: Any) -> None:
-        """The held-out inputs as an .npz named for the model's input (what `measure --inputs` takes)."""
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **{self.input_name: task.x_test})
-        self._test_npz = out / "splits" / "test.npz"
-        write_bytes(self._test_npz, buf.getvalue())
-
-    def stage_line(self, name: str, m: dict) -> str:
-        f = m["fidelity"]
-        top1 = f" top-1 agreement {100 * f['top1_agreement']:.1f}%" if f.get("top1_agreement") is not None else ""
-        return (f"[{name}] held-out cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
-                f"size {m['size_bytes']} B")
-
-    def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
-               dev_name: str, report: bool, quiet: bool) -> dict:
-        from edgeslim.measure.together import time_stages
-        from edgeslim.report.results import write_results
-
-        time_stages(out, stages, task, recipe.batches if not self.fixed_batch else (1,), measure,
-                    input_name=self.input_name)
-        results = {"model": ident["model"], "kind": "onnx", "task": task.summary(), "recipe": recipe.source,
-                   "device": dev_name, "stages": stages,
-                   "splits": {"train": "training, calibration, Taylor gradients", "val": "every pick (fidelity_val)",
-                              "test": "held out: fidelity (reported), parity; nothing trains or picks on it"}}
-        write_results(out, results)
-        if report:
-            from edgeslim.report.run_html import write_run_html
-
-            write_run_html(out, results)
-        return results

@@ -26,3 +26,17 @@ class ProgramHandler(ModelHandler):
         if not (folder / program.PROGRAM).exists():
             return None
         return program.reopen_program(folder)
+
+
+def inputs_handler(spec: dict, threads: int) -> ModelHandler:
+    """The handler of a run without labels (`run --inputs`) on a PyTorch program or a zoo folder: stages as
+    their kind stores them, metrics as fidelity to the baseline stage on the held-out inputs."""
+    from edgeslim.run.onnx import FidelityStages
+
+    class ProgramInputs(FidelityStages, ProgramHandler):
+        kind = "pytorch"
+
+    class ZooInputs(FidelityStages):
+        kind = "zoo"
+
+    return (ProgramInputs if spec.get("arch") == "program" else ZooInputs)(spec, threads)
