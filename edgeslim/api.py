@@ -100,13 +100,15 @@ def run(recipe: Path, model_dir: Path, task: str | None, out: Path, seed: int = 
         from edgeslim.pipeline import run_onnx_recipe
 
         read_onnx(model_dir)  # the model is checked before the data
-        if inputs is None:
+        if inputs is None and task is None:
             raise EdgeslimError(f"{model_dir}: an ONNX file needs its inputs: --inputs X.npz (one array per model "
                                 "input, samples on axis 0; no labels needed), e.g. edgeslim run "
-                                "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R"
-                                + ("; --task (labels) is not taken for ONNX files yet" if task else ""))
-        return run_onnx_recipe(r, Path(model_dir), Path(inputs), out, seed=seed, quiet=quiet, force=force,
-                               device=device)
+                                "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R")
+        if inputs is not None and task is not None:
+            raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
+                                "not both")
+        return run_onnx_recipe(r, Path(model_dir), Path(inputs) if inputs else None, out, seed=seed, quiet=quiet,
+                               force=force, device=device, task=task)
     if inputs is not None:
         if task is not None:
             raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "

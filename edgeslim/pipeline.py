@@ -108,8 +108,8 @@ def run_inputs_recipe(recipe: Recipe, model_dir: Path, inputs: Path, out: Path, 
                       model_class=model_class)
 
 
-def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path, out: Path, *, seed: int = 0, quiet: bool = False,
-                    force: bool = False, device: str | None = None, threads: int = 1) -> dict:
+def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path, *, seed: int = 0, quiet: bool = False,
+                    force: bool = False, device: str | None = None, threads: int = 1, task: str | None = None) -> dict:
     """Run (or resume) `recipe` on the ONNX file `model` with the user's inputs `inputs` (an .npz, one array per
     model input, samples on axis 0) and no labels: the original is the teacher (`data.unlabelled`,
     `run.onnx.OnnxHandler`). The model is converted (and refused, in one line) before the data is read."""
@@ -129,22 +129,35 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path, out: Path, *, see
     if spec_in.dtype.kind != "f":
         raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
     fixed = spec_in.dims is not None and len(spec_in.dims) > 0 and isinstance(spec_in.dims[0], int)
-    x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
+    if task is not None:  # labels: trained on them, accuracy as for any task, plus the fidelity to the original
+        from edgeslim.data import load_task
 
-    def teacher(a: np.ndarray) -> np.ndarray:
-        return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads))
+        t = load_task(task, seed=seed)
+        want = tuple(spec_in.dims[1:]) if spec_in.dims else ()
+        if len(want) != len(t.input_shape) or any(isinstance(d, int) and d != g for d, g in zip(want, t.input_shape)):
+            raise EdgeslimError(f"{model}: input '{spec_in.name}' takes samples of shape "
+                                f"{[d if isinstance(d, int) else '?' for d in want]} but task '{t.name}' has "
+                                f"{list(t.input_shape)}")
+        ident_task = task
+    else:
+        assert inputs is not None
+        x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
 
-    task = teacher_task(str(inputs), x, teacher, seed)
+        def teacher(a: np.ndarray) -> np.ndarray:
+            return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads))
+
+        t = teacher_task(str(inputs), x, teacher, seed)
+        ident_task = f"inputs:{Path(inputs).resolve()}"
     spec = {"format": 1, "arch": "onnx", "source": str(model.resolve()), "input_name": spec_in.name,
-            "fixed_batch": fixed, "input_shape": list(task.input_shape), "edits": []}
-    ident = {"model": str(model.resolve()), "task": f"inputs:{Path(inputs).resolve()}", "recipe_digest": recipe.digest,
-             "seed": seed, "kind": "onnx"}
+            "fixed_batch": fixed, "input_shape": list(t.input_shape), "edits": []}
+    ident = {"model": str(model.resolve()), "task": ident_task, "recipe_digest": recipe.digest, "seed": seed,
+             "kind": "onnx"}
     runlock.check_claim(out, ident, force)
     with runlock.hold(out):
         runlock.claim(out, ident, force, {"device": dev})
         h = OnnxHandler(spec, threads)
-        h.write_splits(out, task)
-        return run_stages(h, recipe, original, task, out, ident, seed, quiet, dev, threads)
+        h.write_splits(out, t)
+        return run_stages(h, recipe, original, t, out, ident, seed, quiet, dev, threads)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

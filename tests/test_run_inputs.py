@@ -150,3 +150,36 @@ def test_optimize_says_in_its_last_line_that_any_model_goes_further(onnx_model, 
     assert code == 0, err
     last = [ln for ln in stdout.splitlines() if ln.strip()][-1]
     assert "edgeslim run edgeslim/recipes/any-model.yaml" in last and "--inputs" in last
+
+
+def test_onnx_with_a_labelled_task_records_accuracy_and_fidelity(tmp_path):
+    from conftest import quadrant_images
+
+    class Quad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x, y = quadrant_images(400)
+    net = Quad()
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    for _ in range(150):  # a trained classifier: its accuracy is worth keeping
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.from_numpy(x[:320])), torch.from_numpy(y[:320])).backward()
+        opt.step()
+    p = tmp_path / "quad.onnx"
+    torch.onnx.export(net.eval(), (torch.zeros(1, 1, 8, 8),), str(p), input_names=["pixels"], output_names=["logits"],
+                      dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}}, dynamo=False, opset_version=17)
+    data = tmp_path / "quad.npz"
+    np.savez(data, x_train=x[:320], y_train=y[:320], x_test=x[320:], y_test=y[320:])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nfinetune: {epochs: 3, lr: 0.002}\npasses:\n  - structured_prune: {ratio: 0.25}\n")
+    code, _, err = main_inproc("run", str(recipe), "--model", str(p), "--task", str(data), "-o", str(tmp_path / "run"))
+    assert code == 0, err
+    base, pruned = json.loads((tmp_path / "run" / "results.json").read_text())["stages"]
+    assert base["accuracy"] > 0.9 and pruned["accuracy"] > 0.85 and pruned["accuracy_split"] == "test"
+    assert pruned["fidelity"]["split"] == "test" and pruned["fidelity"]["top1_agreement"] > 0.85

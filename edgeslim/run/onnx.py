@@ -111,6 +111,11 @@ class FidelityStages(ModelHandler):
         for k in ("name", "runtime", "inputs", "warnings", "latency_runs", "fidelity", "reference"):
             m.pop(k, None)
         out: dict = {**m, "accuracy": None, "latency_ms_p50": None}
+        if task.metric != "fidelity":  # labels (--task): top-1 accuracy on the test split, as for any task
+            from edgeslim.onnxkit.session import onnx_accuracy
+
+            out["accuracy"] = onnx_accuracy(onnx_path, task.x_test, task.y_test)
+            out["accuracy_split"] = "test"
         ref_path = self._reference(onnx_path)
         names = [o.name for o in session(ref_path).get_outputs()]
         for split, x in (("test", task.x_test), ("val", task.x_val)):
@@ -123,8 +128,9 @@ class FidelityStages(ModelHandler):
 
     def stage_line(self, name: str, m: dict) -> str:
         f = m["fidelity"]
+        acc = f"accuracy {m['accuracy']:.4f}  " if m.get("accuracy") is not None else ""
         top1 = f" top-1 agreement {100 * f['top1_agreement']:.1f}%" if f.get("top1_agreement") is not None else ""
-        return (f"[{name}] held-out cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
+        return (f"[{name}] {acc}held-out cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
                 f"size {m['size_bytes']} B")
 
     def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
