@@ -40,6 +40,12 @@ class TeacherView(nn.Module):
         super().__init__()
         self.inner = inner
 
+    def prune_ignored(self) -> list[nn.Module]:
+        """Layers channel pruning keeps whole (`prune.structured.model_ignored`): the converted graph's Linear and
+        recurrent layers, whose neighbours' shapes are often constants of the graph (a Reshape target that
+        flattens channels), which a dependency graph cannot follow."""
+        return [m for m in self.inner.modules() if isinstance(m, nn.Linear | nn.LSTM | nn.GRU | nn.RNN)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = self.inner(x)
         return torch.cat([o.reshape(o.shape[0], -1).float() for o in outs], 1)
