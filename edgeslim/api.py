@@ -105,42 +105,81 @@ def _train(model: str, task: str | Task, out: Path, cfg: TrainConfig | None, qui
 
 
 def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False, device: str | None = None, accelerator: str = "auto") -> dict:
-    """Run a recipe (a YAML path or a built-in recipe's name, see `list_recipes`) on a trained model for
-    `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile); writes results.json, report.md and report.html into `out`. A resume with another
-    device re-measures the device figures and reuses the trained stages. A Hugging Face text-encoder folder
-    runs the text pipeline (`edgeslim.nlp`), with `task` defaulting to `sentences`. Training runs on
-    `accelerator` (`edgeslim.accelerator`; recorded in run.json); export and measurements do not depend on it."""
+        force: bool = False, trust_pickle: bool = False, device: str | None = None,
+        model_class: str | None = None, inputs: Path | None = None, accelerator: str = "auto") -> dict:
+    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
+    the default profile); writes results.json, report.md and report.html into `out`. A resume with another
+    device re-measures the device figures and reuses the trained stages. `recipe`: a YAML path or a built-in recipe's name (see `list_recipes`). A Hugging Face text-encoder folder
+    runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. The model's kind is found
+    first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data.
+    Your own PyTorch model: a `torch.export` program (`.pt2`), or a state dict with `model_class`
+    (`module:Class`, imported from the working directory), or a trusted pickle; its stages are stored as `.pt2`.
+    An ONNX file with `inputs` (an .npz, one array per model input, samples on axis 0) and no labels: the original
+    model is the teacher; every stage records its fidelity on a held-out split of the inputs. Training runs on `accelerator` (`edgeslim.accelerator`; recorded in run.json);
+    export and measurements do not depend on it."""
     with accel.use(accelerator):
-        return _run(recipe, model_dir, task, out, seed, quiet, force, trust_pickle, device)
+        from edgeslim.nlp.text import is_text_task
+        from edgeslim.pipeline import run_recipe
+
+        kind = model_kind(model_dir)
+        r = load_recipe(recipe, kind=kind)
+        if kind == "onnx":
+            from edgeslim.onnxkit.load import read_onnx
+            from edgeslim.pipeline import run_onnx_recipe
+
+            read_onnx(model_dir)  # the model is checked before the data
+            if inputs is None and task is None:
+                raise EdgeslimError(f"{model_dir}: an ONNX file needs its inputs: --inputs X.npz (one array per model "
+                                    "input, samples on axis 0; no labels needed), e.g. edgeslim run "
+                                    "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R")
+            if inputs is not None and task is not None:
+                raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
+                                    "not both")
+            return run_onnx_recipe(r, Path(model_dir), Path(inputs) if inputs else None, out, seed=seed, quiet=quiet,
+                                   force=force, device=device, task=task)
+        if inputs is not None:
+            if task is not None:
+                raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
+                                    "not both")
+            from edgeslim.pipeline import run_inputs_recipe
+
+            return run_inputs_recipe(r, model_dir, Path(inputs), out, seed=seed, quiet=quiet, force=force,
+                                     trust_pickle=trust_pickle, device=device, model_class=model_class)
+        if kind == "text":
+            from edgeslim.nlp import require
+
+            require()
+            from edgeslim.nlp.text import load_text_task
+            from edgeslim.text_pipeline import run_text_recipe
+
+            spec = task or "sentences"
+            return run_text_recipe(r, model_dir, load_text_task(spec, seed), out, seed=seed, quiet=quiet, force=force,
+                                   task_spec=spec, device=device)
+        if task is None:
+            raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
+                                "only text encoders (Hugging Face folders) default to 'sentences'")
+        if is_text_task(task):
+            raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
+                                f"config.json); {model_dir} is not one")
+        t = load_task(task, seed=seed)
+        return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
+                          task_spec=task, device=device, model_class=model_class)
 
 
-def _run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int, quiet: bool, force: bool,
-         trust_pickle: bool, device: str | None) -> dict:
+def model_kind(model: Path) -> str:
+    """The kind of model at `model` (`passes.SOURCE_KINDS`): `text` (a Hugging Face text-encoder folder),
+    `onnx` (a .onnx file), `pytorch` (a .pt2 program, a state dict, a pickle), else `zoo` (an edgeslim model
+    folder; checked when loaded)."""
     from edgeslim.nlp import is_text_encoder_folder
-    from edgeslim.nlp.text import is_text_task
-    from edgeslim.pipeline import run_recipe
 
-    r = load_recipe(recipe)
-    if is_text_encoder_folder(model_dir):
-        from edgeslim.nlp import require
-
-        require()
-        from edgeslim.nlp.text import load_text_task
-        from edgeslim.text_pipeline import run_text_recipe
-
-        spec = task or "sentences"
-        return run_text_recipe(r, model_dir, load_text_task(spec, seed), out, seed=seed, quiet=quiet, force=force,
-                               task_spec=spec, device=device)
-    if task is None:
-        raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
-                            "only text encoders (Hugging Face folders) default to 'sentences'")
-    if is_text_task(task):
-        raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
-                            f"config.json); {model_dir} is not one")
-    t = load_task(task, seed=seed)
-    return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                      task_spec=task, device=device)
+    p = Path(model)
+    if is_text_encoder_folder(p):
+        return "text"
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix in (".pt2", ".pt", ".pth", ".safetensors") and p.is_file():
+        return "pytorch"
+    return "zoo"
 
 
 def compress(

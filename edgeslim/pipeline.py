@@ -14,41 +14,36 @@ is exported to ONNX once and measured by the measurement core as it finishes (fo
 run.json; a run resumed with another device re-measures the device figures of its finished stages and
 reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
 (`measure.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
-own comparisons.
+own comparisons. The stages run in the one stage loop (`edgeslim.run.loop`) with the zoo's model handler, or for a PyTorch
+program (`.pt2`, a state dict + `model_class`, a trusted pickle) `run.pytorch.ProgramHandler`: its stages are
+stored as `.pt2` programs that reopen without the user's code.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from edgeslim import accelerator, interrupt, models, resources, runlock
+from edgeslim import accelerator, models, resources, runlock
 from edgeslim.data import Task
-from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.formats.sparse import write_sparse_stage
-from edgeslim.fsutil import atomic_dir, write_json, write_text
-from edgeslim.measure.core import Measurer
-from edgeslim.measure.stage import device_metrics, measure_stage
-from edgeslim.measure.together import time_stages
-from edgeslim.passes import PASSES, RunContext
+from edgeslim.models.program import check_batch
 from edgeslim.recipe import Recipe
-from edgeslim.report.results import write_results
+from edgeslim.run import RESUME, ModelHandler, run_stages
+from edgeslim.run.pytorch import ProgramHandler
 
-RESUME = "finished stages are kept"
+__all__ = ["RESUME", "RESULT_FIELDS", "run_inputs_recipe", "run_onnx_recipe", "run_recipe"]
 RESULT_FIELDS = ("name", "accuracy", "params", "nonzero_params", "macs", "size_bytes", "latency_ms_p50", "onnx")
 
 
 def run_recipe(
     recipe: Recipe, model_dir: Path, task: Task, out: Path, *, seed: int = 0, quiet: bool = False,
     force: bool = False, trust_pickle: bool = False, task_spec: str = "", device: str | None = None,
-    threads: int = 1, report: bool = True,
+    threads: int = 1, report: bool = True, model_class: str | None = None,
 ) -> dict:
     """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
     the results dict. With `report` (default), the stages are compared at the end (`measure.stage_compare`:
@@ -61,9 +56,10 @@ def run_recipe(
     # everything that can refuse the run is checked before the first write (runlock.check_claim too)
     dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
     load_device(dev)  # an unknown device is one line
-    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle)
-    if spec.get("arch") == "pickle":
-        spec["input_shape"] = list(task.input_shape)
+    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle, model_class=model_class)
+    if spec.get("arch") == "program":  # a PyTorch program: its input shape is the task's unless it fixes one
+        spec.setdefault("input_shape", list(task.input_shape))
+        check_batch(model, task.input_shape, Path(model_dir))
     _check_input(spec, task, model_dir)
     resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
     runlock.check_claim(out, ident, force)
@@ -79,93 +75,95 @@ def run_recipe(
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
                 quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
-    copy_recipe(out, recipe)
-    dev_name = load_device(dev).name
+    h: ModelHandler
+    if task.metric == "fidelity":  # no labels (run --inputs): the original is the teacher
+        from edgeslim.run.pytorch import inputs_handler
 
-    def teacher() -> nn.Module:
-        return models.load_model(out / "stages" / "00_baseline")[0]
+        h = inputs_handler(spec, threads)
+        h.write_splits(out, task)  # type: ignore[attr-defined]
+    else:
+        h = ProgramHandler(spec, threads) if spec.get("arch") == "program" else ModelHandler(spec, threads)
+    return run_stages(h, recipe, model, task, out, ident, seed, quiet, dev, threads, report)
 
-    ctx = RunContext(
-        stage_dir=out, spec=spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-        teacher_loader=teacher if spec.get("arch") != "pickle" else (lambda: model), measure=Measurer(threads, device=dev),
-    )
-    stages: list[dict] = []
-    count_model: nn.Module | None = model
-    current: nn.Module | None = model
-    names = ["baseline"] + [s.name for s in recipe.steps]
-    for i, name in enumerate(names):
-        folder = out / "stages" / f"{i:02d}_{name}"
-        if (folder / "metrics.json").exists():  # finished earlier: resume from it
-            metrics = json.loads((folder / "metrics.json").read_text())
-            _log(quiet, f"[{name}] done earlier, resuming from {folder.name}")
-            if (folder / models.io.WEIGHTS).exists():
-                current, ctx.spec = models.load_model(folder)
-                count_model = current
-            else:
-                current = None
-            ctx.carry = metrics.get("carry", {})
-            ctx.prev_onnx = folder / "model.onnx"
-            if metrics.get("deploy_device") != dev_name:  # measured for another device: re-measure those figures
-                metrics.update(device_metrics(folder / "model.onnx", task, dev))
-                write_json(folder / "metrics.json", metrics)
-            stages.append(metrics)
-            continue
-        t0 = time.perf_counter()
-        with atomic_dir(folder) as tmp, interrupt.during(f"stage {folder.name} of {out}", RESUME):
-            ctx.stage_dir, ctx.stage_name = tmp, folder.name
-            notes: dict = {}
-            size_path = None
-            onnx_path = tmp / "model.onnx"
-            if i == 0:
-                result_model, result_onnx = current, None
-            else:
-                step = recipe.steps[i - 1]
-                info = PASSES[name]
-                _log(quiet, f"[{name}] running (recipe line {step.line})")
-                res = info.fn(current, task, step.config, ctx)
-                result_model, result_onnx = res.model, res.onnx
-                ctx.spec = res.spec or ctx.spec
-                ctx.carry = {**ctx.carry, **res.carry}
-                notes = res.notes
-                if res.artifact is not None:
-                    size_path = res.artifact
-                if info.produces == "onnx" and result_onnx is None:
-                    raise AssertionError(f"onnx pass {name} returned no ONNX model")
-            if result_model is not None:
-                models.save_model(tmp, result_model, ctx.spec)
-                count_model = result_model
-            if result_onnx is None:
-                assert result_model is not None
-                notes.update(export_onnx(result_model, task.input_shape, onnx_path, check=task.x_test[:64]))
-            elif result_onnx != onnx_path:
-                shutil.copyfile(result_onnx, onnx_path)
-            if i > 0 and res.store_sparse:  # from the stage's one export
-                notes.update(write_sparse_stage(onnx_path, tmp))
-            metrics = {"name": name, **measure_stage(onnx_path, task, count_model, size_path, threads=threads,
-                                                      device=dev, predictions=tmp / "predictions.npz")}
-            metrics["onnx"] = str((folder / "model.onnx").relative_to(out))
-            metrics["seconds"] = round(time.perf_counter() - t0, 2)
-            metrics["notes"] = notes
-            metrics["carry"] = ctx.carry
-            write_json(tmp / "metrics.json", metrics)
-        current = result_model
-        ctx.prev_onnx = folder / "model.onnx"
-        stages.append(metrics)
-        _log(quiet, f"[{name}] accuracy {metrics['accuracy']:.4f}  size {metrics['size_bytes']} B  "
-             f"p50 {metrics['latency_ms_p50']:.3f} ms")
-    time_stages(out, stages, task, recipe.batches, ctx.measure)  # the table's latencies, all stages in one loop
-    results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,
-               "stages": stages}
-    if report:
-        from edgeslim.measure.stage_compare import compare_stages
 
-        compare_stages(out, stages, task)
-    write_results(out, results)
-    if report:
-        from edgeslim.report.run_html import write_run_html
+def run_inputs_recipe(recipe: Recipe, model_dir: Path, inputs: Path, out: Path, *, seed: int = 0, quiet: bool = False,
+                      force: bool = False, trust_pickle: bool = False, device: str | None = None, threads: int = 1,
+                      model_class: str | None = None) -> dict:
+    """`run_recipe` without labels on a PyTorch program or a zoo folder: the user's samples (`inputs`, an .npz
+    holding one array [N, *input shape]) with the original model's outputs as the targets (`data.unlabelled`)."""
+    from edgeslim.data.unlabelled import teacher_task
+    from edgeslim.onnxkit.inputs import single_input_samples
+    from edgeslim.train import predict
 
-        write_run_html(out, results)
-    return results
+    model, spec = models.load_model(model_dir, trust_pickle=trust_pickle, model_class=model_class)
+    shape = spec.get("input_shape")
+    if not shape:
+        raise EdgeslimError(f"{model_dir}: the model does not say its input shape; export the program at a fixed "
+                            "sample shape (only the batch dimension dynamic)")
+    x = single_input_samples(inputs, tuple(shape), holder="the model")
+
+    def teacher(a: Any) -> Any:
+        return predict(model, a).reshape(len(a), -1)
+
+    task = teacher_task(str(inputs), x, teacher, seed)
+    return run_recipe(recipe, model_dir, task, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
+                      task_spec=f"inputs:{Path(inputs).resolve()}", device=device, threads=threads,
+                      model_class=model_class)
+
+
+def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path, *, seed: int = 0, quiet: bool = False,
+                    force: bool = False, device: str | None = None, threads: int = 1, task: str | None = None) -> dict:
+    """Run (or resume) `recipe` on the ONNX file `model` with the user's inputs `inputs` (an .npz, one array per
+    model input, samples on axis 0) and no labels: the original is the teacher (`data.unlabelled`,
+    `run.onnx.OnnxHandler`). The model is converted (and refused, in one line) before the data is read."""
+    import numpy as np
+
+    from edgeslim.data.unlabelled import teacher_task
+    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.load import read_onnx
+    from edgeslim.run.onnx import OnnxHandler, convert, flat_outputs, onnx_outputs
+
+    out, model = Path(out), Path(model)
+    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
+    load_device(dev)
+    specs = input_specs(read_onnx(model))
+    original = convert(model, ())  # the model first: an op that cannot be converted is one line
+    spec_in = specs[0]
+    if spec_in.dtype.kind != "f":
+        raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
+    fixed = spec_in.dims is not None and len(spec_in.dims) > 0 and isinstance(spec_in.dims[0], int)
+    if task is not None:  # labels: trained on them, accuracy as for any task, plus the fidelity to the original
+        from edgeslim.data import load_task
+
+        t = load_task(task, seed=seed)
+        want = tuple(spec_in.dims[1:]) if spec_in.dims else ()
+        if len(want) != len(t.input_shape) or any(isinstance(d, int) and d != g for d, g in zip(want, t.input_shape)):
+            raise EdgeslimError(f"{model}: input '{spec_in.name}' takes samples of shape "
+                                f"{[d if isinstance(d, int) else '?' for d in want]} but task '{t.name}' has "
+                                f"{list(t.input_shape)}")
+        ident_task = task
+    else:
+        assert inputs is not None
+        x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
+
+        def teacher(a: np.ndarray) -> np.ndarray:
+            return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads))
+
+        t = teacher_task(str(inputs), x, teacher, seed)
+        ident_task = f"inputs:{Path(inputs).resolve()}"
+    spec = {"format": 1, "arch": "onnx", "source": str(model.resolve()), "input_name": spec_in.name,
+            "fixed_batch": fixed, "input_shape": list(t.input_shape), "edits": []}
+    ident = {"model": str(model.resolve()), "task": ident_task, "recipe_digest": recipe.digest, "seed": seed,
+             "kind": "onnx"}
+    runlock.check_claim(out, ident, force)
+    with runlock.hold(out):
+        record = {"accelerator": accelerator.describe()}  # where training runs: not the identity
+        runlock.claim(out, ident, force, record)  # a failed retry keeps run.json's device
+        h = OnnxHandler(spec, threads)
+        h.write_splits(out, t)
+        results = run_stages(h, recipe, original, t, out, ident, seed, quiet, dev, threads)
+        runlock.claim(out, ident, False, {**record, "device": dev})  # finished: the device its figures are for
+        return results
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
@@ -175,7 +173,7 @@ def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
             f"{model_dir}: model expects inputs of shape {want} but task '{task.name}' has {task.input_shape}"
         )
     nc = spec.get("num_classes")
-    if nc and nc != task.num_classes:
+    if nc and task.num_classes and nc != task.num_classes:  # (0: no labels, the model's outputs are the targets)
         raise EdgeslimError(
             f"{model_dir}: model has {nc} classes but task '{task.name}' has {task.num_classes}"
         )
@@ -184,7 +182,3 @@ def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
 def _log(quiet: bool, msg: str) -> None:
     if not quiet:
         print(msg, flush=True)
-
-
-def copy_recipe(out: Path, recipe: Recipe) -> None:
-    write_text(out / "recipe.yaml", recipe.text)

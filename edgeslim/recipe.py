@@ -17,6 +17,7 @@ keeps the trained stages.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +91,16 @@ def find_recipe(name_or_path: str | Path) -> Path:
                         f"built-in recipes: {choices(known)} (`edgeslim recipes` describes them)")
 
 
-def load_recipe(path: Path | str) -> Recipe:
-    """Load and validate a recipe from a YAML path or a built-in recipe's name (`find_recipe`)."""
+def load_recipe(path: Path | str, kind: str | None = None) -> Recipe:
+    """Load and validate a recipe from a YAML path or a built-in recipe's name (`find_recipe`); with `kind`
+    (a model kind, `passes.SOURCE_KINDS`), every pass must take models of that kind (see `check_kinds`)."""
     path = find_recipe(path)
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise EdgeslimError(f"{path}: cannot read recipe ({e.strerror})") from None
     # paths inside the recipe resolve beside it (then the working directory) and must exist
-    return resolve_recipe_paths(parse_recipe(text, str(path)), Path(path).resolve().parent)
+    return resolve_recipe_paths(parse_recipe(text, str(path), kind), Path(path).resolve().parent)
 
 
 def _line(node: yaml.Node | None) -> int:
@@ -113,7 +115,7 @@ def _key_node(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
     return None
 
 
-def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+def parse_recipe(text: str, source: str = "<recipe>", kind: str | None = None) -> Recipe:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -163,6 +165,8 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise EdgeslimError(f"{source}:{bad}: {name}: {_pydantic_msg(e, cls)}") from None
         steps.append(Step(name, config, line))
     _check_order(steps, source)
+    if kind is not None:
+        check_kinds(steps, source, kind)
     device = _device(data, root, source)
     batches = _batches(data, root, source)
     ident = _without_key(_without_key(text, root, "device"), yaml.compose(_without_key(text, root, "device"),
@@ -272,6 +276,21 @@ def _check_order(steps: list[Step], source: str) -> None:
             onnx_from = s
         if info.must_be_last:
             last = s
+
+
+def check_kinds(steps: Sequence[Step], source: str, kind: str) -> None:
+    """Every pass must take the run's model kind (each pass declares its kinds when it registers): the first
+    one that does not is one line naming the recipe line, the pass, the kinds it takes and the passes that
+    take this kind."""
+    from edgeslim.passes.base import KIND_WORDS, passes_for
+
+    for s in steps:
+        info = PASSES[s.name]
+        if not info.takes(kind):
+            raise EdgeslimError(
+                f"{source}:{s.line}: pass '{s.name}' takes {' or '.join(info.kinds)} models, not "
+                f"{KIND_WORDS.get(kind, kind)} ({kind}); passes for {kind} models: {choices(passes_for(kind))}"
+            )
 
 
 def _bad_key_line(node: yaml.Node, e: ValidationError) -> int | None:

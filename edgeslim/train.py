@@ -93,7 +93,13 @@ def is_reconstruction(model: nn.Module) -> bool:
 
 
 def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
+    """Cross-entropy on class labels; MSE on float targets (a task without labels, `data.unlabelled`: the
+    original model's outputs are the targets); reconstruction models fit their input."""
+    if is_reconstruction(model):
+        return F.mse_loss(out, x)
+    if y.is_floating_point():
+        return F.mse_loss(out.reshape(y.shape), y)
+    return F.cross_entropy(out, y)
 
 
 @torch.no_grad()
@@ -111,11 +117,23 @@ def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy as a fraction 0-1 (for reconstruction models: minus the mean squared error)."""
+    """Top-1 accuracy as a fraction 0-1 (for reconstruction models: minus the mean squared error; for float
+    targets, a task without labels: the mean cosine to the teacher's outputs, `teacher_cosine`)."""
     out = predict(model, x)
     if is_reconstruction(model):
         return -float(((out - x) ** 2).mean())
+    if np.issubdtype(np.asarray(y).dtype, np.floating):  # teacher targets: mean per-sample cosine, 0-1 (1: same)
+        return teacher_cosine(out, y)
     return float((out.argmax(1) == y).mean())
+
+
+def teacher_cosine(out: np.ndarray, y: np.ndarray) -> float:
+    """Mean over samples of the cosine similarity of flattened outputs and targets (a 0 vector vs 0: 1)."""
+    a = np.asarray(out, np.float64).reshape(len(out), -1)
+    b = np.asarray(y, np.float64).reshape(len(y), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+    return float(cos.mean())
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -96,7 +96,8 @@ def test_text_recipe_errors_are_one_line(tmp_path):
     r = edgeslim("run", str(recipe), "--model", str(folder), "--out", str(tmp_path / "run"))
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1
-    assert "r.yaml:3: pass 'magnitude_prune' works on edgeslim zoo models, not on a text encoder" in lines[0]
+    assert "r.yaml:3: pass 'magnitude_prune' takes zoo or pytorch or onnx models, not a text encoder" in lines[0]
+    assert "passes for text models: encoder_distill" in lines[0]
     assert not (tmp_path / "run").exists()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{oops}\n')

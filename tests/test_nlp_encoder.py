@@ -50,6 +50,16 @@ def test_loads_folder_with_pooling_config(folder, enc):
     assert mean_cosine(e[:1].repeat(len(TEXTS), 0), e) < 0.99  # sentences embed apart
 
 
+def test_missing_pooling_folder_gets_mean_pooling_with_a_note(tmp_path, folder, enc):
+    # a fine-tuned MiniLM in a registry wheel names 1_Pooling/ in modules.json but does not ship it
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    shutil.rmtree(bare / "1_Pooling")
+    got = load_encoder(bare)
+    assert got.meta["pooling"] == "mean" and "1_Pooling/" in got.meta["pooling_note"]
+    assert np.allclose(embed(got, TEXTS[:3]), embed(enc, TEXTS[:3]), atol=1e-6)  # the folder's own mode: mean
+
+
 def test_tokenize_pads_and_masks(enc):
     f = tokenize(enc, ["the cat", "the cat sat in the garden"])
     assert all(v.dtype == np.int64 for v in f.values())

@@ -53,11 +53,10 @@ def run_pass(name: str, model, task, tmp: Path, teacher, prev=None, **cfg):
 
 
 def test_encoder_passes_are_listed():
-    from edgeslim.nlp.config import is_text_pass
-
     names = {"encoder_prune_heads", "encoder_prune_ffn", "encoder_drop_layers", "encoder_distill",
              "encoder_fuse", "encoder_int8_dynamic", "encoder_int8_static"}
-    assert names <= set(PASSES) and {n for n in PASSES if is_text_pass(n)} == names
+    assert names <= set(PASSES) and {n for n in PASSES if PASSES[n].takes("text")} == names
+    assert all(PASSES[n].kinds == ("text",) for n in names)  # declared, not read from the name
 
 
 @pytest.mark.parametrize("method", ["gradient", "activation"])

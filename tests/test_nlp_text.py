@@ -110,12 +110,12 @@ def test_require_without_extra_says_how_to_install(monkeypatch):
 def test_minilm_recipe_parses_into_text_passes():
     from pathlib import Path
 
-    from edgeslim.nlp.config import is_text_pass
+    from edgeslim.passes import PASSES
     from edgeslim.recipe import load_recipe
 
     r = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "minilm-compress.yaml")
     assert [s.name for s in r.steps] == ["encoder_prune_ffn", "encoder_int8_dynamic"]
-    assert all(is_text_pass(s.name) for s in r.steps)
+    assert all(PASSES[s.name].takes("text") for s in r.steps)
     assert r.steps[0].config.ratio == 0.25 and r.steps[1].config.per_channel
 
 

@@ -20,8 +20,8 @@ def test_one_timing_loop() -> None:
     assert _where(r"\.append\(time\.perf_counter\(\) - t0\)") == {"measure/latency.py"}
     # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window, the INT8 plan's
     # steps in its report), not a timing loop
-    assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "pipeline.py",
-                                           "text_pipeline.py", "search/study.py", "quant/int8_plan.py"}
+    assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "run/loop.py",
+                                           "search/study.py", "quant/int8_plan.py"}
 
 
 def test_one_kernel_profiler() -> None:
@@ -40,3 +40,10 @@ def test_one_sqnr_one_level_table_one_fidelity() -> None:
     assert _where(r"def sqnr") == {"onnxkit/quant.py"}
     assert _where(r"ORT_ENABLE_EXTENDED") == {"onnxkit/session.py"}
     assert _where(r"class Fidelity\b") == {"measure/fidelity.py"}  # outputs vs a reference model
+
+
+def test_one_stage_loop() -> None:
+    # every kind of model (zoo folder, PyTorch program, ONNX file, text encoder) runs through one loop over
+    # model handlers (edgeslim.run); the entry points only pick the handler
+    assert _where(r'/ "stages" / f"\{i:02d\}_') == {"run/loop.py"}
+    assert _where(r"\.fn\(") == {"run/loop.py", "api.py"}  # api.compress applies one pass, no stages

@@ -74,6 +74,8 @@ def optimize(
         emit_json(res)
     else:
         print_report(res, console)
+        console.print(f"further (structured pruning + distillation on your inputs, no labels): edgeslim run "
+                      f"edgeslim/recipes/any-model.yaml --model {model} --inputs X.npz --out RUN", highlight=False, soft_wrap=True)
 
 
 @app.command("compile")

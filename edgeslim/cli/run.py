@@ -19,13 +19,18 @@ from edgeslim.train import TrainConfig
 def run_cmd(
     recipe: Path = typer.Argument(..., help="recipe: a built-in name (`edgeslim recipes`) or a YAML path"),
     model: Path = typer.Option(..., "--model", "-m",
-                               help="trained model folder, or a Hugging Face text-encoder folder"),
+                               help="trained model folder, a torch.export program (.pt2), a state dict "
+                               "(.safetensors/.pt, with --model-class), or a Hugging Face text-encoder folder"),
     task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data "
                                     "(text encoders: default 'sentences', or a .txt/.jsonl)"),
+    inputs: Path | None = typer.Option(None, "--inputs", help="an ONNX model's inputs without labels: .npz with one "
+                                       "array per model input, samples on axis 0 (the original is the teacher)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder (resumed if it holds the same run)"),
     seed: int = typer.Option(0, help="random seed"),
     force: bool = typer.Option(False, help="overwrite a run folder that holds a different run"),
     trust_pickle: bool = typer.Option(False, help="allow loading a .pt pickle (runs code from the file)"),
+    model_class: str | None = typer.Option(None, "--model-class", help="module:Class that builds the model of "
+                                           "a state dict (imported from the working directory)"),
     device: str | None = device_option(help="device profile name or YAML path the run's figures are for "
                                        "(default: the recipe's `device:`, else EDGESLIM_DEVICE, else host)"),
     accelerator: str = accelerator_option(),
@@ -33,7 +38,7 @@ def run_cmd(
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
     res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device, accelerator=accelerator)
+                  device=device, model_class=model_class, inputs=inputs, accelerator=accelerator)
     if as_json:
         emit_json(res)
     else:

@@ -44,7 +44,7 @@ class Task:
         return self.x_train[rng.choice(len(self.x_train), n, replace=False)]
 
     def summary(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
@@ -53,6 +53,10 @@ class Task:
             "test": len(self.x_test),
             "metric": self.metric,
         }
+        if "labels" in self.meta:  # a task without labels (data.unlabelled): what the targets are, the augmentation
+            out.update(labels=self.meta["labels"], augmentation=self.meta.get("augmentation"),
+                       samples=self.meta.get("samples"))
+        return out
 
 
 def split(

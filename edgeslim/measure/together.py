@@ -21,9 +21,10 @@ import numpy as np
 
 
 def time_stages(run_dir: Path, stages: list[dict], task: Any, batches: tuple[int, ...] = (1,),
-                measure: Any = None) -> None:
+                measure: Any = None, input_name: str = "input") -> None:
     """Time every stage's ONNX model on the task's first test samples; adds the fields (module docstring).
-    `measure`: the run's `measure.core.Measurer` (threads), default one thread."""
+    `measure`: the run's `measure.core.Measurer` (threads), default one thread; `input_name`: the models'
+    input (an ONNX file given to `run` keeps its own)."""
     from edgeslim.measure.core import Measurer
 
     paths = {f"{i}:{s['name']}": run_dir / s["onnx"] for i, s in enumerate(stages)
@@ -34,7 +35,7 @@ def time_stages(run_dir: Path, stages: list[dict], task: Any, batches: tuple[int
     key = {i: f"{i}:{s['name']}" for i, s in enumerate(stages)}
     for b in (1, *[b for b in batches if b != 1]):
         x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        lat = m.compare(paths, {"input": x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
+        lat = m.compare(paths, {input_name: x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
         base = lat.get(key[0])
         for i, s in enumerate(stages):
             got = lat.get(key[i])

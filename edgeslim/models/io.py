@@ -28,11 +28,24 @@ def save_model(folder: Path, model: nn.Module, spec: dict, extra: dict | None = 
     write_many({folder / WEIGHTS: save(state), folder / SPEC: spec_text.encode()})  # weights and spec as one step
 
 
-def load_model(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
-    """Load a model folder (or a `.pt` full pickle when `trust_pickle`). Returns (model in eval mode, spec)."""
+def load_model(path: Path, trust_pickle: bool = False, model_class: str | None = None) -> tuple[nn.Module, dict]:
+    """Load a model: an edgeslim folder (safetensors + spec.json, or a stage stored as a `.pt2` program), a
+    `torch.export` program (`.pt2`), a state dict (`.safetensors`, or `.pt`/`.pth` read without pickle code)
+    with `model_class` (`module:Class`), or a `.pt` full pickle when `trust_pickle`. Returns (model in eval
+    mode, spec); a PyTorch program's spec has `"arch": "program"`."""
+    from edgeslim.models import program
+
     path = Path(path)
+    if path.suffix == ".pt2" and path.is_file():
+        net = program.load_program(path)
+        return net, _program_spec(path, getattr(net, "input_shape", None))
+    if path.suffix == ".safetensors" and path.is_file() or (path.suffix in (".pt", ".pth") and path.is_file()
+                                                            and model_class is not None):
+        return program.load_state_dict_model(path, model_class), _program_spec(path, None, model_class)
     if path.suffix in (".pt", ".pth") and path.is_file():
         return _load_pickle(path, trust_pickle)
+    if path.is_dir() and (path / program.PROGRAM).is_file() and (path / SPEC).is_file():
+        return program.reopen_program(path)
     if not path.is_dir():
         raise EdgeslimError(f"{path}: not a model folder (expected {WEIGHTS} and {SPEC} inside)")
     for f in (WEIGHTS, SPEC):
@@ -56,16 +69,40 @@ def load_model(path: Path, trust_pickle: bool = False) -> tuple[nn.Module, dict]
     return model.eval(), spec
 
 
+def _program_spec(path: Path, input_shape: list[int] | None, model_class: str | None = None) -> dict:
+    spec: dict = {"format": 1, "arch": "program", "source": str(path), "edits": []}
+    if input_shape is not None:
+        spec["input_shape"] = list(input_shape)
+    if model_class is not None:
+        spec["class"] = model_class
+    return spec
+
+
 def _load_pickle(path: Path, trust_pickle: bool) -> tuple[nn.Module, dict]:
     if not trust_pickle:
         raise EdgeslimError(
             f"{path}: a .pt pickle can run arbitrary code when loaded, so it is not loaded; if you trust it, "
-            "pass --trust-pickle (edgeslim run, export), or save the model as an edgeslim folder (safetensors)"
+            "pass --trust-pickle (edgeslim run, export); a state dict needs --model-class module:Class instead, "
+            "or save the model with torch.export.save (.pt2)"
         )
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    import sys
+
+    extra = [p for p in (str(Path.cwd()), str(path.resolve().parent)) if p not in sys.path]
+    sys.path[:0] = extra  # the pickle's classes are the user's: importable from where they work and the file
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise EdgeslimError(f"{path}: the pickle needs code that cannot be imported here ({e}); run from the "
+                            "folder holding that module, or save the model with torch.export.save (.pt2)") from None
+    finally:
+        for p in extra:
+            sys.path.remove(p)
+    if isinstance(obj, dict):
+        raise EdgeslimError(f"{path}: a state dict, not a model; pass --model-class module:Class (the class that "
+                            "builds it) instead of --trust-pickle")
     if not isinstance(obj, nn.Module):
         raise EdgeslimError(f"{path}: expected a pickled nn.Module, got {type(obj).__name__}")
-    spec = {"format": 1, "arch": "pickle", "source": str(path), "edits": []}
+    spec = {"format": 1, "arch": "program", "source": str(path), "edits": [], "pickle": True}
     return obj.eval(), spec
 
 

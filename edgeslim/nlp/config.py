@@ -1,5 +1,5 @@
 """What the text-encoder passes (`edgeslim/passes/encoder_*.py`) share: the distillation settings of the
-structural passes (a pydantic mixin of their configs), the check that a pass got a text encoder, and the
+structural passes (a pydantic mixin of their configs; the passes register with `kinds=TEXT_ONLY`), the check that a pass got a text encoder, and the
 recovery by distillation. Light on purpose (pydantic only at import): pass configs load without the `nlp`
 extra; the work is imported when a pass runs."""
 
@@ -11,12 +11,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeslim.errors import EdgeslimError
-
-PREFIX = "encoder_"  # every text-encoder pass is named encoder_*; the text pipeline runs only those
-
-
-def is_text_pass(name: str) -> bool:
-    return name.startswith(PREFIX)
 
 
 class DistillSettings(BaseModel):

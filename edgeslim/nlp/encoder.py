@@ -126,7 +126,12 @@ def _pooling_meta(folder: Path) -> dict:
         meta["normalize"] = any(str(m.get("type", "")).endswith("Normalize") for m in mods)
         for m in mods:
             if str(m.get("type", "")).endswith("Pooling"):
-                cfg = _read_json(folder / m.get("path", "1_Pooling") / "config.json")
+                pool_cfg = folder / str(m.get("path", "1_Pooling")) / "config.json"
+                if not pool_cfg.is_file():  # a wheel that did not ship the pooling folder: mean, said so
+                    meta["pooling_note"] = (f"modules.json names {pool_cfg.parent.name}/ for pooling, which is "
+                                            "missing; mean pooling used")
+                    continue
+                cfg = _read_json(pool_cfg)
                 if cfg.get("pooling_mode_cls_token"):
                     meta["pooling"] = "cls"
                 elif cfg.get("pooling_mode_max_tokens"):

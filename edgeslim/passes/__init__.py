@@ -7,12 +7,15 @@ import importlib
 import pkgutil
 
 from edgeslim.passes.base import (
+    MODULE_KINDS,
     PASSES,
+    SOURCE_KINDS,
     PassConfig,
     PassResult,
     RunContext,
     get_pass,
     pass_for_config,
+    passes_for,
     register,
 )
 
@@ -20,4 +23,4 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["PASSES", "PassConfig", "PassResult", "RunContext", "get_pass", "pass_for_config", "register"]
+__all__ = ["MODULE_KINDS", "SOURCE_KINDS", "passes_for", "PASSES", "PassConfig", "PassResult", "RunContext", "get_pass", "pass_for_config", "register"]

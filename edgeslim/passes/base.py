@@ -80,6 +80,18 @@ PassFn = Callable[[nn.Module | None, Task, Any, RunContext], PassResult]
 
 ModelKind = Literal["torch", "onnx"]
 
+# The kinds of model a run can start from (one handler each in `edgeslim.run`): an edgeslim zoo folder, a
+# generic PyTorch program (torch.export .pt2, state dict + class, trusted pickle), an ONNX file (converted to a
+# trainable module) and a Hugging Face text encoder. A pass declares the kinds it takes; the recipe parser
+# refuses a pass that cannot take the run's model, naming the line.
+SourceKind = Literal["zoo", "pytorch", "onnx", "text"]
+SOURCE_KINDS: tuple[SourceKind, ...] = ("zoo", "pytorch", "onnx", "text")
+MODULE_KINDS: tuple[SourceKind, ...] = ("zoo", "pytorch", "onnx")  # an nn.Module on tensors
+ZOO_ONLY: tuple[SourceKind, ...] = ("zoo",)  # passes that rebuild the model from its zoo spec
+TEXT_ONLY: tuple[SourceKind, ...] = ("text",)
+KIND_WORDS = {"zoo": "an edgeslim zoo model", "pytorch": "a PyTorch program", "onnx": "an ONNX file",
+              "text": "a text encoder"}
+
 
 @dataclass(frozen=True)
 class PassInfo:
@@ -90,6 +102,10 @@ class PassInfo:
     produces: ModelKind  # onnx: the stage is ONNX-only from here on
     must_be_last: bool
     about: str
+    kinds: tuple[SourceKind, ...] = MODULE_KINDS  # the model kinds (handlers) the pass takes
+
+    def takes(self, kind: str) -> bool:
+        return kind in self.kinds
 
     @property
     def kind(self) -> ModelKind:
@@ -109,14 +125,17 @@ FnT = TypeVar("FnT", bound=Callable[..., PassResult])
 
 
 def register(name: str, config: type[PassConfig], *, consumes: ModelKind = "torch", produces: ModelKind = "torch",
-             must_be_last: bool = False) -> Callable[[FnT], FnT]:
-    """Register `fn` as the pass `name` with its config class and what it consumes and produces."""
+             must_be_last: bool = False, kinds: tuple[SourceKind, ...] = MODULE_KINDS) -> Callable[[FnT], FnT]:
+    """Register `fn` as the pass `name` with its config class, what it consumes and produces, and the model
+    kinds it takes (`SOURCE_KINDS`; default: every model that is an nn.Module on tensors)."""
 
     def deco(fn: FnT) -> FnT:
         if any(i.config is config and i.name != name for i in PASSES.values()):
             raise AssertionError(f"pass '{name}': config {config.__name__} already belongs to another pass")
         about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        PASSES[name] = PassInfo(name, fn, config, consumes, produces, must_be_last, about)
+        if not kinds or set(kinds) - set(SOURCE_KINDS):
+            raise AssertionError(f"pass '{name}': kinds {kinds} not within {SOURCE_KINDS}")
+        PASSES[name] = PassInfo(name, fn, config, consumes, produces, must_be_last, about, tuple(kinds))
         return fn
 
     return deco
@@ -156,6 +175,11 @@ def pass_for_config(config: PassConfig) -> PassInfo:
             return info
     raise EdgeslimError(f"{type(config).__name__} is not the config of a registered pass; configs: "
                         f"{choices(i.config.__name__ for i in PASSES.values() if not i.name.startswith('_'))}")
+
+
+def passes_for(kind: str) -> list[str]:
+    """Names of the public passes that take models of `kind`."""
+    return [n for n, i in PASSES.items() if i.takes(kind) and not n.startswith("_")]
 
 
 def get_pass(name: str) -> PassInfo:

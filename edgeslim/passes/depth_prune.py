@@ -12,7 +12,7 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import size_counts
 from edgeslim.models.spec import add_edit, set_module
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import ZOO_ONLY, PassConfig, PassResult, RunContext, register
 from edgeslim.prune.structured import removable_blocks
 from edgeslim.train import TrainConfig, evaluate
 
@@ -22,7 +22,7 @@ class DepthPrune(PassConfig):
     finetune: TrainConfig | None = None
 
 
-@register("depth_prune", DepthPrune)
+@register("depth_prune", DepthPrune, kinds=ZOO_ONLY)
 def depth_prune(model: nn.Module | None, task: Task, cfg: DepthPrune, ctx: RunContext) -> PassResult:
     """Remove whole blocks (greedy, least validation-accuracy loss first), then fine-tune."""
     assert model is not None

@@ -34,7 +34,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json, write_text
 from edgeslim.measure.core import Measurer
 from edgeslim.onnxkit.session import session
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import ZOO_ONLY, PassConfig, PassResult, RunContext, register
 from edgeslim.prune.exits import build_exits
 
 DEFAULT_THRESHOLDS = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -175,7 +175,7 @@ def early_exit_table(model: nn.Module, task: Task, cfg: EarlyExit, folder: Path,
     return res
 
 
-@register("early_exit", EarlyExit)
+@register("early_exit", EarlyExit, kinds=ZOO_ONLY)
 def early_exit(model: nn.Module | None, task: Task, cfg: EarlyExit, ctx: RunContext) -> PassResult:
     """Early-exit heads with confidence thresholds; writes the measured accuracy/MACs/latency table."""
     assert model is not None

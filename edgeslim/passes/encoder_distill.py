@@ -8,14 +8,14 @@ from typing import Any
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderDistill(PassConfig, DistillSettings):
     distill_epochs: int = Field(4, ge=1)
 
 
-@register("encoder_distill", EncoderDistill)
+@register("encoder_distill", EncoderDistill, kinds=TEXT_ONLY)
 def encoder_distill(model: Any, task: Any, cfg: EncoderDistill, ctx: RunContext) -> PassResult:
     """Distil the current text encoder from the original's sentence embeddings (cosine/MSE)."""
     check_text("encoder_distill", model, task)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderDropLayers(PassConfig, DistillSettings):
@@ -19,7 +19,7 @@ class EncoderDropLayers(PassConfig, DistillSettings):
     distill_epochs: int = Field(4, ge=0)
 
 
-@register("encoder_drop_layers", EncoderDropLayers)
+@register("encoder_drop_layers", EncoderDropLayers, kinds=TEXT_ONLY)
 def encoder_drop_layers(model: Any, task: Any, cfg: EncoderDropLayers, ctx: RunContext) -> PassResult:
     """Remove whole encoder layers, then distil the shallower student from the original's embeddings."""
     check_text("encoder_drop_layers", model, task)

@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from edgeslim.nlp.config import check_text
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderFuse(PassConfig):
     pass
 
 
-@register("encoder_fuse", EncoderFuse, consumes="onnx", produces="onnx")
+@register("encoder_fuse", EncoderFuse, consumes="onnx", produces="onnx", kinds=TEXT_ONLY)
 def encoder_fuse(model: Any, task: Any, cfg: EncoderFuse, ctx: RunContext) -> PassResult:
     """ONNX Runtime transformer fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm) of the ONNX."""
     check_text("encoder_fuse", model, task)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from edgeslim.nlp.config import check_text
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderInt8Dynamic(PassConfig):
@@ -19,7 +19,7 @@ class EncoderInt8Dynamic(PassConfig):
     sensitivity_samples: int = Field(64, ge=1, description="calibration sentences for the sensitivity scores")
 
 
-@register("encoder_int8_dynamic", EncoderInt8Dynamic, consumes="onnx", produces="onnx")
+@register("encoder_int8_dynamic", EncoderInt8Dynamic, consumes="onnx", produces="onnx", kinds=TEXT_ONLY)
 def encoder_int8_dynamic(model: Any, task: Any, cfg: EncoderInt8Dynamic, ctx: RunContext) -> PassResult:
     """Dynamic INT8 of a text encoder's MatMul/Attention layers (int8 weights), sensitive layers float."""
     check_text("encoder_int8_dynamic", model, task)

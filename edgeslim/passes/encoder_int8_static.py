@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import check_text
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderInt8Static(PassConfig):
@@ -20,7 +20,7 @@ class EncoderInt8Static(PassConfig):
     sensitivity_samples: int = Field(64, ge=1, description="calibration sentences for the sensitivity scores")
 
 
-@register("encoder_int8_static", EncoderInt8Static, consumes="onnx", produces="onnx")
+@register("encoder_int8_static", EncoderInt8Static, consumes="onnx", produces="onnx", kinds=TEXT_ONLY)
 def encoder_int8_static(model: Any, task: Any, cfg: EncoderInt8Static, ctx: RunContext) -> PassResult:
     """Static INT8 (QDQ, ranges calibrated on the calibration sentences) of a text encoder's MatMuls."""
     check_text("encoder_int8_static", model, task)

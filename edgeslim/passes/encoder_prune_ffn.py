@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderPruneFFN(PassConfig, DistillSettings):
@@ -20,7 +20,7 @@ class EncoderPruneFFN(PassConfig, DistillSettings):
     multiple: int = Field(16, ge=1, description="kept neurons per layer rounded to this (aligned GEMM widths)")
 
 
-@register("encoder_prune_ffn", EncoderPruneFFN)
+@register("encoder_prune_ffn", EncoderPruneFFN, kinds=TEXT_ONLY)
 def encoder_prune_ffn(model: Any, task: Any, cfg: EncoderPruneFFN, ctx: RunContext) -> PassResult:
     """Structured FFN-neuron pruning of a text encoder (intermediate rows / output columns removed)."""
     check_text("encoder_prune_ffn", model, task)

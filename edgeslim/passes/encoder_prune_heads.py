@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeslim.nlp.config import DistillSettings, check_text, recover
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import TEXT_ONLY, PassConfig, PassResult, RunContext, register
 
 
 class EncoderPruneHeads(PassConfig, DistillSettings):
@@ -19,7 +19,7 @@ class EncoderPruneHeads(PassConfig, DistillSettings):
     per_layer: bool = True  # the same share in every layer
 
 
-@register("encoder_prune_heads", EncoderPruneHeads)
+@register("encoder_prune_heads", EncoderPruneHeads, kinds=TEXT_ONLY)
 def encoder_prune_heads(model: Any, task: Any, cfg: EncoderPruneHeads, ctx: RunContext) -> PassResult:
     """Structured attention-head pruning of a text encoder (Q/K/V and output rows/columns removed)."""
     check_text("encoder_prune_heads", model, task)

@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeslim.data import Task
 from edgeslim.formats.eshare import ESHARE_FILE, load_shared, save_shared
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import ZOO_ONLY, PassConfig, PassResult, RunContext, register
 from edgeslim.quant.sharing import shared_layers
 
 
@@ -19,7 +19,7 @@ class EntropyCode(PassConfig):
     max_codebook: int = Field(256, ge=1, le=65536, description="refuse layers with more distinct weights")
 
 
-@register("entropy_code", EntropyCode)
+@register("entropy_code", EntropyCode, kinds=ZOO_ONLY)
 def entropy_code(model: nn.Module | None, task: Task, cfg: EntropyCode, ctx: RunContext) -> PassResult:
     """Store the model as codebooks + Huffman-coded indices and sparse positions (the stage's size)."""
     assert model is not None

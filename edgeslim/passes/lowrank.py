@@ -22,7 +22,7 @@ from edgeslim.models.counts import count_macs
 from edgeslim.models.lowrank import energy_rank, mode_svd, retained, spatial_conv, svd_linear, tucker2_conv
 from edgeslim.models.probe import probe
 from edgeslim.models.spec import add_edit, get_module, set_module
-from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.passes.base import ZOO_ONLY, PassConfig, PassResult, RunContext, register
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -136,7 +136,7 @@ def factorise(model: nn.Module, spec: dict, input_shape: tuple[int, ...], cfg: L
     return spec, rows
 
 
-@register("lowrank", LowRank)
+@register("lowrank", LowRank, kinds=ZOO_ONLY)
 def lowrank(model: nn.Module | None, task: Task, cfg: LowRank, ctx: RunContext) -> PassResult:
     """Low-rank factorisation (SVD for Linear, Tucker-2 or k x 1 / 1 x k for Conv), then fine-tuning."""
     assert model is not None

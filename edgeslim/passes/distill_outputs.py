@@ -1,0 +1,35 @@
+"""`distill_outputs`: fine-tune the current model to reproduce the run's original model's outputs (MSE on the
+teacher's outputs for the same batch: distillation on outputs, labels not used). On a task without labels
+(`run --inputs`) this is what every fine-tuning does already; here it gets its own epochs and learning rate."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from edgeslim.data import Task
+from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
+from edgeslim.train import Hooks, TrainConfig
+
+
+class DistillOutputs(PassConfig):
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-4),
+                               description="the distillation's training settings")
+
+
+@register("distill_outputs", DistillOutputs)
+def distill_outputs(model: nn.Module | None, task: Task, cfg: DistillOutputs, ctx: RunContext) -> PassResult:
+    """Distil the original model's outputs into the current one (MSE on outputs; labels not used)."""
+    assert model is not None
+    teacher = ctx.teacher().eval()
+
+    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x)
+        return F.mse_loss(out, target)
+
+    hist = ctx.finetune_model(model, task, cfg.train, desc="distill_outputs", hooks=Hooks(loss=loss))
+    return PassResult(model, notes={"val_score": hist["val_accuracy"], "val_split": "val",
+                                    "epochs": hist["epochs"]})
