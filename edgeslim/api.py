@@ -302,9 +302,11 @@ def _vela(model: Path, device: str | None) -> dict | None:
     from edgeslim.litert.vela import vela_for_fit
 
     v = vela_for_fit(Path(model), dev.vela)
-    if "sram_bytes" in v:
-        v["fits_sram"] = v["sram_bytes"] + dev.runtime_ram_bytes <= dev.sram_bytes
-        v["fits_flash"] = v["flash_bytes"] + dev.runtime_flash_bytes <= dev.flash_bytes
+    if "sram_bytes" in v:  # the one fit verdict, on Vela's figures
+        from edgeslim.measure.device_fit import fit_verdict
+
+        f = fit_verdict(dev, v["flash_bytes"], v["sram_bytes"], arena_source="vela")
+        v["fits_sram"], v["fits_flash"] = f.fits_ram, f.fits_flash
     return v
 
 

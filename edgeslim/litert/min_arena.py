@@ -6,7 +6,7 @@ Two rewrites of the flatbuffer, both leaving every int8 output bit-identical:
   operators cost TFLite Micro tail bytes) with the MACs recomputed in halos at most `max_recompute` of the
   model's MACs;
 - operator order: TFLite Micro runs operators in file order; the order search of the ONNX arena planner
-  (`edgeslim.measure.op_order`) runs on the file's graph and the operators are renumbered when the
+  (`edgeslim.onnxkit.op_order`) runs on the file's graph and the operators are renumbered when the
   planned head drops;
 - an offline memory plan in the file's metadata (`edgeslim.litert.offline`: in-place ADD, a better
   placement than TFLite Micro's greedy one), written only where it lowers the head.
@@ -35,7 +35,7 @@ def _macs(model) -> int:
 
 def reorder(model) -> tuple[object, str]:
     """The model with its operators in the lowest-peak order found ("" when the file's order is kept)."""
-    from edgeslim.measure.op_order import best_order
+    from edgeslim.onnxkit.op_order import best_order
 
     sg = model.subgraphs[0]
     nodes, root, size, ins, outs = tg._fake_nodes(model, sg)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgeslim.litert import tfgraph as tg
-from edgeslim.measure.arena import TFLM_ALIGN, Buffer, lifetimes
+from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes
 
 METADATA = "OfflineMemoryAllocation"
 IN_PLACE = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "LOGISTIC", "TANH", "HARD_SWISH",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeslim.measure.arena import TFLM_ALIGN, Buffer, lifetimes, peak_live
+from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes, peak_live
 
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 4, 17: 1}  # TensorType -> bytes
 # persistent tail (TFLite Micro 2026, 64-bit host), least-squares fit to the recorded tails of 9 files

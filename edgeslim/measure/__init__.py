@@ -10,7 +10,7 @@ number comes from:
     latency      latency.py      `interleaved_latency`, the one timing loop (sessions and callables)
     accuracy     source.py       ONNX Runtime on the task's test split; only with a task
     fidelity     fidelity.py     outputs against a reference model: cosine, abs errors, top-1 agreement
-    arena        arena.py        static activation-memory planner (TFLite Micro's greedy-by-size), op_order.py
+    arena        arena.py        static activation-memory planner (TFLite Micro's greedy-by-size; its building blocks and the order search live in onnxkit: liveness.py, op_order.py)
     flash, fit   device_fit.py   the one fit verdict: weights + runtime vs the device profile's flash and RAM
     energy       energy.py       measured (RAPL window around the timer, window.py) or estimated (analytic,
                                  onnx_counts.py), always labelled

@@ -32,6 +32,7 @@ import onnx
 from onnx import helper
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, greedy_by_size, lifetimes, peak_live
 from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.shapes import infer_static
 
@@ -39,19 +40,6 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 INPLACE_OPS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
                "PRelu", "BatchNormalization"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-TFLM_ALIGN = 16  # TFLite Micro's kBufferAlignment (bytes)
-
-
-@dataclass
-class Buffer:
-    """One arena buffer (a tensor and the views/in-place results that share it)."""
-
-    name: str
-    size: int  # bytes
-    first: int  # step of the producer (0 for graph inputs)
-    last: int  # step of the last reader (end for graph outputs)
-    offset: int = -1
-    members: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,7 +171,7 @@ def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fu
         control_flow=any(n.op_type in ("If", "Loop", "Scan") for n in g.node),
     )
     if reorder and len(nodes) > 1:
-        from edgeslim.measure.op_order import best_order
+        from edgeslim.onnxkit.op_order import best_order
 
         new, method = best_order(nodes, root, size, [v.name for v in g.input], [v.name for v in g.output],
                                  max_states=max_states)
@@ -208,7 +196,7 @@ def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
     g = src.graph
     active = [n for n in g.node if any(o in root for o in n.output)]
     const = [n for n in g.node if not any(o in root for o in n.output)]
-    from edgeslim.measure.op_order import best_order
+    from edgeslim.onnxkit.op_order import best_order
 
     order, _ = best_order(active, root, size, [v.name for v in g.input], [v.name for v in g.output],
                           max_states=max_states)
@@ -223,65 +211,6 @@ def _node_name(n: onnx.NodeProto, i: int) -> str:
     return n.name or f"{n.op_type}_{i}"
 
 
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a if a > 1 else n
 
 
-def lifetimes(nodes: list[onnx.NodeProto], order: list[int], root: dict[str, str], size: dict[str, int],
-              inputs: list[str], outputs: list[str], align: int = 1) -> list[Buffer]:
-    """Buffers with [first, last] steps for the node execution `order` (indices into `nodes`)."""
-    end = max(len(order) - 1, 0)
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
-    members: dict[str, list[str]] = {}
-    for t, r in root.items():
-        members.setdefault(r, []).append(t)
-    for t in inputs:
-        if t in root:
-            first[root[t]] = 0
-    for step, i in enumerate(order):
-        n = nodes[i]
-        for t in n.input:
-            if t in root:
-                r = root[t]
-                last[r] = max(last.get(r, step), step)
-        for t in n.output:
-            if t in root:
-                r = root[t]
-                first.setdefault(r, step)
-                last[r] = max(last.get(r, step), step)
-    for t in outputs:
-        if t in root:
-            last[root[t]] = end
-    return [Buffer(r, _align(size[r], align), first.get(r, 0), last.get(r, first.get(r, 0)), members=members[r])
-            for r in size]
-
-
-def greedy_by_size(bufs: list[Buffer]) -> int:
-    """Assign offsets largest-first at the lowest gap free during each buffer's life. Returns arena bytes."""
-    placed: list[Buffer] = []
-    for b in sorted(bufs, key=lambda b: (-b.size, b.first, b.name)):
-        live = sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: p.offset)
-        off = 0
-        for p in live:
-            if p.offset - off >= b.size:
-                break
-            off = max(off, p.offset + p.size)
-        b.offset = off
-        placed.append(b)
-    return max((b.offset + b.size for b in bufs), default=0)
-
-
-def peak_live(bufs: list[Buffer]) -> int:
-    """Largest sum of buffer sizes alive at the same step (bytes)."""
-    if not bufs:
-        return 0
-    steps = max(b.last for b in bufs) + 1
-    live = np.zeros(steps + 1, dtype=np.int64)
-    for b in bufs:
-        live[b.first] += b.size
-        live[b.last + 1] -= b.size
-    return int(np.cumsum(live).max())
-
-
-__all__ = ["ArenaPlan", "Buffer", "plan_arena", "greedy_by_size", "peak_live", "lifetimes"]
+__all__ = ["TFLM_ALIGN", "ArenaPlan", "Buffer", "plan_arena", "greedy_by_size", "peak_live", "lifetimes"]
