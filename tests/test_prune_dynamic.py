@@ -17,6 +17,7 @@ from edgeslim.train import TrainConfig, evaluate, train_model
 
 def _trained(arch, task, **kw):
     spec = models.make_spec(arch, task.input_shape, task.num_classes, **kw)
+    torch.manual_seed(0)  # the initial weights: whatever ran before in this worker
     m = models.build_model(spec)
     train_model(m, task, TrainConfig(epochs=8), quiet=True)
     return m, spec

@@ -110,6 +110,7 @@ def build_exits(model: nn.Module, task: Task, exits: list[str] | None = None, he
         for k, seg in enumerate(segments[:-1]):
             shapes.append(tuple(f_in.shape[1:]))
             f_tr, f_in = seg(f_tr), seg(f_in)
+            torch.manual_seed(seed + k)  # the head's initial weights too, not only its training order
             head = make_head(f_in, task.num_classes)
             with torch.enable_grad():
                 pooled = head[:-1](f_tr) if isinstance(head, nn.Sequential) else f_tr
