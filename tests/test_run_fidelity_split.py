@@ -50,6 +50,7 @@ def test_calibration_never_sees_a_test_row_and_fidelity_is_on_test(tmp_path: Pat
         f = s["fidelity"]
         assert f["split"] == "test" and f["samples"] == len(task.x_test) == 360
         assert f["reference"] == "00_baseline" and f["samples_compared"] == 360
+        assert s["accuracy_split"] == "test" and s["accuracy_samples"] == 360
     assert b["fidelity"]["cosine"] == pytest.approx(1.0) and b["fidelity"]["max_abs_err"] == 0.0
     assert b["fidelity"]["top1_agreement"] == 1.0
     fq = q["fidelity"]
