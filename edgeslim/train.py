@@ -50,7 +50,7 @@ SMALL_BATCH_MACS = 1e9
 (every zoo model at its reference input and batch 64 is under 7e8), and there PyTorch's default of one
 thread per core spends its time in thread barriers, worst when other processes share the cores: 3 epochs
 of ResNet-8 on 8x8 digits took 95 s with 2 threads vs 5 s with 1 on a loaded 2-core host, LeNet-5 12 s vs
-3.3 s, and `make demo` (cnn1d, 2.6e8 MACs per batch) 9.5 min vs 57 s (docs/benchmarks.md, tool speed)."""
+3.3 s (docs/benchmarks.md, tool speed)."""
 
 
 def train_threads(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:

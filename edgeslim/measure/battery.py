@@ -135,9 +135,10 @@ class BatteryLife:
 
 def battery_life(energy_mj: float, latency_ms: float, rate: Rate, battery: Battery, rest_power_mw: float,
                  rest_mode: str = "sleep", device: str = "?", fleet: int | None = None,
-                 grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> BatteryLife:
+                 grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH, energy_method: str | None = None) -> BatteryLife:
     """The estimate of the module docstring. Raises EdgeslimError when inferences at `rate` do not fit
-    in a second (duty > 1)."""
+    in a second (duty > 1). `energy_method` (the energy figure's label, e.g. estimated:calibrated@cortex-m4
+    (LOO error ...)) heads the estimate's `method`, so the lifetime carries the label of the energy under it."""
     if energy_mj is None or latency_ms is None:
         raise EdgeslimError(f"battery life needs an energy and latency estimate for {device}; none was made")
     duty = rate.per_second * latency_ms / 1e3
@@ -162,7 +163,8 @@ def battery_life(energy_mj: float, latency_ms: float, rate: Rate, battery: Batte
         device=device, battery=battery.text, battery_j=battery.energy_j, rate=rate.text, rate_per_s=rate.per_second,
         energy_mj=energy_mj, latency_ms=latency_ms, rest_power_mw=rest_power_mw, rest_mode=rest_mode, duty=duty,
         average_power_mw=avg, inference_share=infer_mw / avg, lifetime_s=life_s,
-        method=f"estimated: profile {device} ({rest_mode} {rest_power_mw:g} mW between inferences)",
+        method=f"{energy_method or f'estimated: profile {device}'} ({rest_mode} {rest_power_mw:g} mW between "
+               "inferences)",
         fleet=fleet, fleet_kwh_per_year=kwh, grid_g_per_kwh=grid_g_per_kwh if fleet is not None else None,
         fleet_co2_kg_per_year=co2,
     )
@@ -184,7 +186,7 @@ def rest_power(device: object, mode: str | None = None) -> tuple[float, str]:
 
 def for_device(energy_mj: float, latency_ms: float, device: object, battery: str | None = None,
                rate: str | None = None, between: str | None = None, fleet: int | None = None,
-               grid_g_per_kwh: float | None = None) -> BatteryLife | None:
+               grid_g_per_kwh: float | None = None, energy_method: str | None = None) -> BatteryLife | None:
     """The estimate for a device profile, with the profile's default battery and 1/s when not given.
     None when there is neither a battery option nor a profile default (nothing to estimate against)."""
     text = battery or getattr(device, "battery", None)
@@ -197,7 +199,7 @@ def for_device(energy_mj: float, latency_ms: float, device: object, battery: str
     r = parse_rate(rate or DEFAULT_RATE)
     p, mode = rest_power(device, between)
     g = DEFAULT_GRID_G_PER_KWH if grid_g_per_kwh is None else grid_g_per_kwh
-    return battery_life(energy_mj, latency_ms, r, b, p, mode, getattr(device, "name", "?"), fleet, g)
+    return battery_life(energy_mj, latency_ms, r, b, p, mode, getattr(device, "name", "?"), fleet, g, energy_method)
 
 
 DEFAULT_RATE = "1/s"
@@ -248,7 +250,8 @@ def requested(battery: str | None, rate: str | None, fleet: int | None) -> bool:
     return battery is not None or rate is not None or fleet is not None
 
 
-def not_sustainable(latency_ms: float, device: str, battery: str, rate: str = DEFAULT_RATE) -> dict:
+def not_sustainable(latency_ms: float, device: str, battery: str, rate: str = DEFAULT_RATE,
+                    energy_method: str | None = None) -> dict:
     """The `battery` entry of a row whose model cannot keep up with the *default* rate: no lifetime, the
     highest sustainable rate instead (inferences/s = 1000 / latency_ms, estimated like the latency). An
     explicit --rate that cannot be kept stays an error (`battery_life`)."""
@@ -256,7 +259,7 @@ def not_sustainable(latency_ms: float, device: str, battery: str, rate: str = DE
     return {"device": device, "battery": battery, "rate": rate, "rate_per_s": parse_rate(rate).per_second,
             "sustainable": False, "latency_ms": latency_ms, "max_rate_per_s": top,
             "note": f"battery life at {rate}: not sustainable",
-            "method": f"estimated: profile {device} (one inference takes {latency_ms:.3g} ms)"}
+            "method": f"{energy_method or f'estimated: profile {device}'} (one inference takes {latency_ms:.3g} ms)"}
 
 
 def for_row(row: dict, device_name: str | None, battery: str | None, rate: str | None, between: str | None,
@@ -280,8 +283,8 @@ def for_row(row: dict, device_name: str | None, battery: str | None, rate: str |
         text = battery or getattr(dev, "battery", None)
         if text is None and fleet is None:
             return None
-        return not_sustainable(float(t), getattr(dev, "name", "?"), text or "?")
-    return for_device(float(e), float(t), dev, battery, rate, between, fleet, grid_g_per_kwh)
+        return not_sustainable(float(t), getattr(dev, "name", "?"), text or "?", energy_method=row.get("energy_method"))
+    return for_device(float(e), float(t), dev, battery, rate, between, fleet, grid_g_per_kwh, row.get("energy_method"))
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def stage_verdict(onnx_path: Path, device: Device) -> dict:
     }
     if e.latency_ms:
         try:
-            life = for_device(e.mj, e.latency_ms, device)
+            life = for_device(e.mj, e.latency_ms, device, energy_method=e.method)
         except EdgeslimError:  # a rate the model cannot keep up with: no lifetime, said in the note
             life = None
             out["battery_note"] = (f"battery life at 1/s: not sustainable (one inference takes {e.latency_ms:.3g} ms; "

@@ -69,8 +69,24 @@ class ModelHandler:
                       dev: str) -> dict:
         from edgeslim.measure.stage import measure_stage
 
-        return measure_stage(onnx_path, task, model, size_path, threads=self.threads, device=dev,
-                             predictions=tmp / "predictions.npz")
+        m = measure_stage(onnx_path, task, model, size_path, threads=self.threads, device=dev,
+                          predictions=tmp / "predictions.npz")
+        if m.get("accuracy") is not None:
+            m["accuracy_split"] = "test"  # measure.core: top-1 on task.x_test
+        m["fidelity"] = self.test_fidelity(onnx_path, task, tmp)
+        return m
+
+    def test_fidelity(self, onnx_path: Path, task: Any, tmp: Path) -> dict:
+        """Fidelity of the stage's ONNX to the baseline stage's on the test split (the baseline is its own
+        reference); a stage whose outputs cannot be compared (another output layout) says why instead."""
+        from edgeslim.run.onnx import split_fidelity
+
+        base = tmp.parent / "00_baseline" / "model.onnx"  # stage folders are made beside it (fsutil.atomic_dir)
+        ref = base if base.is_file() else onnx_path
+        try:
+            return {**split_fidelity(ref, onnx_path, task.x_test, "test", self.threads), "reference": "00_baseline"}
+        except Exception as e:  # noqa: BLE001 - a measurement that cannot be made is reported, never fatal
+            return {"split": "test", "reference": "00_baseline", "not_compared": str(e).splitlines()[0][:200]}
 
     def stage_line(self, name: str, m: dict) -> str:
         return (f"[{name}] accuracy {m['accuracy']:.4f}  size {m['size_bytes']} B  "

@@ -78,6 +78,25 @@ def flat_outputs(runs: list[list[np.ndarray]]) -> np.ndarray:
                            for r in runs])
 
 
+def split_fidelity(ref_path: Path, onnx_path: Path, x: np.ndarray, split: str, threads: int = 1) -> dict:
+    """Fidelity (`measure.fidelity.compare`: cosine, max/mean abs error, top-1 agreement for score outputs) of the
+    ONNX model at `onnx_path` to the one at `ref_path` on the inputs `x` of `split`, recorded with the split's
+    name and sample count. One input; a fixed batch of 1 is run sample by sample."""
+    from edgeslim.measure.fidelity import compare
+    from edgeslim.onnxkit.session import session
+
+    def io(path: Path) -> tuple[str, bool, list[str]]:
+        s = session(path, threads=threads)
+        i = s.get_inputs()[0]
+        return i.name, i.shape[0] == 1, [o.name for o in s.get_outputs()]
+
+    rname, rfixed, names = io(ref_path)
+    gname, gfixed, _ = io(onnx_path)
+    ref = onnx_outputs(ref_path, rname, x, rfixed, threads)
+    got = onnx_outputs(onnx_path, gname, x, gfixed, threads)
+    return {"split": split, **compare(names, ref, got).as_dict(), "samples": len(x), "samples_compared": len(x)}
+
+
 class FidelityStages(ModelHandler):
     """Stage metrics of a run without labels (`data.unlabelled`): held-out fidelity of every stage's ONNX to the
     reference ONNX (the original file, or the baseline stage's export of a PyTorch model), validation fidelity,
@@ -129,7 +148,7 @@ class FidelityStages(ModelHandler):
             got = onnx_outputs(onnx_path, self.input_name, x, self.fixed_batch)
             f = compare(names, ref, got)
             out["fidelity" if split == "test" else "fidelity_val"] = {"split": split, "samples": len(x),
-                                                                      **f.as_dict()}
+                                                                      **f.as_dict(), "samples_compared": len(x)}
         return out
 
     def stage_line(self, name: str, m: dict) -> str:
