@@ -77,3 +77,44 @@ def test_head_reshape_follows_pruned_channels(target, tmp_path):
         ref = module(torch.from_numpy(np.repeat(feeds["x"], 3, 0)[:7]))[0].numpy()
     got = session(str(tmp_path / "pruned.onnx")).run(None, {"x": np.repeat(feeds["x"], 3, 0)[:7]})[0]
     assert got.shape == (7, 5) and np.abs(got - ref).max() < 1e-4  # another batch than the trace's
+
+
+def crnn_like(path) -> None:
+    """A batch fixed at 1 whose output puts the batch on axis 1 (a CRNN's [T, 1, C], as ddddocr's common.onnx):
+    conv -> relu -> conv -> relu -> mean over H -> [1, C, W] -> Transpose [W, 1, C] -> MatMul -> Softmax."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             h.make_node("Relu", ["c1"], ["r1"]),
+             h.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             h.make_node("Relu", ["c2"], ["r2"]),
+             h.make_node("ReduceMean", ["r2", "axh"], ["m"], keepdims=0),
+             h.make_node("Transpose", ["m"], ["t"], perm=[2, 0, 1]),
+             h.make_node("MatMul", ["t", "wl"], ["logits"], name="fc"),
+             h.make_node("Softmax", ["logits"], ["y"], axis=2)]
+    inits = [_w("w1", 12, 1, 3, 3), _w("w2", 16, 12, 3, 3), _i64("axh", [2]), _w("wl", 16, 5)]
+    m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 8, 16])],
+                                  [h.make_tensor_value_info("y", T.FLOAT, [16, 1, 5])], inits),
+                     opset_imports=[h.make_opsetid("", 18)])
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+
+
+def test_batch_fixed_at_one_with_batch_on_another_axis_runs_per_sample(tmp_path):
+    """Teacher targets and the trained view take one row per sample (not one per time step): the run prunes,
+    trains and exports; held-out fidelity is per sample."""
+    import json
+
+    from reliability_helpers import main_inproc
+
+    crnn_like(tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", x=RNG.normal(size=(50, 1, 8, 16)).astype(np.float32))
+    (tmp_path / "r.yaml").write_text("version: 1\nfinetune: {epochs: 3, lr: 0.002, batch_size: 8}\n"
+                                     "passes:\n  - structured_prune: {ratio: 0.5}\n")
+    code, _, err = main_inproc("run", str(tmp_path / "r.yaml"), "--model", str(tmp_path / "m.onnx"), "--inputs",
+                               str(tmp_path / "x.npz"), "-o", str(tmp_path / "run"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    base, pruned = res["stages"]
+    assert pruned["fidelity"]["samples"] == 10 and pruned["fidelity"]["split"] == "test"
+    assert pruned["params"] < 0.6 * base["params"]
+    assert pruned["fidelity"]["cosine"] > 0.9
+    assert max(pruned["notes"]["parity_max_abs_diff"].values()) < 1e-4
