@@ -129,7 +129,7 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
     specs = input_specs(read_onnx(model))
     spec_in = specs[0]
     # a batch fixed at 1: each sample runs alone (its outputs may carry the batch on another axis, e.g. [T, 1, C])
-    per_sample = bool(spec_in.dims) and spec_in.dims[0] == 1
+    per_sample = spec_in.dims is not None and len(spec_in.dims) > 0 and spec_in.dims[0] == 1
     original = convert(model, (), per_sample)  # the model first: an op that cannot be converted is one line
     if spec_in.dtype.kind != "f":
         raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
