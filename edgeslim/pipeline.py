@@ -127,8 +127,10 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
     dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
     load_device(dev)
     specs = input_specs(read_onnx(model))
-    original = convert(model, ())  # the model first: an op that cannot be converted is one line
     spec_in = specs[0]
+    # a batch fixed at 1: each sample runs alone (its outputs may carry the batch on another axis, e.g. [T, 1, C])
+    per_sample = spec_in.dims is not None and len(spec_in.dims) > 0 and spec_in.dims[0] == 1
+    original = convert(model, (), per_sample)  # the model first: an op that cannot be converted is one line
     if spec_in.dtype.kind != "f":
         raise EdgeslimError(f"{model}: input '{spec_in.name}' is {spec_in.dtype}; run --inputs trains on float inputs")
     fixed = spec_in.dims is not None and len(spec_in.dims) > 0 and isinstance(spec_in.dims[0], int)
@@ -147,12 +149,12 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
         x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
 
         def teacher(a: np.ndarray) -> np.ndarray:
-            return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads))
+            return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads), per_sample)
 
         t = teacher_task(str(inputs), x, teacher, seed)
         ident_task = f"inputs:{Path(inputs).resolve()}"
     spec = {"format": 1, "arch": "onnx", "source": str(model.resolve()), "input_name": spec_in.name,
-            "fixed_batch": fixed, "input_shape": list(t.input_shape), "edits": []}
+            "fixed_batch": fixed, "per_sample": per_sample, "input_shape": list(t.input_shape), "edits": []}
     ident = {"model": str(model.resolve()), "task": ident_task, "recipe_digest": recipe.digest, "seed": seed,
              "kind": "onnx"}
     runlock.check_claim(out, ident, force)

@@ -222,3 +222,29 @@ def test_attention_block_ffn_neurons_and_head_dims(tiny_image_task, tmp_path):
     x = tiny_image_task.x_test[:16]
     with torch.no_grad():
         assert np.abs(run_batched(session(p), x) - net(torch.from_numpy(x)).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "mobilenetv1", "lenet5"])
+def test_sensitivity_trials_on_one_dependency_graph_prune_as_a_graph_per_trial(arch, tiny_image_task):
+    """Structured sensitivity builds Torch-Pruning's dependency graph once and replays each group on a copy: every
+    layer and ratio leaves exactly the weights (shapes and values) a graph built for that trial leaves."""
+    import copy
+
+    import torch_pruning as tp
+
+    from edgeslim.prune.sensitivity import candidate_layers, prune_one_structured
+
+    task = tiny_image_task
+    m, _ = _model(arch, task, epochs=1)
+    dg = tp.DependencyGraph().build_dependency(m, torch.zeros(2, *task.input_shape))
+    layers = [n for n, _ in candidate_layers(m, task, "structured")]
+    assert len(layers) >= 2
+    for name in layers:
+        for r in (0.25, 0.75):
+            a, b = copy.deepcopy(m), copy.deepcopy(m)
+            prune_one_structured(a, name, r, task)
+            prune_one_structured(b, name, r, task, dg=dg, source=m)
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), (name, r)
+            assert sum(v.numel() for v in sa.values()) < sum(v.numel() for v in m.state_dict().values())

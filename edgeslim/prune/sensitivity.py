@@ -37,32 +37,59 @@ def candidate_layers(model: nn.Module, task: Task, mode: str) -> list[tuple[str,
     return [(n, w.numel()) for n, w in prunable(model) if id(mods[n]) not in skip]
 
 
-def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task) -> None:
-    """Remove `ratio` of one layer's output channels (lowest L2 norm) and whatever depends on them."""
+def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task, dg=None,
+                         source: nn.Module | None = None) -> None:
+    """Remove `ratio` of one layer's output channels (lowest L2 norm) and whatever depends on them.
+
+    `dg`: Torch-Pruning's dependency graph of `source`, of which `model` is an unpruned copy (built once for many
+    trials: tracing a real model for every layer and ratio is what makes sensitivity slow); the group is found on
+    `source`'s graph and the same pruning functions, on the same indices, are applied to `model`'s layers by
+    name. Without it a graph of `model` is built."""
     import torch_pruning as tp
 
-    mod = model.get_submodule(layer)
-    dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
+    if dg is None or source is None:
+        dg, source = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape)), model
+    mod = source.get_submodule(layer)
     w = mod.get_parameter("weight").detach()
     k = int(ratio * w.shape[0])
     if k <= 0 or k >= w.shape[0]:
         return
     idxs = w.reshape(w.shape[0], -1).norm(dim=1).argsort()[:k].tolist()
     group = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, idxs=idxs)
-    if dg.check_pruning_group(group):
+    if not dg.check_pruning_group(group):
+        return
+    if source is model:
         group.prune()
+        return
+    names = {id(m): n for n, m in source.named_modules()}
+    plan = []
+    for dep, ix in group:
+        target = dep.target.module
+        if isinstance(target, nn.Module) and id(target) in names:
+            plan.append((names[id(target)], dep.handler, list(ix)))
+        elif dep.target.type == tp.ops.OPTYPE.PARAMETER:  # a bare parameter: prune on the copy's own graph
+            prune_one_structured(model, layer, ratio, task)
+            return
+        # else a graph-only op (concat, split, reshape): its bookkeeping lives in the graph, nothing to prune
+    for name, handler, ix in plan:
+        handler(model.get_submodule(name), ix)
 
 
 def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: str = "unstructured") -> dict:
     """{"baseline": acc, "layers": [{"layer", "weights", "accuracy": {ratio: acc}}]} on validation data."""
     base = evaluate(model, task.x_val, task.y_val)
     rows = []
+    dg = None
+    if mode == "structured":  # one dependency graph for every layer and ratio (each trial prunes a copy)
+        import torch_pruning as tp
+
+        dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
     for name, n in candidate_layers(model, task, mode):
         accs = {}
         for r in ratios:
             trial = copy.deepcopy(model)
             if mode == "structured":
-                prune_one_structured(trial, name, r, task)
+                prune_one_structured(trial, name, r, task, dg=dg, source=model)
             else:
                 apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
             accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val)

@@ -34,11 +34,15 @@ from edgeslim.run.handlers import ModelHandler
 
 
 class TeacherView(nn.Module):
-    """A converted ONNX model as one input -> one [N, D] output (its outputs flattened and concatenated)."""
+    """A converted ONNX model as one input -> one [N, D] output (its outputs flattened and concatenated).
 
-    def __init__(self, inner: nn.Module):
+    `per_sample`: the graph's batch is fixed at 1 (its outputs need not put samples on axis 0, e.g. a CRNN's
+    [T, 1, C]): each sample runs alone and all its outputs flatten into its row."""
+
+    def __init__(self, inner: nn.Module, per_sample: bool = False):
         super().__init__()
         self.inner = inner
+        self.per_sample = per_sample
 
     def prune_ignored(self) -> list[nn.Module]:
         """Layers channel pruning keeps whole (`prune.structured.model_ignored`): the converted graph's Linear and
@@ -47,12 +51,16 @@ class TeacherView(nn.Module):
         return [m for m in self.inner.modules() if isinstance(m, nn.Linear | nn.LSTM | nn.GRU | nn.RNN)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_sample:
+            return torch.cat([torch.cat([o.reshape(1, -1).float() for o in self.inner(x[i:i + 1])], 1)
+                              for i in range(x.shape[0])])
         outs = self.inner(x)
         return torch.cat([o.reshape(o.shape[0], -1).float() for o in outs], 1)
 
 
-def convert(source: Path, sample_shape: tuple[int, ...]) -> TeacherView:
-    """The ONNX file as a trainable module (one line naming the op and node when an op cannot be converted)."""
+def convert(source: Path, sample_shape: tuple[int, ...], per_sample: bool = False) -> TeacherView:
+    """The ONNX file as a trainable module (one line naming the op and node when an op cannot be converted);
+    `per_sample`: the model's batch is fixed at 1 (see `TeacherView`)."""
     from edgeslim.onnxtorch import onnx_to_torch
 
     conv, _ = onnx_to_torch(source)
@@ -60,7 +68,7 @@ def convert(source: Path, sample_shape: tuple[int, ...]) -> TeacherView:
         raise EdgeslimError(f"{source}: the model has {len(conv.input_names)} inputs "
                             f"({', '.join(conv.input_names)}); run --inputs takes one-input models for now "
                             "(use `edgeslim optimize` for this one)")
-    return TeacherView(conv).eval()
+    return TeacherView(conv, per_sample).eval()
 
 
 def onnx_outputs(path: Path, name: str, x: np.ndarray, fixed_batch: bool, threads: int = 1) -> list[list[np.ndarray]]:
@@ -72,10 +80,11 @@ def onnx_outputs(path: Path, name: str, x: np.ndarray, fixed_batch: bool, thread
     return [sess.run(None, {name: x[i:i + step]}) for i in range(0, len(x), step)]
 
 
-def flat_outputs(runs: list[list[np.ndarray]]) -> np.ndarray:
-    """Per-sample concatenation of every output, flattened: [N, D] (the `TeacherView` layout)."""
-    return np.concatenate([np.concatenate([np.asarray(o, np.float32).reshape(len(r[0]), -1) for o in r], 1)
-                           for r in runs])
+def flat_outputs(runs: list[list[np.ndarray]], per_run: bool = False) -> np.ndarray:
+    """Per-sample concatenation of every output, flattened: [N, D] (the `TeacherView` layout); `per_run`: each run
+    is one sample (a batch fixed at 1), all its outputs flatten into one row whatever axis the batch is on."""
+    return np.concatenate([np.concatenate([np.asarray(o, np.float32).reshape(1 if per_run else len(r[0]), -1)
+                                           for o in r], 1) for r in runs])
 
 
 def split_fidelity(ref_path: Path, onnx_path: Path, x: np.ndarray, split: str, threads: int = 1) -> dict:
@@ -195,7 +204,7 @@ class OnnxHandler(FidelityStages):
         from edgeslim.models.spec import resize_to_state_dict
 
         spec = json.loads((folder / models.io.SPEC).read_text())
-        net = convert(Path(spec["source"]), tuple(spec["input_shape"]))
+        net = convert(Path(spec["source"]), tuple(spec["input_shape"]), per_sample=bool(spec.get("per_sample")))
         state = load_file(str(folder / models.io.WEIGHTS))
         resize_to_state_dict(net, state)
         net.load_state_dict(state, strict=True)
