@@ -18,11 +18,11 @@ not (measured: a 1024-wide MLP's int8 Gemms fell back to float Gemm + Dequantize
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
-
-from collections import Counter
 
 from edgeslim.onnxkit.graph import remove_dead
 
