@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgeslim.litert import tfgraph as tg
-from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes
+from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes, place_in_order
 
 METADATA = "OfflineMemoryAllocation"
 IN_PLACE = {"ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "LOGISTIC", "TANH", "HARD_SWISH",
@@ -62,19 +62,6 @@ def _aliases(model) -> dict[str, str]:
     return root
 
 
-def _place(bufs: list[Buffer], key) -> int:
-    placed: list[Buffer] = []
-    for b in sorted(bufs, key=key):
-        off = 0
-        for p in sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: p.offset):
-            if p.offset - off >= b.size:
-                break
-            off = max(off, p.offset + p.size)
-        b.offset = off
-        placed.append(b)
-    return max((b.offset + b.size for b in bufs), default=0)
-
-
 def _noisy(noise: dict[str, float]) -> Callable[[Buffer], tuple]:
     """Largest first with each size scaled by a random factor in [0.5, 1.5]."""
     return lambda b: (-b.size * noise[b.name], b.first)
@@ -100,7 +87,7 @@ def plan_offline(model) -> tuple[int, dict[int, int]]:
     bufs = lifetimes(nodes, list(range(len(nodes))), root, size, ins, outs, TFLM_ALIGN)
     best: tuple[int, dict[str, int]] | None = None
     for key in keys:
-        head = _place(bufs, key)
+        head = place_in_order(bufs, key)
         if best is None or head < best[0]:
             best = (head, {b.name: b.offset for b in bufs})
     assert best is not None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes, peak_live
+from edgeslim.onnxkit.liveness import TFLM_ALIGN, Buffer, lifetimes, peak_live, place_in_order
 
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 4, 17: 1}  # TensorType -> bytes
 # persistent tail (TFLite Micro 2026, 64-bit host), least-squares fit to the recorded tails of 9 files
@@ -130,16 +130,7 @@ def plan(model, order: list[int] | None = None, subgraph: int = 0) -> TflitePlan
 def place(bufs: list[Buffer]) -> int:
     """TFLite Micro's greedy placement: largest first (equal sizes: the later tensor first, as its planner
     orders them), each at the lowest offset free during its life. Returns the head bytes."""
-    placed: list[Buffer] = []
-    for b in sorted(bufs, key=lambda b: (-b.size, -int(b.name))):
-        off = 0
-        for p in sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: p.offset):
-            if p.offset - off >= b.size:
-                break
-            off = max(off, p.offset + p.size)
-        b.offset = off
-        placed.append(b)
-    return max((b.offset + b.size for b in bufs), default=0)
+    return place_in_order(bufs, key=lambda b: (-b.size, -int(b.name)))
 
 
 def tail_estimate(model, subgraph: int = 0) -> int:

@@ -4,7 +4,9 @@ steps are positions in the execution order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -58,10 +60,11 @@ def lifetimes(nodes: list[onnx.NodeProto], order: list[int], root: dict[str, str
             for r in size]
 
 
-def greedy_by_size(bufs: list[Buffer]) -> int:
-    """Assign offsets largest-first at the lowest gap free during each buffer's life. Returns arena bytes."""
+def place_in_order(bufs: list[Buffer], key: Callable[[Buffer], Any]) -> int:
+    """Place buffers one by one in `key` order, each at the lowest offset free during its life (the greedy
+    step every planner here shares; they differ in the order). Sets `offset`; returns the arena bytes."""
     placed: list[Buffer] = []
-    for b in sorted(bufs, key=lambda b: (-b.size, b.first, b.name)):
+    for b in sorted(bufs, key=key):
         live = sorted((p for p in placed if p.first <= b.last and b.first <= p.last), key=lambda p: p.offset)
         off = 0
         for p in live:
@@ -71,6 +74,11 @@ def greedy_by_size(bufs: list[Buffer]) -> int:
         b.offset = off
         placed.append(b)
     return max((b.offset + b.size for b in bufs), default=0)
+
+
+def greedy_by_size(bufs: list[Buffer]) -> int:
+    """Assign offsets largest-first at the lowest gap free during each buffer's life. Returns arena bytes."""
+    return place_in_order(bufs, key=lambda b: (-b.size, b.first, b.name))
 
 
 def peak_live(bufs: list[Buffer]) -> int:
