@@ -21,18 +21,21 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.measure.core import compare_latency
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import parse_recipe
-from edgeslim.train import TrainConfig, train_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_prune import train_baseline  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "int8-ptq.yaml"
 JOBS = {  # name -> (arch, task)
@@ -64,20 +67,10 @@ def task_for(name: str, out: Path):
     return load_task(str(path))
 
 
-def baseline(arch: str, task, folder: Path, epochs: int, seed: int) -> Path:
-    if not (folder / "spec.json").exists():
-        spec = models.make_spec(arch, task.input_shape, task.num_classes)
-        torch.manual_seed(seed)
-        m = models.build_model(spec)
-        train_model(m, task, TrainConfig(epochs=epochs, seed=seed), quiet=True)
-        models.save_model(folder, m, spec)
-    return folder
-
-
 def job(name: str, out: Path, epochs: int, seed: int, rounds: int) -> dict:
     arch, tname = JOBS[name]
     task = task_for(tname, out)
-    base = baseline(arch, task, out / f"{name}_base", epochs, seed)
+    base = train_baseline(arch, task, out / f"{name}_base", epochs, seed)
     shutil.rmtree(out / name, ignore_errors=True)  # a fresh run: an existing finished one would be resumed
     t0 = time.perf_counter()
     res = run_recipe(parse_recipe(RECIPE.read_text(), "int8-ptq"), base, task, out / name, seed=seed, quiet=True,

@@ -37,7 +37,12 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def baseline(arch: str, task, out: Path, epochs: int, seed: int) -> Path:
-    folder = out / f"{arch}_base_s{seed}"
+    return train_baseline(arch, task, out / f"{arch}_base_s{seed}", epochs, seed)
+
+
+def train_baseline(arch: str, task, folder: Path, epochs: int, seed: int) -> Path:
+    """A zoo model trained on `task` into `folder` (fixed seed), or the one already there. The benchmarks'
+    one baseline trainer (bench_int8_regression and bench_structured_fast import it)."""
     if not (folder / "spec.json").exists():
         spec = models.make_spec(arch, task.input_shape, task.num_classes)
         torch.manual_seed(seed)

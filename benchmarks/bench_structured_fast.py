@@ -18,32 +18,25 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgeslim import models
 from edgeslim.data import load_task
 from edgeslim.measure.core import compare_latency
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import parse_recipe
-from edgeslim.train import TrainConfig, train_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_prune import train_baseline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"structured-50": ROOT / "recipes" / "structured-50.yaml",
            "structured-fast": ROOT / "edgeslim" / "recipes" / "structured-fast.yaml"}
-
-
-def baseline(task, folder: Path, epochs: int, seed: int) -> Path:
-    if not (folder / "spec.json").exists():
-        spec = models.make_spec("resnet8", task.input_shape, task.num_classes)
-        torch.manual_seed(seed)
-        m = models.build_model(spec)
-        train_model(m, task, TrainConfig(epochs=epochs, seed=seed), quiet=True)
-        models.save_model(folder, m, spec)
-    return folder
 
 
 def main() -> None:
@@ -58,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(1)
     task = load_task("digits")
     args.out.mkdir(parents=True, exist_ok=True)
-    base = baseline(task, args.out / f"resnet8_base_s{args.seed}", args.epochs, args.seed)
+    base = train_baseline("resnet8", task, args.out / f"resnet8_base_s{args.seed}", args.epochs, args.seed)
     runs, walls = {}, {}
     for s in [int(x) for x in args.run_seeds.split(",")]:
         for name, path in RECIPES.items():
