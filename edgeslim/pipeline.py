@@ -62,15 +62,10 @@ def run_recipe(
         check_batch(model, task.input_shape, Path(model_dir))
     _check_input(spec, task, model_dir)
     resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
-    runlock.check_claim(out, ident, force)
-    with runlock.hold(out):
-        before = runlock.recorded(out, "device")
-        record = {"accelerator": accelerator.describe()}  # where training runs: not the identity
-        if runlock.claim(out, ident, force, record) and before not in (None, dev):  # a failed retry keeps the device
+    with runlock.claimed(out, ident, force, dev, {"accelerator": accelerator.describe()}) as before:
+        if before is not None:
             _log(quiet, f"device {before} -> {dev}: re-measuring the device figures of finished stages")
-        results = _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
-        runlock.claim(out, ident, False, {**record, "device": dev})  # finished: the device its figures are for
-        return results
+        return _run_stages(recipe, model, spec, task, out, ident, seed, quiet, dev, threads, report)
 
 
 def _run_stages(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: Path, ident: dict, seed: int,
@@ -157,15 +152,10 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
             "fixed_batch": fixed, "per_sample": per_sample, "input_shape": list(t.input_shape), "edits": []}
     ident = {"model": str(model.resolve()), "task": ident_task, "recipe_digest": recipe.digest, "seed": seed,
              "kind": "onnx"}
-    runlock.check_claim(out, ident, force)
-    with runlock.hold(out):
-        record = {"accelerator": accelerator.describe()}  # where training runs: not the identity
-        runlock.claim(out, ident, force, record)  # a failed retry keeps run.json's device
+    with runlock.claimed(out, ident, force, dev, {"accelerator": accelerator.describe()}):
         h = OnnxHandler(spec, threads)
         h.write_splits(out, t)
-        results = run_stages(h, recipe, original, t, out, ident, seed, quiet, dev, threads)
-        runlock.claim(out, ident, False, {**record, "device": dev})  # finished: the device its figures are for
-        return results
+        return run_stages(h, recipe, original, t, out, ident, seed, quiet, dev, threads)
 
 
 def _check_input(spec: dict, task: Task, model_dir: Path) -> None:

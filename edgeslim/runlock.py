@@ -107,6 +107,20 @@ def claim(out: Path, ident: dict, force: bool, record: dict | None = None) -> bo
     return False
 
 
+@contextmanager
+def claimed(out: Path, ident: dict, force: bool, device: str, record: dict | None = None) -> Iterator[str | None]:
+    """Hold `out` for the run `ident` while the body runs it: checked, locked, claimed with `record` (RECORDED
+    keys: where training runs). Yields the device the finished stages were measured for when this resumes a
+    run on another device, else None. `device` is written only once the body finished: a failed or
+    interrupted retry never rewrites the device run.json names."""
+    check_claim(out, ident, force)
+    with hold(out):
+        before = recorded(out, "device")
+        resumed = claim(out, ident, force, record)
+        yield str(before) if resumed and before not in (None, device) else None
+        claim(out, ident, False, {**(record or {}), "device": device})
+
+
 def sweep_temporaries(out: Path) -> list[Path]:
     """Remove the `.NAME.*.tmp` files and folders an atomic write left when its process was killed
     (SIGKILL, power loss). Only call it while holding the folder's lock."""

@@ -35,9 +35,7 @@ def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, 
     original = load_encoder(model_dir)  # loads and checks the folder before the run folder is claimed
     ident = {"model": str(model_dir.resolve()), "task": task_spec or task.name, "recipe_digest": recipe.digest,
              "seed": seed, "kind": "text-encoder"}
-    runlock.check_claim(out, ident, force)
-    with runlock.hold(out):
-        runlock.claim(out, ident, force, {"device": dev, "accelerator": accelerator.describe()})
+    with runlock.claimed(out, ident, force, dev, {"accelerator": accelerator.describe()}):
         return run_stages(TextHandler({}, threads), recipe, original, task, out, ident, seed, quiet, dev, threads)
 
 
