@@ -14,7 +14,8 @@ from test_optimize_graphs import if_model
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.graph import all_nodes, graphs, has_qdq, op_counts, remove_dead, with_outputs
 from edgeslim.onnxkit.quant import SQNR_IDENTICAL_DB, FeedReader, array_feeds, sqnr_db, sqnr_from_sums
-from edgeslim.onnxkit.session import ort_level, ort_optimize, session
+from edgeslim.onnxkit.ort_options import ort_level
+from edgeslim.onnxkit.session import onnx_accuracy, ort_optimize, session
 
 
 def test_sqnr_known_value_and_identical_outputs():
@@ -134,3 +135,45 @@ def test_sort_topologically_puts_an_if_after_what_its_body_reads(tmp_path) -> No
     onnx.checker.check_model(fixed)
     assert [n.op_type for n in fixed.graph.node] == ["Mul", "If"]
     assert not sort_topologically(fixed.graph)  # sorted stays as it is
+
+
+def _linear_classifier(path, batch: int | str) -> np.ndarray:
+    """A [batch, 4] -> [batch, 3] MatMul classifier saved to `path`; returns its weight."""
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["z"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [batch, 3])],
+                          [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return w
+
+
+def test_one_onnx_accuracy_for_fixed_and_free_batches(tmp_path):
+    """The one accuracy of an ONNX model: a model with a fixed batch of 8 is fed 8 samples a run (the last of
+    the 19 padded), and scores exactly what the free-batch model scores; labels, cosine and scores kept."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((19, 4)).astype(np.float32)
+    w = _linear_classifier(tmp_path / "fixed.onnx", 8)
+    _linear_classifier(tmp_path / "free.onnx", "N")
+    y = (x @ w).argmax(1)
+    y[:5] = (y[:5] + 1) % 3  # 5 of 19 wrong
+    kept: list[np.ndarray] = []
+    for name in ("fixed", "free"):
+        assert onnx_accuracy(tmp_path / f"{name}.onnx", x, y, scores=kept) == pytest.approx(14 / 19)
+        assert onnx_accuracy(tmp_path / f"{name}.onnx", x, (x @ w).astype(np.float32)) == pytest.approx(1.0)
+    assert kept[0].shape == (19, 3) and np.allclose(kept[0], kept[1], atol=1e-5)
+    with pytest.raises(EdgeslimError, match="scores 3 classes but the task has 5"):
+        onnx_accuracy(session(tmp_path / "free.onnx"), x, y, num_classes=5, where="m.onnx")
+
+
+def test_session_options_are_built_in_one_place():
+    """Every ONNX Runtime session takes its options from `onnxkit.ort_options.session_options`, the RSS
+    child process of `measure.memory` included: no other module builds `SessionOptions`."""
+    import pathlib
+
+    import edgeslim
+
+    root = pathlib.Path(edgeslim.__file__).parent
+    builders = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "SessionOptions()" in p.read_text())
+    assert builders == ["onnxkit/ort_options.py"]
+    assert "from edgeslim.onnxkit.ort_options import session_options" in (root / "measure" / "memory.py").read_text()

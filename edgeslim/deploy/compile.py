@@ -34,7 +34,8 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.graph import op_counts, remove_dead
 from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import ort_level, ort_optimize, run_all, session
+from edgeslim.onnxkit.ort_options import LEVELS, ort_level
+from edgeslim.onnxkit.session import ort_optimize, run_all, session
 
 FUSED_OPS = {
     "FusedConv": "Conv + activation",
@@ -192,9 +193,6 @@ def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "exte
             raise EdgeslimError(f"{model_path}: level '{level}' changed outputs by {diff:.3g}")
     write_bytes(out_path, data)
     return rep
-
-
-LEVELS = ("disable", "basic", "extended", "all")  # ORT's, from the most portable
 
 
 def host_specific_ops(before: dict[str, int], after: dict[str, int]) -> list[str]:

@@ -4,11 +4,11 @@ number comes from:
 
     the record   core.py         measure_model -> Measurement (as_dict: the results.json / --json keys);
                                  compare_latency: several models timed together; Measurer: `ctx.measure`
-    model, size  source.py       opening a model (a folder exported once), bytes on disk, task accuracy
+    model, size  source.py       opening a model (a folder exported once), bytes on disk, whether a task fits the input
     graph        figures.py      params/MACs from the graph, arena and energy fields at the inputs' shapes
     inputs       onnxkit/inputs  --inputs .npz or synthetic feeds by dtype and name, --shape, named dims
     latency      latency.py      `interleaved_latency`, the one timing loop (sessions and callables)
-    accuracy     source.py       ONNX Runtime on the task's test split; only with a task
+    accuracy     onnxkit/session `onnx_accuracy`: ONNX Runtime on the task's test split; only with a task
     fidelity     fidelity.py     outputs against a reference model: cosine, abs errors, top-1 agreement
     arena        arena.py        static activation-memory planner (TFLite Micro's greedy-by-size; its building blocks and the order search live in onnxkit: liveness.py, op_order.py)
     flash, fit   device_fit.py   the one fit verdict: weights + runtime vs the device profile's flash and RAM

@@ -37,12 +37,11 @@ from edgeslim.measure.source import (
     check_task_input,
     file_bytes,
     fixed_batch,
-    onnx_accuracy,
     open_model,
 )
 from edgeslim.onnxkit.inputs import Feed, Feeds, at_batch, input_specs, make_feeds
 from edgeslim.onnxkit.load import read_onnx
-from edgeslim.onnxkit.session import session
+from edgeslim.onnxkit.session import onnx_accuracy, session
 from edgeslim.untrusted import about
 
 FIDELITY_FEEDS = 8  # synthetic feeds compared against a reference model (given inputs or a task: all of them)
@@ -208,12 +207,14 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
             m.warnings.append("MACs not counted: no MAC layer with known shapes outside If/Loop/Scan bodies")
     # accuracy (only with a task) and fidelity (only with a reference)
     if task is not None:
-        acc, m.accuracy_samples, scores = onnx_accuracy(sess, specs[0], task, where)
-        m.accuracy = round(acc, 6)
-        if predictions is not None:  # kept so compression's effect on behaviour can be shown
+        kept: list[np.ndarray] = []
+        acc = onnx_accuracy(sess, task.x_test, np.asarray(task.y_test), where=where, num_classes=task.num_classes,
+                            scores=kept)
+        m.accuracy, m.accuracy_samples = round(acc, 6), len(task.y_test)
+        if predictions is not None and kept:  # kept so compression's effect on behaviour can be shown
             from edgeslim.measure.predictions import save_predictions
 
-            save_predictions(predictions, scores, np.asarray(task.y_test), task.num_classes)
+            save_predictions(predictions, kept[0], np.asarray(task.y_test), task.num_classes)
     if reference is not None:  # every given sample (or test sample), batched where the batch dim is free
         m.reference = str(reference)
         n_fid = len(task.x_test) if task is not None and inputs is None else (0 if inputs is not None

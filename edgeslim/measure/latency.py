@@ -159,7 +159,7 @@ def onnx_kernel_profile(models: Mapping[str, bytes], feed: Mapping[str, np.ndarr
 
     import onnxruntime as ort
 
-    from edgeslim.onnxkit.session import session_options
+    from edgeslim.onnxkit.ort_options import session_options
 
     with tempfile.TemporaryDirectory() as td:
         sess: dict[str, Any] = {}

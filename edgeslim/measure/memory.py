@@ -1,8 +1,9 @@
 """Process peak resident memory (RSS) of ONNX Runtime inference, measured in a fresh process.
 
 Peak RSS (the high-water mark VmHWM) only grows during a process's life, so the figure for one model
-comes from a child Python process that records its peak before loading ONNX Runtime, after creating the session and
-after running inferences. `inference_peak_rss_bytes` is the last; `session_rss_delta_bytes` is what
+comes from a child Python process that records its peak after importing ONNX Runtime (and edgeslim's
+`onnxkit.ort_options`, which builds every session's options), after creating the session and after running
+inferences. `inference_peak_rss_bytes` is the last; `session_rss_delta_bytes` is what
 loading the model and running it added on top of the interpreter + onnxruntime import. Bytes.
 """
 
@@ -18,6 +19,8 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds edgeslim/
+
 _CHILD = r"""
 import json, resource, sys
 import numpy as np
@@ -32,10 +35,11 @@ def peak():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 path, runs, threads, batch, feed_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, sys.argv[6])  # the folder holding this edgeslim: the one place session options are built
 import onnxruntime as ort
+from edgeslim.onnxkit.ort_options import session_options
 base = peak()
-o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1; o.log_severity_level = 3
-s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+s = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 loaded = peak()
 if feed_file:
     with np.load(feed_file, allow_pickle=False) as z:
@@ -60,7 +64,7 @@ def inference_peak_rss(onnx_path: str | Path, runs: int = 20, threads: int = 1, 
         if feed is not None:
             feed_file = str(Path(tmp) / "feed.npz")
             np.savez(feed_file, **feed)  # type: ignore[arg-type]
-        cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch), feed_file]
+        cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch), feed_file, _PACKAGE_ROOT]
         res = _run_child(cmd, onnx_path, timeout_s)
     d = json.loads(res.stdout.strip().splitlines()[-1])
     return {

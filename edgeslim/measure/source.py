@@ -1,8 +1,9 @@
 """What the measurement core measures: an ONNX file, an edgeslim model folder (exported to ONNX once, in a
-temporary folder) or a `.tflite` file (LiteRT extra); its size on disk; its task accuracy.
+temporary folder) or a `.tflite` file (LiteRT extra); its size on disk; whether a task's samples fit its input.
 
-Accuracy needs a classifier: one input that takes the task's samples and a first output of class scores
-[N, classes]. A model with a fixed batch (e.g. [1, 8, 32, 32]) is fed one sample at a time.
+Accuracy (`onnxkit.session.onnx_accuracy`, the one accuracy of an ONNX model) needs a classifier: one input
+that takes the task's samples and a first output of class scores [N, classes]. A model with a fixed batch
+(e.g. [8, 3, 32, 32]) is fed exactly that many samples per run, the last chunk padded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from edgeslim.errors import EdgeslimError
@@ -100,28 +100,3 @@ def fixed_batch(spec: InputSpec) -> int | None:
     """The input's batch when its leading dim is fixed (e.g. 1), else None."""
     lead = spec.dims[0] if spec.dims else None
     return lead if isinstance(lead, int) else None
-
-
-def onnx_accuracy(sess: Any, spec: InputSpec, task: Any, where: str, batch: int = 256
-                  ) -> tuple[float, int, np.ndarray]:
-    """(top-1 accuracy 0-1, samples, the class scores [N, classes]) of an ONNX Runtime session on the task's
-    test split; a fixed-batch model is fed `fixed_batch` samples at a time."""
-    x, y = task.x_test.astype(spec.dtype), np.asarray(task.y_test)
-    step = fixed_batch(spec) or batch
-    preds = []
-    out = sess.get_outputs()[0].name
-    for i in range(0, len(x), step):
-        xb = x[i : i + step]
-        pad = step - len(xb) if fixed_batch(spec) else 0
-        if pad:  # the last chunk of a fixed-batch model is padded and the padding dropped
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-        z = np.asarray(sess.run([out], {spec.name: xb})[0])
-        if z.ndim != 2 or z.shape[0] != len(xb):
-            raise EdgeslimError(f"{where}: output '{out}' has shape {list(z.shape)}, not class scores [N, classes]: "
-                                "accuracy needs a classifier (drop --task to measure it without accuracy)")
-        if z.shape[1] != task.num_classes:
-            raise EdgeslimError(f"{where}: output '{out}' scores {z.shape[1]} classes but task '{task.name}' has "
-                                f"{task.num_classes}")
-        preds.append(z[: len(xb) - pad])
-    scores = np.concatenate(preds)
-    return float((scores.argmax(1) == y).mean()), int(len(y)), scores

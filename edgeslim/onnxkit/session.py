@@ -1,5 +1,6 @@
-"""ONNX Runtime: one place that sets up sessions (CPU provider, threads, optimisation level), runs them in
-batches, and runs ONNX Runtime's offline graph optimisation."""
+"""ONNX Runtime: one place that opens sessions (CPU provider; threads and optimisation level from
+`ort_options.session_options`), runs them in batches, scores classifiers (`onnx_accuracy`, the one accuracy of
+an ONNX model) and runs ONNX Runtime's offline graph optimisation."""
 
 from __future__ import annotations
 
@@ -10,37 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeslim.errors import EdgeslimError, choices
-
-# ONNX Runtime graph optimisation levels by the names edgeslim's options use.
-LEVELS = ("disable", "basic", "extended", "all")
-
-
-def ort_level(level: str) -> Any:  # -> ort.GraphOptimizationLevel
-    import onnxruntime as ort
-
-    table = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if level not in table:
-        raise EdgeslimError(f"unknown optimisation level '{level}'; valid: {choices(LEVELS)}")
-    return table[level]
-
-
-def session_options(threads: int = 1, level: str = "all") -> Any:  # -> ort.SessionOptions
-    """Quiet options with `threads` intra-op threads (one inter-op thread) at optimisation `level`."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort_level(level)
-    return opts
-
+from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.ort_options import session_options
 
 def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  # -> ort.InferenceSession
     """A CPU session of an ONNX file (or serialized model). `threads=1` by default: edge targets are
@@ -57,19 +29,33 @@ def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  #
         raise EdgeslimError(f"{where}: ONNX Runtime cannot load the model ({msg})") from None
 
 
-def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Run the first input/output of `sess` over `x` in batches; returns the concatenated output."""
+# ONNX Runtime's input type strings -> the numpy dtype a batch is cast to (anything else: float32).
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+             "tensor(bool)": np.bool_}
+
+
+def batched_outputs(sess, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """Every output of `sess` over the samples `x` (fed to its first input, cast to that input's type), run
+    `batch` samples at a time and concatenated. A model with a fixed batch B (leading dim an int > 0) gets
+    exactly B samples per run: the last chunk is padded with zeros and the padding dropped."""
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    batch = fixed or batch  # a model exported with a fixed batch gets exactly that many (the last padded)
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
+    step = fixed or batch
+    x = np.asarray(x).astype(_NP_TYPES.get(inp.type, np.float32), copy=False)
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step]
         n = len(chunk)
         if fixed and n < fixed:
             chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
-    return np.concatenate(outs)
+        outs.append([np.asarray(o)[:n] for o in sess.run(None, {inp.name: chunk})])
+    return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))] if outs else []
+
+
+def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The first output of `sess` over `x` in batches (`batched_outputs`: fixed batches padded)."""
+    return batched_outputs(sess, x, batch)[0]
 
 
 def run_all(sess, feeds: list[dict[str, np.ndarray]], where: str = "") -> list[list[np.ndarray]]:
@@ -85,22 +71,39 @@ def run_all(sess, feeds: list[dict[str, np.ndarray]], where: str = "") -> list[l
     return out
 
 
-def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, threads: int = 1) -> float:
-    """Top-1 accuracy (fraction 0-1) of an ONNX classifier, run in ONNX Runtime. With float `y` (a task without
-    labels: the original model's outputs, flattened and concatenated per sample) the mean per-sample cosine of
-    the model's outputs to them (0-1, 1: the same), so a pick "within N points of FP32" reads as fidelity."""
-    sess = session(path, threads=threads)
+def classifier_scores(sess, x: np.ndarray, *, num_classes: int | None = None, where: str = "",
+                      batch: int = 256) -> np.ndarray:
+    """The class scores [N, classes] (the first output) of an ONNX Runtime session over the samples `x`
+    (`batched_outputs`: a fixed-batch model is fed exactly its batch). One line when the output is not
+    [N, classes] or scores another number of classes than `num_classes`."""
+    z = run_batched(sess, x, batch)
+    out = sess.get_outputs()[0].name
+    at = f"{where}: " if where else ""
+    if z.ndim != 2 or z.shape[0] != len(x):
+        raise EdgeslimError(f"{at}output '{out}' has shape {list(z.shape)}, not class scores [N, classes]: "
+                            "accuracy needs a classifier (drop --task to measure it without accuracy)")
+    if num_classes is not None and z.shape[1] != num_classes:
+        raise EdgeslimError(f"{at}output '{out}' scores {z.shape[1]} classes but the task has {num_classes}")
+    return z
+
+
+def onnx_accuracy(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *, where: str = "",
+                  num_classes: int | None = None, scores: list[np.ndarray] | None = None) -> float:
+    """Top-1 accuracy (fraction 0-1) of an ONNX classifier (a path, serialized model or open session) on
+    `x`, `y`, run in ONNX Runtime; a fixed-batch model is fed exactly its batch (`batched_outputs`). With
+    float `y` (a task without labels: the original model's outputs, flattened and concatenated per sample)
+    the mean per-sample cosine of the model's outputs to them (0-1, 1: the same), so a pick "within N points
+    of FP32" reads as fidelity. With `scores` (a list), the class scores [N, classes] are appended to it."""
+    sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
     if np.issubdtype(np.asarray(y).dtype, np.floating):
-        name = sess.get_inputs()[0].name
-        step = 1 if isinstance(sess.get_inputs()[0].shape[0], int) else 64
-        rows = [np.concatenate([np.asarray(o, np.float64).reshape(len(x[i:i + step]), -1)
-                                for o in sess.run(None, {name: x[i:i + step].astype(np.float32)})], 1)
-                for i in range(0, len(x), step)]
-        a, b = np.concatenate(rows), np.asarray(y, np.float64).reshape(len(y), -1)
+        a = np.concatenate([np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, 64)], 1)
+        b = np.asarray(y, np.float64).reshape(len(y), -1)
         na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         return float(np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30)).mean())
-    out = run_batched(sess, x.astype(np.float32))
-    return float((out.argmax(1) == y).mean())
+    z = classifier_scores(sess, x, num_classes=num_classes, where=where)
+    if scores is not None:
+        scores.append(z)
+    return float((z.argmax(1) == np.asarray(y)).mean())
 
 
 def ort_optimize(model: str | Path | onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:
