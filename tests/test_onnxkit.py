@@ -13,8 +13,8 @@ from test_optimize_graphs import if_model
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.graph import all_nodes, graphs, has_qdq, op_counts, remove_dead, with_outputs
-from edgeslim.onnxkit.quant import SQNR_IDENTICAL_DB, FeedReader, array_feeds, sqnr_db, sqnr_from_sums
 from edgeslim.onnxkit.ort_options import ort_level
+from edgeslim.onnxkit.quant import SQNR_IDENTICAL_DB, FeedReader, array_feeds, sqnr_db, sqnr_from_sums
 from edgeslim.onnxkit.session import onnx_accuracy, ort_optimize, session
 
 

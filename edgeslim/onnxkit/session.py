@@ -14,6 +14,7 @@ import onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.ort_options import session_options
 
+
 def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  # -> ort.InferenceSession
     """A CPU session of an ONNX file (or serialized model). `threads=1` by default: edge targets are
     small and timings stay repeatable."""
