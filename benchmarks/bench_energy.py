@@ -62,7 +62,7 @@ def export_pair(net: torch.nn.Module, shape: tuple[int, ...], folder: Path, tag:
 def mlperf_table(folder: Path) -> None:
     """The cortex-m4 profile (one fit on all four published MLPerf Tiny v0.5 reference runs) against each run,
     beside the a-priori profile and the leave-one-out estimate (the fit on the three others)."""
-    from edgeslim.measure.calibrate import MLPERF_TINY_V05_L4R5, check, leave_one_out, reference_counts
+    from edgeslim.devices.calibrate import MLPERF_TINY_V05_L4R5, check, leave_one_out, reference_counts
 
     m4 = load_device("cortex-m4")
     assert m4.calibration is not None

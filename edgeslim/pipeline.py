@@ -13,7 +13,7 @@ is exported to ONNX once and measured by the measurement core as it finishes (fo
 (`--device`, else the recipe's `device:`, else EDGESLIM_DEVICE, else the default profile) is recorded in
 run.json; a run resumed with another device re-measures the device figures of its finished stages and
 reuses everything else. At the end, every stage's ONNX model is timed together, interleaved in one loop
-(`measure.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
+(`run.together.time_stages`): those latencies are the table's, so its speed-ups agree with the passes'
 own comparisons. The stages run in the one stage loop (`edgeslim.run.loop`) with the zoo's model handler, or for a PyTorch
 program (`.pt2`, a state dict + `model_class`, a trusted pickle) `run.pytorch.ProgramHandler`: its stages are
 stored as `.pt2` programs that reopen without the user's code.
@@ -46,7 +46,7 @@ def run_recipe(
     threads: int = 1, report: bool = True, model_class: str | None = None,
 ) -> dict:
     """Run (or resume) `recipe` on the model in `model_dir` for `device` (see the module docstring). Returns
-    the results dict. With `report` (default), the stages are compared at the end (`measure.stage_compare`:
+    the results dict. With `report` (default), the stages are compared at the end (`run.stage_compare`:
     device verdict, layers, behaviour) and report.html is written."""
     out = Path(out)
     ident = {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from edgeslim.devices import load_device
-from edgeslim.measure.calibrate import MLPERF_TINY_V05_L4R5, check, fit, reference_counts
+from edgeslim.devices.calibrate import MLPERF_TINY_V05_L4R5, check, fit, reference_counts
 from edgeslim.measure.onnx_counts import GraphCount, LayerCount
 
 
 def test_fit_recovers_a_known_profile() -> None:
     """Estimates from a known profile, then fit from the a-priori one: the fit returns the known values."""
-    from edgeslim.measure.calibrate import Published
+    from edgeslim.devices.calibrate import Published
     from edgeslim.measure.energy import estimate_from_counts
 
     counts = GraphCount([LayerCount("conv", "Conv", "int8", 5_000_000, 10_000, 20_000, 4_000, 4_000)])
@@ -38,7 +38,7 @@ def test_zoo_matches_the_mlperf_tiny_geometries(counts: dict[str, GraphCount]) -
 
 
 def test_recorded_calibration_reproduces_and_holds_out(counts: dict[str, GraphCount]) -> None:
-    from edgeslim.measure.calibrate import fit_all, leave_one_out, loo_table
+    from edgeslim.devices.calibrate import fit_all, leave_one_out, loo_table
 
     m4 = load_device("cortex-m4")
     assert m4.calibration is not None and m4.calibration.fitted["efficiency"] == m4.efficiency

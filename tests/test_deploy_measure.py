@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from edgeslim.deploy.export import export_onnx
-from edgeslim.measure.stage import measure_stage
+from edgeslim.run.stage_metrics import measure_stage
 from edgeslim.models import build_model, make_spec
 
 

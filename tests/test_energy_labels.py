@@ -82,7 +82,7 @@ def test_incomplete_counts_are_labelled() -> None:
     from onnx import TensorProto, helper
 
     from edgeslim.devices import load_device
-    from edgeslim.measure.figures import energy_fields
+    from edgeslim.measure.fields import energy_fields
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])

@@ -19,5 +19,5 @@ def test_readme_loo_range_is_the_profiles_and_names_its_command() -> None:
     cal = load_device("cortex-m4").calibration
     assert cal is not None and cal.loo_energy_ratio is not None
     assert [float(m.group(1)), float(m.group(2))] == [float(v) for v in cal.loo_energy_ratio]
-    assert m.group(3) == cal.command == "python -m edgeslim.measure.calibrate --device cortex-m4"
+    assert m.group(3) == cal.command == "python -m edgeslim.devices.calibrate --device cortex-m4"
     assert "three held-out benchmarks are within 1.5x" not in text  # the best-of-four claim of before

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chromium_helpers import images_loaded, needs_chromium
 
-from edgeslim.report.html import write_search_report
+from edgeslim.report.search_html import write_search_report
 
 
 def _metrics(acc: float, flash: int, energy: float) -> dict:

@@ -43,7 +43,7 @@ class EnergyCosts(BaseModel):
 
 
 class Calibration(BaseModel):
-    """How a profile's figures were fitted to published measurements (`edgeslim.measure.calibrate`)."""
+    """How a profile's figures were fitted to published measurements (`edgeslim.devices.calibrate`)."""
 
     model_config = ConfigDict(extra="forbid")
     fitted: dict[str, float] = Field(description="profile key -> fitted value")

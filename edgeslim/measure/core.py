@@ -29,7 +29,7 @@ from edgeslim.measure.decide import InterleavedClock
 from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
 from edgeslim.measure.fidelity import compare as compare_outputs
-from edgeslim.measure.figures import arena_fields, energy_fields, graph_counts
+from edgeslim.measure.fields import arena_fields, energy_fields, graph_counts
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.options import MeasureOptions, measure_options
 from edgeslim.measure.source import (

@@ -9,7 +9,7 @@ else the socket did meanwhile; we say so in the label's note.
 `estimated:calibrated@cortex-m4 (LOO error 0.66x-1.78x)` when the profile has a `calibration` block (the
 leave-one-out energy error range it records), `estimated:uncalibrated@cortex-a72` when it has none, plus
 `(uncalibrated precision: fp32)` for MACs in a precision no published point ran in, and
-`; incomplete: N ops not counted` (added by `measure.figures.energy_fields`) when the graph was not fully
+`; incomplete: N ops not counted` (added by `measure.fields.energy_fields`) when the graph was not fully
 counted. On this host with no readable counter the static term rests on the *measured* latency:
 `estimated:uncalibrated@host (on measured latency)`.
 

@@ -34,7 +34,7 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
     from edgeslim.litert import available
     from edgeslim.litert.interpreter import LiteRTModel
     from edgeslim.measure.core import Measurement
-    from edgeslim.measure.figures import arena_fields, energy_fields
+    from edgeslim.measure.fields import arena_fields, energy_fields
     from edgeslim.onnxkit.graph import has_qdq
     from edgeslim.onnxkit.load import read_onnx
 

@@ -28,7 +28,7 @@ def write_text_results(out: Path, results: dict) -> None:
 
 def _cosine_plot(stages: list[dict], get: Callable[[dict], float | None], label: str) -> bytes:
     """Cosine to the original (y) against one cost (x), one labelled point per stage, in recipe order."""
-    from edgeslim.report.plots import _png, plt
+    from edgeslim.report.plotting import plt, png
     from edgeslim.report.run_plots import COLORS
 
     pts = [(float(x), float(s["cosine"]), s["name"]) for s in stages
@@ -43,7 +43,7 @@ def _cosine_plot(stages: list[dict], get: Callable[[dict], float | None], label:
     ax.set_xlabel(label)
     ax.set_ylabel("cosine to the original")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def report_html(results: dict, md: str, recipe_text: str = "") -> str:

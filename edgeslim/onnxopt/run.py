@@ -237,7 +237,7 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
 
 def _deploy(path: Path, device: str, shapes: dict[str, list[int]]) -> tuple[int | None, dict | None]:
     """(arena bytes, {mj, method}) of the measurement core for `path` at `shapes` on `device`."""
-    from edgeslim.measure.figures import arena_fields, energy_fields
+    from edgeslim.measure.fields import arena_fields, energy_fields
 
     proto = read_onnx(path)
     e = energy_fields(proto, load_device(device), None, shapes)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgeslim.fsutil import write_bytes, write_text
 from edgeslim.report import behaviour, run_plots
-from edgeslim.report.plots import energy_plot
+from edgeslim.report.plotting import energy_plot
 from edgeslim.report.results import (
     _latency,
     _slower_stages,
@@ -107,7 +107,7 @@ def verdict_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def figures(results: dict, run_dir: Path) -> dict[str, tuple[bytes, str]]:
+def run_figures(results: dict, run_dir: Path) -> dict[str, tuple[bytes, str]]:
     """name -> (PNG, caption)."""
     stages = results["stages"]
     figs: dict[str, tuple[bytes, str]] = {}
@@ -130,7 +130,7 @@ def figures(results: dict, run_dir: Path) -> dict[str, tuple[bytes, str]]:
             figs["energy_layers"] = (energy_plot(rows[:40]), f"energy by layer of {ver[-1]['name']} (estimated)")
     for i, s in enumerate(stages[1:], 1):
         if s.get("layers"):
-            figs[f"layers_{i:02d}"] = (run_plots.layers_plot(s["layers"][:60]),
+            figs[f"layers_{i:02d}"] = (run_plots.stage_layers_plot(s["layers"][:60]),
                                        f"{s['name']}: channels kept, zero weights, bits per layer")
     if any(s.get("per_class_accuracy_delta") for s in stages[1:]):
         figs["per_class"] = (run_plots.per_class_plot(stages), "per-class accuracy change vs baseline")
@@ -165,7 +165,7 @@ def write_run_html(run_dir: Path, results: dict) -> None:
     """Write RUN/report.html, RUN/plots/*.png and append the sections to RUN/report.md."""
     from edgeslim.report.results import report_md
 
-    figs = figures(results, run_dir)
+    figs = run_figures(results, run_dir)
     for name, (png, _) in figs.items():
         write_bytes(run_dir / "plots" / f"{name}.png", png)
     write_text(run_dir / "report.md", report_md(results) + "\n" + "\n".join(md_sections(results, figs)))

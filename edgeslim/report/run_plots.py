@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeslim.report.plots import _png, plt
+from edgeslim.report.plotting import plt, png
 
 COLORS = ["#222222", "#3b75af", "#e67e22", "#27ae60", "#c0392b", "#8e44ad", "#16a085", "#7f8c8d"]
 
@@ -27,7 +27,7 @@ def tradeoff_plot(stages: list[dict], get, label: str) -> bytes:
     ax.set_xlabel(label)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def per_class_plot(stages: list[dict]) -> bytes:
@@ -47,7 +47,7 @@ def per_class_plot(stages: list[dict]) -> bytes:
     ax.grid(alpha=0.3, axis="y")
     if rows:
         ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def flipped_plot(examples: list[dict], inputs: dict[int, np.ndarray], stage: str) -> bytes:
@@ -74,7 +74,7 @@ def flipped_plot(examples: list[dict], inputs: dict[int, np.ndarray], stage: str
     if not shown:
         axes[0][0].axis("off")
         axes[0][0].text(0.5, 0.5, "no flipped predictions", ha="center")
-    return _png(fig)
+    return png(fig)
 
 
 def energy_stages_plot(stages: list[dict]) -> bytes:
@@ -91,10 +91,10 @@ def energy_stages_plot(stages: list[dict]) -> bytes:
     ax.set_ylabel(f"mJ per inference on {dev} (estimated)")
     ax.tick_params(axis="x", rotation=20, labelsize=8)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
-def layers_plot(layers: list[dict]) -> bytes:
+def stage_layers_plot(layers: list[dict]) -> bytes:
     """Per layer: output channels kept vs the baseline (%), zero weights (%), weight bits written above;
     the figure widens with the number of layers."""
     n = len(layers)
@@ -109,4 +109,4 @@ def layers_plot(layers: list[dict]) -> bytes:
                   fontsize=6 if n > 12 else 8)
     ax.set_ylim(0, 112)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
+    return png(fig)

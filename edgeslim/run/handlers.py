@@ -51,7 +51,7 @@ class ModelHandler:
     def resumed(self, folder: Path, metrics: dict, task: Any, dev: str, dev_name: str) -> None:
         """A finished stage is reused: re-measure the figures that depend on the device when it changed."""
         from edgeslim.fsutil import write_json
-        from edgeslim.measure.stage import device_metrics
+        from edgeslim.run.stage_metrics import device_metrics
 
         if metrics.get("deploy_device") != dev_name:
             metrics.update(device_metrics(folder / "model.onnx", task, dev))
@@ -67,7 +67,7 @@ class ModelHandler:
 
     def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
                       dev: str) -> dict:
-        from edgeslim.measure.stage import measure_stage
+        from edgeslim.run.stage_metrics import measure_stage
 
         m = measure_stage(onnx_path, task, model, size_path, threads=self.threads, device=dev,
                           predictions=tmp / "predictions.npz")
@@ -95,14 +95,14 @@ class ModelHandler:
     def finish(self, out: Path, stages: list[dict], task: Task, recipe: Recipe, measure: Measurer, ident: dict,
                dev_name: str, report: bool, quiet: bool) -> dict:
         """Time all stages together (interleaved, one loop), compare them, write results.json and the report."""
-        from edgeslim.measure.together import time_stages
+        from edgeslim.run.together import time_stages
         from edgeslim.report.results import write_results
 
         time_stages(out, stages, task, recipe.batches, measure)  # the table's latencies, all stages in one loop
         results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,
                    "stages": stages, **self.results_extra()}
         if report:
-            from edgeslim.measure.stage_compare import compare_stages
+            from edgeslim.run.stage_compare import compare_stages
 
             compare_stages(out, stages, task)
         write_results(out, results)

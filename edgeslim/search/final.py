@@ -149,7 +149,7 @@ def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
         "trials": rows, "front": finals, "best": best,
     }
     write_json(ctx.out / "search.json", summary)
-    from edgeslim.report.html import write_search_report
+    from edgeslim.report.search_html import write_search_report
 
     write_search_report(ctx.out, summary)
     return summary

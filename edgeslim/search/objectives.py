@@ -51,7 +51,7 @@ def mac_layers(onnx_path: Path) -> list[Any]:  # -> list[edgeslim.measure.onnx_c
 
 def arena_bytes(onnx_path: Path) -> tuple[int, str]:
     """Activation arena (bytes) of the measurement core's planner (greedy-by-size, the file's order)."""
-    from edgeslim.measure.figures import arena_fields
+    from edgeslim.measure.fields import arena_fields
     from edgeslim.onnxkit.load import read_onnx
 
     a = arena_fields(read_onnx(onnx_path), onnx_path, {}, reorder=False)

@@ -5,7 +5,7 @@ Runtime, counts, size on disk, latency, arena, flash, fit and energy for the run
 Measurement never changes a model. Each extra is `fn(onnx_path, task) -> dict` and labels its estimates;
 the list is fixed here, so one file says what a stage's metrics hold. The latency here is the stage timed
 alone when it is written (what a resumed run keeps as `latency_ms_*_alone`); the run's final table times all
-stages together, interleaved, in one loop (`measure.together.time_stages`).
+stages together, interleaved, in one loop (`run.together.time_stages`).
 """
 
 from __future__ import annotations

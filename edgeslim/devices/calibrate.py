@@ -17,7 +17,7 @@ INT8 (static QDQ, int8 weights per channel and int8 activations, as TFLite Micro
 random, which does not change MACs, bytes or the estimate. Every published point is INT8: FP32/FP16
 estimates on the profile are labelled "uncalibrated precision".
 
-    .venv/bin/python -m edgeslim.measure.calibrate [--device cortex-m4]
+    .venv/bin/python -m edgeslim.devices.calibrate [--device cortex-m4]
 
 prints the leave-one-out table, the all-points fit and the YAML block to record. Units: ms, mJ, mW, MACs.
 """
@@ -156,7 +156,7 @@ def calibration_block(before: Device, after: Device, rows: list[dict], loo: list
         "loo_energy_ratio": [round(min(ratios), 2), round(max(ratios), 2)],
         "precisions": ["int8"],
         "source": source,
-        "command": f"python -m edgeslim.measure.calibrate --device {before.name}",
+        "command": f"python -m edgeslim.devices.calibrate --device {before.name}",
     }
 
 

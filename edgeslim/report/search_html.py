@@ -8,7 +8,8 @@ import html
 from pathlib import Path
 
 from edgeslim.fsutil import write_bytes, write_text
-from edgeslim.report import plots
+from edgeslim.report import search_plots
+from edgeslim.report.plotting import energy_plot
 from edgeslim.report.results import human_bytes
 
 FRONT_PLOTS = (("energy", "energy_mj", "energy per inference (mJ, estimated)"),
@@ -35,18 +36,18 @@ def _chosen(summary: dict) -> dict | None:
     return max(pool, key=lambda f: f.get("val_metrics", f["metrics"])["accuracy"]) if pool else None
 
 
-def figures(summary: dict) -> dict[str, bytes]:
+def search_figures(summary: dict) -> dict[str, bytes]:
     figs = {}
     method = next((f["metrics"].get("energy_method") for f in summary["front"] if f["metrics"].get("energy_method")),
                   summary["baseline"]["test"].get("energy_method"))
     for name, key, label in FRONT_PLOTS:
         if key == "energy_mj" and method:  # the estimate's label on the axis
             label = f"energy per inference (mJ, {method})"
-        figs[f"front_{name}"] = plots.front_plot(summary, key, label, 1 / 1024 if key == "flash_bytes" else 1.0)
+        figs[f"front_{name}"] = search_plots.front_plot(summary, key, label, 1 / 1024 if key == "flash_bytes" else 1.0)
     chosen = _chosen(summary)
     if chosen is not None:
-        figs["layers"] = plots.layers_plot(chosen["layers"])
-        figs["energy_layers"] = plots.energy_plot(chosen["metrics"]["energy_layers"])
+        figs["layers"] = search_plots.candidate_layers_plot(chosen["layers"])
+        figs["energy_layers"] = energy_plot(chosen["metrics"]["energy_layers"])
     return figs
 
 
@@ -77,7 +78,7 @@ def _table_rows(summary: dict) -> list[tuple[list[str], str | None]]:
 
 
 def write_search_report(out: Path, summary: dict) -> None:
-    figs = figures(summary)
+    figs = search_figures(summary)
     cfg = summary["config"]
     c = summary["counts"]
     chosen = _chosen(summary)

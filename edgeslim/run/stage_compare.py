@@ -1,7 +1,7 @@
 """The end of a run: what every stage is compared on, added to its results.json entry.
 
-- all stages timed together, interleaved (`measure.together`);
-- the device verdict with estimated energy and battery life (`measure.verdict`);
+- all stages timed together, interleaved (`run.together`);
+- the device verdict with estimated energy and battery life (`run.device_verdict`);
 - the per-layer structure against the baseline (`report.layers`);
 - what changed in behaviour against the baseline (`report.behaviour`).
 Fields are only added, never removed (results.json is a contract).
@@ -20,7 +20,7 @@ def compare_stages(run_dir: Path, stages: list[dict], task: Task) -> None:
     pipeline already did (`latency_timing`)."""
     from edgeslim.report import behaviour, layers  # here: importing edgeslim.measure loads no report code
     if not any("latency_timing" in s for s in stages):
-        from edgeslim.measure.together import time_stages
+        from edgeslim.run.together import time_stages
 
         time_stages(run_dir, stages, task)
     verdict.annotate(run_dir, stages)

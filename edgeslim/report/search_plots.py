@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+from edgeslim.report.plotting import plt, png
 
 
 def front_plot(summary: dict, key: str, label: str, scale: float = 1.0) -> bytes:
@@ -36,10 +24,10 @@ def front_plot(summary: dict, key: str, label: str, scale: float = 1.0) -> bytes
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
-def layers_plot(layers: list[dict]) -> bytes:
+def candidate_layers_plot(layers: list[dict]) -> bytes:
     """Per-layer kept channels (%) and zero fraction (%), with the weight bits written on each bar."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     names = [r["layer"] for r in layers]
@@ -53,21 +41,4 @@ def layers_plot(layers: list[dict]) -> bytes:
     ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 112)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(fig)
-
-
-def energy_plot(rows: list[dict]) -> bytes:
-    """Energy per layer (uJ, estimated), stacked: compute (MACs), memory (weights + activations moved)
-    and static (active power while the layer runs)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    names = [r["layer"] for r in rows]
-    comp = [1e3 * r["compute_mj"] for r in rows]
-    mem = [1e3 * r["memory_mj"] for r in rows]
-    stat = [1e3 * r.get("static_mj", 0.0) for r in rows]
-    ax.bar(names, comp, label="compute (MACs)", color="#27ae60")
-    ax.bar(names, mem, bottom=comp, label="memory (weights + activations)", color="#8e44ad")
-    ax.bar(names, stat, bottom=[c + m for c, m in zip(comp, mem)], label="static (power x time)", color="#95a5a6")
-    ax.set_ylabel("energy per inference (uJ, estimated)")
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
