@@ -71,7 +71,7 @@ def main() -> None:
               f"{paths['baseline'].stat().st_size / p.stat().st_size:.2f}x | "
               f"{1e3 * float(np.median(times[s['name']])):.4f} | {r.show()} |")
     r = ratio(times[q["name"]], times[stages[1]["name"]], per=5)
-    print(f"\nfinal vs pruning alone: {r.show()} -> {r.verdict(0.03)} (tied = within 3% or the CI reaches 1)")
+    print(f"\nfinal vs pruning alone: {r.show()} -> {r.speed_verdict(0.03)} (tied = within 3% or the CI reaches 1)")
     print(f"quantize_int8 chose: {notes.get('format')} -- {notes.get('why')}")
     if notes.get("slower_than_fp32"):
         print(f"quantize_int8 says: {notes['slower_than_fp32']}")

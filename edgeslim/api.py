@@ -259,7 +259,7 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     battery life (`life`, or the profile's battery at 1/s; `edgeslim.measure.battery`). Bytes, ms, mJ."""
     from edgeslim.devices import load_device
     from edgeslim.measure.core import measure_model
-    from edgeslim.measure.device_fit import fit_verdict
+    from edgeslim.measure.device_fit import device_fit
     from edgeslim.measure.tflite import arena_beside
 
     life = (life or LifeOptions()).checked()
@@ -268,7 +268,7 @@ def check_fit(model: Path, device: str = "cortex-m4", arena_bytes: int | None = 
     if arena_bytes is not None or fit is None:
         dev = load_device(device)
         weights = fit.weights_bytes if fit is not None else (m.size_bytes or 0)
-        fit = fit_verdict(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
+        fit = device_fit(dev, weights, arena_bytes or 0, "given" if arena_bytes is not None else "unknown")
         if m.energy.get("energy_mj") is not None:
             fit.energy_mj, fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
             fit.latency_ms = m.energy.get("energy_latency_ms")
@@ -303,9 +303,9 @@ def _vela(model: Path, device: str | None) -> dict | None:
 
     v = vela_for_fit(Path(model), dev.vela)
     if "sram_bytes" in v:  # the one fit verdict, on Vela's figures
-        from edgeslim.measure.device_fit import fit_verdict
+        from edgeslim.measure.device_fit import device_fit
 
-        f = fit_verdict(dev, v["flash_bytes"], v["sram_bytes"], arena_source="vela")
+        f = device_fit(dev, v["flash_bytes"], v["sram_bytes"], arena_source="vela")
         v["fits_sram"], v["fits_flash"] = f.fits_ram, f.fits_flash
     return v
 
@@ -319,7 +319,7 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
     from edgeslim.fsutil import write_bytes
     from edgeslim.measure.arena import plan_arena as plan
     from edgeslim.measure.arena import reorder_model
-    from edgeslim.measure.device_fit import fit_verdict, weights_bytes
+    from edgeslim.measure.device_fit import device_fit, weights_bytes
     from edgeslim.measure.source import open_model
     from edgeslim.onnxkit.inputs import input_specs, make_feeds
     from edgeslim.onnxkit.load import read_onnx
@@ -334,7 +334,7 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
         result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
         result.warnings = fd.warnings
         if device is not None:
-            result.fit = fit_verdict(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
+            result.fit = device_fit(load_device(device), weights_bytes(proto), result.arena_bytes).as_dict()
         if write_reordered is not None:
             write_bytes(write_reordered, reorder_model(proto, shapes=fd.shapes)[0].SerializeToString())
     return result

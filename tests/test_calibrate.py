@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeslim.devices import load_device
-from edgeslim.devices.calibrate import MLPERF_TINY_V05_L4R5, check, fit, reference_counts
+from edgeslim.devices.calibrate import MLPERF_TINY_V05_L4R5, check, curve_fit, reference_counts
 from edgeslim.measure.onnx_counts import GraphCount, LayerCount
 
 
@@ -18,7 +18,7 @@ def test_fit_recovers_a_known_profile() -> None:
     truth = load_device("cortex-m4").model_copy(update={"efficiency": 0.05, "active_power_mw": 33.0})
     e = estimate_from_counts(counts, truth)
     ref = Published("x", "synthetic", "resnet8", (3, 32, 32), 10, e.latency_ms or 0, e.mj)
-    got = fit(truth.model_copy(update={"efficiency": 0.25, "active_power_mw": 40.0}), counts, ref)
+    got = curve_fit(truth.model_copy(update={"efficiency": 0.25, "active_power_mw": 40.0}), counts, ref)
     assert got.efficiency == pytest.approx(0.05, rel=1e-3)
     assert got.active_power_mw == pytest.approx(33.0, rel=1e-3)
 
@@ -38,12 +38,12 @@ def test_zoo_matches_the_mlperf_tiny_geometries(counts: dict[str, GraphCount]) -
 
 
 def test_recorded_calibration_reproduces_and_holds_out(counts: dict[str, GraphCount]) -> None:
-    from edgeslim.devices.calibrate import fit_all, leave_one_out, loo_table
+    from edgeslim.devices.calibrate import curve_fit_all, leave_one_out, loo_table
 
     m4 = load_device("cortex-m4")
     assert m4.calibration is not None and m4.calibration.fitted["efficiency"] == m4.efficiency
     prior = m4.model_copy(update=m4.calibration.a_priori)
-    refit = fit_all(prior, counts, MLPERF_TINY_V05_L4R5)  # the profile keeps the fit on all four points
+    refit = curve_fit_all(prior, counts, MLPERF_TINY_V05_L4R5)  # the profile keeps the fit on all four points
     assert refit.efficiency == pytest.approx(m4.efficiency, rel=1e-3)
     assert refit.active_power_mw == pytest.approx(m4.active_power_mw, rel=1e-3)
     # leave-one-out: each point predicted by the fit on the other three; the profile records the range

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeslim.measure.decide import Option, choose, median_ci, ratio
+from edgeslim.measure.decide import Option, choose_option, median_ci, ratio
 
 
 def _times(ms: float, n: int = 60, jitter: float = 0.03, seed: int = 0) -> list[float]:
@@ -28,9 +28,9 @@ def test_ratio_is_robust_to_shared_bursts() -> None:
     ref, cand = _times(10.0, seed=1), _times(5.0, seed=2)
     assert max(ref) / min(ref) > 2.5  # the raw times are all over the place...
     r = ratio(cand, ref)
-    assert abs(r.median - 0.5) < 0.02 and r.verdict() == "faster" and 1.9 < r.speedup < 2.1  # ...the ratio is not
-    assert ratio(ref, cand).verdict() == "slower"
-    assert ratio(_times(10.0, seed=3), _times(10.0, seed=4)).verdict() == "tied"
+    assert abs(r.median - 0.5) < 0.02 and r.speed_verdict() == "faster" and 1.9 < r.speedup < 2.1  # ...the ratio is not
+    assert ratio(ref, cand).speed_verdict() == "slower"
+    assert ratio(_times(10.0, seed=3), _times(10.0, seed=4)).speed_verdict() == "tied"
 
 
 def test_choose_prefers_fastest_big_shrink_and_smaller_file_on_ties() -> None:
@@ -43,16 +43,16 @@ def test_choose_prefers_fastest_big_shrink_and_smaller_file_on_ties() -> None:
         Option("bad", 10_000, False, _times(3.0, seed=5)),    # unfaithful
         Option("slow", 20_000, True, _times(12.0, seed=6)),   # slower than the original
     ]
-    best = choose(opts, ref, 100_000)
+    best = choose_option(opts, ref, 100_000)
     assert best is not None and best.name == "int8b"
     why = {o.name: o.why for o in opts}
     assert why["int8b"].startswith("won") and "tied" in why["int8"]
     assert "fidelity" in why["bad"] and "slower than the original" in why["slow"]
     assert "< 1.8x" in why["fp32"] and "slower than int8b" in why["w8"]
     # speed ignores the size floor; size takes the smallest (files within 5% count as equal, then fastest)
-    fastest = choose(opts, ref, 100_000, prefer="speed")
+    fastest = choose_option(opts, ref, 100_000, prefer="speed")
     assert fastest is not None and fastest.name == "fp32"
-    smallest = choose(opts, ref, 100_000, prefer="size")
+    smallest = choose_option(opts, ref, 100_000, prefer="size")
     assert smallest is not None and smallest.name == "int8b"  # w8 is 4% smaller but slower
 
 
@@ -61,7 +61,7 @@ def test_choose_is_deterministic_given_timings() -> None:
     picks = set()
     for _ in range(3):
         opts = [Option("a", 40_000, True, _times(9.9, seed=1)), Option("b", 30_000, True, _times(10.0, seed=2))]
-        got = choose(opts, ref, 100_000)
+        got = choose_option(opts, ref, 100_000)
         picks.add(got.name if got else None)
         assert "tied" in opts[0].why
     assert picks == {"b"}  # a and b tie on speed: the smaller file wins, every time
@@ -69,13 +69,13 @@ def test_choose_is_deterministic_given_timings() -> None:
     for seed in range(5):
         opts = [Option("a", 40_000, True, _times(9.9, seed=10 + seed)),
                 Option("b", 30_000, True, _times(10.0, seed=20 + seed))]
-        assert choose(opts, _times(10.0, seed=30 + seed), 100_000).name == "b"  # type: ignore[union-attr]
+        assert choose_option(opts, _times(10.0, seed=30 + seed), 100_000).name == "b"  # type: ignore[union-attr]
 
 
 def test_choose_keeps_original_when_nothing_qualifies() -> None:
     ref = _times(10.0)
     opts = [Option("slow", 50_000, True, _times(14.0, seed=1)), Option("big", 120_000, True, _times(8.0, seed=2))]
-    assert choose(opts, ref, 100_000) is None
+    assert choose_option(opts, ref, 100_000) is None
     assert "not smaller" in opts[1].why and "slower" in opts[0].why
 
 
@@ -85,12 +85,12 @@ def test_same_kernels_are_tied_whatever_the_timer_says() -> None:
     ref = _times(10.0, seed=0)
     w8 = Option("w8", 200_000, True, _times(10.0, seed=1, jitter=0.002), kernels="k-fp32")
     w16 = Option("w16", 390_000, True, _times(9.4, seed=2, jitter=0.002), kernels="k-fp32")
-    assert ratio(w8.times, w16.times).verdict(0.03) == "slower"  # timing alone would pick w16
-    best = choose([w8, w16], ref, 600_000, prefer="speed")
+    assert ratio(w8.times, w16.times).speed_verdict(0.03) == "slower"  # timing alone would pick w16
+    best = choose_option([w8, w16], ref, 600_000, prefer="speed")
     assert best is w8 and "same kernels as w8" in w16.why
     # without signatures the timer decides
     w8.kernels = w16.kernels = ""
-    assert choose([w8, w16], ref, 600_000, prefer="speed") is w16
+    assert choose_option([w8, w16], ref, 600_000, prefer="speed") is w16
 
 
 def test_kernel_signature_sees_through_weight_storage(tmp_path) -> None:
@@ -135,32 +135,32 @@ def test_speed_tie_goes_to_the_more_faithful_file() -> None:
     ref = _times(10.0, seed=0)
     qdq = Option("int8-qdq", 15_175_815, True, _times(5.0, seed=1), error=0.013)
     qop = Option("int8-qop", 15_048_663, True, _times(5.02, seed=2), error=0.24)
-    best = choose([qop, qdq], ref, 60_000_000)
+    best = choose_option([qop, qdq], ref, 60_000_000)
     assert best is qdq and "more faithful" in qdq.why
     assert "less faithful (error 0.24 vs 0.013)" in qop.why
     # errors within 1.25x of each other are equally faithful: the smaller file wins as before
     qop.error = 0.015
-    assert choose([qop, qdq], ref, 60_000_000) is qop
+    assert choose_option([qop, qdq], ref, 60_000_000) is qop
     # without error figures the rule is the old one (smaller file)
     qop.error = qdq.error = None
-    assert choose([qop, qdq], ref, 60_000_000) is qop
+    assert choose_option([qop, qdq], ref, 60_000_000) is qop
 
 
 def test_default_tolerance_checks_probabilities_and_the_decision() -> None:
-    from edgeslim.measure.fidelity import Tolerance, compare
+    from edgeslim.measure.fidelity import Tolerance, compare_outputs
 
     ref = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.51, 0.9)]  # one sigmoid score per sample
     near = [[np.array([[p + 0.01]], np.float32)] for p in (0.1, 0.45, 0.51, 0.9)]
     flip = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.48, 0.9)]  # sample 3 crosses 0.5
     far = [[np.array([[p]], np.float32)] for p in (0.1, 0.45, 0.51, 0.5)]  # 0.4 off, same side
-    f = compare(["p"], ref, near)
+    f = compare_outputs(["p"], ref, near)
     assert f.prob_max_abs == np.float32(0.01) or abs(f.prob_max_abs - 0.01) < 1e-6
     assert f.agreement == 1.0 and f.samples == 4 and Tolerance().broken(f) is None
-    assert Tolerance().broken(compare(["p"], ref, flip)) == "agreement at threshold 0.5 0.750 < 0.98"
-    assert compare(["p"], ref, flip).cosine > 0.995  # cosine alone would have let it through
-    assert "probability max abs err 0.4 > 0.05" in (Tolerance(min_cosine=None).broken(compare(["p"], ref, far)) or "")
+    assert Tolerance().broken(compare_outputs(["p"], ref, flip)) == "agreement at threshold 0.5 0.750 < 0.98"
+    assert compare_outputs(["p"], ref, flip).cosine > 0.995  # cosine alone would have let it through
+    assert "probability max abs err 0.4 > 0.05" in (Tolerance(min_cosine=None).broken(compare_outputs(["p"], ref, far)) or "")
     shown = Tolerance().show(f)
     assert "probability max abs err 0.01 <= 0.05" in shown and "agreement at threshold 0.5 1.000 >= 0.98" in shown
     # logits (outside 0-1) get neither check
-    g = compare(["z"], [[np.array([[-3.0, 2.0]], np.float32)]], [[np.array([[-3.0, 2.5]], np.float32)]])
+    g = compare_outputs(["z"], [[np.array([[-3.0, 2.0]], np.float32)]], [[np.array([[-3.0, 2.5]], np.float32)]])
     assert g.prob_max_abs is None and g.agreement is None and "no probability output" in Tolerance().show(g)

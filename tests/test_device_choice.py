@@ -66,7 +66,7 @@ def test_clock_for_picks_the_cost_model_off_host(r8):
     assert isinstance(c, EstimatedClock) and c.method.startswith("estimated:calibrated@cortex-m4")
     t = c.times({"a": fp32.read_bytes(), "b": fp32.read_bytes()})
     assert t["a"] == t["b"] and t["a"][0] > 0  # deterministic: the same model, the same estimate
-    assert c.ratio(t["a"], t["b"]).verdict() == "tied"
+    assert c.ratio(t["a"], t["b"]).speed_verdict() == "tied"
 
 
 def _ctx(stage: Path, spec: dict, prev: Path, device: str) -> RunContext:

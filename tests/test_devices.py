@@ -11,7 +11,7 @@ import pytest
 from edgeslim.api import check_fit
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.device_fit import fit_verdict
+from edgeslim.measure.device_fit import device_fit
 
 
 def test_builtin_profiles_load():
@@ -50,10 +50,10 @@ def test_verdict_both_sides_of_limits():
     m4 = load_device("cortex-m4")
     w_max = m4.flash_bytes - m4.runtime_flash_bytes
     a_max = m4.sram_bytes - m4.runtime_ram_bytes
-    assert fit_verdict(m4, w_max, a_max).fits
-    r = fit_verdict(m4, w_max + 1, a_max)
+    assert device_fit(m4, w_max, a_max).fits
+    r = device_fit(m4, w_max + 1, a_max)
     assert not r.fits and not r.fits_flash and r.fits_ram and "flash" in r.reasons[0]
-    r = fit_verdict(m4, w_max, a_max + 1)
+    r = device_fit(m4, w_max, a_max + 1)
     assert not r.fits and r.fits_flash and not r.fits_ram and "RAM" in r.reasons[0]
 
 

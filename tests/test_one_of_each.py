@@ -1,5 +1,5 @@
-"""One timing loop, one energy estimator, one fit verdict, one SQNR, one optimisation-level table: a source
-scan keeps them from being copied again."""
+"""One timing loop, one energy estimator, one fit verdict, one SQNR, one optimisation-level table, one ONNX
+accuracy, one place for ONNX Runtime's session options: a source scan keeps them from being copied again."""
 
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ def test_one_energy_estimator_one_fit_verdict() -> None:
     assert _where(r"pj_per_mac\(") == {"measure/energy.py", "devices/__init__.py"}
     assert _where(r"runtime_flash_bytes\s*\n?\s*[+]|[+]\s*device\.runtime_flash_bytes|[+] dev\.runtime_flash_bytes") == {
         "measure/device_fit.py"}
-    assert _where(r"def fit_verdict\(") == {"measure/device_fit.py"}
+    assert _where(r"def device_fit\(") == {"measure/device_fit.py"}
 
 
 def test_one_sqnr_one_level_table_one_fidelity() -> None:
     assert _where(r"def sqnr") == {"onnxkit/quant.py"}
-    assert _where(r"ORT_ENABLE_EXTENDED") == {"onnxkit/session.py"}
+    assert _where(r"ORT_ENABLE_EXTENDED") == {"onnxkit/ort_options.py"}
     assert _where(r"class Fidelity\b") == {"measure/fidelity.py"}  # outputs vs a reference model
 
 
@@ -47,3 +47,9 @@ def test_one_stage_loop() -> None:
     # model handlers (edgeslim.run); the entry points only pick the handler
     assert _where(r'/ "stages" / f"\{i:02d\}_') == {"run/loop.py"}
     assert _where(r"\.fn\(") == {"run/loop.py", "api.py"}  # api.compress applies one pass, no stages
+
+
+def test_one_onnx_accuracy_one_place_for_session_options() -> None:
+    # the accuracy of an ONNX model (fixed batches fed exactly their batch) and ORT's SessionOptions
+    assert _where(r"def onnx_accuracy\(") == {"onnxkit/session.py"}
+    assert _where(r"SessionOptions\(\)") == {"onnxkit/ort_options.py"}

@@ -190,11 +190,11 @@ def test_synthetic_inputs_warn_loudly(tmp_path: Path) -> None:
 
 
 def test_fidelity_metrics_by_hand() -> None:
-    from edgeslim.measure.fidelity import compare
+    from edgeslim.measure.fidelity import compare_outputs
 
     ref = [[np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], np.float32)]]
     got = [[np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 3.0]], np.float32)]]
-    f = compare(["y"], ref, got)
+    f = compare_outputs(["y"], ref, got)
     assert f.max_abs == pytest.approx(3.0) and f.mean_abs == pytest.approx(3.5 / 6)
     assert f.cosine == pytest.approx(5.0 / (np.sqrt(5.0) * np.sqrt(14.25)), rel=1e-6)
     assert f.top1 == pytest.approx(0.5)  # row 2's argmax moved from class 1 to class 2
@@ -203,13 +203,13 @@ def test_fidelity_metrics_by_hand() -> None:
     p[0, :, 0] = 0.8
     q = p.copy()
     q[0, 0] = [0.1, 0.8, 0.1]
-    assert compare(["p"], [[p]], [[q]]).top1 == pytest.approx(0.75)
-    assert compare(["b"], [[p * 5]], [[q * 5]]).top1 is None  # [1, 4, 3] not softmax: a detector's rows
+    assert compare_outputs(["p"], [[p]], [[q]]).top1 == pytest.approx(0.75)
+    assert compare_outputs(["b"], [[p * 5]], [[q * 5]]).top1 is None  # [1, 4, 3] not softmax: a detector's rows
     wide = np.zeros((2, 1, 1000), np.float32)
     wide[:, 0, 7] = 5.0
     wide2 = wide.copy()
     wide2[1, 0, 9] = 9.0
-    assert compare(["l"], [[wide]], [[wide2]]).top1 == pytest.approx(0.5)  # CTC logits [T, N, classes]
+    assert compare_outputs(["l"], [[wide]], [[wide2]]).top1 == pytest.approx(0.5)  # CTC logits [T, N, classes]
     assert Tolerance().broken(f) is not None and Tolerance(min_cosine=None).broken(f) is None
 
 

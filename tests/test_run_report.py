@@ -14,7 +14,7 @@ from chromium_helpers import images_loaded, needs_chromium
 from edgeslim import api
 from edgeslim.pipeline import run_recipe
 from edgeslim.recipe import parse_recipe
-from edgeslim.report.behaviour import compare, ece, per_class_accuracy
+from edgeslim.report.behaviour import compare_behaviour, ece, per_class_accuracy
 from edgeslim.train import TrainConfig
 
 
@@ -32,7 +32,7 @@ def test_flips_and_per_class_by_hand() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
     base = np.eye(3)[[0, 0, 1, 2, 2, 2]] * 5.0  # wrong on sample 3
     stage = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 5.0  # flips 1 (right->wrong), 3 (wrong->right), 5 (right->wrong)
-    got = compare((base, y), (stage, y))
+    got = compare_behaviour((base, y), (stage, y))
     assert got["flipped"] == 3 and got["flipped_to_wrong"] == 2 and got["flipped_to_right"] == 1
     assert got["flipped_both_wrong"] == 0
     assert got["per_class_accuracy"] == [0.5, 1.0, 0.5]

@@ -39,7 +39,7 @@ class FakeMeasurer:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def compare(self, paths, feed, **timer):  # noqa: ANN001, ANN201 - Measurer.compare's shape
+    def time_together(self, paths, feed, **timer):  # noqa: ANN001, ANN201 - Measurer.time_together's shape
         self.calls.append(list(paths))
         out = {}
         for k, p in paths.items():

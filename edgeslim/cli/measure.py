@@ -107,8 +107,8 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("[green]fits[/green]" if ok else "[red]does not fit[/red]")
 
 
-@app.command()
-def fit(
+@app.command("fit")
+def fit_cmd(
     model: Path = typer.Argument(..., help="ONNX file, edgeslim model folder or .tflite file"),
     inputs: Path | None = inputs_option(),
     shape: list[str] = shape_option(),

@@ -86,7 +86,7 @@ def reference_counts(refs: list[Published], folder: Path | None = None) -> dict[
     return out
 
 
-def fit(device: Device, counts: GraphCount, ref: Published) -> Device:
+def curve_fit(device: Device, counts: GraphCount, ref: Published) -> Device:
     """The profile with `efficiency` and `active_power_mw` fitted to one published latency and energy."""
     from edgeslim.measure.energy import estimate_from_counts
 
@@ -114,10 +114,10 @@ def check(device: Device, counts: dict[str, GraphCount], refs: list[Published]) 
     return rows
 
 
-def fit_all(device: Device, counts: dict[str, GraphCount], refs: list[Published]) -> Device:
+def curve_fit_all(device: Device, counts: dict[str, GraphCount], refs: list[Published]) -> Device:
     """The profile fitted on every run of `refs` at once: geometric means of the per-run efficiency and
     active power (module docstring)."""
-    one = [fit(device, counts[r.key], r) for r in refs]
+    one = [curve_fit(device, counts[r.key], r) for r in refs]
     eff = float(np.exp(np.mean([np.log(d.efficiency) for d in one])))
     power = float(np.exp(np.mean([np.log(max(d.active_power_mw, 1e-9)) for d in one])))
     return device.model_copy(update={"efficiency": round(eff, 5), "active_power_mw": round(power, 2)})
@@ -128,7 +128,7 @@ def leave_one_out(device: Device, counts: dict[str, GraphCount], refs: list[Publ
     rows = []
     for r in refs:
         others = [o for o in refs if o.key != r.key]
-        f = fit_all(device, counts, others)
+        f = curve_fit_all(device, counts, others)
         rows.append({**check(f, counts, [r])[0], "efficiency": f.efficiency, "active_power_mw": f.active_power_mw,
                      "fitted_on": [o.key for o in others]})
     return rows
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(loo_table(loo)))
     ratios = [r["energy_ratio"] for r in loo]
     print(f"\nleave-one-out energy error: {min(ratios):.2f}x-{max(ratios):.2f}x (estimate / published)")
-    fitted = fit_all(prior, counts, refs)
+    fitted = curve_fit_all(prior, counts, refs)
     rows = check(fitted, counts, refs)
     print(f"\nAll-points fit (what the profile keeps): efficiency {fitted.efficiency:.4f}, active power "
           f"{fitted.active_power_mw:.1f} mW")

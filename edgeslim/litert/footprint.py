@@ -1,6 +1,6 @@
 """Footprint of a `.tflite`: its bytes and the TFLite Micro arena (recorded, head + tail). The fit verdict on a
 device (flash = model bytes + runtime code; RAM = this arena + the runtime's RAM) is the measurement
-core's one verdict (`edgeslim.measure.device_fit.fit_verdict`, through `measure_model`).
+core's one verdict (`edgeslim.measure.device_fit.device_fit`, through `measure_model`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The measurement core: any model + its inputs (+ a task, a reference, a device) -> one `Measurement`.
 
-Every command and the pipeline measure through `measure_model`, and compare models through `compare`
+Every command and the pipeline measure through `measure_model`, and compare models through `Measurer.time_together`
 (interleaved in one loop, `measure.latency`). What it gives, with units in the names:
 - latency in ONNX Runtime (or LiteRT for .tflite): p50/p90/p99/mean ms per call, threads, batch; with a
   PyTorch model also PyTorch eager, timed interleaved with ONNX Runtime;
@@ -26,9 +26,9 @@ import numpy as np
 from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.decide import InterleavedClock
-from edgeslim.measure.device_fit import FitReport, fit_verdict, weights_bytes
+from edgeslim.measure.device_fit import FitReport, device_fit, weights_bytes
 from edgeslim.measure.fidelity import Fidelity, run_all
-from edgeslim.measure.fidelity import compare as compare_outputs
+from edgeslim.measure.fidelity import compare_outputs
 from edgeslim.measure.fields import arena_fields, energy_fields, graph_counts
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.options import MeasureOptions, measure_options
@@ -224,7 +224,7 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
     if deploy:
         dev = load_device(device or DEFAULT_DEVICE)
         m.arena = arena_fields(proto, src.onnx, fd.shapes)
-        m.fit = fit_verdict(dev, weights_bytes(proto), m.arena.get("arena_bytes") or 0)
+        m.fit = device_fit(dev, weights_bytes(proto), m.arena.get("arena_bytes") or 0)
         if m.arena.get("arena_lower_bound"):
             m.fit.reasons.append("the arena is a lower bound (see arena_note): RAM may not suffice")
         host_runner = runners["onnxruntime"] if dev.name == "host" else None
@@ -343,7 +343,7 @@ class Measurer:
     threads: int = 1
     device: str | Path | Device | None = None  # the run's device: speed decisions are made for it (`clock`)
 
-    def compare(self, models: Mapping[str, str | Path], feed: Mapping[str, np.ndarray], **timer: Any
+    def time_together(self, models: Mapping[str, str | Path], feed: Mapping[str, np.ndarray], **timer: Any
                 ) -> dict[str, Latency]:
         """Latency (ms) of ONNX models on one feed, interleaved in one loop (`compare_latency`)."""
         return compare_latency(models, feed, threads=self.threads, **timer)

@@ -39,7 +39,7 @@ class Ratio:
     def speedup(self) -> float:
         return 1.0 / self.median if self.median > 0 else math.inf
 
-    def verdict(self, margin: float = 0.0) -> Literal["faster", "slower", "tied"]:
+    def speed_verdict(self, margin: float = 0.0) -> Literal["faster", "slower", "tied"]:
         """faster / slower when the whole interval lies beyond 1 -/+ `margin` (fraction), else tied."""
         if self.hi < 1.0 - margin:
             return "faster"
@@ -91,7 +91,7 @@ class Option:
     size: int
     faithful: bool
     times: Sequence[float]
-    why: str = ""  # filled by `choose`: why it won or lost
+    why: str = ""  # filled by `choose_option`: why it won or lost
     kernels: str = ""  # onnxkit.session.kernel_signature: options with the same one run the same kernels
     error: float | None = None  # fidelity: the output error vs the reference (lower is better; None: unknown)
 
@@ -107,7 +107,7 @@ TIE_MARGIN = 0.03  # speed differences under 3% are ties even when the interval 
 # to a user and would let the noise of a run decide
 
 
-def choose(options: list[Option], ref_times: Sequence[float], ref_size: int, *, prefer: Prefer = "balanced",
+def choose_option(options: list[Option], ref_times: Sequence[float], ref_size: int, *, prefer: Prefer = "balanced",
            min_shrink: float = 1.8, max_slowdown: float = 0.05, per: int = 1,
            tie_margin: float = TIE_MARGIN) -> Option | None:
     """The option to write, or None for "keep the reference". Sets every option's `why`.
@@ -158,7 +158,7 @@ def choose(options: list[Option], ref_times: Sequence[float], ref_size: int, *, 
 def _fastest(pool: list[Option], vs_ref: dict[str, Ratio], per: int, margin: float) -> Option:
     """The fastest of `pool` by median ratio; options tied with it (per-round CI) -> the smallest file."""
     top = min(pool, key=lambda o: (vs_ref[o.name].median, o.size, o.name))
-    tied = [o for o in pool if o is top or ratio(o.times, top.times, per).verdict(margin) != "slower"]
+    tied = [o for o in pool if o is top or ratio(o.times, top.times, per).speed_verdict(margin) != "slower"]
     same = {o.kernels for o in tied if o.kernels}  # the same kernels as a tied one: tied whatever the timer says
     tied += [o for o in pool if o not in tied and o.kernels in same]
     return min(faithful_first(tied), key=lambda o: (o.size, vs_ref[o.name].median, o.name))
@@ -181,7 +181,7 @@ def _explain(pool: list[Option], best: Option, vs_ref: dict[str, Ratio], per: in
         if o is best:
             continue
         r = ratio(o.times, best.times, per)
-        v = r.verdict(margin)
+        v = r.speed_verdict(margin)
         if o.kernels and o.kernels == best.kernels:
             o.why = (f"lost: runs the same kernels as {best.name} (timed {r.median:.2f}x its time: session "
                      f"noise), file {o.size:,} vs {best.size:,} B")

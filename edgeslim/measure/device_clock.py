@@ -5,7 +5,7 @@ compared by `measure.decide.ratio`). For a device whose speed this host cannot t
 TFLite Micro, an Arm board: `quant.device_choice.timed_here`), `EstimatedClock` gives every model the
 latency of the analytic estimator (`measure.energy.estimate_from_counts` over `measure.onnx_counts`, on the
 device profile, calibrated where the profile is): the same number every "round", so ratios are exact and
-the decision rule (`measure.decide.choose`) works unchanged. Its figures are *estimates*, and the label
+the decision rule (`measure.decide.choose_option`) works unchanged. Its figures are *estimates*, and the label
 (`method`) says so. Units: seconds (times), microseconds (profile).
 """
 

@@ -1,6 +1,6 @@
 """Does a model fit a device? The one fit verdict: flash for the stored weights + the runtime's code, RAM for
 the activation arena + the runtime's own RAM. Every command and every model kind (ONNX, model folder,
-.tflite) goes through `verdict`, so the keys are the same everywhere. Units: bytes.
+.tflite) goes through `device_fit`, so the keys are the same everywhere. Units: bytes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class FitReport:
         return {**asdict(self), "fits": self.fits}
 
 
-def fit_verdict(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
+def device_fit(device: Device, weights_bytes: int, arena_bytes: int, arena_source: str = "planner") -> FitReport:
     """The fit verdict from sizes alone: weights + runtime_flash <= flash, arena + runtime_ram <= RAM."""
     flash = weights_bytes + device.runtime_flash_bytes
     ram = arena_bytes + device.runtime_ram_bytes

@@ -100,7 +100,7 @@ def _classifier_like(r: np.ndarray) -> bool:
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
 
-def compare(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
+def compare_outputs(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
     """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output."""
     per: dict[str, dict[str, float]] = {}
     finite = True

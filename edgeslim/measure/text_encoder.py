@@ -90,7 +90,7 @@ def time_encoders(paths: dict[str, Path], measure: Measurer | None = None, round
     return out
 
 
-def time_stages(run_dir: Path, stages: list[dict], measure: Measurer | None = None, vocab: int = 1000,
+def time_text_stages(run_dir: Path, stages: list[dict], measure: Measurer | None = None, vocab: int = 1000,
                 rounds: int = ROUNDS) -> None:
     """Time every stage's ONNX encoder together at the end of a text run (`time_encoders`) and add, per stage,
     its latency fields and `speedup_vs_baseline` / `speedup_vs_baseline_seq32` (baseline p50 / stage p50)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.device_fit import fit_verdict
+from edgeslim.measure.device_fit import device_fit
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.measure.source import Source
 from edgeslim.onnxkit.inputs import single_input_samples
@@ -81,9 +81,9 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
         m.energy = tflite_energy(p, dev) or m.energy  # the file's own operators, at their stored precision
         if tflm is not None:  # RAM: the arena TFLite Micro recorded; flash: the whole .tflite file
             m.arena["arena_bytes"] = tflm
-            m.fit = fit_verdict(dev, m.size_bytes, tflm, "recorded:tflite-micro")
+            m.fit = device_fit(dev, m.size_bytes, tflm, "recorded:tflite-micro")
         elif m.arena.get("arena_bytes") is not None:
-            m.fit = fit_verdict(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
+            m.fit = device_fit(dev, m.size_bytes, m.arena["arena_bytes"], "planner")
         if m.fit is not None and m.energy.get("energy_mj") is not None:
             m.fit.energy_mj, m.fit.energy_method = m.energy["energy_mj"], m.energy["energy_method"]
             m.fit.latency_ms = m.energy.get("energy_latency_ms")

@@ -25,7 +25,7 @@ from pathlib import Path
 import onnx
 
 from edgeslim.measure.core import Measurer
-from edgeslim.measure.fidelity import Fidelity, Tolerance, compare, run_all
+from edgeslim.measure.fidelity import Fidelity, Tolerance, compare_outputs, run_all
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
@@ -288,7 +288,7 @@ def _evaluate(name: str, ctx: Context, threads: int) -> Candidate:
         msg = re.sub(r"^.*?Load model from \S+ failed:", "", str(e).replace(f"{c.path}: ", ""))
         c.status = f"failed: ORT cannot run it ({_first_line(Exception(msg))})"
         return c
-    c.fid = compare(ctx.out_names, ctx.check_ref or ctx.ref, got)
+    c.fid = compare_outputs(ctx.out_names, ctx.check_ref or ctx.ref, got)
     why = ctx.tol.broken(c.fid)
     if why:
         c.status = f"rejected: {why}"

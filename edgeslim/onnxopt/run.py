@@ -9,7 +9,7 @@ Samples (`split_samples`): every given sample is used: up to `samples` calibrate
 least a quarter, at most `MAX_HELD_OUT`) are held out for fidelity; the report says how many of each,
 which indices, and why any were left out.
 
-The rule (`measure.decide.choose`, "never slower by default"): every comparison is a per-round time
+The rule (`measure.decide.choose_option`, "never slower by default"): every comparison is a per-round time
 ratio from the same interleaved rounds, with a confidence interval. Among candidates within tolerance,
 smaller than the original and whose median ratio to it is at most 1 + `max_slowdown`, the default
 (`prefer="balanced"`) keeps the fastest of those at least `min_shrink` (1.8x) smaller (if none is, of
@@ -35,9 +35,9 @@ from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.decide import Option, choose
+from edgeslim.measure.decide import Option, choose_option
 from edgeslim.measure.device_clock import EstimatedClock
-from edgeslim.measure.fidelity import Tolerance, compare, run_all
+from edgeslim.measure.fidelity import Tolerance, compare_outputs, run_all
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
 from edgeslim.onnxkit.bnfold import fold_into_convs
@@ -193,7 +193,7 @@ def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str
     """
     rp = wd / "repaired.onnx"
     save(loaded.model, rp)
-    fid = compare(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
+    fid = compare_outputs(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
     if fid.cosine < 0.9999 or not fid.finite:
         loaded = load_and_repair(src, upgrade=False)
         loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
@@ -210,7 +210,7 @@ def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_si
     usable = [c for c in built if c.usable and not c.ablation]
     opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file),
                    error=c.fid.max_abs if c.fid is not None else None) for c in usable]
-    best = choose(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
+    best = choose_option(opts, times["original"], orig_size, prefer=cfg.prefer,  # type: ignore[arg-type]
                   min_shrink=cfg.min_shrink, max_slowdown=cfg.max_slowdown)
     for c, o in zip(usable, opts):
         c.why = o.why

@@ -24,7 +24,7 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.measure.arena import plan_arena
-from edgeslim.measure.decide import Option, choose, ratio
+from edgeslim.measure.decide import Option, choose_option, ratio
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
@@ -118,7 +118,7 @@ def quantize_int8(
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
     # the format is chosen by measurement: the measurement core times FP32 and every candidate interleaved
-    lat = {k: v.p50_ms for k, v in ctx.measure.compare({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
+    lat = {k: v.p50_ms for k, v in ctx.measure.time_together({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
         if len(fmts) > 1 else {}
     rows = []
     for f in fmts:
@@ -197,7 +197,7 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
 # The per-layer path: the INT8 plan on a task model, then a pick by measurement.
 #
 # Three models compete against the stage's FP32 input, timed interleaved at batch 1 (the pipeline's
-# latency setting) and judged by `measure.decide.choose` (the same rule as `edgeslim optimize`):
+# latency setting) and judged by `measure.decide.choose_option` (the same rule as `edgeslim optimize`):
 #   int8-mixed  the plan: INT8 where it is faithful and faster here, float (int8 weights on disk) elsewhere
 #   int8-full   every layer INT8 in the plan's integer format (what the pass did before)
 #   w8          FP32 compute with int8 weight storage (the plan with every layer float)
@@ -256,7 +256,7 @@ def per_layer_int8(
                      "fp32_latency_ms_p50": round(float(np.median(times["fp32"])) * 1e3, 4),
                      "speedup_vs_fp32": round(r.speedup, 3), "speedup_ci": [round(1 / r.hi, 3), round(1 / r.lo, 3)]})
     fp_size = pre.stat().st_size
-    best = choose(opts_, times["fp32"], fp_size, prefer=prefer)  # type: ignore[arg-type]
+    best = choose_option(opts_, times["fp32"], fp_size, prefer=prefer)  # type: ignore[arg-type]
     slower = None
     if best is None:  # nothing qualifies: the fastest faithful one, said loudly
         faithful = [o for o in opts_ if o.faithful] or opts_

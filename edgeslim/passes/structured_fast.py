@@ -175,7 +175,7 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
             cands[key] = (blocks, {f"{c}@{'x'.join(map(str, hw))}": x for (c, hw), x in r.items()}, m)
             export_onnx(m, task.input_shape, work / f"{key}.onnx")
     x = task.x_val[:1].astype(np.float32)
-    lat = ctx.measure.compare({"base": base, **{k: work / f"{k}.onnx" for k in cands}}, {"input": x},
+    lat = ctx.measure.time_together({"base": base, **{k: work / f"{k}.onnx" for k in cands}}, {"input": x},
                               rounds=cfg.rounds, per_round=20, warmup=10)
     speed = {k: lat["base"].p50_ms / lat[k].p50_ms for k in cands}
     params = {k: sum(p.numel() for p in m.parameters()) for k, (_, _, m) in cands.items()}

@@ -9,7 +9,7 @@ side* of a step: the largest count of its step, where removing one more channel 
 
 How: for each distinct layer shape (input size, stride) a small ONNX model (one c -> c 3x3 conv + ReLU,
 the cost of a pruned layer whose input and output both shrink) is built per candidate count and all are
-timed together, interleaved, by the measurement core (`Measurer.compare`); `fast_counts` keeps the counts
+timed together, interleaved, by the measurement core (`Measurer.time_together`); `fast_counts` keeps the counts
 no larger count matches in speed. This module only builds models and reads timings: the timing is asked
 of the caller's measurer.
 """
@@ -68,7 +68,7 @@ def probe(measurer: Any, hw: tuple[int, ...], counts: Sequence[int], stride: int
         lat = {}
         # one shared feed per count: several counts have different input shapes, so time them in one loop
         # through per-model feeds
-        res = measurer.compare(paths, feeds, rounds=rounds, per_round=per_round, warmup=5)
+        res = measurer.time_together(paths, feeds, rounds=rounds, per_round=per_round, warmup=5)
         for k, v in res.items():
             lat[int(k)] = v.p50_ms
     return lat

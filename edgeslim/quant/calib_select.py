@@ -6,7 +6,7 @@ step of 1.3); percentile and MSE clip outliers to refine the step; entropy (KL d
 method) keeps the shape of the histogram. Which one is best depends on the tensor.
 
 How: `collect` runs the float model once over the calibration feeds and keeps, per float tensor, its
-exact min/max and a random subsample of positions (all channels of each sampled position). `choose`
+exact min/max and a random subsample of positions (all channels of each sampled position). `choose_calibration`
 computes the four candidate ranges from the first half of the feeds and scores each on the other half:
 the quantization error (uint8, asymmetric, as ONNX Runtime applies it) per channel, weighted by the
 squared weight norm of that channel in the consuming Conv/MatMul/Gemm (so an error on a channel the
@@ -182,7 +182,7 @@ def channel_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def choose(stats: dict[str, TensorStats], weights: dict[str, np.ndarray] | None = None,
+def choose_calibration(stats: dict[str, TensorStats], weights: dict[str, np.ndarray] | None = None,
            methods: tuple[str, ...] = METHODS) -> tuple[dict[str, tuple[float, float]], dict[str, str],
                                                         dict[str, dict[str, tuple[float, float]]]]:
     """({tensor: (lo, hi)}, {tensor: method}, {method: {tensor: (lo, hi)}}): per tensor the method whose

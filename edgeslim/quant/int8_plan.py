@@ -51,7 +51,7 @@ class RatioLike(Protocol):
     @property
     def speedup(self) -> float: ...
 
-    def verdict(self, margin: float = 0.0) -> str: ...
+    def speed_verdict(self, margin: float = 0.0) -> str: ...
 
 
 class Clock(Protocol):
@@ -288,7 +288,7 @@ def _weight_steps(run: _Run, fm: onnx.ModelProto, ranges: dict, method: str, cos
             if k:  # equalisation moves activation ranges: calibrate again with the same method
                 stats = calib_select.collect(fe, feeds, seed=opts.seed)
                 w = calib_select.channel_weights(fe)
-                r2 = calib_select.choose(stats, w, calib_select.METHODS if method == "per-tensor" else (method,))[0]
+                r2 = calib_select.choose_calibration(stats, w, calib_select.METHODS if method == "per-tensor" else (method,))[0]
                 c2 = run.cos_of(fe, fmt0, r2)
                 if run.judge("cle", f"cross-layer equalisation of {k} conv pairs", cos, c2):
                     fm, ranges, cos = fe, r2, c2
@@ -357,7 +357,7 @@ def _check_speed_choice(run: _Run, clock: Clock, q: onnx.ModelProto, fm: onnx.Mo
     without = keep_float(q, us.nodes(fixed), exact=us.nodes(fixed), float_model=fm, int8_min_elements=WEIGHT_CODES_MIN)
     t = clock.times({"with": mixed.SerializeToString(), "without": without.SerializeToString()})
     r = clock.ratio(t["without"], t["with"])
-    keep = r.verdict(SPEED_CHECK_MARGIN) != "faster"
+    keep = r.speed_verdict(SPEED_CHECK_MARGIN) != "faster"
     n = len(float_units) - len(fixed)
     run.notes.append(f"speed check (whole model, interleaved): without the speed choice {r.speedup:.2f}x the speed "
                      f"with it -> " + ("kept" if keep else f"undone, {n} layers back to INT8"))
@@ -386,16 +386,16 @@ def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate,
             ) -> tuple[dict[str, tuple[float, float]], dict[str, int], str, float]:
     """(activation ranges, method -> tensor count, method, cosine of the fully quantized model with them).
 
-    `select`: each uniform method and the per-tensor choice (`calib_select.choose`) are tried end to
+    `select`: each uniform method and the per-tensor choice (`calib_select.choose_calibration`) are tried end to
     end on the fully quantized model; the closest to the reference wins (ties: per-tensor)."""
     stats = calib_select.collect(fm, feeds, seed=opts.seed)
     fmt0 = opts.formats[0]
     if opts.calib != "select":
-        ranges = calib_select.choose(stats, None, (opts.calib,))[0]
+        ranges = calib_select.choose_calibration(stats, None, (opts.calib,))[0]
         return ranges, {opts.calib: len(ranges)}, opts.calib, evaluate(quantize(fm, feeds, fmt0, ranges, opts),
                                                                        len(feeds))
     weights = calib_select.channel_weights(fm)
-    per_tensor, picked, every = calib_select.choose(stats, weights)
+    per_tensor, picked, every = calib_select.choose_calibration(stats, weights)
     trials = {"per-tensor": per_tensor, **every}
     scored = {k: evaluate(quantize(fm, feeds, fmt0, r, opts), len(feeds)) for k, r in trials.items()}
     best = max(scored, key=lambda k: (scored[k], k == "per-tensor"))
@@ -419,7 +419,7 @@ def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: list[Feed], 
     times = clock.times({"fp32": fm.SerializeToString(), **{f: m.SerializeToString() for f, m in models.items()}})
     best = opts.formats[0]
     for f in opts.formats[1:]:
-        if clock.ratio(times[f], times[best]).verdict(FORMAT_MARGIN) == "faster":
+        if clock.ratio(times[f], times[best]).speed_verdict(FORMAT_MARGIN) == "faster":
             best = f
     notes.append("integer format (fully quantized, vs FP32): " + ", ".join(
         f"{f} {clock.ratio(times[f], times['fp32']).speedup:.2f}x" for f in opts.formats) + f" -> {best}")

@@ -64,7 +64,7 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
     return out
 
 
-def compare(base: tuple[np.ndarray, np.ndarray], stage: tuple[np.ndarray, np.ndarray],
+def compare_behaviour(base: tuple[np.ndarray, np.ndarray], stage: tuple[np.ndarray, np.ndarray],
             examples: int = EXAMPLES) -> dict:
     """The fields of the module docstring for one stage's (logits, labels) against the baseline's."""
     zb, y = base
@@ -94,7 +94,7 @@ def compare(base: tuple[np.ndarray, np.ndarray], stage: tuple[np.ndarray, np.nda
     }
 
 
-def annotate(run_dir: Path, stages: list[dict], x_test: np.ndarray | None = None) -> None:
+def add_behaviour(run_dir: Path, stages: list[dict], x_test: np.ndarray | None = None) -> None:
     """Add the behaviour fields to every stage that has saved predictions (baseline included: its
     flips are 0 and deltas 0); keep the flipped examples' inputs for the report when `x_test` is given."""
     folders = _stage_folders(run_dir, stages)
@@ -105,7 +105,7 @@ def annotate(run_dir: Path, stages: list[dict], x_test: np.ndarray | None = None
         if got is None or base is None:
             continue
         s["predictions"] = str((folder / PREDICTIONS).relative_to(run_dir))  # type: ignore[operator]
-        fields = compare(base, got)
+        fields = compare_behaviour(base, got)
         if "ece" in fields:
             fields["ece_delta"] = round(fields["ece"] - fields["ece_baseline"], 6)
             shown.update(e["index"] for e in fields["flipped_examples"])

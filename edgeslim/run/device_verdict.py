@@ -24,7 +24,7 @@ def verdict_device(stages: list[dict]) -> Device:
     return load_device(REFERENCE_MCU if name == "host" else name)
 
 
-def stage_verdict(onnx_path: Path, device: Device) -> dict:
+def stage_device_verdict(onnx_path: Path, device: Device) -> dict:
     """The `device_verdict` of one stage (see the module docstring)."""
     from edgeslim.measure.battery import for_device
     from edgeslim.measure.core import measure_model
@@ -67,7 +67,7 @@ def stage_verdict(onnx_path: Path, device: Device) -> dict:
     return out
 
 
-def annotate(run_dir: Path, stages: list[dict]) -> Device:
+def add_device_verdicts(run_dir: Path, stages: list[dict]) -> Device:
     """Add `device_verdict` to every stage that has an ONNX model; returns the device used."""
     dev = verdict_device(stages)
     for s in stages:
@@ -75,7 +75,7 @@ def annotate(run_dir: Path, stages: list[dict]) -> Device:
         path = run_dir / tfl if tfl and (run_dir / tfl).is_file() else run_dir / s["onnx"] if s.get("onnx") else None
         if path is not None and path.is_file():
             try:
-                s["device_verdict"] = stage_verdict(path, dev)
+                s["device_verdict"] = stage_device_verdict(path, dev)
             except EdgeslimError as err:  # a graph the planner or counter cannot size: say so, keep the run
                 s["device_verdict_note"] = str(err)
     return dev

@@ -88,10 +88,10 @@ def flat_outputs(runs: list[list[np.ndarray]], per_run: bool = False) -> np.ndar
 
 
 def split_fidelity(ref_path: Path, onnx_path: Path, x: np.ndarray, split: str, threads: int = 1) -> dict:
-    """Fidelity (`measure.fidelity.compare`: cosine, max/mean abs error, top-1 agreement for score outputs) of the
+    """Fidelity (`measure.fidelity.compare_outputs`: cosine, max/mean abs error, top-1 agreement for score outputs) of the
     ONNX model at `onnx_path` to the one at `ref_path` on the inputs `x` of `split`, recorded with the split's
     name and sample count. One input; a fixed batch of 1 is run sample by sample."""
-    from edgeslim.measure.fidelity import compare
+    from edgeslim.measure.fidelity import compare_outputs
     from edgeslim.onnxkit.session import session
 
     def io(path: Path) -> tuple[str, bool, list[str]]:
@@ -103,7 +103,7 @@ def split_fidelity(ref_path: Path, onnx_path: Path, x: np.ndarray, split: str, t
     gname, gfixed, _ = io(onnx_path)
     ref = onnx_outputs(ref_path, rname, x, rfixed, threads)
     got = onnx_outputs(onnx_path, gname, x, gfixed, threads)
-    return {"split": split, **compare(names, ref, got).as_dict(), "samples": len(x), "samples_compared": len(x)}
+    return {"split": split, **compare_outputs(names, ref, got).as_dict(), "samples": len(x), "samples_compared": len(x)}
 
 
 class FidelityStages(ModelHandler):
@@ -137,7 +137,7 @@ class FidelityStages(ModelHandler):
     def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
                       dev: str) -> dict:
         from edgeslim.measure.core import measure_model
-        from edgeslim.measure.fidelity import compare
+        from edgeslim.measure.fidelity import compare_outputs
         from edgeslim.onnxkit.session import session
 
         m = measure_model(onnx_path, task=None, device=dev, size_path=size_path, threads=self.threads,
@@ -155,7 +155,7 @@ class FidelityStages(ModelHandler):
         for split, x in (("test", task.x_test), ("val", task.x_val)):
             ref = onnx_outputs(ref_path, self.input_name, x, self.fixed_batch)
             got = onnx_outputs(onnx_path, self.input_name, x, self.fixed_batch)
-            f = compare(names, ref, got)
+            f = compare_outputs(names, ref, got)
             out["fidelity" if split == "test" else "fidelity_val"] = {"split": split, "samples": len(x),
                                                                       **f.as_dict(), "samples_compared": len(x)}
         return out

@@ -12,18 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.data import Task
-from edgeslim.measure import verdict
+from edgeslim.report import behaviour, layers
+from edgeslim.run.device_verdict import add_device_verdicts
+from edgeslim.run.together import time_stages
 
 
 def compare_stages(run_dir: Path, stages: list[dict], task: Task) -> None:
     """Annotate `stages` in place (see the module docstring); the stages are timed together first unless the
     pipeline already did (`latency_timing`)."""
-    from edgeslim.report import behaviour, layers  # here: importing edgeslim.measure loads no report code
     if not any("latency_timing" in s for s in stages):
-        from edgeslim.run.together import time_stages
-
         time_stages(run_dir, stages, task)
-    verdict.annotate(run_dir, stages)
+    add_device_verdicts(run_dir, stages)
     base: list[dict] | None = None
     for s in stages:
         p = run_dir / s["onnx"] if s.get("onnx") else None
@@ -32,4 +31,4 @@ def compare_stages(run_dir: Path, stages: list[dict], task: Task) -> None:
         rows = layers.onnx_layers(p)
         base = rows if base is None else base
         s["layers"] = layers.with_baseline(rows, base)
-    behaviour.annotate(run_dir, stages, task.x_test)
+    behaviour.add_behaviour(run_dir, stages, task.x_test)

@@ -7,7 +7,7 @@ RUN/stages/01_<pass>/       config.json + model.safetensors + edgeslim_encoder.j
 ```
 Per-stage metrics are fidelity to the original encoder on the evaluation sentences, counts and size; latency
 is measured at the end for all stages together through the run's measurement core (the one interleaved timer;
-`edgeslim.measure.text_encoder.time_stages`) and re-measured on every resume, so the table's speed-ups are
+`edgeslim.measure.text_encoder.time_text_stages`) and re-measured on every resume, so the table's speed-ups are
 always ratios from one loop. Text-encoder figures are ONNX Runtime on this host (no device estimate yet).
 """
 
@@ -82,13 +82,13 @@ class TextHandler(ModelHandler):
 
     def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
                dev_name: str, report: bool, quiet: bool) -> dict:
-        from edgeslim.measure.text_encoder import time_stages
+        from edgeslim.measure.text_encoder import time_text_stages
         from edgeslim.nlp.report import write_text_results
         from edgeslim.run.loop import log
 
         log(quiet, f"timing all {len(stages)} stages together (ONNX Runtime, batch 1, {self.threads} thread(s), "
                    "seq 128 and 32, interleaved)")
-        time_stages(out, stages, measure, vocab=int(self.original.tokenizer.get_vocab_size()))
+        time_text_stages(out, stages, measure, vocab=int(self.original.tokenizer.get_vocab_size()))
         results = {"model": ident["model"], "kind": "text-encoder", "task": task.summary(), "recipe": recipe.source,
                    "device": dev_name, "latency_host": "ONNX Runtime on this host (CPU)",
                    "stages": stages, "encoder": {k: v for k, v in self.original.meta.items() if k != "source"}}

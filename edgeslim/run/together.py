@@ -35,7 +35,7 @@ def time_stages(run_dir: Path, stages: list[dict], task: Any, batches: tuple[int
     key = {i: f"{i}:{s['name']}" for i, s in enumerate(stages)}
     for b in (1, *[b for b in batches if b != 1]):
         x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        lat = m.compare(paths, {input_name: x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
+        lat = m.time_together(paths, {input_name: x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
         base = lat.get(key[0])
         for i, s in enumerate(stages):
             got = lat.get(key[i])
