@@ -64,7 +64,8 @@ def tiny_transfer(out: Path, n: int) -> str:
 def run(out: Path, tiny: bool = False) -> dict:
     from edgeslim import api
     from edgeslim.fsutil import write_text
-    from edgeslim.measure.battery import LifeOptions, human_duration
+    from edgeslim.measure.battery import LifeOptions
+    from edgeslim.report.results import human_duration
     from edgeslim.report.summary import print_summary
     from edgeslim.train import TrainConfig
 

@@ -31,8 +31,8 @@ def run(out: Path, tiny: bool = False, budget_mj: float = BUDGET_MJ) -> dict:
     from rich.table import Table
 
     from edgeslim import api
-    from edgeslim.measure.battery import LifeOptions, human_duration
-    from edgeslim.report.results import human_bytes
+    from edgeslim.measure.battery import LifeOptions
+    from edgeslim.report.results import human_bytes, human_duration
     from edgeslim.report.summary import print_summary
     from edgeslim.train import TrainConfig
 

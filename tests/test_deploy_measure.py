@@ -10,8 +10,8 @@ import sys
 import numpy as np
 
 from edgeslim.deploy.export import export_onnx
-from edgeslim.run.stage_metrics import measure_stage
 from edgeslim.models import build_model, make_spec
+from edgeslim.run.stage_metrics import measure_stage
 
 
 def _onnx(tmp_path, task):

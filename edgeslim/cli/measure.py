@@ -9,10 +9,10 @@ from rich.table import Table
 
 from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
+from edgeslim.cli.battery import battery_lines
 from edgeslim.cli.options import device_option, inputs_option, json_option, shape_option
 from edgeslim.fsutil import write_json
 from edgeslim.measure.battery import LifeOptions
-from edgeslim.measure.battery import lines as battery_lines
 from edgeslim.report.results import human_bytes, print_table
 
 BATTERY_HELP = "battery for a lifetime estimate, e.g. 225mAh@3V or 0.675Wh (default: the device profile's)"

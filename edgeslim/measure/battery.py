@@ -13,7 +13,8 @@ What it ignores: battery self-discharge (~1-2 %/year for a lithium coin cell), c
 pulse currents, cold and the cut-off voltage, DC-DC/LDO efficiency (unless folded into the profile's
 powers), sensors, radios and the work around the inference (reading a sensor, feature extraction,
 sending a result), and the time and energy of waking up. Use it to compare models, not to promise
-a product's battery life. Units: mJ, ms, mW, J, days, kWh, kg.
+a product's battery life. Units: mJ, ms, mW, J, days, kWh, kg. The CLI's lines for an estimate are
+`edgeslim.cli.battery.battery_lines`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from dataclasses import asdict, dataclass
 
 from edgeslim.errors import EdgeslimError
 
-__all__ = ["Battery", "BatteryLife", "LifeOptions", "Rate", "battery_life", "for_device", "human_duration", "lines",
-           "parse_battery", "parse_rate"]
+__all__ = ["Battery", "BatteryLife", "LifeOptions", "Rate", "battery_life", "for_device", "parse_battery", "parse_rate"]
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 # Grid carbon intensity used for --fleet unless --grid-intensity is given: the world-average CO2 intensity of
@@ -40,14 +40,6 @@ _RATE = re.compile(rf"^\s*(?P<n>{_NUM})\s*/\s*(?P<per>{_NUM})?\s*(?P<u>s|sec|sec
 _HZ = re.compile(rf"^\s*(?P<n>{_NUM})\s*hz\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hr": 3600, "hour": 3600,
            "d": 86400, "day": 86400}
-
-
-def human_duration(seconds: float) -> str:
-    """'3.2 years', '41.6 days', '17.3 h' (`report.results.human_duration`, imported when called so that
-    importing edgeslim.measure loads no report code)."""
-    from edgeslim.report.results import human_duration as fmt
-
-    return fmt(seconds)
 
 
 @dataclass(frozen=True)
@@ -205,47 +197,6 @@ def for_device(energy_mj: float, latency_ms: float, device: object, battery: str
 DEFAULT_RATE = "1/s"
 
 
-def lines(b: BatteryLife | dict) -> list[str]:
-    """Plain lines for the CLI (from an estimate or its `as_dict()`); every figure says it is estimated."""
-    if isinstance(b, dict) and b.get("sustainable") is False:
-        top = b["max_rate_per_s"]
-        return [f"{b['note']} (estimated: one inference takes {b['latency_ms']:.3g} ms on {b['device']})",
-                f"  highest sustainable rate (estimated): {top:.3g} inferences/s, one every "
-                f"{1.0 / top:.3g} s; pass a lower --rate (e.g. 1/min) for a lifetime"]
-    if isinstance(b, dict):
-        b = BatteryLife(**{k: v for k, v in b.items() if k != "lifetime_days"})
-    out = [
-        f"battery life (estimated): {human_duration(b.lifetime_s)} on {b.battery} at {b.rate} "
-        f"({b.rate_per_s:.3g} inferences/s)",
-        f"  average power {b.average_power_mw:.3g} mW = {b.rate_per_s:.3g}/s x {b.energy_mj:.3g} mJ + "
-        f"{b.rest_mode} {b.rest_power_mw:g} mW x {100 * (1 - b.duty):.2f}% of the time; inference is "
-        f"{100 * b.inference_share:.0f}% of it",
-    ]
-    if b.inference_share < 0.5:
-        out.append(f"  the {b.rest_mode} power dominates: a smaller model barely changes this lifetime")
-    if b.lifetime_s > 5 * SECONDS_PER_YEAR:
-        out.append("  longer than 5 years: battery self-discharge (ignored here) will end it sooner")
-    if b.fleet is not None and b.fleet_kwh_per_year is not None and b.fleet_co2_kg_per_year is not None:
-        out.append(f"  fleet of {b.fleet:,} (estimated): {b.fleet_kwh_per_year:.4g} kWh/year, "
-                   f"{b.fleet_co2_kg_per_year:.4g} kg CO2e/year at {b.grid_g_per_kwh:g} g CO2e/kWh")
-    return out
-
-
-def check_options(battery: str | None, rate: str | None, between: str | None, fleet: int | None,
-                  grid_g_per_kwh: float | None) -> None:
-    """Validate the CLI's battery options up front, so a typo fails before any model is loaded."""
-    if battery is not None:
-        parse_battery(battery)
-    if rate is not None:
-        parse_rate(rate)
-    if between not in (None, "sleep", "idle"):
-        raise EdgeslimError(f"--between '{between}': valid: idle, sleep")
-    if fleet is not None and fleet < 1:
-        raise EdgeslimError(f"--fleet {fleet}: the number of devices must be at least 1")
-    if grid_g_per_kwh is not None and grid_g_per_kwh < 0:
-        raise EdgeslimError(f"--grid-intensity {grid_g_per_kwh}: must be >= 0 g CO2e/kWh")
-
-
 def requested(battery: str | None, rate: str | None, fleet: int | None) -> bool:
     return battery is not None or rate is not None or fleet is not None
 
@@ -299,8 +250,18 @@ class LifeOptions:
     grid_intensity: float | None = None  # g CO2e/kWh
 
     def checked(self) -> LifeOptions:
-        """Self, after validating every option (one-line EdgeslimError naming the option)."""
-        check_options(self.battery, self.rate, self.between, self.fleet, self.grid_intensity)
+        """Self, after validating every option up front (one-line EdgeslimError naming the option), so a typo
+        fails before any model is loaded."""
+        if self.battery is not None:
+            parse_battery(self.battery)
+        if self.rate is not None:
+            parse_rate(self.rate)
+        if self.between not in (None, "sleep", "idle"):
+            raise EdgeslimError(f"--between '{self.between}': valid: idle, sleep")
+        if self.fleet is not None and self.fleet < 1:
+            raise EdgeslimError(f"--fleet {self.fleet}: the number of devices must be at least 1")
+        if self.grid_intensity is not None and self.grid_intensity < 0:
+            raise EdgeslimError(f"--grid-intensity {self.grid_intensity}: must be >= 0 g CO2e/kWh")
         return self
 
     def annotate_rows(self, rows: list[dict], device: str | None) -> list[dict]:

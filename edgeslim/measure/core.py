@@ -27,8 +27,7 @@ from edgeslim.devices import DEFAULT_DEVICE, Device, load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.measure.decide import InterleavedClock
 from edgeslim.measure.device_fit import FitReport, device_fit, weights_bytes
-from edgeslim.measure.fidelity import Fidelity, run_all
-from edgeslim.measure.fidelity import compare_outputs
+from edgeslim.measure.fidelity import Fidelity, compare_outputs, run_all
 from edgeslim.measure.fields import arena_fields, energy_fields, graph_counts
 from edgeslim.measure.latency import Latency, interleaved_latency, onnx_interleaved, ort_runner
 from edgeslim.measure.options import MeasureOptions, measure_options

@@ -95,8 +95,8 @@ class ModelHandler:
     def finish(self, out: Path, stages: list[dict], task: Task, recipe: Recipe, measure: Measurer, ident: dict,
                dev_name: str, report: bool, quiet: bool) -> dict:
         """Time all stages together (interleaved, one loop), compare them, write results.json and the report."""
-        from edgeslim.run.together import time_stages
         from edgeslim.report.results import write_results
+        from edgeslim.run.together import time_stages
 
         time_stages(out, stages, task, recipe.batches, measure)  # the table's latencies, all stages in one loop
         results = {"model": ident["model"], "task": task.summary(), "recipe": recipe.source, "device": dev_name,

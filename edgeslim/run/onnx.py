@@ -169,8 +169,8 @@ class FidelityStages(ModelHandler):
 
     def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
                dev_name: str, report: bool, quiet: bool) -> dict:
-        from edgeslim.run.together import time_stages
         from edgeslim.report.results import write_results
+        from edgeslim.run.together import time_stages
 
         time_stages(out, stages, task, recipe.batches if not self.fixed_batch else (1,), measure,
                     input_name=self.input_name)
