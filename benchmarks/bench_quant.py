@@ -27,7 +27,7 @@ from edgeslim.measure.core import compare_latency
 from edgeslim.onnxkit.session import onnx_accuracy
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.passes.qat import QAT, export_via_ort
-from edgeslim.quant.qat import export_qdq, prepare
+from edgeslim.quant.qat import export_qdq, prepare_qat
 from edgeslim.train import TrainConfig, train_model
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     for bits in sorted({a.qat_bits, 8}):
         for lsq in (False, True):
             cfg = QAT(weight_bits=bits, lsq=lsq)
-            qm, ref, _ = prepare(model, calib, weight_bits=bits, lsq=lsq)
+            qm, ref, _ = prepare_qat(model, calib, weight_bits=bits, lsq=lsq)
             if not lsq:
                 (work / f"ptq{bits}").mkdir(parents=True, exist_ok=True)
                 out = export_qdq(copy.deepcopy(qm), ref, task, work / f"ptq{bits}", bits)

@@ -22,7 +22,7 @@ import optuna
 from edgeslim import api
 from edgeslim.search.objectives import OBJECTIVES, objective_value
 from edgeslim.search.pareto import hypervolume, reference_point
-from edgeslim.search.study import SearchConfig, open_or_join, prepare, trial_rows, work
+from edgeslim.search.study import SearchConfig, open_or_join, prepare_study, trial_rows, work
 from edgeslim.train import TrainConfig
 
 
@@ -35,7 +35,7 @@ def run_one(model: Path, args: argparse.Namespace, seed: int, guided: bool, root
                        trials=args.trials, budget=budget.as_dict(), proxy_epochs=args.proxy_epochs, seed=seed,
                        sampler="tpe" if guided else "random", guided=guided, knobs=args.knobs.split(","))
     out = root / f"{'guided' if guided else 'random'}-{seed}"
-    ctx = prepare(cfg, out, quiet=True)
+    ctx = prepare_study(cfg, out, quiet=True)
     t0 = time.perf_counter()
     study, _ = open_or_join(ctx, f"journal://{out / 'study.journal'}", "bench")
     work(ctx, study)

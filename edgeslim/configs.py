@@ -12,7 +12,7 @@ from edgeslim.errors import EdgeslimError
 T = TypeVar("T")
 
 
-def build(cls: type[T], what: str, **fields: Any) -> T:
+def build_config(cls: type[T], what: str, **fields: Any) -> T:
     """`cls(**fields)`; a bad value raises `EdgeslimError("<what>: --<option>: <why> (got <value>)")`."""
     try:
         return cls(**fields)

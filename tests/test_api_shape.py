@@ -11,7 +11,7 @@ import pytest
 
 import edgeslim
 from edgeslim import api
-from edgeslim.configs import build
+from edgeslim.configs import build_config
 from edgeslim.errors import EdgeslimError
 
 PKG = Path(edgeslim.__file__).resolve().parent
@@ -75,13 +75,13 @@ def test_jobs_take_one_config_object():
 
 def test_a_bad_option_is_one_line_naming_it():
     with pytest.raises(EdgeslimError) as e:
-        build(api.OptimizeConfig, "optimize", model=Path("a.onnx"), out=Path("b.onnx"), prefer="fast")
+        build_config(api.OptimizeConfig, "optimize", model=Path("a.onnx"), out=Path("b.onnx"), prefer="fast")
     msg = str(e.value)
     assert msg.startswith("optimize: --prefer: ") and "'balanced', 'size' or 'speed'" in msg and "'fast'" in msg
     with pytest.raises(EdgeslimError, match=r"^search: --trials: Input should be greater than or equal to 1"):
-        build(api.SearchJob, "search", model=Path("m"), task="digits", trials=0)
+        build_config(api.SearchJob, "search", model=Path("m"), task="digits", trials=0)
     with pytest.raises(EdgeslimError, match=r"^measure: --runs: "):
-        build(api.MeasureOptions, "measure", runs=-1)
+        build_config(api.MeasureOptions, "measure", runs=-1)
 
 
 def test_search_job_resolves_the_study_identity(tmp_path):

@@ -108,7 +108,7 @@ def test_plan_keeps_a_one_channel_stem_float_with_int8_weights_on_disk() -> None
     ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
     opts = int8_plan.Int8Options(formats=("u8s8-pc",), cle=False, adaround=False, bias_correction=False,
                                  calib="minmax")
-    plan = int8_plan.build(m, feeds, ref, opts, _Clock(), profiler=_profiler)
+    plan = int8_plan.build_plan(m, feeds, ref, opts, _Clock(), profiler=_profiler)
     stem_unit = next(u for u in plan.units.quant if "stem" in plan.units.nodes([u]))
     assert plan.float_units == {stem_unit: "slower in INT8 (31 vs 6 us FP32)"}
     inits = {t.name: t for t in plan.model.graph.initializer}

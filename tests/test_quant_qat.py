@@ -20,7 +20,7 @@ from edgeslim.passes.qat import QAT
 from edgeslim.pipeline import run_recipe
 from edgeslim.prune.masks import apply_masks, magnitude_masks
 from edgeslim.quant import fakequant as fq
-from edgeslim.quant.qat import export_qdq, prepare
+from edgeslim.quant.qat import export_qdq, prepare_qat
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, train_model
 
@@ -57,7 +57,7 @@ def test_fold_bn_keeps_outputs(resnet, tiny_image_task):
 @pytest.mark.parametrize("bits,lsq", [(8, False), (4, True)])
 def test_qdq_export_matches_fake_quant_model(resnet, tiny_image_task, tmp_path, bits, lsq):
     model, spec = resnet
-    qm, ref, _ = prepare(model, tiny_image_task.calibration(64), weight_bits=bits, lsq=lsq)
+    qm, ref, _ = prepare_qat(model, tiny_image_task.calibration(64), weight_bits=bits, lsq=lsq)
     scales0 = [p.detach().clone() for n, p in qm.named_parameters() if n.endswith("scale")]
     _ctx(tmp_path, spec, epochs=1).finetune_model(qm, tiny_image_task)
     if lsq:  # learned step sizes moved

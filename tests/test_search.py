@@ -14,8 +14,8 @@ from test_search_helpers import FAST, cli, make_env
 from edgeslim.errors import EdgeslimError
 from edgeslim.search.constraints import Budget, make_budget, parse_ms, parse_size
 from edgeslim.search.pareto import front_indices, hypervolume
-from edgeslim.search.space import extreme_footprint, predict, ratio_param
-from edgeslim.search.study import SearchConfig, prepare, run_trial
+from edgeslim.search.space import extreme_footprint, predict_footprint, ratio_param
+from edgeslim.search.study import SearchConfig, prepare_study, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -30,7 +30,7 @@ def _ctx(env: tuple[Path, Path], out: Path, **budget: object):  # type: ignore[n
     b = Budget(**budget)  # type: ignore[arg-type]
     cfg = SearchConfig(model=str(model), task=str(npz), device="cortex-m4", objectives=["accuracy", "flash"],
                        trials=2, budget=b.as_dict(), proxy_epochs=1, knobs=["structured", "quantize", "finetune"])
-    return prepare(cfg, out, quiet=True)
+    return prepare_study(cfg, out, quiet=True)
 
 
 def test_units_parse_and_reject_garbage() -> None:
@@ -54,13 +54,13 @@ def test_budget_defaults_come_from_the_device() -> None:
 def test_predictions_follow_ratios_and_bits(env: tuple[Path, Path], tmp_path: Path) -> None:
     ctx = _ctx(env, tmp_path)
     base = ctx.base
-    dense = predict(base, {}, 1.0, 32, 32)
+    dense = predict_footprint(base, {}, 1.0, 32, 32)
     assert dense.params == pytest.approx(base.params, rel=1e-6)  # no compression: the baseline's counts
     assert dense.flash_bytes == pytest.approx(base.onnx_bytes, rel=1e-6)
-    q = predict(base, {}, 1.0, 8, 8)
+    q = predict_footprint(base, {}, 1.0, 8, 8)
     assert q.flash_bytes - base.overhead_bytes == pytest.approx((dense.flash_bytes - base.overhead_bytes) / 4)
     first = base.layers[0].name
-    half = predict(base, {first: 0.5}, 1.0, 32, 32)
+    half = predict_footprint(base, {first: 0.5}, 1.0, 32, 32)
     assert half.macs < dense.macs and half.params < dense.params
     best = extreme_footprint(ctx.knobs, base)
     assert best.flash_bytes < q.flash_bytes < dense.flash_bytes

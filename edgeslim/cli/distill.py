@@ -43,13 +43,13 @@ def distill(
         if not eq or not k.strip():
             raise EdgeslimError(f"--student-arg '{kv}': expected KEY=VALUE, e.g. hidden=32")
         sargs[k.strip()] = yaml.safe_load(v)
-    from edgeslim.configs import build
+    from edgeslim.configs import build_config
     from edgeslim.passes.distill import Distill
     from edgeslim.train import TrainConfig
 
     multipliers = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}  # only those given
-    train = build(TrainConfig, "distill", epochs=epochs, lr=lr, seed=seed)
-    cfg = build(Distill, "distill", **multipliers, student=sargs, temperature=temperature, alpha=alpha,
+    train = build_config(TrainConfig, "distill", epochs=epochs, lr=lr, seed=seed)
+    cfg = build_config(Distill, "distill", **multipliers, student=sargs, temperature=temperature, alpha=alpha,
                 teachers=[str(p) for p in extra_teacher], transfer=transfer, transfer_ratio=transfer_ratio,
                 train=train)
     m = api.distill(teacher, task, out, cfg, quiet=as_json, accelerator=accelerator)

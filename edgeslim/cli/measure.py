@@ -46,10 +46,10 @@ def measure(
 ) -> None:
     """Measure size, parameters, MACs, latency, arena, flash, fit, energy (accuracy with --task, fidelity with
     --reference) side by side; with a battery (option or the device profile's), the estimated battery life."""
-    from edgeslim.configs import build
+    from edgeslim.configs import build_config
     from edgeslim.measure.options import MeasureOptions
 
-    opts = build(MeasureOptions, "measure", threads=threads, runs=runs, device=device, batch=batch, shapes=shape,
+    opts = build_config(MeasureOptions, "measure", threads=threads, runs=runs, device=device, batch=batch, shapes=shape,
                  reference=reference, torch_eager=not quick, rss=not quick)
     res = api.measure(models, opts, task=task, inputs=inputs,
                       life=LifeOptions(battery, rate, between, fleet, grid_intensity))

@@ -57,12 +57,12 @@ def optimize(
     if not as_json:  # a long job: say what comes before it starts (and flush: logs and pipes see it now)
         console.print(f"optimize {model}: {'inputs from ' + str(inputs) if inputs else 'synthetic inputs'}; "
                       f"building candidates, then {bench_seconds:g} s of interleaved timing", highlight=False)
-    from edgeslim.configs import build
+    from edgeslim.configs import build_config
     from edgeslim.measure.fidelity import Tolerance
     from edgeslim.onnxopt.run import OptimizeConfig
 
     given = any(v is not None for v in (min_cosine, max_abs, min_top1))  # else the default tolerance
-    cfg = build(OptimizeConfig, "optimize", model=model, out=out, calib=inputs, shapes=shape, samples=samples,
+    cfg = build_config(OptimizeConfig, "optimize", model=model, out=out, calib=inputs, shapes=shape, samples=samples,
                 tol=Tolerance(min_cosine, max_abs, min_top1, max_prob_abs=None, min_agreement=None) if given
                 else Tolerance(), tol_given=given,
                 candidates=tuple(c.strip() for c in candidates.split(",") if c.strip()), exclude_ops=set(exclude_op),

@@ -52,10 +52,10 @@ def search(
     def log(msg: str, warn: bool) -> None:
         console.print(f"[yellow]{msg}[/]" if warn else msg)
 
-    from edgeslim.configs import build
+    from edgeslim.configs import build_config
     from edgeslim.search.job import SearchJob
 
-    job = build(SearchJob, "search", model=model, task=task, out=out, device=device, trials=trials,
+    job = build_config(SearchJob, "search", model=model, task=task, out=out, device=device, trials=trials,
                 objectives=[o.strip() for o in objectives.split(",") if o.strip()], max_flash=max_flash,
                 max_ram=max_ram, max_latency=max_latency, max_energy=max_energy, max_accuracy_drop=max_accuracy_drop,
                 proxy_epochs=proxy_epochs, proxy_slack=proxy_slack, top=top,

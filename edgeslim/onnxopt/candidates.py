@@ -55,7 +55,7 @@ ABOUT = {
 
 
 @dataclass
-class Candidate:
+class GraphCandidate:
     name: str
     path: Path | None = None
     size: int = 0  # bytes on disk
@@ -77,7 +77,7 @@ class Candidate:
 
 
 @dataclass
-class Context:
+class CandidateContext:
     """What every candidate builder needs."""
 
     repaired: onnx.ModelProto     # constants lifted, source opset (what FP32/FP16 candidates start from)
@@ -92,14 +92,14 @@ class Context:
     weight_min_elements: int
     workdir: Path
     excluded_by_sqnr: list[str] = field(default_factory=list)
-    w8_fp16_below_db: float = 0.0  # set by `evaluate` while it searches the w8 fallback threshold
+    w8_fp16_below_db: float = 0.0  # set by `evaluate_candidate` while it searches the w8 fallback threshold
     w8_db: float = 0.0             # the threshold w8 ended with (reused by int8-qdq+w8)
     base_fp: onnx.ModelProto | None = None  # ORT-optimised at the source opset (None: same as base)
     int8: int8_plan.Int8Options = field(default_factory=int8_plan.Int8Options)
     plan: int8_plan.Int8Plan | None = None
     clock: int8_plan.Clock | None = None    # injected by tests; None: the measurement core's clock on feeds[0]
     # held-out feeds (never calibrated on) and the original's outputs on them: every candidate's fidelity and
-    # the tolerance gate use these; empty: `feeds` / `ref` (tests that build a Context by hand)
+    # the tolerance gate use these; empty: `feeds` / `ref` (tests that build a CandidateContext by hand)
     check_feeds: list[Feed] = field(default_factory=list)
     check_ref: list = field(default_factory=list)
 
@@ -123,14 +123,14 @@ def _first_line(e: BaseException) -> str:
     return (s.splitlines()[0] if s else type(e).__name__)[:160]
 
 
-def _weights_of_excluded(m: onnx.ModelProto, ctx: Context) -> set[str]:
+def _weights_of_excluded(m: onnx.ModelProto, ctx: CandidateContext) -> set[str]:
     inits = {t.name for t in m.graph.initializer}
     return {i for n in graphs(m.graph) for node in n.node
             if node.op_type in ctx.exclude_ops or node.name in ctx.exclude_nodes
             for i in node.input if i in inits}
 
 
-def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
+def build_candidate(name: str, ctx: CandidateContext) -> tuple[onnx.ModelProto | None, list[str]]:
     """(model, notes) for candidate `name`; (None, [reason]) when it does not apply."""
     notes: list[str] = []
     if name == "fp32-opt":
@@ -153,7 +153,7 @@ def build(name: str, ctx: Context) -> tuple[onnx.ModelProto | None, list[str]]:
         return m, [f"{n} tensors fp16"]
     if name == "int8-qdq":
         clock = ctx.clock or Measurer(ctx.int8.threads).clock(ctx.feeds[0])
-        plan = int8_plan.build(ctx.base, ctx.feeds, ctx.ref, ctx.int8, clock)
+        plan = int8_plan.build_plan(ctx.base, ctx.feeds, ctx.ref, ctx.int8, clock)
         if ctx.sqnr_db > 0:
             plan = _sqnr_floor(plan, ctx)
         ctx.plan = plan
@@ -208,7 +208,7 @@ def _why_counts(float_units: dict[str, str]) -> str:
     return ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds))
 
 
-def _sqnr_floor(plan: int8_plan.Int8Plan, ctx: Context) -> int8_plan.Int8Plan:
+def _sqnr_floor(plan: int8_plan.Int8Plan, ctx: CandidateContext) -> int8_plan.Int8Plan:
     """`--sqnr-db`: also keep float (original weights) every INT8 layer whose output SQNR is under it."""
     s = fallback.layer_sqnr(plan.float_model, plan.model, ctx.feeds[:8])
     low = {n for n, db in s.items() if db < ctx.sqnr_db}
@@ -249,7 +249,7 @@ def fp16_native() -> str | None:
 W8_FP16_STEPS_DB = (0.0, 36.0, 40.0, 44.0)
 
 
-def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
+def evaluate_candidate(name: str, ctx: CandidateContext, threads: int) -> GraphCandidate:
     """Build, save, load in ORT and compare outputs; never raises (a failure is the candidate's status)."""
     if name != "w8":
         return _evaluate(name, ctx, threads)
@@ -266,10 +266,10 @@ def evaluate(name: str, ctx: Context, threads: int) -> Candidate:
     return c
 
 
-def _evaluate(name: str, ctx: Context, threads: int) -> Candidate:
-    c = Candidate(name, ablation=name in ABLATION)
+def _evaluate(name: str, ctx: CandidateContext, threads: int) -> GraphCandidate:
+    c = GraphCandidate(name, ablation=name in ABLATION)
     try:
-        m, c.notes = build(name, ctx)
+        m, c.notes = build_candidate(name, ctx)
     except Exception as e:  # the tooling can fail on odd graphs: that candidate is out, the others go on
         c.status = f"failed: {_first_line(e)}"
         if os.environ.get("EDGESLIM_DEBUG"):

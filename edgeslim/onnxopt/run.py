@@ -204,8 +204,8 @@ def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str
     return loaded, plain, base, _optimised(plain, [], cfg.rewrites)
 
 
-def _choose(built: list[cands.Candidate], times: dict[str, list[float]], orig_size: int,
-            cfg: OptimizeConfig) -> tuple[cands.Candidate | None, str]:
+def _choose(built: list[cands.GraphCandidate], times: dict[str, list[float]], orig_size: int,
+            cfg: OptimizeConfig) -> tuple[cands.GraphCandidate | None, str]:
     """Apply the rule (module docstring). None means: write the original unchanged."""
     usable = [c for c in built if c.usable and not c.ablation]
     opts = [Option(c.name, c.size, True, times[c.name], kernels=kernel_signature(c.file),
@@ -286,11 +286,11 @@ def optimize(cfg: OptimizeConfig) -> dict:
         wd = Path(td)
         loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, out_names, cfg, wd)
         dev_clock = _device_clock(cfg, feeds[0])  # speed decisions for another device: its cost model
-        ctx = cands.Context(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
+        ctx = cands.CandidateContext(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp,
                             int8=_int8_options(cfg), clock=dev_clock, check_feeds=held, check_ref=held_ref)
         names = list(cfg.candidates) + [a for a in cands.ABLATION if cfg.ablation and a not in cfg.candidates]
-        built = [cands.evaluate(n, ctx, cfg.threads) for n in names]
+        built = [cands.evaluate_candidate(n, ctx, cfg.threads) for n in names]
         # a fresh session for the original too, so that every model is timed from the same memory state
         timed = [c for c in built if c.usable or (c.ablation and c.fid is not None)]
         sessions = {"original": session(src, threads=cfg.threads),

@@ -99,7 +99,7 @@ class GraphModule(nn.Module):
             if self._bias_into_layer(n, ins, dyn, consumers):
                 continue
             try:
-                mod = build(n, ins, ctx, consts)
+                mod = build_module(n, ins, ctx, consts)
             except EdgeslimError:
                 raise
             except Exception as e:  # an attribute or weight shape the builder cannot take
@@ -242,7 +242,7 @@ class ConvertedModule(nn.Module):
         return list({id(m): m for m in found}.values())
 
 
-def build(n: onnx.NodeProto, ins: list[torch.Tensor | None], ctx: Ctx, consts: dict[str, torch.Tensor]) -> nn.Module:
+def build_module(n: onnx.NodeProto, ins: list[torch.Tensor | None], ctx: Ctx, consts: dict[str, torch.Tensor]) -> nn.Module:
     """The module for node `n` (`ins`: constant value per input, None where computed at run time or absent)."""
     if n.op_type in layers.BUILDERS:
         return layers.BUILDERS[n.op_type](n, ins, ctx)

@@ -32,7 +32,7 @@ from edgeslim.onnxkit.session import run_batched, session
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.passes.quantize_int8 import QuantizeInt8, quantize_int8
 from edgeslim.quant import fakequant as fq
-from edgeslim.quant.qat import QATOutput, export_qdq, prepare
+from edgeslim.quant.qat import QATOutput, export_qdq, prepare_qat
 from edgeslim.quant.recurrent import recurrent_wrappers
 from edgeslim.train import TrainConfig, evaluate
 
@@ -96,7 +96,7 @@ def qat(model: nn.Module | None, task: Task, cfg: QAT, ctx: RunContext) -> PassR
                             "put qat before ONNX passes such as quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     check_calibration_shape(calib, ctx.spec, "qat")
-    qm, ref, pairs = prepare(model, calib, weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
+    qm, ref, pairs = prepare_qat(model, calib, weight_bits=cfg.weight_bits, activation_bits=cfg.activation_bits,
                              per_channel=cfg.per_channel, lsq=cfg.lsq, fold_bn=cfg.fold_bn)
     before = fake_quant_accuracy(qm, task)
     float_acc = fake_quant_accuracy(ref, task)

@@ -229,7 +229,7 @@ def per_layer_int8(
     name_nodes(model)
     fp = session(pre)
     ref = [fp.run(None, f) for f in feeds]
-    plan = int8_plan.build(model, feeds, ref, opts, clock)
+    plan = int8_plan.build_plan(model, feeds, ref, opts, clock)
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)

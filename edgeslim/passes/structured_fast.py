@@ -89,7 +89,7 @@ def _ladder(model: nn.Module, task: Task, cfg: StructuredFast) -> list[list[str]
     return out
 
 
-def build(model: nn.Module, task: Task, blocks: list[str], ratio: float | dict, fast: dict, cfg: StructuredFast,
+def build_pruned(model: nn.Module, task: Task, blocks: list[str], ratio: float | dict, fast: dict, cfg: StructuredFast,
           seed: int) -> nn.Module:
     """A pruned copy of `model`: `blocks` replaced by identity, every conv cut to its fast count at `ratio`
     (Torch-Pruning, residual groups together), not fine-tuned."""
@@ -166,7 +166,7 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
     for blocks in _ladder(model, task, cfg):
         for combo in itertools.product(sorted(set(cfg.ratios)), repeat=len(classes)):
             r = dict(zip(classes, combo))
-            m = build(model, task, blocks, r, fast, cfg, ctx.seed)
+            m = build_pruned(model, task, blocks, r, fast, cfg, ctx.seed)
             sig = (tuple(blocks), tuple(sorted(channel_counts(m).items())))
             if sig in seen:
                 continue

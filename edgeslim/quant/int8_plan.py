@@ -170,7 +170,7 @@ def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1) 
     return evaluate
 
 
-def prepare(model: onnx.ModelProto, opts: Int8Options, notes: list[str]) -> onnx.ModelProto:
+def prepare_float(model: onnx.ModelProto, opts: Int8Options, notes: list[str]) -> onnx.ModelProto:
     """The float model to quantize: folded and fused as `opts` says (outputs unchanged up to rounding)."""
     fm = onnx.ModelProto()
     fm.CopyFrom(model)
@@ -215,7 +215,7 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
 
 @dataclass
 class _Run:
-    """What every step of one `build` shares."""
+    """What every step of one `build_plan` shares."""
 
     feeds: list[Feed]
     opts: Int8Options
@@ -236,7 +236,7 @@ class _Run:
         return kept
 
 
-def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
+def build_plan(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
           clock: Clock, profiler: Profiler | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
     the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
@@ -248,7 +248,7 @@ def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]]
         def profiler(models: dict[str, bytes]) -> dict[str, dict[str, float]]:
             return clock.profile(models, runs=opts.profile_runs)
     with _timed(run.spent, "prepare"):
-        fm = prepare(model, opts, run.notes)
+        fm = prepare_float(model, opts, run.notes)
     with _timed(run.spent, "calibration"):
         ranges, calib_counts, method, cos = _ranges(fm, feeds, opts, run.evaluate, run.notes, run.steps)
     fm, qm, ranges, cos = _weight_steps(run, fm, ranges, method, cos)

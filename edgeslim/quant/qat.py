@@ -28,7 +28,7 @@ class QATOutput:
     notes: dict
 
 
-def prepare(model: nn.Module, calib: np.ndarray, *, weight_bits: int = 8, activation_bits: int = 8,
+def prepare_qat(model: nn.Module, calib: np.ndarray, *, weight_bits: int = 8, activation_bits: int = 8,
             per_channel: bool = True, lsq: bool = False, fold_bn: bool = True) -> tuple[nn.Module, nn.Module, list]:
     """(fake-quant model ready to train, BN-folded float reference, folded conv/bn pairs). Weights are
     symmetric `weight_bits` integers (per channel or per tensor), inputs uint8 (`activation_bits`), with

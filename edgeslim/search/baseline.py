@@ -18,12 +18,12 @@ from edgeslim.deploy.export import export_onnx
 from edgeslim.models.probe import probe
 from edgeslim.prune.sensitivity import sensitivity_curves
 from edgeslim.search.objectives import arena_bytes, measure_candidate
-from edgeslim.search.space import Baseline, Layer
+from edgeslim.search.space import Baseline, BaselineLayer
 
 LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Layer], int]:
+def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[BaselineLayer], int]:
     """Conv/Linear layers in execution order with params, MACs and activation sizes for one sample;
     and the count of parameters outside them (norms)."""
     names = {m: n for n, m in model.named_modules()}
@@ -46,7 +46,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[La
         if r["name"] in seen:  # a layer called twice (weight sharing) counts once
             continue
         seen.add(r["name"])
-        layers.append(Layer(last=(i == len(rows) - 1), **r))
+        layers.append(BaselineLayer(last=(i == len(rows) - 1), **r))
     covered = sum(x.params for x in layers)
     return layers, sum(p.numel() for p in model.parameters()) - covered
 

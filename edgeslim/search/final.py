@@ -19,17 +19,17 @@ from edgeslim.search.constraints import measured_violations
 from edgeslim.search.objectives import OBJECTIVES, mac_layers, measure_candidate, objective_value
 from edgeslim.search.pareto import front_indices, hypervolume, reference_point
 from edgeslim.search.study import (
-    Context,
+    StudyContext,
     SearchConfig,
     open_or_join,
-    prepare,
+    prepare_study,
     trial_rows,
     wait_for_others,
     work,
 )
 
 
-def proxy_front(ctx: Context, rows: list[dict]) -> list[dict]:
+def proxy_front(ctx: StudyContext, rows: list[dict]) -> list[dict]:
     """Feasible trials on the proxy Pareto front, best accuracy first."""
     feas = [r for r in rows if r["feasible"]]
     if not feas:
@@ -93,7 +93,7 @@ def pick_best(finals: list[dict], objectives: list[str]) -> dict[str, dict]:
     return best
 
 
-def finalize(ctx: Context, study: optuna.Study, top: int) -> dict:
+def finalize(ctx: StudyContext, study: optuna.Study, top: int) -> dict:
     """Run the front fully, choose, write search.json + best_<objective>.yaml + the reports."""
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
@@ -161,7 +161,7 @@ def run_search(cfg: SearchConfig, out: Path, *, storage: str | None = None, stud
     """Open (or join) the study, run trial slots until none is left, then, unless a `worker`, wait up to
     `wait` s for the other workers and `finalize`. `log(message, is_warning)` gets the progress lines.
     Returns the summary (a worker: {"ran": trials it ran})."""
-    ctx = prepare(cfg, out)
+    ctx = prepare_study(cfg, out)
     url = storage or f"journal://{out / 'study.journal'}"
     study, created = open_or_join(ctx, url, study_name)
     log(f"{'created' if created else 'joined'} study '{study_name}' in {url}: {cfg.trials} trials, "

@@ -26,7 +26,7 @@ ORDER = {"distill": 0, "structured": 10, "lowrank": 20, "unstructured": 30, "qua
 
 
 @dataclass(frozen=True)
-class Layer:
+class BaselineLayer:
     """One Conv/Linear layer of the baseline (counts for one sample)."""
 
     name: str
@@ -41,7 +41,7 @@ class Layer:
 class Baseline:
     """What the search knows about the baseline model without training anything."""
 
-    layers: tuple[Layer, ...]
+    layers: tuple[BaselineLayer, ...]
     params: int
     macs: int
     onnx_bytes: int  # measured size of the exported FP32 ONNX file
@@ -193,14 +193,14 @@ def active_knobs(names: list[str] | None = None) -> list[Knob]:
 
 
 @dataclass
-class Candidate:
+class RecipeCandidate:
     steps: list[tuple[str, dict]]
     finetune_epochs: int
     footprint: Footprint
     keep_out: dict[str, float]
 
 
-def sample_candidate(trial: optuna.trial.BaseTrial, knobs: list[Knob], base: Baseline) -> Candidate:
+def sample_candidate(trial: optuna.trial.BaseTrial, knobs: list[Knob], base: Baseline) -> RecipeCandidate:
     parts = [k.sample(trial, base) for k in knobs]
     steps = sorted((s for p in parts for s in p.steps), key=lambda s: s[0])
     keep: dict[str, float] = {}
@@ -210,11 +210,11 @@ def sample_candidate(trial: optuna.trial.BaseTrial, knobs: list[Knob], base: Bas
     wbits = next((p.weight_bits for p in parts if p.weight_bits is not None), 32.0)
     abits = next((p.act_bits for p in parts if p.act_bits is not None), 32.0)
     epochs = next((p.finetune_epochs for p in parts if p.finetune_epochs is not None), 4)
-    fp = predict(base, keep, lr_keep, wbits, abits)
-    return Candidate([(n, c) for _, n, c in steps], epochs, fp, keep)
+    fp = predict_footprint(base, keep, lr_keep, wbits, abits)
+    return RecipeCandidate([(n, c) for _, n, c in steps], epochs, fp, keep)
 
 
-def predict(base: Baseline, keep_out: dict[str, float], lowrank_keep: float, wbits: float,
+def predict_footprint(base: Baseline, keep_out: dict[str, float], lowrank_keep: float, wbits: float,
             abits: float) -> Footprint:
     """Predicted footprint from the baseline's layer table (estimates, see the module docstring)."""
     params = macs = peak = 0.0

@@ -34,7 +34,7 @@ from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_
 from edgeslim.search.space import (
     MAX_RATIO,
     Baseline,
-    Candidate,
+    RecipeCandidate,
     Knob,
     active_knobs,
     extreme_footprint,
@@ -69,7 +69,7 @@ class SearchConfig:
 
 
 @dataclass
-class Context:
+class StudyContext:
     cfg: SearchConfig
     out: Path
     task: Task
@@ -86,7 +86,7 @@ def load_device_profile(name: str) -> Any:  # -> edgeslim.devices.Device
     return load_device(name)
 
 
-def prepare(cfg: SearchConfig, out: Path, quiet: bool = False) -> Context:
+def prepare_study(cfg: SearchConfig, out: Path, quiet: bool = False) -> StudyContext:
     """Everything a worker needs before it claims a trial; validates the request up front."""
     for o in cfg.objectives:
         if o not in OBJECTIVES:
@@ -110,10 +110,10 @@ def prepare(cfg: SearchConfig, out: Path, quiet: bool = False) -> Context:
     best_lat = 1e3 * best.macs / device.macs_per_second("int8" if best.act_bits <= 8 else "fp32")
     how = "knobs " + ", ".join(k.name for k in knobs) + f" at their limits, device {device.name}"
     check_reachable(best, best_lat, budget, how)
-    return Context(cfg, out, task, device, base, bval, btest, budget, knobs, quiet)
+    return StudyContext(cfg, out, task, device, base, bval, btest, budget, knobs, quiet)
 
 
-def guided_seeds(ctx: Context, n: int) -> list[dict]:
+def guided_seeds(ctx: StudyContext, n: int) -> list[dict]:
     """Starting points from per-layer sensitivity: for growing accuracy tolerances, each layer gets the
     largest tested channel ratio whose drop (no fine-tuning) stays within the tolerance, so robust layers
     are pruned hard and sensitive ones spared; INT8 weights; ratios raised until the predicted
@@ -137,7 +137,7 @@ def guided_seeds(ctx: Context, n: int) -> list[dict]:
     return seeds
 
 
-def _only_known(p: dict, ctx: Context) -> dict:
+def _only_known(p: dict, ctx: StudyContext) -> dict:
     names = {ratio_param(n) for n in prunable_layers(ctx.base)} | {
         "weights", "sparsity", "distill", "lowrank_keep", "finetune_epochs"}
     active = {k.name for k in ctx.knobs}
@@ -151,7 +151,7 @@ def _only_known(p: dict, ctx: Context) -> dict:
     return {k: v for k, v in p.items() if k in names and k not in drop}
 
 
-def predicted_latency(ctx: Context, cand: Candidate) -> float:
+def predicted_latency(ctx: StudyContext, cand: RecipeCandidate) -> float:
     prec = "int8" if cand.footprint.act_bits <= 8 else "fp32"  # what the kernels compute in
     return 1e3 * cand.footprint.macs / ctx.device.macs_per_second(prec)
 
@@ -166,7 +166,7 @@ def make_sampler(cfg: SearchConfig, offset: int = 0) -> optuna.samplers.BaseSamp
                                       n_startup_trials=max(4, cfg.trials // 4))
 
 
-def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
+def run_trial(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial) -> None:
     """Sample, reject cheaply if infeasible, else proxy-train, measure, and tell the study."""
     from edgeslim.pipeline import run_recipe
     from edgeslim.recipe import parse_recipe
@@ -214,7 +214,7 @@ def run_trial(ctx: Context, study: optuna.Study, trial: optuna.Trial) -> None:
          + f"  ({ok}, {m['seconds']:.0f} s)")
 
 
-def work(ctx: Context, study: optuna.Study, max_trials: int | None = None) -> int:
+def work(ctx: StudyContext, study: optuna.Study, max_trials: int | None = None) -> int:
     """Claim and run slots until none is left (or `max_trials` ran). Returns how many this process ran."""
     done = 0
     while max_trials is None or done < max_trials:
@@ -236,7 +236,7 @@ def work(ctx: Context, study: optuna.Study, max_trials: int | None = None) -> in
     return done
 
 
-def wait_for_others(ctx: Context, study: optuna.Study, timeout_s: float) -> bool:
+def wait_for_others(ctx: StudyContext, study: optuna.Study, timeout_s: float) -> bool:
     deadline = time.time() + timeout_s
     while True:
         workers.recover_stale(study)
@@ -251,7 +251,7 @@ def wait_for_others(ctx: Context, study: optuna.Study, timeout_s: float) -> bool
         time.sleep(1.0)
 
 
-def open_or_join(ctx: Context, storage_url: str, study_name: str) -> tuple[optuna.Study, bool]:
+def open_or_join(ctx: StudyContext, storage_url: str, study_name: str) -> tuple[optuna.Study, bool]:
     cfg = ctx.cfg
     storage = workers.make_storage(storage_url)
     directions = [OBJECTIVES[o].direction for o in cfg.objectives]
@@ -262,7 +262,7 @@ def open_or_join(ctx: Context, storage_url: str, study_name: str) -> tuple[optun
     return study, created
 
 
-def _log(ctx: Context, msg: str) -> None:
+def _log(ctx: StudyContext, msg: str) -> None:
     if not ctx.quiet:
         print(msg, flush=True)
 
