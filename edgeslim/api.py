@@ -146,9 +146,9 @@ def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: 
             return run_inputs_recipe(r, model_dir, Path(inputs), out, seed=seed, quiet=quiet, force=force,
                                      trust_pickle=trust_pickle, device=device, model_class=model_class)
         if kind == "text":
-            from edgeslim.nlp import require
+            from edgeslim.nlp import require_transformers
 
-            require()
+            require_transformers()
             from edgeslim.nlp.text import load_text_task
             from edgeslim.text_pipeline import run_text_recipe
 
@@ -340,15 +340,15 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
     return result
 
 
-def compile(model: Path, out: Path, level: str = "extended", *, inputs: Path | None = None,
+def compile_model(model: Path, out: Path, level: str = "extended", *, inputs: Path | None = None,
             shapes: Sequence[str] = (), device: str | None = None) -> dict:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation at `level`
     (`all` is specific to this CPU); writes `out`, returns node counts, fusions and the parity check of every
     output on the model's inputs (`inputs` .npz or synthetic, `shapes`). With `device`: the compiled model's
     fit and energy there (`fit`)."""
-    from edgeslim.deploy.compile import compile_model
+    from edgeslim.deploy.compile import compile_onnx
 
-    res = compile_model(Path(model), Path(out), level, inputs=inputs, shapes=shapes, device=device)
+    res = compile_onnx(Path(model), Path(out), level, inputs=inputs, shapes=shapes, device=device)
     if device is not None:
         res["fit"] = check_fit(Path(out), device, inputs=inputs, shapes=shapes)
     return res
@@ -528,7 +528,7 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
     return [load_device(n) for n in builtin_devices()]
 
 
-__all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
+__all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile_model", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
            "list_tasks", "list_devices", "list_recipes", "train_model", "TrainConfig",
            "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "load_model", "save_model", "write_json", "RECIPES"]

@@ -48,7 +48,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def require(need: int, what: str, hint: str) -> None:
+def require_memory(need: int, what: str, hint: str) -> None:
     """Refuse `what` in one line when it needs more than LIMIT x the available memory."""
     avail = available_bytes()
     if avail is None or need <= LIMIT * avail:
@@ -81,7 +81,7 @@ def check_training(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
     weights = sum(4 * p.numel() for p in model.parameters())
     total, largest = activation_bytes(model, input_shape)
     need = 4 * weights + max(3 * batch_size * total, 2 * EVAL_BATCH * largest)
-    require(need, f"{desc} (batch size {batch_size})", hint)
+    require_memory(need, f"{desc} (batch size {batch_size})", hint)
     return need
 
 
@@ -104,10 +104,10 @@ def npz_bytes(path: Path) -> int:
 
 
 def check_npz(path: Path, what: str, hint: str) -> None:
-    require(npz_bytes(path), f"{what} {path}", hint)
+    require_memory(npz_bytes(path), f"{what} {path}", hint)
 
 
-def check_calibration(per_sample: Callable[[], int], samples: int, what: str, hint: str) -> None:
+def check_calibration_memory(per_sample: Callable[[], int], samples: int, what: str, hint: str) -> None:
     """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring).
     `per_sample` gives one sample's summed activations in bytes (the arena planner's naive sum, which
     lives above this layer); a graph it cannot size gets no check."""
@@ -115,7 +115,7 @@ def check_calibration(per_sample: Callable[[], int], samples: int, what: str, hi
         one = int(per_sample())
     except Exception:  # a graph the planner cannot size: no estimate
         return
-    require(samples * one, f"calibrating {what} on {samples} samples", hint)
+    require_memory(samples * one, f"calibrating {what} on {samples} samples", hint)
 
 
 def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: tuple[int, ...], n_train: int) -> None:
@@ -130,10 +130,10 @@ def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: t
         batch = int(getattr(ft, "batch_size", 0) or 0)
         if ("finetune" in fields or "train" in fields) and batch and getattr(ft, "epochs", 0):  # passes that train
             need = 4 * weights + max(3 * batch * total, 2 * EVAL_BATCH * largest)
-            require(need, f"{s.name} (recipe line {s.line}) fine-tuning with batch size {batch}",
+            require_memory(need, f"{s.name} (recipe line {s.line}) fine-tuning with batch size {batch}",
                     "lower batch_size in its finetune block")
         n = getattr(s.config, "calibration_samples", None)
         if n:
             n = min(int(n), n_train)
-            require(n * total, f"{s.name} (recipe line {s.line}) calibrating on {n} samples",
+            require_memory(n * total, f"{s.name} (recipe line {s.line}) calibrating on {n} samples",
                     "lower calibration_samples")

@@ -91,7 +91,7 @@ def run(out: Path, tiny: bool = False) -> dict:
     # graph optimisation of the deployed (INT8) model: the fusions, and what they are worth here
     last = out / "run" / res["stages"][-1]["onnx"]
     opt = out / "deploy" / "model.opt.onnx"
-    comp = api.compile(last, opt, "extended")
+    comp = api.compile_model(last, opt, "extended")
     sample = np.load(task)["x_test"][:1] if task.endswith(".npz") else None
     if sample is None:
         from edgeslim.data import load_task

@@ -96,15 +96,15 @@ def test_compile_for_another_device_writes_no_host_kernels(tmp_path):
     import onnx
     from test_deploy_optimize import conv_bn_relu
 
-    from edgeslim.deploy.compile import compile_model, host_specific_ops
+    from edgeslim.deploy.compile import compile_onnx, host_specific_ops
     from edgeslim.onnxkit.graph import op_counts
 
     _, m = conv_bn_relu()
     src = tmp_path / "m.onnx"
     onnx.save(m, str(src))
-    here = compile_model(src, tmp_path / "host.onnx", "all")
+    here = compile_onnx(src, tmp_path / "host.onnx", "all")
     assert host_specific_ops({}, here["ops_after"]) and "is for this CPU" in here["for_this_cpu"]  # NCHWc here
-    m4 = compile_model(src, tmp_path / "m4.onnx", "all", device="cortex-m4")
+    m4 = compile_onnx(src, tmp_path / "m4.onnx", "all", device="cortex-m4")
     ops = op_counts(onnx.load(str(tmp_path / "m4.onnx")), qualified=True)
     assert host_specific_ops({}, ops) == [] and "for_this_cpu" not in m4 and m4["level"] == "basic"
     assert "does not run: wrote level 'basic' instead" in m4["device_note"] and "cortex-m4" in m4["device_note"]

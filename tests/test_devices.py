@@ -99,7 +99,7 @@ def test_fit_routes_tflite_to_litert(tmp_path, monkeypatch):
     monkeypatch.setattr(litert_fit, "tflite_footprint",
                         lambda p: {"model_bytes": 100_000, "tflm_arena_bytes": 700_000,
                                    "arena_method": "recorded:tflite-micro"})
-    monkeypatch.setattr("edgeslim.litert.available", lambda *parts: True)
+    monkeypatch.setattr("edgeslim.litert.litert_available", lambda *parts: True)
     f = tmp_path / "m.tflite"
     f.write_bytes(b"\0" * 100_000)
     r = check_fit(f, "cortex-m4")

@@ -96,11 +96,11 @@ def test_failed_run_keeps_run_json_device(tmp_path, monkeypatch, tiny_image_task
 @pytest.fixture(scope="module")
 def int8_tflite(tiny_image_task, tmp_path_factory):
     from edgeslim import api, models
-    from edgeslim.litert import available
+    from edgeslim.litert import litert_available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.train import TrainConfig
 
-    if not available():
+    if not litert_available():
         pytest.skip("LiteRT extra not installed")
     d = tmp_path_factory.mktemp("tfl")
     api.train("lenet5", tiny_image_task, d / "m", TrainConfig(epochs=6), quiet=True)

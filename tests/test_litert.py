@@ -15,12 +15,12 @@ import yaml
 
 from edgeslim import api, models
 from edgeslim.errors import EdgeslimError
-from edgeslim.litert import INSTALL_HINT, available
+from edgeslim.litert import INSTALL_HINT, litert_available
 from edgeslim.litert.carray import read_c_array, resolver_call, write_c_array
 from edgeslim.litert.micro import parse_allocations
 from edgeslim.train import TrainConfig, evaluate
 
-needs_litert = pytest.mark.skipif(not available(), reason=INSTALL_HINT)
+needs_litert = pytest.mark.skipif(not litert_available(), reason=INSTALL_HINT)
 
 
 # --- no extra needed -------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def test_missing_extra_is_one_line_with_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tflite_micro" else real(n, *a))
     with pytest.raises(EdgeslimError) as e:
-        litert.require("micro")
+        litert.require_litert("micro")
     msg = str(e.value)
     assert "pip install 'edgeslim[litert]'" in msg and "tflite_micro" in msg and "\n" not in msg
 
@@ -88,7 +88,7 @@ def trained(tmp_path_factory, tiny_image_task) -> Path:
 def converted(trained, tiny_image_task, tmp_path_factory):
     from edgeslim.litert.convert import to_tflite
 
-    if not available():
+    if not litert_available():
         pytest.skip(INSTALL_HINT)
     net, _ = models.load_model(trained)
     d = tmp_path_factory.mktemp("tfl")

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslim.litert import INSTALL_HINT, available
+from edgeslim.litert import INSTALL_HINT, litert_available
 
-pytestmark = pytest.mark.skipif(not available(), reason=INSTALL_HINT)
+pytestmark = pytest.mark.skipif(not litert_available(), reason=INSTALL_HINT)
 
 
 def _int8(module: nn.Module, shape: tuple[int, ...], path: Path) -> bytes:

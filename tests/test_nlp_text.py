@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.nlp import INSTALL_HINT, require
+from edgeslim.nlp import INSTALL_HINT, require_transformers
 from edgeslim.nlp.fidelity import fidelity, mean_cosine, nearest_neighbours, nn_agreement, paraphrase_recall
 from edgeslim.nlp.text import load_text_task, read_sentences, sentences, transfer_sentences
 
@@ -103,7 +103,7 @@ def test_require_without_extra_says_how_to_install(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(EdgeslimError) as e:
-        require()
+        require_transformers()
     assert INSTALL_HINT in str(e.value) and "\n" not in str(e.value)
 
 

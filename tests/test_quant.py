@@ -15,7 +15,7 @@ from conftest import trained
 from edgeslim import models
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
-from edgeslim.onnxkit.quant import check_calibration, parse_format
+from edgeslim.onnxkit.quant import check_calibration_input, parse_format
 from edgeslim.onnxkit.session import onnx_accuracy, run_batched, session
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.pipeline import run_recipe
@@ -78,7 +78,7 @@ def test_ptq_fixed_format_and_calibration_methods(trained_resnet, tiny_image_tas
 def test_calibration_with_wrong_shape_fails_clearly(trained_resnet, tiny_seq_task, tmp_path):
     _, spec, fp32 = trained_resnet
     with pytest.raises(EdgeslimError, match=r"calibration data has sample shape \(1, 16\) but fp32.onnx"):
-        check_calibration(fp32, np.zeros((4, 1, 16), np.float32))
+        check_calibration_input(fp32, np.zeros((4, 1, 16), np.float32))
     with pytest.raises(EdgeslimError, match="sample shape"):
         PASSES["quantize_int8"].fn(None, tiny_seq_task, PASSES["quantize_int8"].config(),
                                    _ctx(tmp_path, spec, fp32))

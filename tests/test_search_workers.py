@@ -92,7 +92,7 @@ def _pg_ready() -> bool:
         import psycopg2  # noqa: F401
     except ImportError:
         return False
-    return pgcluster.available()
+    return pgcluster.cluster_available()
 
 
 @pytest.mark.skipif(not _pg_ready(), reason="PostgreSQL server binaries or psycopg2 not installed")

@@ -15,10 +15,10 @@ import pytest
 from torch import nn
 
 from edgeslim import api
-from edgeslim.litert import available as litert_available
+from edgeslim.litert import litert_available
 from edgeslim.litert import vela
 
-needs_both = pytest.mark.skipif(not (vela.available() and litert_available()), reason=vela.INSTALL_HINT)
+needs_both = pytest.mark.skipif(not (vela.vela_available() and litert_available()), reason=vela.INSTALL_HINT)
 
 
 def test_parse_summary_reads_vela_figures():

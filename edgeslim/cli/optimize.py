@@ -89,7 +89,7 @@ def compile_cmd(
     level: str = typer.Option("extended", help="ONNX Runtime level: disable, basic, extended, all (this CPU only)"),
 ) -> None:
     """BN folding, constant folding + dead-node removal, then ONNX Runtime offline optimisation; lists fusions."""
-    d = api.compile(model, out, level, inputs=inputs, shapes=shape, device=device)
+    d = api.compile_model(model, out, level, inputs=inputs, shapes=shape, device=device)
     if as_json:
         emit_json(d)
         return

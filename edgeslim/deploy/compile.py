@@ -10,7 +10,7 @@
   from the operator counts before and after (e.g. Conv + Relu -> com.microsoft.FusedConv) and a
   parity check of the outputs. Level `all` adds layout (NCHWc) transforms specific to this CPU: the
   saved file is for this machine's ONNX Runtime only, and says so; for another device (`--device`) the
-  highest level without such kernels is written instead (`compile_model`).
+  highest level without such kernels is written instead (`compile_onnx`).
 
 Optional backends (OpenVINO, TVM) are probed lazily by `available_backends`; absent ones are skipped
 (`measure.latency.openvino_latency` times OpenVINO with the one timer).
@@ -201,7 +201,7 @@ def host_specific_ops(before: dict[str, int], after: dict[str, int]) -> list[str
     return sorted(op for op, n in after.items() if op.startswith("com.microsoft") and n > before.get(op, 0))
 
 
-def compile_model(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
+def compile_onnx(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
                   shapes: Sequence[str] = (), device: str | Path | None = None) -> dict:
     """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
     `compile_ort` into `out`, every output checked against the input model on its inputs (`inputs` .npz, else

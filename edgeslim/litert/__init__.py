@@ -1,7 +1,7 @@
 """LiteRT (TensorFlow Lite) and TensorFlow Lite Micro: the second deployment backend.
 
 Everything here needs the optional extra `edgeslim[litert]` (litert-torch, ai-edge-litert, tflite-micro).
-The heavy packages are imported lazily inside functions; `require()` turns their absence into one line
+The heavy packages are imported lazily inside functions; `require_litert()` turns their absence into one line
 that says how to install them.
 
 - `convert`: PyTorch -> FP32 or full-integer INT8 `.tflite` (PT2E quantizer, calibrated on the task),
@@ -39,11 +39,11 @@ def missing(*parts: str) -> list[str]:
     return [m for m in mods if importlib.util.find_spec(m) is None]
 
 
-def available(*parts: str) -> bool:
+def litert_available(*parts: str) -> bool:
     return not missing(*parts)
 
 
-def require(*parts: str) -> None:
+def require_litert(*parts: str) -> None:
     """Raise a one-line `EdgeslimError` with the install command when the extra is absent."""
     gone = missing(*parts)
     if gone:

@@ -22,7 +22,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.litert import captured_fds, require
+from edgeslim.litert import captured_fds, require_litert
 
 # INT8 parity is judged on what a user cares about: the same top-1 class as the fake-quant PyTorch model on the
 # check samples, and (with labels: the task's test split) no more than INT8_MAX_ACC_DROP points of accuracy
@@ -116,7 +116,7 @@ def to_tflite(
     INT8 parity also compares accuracy. A file that misses the parity check is not written (one-line error
     naming the figure and its limit) unless `force`: then it is, and the summary's `parity_failed` says why.
     """
-    require("convert", "run")
+    require_litert("convert", "run")
     _quiet_imports()
     from edgeslim.litert.interpreter import LiteRTModel
 

@@ -28,7 +28,7 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
     that misses the parity check (its summary's `parity_failed` says why). `min_arena` (INT8): rewrite the
     file for a smaller TFLite Micro arena (`edgeslim.litert.min_arena`; the report is `min_arena`, the plain
     file stays beside it), proven on the task's test inputs (else `check`)."""
-    from edgeslim.litert import available
+    from edgeslim.litert import litert_available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
 
@@ -47,16 +47,16 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
     summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel, labels=labels,
                         force=force)
     if min_arena:
-        from edgeslim.litert import require
+        from edgeslim.litert import require_litert
         from edgeslim.litert.min_arena import apply_to_file
 
-        require("micro")
+        require_litert("micro")
         summary["min_arena"] = apply_to_file(out, x=proof_x, y=proof_y, max_recompute=max_recompute, device=device)
         summary["size_bytes"] = out.stat().st_size
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
-    if micro and available("micro"):
+    if micro and litert_available("micro"):
         from edgeslim.litert.micro import MicroModel
 
         mm = MicroModel(out)
@@ -94,10 +94,10 @@ def tflite_fields(s: dict) -> dict:
 
 def tflite_to_c(tflite: Path, out: Path, arena: dict | None = None) -> dict:
     """The `.c`/`.h` pair for a `.tflite`, with the TFLite Micro arena recorded for it (run here if needed)."""
-    from edgeslim.litert import require
+    from edgeslim.litert import require_litert
     from edgeslim.litert.carray import write_c_array
 
-    require("micro")
+    require_litert("micro")
     if arena is None:
         from edgeslim.litert.micro import tflm_arena
 

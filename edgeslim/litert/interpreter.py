@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.litert import captured_fds, require
+from edgeslim.litert import captured_fds, require_litert
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class LiteRTModel:
     """One `.tflite` model in the LiteRT interpreter, batch 1, single input and output."""
 
     def __init__(self, path: str | Path, threads: int = 1):
-        require("run")
+        require_litert("run")
         with captured_fds():
             from ai_edge_litert.interpreter import Interpreter
         self.path = Path(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.litert import captured_fds, require
+from edgeslim.litert import captured_fds, require_litert
 
 _TOTAL = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 _PART = re.compile(r"'([^']+)' used (\d+) bytes")
@@ -63,7 +63,7 @@ class MicroModel:
     """A `.tflite` in the TFLite Micro interpreter (reference kernels), single input and output."""
 
     def __init__(self, model: str | Path | bytes, arena_size: int | None = None):
-        require("micro")
+        require_litert("micro")
         self.data, self.where = _load(model)
         size = arena_size or max(1 << 20, 16 * len(self.data))
         last = ""

@@ -203,17 +203,17 @@ def fit_after_min_arena(model: Path, fit: dict, max_recompute: float = MAX_RECOM
     import tempfile
 
     from edgeslim.errors import EdgeslimError
-    from edgeslim.litert import available
+    from edgeslim.litert import litert_available
     from edgeslim.litert.micro import tflm_arena
 
     model = Path(model)
-    if fit.get("fits_ram") is not False or not available("micro", "run"):
+    if fit.get("fits_ram") is not False or not litert_available("micro", "run"):
         return None
     runtime = int(fit["ram_bytes"]) - int(fit["arena_bytes"])
     try:
         if model.suffix == ".tflite":
             data, how = model.read_bytes(), "the rewritten file"
-        elif model.is_dir() and available("convert"):
+        elif model.is_dir() and litert_available("convert"):
             from edgeslim import models
             from edgeslim.litert.convert import to_tflite
 

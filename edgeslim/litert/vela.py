@@ -28,7 +28,7 @@ DEFAULTS = {"config": "Arm/vela.ini", "system_config": "Ethos_U55_High_End_Embed
 TIMEOUT_S = 300
 
 
-def available() -> bool:
+def vela_available() -> bool:
     return importlib.util.find_spec("ethosu") is not None
 
 
@@ -45,7 +45,7 @@ def compile_vela(tflite: str | Path, vela: dict, out_dir: Path | None = None) ->
     _int8_tflite(path)
     if not path.is_file():
         raise EdgeslimError(f"{path}: no such .tflite file")
-    if not available():
+    if not vela_available():
         raise EdgeslimError(INSTALL_HINT)
     cfg = {**DEFAULTS, **(vela or {})}
     if "accelerator" not in cfg:
@@ -102,7 +102,7 @@ def vela_for_fit(model: str | Path, vela: dict) -> dict:
     if path.suffix != ".tflite":
         return {"missing": f"{path}: Vela compiles full-integer INT8 .tflite files; export one first "
                            "(edgeslim export MODEL --format tflite --int8 -o model.tflite)"}
-    if not available():
+    if not vela_available():
         return {"missing": INSTALL_HINT}
     return compile_vela(path, vela)
 

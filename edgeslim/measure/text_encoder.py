@@ -22,7 +22,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.measure.core import Measurer
 from edgeslim.measure.latency import ort_runner
 from edgeslim.nlp import is_text_encoder_folder
-from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, count_params, synthetic_feed
+from edgeslim.nlp.encoder import META, WEIGHTS, SentenceEncoder, count_encoder_params, synthetic_feed
 from edgeslim.nlp.export import onnx_embed, weight_storage
 from edgeslim.nlp.fidelity import fidelity
 from edgeslim.nlp.surgery import widths
@@ -57,7 +57,7 @@ def stage_metrics(onnx_path: Path, enc: SentenceEncoder, task: TextTask, ref: np
     `enc` is the stage's PyTorch encoder, or the last one before an ONNX-only stage (counts, tokenizer)."""
     emb = onnx_embed(onnx_path, enc, task.test, threads=threads)
     m: dict = {"accuracy": None, **fidelity(emb, ref, task.test_groups)}
-    params = count_params(enc)
+    params = count_encoder_params(enc)
     m.update(params=params, nonzero_params=params, macs=encoder_macs(enc, SEQ_MAIN), macs_seq_len=SEQ_MAIN)
     m["size_bytes"] = onnx_path.stat().st_size
     m["onnx_size_bytes"] = m["size_bytes"]
@@ -122,9 +122,9 @@ def is_text_model(path: Path) -> bool:
 
 
 def measure_text(paths: list[Path], task_spec: str | None, threads: int = 1, rounds: int = 60) -> list[dict]:
-    from edgeslim.nlp import require
+    from edgeslim.nlp import require_transformers
 
-    require()
+    require_transformers()
     import onnx
     from tokenizers import Tokenizer
 
@@ -147,7 +147,7 @@ def measure_text(paths: list[Path], task_spec: str | None, threads: int = 1, rou
                 enc: Any = load_encoder(p)
                 path = Path(tmp) / f"{k}.onnx"
                 export_encoder(enc, path, check_texts=task.test[:11])
-                params = count_params(enc)
+                params = count_encoder_params(enc)
                 row.update(params=params, nonzero_params=params, macs=encoder_macs(enc, 128),
                            size_bytes=(p / WEIGHTS).stat().st_size, onnx_size_bytes=path.stat().st_size)
             else:

@@ -31,7 +31,7 @@ def _sample(lm: Any, inputs: str | Path | None, task: Any, seed: int) -> tuple[n
 def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any = None,
                    device: Any = None, threads: int = 1, runs: int = 200, max_seconds: float = 5.0,
                    deploy: bool = True, seed: int = 0) -> Any:  # -> Measurement
-    from edgeslim.litert import available
+    from edgeslim.litert import litert_available
     from edgeslim.litert.interpreter import LiteRTModel
     from edgeslim.measure.core import Measurement
     from edgeslim.measure.fields import arena_fields, energy_fields
@@ -60,7 +60,7 @@ def measure_tflite(src: Source, inputs: str | Path | None = None, *, task: Any =
         m.extra.update(precision="int8" if quantized else lm.input.dtype, input=lm.input.as_dict(),
                        output=lm.output.as_dict())
     tflm = None
-    if available("micro"):
+    if litert_available("micro"):
         from edgeslim.litert.footprint import tflite_footprint
 
         fp = tflite_footprint(p)
@@ -111,10 +111,10 @@ def tflite_energy(path: Path, dev: Any) -> dict:
 def arena_beside(model: str | Path) -> dict | None:
     """Planner and TFLite Micro arenas side by side, for a model that exists as `X.onnx` and `X.tflite`
     of the same precision (as `edgeslim export` leaves them). None when there is no such pair."""
-    from edgeslim.litert import available
+    from edgeslim.litert import litert_available
 
     p = Path(model)
-    if p.suffix not in (".onnx", ".tflite") or not available("run", "micro"):
+    if p.suffix not in (".onnx", ".tflite") or not litert_available("run", "micro"):
         return None
     onnx, tfl = p.with_suffix(".onnx"), p.with_suffix(".tflite")
     if not (onnx.is_file() and tfl.is_file()):

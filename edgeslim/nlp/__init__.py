@@ -3,7 +3,7 @@ sentence-embedding fidelity.
 
 The text task and its loaders (`edgeslim.nlp.text`) and the fidelity metrics (`edgeslim.nlp.fidelity`)
 need only numpy; everything that builds or runs the PyTorch model needs the `nlp` extra
-(`transformers`, `tokenizers`), imported lazily through `require()`. Nothing is ever downloaded:
+(`transformers`, `tokenizers`), imported lazily through `require_transformers()`. Nothing is ever downloaded:
 folders are read with `local_files_only` and the hub is switched off.
 """
 
@@ -18,7 +18,7 @@ from edgeslim.errors import EdgeslimError
 INSTALL_HINT = "pip install -e '.[nlp]'"
 
 
-def require() -> ModuleType:
+def require_transformers() -> ModuleType:
     """Import `transformers` quietly and offline, or raise one line saying how to install it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

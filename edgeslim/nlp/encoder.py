@@ -18,7 +18,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json, write_text
-from edgeslim.nlp import require
+from edgeslim.nlp import require_transformers
 
 META = "edgeslim_encoder.json"
 WEIGHTS = "model.safetensors"
@@ -167,7 +167,7 @@ def check_folder(folder: Path) -> None:
 
 def load_encoder(folder: Path) -> SentenceEncoder:
     """Load a Hugging Face folder (or an edgeslim text stage folder) as a SentenceEncoder in eval mode."""
-    transformers = require()
+    transformers = require_transformers()
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
@@ -255,5 +255,5 @@ def save_encoder(folder: Path, enc: SentenceEncoder) -> None:
     write_json(folder / META, enc.meta)
 
 
-def count_params(enc: SentenceEncoder) -> int:
+def count_encoder_params(enc: SentenceEncoder) -> int:
     return int(sum(p.numel() for p in enc.backbone.parameters()))

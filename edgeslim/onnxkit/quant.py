@@ -91,7 +91,7 @@ def quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def check_calibration(src: Path, calib: np.ndarray) -> str:
+def check_calibration_input(src: Path, calib: np.ndarray) -> str:
     """Raise a one-line EdgeslimError when the calibration samples do not fit the model's input.
     Returns the input's name."""
     inp = onnx.load(str(src), load_external_data=False).graph.input[0]
@@ -199,7 +199,7 @@ def quantize_static_model(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: In
 
 def quantize_static_file(src: Path, dst: Path, calib: np.ndarray, fmt: IntFormat, method: str = "minmax") -> None:
     """Check, pre-process and statically quantize a single-input model calibrated on the samples `calib`."""
-    name = check_calibration(src, calib)
+    name = check_calibration_input(src, calib)
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
     quantize_static(pre, dst, array_feeds(name, calib), fmt, method=method)

@@ -150,7 +150,7 @@ def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
         resources.check_npz(Path(cfg.calib), "loading the calibration file",
                             f"save fewer samples (--samples {cfg.samples} calibrate on {cfg.samples}, the rest "
                             "is held out for fidelity)")
-        resources.check_calibration(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
+        resources.check_calibration_memory(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
                                     Path(cfg.model).name, "lower --samples")
     n = 0 if cfg.calib is not None else cfg.samples + max(1, cfg.samples // 4)
     fd = make_feeds(specs, cfg.calib, cfg.shapes, n=n, seed=cfg.seed)

@@ -92,9 +92,9 @@ def quantize_int8(
     assert ctx.prev_onnx is not None
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
-    feeds = oq.array_feeds(oq.check_calibration(ctx.prev_onnx, calib), calib)
+    feeds = oq.array_feeds(oq.check_calibration_input(ctx.prev_onnx, calib), calib)
     prev = ctx.prev_onnx
-    resources.check_calibration(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+    resources.check_calibration_memory(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
                                 "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,9 @@ class TfliteStage(PassConfig):
 @register("tflite", TfliteStage, consumes="torch", produces="torch", must_be_last=True)
 def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContext) -> PassResult:
     """Convert to LiteRT .tflite (INT8 by default) and record the TFLite Micro arena; the last stage."""
-    from edgeslim.litert import require
+    from edgeslim.litert import require_litert
 
-    require("convert", "run", *(("micro",) if cfg.micro else ()))
+    require_litert("convert", "run", *(("micro",) if cfg.micro else ()))
     if model is None:  # the recipe parser refuses this order; a direct call may not
         raise EdgeslimError("the tflite stage needs the PyTorch model, but an earlier pass left an ONNX-only model "
                             "(e.g. quantize_int8); drop that pass: tflite quantizes to INT8 itself")

@@ -32,7 +32,7 @@ def pg_bin(name: str) -> str | None:
     return hits[-1] if hits else None
 
 
-def available() -> bool:
+def cluster_available() -> bool:
     return all(pg_bin(n) for n in ("initdb", "pg_ctl")) and (os.geteuid() != 0 or _user_exists("postgres"))
 
 
@@ -59,7 +59,7 @@ def _as_pg(cmd: list[str]) -> list[str]:
 @contextmanager
 def cluster(db: str = "edgeslim") -> Iterator[str]:
     """Start a private server; yield its SQLAlchemy URL; stop and delete it on exit."""
-    if not available():
+    if not cluster_available():
         raise EdgeslimError("PostgreSQL server binaries (initdb, pg_ctl) not found; apt-get install postgresql")
     tmp = Path(tempfile.mkdtemp(prefix="edgeslim-pg-"))
     data, sock = tmp / "data", tmp / "sock"
@@ -100,7 +100,7 @@ def _create_db(port: int, db: str) -> None:
     conn.close()
 
 
-def demo(out: Path, trials: int = 6) -> int:
+def cluster_demo(out: Path, trials: int = 6) -> int:
     """`make search-cluster`: two `edgeslim search --worker` processes share a study on a private
     PostgreSQL server, then the coordinating search (same storage) fine-tunes the front and reports."""
     model = out / "model"
@@ -133,7 +133,7 @@ def demo(out: Path, trials: int = 6) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["demo"]:
         out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs/search-cluster")
-        return demo(out)
+        return cluster_demo(out)
     if len(argv) < 2 or argv[0] != "run":
         print("usage: python -m edgeslim.search.pgcluster run -- CMD...  |  demo [--out DIR]", file=sys.stderr)
         return 2

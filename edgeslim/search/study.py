@@ -221,7 +221,7 @@ def work(ctx: StudyContext, study: optuna.Study, max_trials: int | None = None) 
         workers.recover_stale(study)
         trial = None
         try:
-            trial = workers.claim(study)
+            trial = workers.claim_trial(study)
             if trial is None:
                 break
             with interrupt.during(f"search trial {trial.number}", "finished trials are kept and this one's slot "

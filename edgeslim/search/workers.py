@@ -106,7 +106,7 @@ def add_slots(study: optuna.Study, n_trials: int) -> None:
         study.set_user_attr("slots", n_trials)
 
 
-def claim(study: optuna.Study) -> optuna.Trial | None:
+def claim_trial(study: optuna.Study) -> optuna.Trial | None:
     """Atomically take one WAITING slot (as Optuna's own queue does), or None when all are taken."""
     storage = study._storage  # the study's storage: Optuna keeps no public accessor
     for ft in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
