@@ -25,7 +25,7 @@ from edgeslim.deploy.compile import compile_ort
 from edgeslim.deploy.export import export_onnx
 from edgeslim.devices import builtin_devices, load_device
 from edgeslim.energy import window
-from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.latency import interleaved_latency
 from edgeslim.models import build_model, make_spec
 from edgeslim.onnxkit.session import session
@@ -90,7 +90,7 @@ def planner_table(folder: Path) -> None:
         fp32, int8 = export_pair(build(name, shape, classes), shape, folder, f"plan-{name}")
         for prec, path in (("fp32", fp32), ("int8 QDQ", int8)):
             t0 = time.perf_counter()
-            p = plan_arena(path)
+            p = plan_activation_arena(path)
             dt = (time.perf_counter() - t0) * 1e3
             print(f"| {name} | {'x'.join(map(str, shape))} | {prec} | {p.naive_bytes:,} | {p.peak_live_bytes:,} | "
                   f"{p.arena_bytes:,} | {p.reordered_arena_bytes:,} | {p.reorder_method} | {dt:.0f} ms |")

@@ -5,7 +5,7 @@ INT8 `.tflite`: accuracy in the LiteRT interpreter (test split), file sizes, TFL
 tail, recorded by running the model in TFLite Micro on the host), LiteRT latency (XNNPACK, 1 thread),
 and the `edgeslim fit` verdict on the Cortex-M4 profile from that arena.
 
-Part 2: the ONNX-graph arena planner (`edgeslim.measure.arena.plan_arena`, the file's own order)
+Part 2: the ONNX-graph arena planner (`edgeslim.measure.arena.plan_activation_arena`, the file's own order)
 against TFLite Micro's recorded head (its planned, non-persistent section) for every zoo model at its
 reference input, FP32 and INT8 (ONNX Runtime QDQ s8s8 for the planner; PT2E INT8 for TFLite Micro).
 
@@ -30,7 +30,7 @@ from edgeslim.litert.convert import to_tflite
 from edgeslim.litert.footprint import tflite_footprint
 from edgeslim.litert.interpreter import LiteRTModel
 from edgeslim.litert.micro import MicroModel
-from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.core import measure_model
 from edgeslim.models.zoo import ZOO
 from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
@@ -99,7 +99,7 @@ def part2(out: Path, only: list[str] | None = None) -> list[dict]:
                 except Exception as ex:  # noqa: BLE001 - record and go on
                     row[prec] = {"error": f"{type(ex).__name__}: {str(ex)[:200]}"}
                     continue
-                plan = plan_arena(onnx_path, reorder=False)
+                plan = plan_activation_arena(onnx_path, reorder=False)
                 row[prec] = {"planner": plan.arena_bytes, "naive": plan.naive_bytes, "tflm_head": a.head_bytes,
                              "tflm_tail": a.tail_bytes, "tflm_total": a.total_bytes,
                              "diff_pct": 100.0 * (plan.arena_bytes - a.head_bytes) / a.head_bytes, "ops": ops}

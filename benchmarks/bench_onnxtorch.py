@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_optimize import write_inputs  # noqa: E402
 
-from edgeslim.onnxkit.inputs import Feed, input_specs, load_npz, synthetic_feeds  # noqa: E402
+from edgeslim.onnxkit.inputs import Feed, input_specs, load_npz_feeds, synthetic_feeds  # noqa: E402
 from edgeslim.onnxkit.load import read_onnx  # noqa: E402
 from edgeslim.onnxkit.session import session  # noqa: E402
 from edgeslim.onnxtorch import export_converted, onnx_to_torch, unprunable_layers  # noqa: E402
@@ -41,7 +41,7 @@ def feeds_for(src: Path, tmp: Path, n: int, seed: int) -> list[Feed]:
     specs = input_specs(read_onnx(src))
     npz = tmp / f"{src.stem}.npz"
     if write_inputs(src, npz, n, seed=seed):
-        return load_npz(npz, specs)
+        return load_npz_feeds(npz, specs)
     return synthetic_feeds(specs, {}, n, seed, None)[0]
 
 

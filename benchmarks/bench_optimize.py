@@ -28,7 +28,7 @@ from rich.console import Console
 
 from edgeslim.measure.fidelity import Tolerance
 from edgeslim.onnxopt.candidates import ABLATION
-from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
 from edgeslim.quant.int8_plan import Int8Options
 from edgeslim.report.optimize import print_report
 
@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             base = dict(model=src, out=out, calib=calib, samples=args.samples, bench_seconds=args.bench_seconds,
                         threads=args.threads, device=args.device, prefer=args.prefer, **tol)
-            res = optimize(OptimizeConfig(**base, ablation=args.ablation))
+            res = optimize_onnx(OptimizeConfig(**base, ablation=args.ablation))
             res["seconds"] = time.perf_counter() - t0
             print_report(res, err)
             nofold = None
             if args.ablation:
                 print(f"== {src} without graph rewrites", file=sys.stderr, flush=True)
-                nofold = optimize(OptimizeConfig(**{**base, "out": Path(td) / "nofold.onnx"}, rewrites=False,
+                nofold = optimize_onnx(OptimizeConfig(**{**base, "out": Path(td) / "nofold.onnx"}, rewrites=False,
                                                  int8=Int8Options(fold=False)))
                 abl += ablation_rows(src.name, res, nofold)
             results[src.name] = {"result": res, "no_rewrites": nofold}

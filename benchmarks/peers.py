@@ -224,7 +224,7 @@ def job_thirdparty(ctx: Ctx, src: Path) -> Job:
     import bench_optimize
 
     from edgeslim import api
-    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
     from edgeslim.onnxkit.load import read_onnx
 
     pkg, make = bench_optimize.PRESETS[src.name]
@@ -235,7 +235,7 @@ def job_thirdparty(ctx: Ctx, src: Path) -> Job:
     calib_npz, check_npz = work / "calib.npz", work / "check.npz"
     np.savez(calib_npz, **make(np.random.default_rng(0), n))
     np.savez(check_npz, **make(np.random.default_rng(1000), 8))
-    feeds, job.inputs = load_npz(calib_npz, input_specs(read_onnx(src))), check_npz
+    feeds, job.inputs = load_npz_feeds(calib_npz, input_specs(read_onnx(src))), check_npz
     job.add(Row("original", "reference", onnx=src))
     es = job.add(Row("edgeslim optimize --inputs (defaults)", "edgeslim", onnx=work / "edgeslim.onnx"))
     info: dict = {}

@@ -317,7 +317,7 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
     nodes in the lowest-peak order found; with `device`, `plan.fit` is the RAM verdict on that device."""
     from edgeslim.devices import load_device
     from edgeslim.fsutil import write_bytes
-    from edgeslim.measure.arena import plan_arena as plan
+    from edgeslim.measure.arena import plan_activation_arena as plan
     from edgeslim.measure.arena import reorder_model
     from edgeslim.measure.device_fit import device_fit, weights_bytes
     from edgeslim.measure.source import open_model
@@ -363,7 +363,7 @@ def optimize(cfg: OptimizeConfig) -> dict:
     .npz with one array per input name, used for calibration (one part) and the fidelity checks (the held-out
     rest) and the timing. Writes `cfg.out` unless refused; returns the full report.
     `api.OptimizeConfig(model=..., out=...)` lists every field once."""
-    from edgeslim.onnxopt.run import optimize as run_optimize
+    from edgeslim.onnxopt.run import optimize_onnx as run_optimize
 
     with interrupt.during(f"optimize {cfg.model}", "nothing was written; a rerun starts over"):
         return run_optimize(cfg)

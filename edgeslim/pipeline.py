@@ -114,7 +114,7 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
     import numpy as np
 
     from edgeslim.data.unlabelled import teacher_task
-    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
     from edgeslim.onnxkit.load import read_onnx
     from edgeslim.run.onnx import OnnxHandler, convert, flat_outputs, onnx_outputs
 
@@ -141,7 +141,7 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
         ident_task = task
     else:
         assert inputs is not None
-        x = np.concatenate([f[spec_in.name] for f in load_npz(inputs, specs)]).astype(np.float32)
+        x = np.concatenate([f[spec_in.name] for f in load_npz_feeds(inputs, specs)]).astype(np.float32)
 
         def teacher(a: np.ndarray) -> np.ndarray:
             return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads), per_sample)

@@ -19,7 +19,7 @@ from edgeslim.deploy.compile import (
     compile_ort,
     describe_fusions,
     fold_and_prune,
-    fold_batchnorm,
+    folded_batchnorm,
 )
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.graph import remove_dead
@@ -48,7 +48,7 @@ def run(m: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_fold_batchnorm_keeps_outputs():
     net, m = conv_bn_relu()
     assert bn_folding_check(m) == {"batchnorm_nodes": 1, "folded": False, "after_conv": 1}
-    f, n = fold_batchnorm(m)
+    f, n = folded_batchnorm(m)
     assert n == 1 and bn_folding_check(f)["folded"]
     x = np.random.default_rng(0).random((1, 1, 6, 6), dtype=np.float32)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_remove_dead_and_fold():
 
 def test_ort_levels_and_fusions(tmp_path):
     _, m = conv_bn_relu()
-    f, _ = fold_batchnorm(m)
+    f, _ = folded_batchnorm(m)
     src = tmp_path / "m.onnx"
     onnx.save(f, str(src))
     basic = compile_ort(src, tmp_path / "basic.onnx", "basic")

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.measure.arena import Buffer, greedy_by_size, peak_live, plan_arena
+from edgeslim.measure.arena import Buffer, greedy_by_size, peak_live, plan_activation_arena
 from edgeslim.measure.onnx_counts import count_onnx
 
 
@@ -46,7 +46,7 @@ def branches() -> onnx.ModelProto:
 
 
 def test_chain_hand_computed():
-    p = plan_arena(chain(), align=1)
+    p = plan_activation_arena(chain(), align=1)
     # lifetimes X[0,0] A[0,1] B[1,2] C[2,2]; live per step 600, 1000, 1600
     life = {b.name: (b.first, b.last, b.size) for b in p.buffers}
     assert life == {"X": (0, 0, 400), "A": (0, 1, 200), "B": (1, 2, 800), "C": (2, 2, 800)}
@@ -59,7 +59,7 @@ def test_chain_hand_computed():
 
 
 def test_branch_order_search_lowers_peak():
-    p = plan_arena(branches(), align=1)
+    p = plan_activation_arena(branches(), align=1)
     assert p.naive_bytes == 40 + 4000 + 4000 + 4 + 4 + 4
     assert p.peak_live_bytes == 8040  # X + P + Q at step 1
     assert p.arena_bytes == 8040
@@ -70,16 +70,16 @@ def test_branch_order_search_lowers_peak():
 
 
 def test_greedy_fallback_when_state_budget_small():
-    p = plan_arena(branches(), align=1, max_states=1)
+    p = plan_activation_arena(branches(), align=1, max_states=1)
     assert p.reorder_method == "greedy" and p.reordered_arena_bytes == 4044
 
 
 def test_alignment_rounds_each_buffer():
-    p = plan_arena(chain(), align=16)
+    p = plan_activation_arena(chain(), align=16)
     assert all(b.size % 16 == 0 for b in p.buffers)
     assert p.arena_bytes == 1600  # all sizes already multiples of 16
     nodes = [helper.make_node("Exp", ["X"], ["Y"])]
-    p = plan_arena(_model(nodes, [_vi("X", [1, 3])], [_vi("Y", [1, 3])], []), align=16)
+    p = plan_activation_arena(_model(nodes, [_vi("X", [1, 3])], [_vi("Y", [1, 3])], []), align=16)
     assert p.arena_bytes == 32 and p.naive_bytes == 32  # 12 B -> 16 B each
 
 
@@ -89,10 +89,10 @@ def test_views_and_inplace_share_buffers():
     nodes = [helper.make_node("Exp", ["X"], ["A"]), helper.make_node("Reshape", ["A", "shape"], ["B"]),
              helper.make_node("Relu", ["B"], ["R"]), helper.make_node("Exp", ["R"], ["C"])]
     m = _model(nodes, [_vi("X", [1, 100])], [_vi("C", [100, 1])], [shape])
-    p = plan_arena(m, align=1)
+    p = plan_activation_arena(m, align=1)
     assert sorted(len(b.members) for b in p.buffers) == [1, 1, 3]
     assert p.naive_bytes == 1200 and p.arena_bytes == 800
-    p2 = plan_arena(m, align=1, fuse_inplace=False)
+    p2 = plan_activation_arena(m, align=1, fuse_inplace=False)
     assert p2.naive_bytes == 1600  # Relu gets its own buffer; Reshape still a view
 
 
@@ -111,10 +111,10 @@ def qdq() -> onnx.ModelProto:
 
 
 def test_qdq_fused_to_int8_buffers():
-    p = plan_arena(qdq(), align=1)
+    p = plan_activation_arena(qdq(), align=1)
     sizes = sorted(b.size for b in p.buffers)
     assert sizes == [50, 100, 400]  # Y/Yq/Yd as int8 (50), Xq/Xd int8 (100), float input X (400)
-    unfused = plan_arena(qdq(), align=1, fuse_qdq=False)
+    unfused = plan_activation_arena(qdq(), align=1, fuse_qdq=False)
     assert unfused.naive_bytes == 400 + 100 + 400 + 200 + 50 + 200
 
 
@@ -131,8 +131,8 @@ def test_symbolic_non_batch_dim_needs_shapes():
     nodes = [helper.make_node("Exp", ["X"], ["Y"])]
     m = _model(nodes, [_vi("X", ["batch", "len"])], [_vi("Y", ["batch", "len"])], [])
     with pytest.raises(EdgeslimError, match="--shape X="):
-        plan_arena(m)
-    assert plan_arena(m, shapes={"X": [1, 7]}, align=1).arena_bytes == 56
+        plan_activation_arena(m)
+    assert plan_activation_arena(m, shapes={"X": [1, 7]}, align=1).arena_bytes == 56
 
 
 def test_greedy_reuses_gaps():
@@ -152,7 +152,7 @@ def test_zoo_models_plan(tmp_path):
     net = build_model(make_spec("resnet8", (3, 16, 16), 10))
     path = tmp_path / "r.onnx"
     export_onnx(net, (3, 16, 16), path)
-    p = plan_arena(path)
+    p = plan_activation_arena(path)
     # width 16 at 16x16 fp32 = 16 KiB per feature map; a residual add holds 3 of them
     assert p.arena_bytes == 3 * 16 * 16 * 16 * 4
     assert p.naive_bytes > 2 * p.arena_bytes
@@ -166,11 +166,11 @@ def test_unknown_shapes_are_recorded_not_fatal():
              helper.make_node("If", ["c"], ["Y"], then_branch=then_g, else_branch=else_g),
              helper.make_node("Exp", ["Y"], ["O"])]
     m = _model(nodes, [_vi("X", ["b", 4])], [_vi("O", None)], [_w("z", ())])
-    p = plan_arena(m, align=1)
+    p = plan_activation_arena(m, align=1)
     assert p.unknown_tensors == ["Y", "O"]
     assert p.naive_bytes == 16 + 4 + 1  # X (4 floats), s (float), c (bool); Y and O unknown
     with pytest.raises(EdgeslimError, match="no inferable shape"):
-        plan_arena(m, strict=True)
+        plan_activation_arena(m, strict=True)
 
 
 def test_reorder_model_keeps_outputs_and_lowers_arena():
@@ -182,7 +182,7 @@ def test_reorder_model_keeps_outputs_and_lowers_arena():
     new, plan = reorder_model(m)
     onnx.checker.check_model(new)
     assert [n.name for n in new.graph.node] == ["p", "p2", "q", "q2", "add"]
-    assert plan.arena_bytes < plan_arena(m).arena_bytes
+    assert plan.arena_bytes < plan_activation_arena(m).arena_bytes
     x = np.random.default_rng(0).random((1, 10), dtype=np.float32)
 
     def run(model: onnx.ModelProto) -> np.ndarray:

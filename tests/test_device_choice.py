@@ -116,10 +116,10 @@ def test_optimize_for_a_microcontroller_picks_by_its_cost_model(tmp_path):
     is ~4x FP32 there, whatever this host's timer says); the reason names how it was decided."""
     from test_optimize_graphs import const_convnet
 
-    from edgeslim.onnxopt.run import OptimizeConfig, optimize
+    from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
 
     src = const_convnet(tmp_path / "conv.onnx", opset=13)
-    res = optimize(OptimizeConfig(model=src, out=tmp_path / "o.onnx", samples=8, bench_seconds=0.2,
+    res = optimize_onnx(OptimizeConfig(model=src, out=tmp_path / "o.onnx", samples=8, bench_seconds=0.2,
                                   weight_min_elements=64, device="cortex-m4", prefer="speed",
                                   int8=Int8Options(adaround=False), candidates=("w8", "int8-qdq")))
     assert res["chosen"] == "int8-qdq" and res["reason"].endswith("[decided for cortex-m4 from its cost model "

@@ -151,7 +151,7 @@ class _Fake:
 def test_int8_parity_judges_agreement_and_accuracy_with_consistent_limits():
     import torch
 
-    from edgeslim.litert.convert import parity
+    from edgeslim.litert.convert import litert_parity
 
     ident = torch.nn.Identity()
     rng = np.random.default_rng(0)
@@ -159,17 +159,17 @@ def test_int8_parity_judges_agreement_and_accuracy_with_consistent_limits():
     y = x.argmax(1)
     far = x.copy()
     far[0, 0] += 0.0803  # one logit 8.03 output steps away, no answer changed: passes (the old rule refused it)
-    p = parity(_Fake(far), ident, x, int8=True, labels=y)
+    p = litert_parity(_Fake(far), ident, x, int8=True, labels=y)
     assert "parity_failed" not in p and p["parity_max_diff_lsb"] == pytest.approx(8.03, abs=0.01)
     flipped = x.copy()
     for i in range(4):  # 4 of 40 answers change: agreement 90%, accuracy 100% -> 90%
         flipped[i, (y[i] + 1) % 4] = 10.0
-    p = parity(_Fake(flipped), ident, x, int8=True, labels=y)
+    p = litert_parity(_Fake(flipped), ident, x, int8=True, labels=y)
     msg = p["parity_failed"]
     assert "top-1 agreement with the fake-quant PyTorch model 90.0% on 40 samples (limit: at least 95%)" in msg
     assert "accuracy 90.00% vs 100.00% for the fake-quant PyTorch model on 40 test samples, 10.00 points lower " \
            "(limit: at most 1 point lower)" in msg
-    assert "parity_failed" not in parity(_Fake(x.copy()), ident, x, int8=True)  # no labels: agreement only
+    assert "parity_failed" not in litert_parity(_Fake(x.copy()), ident, x, int8=True)  # no labels: agreement only
 
 
 def test_export_refuses_a_failing_tflite_and_force_writes_it_labelled(int8_tflite, tiny_image_task, tmp_path,

@@ -191,7 +191,7 @@ def test_no_command_unpickles_without_trust_pickle(model, task_file, tmp_path: P
 def test_npz_files_with_pickled_objects_are_refused(tmp_path: Path, model) -> None:
     from edgeslim.data import load_task
     from edgeslim.data.transfer import load_transfer
-    from edgeslim.onnxkit.inputs import InputSpec, load_npz
+    from edgeslim.onnxkit.inputs import InputSpec, load_npz_feeds
 
     marker = tmp_path / "PWNED"
     _Evil.marker = str(marker)
@@ -199,7 +199,7 @@ def test_npz_files_with_pickled_objects_are_refused(tmp_path: Path, model) -> No
     p = tmp_path / "objs.npz"
     np.savez(p, x=obj, y=np.array([0, 1]), input=obj)
     for load in (lambda: load_task(str(p)), lambda: load_transfer(str(p), "t", (1,)),
-                 lambda: load_npz(p, [InputSpec("input", np.dtype("float32"), [1, 1])])):
+                 lambda: load_npz_feeds(p, [InputSpec("input", np.dtype("float32"), [1, 1])])):
         with pytest.raises(EdgeslimError) as e:
             load()
         assert_one_line_error(e.value, "objs.npz")

@@ -283,14 +283,14 @@ def calib_files(draw: st.DrawFn) -> dict[str, np.ndarray]:
 @given(calib_files())
 def test_fuzzed_calibration_files(tmp_path: Path, onnx_model: Path, arrays_: dict) -> None:
     """`optimize --calib`: the feeds either run in the model or the file is refused in one line."""
-    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
     from edgeslim.onnxkit.load import load_onnx
     from edgeslim.onnxkit.session import session
 
     p = _unique(tmp_path, ".npz")
     np.savez(p, **arrays_)
     try:
-        feeds = load_npz(p, input_specs(load_onnx(onnx_model)))
+        feeds = load_npz_feeds(p, input_specs(load_onnx(onnx_model)))
     except EdgeslimError as e:
         assert_one_line_error(e, p.name)
         event("refused")

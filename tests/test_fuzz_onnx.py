@@ -1,5 +1,5 @@
 """Fuzzed ONNX files (truncated, bit-flipped, structurally mutated) through `measure`, `fit`, `arena`,
-`compile` and `optimize`: each ends with a result or one EdgeslimError line naming the file; never
+`compile` and `optimize_onnx`: each ends with a result or one EdgeslimError line naming the file; never
 another exception, never a hang, and a refused command writes nothing."""
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def test_structurally_mutated_onnx_models(good: Good, data: st.DataObject) -> No
 @settings(max_examples=25)
 @given(st.data())
 def test_optimize_on_broken_models(good: Good, data: st.DataObject) -> None:
-    """`optimize` (repair, candidates, fidelity, timing) on corrupt and mutated models."""
-    from edgeslim.onnxopt.run import OptimizeConfig, optimize
+    """`optimize_onnx` (repair, candidates, fidelity, timing) on corrupt and mutated models."""
+    from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
 
     root, raw = good.root, good.raw
     broken = data.draw(st.one_of(corrupted(raw), mutated_graph(raw)))
@@ -160,7 +160,7 @@ def test_optimize_on_broken_models(good: Good, data: st.DataObject) -> None:
     out = root / f"{p.stem}.opt.onnx"
     cfg = OptimizeConfig(model=p, out=out, samples=4, bench_seconds=0.2, candidates=("fp32-opt", "w8", "int8-qdq"))
     try:
-        optimize(cfg)
+        optimize_onnx(cfg)
     except EdgeslimError as e:
         assert_one_line_error(e, p.name)
         assert not out.exists()

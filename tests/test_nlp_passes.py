@@ -17,7 +17,7 @@ from tiny_encoder import make_tiny_bert  # noqa: E402
 
 from edgeslim.errors import EdgeslimError  # noqa: E402
 from edgeslim.nlp.encoder import SentenceEncoder, embed, load_encoder  # noqa: E402
-from edgeslim.nlp.export import export_encoder, onnx_embed, op_counts, weight_storage  # noqa: E402
+from edgeslim.nlp.export import export_encoder, onnx_embed, op_counts_file, weight_storage  # noqa: E402
 from edgeslim.nlp.fidelity import mean_cosine  # noqa: E402
 from edgeslim.nlp.importance import choose_keep, importance  # noqa: E402
 from edgeslim.nlp.surgery import bert_layers, widths  # noqa: E402
@@ -152,7 +152,7 @@ def test_int8_dynamic_stores_int8_without_float_copies(tmp_path, original, task,
 def test_int8_static_is_calibrated_qdq(tmp_path, original, task, exported):
     res = run_pass("encoder_int8_static", original, task, tmp_path, original, exported, keep_float=1,
                    calibration_samples=16)
-    ops = op_counts(res.onnx)
+    ops = op_counts_file(res.onnx)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     assert mean_cosine(onnx_embed(res.onnx, original, task.test), embed(original, task.test)) > 0.95
 

@@ -16,7 +16,7 @@ from edgeslim.onnxkit.graph import all_nodes, name_nodes, op_counts, save
 from edgeslim.onnxkit.inputs import input_specs, synthetic_feeds
 from edgeslim.onnxkit.load import load_and_repair
 from edgeslim.onnxkit.session import ort_optimize, session
-from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
 from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import calib_select
 from edgeslim.quant.int8_plan import Int8Options, quantize
@@ -41,7 +41,7 @@ def test_multi_input_dynamic_batch(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "calib.npz", a=rng.standard_normal((16, 16)).astype(np.float32),
              b=rng.standard_normal((16, 16)).astype(np.float32))
-    res = optimize(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "calib.npz"))
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "calib.npz"))
     out = tmp_path / "out.onnx"
     assert out.is_file() and res["data"] == "calibration" and res["feeds"] == 16  # every given sample is used
     sp = res["samples"]  # --samples 8 calibrate, the other 8 are held out for fidelity
@@ -74,7 +74,7 @@ def test_constant_weights_and_old_opset_are_repaired(tmp_path: Path) -> None:
     assert loaded.source_opset == 11 and loaded.opset == 13
     assert not any(n.op_type == "Constant" for n in loaded.model.graph.node)
     assert {"cw1", "cw2", "fw"} <= {t.name for t in loaded.model.graph.initializer}
-    res = optimize(_cfg(src, tmp_path / "out.onnx", candidates=("fp32-opt", "w8", "int8-qdq")))
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx", candidates=("fp32-opt", "w8", "int8-qdq")))
     assert res["opset"] == {"source": 11, "used": 13}
     assert any("Constant-node" in n for n in res["notes"]) and any("11 -> 13" in n for n in res["notes"])
     w8 = next(c for c in res["candidates"] if c["name"] == "w8")
@@ -118,7 +118,7 @@ def test_if_subgraph_weights_are_lifted_and_compressed(tmp_path: Path) -> None:
     assert {"then_w", "else_w"} <= {t.name for t in loaded.model.graph.initializer}
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 32)).astype(np.float32), use_a=np.array(True))
-    res = optimize(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "c.npz", candidates=("fp32-opt", "w8")))
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx", calib=tmp_path / "c.npz", candidates=("fp32-opt", "w8")))
     assert res["chosen"] == "w8"
     x = rng.standard_normal((3, 32)).astype(np.float32)
     for flag in (True, False):  # both branches still compute what they did
@@ -129,7 +129,7 @@ def test_if_subgraph_weights_are_lifted_and_compressed(tmp_path: Path) -> None:
 
 def test_loop_model_is_handled(tmp_path: Path) -> None:
     src = loop_model(tmp_path / "loop.onnx")
-    res = optimize(_cfg(src, tmp_path / "out.onnx"))
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx"))
     m = onnx.load(str(tmp_path / "out.onnx"))
     assert op_counts(m).get("Loop") == 1
     assert res["side_by_side"]["optimised"]["size_bytes"] < res["side_by_side"]["original"]["size_bytes"]
@@ -140,8 +140,8 @@ def test_loop_model_is_handled(tmp_path: Path) -> None:
 
 def test_sqnr_floor_keeps_low_sqnr_layers_float(tmp_path: Path) -> None:
     src = const_convnet(tmp_path / "conv.onnx", opset=13)
-    easy = optimize(_cfg(src, tmp_path / "a.onnx", candidates=("int8-qdq",)))
-    hard = optimize(_cfg(src, tmp_path / "b.onnx", candidates=("int8-qdq",), sqnr_db=80.0))  # no layer is that clean
+    easy = optimize_onnx(_cfg(src, tmp_path / "a.onnx", candidates=("int8-qdq",)))
+    hard = optimize_onnx(_cfg(src, tmp_path / "b.onnx", candidates=("int8-qdq",), sqnr_db=80.0))  # no layer is that clean
     assert easy["int8_plan"]["int8_layers"] >= 1
     assert hard["int8_plan"]["int8_layers"] == 0 or any("--sqnr-db" in w for w in hard["int8_plan"]["float_layers"].values())
     assert all(w.startswith("fidelity") for w in hard["int8_plan"]["float_layers"].values())
@@ -149,7 +149,7 @@ def test_sqnr_floor_keeps_low_sqnr_layers_float(tmp_path: Path) -> None:
 
 def test_exclude_op_keeps_those_layers_float(tmp_path: Path) -> None:
     src = multi_input_mlp(tmp_path / "mlp.onnx")
-    res = optimize(_cfg(src, tmp_path / "out.onnx", candidates=("w8", "int8-qdq"), exclude_ops={"MatMul"}))
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx", candidates=("w8", "int8-qdq"), exclude_ops={"MatMul"}))
     w8 = next(c for c in res["candidates"] if c["name"] == "w8")
     assert w8["status"].startswith("skipped")  # every large weight belongs to an excluded MatMul
     # static INT8 honours the list: excluded op types keep float weights, the others are quantized
@@ -167,7 +167,7 @@ def test_exclude_op_keeps_those_layers_float(tmp_path: Path) -> None:
 
 def test_never_slower_writes_original_when_nothing_is_fast_enough(tmp_path: Path) -> None:
     src = multi_input_mlp(tmp_path / "mlp.onnx")
-    res = optimize(_cfg(src, tmp_path / "out.onnx", max_slowdown=-0.99))  # demand 100x faster
+    res = optimize_onnx(_cfg(src, tmp_path / "out.onnx", max_slowdown=-0.99))  # demand 100x faster
     assert res["chosen"] == "original"
     assert (tmp_path / "out.onnx").read_bytes() == src.read_bytes()
     assert all(not c["status"].startswith(("ok", "chosen")) for c in res["candidates"])
@@ -177,15 +177,15 @@ def test_broken_user_tolerance_refuses_then_force_writes(tmp_path: Path) -> None
     src = multi_input_mlp(tmp_path / "mlp.onnx")
     out = tmp_path / "out.onnx"
     with pytest.raises(EdgeslimError, match="no candidate meets the tolerance"):
-        optimize(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16")))
+        optimize_onnx(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16")))
     assert not out.exists()
-    res = optimize(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16"), force=True))
+    res = optimize_onnx(_cfg(src, out, tol=Tolerance(min_cosine=1.5), tol_given=True, candidates=("w8", "fp16"), force=True))
     assert out.is_file() and any("FORCED" in w for w in res["warnings"])
 
 
 def test_synthetic_inputs_warn_loudly(tmp_path: Path) -> None:
     src = multi_input_mlp(tmp_path / "mlp.onnx")
-    res = optimize(_cfg(src, tmp_path / "o.onnx", candidates=("fp32-opt",)))
+    res = optimize_onnx(_cfg(src, tmp_path / "o.onnx", candidates=("fp32-opt",)))
     assert res["data"] == "synthetic" and "ACCURACY IS NOT CHECKED" in res["warnings"][0]
 
 
@@ -220,7 +220,7 @@ def test_external_data_model_is_read_whole(tmp_path: Path) -> None:
     onnx.save(m, str(ext), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
               size_threshold=0)
     assert (tmp_path / "ext.data").is_file() and ext.stat().st_size < src.stat().st_size
-    res = optimize(_cfg(ext, tmp_path / "out.onnx", candidates=("fp32-opt", "w8")))
+    res = optimize_onnx(_cfg(ext, tmp_path / "out.onnx", candidates=("fp32-opt", "w8")))
     # the original's size counts its data file; the output is one self-contained file
     assert res["original"]["size_bytes"] >= src.stat().st_size - 64
     out = onnx.load(str(tmp_path / "out.onnx"), load_external_data=False)

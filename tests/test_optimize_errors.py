@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from edgeslim.cli import app
 from edgeslim.errors import EdgeslimError
-from edgeslim.onnxkit.inputs import input_specs, load_npz, parse_shapes, resolve_shape
+from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds, parse_shapes, resolve_shape
 from edgeslim.onnxkit.load import load_onnx
-from edgeslim.onnxopt.run import OptimizeConfig, optimize
+from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
 
 
 def _run(src: Path, out: Path, **kw) -> None:
-    optimize(OptimizeConfig(model=src, out=out, samples=4, bench_seconds=0.1, **kw))
+    optimize_onnx(OptimizeConfig(model=src, out=out, samples=4, bench_seconds=0.1, **kw))
 
 
 @pytest.fixture()
@@ -77,17 +77,17 @@ def test_npz_corrupt_or_wrong_dtype(tmp_path: Path, mlp: Path) -> None:
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
     specs = input_specs(load_onnx(mlp))
     with pytest.raises(EdgeslimError, match=r"bad\.npz: not a readable \.npz file"):
-        load_npz(tmp_path / "bad.npz", specs)
+        load_npz_feeds(tmp_path / "bad.npz", specs)
     np.savez(tmp_path / "s.npz", a=np.array(["x"] * 16), b=np.zeros((4, 16), np.float32))
     with pytest.raises(EdgeslimError, match="array 'a' has dtype"):
-        load_npz(tmp_path / "s.npz", specs)
+        load_npz_feeds(tmp_path / "s.npz", specs)
 
 
 def test_npz_sample_layouts(tmp_path: Path, mlp: Path) -> None:
     specs = input_specs(load_onnx(mlp))
     # rank+1 arrays hold one feed per index; rank-sized arrays with a dynamic batch are split into batch 1
     np.savez(tmp_path / "c.npz", a=np.ones((3, 2, 16), np.float32), b=np.ones((3, 16), np.float32) * 2)
-    feeds = load_npz(tmp_path / "c.npz", specs)
+    feeds = load_npz_feeds(tmp_path / "c.npz", specs)
     assert len(feeds) == 3 and feeds[0]["a"].shape == (2, 16) and feeds[0]["b"].shape == (1, 16)
 
 

@@ -1,4 +1,4 @@
-"""`optimize` splits the given samples once (seeded): the INT8 plan calibrates on one part, every candidate's
+"""`optimize_onnx` splits the given samples once (seeded): the INT8 plan calibrates on one part, every candidate's
 fidelity and the tolerance gate use the other, which no quantizer saw."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from test_optimize_graphs import multi_input_mlp
 
 from edgeslim.onnxopt import candidates
-from edgeslim.onnxopt.run import MAX_HELD_OUT, OptimizeConfig, optimize, split_samples
+from edgeslim.onnxopt.run import MAX_HELD_OUT, OptimizeConfig, optimize_onnx, split_samples
 from edgeslim.quant.int8_plan import Int8Options
 
 
@@ -47,7 +47,7 @@ def test_fidelity_comes_from_samples_never_calibrated_on(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(candidates.int8_plan, "build", spy_build)
     monkeypatch.setattr(candidates, "run_all", spy_run_all)
-    res = optimize(OptimizeConfig(model=src, out=tmp_path / "o.onnx", calib=tmp_path / "in.npz", samples=12,
+    res = optimize_onnx(OptimizeConfig(model=src, out=tmp_path / "o.onnx", calib=tmp_path / "in.npz", samples=12,
                                   bench_seconds=0.2, weight_min_elements=64, max_slowdown=1.0,
                                   int8=Int8Options(speed_choice=False, adaround=False, formats=("u8s8-pc",)),
                                   candidates=("fp32-opt", "w8", "int8-qdq")))

@@ -15,8 +15,7 @@ import pytest
 from torch import nn
 
 from edgeslim import api
-from edgeslim.litert import litert_available
-from edgeslim.litert import vela
+from edgeslim.litert import litert_available, vela
 
 needs_both = pytest.mark.skipif(not (vela.vela_available() and litert_available()), reason=vela.INSTALL_HINT)
 

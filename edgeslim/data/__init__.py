@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeslim.data.builtin import BUILTIN
-from edgeslim.data.loaders import load_cifar_bin, load_csv, load_image_folder, load_npz
+from edgeslim.data.loaders import load_cifar_bin, load_csv, load_image_folder, load_npz_task
 from edgeslim.data.task import Task
 from edgeslim.errors import EdgeslimError, choices
 
@@ -29,7 +29,7 @@ def load_task(spec: str, seed: int = 0) -> Task:
                 f"unknown task '{spec}': not a built-in ({choices(BUILTIN)}) and no such file or folder"
             )
         if p.is_file() and p.suffix == ".npz":
-            task = load_npz(p, seed)
+            task = load_npz_task(p, seed)
         elif p.is_file() and p.suffix == ".csv":
             task = load_csv(p, seed)
         elif p.is_dir() and any(p.glob("data_batch_*.bin")):

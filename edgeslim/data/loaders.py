@@ -62,7 +62,7 @@ def as_float_inputs(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def load_npz(path: Path, seed: int = 0, test_fraction: float = 0.2) -> Task:
+def load_npz_task(path: Path, seed: int = 0, test_fraction: float = 0.2) -> Task:
     from edgeslim.resources import check_npz
 
     check_npz(path, "loading the data set", "use a smaller file (a subset of the samples)")

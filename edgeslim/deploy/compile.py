@@ -1,6 +1,6 @@
 """Graph compilation steps for an exported ONNX model, each reporting what it changed.
 
-- `fold_batchnorm`: Conv followed by BatchNormalization (constant statistics) becomes one Conv
+- `folded_batchnorm`: Conv followed by BatchNormalization (constant statistics) becomes one Conv
   (W' = W * g / sqrt(v + eps) per output channel, b' = (b - m) * g / sqrt(v + eps) + beta). The
   TorchScript exporter already folds BN of models in eval mode; `bn_folding_check` tells which.
 - `fold_and_prune`: constant folding and dead-node removal (onnxscript's optimizer, then
@@ -61,7 +61,7 @@ def bn_folding_check(model: str | Path | onnx.ModelProto) -> dict:
     return {"batchnorm_nodes": len(bns), "folded": not bns, "after_conv": after_conv}
 
 
-def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def folded_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy with every Conv -> BatchNormalization pair (constant params, single reader) merged."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -203,7 +203,7 @@ def host_specific_ops(before: dict[str, int], after: dict[str, int]) -> list[str
 
 def compile_onnx(model: Path, out: Path, level: str = "extended", inputs: Path | None = None,
                   shapes: Sequence[str] = (), device: str | Path | None = None) -> dict:
-    """The `edgeslim compile` job on an ONNX file or model folder: `fold_batchnorm`, `fold_and_prune`, then
+    """The `edgeslim compile` job on an ONNX file or model folder: `folded_batchnorm`, `fold_and_prune`, then
     `compile_ort` into `out`, every output checked against the input model on its inputs (`inputs` .npz, else
     synthetic, `shapes` for symbolic dims). Returns the report; ORT's node counts are `nodes_before`/
     `nodes_after`, the folding step's `fold_nodes_before`/`fold_nodes_after`.
@@ -224,7 +224,7 @@ def compile_onnx(model: Path, out: Path, level: str = "extended", inputs: Path |
         with about(model), tempfile.TemporaryDirectory() as tmp:  # a broken model: one line naming it
             src = read_onnx(path)
             fd = make_feeds(input_specs(src), inputs, shapes, n=2)
-            m, n_bn = fold_batchnorm(src)
+            m, n_bn = folded_batchnorm(src)
             m, info = fold_and_prune(m)
             pre = Path(tmp) / "pre.onnx"
             write_bytes(pre, m.SerializeToString())

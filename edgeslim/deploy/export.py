@@ -49,11 +49,11 @@ def export_onnx(
     write_bytes(path, buf.getvalue())
     result: dict = {}
     if check is not None:
-        result = parity(model, path, check, atol)
+        result = export_parity(model, path, check, atol)
     return result
 
 
-def parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> dict:
+def export_parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> dict:
     """Max abs difference of ONNX Runtime vs PyTorch on `x` (output units); the PyTorch side runs on the
     threads training would pick for this model and batch (`train.train_threads`: one for small models,
     where a second thread only spins on a shared machine)."""

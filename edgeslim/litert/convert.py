@@ -149,7 +149,7 @@ def to_tflite(
         if int8 and not (lm.input.quantized and lm.output.quantized):
             raise EdgeslimError(f"{path}: INT8 conversion left float inputs/outputs ({lm.input.dtype}/{lm.output.dtype})")
         if check is not None and len(check):
-            summary["parity"] = p = parity(lm, reference, check, int8=int8, atol=atol, labels=labels)
+            summary["parity"] = p = litert_parity(lm, reference, check, int8=int8, atol=atol, labels=labels)
             if p.get("parity_failed"):
                 if not force:
                     raise EdgeslimError(f"{path}: {p['parity_failed']}; nothing written (--force writes it anyway, "
@@ -161,7 +161,7 @@ def to_tflite(
     return summary
 
 
-def parity(lm, reference, x: np.ndarray, *, int8: bool, atol: float = 1e-3, labels: np.ndarray | None = None
+def litert_parity(lm, reference, x: np.ndarray, *, int8: bool, atol: float = 1e-3, labels: np.ndarray | None = None
            ) -> dict:
     """Compare the LiteRT model `lm` with the PyTorch `reference` on inputs `x` (module constants). The result's
     `parity_failed` (absent when it passes) names each failing figure with its limit, in one line."""
@@ -198,4 +198,4 @@ def parity(lm, reference, x: np.ndarray, *, int8: bool, atol: float = 1e-3, labe
     return out
 
 
-__all__ = ["to_tflite", "fake_quant_int8", "parity"]
+__all__ = ["to_tflite", "fake_quant_int8", "litert_parity"]

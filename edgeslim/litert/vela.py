@@ -107,4 +107,4 @@ def vela_for_fit(model: str | Path, vela: dict) -> dict:
     return compile_vela(path, vela)
 
 
-__all__ = ["INSTALL_HINT", "available", "compile_vela", "parse_summary", "vela_for_fit"]
+__all__ = ["INSTALL_HINT", "compile_vela", "parse_summary", "vela_available", "vela_for_fit"]

@@ -153,7 +153,7 @@ def buffers_of(model: onnx.ModelProto, fuse_qdq: bool = True, fuse_inplace: bool
     return m, {t: find(t) for t in root}, size
 
 
-def plan_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fuse_inplace: bool = True,
+def plan_activation_arena(model: str | Path | onnx.ModelProto, *, fuse_qdq: bool = True, fuse_inplace: bool = True,
                align: int = TFLM_ALIGN, reorder: bool = True, max_states: int = 5000,
                shapes: dict[str, list[int]] | None = None, strict: bool = False) -> ArenaPlan:
     """Plan the activation arena of `model` (path or ModelProto) at batch 1. See the module docstring.
@@ -204,7 +204,7 @@ def reorder_model(model: str | Path | onnx.ModelProto, max_states: int = 5000,
     out.CopyFrom(src)
     del out.graph.node[:]
     out.graph.node.extend(const + [active[i] for i in order])
-    return out, plan_arena(out, reorder=False, shapes=shapes)
+    return out, plan_activation_arena(out, reorder=False, shapes=shapes)
 
 
 def _node_name(n: onnx.NodeProto, i: int) -> str:
@@ -213,4 +213,4 @@ def _node_name(n: onnx.NodeProto, i: int) -> str:
 
 
 
-__all__ = ["TFLM_ALIGN", "ArenaPlan", "Buffer", "plan_arena", "greedy_by_size", "peak_live", "lifetimes"]
+__all__ = ["TFLM_ALIGN", "ArenaPlan", "Buffer", "plan_activation_arena", "greedy_by_size", "peak_live", "lifetimes"]

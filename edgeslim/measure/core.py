@@ -173,10 +173,10 @@ def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | No
     b1 = _lead(feed, specs)
     if torch_eager and net is not None:
         runners["torch"] = _torch_runner(net, feed)
-        from edgeslim.deploy.export import parity
+        from edgeslim.deploy.export import export_parity
 
         x = _task_or_random(task, src, 8, seed)
-        m.extra.update(parity(net, src.onnx, x))
+        m.extra.update(export_parity(net, src.onnx, x))
     if runs:
         lat = _time(runners, runs, max_seconds, threads, b1)
         m.latency, m.latency_torch = lat["onnxruntime"], lat.get("torch")

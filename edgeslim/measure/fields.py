@@ -51,11 +51,11 @@ def arena_fields(proto: Any, path: Path, shapes: dict[str, list[int]], reorder: 
     """Activation arena (bytes) of the planner at the feed's shapes; with If/Loop/Scan bodies or tensors of
     unknown shape it is a lower bound (`arena_lower_bound`, `arena_note`). Exports whose Reshape targets come
     from `Shape` ops get a second try after ONNX Runtime's constant folding at static shapes."""
-    from edgeslim.measure.arena import plan_arena
+    from edgeslim.measure.arena import plan_activation_arena
 
     def attempt(m: Any) -> tuple[Any, str]:
         try:
-            return plan_arena(m, shapes=shapes, max_states=2000, reorder=reorder), ""
+            return plan_activation_arena(m, shapes=shapes, max_states=2000, reorder=reorder), ""
         except Exception as e:  # EdgeslimError or a shape-inference failure: try another form or report
             return None, (str(e).splitlines()[0] if str(e) else type(e).__name__)[:200]
 

@@ -121,13 +121,13 @@ def arena_beside(model: str | Path) -> dict | None:
         return None
     from edgeslim.litert.interpreter import LiteRTModel
     from edgeslim.litert.micro import tflm_arena
-    from edgeslim.measure.arena import plan_arena
+    from edgeslim.measure.arena import plan_activation_arena
     from edgeslim.onnxkit.graph import has_qdq
     from edgeslim.onnxkit.load import read_onnx
 
     if LiteRTModel(tfl).input.quantized != has_qdq(read_onnx(onnx)):
         return None
-    planner = plan_arena(onnx, reorder=False).arena_bytes
+    planner = plan_activation_arena(onnx, reorder=False).arena_bytes
     a = tflm_arena(tfl)
     return {"onnx": str(onnx), "tflite": str(tfl), "planner_arena_bytes": planner,
             "tflm_arena_bytes": a.total_bytes, "tflm_arena_head_bytes": a.head_bytes,

@@ -49,7 +49,7 @@ def _defaults(arch: str) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def removable_blocks(spec: dict) -> tuple[list[str], list[str]]:
+def removable_arch_blocks(spec: dict) -> tuple[list[str], list[str]]:
     """(all blocks of the arch, the ones whose input and output shapes match and so may be dropped)."""
     names = BLOCKS.get(spec["arch"], [])
     if not names:
@@ -99,7 +99,7 @@ def student_spec(
     spec = make_spec(arch, tuple(teacher["input_shape"]), teacher["num_classes"],
                      **{k: v for k, v in {**teacher.get("kwargs", {}), **new}.items()})
     if depth < 1.0:
-        blocks, removable = removable_blocks(spec)
+        blocks, removable = removable_arch_blocks(spec)
         if not blocks:
             raise EdgeslimError(f"'{arch}' has no removable blocks; depth multipliers work for {choices(BLOCKS)}")
         drop = min(len(removable), len(blocks) - int(round(len(blocks) * depth)))

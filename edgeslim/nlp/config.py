@@ -45,14 +45,14 @@ def recover(model: Any, task: Any, cfg: DistillSettings, ctx: Any, desc: str) ->
     quiet). Returns the notes ({} without epochs)."""
     if cfg.distill_epochs == 0:
         return {}
-    from edgeslim.nlp.distill import distill
+    from edgeslim.nlp.distill import distill_encoder
     from edgeslim.nlp.text import read_sentences, transfer_sentences
 
     texts = list(task.train) + transfer_sentences(task.train, cfg.transfer, ctx.seed)
     if cfg.extra_text:
         texts += read_sentences(Path(cfg.extra_text))[0]
     teacher: Any = ctx.teacher()
-    hist = distill(model, teacher, texts, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
+    hist = distill_encoder(model, teacher, texts, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
                    batch_size=cfg.distill_batch_size, loss=cfg.loss, token_weight=cfg.token_weight, seed=ctx.seed,
                    quiet=ctx.quiet, desc=desc, precision=cfg.precision)
     return {"distill": hist}

@@ -41,7 +41,7 @@ def _rel_sq(s: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (((s - t) ** 2) * m).sum() / ((t**2) * m).sum().clamp(min=1e-12)
 
 
-def distill(
+def distill_encoder(
     student: SentenceEncoder, teacher: SentenceEncoder, texts: list[str], *, epochs: int, lr: float,
     batch_size: int = 32, loss: Literal["cosine", "mse"] = "cosine", token_weight: float = 0.0, seed: int = 0,
     quiet: bool = False, desc: str = "distill", precision: Precision = "fp32",

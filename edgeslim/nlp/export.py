@@ -48,7 +48,7 @@ def export_encoder(enc: SentenceEncoder, path: Path, check_texts: list[str] | No
     write_bytes(path, buf.getvalue())
     if not check_texts:
         return {}
-    return parity(enc, path, check_texts, atol)
+    return encoder_parity(enc, path, check_texts, atol)
 
 
 def run_onnx(sess, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -62,7 +62,7 @@ def onnx_embed(path: Path, enc: Any, texts: list[str], batch: int = 64, threads:
     return np.concatenate([run_onnx(sess, tokenize(enc, texts[i : i + batch])) for i in range(0, len(texts), batch)])
 
 
-def parity(enc: SentenceEncoder, path: Path, texts: list[str], atol: float = 1e-4) -> dict:
+def encoder_parity(enc: SentenceEncoder, path: Path, texts: list[str], atol: float = 1e-4) -> dict:
     from edgeslim.nlp.encoder import embed
 
     worst = 0.0
@@ -174,7 +174,7 @@ def weight_storage(path: Path) -> dict:
     return {"bytes_by_dtype": dict(by), "large_float32_tensors": big_float}
 
 
-def op_counts(path: Path) -> dict[str, int]:
+def op_counts_file(path: Path) -> dict[str, int]:
     import onnx
 
     from edgeslim.onnxkit.graph import op_counts as counts

@@ -20,7 +20,7 @@ QUANTIZED_OPS = _ONNX_QUANTIZED | {"QAttention", "QEmbedLayerNormalization", "Dy
 
 
 def _float_source(src: Path, name: str) -> Path:
-    ops = set(ex.op_counts(src))
+    ops = set(ex.op_counts_file(src))
     if ops & QUANTIZED_OPS:
         raise EdgeslimError(f"{name}: the previous stage is already quantized ({', '.join(sorted(ops & QUANTIZED_OPS))});"
                             " use one INT8 pass per recipe, after the structural passes")
@@ -52,7 +52,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, prev: Path, stage_dir: Pat
     work = stage_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     named = work / "named.onnx"
-    q.name_nodes(src, named)
+    q.name_nodes_file(src, named)
     nodes = q.node_linears(named, model)
     all_nodes = set(_node_names(named))
     bad = [n for n in cfg.keep_float_nodes if n not in all_nodes]
@@ -69,10 +69,10 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, prev: Path, stage_dir: Pat
     with ex.quiet_logs():  # ORT's quantizer logs advice on every call
         if static:
             feeds = [tokenize(model, [t]) for t in task.train[: cfg.calibration_samples]]
-            q.quantize_static(named, dst, feeds, exclude, cfg.per_channel, cfg.method)
+            q.quantize_encoder_static(named, dst, feeds, exclude, cfg.per_channel, cfg.method)
             fmt = f"static INT8 QDQ (u8 activations, calibrated {cfg.method} on {len(feeds)} sentences; s8 weights)"
         else:
-            q.quantize_dynamic(named, dst, exclude, cfg.per_channel, cfg.embeddings)
+            q.quantize_encoder_dynamic(named, dst, exclude, cfg.per_channel, cfg.embeddings)
             fmt = "dynamic INT8 (u8 activations scaled at run time, s8 weights; MatMulInteger/QAttention)"
     shutil.rmtree(work)
     q.drop_value_info(dst)
@@ -80,7 +80,7 @@ def int8(model: SentenceEncoder, task: Any, cfg: Any, prev: Path, stage_dir: Pat
     if dup:  # our bug, not the user's: a quantized weight must not also be stored in float
         raise AssertionError(f"{dst}: float copies kept beside int8 weights: {dup[:3]}")
     store = ex.weight_storage(dst)
-    ops = ex.op_counts(dst)
+    ops = ex.op_counts_file(dst)
     return dst, {
         "format": fmt + (", per channel" if cfg.per_channel else ", per tensor"),
         "quantized_layers": sum(1 for n in nodes if n not in exclude),

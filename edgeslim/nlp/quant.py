@@ -88,7 +88,7 @@ def node_linears(onnx_path: Path, enc: SentenceEncoder) -> dict[str, list[str]]:
     return out
 
 
-def name_nodes(src: Path, dst: Path) -> None:
+def name_nodes_file(src: Path, dst: Path) -> None:
     """A copy of `src` with every node named (the quantizer excludes nodes by name)."""
     import onnx
 
@@ -105,7 +105,7 @@ def pick_float_nodes(sens: dict[str, float], nodes: dict[str, list[str]], k: int
     return sorted(per_node.items(), key=lambda kv: -kv[1])[:k]
 
 
-def quantize_dynamic(src: Path, dst: Path, exclude: list[str], per_channel: bool, embeddings: bool) -> None:
+def quantize_encoder_dynamic(src: Path, dst: Path, exclude: list[str], per_channel: bool, embeddings: bool) -> None:
     """Dynamic INT8 (QOperator: MatMulInteger, QAttention; u8 activations, s8 weights, full range: VNNI
     CPUs do not need reduce_range, and the fidelity figures show what it costs where they do)."""
     import onnx
@@ -113,11 +113,11 @@ def quantize_dynamic(src: Path, dst: Path, exclude: list[str], per_channel: bool
     from edgeslim.onnxkit import quant as oq
 
     ops = list(QUANT_OPS) + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
-    oq.quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=False, op_types=ops, exclude_nodes=exclude,
+    oq.quantize_dynamic_file(src, dst, per_channel=per_channel, reduce_range=False, op_types=ops, exclude_nodes=exclude,
                         extra={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def quantize_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str],
+def quantize_encoder_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], exclude: list[str],
                     per_channel: bool, method: str) -> None:
     """Static INT8 QDQ (u8 activations with calibrated ranges, s8 weights) of the MatMul layers."""
     import onnx

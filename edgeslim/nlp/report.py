@@ -20,7 +20,7 @@ from edgeslim.report.results import human_bytes, markdown_table
 
 def write_text_results(out: Path, results: dict) -> None:
     write_json(out / "results.json", results)
-    md = report_md(results)
+    md = text_report_md(results)
     write_text(out / "report.md", md)
     rec = out / "recipe.yaml"
     write_text(out / "report.html", report_html(results, md, rec.read_text() if rec.is_file() else ""))
@@ -93,7 +93,7 @@ def speedups(stages: list[dict]) -> list[tuple[str, float, float | None]]:
     return out
 
 
-def report_md(results: dict) -> str:
+def text_report_md(results: dict) -> str:
     stages = results["stages"]
     task = results.get("task", {})
     base, last = stages[0], stages[-1]

@@ -212,7 +212,7 @@ def single_input_samples(path: str | Path, shape: tuple[int, ...], holder: str =
     return a.astype(np.float32)
 
 
-def load_npz(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
+def load_npz_feeds(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
     """Feeds from an .npz with one array per input name (see module docstring for the sample layout)."""
     p = Path(path)
     if not p.is_file():
@@ -283,7 +283,7 @@ def make_feeds(
     """Up to `n` feeds from `--inputs FILE.npz` (all of its samples when `n` is 0), else `n` synthetic ones
     from the declared shapes and `--shape NAME=D0,...` (with values suited to each dtype)."""
     if inputs is not None:
-        feeds = load_npz(inputs, specs)
+        feeds = load_npz_feeds(inputs, specs)
         warns = ["--shape ignored: the --inputs arrays give the shapes"] if shapes else []
         return Feeds(feeds[:n] if n else feeds, "inputs", warns)
     given = parse_shapes(list(shapes), specs)

@@ -206,7 +206,7 @@ def quantize_static_file(src: Path, dst: Path, calib: np.ndarray, fmt: IntFormat
     pre.unlink(missing_ok=True)
 
 
-def quantize_dynamic(
+def quantize_dynamic_file(
     src: Path, dst: Path, *, per_channel: bool = False, reduce_range: bool = True,
     op_types: Sequence[str] = tuple(DYNAMIC_OPS), exclude_nodes: Sequence[str] = (), extra: dict | None = None,
 ) -> None:
@@ -233,7 +233,7 @@ def convert_fp16(model: onnx.ModelProto, block_ops: set[str] | None = None) -> o
         return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
 
 
-def quantize_int4_weights(src: Path, dst: Path, block_size: int, symmetric: bool) -> int:
+def quantize_int4_file(src: Path, dst: Path, block_size: int, symmetric: bool) -> int:
     """Block-wise INT4 weight-only quantization of MatMul weights (ORT's MatMulNBits). Returns the
     number of MatMulNBits nodes written."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer

@@ -210,7 +210,7 @@ def _why_counts(float_units: dict[str, str]) -> str:
 
 def _sqnr_floor(plan: int8_plan.Int8Plan, ctx: CandidateContext) -> int8_plan.Int8Plan:
     """`--sqnr-db`: also keep float (original weights) every INT8 layer whose output SQNR is under it."""
-    s = fallback.layer_sqnr(plan.float_model, plan.model, ctx.feeds[:8])
+    s = fallback.onnx_layer_sqnr(plan.float_model, plan.model, ctx.feeds[:8])
     low = {n for n, db in s.items() if db < ctx.sqnr_db}
     hit = [u for u in plan.int8_units if set(plan.units.quant[u]) & low]
     if not hit:

@@ -27,11 +27,11 @@ def dynamic_int8(model: onnx.ModelProto, exclude_ops: set[str], exclude_nodes: s
     with tempfile.TemporaryDirectory() as td:
         src, dst = Path(td) / "in.onnx", Path(td) / "out.onnx"
         save(model, src)
-        oq.quantize_dynamic(src, dst, op_types=ops, exclude_nodes=sorted(exclude_nodes))
+        oq.quantize_dynamic_file(src, dst, op_types=ops, exclude_nodes=sorted(exclude_nodes))
         return onnx.load(str(dst))
 
 
-def layer_sqnr(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[Feed]) -> dict[str, float]:
+def onnx_layer_sqnr(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[Feed]) -> dict[str, float]:
     """SQNR (dB) of each quantized layer's output, QDQ model vs float model, over `feeds`."""
     produced = {o for n in float_model.graph.node for o in n.output}
     # compare what the next layer sees: the Q->DQ'd activation (the quantizer folds a following Relu/Clip

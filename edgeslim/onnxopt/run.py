@@ -1,4 +1,4 @@
-"""`optimize()`: the whole job behind `edgeslim optimize`.
+"""`optimize_onnx()`: the whole job behind `edgeslim optimize`.
 
 load + repair -> feeds (calibration .npz or synthetic) -> one seeded split of the samples into a
 calibration part and a held-out part -> original outputs -> candidates (built and calibrated on the
@@ -34,7 +34,7 @@ from edgeslim import resources
 from edgeslim.devices import load_device
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.decide import Option, choose_option
 from edgeslim.measure.device_clock import EstimatedClock
 from edgeslim.measure.fidelity import Tolerance, compare_outputs, run_all
@@ -59,7 +59,7 @@ SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic in
 
 @dataclass(config=ConfigDict(arbitrary_types_allowed=True, extra="forbid"))
 class OptimizeConfig:
-    """Everything `edgeslim optimize` / `api.optimize` takes, validated once (pydantic): the CLI builds it
+    """Everything `edgeslim optimize` / `api.optimize_onnx` takes, validated once (pydantic): the CLI builds it
     from its options. Units: seconds, dB, elements; `tol` is the fidelity tolerance (`tol_given`: the user
     set it, so a candidate that breaks it is refused rather than skipped)."""
 
@@ -150,7 +150,7 @@ def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
         resources.check_npz(Path(cfg.calib), "loading the calibration file",
                             f"save fewer samples (--samples {cfg.samples} calibrate on {cfg.samples}, the rest "
                             "is held out for fidelity)")
-        resources.check_calibration_memory(lambda: plan_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
+        resources.check_calibration_memory(lambda: plan_activation_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
                                     Path(cfg.model).name, "lower --samples")
     n = 0 if cfg.calib is not None else cfg.samples + max(1, cfg.samples // 4)
     fd = make_feeds(specs, cfg.calib, cfg.shapes, n=n, seed=cfg.seed)
@@ -258,7 +258,7 @@ def _side(src: Path, out_path: Path, size: tuple[int, int], ops: dict[str, int] 
     }
 
 
-def optimize(cfg: OptimizeConfig) -> dict:
+def optimize_onnx(cfg: OptimizeConfig) -> dict:
     """Run the job; writes `cfg.out` unless refused. Returns everything the report shows (JSON-able)."""
     import onnxruntime as ort
 

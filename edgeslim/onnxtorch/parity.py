@@ -36,7 +36,7 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max()) if a.size else 0.0
 
 
-def parity(onnx_path: str | Path | onnx.ModelProto, module: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+def conversion_parity(onnx_path: str | Path | onnx.ModelProto, module: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """Max abs error per output name of `module` vs ONNX Runtime running `onnx_path` on `feeds`."""
     from edgeslim.onnxkit.session import session
 

@@ -27,7 +27,7 @@ def quantize_dynamic(model: nn.Module | None, task: Task, cfg: QuantizeDynamic, 
     mm = ctx.stage_dir / "matmul.onnx"
     n = oq.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"
-    oq.quantize_dynamic(mm, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
+    oq.quantize_dynamic_file(mm, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
     mm.unlink()
     weight_only = rq.weight_only_recurrent(dst, dst)  # GRU/RNN: no integer kernel in ORT
     ops = [x.op_type for x in onnx.load(str(dst)).graph.node]

@@ -30,7 +30,7 @@ def quantize_int4_weights(
     mm = ctx.stage_dir / "matmul.onnx"
     oq.gemm_to_matmul(ctx.prev_onnx, mm)
     dst = ctx.stage_dir / "model.onnx"
-    n = oq.quantize_int4_weights(mm, dst, cfg.block_size, cfg.symmetric)
+    n = oq.quantize_int4_file(mm, dst, cfg.block_size, cfg.symmetric)
     mm.unlink()
     convs = sum(x.op_type == "Conv" for x in onnx.load(str(dst)).graph.node)
     note = (f"{convs} Conv layers stay FP32: ONNX Runtime has no INT4 Conv kernel" if convs else "")

@@ -23,7 +23,7 @@ from edgeslim import resources
 from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
-from edgeslim.measure.arena import plan_arena
+from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.decide import Option, choose_option, ratio
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
@@ -94,7 +94,7 @@ def quantize_int8(
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration_input(ctx.prev_onnx, calib), calib)
     prev = ctx.prev_onnx
-    resources.check_calibration_memory(lambda: plan_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
+    resources.check_calibration_memory(lambda: plan_activation_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
                                 "lower calibration_samples in the recipe")
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)

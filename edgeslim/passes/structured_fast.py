@@ -118,7 +118,7 @@ def probe_fast(model: nn.Module, task: Task, cfg: StructuredFast, ctx: RunContex
         widest[hw] = max(widest.get(hw, 0), c)
     fast, times = {}, {}
     for hw, c in widest.items():
-        t = cm.probe(ctx.measure, hw, cm.candidate_counts(c, cfg.probe_step))
+        t = cm.time_channel_counts(ctx.measure, hw, cm.candidate_counts(c, cfg.probe_step))
         fast[hw], times[hw] = cm.fast_counts(t, cfg.step_margin), t
     return fast, times
 

@@ -54,7 +54,7 @@ def candidate_counts(c_max: int, step: int = 4) -> list[int]:
     return sorted({*range(step, c_max + 1, step), c_max})
 
 
-def probe(measurer: Any, hw: tuple[int, ...], counts: Sequence[int], stride: int = 1, rounds: int = 30,
+def time_channel_counts(measurer: Any, hw: tuple[int, ...], counts: Sequence[int], stride: int = 1, rounds: int = 30,
           per_round: int = 20) -> dict[int, float]:
     """{count: p50 ms} of `conv_model(count, hw, stride)` for every count, timed together (interleaved) by
     `measurer.compare` (the measurement core: `ctx.measure` in a run)."""

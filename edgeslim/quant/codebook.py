@@ -133,7 +133,7 @@ def _nearest(x: np.ndarray, sorted_c: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def layer_sqnr(ref: torch.nn.Module, q: torch.nn.Module, x: np.ndarray, names: list[str]) -> dict[str, float]:
+def module_layer_sqnr(ref: torch.nn.Module, q: torch.nn.Module, x: np.ndarray, names: list[str]) -> dict[str, float]:
     """SQNR (dB) of each named module's output in `q` against the same module in `ref` on inputs `x`."""
     outs: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "q": {}}
     hooks = []

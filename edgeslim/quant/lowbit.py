@@ -14,7 +14,7 @@ from torch import nn
 from edgeslim.data import Task
 from edgeslim.formats.packed import write_packed
 from edgeslim.quant import fakequant as fq
-from edgeslim.quant.codebook import WeightCodec, layer_sqnr
+from edgeslim.quant.codebook import WeightCodec, module_layer_sqnr
 from edgeslim.train import evaluate
 
 
@@ -41,7 +41,7 @@ def quantize_weights(
     hist = finetune(model)
     baked = fq.unwrap(model)
     used = write_packed(path, baked.state_dict(), {f"{n}.weight": c for n, c in codecs.items()})
-    sq = layer_sqnr(ref, baked, task.x_val[:128], list(codecs))
+    sq = module_layer_sqnr(ref, baked, task.x_val[:128], list(codecs))
     mods = dict(baked.named_modules())
     layers = []
     for n in layer_names(ref):  # network order

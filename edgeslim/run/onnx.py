@@ -221,14 +221,14 @@ class OnnxHandler(FidelityStages):
             self.pending_baseline = False
 
     def export(self, model: Any, onnx_path: Path, task: Any) -> dict:
-        from edgeslim.onnxtorch import export_converted, parity
+        from edgeslim.onnxtorch import conversion_parity, export_converted
 
         feeds = {self.input_name: task.x_test[:1]}
         assert self.source is not None
         if self.pending_baseline:  # the baseline is the original file as given; the conversion is checked on it
             self.pending_baseline = False
             shutil.copyfile(self.source, onnx_path)
-            errs = parity(self.source, model.inner, {self.input_name: task.x_test[:4] if not self.fixed_batch
+            errs = conversion_parity(self.source, model.inner, {self.input_name: task.x_test[:4] if not self.fixed_batch
                                                      else task.x_test[:1]})
             return {"conversion_parity_max_abs_diff": errs, "parity_split": "test"}
         res = export_converted(model.inner, feeds, onnx_path, dynamic=not self.fixed_batch)

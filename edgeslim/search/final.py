@@ -19,8 +19,8 @@ from edgeslim.search.constraints import measured_violations
 from edgeslim.search.objectives import OBJECTIVES, mac_layers, measure_candidate, objective_value
 from edgeslim.search.pareto import front_indices, hypervolume, reference_point
 from edgeslim.search.study import (
-    StudyContext,
     SearchConfig,
+    StudyContext,
     open_or_join,
     prepare_study,
     trial_rows,

@@ -34,8 +34,8 @@ from edgeslim.search.objectives import OBJECTIVES, measure_candidate, objective_
 from edgeslim.search.space import (
     MAX_RATIO,
     Baseline,
-    RecipeCandidate,
     Knob,
+    RecipeCandidate,
     active_knobs,
     extreme_footprint,
     knob_names,
