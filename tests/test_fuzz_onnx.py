@@ -1,5 +1,5 @@
 """Fuzzed ONNX files (truncated, bit-flipped, structurally mutated) through `measure`, `fit`, `arena`,
-`compile` and `optimize_onnx`: each ends with a result or one EdgeslimError line naming the file; never
+`compile` and `optimize`: each ends with a result or one EdgeslimError line naming the file; never
 another exception, never a hang, and a refused command writes nothing."""
 
 from __future__ import annotations

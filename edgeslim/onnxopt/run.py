@@ -59,7 +59,7 @@ SYNTHETIC_WARNING = ("no --inputs given: calibration and checks use synthetic in
 
 @dataclass(config=ConfigDict(arbitrary_types_allowed=True, extra="forbid"))
 class OptimizeConfig:
-    """Everything `edgeslim optimize` / `api.optimize_onnx` takes, validated once (pydantic): the CLI builds it
+    """Everything `edgeslim optimize` / `api.optimize` takes, validated once (pydantic): the CLI builds it
     from its options. Units: seconds, dB, elements; `tol` is the fidelity tolerance (`tol_given`: the user
     set it, so a candidate that breaks it is refused rather than skipped)."""
 

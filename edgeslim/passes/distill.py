@@ -111,7 +111,7 @@ def _load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn
 
 
 @register("distill", Distill)
-def distill(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) -> PassResult:
+def distill_student(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunContext) -> PassResult:
     """Knowledge distillation into a smaller student (or the current model) from the run's baseline."""
     assert model is not None
     teachers = _load_teachers(ctx, cfg.teachers, task)
