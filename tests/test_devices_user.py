@@ -180,7 +180,7 @@ def test_export_refuses_a_failing_tflite_and_force_writes_it_labelled(int8_tflit
     p = s["parity"]
     assert "parity_failed" not in p and p["parity_samples"] == len(tiny_image_task.y_test)
     assert abs(p["parity_accuracy"] - p["parity_reference_accuracy"]) <= 0.01 + 1e-9
-    monkeypatch.setattr(conv, "parity", lambda *a, **k: {"parity_failed": "INT8 .tflite misses the parity check: X"})
+    monkeypatch.setattr(conv, "litert_parity", lambda *a, **k: {"parity_failed": "INT8 .tflite misses the parity check: X"})
     t = tiny_image_task
     out = tmp_path / "a.tflite"
     with pytest.raises(EdgeslimError, match="misses the parity check: X; nothing written"):

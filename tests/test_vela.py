@@ -32,7 +32,7 @@ def test_parse_summary_reads_vela_figures():
 
 
 def test_without_the_extra_one_line_with_the_pip_command(monkeypatch, tmp_path):
-    monkeypatch.setattr(vela, "available", lambda: False)
+    monkeypatch.setattr(vela, "vela_available", lambda: False)
     f = tmp_path / "m.tflite"
     f.write_bytes(b"x")
     assert vela.vela_for_fit(f, {"accelerator": "ethos-u55-128"}) == {"missing": vela.INSTALL_HINT}
