@@ -150,7 +150,7 @@ def _mixup_ce(beta: float, alpha: float, seed: int):
 def part_dpq(args, out: Path) -> dict:
     kw = {"width": args.kd_width} if args.kd_model != "lenet300" else {}
     tdir = _baseline(out, args.kd_model, args.kd_task, args.epochs, **kw)
-    res = api.run(ROOT / "recipes" / "distill-prune-quantize.yaml", tdir, args.kd_task, out / "run_dpq",
+    res = api.run(tdir, ROOT / "recipes" / "distill-prune-quantize.yaml", args.kd_task, out / "run_dpq",
                   quiet=True, force=True)
     return {"stages": [_stage(s) for s in res["stages"]]}
 
@@ -161,7 +161,7 @@ def _stage(s: dict) -> dict:
 
 def part_deep(args, out: Path) -> dict:
     base = _baseline(out, "lenet300", args.deep_task, args.epochs_lenet)
-    res = api.run(ROOT / "recipes" / "deep-compression.yaml", base, args.deep_task, out / "run_deep",
+    res = api.run(base, ROOT / "recipes" / "deep-compression.yaml", args.deep_task, out / "run_deep",
                   quiet=True, force=True)
     st = res["stages"]
     last = st[-1]
@@ -186,7 +186,7 @@ def part_lowrank(args, out: Path) -> dict:
     base = _baseline(out, "lenet300", args.deep_task, args.epochs_lenet)
     rec = out / "lowrank.yaml"
     rec.write_text(LOWRANK % (args.ft_epochs, args.lowrank_compression))
-    res = api.run(rec, base, args.deep_task, out / "run_lowrank", quiet=True, force=True)
+    res = api.run(base, rec, args.deep_task, out / "run_lowrank", quiet=True, force=True)
     b, lr = res["stages"]
     return {
         "task": args.deep_task, "compression": args.lowrank_compression,
