@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def part_kd(args, out: Path) -> dict:
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
                        feature_weight=args.feature_weight, mixup=args.mixup, transfer=args.transfer)
-        distill_model(s_kd, [teacher], t, dcfg.train, quiet=True, **kd_settings(dcfg))
+        distill_model(s_kd, [teacher], t, dcfg.train, kd_settings(dcfg), quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test),
                      "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
@@ -87,7 +88,7 @@ def part_kd(args, out: Path) -> dict:
             # (each KD step runs the student on 1 + ratio times as many inputs)
             torch.manual_seed(seed)
             s_plain, _ = build_student(spec, 0.5)
-            distill_model(s_plain, [teacher], t, dcfg.train, quiet=True, **{**kd_settings(dcfg), "transfer": None})
+            distill_model(s_plain, [teacher], t, dcfg.train, replace(kd_settings(dcfg), transfer=None), quiet=True)
             torch.manual_seed(seed)
             s_long, _ = build_student(spec, 0.5)
             train_model(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)

@@ -167,7 +167,7 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
 
     from edgeslim import models
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.distill.train import distill_model
+    from edgeslim.distill.train import KDSettings, distill_model
     from edgeslim.models.student import build_student
     from edgeslim.train import evaluate, train_model
 
@@ -186,8 +186,9 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
         if float(temp) == 0:  # T = 0: the same student on the labels alone, no teacher
             train_model(student, task, train, quiet=True)
         else:
-            distill_model(student, [teacher], task, train, temperature=float(temp), alpha=0.9,
-                          transfer=None if transfer == "0" else f"generate:{transfer}", quiet=True)
+            distill_model(student, [teacher], task, train, KDSettings(
+                temperature=float(temp), alpha=0.9, transfer=None if transfer == "0" else f"generate:{transfer}"),
+                quiet=True)
         secs = round(time.perf_counter() - t0, 1)
         export_onnx(student, task.input_shape, out / f"sweep_{hidden}.onnx")
         row = {"hidden": int(hidden), "transfer": int(transfer), "temperature": float(temp), "epochs": int(epochs),

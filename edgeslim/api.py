@@ -38,6 +38,7 @@ from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe, recipe_abo
 from edgeslim.train import TrainConfig, evaluate, train_model
 
 if TYPE_CHECKING:
+    from edgeslim.litert.options import ExportOptions
     from edgeslim.measure.options import MeasureOptions
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.passes.distill import Distill
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 # One config object per job (torchao's shape), imported on first use: `api.OptimizeConfig(...)`
 CONFIGS = {"OptimizeConfig": "edgeslim.onnxopt.run", "MeasureOptions": "edgeslim.measure.options",
            "SearchJob": "edgeslim.search.job", "Distill": "edgeslim.passes.distill",
-           "RunOptions": "edgeslim.run.options"}
+           "RunOptions": "edgeslim.run.options", "ExportOptions": "edgeslim.litert.options"}
 
 
 def __getattr__(name: str) -> Any:
@@ -403,24 +404,24 @@ def optimize(cfg: OptimizeConfig) -> dict:
         return run_optimize(cfg)
 
 
-def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
-           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
-           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None,
-           force: bool = False, min_arena: bool = False, max_recompute: float = 0.2) -> dict:
+def export(model: Path, fmt: str, out: Path, options: ExportOptions | None = None, *, task: str | None = None,
+           inputs: Path | None = None, shapes: Sequence[str] = (), **fields: Any) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
-    Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
-    (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
-    and energy there (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos
-    recomputing at most `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
+    Micro; also from a `.tflite` file), parity-checked against PyTorch on the samples of `task` or `inputs`
+    (an .npz; also the INT8 calibration data when there is no task). How: `options` (`api.ExportOptions`:
+    int8, calibration_samples, per_channel, force, min_arena, max_recompute, device, ...), or any of its fields
+    as keywords (`int8=True, device="cortex-m4"`). With `device`: the exported file's fit and energy there
+    (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos recomputing at most
+    `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
+    from edgeslim.litert.options import export_options
 
-    res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
-                       calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
-                       inputs=inputs, shapes=shapes, force=force, min_arena=min_arena, max_recompute=max_recompute,
-                       device=device)
-    if device is not None:
+    o = export_options(options, fields)
+    res = export_model(Path(model), fmt.lower(), Path(out), o, task=task,  # type: ignore[arg-type]
+                       inputs=inputs, shapes=shapes)
+    if o.device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
-        res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)
+        res["fit"] = check_fit(written, o.device, inputs=inputs, shapes=shapes)
     return res
 
 
@@ -446,8 +447,8 @@ def distill(teacher: Path, task: str, out: Path, cfg: Distill | None = None, *, 
     student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
     with accel.use(accelerator):
-        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
-                             **kd_settings(cfg))
+        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, kd_settings(cfg), quiet=quiet,
+                             checkpoint=ckpt)
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -565,4 +566,5 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
            "list_tasks", "list_devices", "list_recipes", "train_model", "TrainConfig",
-           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "RunOptions", "load_model", "save_model", "write_json", "RECIPES"]
+           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "RunOptions", "ExportOptions",
+           "load_model", "save_model", "write_json", "RECIPES"]

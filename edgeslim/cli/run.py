@@ -37,8 +37,11 @@ def run_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
-    res = api.run(model, recipe, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device, model_class=model_class, inputs=inputs, accelerator=accelerator)
+    from edgeslim.configs import build
+
+    opts = build(api.RunOptions, "run", seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
+                 device=device, model_class=model_class, accelerator=accelerator)
+    res = api.run(model, recipe, task, out, opts, inputs=inputs)
     if as_json:
         emit_json(res)
     else:
