@@ -67,6 +67,20 @@ def test_a_bad_option_is_one_line_naming_it():
         build(api.SearchJob, "search", model=Path("m"), task="digits", trials=0)
     with pytest.raises(EdgeslimError, match=r"^measure: --runs: "):
         build(api.MeasureOptions, "measure", runs=-1)
+    with pytest.raises(EdgeslimError, match=r"^export: --calibration-samples: Input should be greater than or equal"):
+        build(api.ExportOptions, "export", calibration_samples=0)
+    with pytest.raises(EdgeslimError, match=r"^run: --accelerator: Input should be 'auto', 'cpu' or 'cuda'"):
+        build(api.RunOptions, "run", accelerator="gpu")
+
+
+def test_run_and_export_take_the_what_then_one_options_object():
+    """`api.run(model, recipe, task, out, options)`, `api.export(model, fmt, out, options)`: what is run or
+    exported as parameters, how in the options object (its fields also taken as keywords)."""
+    assert list(inspect.signature(api.run).parameters)[:5] == ["model", "recipe", "task", "out", "options"]
+    assert list(inspect.signature(api.export).parameters)[:4] == ["model", "fmt", "out", "options"]
+    assert api.RunOptions().seed == 0 and api.RunOptions().report is True and api.RunOptions().accelerator is None
+    assert api.ExportOptions().calibration_samples == 256 and api.ExportOptions().per_channel is True
+    assert repr(api.ExportOptions(int8=True)) == "ExportOptions(int8=True)"
 
 
 def test_search_job_resolves_the_study_identity(tmp_path):

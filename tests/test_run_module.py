@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -74,6 +75,20 @@ def test_a_module_runs_as_its_pt2_does(tmp_path, recipe, tiny_image_task):
     torch.manual_seed(1)
     with pytest.raises(EdgeslimError, match="holds a different run \\(model_digest differ"):
         api.run(Net(), recipe, tiny_image_task, run, quiet=True, device="cortex-m4")
+
+
+def test_a_module_with_inputs_and_no_labels(tmp_path, recipe):
+    from conftest import quadrant_images
+
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=quadrant_images(100)[0])
+    torch.manual_seed(2)
+    res = api.run(Net(), recipe, None, tmp_path / "run", inputs=npz, quiet=True)
+    assert res["kind"] == "pytorch" and res["task"]["labels"].startswith("none") and res["task"]["test"] == 20
+    base, pruned = res["stages"]
+    assert base["fidelity"]["cosine"] == pytest.approx(1.0) and pruned["fidelity"]["cosine"] < 0.9999
+    assert pruned["params"] < base["params"] and (tmp_path / "run" / "model.pt2").is_file()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["task"] == f"inputs:{npz.resolve()}"
 
 
 def test_a_module_torch_export_cannot_capture_is_one_line(tmp_path, recipe, tiny_image_task):
