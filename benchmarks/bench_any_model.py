@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         try:
-            res = api.run(args.recipe, m, None, args.out_dir / m.stem, inputs=npz, quiet=True)
+            res = api.run(m, args.recipe, None, args.out_dir / m.stem, inputs=npz, quiet=True)
         except EdgeslimError as e:
             print(f"| {m.name} | refused: {e} | | | | | | {time.time() - t0:.0f} s |", flush=True)
             continue

@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def part_kd(args, out: Path) -> dict:
         feats = [tuple(f.split(":")) for f in args.features.split(",") if f]
         dcfg = Distill(temperature=args.temperature, alpha=args.alpha, train=cfg, features=feats,  # type: ignore[arg-type]
                        feature_weight=args.feature_weight, mixup=args.mixup, transfer=args.transfer)
-        distill_model(s_kd, [teacher], t, dcfg.train, quiet=True, **kd_settings(dcfg))
+        distill_model(s_kd, [teacher], t, dcfg.train, kd_settings(dcfg), quiet=True)
         rows.append({"seed": seed, "labels": evaluate(s_lab, t.x_test, t.y_test),
                      "kd": evaluate(s_kd, t.x_test, t.y_test),
                      "labels_val": evaluate(s_lab, t.x_val, t.y_val), "kd_val": evaluate(s_kd, t.x_val, t.y_val)})
@@ -87,7 +88,7 @@ def part_kd(args, out: Path) -> dict:
             # (each KD step runs the student on 1 + ratio times as many inputs)
             torch.manual_seed(seed)
             s_plain, _ = build_student(spec, 0.5)
-            distill_model(s_plain, [teacher], t, dcfg.train, quiet=True, **{**kd_settings(dcfg), "transfer": None})
+            distill_model(s_plain, [teacher], t, dcfg.train, replace(kd_settings(dcfg), transfer=None), quiet=True)
             torch.manual_seed(seed)
             s_long, _ = build_student(spec, 0.5)
             train_model(s_long, t, cfg.model_copy(update={"epochs": cfg.epochs * (1 + ratio)}), quiet=True)
@@ -150,7 +151,7 @@ def _mixup_ce(beta: float, alpha: float, seed: int):
 def part_dpq(args, out: Path) -> dict:
     kw = {"width": args.kd_width} if args.kd_model != "lenet300" else {}
     tdir = _baseline(out, args.kd_model, args.kd_task, args.epochs, **kw)
-    res = api.run(ROOT / "recipes" / "distill-prune-quantize.yaml", tdir, args.kd_task, out / "run_dpq",
+    res = api.run(tdir, ROOT / "recipes" / "distill-prune-quantize.yaml", args.kd_task, out / "run_dpq",
                   quiet=True, force=True)
     return {"stages": [_stage(s) for s in res["stages"]]}
 
@@ -161,7 +162,7 @@ def _stage(s: dict) -> dict:
 
 def part_deep(args, out: Path) -> dict:
     base = _baseline(out, "lenet300", args.deep_task, args.epochs_lenet)
-    res = api.run(ROOT / "recipes" / "deep-compression.yaml", base, args.deep_task, out / "run_deep",
+    res = api.run(base, ROOT / "recipes" / "deep-compression.yaml", args.deep_task, out / "run_deep",
                   quiet=True, force=True)
     st = res["stages"]
     last = st[-1]
@@ -186,7 +187,7 @@ def part_lowrank(args, out: Path) -> dict:
     base = _baseline(out, "lenet300", args.deep_task, args.epochs_lenet)
     rec = out / "lowrank.yaml"
     rec.write_text(LOWRANK % (args.ft_epochs, args.lowrank_compression))
-    res = api.run(rec, base, args.deep_task, out / "run_lowrank", quiet=True, force=True)
+    res = api.run(base, rec, args.deep_task, out / "run_lowrank", quiet=True, force=True)
     b, lr = res["stages"]
     return {
         "task": args.deep_task, "compression": args.lowrank_compression,

@@ -30,6 +30,7 @@ from edgeslim.litert.convert import to_tflite
 from edgeslim.litert.footprint import tflite_footprint
 from edgeslim.litert.interpreter import LiteRTModel
 from edgeslim.litert.micro import MicroModel
+from edgeslim.litert.options import ExportOptions
 from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.core import measure_model
 from edgeslim.models.zoo import ZOO
@@ -48,7 +49,7 @@ def part1(task_name: str, epochs: int, out: Path, archs: list[str]) -> list[dict
         row: dict = {"model": arch, "task": task_name, "torch_accuracy": evaluate(net, t.x_test, t.y_test)}
         for prec in ("fp32", "int8"):
             t0 = time.perf_counter()
-            s = to_tflite(net, t.input_shape, d / f"{prec}.tflite", int8=prec == "int8",
+            s = to_tflite(net, t.input_shape, d / f"{prec}.tflite", ExportOptions(int8=prec == "int8"),
                           calib=t.calibration(256) if prec == "int8" else None, check=t.x_test[:64])
             lm = LiteRTModel(s["path"])
             acc = lm.accuracy(t.x_test, t.y_test)
@@ -92,7 +93,7 @@ def part2(out: Path, only: list[str] | None = None) -> list[dict]:
             quantize_static_file(onnx32, onnx8, calib, IntFormat("int8", reduce_range=False, per_channel=True))
             for prec, onnx_path in (("fp32", onnx32), ("int8", onnx8)):
                 try:
-                    tfl = to_tflite(net, shape, Path(tmp) / f"{prec}.tflite", int8=prec == "int8",
+                    tfl = to_tflite(net, shape, Path(tmp) / f"{prec}.tflite", ExportOptions(int8=prec == "int8"),
                                     calib=calib if prec == "int8" else None)
                     a = MicroModel(tfl["path"]).arena()
                     ops = tfl["ops"]

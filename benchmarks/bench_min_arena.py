@@ -23,6 +23,7 @@ import torch
 
 from edgeslim.data.task import make_task
 from edgeslim.litert.export import tflite_export
+from edgeslim.litert.options import ExportOptions
 from edgeslim.models.zoo import ZOO
 
 MODELS = [("resnet8", (3, 32, 32), 10), ("dscnn", (1, 49, 10), 12), ("mobilenetv1", (3, 96, 96), 2)]
@@ -60,8 +61,8 @@ def run(max_recompute: float, out: Path) -> list[dict]:
         task = generated_task(name, shape, classes)
         net = train(ZOO[name].build(shape, classes), task)
         # check=None: the PyTorch-vs-LiteRT parity gate is not what is measured here (issue 25, other part)
-        s = tflite_export(net, shape, out / f"{name}.tflite", int8=True, task=task, check=None,
-                          calibration_samples=128, min_arena=True, max_recompute=max_recompute)
+        s = tflite_export(net, shape, out / f"{name}.tflite", ExportOptions(int8=True, calibration_samples=128,
+                          min_arena=True, max_recompute=max_recompute), task=task, check=None)
         m = s["min_arena"]
         rows.append({"model": name, "input": "x".join(map(str, shape[1:])), **{k: v for k, v in m.items()
                                                                                if not k.startswith("skyline")}})

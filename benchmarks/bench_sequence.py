@@ -126,7 +126,7 @@ def part_recipe(args: argparse.Namespace, out: Path) -> dict:
     recipe = _quick_recipe(args.seq_recipe, out) if args.quick else args.seq_recipe
     run = out / ("run_quick" if args.quick else f"run_seed{args.seq_seed}")
     t0 = time.perf_counter()
-    res = api.run(recipe, tdir, "mnist1d", run, seed=args.seq_seed, quiet=True, force=True)
+    res = api.run(tdir, recipe, "mnist1d", run, seed=args.seq_seed, quiet=True, force=True)
     run_secs = round(time.perf_counter() - t0, 1)
     stages = res["stages"]
     rows = [_row("teacher transformer (fp32)", stages[0], run)]
@@ -138,7 +138,7 @@ def part_recipe(args: argparse.Namespace, out: Path) -> dict:
         rp, rdir = out / f"ptq_{name}.yaml", out / f"ptq_{name}_seed{args.seq_seed}"
         rp.write_text(yaml.safe_dump({"version": 1, "passes": [step]}))
         shutil.rmtree(rdir, ignore_errors=True)  # a resumed run would keep an earlier student's stages
-        r = api.run(rp, student_dir, "mnist1d", rdir, seed=args.seq_seed, quiet=True, force=True)
+        r = api.run(student_dir, rp, "mnist1d", rdir, seed=args.seq_seed, quiet=True, force=True)
         rows.append(_row(f"student {name} INT8 (PTQ)", r["stages"][-1], rdir))
     sess = {r["model"]: session(r["onnx"], threads=1) for r in rows}
     x = load_task("mnist1d").x_test[:1].astype(np.float32)
@@ -167,7 +167,7 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
 
     from edgeslim import models
     from edgeslim.deploy.export import export_onnx
-    from edgeslim.distill.train import distill_model
+    from edgeslim.distill.train import KDSettings, distill_model
     from edgeslim.models.student import build_student
     from edgeslim.train import evaluate, train_model
 
@@ -186,8 +186,9 @@ def part_sweep(args: argparse.Namespace, out: Path) -> list[dict]:
         if float(temp) == 0:  # T = 0: the same student on the labels alone, no teacher
             train_model(student, task, train, quiet=True)
         else:
-            distill_model(student, [teacher], task, train, temperature=float(temp), alpha=0.9,
-                          transfer=None if transfer == "0" else f"generate:{transfer}", quiet=True)
+            distill_model(student, [teacher], task, train, KDSettings(
+                temperature=float(temp), alpha=0.9, transfer=None if transfer == "0" else f"generate:{transfer}"),
+                quiet=True)
         secs = round(time.perf_counter() - t0, 1)
         export_onnx(student, task.input_shape, out / f"sweep_{hidden}.onnx")
         row = {"hidden": int(hidden), "transfer": int(transfer), "temperature": float(temp), "epochs": int(epochs),

@@ -58,7 +58,7 @@ def text_run(a: argparse.Namespace, out: Path) -> dict:
     from edgeslim import api
 
     model = find_minilm(a.text_model)
-    res = api.run(a.text_recipe, model, a.text_task, run_dir(a, out), seed=a.text_seed, quiet=a.text_quiet)
+    res = api.run(model, a.text_recipe, a.text_task, run_dir(a, out), seed=a.text_seed, quiet=a.text_quiet)
     print_stage_table(res["stages"], f"{a.text_recipe.name} on {model} (task {res['task']['name']}, "
                       f"{res['task']['test']} evaluation sentences); ONNX Runtime CPU, batch 1, 1 thread")
     return res

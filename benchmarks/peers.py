@@ -330,10 +330,10 @@ def job_minilm(ctx: Ctx) -> Job:
                     [(st.name, st.config) for st in load_recipe(recipe).steps]:
                 raise ValueError(f"{given} ran other passes than {recipe.name}")
             shutil.copytree(given, run_dir, dirs_exist_ok=True)
-            res.update(api.run(kept, folder, None, run_dir, seed=ctx.args.seed, quiet=True))
+            res.update(api.run(folder, kept, None, run_dir, seed=ctx.args.seed, quiet=True))
             return
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: its wall time counts
-        res.update(api.run(recipe, folder, None, run_dir, seed=ctx.args.seed, quiet=True, force=True))
+        res.update(api.run(folder, recipe, None, run_dir, seed=ctx.args.seed, quiet=True, force=True))
 
     ref = job.add(Row("original (plain ONNX export)", "reference"))
     es = timed(job.add(Row("edgeslim run recipes/minilm-compress.yaml", "edgeslim")), go)

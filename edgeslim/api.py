@@ -8,6 +8,7 @@ api.train("resnet8", "digits", Path("base"))
 net, spec = api.load_model(Path("base"))
 res = api.compress(net, StructuredPrune(ratio=0.5), "digits", spec=spec)   # one pass, in memory
 api.run("structured-50", Path("base"), "digits", Path("runs/s50"))  # a whole recipe (built-in name or a path)
+api.run("structured-50", my_module, "digits", Path("runs/mine"), device="cortex-m4")  # an in-memory nn.Module
 api.measure([Path("runs/s50/stages/01_structured_prune")], task="digits", device="cortex-m4")
 ```
 Functions return plain data (dicts of numbers with units in their keys) or the library's records; they
@@ -37,14 +38,17 @@ from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe, recipe_abo
 from edgeslim.train import TrainConfig, evaluate, train_model
 
 if TYPE_CHECKING:
+    from edgeslim.litert.options import ExportOptions
     from edgeslim.measure.options import MeasureOptions
     from edgeslim.onnxopt.run import OptimizeConfig
     from edgeslim.passes.distill import Distill
+    from edgeslim.run.options import RunOptions
     from edgeslim.search.job import SearchJob
 
 # One config object per job (torchao's shape), imported on first use: `api.OptimizeConfig(...)`
 CONFIGS = {"OptimizeConfig": "edgeslim.onnxopt.run", "MeasureOptions": "edgeslim.measure.options",
-           "SearchJob": "edgeslim.search.job", "Distill": "edgeslim.passes.distill"}
+           "SearchJob": "edgeslim.search.job", "Distill": "edgeslim.passes.distill",
+           "RunOptions": "edgeslim.run.options", "ExportOptions": "edgeslim.litert.options"}
 
 
 def __getattr__(name: str) -> Any:
@@ -104,66 +108,97 @@ def _train(model: str, task: str | Task, out: Path, cfg: TrainConfig | None, qui
     return metrics
 
 
-def run(recipe: Path | str, model_dir: Path, task: str | None, out: Path, seed: int = 0, quiet: bool = False,
-        force: bool = False, trust_pickle: bool = False, device: str | None = None,
-        model_class: str | None = None, inputs: Path | None = None, accelerator: str = "auto") -> dict:
-    """Run a recipe on a trained model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else
-    the default profile); writes results.json, report.md and report.html into `out`. A resume with another
-    device re-measures the device figures and reuses the trained stages. `recipe`: a YAML path or a built-in recipe's name (see `list_recipes`). A Hugging Face text-encoder folder
-    runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. The model's kind is found
-    first (`model_kind`), then the recipe is checked against it (every pass must take that kind), then the data.
-    Your own PyTorch model: a `torch.export` program (`.pt2`), or a state dict with `model_class`
-    (`module:Class`, imported from the working directory), or a trusted pickle; its stages are stored as `.pt2`.
-    An ONNX file with `inputs` (an .npz, one array per model input, samples on axis 0) and no labels: the original
-    model is the teacher; every stage records its fidelity on a held-out split of the inputs. Training runs on `accelerator` (`edgeslim.accelerator`; recorded in run.json);
-    export and measurements do not depend on it."""
-    with accel.use(accelerator):
-        from edgeslim.nlp.text import is_text_task
-        from edgeslim.pipeline import run_recipe
+def run(model: Path | str | nn.Module, recipe: Path | str, task: str | Path | Task | None, out: Path,
+        options: RunOptions | None = None, *, device: str | None = None, inputs: Path | None = None,
+        **fields: Any) -> dict:
+    """Run a recipe on a model for `device` (default: the recipe's `device:`, else EDGESLIM_DEVICE, else the
+    default profile); writes run.json, the stages, results.json, report.md and report.html into `out`. A resume
+    with another device re-measures the device figures and reuses the trained stages. `recipe`: a YAML path or a
+    built-in recipe's name (see `list_recipes`). How the run goes: `options` (`api.RunOptions`: seed, force,
+    quiet, threads, report, trust_pickle, model_class, accelerator), or any of its fields as keywords.
 
-        kind = model_kind(model_dir)
-        r = load_recipe(recipe, kind=kind)
-        if kind == "onnx":
-            from edgeslim.onnxkit.load import read_onnx
-            from edgeslim.pipeline import run_onnx_recipe
+    `model`: a trained model folder; your own PyTorch model as a `torch.export` program (`.pt2`), a state dict
+    with `model_class` (`module:Class`, imported from the working directory) or a trusted pickle; or an
+    in-memory `nn.Module`, captured by `torch.export` on the first samples of the task (or `inputs`) into
+    `out/model.pt2` and run as that program. Stages of PyTorch models are stored as `.pt2`. A Hugging Face
+    text-encoder folder runs the text handler (`edgeslim.nlp`), with `task` defaulting to `sentences`. An ONNX
+    file or a PyTorch model with `inputs` (an .npz; ONNX: one array per model input, samples on axis 0) and no
+    labels: the original model is the teacher; every stage records its fidelity on a held-out split of the
+    inputs. The model's kind is found first (`model_kind`), then the recipe is checked against it (every pass
+    must take that kind), then the data. Training runs on `accelerator` (`edgeslim.accelerator`; recorded in
+    run.json); export and measurements do not depend on it."""
+    from edgeslim.run.options import run_options
 
-            read_onnx(model_dir)  # the model is checked before the data
-            if inputs is None and task is None:
-                raise EdgeslimError(f"{model_dir}: an ONNX file needs its inputs: --inputs X.npz (one array per model "
-                                    "input, samples on axis 0; no labels needed), e.g. edgeslim run "
-                                    "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R")
-            if inputs is not None and task is not None:
-                raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
-                                    "not both")
-            return run_onnx_recipe(r, Path(model_dir), Path(inputs) if inputs else None, out, seed=seed, quiet=quiet,
-                                   force=force, device=device, task=task)
-        if inputs is not None:
-            if task is not None:
-                raise EdgeslimError("give --task (labels) or --inputs (no labels: the original model is the teacher), "
-                                    "not both")
-            from edgeslim.pipeline import run_inputs_recipe
+    o = run_options(options, {**fields, **({"device": device} if device is not None else {})})
+    if not isinstance(model, nn.Module) and _is_recipe(model) and not _is_recipe(recipe):
+        raise EdgeslimError(f"api.run takes the model first: api.run(recipe, model, task, out); got the recipe "
+                            f"'{model}' first")
+    both = ("give --task (labels) or --inputs (no labels: the original model is the teacher), not both")
+    if inputs is not None and task is not None:
+        raise EdgeslimError(both)
+    with o.accelerated():
+        if isinstance(model, nn.Module):
+            from edgeslim.pipeline import run_module_recipe
 
-            return run_inputs_recipe(r, model_dir, Path(inputs), out, seed=seed, quiet=quiet, force=force,
-                                     trust_pickle=trust_pickle, device=device, model_class=model_class)
-        if kind == "text":
-            from edgeslim.nlp import require_transformers
+            if task is None and inputs is None:
+                raise EdgeslimError("api.run on a module needs a task (labels) or inputs (an .npz of samples)")
+            r = load_recipe(recipe, kind="pytorch")
+            t = task if isinstance(task, Task) or task is None else load_task(str(task), seed=o.seed)
+            return run_module_recipe(r, model, t, inputs, out, o, task_spec="" if isinstance(task, Task) else
+                                     str(task or ""))
+        return _run_file(Path(model), recipe, task, Path(out), o, inputs)
 
-            require_transformers()
-            from edgeslim.nlp.text import load_text_task
-            from edgeslim.text_pipeline import run_text_recipe
 
-            spec = task or "sentences"
-            return run_text_recipe(r, model_dir, load_text_task(spec, seed), out, seed=seed, quiet=quiet, force=force,
-                                   task_spec=spec, device=device)
-        if task is None:
-            raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
-                                "only text encoders (Hugging Face folders) default to 'sentences'")
-        if is_text_task(task):
-            raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
-                                f"config.json); {model_dir} is not one")
-        t = load_task(task, seed=seed)
-        return run_recipe(r, model_dir, t, out, seed=seed, quiet=quiet, force=force, trust_pickle=trust_pickle,
-                          task_spec=task, device=device, model_class=model_class)
+def _is_recipe(x: object) -> bool:
+    """`x` names a recipe (a .yaml path or a built-in recipe's name that is not a path on disk)."""
+    if not isinstance(x, (str, Path)):
+        return False
+    p = Path(x)
+    return p.suffix in (".yaml", ".yml") or (isinstance(x, str) and x in builtin_recipes() and not p.exists())
+
+
+def _run_file(model_dir: Path, recipe: Path | str, task: str | Path | Task | None, out: Path, o: RunOptions,
+              inputs: Path | None) -> dict:
+    """`run` on a model given by its path (module docstring of `edgeslim.pipeline`)."""
+    from edgeslim.nlp.text import is_text_task
+    from edgeslim.pipeline import run_recipe
+
+    kind = model_kind(model_dir)
+    r = load_recipe(recipe, kind=kind)
+    task_spec = "" if isinstance(task, Task) or task is None else str(task)
+    if kind == "onnx":
+        from edgeslim.onnxkit.load import read_onnx
+        from edgeslim.pipeline import run_onnx_recipe
+
+        read_onnx(model_dir)  # the model is checked before the data
+        if inputs is None and task is None:
+            raise EdgeslimError(f"{model_dir}: an ONNX file needs its inputs: --inputs X.npz (one array per model "
+                                "input, samples on axis 0; no labels needed), e.g. edgeslim run "
+                                "edgeslim/recipes/any-model.yaml --model M.onnx --inputs X.npz --out R")
+        if isinstance(task, Task):
+            raise EdgeslimError(f"{model_dir}: an ONNX run takes its task by name or path, not a Task object")
+        return run_onnx_recipe(r, model_dir, Path(inputs) if inputs else None, out, o, task=task_spec or None)
+    if inputs is not None:
+        from edgeslim.pipeline import run_inputs_recipe
+
+        return run_inputs_recipe(r, model_dir, Path(inputs), out, o)
+    if kind == "text":
+        from edgeslim.nlp import require_transformers
+
+        require_transformers()
+        from edgeslim.nlp.text import load_text_task
+        from edgeslim.text_pipeline import run_text_recipe
+
+        spec = task_spec or "sentences"
+        return run_text_recipe(r, model_dir, load_text_task(spec, o.seed), out, o, task_spec=spec)
+    if task is None:
+        raise EdgeslimError("--task is required for this model (a built-in task name or a path to data); "
+                            "only text encoders (Hugging Face folders) default to 'sentences'")
+    if task_spec and is_text_task(task_spec):
+        raise EdgeslimError(f"task '{task}' is a text task, for text encoders (a Hugging Face folder with "
+                            f"config.json); {model_dir} is not one")
+    t = task if isinstance(task, Task) else load_task(task_spec, seed=o.seed)
+    return run_recipe(r, model_dir, t, out, o, task_spec=task_spec)
 
 
 def model_kind(model: Path) -> str:
@@ -369,24 +404,24 @@ def optimize(cfg: OptimizeConfig) -> dict:
         return run_optimize(cfg)
 
 
-def export(model: Path, fmt: str, out: Path, *, int8: bool = False, task: str | None = None,
-           calibration_samples: int = 256, per_channel: bool = True, trust_pickle: bool = False,
-           inputs: Path | None = None, shapes: Sequence[str] = (), device: str | None = None,
-           force: bool = False, min_arena: bool = False, max_recompute: float = 0.2) -> dict:
+def export(model: Path, fmt: str, out: Path, options: ExportOptions | None = None, *, task: str | None = None,
+           inputs: Path | None = None, shapes: Sequence[str] = (), **fields: Any) -> dict:
     """Export a model folder to `onnx`, `tflite` (FP32 or full-integer INT8) or `c` (a .c/.h pair for TFLite
-    Micro; also from a `.tflite` file), parity-checked against PyTorch on the task's samples or on `inputs`
-    (an .npz; also the INT8 calibration data when there is no task). With `device`: the exported file's fit
-    and energy there (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos
-    recomputing at most `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
+    Micro; also from a `.tflite` file), parity-checked against PyTorch on the samples of `task` or `inputs`
+    (an .npz; also the INT8 calibration data when there is no task). How: `options` (`api.ExportOptions`:
+    int8, calibration_samples, per_channel, force, min_arena, max_recompute, device, ...), or any of its fields
+    as keywords (`int8=True, device="cortex-m4"`). With `device`: the exported file's fit and energy there
+    (`fit`). `min_arena` (INT8 .tflite): rewrite for a smaller TFLite Micro arena, halos recomputing at most
+    `max_recompute` of the MACs (`min_arena` in the summary). Returns the summary."""
     from edgeslim.deploy.artifacts import export_model
+    from edgeslim.litert.options import export_options
 
-    res = export_model(Path(model), fmt.lower(), Path(out), int8=int8, task=task,  # type: ignore[arg-type]
-                       calibration_samples=calibration_samples, trust_pickle=trust_pickle, per_channel=per_channel,
-                       inputs=inputs, shapes=shapes, force=force, min_arena=min_arena, max_recompute=max_recompute,
-                       device=device)
-    if device is not None:
+    o = export_options(options, fields)
+    res = export_model(Path(model), fmt.lower(), Path(out), o, task=task,  # type: ignore[arg-type]
+                       inputs=inputs, shapes=shapes)
+    if o.device is not None:
         written = Path(res.get("tflite") or res["path"]) if fmt.lower() == "c" else Path(res["path"])
-        res["fit"] = check_fit(written, device, inputs=inputs, shapes=shapes)
+        res["fit"] = check_fit(written, o.device, inputs=inputs, shapes=shapes)
     return res
 
 
@@ -412,8 +447,8 @@ def distill(teacher: Path, task: str, out: Path, cfg: Distill | None = None, *, 
     student_net, spec = build_student(student_base(tspec, t, cfg), cfg.width, cfg.depth, cfg.student)
     ckpt = Path(out).parent / f".{Path(out).name}.distill-checkpoint.pt"  # beside the folder: resumes after a stop
     with accel.use(accelerator):
-        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, quiet=quiet, checkpoint=ckpt,
-                             **kd_settings(cfg))
+        hist = distill_model(student_net, [tmodel, *extras], t, cfg.train, kd_settings(cfg), quiet=quiet,
+                             checkpoint=ckpt)
     m = {
         "teacher_test_accuracy": evaluate(tmodel, t.x_test, t.y_test),
         "test_accuracy": evaluate(student_net, t.x_test, t.y_test), "val_accuracy": hist["val_accuracy"],
@@ -531,4 +566,5 @@ def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile_model", "optimize", "export",
            "distill", "unpack", "sensitivity", "quant_report", "search", "list_models", "list_passes",
            "list_tasks", "list_devices", "list_recipes", "train_model", "TrainConfig",
-           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "load_model", "save_model", "write_json", "RECIPES"]
+           "OptimizeConfig", "MeasureOptions", "SearchJob", "Distill", "RunOptions", "ExportOptions",
+           "load_model", "save_model", "write_json", "RECIPES"]

@@ -6,15 +6,14 @@ recipe's `device:`, EDGESLIM_DEVICE) is recorded in run.json.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 from edgeslim import accelerator, runlock
-from edgeslim.devices import DEFAULT_DEVICE, load_device
 from edgeslim.nlp.encoder import load_encoder
 from edgeslim.nlp.text import TextTask
 from edgeslim.recipe import Recipe, check_kinds
-from edgeslim.run import run_stages
+from edgeslim.run import RunOptions, run_options, run_stages
 from edgeslim.run.text import TextHandler
 
 
@@ -23,20 +22,20 @@ def check_text_recipe(recipe: Recipe) -> None:
     check_kinds(recipe.steps, recipe.source, "text")
 
 
-def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, *, seed: int = 0,
-                    quiet: bool = False, force: bool = False, task_spec: str = "", device: str | None = None,
-                    threads: int = 1) -> dict:
-    """Run (or resume) `recipe` on the encoder in `model_dir`; returns the results dict."""
+def run_text_recipe(recipe: Recipe, model_dir: Path, task: TextTask, out: Path, options: RunOptions | None = None, *,
+                    task_spec: str = "", **fields: Any) -> dict:
+    """Run (or resume) `recipe` on the encoder in `model_dir` with `options` (`RunOptions`, or its fields as
+    keywords); returns the results dict."""
     check_text_recipe(recipe)
     out = Path(out)
     model_dir = Path(model_dir)
-    dev = device or recipe.device or os.environ.get("EDGESLIM_DEVICE") or DEFAULT_DEVICE
-    load_device(dev)  # an unknown device is one line
+    o = run_options(options, fields).resolved(recipe.device)  # an unknown device is one line
     original = load_encoder(model_dir)  # loads and checks the folder before the run folder is claimed
     ident = {"model": str(model_dir.resolve()), "task": task_spec or task.name, "recipe_digest": recipe.digest,
-             "seed": seed, "kind": "text-encoder"}
-    with runlock.claimed(out, ident, force, dev, {"accelerator": accelerator.describe()}):
-        return run_stages(TextHandler({}, threads), recipe, original, task, out, ident, seed, quiet, dev, threads)
+             "seed": o.seed, "kind": "text-encoder"}
+    assert o.device is not None
+    with runlock.claimed(out, ident, o.force, o.device, {"accelerator": accelerator.describe()}):
+        return run_stages(TextHandler({}, o.threads), recipe, original, task, out, ident, o)
 
 
 __all__ = ["run_text_recipe", "check_text_recipe"]

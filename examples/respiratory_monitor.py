@@ -81,7 +81,7 @@ def run(out: Path, tiny: bool = False) -> dict:
     write_text(recipe, recipe_text(cfg, transfer))
     common.console.print(f"distilling into a GRU (hidden {cfg['hidden']}, 4 samples a step), {cfg['distill_epochs']} "
                          f"epochs with transfer set {transfer}; then QAT, {cfg['qat_epochs']} epoch(s)", highlight=False)
-    res = api.run(recipe, base, task, out / "run", quiet=tiny, force=True)
+    res = api.run(base, recipe, task, out / "run", quiet=tiny, force=True)
     print_summary(res, out / "run", common.console, "respiratory-style monitor: transformer teacher -> GRU student, "
                   "MNIST-1D windows")
 

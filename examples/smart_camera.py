@@ -84,7 +84,7 @@ def run(out: Path, tiny: bool = False) -> dict:
     recipe = out / "recipe.yaml"
     write_text(recipe, RECIPE % {"ft": 1 if tiny else 6, "rounds": 1 if tiny else 2})
     with device(DEVICE):
-        res = api.run(recipe, base, task, out / "run", quiet=tiny, force=True)
+        res = api.run(base, recipe, task, out / "run", quiet=tiny, force=True)
     print_summary(res, out / "run", common.console, f"smart camera: MobileNetV1 alpha {alpha}, 32x32 frames, "
                   f"{DEVICE} profile")
 

@@ -106,7 +106,7 @@ def run(out: Path, tiny: bool = False, model: Path | None = None) -> dict:
             return {"example": NAME, "tiny": tiny, "skipped": "no MiniLM folder"}
         folder, recipe = found, out / "recipe.yaml"
         write_text(recipe, RECIPE)
-    res = api.run(recipe, folder, None, out / "run", quiet=tiny, force=tiny)  # a full run resumes
+    res = api.run(folder, recipe, None, out / "run", quiet=tiny, force=tiny)  # a full run resumes
     label = folder.parent.name if folder.name == "model" else folder.name  # the wheel's folder is .../<package>/model
     print_table(res["stages"], title=f"text search: {label} compressed ({recipe.name}); latency p50 at "
                 f"sequence length 128, batch 1, 1 thread, all stages timed interleaved", console=common.console)

@@ -45,7 +45,7 @@ def run(out: Path, tiny: bool = False) -> dict:
                            f"a 1-D CNN (width {width}) on {task}", width=width)
     recipe = out / "recipe.yaml"
     write_text(recipe, RECIPE % {"ft": 1 if tiny else 10})
-    res = api.run(recipe, base, task, out / "run", quiet=tiny, force=True)
+    res = api.run(base, recipe, task, out / "run", quiet=tiny, force=True)
     print_summary(res, out / "run", common.console, "wearable monitor: 1-D CNN on MNIST-1D (ECG stand-in)")
 
     # firmware: the pruned model as a full-integer INT8 .tflite, its TFLite Micro arena, and a .c/.h pair

@@ -66,7 +66,7 @@ def test_training_returns_the_model_to_the_cpu(tiny_image_task):
 
 
 def _run(model: Path, out: Path, recipe: Path, acc: str) -> dict:
-    return api.run(recipe, model, "digits", out, quiet=True, accelerator=acc)
+    return api.run(model, recipe, "digits", out, quiet=True, accelerator=acc)
 
 
 @pytest.mark.skipif(CUDA, reason="on a GPU machine auto trains on the GPU: figures may differ in the last bits")

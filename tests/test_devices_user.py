@@ -98,6 +98,7 @@ def int8_tflite(tiny_image_task, tmp_path_factory):
     from edgeslim import api, models
     from edgeslim.litert import litert_available
     from edgeslim.litert.convert import to_tflite
+    from edgeslim.litert.options import ExportOptions
     from edgeslim.train import TrainConfig
 
     if not litert_available():
@@ -106,7 +107,7 @@ def int8_tflite(tiny_image_task, tmp_path_factory):
     api.train("lenet5", tiny_image_task, d / "m", TrainConfig(epochs=6), quiet=True)
     net, _ = models.load_model(d / "m")
     t = tiny_image_task
-    s = to_tflite(net, t.input_shape, d / "solo" / "int8.tflite", int8=True, calib=t.calibration(64),
+    s = to_tflite(net, t.input_shape, d / "solo" / "int8.tflite", ExportOptions(int8=True), calib=t.calibration(64),
                   check=t.x_test, labels=t.y_test)
     return net, Path(s["path"]), s
 
@@ -175,6 +176,7 @@ def test_int8_parity_judges_agreement_and_accuracy_with_consistent_limits():
 def test_export_refuses_a_failing_tflite_and_force_writes_it_labelled(int8_tflite, tiny_image_task, tmp_path,
                                                                       monkeypatch):
     import edgeslim.litert.convert as conv
+    from edgeslim.litert.options import ExportOptions
 
     net, _, s = int8_tflite
     p = s["parity"]
@@ -184,10 +186,10 @@ def test_export_refuses_a_failing_tflite_and_force_writes_it_labelled(int8_tflit
     t = tiny_image_task
     out = tmp_path / "a.tflite"
     with pytest.raises(EdgeslimError, match="misses the parity check: X; nothing written"):
-        conv.to_tflite(net, t.input_shape, out, int8=True, calib=t.calibration(32), check=t.x_test[:8])
+        conv.to_tflite(net, t.input_shape, out, ExportOptions(int8=True), calib=t.calibration(32), check=t.x_test[:8])
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left
-    forced = conv.to_tflite(net, t.input_shape, out, int8=True, calib=t.calibration(32), check=t.x_test[:8],
-                            force=True)
+    forced = conv.to_tflite(net, t.input_shape, out, ExportOptions(int8=True, force=True), calib=t.calibration(32),
+                            check=t.x_test[:8])
     assert out.is_file() and forced["parity_failed"].endswith(": X")
 
 

@@ -21,7 +21,7 @@ from edgeslim.distill.kd import (
     self_distill_loss,
     soft_targets,
 )
-from edgeslim.distill.train import distill_model
+from edgeslim.distill.train import KDSettings, distill_model
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.student import build_student, student_spec
 from edgeslim.passes.distill import Distill, kd_settings
@@ -167,7 +167,7 @@ def test_distill_model_all_terms(teacher, tiny_image_task):
     n_params = sum(p.numel() for p in s.parameters())
     cfg = Distill(features=[("fc1", "fc1")], self_distill=["relu1"],  # widths 16 vs 32: a linear adapter
                   train=TrainConfig(epochs=6), temperature=2.0, alpha=0.7)
-    hist = distill_model(s, [t_net, t_net], tiny_image_task, cfg.train, quiet=True, **kd_settings(cfg))
+    hist = distill_model(s, [t_net, t_net], tiny_image_task, cfg.train, kd_settings(cfg), quiet=True)
     assert hist["teacher_cache_hits"] > 0
     assert sum(p.numel() for p in s.parameters()) == n_params  # adapters and exits are gone
     assert not hasattr(s, "_kd_aux")
@@ -252,5 +252,5 @@ def test_mixup_transfer_set(teacher, tiny_image_task):
     loss.backward()
     with pytest.raises(ValueError, match="without mixup"):
         Distill(mixup=1.0, self_distill=["relu1"])
-    hist = distill_model(s, [t_net], tiny_image_task, TrainConfig(epochs=2), mixup=0.4, quiet=True)
+    hist = distill_model(s, [t_net], tiny_image_task, TrainConfig(epochs=2), KDSettings(mixup=0.4), quiet=True)
     assert hist["epochs"] == 2

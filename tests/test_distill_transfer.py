@@ -14,7 +14,7 @@ from conftest import trained
 from edgeslim.data import load_task
 from edgeslim.data.transfer import load_transfer
 from edgeslim.distill.kd import Teachers, TransferSet, kd_loss, kd_loss_fn, soft_targets
-from edgeslim.distill.train import distill_model
+from edgeslim.distill.train import KDSettings, distill_model
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.student import build_student
 from edgeslim.passes.distill import Distill
@@ -104,8 +104,8 @@ def test_distill_model_with_transfer_file(tmp_path, teacher, tiny_image_task):
     np.savez(tmp_path / "u.npz", x=xu)
     torch.manual_seed(0)
     s, _ = build_student(spec, 0.5)
-    hist = distill_model(s, [t_net], tiny_image_task, TrainConfig(epochs=3), transfer=str(tmp_path / "u.npz"),
-                         quiet=True)
+    hist = distill_model(s, [t_net], tiny_image_task, TrainConfig(epochs=3),
+                         KDSettings(transfer=str(tmp_path / "u.npz")), quiet=True)
     assert hist["epochs"] == 3
     assert evaluate(s, tiny_image_task.x_test, tiny_image_task.y_test) > 0.5
 

@@ -64,7 +64,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_shrink_drops_what_ort_drops_and_keeps_outputs() -> None:
     m, feeds = _stem_model(), _feeds()
-    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), keep_activations=True)
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(keep_activations=True))
     assert sum(n.op_type == "Relu" for n in q.graph.node) == 2
     small, cut = shrink(q)
     assert cut["relus"] == 2 and not any(n.op_type == "Relu" for n in small.graph.node)

@@ -87,6 +87,7 @@ def trained(tmp_path_factory, tiny_image_task) -> Path:
 @pytest.fixture(scope="module")
 def converted(trained, tiny_image_task, tmp_path_factory):
     from edgeslim.litert.convert import to_tflite
+    from edgeslim.litert.options import ExportOptions
 
     if not litert_available():
         pytest.skip(INSTALL_HINT)
@@ -94,7 +95,8 @@ def converted(trained, tiny_image_task, tmp_path_factory):
     d = tmp_path_factory.mktemp("tfl")
     t = tiny_image_task
     fp32 = to_tflite(net, t.input_shape, d / "fp32.tflite", check=t.x_test[:32])
-    int8 = to_tflite(net, t.input_shape, d / "int8.tflite", int8=True, calib=t.calibration(128), check=t.x_test[:32])
+    int8 = to_tflite(net, t.input_shape, d / "int8.tflite", ExportOptions(int8=True), calib=t.calibration(128),
+                     check=t.x_test[:32])
     return {"net": net, "fp32": fp32, "int8": int8, "dir": d}
 
 

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.skipif(not litert_available(), reason=INSTALL_HINT)
 
 def _int8(module: nn.Module, shape: tuple[int, ...], path: Path) -> bytes:
     from edgeslim.litert.convert import to_tflite
+    from edgeslim.litert.options import ExportOptions
 
     torch.manual_seed(0)
     calib = np.random.default_rng(0).normal(size=(16, *shape)).astype(np.float32)
-    to_tflite(module.eval(), shape, path, int8=True, calib=calib)
+    to_tflite(module.eval(), shape, path, ExportOptions(int8=True), calib=calib)
     return path.read_bytes()
 
 

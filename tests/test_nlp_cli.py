@@ -112,9 +112,9 @@ def test_zoo_model_still_needs_a_task(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\npasses:\n  - quantize_dynamic: {}\n")
     with pytest.raises(EdgeslimError, match="--task is required"):
-        api.run(recipe, tmp_path, None, tmp_path / "run")
+        api.run(tmp_path, recipe, None, tmp_path / "run")
     with pytest.raises(EdgeslimError, match="task 'sentences' is a text task"):
-        api.run(recipe, tmp_path, "sentences", tmp_path / "run")
+        api.run(tmp_path, recipe, "sentences", tmp_path / "run")
 
 
 BLOCKED = ("import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None; "

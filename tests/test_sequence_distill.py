@@ -57,7 +57,7 @@ def test_distill_transformer_into_gru_student(teacher, tiny_seq_task):
             return float(kd_loss(student.eval()(x), soft_targets([net.eval()(x)], 1.0), 1.0))
 
     before = kd_on_train()
-    hist = distill_model(student, [net], t, cfg.train, quiet=True, **kd_settings(cfg))
+    hist = distill_model(student, [net], t, cfg.train, kd_settings(cfg), quiet=True)
     assert kd_on_train() < 0.4 * before  # the student moved towards the teacher's outputs
     assert hist["history"][-1]["loss"] < 0.4 * hist["history"][0]["loss"]
     assert isinstance(student.rnn, torch.nn.GRU) and student.rnn.hidden_size == 16

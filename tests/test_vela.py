@@ -42,12 +42,13 @@ def test_without_the_extra_one_line_with_the_pip_command(monkeypatch, tmp_path):
 
 def _tflite(tmp_path: Path, int8: bool) -> Path:
     from edgeslim.litert.convert import to_tflite
+    from edgeslim.litert.options import ExportOptions
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
                         nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
     calib = np.random.default_rng(0).normal(size=(16, 3, 16, 16)).astype(np.float32)
     path = tmp_path / ("int8.tflite" if int8 else "fp32.tflite")
-    to_tflite(net, (3, 16, 16), path, int8=int8, calib=calib if int8 else None)
+    to_tflite(net, (3, 16, 16), path, ExportOptions(int8=int8), calib=calib if int8 else None)
     return path
 
 

@@ -140,10 +140,12 @@ def export_cmd(
     """Export a model to ONNX, LiteRT (.tflite, FP32 or INT8) or a C array for TFLite Micro, parity-checked."""
     if min_arena and fmt.lower() not in ("tflite", "c"):
         raise EdgeslimError(f"--min-arena: rewrites .tflite files for TFLite Micro, not --format {fmt}")
-    res = api.export(model, fmt, out, int8=int8, task=task, calibration_samples=calibration_samples,
-                     per_channel=not per_tensor, trust_pickle=trust_pickle, inputs=inputs, shapes=shape,
-                     device=device, force=force, min_arena=min_arena,
-                     max_recompute=parse_fraction(max_recompute, "--max-recompute"))
+    from edgeslim.configs import build_config
+
+    opts = build_config(api.ExportOptions, "export", int8=int8, calibration_samples=calibration_samples,
+                 per_channel=not per_tensor, trust_pickle=trust_pickle, device=device, force=force,
+                 min_arena=min_arena, max_recompute=parse_fraction(max_recompute, "--max-recompute"))
+    res = api.export(model, fmt, out, opts, task=task, inputs=inputs, shapes=shape)
     if as_json:
         emit_json(res)
         return

@@ -37,8 +37,11 @@ def run_cmd(
     as_json: bool = json_option(),
 ) -> None:
     """Run a compression recipe; writes each stage, results.json, report.md and report.html into the run folder."""
-    res = api.run(recipe, model, task, out, seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
-                  device=device, model_class=model_class, inputs=inputs, accelerator=accelerator)
+    from edgeslim.configs import build_config
+
+    opts = build_config(api.RunOptions, "run", seed=seed, quiet=as_json, force=force, trust_pickle=trust_pickle,
+                 device=device, model_class=model_class, accelerator=accelerator)
+    res = api.run(model, recipe, task, out, opts, inputs=inputs)
     if as_json:
         emit_json(res)
     else:
@@ -71,6 +74,6 @@ def demo(
     if not (base / "spec.json").exists():
         console.print(f"training baseline {model} (width {width}) on {task} ({epochs} epochs)")
         api.train(model, task, base, TrainConfig(epochs=epochs, batch_size=128), width=width)
-    res = api.run(recipe, base, task, out / "run")
+    res = api.run(base, recipe, task, out / "run")
     print_summary(res, out / "run", console, f"{model} on {task}: baseline vs compressed")
     console.print(f"done in {time.time() - t0:.0f} s", highlight=False)

@@ -20,6 +20,7 @@ from edgeslim.data import load_task
 from edgeslim.deploy.export import export_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.litert.export import tflite_export, tflite_to_c
+from edgeslim.litert.options import ExportOptions
 from edgeslim.onnxkit.inputs import single_input_samples
 from edgeslim.onnxkit.quant import IntFormat, quantize_static_file
 from edgeslim.onnxkit.session import onnx_accuracy
@@ -56,14 +57,15 @@ def _sample_shape(shapes: Sequence[str]) -> tuple[int, ...]:
 
 
 def export_model(
-    model: Path, fmt: Format, out: Path, *, int8: bool = False, task: str | None = None,
-    calibration_samples: int = 256, trust_pickle: bool = False, seed: int = 0, per_channel: bool = True,
-    inputs: Path | None = None, shapes: Sequence[str] = (), force: bool = False, min_arena: bool = False,
-    max_recompute: float = 0.2, device: str | None = None,
+    model: Path, fmt: Format, out: Path, options: ExportOptions | None = None, *, task: str | None = None,
+    inputs: Path | None = None, shapes: Sequence[str] = (),
 ) -> dict:
-    """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`). Returns a summary.
+    """Export `model` (an edgeslim model folder; or a `.tflite` file for `fmt="c"`) as `options`
+    (`ExportOptions`: int8, calibration, per-channel, force, min_arena, device, ...) say. Returns a summary.
     `inputs`: an .npz of samples for the parity check (and INT8 calibration when no task is known);
     `shapes`: `NAME=N,D1,...` when the folder does not record its input shape."""
+    o = options or ExportOptions()
+    int8, seed, calibration_samples = o.int8, o.seed, o.calibration_samples
     model, out = Path(model), Path(out)
     if fmt not in ("onnx", "tflite", "c"):
         raise EdgeslimError(f"unknown format '{fmt}'; valid: c, onnx, tflite")
@@ -79,7 +81,7 @@ def export_model(
     if model.is_file():
         raise EdgeslimError(f"{model}: export takes an edgeslim model folder, an ONNX file (--format onnx) or a "
                             ".tflite file (--format c)")
-    net, spec = models.load_model(model, trust_pickle=trust_pickle)
+    net, spec = models.load_model(model, trust_pickle=o.trust_pickle)
     shape = tuple(spec.get("input_shape") or ())
     t = _task_for(spec, task)
     if shapes:
@@ -108,11 +110,9 @@ def export_model(
     calib = t.calibration(calibration_samples, seed) if t is not None else (x[:calibration_samples] if x is not None
                                                                             else None)
     if fmt == "onnx":
-        return _export_onnx(net, shape, out, int8, t, check, calib, per_channel)
+        return _export_onnx(net, shape, out, int8, t, check, calib, o.per_channel)
     tfl = out if fmt == "tflite" else out.with_suffix(".tflite")
-    summary = tflite_export(net, shape, tfl, int8=int8, task=t, check=check, calib=calib, seed=seed,
-                            per_channel=per_channel, force=force, min_arena=min_arena, max_recompute=max_recompute,
-                            device=device)
+    summary = tflite_export(net, shape, tfl, o, task=t, check=check, calib=calib)
     if fmt == "c":
         c = tflite_to_c(tfl, out, arena=summary.get("tflm_arena"))
         summary.update(c=c["c"], h=c["h"])

@@ -5,6 +5,7 @@ pass, the `edgeslim distill` command and, through `make_transfer`, KD during lat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -29,23 +30,43 @@ def _probe(model: nn.Module, layers: Sequence[str], input_shape: tuple[int, ...]
     return shapes
 
 
-def distill_model(
-    student: nn.Module, teachers: Sequence[nn.Module], task: Task, train: TrainConfig, *, temperature: float = 4.0,
-    alpha: float = 0.9, teacher_weights: Sequence[float] | None = None,
-    features: Sequence[tuple[str, str]] = (), feature_weight: float = 1.0, self_distill: Sequence[str] = (),
-    self_weight: float = 1.0, cache: bool = True, mixup: float | None = None, transfer: str | None = None,
-    transfer_ratio: int | None = None, quiet: bool = False, checkpoint: Path | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class KDSettings:
+    """The KD terms of one distillation (`distill_model`): logit KD at `temperature` weighted `alpha` (1 - alpha
+    on the labels), several teachers' soft targets averaged by `teacher_weights`, feature KD on (student layer,
+    teacher layer) `features` pairs weighted `feature_weight`, self-distillation exits on `self_distill` layers
+    weighted `self_weight`, mixup inputs (`mixup`: a Beta parameter) or a `transfer` set (file or generate:N)
+    of unlabelled inputs, `transfer_ratio` of them per labelled sample each step (default: `default_ratio`).
+    With `cache`, teacher outputs on the training set are computed once. The `distill` pass's config
+    (`passes.distill.Distill`, validated) holds the same fields and maps onto this with `kd_settings`."""
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+    teacher_weights: Sequence[float] | None = None
+    features: Sequence[tuple[str, str]] = ()
+    feature_weight: float = 1.0
+    self_distill: Sequence[str] = ()
+    self_weight: float = 1.0
+    cache: bool = True
+    mixup: float | None = None
+    transfer: str | None = None
+    transfer_ratio: int | None = None
+
+
+KD_FIELDS = tuple(f.name for f in fields(KDSettings))
+
+
+def distill_model(student: nn.Module, teachers: Sequence[nn.Module], task: Task, train: TrainConfig,
+                  kd: KDSettings | None = None, *, quiet: bool = False, checkpoint: Path | None = None) -> dict:
     """Train `student` in place from `teachers` (eval mode, no gradients) with `train`'s settings and the KD
-    terms switched on: logit KD at `temperature` weighted `alpha` (1 - alpha on the labels), several
-    teachers' soft targets averaged by `teacher_weights`, feature KD on (student layer, teacher layer)
-    pairs, self-distillation exits on `self_distill` layers, mixup inputs (a Beta parameter) or a
-    `transfer` set (file or generate:N) of unlabelled inputs. With `cache`, teacher outputs on the
-    training set are computed once. With `checkpoint`, an interrupted distillation resumes from its last
-    finished epoch (`train.fit`). Returns the training history plus the cache's hits and misses."""
+    terms of `kd` (`KDSettings`; default: logit KD at T = 4, alpha 0.9). With `checkpoint`, an interrupted
+    distillation resumes from its last finished epoch (`train.fit`). Returns the training history plus the
+    teacher cache's hits and misses."""
+    kd = kd or KDSettings()
+    features, self_distill = kd.features, kd.self_distill
     s_layers = [s for s, _ in features]
     t_layers = [t for _, t in features]
-    tcache = Teachers(teachers, t_layers, cache)
+    tcache = Teachers(teachers, t_layers, kd.cache)
     feat = exits = None
     aux = nn.Module()  # adapters and exits: trained with the student, dropped afterwards
     taps = []
@@ -54,19 +75,20 @@ def distill_model(
         t_shapes = _probe(teachers[0], t_layers, task.input_shape)
         aux.adapters = nn.ModuleDict({str(i): make_adapter(a, b) for i, (a, b) in enumerate(zip(s_shapes, t_shapes))})
         taps.append(FeatureTap(student, s_layers))
-        feat = (taps[-1], s_layers, aux.adapters, feature_weight)
+        feat = (taps[-1], s_layers, aux.adapters, kd.feature_weight)
     if self_distill:
         if is_reconstruction(student):
             raise EdgeslimError("self-distillation adds classifier exits; it needs a classification model")
         shapes = _probe(student, self_distill, task.input_shape)
         aux.exits = nn.ModuleDict({str(i): ExitHead(s[1], task.num_classes) for i, s in enumerate(shapes)})
         taps.append(FeatureTap(student, self_distill))
-        exits = (taps[-1], list(self_distill), aux.exits, self_weight)
-    tset = make_transfer(transfer, transfer_ratio, teachers, task.name, task.input_shape, len(task.x_train),
+        exits = (taps[-1], list(self_distill), aux.exits, kd.self_weight)
+    tset = make_transfer(kd.transfer, kd.transfer_ratio, teachers, task.name, task.input_shape, len(task.x_train),
                          train.seed, quiet)
     student._kd_aux = aux  # type: ignore[assignment]  # so the optimizer trains the adapters/exits
     try:
-        loss = kd_loss_fn(tcache, temperature, alpha, teacher_weights, feat, exits, mixup, train.seed, tset)
+        loss = kd_loss_fn(tcache, kd.temperature, kd.alpha, kd.teacher_weights, feat, exits, kd.mixup, train.seed,
+                          tset)
         hist = train_model(student, task, train, Hooks(loss=loss), desc="distill", quiet=quiet, checkpoint=checkpoint)
     finally:
         del student._kd_aux

@@ -23,6 +23,7 @@ from torch import nn
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.litert import captured_fds, require_litert
+from edgeslim.litert.options import ExportOptions
 
 # INT8 parity is judged on what a user cares about: the same top-1 class as the fake-quant PyTorch model on the
 # check samples, and (with labels: the task's test split) no more than INT8_MAX_ACC_DROP points of accuracy
@@ -103,11 +104,12 @@ def strip_strings(data: bytes) -> bytes:
 
 
 def to_tflite(
-    model: nn.Module, input_shape: tuple[int, ...], path: Path, *, int8: bool = False,
-    calib: np.ndarray | None = None, check: np.ndarray | None = None, per_channel: bool = True,
-    atol: float = 1e-3, strip: bool = True, labels: np.ndarray | None = None, force: bool = False,
+    model: nn.Module, input_shape: tuple[int, ...], path: Path, options: ExportOptions | None = None, *,
+    calib: np.ndarray | None = None, check: np.ndarray | None = None, labels: np.ndarray | None = None,
+    atol: float = 1e-3, strip: bool = True,
 ) -> dict:
-    """Convert `model` (batch-1 input of `input_shape`) to a `.tflite` at `path`.
+    """Convert `model` (batch-1 input of `input_shape`) to a `.tflite` at `path`; `options` (`ExportOptions`):
+    its `int8`, `per_channel` and `force` apply here.
 
     `calib` (INT8 only, required): representative inputs. `check`: inputs for the parity check (PyTorch
     vs LiteRT for FP32; fake-quant PyTorch vs LiteRT for INT8). `strip` drops tensor names and
@@ -120,6 +122,8 @@ def to_tflite(
     _quiet_imports()
     from edgeslim.litert.interpreter import LiteRTModel
 
+    o = options or ExportOptions()
+    int8, per_channel, force = o.int8, o.per_channel, o.force
     model = model.eval()
     input_shape = tuple(int(s) for s in input_shape)
     if int8:

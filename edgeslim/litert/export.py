@@ -13,29 +13,31 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.fsutil import write_json
+from edgeslim.litert.options import ExportOptions
 
 TFLITE_FILE = "model.tflite"  # the `tflite` stage's file; its summary is the same name with .json
 MICRO_CHECK = 16  # samples also run through TFLite Micro
 
 
-def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, calibration_samples: int = 256,
-                  seed: int = 0, micro: bool = True, per_channel: bool = True, calib: np.ndarray | None = None,
-                  force: bool = False, min_arena: bool = False, max_recompute: float = 0.2,
-                  device: str | None = None) -> dict:
-    """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena. INT8
-    calibrates on `calib` (default: `calibration_samples` of the task's training inputs) and, with a task, its
-    parity is judged on the task's whole test split (accuracy of both, top-1 agreement). `force`: write a file
-    that misses the parity check (its summary's `parity_failed` says why). `min_arena` (INT8): rewrite the
-    file for a smaller TFLite Micro arena (`edgeslim.litert.min_arena`; the report is `min_arena`, the plain
-    file stays beside it), proven on the task's test inputs (else `check`)."""
+def tflite_export(net, shape, out: Path, options: ExportOptions | None = None, *, task=None, check=None,
+                  calib: np.ndarray | None = None) -> dict:
+    """Convert, check parity, measure accuracy in LiteRT (with a task) and the TFLite Micro arena, as `options`
+    (`ExportOptions`) say. INT8 calibrates on `calib` (default: `calibration_samples` of the task's training
+    inputs) and, with a task, its parity is judged on the task's whole test split (accuracy of both, top-1
+    agreement). `force`: write a file that misses the parity check (its summary's `parity_failed` says why).
+    `min_arena` (INT8): rewrite the file for a smaller TFLite Micro arena (`edgeslim.litert.min_arena`; the
+    report is `min_arena`, the plain file stays beside it), proven on the task's test inputs (else `check`)."""
     from edgeslim.litert import litert_available
     from edgeslim.litert.convert import to_tflite
     from edgeslim.litert.interpreter import LiteRTModel
 
+    o = options or ExportOptions()
+    int8, min_arena = o.int8, o.min_arena
+
     if not int8:
         calib = None
     elif calib is None and task is not None:
-        calib = task.calibration(calibration_samples, seed)
+        calib = task.calibration(o.calibration_samples, o.seed)
     if min_arena and not int8:
         from edgeslim.errors import EdgeslimError
 
@@ -44,19 +46,19 @@ def tflite_export(net, shape, out: Path, *, int8: bool, task=None, check=None, c
     labels = None
     if int8 and task is not None:  # judged on the whole test split, with its labels
         check, labels = task.x_test, task.y_test
-    summary = to_tflite(net, shape, out, int8=int8, calib=calib, check=check, per_channel=per_channel, labels=labels,
-                        force=force)
+    summary = to_tflite(net, shape, out, o, calib=calib, check=check, labels=labels)
     if min_arena:
         from edgeslim.litert import require_litert
         from edgeslim.litert.min_arena import apply_to_file
 
         require_litert("micro")
-        summary["min_arena"] = apply_to_file(out, x=proof_x, y=proof_y, max_recompute=max_recompute, device=device)
+        summary["min_arena"] = apply_to_file(out, x=proof_x, y=proof_y, max_recompute=o.max_recompute,
+                                             device=o.device)
         summary["size_bytes"] = out.stat().st_size
     if task is not None:
         summary["accuracy"] = round(LiteRTModel(out).accuracy(task.x_test, task.y_test), 6)
         summary["task"] = task.name
-    if micro and litert_available("micro"):
+    if o.micro and litert_available("micro"):
         from edgeslim.litert.micro import MicroModel
 
         mm = MicroModel(out)

@@ -216,6 +216,7 @@ def fit_after_min_arena(model: Path, fit: dict, max_recompute: float = MAX_RECOM
         elif model.is_dir() and litert_available("convert"):
             from edgeslim import models
             from edgeslim.litert.convert import to_tflite
+            from edgeslim.litert.options import ExportOptions
 
             net, spec = models.load_model(model)
             shape = tuple(spec.get("input_shape") or ())
@@ -223,7 +224,7 @@ def fit_after_min_arena(model: Path, fit: dict, max_recompute: float = MAX_RECOM
                 return None
             calib = np.random.default_rng(0).normal(size=(8, *shape)).astype(np.float32)
             with tempfile.TemporaryDirectory() as tmp:
-                to_tflite(net, shape, Path(tmp) / "m.tflite", int8=True, calib=calib)
+                to_tflite(net, shape, Path(tmp) / "m.tflite", ExportOptions(int8=True), calib=calib)
                 data = (Path(tmp) / "m.tflite").read_bytes()
             how = "an INT8 conversion of the model (random calibration: same shapes and operators)"
         else:

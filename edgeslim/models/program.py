@@ -180,18 +180,23 @@ def check_batch(model: nn.Module, input_shape: tuple[int, ...], where: Path) -> 
 
 def save_program(folder: Path, model: nn.Module, spec: dict) -> None:
     """The model as a `.pt2` program (batch dimension dynamic) plus `spec.json`, written as one step."""
-    shape = tuple(spec["input_shape"])
-    model = model.eval()
+    data = program_bytes(model, torch.zeros(2, *tuple(spec["input_shape"])), folder.name,
+                         "the model cannot be stored as a torch.export program, so its stages would not reopen")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_many({folder / PROGRAM: data, folder / SPEC: json_text(spec).encode()})
+
+
+def program_bytes(model: nn.Module, example: torch.Tensor, where: str, why: str) -> bytes:
+    """`model` captured by `torch.export` on `example` (a batch of at least 2: the batch dimension stays
+    dynamic) as the bytes of a `.pt2` file; a model it cannot capture is one line, `where: why (...)`."""
     batch = torch.export.Dim("batch", min=1)
     try:
-        ep = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},), strict=False)
+        ep = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as e:  # torch.export raises many types (data-dependent control flow, unsupported ops)
-        raise EdgeslimError(f"{folder.name}: the model cannot be stored as a torch.export program, so its stages "
-                            f"would not reopen ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise EdgeslimError(f"{where}: {why} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     buf = io.BytesIO()
     torch.export.save(ep, buf)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_many({folder / PROGRAM: buf.getvalue(), folder / SPEC: json_text(spec).encode()})
+    return buf.getvalue()
 
 
 def reopen_program(folder: Path) -> tuple[nn.Module, dict]:

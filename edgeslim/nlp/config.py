@@ -52,7 +52,5 @@ def recover(model: Any, task: Any, cfg: DistillSettings, ctx: Any, desc: str) ->
     if cfg.extra_text:
         texts += read_sentences(Path(cfg.extra_text))[0]
     teacher: Any = ctx.teacher()
-    hist = distill_encoder(model, teacher, texts, epochs=cfg.distill_epochs, lr=cfg.distill_lr,
-                   batch_size=cfg.distill_batch_size, loss=cfg.loss, token_weight=cfg.token_weight, seed=ctx.seed,
-                   quiet=ctx.quiet, desc=desc, precision=cfg.precision)
+    hist = distill_encoder(model, teacher, texts, cfg, seed=ctx.seed, quiet=ctx.quiet, desc=desc)
     return {"distill": hist}

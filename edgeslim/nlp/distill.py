@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeslim import accelerator
+from edgeslim.nlp.config import DistillSettings
 from edgeslim.nlp.encoder import SentenceEncoder, tokenize
 
 Precision = Literal["fp32", "bf16", "auto"]
@@ -41,13 +42,13 @@ def _rel_sq(s: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (((s - t) ** 2) * m).sum() / ((t**2) * m).sum().clamp(min=1e-12)
 
 
-def distill_encoder(
-    student: SentenceEncoder, teacher: SentenceEncoder, texts: list[str], *, epochs: int, lr: float,
-    batch_size: int = 32, loss: Literal["cosine", "mse"] = "cosine", token_weight: float = 0.0, seed: int = 0,
-    quiet: bool = False, desc: str = "distill", precision: Precision = "fp32",
-) -> dict:
-    """Train `student` in place on the job's accelerator (`edgeslim.accelerator`; both encoders are back on
-    the CPU afterwards); returns the loss per epoch, the sentence count and the seconds taken."""
+def distill_encoder(student: SentenceEncoder, teacher: SentenceEncoder, texts: list[str], cfg: DistillSettings, *,
+            seed: int = 0, quiet: bool = False, desc: str = "distill") -> dict:
+    """Train `student` in place with `cfg`'s settings (`DistillSettings`: distill_epochs, distill_lr,
+    distill_batch_size, loss, token_weight, precision) on the job's accelerator (`edgeslim.accelerator`; both
+    encoders are back on the CPU afterwards); returns the loss per epoch and the sentence count."""
+    epochs, lr, batch_size = cfg.distill_epochs, cfg.distill_lr, cfg.distill_batch_size
+    loss, token_weight, precision = cfg.loss, cfg.token_weight, cfg.precision
     if epochs <= 0 or not texts:
         return {"epochs": 0}
     dev = accelerator.current()

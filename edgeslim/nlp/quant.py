@@ -124,9 +124,9 @@ def quantize_encoder_static(src: Path, dst: Path, feeds: list[dict[str, np.ndarr
 
     from edgeslim.onnxkit import quant as oq
 
-    oq.quantize_static(src, dst, feeds, oq.IntFormat("uint8", False, per_channel), method=method,
-                       op_types=["MatMul"], exclude_nodes=exclude,
-                       extra={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+    oq.quantize_static(src, dst, feeds, oq.IntFormat("uint8", False, per_channel), oq.StaticQuant(
+        method=method, op_types=["MatMul"], exclude_nodes=exclude,
+        extra={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True}))
 
 
 def duplicated_float_weights(path: Path) -> list[str]:

@@ -143,21 +143,34 @@ def _overrides(src: Path, act_overrides: dict[str, tuple[float, int]], fmt: IntF
     return out
 
 
-def quantize_static(
-    src: Path, dst: Path, feeds: Sequence[Feed], fmt: IntFormat, *, method: str = "minmax", qdq: bool = True,
-    op_types: list[str] | None = None, exclude_nodes: Sequence[str] = (),
-    act_overrides: dict[str, tuple[float, int]] | None = None,
-    ranges: dict[str, tuple[float, float]] | None = None, keep_activations: bool = False, extra: dict | None = None,
-) -> None:
-    """Static INT8 of `src` (pre-processed) into `dst`, calibrated on `feeds` with `method` (minmax,
-    percentile, entropy). `qdq`: QDQ format, else QOperator (QLinearConv, ...). `op_types`: ops to
-    quantize (default: every op ORT supports). `act_overrides` fixes {tensor: (scale, uint8 zero point)}
-    instead of calibrating it (e.g. QAT scales). `ranges` ({tensor: (min, max)}, float units) replaces
-    calibration altogether (ranges chosen elsewhere, e.g. per tensor by `quant.calib_select`; tensors
-    missing from it stay float). `keep_activations` keeps Relu/Clip nodes ORT would fold into the
-    quantization range (ORT still fuses them when the session loads; `quant.qdq_float` needs them to put
-    layers back in float). `extra`: more of ORT's extra_options (e.g. DefaultTensorType for graphs with
-    contrib ops). Raises whatever the tooling raises."""
+@dataclass(frozen=True)
+class StaticQuant:
+    """How `quantize_static` calibrates and what it quantizes (ONNX Runtime's keywords, grouped once).
+    `method`: calibration (minmax, percentile, entropy). `qdq`: QDQ format, else QOperator (QLinearConv, ...).
+    `op_types`: ops to quantize (default: every op ORT supports); `exclude_nodes` stay float. `act_overrides`
+    fixes {tensor: (scale, uint8 zero point)} instead of calibrating it (e.g. QAT scales). `ranges` ({tensor:
+    (min, max)}, float units) replaces calibration altogether (ranges chosen elsewhere, e.g. per tensor by
+    `quant.calib_select`; tensors missing from it stay float). `keep_activations` keeps Relu/Clip nodes ORT
+    would fold into the quantization range (ORT still fuses them when the session loads; `quant.qdq_float`
+    needs them to put layers back in float). `extra`: more of ORT's extra_options (e.g. DefaultTensorType for
+    graphs with contrib ops)."""
+
+    method: str = "minmax"
+    qdq: bool = True
+    op_types: Sequence[str] | None = None
+    exclude_nodes: Sequence[str] = ()
+    act_overrides: dict[str, tuple[float, int]] | None = None
+    ranges: dict[str, tuple[float, float]] | None = None
+    keep_activations: bool = False
+    extra: dict | None = None
+
+
+def quantize_static(src: Path, dst: Path, feeds: Sequence[Feed], fmt: IntFormat, how: StaticQuant | None = None,
+                    ) -> None:
+    """Static INT8 of `src` (pre-processed) into `dst` in format `fmt`, calibrated on `feeds` as `how`
+    (`StaticQuant`; default: minmax, QDQ, every supported op) says. Raises whatever the tooling raises."""
+    h = how or StaticQuant()
+    method, ranges = h.method, h.ranges
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -177,23 +190,25 @@ def quantize_static(
             method = "minmax"
         ort_quantize_static(
             str(src), str(dst), FeedReader(feeds),
-            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator, op_types_to_quantize=op_types,
+            quant_format=QuantFormat.QDQ if h.qdq else QuantFormat.QOperator,
+            op_types_to_quantize=list(h.op_types) if h.op_types is not None else None,
             per_channel=fmt.per_channel, reduce_range=fmt.reduce_range,
             activation_type=QuantType.QUInt8 if fmt.activation == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude_nodes), calibrate_method=meth[method],
+            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(h.exclude_nodes), calibrate_method=meth[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMovingAverage": False,
-                           "TensorQuantOverrides": _overrides(src, act_overrides or {}, fmt),
-                           "QDQKeepRemovableActivations": keep_activations, **(extra or {})},
+                           "TensorQuantOverrides": _overrides(src, h.act_overrides or {}, fmt),
+                           "QDQKeepRemovableActivations": h.keep_activations, **(h.extra or {})},
             calibration_cache_path=cache,
         )
 
 
-def quantize_static_model(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: IntFormat, **kw) -> onnx.ModelProto:
+def quantize_static_model(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: IntFormat,
+                          how: StaticQuant | None = None) -> onnx.ModelProto:
     """`quantize_static` of an in-memory model (work files in a temporary folder)."""
     with tempfile.TemporaryDirectory() as td:
         src, dst = Path(td) / "in.onnx", Path(td) / "out.onnx"
         src.write_bytes(model.SerializeToString())
-        quantize_static(src, dst, feeds, fmt, **kw)
+        quantize_static(src, dst, feeds, fmt, how)
         return onnx.load(str(dst))
 
 
@@ -202,7 +217,7 @@ def quantize_static_file(src: Path, dst: Path, calib: np.ndarray, fmt: IntFormat
     name = check_calibration_input(src, calib)
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
-    quantize_static(pre, dst, array_feeds(name, calib), fmt, method=method)
+    quantize_static(pre, dst, array_feeds(name, calib), fmt, StaticQuant(method=method))
     pre.unlink(missing_ok=True)
 
 

@@ -178,9 +178,9 @@ def build_candidate(name: str, ctx: CandidateContext) -> tuple[onnx.ModelProto |
             return None, ["needs int8-qdq's plan, which did not produce a model"]
         p = ctx.plan
         assert p.quantized_from is not None
-        m = oq.quantize_static_model(p.quantized_from, ctx.feeds, oq.parse_format(p.fmt), qdq=False,
-                                     op_types=int8_plan.op_types(ctx.int8), ranges=p.ranges,
-                                     exclude_nodes=sorted(p.float_nodes | set(ctx.exclude_nodes)))
+        m = oq.quantize_static_model(p.quantized_from, ctx.feeds, oq.parse_format(p.fmt), oq.StaticQuant(
+            qdq=False, op_types=int8_plan.op_types(ctx.int8), ranges=p.ranges,
+            exclude_nodes=sorted(p.float_nodes | set(ctx.exclude_nodes))))
         if _int8_ops(m) <= _int8_ops(ctx.base):
             return None, [NOTHING_QUANTIZED]
         m, k = weight_only(m, "int8", ctx.weight_min_elements, _weights_of_excluded(m, ctx) | p.exact_weights(m))

@@ -18,16 +18,12 @@ from torch import nn
 from edgeslim import models
 from edgeslim.data import Task
 from edgeslim.data.transfer import generate_count
-from edgeslim.distill.train import distill_model
+from edgeslim.distill.train import KD_FIELDS, KDSettings, distill_model
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import count_macs, count_params
 from edgeslim.models.student import build_student
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.train import TrainConfig, evaluate
-
-# the Distill fields that are distill_model's keyword arguments (the others say which student and teachers)
-KD_FIELDS = ("temperature", "alpha", "teacher_weights", "features", "feature_weight", "self_distill", "self_weight",
-             "cache", "mixup", "transfer", "transfer_ratio")
 
 
 def student_base(teacher_spec: dict, task: Task, cfg: Distill) -> dict:
@@ -95,9 +91,9 @@ class Distill(PassConfig):
         return self
 
 
-def kd_settings(cfg: Distill) -> dict[str, Any]:
-    """The KD keyword arguments of `distill_model` that `cfg` sets."""
-    return {k: getattr(cfg, k) for k in KD_FIELDS}
+def kd_settings(cfg: Distill) -> KDSettings:
+    """The KD terms of `distill_model` that `cfg` sets (its other fields say which student and teachers)."""
+    return KDSettings(**{k: getattr(cfg, k) for k in KD_FIELDS})
 
 
 def _load_teachers(ctx: RunContext, paths: Sequence[str], task: Task) -> list[nn.Module]:
@@ -120,7 +116,7 @@ def distill_student(model: nn.Module | None, task: Task, cfg: Distill, ctx: RunC
         student, spec = build_student(student_base(ctx.spec, task, cfg), cfg.width, cfg.depth, cfg.student)
     else:
         student, spec = model, ctx.spec
-    hist = distill_model(student, teachers, task, cfg.train, quiet=ctx.quiet, **kd_settings(cfg))
+    hist = distill_model(student, teachers, task, cfg.train, kd_settings(cfg), quiet=ctx.quiet)
     params, _ = count_params(student)
     notes = {
         "val_accuracy": hist["val_accuracy"],

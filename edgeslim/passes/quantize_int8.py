@@ -112,8 +112,8 @@ def quantize_int8(
     recurrent: list[str] = []  # static QDQ has no GRU/LSTM/RNN kernels: those get weight-only INT8
     for f in fmts:
         raw[f.name], paths[f.name] = work / f"{f.name}.raw.onnx", work / f"{f.name}.onnx"
-        oq.quantize_static(pre, raw[f.name], feeds, f, method=cfg.method if cfg.method in ("minmax", "percentile",
-                           "entropy") else "minmax", act_overrides=act_overrides)
+        method = cfg.method if cfg.method in ("minmax", "percentile", "entropy") else "minmax"
+        oq.quantize_static(pre, raw[f.name], feeds, f, oq.StaticQuant(method=method, act_overrides=act_overrides))
         recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
     fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)

@@ -19,6 +19,7 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.litert.export import TFLITE_FILE, tflite_export, tflite_fields
+from edgeslim.litert.options import ExportOptions
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 
 
@@ -42,10 +43,10 @@ def tflite(model: nn.Module | None, task: Task, cfg: TfliteStage, ctx: RunContex
         raise EdgeslimError("the tflite stage needs the PyTorch model, but an earlier pass left an ONNX-only model "
                             "(e.g. quantize_int8); drop that pass: tflite quantizes to INT8 itself")
     path = ctx.stage_dir / TFLITE_FILE
-    s = tflite_export(model, task.input_shape, path, int8=cfg.int8, task=task, check=task.x_test[:64],
-                      calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro,
-                      per_channel=cfg.per_channel, force=cfg.force, min_arena=cfg.min_arena,
-                      max_recompute=cfg.max_recompute)
+    opts = ExportOptions(int8=cfg.int8, calibration_samples=cfg.calibration_samples, seed=ctx.seed, micro=cfg.micro,
+                         per_channel=cfg.per_channel, force=cfg.force, min_arena=cfg.min_arena,
+                         max_recompute=cfg.max_recompute)
+    s = tflite_export(model, task.input_shape, path, opts, task=task, check=task.x_test[:64])
     s["path"] = f"stages/{ctx.stage_name}/{TFLITE_FILE}" if ctx.stage_name else str(path)
     write_json(path.with_suffix(".json"), s)
     notes = tflite_fields(s)

@@ -195,8 +195,8 @@ def op_types(opts: Int8Options) -> list[str]:
 
 def quantize(fm: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict, opts: Int8Options) -> onnx.ModelProto:
     """Fully quantized QDQ model of `fm` in `fmt` with the activation `ranges` (no calibration run)."""
-    return oq.quantize_static_model(fm, feeds, oq.parse_format(fmt), op_types=op_types(opts),
-                                    exclude_nodes=sorted(opts.exclude_nodes), ranges=ranges, keep_activations=True)
+    return oq.quantize_static_model(fm, feeds, oq.parse_format(fmt), oq.StaticQuant(
+        op_types=op_types(opts), exclude_nodes=sorted(opts.exclude_nodes), ranges=ranges, keep_activations=True))
 
 
 def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[list[np.ndarray]],

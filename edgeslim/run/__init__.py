@@ -4,5 +4,6 @@
 
 from edgeslim.run.handlers import ModelHandler
 from edgeslim.run.loop import RESUME, run_stages
+from edgeslim.run.options import RunOptions, run_options
 
-__all__ = ["ModelHandler", "RESUME", "run_stages"]
+__all__ = ["ModelHandler", "RESUME", "RunOptions", "run_options", "run_stages"]

@@ -29,13 +29,17 @@ from edgeslim.measure.core import Measurer
 from edgeslim.passes import PASSES, RunContext
 from edgeslim.recipe import Recipe
 from edgeslim.run.handlers import ModelHandler
+from edgeslim.run.options import RunOptions
 
 RESUME = "finished stages are kept"
 
 
-def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: Path, ident: dict, seed: int,
-               quiet: bool, dev: str, threads: int, report: bool = True) -> dict:
-    """Run (or resume) every stage of `recipe` on `original` through handler `h`; returns the results dict."""
+def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: Path, ident: dict,
+               opts: RunOptions) -> dict:
+    """Run (or resume) every stage of `recipe` on `original` through handler `h` with `opts` (its `device`
+    resolved: `RunOptions.resolved`); returns the results dict."""
+    assert opts.device is not None, "run_stages takes the device resolved"
+    seed, quiet, dev, threads = opts.seed, opts.quiet, opts.device, opts.threads
     write_text(out / "recipe.yaml", recipe.text)
     dev_name = load_device(dev).name
     h.begin(original, task, seed)
@@ -106,7 +110,7 @@ def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: P
         ctx.prev_onnx = folder / "model.onnx"
         stages.append(metrics)
         log(quiet, h.stage_line(name, metrics))
-    return h.finish(out, stages, task, recipe, ctx.measure, ident, dev_name, report, quiet)
+    return h.finish(out, stages, task, recipe, ctx.measure, ident, dev_name, opts.report, quiet)
 
 
 def log(quiet: bool, msg: str) -> None:
