@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--run-seeds", default="0", help="seeds of the recipe runs (fine-tuning, Taylor batches)")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds per batch size")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = load_task("digits")
@@ -54,7 +55,7 @@ def main() -> None:
     base = train_baseline("resnet8", task, args.out / f"resnet8_base_s{args.seed}", args.epochs, args.seed)
     runs, walls = {}, {}
     for s in [int(x) for x in args.run_seeds.split(",")]:
-        for name, path in RECIPES.items():
+        for name, path in ((n, RECIPES[n]) for n in args.recipes.split(",")):
             t0 = time.perf_counter()
             key = f"{name} s{s}"
             shutil.rmtree(args.out / key.replace(" ", "_"), ignore_errors=True)  # fresh, not resumed
@@ -82,7 +83,8 @@ def main() -> None:
         rows.append({"model": k, "accuracy": st["accuracy"], "params": st["params"], "macs": st["macs"],
                      "p50_ms": {b: lat[b][k].p50_ms for b in lat}, "speedup": sp,
                      "notes": {n: st.get("notes", {}).get(n) for n in ("chosen", "blocks_removed", "channels",
-                                                                      "speedup_timed", "val_accuracy")}})
+                                                                      "speedup_timed", "val_accuracy", "screened",
+                                                                      "tried")}})
         cols = " | ".join(f"{lat[b][k].p50_ms:.4f} ms ({sp[b]:.2f}x)" for b in lat)
         d = 100 * (st["accuracy"] - b0["accuracy"])
         print(f"| {k} | {100 * st['accuracy']:.2f}% | {d:+.2f} | {st['params']:,} | {st['macs']:,} | {cols} | "
@@ -94,6 +96,9 @@ def main() -> None:
         print(f"- {fast['model']}: {'met' if ok else 'NOT MET'} ({fast['speedup'].get(1, float('nan')):.2f}x, "
               f"{d:+.2f} points); kept {fast['notes']['chosen']}, blocks removed {fast['notes']['blocks_removed']}, "
               f"channels {({k: v[1] for k, v in (fast['notes']['channels'] or {}).items()})}")
+        for t in fast["notes"]["tried"] or []:  # the finalists as the pick saw them (validation only)
+            print(f"  finalist {t['candidate']}: {t.get('params', '?')} params, val {100 * t['val_accuracy']:.2f}%, "
+                  f"KL from teacher {t.get('val_divergence', '?')}, timed {t['speedup']}x")
     (args.out / "bench_structured_fast.json").write_text(json.dumps(rows, indent=2, default=str))
     print(f"results: {args.out / 'bench_structured_fast.json'}")
 

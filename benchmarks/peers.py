@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers_structured as ps  # noqa: E402
 import peers_tools as pt  # noqa: E402
 from peers_measure import Job, Row, as_json, measure_job, table  # noqa: E402
 
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 ALL_JOBS = ("int8-resnet8", "int8-dscnn", "structured-resnet8", "unstructured-lenet300", "deep-lenet300",
             "thirdparty", "minilm")
+ALL_JOBS += (ps.JOB,)  # issue 27: structured-fast beside Torch-Pruning and torch.nn.utils.prune (peers_structured.py)
 QUICK_JOBS = ("int8-resnet8", "structured-resnet8", "unstructured-lenet300", "thirdparty", "minilm")
 THIRDPARTY = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "silero_vad.onnx", "common.onnx", "ch_PP-OCRv4_rec_infer.onnx",
               "ch_PP-OCRv4_det_infer.onnx", "common_det.onnx", "silero_vad_16k_op15.onnx")
@@ -373,6 +375,7 @@ def build_jobs(ctx: Ctx, names: list[str]) -> list[Job]:
         "thirdparty": lambda: [job_thirdparty(ctx, p) for p in thirdparty_models(ctx)],
         "minilm": lambda: [job_minilm(ctx)],
     }
+    builders[ps.JOB] = lambda: [ps.job_structured_fast(ctx, reference_row, edgeslim_row, _pruned)]
     for n in names:
         t0 = time.perf_counter()
         print(f"== {n}", file=sys.stderr, flush=True)

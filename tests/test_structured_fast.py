@@ -19,6 +19,7 @@ import edgeslim
 from edgeslim import models
 from edgeslim.measure.latency import Latency
 from edgeslim.passes import PASSES, RunContext
+from edgeslim.passes import structured_fast as sf
 from edgeslim.prune import channel_multiples as cm
 from edgeslim.recipe import load_recipe
 from edgeslim.train import TrainConfig, train_model
@@ -132,5 +133,26 @@ def test_screening_picks_on_validation(resnet, tiny_image_task, tmp_path) -> Non
     goal = 2.2 * 1.03
     reach = sorted((c for c in n["ladder"] if c["speedup"] >= goal), key=lambda c: -c["params"])
     assert len(reach) > 1 and [r["candidate"] for r in n["screened"]] == [c["candidate"] for c in reach[:3]]
-    best = min(n["screened"], key=lambda r: (-r["val_accuracy"], r["val_loss"]))
+    assert all(r["val_divergence"] >= 0 and r["val_loss"] > 0 for r in n["screened"])
+    best = sf.rank(n["screened"], len(tiny_image_task.y_val), 1)[0]
     assert [t["candidate"] for t in n["tried"]] == [best["candidate"]] == [n["chosen"]]
+    assert n["tried"][0]["val_accuracy"] == n["val_accuracy"]
+
+
+def test_rank_breaks_accuracy_ties_by_divergence_from_the_teacher() -> None:
+    """A validation split that saturates cannot order candidates by accuracy: within one sample (or one
+    standard error of a difference) the divergence from the teacher decides; beyond it, accuracy does."""
+    rows = [{"candidate": "a", "val_accuracy": 1.0, "val_divergence": 0.30},
+            {"candidate": "b", "val_accuracy": 143 / 144, "val_divergence": 0.15},
+            {"candidate": "c", "val_accuracy": 140 / 144, "val_divergence": 0.01},
+            {"candidate": "d", "val_accuracy": 141 / 144, "val_divergence": 0.50}]
+    assert [r["candidate"] for r in sf.rank(rows, 144, 1)] == ["b", "a", "d", "c"]
+    assert [r["candidate"] for r in sf.rank(rows, 144, 0)] == ["a", "b", "d", "c"]
+    # near 97%, one standard error of a difference on 144 samples is 2.8 samples: 2 apart tie, 4 do not
+    near = [{"candidate": "w", "val_accuracy": 136 / 144, "val_divergence": 0.2},
+            {"candidate": "x", "val_accuracy": 140 / 144, "val_divergence": 0.4},
+            {"candidate": "y", "val_accuracy": 138 / 144, "val_divergence": 0.1}]
+    assert [r["candidate"] for r in sf.rank(near, 144, 1)] == ["y", "x", "w"]
+    mse = [{"candidate": "p", "val_accuracy": -0.02, "val_divergence": 0.2},
+           {"candidate": "q", "val_accuracy": -0.01, "val_divergence": 0.3}]
+    assert [r["candidate"] for r in sf.rank(mse, 144, 1)] == ["q", "p"]  # outside 0-1: accuracy only

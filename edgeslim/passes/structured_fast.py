@@ -15,6 +15,12 @@ not at a ratio (issue 27).
             and the `tries` best on validation are fine-tuned in full with logit
             distillation from the unpruned model (the run's baseline), the best on the validation split
             is kept; if none reaches the target, the fastest is, and the notes say so
+    judge   "best on validation" (`rank`): accuracy first, but accuracies within `tie_samples` validation
+            samples (or one standard error of a difference) of the best are a tie (a small split saturates: most candidates reach 100%), broken by
+            the distillation divergence from the teacher on the validation inputs (KL at the KD
+            temperature: every class's probability counts, so it does not saturate); each fine-tune keeps
+            its last epoch (`keep_best_epoch` off: restoring the first epoch that reached the best
+            validation accuracy kept under-trained students when that accuracy saturated early)
 BatchNorm folding and Conv+ReLU / Conv+Add+ReLU fusion happen in ONNX Runtime when the session loads (the
 export keeps BatchNorm; ORT folds it), so the timed candidates are the fused graphs a user runs.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import shutil
 from typing import Any
 
@@ -44,7 +51,7 @@ from edgeslim.prune.structured import (
     output_layers,
     removable_blocks,
 )
-from edgeslim.train import TrainConfig, evaluate
+from edgeslim.train import TrainConfig, evaluate, predict
 
 
 class StructuredFast(PassConfig):
@@ -65,6 +72,10 @@ class StructuredFast(PassConfig):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation loss (0: labels only)")
     mixup: float | None = Field(None, gt=0, description="distil on mixup inputs too (Beta parameter)")
     rounds: int = Field(40, ge=5, description="interleaved timing rounds for the candidates")
+    tie_samples: int = Field(1, ge=0, description="validation accuracies within this many samples (or one "
+                             "standard error) of the best tie; the divergence from the teacher breaks the tie")
+    keep_best_epoch: bool = Field(False, description="restore each fine-tune's best-validation-accuracy epoch "
+                                  "(off: the last epoch of the cosine schedule)")
     finetune: TrainConfig | None = None  # default: the recipe's finetune block
 
 
@@ -123,18 +134,45 @@ def probe_fast(model: nn.Module, task: Task, cfg: StructuredFast, ctx: RunContex
     return fast, times
 
 
-def val_loss(model: nn.Module, task: Task) -> float:
-    """Mean cross-entropy (nats; mean squared error for a reconstruction model) on the validation split:
-    the tie-breaker between equally accurate picks."""
+def val_signals(model: nn.Module, task: Task, teacher_out: np.ndarray, temperature: float) -> dict[str, float]:
+    """What the pick reads on the validation split: `val_accuracy` (0-1, `evaluate`), `val_loss` (mean
+    cross-entropy, nats; MSE for outputs that are not class scores) and `val_divergence` from the teacher's
+    outputs `teacher_out` on the same inputs: KL(teacher || student) at `temperature`, x T^2 (nats, the KD
+    loss's scale), or the MSE to the teacher's outputs where there are no classes."""
     import torch
     import torch.nn.functional as F
 
     from edgeslim.train import is_reconstruction, predict
 
-    out = torch.from_numpy(predict(model, task.x_val))
-    if is_reconstruction(model):
-        return float(F.mse_loss(out, torch.from_numpy(task.x_val)))
-    return float(F.cross_entropy(out, torch.from_numpy(np.asarray(task.y_val)).long()))
+    out, t = torch.from_numpy(predict(model, task.x_val)), torch.from_numpy(teacher_out)
+    y = np.asarray(task.y_val)
+    if is_reconstruction(model) or np.issubdtype(y.dtype, np.floating):
+        target = torch.from_numpy(task.x_val) if is_reconstruction(model) else torch.from_numpy(y)
+        loss, div = float(F.mse_loss(out, target)), float(F.mse_loss(out, t))
+    else:
+        loss = float(F.cross_entropy(out, torch.from_numpy(y).long()))
+        div = float(F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1),
+                             reduction="batchmean")) * temperature**2
+    return {"val_accuracy": evaluate(model, task.x_val, task.y_val), "val_loss": round(loss, 5),
+            "val_divergence": round(div, 5)}
+
+
+def rank(rows: list[dict[str, Any]], n_val: int, tie_samples: int) -> list[dict[str, Any]]:
+    """`rows` (with `val_accuracy`, `val_divergence`) best first: those tied with the best accuracy by
+    divergence from the teacher, then the rest by accuracy. Tied: within the larger of `tie_samples` of the
+    `n_val` validation samples and one standard error of the difference of two accuracies near the best
+    (sqrt(2 p (1 - p) / n_val)); accuracies outside 0-1 (e.g. minus an MSE) tie only when equal."""
+    if not rows:
+        return []
+    top = max(float(r["val_accuracy"]) for r in rows)
+    n = max(n_val, 1)
+    tol = (max(tie_samples / n, math.sqrt(2 * top * (1 - top) / n)) if 0 <= top <= 1 else 0.0) + 1e-9
+
+    def key(r: dict[str, Any]) -> tuple[bool, float, float]:
+        tied = float(r["val_accuracy"]) >= top - tol
+        return (not tied, 0.0 if tied else -float(r["val_accuracy"]), float(r["val_divergence"]))
+
+    return sorted(rows, key=key)
 
 
 def _kd_carry(task: Task, cfg: StructuredFast) -> dict[str, Any]:
@@ -186,26 +224,27 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
     reach = sorted((k for k in cands if speed[k] >= goal), key=lambda k: (-params[k], -speed[k]))
     met = bool(reach)
     pool = reach[: cfg.tries] if met else [max(cands, key=lambda k: speed[k])]
+    ft = (cfg.finetune or ctx.finetune).model_copy(update={"keep_best": cfg.keep_best_epoch})
+    teacher_out = predict(ctx.teacher() if ctx.teacher_loader is not None else model, task.x_val)  # what KD follows
+    n_val = len(task.y_val)
+
+    def judge(k: str) -> dict[str, Any]:
+        return {"candidate": k, "params": params[k], "speedup": round(speed[k], 3),
+                **val_signals(cands[k][2], task, teacher_out, cfg.temperature)}
+
     screened: list[dict[str, Any]] = []
     if met and len(reach) > cfg.tries and cfg.screen_epochs > 0:  # a short KD fine-tune of each, judged on val
-        short = (cfg.finetune or ctx.finetune).model_copy(update={"epochs": cfg.screen_epochs})
+        short = ft.model_copy(update={"epochs": cfg.screen_epochs})
         for k in reach[: cfg.screen]:
             ctx.finetune_model(cands[k][2], task, short, desc=f"structured_fast screen {k}", carry=_kd_carry(task, cfg))
-            a = evaluate(cands[k][2], task.x_val, task.y_val)
-            screened.append({"candidate": k, "val_accuracy": a, "val_loss": round(val_loss(cands[k][2], task), 5)})
-        order = sorted(screened, key=lambda r: (-float(r["val_accuracy"]), float(r["val_loss"])))
-        pool = [str(r["candidate"]) for r in order[: cfg.tries]]
+            screened.append(judge(k))
+        pool = [str(r["candidate"]) for r in rank(screened, n_val, cfg.tie_samples)[: cfg.tries]]
     tried = []
-    best: tuple[float, float, str, nn.Module] | None = None
     for k in pool:
-        m = cands[k][2]
-        hist = ctx.finetune_model(m, task, cfg.finetune, desc=f"structured_fast {k}", carry=_kd_carry(task, cfg))
-        acc, loss = float(hist["val_accuracy"]), val_loss(m, task)
-        tried.append({"candidate": k, "val_accuracy": acc, "val_loss": round(loss, 5), "speedup": round(speed[k], 3)})
-        if best is None or (acc, -loss) > best[:2]:  # 144 validation digits tie often: the loss breaks ties
-            best = (acc, -loss, k, m)
-    assert best is not None
-    acc, _, key, pruned = best
+        ctx.finetune_model(cands[k][2], task, ft, desc=f"structured_fast {k}", carry=_kd_carry(task, cfg))
+        tried.append(judge(k))
+    key = str(rank(tried, n_val, cfg.tie_samples)[0]["candidate"])
+    acc, pruned = float(next(r for r in tried if r["candidate"] == key)["val_accuracy"]), cands[key][2]
     sp = speed[key]
     blocks = cands[key][0]
     spec = ctx.spec
@@ -224,6 +263,8 @@ def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ct
         "probe_ms": {"x".join(map(str, hw)): {c: round(t, 4) for c, t in v.items()} for hw, v in probe_times.items()},
         "channels": {n: [ch_before[n], ch_after.get(n)] for n in ch_before},
         "distill": {"temperature": cfg.temperature, "alpha": cfg.alpha, "mixup": cfg.mixup} if cfg.alpha > 0 else None,
+        "pick": f"val accuracy; within max({cfg.tie_samples} of {n_val} samples, 1 s.e.) of the best: lowest val_divergence "
+                f"from the teacher; fine-tunes keep their {'best-val' if cfg.keep_best_epoch else 'last'} epoch",
     }
     if not classes:
         notes["note"] = "no convolution to prune: structured_fast cuts conv channels and blocks (structured_prune " \
