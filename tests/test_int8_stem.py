@@ -127,3 +127,50 @@ def test_plan_keeps_a_one_channel_stem_float_with_int8_weights_on_disk() -> None
     assert len(plan.model.SerializeToString()) < len(old.SerializeToString()) - 300
     got = _run(plan.model, feeds)
     assert _cos(got, _run(m, feeds)) > 0.999
+
+
+def _residual_model(seed: int = 0) -> onnx.ModelProto:
+    """x[1,16,8,8] -> Conv+ReLU -> Conv -> Add(x) -> ReLU, read by two convs (as the next block's conv and
+    shortcut read it) -> Add -> GAP -> Flatten."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32), f"w{i}")
+             for i in range(4)] + [numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), f"b{i}")
+                                   for i in range(4)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1] * 4, kernel_shape=[3, 3], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1] * 4, kernel_shape=[3, 3], name="conv1"),
+        helper.make_node("Add", ["c1", "x"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1] * 4, kernel_shape=[3, 3], name="conv2"),
+        helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"], pads=[1] * 4, kernel_shape=[3, 3], name="conv3"),
+        helper.make_node("Add", ["c2", "c3"], ["a2"], name="add2"),
+        helper.make_node("GlobalAveragePool", ["a2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["y"], name="flat"),
+    ]
+    g = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", F, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", F, [1, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    name_nodes(m)
+    return m
+
+
+def test_shrink_drops_the_relu_after_a_residual_add_where_ort_keeps_a_pair() -> None:
+    """After an Add, ORT's load-time ReLU fusion leaves a DequantizeLinear -> QuantizeLinear pair; the
+    rewritten file runs two kernels fewer (a subset of the same kernels), so the rewrite is kept."""
+    from edgeslim.quant.qdq_shrink import _kernels, only_removes
+
+    m = _residual_model()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(6)]
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), keep_activations=True)
+    small, cut = shrink(q)
+    assert cut["relus"] == 2 and "relus_refused" not in cut
+    before, after = _kernels(q), _kernels(small)
+    assert before is not None and after is not None and only_removes(before, after)
+    assert sum(before.values()) - sum(after.values()) == 2  # the pair after the Add
+    assert after[":QLinearConv"] == before[":QLinearConv"] == 4 and after["com.microsoft:QLinearAdd"] == 2
+    assert not only_removes(after, before)  # gaining kernels is refused
+    ref, got = _run(m, feeds), _run(small, feeds)
+    assert _cos(got, ref) > 0.999 and _cos(got, _run(q, feeds)) > 0.999

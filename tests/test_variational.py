@@ -190,3 +190,30 @@ def test_recipe_end_to_end_and_unpack(tiny_image_task, tmp_path: Path) -> None:
     again = run_recipe(parse_recipe(small), tmp_path / "base", tiny_image_task, tmp_path / "run", quiet=True)
     assert again["stages"][1]["seconds"] == res["stages"][1]["seconds"]  # not re-run
     assert eshare.read_bytes() == first
+
+
+def test_distill_learns_from_the_baseline_here_and_in_later_fine_tuning(tiny_image_task, tmp_path: Path) -> None:
+    import copy
+
+    net, spec = trained("lenet300", tiny_image_task, 3, h1=24, h2=12)
+    plain = copy.deepcopy(net)
+    teacher = copy.deepcopy(net).eval()
+    seen: list[int] = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+
+    def ctx(d: str, carry: dict | None = None) -> RunContext:
+        return RunContext(stage_dir=tmp_path / d, spec=spec, finetune=FT, carry=dict(carry or {}), quiet=True,
+                          teacher_loader=lambda: teacher)
+
+    kw = dict(kl_weight=5.0, finetune=TrainConfig(epochs=3, lr=3e-3), masked_finetune=TrainConfig(epochs=1, lr=1e-3))
+    res = variational_prune(net, tiny_image_task, VariationalPrune(**kw, distill={"temperature": 2.0}), ctx("a"))
+    n = len(tiny_image_task.x_train)
+    assert sum(seen) >= n  # the teacher labelled every training sample
+    kd = res.carry["distill"]
+    assert (kd["temperature"], kd["alpha"], kd["teachers"]) == (2.0, 0.7, [])
+    ref = variational_prune(plain, tiny_image_task, VariationalPrune(**kw), ctx("b"))
+    assert "distill" not in ref.carry
+    assert not torch.equal(net.fc1.weight, plain.fc1.weight)  # a different loss, different weights
+    seen.clear()
+    ctx("c", res.carry).finetune_model(net, tiny_image_task, TrainConfig(epochs=1, lr=1e-3))  # e.g. posterior_code
+    assert sum(seen) >= n  # later passes distil too

@@ -4,6 +4,10 @@ a log sigma^2 per Linear/Conv weight under the log-uniform prior, the KL term's 
 weights whose log alpha ends above `threshold` are dropped. The masks are then kept (`keep_sparsity` in
 the run's carry) by this pass's fine-tuning and by every later pass, and the bit width each layer's
 posterior allows (`posterior_bits`) goes to the carry too, for `posterior_code`.
+
+With `distill`, the variational training, the masked fine-tuning and every later fine-tuning of the run
+(`posterior_code`'s centroids) learn from the run's baseline by logit KD (Hinton et al. 2015) instead of
+the labels alone: on a small training set the dense model's soft targets carry what the sparse one loses.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgeslim.data import Task
@@ -20,6 +24,14 @@ from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import weight_sparsity
 from edgeslim.prune.variational import attach, detach, layer_sparsity, posterior_bits, total_kl
 from edgeslim.train import Hooks, TrainConfig, evaluate
+
+
+class VariationalKD(BaseModel):
+    """Logit KD from the run's baseline: loss = alpha x T^2 x KL(teacher(T) || student(T)) + (1 - alpha) x CE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
 
 
 class VariationalPrune(PassConfig):
@@ -37,6 +49,7 @@ class VariationalPrune(PassConfig):
     max_bits: int = Field(8, ge=1, le=8)
     finetune: TrainConfig | None = None  # the variational training (default: the recipe's finetune block)
     masked_finetune: TrainConfig | None = None  # after the masks are fixed (default: none, epochs 0)
+    distill: VariationalKD | None = None  # KD from the baseline here and in every later fine-tuning (default: off)
 
 
 def _top_alpha_masks(wrapped: dict, target: float) -> None:
@@ -69,15 +82,18 @@ def variational_prune(model: nn.Module | None, task: Task, cfg: VariationalPrune
         ramp = state["step"] / max(1.0, cfg.warmup * steps) if cfg.warmup > 0 else 1.0
         state["beta"] = cfg.kl_weight * min(1.0, ramp)
 
+    kd: dict[str, Any] = {} if cfg.distill is None else {"distill": {
+        "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha, "teachers": [], "cache": True,
+        "task": task.name, "input_shape": list(task.input_shape), "n_train": len(task.x_train)}}
     hist = ctx.finetune_model(model, task, train_cfg, desc="variational_prune",
-                              hooks=Hooks(extra_losses=[kl_loss], after_step=[warm]))
+                              hooks=Hooks(extra_losses=[kl_loss], after_step=[warm]), carry=kd)
     learnt = layer_sparsity(wrapped)
     if cfg.target_sparsity is not None:
         _top_alpha_masks(wrapped, cfg.target_sparsity)
     model.eval()
     acc_masked = evaluate(model, task.x_val, task.y_val)
     sigmas = detach(model, wrapped)
-    carry: dict[str, Any] = {"keep_sparsity": True}
+    carry: dict[str, Any] = {"keep_sparsity": True, **kd}
     acc_ft = acc_masked
     if cfg.masked_finetune is not None and cfg.masked_finetune.epochs > 0:
         acc_ft = ctx.finetune_model(model, task, cfg.masked_finetune, desc="variational_prune masked",
