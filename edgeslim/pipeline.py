@@ -179,7 +179,7 @@ def _run_onnx_layout(recipe: Recipe, model: Path, specs: list, inputs: Path | No
             "layout": lay.as_dict()}
     ident = {"model": str(model.resolve()), "task": f"inputs:{Path(inputs).resolve()}", "recipe_digest": recipe.digest,
              "seed": seed, "kind": "onnx"}
-    original = PackedView(conv, Layout.from_dict(spec["layout"])).eval()
+    original = PackedView(conv, Layout.from_dict(lay.as_dict())).eval()
     with runlock.claimed(out, ident, force, dev, {"accelerator": accelerator.describe()}):
         h = LayoutOnnxHandler(spec, threads, blocks)
         h.write_splits(out, t)

@@ -137,8 +137,6 @@ class FidelityStages(ModelHandler):
     def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
                       dev: str) -> dict:
         from edgeslim.measure.core import measure_model
-        from edgeslim.measure.fidelity import compare
-        from edgeslim.onnxkit.session import session
 
         m = measure_model(onnx_path, task=None, device=dev, size_path=size_path, threads=self.threads,
                           latency=False, inputs=self.inputs_npz(onnx_path)).as_dict()
