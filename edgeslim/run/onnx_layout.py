@@ -24,6 +24,9 @@ from edgeslim.run.onnx import OnnxHandler, TeacherView
 from edgeslim.run.streams import PACKED, Layout, PackedModule, call_packed, feeds_for, flat_torch, run_rows
 
 
+PACKED_ONNX = "packed.onnx"  # the baseline folder: the original behind the packed interface (ONNX passes read it)
+
+
 class PackedView(TeacherView):
     """A converted ONNX model of several inputs as packed rows [N, width] -> one [N, D] output."""
 
@@ -88,6 +91,11 @@ class LayoutOnnxHandler(OnnxHandler):
 
         return self._packed_npz if [i.name for i in session(onnx_path).get_inputs()] == [PACKED] else self._test_npz
 
+    def pass_onnx(self, folder: Path) -> Path:
+        """The baseline's packed export (`PACKED_ONNX`) for the ONNX passes; a later stage's model.onnx."""
+        p = folder / PACKED_ONNX
+        return p if p.is_file() else folder / "model.onnx"
+
     def feed_of(self, path: Path, rows: np.ndarray) -> Feed:
         return feeds_for(path, self.layout, rows)
 
@@ -100,13 +108,27 @@ class LayoutOnnxHandler(OnnxHandler):
             self.pending_baseline = False
             shutil.copyfile(self.source, onnx_path)
             errs = parity(self.source, model.inner, lay.unpack(task.x_test[:1 if lay.per_sample else 4]))
-            return {"conversion_parity_max_abs_diff": errs, "parity_split": "test"}
-        res = export_converted(PackedModule(model.inner, lay), {PACKED: task.x_test[:1]}, onnx_path,
-                               dynamic=not lay.per_sample)
+            # the ONNX passes (INT8) read the packed interface: the converted original, exported and checked
+            res = self._export_packed(model, onnx_path.parent / PACKED_ONNX, task)
+            return {"conversion_parity_max_abs_diff": errs, "parity_split": "test",
+                    "packed_parity_max_abs_diff": res["parity_max_abs_diff"]}
+        res = self._export_packed(model, onnx_path, task)
         return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test",
                 "interface": f"one input '{PACKED}' [N, {lay.width}] float32: the packed per-sample inputs "
                              f"({', '.join(s.name for s in lay.packed)}); constants baked in "
                              f"({', '.join(s.name for s in lay.slots if s.role == 'const') or 'none'})"}
+
+    def _export_packed(self, model: Any, path: Path, task: Any) -> dict:
+        """The packed interface exported and checked (`export_converted`); with a dynamic batch, the exporter's
+        shape-check If nodes (a squeeze of a dim it cannot see) that take one branch at batch 1 and at batch 2
+        are replaced by that branch (`fold_probed_ifs`): the INT8 tooling cannot quantize around them."""
+        from edgeslim.onnxtorch import export_converted
+
+        res = export_converted(PackedModule(model.inner, self.layout), {PACKED: task.x_test[:1]}, path,
+                               dynamic=not self.fixed_batch)
+        if not self.fixed_batch:
+            fold_probed_ifs(path, [task.x_test[:1], task.x_test[np.arange(2) % len(task.x_test)]])
+        return res
 
     def fidelity_fields(self, ref_path: Path, onnx_path: Path, task: Any) -> dict:
         from edgeslim.measure.fidelity import compare
@@ -152,3 +174,63 @@ def layout_task(model: Path, inputs: Path, specs: list[InputSpec], seed: int, th
     task, bl = stream_task(str(inputs), len(feeds), stream, teacher, seed, noise_cols=noise)
     task.meta["state"] = lay.states
     return task, lay, {k: [[feeds[i] for i in b] for b in v] for k, v in bl.items()}
+
+
+def fold_probed_ifs(path: Path, probes: list[np.ndarray]) -> int:
+    """Replace each top-level If of the packed model at `path` whose condition is the same on every probe (packed
+    rows at batch 1 and 2) by its branch; the result must give the same outputs on the probes, else the file is
+    left as it was. Returns how many were folded."""
+    import onnx
+    from onnx import helper
+
+    from edgeslim.onnxkit.session import session
+
+    m = onnx.load(str(path))
+    ifs = [n for n in m.graph.node if n.op_type == "If"]
+    if not ifs:
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend([helper.make_empty_tensor_value_info(n.input[0]) for n in ifs if n.input[0] not in have])
+    data = probe.SerializeToString()
+    ref = [session(str(path)).run(None, {PACKED: x}) for x in probes]
+    conds = [dict(zip([o.name for o in session(data).get_outputs()], session(data).run(None, {PACKED: x})))
+             for x in probes]
+    nodes, folded = [], 0
+    for n in m.graph.node:
+        vals = {bool(np.asarray(c[n.input[0]]).reshape(-1)[0]) for c in conds} if n.op_type == "If" else set()
+        if len(vals) != 1:
+            nodes.append(n)
+            continue
+        branch = next(a.g for a in n.attribute if a.name == ("then_branch" if vals.pop() else "else_branch"))
+        tag = f"{n.name or n.output[0]}_fold{folded}"
+        rename = {t.name: f"{tag}/{t.name}" for t in branch.initializer}
+        rename.update({o: f"{tag}/{o}" for b in branch.node for o in b.output})
+        for t in branch.initializer:
+            t2 = onnx.TensorProto()
+            t2.CopyFrom(t)
+            t2.name = rename[t.name]
+            m.graph.initializer.append(t2)
+        for b in branch.node:
+            b2 = onnx.NodeProto()
+            b2.CopyFrom(b)
+            b2.input[:] = [rename.get(i, i) for i in b.input]
+            b2.output[:] = [rename[o] for o in b.output]
+            nodes.append(b2)
+        nodes += [helper.make_node("Identity", [rename.get(bo.name, bo.name)], [o], name=f"{tag}/out{k}")
+                  for k, (bo, o) in enumerate(zip(branch.output, n.output))]
+        folded += 1
+    if not folded:
+        return 0
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    data = m.SerializeToString()
+    try:
+        got = [session(data).run(None, {PACKED: x}) for x in probes]
+    except Exception:  # noqa: BLE001 - a graph the fold broke: keep the exported one
+        return 0
+    if any(not np.allclose(a, b, atol=1e-5) for r, g in zip(ref, got) for a, b in zip(r, g)):
+        return 0
+    write_bytes(path, data)
+    return folded

@@ -181,12 +181,19 @@ def feeds_for(path: Path | Any, layout: Layout, rows: np.ndarray) -> Feed:
     return {k: v for k, v in feed.items() if k in ins}
 
 
+def row_step(sess: Any, layout: Layout) -> int:
+    """Rows per run: 32, or 1 for a graph that takes one sample at a time (per_sample, or a first input whose
+    batch is fixed at 1, as a packed stage of a model with state)."""
+    shape = sess.get_inputs()[0].shape
+    return 1 if layout.per_sample or (shape and shape[0] == 1) else 32
+
+
 def run_rows(path: Path, layout: Layout, rows: np.ndarray, threads: int = 1) -> list[list[np.ndarray]]:
     """The outputs of the ONNX model at `path` on packed `rows`, per run (32 rows a run, or 1 per sample)."""
     from edgeslim.onnxkit.session import session
 
     sess = session(path, threads=threads)
-    step = 1 if layout.per_sample else 32
+    step = row_step(sess, layout)
     return [sess.run(None, feeds_for(sess, layout, rows[i:i + step])) for i in range(0, len(rows), step)]
 
 
@@ -196,9 +203,11 @@ def flat_rows(layout: Layout, runs: list[list[np.ndarray]], rows_per_run: list[i
 
 def teacher_rows(path: Path, layout: Layout, rows: np.ndarray, threads: int = 1) -> np.ndarray:
     """The model's flattened outputs [N, D] on packed rows (the targets of a run without labels)."""
-    step = 1 if layout.per_sample else 32
-    return flat_rows(layout, run_rows(path, layout, rows, threads),
-                     [len(rows[i:i + step]) for i in range(0, len(rows), step)])
+    from edgeslim.onnxkit.session import session
+
+    runs = run_rows(path, layout, rows, threads)
+    step = row_step(session(path, threads=threads), layout)
+    return flat_rows(layout, runs, [len(rows[i:i + step]) for i in range(0, len(rows), step)])
 
 
 def stream_runs(path: Path, layout: Layout, feeds: list[Feed], threads: int = 1
