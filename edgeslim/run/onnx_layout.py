@@ -23,7 +23,6 @@ from edgeslim.onnxkit.inputs import Feed, InputSpec
 from edgeslim.run.onnx import OnnxHandler, TeacherView
 from edgeslim.run.streams import PACKED, Layout, PackedModule, call_packed, feeds_for, flat_torch, run_rows
 
-
 PACKED_ONNX = "packed.onnx"  # the baseline folder: the original behind the packed interface (ONNX passes read it)
 
 
@@ -100,7 +99,7 @@ class LayoutOnnxHandler(OnnxHandler):
         return feeds_for(path, self.layout, rows)
 
     def export(self, model: Any, onnx_path: Path, task: Any) -> dict:
-        from edgeslim.onnxtorch import export_converted, parity
+        from edgeslim.onnxtorch import parity
 
         assert self.source is not None
         lay = self.layout
