@@ -4,7 +4,6 @@ the pick reported on the held-out split, the same seeded split in every trial)."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
