@@ -196,6 +196,8 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
     o = o.resolved(recipe.device)
     seed, threads = o.seed, o.threads
     specs = input_specs(read_onnx(model))
+    if len(specs) > 1:  # several inputs (any dtype), recurrent state: packed rows, streams (run.streams)
+        return _run_onnx_layout(recipe, model, specs, inputs, out, o, task=task)
     spec_in = specs[0]
     # a batch fixed at 1: each sample runs alone (its outputs may carry the batch on another axis, e.g. [T, 1, C])
     per_sample = spec_in.dims is not None and len(spec_in.dims) > 0 and spec_in.dims[0] == 1
@@ -233,7 +235,34 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
         return run_stages(h, recipe, original, t, out, ident, o)
 
 
-def _check_input(spec: dict, task: Task, model_dir: Path) -> None:  # model_dir: where, in the messages
+def _run_onnx_layout(recipe: Recipe, model: Path, specs: list, inputs: Path | None, out: Path, o: RunOptions, *,
+                     task: str | None) -> dict:
+    """`run_onnx_recipe` for a model of several inputs: converted first (one line when it cannot be), then the
+    user's inputs packed into one row per sample (`run.onnx_layout.layout_task`), streams for recurrent state."""
+    from edgeslim.onnxtorch import onnx_to_torch
+    from edgeslim.run.onnx_layout import LayoutOnnxHandler, PackedView, layout_task
+    from edgeslim.run.streams import Layout
+
+    conv, _ = onnx_to_torch(model)  # the model first: an op that cannot be converted is one line
+    if task is not None or inputs is None:
+        raise EdgeslimError(f"{model}: the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); "
+                            "give them with --inputs FILE.npz (one array per input, samples on axis 0), not --task")
+    seed, threads = o.seed, o.threads
+    assert o.device is not None
+    t, lay, blocks = layout_task(model, Path(inputs), specs, seed, threads)
+    spec = {"format": 1, "arch": "onnx", "source": str(model.resolve()), "input_name": "packed",
+            "fixed_batch": lay.per_sample, "per_sample": lay.per_sample, "input_shape": [lay.width], "edits": [],
+            "layout": lay.as_dict()}
+    ident = {"model": str(model.resolve()), "task": f"inputs:{Path(inputs).resolve()}", "recipe_digest": recipe.digest,
+             "seed": seed, "kind": "onnx"}
+    original = PackedView(conv, Layout.from_dict(lay.as_dict())).eval()
+    with o.accelerated(), runlock.claimed(out, ident, o.force, o.device, {"accelerator": accelerator.describe()}):
+        h = LayoutOnnxHandler(spec, threads, blocks)
+        h.write_splits(out, t)
+        return run_stages(h, recipe, original, t, out, ident, o)
+
+
+def _check_input(spec: dict, task: Task, model_dir: Path) -> None:
     want = tuple(spec.get("input_shape", ()))
     if want and want != task.input_shape:
         raise EdgeslimError(

@@ -19,8 +19,13 @@ from edgeslim.cli.options import accelerator_option
 
 @app.command()
 def search(
-    model: Path = typer.Argument(..., help="trained model folder (edgeslim train)"),
-    task: str = typer.Option(..., "--task", "-t", help="built-in task name or path to data"),
+    model: Path = typer.Argument(..., help="trained model folder (edgeslim train); with --inputs also an .onnx "
+                                 "file or a .pt2 program"),
+    task: str | None = typer.Option(None, "--task", "-t", help="built-in task name or path to data"),
+    inputs: Path | None = typer.Option(None, "--inputs", help="no labels: an .npz of the model's inputs (one array "
+                                       "per input, samples on axis 0) in place of --task; the original is the "
+                                       "teacher, trials are scored on validation fidelity"),
+    min_cosine: float = typer.Option(0.98, help="--inputs: the validation cosine a pick needs"),
     device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
     trials: int = typer.Option(20, help="total trials in the study (shared by all workers)"),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="search folder (resumed when it exists)"),
@@ -52,6 +57,13 @@ def search(
     def log(msg: str, warn: bool) -> None:
         console.print(f"[yellow]{msg}[/]" if warn else msg)
 
+    from edgeslim.errors import EdgeslimError
+
+    if (task is None) == (inputs is None):
+        raise EdgeslimError("search: give --task (labelled data) or --inputs FILE.npz (no labels), exactly one")
+    if inputs is not None:
+        _search_inputs(model, inputs, out, trials, objectives, min_cosine, proxy_epochs, seed, device)
+        return
     from edgeslim.configs import build_config
     from edgeslim.search.job import SearchJob
 
@@ -76,3 +88,23 @@ def search(
     if not summary["best"]:
         console.print("[yellow]no front member met the budget after full fine-tuning[/]")
     console.print(f"report: {out / 'report.html'}")
+
+
+def _search_inputs(model: Path, inputs: Path, out: Path, trials: int, objectives: str, min_cosine: float,
+                   proxy_epochs: int, seed: int, device: str) -> None:
+    """`search --inputs`: `edgeslim.search.inputs` (objective: validation fidelity and one cost)."""
+    from edgeslim.search.inputs import InputsSearch, search_inputs
+
+    costs = [o.strip() for o in objectives.split(",") if o.strip() and o.strip() not in ("accuracy", "fidelity")]
+    cost = "latency" if costs in ([], ["energy"]) else costs[0]
+    job = InputsSearch(model=model, inputs=inputs, out=out, trials=trials, cost=cost, min_cosine=min_cosine,
+                       proxy_epochs=proxy_epochs, seed=seed, device=device)
+    summary = search_inputs(job, log=lambda m: console.print(m, highlight=False))
+    b = summary["best"]
+    if b is None:
+        console.print(f"[yellow]no trial finished[/]; trials: {out.resolve() / 'search.json'}")
+        return
+    console.print(f"best: {out.resolve() / b['file']} (trial {b['trial']}: {b['why']}); picked on validation "
+                  f"cosine {b['val']['cosine']:.4f}, held-out cosine {b['test']['cosine']:.4f}"
+                  + (f", {b['speedup_vs_baseline']:.2f}x faster" if b.get("speedup_vs_baseline") else "")
+                  + f", {b['size_bytes']} B", highlight=False, soft_wrap=True)

@@ -5,8 +5,13 @@ all feeds, and for classifier-shaped outputs ([N, C] scores, or rank-3 per-posit
 agreement (fraction 0-1, per position for rank 3). Outputs whose reference values all lie in [0, 1]
 (sigmoid/softmax probabilities) also give `prob_max_abs`, their max absolute error in probability; those
 with one score per sample (a single sigmoid: [N], [N, 1], ...) give `threshold_agreement`, the fraction of
-samples on the same side of the decision threshold (0.5) as the original. The summary is the worst over
-outputs, because a model is only as good as its worst output.
+samples on the same side of the decision threshold (0.5) as the original. Dense maps (detection or
+segmentation outputs whose last two axes are both >= `MAP_MIN_SIDE`, e.g. a text detector's [N, 1, H, W]
+probability map) give `map_iou`: the intersection over union of the thresholded maps (pixels above the
+threshold, pooled over every feed and channel; 1.0 when neither map has any). The threshold (`map_threshold`,
+recorded) is 0.5 for probability-range maps (every reference value in [0, 1]), 0 for signed maps (logits,
+where sigmoid crosses 0.5), else half the reference map's maximum. The summary is the worst over outputs,
+because a model is only as good as its worst output.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from edgeslim.onnxkit.session import run_all  # noqa: F401  (re-exported: outputs of a session per feed)
 
 DECISION_THRESHOLD = 0.5  # single-score (sigmoid) outputs: the decision a user takes from the score
+MAP_MIN_SIDE = 8  # a dense map's last two axes (H, W) are both at least this
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,12 @@ class Fidelity:
     prob_max_abs: float | None = None  # worst max abs err over probability outputs; None: none
     agreement: float | None = None     # worst decision agreement over single-score outputs; None: none
     samples: int = 0                   # feeds compared
+    iou: float | None = None           # worst thresholded-map IoU over dense map outputs; None: none
 
     def as_dict(self) -> dict:
         return {"max_abs_err": self.max_abs, "mean_abs_err": self.mean_abs, "cosine": self.cosine,
                 "top1_agreement": self.top1, "prob_max_abs_err": self.prob_max_abs,
-                "threshold_agreement": self.agreement, "samples_compared": self.samples,
+                "threshold_agreement": self.agreement, "map_iou": self.iou, "samples_compared": self.samples,
                 "per_output": self.per_output}
 
 
@@ -98,6 +105,29 @@ def _classifier_like(r: np.ndarray) -> bool:
     if r.ndim == 2 or r.shape[-1] >= 1000:
         return True
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
+
+
+def map_threshold(ref: np.ndarray) -> float:
+    """The threshold of a dense map (module docstring): 0.5 for probabilities, 0 for signed maps (logits), else
+    half the reference's maximum (a non-negative heat map)."""
+    r = np.asarray(ref, np.float64)
+    r = r[np.isfinite(r)]
+    if not r.size or (r.min() >= 0 and r.max() <= 1):
+        return DECISION_THRESHOLD
+    return 0.0 if r.min() < 0 else 0.5 * float(r.max())
+
+
+def map_iou(ref: np.ndarray, got: np.ndarray, threshold: float) -> float:
+    """Intersection over union (0-1) of the pixels above `threshold` in `ref` and `got` (same shape); 1.0 when
+    neither has any."""
+    a, b = np.asarray(ref) > threshold, np.asarray(got) > threshold
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else int(np.count_nonzero(a & b)) / union
+
+
+def _dense_map(r: np.ndarray) -> bool:
+    """A detection/segmentation map: float, rank >= 3, last two axes (H, W) both >= `MAP_MIN_SIDE`."""
+    return r.dtype.kind == "f" and r.ndim >= 3 and min(r.shape[-2:]) >= MAP_MIN_SIDE
 
 
 def compare_outputs(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
@@ -124,14 +154,20 @@ def compare_outputs(names: list[str], ref: list[list[np.ndarray]], got: list[lis
             ra = np.concatenate([np.asarray(r[k]).argmax(-1) for r in ref])
             ga = np.concatenate([np.asarray(g[k]).argmax(-1) for g in got])
             row["top1_agreement"] = float((ra == ga).mean())
+        if _dense_map(r0) and a.size:
+            t = map_threshold(a)
+            row["map_threshold"] = t
+            row["map_iou"] = map_iou(a, b, t)
         per[name] = row
     top1 = [v["top1_agreement"] for v in per.values() if "top1_agreement" in v]
     prob = [v["prob_max_abs_err"] for v in per.values() if "prob_max_abs_err" in v]
     agree = [v["threshold_agreement"] for v in per.values() if "threshold_agreement" in v]
+    ious = [v["map_iou"] for v in per.values() if "map_iou" in v]
     return Fidelity(
         max_abs=max(v["max_abs_err"] for v in per.values()),
         mean_abs=max(v["mean_abs_err"] for v in per.values()),
         cosine=min(v["cosine"] for v in per.values()),
         top1=min(top1) if top1 else None, finite=finite, per_output=per,
         prob_max_abs=max(prob) if prob else None, agreement=min(agree) if agree else None, samples=len(got),
+        iou=min(ious) if ious else None,
     )

@@ -106,12 +106,13 @@ def share_scalars(m: onnx.ModelProto) -> int:
     """Scalar initializers (quantization scales and zero points) with the same type and value become one
     (after the ReLU fusion many activations share zero point 0). Returns how many were merged away."""
     g = m.graph
-    first: dict[tuple[int, bytes], str] = {}
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     ren: dict[str, str] = {}
     for t in g.initializer:
         if len(t.dims) > 1 or (len(t.dims) == 1 and t.dims[0] != 1):
             continue
-        key = (t.data_type, numpy_helper.to_array(t).tobytes())
+        # the shape is part of the key: a [1] initializer (a Squeeze's axes) must not become a scalar
+        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
         if key in first:
             ren[t.name] = first[key]
         else:

@@ -62,6 +62,10 @@ class ModelHandler:
 
         return export_onnx(model, task.input_shape, onnx_path, check=task.x_test[:64])
 
+    def pass_onnx(self, folder: Path) -> Path:
+        """The finished stage's ONNX file the next ONNX pass reads (`ctx.prev_onnx`)."""
+        return folder / "model.onnx"
+
     def complete_folder(self, tmp: Path, model: Any) -> None:
         """Files every stage folder holds beside the model (e.g. a tokenizer)."""
 

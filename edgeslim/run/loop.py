@@ -60,7 +60,7 @@ def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: P
                 ctx.spec = spec if spec is not None else ctx.spec
             onnx_only = reopened is None and i > 0
             ctx.carry = metrics.get("carry", {})
-            ctx.prev_onnx = folder / "model.onnx"
+            ctx.prev_onnx = h.pass_onnx(folder)
             h.resumed(folder, metrics, task, dev, dev_name)
             stages.append(metrics)
             continue
@@ -107,7 +107,7 @@ def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: P
             metrics["notes"] = notes
             metrics["carry"] = ctx.carry
             write_json(tmp / "metrics.json", metrics)
-        ctx.prev_onnx = folder / "model.onnx"
+        ctx.prev_onnx = h.pass_onnx(folder)
         stages.append(metrics)
         log(quiet, h.stage_line(name, metrics))
     return h.finish(out, stages, task, recipe, ctx.measure, ident, dev_name, opts.report, quiet)

@@ -137,11 +137,9 @@ class FidelityStages(ModelHandler):
     def stage_metrics(self, onnx_path: Path, model: Any, task: Any, size_path: Path | None, tmp: Path,
                       dev: str) -> dict:
         from edgeslim.measure.core import measure_model
-        from edgeslim.measure.fidelity import compare_outputs
-        from edgeslim.onnxkit.session import session
 
         m = measure_model(onnx_path, task=None, device=dev, size_path=size_path, threads=self.threads,
-                          latency=False, inputs=self._test_npz).as_dict()
+                          latency=False, inputs=self.inputs_npz(onnx_path)).as_dict()
         for k in ("name", "runtime", "inputs", "warnings", "latency_runs", "fidelity", "reference"):
             m.pop(k, None)
         out: dict = {**m, "accuracy": None, "latency_ms_p50": None}
@@ -150,7 +148,19 @@ class FidelityStages(ModelHandler):
 
             out["accuracy"] = onnx_accuracy(onnx_path, task.x_test, task.y_test)
             out["accuracy_split"] = "test"
-        ref_path = self._reference(onnx_path)
+        out.update(self.fidelity_fields(self._reference(onnx_path), onnx_path, task))
+        return out
+
+    def inputs_npz(self, onnx_path: Path) -> Path:
+        """The held-out inputs as an .npz for the measurement core, named for `onnx_path`'s inputs."""
+        return self._test_npz
+
+    def fidelity_fields(self, ref_path: Path, onnx_path: Path, task: Any) -> dict:
+        """`fidelity` (held-out) and `fidelity_val` of the stage's ONNX to the reference ONNX."""
+        from edgeslim.measure.fidelity import compare_outputs
+        from edgeslim.onnxkit.session import session
+
+        out = {}
         names = [o.name for o in session(ref_path).get_outputs()]
         for split, x in (("test", task.x_test), ("val", task.x_val)):
             ref = onnx_outputs(ref_path, self.input_name, x, self.fixed_batch)
@@ -160,11 +170,18 @@ class FidelityStages(ModelHandler):
                                                                       **f.as_dict(), "samples_compared": len(x)}
         return out
 
+    feed_of: Any = None  # (onnx path, rows) -> feed, for models whose stages change the interface (run.streams)
+
     def stage_line(self, name: str, m: dict) -> str:
         f = m["fidelity"]
         acc = f"accuracy {m['accuracy']:.4f}  " if m.get("accuracy") is not None else ""
         top1 = f" top-1 agreement {100 * f['top1_agreement']:.1f}%" if f.get("top1_agreement") is not None else ""
-        return (f"[{name}] {acc}held-out cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
+        if f.get("map_iou") is not None:
+            top1 += f" map IoU {f['map_iou']:.4f}"
+        if f.get("decisions_changed") is not None:
+            top1 += f" streaming decisions changed {100 * f['decisions_changed']:.2f}%"
+        where = "held-out stream" if f.get("mode") == "stream" else "held-out"
+        return (f"[{name}] {acc}{where} cosine {f['cosine']:.4f}{top1}  max abs err {f['max_abs_err']:.3g}  "
                 f"size {m['size_bytes']} B")
 
     def finish(self, out: Path, stages: list[dict], task: Any, recipe: Recipe, measure: Measurer, ident: dict,
@@ -173,11 +190,15 @@ class FidelityStages(ModelHandler):
         from edgeslim.run.together import time_stages
 
         time_stages(out, stages, task, recipe.batches if not self.fixed_batch else (1,), measure,
-                    input_name=self.input_name)
+                    input_name=self.input_name, feed_of=self.feed_of)
         results = {"model": ident["model"], "kind": self.kind, "task": task.summary(), "recipe": recipe.source,
                    "device": dev_name, "stages": stages,
                    "splits": {"train": "training, calibration, Taylor gradients", "val": "every pick (fidelity_val)",
                               "test": "held out: fidelity (reported), parity; nothing trains or picks on it"}}
+        if getattr(task, "meta", {}).get("streams"):  # recurrent state: [start, end) of each split's streams
+            results["streams"] = {"blocks": task.meta["streams"], "state": task.meta.get("state"),
+                                  "how": "consecutive samples of the inputs as streams, each model carrying its "
+                                         "own state from the inputs' state at the start of a block"}
         write_results(out, results)
         if report:
             from edgeslim.report.run_html import write_run_html

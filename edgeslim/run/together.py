@@ -21,10 +21,11 @@ import numpy as np
 
 
 def time_stages(run_dir: Path, stages: list[dict], task: Any, batches: tuple[int, ...] = (1,),
-                measure: Any = None, input_name: str = "input") -> None:
+                measure: Any = None, input_name: str = "input", feed_of: Any = None) -> None:
     """Time every stage's ONNX model on the task's first test samples; adds the fields (module docstring).
     `measure`: the run's `measure.core.Measurer` (threads), default one thread; `input_name`: the models'
-    input (an ONNX file given to `run` keeps its own)."""
+    input (an ONNX file given to `run` keeps its own); `feed_of(path, rows) -> feed`: each model's own feed of the
+    test rows (stages of a several-input model take packed rows, its original file the named inputs)."""
     from edgeslim.measure.core import Measurer
 
     paths = {f"{i}:{s['name']}": run_dir / s["onnx"] for i, s in enumerate(stages)
@@ -35,7 +36,8 @@ def time_stages(run_dir: Path, stages: list[dict], task: Any, batches: tuple[int
     key = {i: f"{i}:{s['name']}" for i, s in enumerate(stages)}
     for b in (1, *[b for b in batches if b != 1]):
         x = task.x_test[np.arange(b) % len(task.x_test)].astype(np.float32)
-        lat = m.time_together(paths, {input_name: x}, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
+        feed = {k: feed_of(p, x) for k, p in paths.items()} if feed_of is not None else {input_name: x}
+        lat = m.time_together(paths, feed, rounds=10, per_round=20 if b == 1 else 5, warmup=10)
         base = lat.get(key[0])
         for i, s in enumerate(stages):
             got = lat.get(key[i])
