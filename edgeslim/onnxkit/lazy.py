@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
@@ -213,3 +213,27 @@ class Spill(Sequence[list[np.ndarray]]):
     def __iter__(self) -> Iterator[list[np.ndarray]]:
         for k in range(len(self._items)):
             yield self._one(k)
+
+
+def stream_cosine(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> tuple[float, bool]:
+    """(worst-output cosine, all finite) of `got` vs `ref` over (ref, got) pairs of per-feed outputs, in
+    float64, accumulated feed by feed (the same figure as concatenating every feed's outputs; 1.0 when both
+    are all zeros, 0.0 when only one is; a non-finite cosine counts as 0.0)."""
+    dot: list[float] = []
+    na: list[float] = []
+    nb: list[float] = []
+    finite = True
+    for ref, got in pairs:
+        if not dot:
+            dot, na, nb = [0.0] * len(ref), [0.0] * len(ref), [0.0] * len(ref)
+        for k, (r, g) in enumerate(zip(ref, got)):
+            a, b = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+            finite &= bool(np.isfinite(a).all() and np.isfinite(b).all())
+            dot[k] += float(a @ b)
+            na[k] += float(a @ a)
+            nb[k] += float(b @ b)
+    worst = 1.0
+    for d, x, y in zip(dot, na, nb):
+        c = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else d / (np.sqrt(x) * np.sqrt(y)))
+        worst = min(worst, float(c) if np.isfinite(c) else 0.0)
+    return worst, finite

@@ -31,6 +31,7 @@ import onnx
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
+from edgeslim.onnxkit.lazy import stream_cosine
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
@@ -149,24 +150,15 @@ class Int8Plan:
         }
 
 
-def _cosine(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-    worst = 1.0
-    for k in range(len(ref[0])):
-        a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
-        b = np.concatenate([np.asarray(g[k], np.float64).ravel() for g in got])
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        c = 1.0 if na == nb == 0 else (0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb)))
-        worst = min(worst, c if np.isfinite(c) else 0.0)
-    return worst
-
-
-def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1) -> Evaluate:
-    """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds."""
+def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1) -> Evaluate:
+    """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds, accumulated feed by
+    feed (`onnxkit.lazy.stream_cosine`): memory is one feed's outputs whatever n is."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
         s = session(model.SerializeToString(), threads=threads)
         names = [i.name for i in s.get_inputs()]
-        got = [s.run(None, {k: f[k] for k in names}) for f in feeds[:n]]
-        return _cosine(ref[: len(got)], got)
+        k = min(n, len(feeds))
+        pairs = ((ref[i], s.run(None, {name: f[name] for name in names})) for i, f in enumerate(feeds[:k]))
+        return stream_cosine(pairs)[0]
     return evaluate
 
 
