@@ -11,6 +11,7 @@ outputs, because a model is only as good as its worst output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,7 @@ def _classifier_like(r: np.ndarray) -> bool:
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
 
-def compare(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
+def compare(names: list[str], ref: Sequence[list[np.ndarray]], got: Sequence[list[np.ndarray]]) -> Fidelity:
     """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output."""
     per: dict[str, dict[str, float]] = {}
     finite = True

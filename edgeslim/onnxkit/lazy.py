@@ -116,10 +116,10 @@ class LazyFeeds(Sequence[Feed]):
     member is the array itself). `index` selects and orders the samples (a subset is another LazyFeeds)."""
 
     def __init__(self, parts: dict[str, tuple[NpyMember | np.ndarray, str, np.dtype]], index: Sequence[int]):
-        self.parts, self.index = parts, list(index)
+        self.parts, self._idx = parts, list(index)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._idx)
 
     def _one(self, i: int) -> Feed:
         out: Feed = {}
@@ -141,16 +141,16 @@ class LazyFeeds(Sequence[Feed]):
 
     def __getitem__(self, i: int | slice) -> Feed | LazyFeeds:
         if isinstance(i, slice):
-            return LazyFeeds(self.parts, self.index[i])
-        return self._one(self.index[i])
+            return LazyFeeds(self.parts, self._idx[i])
+        return self._one(self._idx[i])
 
     def __iter__(self) -> Iterator[Feed]:
-        for i in self.index:
+        for i in self._idx:
             yield self._one(i)
 
     def subset(self, positions: Sequence[int]) -> LazyFeeds:
         """The feeds at `positions` (positions in this sequence)."""
-        return LazyFeeds(self.parts, [self.index[p] for p in positions])
+        return LazyFeeds(self.parts, [self._idx[p] for p in positions])
 
 
 def subset(feeds: Sequence[Feed], positions: Sequence[int]) -> Sequence[Feed]:

@@ -185,13 +185,13 @@ def op_types(opts: Int8Options) -> list[str]:
     return sorted((set(oq.qdq_ops(set(opts.exclude_ops))) | EXTRA_OPS) - set(opts.exclude_ops))
 
 
-def quantize(fm: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict, opts: Int8Options) -> onnx.ModelProto:
+def quantize(fm: onnx.ModelProto, feeds: Sequence[Feed], fmt: str, ranges: dict, opts: Int8Options) -> onnx.ModelProto:
     """Fully quantized QDQ model of `fm` in `fmt` with the activation `ranges` (no calibration run)."""
     return oq.quantize_static_model(fm, feeds, oq.parse_format(fmt), op_types=op_types(opts),
                                     exclude_nodes=sorted(opts.exclude_nodes), ranges=ranges, keep_activations=True)
 
 
-def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[list[np.ndarray]],
+def refloat(plan: Int8Plan, more: dict[str, str], feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]],
             threads: int = 1) -> Int8Plan:
     """`plan` with the units in `more` ({unit: why}) also kept float; 'fidelity...' reasons get the
     original weights."""
@@ -209,7 +209,7 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
 class _Run:
     """What every step of one `build` shares."""
 
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     opts: Int8Options
     evaluate: Evaluate
     notes: list[str] = field(default_factory=list)
@@ -228,7 +228,7 @@ class _Run:
         return kept
 
 
-def build(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
+def build(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], opts: Int8Options,
           clock: Clock, profiler: Profiler | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
     the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
@@ -374,7 +374,7 @@ def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate, notes: list[str], steps: dict
+def _ranges(fm: onnx.ModelProto, feeds: Sequence[Feed], opts: Int8Options, evaluate, notes: list[str], steps: dict
             ) -> tuple[dict[str, tuple[float, float]], dict[str, int], str, float]:
     """(activation ranges, method -> tensor count, method, cosine of the fully quantized model with them).
 
@@ -398,7 +398,7 @@ def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate,
     return trials[best], counts, best, scored[best]
 
 
-def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: list[Feed], ranges: dict, opts: Int8Options,
+def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: Sequence[Feed], ranges: dict, opts: Int8Options,
                    clock: Clock, notes: list[str], steps: dict) -> tuple[str, onnx.ModelProto]:
     """(format, fully quantized model) of the integer format that runs fastest here. A later format
     replaces an earlier one only when its whole per-round confidence interval is more than FORMAT_MARGIN
