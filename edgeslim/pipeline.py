@@ -217,7 +217,7 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
         ident_task = task
     else:
         assert inputs is not None
-        x = np.concatenate([f[spec_in.name] for f in load_npz_feeds(inputs, specs)]).astype(np.float32)
+        x = np.concatenate([f[spec_in.name] for f in load_npz_feeds(inputs, specs)]).astype(np.float32, copy=False)
 
         def teacher(a: np.ndarray) -> np.ndarray:
             return flat_outputs(onnx_outputs(model, spec_in.name, a, fixed, threads), per_sample)

@@ -5,8 +5,10 @@ Estimates are deliberately simple upper bounds (float32 everywhere, units: bytes
 - training: weights x 4 (weights, gradients, two Adam moments) + batch x per-sample activations x 3
   (kept for backward, their gradients, temporaries); evaluation runs in batches of up to 512 without
   gradients, so its peak is 512 x the largest layer output x 2;
-- ONNX Runtime static calibration: samples x the sum of every activation of one sample (its calibrators
-  keep each intermediate tensor of every sample until they compute the ranges);
+- ONNX Runtime static calibration: 2 x the samples of ONE feed x the sum of every activation of one
+  sample: the feeds stay on disk (`onnxkit.lazy`) and ORT's calibrators reduce the ranges feed by feed
+  (`onnxkit.quant.FeedReader`), so the number of samples does not count (it did before: "needs about
+  21.1 GiB of memory for 32 samples" for an 800x608 layout detector);
 - an .npz file: the sum of its arrays' sizes, read from the array headers without loading the data.
 A job is refused when it needs more than `LIMIT` of the memory the kernel reports available
 (`MemAvailable` on Linux); where that is unknown the check is skipped.
@@ -27,6 +29,8 @@ from edgeslim.errors import EdgeslimError
 
 LIMIT = 0.9  # fraction of the available memory a job may plan to use
 EVAL_BATCH = 512  # train.predict's batch
+CALIB_BATCH = 16  # samples per calibration feed (onnxkit.quant.array_feeds)
+CALIB_FACTOR = 2  # one feed's activations kept by ORT's calibrator + the session's own buffers
 
 
 def available_bytes() -> int | None:
@@ -107,15 +111,19 @@ def check_npz(path: Path, what: str, hint: str) -> None:
     require_memory(npz_bytes(path), f"{what} {path}", hint)
 
 
-def check_calibration_memory(per_sample: Callable[[], int], samples: int, what: str, hint: str) -> None:
-    """Refuse a static INT8 calibration over `samples` inputs that would not fit (see module docstring).
-    `per_sample` gives one sample's summed activations in bytes (the arena planner's naive sum, which
-    lives above this layer); a graph it cannot size gets no check."""
+def check_calibration_memory(per_sample: Callable[[], int], what: str, hint: str, batch: int = 1) -> int:
+    """Refuse a static INT8 calibration whose one feed of `batch` samples would not fit (see module
+    docstring): calibration streams the feeds, so its peak depends on the batch, not on the number of
+    samples. `per_sample` gives one sample's summed activations in bytes (the arena planner's naive sum,
+    which lives above this layer); a graph it cannot size gets no check. Returns the estimate (bytes, 0
+    when there is none)."""
     try:
         one = int(per_sample())
     except Exception:  # a graph the planner cannot size: no estimate
-        return
-    require_memory(samples * one, f"calibrating {what} on {samples} samples", hint)
+        return 0
+    need = CALIB_FACTOR * batch * one
+    require_memory(need, f"calibrating {what} ({batch} sample{'s' if batch != 1 else ''} at a time)", hint)
+    return need
 
 
 def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: tuple[int, ...], n_train: int) -> None:
@@ -133,7 +141,30 @@ def check_recipe(steps: list, finetune: object, model: nn.Module, input_shape: t
             require_memory(need, f"{s.name} (recipe line {s.line}) fine-tuning with batch size {batch}",
                     "lower batch_size in its finetune block")
         n = getattr(s.config, "calibration_samples", None)
-        if n:
-            n = min(int(n), n_train)
-            require_memory(n * total, f"{s.name} (recipe line {s.line}) calibrating on {n} samples",
-                    "lower calibration_samples")
+        if n:  # calibration streams feeds of CALIB_BATCH samples: the batch, not the count, sets the peak
+            b = min(int(n), n_train, CALIB_BATCH)
+            require_memory(CALIB_FACTOR * b * total, f"{s.name} (recipe line {s.line}) calibrating {b} samples at a time",
+                    "use a smaller model input")
+
+
+def peak_rss() -> dict[str, int]:
+    """Peak resident set size so far, in bytes: `self` (this process) and `children` (the largest child
+    process waited for, e.g. a worker; 0 when none), from getrusage's ru_maxrss (KiB on Linux, bytes on
+    macOS). Empty where the platform has no getrusage."""
+    try:
+        import resource
+        import sys
+    except ImportError:  # Windows
+        return {}
+    unit = 1 if sys.platform == "darwin" else 1024
+    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit}
+
+
+def peak_rss_line() -> str:
+    """'peak RSS 1.2 GiB (children 300.0 MiB)': what `optimize` and `run` print last."""
+    p = peak_rss()
+    if not p:
+        return "peak RSS: not available on this platform"
+    kids = f" (child processes: {_mib(p['children'])})" if p["children"] else ""
+    return f"peak RSS {_mib(p['self'])}{kids}"

@@ -126,8 +126,10 @@ def test_run_checks_memory_before_its_first_write(model, task_file, tmp_path: Pa
     rec = _recipe(tmp_path, "version: 1\nfinetune: {epochs: 1}\npasses:\n"
                             "  - quantize_int8: {calibration_samples: 100000}\n")
     monkeypatch.setattr(resources, "available_bytes", lambda: 2 * 1024 * 1024)
+    # the calibration streams, so a feed of 16 samples must fit: pretend each sample's activations take 4 MiB
+    monkeypatch.setattr(resources, "activation_bytes", lambda *_: (4 << 20, 1024))
     code, _, err = main_inproc("run", str(rec), "-m", str(model), "-t", str(task_file), "-o", str(tmp_path / "run"))
-    assert_user_error(code, err, "quantize_int8 (recipe line 4)", "calibration_samples")
+    assert_user_error(code, err, "quantize_int8 (recipe line 4)", "16 samples at a time")
     assert not (tmp_path / "run").exists()
 
 
@@ -141,8 +143,29 @@ def test_optimize_calibration_set_that_cannot_fit(model, tmp_path: Path, monkeyp
     np.savez(calib, input=np.zeros((64, 1, 1, 8, 8), np.float32))
     monkeypatch.setattr(resources, "available_bytes", lambda: 8 * 1024)
     code, _, err = main_inproc("optimize", str(onnx_path), "--calib", str(calib), "-o", str(tmp_path / "o.onnx"))
-    assert_user_error(code, err, "--samples")
+    assert_user_error(code, err, "1 sample at a time")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_optimize_memory_check_depends_on_the_batch_not_the_samples(model, tmp_path: Path, monkeypatch) -> None:
+    """Memory for 4 samples at once but not for 64: the calibration streams, so 64 samples run (issue 23)."""
+    from edgeslim.deploy.export import export_onnx
+    from edgeslim.measure.arena import plan_activation_arena
+
+    net, spec = models.load_model(model)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(net, tuple(spec["input_shape"]), onnx_path)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).random((64, 1, 1, 8, 8)).astype(np.float32))
+    one = plan_activation_arena(onnx_path, reorder=False).naive_bytes
+    monkeypatch.setattr(resources, "available_bytes", lambda: int(4 * one / resources.LIMIT))
+    code, out, err = main_inproc("optimize", str(onnx_path), "--calib", str(calib), "--samples", "48",
+                                 "--candidates", "fp32-opt", "--bench-seconds", "0.2", "-o", str(tmp_path / "o.onnx"),
+                                 "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["samples"]["calibration_count"] == 48 and (tmp_path / "o.onnx").exists()
+    assert res["peak_rss_bytes"]["self"] > 0
 
 
 # ---------------------------------------------------------------------------------- untrusted pickles

@@ -14,6 +14,7 @@ from edgeslim.cli.options import device_option, inputs_option, json_option, shap
 from edgeslim.errors import EdgeslimError
 from edgeslim.report.optimize import print_report
 from edgeslim.report.results import human_bytes
+from edgeslim.resources import peak_rss_line
 
 
 @app.command()
@@ -74,6 +75,7 @@ def optimize(
         emit_json(res)
     else:
         print_report(res, console)
+        console.print(peak_rss_line(), highlight=False)
         console.print(f"further (structured pruning + distillation on your inputs, no labels): edgeslim run "
                       f"edgeslim/recipes/any-model.yaml --model {model} --inputs X.npz --out RUN", highlight=False, soft_wrap=True)
 

@@ -12,6 +12,7 @@ from edgeslim import api
 from edgeslim.cli.app import app, console, emit_json
 from edgeslim.cli.options import accelerator_option, device_option, json_option
 from edgeslim.report.results import print_table
+from edgeslim.resources import peak_rss_line
 from edgeslim.train import TrainConfig
 
 
@@ -50,6 +51,7 @@ def run_cmd(
         print_table(res["stages"], title=title, console=console)
         console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'} (and report.md)",
                       highlight=False)
+        console.print(peak_rss_line(), highlight=False)
 
 
 @app.command()

@@ -152,7 +152,7 @@ def describe_fusions(before: dict[str, int], after: dict[str, int]) -> list[str]
 
 
 def compile_ort(model_path: str | Path, out_path: str | Path, level: str = "extended",
-                feeds: list[dict[str, np.ndarray]] | None = None, reference: str | Path | None = None,
+                feeds: Sequence[dict[str, np.ndarray]] | None = None, reference: str | Path | None = None,
                 atol: float = 1e-4) -> CompileReport:
     """Optimise with ONNX Runtime at `level`, save to `out_path`, list fusions, and check that every output
     still matches `reference` (default: the input model) on `feeds` (default: synthetic feeds from the

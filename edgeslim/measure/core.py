@@ -274,7 +274,7 @@ def _task_or_random(task: Any, src: Source, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
-def batched(feeds: list[Feed], specs: list, size: int = FIDELITY_BATCH) -> list[Feed]:
+def batched(feeds: Sequence[Feed], specs: list, size: int = FIDELITY_BATCH) -> Sequence[Feed]:
     """`feeds` joined `size` at a time along axis 0 when every input has a symbolic leading dim (the
     outputs are then the same, in fewer runs); else as they are."""
     if len(feeds) < 2 or not specs or any(not s.dims or isinstance(s.dims[0], int) for s in specs):
@@ -285,7 +285,7 @@ def batched(feeds: list[Feed], specs: list, size: int = FIDELITY_BATCH) -> list[
             for i in range(0, len(feeds), size)]
 
 
-def _fidelity(sess: Any, reference: str | Path, feeds: list[Feed], where: str) -> Fidelity:
+def _fidelity(sess: Any, reference: str | Path, feeds: Sequence[Feed], where: str) -> Fidelity:
     with open_model(reference) as ref:
         if ref.onnx is None:
             raise EdgeslimError(f"{reference}: a reference must be an ONNX file or a model folder")

@@ -16,6 +16,7 @@ because a model is only as good as its worst output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,7 @@ def _dense_map(r: np.ndarray) -> bool:
     return r.dtype.kind == "f" and r.ndim >= 3 and min(r.shape[-2:]) >= MAP_MIN_SIDE
 
 
-def compare_outputs(names: list[str], ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> Fidelity:
+def compare_outputs(names: list[str], ref: Sequence[list[np.ndarray]], got: Sequence[list[np.ndarray]]) -> Fidelity:
     """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output."""
     per: dict[str, dict[str, float]] = {}
     finite = True

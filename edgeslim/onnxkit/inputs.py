@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.lazy import LazyFeeds, NpyMember
 
 Feed = dict[str, np.ndarray]
 
@@ -212,12 +213,24 @@ def single_input_samples(path: str | Path, shape: tuple[int, ...], holder: str =
     return a.astype(np.float32)
 
 
-def load_npz_feeds(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
-    """Feeds from an .npz with one array per input name (see module docstring for the sample layout)."""
+def _members(p: Path) -> dict[str, NpyMember]:
+    """Every array of an .npz, left on disk (`onnxkit.lazy`), or one EdgeslimError line."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        return {n: NpyMember(p, n) for n in names}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise EdgeslimError(f"{p}: not a readable .npz file ({str(e).splitlines()[0] if str(e) else e})") from None
+
+
+def load_npz_feeds(path: str | Path, specs: list[InputSpec]) -> Sequence[Feed]:
+    """Feeds from an .npz with one array per input name (see module docstring for the sample layout).
+    The samples stay on disk and are read when a feed is indexed (`onnxkit.lazy.LazyFeeds`): memory does
+    not grow with the number of samples in the file."""
     p = Path(path)
     if not p.is_file():
         raise EdgeslimError(f"{p}: no such inputs file (an .npz with one array per model input)")
-    arrays = read_npz(p)
+    arrays = _members(p)
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     extra = sorted(set(arrays) - set(names))
@@ -227,38 +240,41 @@ def load_npz_feeds(path: str | Path, specs: list[InputSpec]) -> list[Feed]:
             + (f"missing {', '.join(missing)}" if missing else "")
             + ("; " if missing and extra else "") + (f"unexpected {', '.join(extra)}" if extra else "")
         )
-    per: dict[str, list[np.ndarray]] = {}
+    parts: dict[str, tuple[NpyMember | np.ndarray, str, np.dtype]] = {}
+    counts: dict[str, int] = {}
     for s in specs:
         a = arrays[s.name]
         if a.dtype.kind not in "biuf":
             raise EdgeslimError(f"{p}: array '{s.name}' has dtype {a.dtype}; input '{s.name}' needs {s.dtype}")
         if s.dtype.kind in "biu" and a.dtype.kind == "f":
             raise EdgeslimError(f"{p}: array '{s.name}' is float but input '{s.name}' is {s.dtype}")
-        a = a.astype(s.dtype)
         if a.size == 0:
             raise EdgeslimError(f"{p}: array '{s.name}' is empty (shape {a.shape}); give at least one sample")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
+        if not a.all_finite():
             raise EdgeslimError(f"{p}: array '{s.name}' contains NaN or infinite values")
         rank = len(s.dims) if s.dims is not None else a.ndim
         lead = s.dims[0] if s.dims else None
         if a.ndim == rank + 1:
-            samples = [a[i] for i in range(a.shape[0])]
+            how, sample = "row", a.shape[1:]
         elif a.ndim == rank and rank >= 1 and (lead is None or isinstance(lead, str) or lead == 1) \
                 and a.shape[0] > 1:
-            samples = [a[i : i + 1] for i in range(a.shape[0])]
+            how, sample = "slice", (1, *a.shape[1:])
         else:
-            samples = [a]
-        bad = next((x for x in samples if not _fits(s, x.shape)), None)
-        if bad is not None:
-            raise EdgeslimError(f"{p}: array '{s.name}' has shape {a.shape} (sample shape {bad.shape}) but model "
+            how, sample = "const", a.shape
+        if not _fits(s, sample):
+            raise EdgeslimError(f"{p}: array '{s.name}' has shape {a.shape} (sample shape {sample}) but model "
                                 f"input '{s.name}' expects {s.show()}")
-        per[s.name] = samples
-    counts = {len(v) for v in per.values() if len(v) > 1}
-    if len(counts) > 1:
+        if how == "const" or a.shape[0] == 1:  # small, or one sample reused by every feed
+            whole = a.load().astype(s.dtype)
+            parts[s.name] = (whole[0] if how == "row" else whole, "const", s.dtype)
+        else:
+            parts[s.name], counts[s.name] = (a, how, s.dtype), a.shape[0]
+    many = {k: c for k, c in counts.items() if c > 1}
+    if len(set(many.values())) > 1:
         raise EdgeslimError(f"{p}: arrays hold different sample counts "
-                            f"({', '.join(f'{k}: {len(v)}' for k, v in per.items())})")
-    n = counts.pop() if counts else 1
-    return [{k: v[i] if len(v) > 1 else v[0] for k, v in per.items()} for i in range(n)]
+                            f"({', '.join(f'{k}: {counts.get(k, 1)}' for k in parts)})")
+    n = next(iter(many.values()), 1)
+    return LazyFeeds(parts, range(n))
 
 
 @dataclass
@@ -266,7 +282,7 @@ class Feeds:
     """Feeds for a model and where they came from: `inputs` (an .npz), `shape` (synthetic, some dims
     from --shape) or `declared` (synthetic, the model's own static dims); warnings say what was guessed."""
 
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     source: str
     warnings: list[str]
 

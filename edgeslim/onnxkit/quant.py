@@ -6,8 +6,10 @@ Format names: `u8s8` = uint8 activations, int8 weights; `s8s8` = int8 both; `-rr
 (7-bit weights, avoids int16 overflow in the u8s8 AVX2 kernel on CPUs without VNNI); `-pc` =
 per-channel weight scales (else per tensor).
 
-Calibration data is always a list of feeds ({input name: array}); `array_feeds` cuts one input array
+Calibration data is always a sequence of feeds ({input name: array}); `array_feeds` cuts one input array
 into such feeds (16 samples each), so one reader serves the pipeline's passes and `edgeslim optimize`.
+ORT's calibrators reduce the ranges feed by feed (strided calibration), so calibration memory is one
+feed's activations, not all samples' (tests/test_calibration_memory.py).
 """
 
 from __future__ import annotations
@@ -58,19 +60,28 @@ def parse_format(s: str, where: str = "candidates") -> IntFormat:
 
 
 class FeedReader:
-    """ONNX Runtime's CalibrationDataReader over a list of feeds."""
+    """ONNX Runtime's CalibrationDataReader over a sequence of feeds, read one at a time (a lazy sequence,
+    `onnxkit.lazy.LazyFeeds`, stays on disk). `set_range` and `__len__` let ORT's strided calibration
+    (`CalibStridedMinMax`, used by `quantize_static`) reduce the ranges one feed at a time, so its
+    calibrators never hold more than one feed's intermediate tensors."""
 
     def __init__(self, feeds: Sequence[Feed]):
-        self.feeds, self.i = list(feeds), 0
+        self.feeds, self.i, self.end = feeds, 0, len(feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
 
     def get_next(self) -> Feed | None:
-        if self.i >= len(self.feeds):
+        if self.i >= self.end:
             return None
         self.i += 1
         return self.feeds[self.i - 1]
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.feeds))
+
     def rewind(self) -> None:
-        self.i = 0
+        self.i, self.end = 0, len(self.feeds)
 
 
 def array_feeds(name: str, x: np.ndarray, batch: int = 16) -> list[Feed]:
@@ -197,7 +208,9 @@ def quantize_static(src: Path, dst: Path, feeds: Sequence[Feed], fmt: IntFormat,
             weight_type=QuantType.QInt8, nodes_to_exclude=sorted(h.exclude_nodes), calibrate_method=meth[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMovingAverage": False,
                            "TensorQuantOverrides": _overrides(src, h.act_overrides or {}, fmt),
-                           "QDQKeepRemovableActivations": h.keep_activations, **(h.extra or {})},
+                           "QDQKeepRemovableActivations": h.keep_activations,
+                           "CalibStridedMinMax": 1 if feeds else None,  # ranges reduced feed by feed
+                           **(h.extra or {})},
             calibration_cache_path=cache,
         )
 

@@ -5,6 +5,7 @@ an ONNX model) and runs ONNX Runtime's offline graph optimisation."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,23 @@ def run_batched(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return batched_outputs(sess, x, batch)[0]
 
 
-def run_all(sess, feeds: list[dict[str, np.ndarray]], where: str = "") -> list[list[np.ndarray]]:
+def run_all(sess, feeds: Sequence[dict[str, np.ndarray]], where: str = "") -> list[list[np.ndarray]]:
     """Outputs of `sess` for every feed; a failure is the user's model/data problem, said in one line."""
-    out = []
+    out: list[list[np.ndarray]] = []
+    run_into(sess, feeds, out, where)
+    return out
+
+
+def run_into(sess, feeds: Sequence[dict[str, np.ndarray]], into: Any, where: str = "") -> None:
+    """Append the outputs of `sess` for every feed to `into` (a list, or an `onnxkit.lazy.Spill`, which keeps
+    them on disk), one feed at a time; a failure is said in one line as in `run_all`."""
     for i, f in enumerate(feeds):
         try:
-            out.append(sess.run(None, f))
+            into.append(sess.run(None, f))
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgeslimError(f"{where + ': ' if where else ''}the model fails on input sample {i} ({msg[:300]}); "
                                 "check --inputs/--shape") from None
-    return out
 
 
 def classifier_scores(sess, x: np.ndarray, *, num_classes: int | None = None, where: str = "",

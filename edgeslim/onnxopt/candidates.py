@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,8 @@ class CandidateContext:
 
     repaired: onnx.ModelProto     # constants lifted, source opset (what FP32/FP16 candidates start from)
     base: onnx.ModelProto         # ORT-optimised, opset >= 13 where it could be upgraded, nodes named (INT8)
-    feeds: list[Feed]
-    ref: list                     # original outputs per feed
+    feeds: Sequence[Feed]
+    ref: Sequence                 # original outputs per feed (a list, or an onnxkit.lazy.Spill on disk)
     out_names: list[str]
     tol: Tolerance
     exclude_ops: set[str]
@@ -100,8 +101,8 @@ class CandidateContext:
     clock: int8_plan.Clock | None = None    # injected by tests; None: the measurement core's clock on feeds[0]
     # held-out feeds (never calibrated on) and the original's outputs on them: every candidate's fidelity and
     # the tolerance gate use these; empty: `feeds` / `ref` (tests that build a CandidateContext by hand)
-    check_feeds: list[Feed] = field(default_factory=list)
-    check_ref: list = field(default_factory=list)
+    check_feeds: Sequence[Feed] = field(default_factory=list)
+    check_ref: Sequence = field(default_factory=list)
 
     @property
     def fp_base(self) -> onnx.ModelProto:

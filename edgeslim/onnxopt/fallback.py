@@ -7,6 +7,7 @@ Static INT8 itself, with its per-layer float fallback by output sensitivity and 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def dynamic_int8(model: onnx.ModelProto, exclude_ops: set[str], exclude_nodes: s
         return onnx.load(str(dst))
 
 
-def onnx_layer_sqnr(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[Feed]) -> dict[str, float]:
+def onnx_layer_sqnr(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str, float]:
     """SQNR (dB) of each quantized layer's output, QDQ model vs float model, over `feeds`."""
     produced = {o for n in float_model.graph.node for o in n.output}
     # compare what the next layer sees: the Q->DQ'd activation (the quantizer folds a following Relu/Clip

@@ -21,6 +21,7 @@ unchanged. If none even meets the tolerance, nothing is written unless `force`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Literal
@@ -37,15 +38,16 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.decide import Option, choose_option
 from edgeslim.measure.device_clock import EstimatedClock
-from edgeslim.measure.fidelity import Tolerance, compare_outputs, run_all
+from edgeslim.measure.fidelity import Tolerance, run_all
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.graph import name_nodes, op_counts, remove_dead, save, sort_topologically
 from edgeslim.onnxkit.inputs import input_specs, make_feeds
+from edgeslim.onnxkit.lazy import Spill, stream_cosine, subset
 from edgeslim.onnxkit.load import Loaded, load_and_repair, read_onnx
 from edgeslim.onnxkit.patterns import fuse_hardswish
-from edgeslim.onnxkit.session import kernel_signature, ort_optimize, session
+from edgeslim.onnxkit.session import kernel_signature, ort_optimize, run_into, session
 from edgeslim.onnxkit.shapes import infer_shapes
 from edgeslim.onnxopt import candidates as cands
 from edgeslim.quant.device_choice import decided_by, timed_here
@@ -142,18 +144,15 @@ def split_samples(n: int, samples: int, seed: int) -> Split:
     return Split(n, cal, held, why)
 
 
-def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[list, list[str]]:
-    """All the feeds of --inputs (the measurement core's inputs), or `samples` + a quarter synthetic ones
-    with the loud warning. A calibration file that would not fit in memory is refused up front
-    (`edgeslim.resources`)."""
-    if cfg.calib is not None:
-        resources.check_npz(Path(cfg.calib), "loading the calibration file",
-                            f"save fewer samples (--samples {cfg.samples} calibrate on {cfg.samples}, the rest "
-                            "is held out for fidelity)")
-        resources.check_calibration_memory(lambda: plan_activation_arena(cfg.model, reorder=False).naive_bytes, cfg.samples,
-                                    Path(cfg.model).name, "lower --samples")
+def _feeds(cfg: OptimizeConfig, specs: list) -> tuple[Sequence[dict], list[str]]:
+    """All the feeds of --inputs (the measurement core's inputs; they stay on disk and are read one at a
+    time, `onnxkit.lazy`), or `samples` + a quarter synthetic ones with the loud warning. Memory is
+    checked per feed (`edgeslim.resources.check_calibration_memory`): calibration holds one feed's activations,
+    whatever the number of samples."""
     n = 0 if cfg.calib is not None else cfg.samples + max(1, cfg.samples // 4)
     fd = make_feeds(specs, cfg.calib, cfg.shapes, n=n, seed=cfg.seed)
+    resources.check_calibration_memory(lambda: plan_activation_arena(cfg.model, reorder=False).naive_bytes,
+                                Path(cfg.model).name, "give --inputs samples of batch 1")
     return fd.feeds, (fd.warnings if fd.source == "inputs" else [SYNTHETIC_WARNING, *fd.warnings])
 
 
@@ -183,7 +182,7 @@ def _optimised(model: onnx.ModelProto, notes: list[str], rewrites: bool = True) 
     return base
 
 
-def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str], cfg: OptimizeConfig,
+def _base(src: Path, loaded: Loaded, feeds: Sequence[dict], ref: Sequence[list], cfg: OptimizeConfig,
           wd: Path) -> tuple[Loaded, onnx.ModelProto, onnx.ModelProto, onnx.ModelProto | None]:
     """(loaded, repaired at the source opset, INT8 base, FP base or None when it is the INT8 base).
 
@@ -193,8 +192,9 @@ def _base(src: Path, loaded: Loaded, feeds: list, ref: list, out_names: list[str
     """
     rp = wd / "repaired.onnx"
     save(loaded.model, rp)
-    fid = compare_outputs(out_names, ref, run_all(session(rp, threads=cfg.threads), feeds))
-    if fid.cosine < 0.9999 or not fid.finite:
+    sess = session(rp, threads=cfg.threads)
+    cos, finite = stream_cosine((r, sess.run(None, f)) for r, f in zip(ref, feeds))
+    if cos < 0.9999 or not finite:
         loaded = load_and_repair(src, upgrade=False)
         loaded.notes.append("opset upgrade changed the outputs: kept the original opset")
     base = _optimised(loaded.model, loaded.notes, cfg.rewrites)
@@ -273,18 +273,18 @@ def optimize_onnx(cfg: OptimizeConfig) -> dict:
         specs = input_specs(loaded.model)
         all_feeds, warnings = _feeds(cfg, specs)
         split = split_samples(len(all_feeds), cfg.samples, cfg.seed)
-        feeds = [all_feeds[i] for i in split.calibration]
-        held = [all_feeds[i] for i in split.held_out]
+        feeds, held = subset(all_feeds, split.calibration), subset(all_feeds, split.held_out)
         orig_sess = session(src, threads=cfg.threads)
         out_names = [o.name for o in orig_sess.get_outputs()]
-        ref = run_all(orig_sess, feeds)
+        ref = Spill()  # the original's outputs on every calibration feed, on disk
+        run_into(orig_sess, feeds, ref)
         held_ref = run_all(orig_sess, held)
         if len(all_feeds) < 2:
             warnings.append(split.note)
     orig_size = file_bytes(src)
     with cands.workdir() as td:
         wd = Path(td)
-        loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, out_names, cfg, wd)
+        loaded, plain, base, base_fp = _base(src, loaded, feeds, ref, cfg, wd)
         dev_clock = _device_clock(cfg, feeds[0])  # speed decisions for another device: its cost model
         ctx = cands.CandidateContext(plain, base, feeds, ref, out_names, cfg.tol, set(cfg.exclude_ops),
                             set(cfg.exclude_nodes), cfg.sqnr_db, cfg.weight_min_elements, wd, base_fp=base_fp,
@@ -338,6 +338,7 @@ def optimize_onnx(cfg: OptimizeConfig) -> dict:
         "original": {"size_bytes": orig_size, "latency_ms_p50": lat["original"].p50_ms,
                      "latency_ms_p90": lat["original"].p90_ms},
         "side_by_side": side,
+        "peak_rss_bytes": resources.peak_rss(),  # {self, children}: calibration streams, so it follows the batch
     }
 
 

@@ -94,8 +94,8 @@ def quantize_int8(
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
     feeds = oq.array_feeds(oq.check_calibration_input(ctx.prev_onnx, calib), calib)
     prev = ctx.prev_onnx
-    resources.check_calibration_memory(lambda: plan_activation_arena(prev, reorder=False).naive_bytes, len(calib), prev.name,
-                                "lower calibration_samples in the recipe")
+    resources.check_calibration_memory(lambda: plan_activation_arena(prev, reorder=False).naive_bytes, prev.name,
+                                "use a smaller model input", batch=min(len(calib), resources.CALIB_BATCH))
     work = ctx.stage_dir / "candidates"
     work.mkdir(parents=True, exist_ok=True)
     pre = work / "float.pre.onnx"

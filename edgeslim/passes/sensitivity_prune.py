@@ -16,6 +16,7 @@ from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
 from edgeslim.prune.structured import make_pruner
+from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig
 
 
@@ -28,6 +29,7 @@ class SensitivityPrune(PassConfig):
 
 
 @register("sensitivity_prune", SensitivityPrune)
+@guarded("sensitivity_prune")
 def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune, ctx: RunContext) -> PassResult:
     """Per-layer sensitivity curves -> per-layer ratios under a global target -> prune -> fine-tune."""
     assert model is not None

@@ -51,6 +51,7 @@ from edgeslim.prune.structured import (
     output_layers,
     removable_blocks,
 )
+from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig, evaluate, predict
 
 
@@ -184,6 +185,7 @@ def _kd_carry(task: Task, cfg: StructuredFast) -> dict[str, Any]:
 
 
 @register("structured_fast", StructuredFast)
+@guarded("structured_fast")
 def structured_fast(model: nn.Module | None, task: Task, cfg: StructuredFast, ctx: RunContext) -> PassResult:
     """Structured pruning to a measured ORT batch-1 speed-up: fast channel counts, KD fine-tuning."""
     assert model is not None

@@ -14,6 +14,7 @@ from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import Schedule
 from edgeslim.prune.structured import Importance, accumulate_gradients, channel_counts, make_pruner
+from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig, evaluate
 
 
@@ -38,6 +39,7 @@ class StructuredPrune(PassConfig):
 
 
 @register("structured_prune", StructuredPrune)
+@guarded("structured_prune")
 def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, ctx: RunContext) -> PassResult:
     """Remove channels/neurons with Torch-Pruning (L1/L2/Taylor/BN-scale/random), fine-tune each round."""
     assert model is not None

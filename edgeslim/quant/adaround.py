@@ -12,6 +12,8 @@ part), and only Conv (1-D/2-D) and constant-weight Gemm/MatMul layers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 import torch
@@ -127,7 +129,7 @@ def _crop(x: torch.Tensor, rng: np.random.Generator, side: int = 24) -> torch.Te
     return x
 
 
-def adaround(model: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
+def adaround(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
              layers: int = 4, max_feeds: int = 4, iters: int = 200, seed: int = 0) -> tuple[onnx.ModelProto, list[str]]:
     """(copy of `model` with AdaRound weights in the `layers` layers of largest relative output error
     from nearest rounding, names of those layers). Runs torch on one thread: these are small problems,
@@ -140,7 +142,7 @@ def adaround(model: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict[s
         torch.set_num_threads(threads)
 
 
-def _adaround(model: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
+def _adaround(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: str, ranges: dict[str, tuple[float, float]],
               layers: int, max_feeds: int, iters: int, seed: int) -> tuple[onnx.ModelProto, list[str]]:
     g = model.graph
     c = Consts(g)

@@ -16,6 +16,8 @@ it), so every INT8 format built from that model carries it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -68,7 +70,7 @@ def layer_shift(n: onnx.NodeProto, w: np.ndarray, ex: np.ndarray, exq: np.ndarra
     return None
 
 
-def input_means(model: onnx.ModelProto, names: list[str], feeds: list[Feed],
+def input_means(model: onnx.ModelProto, names: list[str], feeds: Sequence[Feed],
                 ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{tensor: (E[x], E[x_q])} per channel (axis 1; last axis for rank 2) over `feeds`."""
     s = session(with_outputs(model, names).SerializeToString())
@@ -87,7 +89,7 @@ def input_means(model: onnx.ModelProto, names: list[str], feeds: list[Feed],
     return {t: (np.mean(acc[t], 0), np.mean(accq[t], 0)) for t in names if acc[t]}
 
 
-def correct_biases(model: onnx.ModelProto, feeds: list[Feed], ranges: dict[str, tuple[float, float]],
+def correct_biases(model: onnx.ModelProto, feeds: Sequence[Feed], ranges: dict[str, tuple[float, float]],
                    qmax: int = 127, max_feeds: int = 8, skip: set[str] | None = None) -> tuple[onnx.ModelProto, int]:
     """(a copy of `model` with each layer's own quantization shift removed from its bias, layers changed).
     Gemm/Conv get a bias if they had none; MatMul is left alone (no bias input)."""
@@ -126,7 +128,7 @@ def correct_biases(model: onnx.ModelProto, feeds: list[Feed], ranges: dict[str, 
 
 
 def output_shift(float_model: onnx.ModelProto, quantized: onnx.ModelProto, names: list[str],
-                 feeds: list[Feed]) -> dict[str, np.ndarray]:
+                 feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
     """{tensor: E[quantized] - E[float]} per channel: how far a quantized model's tensors drift in mean
     (for reports and tests)."""
     a = input_means(float_model, names, feeds, {})

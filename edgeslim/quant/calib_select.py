@@ -16,6 +16,7 @@ the sampled values does not automatically win. Ranges are in the tensor's float 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,7 +65,7 @@ def _positions(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, 1)
 
 
-def collect(model: onnx.ModelProto, feeds: list[Feed], names: list[str] | None = None, cap: int = 2048,
+def collect(model: onnx.ModelProto, feeds: Sequence[Feed], names: list[str] | None = None, cap: int = 2048,
             seed: int = 0, chunk: int = 256) -> dict[str, TensorStats]:
     """Min/max and held-out samples of the float tensors `names` (default `float_tensors`) over `feeds`.
     Up to `cap` positions per tensor are kept in all, split evenly between the two halves of the feeds."""

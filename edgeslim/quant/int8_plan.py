@@ -31,6 +31,7 @@ import onnx
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
+from edgeslim.onnxkit.lazy import stream_cosine
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
@@ -149,24 +150,15 @@ class Int8Plan:
         }
 
 
-def _cosine(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
-    worst = 1.0
-    for k in range(len(ref[0])):
-        a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
-        b = np.concatenate([np.asarray(g[k], np.float64).ravel() for g in got])
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        c = 1.0 if na == nb == 0 else (0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb)))
-        worst = min(worst, c if np.isfinite(c) else 0.0)
-    return worst
-
-
-def evaluator(feeds: list[Feed], ref: list[list[np.ndarray]], threads: int = 1) -> Evaluate:
-    """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds."""
+def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1) -> Evaluate:
+    """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds, accumulated feed by
+    feed (`onnxkit.lazy.stream_cosine`): memory is one feed's outputs whatever n is."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
         s = session(model.SerializeToString(), threads=threads)
         names = [i.name for i in s.get_inputs()]
-        got = [s.run(None, {k: f[k] for k in names}) for f in feeds[:n]]
-        return _cosine(ref[: len(got)], got)
+        k = min(n, len(feeds))
+        pairs = ((ref[i], s.run(None, {name: f[name] for name in names})) for i, f in enumerate(feeds[:k]))
+        return stream_cosine(pairs)[0]
     return evaluate
 
 
@@ -193,13 +185,13 @@ def op_types(opts: Int8Options) -> list[str]:
     return sorted((set(oq.qdq_ops(set(opts.exclude_ops))) | EXTRA_OPS) - set(opts.exclude_ops))
 
 
-def quantize(fm: onnx.ModelProto, feeds: list[Feed], fmt: str, ranges: dict, opts: Int8Options) -> onnx.ModelProto:
+def quantize(fm: onnx.ModelProto, feeds: Sequence[Feed], fmt: str, ranges: dict, opts: Int8Options) -> onnx.ModelProto:
     """Fully quantized QDQ model of `fm` in `fmt` with the activation `ranges` (no calibration run)."""
     return oq.quantize_static_model(fm, feeds, oq.parse_format(fmt), oq.StaticQuant(
         op_types=op_types(opts), exclude_nodes=sorted(opts.exclude_nodes), ranges=ranges, keep_activations=True))
 
 
-def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[list[np.ndarray]],
+def refloat(plan: Int8Plan, more: dict[str, str], feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]],
             threads: int = 1) -> Int8Plan:
     """`plan` with the units in `more` ({unit: why}) also kept float; 'fidelity...' reasons get the
     original weights."""
@@ -217,7 +209,7 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: list[Feed], ref: list[l
 class _Run:
     """What every step of one `build_plan` shares."""
 
-    feeds: list[Feed]
+    feeds: Sequence[Feed]
     opts: Int8Options
     evaluate: Evaluate
     notes: list[str] = field(default_factory=list)
@@ -236,7 +228,7 @@ class _Run:
         return kept
 
 
-def build_plan(model: onnx.ModelProto, feeds: list[Feed], ref: list[list[np.ndarray]], opts: Int8Options,
+def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], opts: Int8Options,
           clock: Clock, profiler: Profiler | None = None) -> Int8Plan:
     """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
     the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
@@ -382,7 +374,7 @@ def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate, notes: list[str], steps: dict
+def _ranges(fm: onnx.ModelProto, feeds: Sequence[Feed], opts: Int8Options, evaluate, notes: list[str], steps: dict
             ) -> tuple[dict[str, tuple[float, float]], dict[str, int], str, float]:
     """(activation ranges, method -> tensor count, method, cosine of the fully quantized model with them).
 
@@ -406,7 +398,7 @@ def _ranges(fm: onnx.ModelProto, feeds: list[Feed], opts: Int8Options, evaluate,
     return trials[best], counts, best, scored[best]
 
 
-def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: list[Feed], ranges: dict, opts: Int8Options,
+def _choose_format(qm: onnx.ModelProto, fm: onnx.ModelProto, feeds: Sequence[Feed], ranges: dict, opts: Int8Options,
                    clock: Clock, notes: list[str], steps: dict) -> tuple[str, onnx.ModelProto]:
     """(format, fully quantized model) of the integer format that runs fastest here. A later format
     replaces an earlier one only when its whole per-round confidence interval is more than FORMAT_MARGIN

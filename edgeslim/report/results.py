@@ -137,6 +137,10 @@ def markdown_table(stages: list[dict]) -> str:
 
 
 def write_results(out: Path, results: dict) -> None:
+    """results.json (with the run's peak RSS so far, `peak_rss_bytes`: {self, children}) and report.md."""
+    from edgeslim.resources import peak_rss
+
+    results["peak_rss_bytes"] = peak_rss()
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_md(results))
 

@@ -20,6 +20,7 @@ layout); the baseline stays the original file. `feeds_for` builds the feed of ei
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def state_pairs(specs: list[InputSpec], outputs: dict[str, np.ndarray], feed: Fe
     return pairs
 
 
-def probe(path: Path, specs: list[InputSpec], feeds: list[Feed], threads: int = 1) -> Layout:
+def probe(path: Path, specs: list[InputSpec], feeds: Sequence[Feed], threads: int = 1) -> Layout:
     """The layout of the model at `path` from the user's feeds (`onnxkit.inputs.load_npz_feeds`, batch-1 samples): which
     inputs vary per sample, which are state (`state_pairs`), which are constants; each input's and output's
     batch axis, found by running the model at batch 1 and 2 (per_sample when that fails or is ambiguous)."""
@@ -210,7 +211,7 @@ def teacher_rows(path: Path, layout: Layout, rows: np.ndarray, threads: int = 1)
     return flat_rows(layout, runs, [len(rows[i:i + step]) for i in range(0, len(rows), step)])
 
 
-def stream_runs(path: Path, layout: Layout, feeds: list[Feed], threads: int = 1
+def stream_runs(path: Path, layout: Layout, feeds: Sequence[Feed], threads: int = 1
                 ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
     """Run the model at `path` over `feeds` as one stream: the state fed at each step is the model's own state
     output of the step before (the first step's comes from its feed). Returns the packed rows it was fed

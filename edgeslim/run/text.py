@@ -92,5 +92,8 @@ class TextHandler(ModelHandler):
         results = {"model": ident["model"], "kind": "text-encoder", "task": task.summary(), "recipe": recipe.source,
                    "device": dev_name, "latency_host": "ONNX Runtime on this host (CPU)",
                    "stages": stages, "encoder": {k: v for k, v in self.original.meta.items() if k != "source"}}
+        from edgeslim.resources import peak_rss
+
+        results["peak_rss_bytes"] = peak_rss()
         write_text_results(out, results)
         return results
