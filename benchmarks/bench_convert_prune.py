@@ -12,10 +12,10 @@ models with several inputs (the VADs' audio, state and sample rate) through Torc
 module with the same kept-whole layers (`onnxtorch.keep_whole`) and the same flattened-channel mapping
 (`map_flattened_channels`). Importance L2, ratio 0.5 per group.
 
-Per model: parameters of the converted module before/after; MACs (batch 1, `measure.onnx_counts.count_onnx`) of the
-converted module exported unpruned vs the pruned export (the original file's If bodies are not counted there, so
-both sides are exports of the same module); ONNX Runtime p50 latency, batch 1, one thread, of the original file,
-the unpruned re-export and the pruned export, timed interleaved in one loop (`measure.core.compare_latency`);
+Per model: parameters and MACs of one sample (`models.counts.count_macs`: Conv/Linear/LSTM layers by forward
+hooks; the ONNX counter does not see into the VADs' If bodies) of the converted module before/after; ONNX Runtime p50 latency, batch 1, one thread, of the original file,
+the unpruned re-export and the pruned export (sizes of the same three files: a re-export keeps only the If branch
+the sample takes, e.g. the VADs' 16 kHz branch), timed interleaved in one loop (`measure.core.compare_latency`);
 export check = max abs error of ONNX Runtime on the pruned export vs the pruned module over all samples (tolerance
 1e-3 x max(1, |output|)); "ok" or "fail" with the first line of the error. Inputs: `bench_optimize.write_inputs`
 presets (seed 0).
@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_optimize import write_inputs  # noqa: E402
 
 from edgeslim.measure.core import compare_latency  # noqa: E402
-from edgeslim.measure.onnx_counts import count_onnx  # noqa: E402
 from edgeslim.onnxkit.inputs import Feed, input_specs, load_npz  # noqa: E402
 from edgeslim.onnxkit.load import read_onnx  # noqa: E402
 from edgeslim.onnxkit.session import session  # noqa: E402
@@ -60,6 +59,25 @@ WHEEL = {  # the seven wheel models of docs/benchmarks.md's `optimize` table
 
 def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class _Rest(torch.nn.Module):
+    """The module with every input but the first held at `feed`'s values (for the one-input MAC counter)."""
+
+    def __init__(self, module: torch.nn.Module, feed: Feed):
+        super().__init__()
+        self.module = module
+        self.rest = [torch.from_numpy(np.array(feed[n], copy=True)) for n in module.input_names[1:]]
+
+    def forward(self, x: torch.Tensor):
+        return self.module(x, *self.rest)
+
+
+def macs(module, feed: Feed) -> int:
+    """MACs of one sample (`models.counts.count_macs`: Conv/Linear/LSTM layers, by forward hooks, zeros input)."""
+    from edgeslim.models.counts import count_macs
+
+    return count_macs(_Rest(module, feed), tuple(np.asarray(feed[module.input_names[0]]).shape[1:]))
 
 
 def prune(module, feed: Feed, ratio: float) -> str:
@@ -131,6 +149,7 @@ def run_one(key: str, src: Path, tmp: Path, n: int, ratio: float, seconds: float
         row["convert_s"] = time.perf_counter() - t0
         dynamic = bool(module.dynamic_axes)
         row["params"] = [params(module), None]
+        row["macs"] = [macs(module, feeds[0]), None]
         conv = export_converted(module, feeds[0], tmp / f"{key}.conv.onnx", dynamic=dynamic)
         if sens and len(module.input_names) == 1:
             t0 = time.perf_counter()
@@ -140,6 +159,7 @@ def run_one(key: str, src: Path, tmp: Path, n: int, ratio: float, seconds: float
         row["pruner"] = prune(module, feeds[0], ratio)
         row["prune_s"] = time.perf_counter() - t0
         row["params"][1] = params(module)
+        row["macs"][1] = macs(module, feeds[0])
         pruned = export_converted(module, feeds[0], tmp / f"{key}.pruned.onnx", dynamic=dynamic)
         sess = session(pruned["path"], threads=1)
         keep = {i.name for i in sess.get_inputs()}
@@ -149,9 +169,7 @@ def run_one(key: str, src: Path, tmp: Path, n: int, ratio: float, seconds: float
             got = sess.run(None, {k: v for k, v in f.items() if k in keep})
             errs += [max_abs(r, g) / max(1.0, float(np.abs(r).max())) for r, g in zip(ref, got)]
         row["export_err"] = max(errs)
-        shapes = {k: list(np.asarray(v).shape) for k, v in feeds[0].items()}
-        row["macs"] = [count_onnx(conv["path"], shapes).macs, count_onnx(pruned["path"], shapes).macs]
-        row["bytes"] = [src.stat().st_size, pruned["size_bytes"]]
+        row["bytes"] = [src.stat().st_size, conv["size_bytes"], pruned["size_bytes"]]
         lat = compare_latency({"original": src, "converted": conv["path"], "pruned": pruned["path"]}, feeds[0],
                               threads=1, seconds=seconds)
         row["p50"] = [lat[k].p50_ms for k in ("original", "converted", "pruned")]
@@ -167,13 +185,17 @@ def fmt(row: dict) -> str:
         v = row.get(k)
         if not v or v[1] is None:
             return "-"
+        if not v[0]:
+            return f"{f(v[0])} -> {f(v[1])}"
         return f"{f(v[0])} -> {f(v[1])} ({v[1] / v[0]:.2f}x)"
 
+    b = row.get("bytes")
+    size = f"{b[0] / 1024:,.0f} / {b[1] / 1024:,.0f} / {b[2] / 1024:,.0f} KiB ({b[2] / b[1]:.2f}x)" if b else "-"
     p50 = row.get("p50")
     lat = (f"{p50[0]:.3f} / {p50[1]:.3f} / {p50[2]:.3f} | {p50[0] / p50[2]:.2f}x" if p50 else "- | -")
     err = f"{row['export_err']:.2g}" if "export_err" in row else "-"
     return (f"| {row['model']} | {pair('params', lambda x: f'{x / 1e3:,.1f}k')} | {pair('macs', lambda x: f'{x / 1e6:,.1f}M')} "
-            f"| {pair('bytes', lambda x: f'{x / 1024:,.0f} KiB')} | {lat} | {err} | {row.get('prune_s', 0):.1f} "
+            f"| {size} | {lat} | {err} | {row.get('prune_s', 0):.1f} "
             f"| {row['status']} |")
 
 
@@ -198,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {k}: {WHEEL[k]}", file=sys.stderr, flush=True)
             rows.append(run_one(k, WHEEL[k], Path(td), args.samples, args.ratio, args.seconds, args.sensitivity))
             print(fmt(rows[-1]), file=sys.stderr, flush=True)
-    print("| model | params | MACs (b1, exported) | ONNX size (original -> pruned) | p50 ms original / "
+    print("| model | params | MACs (1 sample) | ONNX size original / re-export / pruned (pruned / re-export) | p50 ms original / "
           "re-export / pruned (b1, 1 thread, interleaved) | speed-up vs original | export vs pruned module "
           "(max rel err) | prune s | status |")
     print("|---|---|---|---|---|---|---|---|---|")
