@@ -12,8 +12,8 @@ models with several inputs (the VADs' audio, state and sample rate) through Torc
 module with the same kept-whole layers (`onnxtorch.keep_whole`) and the same flattened-channel mapping
 (`map_flattened_channels`). Importance L2, ratio 0.5 per group.
 
-Per model: parameters and MACs of one sample (`models.counts.count_macs`: Conv/Linear/LSTM layers by forward
-hooks; the ONNX counter does not see into the VADs' If bodies) of the converted module before/after; ONNX Runtime p50 latency, batch 1, one thread, of the original file,
+Per model: parameters and MACs of one batch-1 call (Conv/Linear/LSTM layers by forward hooks; the ONNX counter
+does not see into the VADs' If bodies) of the converted module before/after; ONNX Runtime p50 latency, batch 1, one thread, of the original file,
 the unpruned re-export and the pruned export (sizes of the same three files: a re-export keeps only the If branch
 the sample takes, e.g. the VADs' 16 kHz branch), timed interleaved in one loop (`measure.core.compare_latency`);
 export check = max abs error of ONNX Runtime on the pruned export vs the pruned module over all samples (tolerance
@@ -61,23 +61,31 @@ def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class _Rest(torch.nn.Module):
-    """The module with every input but the first held at `feed`'s values (for the one-input MAC counter)."""
-
-    def __init__(self, module: torch.nn.Module, feed: Feed):
-        super().__init__()
-        self.module = module
-        self.rest = [torch.from_numpy(np.array(feed[n], copy=True)) for n in module.input_names[1:]]
-
-    def forward(self, x: torch.Tensor):
-        return self.module(x, *self.rest)
-
-
 def macs(module, feed: Feed) -> int:
-    """MACs of one sample (`models.counts.count_macs`: Conv/Linear/LSTM layers, by forward hooks, zeros input)."""
-    from edgeslim.models.counts import count_macs
+    """MACs of one call on `feed` (batch 1 here), counted by forward hooks on the Conv/Linear/LSTM/GRU layers (the
+    whole output, so a head whose batch is not on axis 0, common.onnx's [T, 1, C], counts every time step)."""
+    from edgeslim.models.counts import recurrent_macs
 
-    return count_macs(_Rest(module, feed), tuple(np.asarray(feed[module.input_names[0]]).shape[1:]))
+    total = 0
+
+    def hook(m: torch.nn.Module, inp: tuple, out) -> None:
+        nonlocal total
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            total += out.numel() * int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
+        elif isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+        else:  # nn.RNNBase, input [T, B, I] (the converter's layout)
+            x = inp[0]
+            total += recurrent_macs(m, int(x.shape[0])) * (int(x.shape[1]) if x.dim() == 3 else 1)
+
+    kinds = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.RNNBase)
+    hs = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, kinds)]
+    try:
+        torch_outputs(module, module.input_names, feed)
+    finally:
+        for h in hs:
+            h.remove()
+    return total
 
 
 def prune(module, feed: Feed, ratio: float) -> str:
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {k}: {WHEEL[k]}", file=sys.stderr, flush=True)
             rows.append(run_one(k, WHEEL[k], Path(td), args.samples, args.ratio, args.seconds, args.sensitivity))
             print(fmt(rows[-1]), file=sys.stderr, flush=True)
-    print("| model | params | MACs (1 sample) | ONNX size original / re-export / pruned (pruned / re-export) | p50 ms original / "
+    print("| model | params | MACs (b1 call) | ONNX size original / re-export / pruned (pruned / re-export) | p50 ms original / "
           "re-export / pruned (b1, 1 thread, interleaved) | speed-up vs original | export vs pruned module "
           "(max rel err) | prune s | status |")
     print("|---|---|---|---|---|---|---|---|---|")
