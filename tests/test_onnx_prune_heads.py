@@ -14,7 +14,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from edgeslim.onnxkit.session import session
-from edgeslim.onnxtorch import export_converted, onnx_to_torch, parity
+from edgeslim.onnxtorch import conversion_parity, export_converted, onnx_to_torch
 from edgeslim.prune.structured import make_pruner
 from edgeslim.run.onnx import TeacherView
 
@@ -60,7 +60,7 @@ def test_head_reshape_follows_pruned_channels(target, tmp_path):
     m = head_model(target)
     feeds = {"x": RNG.normal(size=(3, 3, 4, 8)).astype(np.float32)}
     module, _ = onnx_to_torch(m)
-    assert max(parity(m, module, feeds).values()) < 1e-5
+    assert max(conversion_parity(m, module, feeds).values()) < 1e-5
     view = TeacherView(module).eval()
     pruner, steps = make_pruner(view, (3, 4, 8), ratio=0.5, importance="l2")
     for _ in range(steps):

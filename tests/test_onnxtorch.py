@@ -16,7 +16,7 @@ from onnx import numpy_helper as nh
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.session import session
-from edgeslim.onnxtorch import export_converted, onnx_to_torch, parity
+from edgeslim.onnxtorch import conversion_parity, export_converted, onnx_to_torch
 
 RNG = np.random.default_rng(0)
 
@@ -67,7 +67,7 @@ def prune_export_check(m: onnx.ModelProto, feeds: dict[str, np.ndarray], conv_ke
                        ratio: float = 0.5) -> None:
     """The whole round trip on `m`: parity, prune `ratio` of `conv_key`'s output channels, run, export, ORT."""
     module, _ = onnx_to_torch(m, input_shapes={k: v.shape for k, v in feeds.items()})
-    errs = parity(m, module, feeds)
+    errs = conversion_parity(m, module, feeds)
     assert set(errs) == {o.name for o in m.graph.output}
     assert max(errs.values()) < 1e-4, errs
     args = tuple(torch.from_numpy(feeds[n]) for n in module.input_names)
@@ -92,7 +92,7 @@ def prune_export_check(m: onnx.ModelProto, feeds: dict[str, np.ndarray], conv_ke
     # the exported file reopens as a trainable module again (how a pruned stage is saved and resumed)
     again, _ = onnx_to_torch(tmp_path / "pruned.onnx")
     assert again.input_names == module.input_names and again.output_names == module.output_names
-    assert max(parity(tmp_path / "pruned.onnx", again, feeds).values()) < 1e-4
+    assert max(conversion_parity(tmp_path / "pruned.onnx", again, feeds).values()) < 1e-4
 
 
 def test_conv_bn_residual_prune_export(tmp_path):
@@ -214,7 +214,7 @@ def test_if_runtime_condition(tmp_path):
     module, _ = onnx_to_torch(m)
     for shift in (1.0, -1.0):  # both branches, picked at run time
         x = (RNG.normal(size=(1, 3, 6, 6)) + shift).astype(np.float32)
-        assert max(parity(m, module, {"x": x}).values()) < 1e-4
+        assert max(conversion_parity(m, module, {"x": x}).values()) < 1e-4
     branch = module.graph.nodes["branch"]
     assert isinstance(branch.then_branch.nodes["then_conv"].conv, torch.nn.Conv2d)  # weights inside the branch
     prune_export_check(m, {"x": (RNG.normal(size=(1, 3, 6, 6)) + 1).astype(np.float32)}, "conv1", tmp_path)
@@ -227,7 +227,7 @@ def test_if_constant_condition_folds():
     assert branch.fixed is False and not hasattr(branch, "then_branch")
     assert any("constant condition" in n for n in report.notes)
     x = np.ones((1, 3, 6, 6), np.float32)
-    assert max(parity(m, module, {"x": x}).values()) < 1e-4
+    assert max(conversion_parity(m, module, {"x": x}).values()) < 1e-4
 
 
 def test_unconvertible_op_is_one_line(tmp_path):
@@ -343,7 +343,7 @@ def test_op_semantics_match_onnxruntime(opset):
               [vi("rev", [1, 13]), vi("upo", [1, 3, 6, 6]), vi("sm", [1, 5, 1, 1])], inits, opset=opset)
     module, _ = onnx_to_torch(m)
     feeds = {"a": RNG.normal(size=(1, 1, 20)).astype(np.float32), "x": RNG.normal(size=(1, 2, 6, 6)).astype(np.float32)}
-    errs = parity(m, module, feeds)
+    errs = conversion_parity(m, module, feeds)
     assert max(errs.values()) < 1e-5, errs
 
 
@@ -358,7 +358,7 @@ def test_unsorted_graph_and_bad_path(tmp_path):
     shuffled.graph.node.extend(nodes)
     module, _ = onnx_to_torch(shuffled)
     x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
-    assert parity(m, module, {"x": x})["y"] < 1e-4
+    assert conversion_parity(m, module, {"x": x})["y"] < 1e-4
     with pytest.raises(EdgeslimError, match="nope.onnx"):
         onnx_to_torch(tmp_path / "nope.onnx")
 
@@ -378,5 +378,5 @@ def test_loop_runs_eagerly():
     assert isinstance(module.graph.nodes["loop"].body.nodes["body_conv"].conv, torch.nn.Conv2d)
     x = RNG.normal(size=(1, 2, 5, 5)).astype(np.float32)
     for n in (0, 3):
-        errs = parity(m, module, {"n": np.array(n, np.int64), "x": x})
+        errs = conversion_parity(m, module, {"n": np.array(n, np.int64), "x": x})
         assert max(errs.values()) < 1e-5, errs

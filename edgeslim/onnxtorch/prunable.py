@@ -97,3 +97,15 @@ def unprunable_layers(module: ConvertedModule) -> list[nn.Module]:
             if isinstance(inner, nn.LSTM | nn.GRU) or _walk(g, outs[0], branch):
                 found[id(inner)] = inner
     return list(found.values())
+
+
+def keep_whole(module: ConvertedModule) -> list[nn.Module]:
+    """The layers a channel pruner of a converted module keeps whole (what `run`'s structured passes and
+    `benchmarks/bench_convert_prune.py` pass as Torch-Pruning's `ignored_layers`): every Linear and recurrent
+    layer (their neighbours' sizes are often constants of the graph, and Torch-Pruning 1.6's LSTM pruner mis-sizes
+    the gate biases when it prunes hidden units) plus `unprunable_layers` (output layers, and layers whose channels
+    meet what the dependency graph cannot follow, e.g. an STFT conv whose real and imaginary halves are taken by
+    constant Slices, as in silero VAD). The input side of a kept layer may still be pruned with its producer."""
+    found: dict[int, nn.Module] = {id(m): m for m in module.modules() if isinstance(m, nn.Linear | nn.RNNBase)}
+    found.update((id(m), m) for m in unprunable_layers(module))
+    return list(found.values())

@@ -23,7 +23,7 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json, write_text
 from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
-from edgeslim.prune.structured import output_layers
+from edgeslim.prune.structured import map_flattened_channels, model_ignored, output_layers
 from edgeslim.train import evaluate
 
 Mode = Literal["unstructured", "structured"]
@@ -31,8 +31,11 @@ DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def candidate_layers(model: nn.Module, task: Task, mode: str) -> list[tuple[str, int]]:
-    """(layer name, weight count) of the layers analysed; structured mode skips the output layer."""
-    skip = {id(m) for m in output_layers(model, task.input_shape)} if mode == "structured" else set()
+    """(layer name, weight count) of the layers analysed; structured mode skips the output layer and the layers
+    the model keeps whole (`prune_ignored()`: the final pruner ignores them, so a ratio allocated to them would
+    never be applied, and a trial on them may meet what the dependency graph cannot follow)."""
+    skip = ({id(m) for m in output_layers(model, task.input_shape) + model_ignored(model)} if mode == "structured"
+            else set())
     mods = dict(model.named_modules())
     return [(n, w.numel()) for n, w in prunable(model) if id(mods[n]) not in skip]
 
@@ -49,6 +52,7 @@ def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task,
 
     if dg is None or source is None:
         dg, source = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape)), model
+        map_flattened_channels(dg)
     mod = source.get_submodule(layer)
     w = mod.get_parameter("weight").detach()
     k = int(ratio * w.shape[0])
@@ -84,6 +88,7 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
         import torch_pruning as tp
 
         dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
+        map_flattened_channels(dg)
     for name, n in candidate_layers(model, task, mode):
         accs = {}
         for r in ratios:

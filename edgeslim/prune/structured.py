@@ -76,6 +76,53 @@ def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size:
             loss.backward()
 
 
+def map_flattened_channels(dg) -> int:  # dg: tp.DependencyGraph
+    """Give Torch-Pruning's reshape nodes the channel -> feature mapping its own pass leaves out; returns how many.
+
+    Torch-Pruning 1.6 maps a pruned channel to its block of flattened features (a conv's C x H rows merged into
+    an LSTM's or Linear's C*H inputs) only while no Linear in the model has a 3-D output (`DependencyGraph._2d_4d`)
+    and only with the pre-2.0 autograd attribute `_saved_self_sizes`; otherwise the indices pass 1:1 and the
+    consumer loses the wrong number of inputs (a CRNN with a [T, B, F] head: `index 1024 is out of bounds`, or a
+    size mismatch in the first forward). Mapped here: a 4-D reshape input whose channel axis (the producer's
+    count, found as Torch-Pruning finds it) is preceded only by size-1 axes and whose trailing product is the
+    consumer's count, i.e. channel-major blocks; any other layout (an NHWC flatten) is left as it was."""
+    import math
+
+    import torch_pruning as tp
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    if dg._2d_4d:
+        return 0  # Torch-Pruning mapped them itself
+    done = 0
+    for node in dg.module2node.values():
+        if node.type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        size = list(getattr(node.grad_fn, "_saved_self_sym_sizes", getattr(node.grad_fn, "_saved_self_sizes", [])))
+        if len(size) != 4:
+            continue
+        out_ch = next((c for c in (shape_infer.infer_in_channels_recursively(dg, n, [0]) for n in node.outputs)
+                       if c is not None), None)
+        in_ch = next((c for c in (shape_infer.infer_out_channels_recursively(dg, n, [0]) for n in node.inputs)
+                      if c is not None), None)
+        if not out_ch or not in_ch or out_ch <= in_ch or out_ch % in_ch:
+            continue
+        axis = next((k for k in range(1, 4) if int(size[k]) == in_ch and math.prod(int(d) for d in size[1:k]) == 1),
+                    None)
+        if axis is None or math.prod(int(d) for d in size[axis:]) != out_ch:
+            continue
+        stride = out_ch // in_ch
+        for in_node in node.inputs:
+            for dep in node.dependencies:
+                if dep.target == in_node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=True)
+            for dep in in_node.dependencies:
+                if dep.target == node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=False)
+        done += 1
+    return done
+
+
 def make_pruner(
     model: nn.Module, input_shape: tuple[int, ...], *, ratio: float, importance: str = "l2", scope: str = "layer",
     schedule: str = "oneshot", rounds: int = 1, round_to: int | None = None,
@@ -102,12 +149,14 @@ def make_pruner(
     def scheduler(r: float, n: int) -> list[float]:
         return [0.0] + schedule_ratios(r, n, schedule)
 
-    return tp.pruner.MetaPruner(
+    pruner = tp.pruner.MetaPruner(
         model, torch.zeros(2, *input_shape), make_importance(importance),
         global_pruning=scope == "global", pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
         iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
         ignored_layers=output_layers(model, input_shape) + model_ignored(model), round_to=round_to,
-    ), steps
+    )
+    map_flattened_channels(pruner.DG)
+    return pruner, steps
 
 
 def channel_counts(model: nn.Module) -> dict[str, int]:

@@ -45,10 +45,12 @@ class TeacherView(nn.Module):
         self.per_sample = per_sample
 
     def prune_ignored(self) -> list[nn.Module]:
-        """Layers channel pruning keeps whole (`prune.structured.model_ignored`): the converted graph's Linear and
-        recurrent layers, whose neighbours' shapes are often constants of the graph (a Reshape target that
-        flattens channels), which a dependency graph cannot follow."""
-        return [m for m in self.inner.modules() if isinstance(m, nn.Linear | nn.LSTM | nn.GRU | nn.RNN)]
+        """Layers channel pruning keeps whole (`prune.structured.model_ignored`): `onnxtorch.keep_whole` (the
+        converted graph's Linear and recurrent layers, its output layers, and layers whose channels meet a
+        constant Slice/Split/Reshape or per-channel constant the dependency graph cannot follow)."""
+        from edgeslim.onnxtorch import keep_whole
+
+        return keep_whole(self.inner)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_sample:
