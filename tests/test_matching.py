@@ -105,3 +105,22 @@ def test_budget_backs_off_until_met_or_keeps_the_best_try(setup, tmp_path):
     cfg = PASSES["sensitivity_prune"].config(**base, min_val_score=0.1)  # met at once: one try, full ratios
     res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path / "b", teacher))
     assert len(res.notes["tries"]) == 1 and res.notes["budget_met"] and res.notes["ratio_scale"] == 1.0
+
+
+def test_frozen_batchnorm_keeps_an_unpruned_copy_exact(setup):
+    teacher, task = setup
+    odd = copy.deepcopy(teacher)
+    with torch.no_grad():  # running statistics from other data than the user's inputs (a third-party model)
+        odd.bn1.running_mean.fill_(2.0)
+        odd.bn1.running_var.fill_(9.0)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return odd(torch.from_numpy(a)).numpy()
+
+    task = teacher_task("odd", np.concatenate([task.x_train[:80], task.x_val, task.x_test]), run, seed=0)
+    cfg = Matching(max_steps=10, eval_every=10, lr=1e-3)
+    frozen = match(copy.deepcopy(odd), odd, task, cfg, quiet=True)
+    assert frozen["history"][-1]["val"] > 0.9999
+    trained = match(copy.deepcopy(odd), odd, task, cfg.model_copy(update={"bn": "train"}), quiet=True)
+    assert trained["history"][-1]["val"] < frozen["history"][-1]["val"] - 1e-3

@@ -9,6 +9,12 @@ shape the student kept (a pruned copy of the teacher: same module names; the lay
 are skipped). The budget is bounded in steps *and* seconds, so a run's wall time is known up front; the best
 state on the validation split (`train.evaluate`: mean cosine to the teacher for a task without labels) is kept.
 The held-out split is never read.
+
+BatchNorm layers keep normalising with their running statistics while the student trains (`bn: frozen`, the
+default): a third-party model's statistics come from its own training data, and a batch of the user's few inputs
+normalises differently. Measured on PP-OCR cls with the synthetic glyph inputs: 20 steps in train-mode BatchNorm
+took an *unpruned* copy of the teacher from validation cosine 1.000 to 0.924 (output error 0.7 of the teacher's
+energy at the first step); frozen, the copy starts at error 0 and pruning's damage is what training repairs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,6 +51,9 @@ class Matching(BaseModel):
     mixup: float = Field(0.5, ge=0, le=1, description="fraction of each batch replaced by mixes of two samples")
     features: int = Field(4, ge=0, description="intermediate layers matched (shape kept by the student); 0: off")
     feature_weight: float = Field(0.5, ge=0, description="weight of the feature term vs the output term")
+    bn: Literal["frozen", "train"] = Field("frozen", description="frozen: BatchNorm layers normalise with their "
+                                           "running statistics while training (their scale and shift still "
+                                           "learn); train: with each batch's statistics, updating them")
     seed: int = 0
 
     def describe(self) -> str:
@@ -142,6 +152,10 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
         with torch_threads(train_threads(student, task.input_shape, bs)):
             while step < cfg.max_steps and time.perf_counter() - t0 < cfg.max_seconds:
                 student.train()
+                if cfg.bn == "frozen":
+                    for mod in student.modules():
+                        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                            mod.eval()
                 x = augment_batch(xt[torch.from_numpy(rng.choice(len(xt), bs, replace=False))], cfg, gen, scale)
                 with torch.no_grad():
                     target = teacher(x)
