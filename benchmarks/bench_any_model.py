@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=320, help="input samples written per model")
     ap.add_argument("--out-dir", type=Path, required=True, help="run folders (resumed when rerun)")
     ap.add_argument("--recipe", type=Path, default=RECIPE)
+    ap.add_argument("--log", action="store_true", help="print the runs' progress lines (else only the table)")
     args = ap.parse_args(argv)
     print("| model | last stage | speed-up | smaller | held-out cosine (worst output) | held-out top-1 agreement | "
           "held-out samples | wall time |")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         try:
-            res = api.run(m, args.recipe, None, args.out_dir / m.stem, inputs=npz, quiet=True)
+            res = api.run(m, args.recipe, None, args.out_dir / m.stem, inputs=npz, quiet=not args.log)
         except EdgeslimError as e:
             print(f"| {m.name} | refused: {e} | | | | | | {time.time() - t0:.0f} s |", flush=True)
             continue

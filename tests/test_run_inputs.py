@@ -24,6 +24,12 @@ passes:
   - distill_outputs: {train: {epochs: 2, lr: 0.0002, batch_size: 32}}
   - quantize_int8: {}
 """
+MATCHING = """version: 1
+passes:
+  - sensitivity_prune: {target: 0.4, mode: structured, max_ratio: 0.6, ratios: [0.25, 0.5], curve_samples: 16,
+                        min_val_score: 0.999, max_tries: 2, matching: {max_steps: 20, eval_every: 10}}
+  - distill_outputs: {matching: {max_steps: 20, eval_every: 10, features: 2}}
+"""
 
 
 class Net(nn.Module):
@@ -97,7 +103,9 @@ def test_onnx_with_inputs_runs_with_held_out_fidelity(onnx_model, tmp_path):
     assert code == 0 and "[quantize_int8] done earlier" in stdout, err
 
 
-def test_no_held_out_sample_reaches_training_calibration_sensitivity_or_the_pick(onnx_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe_text", [FAST, MATCHING], ids=["finetune", "function-matching"])
+def test_no_held_out_sample_reaches_training_calibration_sensitivity_or_the_pick(onnx_model, tmp_path, monkeypatch,
+                                                                                recipe_text):
     from edgeslim.run import onnx as onnx_handler
 
     seen: set[int] = set()
@@ -109,7 +117,7 @@ def test_no_held_out_sample_reaches_training_calibration_sensitivity_or_the_pick
 
     monkeypatch.setattr(onnx_handler.TeacherView, "forward", spy)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(FAST)
+    recipe.write_text(recipe_text)
     inputs = _inputs(tmp_path / "x.npz", 450, ids=True)  # 270 training samples >= 256: no augmentation, exact ids
     code, _, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs", str(inputs),
                                "-o", str(tmp_path / "run"))

@@ -1,6 +1,12 @@
 """`distill_outputs`: fine-tune the current model to reproduce the run's original model's outputs (MSE on the
 teacher's outputs for the same batch: distillation on outputs, labels not used). On a task without labels
-(`run --inputs`) this is what every fine-tuning does already; here it gets its own epochs and learning rate."""
+(`run --inputs`) this is what every fine-tuning does already; here it gets its own epochs and learning rate.
+
+With `matching`, the distillation is function matching (`distill.matching`): fresh augmented views of the
+training inputs every step (noise, shifts, mixup; recorded in the stage's notes), the teacher's outputs on the
+same view computed live, intermediate features matched where the student kept the teacher's shapes, and a
+budget bounded in steps and seconds. This is what few inputs (64-256) need: the fixed-target fit over-fits them.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,16 @@ from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
+from edgeslim.distill.matching import Matching, match
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.train import Hooks, TrainConfig
 
 
 class DistillOutputs(PassConfig):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=3e-4),
-                               description="the distillation's training settings")
+                               description="the distillation's training settings (without `matching`)")
+    matching: Matching | None = Field(None, description="function matching on augmented views, outputs and "
+                                      "intermediate features, bounded in steps and seconds (replaces `train`)")
 
 
 @register("distill_outputs", DistillOutputs)
@@ -24,6 +33,10 @@ def distill_outputs(model: nn.Module | None, task: Task, cfg: DistillOutputs, ct
     """Distil the original model's outputs into the current one (MSE on outputs; labels not used)."""
     assert model is not None
     teacher = ctx.teacher().eval()
+    if cfg.matching is not None:
+        rec = match(model, teacher, task, cfg.matching, desc="distill_outputs", quiet=ctx.quiet)
+        return PassResult(model, notes={k: v for k, v in rec.items() if k != "history"} | {
+            "val_history": rec["history"], "augmented": True})
 
     def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -1,15 +1,28 @@
 """`sensitivity_prune`: per-layer sensitivity curves -> per-layer ratios under a global target -> prune
 (unstructured: magnitude masks kept in later fine-tuning; structured: Torch-Pruning) -> fine-tune. The
-curves and the allocation come from `edgeslim.prune.sensitivity`."""
+curves and the allocation come from `edgeslim.prune.sensitivity`.
+
+Structured mode can hold a fidelity budget: with `min_val_score`, a pruned and fine-tuned model whose
+validation score (mean cosine to the original's outputs for a task without labels, accuracy with labels) is
+below it is discarded and the per-layer ratios are scaled by `backoff` and tried again from the unpruned model,
+up to `max_tries`; the first try that meets the budget is kept, else the best-scoring try (said in the notes).
+Every figure of the choice is on the validation split; the held-out split is never read. `curve_samples`
+bounds the validation samples the curves are measured on (their cost is layers x ratios forward passes), and
+`matching` fine-tunes by function matching from the original (`distill.matching`) instead of the recipe's
+fine-tuning.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Annotated
 
 from pydantic import Field
 from torch import nn
 
 from edgeslim.data import Task
+from edgeslim.distill.matching import Matching, match
 from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
@@ -26,6 +39,19 @@ class SensitivityPrune(PassConfig):
     ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: list(DEFAULT_RATIOS), min_length=1)
     max_ratio: float = Field(0.95, gt=0, lt=1)
     finetune: TrainConfig | None = None
+    curve_samples: int | None = Field(None, ge=2, description="validation samples the curves use (default: all)")
+    min_val_score: float | None = Field(None, gt=0, le=1, description="structured: the fidelity budget on the "
+                                        "validation split after fine-tuning; below it the ratios back off")
+    backoff: float = Field(0.6, gt=0, lt=1, description="factor on every per-layer ratio for the next try")
+    max_tries: int = Field(1, ge=1, le=6, description="structured: tries of the budget (1: no back-off)")
+    matching: Matching | None = Field(None, description="fine-tune by function matching from the original")
+
+
+def _val_subset(task: Task, n: int | None) -> Task:
+    """The task with only the first `n` validation samples (the curves' cost grows with them)."""
+    if n is None or n >= len(task.x_val):
+        return task
+    return dataclasses.replace(task, x_val=task.x_val[:n], y_val=task.y_val[:n])
 
 
 @register("sensitivity_prune", SensitivityPrune)
@@ -35,10 +61,11 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     assert model is not None
     if any(not 0 < r < 1 for r in cfg.ratios):
         raise EdgeslimError(f"sensitivity_prune: ratios must lie in (0, 1), got {cfg.ratios}")
-    curves = sensitivity_curves(model, task, sorted(cfg.ratios), cfg.mode)
+    curves = sensitivity_curves(model, _val_subset(task, cfg.curve_samples), sorted(cfg.ratios), cfg.mode)
     alloc = allocate(curves, cfg.target, cfg.max_ratio)
     write_report(ctx.stage_dir, curves, alloc)
-    notes: dict = {"mode": cfg.mode, "allocation": alloc, "report": "sensitivity.md"}
+    notes: dict = {"mode": cfg.mode, "allocation": alloc, "report": "sensitivity.md",
+                   "curve_samples": min(len(task.x_val), cfg.curve_samples or len(task.x_val)), "curve_split": "val"}
     if cfg.mode == "unstructured":
         apply_masks(model, magnitude_masks(model, 0.0, "layer", alloc))
         carry = {"keep_sparsity": True}
@@ -46,10 +73,41 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
         return PassResult(model, notes=notes, carry=carry, store_sparse=True)
     before = size_counts(model, task.input_shape, "before")
-    pruner, _ = make_pruner(model, task.input_shape, ratio=0.5, importance="l2",
-                            layer_ratios={k: min(v, 0.95) for k, v in alloc.items()})
-    pruner.step()
-    hist = ctx.finetune_model(model, task, cfg.finetune, desc="sensitivity_prune")
-    notes.update(val_accuracy=hist["val_accuracy"])
-    notes.update({**before, **size_counts(model, task.input_shape, "after")})
-    return PassResult(model, notes=notes)
+    pristine = copy.deepcopy(model) if cfg.max_tries > 1 else None
+    teacher = ctx.teacher() if cfg.matching is not None else None
+    tries: list[dict] = []
+    best: tuple[float, nn.Module, dict] | None = None
+    scale = 1.0
+    for t in range(cfg.max_tries):
+        m = model if pristine is None else copy.deepcopy(pristine)  # every try starts from the unpruned model
+        ratios = {k: round(min(v * scale, 0.95), 4) for k, v in alloc.items()}
+        pruner, _ = make_pruner(m, task.input_shape, ratio=0.0, importance="l2", layer_ratios=ratios)  # unlisted: kept
+        pruner.step()
+        if teacher is not None:
+            assert cfg.matching is not None
+            rec = match(m, teacher, task, cfg.matching, desc=f"sensitivity_prune try {t + 1}", quiet=ctx.quiet)
+            score, extra = rec["val_score"], {k: rec[k] for k in ("steps", "seconds", "stopped_by", "feature_layers")}
+        else:
+            hist = ctx.finetune_model(m, task, cfg.finetune, desc="sensitivity_prune")
+            score, extra = hist["val_accuracy"], {"epochs": hist["epochs"]}
+        row = {"try": t + 1, "scale": round(scale, 4), "val_score": score,
+               **size_counts(m, task.input_shape, "after"), **extra}
+        tries.append(row)
+        if not ctx.quiet:
+            print(f"[sensitivity_prune] try {t + 1}: ratios x{scale:.3g}, val score {score:.4f}, "
+                  f"MACs {row.get('macs_after')}", flush=True)
+        if best is None or score > best[0]:
+            best = (score, m, row)
+        if cfg.min_val_score is None or score >= cfg.min_val_score:
+            best = (score, m, row)
+            break
+        scale *= cfg.backoff
+    assert best is not None
+    score, chosen, row = best
+    met = cfg.min_val_score is None or score >= cfg.min_val_score
+    notes.update(val_accuracy=score, val_split="val", tries=tries, chosen_try=row["try"],
+                 ratio_scale=row["scale"], budget=cfg.min_val_score, budget_met=met)
+    if cfg.matching is not None:
+        notes["augmentation"] = cfg.matching.describe()
+    notes.update({**before, **{k: v for k, v in row.items() if k.endswith("_after")}})
+    return PassResult(chosen, notes=notes)

@@ -1,0 +1,126 @@
+"""Function matching (`distill.matching`) and the fidelity budget of structured `sensitivity_prune`: the student
+fits the teacher on augmented views within a step and time budget, features are matched only where shapes were
+kept, and a try under the validation budget backs the ratios off."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.data.unlabelled import teacher_task
+from edgeslim.distill.matching import Matching, augment_batch, match, matched_layers
+from edgeslim.passes import PASSES
+from edgeslim.passes.base import RunContext
+from edgeslim.prune.structured import make_pruner
+from edgeslim.train import TrainConfig, evaluate
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c3, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.c1(x)))
+        y = torch.relu(self.bn2(self.c2(y)))
+        return self.fc(torch.relu(self.c3(y)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    teacher = Net().eval()
+    x = np.random.default_rng(0).normal(size=(120, 1, 8, 8)).astype(np.float32)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return teacher(torch.from_numpy(a)).numpy()
+
+    return teacher, teacher_task("x", x, run, seed=0)
+
+
+def _pruned(teacher: nn.Module, task, ratio: float = 0.75) -> nn.Module:
+    s = copy.deepcopy(teacher)
+    make_pruner(s, task.input_shape, ratio=0.0, layer_ratios={"c1": ratio})[0].step()
+    return s
+
+
+def test_augment_batch_is_seeded_keeps_shape_and_changes_values():
+    x = torch.randn(8, 1, 16, 16)
+    cfg = Matching()
+    a = augment_batch(x, cfg, torch.Generator().manual_seed(1), 1.0)
+    b = augment_batch(x, cfg, torch.Generator().manual_seed(1), 1.0)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    ids = torch.arange(4).reshape(4, 1)
+    assert torch.equal(augment_batch(ids, cfg, torch.Generator(), 1.0), ids)  # integer inputs untouched
+
+
+def test_matched_layers_skip_pruned_shapes(setup):
+    teacher, task = setup
+    student = _pruned(teacher, task)
+    assert student.c1.out_channels == 4 and student.c2.out_channels == 16
+    names = matched_layers(student, teacher, task.input_shape, 4)
+    assert names and not {"c1", "bn1"} & set(names)  # c1's channels were pruned: not comparable
+    assert set(names) <= {"c2", "bn2", "c3"} and "fc" not in names  # the output layer is the output term
+
+
+def test_match_recovers_fidelity_within_budget(setup):
+    teacher, task = setup
+    student = _pruned(teacher, task)
+    before = evaluate(student, task.x_val, task.y_val)
+    rec = match(student, teacher, task, Matching(max_steps=120, eval_every=40, lr=3e-3), quiet=True)
+    assert rec["steps"] == 120 and rec["stopped_by"] == "steps" and rec["val_score_before"] == pytest.approx(before)
+    assert 1 - rec["val_score"] < 0.5 * (1 - before) and rec["val_score"] == pytest.approx(evaluate(student, task.x_val,
+                                                                                         task.y_val))
+    assert rec["feature_layers"] and "mixup" in rec["augmentation"]
+    quick = match(_pruned(teacher, task), teacher, task, Matching(max_steps=10_000, max_seconds=0.3), quiet=True)
+    assert quick["stopped_by"] == "time" and quick["steps"] < 10_000 and quick["seconds"] < 5
+
+
+def _ctx(tmp_path, teacher) -> RunContext:
+    return RunContext(stage_dir=tmp_path, spec={}, finetune=TrainConfig(epochs=1), quiet=True,
+                      teacher_loader=lambda: copy.deepcopy(teacher))
+
+
+def test_budget_backs_off_until_met_or_keeps_the_best_try(setup, tmp_path):
+    teacher, task = setup
+    fast = {"max_steps": 30, "eval_every": 15, "lr": 3e-3}
+    base = dict(target=0.5, mode="structured", ratios=[0.25, 0.5, 0.75], max_ratio=0.75, curve_samples=8,
+                matching=fast, max_tries=3, backoff=0.5)
+    cfg = PASSES["sensitivity_prune"].config(**base, min_val_score=1.0)  # never met: three tries, best kept
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path, teacher))
+    tries = res.notes["tries"]
+    assert [t["scale"] for t in tries] == [1.0, 0.5, 0.25] and res.notes["budget_met"] is False
+    assert tries[0]["macs_after"] < tries[1]["macs_after"] < tries[2]["macs_after"]
+    best = max(tries, key=lambda t: t["val_score"])
+    assert res.notes["chosen_try"] == best["try"] and res.notes["val_accuracy"] == best["val_score"]
+    assert evaluate(res.model, task.x_val, task.y_val) == pytest.approx(best["val_score"])
+    assert res.notes["curve_samples"] == 8
+    cfg = PASSES["sensitivity_prune"].config(**base, min_val_score=0.1)  # met at once: one try, full ratios
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path / "b", teacher))
+    assert len(res.notes["tries"]) == 1 and res.notes["budget_met"] and res.notes["ratio_scale"] == 1.0
+
+
+def test_frozen_batchnorm_keeps_an_unpruned_copy_exact(setup):
+    teacher, task = setup
+    odd = copy.deepcopy(teacher)
+    with torch.no_grad():  # running statistics from other data than the user's inputs (a third-party model)
+        odd.bn1.running_mean.fill_(2.0)
+        odd.bn1.running_var.fill_(9.0)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return odd(torch.from_numpy(a)).numpy()
+
+    task = teacher_task("odd", np.concatenate([task.x_train[:80], task.x_val, task.x_test]), run, seed=0)
+    cfg = Matching(max_steps=10, eval_every=10, lr=1e-3)
+    frozen = match(copy.deepcopy(odd), odd, task, cfg, quiet=True)
+    assert frozen["history"][-1]["val"] > 0.9999
+    trained = match(copy.deepcopy(odd), odd, task, cfg.model_copy(update={"bn": "train"}), quiet=True)
+    assert trained["history"][-1]["val"] < frozen["history"][-1]["val"] - 1e-3
