@@ -67,8 +67,9 @@ def one_step_changed(ref: Path, got: Path, rows: np.ndarray, layout, zero_state:
             if s.role == "state":
                 rows[:, off:off + s.size] = 0
             off += s.size
-    a = np.array([float(r[0].reshape(-1)[0]) for r in run_rows(ref, layout, rows)]) > 0.5
-    b = np.array([float(r[0].reshape(-1)[0]) for r in run_rows(got, layout, rows)]) > 0.5
+    a = np.concatenate([r[0].reshape(-1) for r in run_rows(ref, layout, rows)]) > 0.5  # the score, one per row
+    b = np.concatenate([r[0].reshape(-1) for r in run_rows(got, layout, rows)]) > 0.5
+    assert len(a) == len(rows)
     return float((a != b).mean())
 
 
