@@ -67,8 +67,9 @@ def one_step_changed(ref: Path, got: Path, rows: np.ndarray, layout, zero_state:
             if s.role == "state":
                 rows[:, off:off + s.size] = 0
             off += s.size
-    a = np.array([float(r[0].reshape(-1)[0]) for r in run_rows(ref, layout, rows)]) > 0.5
-    b = np.array([float(r[0].reshape(-1)[0]) for r in run_rows(got, layout, rows)]) > 0.5
+    a = np.concatenate([r[0].reshape(-1) for r in run_rows(ref, layout, rows)]) > 0.5  # the score, one per row
+    b = np.concatenate([r[0].reshape(-1) for r in run_rows(got, layout, rows)]) > 0.5
+    assert len(a) == len(rows)
     return float((a != b).mean())
 
 
@@ -78,6 +79,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="edgeslim/recipes/any-model.yaml")
     ap.add_argument("--out", type=Path, default=Path("runs/vad"))
     ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--also", type=Path, nargs="*", default=[],
+                    help="other ONNX files with the original's inputs (e.g. `edgeslim optimize` outputs) judged "
+                         "on the same held-out streams")
     a = ap.parse_args()
     from edgeslim.pipeline import run_onnx_recipe
     from edgeslim.recipe import find_recipe, load_recipe
@@ -108,6 +112,26 @@ def main() -> None:
         print(f"| {s['name']} | {s['size_bytes']:,} B | {s.get('speedup_vs_baseline') or 1:.2f}x | "
               f"{per[score]['cosine']:.4f} / {per[state]['cosine']:.4f} | {100 * f['decisions_changed']:.2f}% | "
               f"{100 * carried:.2f}% | {100 * zero:.2f}% | {s['seconds']:.0f} s |")
+    other_rows(a.model, x, a.also, res["streams"]["blocks"]["test"], lay, test)
+
+
+
+def other_rows(model: Path, x: Path, files: list[Path], blocks: list[list[int]], lay, test: np.ndarray) -> None:
+    """The table's row for each file of `files` (the original's interface), on the run's held-out streams."""
+    import onnx
+
+    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.run.streams import stream_fidelity
+
+    feeds = load_npz(x, input_specs(onnx.load(str(model))))
+    streams = [[feeds[i] for i in range(a, b)] for a, b in blocks]
+    for p in files:
+        f = stream_fidelity(model, p, lay, streams, "test")
+        per = f["per_output"]
+        print(f"| {p.name} | {p.stat().st_size:,} B | - | {per[lay.outputs[0]]['cosine']:.4f} / "
+              f"{per[lay.outputs[1]]['cosine']:.4f} | {100 * f['decisions_changed']:.2f}% | "
+              f"{100 * one_step_changed(model, p, test, lay, zero_state=False):.2f}% | "
+              f"{100 * one_step_changed(model, p, test, lay, zero_state=True):.2f}% | - |")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,14 @@ def test_two_inputs_int64_ids_and_a_constant_through_prune_distill_int8(tmp_path
         assert s["fidelity"]["cosine"] > 0.95 and s["fidelity"]["top1_agreement"] >= 0.8, (s["name"], s["fidelity"])
     assert "packed" in st[1]["notes"]["interface"] and "k" in st[1]["notes"]["interface"]
     assert st[0]["notes"]["conversion_parity_max_abs_diff"]["probs"] < 1e-5
+
+
+def test_several_inputs_with_a_task_is_one_line_naming_inputs(tmp_path):
+    from reliability_helpers import assert_user_error
+
+    model = _leaky(tmp_path / "m.onnx", 0.3)
+    (tmp_path / "r.yaml").write_text(FAST)
+    code, _, err = main_inproc("run", str(tmp_path / "r.yaml"), "--model", str(model), "--task", "digits",
+                               "-o", str(tmp_path / "run"))
+    assert_user_error(code, err, "2 inputs", "--inputs")
+    assert not (tmp_path / "run" / "stages").exists()
