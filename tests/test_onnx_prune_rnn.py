@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
-from reliability_helpers import main_inproc
+from reliability_helpers import assert_user_error, main_inproc
 
 from edgeslim.onnxtorch import export_converted, keep_whole, onnx_to_torch, parity
 from edgeslim.prune.structured import make_pruner
@@ -75,6 +75,21 @@ def crnn_lstm() -> onnx.ModelProto:
              _w("R", 2, 4 * HID, HID), _w("B", 2, 8 * HID, s=0.1), _w("wl", 2 * HID, K), _i64("flat", [0, 0, -1]),
              *[_i64(f"i{i}", i) for i in range(4)]]
     return _model(nodes, inits, [1, 1, 4, 12], [12, 1, K])
+
+
+def crnn_gru() -> onnx.ModelProto:
+    """`crnn_lstm` with a GRU (linear_before_reset=1, torch's GRU) in place of the LSTM."""
+    m = crnn_lstm()
+    inits = {t.name: t for t in m.graph.initializer}
+    for name, shape in (("W", (2, 3 * HID, 12)), ("R", (2, 3 * HID, HID)), ("B", (2, 6 * HID))):
+        inits[name].CopyFrom(nh.from_array(RNG.normal(0, 0.5, shape).astype(np.float32), name))
+    for n in m.graph.node:
+        if n.op_type == "LSTM":
+            n.op_type = "GRU"
+            del n.output[2]
+            n.attribute.append(h.make_attribute("linear_before_reset", 1))
+    onnx.checker.check_model(m)
+    return m
 
 
 def stft_vad() -> onnx.ModelProto:
@@ -178,3 +193,20 @@ def test_run_prunes_and_exports(graph, pass_, tmp_path):
     alloc = pruned["notes"].get("allocation")
     if alloc is not None:
         assert alloc and not any(k.endswith((".rnn", ".linear")) or "stft" in k for k in alloc)
+
+
+def test_a_graph_torch_pruning_cannot_trace_is_one_line(tmp_path):
+    """A conv -> GRU graph (Torch-Pruning 1.6 has no GRU pruner and cannot trace its decomposed CPU autograd graph):
+    `run` with structured_prune exits 1 with one line naming Torch-Pruning and the ways around it, nothing written
+    for the stage."""
+    m = crnn_gru()
+    module, _ = onnx_to_torch(m)
+    assert max(parity(m, module, {"x": RNG.normal(size=(1, 1, 4, 12)).astype(np.float32)}).values()) < 1e-5
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "x.npz", x=RNG.normal(size=(20, 1, 4, 12)).astype(np.float32))
+    (tmp_path / "r.yaml").write_text("version: 1\nfinetune: {epochs: 1, lr: 0.001, batch_size: 8}\n"
+                                     "passes:\n  - structured_prune: {ratio: 0.5}\n")
+    code, _, err = main_inproc("run", str(tmp_path / "r.yaml"), "--model", str(tmp_path / "m.onnx"), "--inputs",
+                               str(tmp_path / "x.npz"), "-o", str(tmp_path / "run"))
+    assert_user_error(code, err, "structured pruning: Torch-Pruning cannot prune this model's graph", "magnitude_prune")
+    assert not (tmp_path / "run" / "stages" / "01_structured_prune").exists()

@@ -23,7 +23,12 @@ from edgeslim.data import Task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json, write_text
 from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
-from edgeslim.prune.structured import map_flattened_channels, model_ignored, output_layers
+from edgeslim.prune.structured import (
+    map_flattened_channels,
+    model_ignored,
+    output_layers,
+    torch_pruning_errors,
+)
 from edgeslim.train import evaluate
 
 Mode = Literal["unstructured", "structured"]
@@ -87,14 +92,16 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
     if mode == "structured":  # one dependency graph for every layer and ratio (each trial prunes a copy)
         import torch_pruning as tp
 
-        dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
-        map_flattened_channels(dg)
+        with torch_pruning_errors("sensitivity (structured)"):
+            dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
+            map_flattened_channels(dg)
     for name, n in candidate_layers(model, task, mode):
         accs = {}
         for r in ratios:
             trial = copy.deepcopy(model)
             if mode == "structured":
-                prune_one_structured(trial, name, r, task, dg=dg, source=model)
+                with torch_pruning_errors(f"sensitivity (structured), layer {name} at {r:g}"):
+                    prune_one_structured(trial, name, r, task, dg=dg, source=model)
             else:
                 apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
             accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val)

@@ -10,6 +10,10 @@ smaller dense model; its spec needs no edit: `resize_to_state_dict` resizes laye
 
 from __future__ import annotations
 
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -74,6 +78,27 @@ def accumulate_gradients(model: nn.Module, task: Task, batches: int, batch_size:
             out = model(x)
             loss = F.mse_loss(out, x) if is_reconstruction(model) else F.cross_entropy(out, y)
             loss.backward()
+
+
+@contextmanager
+def torch_pruning_errors(what: str = "structured pruning") -> Iterator[None]:
+    """An exception raised inside Torch-Pruning (its dependency graph cannot follow this model's graph, e.g. a GRU,
+    whose CPU autograd graph it cannot trace) becomes one line (EdgeslimError: exit 1, no traceback) that names
+    the failure and the ways around it, instead of an internal error. Torch-Pruning's own warnings (loose
+    parameters, recursion depth) are not shown: the user cannot act on them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="torch_pruning")
+            yield
+    except EdgeslimError:
+        raise
+    except Exception as e:
+        if not any("torch_pruning" in f.filename for f in traceback.extract_tb(e.__traceback__)):
+            raise
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise EdgeslimError(f"{what}: Torch-Pruning cannot prune this model's graph ({type(e).__name__}: {first}); "
+                            "use unstructured pruning (magnitude_prune) or a recipe without channel pruning "
+                            "(e.g. `edgeslim optimize`)") from e
 
 
 def map_flattened_channels(dg) -> int:  # dg: tp.DependencyGraph
@@ -149,13 +174,19 @@ def make_pruner(
     def scheduler(r: float, n: int) -> list[float]:
         return [0.0] + schedule_ratios(r, n, schedule)
 
-    pruner = tp.pruner.MetaPruner(
-        model, torch.zeros(2, *input_shape), make_importance(importance),
-        global_pruning=scope == "global", pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
-        iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
-        ignored_layers=output_layers(model, input_shape) + model_ignored(model), round_to=round_to,
-    )
-    map_flattened_channels(pruner.DG)
+    class Pruner(tp.pruner.MetaPruner):
+        def step(self, interactive: bool = False):  # type: ignore[no-untyped-def]
+            with torch_pruning_errors():
+                return super().step(interactive)
+
+    with torch_pruning_errors():
+        pruner = Pruner(
+            model, torch.zeros(2, *input_shape), make_importance(importance),
+            global_pruning=scope == "global", pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
+            iterative_steps=steps, iterative_pruning_ratio_scheduler=scheduler,
+            ignored_layers=output_layers(model, input_shape) + model_ignored(model), round_to=round_to,
+        )
+        map_flattened_channels(pruner.DG)
     return pruner, steps
 
 
