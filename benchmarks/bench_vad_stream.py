@@ -120,10 +120,10 @@ def other_rows(model: Path, x: Path, files: list[Path], blocks: list[list[int]],
     """The table's row for each file of `files` (the original's interface), on the run's held-out streams."""
     import onnx
 
-    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
     from edgeslim.run.streams import stream_fidelity
 
-    feeds = load_npz(x, input_specs(onnx.load(str(model))))
+    feeds = load_npz_feeds(x, input_specs(onnx.load(str(model))))
     streams = [[feeds[i] for i in range(a, b)] for a, b in blocks]
     for p in files:
         f = stream_fidelity(model, p, lay, streams, "test")
