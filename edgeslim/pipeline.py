@@ -69,8 +69,6 @@ def run_module_recipe(recipe: Recipe, module: nn.Module, task: Task | None, inpu
     run's identity holds a digest of the module's weights: another module in the same folder needs `force`."""
     import tempfile
 
-    import torch
-
     from edgeslim.models.program import PROGRAM, load_program, program_bytes
 
     o = run_options(options, fields)
