@@ -26,10 +26,10 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import onnx
     from edgeslim.onnxkit import quant as oq
-    from edgeslim.onnxkit.inputs import input_specs, load_npz
+    from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
     src, npz, dst, method = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-    feeds = load_npz(npz, input_specs(onnx.load(str(src))))
-    oq.quantize_static(src, dst, feeds, oq.parse_format("u8s8-pc"), method=method)
+    feeds = load_npz_feeds(npz, input_specs(onnx.load(str(src))))
+    oq.quantize_static(src, dst, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(method=method))
     hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
     print(json.dumps({"feeds": len(feeds), "maxrss_kib": hwm[0]}))
 """)
