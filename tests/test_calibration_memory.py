@@ -61,7 +61,7 @@ def _peak_kib(tmp: Path, n: int, method: str, hw: int) -> int:
     np.savez(npz, x=x)
     del x
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(src), str(npz), str(tmp / f"q{n}.onnx"), method],
-                         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", **_env()})
+                         capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["feeds"] == n
@@ -69,9 +69,11 @@ def _peak_kib(tmp: Path, n: int, method: str, hw: int) -> int:
 
 
 def _env() -> dict[str, str]:
+    """The child imports edgeslim from this process's sys.path (run from `tmp`: `python -c` would put the
+    working directory first), with one thread."""
     import os
 
-    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS read from /proc (Linux)")
