@@ -84,3 +84,48 @@ def test_calibration_peak_rss_does_not_grow_with_samples(tmp_path: Path) -> None
         small, large = _peak_kib(tmp_path, 32, method, hw), _peak_kib(tmp_path, 512, method, hw)
         assert large < 1.5 * small, f"{method}: peak RSS {small} KiB at 32 samples, {large} KiB at 512"
         assert (tmp_path / "q512.onnx").stat().st_size > 0
+
+
+def _concatenated(ref: list, got: list, k: int) -> dict[str, float]:
+    """The figures from all feeds concatenated at once (what `compare` computed before it streamed)."""
+    a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
+    b = np.concatenate([np.asarray(g[k], np.float64).ravel() for g in got])
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = np.abs(a[ok] - b[ok])
+    return {"max_abs_err": float(d.max()), "mean_abs_err": float(d.mean()),
+            "cosine": float(a[ok] @ b[ok] / (np.linalg.norm(a[ok]) * np.linalg.norm(b[ok])))}
+
+
+def test_streamed_fidelity_equals_the_concatenated_figures() -> None:
+    from edgeslim.measure.fidelity import compare
+    from edgeslim.onnxkit.lazy import Spill, stream_cosine
+
+    rng = np.random.default_rng(0)
+    names = ["scores", "prob", "map"]
+    ref, got = [], []
+    for _ in range(7):
+        logits = rng.normal(size=(2, 5)).astype(np.float32)
+        p = (1 / (1 + np.exp(-rng.normal(size=(2, 1))))).astype(np.float32)
+        m = rng.normal(size=(2, 3, 4)).astype(np.float32)
+        ref.append([logits, p, m])
+        got.append([logits + rng.normal(0, 0.3, logits.shape).astype(np.float32), np.clip(p + 0.04, 0, 1),
+                    m * 0.9])
+    spill = Spill()
+    for r in ref:
+        spill.append(r)
+    f = compare(names, spill, (g for g in got))  # lazy on both sides
+    assert f.samples == 7 and f.finite
+    for k, name in enumerate(names):
+        want = _concatenated(ref, got, k)
+        for key, v in want.items():
+            assert f.per_output[name][key] == pytest.approx(v, rel=1e-9, abs=1e-12), (name, key)
+    top1 = np.mean([np.argmax(r[0], -1) == np.argmax(g[0], -1) for r, g in zip(ref, got)])
+    assert f.per_output["scores"]["top1_agreement"] == pytest.approx(top1)
+    agree = np.mean([(r[1] >= 0.5) == (g[1] >= 0.5) for r, g in zip(ref, got)])
+    assert f.per_output["prob"]["threshold_agreement"] == pytest.approx(agree)
+    assert f.prob_max_abs == pytest.approx(f.per_output["prob"]["max_abs_err"])
+    cos, finite = stream_cosine(zip(ref, got))
+    assert finite and cos == pytest.approx(min(_concatenated(ref, got, k)["cosine"] for k in range(3)), rel=1e-9)
+    got[3][2] = got[3][2].copy()
+    got[3][2][0, 0, 0] = np.nan
+    assert not compare(names, ref, got).finite and not stream_cosine(zip(ref, got))[1]
