@@ -31,7 +31,7 @@ from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.quant import convert_fp16
-from edgeslim.onnxkit.session import session
+from edgeslim.onnxkit.session import iter_outputs, session
 from edgeslim.onnxopt import fallback
 from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import int8_plan
@@ -284,7 +284,7 @@ def _evaluate(name: str, ctx: Context, threads: int) -> Candidate:
     c.ops = op_counts(m)
     try:  # outputs compared feed by feed as they come (memory: one feed's outputs)
         sess = session(c.path, threads=threads)
-        got = (sess.run(None, f) for f in (ctx.check_feeds or ctx.feeds))
+        got = iter_outputs(sess, ctx.check_feeds or ctx.feeds)
         c.fid = compare(ctx.out_names, ctx.check_ref or ctx.ref, got)
     except AssertionError:  # an output changed size: our bug, not the candidate's
         raise
