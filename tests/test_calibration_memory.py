@@ -129,3 +129,24 @@ def test_streamed_fidelity_equals_the_concatenated_figures() -> None:
     got[3][2] = got[3][2].copy()
     got[3][2][0, 0, 0] = np.nan
     assert not compare(names, ref, got).finite and not stream_cosine(zip(ref, got))[1]
+
+
+def test_lazy_feeds_read_stored_compressed_and_fortran_arrays_like_numpy(tmp_path: Path) -> None:
+    from edgeslim.onnxkit.inputs import InputSpec, load_npz
+    from edgeslim.onnxkit.lazy import LazyFeeds
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 1, 3, 4)).astype(np.float32)
+    ids = rng.integers(0, 9, size=(6, 5)).astype(np.int64)
+    specs = [InputSpec("x", np.dtype(np.float32), (1, 3, 4)), InputSpec("ids", np.dtype(np.int64), ("B", 5)),
+             InputSpec("sr", np.dtype(np.int64), ())]
+    for save, xs in ((np.savez, x), (np.savez_compressed, x), (np.savez, np.asfortranarray(x))):
+        p = tmp_path / "in.npz"
+        save(p, x=xs, ids=ids, sr=np.array(16000, np.int64))
+        feeds = load_npz(p, specs)
+        assert isinstance(feeds, LazyFeeds) and len(feeds) == 6
+        sub = feeds[2:5].subset([2, 0])  # samples 4 and 2
+        for f, i in zip(sub, (4, 2)):
+            assert np.array_equal(f["x"], x[i]) and f["x"].dtype == np.float32
+            assert np.array_equal(f["ids"], ids[i : i + 1]) and f["ids"].shape == (1, 5)
+            assert int(f["sr"]) == 16000
