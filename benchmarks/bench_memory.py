@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan", action="store_true", help="calibration alone at 32 / 128 / 512 samples")
     ap.add_argument("--calibrate-only", default="", help="only ORT static INT8 with this method (minmax, entropy)")
     ap.add_argument("--samples", type=int, default=256, help="samples to calibrate on")
-    ap.add_argument("--held-out", type=int, default=64, help="more samples, held out for fidelity")
+    ap.add_argument("--held-out", type=int, default=64, help="more samples in the file (optimize holds out at "
+                    "least a quarter of all given samples, so --samples calibrate only when held-out >= samples / 3)")
     ap.add_argument("--candidates", default="", help="optimize --candidates (default: all)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_memory"))
     ap.add_argument("--bench-seconds", type=float, default=8.0)
