@@ -2,7 +2,7 @@
 
 Each size runs in its own process and reports its peak resident set (VmHWM: ru_maxrss would carry the
 pytest process's own peak across fork + exec). Samples are read from an .npz on
-disk (`onnxkit.inputs.load_npz` -> lazy feeds) and ONNX Runtime's static calibration reduces the ranges
+disk (`onnxkit.inputs.load_npz_feeds` -> lazy feeds) and ONNX Runtime's static calibration reduces the ranges
 feed by feed. At 3x128x128 one sample is 192 KiB and one sample's activations about 3 MiB, so 512
 samples held in memory would add ~100 MiB (samples) to ~1.6 GiB (an entropy calibrator keeping every
 activation) over the 32-sample run.
@@ -61,7 +61,7 @@ def _peak_kib(tmp: Path, n: int, method: str, hw: int) -> int:
     np.savez(npz, x=x)
     del x
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(src), str(npz), str(tmp / f"q{n}.onnx"), method],
-                         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", **_env()})
+                         capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["feeds"] == n
@@ -69,9 +69,11 @@ def _peak_kib(tmp: Path, n: int, method: str, hw: int) -> int:
 
 
 def _env() -> dict[str, str]:
+    """The child imports edgeslim from this process's sys.path (run from `tmp`: `python -c` would put the
+    working directory first), with one thread."""
     import os
 
-    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS read from /proc (Linux)")
@@ -82,3 +84,69 @@ def test_calibration_peak_rss_does_not_grow_with_samples(tmp_path: Path) -> None
         small, large = _peak_kib(tmp_path, 32, method, hw), _peak_kib(tmp_path, 512, method, hw)
         assert large < 1.5 * small, f"{method}: peak RSS {small} KiB at 32 samples, {large} KiB at 512"
         assert (tmp_path / "q512.onnx").stat().st_size > 0
+
+
+def _concatenated(ref: list, got: list, k: int) -> dict[str, float]:
+    """The figures from all feeds concatenated at once (what `compare` computed before it streamed)."""
+    a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
+    b = np.concatenate([np.asarray(g[k], np.float64).ravel() for g in got])
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = np.abs(a[ok] - b[ok])
+    return {"max_abs_err": float(d.max()), "mean_abs_err": float(d.mean()),
+            "cosine": float(a[ok] @ b[ok] / (np.linalg.norm(a[ok]) * np.linalg.norm(b[ok])))}
+
+
+def test_streamed_fidelity_equals_the_concatenated_figures() -> None:
+    from edgeslim.measure.fidelity import compare_outputs
+    from edgeslim.onnxkit.lazy import Spill, stream_cosine
+
+    rng = np.random.default_rng(0)
+    names = ["scores", "prob", "map"]
+    ref, got = [], []
+    for _ in range(7):
+        logits = rng.normal(size=(2, 5)).astype(np.float32)
+        p = (1 / (1 + np.exp(-rng.normal(size=(2, 1))))).astype(np.float32)
+        m = rng.normal(size=(2, 3, 4)).astype(np.float32)
+        ref.append([logits, p, m])
+        got.append([logits + rng.normal(0, 0.3, logits.shape).astype(np.float32), np.clip(p + 0.04, 0, 1),
+                    m * 0.9])
+    spill = Spill()
+    for r in ref:
+        spill.append(r)
+    f = compare_outputs(names, spill, (g for g in got))  # lazy on both sides
+    assert f.samples == 7 and f.finite
+    for k, name in enumerate(names):
+        want = _concatenated(ref, got, k)
+        for key, v in want.items():
+            assert f.per_output[name][key] == pytest.approx(v, rel=1e-9, abs=1e-12), (name, key)
+    top1 = np.mean([np.argmax(r[0], -1) == np.argmax(g[0], -1) for r, g in zip(ref, got)])
+    assert f.per_output["scores"]["top1_agreement"] == pytest.approx(top1)
+    agree = np.mean([(r[1] >= 0.5) == (g[1] >= 0.5) for r, g in zip(ref, got)])
+    assert f.per_output["prob"]["threshold_agreement"] == pytest.approx(agree)
+    assert f.prob_max_abs == pytest.approx(f.per_output["prob"]["max_abs_err"])
+    cos, finite = stream_cosine(zip(ref, got))
+    assert finite and cos == pytest.approx(min(_concatenated(ref, got, k)["cosine"] for k in range(3)), rel=1e-9)
+    got[3][2] = got[3][2].copy()
+    got[3][2][0, 0, 0] = np.nan
+    assert not compare_outputs(names, ref, got).finite and not stream_cosine(zip(ref, got))[1]
+
+
+def test_lazy_feeds_read_stored_compressed_and_fortran_arrays_like_numpy(tmp_path: Path) -> None:
+    from edgeslim.onnxkit.inputs import InputSpec, load_npz_feeds
+    from edgeslim.onnxkit.lazy import LazyFeeds
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 1, 3, 4)).astype(np.float32)
+    ids = rng.integers(0, 9, size=(6, 5)).astype(np.int64)
+    specs = [InputSpec("x", np.dtype(np.float32), (1, 3, 4)), InputSpec("ids", np.dtype(np.int64), ("B", 5)),
+             InputSpec("sr", np.dtype(np.int64), ())]
+    for save, xs in ((np.savez, x), (np.savez_compressed, x), (np.savez, np.asfortranarray(x))):
+        p = tmp_path / "in.npz"
+        save(p, x=xs, ids=ids, sr=np.array(16000, np.int64))
+        feeds = load_npz_feeds(p, specs)
+        assert isinstance(feeds, LazyFeeds) and len(feeds) == 6
+        sub = feeds[2:5].subset([2, 0])  # samples 4 and 2
+        for f, i in zip(sub, (4, 2)):
+            assert np.array_equal(f["x"], x[i]) and f["x"].dtype == np.float32
+            assert np.array_equal(f["ids"], ids[i : i + 1]) and f["ids"].shape == (1, 5)
+            assert int(f["sr"]) == 16000

@@ -241,3 +241,26 @@ def test_adaround_beats_nearest_rounding_on_the_layer_output() -> None:
         e_near = float(((fn(x, torch.tensor(nearest)) - y) ** 2).mean())
         e_ada = float(((fn(x, torch.tensor(learned)) - y) ** 2).mean())
     assert e_ada < 0.8 * e_near, (e_near, e_ada)
+
+
+def test_keep_float_with_several_graph_outputs_defines_each_once() -> None:
+    """Two conv heads, each a graph output (a detector's score and box maps): putting both back to float
+    must not leave a DequantizeLinear that defines an output's name a second time (layout_cdla, issue 23)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{i}") for i in range(2)]
+    nodes = [helper.make_node("Conv", ["x", f"w{i}"], [f"y{i}"], pads=[1, 1, 1, 1], name=f"head{i}") for i in range(2)]
+    outs = [helper.make_tensor_value_info(f"y{i}", F, None) for i in range(2)]
+    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])], outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    name_nodes(m)
+    feeds = [{"x": _x(k)} for k in range(4)]
+    stats = calib_select.collect(m, feeds)
+    q = quantize(m, feeds, "u8s8-pc", calib_select.minmax(stats), Int8Options())
+    f = keep_float(q, {n.name for n in quantized_nodes(q)}, float_model=m)
+    defined = [o for n in f.graph.node for o in n.output]
+    assert defined.count("y0") == 1 and defined.count("y1") == 1
+    got = session(f.SerializeToString()).run(None, feeds[0])
+    want = session(m.SerializeToString()).run(None, feeds[0])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)

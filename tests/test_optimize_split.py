@@ -35,18 +35,18 @@ def test_fidelity_comes_from_samples_never_calibrated_on(tmp_path: Path, monkeyp
     np.savez(tmp_path / "in.npz", a=a, b=np.ones((n, 16), np.float32))
     ids = lambda feeds: sorted(int(round(float(f["a"].ravel()[0]))) for f in feeds)  # noqa: E731
     seen: dict[str, list] = {"calibration": [], "fidelity": []}
-    build, run_all = candidates.int8_plan.build_plan, candidates.run_all
+    build, iter_outputs = candidates.int8_plan.build_plan, candidates.iter_outputs
 
     def spy_build(model, feeds, ref, opts, clock):  # type: ignore[no-untyped-def]
         seen["calibration"].append(ids(feeds))
         return build(model, feeds, ref, opts, clock)
 
-    def spy_run_all(sess, feeds):  # type: ignore[no-untyped-def]
+    def spy_outputs(sess, feeds):  # type: ignore[no-untyped-def]
         seen["fidelity"].append(ids(feeds))
-        return run_all(sess, feeds)
+        return iter_outputs(sess, feeds)
 
     monkeypatch.setattr(candidates.int8_plan, "build_plan", spy_build)
-    monkeypatch.setattr(candidates, "run_all", spy_run_all)
+    monkeypatch.setattr(candidates, "iter_outputs", spy_outputs)
     res = optimize_onnx(OptimizeConfig(model=src, out=tmp_path / "o.onnx", calib=tmp_path / "in.npz", samples=12,
                                   bench_seconds=0.2, weight_min_elements=64, max_slowdown=1.0,
                                   int8=Int8Options(speed_choice=False, adaround=False, formats=("u8s8-pc",)),

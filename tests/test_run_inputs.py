@@ -97,6 +97,8 @@ def test_onnx_with_inputs_runs_with_held_out_fidelity(onnx_model, tmp_path):
     assert distilled["speedup_vs_baseline"] is not None and base["latency_timing"].startswith("interleaved")
     assert int8["size_bytes"] < 0.6 * pruned["size_bytes"] and int8["fidelity"]["cosine"] > 0.98
     assert "held-out cosine" in stdout
+    assert stdout.strip().splitlines()[-1].startswith("peak RSS ")  # printed last, recorded in results.json
+    assert res["peak_rss_bytes"]["self"] > 50 << 20
     # resume: nothing is redone
     code, stdout, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs", str(inputs),
                                     "-o", str(out))

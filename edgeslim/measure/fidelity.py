@@ -16,7 +16,7 @@ because a model is only as good as its worst output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,35 +131,84 @@ def _dense_map(r: np.ndarray) -> bool:
     return r.dtype.kind == "f" and r.ndim >= 3 and min(r.shape[-2:]) >= MAP_MIN_SIDE
 
 
-def compare_outputs(names: list[str], ref: Sequence[list[np.ndarray]], got: Sequence[list[np.ndarray]]) -> Fidelity:
-    """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output."""
-    per: dict[str, dict[str, float]] = {}
-    finite = True
-    for k, name in enumerate(names):
-        a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
-        b = np.concatenate([np.asarray(g[k], np.float64).ravel() for g in got])
+class _Acc:
+    """One output's running figures over feeds (`compare_outputs`), in float64; a dense map's threshold is
+    set by the first feed's reference (`map_threshold`)."""
+
+    def __init__(self, classifier: bool) -> None:
+        self.n = self.count = 0
+        self.max_abs = self.sum_abs = self.dot = self.na = self.nb = 0.0
+        self.finite = self.prob = self.per_sample = True
+        self.classifier, self.top1_same, self.top1_n = classifier, 0, 0
+        self.agree_same = 0
+        self.map_t: float | None = None  # a dense map: its threshold (from the first feed), pixels above it
+        self.map_inter = self.map_union = 0
+
+    def add(self, r: np.ndarray, g: np.ndarray, name: str) -> None:
+        a, b = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
         if a.shape != b.shape:
             raise AssertionError(f"output '{name}' changed size: {a.shape} vs {b.shape}")
-        ok = np.isfinite(a) & np.isfinite(b)
-        finite &= bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
-        d = np.abs(a[ok] - b[ok])
-        row = {"max_abs_err": float(d.max()) if d.size else 0.0, "mean_abs_err": float(d.mean()) if d.size else 0.0,
-               "cosine": _cos(a[ok], b[ok])}
-        r0 = np.asarray(ref[0][k])
-        if r0.dtype.kind == "f" and a.size and bool(np.all((a[ok] >= 0) & (a[ok] <= 1))):  # probabilities
-            row["prob_max_abs_err"] = row["max_abs_err"]
-            if all(np.asarray(r[k]).size == max(1, np.asarray(r[k]).shape[0] if np.asarray(r[k]).ndim else 1)
-                   for r in ref):  # one score per sample: the decision at the threshold
-                row["threshold_agreement"] = float(((a >= DECISION_THRESHOLD) == (b >= DECISION_THRESHOLD)).mean())
-        if _classifier_like(r0):
-            ra = np.concatenate([np.asarray(r[k]).argmax(-1) for r in ref])
-            ga = np.concatenate([np.asarray(g[k]).argmax(-1) for g in got])
-            row["top1_agreement"] = float((ra == ga).mean())
-        if _dense_map(r0) and a.size:
-            t = map_threshold(a)
-            row["map_threshold"] = t
-            row["map_iou"] = map_iou(a, b, t)
-        per[name] = row
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        ok = fa & fb
+        self.finite &= bool(np.array_equal(fa, fb))
+        a_ok, b_ok = a[ok], b[ok]
+        if a_ok.size:
+            d = np.abs(a_ok - b_ok)
+            self.max_abs, self.sum_abs = max(self.max_abs, float(d.max())), self.sum_abs + float(d.sum())
+            self.dot += float(a_ok @ b_ok)
+            self.na += float(a_ok @ a_ok)
+            self.nb += float(b_ok @ b_ok)
+        self.count += int(a_ok.size)
+        self.n += int(a.size)
+        self.prob &= bool(np.all((a_ok >= 0) & (a_ok <= 1)))
+        rr = np.asarray(r)
+        self.per_sample &= rr.size == max(1, rr.shape[0] if rr.ndim else 1)
+        self.agree_same += int(((a >= DECISION_THRESHOLD) == (b >= DECISION_THRESHOLD)).sum())
+        if _dense_map(rr) and a.size:
+            if self.map_t is None:
+                self.map_t = map_threshold(a)
+            above_a, above_b = a > self.map_t, b > self.map_t
+            self.map_inter += int(np.count_nonzero(above_a & above_b))
+            self.map_union += int(np.count_nonzero(above_a | above_b))
+        if self.classifier:
+            ra, ga = rr.argmax(-1), np.asarray(g).argmax(-1)
+            self.top1_same += int((ra == ga).sum())
+            self.top1_n += int(np.size(ra))
+
+    def row(self, is_float: bool) -> dict[str, float]:
+        na, nb = np.sqrt(self.na), np.sqrt(self.nb)
+        cos = 1.0 if na == 0.0 and nb == 0.0 else (0.0 if na == 0.0 or nb == 0.0 else float(self.dot / (na * nb)))
+        out = {"max_abs_err": self.max_abs, "mean_abs_err": self.sum_abs / self.count if self.count else 0.0,
+               "cosine": cos}
+        if is_float and self.n and self.prob:  # probabilities
+            out["prob_max_abs_err"] = out["max_abs_err"]
+            if self.per_sample:  # one score per sample: the decision at the threshold
+                out["threshold_agreement"] = self.agree_same / self.n
+        if self.classifier:
+            out["top1_agreement"] = self.top1_same / self.top1_n if self.top1_n else 0.0
+        if self.map_t is not None:  # IoU of the thresholded maps, pooled over every feed
+            out["map_threshold"] = self.map_t
+            out["map_iou"] = 1.0 if self.map_union == 0 else self.map_inter / self.map_union
+        return out
+
+
+def compare_outputs(names: list[str], ref: Iterable[Sequence[np.ndarray]], got: Iterable[Sequence[np.ndarray]]) -> Fidelity:
+    """Compare outputs (`ref` original, `got` candidate), feed by feed, output by output. Both may be lazy
+    (an `onnxkit.lazy.Spill`, a generator of session outputs): the figures are accumulated one feed at a time,
+    so memory is one feed's outputs whatever the number of feeds."""
+    accs: list[_Acc] = []
+    is_float: list[bool] = []
+    samples = 0
+    for r, g in zip(ref, got):
+        if not accs:
+            accs = [_Acc(_classifier_like(np.asarray(r[k]))) for k in range(len(names))]
+            is_float = [np.asarray(r[k]).dtype.kind == "f" for k in range(len(names))]
+        for k, name in enumerate(names):
+            accs[k].add(r[k], g[k], name)
+        samples += 1
+    per = {name: accs[k].row(is_float[k]) for k, name in enumerate(names)} if accs else {
+        name: {"max_abs_err": 0.0, "mean_abs_err": 0.0, "cosine": 1.0} for name in names}
+    finite = all(a.finite for a in accs)
     top1 = [v["top1_agreement"] for v in per.values() if "top1_agreement" in v]
     prob = [v["prob_max_abs_err"] for v in per.values() if "prob_max_abs_err" in v]
     agree = [v["threshold_agreement"] for v in per.values() if "threshold_agreement" in v]
@@ -169,6 +218,6 @@ def compare_outputs(names: list[str], ref: Sequence[list[np.ndarray]], got: Sequ
         mean_abs=max(v["mean_abs_err"] for v in per.values()),
         cosine=min(v["cosine"] for v in per.values()),
         top1=min(top1) if top1 else None, finite=finite, per_output=per,
-        prob_max_abs=max(prob) if prob else None, agreement=min(agree) if agree else None, samples=len(got),
+        prob_max_abs=max(prob) if prob else None, agreement=min(agree) if agree else None, samples=samples,
         iou=min(ious) if ious else None,
     )

@@ -5,7 +5,7 @@ an ONNX model) and runs ONNX Runtime's offline graph optimisation."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,12 @@ def run_all(sess, feeds: Sequence[dict[str, np.ndarray]], where: str = "") -> li
     out: list[list[np.ndarray]] = []
     run_into(sess, feeds, out, where)
     return out
+
+
+def iter_outputs(sess, feeds: Sequence[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """Outputs of `sess` feed by feed, as they are asked for (memory: one feed's outputs)."""
+    for f in feeds:
+        yield sess.run(None, f)
 
 
 def run_into(sess, feeds: Sequence[dict[str, np.ndarray]], into: Any, where: str = "") -> None:

@@ -26,12 +26,12 @@ from pathlib import Path
 import onnx
 
 from edgeslim.measure.core import Measurer
-from edgeslim.measure.fidelity import Fidelity, Tolerance, compare_outputs, run_all
+from edgeslim.measure.fidelity import Fidelity, Tolerance, compare_outputs
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.quant import convert_fp16
-from edgeslim.onnxkit.session import session
+from edgeslim.onnxkit.session import iter_outputs, session
 from edgeslim.onnxopt import fallback
 from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import int8_plan
@@ -282,14 +282,16 @@ def _evaluate(name: str, ctx: CandidateContext, threads: int) -> GraphCandidate:
     c.path = ctx.workdir / f"{name}.onnx"
     c.size = save(m, c.path)
     c.ops = op_counts(m)
-    try:
+    try:  # outputs compared feed by feed as they come (memory: one feed's outputs)
         sess = session(c.path, threads=threads)
-        got = run_all(sess, ctx.check_feeds or ctx.feeds)
+        got = iter_outputs(sess, ctx.check_feeds or ctx.feeds)
+        c.fid = compare_outputs(ctx.out_names, ctx.check_ref or ctx.ref, got)
+    except AssertionError:  # an output changed size: our bug, not the candidate's
+        raise
     except Exception as e:
         msg = re.sub(r"^.*?Load model from \S+ failed:", "", str(e).replace(f"{c.path}: ", ""))
         c.status = f"failed: ORT cannot run it ({_first_line(Exception(msg))})"
         return c
-    c.fid = compare_outputs(ctx.out_names, ctx.check_ref or ctx.ref, got)
     why = ctx.tol.broken(c.fid)
     if why:
         c.status = f"rejected: {why}"

