@@ -164,7 +164,7 @@ def test_shrink_drops_the_relu_after_a_residual_add_where_ort_keeps_a_pair() -> 
     m = _residual_model()
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(6)]
-    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), keep_activations=True)
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(keep_activations=True))
     small, cut = shrink(q)
     assert cut["relus"] == 2 and "relus_refused" not in cut
     before, after = _kernels(q), _kernels(small)

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgeslim.data.unlabelled import split_blocks
 from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
-from edgeslim.run.streams import decisions_changed, probe, state_pairs, stream_fidelity
+from edgeslim.run.streams import decisions_changed, probe_layout, state_pairs, stream_fidelity
 
 FAST = """version: 1
 finetune: {epochs: 2, lr: 0.0005, batch_size: 32}
@@ -48,7 +48,7 @@ def test_streaming_decisions_changed_by_hand(tmp_path):
     ref, cand = _leaky(tmp_path / "ref.onnx", 0.3), _leaky(tmp_path / "cand.onnx", 0.2)
     specs = input_specs(onnx.load(str(ref)))
     feeds = load_npz_feeds(tmp_path / "x.npz", specs)
-    lay = probe(ref, specs, feeds)
+    lay = probe_layout(ref, specs, feeds)
     assert lay.states == {"h": "hn"} and not lay.per_sample
     # by hand, state carried: hn = 1, .5, .25, .125, .2625, .13125; ref decides hn > .3, cand hn > .2
     hn = np.array([1, .5, .25, .125, .2625, .13125])
@@ -151,7 +151,7 @@ def test_gru_model_streams_through_prune_distill_int8(vad, tmp_path):
     assert res["stages"][3]["size_bytes"] < res["stages"][2]["size_bytes"]
     specs = input_specs(onnx.load(str(model)))
     feeds = load_npz_feeds(inputs, specs)
-    lay = probe(model, specs, feeds)
+    lay = probe_layout(model, specs, feeds)
     for s in res["stages"]:
         f = s["fidelity"]
         assert f["mode"] == "stream" and f["split"] == "test" and f["samples"] == len(test_steps)

@@ -10,7 +10,7 @@ import torch
 from reliability_helpers import assert_user_error, main_inproc
 from torch import nn
 
-from edgeslim.search.inputs import pick, recipe_text
+from edgeslim.search.inputs import pick_trial, recipe_text
 
 
 class Net(nn.Module):
@@ -43,7 +43,7 @@ def test_search_inputs_three_trials_picks_on_validation_and_reports_held_out(tmp
         splits.add(json.dumps(res["task"], sort_keys=True))
         assert r["val_cosine"] == res["stages"][-1]["fidelity_val"]["cosine"]
     assert len(splits) == 1  # the same seeded split (train/val/held-out) in every trial
-    best, _ = pick(s["trials"], "latency", 0.5)
+    best, _ = pick_trial(s["trials"], "latency", 0.5)
     assert best is not None and s["best"]["trial"] == best["number"]
     assert (out / "best.yaml").read_text() == best["recipe"]
     assert "held-out cosine" in stdout and "picked on validation" in stdout
@@ -53,8 +53,8 @@ def test_pick_uses_validation_only():
     rows = [{"number": 0, "val_cosine": 0.99, "test_cosine": 0.5, "latency_ratio": 0.8, "size_bytes": 10},
             {"number": 1, "val_cosine": 0.97, "test_cosine": 1.0, "latency_ratio": 0.4, "size_bytes": 5},
             {"number": 2, "val_cosine": 0.995, "test_cosine": 0.99, "latency_ratio": 0.6, "size_bytes": 8}]
-    assert pick(rows, "latency", 0.98)[0]["number"] == 2   # fastest with val >= 0.98 (test never read)
-    assert pick(rows, "size", 0.999)[0]["number"] == 2     # none reaches 0.999: the most faithful on val
+    assert pick_trial(rows, "latency", 0.98)[0]["number"] == 2   # fastest with val >= 0.98 (test never read)
+    assert pick_trial(rows, "size", 0.999)[0]["number"] == 2     # none reaches 0.999: the most faithful on val
     assert "structured_prune: {ratio: 0.3}" in recipe_text(0.3, True, False, 1)
     assert "quantize_int8" not in recipe_text(0.3, True, False, 1)
 

@@ -153,10 +153,10 @@ def layout_task(model: Path, inputs: Path, specs: list[InputSpec], seed: int, th
     recurrent state, streams (`data.unlabelled.stream_task`). Returns (task, layout, blocks of raw feeds)."""
     from edgeslim.data.unlabelled import stream_task, teacher_task
     from edgeslim.onnxkit.inputs import load_npz_feeds
-    from edgeslim.run.streams import probe, stream_runs, teacher_rows
+    from edgeslim.run.streams import probe_layout, stream_runs, teacher_rows
 
     feeds = load_npz_feeds(inputs, specs)
-    lay = probe(model, specs, feeds, threads)
+    lay = probe_layout(model, specs, feeds, threads)
     noise = np.concatenate([np.full(s.size, s.role == "data" and np.dtype(s.dtype).kind == "f") for s in lay.packed])
 
     def teacher(rows: np.ndarray) -> np.ndarray:

@@ -125,7 +125,7 @@ def state_pairs(specs: list[InputSpec], outputs: dict[str, np.ndarray], feed: Fe
     return pairs
 
 
-def probe(path: Path, specs: list[InputSpec], feeds: Sequence[Feed], threads: int = 1) -> Layout:
+def probe_layout(path: Path, specs: list[InputSpec], feeds: Sequence[Feed], threads: int = 1) -> Layout:
     """The layout of the model at `path` from the user's feeds (`onnxkit.inputs.load_npz_feeds`, batch-1 samples): which
     inputs vary per sample, which are state (`state_pairs`), which are constants; each input's and output's
     batch axis, found by running the model at batch 1 and 2 (per_sample when that fails or is ambiguous)."""

@@ -99,7 +99,7 @@ def _short(f: dict) -> dict:
     return {k: f[k] for k in keep if k in f}
 
 
-def pick(rows: list[dict], cost: str, min_cosine: float) -> tuple[dict | None, str]:
+def pick_trial(rows: list[dict], cost: str, min_cosine: float) -> tuple[dict | None, str]:
     """The picked trial (on validation only) and why (module docstring)."""
     key = "latency_ratio" if cost == "latency" else "size_bytes"
     done = [r for r in rows if r.get("error") is None and r.get(key) is not None]
@@ -146,7 +146,7 @@ def search_inputs(job: InputsSearch, log: Callable[[str], None] = print) -> dict
             f"validation cosine {row['val_cosine']:.4f}, {job.cost} "
             + (f"{row['speedup_vs_baseline']:.2f}x faster" if job.cost == "latency" and row["speedup_vs_baseline"]
                else f"{row['size_bytes']} B"))
-    best, why = pick(rows, job.cost, job.min_cosine)
+    best, why = pick_trial(rows, job.cost, job.min_cosine)
     summary = {"job": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(job).items()},
                "splits": {"train": "training, calibration", "val": "each trial's score and the pick",
                           "test": "held out: reported for every trial, never used to pick"},
