@@ -23,7 +23,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 from reliability_helpers import assert_user_error, main_inproc
 
-from edgeslim.onnxtorch import export_converted, keep_whole, onnx_to_torch, parity
+from edgeslim.onnxtorch import conversion_parity, export_converted, keep_whole, onnx_to_torch
 from edgeslim.prune.structured import make_pruner
 from edgeslim.run.onnx import TeacherView
 
@@ -125,7 +125,7 @@ def test_conv_into_lstm_prunes_the_trunk_and_the_lstm_inputs(tmp_path):
     m = crnn_lstm()
     feeds = {"x": RNG.normal(size=(1, 1, 4, 12)).astype(np.float32)}
     module, _ = onnx_to_torch(m)
-    assert max(parity(m, module, feeds).values()) < 1e-5
+    assert max(conversion_parity(m, module, feeds).values()) < 1e-5
     lstm = module.graph.nodes["lstm"].rnn
     assert lstm in keep_whole(module)
     view = TeacherView(module, per_sample=True).eval()
@@ -146,7 +146,7 @@ def test_stft_conv_cut_by_constant_slices_is_kept_whole(tmp_path):
     m = stft_vad()
     feeds = {"x": RNG.normal(size=(3, 64)).astype(np.float32)}
     module, _ = onnx_to_torch(m)
-    assert max(parity(m, module, feeds).values()) < 1e-5
+    assert max(conversion_parity(m, module, feeds).values()) < 1e-5
     stft = module.graph.nodes["stft"].conv
     assert stft in keep_whole(module)
     # what the run did before: only the output layer and the Linear/recurrent layers kept whole
@@ -201,7 +201,7 @@ def test_a_graph_torch_pruning_cannot_trace_is_one_line(tmp_path):
     for the stage."""
     m = crnn_gru()
     module, _ = onnx_to_torch(m)
-    assert max(parity(m, module, {"x": RNG.normal(size=(1, 1, 4, 12)).astype(np.float32)}).values()) < 1e-5
+    assert max(conversion_parity(m, module, {"x": RNG.normal(size=(1, 1, 4, 12)).astype(np.float32)}).values()) < 1e-5
     onnx.save(m, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "x.npz", x=RNG.normal(size=(20, 1, 4, 12)).astype(np.float32))
     (tmp_path / "r.yaml").write_text("version: 1\nfinetune: {epochs: 1, lr: 0.001, batch_size: 8}\n"
