@@ -23,7 +23,7 @@ ALLOWED = {
     "onnxkit/quant.quantize_static": "mirrors ONNX Runtime's quantize_static keywords it wraps",
     "distill/train.distill_model": "the KD terms as keywords: the `Distill` config lives a layer above "
                                    "(passes) and maps onto them with `passes.distill.kd_settings`",
-    "nlp/distill.distill": "the text `distill_embeddings` pass's training settings, passed field by field",
+    "nlp/distill.distill_encoder": "the text `distill_embeddings` pass's training settings, passed field by field",
     "api.export": "one over: per-format options (int8, calibration, per-channel) beside the fit device",
     "deploy/artifacts.export_model": "the same options as api.export, one layer down",
     "litert/export.tflite_export": "the same options for the .tflite path",
