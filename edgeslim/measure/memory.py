@@ -1,9 +1,9 @@
 """Process peak resident memory (RSS) of ONNX Runtime inference, measured in a fresh process.
 
 Peak RSS (the high-water mark VmHWM) only grows during a process's life, so the figure for one model
-comes from a child Python process that records its peak after importing ONNX Runtime (and edgeslim's
-`onnxkit.ort_options`, which builds every session's options), after creating the session and after running
-inferences. `inference_peak_rss_bytes` is the last; `session_rss_delta_bytes` is what
+comes from a child Python process that records its peak after importing ONNX Runtime, after creating the
+session (its options from `onnxkit/ort_options.py`, loaded by path so the edgeslim package is not imported) and
+after running inferences. `inference_peak_rss_bytes` is the last; `session_rss_delta_bytes` is what
 loading the model and running it added on top of the interpreter + onnxruntime import. Bytes.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeslim.errors import EdgeslimError
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds edgeslim/
+_ORT_OPTIONS = str(Path(__file__).resolve().parents[1] / "onnxkit" / "ort_options.py")  # session options, one place
 
 _CHILD = r"""
 import json, resource, sys
@@ -35,11 +35,13 @@ def peak():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 path, runs, threads, batch, feed_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-sys.path.insert(0, sys.argv[6])  # the folder holding this edgeslim: the one place session options are built
 import onnxruntime as ort
-from edgeslim.onnxkit.ort_options import session_options
+import importlib.util  # the one place session options are built, loaded by path: not the edgeslim package
+spec = importlib.util.spec_from_file_location("_edgeslim_ort_options", sys.argv[6])
+opts = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(opts)
 base = peak()
-s = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+s = ort.InferenceSession(path, opts.session_options(threads), providers=["CPUExecutionProvider"])
 loaded = peak()
 if feed_file:
     with np.load(feed_file, allow_pickle=False) as z:
@@ -64,7 +66,7 @@ def inference_peak_rss(onnx_path: str | Path, runs: int = 20, threads: int = 1, 
         if feed is not None:
             feed_file = str(Path(tmp) / "feed.npz")
             np.savez(feed_file, **feed)  # type: ignore[arg-type]
-        cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch), feed_file, _PACKAGE_ROOT]
+        cmd = [sys.executable, "-c", _CHILD, str(onnx_path), str(runs), str(threads), str(batch), feed_file, _ORT_OPTIONS]
         res = _run_child(cmd, onnx_path, timeout_s)
     d = json.loads(res.stdout.strip().splitlines()[-1])
     return {

@@ -1,13 +1,11 @@
 """ONNX Runtime session options, built in one place: every session edgeslim opens (measurement, accuracy,
 offline optimisation, kernel profiles, the peak-RSS child process of `measure.memory`) takes its options from
-`session_options`. Imports nothing but `errors` (and ONNX Runtime when called), so a bare child process can
-use it without loading onnx or numpy."""
+`session_options`. Imports nothing at load time (ONNX Runtime when called, `errors` only to refuse a level), so
+the child process loads this one file by path, not the edgeslim package, and its peak RSS stays the runtime's."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from edgeslim.errors import EdgeslimError, choices
 
 # ONNX Runtime graph optimisation levels by the names edgeslim's options use, from the most portable.
 LEVELS = ("disable", "basic", "extended", "all")
@@ -24,6 +22,8 @@ def ort_level(level: str) -> Any:  # -> ort.GraphOptimizationLevel
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     if level not in table:
+        from edgeslim.errors import EdgeslimError, choices
+
         raise EdgeslimError(f"unknown optimisation level '{level}'; valid: {choices(LEVELS)}")
     return table[level]
 
