@@ -140,7 +140,9 @@ def _decode_const(g: onnx.GraphProto, dq: onnx.NodeProto, inits: dict, min_eleme
 
 
 def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
-    """Graph outputs reached through Q -> DQ from a float producer take the float tensor directly."""
+    """Graph outputs reached through Q -> DQ from a float producer take the float tensor directly. An output
+    that nodes of the graph also read (a recurrent state that feeds the score head) keeps its Q -> DQ: its
+    readers may compute in INT8 on it."""
     for o in g.output:
         dq = prod.get(o.name)
         if dq is None or dq.op_type != "DequantizeLinear":
@@ -152,7 +154,10 @@ def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
         p = prod.get(t)
         if p is None or p.name in int8 or any(x.name == t for x in g.input):
             continue
-        keep = [n for n in g.node if n is not dq]
+        if any(o.name in n.input for n in g.node):
+            continue
+        # by the output it defines, not identity: protobuf may hand out a new wrapper on each iteration
+        keep = [n for n in g.node if not (n.op_type == "DequantizeLinear" and o.name in n.output)]
         del g.node[:]
         g.node.extend(keep)
         for n in g.node:  # the float tensor takes the output's name
