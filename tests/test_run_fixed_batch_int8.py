@@ -152,3 +152,23 @@ def test_keep_float_of_an_output_the_graph_reads_defines_it_once(tmp_path):
         assert max(defined.values()) == 1, [k for k, v in defined.items() if v > 1]
         got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds[0])
         assert all(np.abs(a - b).max() < 0.05 for a, b in zip(ref, got)), names
+
+
+def test_sample_rows_reads_each_outputs_batch_axis(tmp_path):
+    """A packed model's state output [2, N, H] has its samples on axis 1: the unlabelled accuracy (per-sample
+    cosine to the teacher's rows) must read it there, in chunks of any size (here 64 + 6 rows)."""
+    from edgeslim.onnxkit.session import onnx_accuracy, sample_rows, session
+
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["u"]), helper.make_node("Mul", ["u", "two"], ["u2"]),
+             helper.make_node("Concat", ["u", "u2"], ["state"], axis=0), helper.make_node("Neg", ["x"], ["score"])]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "ax"), numpy_helper.from_array(np.float32(2), "two")]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "st", [vi("x", TensorProto.FLOAT, ["N", 3])],
+                          [vi("score", TensorProto.FLOAT, ["N", 3]), vi("state", TensorProto.FLOAT, [2, "N", 3])], inits)
+    path = tmp_path / "st.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(6).standard_normal((70, 3)).astype(np.float32)
+    want = np.concatenate([-x, x, 2 * x], 1)  # per sample: score, then the state's two rows
+    got = sample_rows(session(path), x, 64)
+    assert got.shape == (70, 9) and np.allclose(got, want, atol=1e-6)
+    assert abs(onnx_accuracy(path, x, want.astype(np.float32)) - 1.0) < 1e-9
