@@ -23,7 +23,8 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 from reliability_helpers import assert_user_error, main_inproc
 
-from edgeslim.onnxtorch import export_converted, keep_whole, onnx_to_torch, parity
+from edgeslim.onnxtorch import conversion_parity as parity
+from edgeslim.onnxtorch import export_converted, keep_whole, onnx_to_torch
 from edgeslim.prune.structured import make_pruner
 from edgeslim.run.onnx import TeacherView
 
