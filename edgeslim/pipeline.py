@@ -194,9 +194,13 @@ def run_onnx_recipe(recipe: Recipe, model: Path, inputs: Path | None, out: Path,
     o = o.resolved(recipe.device)
     seed, threads = o.seed, o.threads
     specs = input_specs(read_onnx(model))
-    if len(specs) > 1:  # several inputs (any dtype), recurrent state: packed rows, streams (run.streams)
-        return _run_onnx_layout(recipe, model, specs, inputs, out, o, task=task)
     spec_in = specs[0]
+    lead = spec_in.dims[0] if spec_in.dims else None
+    no_batch = spec_in.dims is not None and (not spec_in.dims or (isinstance(lead, int) and lead != 1))
+    if len(specs) > 1 or (no_batch and task is None):
+        # several inputs (any dtype), recurrent state, or one input without a batch axis (each sample is the
+        # whole input, run one at a time): packed rows, streams (run.streams)
+        return _run_onnx_layout(recipe, model, specs, inputs, out, o, task=task)
     # a batch fixed at 1: each sample runs alone (its outputs may carry the batch on another axis, e.g. [T, 1, C])
     per_sample = spec_in.dims is not None and len(spec_in.dims) > 0 and spec_in.dims[0] == 1
     original = convert(model, (), per_sample)  # the model first: an op that cannot be converted is one line

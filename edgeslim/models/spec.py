@@ -90,8 +90,19 @@ def _identity(model: nn.Module, module: str) -> None:
 
 
 def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Resize Conv/Linear/BatchNorm layers to the shapes in `state` (structured pruning changes them)."""
+    """Resize Conv/Linear/BatchNorm layers, and the input size of LSTM/GRU/RNN layers, to the shapes in `state`
+    (structured pruning changes them)."""
     for path, m in list(model.named_modules()):
+        if isinstance(m, nn.LSTM | nn.GRU | nn.RNN):  # channel pruning changed the input size (its input columns)
+            ih, hh = state.get(f"{path}.weight_ih_l0"), state.get(f"{path}.weight_hh_l0")
+            if ih is not None and hh is not None and (int(ih.shape[1]), int(hh.shape[1])) != (m.input_size, m.hidden_size):
+                kw = {"proj_size": m.proj_size} if isinstance(m, nn.LSTM) else {}
+                if isinstance(m, nn.RNN):
+                    kw["nonlinearity"] = m.nonlinearity
+                set_module(model, path, type(m)(int(ih.shape[1]), int(hh.shape[1]), m.num_layers, bias=m.bias,
+                                                batch_first=m.batch_first, dropout=m.dropout,
+                                                bidirectional=m.bidirectional, **kw))
+            continue
         w = state.get(f"{path}.weight" if path else "weight")
         if w is None:
             continue

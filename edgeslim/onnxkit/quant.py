@@ -7,7 +7,7 @@ Format names: `u8s8` = uint8 activations, int8 weights; `s8s8` = int8 both; `-rr
 per-channel weight scales (else per tensor).
 
 Calibration data is always a sequence of feeds ({input name: array}); `array_feeds` cuts one input array
-into such feeds (16 samples each), so one reader serves the pipeline's passes and `edgeslim optimize`.
+into such feeds (16 samples each, or exactly the model's fixed batch: `calibration_feeds`), so one reader serves the pipeline's passes and `edgeslim optimize`.
 ORT's calibrators reduce the ranges feed by feed (strided calibration), so calibration memory is one
 feed's activations, not all samples' (tests/test_calibration_memory.py).
 """
@@ -84,10 +84,34 @@ class FeedReader:
         self.i, self.end = 0, len(self.feeds)
 
 
-def array_feeds(name: str, x: np.ndarray, batch: int = 16) -> list[Feed]:
-    """Calibration feeds for a single-input model: `x` (float32) in batches of `batch` samples."""
+def array_feeds(name: str, x: np.ndarray, batch: int = 16, fixed: bool = False) -> list[Feed]:
+    """Calibration feeds for a single-input model: `x` (float32) in batches of `batch` samples. `fixed`: the
+    model takes exactly `batch` samples per run, so a short last batch is filled with the first samples again
+    (repeating a sample moves no min/max range)."""
     x = x.astype(np.float32)
-    return [{name: x[i : i + batch]} for i in range(0, len(x), batch)]
+    out = [{name: x[i : i + batch]} for i in range(0, len(x), batch)]
+    if fixed and out and len(out[-1][name]) < batch:
+        out[-1] = {name: np.resize(x, (batch, *x.shape[1:]))[:batch] if len(x) < batch
+                   else np.concatenate([out[-1][name], x[: batch - len(out[-1][name])]])}
+    return out
+
+
+def input_batch(src: Path | onnx.ModelProto) -> int | None:
+    """The fixed batch (leading dim, an int > 0) of the model's first input, or None when it is dynamic. A model
+    whose batch is fixed (at 1: one sample at a time) must be fed exactly that many rows per run."""
+    m = src if isinstance(src, onnx.ModelProto) else onnx.load(str(src), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    inp = next(i for i in m.graph.input if i.name not in inits)
+    dims = inp.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
+def calibration_feeds(src: Path, calib: np.ndarray, batch: int = 16) -> list[Feed]:
+    """Calibration feeds of the single-input model at `src` (shape checked in one line,
+    `check_calibration_input`): `batch` samples per feed, or exactly the model's fixed batch (`input_batch`)."""
+    name = check_calibration_input(src, calib)
+    fixed = input_batch(src)
+    return array_feeds(name, calib, fixed or batch, fixed=fixed is not None)
 
 
 @contextmanager
@@ -227,10 +251,9 @@ def quantize_static_model(model: onnx.ModelProto, feeds: Sequence[Feed], fmt: In
 
 def quantize_static_file(src: Path, dst: Path, calib: np.ndarray, fmt: IntFormat, method: str = "minmax") -> None:
     """Check, pre-process and statically quantize a single-input model calibrated on the samples `calib`."""
-    name = check_calibration_input(src, calib)
     pre = dst.with_suffix(".pre.onnx")
     preprocess(src, pre)
-    quantize_static(pre, dst, array_feeds(name, calib), fmt, StaticQuant(method=method))
+    quantize_static(pre, dst, calibration_feeds(src, calib), fmt, StaticQuant(method=method))
     pre.unlink(missing_ok=True)
 
 

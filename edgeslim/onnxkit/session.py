@@ -101,6 +101,37 @@ def classifier_scores(sess, x: np.ndarray, *, num_classes: int | None = None, wh
     return z
 
 
+def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Every output of `sess` over the samples `x`, one row per sample: [N, D] float64, the outputs flattened and
+    concatenated per sample (what a task without labels targets). An output's batch axis need not be 0 (a
+    recurrent state [layers, N, H]): it is the axis that is 1 at batch 1 and n at batch n. A batch fixed at 1
+    runs one sample a run and flattens all of it; another fixed batch is read on axis 0 (`batched_outputs`)."""
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    if fixed is not None and fixed != 1:
+        return np.concatenate([np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, fixed)], 1)
+    x = np.asarray(x).astype(_NP_TYPES.get(inp.type, np.float32), copy=False)
+    if fixed == 1 or len(x) == 0:
+        return np.stack([np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in sess.run(None, {inp.name: x[i:i + 1]})])
+                         for i in range(len(x))]) if len(x) else np.zeros((0, 0))
+    one = [np.shape(o) for o in sess.run(None, {inp.name: x[:1]})]
+    axes: list[int | None] = [None] * len(one)
+    rows = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        n = len(chunk)
+        outs = sess.run(None, {inp.name: chunk})
+        flat = []
+        for k, o in enumerate(outs):
+            o = np.asarray(o, np.float64)
+            if axes[k] is None and n > 1:
+                grew = [j for j in range(o.ndim) if len(one[k]) == o.ndim and one[k][j] == 1 and o.shape[j] == n]
+                axes[k] = grew[0] if grew else 0
+            flat.append(np.moveaxis(o, axes[k] or 0, 0).reshape(n, -1))
+        rows.append(np.concatenate(flat, 1))
+    return np.concatenate(rows)
+
+
 def onnx_accuracy(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *, where: str = "",
                   num_classes: int | None = None, scores: list[np.ndarray] | None = None) -> float:
     """Top-1 accuracy (fraction 0-1) of an ONNX classifier (a path, serialized model or open session) on
@@ -110,7 +141,7 @@ def onnx_accuracy(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *,
     of FP32" reads as fidelity. With `scores` (a list), the class scores [N, classes] are appended to it."""
     sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
     if np.issubdtype(np.asarray(y).dtype, np.floating):
-        a = np.concatenate([np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, 64)], 1)
+        a = sample_rows(sess, x, 64)
         b = np.asarray(y, np.float64).reshape(len(y), -1)
         na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         return float(np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30)).mean())

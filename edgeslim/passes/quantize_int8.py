@@ -92,7 +92,7 @@ def quantize_int8(
     assert ctx.prev_onnx is not None
     oq.check_float(ctx.prev_onnx, "quantize_int8")
     calib = task.calibration(cfg.calibration_samples, ctx.seed)
-    feeds = oq.array_feeds(oq.check_calibration_input(ctx.prev_onnx, calib), calib)
+    feeds = oq.calibration_feeds(ctx.prev_onnx, calib)  # a fixed batch (one sample at a time) is fed as it is
     prev = ctx.prev_onnx
     resources.check_calibration_memory(lambda: plan_activation_arena(prev, reorder=False).naive_bytes, prev.name,
                                 "use a smaller model input", batch=min(len(calib), resources.CALIB_BATCH))

@@ -66,6 +66,8 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     write_report(ctx.stage_dir, curves, alloc)
     notes: dict = {"mode": cfg.mode, "allocation": alloc, "report": "sensitivity.md",
                    "curve_samples": min(len(task.x_val), cfg.curve_samples or len(task.x_val)), "curve_split": "val"}
+    if curves.get("not_traced"):  # layers the sample never reaches (an If branch it does not take): kept as they are
+        notes["not_traced"] = curves["not_traced"]
     if cfg.mode == "unstructured":
         apply_masks(model, magnitude_masks(model, 0.0, "layer", alloc))
         carry = {"keep_sparsity": True}

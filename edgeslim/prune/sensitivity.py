@@ -95,7 +95,13 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
         with torch_pruning_errors("sensitivity (structured)"):
             dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
             map_flattened_channels(dg)
+    skipped = []
     for name, n in candidate_layers(model, task, mode):
+        if dg is not None and model.get_submodule(name) not in dg.module2node:
+            # not on the traced path (a branch of an If the sample never takes, e.g. silero's 8 kHz branch):
+            # pruning it changes nothing the data can show, and the dependency graph has no group for it
+            skipped.append(name)
+            continue
         accs = {}
         for r in ratios:
             trial = copy.deepcopy(model)
@@ -106,7 +112,10 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
                 apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
             accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val)
         rows.append({"layer": name, "weights": n, "accuracy": accs})
-    return {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
+    out = {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
+    if skipped:
+        out["not_traced"] = skipped
+    return out
 
 
 def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:

