@@ -100,14 +100,15 @@ def drop_zero_zero_points(m: onnx.ModelProto) -> int:
 
 def share_scalars(m: onnx.ModelProto) -> int:
     """Scalar initializers (quantization scales and zero points) with the same type and value become one
-    (after the ReLU fusion many activations share zero point 0). Returns how many were merged away."""
+    (after the ReLU fusion many activations share zero point 0), shapes included: a 1-element [1] tensor (a
+    Slice's starts) and a 0-d scalar of the same value stay apart. Returns how many were merged away."""
     g = m.graph
     first: dict[tuple[int, bytes], str] = {}
     ren: dict[str, str] = {}
     for t in g.initializer:
         if len(t.dims) > 1 or (len(t.dims) == 1 and t.dims[0] != 1):
             continue
-        key = (t.data_type, numpy_helper.to_array(t).tobytes())
+        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())  # [1] is not a 0-d scalar (Slice)
         if key in first:
             ren[t.name] = first[key]
         else:
