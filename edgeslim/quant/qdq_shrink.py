@@ -103,7 +103,7 @@ def share_scalars(m: onnx.ModelProto) -> int:
     (after the ReLU fusion many activations share zero point 0), shapes included: a 1-element [1] tensor (a
     Slice's starts) and a 0-d scalar of the same value stay apart. Returns how many were merged away."""
     g = m.graph
-    first: dict[tuple[int, bytes], str] = {}
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     ren: dict[str, str] = {}
     for t in g.initializer:
         if len(t.dims) > 1 or (len(t.dims) == 1 and t.dims[0] != 1):
