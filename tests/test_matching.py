@@ -140,3 +140,33 @@ def test_unmet_budget_can_keep_the_unpruned_model(setup, tmp_path):
     res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path, teacher))
     assert len(res.notes["tries"]) == 2 and res.notes["chosen_try"] == 0 and not res.notes["budget_met"]
     assert res.model.c1.out_channels == 16 and res.notes["val_accuracy"] == pytest.approx(1.0, abs=1e-6)
+
+
+class TwoHeads(nn.Module):
+    """Two head convs whose channels are outputs, concatenated (a detector's shape); `b` runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.body(x))
+        return torch.cat([self.a(y).flatten(1), self.b(y).flatten(1)], 1)
+
+
+def test_layers_whose_channels_are_outputs_score_zero_and_are_not_pruned(tmp_path):
+    torch.manual_seed(0)
+    teacher = TwoHeads().eval()
+    x = np.random.default_rng(1).normal(size=(60, 1, 6, 6)).astype(np.float32)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return teacher(torch.from_numpy(a)).numpy()
+
+    task = teacher_task("heads", x, run, seed=0)
+    cfg = PASSES["sensitivity_prune"].config(target=0.2, mode="structured", ratios=[0.25, 0.5], max_ratio=0.5,
+                                             matching={"max_steps": 5, "eval_every": 5})
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path, teacher))
+    assert res.notes["allocation"]["a"] == 0 and res.model.a.out_channels == 4  # an output: kept whole
+    assert res.model.body.out_channels < 8
