@@ -120,7 +120,53 @@ def test_frozen_batchnorm_keeps_an_unpruned_copy_exact(setup):
 
     task = teacher_task("odd", np.concatenate([task.x_train[:80], task.x_val, task.x_test]), run, seed=0)
     cfg = Matching(max_steps=10, eval_every=10, lr=1e-3)
-    frozen = match(copy.deepcopy(odd), odd, task, cfg, quiet=True)
-    assert frozen["history"][-1]["val"] > 0.9999
-    trained = match(copy.deepcopy(odd), odd, task, cfg.model_copy(update={"bn": "train"}), quiet=True)
-    assert trained["history"][-1]["val"] < frozen["history"][-1]["val"] - 1e-3
+    exact = match(copy.deepcopy(odd), odd, task, cfg, quiet=True)
+    assert exact["steps"] == 0 and exact["stopped_by"] == "nothing to recover" and exact["val_score"] > 0.9999
+    near = copy.deepcopy(odd)
+    with torch.no_grad():
+        near.c3.weight.mul_(0.9)  # a little off the teacher: something to recover
+    before = evaluate(near, task.x_val, task.y_val)
+    frozen = match(copy.deepcopy(near), odd, task, cfg, quiet=True)
+    trained = match(copy.deepcopy(near), odd, task, cfg.model_copy(update={"bn": "train"}), quiet=True)
+    assert frozen["history"][-1]["val"] > before  # running statistics kept: training repairs
+    assert trained["history"][-1]["val"] < frozen["history"][-1]["val"] - 1e-3  # batch statistics: it breaks
+
+
+def test_unmet_budget_can_keep_the_unpruned_model(setup, tmp_path):
+    teacher, task = setup
+    cfg = PASSES["sensitivity_prune"].config(target=0.5, mode="structured", ratios=[0.25, 0.5], max_ratio=0.5,
+                                             curve_samples=8, matching={"max_steps": 5, "eval_every": 5},
+                                             max_tries=2, min_val_score=1.0, when_unmet="unpruned")
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path, teacher))
+    assert len(res.notes["tries"]) == 2 and res.notes["chosen_try"] == 0 and not res.notes["budget_met"]
+    assert res.model.c1.out_channels == 16 and res.notes["val_accuracy"] == pytest.approx(1.0, abs=1e-6)
+
+
+class TwoHeads(nn.Module):
+    """Two head convs whose channels are outputs, concatenated (a detector's shape); `b` runs last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(1, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.body(x))
+        return torch.cat([self.a(y).flatten(1), self.b(y).flatten(1)], 1)
+
+
+def test_layers_whose_channels_are_outputs_score_zero_and_are_not_pruned(tmp_path):
+    torch.manual_seed(0)
+    teacher = TwoHeads().eval()
+    x = np.random.default_rng(1).normal(size=(60, 1, 6, 6)).astype(np.float32)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return teacher(torch.from_numpy(a)).numpy()
+
+    task = teacher_task("heads", x, run, seed=0)
+    cfg = PASSES["sensitivity_prune"].config(target=0.2, mode="structured", ratios=[0.25, 0.5], max_ratio=0.5,
+                                             matching={"max_steps": 5, "eval_every": 5})
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path, teacher))
+    assert res.notes["allocation"]["a"] == 0 and res.model.a.out_channels == 4  # an output: kept whole
+    assert res.model.body.out_channels < 8

@@ -148,9 +148,10 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
     history: list[dict] = []
     t0, step, running = time.perf_counter(), 0, 0.0
     bs = min(cfg.batch_size, len(xt))
+    exact = best >= 1 - 1e-6  # the student already is the teacher on validation (e.g. nothing was pruned)
     try:
         with torch_threads(train_threads(student, task.input_shape, bs)):
-            while step < cfg.max_steps and time.perf_counter() - t0 < cfg.max_seconds:
+            while not exact and step < cfg.max_steps and time.perf_counter() - t0 < cfg.max_seconds:
                 student.train()
                 if cfg.bn == "frozen":
                     for mod in student.modules():
@@ -181,7 +182,7 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
                     running = 0.0
                     if val > best:
                         best, best_state, best_step = val, copy.deepcopy(student.state_dict()), step
-            if step % cfg.eval_every:  # the last partial stretch (a time budget ran out)
+            if step % cfg.eval_every and step:  # the last partial stretch (a time budget ran out)
                 val = evaluate(student, task.x_val, task.y_val)
                 history.append({"step": step, "val": val, "seconds": round(time.perf_counter() - t0, 1)})
                 if val > best:
@@ -194,6 +195,7 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
     seconds = time.perf_counter() - t0
     return {"val_score": best, "val_score_before": start_val, "val_split": "val", "steps": step,
             "best_step": best_step, "seconds": round(seconds, 1),
-            "stopped_by": "steps" if step >= cfg.max_steps else ("time" if seconds >= cfg.max_seconds else "loss"),
+            "stopped_by": "steps" if step >= cfg.max_steps else ("time" if seconds >= cfg.max_seconds else
+                                                                  "nothing to recover" if exact else "loss"),
             "feature_layers": feats, "augmentation": cfg.describe(), "history": history,
             "steps_per_second": round(step / max(seconds, 1e-9), 2) if not math.isclose(seconds, 0) else None}

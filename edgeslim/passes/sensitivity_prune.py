@@ -5,7 +5,8 @@ curves and the allocation come from `edgeslim.prune.sensitivity`.
 Structured mode can hold a fidelity budget: with `min_val_score`, a pruned and fine-tuned model whose
 validation score (mean cosine to the original's outputs for a task without labels, accuracy with labels) is
 below it is discarded and the per-layer ratios are scaled by `backoff` and tried again from the unpruned model,
-up to `max_tries`; the first try that meets the budget is kept, else the best-scoring try (said in the notes).
+up to `max_tries`; the first try that meets the budget is kept, else the best-scoring try or, with
+`when_unmet: unpruned`, the unpruned model (said in the notes: `budget_met`, `chosen_try` 0).
 Every figure of the choice is on the validation split; the held-out split is never read. `curve_samples`
 bounds the validation samples the curves are measured on (their cost is layers x ratios forward passes), and
 `matching` fine-tunes by function matching from the original (`distill.matching`) instead of the recipe's
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from torch import nn
@@ -30,7 +31,7 @@ from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
 from edgeslim.prune.structured import make_pruner
 from edgeslim.prune.unsupported import guarded
-from edgeslim.train import TrainConfig
+from edgeslim.train import TrainConfig, evaluate
 
 
 class SensitivityPrune(PassConfig):
@@ -45,6 +46,8 @@ class SensitivityPrune(PassConfig):
     backoff: float = Field(0.6, gt=0, lt=1, description="factor on every per-layer ratio for the next try")
     max_tries: int = Field(1, ge=1, le=6, description="structured: tries of the budget (1: no back-off)")
     matching: Matching | None = Field(None, description="fine-tune by function matching from the original")
+    when_unmet: Literal["best", "unpruned"] = Field("best", description="no try met `min_val_score`: keep the "
+                                                    "best-scoring try, or the unpruned model (fidelity first)")
 
 
 def _val_subset(task: Task, n: int | None) -> Task:
@@ -75,7 +78,7 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
         return PassResult(model, notes=notes, carry=carry, store_sparse=True)
     before = size_counts(model, task.input_shape, "before")
-    pristine = copy.deepcopy(model) if cfg.max_tries > 1 else None
+    pristine = copy.deepcopy(model) if cfg.max_tries > 1 or cfg.min_val_score is not None else None
     teacher = ctx.teacher() if cfg.matching is not None else None
     tries: list[dict] = []
     best: tuple[float, nn.Module, dict] | None = None
@@ -107,6 +110,13 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     assert best is not None
     score, chosen, row = best
     met = cfg.min_val_score is None or score >= cfg.min_val_score
+    if not met and cfg.when_unmet == "unpruned":  # fidelity first: no ratio tried keeps the budget
+        chosen = model if pristine is None else pristine
+        score = evaluate(chosen, task.x_val, task.y_val)
+        row = {"try": 0, "scale": 0.0, "val_score": score, **size_counts(chosen, task.input_shape, "after")}
+        if not ctx.quiet:
+            print(f"[sensitivity_prune] no try met the budget {cfg.min_val_score}: the unpruned model is kept "
+                  f"(val score {score:.4f})", flush=True)
     notes.update(val_accuracy=score, val_split="val", tries=tries, chosen_try=row["try"],
                  ratio_scale=row["scale"], budget=cfg.min_val_score, budget_met=met)
     if cfg.matching is not None:

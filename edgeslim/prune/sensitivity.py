@@ -87,6 +87,7 @@ def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task,
 def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: str = "unstructured") -> dict:
     """{"baseline": acc, "layers": [{"layer", "weights", "accuracy": {ratio: acc}}]} on validation data."""
     base = evaluate(model, task.x_val, task.y_val)
+    out_shape = _out_shape(model, task)
     rows = []
     dg = None
     if mode == "structured":  # one dependency graph for every layer and ratio (each trial prunes a copy)
@@ -103,6 +104,7 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
             skipped.append(name)
             continue
         accs = {}
+        fixed = False
         for r in ratios:
             trial = copy.deepcopy(model)
             if mode == "structured":
@@ -110,12 +112,22 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
                     prune_one_structured(trial, name, r, task, dg=dg, source=model)
             else:
                 apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
-            accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val)
-        rows.append({"layer": name, "weights": n, "accuracy": accs})
+            # a layer whose channels are outputs (a detector's head convs, concatenated) changes the output's
+            # shape when pruned: it scores 0, so the allocation never prunes it
+            same = _out_shape(trial, task) == out_shape
+            accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val) if same else 0.0
+            fixed = fixed or not same
+        rows.append({"layer": name, "weights": n, "accuracy": accs, **({"changes_outputs": True} if fixed else {})})
     out = {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
     if skipped:
         out["not_traced"] = skipped
     return out
+
+
+def _out_shape(model: nn.Module, task: Task) -> tuple[int, ...]:
+    """The model's output shape on two validation samples."""
+    with torch.no_grad():
+        return tuple(model.eval()(torch.from_numpy(task.x_val[:2])).shape)
 
 
 def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:
@@ -123,13 +135,18 @@ def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, 
     validation-accuracy drop (read off the interpolated, monotone curves) as small as possible."""
     grid = np.round(np.arange(0, max_ratio + 1e-9, 0.01), 2)
     drops, sizes, names = [], [], []
+    outputs = [row["layer"] for row in curves["layers"] if row.get("changes_outputs")]  # never pruned
     for row in curves["layers"]:
+        if row.get("changes_outputs"):
+            continue
         rs = [0.0] + [float(r) for r in row["accuracy"]]
         ds = [0.0] + [curves["baseline"] - a for a in row["accuracy"].values()]
         d = np.maximum.accumulate(np.interp(grid, rs, ds))  # a layer never gets easier to prune
         drops.append(d)
         sizes.append(row["weights"])
         names.append(row["layer"])
+    if not drops:  # every analysed layer's channels are outputs: nothing to prune
+        return dict.fromkeys(outputs, 0.0)
     size = np.asarray(sizes, float)
 
     def ratios_at(tol: float) -> np.ndarray:
@@ -150,7 +167,7 @@ def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, 
     overall = float((r * size).sum() / size.sum())
     if overall > target:  # layers that lose nothing up to max_ratio overshoot: scale back to the target
         r = r * (target / overall)
-    return {n: round(float(v), 4) for n, v in zip(names, r)}
+    return {**{n: round(float(v), 4) for n, v in zip(names, r)}, **dict.fromkeys(outputs, 0.0)}
 
 
 def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None = None) -> list[Path]:

@@ -104,7 +104,8 @@ def drop_zero_zero_points(m: onnx.ModelProto) -> int:
 
 def share_scalars(m: onnx.ModelProto) -> int:
     """Scalar initializers (quantization scales and zero points) with the same type and value become one
-    (after the ReLU fusion many activations share zero point 0). Returns how many were merged away."""
+    (after the ReLU fusion many activations share zero point 0), shapes included: a 1-element [1] tensor (a
+    Slice's starts) and a 0-d scalar of the same value stay apart. Returns how many were merged away."""
     g = m.graph
     first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
     ren: dict[str, str] = {}
