@@ -248,3 +248,40 @@ def test_sensitivity_trials_on_one_dependency_graph_prune_as_a_graph_per_trial(a
             assert sa.keys() == sb.keys()
             assert all(torch.equal(sa[k], sb[k]) for k in sa), (name, r)
             assert sum(v.numel() for v in sa.values()) < sum(v.numel() for v in m.state_dict().values())
+
+
+class _MeanPooled(torch.nn.Module):
+    """c2's channels are averaged away and the map added to a kept Linear's output: Torch-Pruning traces the mean
+    as element-wise, so c2's group reaches `lin`'s output channels and its pruner would skip the group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.lin, self.fc = torch.nn.Linear(64, 64), torch.nn.Linear(64, 4)
+
+    def prune_ignored(self) -> list[torch.nn.Module]:
+        return [self.lin]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c2(torch.relu(self.c1(x)))).mean(1).flatten(1)
+        return self.fc(torch.relu(y + self.lin(x.flatten(1))))
+
+
+def test_sensitivity_prune_says_which_allocated_layers_cannot_be_pruned(tiny_image_task, tmp_path, monkeypatch):
+    import edgeslim.passes.sensitivity_prune as sp
+
+    task = tiny_image_task
+    torch.manual_seed(0)
+    m = _MeanPooled()
+    train_model(m, task, TrainConfig(epochs=1), quiet=True)
+    cfg = PASSES["sensitivity_prune"].config(target=0.3, mode="structured", ratios=[0.25, 0.5], max_ratio=0.5)
+    res = PASSES["sensitivity_prune"].fn(m, task, cfg, _ctx(tmp_path, {}))
+    assert list(res.notes["not_analysed"]) == ["c2"] and "lin" in res.notes["not_analysed"]["c2"]
+    assert set(res.notes["allocation"]) == {"c1"} and "not_pruned" not in res.notes
+    assert res.model.c1.out_channels < 8 and res.notes["macs_after"] < res.notes["macs_before"]
+    # a ratio allocated to c2 anyway (not from the curves) is not applied and the notes say so
+    monkeypatch.setattr(sp, "allocate", lambda curves, target, max_ratio: {"c1": 0.25, "c2": 0.5})
+    m2 = _MeanPooled()
+    res2 = PASSES["sensitivity_prune"].fn(m2, task, cfg, _ctx(tmp_path / "b", {}))
+    assert res2.model.c2.out_channels == 8 and res2.model.c1.out_channels == 6
+    assert res2.notes["not_pruned"]["c2"]["ratio"] == 0.5 and "lin" in res2.notes["not_pruned"]["c2"]["why"]

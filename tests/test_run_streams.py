@@ -148,6 +148,10 @@ def test_gru_model_streams_through_prune_distill_int8(vad, tmp_path):
     names = [s["name"] for s in res["stages"]]
     assert names == ["baseline", "sensitivity_prune", "distill_outputs", "quantize_int8"]
     assert res["stages"][1]["macs"] < res["stages"][0]["macs"]
+    notes = res["stages"][1]["notes"]  # c2's channel group runs through the mean into the GRU and the output Linear
+    assert list(notes["not_analysed"]) == ["inner.graph.nodes._c2_Conv.conv"]
+    assert "kept whole" in notes["not_analysed"]["inner.graph.nodes._c2_Conv.conv"]
+    assert set(notes["allocation"]) == {"inner.graph.nodes._c1_Conv.conv"} and "not_pruned" not in notes
     assert res["stages"][3]["size_bytes"] < res["stages"][2]["size_bytes"]
     specs = input_specs(onnx.load(str(model)))
     feeds = load_npz_feeds(inputs, specs)

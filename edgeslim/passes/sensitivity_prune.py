@@ -11,6 +11,11 @@ Every figure of the choice is on the validation split; the held-out split is nev
 bounds the validation samples the curves are measured on (their cost is layers x ratios forward passes), and
 `matching` fine-tunes by function matching from the original (`distill.matching`) instead of the recipe's
 fine-tuning.
+
+An allocated ratio is applied or said: layers whose channel group Torch-Pruning would skip (it reaches a layer
+kept whole, `prune.structured.blocked_by`) get no curve and no ratio (notes `not_analysed`, layer -> why), and
+an allocated layer whose channels the pruner still left whole is listed in notes `not_pruned` (ratio, why);
+each is also one printed line.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
-from edgeslim.prune.structured import make_pruner
+from edgeslim.prune.structured import blocked_by, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig, evaluate
 
@@ -71,6 +76,11 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
                    "curve_samples": min(len(task.x_val), cfg.curve_samples or len(task.x_val)), "curve_split": "val"}
     if curves.get("not_traced"):  # layers the sample never reaches (an If branch it does not take): kept as they are
         notes["not_traced"] = curves["not_traced"]
+    if curves.get("skipped"):  # layers whose channel group the pruner would skip: not analysed, no ratio
+        notes["not_analysed"] = curves["skipped"]
+        if not ctx.quiet:
+            for k, w in curves["skipped"].items():
+                print(f"[sensitivity_prune] layer {k} cannot be pruned (no ratio allocated): {w}", flush=True)
     if cfg.mode == "unstructured":
         apply_masks(model, magnitude_masks(model, 0.0, "layer", alloc))
         carry = {"keep_sparsity": True}
@@ -87,7 +97,18 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         m = model if pristine is None else copy.deepcopy(pristine)  # every try starts from the unpruned model
         ratios = {k: round(min(v * scale, 0.95), 4) for k, v in alloc.items()}
         pruner, _ = make_pruner(m, task.input_shape, ratio=0.0, importance="l2", layer_ratios=ratios)  # unlisted: kept
+        counts = channel_counts(m)
+        why = {k: blocked_by(pruner.DG, m.get_submodule(k), pruner.ignored_layers) for k, v in ratios.items()
+               if int(v * counts.get(k, 0)) >= 1}
         pruner.step()
+        after = channel_counts(m)
+        missed = {k: w or "Torch-Pruning left its channels whole (its group failed the pruner's checks)"
+                  for k, w in why.items() if after.get(k) == counts.get(k)}
+        if missed:
+            notes.setdefault("not_pruned", {}).update({k: {"ratio": ratios[k], "why": w} for k, w in missed.items()})
+            for k, w in missed.items():
+                print(f"[sensitivity_prune] try {t + 1}: layer {k} allocated {ratios[k]:g} was not pruned: {w}",
+                      flush=True)
         if teacher is not None:
             assert cfg.matching is not None
             rec = match(m, teacher, task, cfg.matching, desc=f"sensitivity_prune try {t + 1}", quiet=ctx.quiet)

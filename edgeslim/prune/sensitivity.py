@@ -24,6 +24,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes, write_json, write_text
 from edgeslim.prune.masks import apply_masks, magnitude_masks, prunable
 from edgeslim.prune.structured import (
+    blocked_by,
     map_flattened_channels,
     model_ignored,
     output_layers,
@@ -35,14 +36,40 @@ Mode = Literal["unstructured", "structured"]
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def candidate_layers(model: nn.Module, task: Task, mode: str) -> list[tuple[str, int]]:
-    """(layer name, weight count) of the layers analysed; structured mode skips the output layer and the layers
+def candidate_layers(model: nn.Module, task: Task, mode: str, dg=None,
+                     skipped: dict[str, str] | None = None) -> list[tuple[str, int]]:
+    """(layer name, weight count) of the layers analysed; structured mode skips the output layer, the layers
     the model keeps whole (`prune_ignored()`: the final pruner ignores them, so a ratio allocated to them would
-    never be applied, and a trial on them may meet what the dependency graph cannot follow)."""
-    skip = ({id(m) for m in output_layers(model, task.input_shape) + model_ignored(model)} if mode == "structured"
-            else set())
+    never be applied, and a trial on them may meet what the dependency graph cannot follow), and the layers
+    whose channel group reaches a kept layer's output channels (`structured.blocked_by`: the final pruner skips
+    that group). `dg`: Torch-Pruning's dependency graph of `model` (built here when None); `skipped`, when
+    given, receives {layer: why} for the layers skipped by the group rule."""
+    if mode != "structured":
+        return [(n, w.numel()) for n, w in prunable(model)]
+    kept = output_layers(model, task.input_shape) + model_ignored(model)
+    skip = {id(m) for m in kept}
     mods = dict(model.named_modules())
-    return [(n, w.numel()) for n, w in prunable(model) if id(mods[n]) not in skip]
+    if dg is None:
+        import torch_pruning as tp
+
+        with torch_pruning_errors("sensitivity (structured)"):
+            dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
+            map_flattened_channels(dg)
+    out = []
+    for n, w in prunable(model):
+        if id(mods[n]) in skip:
+            continue
+        if mods[n] not in dg.module2node:  # off the traced path: `sensitivity_curves` lists it as not traced
+            out.append((n, w.numel()))
+            continue
+        with torch_pruning_errors(f"sensitivity (structured), layer {n}"):
+            why = blocked_by(dg, mods[n], kept)
+        if why is not None:
+            if skipped is not None:
+                skipped[n] = why
+            continue
+        out.append((n, w.numel()))
+    return out
 
 
 def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task, dg=None,
@@ -96,12 +123,13 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
         with torch_pruning_errors("sensitivity (structured)"):
             dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
             map_flattened_channels(dg)
-    skipped = []
-    for name, n in candidate_layers(model, task, mode):
+    skipped: dict[str, str] = {}
+    not_traced = []
+    for name, n in candidate_layers(model, task, mode, dg, skipped):
         if dg is not None and model.get_submodule(name) not in dg.module2node:
             # not on the traced path (a branch of an If the sample never takes, e.g. silero's 8 kHz branch):
             # pruning it changes nothing the data can show, and the dependency graph has no group for it
-            skipped.append(name)
+            not_traced.append(name)
             continue
         accs = {}
         fixed = False
@@ -119,8 +147,10 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
             fixed = fixed or not same
         rows.append({"layer": name, "weights": n, "accuracy": accs, **({"changes_outputs": True} if fixed else {})})
     out = {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
+    if not_traced:
+        out["not_traced"] = not_traced
     if skipped:
-        out["not_traced"] = skipped
+        out["skipped"] = skipped
     return out
 
 
@@ -133,6 +163,9 @@ def _out_shape(model: nn.Module, task: Task) -> tuple[int, ...]:
 def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:
     """Per-layer ratios whose weight-weighted mean reaches `target` while keeping the largest per-layer
     validation-accuracy drop (read off the interpolated, monotone curves) as small as possible."""
+    if not curves["layers"]:
+        why = "; ".join(f"{k}: {v}" for k, v in curves.get("skipped", {}).items())
+        raise EdgeslimError("sensitivity: no layer can be pruned" + (f" ({why})" if why else ""))
     grid = np.round(np.arange(0, max_ratio + 1e-9, 0.01), 2)
     drops, sizes, names = [], [], []
     outputs = [row["layer"] for row in curves["layers"] if row.get("changes_outputs")]  # never pruned

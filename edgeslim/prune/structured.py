@@ -101,6 +101,28 @@ def torch_pruning_errors(what: str = "structured pruning") -> Iterator[None]:
                             "(e.g. `edgeslim optimize`)") from e
 
 
+def blocked_by(dg, module: nn.Module, ignored: list[nn.Module]) -> str | None:  # dg: tp.DependencyGraph
+    """Why Torch-Pruning's pruner would leave `module`'s output channels whole, or None when it can prune them.
+
+    Its `MetaPruner` silently skips a group that also removes output channels of a layer it ignores: e.g. a
+    reduction over the channel axis (a mean over a conv's channels) is traced as element-wise, so the conv's
+    group runs on into a GRU's gates and the output Linear, which are kept whole. A ratio allocated to such a
+    layer would never be applied."""
+    pruner = dg.get_pruner_of_module(module)
+    n = pruner.get_out_channels(module) if pruner is not None else None
+    if n is None:
+        return "Torch-Pruning has no output-channel pruner for it"
+    group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+    names = {id(m): k for k, m in dg.model.named_modules()}
+    keep = {id(m) for m in list(ignored) + list(dg.IGNORED_LAYERS_IN_TRACING)}
+    for dep, _ in group:
+        target = dep.target.module
+        if target is not module and id(target) in keep and dg.is_out_channel_pruning_fn(dep.handler):
+            return (f"its channel group reaches the output channels of {names.get(id(target), type(target).__name__)}, "
+                    "which is kept whole (output, Linear/recurrent or unfollowable layer)")
+    return None
+
+
 def map_flattened_channels(dg) -> int:  # dg: tp.DependencyGraph
     """Give Torch-Pruning's reshape nodes the channel -> feature mapping its own pass leaves out; returns how many.
 
