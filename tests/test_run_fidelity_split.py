@@ -31,9 +31,9 @@ def test_calibration_never_sees_a_test_row_and_fidelity_is_on_test(tmp_path: Pat
     seen: list[np.ndarray] = []  # every array the quantizer's calibration feeds were cut from
     real = oq.array_feeds
 
-    def recording(name: str, x: np.ndarray, batch: int = 16) -> list:
+    def recording(name: str, x: np.ndarray, batch: int = 16, **kw) -> list:
         seen.append(np.array(x, copy=True))
-        return real(name, x, batch)
+        return real(name, x, batch, **kw)
 
     monkeypatch.setattr(oq, "array_feeds", recording)
     res = run_recipe(parse_recipe(INT8), base, task, tmp_path / "run", quiet=True, report=False)

@@ -68,9 +68,14 @@ def structure_errors(pass_name: str, stage: str, model: nn.Module | None) -> Ite
     """Turn a structural failure inside the block into one EdgeslimError line (module docstring)."""
     try:
         yield
-    except (EdgeslimError, KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
+    except (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError):
         raise
-    except Exception as e:
+    except Exception as err:
+        e: BaseException = err
+        if isinstance(err, EdgeslimError):  # `prune.structured.torch_pruning_errors` already made it one line:
+            if err.__cause__ is None:        # named again here with the pass, the stage and the layer
+                raise
+            e = err.__cause__
         if model is None or not structural(e, model):
             raise
         at = failing_layer(e, model)
@@ -78,7 +83,8 @@ def structure_errors(pass_name: str, stage: str, model: nn.Module | None) -> Ite
         keep = f"keep it with layer_ratios: {{{at[0]}: 0}}, or " if at else ""
         raise EdgeslimError(
             f"{pass_name} (stage {stage or '?'}): structured pruning cannot handle this model's structure{where} "
-            f"({_first_line(e)}); {keep}use a recipe without structured pruning, or edgeslim optimize "
+            f"({_first_line(e)}); {keep}use unstructured pruning (magnitude_prune), a recipe without structured "
+            "pruning, or edgeslim optimize "
             "(post-training, no pruning)") from None
 
 
