@@ -33,15 +33,13 @@ class ExportOptions(BaseModel):
     trust_pickle: bool = False
 
     def __repr__(self) -> str:  # short: only what differs from the defaults
-        show = {k: v for k, v in self if v != type(self).model_fields[k].default}
-        return f"ExportOptions({', '.join(f'{k}={v!r}' for k, v in show.items())})"
+        from edgeslim.configs import short_repr
+
+        return short_repr(self)
 
 
 def export_options(options: ExportOptions | None, fields: dict[str, Any]) -> ExportOptions:
     """`options` with `fields` (ExportOptions field names) applied on top; a bad one is one `EdgeslimError` line."""
-    from edgeslim.configs import build_config
+    from edgeslim.configs import with_fields
 
-    if not fields:
-        return options or ExportOptions()
-    base = dict(options) if options is not None else {}
-    return build_config(ExportOptions, "export", **{**base, **fields})
+    return with_fields(ExportOptions, "export", options, fields)

@@ -56,15 +56,13 @@ class RunOptions(BaseModel):
         return use(self.accelerator) if self.accelerator is not None else nullcontext()
 
     def __repr__(self) -> str:  # short: only what differs from the defaults
-        show = {k: v for k, v in self if v != type(self).model_fields[k].default}
-        return f"RunOptions({', '.join(f'{k}={v!r}' for k, v in show.items())})"
+        from edgeslim.configs import short_repr
+
+        return short_repr(self)
 
 
 def run_options(options: RunOptions | None, fields: dict[str, Any]) -> RunOptions:
     """`options` with `fields` (RunOptions field names) applied on top; a bad one is one `EdgeslimError` line."""
-    from edgeslim.configs import build_config
+    from edgeslim.configs import with_fields
 
-    if not fields:
-        return options or RunOptions()
-    base = dict(options) if options is not None else {}
-    return build_config(RunOptions, "run", **{**base, **fields})
+    return with_fields(RunOptions, "run", options, fields)
