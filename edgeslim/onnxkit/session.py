@@ -28,6 +28,15 @@ def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  #
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises several private exception types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "topologically sorted" in msg and isinstance(model, bytes):
+            # a rewrite beside an `If` left a node before what its subgraph reads from outside: sorted, retried
+            import onnx
+
+            from edgeslim.untrusted import sort_topologically
+
+            m = onnx.load_from_string(model)
+            if sort_topologically(m.graph):
+                return session(m.SerializeToString(), threads, level)
         raise EdgeslimError(f"{where}: ONNX Runtime cannot load the model ({msg})") from None
 
 
