@@ -216,13 +216,18 @@ def job_deep(ctx: Ctx) -> Job:
     tool = "torch.nn.utils.prune global L1 90% + ONNX Runtime quantize_dynamic"
     row = _pruned(ctx, job, tool, base, task, lambda n: pt.torch_global_l1(n, 0.9), budget,
                   post=lambda src, dst: pt.ort_dynamic(src, dst))
+    add_gzip_row(job, tool, row)
+    return job
+
+
+def add_gzip_row(job: Job, tool: str, row: Row) -> None:
+    """The peer's file stored gzip -9 as one more row (same ONNX, its wall time plus the compression's)."""
     if row.reason is None and row.onnx is not None:
         gz = row.onnx.with_suffix(".onnx.gz")
         t0 = time.perf_counter()
         gz.write_bytes(gzip.compress(row.onnx.read_bytes(), 9))
         job.add(Row(tool + " + gzip -9", "peer", onnx=row.onnx, stored=gz,
                     wall_s=(row.wall_s or 0) + time.perf_counter() - t0, note="stored gzip-compressed"))
-    return job
 
 
 def job_thirdparty(ctx: Ctx, src: Path) -> Job:

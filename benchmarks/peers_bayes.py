@@ -12,13 +12,11 @@ tool's own format (edgeslim: the `.eshare` file `edgeslim unpack` reads).
 
 from __future__ import annotations
 
-import gzip
 import json
-import time
 from pathlib import Path
 
 import peers_tools as pt
-from peers_measure import Job, Row
+from peers_measure import Job
 
 from edgeslim import models
 
@@ -38,7 +36,7 @@ def _learnt_sparsity(run_dir: Path) -> float | None:
 
 def job_bayes(ctx) -> Job:  # noqa: ANN001 - peers.Ctx (imported lazily: peers imports this module)
     """edgeslim's bayesian-compression recipe vs torch.nn.utils.prune global L1 (+ int8 weights, gzip)."""
-    from peers import _pruned, edgeslim_row, finetune_budget, reference_row
+    from peers import _pruned, add_gzip_row, edgeslim_row, finetune_budget, reference_row
 
     task = ctx.task(TASK)
     job = Job("bayes-lenet300", "Bayesian compression (learnt sparsity + posterior bits + entropy code), lenet300 "
@@ -58,10 +56,5 @@ def job_bayes(ctx) -> Job:  # noqa: ANN001 - peers.Ctx (imported lazily: peers i
                       post=lambda src, dst: pt.ort_dynamic(src, dst))
         if amount != 0.9:
             row.note += "; sparsity = edgeslim's learnt sparsity"
-        if row.reason is None and row.onnx is not None:
-            gz = row.onnx.with_suffix(".onnx.gz")
-            t0 = time.perf_counter()
-            gz.write_bytes(gzip.compress(row.onnx.read_bytes(), 9))
-            job.add(Row(tool + " + gzip -9", "peer", onnx=row.onnx, stored=gz,
-                        wall_s=(row.wall_s or 0) + time.perf_counter() - t0, note="stored gzip-compressed"))
+        add_gzip_row(job, tool, row)
     return job
