@@ -14,19 +14,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 from reliability_helpers import main_inproc
+from test_run_inputs import FAST  # the same small prune -> distil -> INT8 recipe
 from torch import nn
 
 from edgeslim.data.unlabelled import split_blocks
 from edgeslim.onnxkit.inputs import input_specs, load_npz_feeds
 from edgeslim.run.streams import decisions_changed, probe_layout, state_pairs, stream_fidelity
-
-FAST = """version: 1
-finetune: {epochs: 2, lr: 0.0005, batch_size: 32}
-passes:
-  - sensitivity_prune: {target: 0.4, mode: structured, max_ratio: 0.6, ratios: [0.25, 0.5]}
-  - distill_outputs: {train: {epochs: 2, lr: 0.0002, batch_size: 32}}
-  - quantize_int8: {}
-"""
 
 
 def _leaky(path: Path, offset: float) -> Path:
