@@ -33,6 +33,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
+from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
 from edgeslim.prune.structured import blocked_by, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
@@ -51,6 +52,8 @@ class SensitivityPrune(PassConfig):
     backoff: float = Field(0.6, gt=0, lt=1, description="factor on every per-layer ratio for the next try")
     max_tries: int = Field(1, ge=1, le=6, description="structured: tries of the budget (1: no back-off)")
     matching: Matching | None = Field(None, description="fine-tune by function matching from the original")
+    reconstruct: Reconstruct | None = Field(None, description="structured: refit the dense layers after each "
+                                            "prune to the original's layer outputs (least squares, no labels)")
     when_unmet: Literal["best", "unpruned"] = Field("best", description="no try met `min_val_score`: keep the "
                                                     "best-scoring try, or the unpruned model (fidelity first)")
 
@@ -88,7 +91,8 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         notes.update(weight_sparsity=round(weight_sparsity(model), 4), val_accuracy=hist["val_accuracy"])
         return PassResult(model, notes=notes, carry=carry, store_sparse=True)
     before = size_counts(model, task.input_shape, "before")
-    pristine = copy.deepcopy(model) if cfg.max_tries > 1 or cfg.min_val_score is not None else None
+    keep_copy = cfg.max_tries > 1 or cfg.min_val_score is not None or cfg.reconstruct is not None
+    pristine = copy.deepcopy(model) if keep_copy else None
     teacher = ctx.teacher() if cfg.matching is not None else None
     tries: list[dict] = []
     best: tuple[float, nn.Module, dict] | None = None
@@ -100,7 +104,7 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         counts = channel_counts(m)
         why = {k: blocked_by(pruner.DG, m.get_submodule(k), pruner.ignored_layers) for k, v in ratios.items()
                if int(v * counts.get(k, 0)) >= 1}
-        pruner.step()
+        kept = prune_recording(pruner, m) if cfg.reconstruct is not None else pruner.step()
         after = channel_counts(m)
         missed = {k: w or "Torch-Pruning left its channels whole (its group failed the pruner's checks)"
                   for k, w in why.items() if after.get(k) == counts.get(k)}
@@ -109,6 +113,16 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
             for k, w in missed.items():
                 print(f"[sensitivity_prune] try {t + 1}: layer {k} allocated {ratios[k]:g} was not pruned: {w}",
                       flush=True)
+        recon = None
+        if cfg.reconstruct is not None and kept:
+            assert pristine is not None
+            rc = cfg.reconstruct
+            recon = reconstruct(m, pristine, kept, task.x_train[:rc.samples], batch_size=rc.batch_size,
+                                rows_per_call=rc.rows_per_call, alpha=rc.alpha, max_seconds=rc.max_seconds, seed=ctx.seed)
+            if not ctx.quiet:
+                print(f"[sensitivity_prune] try {t + 1}: reconstruction refitted {len(recon['refitted'])} of "
+                      f"{recon['layers']} layers in {recon['seconds']:.1f} s (layer error "
+                      f"{recon['rel_error_before']} -> {recon['rel_error_after']} on held-out rows)", flush=True)
         if teacher is not None:
             assert cfg.matching is not None
             rec = match(m, teacher, task, cfg.matching, desc=f"sensitivity_prune try {t + 1}", quiet=ctx.quiet)
@@ -116,6 +130,9 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         else:
             hist = ctx.finetune_model(m, task, cfg.finetune, desc="sensitivity_prune")
             score, extra = hist["val_accuracy"], {"epochs": hist["epochs"]}
+        if recon is not None:
+            extra["reconstruction"] = {k: v for k, v in recon.items() if k not in ("refitted", "kept_pruned")} | {
+                "refitted": len(recon["refitted"]), "kept_pruned": len(recon["kept_pruned"])}
         row = {"try": t + 1, "scale": round(scale, 4), "val_score": score,
                **size_counts(m, task.input_shape, "after"), **extra}
         tries.append(row)

@@ -4,6 +4,7 @@ latency drop for real (`edgeslim.prune.structured` holds the pruner set-up)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -13,6 +14,7 @@ from edgeslim.data import Task
 from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import Schedule
+from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
 from edgeslim.prune.structured import Importance, accumulate_gradients, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig, evaluate
@@ -28,6 +30,8 @@ class StructuredPrune(PassConfig):
     round_to: int | None = Field(None, ge=1, description="keep channel counts a multiple of this")
     layer_ratios: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = None  # module path -> ratio (e.g. from sensitivity analysis)
     finetune: TrainConfig | None = None  # per round; default: the recipe's finetune block
+    reconstruct: Reconstruct | None = Field(None, description="after each round, refit the dense layers to the "
+                                            "unpruned layers' outputs on training inputs (least squares, no labels)")
 
     @model_validator(mode="before")
     @classmethod
@@ -53,12 +57,21 @@ def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, 
     for i in range(steps):
         if cfg.importance == "taylor":
             accumulate_gradients(model, task, cfg.calibration_batches, seed=ctx.seed + i)
-        pruner.step()
+        rc = cfg.reconstruct
+        unpruned = copy.deepcopy(model) if rc is not None else None
+        kept = prune_recording(pruner, model) if rc is not None else pruner.step()
         model.zero_grad(set_to_none=True)
         acc_pruned = evaluate(model, task.x_val, task.y_val)
+        row: dict[str, Any] = {"val_accuracy_pruned": acc_pruned}
+        if rc is not None and unpruned is not None:
+            rec = reconstruct(model, unpruned, kept, task.x_train[:rc.samples], batch_size=rc.batch_size,
+                              rows_per_call=rc.rows_per_call, alpha=rc.alpha, max_seconds=rc.max_seconds, seed=ctx.seed)
+            row["reconstruction"] = {k: v for k, v in rec.items() if k not in ("refitted", "kept_pruned")} | {
+                "refitted": len(rec["refitted"]), "kept_pruned": len(rec["kept_pruned"]),
+                "val_accuracy": evaluate(model, task.x_val, task.y_val)}
+            del unpruned
         hist = ctx.finetune_model(model, task, cfg.finetune, desc=f"structured_prune r{i + 1}")
-        rounds.append({"val_accuracy_pruned": acc_pruned, "val_accuracy": hist["val_accuracy"],
-                       "params": sum(p.numel() for p in model.parameters())})
+        rounds.append({**row, "val_accuracy": hist["val_accuracy"], "params": sum(p.numel() for p in model.parameters())})
     ch_after = channel_counts(model)
     notes = {
         "importance": cfg.importance, "val_accuracy": rounds[-1]["val_accuracy"], "rounds": rounds,
