@@ -14,7 +14,7 @@ from torch import nn
 from edgeslim.data.unlabelled import teacher_task
 from edgeslim.passes import PASSES
 from edgeslim.passes.base import RunContext
-from edgeslim.prune.reconstruct import prune_recording, reconstruct
+from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
 from edgeslim.prune.structured import make_pruner
 from edgeslim.train import TrainConfig, evaluate
 
@@ -79,7 +79,7 @@ def test_refit_lowers_the_error_to_the_original_without_labels(setup):
     kept = prune_recording(pruner, s)
     before = _err(s, teacher, task.x_val)
     dw = s.dw.weight.detach().clone()
-    rec = reconstruct(s, teacher, kept, task.x_train[:48], rows_per_call=128)
+    rec = reconstruct(s, teacher, kept, task.x_train, Reconstruct(samples=48, rows_per_call=128))
     after = _err(s, teacher, task.x_val)  # validation samples: not used by the fit
     assert rec["layers"] == 5 and rec["refitted"] and set(rec["refitted"]) <= {"c2", "p1", "p2", "t", "fc"}
     assert "c1" not in rec["refitted"]  # its inputs were not pruned: exact already
@@ -89,7 +89,7 @@ def test_refit_lowers_the_error_to_the_original_without_labels(setup):
     again = copy.deepcopy(teacher)
     pruner, _ = make_pruner(again, task.input_shape, ratio=0.5)
     k2 = prune_recording(pruner, again)
-    r2 = reconstruct(again, teacher, k2, task.x_train[:48], rows_per_call=128)
+    r2 = reconstruct(again, teacher, k2, task.x_train, Reconstruct(samples=48, rows_per_call=128))
     assert r2["refitted"] == rec["refitted"] and torch.equal(again.t.weight, s.t.weight)  # seeded: same fit
     none = reconstruct(copy.deepcopy(teacher), teacher, {}, task.x_train[:8])
     assert none["layers"] == 0 and none["refitted"] == []
@@ -100,7 +100,7 @@ def test_time_budget_stops_between_layers(setup):
     s = copy.deepcopy(teacher)
     pruner, _ = make_pruner(s, task.input_shape, ratio=0.5)
     kept = prune_recording(pruner, s)
-    rec = reconstruct(s, teacher, kept, task.x_train[:16], max_seconds=1e-9)
+    rec = reconstruct(s, teacher, kept, task.x_train, Reconstruct(samples=16, max_seconds=1e-9))
     assert rec["stopped_by_time"] and rec["refitted"] == []
 
 

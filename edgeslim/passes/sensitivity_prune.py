@@ -117,8 +117,7 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         if cfg.reconstruct is not None and kept:
             assert pristine is not None
             rc = cfg.reconstruct
-            recon = reconstruct(m, pristine, kept, task.x_train[:rc.samples], batch_size=rc.batch_size,
-                                rows_per_call=rc.rows_per_call, alpha=rc.alpha, max_seconds=rc.max_seconds, seed=ctx.seed)
+            recon = reconstruct(m, pristine, kept, task.x_train, rc, seed=ctx.seed)
             if not ctx.quiet:
                 print(f"[sensitivity_prune] try {t + 1}: reconstruction refitted {len(recon['refitted'])} of "
                       f"{recon['layers']} layers in {recon['seconds']:.1f} s (layer error "

@@ -64,8 +64,7 @@ def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, 
         acc_pruned = evaluate(model, task.x_val, task.y_val)
         row: dict[str, Any] = {"val_accuracy_pruned": acc_pruned}
         if rc is not None and unpruned is not None:
-            rec = reconstruct(model, unpruned, kept, task.x_train[:rc.samples], batch_size=rc.batch_size,
-                              rows_per_call=rc.rows_per_call, alpha=rc.alpha, max_seconds=rc.max_seconds, seed=ctx.seed)
+            rec = reconstruct(model, unpruned, kept, task.x_train, rc, seed=ctx.seed)
             row["reconstruction"] = {k: v for k, v in rec.items() if k not in ("refitted", "kept_pruned")} | {
                 "refitted": len(rec["refitted"]), "kept_pruned": len(rec["kept_pruned"]),
                 "val_accuracy": evaluate(model, task.x_val, task.y_val)}

@@ -43,8 +43,9 @@ class Reconstruct(BaseModel):
 
     samples: int = Field(64, ge=1, description="training-split samples the layers are refitted on")
     rows_per_call: int = Field(512, ge=8, description="output positions sampled per layer call and batch")
-    alpha: float = Field(1e-3, ge=0, description="ridge weight towards the pruned weights, relative to the "
-                         "mean diagonal of A'A")
+    alphas: tuple[float, ...] = Field((1e-3, 1e-2, 1e-1, 1.0), min_length=1, description="ridge weights towards "
+                                      "the pruned weights, relative to the mean diagonal of A'A; per layer the one "
+                                      "with the lowest error on the held-out rows is kept")
     max_seconds: float = Field(300.0, gt=0, description="time budget; layers not reached keep their weights")
     batch_size: int = Field(8, ge=1)
 
@@ -163,6 +164,35 @@ def _with_ones(a: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1) if bias else a
 
 
+def _solve(acc: _Acc, w0: torch.Tensor, alphas: tuple[float, ...]) -> tuple[torch.Tensor | None, float, float]:
+    """The ridge solution (towards `w0`) with the lowest relative error on the held-out rows, with that error and
+    `w0`'s; None when no alpha beats `w0` there (or there are no held-out rows to tell)."""
+    assert acc.g is not None and acc.h is not None
+    if not acc.check:
+        return None, 1.0, 1.0
+    a = torch.cat([c[0] for c in acc.check])
+    y = torch.cat([c[1] for c in acc.check])
+    scale = float((y ** 2).sum()) + 1e-30
+
+    def err(w: torch.Tensor) -> float:
+        return float(((a @ w - y) ** 2).sum()) / scale
+
+    before = err(w0)
+    best: tuple[float, torch.Tensor | None] = (before, None)
+    eye = torch.eye(acc.g.shape[0], dtype=acc.g.dtype)
+    diag = float(torch.diagonal(acc.g).mean()) + 1e-12
+    for alpha in alphas:
+        lam = alpha * diag
+        try:
+            w = torch.linalg.solve(acc.g + lam * eye, acc.h + lam * w0)
+        except RuntimeError:  # singular even with the ridge
+            continue
+        e = err(w)
+        if e < best[0]:
+            best = (e, w)
+    return best[1], before, best[0]
+
+
 def _accumulate(student: nn.Module, mod: nn.Module, xb: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]],
                 acc: _Acc, gen: torch.Generator) -> None:
     """Run `student` on the batch `xb` up to the last call of `mod` and add its input rows at the positions the
@@ -195,14 +225,15 @@ def _forward(model: nn.Module, x: torch.Tensor) -> None:
         pass
 
 
-def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarray, *, batch_size: int = 8,
-                rows_per_call: int = 256, alpha: float = 1e-3, seed: int = 0,
-                max_seconds: float | None = None) -> dict:
+def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarray, cfg: Reconstruct | None = None,
+                seed: int = 0) -> dict:
     """Refit the dense layers of the pruned `student` to the original `teacher`'s layer outputs on samples `x`
-    (model inputs, samples on axis 0), one layer at a time in execution order. Returns the record: layers
-    refitted / kept as pruned, the mean relative layer error before and after on held-out rows, seconds.
-    `alpha`: ridge weight relative to the mean diagonal of A'A; `rows_per_call`: positions sampled per layer
-    call and batch; `max_seconds`: stop between layers when spent (the layers done stay fitted)."""
+    (model inputs, samples on axis 0; the first `cfg.samples` are used), one layer at a time in execution order.
+    Returns the record: layers refitted / kept as pruned, the mean relative layer error before and after on
+    held-out rows, seconds. Stops between layers when `cfg.max_seconds` is spent (the layers done stay fitted)."""
+    cfg = cfg or Reconstruct()
+    x = x[:cfg.samples]
+    batch_size, rows_per_call = cfg.batch_size, cfg.rows_per_call
     t0 = time.monotonic()
     empty = {"layers": 0, "refitted": [], "kept_pruned": [], "samples": len(x), "seconds": 0.0}
     if not kept or len(x) == 0:
@@ -247,7 +278,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarra
     err_after: list[float] = []
     stopped = False
     for n in layers:
-        if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+        if time.monotonic() - t0 > cfg.max_seconds:
             stopped = True
             break
         acc, mod = _Acc(), smods[n]
@@ -255,23 +286,8 @@ def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarra
             _accumulate(student, mod, xb, cache.get((n, b), []), acc, gen)
         if acc.g is None or acc.h is None:
             continue
-        w0m = _weight_matrix(mod)
-        d = acc.g.shape[0]
-        lam = alpha * float(torch.diagonal(acc.g).mean()) + 1e-12
-        try:
-            w = torch.linalg.solve(acc.g + lam * torch.eye(d, dtype=acc.g.dtype), acc.h + lam * w0m)
-        except RuntimeError:  # singular even with the ridge: keep the pruned weights
-            unchanged.append(n)
-            continue
-        if acc.check:
-            a = torch.cat([c[0] for c in acc.check])
-            y = torch.cat([c[1] for c in acc.check])
-            scale = float((y ** 2).sum()) + 1e-30
-            before = float(((a @ w0m - y) ** 2).sum()) / scale
-            after = float(((a @ w - y) ** 2).sum()) / scale
-        else:
-            before, after = 1.0, 0.0
-        if after < before:
+        w, before, after = _solve(acc, _weight_matrix(mod), cfg.alphas)
+        if w is not None:
             _set_weights(mod, w)
             refitted.append(n)
             err_before.append(before)
