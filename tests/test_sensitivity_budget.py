@@ -93,7 +93,7 @@ def test_budget_orders_trials_and_lists_the_unmeasured(tiny_image_task, monkeypa
     monkeypatch.setattr(sens, "time", _Clock())
     part = sensitivity_curves(m, task, [0.3, 0.6, 0.9], "unstructured", max_seconds=2.5)
     assert [r["layer"] for r in part["layers"]] == ["fc1", "fc2"] and part["not_measured"] == ["fc3"]
-    assert [r["weights"] for r in part["layers"]] == [19200, 30000]
+    assert [r["weights"] for r in part["layers"]] == [19200, 30000] and part["not_measured_weights"] == 400
     alloc = allocate(part, 0.5)
     assert alloc["fc3"] == 0.0
     assert (alloc["fc1"] * 19200 + alloc["fc2"] * 30000) / 49200 == pytest.approx(0.5, abs=0.01)

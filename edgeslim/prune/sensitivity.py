@@ -31,7 +31,7 @@ from edgeslim.prune.structured import (
     output_layers,
     torch_pruning_errors,
 )
-from edgeslim.train import evaluate
+from edgeslim.train import predict, score_outputs
 
 Mode = Literal["unstructured", "structured"]
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -128,11 +128,12 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
     analysis, graph and baseline included; None: no limit) runs out: every layer at one ratio first (the
     middle of `ratios`), largest layer (weights) first since it matters most, then the other ratios, each the
     one farthest from those measured (0 included), again largest layer first. A layer with no trial when time
-    ran out is listed in `not_measured` (`allocate` gives it 0); a layer with some ratios missing keeps only
-    those measured. `stopped_by_budget` says whether the budget cut the trials short."""
+    ran out is listed in `not_measured` (`allocate` gives it 0; `not_measured_weights`: their weight count); a
+    layer with some ratios missing keeps only those measured. `seconds`: the analysis' wall time;
+    `stopped_by_budget`: whether the budget cut the trials short."""
     t0 = time.perf_counter()
-    base = evaluate(model, task.x_val, task.y_val, batch=CURVE_BATCH)
-    out_shape = _out_shape(model, task)
+    ref = predict(model, task.x_val, CURVE_BATCH)
+    base, out_shape = score_outputs(model, ref, task.x_val, task.y_val), ref.shape
     dg = None
     if mode == "structured":  # one dependency graph for every layer and ratio (each trial prunes a copy)
         import torch_pruning as tp
@@ -168,8 +169,9 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
                 changed = {name}
             # a layer whose channels are outputs (a detector's head convs, concatenated) changes the output's
             # shape when pruned: it scores 0, so the allocation never prunes it
-            same = _out_shape(trial, task) == out_shape
-            accs[name][f"{r:g}"] = evaluate(trial, task.x_val, task.y_val, batch=CURVE_BATCH) if same else 0.0
+            got = predict(trial, task.x_val, CURVE_BATCH)
+            same = got.shape == out_shape
+            accs[name][f"{r:g}"] = score_outputs(trial, got, task.x_val, task.y_val) if same else 0.0
             if not same:
                 fixed.add(name)
             trials.done(changed)
@@ -182,9 +184,10 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
            "seconds": round(time.perf_counter() - t0, 2), "stopped_by_budget": stopped}
     if max_seconds is not None:
         out["max_seconds"] = max_seconds
-    not_measured = [name for name, _ in layers if not accs[name]]
+    not_measured = [(name, n) for name, n in layers if not accs[name]]
     if not_measured:
-        out["not_measured"] = not_measured
+        out["not_measured"] = [name for name, _ in not_measured]
+        out["not_measured_weights"] = sum(n for _, n in not_measured)  # of sum(weights) over rows + these
     if not_traced:
         out["not_traced"] = not_traced
     if skipped:
@@ -232,12 +235,6 @@ class _Trials:
             mod = self.model.get_submodule(n)
             mod.__dict__.clear()
             mod.__dict__.update(fresh.__dict__)
-
-
-def _out_shape(model: nn.Module, task: Task) -> tuple[int, ...]:
-    """The model's output shape on two validation samples."""
-    with torch.no_grad():
-        return tuple(model.eval()(torch.from_numpy(task.x_val[:2])).shape)
 
 
 def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:
