@@ -116,10 +116,15 @@ def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
     """Top-1 accuracy as a fraction 0-1 (for reconstruction models: minus the mean squared error; for float
-    targets, a task without labels: the mean cosine to the teacher's outputs, `teacher_cosine`)."""
-    out = predict(model, x)
+    targets, a task without labels: the mean cosine to the teacher's outputs, `teacher_cosine`). `batch`: samples
+    per forward pass (peak memory follows it)."""
+    return score_outputs(model, predict(model, x, batch), x, y)
+
+
+def score_outputs(model: nn.Module, out: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """`evaluate`'s figure from `model`'s outputs `out` on `x`, already computed."""
     if is_reconstruction(model):
         return -float(((out - x) ** 2).mean())
     if np.issubdtype(np.asarray(y).dtype, np.floating):  # teacher targets: mean per-sample cosine, 0-1 (1: same)

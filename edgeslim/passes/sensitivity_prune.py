@@ -47,6 +47,8 @@ class SensitivityPrune(PassConfig):
     max_ratio: float = Field(0.95, gt=0, lt=1)
     finetune: TrainConfig | None = None
     curve_samples: int | None = Field(None, ge=2, description="validation samples the curves use (default: all)")
+    curve_seconds: float | None = Field(None, ge=0, description="wall seconds the curves may take (default: no "
+                                        "limit); layers not measured in time get no ratio (notes `not_measured`)")
     min_val_score: float | None = Field(None, gt=0, le=1, description="structured: the fidelity budget on the "
                                         "validation split after fine-tuning; below it the ratios back off")
     backoff: float = Field(0.6, gt=0, lt=1, description="factor on every per-layer ratio for the next try")
@@ -72,11 +74,19 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     assert model is not None
     if any(not 0 < r < 1 for r in cfg.ratios):
         raise EdgeslimError(f"sensitivity_prune: ratios must lie in (0, 1), got {cfg.ratios}")
-    curves = sensitivity_curves(model, _val_subset(task, cfg.curve_samples), sorted(cfg.ratios), cfg.mode)
+    curves = sensitivity_curves(model, _val_subset(task, cfg.curve_samples), sorted(cfg.ratios), cfg.mode,
+                                max_seconds=cfg.curve_seconds)
     alloc = allocate(curves, cfg.target, cfg.max_ratio)
     write_report(ctx.stage_dir, curves, alloc)
     notes: dict = {"mode": cfg.mode, "allocation": alloc, "report": "sensitivity.md",
-                   "curve_samples": min(len(task.x_val), cfg.curve_samples or len(task.x_val)), "curve_split": "val"}
+                   "curve_samples": min(len(task.x_val), cfg.curve_samples or len(task.x_val)), "curve_split": "val",
+                   "curve_time_s": curves["seconds"], "curve_budget_s": cfg.curve_seconds,
+                   "curve_budget_stopped": curves["stopped_by_budget"]}
+    if curves.get("not_measured"):  # the curves' time budget ran out before these layers' first trial: no ratio
+        notes["not_measured"] = curves["not_measured"]
+        if not ctx.quiet:
+            print(f"[sensitivity_prune] {len(curves['not_measured'])} layer(s) not measured within curve_seconds "
+                  f"{cfg.curve_seconds:g} s: no ratio allocated to them", flush=True)
     if curves.get("not_traced"):  # layers the sample never reaches (an If branch it does not take): kept as they are
         notes["not_traced"] = curves["not_traced"]
     if curves.get("skipped"):  # layers whose channel group the pruner would skip: not analysed, no ratio

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +31,7 @@ from edgeslim.prune.structured import (
     output_layers,
     torch_pruning_errors,
 )
-from edgeslim.train import evaluate
+from edgeslim.train import predict, score_outputs
 
 Mode = Literal["unstructured", "structured"]
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -73,8 +74,10 @@ def candidate_layers(model: nn.Module, task: Task, mode: str, dg=None,
 
 
 def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task, dg=None,
-                         source: nn.Module | None = None) -> None:
-    """Remove `ratio` of one layer's output channels (lowest L2 norm) and whatever depends on them.
+                         source: nn.Module | None = None) -> set[str] | None:
+    """Remove `ratio` of one layer's output channels (lowest L2 norm) and whatever depends on them. Returns the
+    names of the modules it changed, or None when they are not known (the group was pruned on a graph of
+    `model` itself).
 
     `dg`: Torch-Pruning's dependency graph of `source`, of which `model` is an unpruned copy (built once for many
     trials: tracing a real model for every layer and ratio is what makes sensitivity slow); the group is found on
@@ -89,14 +92,14 @@ def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task,
     w = mod.get_parameter("weight").detach()
     k = int(ratio * w.shape[0])
     if k <= 0 or k >= w.shape[0]:
-        return
+        return set()
     idxs = w.reshape(w.shape[0], -1).norm(dim=1).argsort()[:k].tolist()
     group = dg.get_pruning_group(mod, dg.get_pruner_of_module(mod).prune_out_channels, idxs=idxs)
     if not dg.check_pruning_group(group):
-        return
+        return set()
     if source is model:
         group.prune()
-        return
+        return None
     names = {id(m): n for n, m in source.named_modules()}
     plan = []
     for dep, ix in group:
@@ -105,17 +108,32 @@ def prune_one_structured(model: nn.Module, layer: str, ratio: float, task: Task,
             plan.append((names[id(target)], dep.handler, list(ix)))
         elif dep.target.type == tp.ops.OPTYPE.PARAMETER:  # a bare parameter: prune on the copy's own graph
             prune_one_structured(model, layer, ratio, task)
-            return
+            return None
         # else a graph-only op (concat, split, reshape): its bookkeeping lives in the graph, nothing to prune
     for name, handler, ix in plan:
         handler(model.get_submodule(name), ix)
+    return {name for name, _, _ in plan}
 
 
-def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: str = "unstructured") -> dict:
-    """{"baseline": acc, "layers": [{"layer", "weights", "accuracy": {ratio: acc}}]} on validation data."""
-    base = evaluate(model, task.x_val, task.y_val)
-    out_shape = _out_shape(model, task)
-    rows = []
+CURVE_BATCH = 32  # samples a trial's forward pass takes at once: memory follows it, not the number of samples
+
+
+def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: str = "unstructured",
+                       max_seconds: float | None = None) -> dict:
+    """{"baseline": acc, "layers": [{"layer", "weights", "accuracy": {ratio: acc}}], "seconds", ...} on
+    validation data, one trial (a copy with one layer pruned, evaluated in batches of `CURVE_BATCH`) per layer
+    and ratio.
+
+    The trials run in an order that keeps the result useful if `max_seconds` (wall seconds for the whole
+    analysis, graph and baseline included; None: no limit) runs out: every layer at one ratio first (the
+    middle of `ratios`), largest layer (weights) first since it matters most, then the other ratios, each the
+    one farthest from those measured (0 included), again largest layer first. A layer with no trial when time
+    ran out is listed in `not_measured` (`allocate` gives it 0; `not_measured_weights`: their weight count); a
+    layer with some ratios missing keeps only those measured. `seconds`: the analysis' wall time;
+    `stopped_by_budget`: whether the budget cut the trials short."""
+    t0 = time.perf_counter()
+    ref = predict(model, task.x_val, CURVE_BATCH)
+    base, out_shape = score_outputs(model, ref, task.x_val, task.y_val), ref.shape
     dg = None
     if mode == "structured":  # one dependency graph for every layer and ratio (each trial prunes a copy)
         import torch_pruning as tp
@@ -124,29 +142,52 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
             dg = tp.DependencyGraph().build_dependency(model, torch.zeros(2, *task.input_shape))
             map_flattened_channels(dg)
     skipped: dict[str, str] = {}
-    not_traced = []
+    not_traced, layers = [], []
     for name, n in candidate_layers(model, task, mode, dg, skipped):
         if dg is not None and model.get_submodule(name) not in dg.module2node:
             # not on the traced path (a branch of an If the sample never takes, e.g. silero's 8 kHz branch):
             # pruning it changes nothing the data can show, and the dependency graph has no group for it
             not_traced.append(name)
-            continue
-        accs = {}
-        fixed = False
-        for r in ratios:
-            trial = copy.deepcopy(model)
+        else:
+            layers.append((name, n))
+    by_size = sorted(layers, key=lambda ln: -ln[1])  # stable: equal sizes keep the model's order
+    accs: dict[str, dict[str, float]] = {name: {} for name, _ in layers}
+    fixed: set[str] = set()
+    trials = _Trials(model)
+    stopped = False
+    for r in _ratio_order(ratios):
+        for name, _ in by_size:
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                stopped = True
+                break
+            trial = trials.get()
             if mode == "structured":
                 with torch_pruning_errors(f"sensitivity (structured), layer {name} at {r:g}"):
-                    prune_one_structured(trial, name, r, task, dg=dg, source=model)
+                    changed = prune_one_structured(trial, name, r, task, dg=dg, source=model)
             else:
                 apply_masks(trial, {name: magnitude_masks(trial, r, "layer", {name: r})[name]})
+                changed = {name}
             # a layer whose channels are outputs (a detector's head convs, concatenated) changes the output's
             # shape when pruned: it scores 0, so the allocation never prunes it
-            same = _out_shape(trial, task) == out_shape
-            accs[f"{r:g}"] = evaluate(trial, task.x_val, task.y_val) if same else 0.0
-            fixed = fixed or not same
-        rows.append({"layer": name, "weights": n, "accuracy": accs, **({"changes_outputs": True} if fixed else {})})
-    out = {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows}
+            got = predict(trial, task.x_val, CURVE_BATCH)
+            same = got.shape == out_shape
+            accs[name][f"{r:g}"] = score_outputs(trial, got, task.x_val, task.y_val) if same else 0.0
+            if not same:
+                fixed.add(name)
+            trials.done(changed)
+        if stopped:
+            break
+    rows = [{"layer": name, "weights": n, "accuracy": {f"{r:g}": accs[name][f"{r:g}"] for r in ratios
+                                                       if f"{r:g}" in accs[name]},
+             **({"changes_outputs": True} if name in fixed else {})} for name, n in layers if accs[name]]
+    out = {"mode": mode, "baseline": base, "ratios": ratios, "layers": rows,
+           "seconds": round(time.perf_counter() - t0, 2), "stopped_by_budget": stopped}
+    if max_seconds is not None:
+        out["max_seconds"] = max_seconds
+    not_measured = [(name, n) for name, n in layers if not accs[name]]
+    if not_measured:
+        out["not_measured"] = [name for name, _ in not_measured]
+        out["not_measured_weights"] = sum(n for _, n in not_measured)  # of sum(weights) over rows + these
     if not_traced:
         out["not_traced"] = not_traced
     if skipped:
@@ -154,32 +195,80 @@ def sensitivity_curves(model: nn.Module, task: Task, ratios: list[float], mode: 
     return out
 
 
-def _out_shape(model: nn.Module, task: Task) -> tuple[int, ...]:
-    """The model's output shape on two validation samples."""
-    with torch.no_grad():
-        return tuple(model.eval()(torch.from_numpy(task.x_val[:2])).shape)
+def _ratio_order(ratios: list[float]) -> list[float]:
+    """`ratios` in the order the trials measure them: the middle one, then each time the one farthest from the
+    ratios already measured (0 included: the baseline), the larger on a tie."""
+    todo = sorted(set(ratios))
+    done = [0.0, todo.pop(len(todo) // 2)]
+    while todo:
+        nxt = max(todo, key=lambda r: (round(min(abs(r - d) for d in done), 9), r))
+        todo.remove(nxt)
+        done.append(nxt)
+    return done[1:]
+
+
+class _Trials:
+    """Unpruned copies of `source`, one per trial, without a deep copy of the whole model each time: one copy is
+    made, and after a trial the modules it changed get their state back in place (their `__dict__` from a deep
+    copy of `source`'s module of the same name, so every reference to the module object sees it restored).
+    A trial whose changed modules are unknown, or include a module with children, gets a fresh whole copy."""
+
+    def __init__(self, source: nn.Module) -> None:
+        self.source = source
+        self.model: nn.Module | None = None
+
+    def get(self) -> nn.Module:
+        """An unpruned copy of `source` for the next trial."""
+        if self.model is None:
+            self.model = copy.deepcopy(self.source)
+        return self.model
+
+    def done(self, changed: set[str] | None) -> None:
+        """The trial on the copy is over; `changed`: the modules it changed (None: not known)."""
+        if self.model is None:
+            return
+        if changed is None or any(self.source.get_submodule(n)._modules for n in changed):
+            self.model = None  # the next trial copies the whole model again
+            return
+        for n in changed:
+            fresh = copy.deepcopy(self.source.get_submodule(n))
+            mod = self.model.get_submodule(n)
+            mod.__dict__.clear()
+            mod.__dict__.update(fresh.__dict__)
 
 
 def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, float]:
     """Per-layer ratios whose weight-weighted mean reaches `target` while keeping the largest per-layer
-    validation-accuracy drop (read off the interpolated, monotone curves) as small as possible."""
-    if not curves["layers"]:
+    validation-accuracy drop (read off the interpolated, monotone curves) as small as possible.
+
+    Curves cut short by a time budget (`sensitivity_curves(max_seconds=)`): a layer in `not_measured` gets 0
+    and its weights are left out of the mean; a layer measured at some ratios only is read as measured, linear
+    from no drop at 0 to its first measured ratio and between measured ones, and above its largest measured
+    ratio (when that is below the curves' largest) as no better than there and as bad as the worst drop measured
+    on any layer, since nothing is known there: the allocation goes past a measured ratio only when every layer
+    would have to. Complete curves are read as before (flat past the largest ratio)."""
+    not_measured = list(curves.get("not_measured", []))
+    if not curves["layers"] and not not_measured:
         why = "; ".join(f"{k}: {v}" for k, v in curves.get("skipped", {}).items())
         raise EdgeslimError("sensitivity: no layer can be pruned" + (f" ({why})" if why else ""))
     grid = np.round(np.arange(0, max_ratio + 1e-9, 0.01), 2)
     drops, sizes, names = [], [], []
     outputs = [row["layer"] for row in curves["layers"] if row.get("changes_outputs")]  # never pruned
-    for row in curves["layers"]:
-        if row.get("changes_outputs"):
-            continue
-        rs = [0.0] + [float(r) for r in row["accuracy"]]
-        ds = [0.0] + [curves["baseline"] - a for a in row["accuracy"].values()]
-        d = np.maximum.accumulate(np.interp(grid, rs, ds))  # a layer never gets easier to prune
+    top = max((float(r) for r in curves.get("ratios", [])), default=0.0)
+    measured = [row for row in curves["layers"] if not row.get("changes_outputs")]
+    worst = max((curves["baseline"] - a for row in measured for a in row["accuracy"].values()), default=0.0)
+    for row in measured:
+        pts = sorted((float(r), curves["baseline"] - a) for r, a in row["accuracy"].items())
+        rs, ds = [0.0] + [r for r, _ in pts], [0.0] + [d for _, d in pts]
+        d = np.interp(grid, rs, ds)
+        if rs[-1] < top - 1e-9:  # known up to rs[-1] only: past it, the worst drop measured (at least the last)
+            d = np.where(grid > rs[-1] + 1e-9, np.maximum(d, worst), d)
+        d = np.maximum.accumulate(d)  # a layer never gets easier to prune
         drops.append(d)
         sizes.append(row["weights"])
         names.append(row["layer"])
-    if not drops:  # every analysed layer's channels are outputs: nothing to prune
-        return dict.fromkeys(outputs, 0.0)
+    if not drops:  # every analysed layer's channels are outputs, or none was measured: nothing to prune
+        return dict.fromkeys(outputs + not_measured, 0.0)
     size = np.asarray(sizes, float)
 
     def ratios_at(tol: float) -> np.ndarray:
@@ -200,7 +289,7 @@ def allocate(curves: dict, target: float, max_ratio: float = 0.95) -> dict[str, 
     overall = float((r * size).sum() / size.sum())
     if overall > target:  # layers that lose nothing up to max_ratio overshoot: scale back to the target
         r = r * (target / overall)
-    return {**{n: round(float(v), 4) for n, v in zip(names, r)}, **dict.fromkeys(outputs, 0.0)}
+    return {**{n: round(float(v), 4) for n, v in zip(names, r)}, **dict.fromkeys(outputs + not_measured, 0.0)}
 
 
 def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None = None) -> list[Path]:
@@ -219,18 +308,24 @@ def write_report(folder: Path, curves: dict, allocation: dict[str, float] | None
              "| layer | weights | " + " | ".join(ratios) + (" | allocated |" if allocation else " |"),
              "|---|---:|" + "---:|" * (len(ratios) + (1 if allocation else 0))]
     for row in curves["layers"]:
-        cells = " | ".join(f"{100 * row['accuracy'][r]:.1f}" for r in ratios)
+        acc = row["accuracy"]
+        cells = " | ".join(f"{100 * acc[r]:.1f}" if r in acc else "-" for r in ratios)  # -: not measured in time
         alloc = f" | {allocation[row['layer']]:.2f}" if allocation else ""
         lines.append(f"| {row['layer']} | {row['weights']} | {cells}{alloc} |")
+    if curves.get("not_measured"):
+        lines += ["", f"Not measured within the {curves.get('max_seconds', 0):g} s budget (no ratio allocated): "
+                  + ", ".join(curves["not_measured"])]
     write_text(folder / "sensitivity.md", "\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [0.0] + [float(r) for r in ratios]
     for row in curves["layers"]:
-        ax.plot(xs, [100 * curves["baseline"]] + [100 * row["accuracy"][r] for r in ratios], marker="o",
+        pts = [(x, 100 * row["accuracy"][r]) for x, r in zip(xs[1:], ratios) if r in row["accuracy"]]
+        ax.plot([0.0] + [x for x, _ in pts], [100 * curves["baseline"]] + [a for _, a in pts], marker="o",
                 label=row["layer"])
     ax.set_xlabel(f"pruning ratio ({curves['mode']})")
     ax.set_ylabel("validation accuracy (%)")
-    ax.legend(fontsize=7)
+    if curves["layers"]:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
