@@ -24,6 +24,7 @@ import copy
 import dataclasses
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field
 from torch import nn
 
@@ -52,12 +53,34 @@ class SensitivityPrune(PassConfig):
     min_val_score: float | None = Field(None, gt=0, le=1, description="structured: the fidelity budget on the "
                                         "validation split after fine-tuning; below it the ratios back off")
     backoff: float = Field(0.6, gt=0, lt=1, description="factor on every per-layer ratio for the next try")
+    search: Literal["backoff", "bracket"] = Field("backoff", description="backoff: scale the ratios by `backoff` "
+                                                  "until a try meets the budget; bracket: aim the next scale at the "
+                                                  "budget from the last score, then narrow between the most pruned "
+                                                  "try that met it and the least pruned that did not (`next_scale`)")
     max_tries: int = Field(1, ge=1, le=6, description="structured: tries of the budget (1: no back-off)")
     matching: Matching | None = Field(None, description="fine-tune by function matching from the original")
     reconstruct: Reconstruct | None = Field(None, description="structured: refit the dense layers after each "
                                             "prune to the original's layer outputs (least squares, no labels)")
     when_unmet: Literal["best", "unpruned"] = Field("best", description="no try met `min_val_score`: keep the "
                                                     "best-scoring try, or the unpruned model (fidelity first)")
+
+
+def next_scale(tries: list[tuple[float, float]], budget: float, backoff: float) -> float | None:
+    """The `bracket` search's next ratio scale from the tries so far ((scale, validation score) pairs), or None
+    when done. No try met `budget` yet: the fidelity loss (1 - score) is taken as proportional to the scale (the
+    unpruned model loses nothing) and the next scale aims at 80% of the allowed loss, between 0.1x and `backoff`x
+    the least pruned failing scale. Else the geometric middle of the most pruned passing scale and the least
+    pruned failing one, until they are within 25% of each other (None: the first scale passed, or tight)."""
+    passing = [s for s, v in tries if v >= budget]
+    failing = [(s, v) for s, v in tries if v < budget]
+    if not failing:
+        return None
+    hi, score = min(failing)
+    if not passing:
+        guess = hi * 0.8 * (1 - budget) / max(1 - score, 1e-9)
+        return min(max(guess, 0.1 * hi), backoff * hi)
+    lo = max(passing)
+    return None if hi <= lo * 1.25 else float(np.sqrt(lo * hi))
 
 
 def _val_subset(task: Task, n: int | None) -> Task:
@@ -148,6 +171,17 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         if not ctx.quiet:
             print(f"[sensitivity_prune] try {t + 1}: ratios x{scale:.3g}, val score {score:.4f}, "
                   f"MACs {row.get('macs_after')}", flush=True)
+        if cfg.search == "bracket" and cfg.min_val_score is not None:
+            met_now = score >= cfg.min_val_score
+            # the most pruned try that meets the budget wins; with none, the best-scoring one
+            if best is None or (met_now and (best[0] < cfg.min_val_score or scale > best[2]["scale"])) or (
+                    not met_now and best[0] < cfg.min_val_score and score > best[0]):
+                best = (score, m, row)
+            nxt = next_scale([(r["scale"], r["val_score"]) for r in tries], cfg.min_val_score, cfg.backoff)
+            if nxt is None:
+                break
+            scale = nxt
+            continue
         if best is None or score > best[0]:
             best = (score, m, row)
         if cfg.min_val_score is None or score >= cfg.min_val_score:
