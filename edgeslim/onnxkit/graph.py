@@ -2,7 +2,9 @@
 
 Real exports keep weights and whole layers inside `If`/`Loop`/`Scan` bodies, so every walk here goes
 into subgraphs: `graphs` yields the main graph and every body below it, `all_nodes` their nodes. A
-tensor read only inside a body is still "used": dead-node removal must not drop its producer.
+tensor read only inside a body is still "used": every rewrite that removes, fuses or renames asks
+`consumers` (an `If` reads what its branches read from outside) and renames with `rename_reads`, which
+follows the name into the bodies.
 """
 
 from __future__ import annotations
