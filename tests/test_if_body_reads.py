@@ -153,3 +153,30 @@ def test_int8_plan_and_compact_keep_if_bodies_loadable_and_faithful(tmp_path) ->
         for w, g in zip(_run(m, x), _run(q, x), strict=True):
             cos = float(np.dot(w.ravel(), g.ravel()) / (np.linalg.norm(w) * np.linalg.norm(g)))
             assert cos > 0.99, (sign, cos)
+
+
+def test_a_read_two_bodies_deep_counts_and_compact_renames_it(tmp_path) -> None:
+    """An `If` inside an `If` branch reads a main-graph tensor: the outer `If` is its reader, and compact_onnx
+    renames it at depth 2 (the model still loads and computes the same on both branches)."""
+    inner_then = h.make_graph([h.make_node("Abs", ["r"], ["ia"])], "ithen", [],
+                              [h.make_tensor_value_info("ia", T.FLOAT, [2])])
+    inner_else = h.make_graph([h.make_node("Neg", ["r"], ["ib"])], "ielse", [],
+                              [h.make_tensor_value_info("ib", T.FLOAT, [2])])
+    then = h.make_graph([h.make_node("If", ["c"], ["t"], then_branch=inner_then, else_branch=inner_else)], "then", [],
+                        [h.make_tensor_value_info("t", T.FLOAT, [2])])
+    other = h.make_graph([h.make_node("Identity", ["r"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", T.FLOAT, [2])])
+    nodes = [h.make_node("Relu", ["x"], ["r"]), h.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             h.make_node("Greater", ["s", "zero"], ["c"]),
+             h.make_node("If", ["c"], ["out"], then_branch=then, else_branch=other)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2])],
+                     [h.make_tensor_value_info("out", T.FLOAT, [2])], [nh.from_array(np.array(0, np.float32), "zero")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    assert [n.op_type for n in consumers(m.graph)["r"]] == ["If"]
+    save(m, tmp_path / "raw.onnx")
+    compact_onnx(tmp_path / "raw.onnx", tmp_path / "small.onnx")
+    small = onnx.load(str(tmp_path / "small.onnx"))
+    assert not _dangling(small.graph)
+    for x in (np.array([2.0, -1.0], np.float32), np.array([-2.0, 1.0], np.float32)):
+        want = session(m.SerializeToString()).run(None, {"x": x})[0]
+        assert np.array_equal(session(small.SerializeToString()).run(None, {"x": x})[0], want)
