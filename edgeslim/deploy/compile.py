@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from onnx import numpy_helper
 from edgeslim.deploy.export import to_onnx
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.graph import op_counts, remove_dead
+from edgeslim.onnxkit.graph import consumers, op_counts, remove_dead
 from edgeslim.onnxkit.load import read_onnx
 from edgeslim.onnxkit.ort_options import LEVELS, ort_level
 from edgeslim.onnxkit.session import ort_optimize, run_all, session
@@ -67,14 +66,14 @@ def folded_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     m.CopyFrom(model)
     g = m.graph
     inits = {t.name: t for t in g.initializer}
-    readers = Counter(t for n in g.node for t in n.input)
+    readers = {t: len(rs) for t, rs in consumers(g).items()}  # If/Loop bodies' reads included
     producer = {o: n for n in g.node for o in n.output}
     drop: list[onnx.NodeProto] = []
     for bn in list(g.node):
         if bn.op_type != "BatchNormalization" or len(bn.output) > 1 and any(bn.output[1:]):
             continue
         conv = producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or readers[bn.input[0]] != 1:
+        if conv is None or conv.op_type != "Conv" or readers.get(bn.input[0], 0) != 1:
             continue
         if not all(t in inits for t in bn.input[1:5]) or conv.input[1] not in inits:
             continue

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeslim.onnxkit.consts import Consts, attr, consumers, producers, unique_name
-from edgeslim.onnxkit.graph import remove_dead
+from edgeslim.onnxkit.consts import Consts, attr, producers, unique_name
+from edgeslim.onnxkit.graph import consumers, remove_dead
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> int:

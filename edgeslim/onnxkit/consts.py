@@ -57,17 +57,6 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """Tensor name -> main-graph nodes that read it (subgraph reads are not listed: `graph.used_names`
-    says whether a tensor is live)."""
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            if i:
-                out.setdefault(i, []).append(n)
-    return out
-
-
 def producers(g: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in g.node for o in n.output if o}
 

@@ -2,7 +2,9 @@
 
 Real exports keep weights and whole layers inside `If`/`Loop`/`Scan` bodies, so every walk here goes
 into subgraphs: `graphs` yields the main graph and every body below it, `all_nodes` their nodes. A
-tensor read only inside a body is still "used": dead-node removal must not drop its producer.
+tensor read only inside a body is still "used": every rewrite that removes, fuses or renames asks
+`consumers` (an `If` reads what its branches read from outside) and renames with `rename_reads`, which
+follows the name into the bodies.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ from edgeslim.untrusted import outer_reads, sort_topologically  # noqa: F401 - p
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
+def bodies(n: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The subgraphs held by node `n`'s attributes (If branches, Loop/Scan bodies), one level down."""
+    for a in n.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
 def graphs(g: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`g` and every subgraph (If/Loop/Scan bodies) below it, depth first."""
     yield g
     for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from graphs(sg)
+        for sg in bodies(n):
+            yield from graphs(sg)
 
 
 def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -35,12 +42,45 @@ def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield from sg.node
 
 
+def consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes of `g` that read it: as an input, or from inside their subgraphs (an
+    `If`/`Loop`/`Scan` node reads what its bodies read from the scope around them, `outer_reads`). The one
+    answer to "who uses this tensor" for every rewrite that removes, fuses or renames: a tensor read only
+    inside an `If` branch has its `If` as reader (PP-OCRv4 rec re-exported from PyTorch reads Slice outputs
+    only inside `If` bodies; issue 23)."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in dict.fromkeys([*n.input, *sorted(outer_reads(n))]):
+            if i:
+                out.setdefault(i, []).append(n)
+    return out
+
+
 def used_names(g: onnx.GraphProto) -> set[str]:
-    """Every tensor name read by a node of `g` or of any subgraph below it, plus `g`'s outputs."""
-    used = {o.name for o in g.output}
-    for n in all_nodes(g):
-        used.update(i for i in n.input if i)
-    return used
+    """Every tensor name of `g`'s scope that is read: by a node of `g`, from inside a subgraph, or as an
+    output of `g`."""
+    return set(consumers(g)) | {o.name for o in g.output}
+
+
+def rename_reads(g: onnx.GraphProto, ren: dict[str, str]) -> None:
+    """Rename, in place, every read of the tensors `ren` ({old: new}) by the nodes of `g` and, recursively,
+    inside their subgraphs (where a body reads it from outside, or returns it as a body output), so no
+    `If`/`Loop`/`Scan` body is left reading a name nothing produces. `g`'s own outputs are not renamed."""
+    for n in g.node:
+        rename_node_reads(n, ren)
+
+
+def rename_node_reads(n: onnx.NodeProto, ren: dict[str, str]) -> None:
+    """`rename_reads` for one node: its inputs and what its subgraphs read from outside."""
+    if not ren:
+        return
+    n.input[:] = [ren.get(i, i) for i in n.input]
+    for sg in bodies(n):
+        local = {i.name for i in sg.input} | {t.name for t in sg.initializer} | {o for x in sg.node for o in x.output}
+        inner = {k: v for k, v in ren.items() if k not in local}  # a body's own name shadows the outer one
+        rename_reads(sg, inner)
+        for o in sg.output:
+            o.name = inner.get(o.name, o.name)
 
 
 def remove_dead(model: onnx.ModelProto) -> int:

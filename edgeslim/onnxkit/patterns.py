@@ -14,8 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from edgeslim.onnxkit.consts import Consts, attr, consumers
-from edgeslim.onnxkit.graph import remove_dead
+from edgeslim.onnxkit.consts import Consts, attr
+from edgeslim.onnxkit.graph import consumers, remove_dead
 from edgeslim.onnxkit.load import default_opset
 
 HARDSWISH_OPSET = 14

@@ -334,10 +334,15 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
 def compact_onnx(src: Path, dst: Path) -> int:
     """Rewrite with short tensor names, no node names/doc strings and no value_info (ONNX Runtime
     re-infers shapes). A QDQ graph has ~3 names per layer, and on small models the names are a
-    sizeable share of the file. Graph inputs/outputs keep their names. Returns the new size in bytes."""
+    sizeable share of the file. Graph inputs/outputs keep their names. Returns the new size in bytes.
+
+    One renaming for the main graph and every `If`/`Loop`/`Scan` body below it (their inputs, outputs,
+    initializers and nodes): a body reading a main-graph tensor by name reads it under its new name
+    (renaming the main graph alone left PP-OCRv4 rec's `If` bodies reading names nothing produced; issue 23)."""
+    from edgeslim.onnxkit.graph import graphs
+
     m = onnx.load(str(src))
     g = m.graph
-    del g.value_info[:]
     keep = {i.name for i in g.input} | {o.name for o in g.output}
     ren: dict[str, str] = {}
 
@@ -346,12 +351,17 @@ def compact_onnx(src: Path, dst: Path) -> int:
             return n
         return ren.setdefault(n, format(len(ren), "x"))
 
-    for t in g.initializer:
-        t.name = r(t.name)
-    for n in g.node:
-        n.name, n.doc_string = "", ""
-        n.input[:] = [r(x) for x in n.input]
-        n.output[:] = [r(x) for x in n.output]
+    for sg in graphs(g):
+        del sg.value_info[:]
+        for t in sg.initializer:
+            t.name = r(t.name)
+        for n in sg.node:
+            n.name, n.doc_string = "", ""
+            n.input[:] = [r(x) for x in n.input]
+            n.output[:] = [r(x) for x in n.output]
+        if sg is not g:
+            for v in [*sg.input, *sg.output]:
+                v.name = r(v.name)
     data = m.SerializeToString()
     write_bytes(dst, data)
     return len(data)

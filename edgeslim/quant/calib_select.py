@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from edgeslim.onnxkit.consts import Consts, consumers
-from edgeslim.onnxkit.graph import with_outputs
+from edgeslim.onnxkit.consts import Consts
+from edgeslim.onnxkit.graph import consumers, with_outputs
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.session import session
 

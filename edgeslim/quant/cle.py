@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeslim.onnxkit.consts import Consts, attr, consumers, unique_name
-from edgeslim.onnxkit.graph import remove_dead
+from edgeslim.onnxkit.consts import Consts, attr, unique_name
+from edgeslim.onnxkit.graph import consumers, remove_dead
 
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeslim.onnxkit.graph import QDQ_OPS, remove_dead
+from edgeslim.onnxkit.graph import QDQ_OPS, consumers, remove_dead, rename_reads
 
 
 def quantized_nodes(m: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -158,14 +158,14 @@ def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
         p = prod.get(t)
         if p is None or p.name in int8 or any(x.name == t for x in g.input):
             continue
-        if any(o.name in n.input for n in g.node):
+        if o.name in consumers(g):  # read by a node, or inside an If/Loop body
             continue
         # by the output it defines, not identity: protobuf may hand out a new wrapper on each iteration
         keep = [n for n in g.node if not (n.op_type == "DequantizeLinear" and o.name in n.output)]
         del g.node[:]
         g.node.extend(keep)
-        for n in g.node:  # the float tensor takes the output's name
-            n.input[:] = [o.name if i == t else i for i in n.input]
+        rename_reads(g, {t: o.name})  # the float tensor takes the output's name, inside If/Loop bodies too
+        for n in g.node:
             n.output[:] = [o.name if x == t else x for x in n.output]
         vi = [v for v in g.value_info if v.name != t]
         del g.value_info[:]

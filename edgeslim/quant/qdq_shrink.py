@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeslim.onnxkit.graph import remove_dead
+from edgeslim.onnxkit.graph import consumers, remove_dead, rename_reads
 
 _QMIN: dict[int, int] = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
 
@@ -54,10 +54,7 @@ def drop_fused_relus(m: onnx.ModelProto) -> int:
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     prod = {o: n for n in g.node for o in n.output if o}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = consumers(g)  # an If/Loop reading the ReLU's output inside its body is a reader too
     outputs = {o.name for o in g.output}
     k = 0
     for relu in list(g.node):
@@ -120,8 +117,7 @@ def share_scalars(m: onnx.ModelProto) -> int:
             first[key] = t.name
     if not ren:
         return 0
-    for n in g.node:
-        n.input[:] = [ren.get(i, i) for i in n.input]
+    rename_reads(g, ren)  # inside If/Loop bodies too
     remove_dead(m)
     return len(ren)
 
@@ -143,10 +139,7 @@ def float_biases(m: onnx.ModelProto) -> int:
     g = m.graph
     inits = {t.name: t for t in g.initializer}
     prod = {o: n for n in g.node for o in n.output if o}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    readers = {t: len(rs) for t, rs in consumers(g).items()}
     k = 0
     for n in g.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3:

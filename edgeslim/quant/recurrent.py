@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.graph import insert_before
+from edgeslim.onnxkit.graph import insert_before, outer_reads
 from edgeslim.quant.fakequant import WeightQuant, weight_range
 
 RECURRENT_OPS = ("GRU", "LSTM", "RNN")
@@ -102,6 +102,7 @@ def weight_only_recurrent(src: Path, dst: Path, bits: int = 8, per_channel: bool
     targets = {n.input[i] for n, i in slots}
     other_readers = {t for n in g.node for i, t in enumerate(n.input)
                      if t in targets and not (n.op_type in ops and i in (1, 2))}
+    other_readers |= targets & {t for n in g.node for t in outer_reads(n)}  # read inside an If/Loop body
     before: dict[int, list] = {}
     new_inits = []
     made: set[str] = set()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from edgeslim.fsutil import write_bytes
+from edgeslim.onnxkit.graph import rename_node_reads
 from edgeslim.onnxkit.inputs import Feed, InputSpec
 from edgeslim.run.onnx import OnnxHandler, TeacherView
 from edgeslim.run.streams import PACKED, Layout, PackedModule, call_packed, feeds_for, flat_torch, run_rows
@@ -214,7 +215,7 @@ def fold_probed_ifs(path: Path, probes: list[np.ndarray]) -> int:
         for b in branch.node:
             b2 = onnx.NodeProto()
             b2.CopyFrom(b)
-            b2.input[:] = [rename.get(i, i) for i in b.input]
+            rename_node_reads(b2, rename)  # its own If/Loop bodies read the branch's tensors by name too
             b2.output[:] = [rename[o] for o in b.output]
             nodes.append(b2)
         nodes += [helper.make_node("Identity", [rename.get(bo.name, bo.name)], [o], name=f"{tag}/out{k}")
