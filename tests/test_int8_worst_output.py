@@ -74,7 +74,7 @@ def test_run_inputs_int8_pick_respects_min_cosine_on_the_worst_output(tmp_path):
     notes = q["notes"]
     rows = {r["candidate"]: r for r in notes["tried"]}
     full = rows["int8-full"]  # every layer INT8: big faithful, small damaged -> refused
-    assert full["val_by_output"]["big"] > 0.999 and full["val_by_output"]["small"] < 0.99, full
+    assert full["val_by_output"]["big"] > 0.98 and full["val_by_output"]["small"] < 0.9, full
     assert full["worst_output"] == "small" and full["val_accuracy"] == full["val_by_output"]["small"]
     assert not full["why"].startswith("won")
     w = notes["worst_output"]  # the pick, judged on its worst output
@@ -102,6 +102,12 @@ def test_output_scores_split_the_row_and_compare_integer_outputs_exactly(tmp_pat
     y[:, 1:] *= 2.0  # a scaled state: cosine 1
     s = output_scores(path, x, y)
     assert abs(s["cls"] - 0.7) < 1e-12 and abs(s["state"] - 1.0) < 1e-9, s
+    # one value per sample: its per-sample cosine is only the sign; the cosine over all values counts
+    z = np.stack([np.ones(10), np.zeros(10)], 1)
+    assert abs(mean_cosine(z[:, :1], z[:, :1] * np.arange(1, 11)[:, None]) - 1.0) < 1e-12
+    w = np.linspace(1, 2, 10)[:, None]
+    got = [np.ones((10, 1)), np.zeros((10, 1))]
+    assert stream_output_cosines([([w, np.ones((10, 1))], [w[::-1].copy(), *got[:1]], 10)])[0] < 0.99
     # the streamed form (the INT8 plan): samples found on each output's axis
     assert sample_axis((2, 5, 4), 5) == 1 and sample_axis((5, 4), 5) == 0 and sample_axis((2, 4), 1) is None
     r = session(path).run(None, {"x": x[:5]})

@@ -251,15 +251,18 @@ def sample_axis(shape: Sequence[int], n: int) -> int | None:
 
 
 def stream_output_cosines(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[np.ndarray], int]]) -> list[float]:
-    """Each output's mean per-sample cosine (0-1; a non-finite or one-sided-zero sample counts 0.0, both zero
-    1.0) of `got` vs `ref` over (ref, got, samples in the feed) triples of per-feed outputs, accumulated feed by
-    feed in float64; an output's samples lie on its `sample_axis`. Non-float outputs count the mean per-sample
-    fraction of elements exactly equal."""
+    """Each output's fidelity (0-1) of `got` vs `ref` over (ref, got, samples in the feed) triples of per-feed
+    outputs, accumulated feed by feed in float64: for a float output the lower of its mean per-sample cosine (a
+    non-finite or one-sided-zero sample counts 0.0, both zero 1.0; an output's samples lie on its `sample_axis`)
+    and its cosine over all values (`stream_cosine`; a one-value output's per-sample cosine is only its sign),
+    as `onnxkit.session.output_scores` judges several outputs; for another dtype the mean per-sample fraction
+    of elements exactly equal."""
     total: list[float] = []
     count: list[int] = []
+    whole: list[list[float]] = []  # per output: dot, |ref|^2, |got|^2, float?
     for ref, got, n in pairs:
         if not total:
-            total, count = [0.0] * len(ref), [0] * len(ref)
+            total, count, whole = [0.0] * len(ref), [0] * len(ref), [[0.0, 0.0, 0.0, 0.0] for _ in ref]
         for k, (r, g) in enumerate(zip(ref, got)):
             r, g = np.asarray(r), np.asarray(g)
             ax = sample_axis(r.shape, n)
@@ -270,7 +273,18 @@ def stream_output_cosines(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[n
                 with np.errstate(all="ignore"):
                     c = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
                 total[k] += float(np.where(np.isfinite(c), c, 0.0).sum())
+                whole[k][0] += float((a * b).sum())
+                whole[k][1] += float((a * a).sum())
+                whole[k][2] += float((b * b).sum())
+                whole[k][3] = 1.0
             else:
                 total[k] += float((a == b).mean(1).sum()) if a.shape[1] else float(len(a))
             count[k] += len(a)
-    return [t / c if c else 1.0 for t, c in zip(total, count)]
+    out = []
+    for t, c, (d, x, y, is_float) in zip(total, count, whole):
+        score = t / c if c else 1.0
+        if is_float:
+            w = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else d / (np.sqrt(x) * np.sqrt(y)))
+            score = min(score, float(w) if np.isfinite(w) else 0.0)
+        out.append(score)
+    return out

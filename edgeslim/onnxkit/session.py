@@ -163,8 +163,10 @@ def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1) ->
     """Fidelity (0-1, 1: the same) of each output of an ONNX model (a path, serialized model or open session) on
     the samples `x` to the targets `y` of a task without labels: the original's outputs flattened and
     concatenated per sample in output order ([N, D], as `sample_rows` writes them). Each output is judged on its
-    own over its columns of `y`: a float output by the mean per-sample cosine, an integer or boolean output
-    (class ids, flags) by the mean per-sample fraction of elements exactly equal. {output name: score}."""
+    own over its columns of `y`: a float output by the mean per-sample cosine (with several outputs, the lower
+    of that and the cosine over all of the output's values: a one-value output's per-sample cosine is only its
+    sign), an integer or boolean output (class ids, flags) by the mean per-sample fraction of elements exactly
+    equal. {output name: score}."""
     sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
     rows = output_rows(sess, x, 64)
     outs = sess.get_outputs()
@@ -179,7 +181,10 @@ def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1) ->
         t = b[:, at:at + w]
         at += w
         if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"):
-            scores[o.name] = mean_cosine(r, t)
+            # one value per sample (a VAD's score) has a per-sample cosine of +-1: beside other outputs, the
+            # cosine over all of the output's values counts too
+            scores[o.name] = mean_cosine(r, t) if len(rows) == 1 else min(mean_cosine(r, t),
+                                                                          mean_cosine(r.reshape(1, -1), t.reshape(1, -1)))
         else:  # exact agreement: integers ride in float64 rows exactly
             scores[o.name] = float((r == t).mean(1).mean()) if w else 1.0
     return scores

@@ -154,8 +154,8 @@ def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: i
               worst: dict | None = None) -> Evaluate:
     """(model, n) -> the fidelity of `model` vs `ref` over the first n feeds, accumulated feed by feed (memory
     is one feed's outputs whatever n is). One output: its cosine over every value (`onnxkit.lazy.stream_cosine`).
-    Several outputs: the worst output's mean per-sample cosine (`onnxkit.lazy.stream_output_cosines`, each
-    output judged on its own, as `onnxkit.session.output_scores` judges the validation pick), so a small
+    Several outputs: the worst output's cosine, each output judged on its own (the lower of its mean per-sample
+    cosine and its cosine over all values, `onnxkit.lazy.stream_output_cosines`, as `onnxkit.session.output_scores` judges the validation pick), so a small
     output (a recurrent state beside a big map) is never hidden by a big one. `worst` (a dict) receives the
     last call's worst output: {"output": index, "cosine": value}."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
@@ -281,8 +281,8 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
     if worst:  # several outputs: which one the plan's fidelity is
         out = model.graph.output[worst["output"]].name
         run.steps["worst_output"] = {"output": out, "cosine": worst["cosine"]}
-        run.notes.append(f"worst output {out!r}: mean per-sample cosine {worst['cosine']:.4f} (each output judged "
-                         "on its own)")
+        run.notes.append(f"worst output {out!r}: cosine {worst['cosine']:.4f} (each output judged on its own, "
+                         "per sample and over all values)")
     int8_units = [u for u in us.quant if u not in float_units]
     run.notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.spent.items()))
     run.steps["seconds"] = run.spent
