@@ -280,11 +280,11 @@ def stream_output_cosines(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[n
             else:
                 total[k] += float((a == b).mean(1).sum()) if a.shape[1] else float(len(a))
             count[k] += len(a)
-    out = []
-    for t, c, (d, x, y, is_float) in zip(total, count, whole):
-        score = t / c if c else 1.0
+    out: list[float] = []
+    for t, m, (d, x, y, is_float) in zip(total, count, whole):
+        score = t / m if m else 1.0
         if is_float:
-            w = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else d / (np.sqrt(x) * np.sqrt(y)))
-            score = min(score, float(w) if np.isfinite(w) else 0.0)
+            w = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else float(d / (np.sqrt(x) * np.sqrt(y))))
+            score = min(score, w if np.isfinite(w) else 0.0)
         out.append(score)
     return out

@@ -258,7 +258,7 @@ def per_layer_int8(
         r = ratio(times[k], times["fp32"])
         rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
                      **({"val_by_output": {o: round(v, 6) for o, v in by[k].items()},
-                         "worst_output": min(by[k], key=by[k].__getitem__)} if len(by[k]) > 1 else {}),
+                         "worst_output": _worst(by[k])} if len(by[k]) > 1 else {}),
                      "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
                      "fp32_latency_ms_p50": round(float(np.median(times["fp32"])) * 1e3, 4),
                      "speedup_vs_fp32": round(r.speedup, 3), "speedup_ci": [round(1 / r.hi, 3), round(1 / r.lo, 3)]})
@@ -278,7 +278,12 @@ def per_layer_int8(
     shutil.copyfile(paths[best.name], dst)
     worst = None
     if len(by[best.name]) > 1:  # several outputs, no labels: the score picked on is the worst output's
-        o = min(by[best.name], key=by[best.name].__getitem__)
-        worst = {"output": o, "val_cosine": round(by[best.name][o], 6), "fp32_val_cosine": round(by["fp32"][o], 6),
+        wo = _worst(by[best.name])
+        worst = {"output": wo, "val_cosine": round(by[best.name][wo], 6), "fp32_val_cosine": round(by["fp32"][wo], 6),
                  "by_output": {k: round(v, 6) for k, v in by[best.name].items()}}
     return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst)
+
+
+def _worst(scores: dict[str, float]) -> str:
+    """The output with the lowest score (ties: the first)."""
+    return min(scores.items(), key=lambda kv: kv[1])[0]
