@@ -43,3 +43,26 @@ def test_threshold_rule_signed_and_heat_maps_and_no_iou_for_small_outputs() -> N
     scores = np.random.default_rng(1).random((2, 10)).astype(np.float32)
     f2 = compare_outputs(["s", "c"], [[small, scores]], [[small, scores]])
     assert f2.iou is None and "map_iou" not in f2.per_output["s"]
+
+
+def test_dense_map_rule_per_time_step_scores_and_states_are_not_maps() -> None:
+    """A CRNN's [N, T, C] scores (signed logits, or softmax rows) and a recurrent state [layers, N, H] are not
+    dense maps; a rank-3 probability map [N, H, W] and an NHWC map [N, H, W, C] are."""
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((1, 40, 97)).astype(np.float32)            # CRNN logits [N, T, C]
+    e = np.exp(logits)
+    soft = (e / e.sum(-1, keepdims=True)).astype(np.float32)                # CRNN probabilities: softmax rows
+    state = np.tanh(rng.standard_normal((2, 16, 64))).astype(np.float32)    # LSTM state [layers, N, H]
+    pmap = rng.random((1, 32, 24)).astype(np.float32)                       # [N, H, W] probability map
+    nhwc = rng.random((1, 16, 16, 2)).astype(np.float32)                    # [N, H, W, C] segmentation
+    names = ["logits", "soft", "state", "pmap", "nhwc"]
+    outs = [logits, soft, state, pmap, nhwc]
+    got = [o.copy() for o in outs]
+    got[3][0, :16] = 0.0                                                    # half the map's rows switched off
+    f = compare_outputs(names, [outs], [got])
+    for n in ("logits", "soft", "state"):
+        assert "map_iou" not in f.per_output[n], (n, f.per_output[n])
+    assert f.per_output["soft"]["top1_agreement"] == 1.0
+    want = np.count_nonzero(pmap[0, 16:] > 0.5) / np.count_nonzero(pmap > 0.5)
+    assert abs(f.per_output["pmap"]["map_iou"] - want) < 1e-12
+    assert f.per_output["nhwc"]["map_iou"] == 1.0 and f.iou == f.per_output["pmap"]["map_iou"]

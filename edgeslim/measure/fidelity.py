@@ -6,8 +6,9 @@ agreement (fraction 0-1, per position for rank 3). Outputs whose reference value
 (sigmoid/softmax probabilities) also give `prob_max_abs`, their max absolute error in probability; those
 with one score per sample (a single sigmoid: [N], [N, 1], ...) give `threshold_agreement`, the fraction of
 samples on the same side of the decision threshold (0.5) as the original. Dense maps (detection or
-segmentation outputs whose last two axes are both >= `MAP_MIN_SIDE`, e.g. a text detector's [N, 1, H, W]
-probability map) give `map_iou`: the intersection over union of the thresholded maps (pixels above the
+segmentation outputs with two spatial axes both >= `MAP_MIN_SIDE`: rank >= 4 [N, C, H, W] / [N, H, W, C], or a
+rank-3 [N, H, W] probability map, e.g. a text detector's [N, 1, H, W] probability map; never a CRNN's
+per-time-step scores [N, T, C] or a recurrent state [layers, N, H]: `_dense_map`) give `map_iou`: the intersection over union of the thresholded maps (pixels above the
 threshold, pooled over every feed and channel; 1.0 when neither map has any). The threshold (`map_threshold`,
 recorded) is 0.5 for probability-range maps (every reference value in [0, 1]), 0 for signed maps (logits,
 where sigmoid crosses 0.5), else half the reference map's maximum. The summary is the worst over outputs,
@@ -127,15 +128,31 @@ def map_iou(ref: np.ndarray, got: np.ndarray, threshold: float) -> float:
 
 
 def _dense_map(r: np.ndarray) -> bool:
-    """A detection/segmentation map: float, rank >= 3, last two axes (H, W) both >= `MAP_MIN_SIDE`."""
-    return r.dtype.kind == "f" and r.ndim >= 3 and min(r.shape[-2:]) >= MAP_MIN_SIDE
+    """A detection/segmentation map (module docstring), judged on an output's first reference feed `r`: float and
+    - rank 4 or more, [N, C, H, W] (or [N, C, T, H, W]) with H, W both >= `MAP_MIN_SIDE`, or rank 4
+      [N, H, W, C] with H, W >= `MAP_MIN_SIDE` (the IoU pools channels, so the layout only decides whether there
+      are two spatial axes);
+    - rank 3 [N, H, W] only as a probability map: H, W >= `MAP_MIN_SIDE`, every value in [0, 1], and not
+      per-position class scores (`_classifier_like`: softmax rows, or a last axis of >= 1000 classes).
+    Not a map: a CRNN's per-time-step scores [N, T, C] (logits are signed, probabilities are softmax rows), a
+    recurrent state [layers, N, H] (signed), anything of rank <= 2."""
+    if r.dtype.kind != "f" or r.ndim < 3 or not r.size:
+        return False
+    if r.ndim >= 5 or (r.ndim == 4 and min(r.shape[-2:]) >= MAP_MIN_SIDE):
+        return min(r.shape[-2:]) >= MAP_MIN_SIDE
+    if r.ndim == 4:
+        return min(r.shape[1:3]) >= MAP_MIN_SIDE
+    if min(r.shape[-2:]) < MAP_MIN_SIDE:
+        return False
+    v = r[np.isfinite(r)]
+    return bool(v.size and v.min() >= 0 and v.max() <= 1) and not _classifier_like(r)
 
 
 class _Acc:
     """One output's running figures over feeds (`compare_outputs`), in float64; a dense map's threshold is
     set by the first feed's reference (`map_threshold`)."""
 
-    def __init__(self, classifier: bool) -> None:
+    def __init__(self, classifier: bool, dense: bool = False) -> None:
         self.n = self.count = 0
         self.max_abs = self.sum_abs = self.dot = self.na = self.nb = 0.0
         self.finite = self.prob = self.per_sample = True
@@ -143,6 +160,7 @@ class _Acc:
         self.agree_same = 0
         self.map_t: float | None = None  # a dense map: its threshold (from the first feed), pixels above it
         self.map_inter = self.map_union = 0
+        self.dense = dense  # a dense map (`_dense_map` of the first feed's reference)
 
     def add(self, r: np.ndarray, g: np.ndarray, name: str) -> None:
         a, b = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
@@ -164,7 +182,7 @@ class _Acc:
         rr = np.asarray(r)
         self.per_sample &= rr.size == max(1, rr.shape[0] if rr.ndim else 1)
         self.agree_same += int(((a >= DECISION_THRESHOLD) == (b >= DECISION_THRESHOLD)).sum())
-        if _dense_map(rr) and a.size:
+        if self.dense and a.size:
             if self.map_t is None:
                 self.map_t = map_threshold(a)
             above_a, above_b = a > self.map_t, b > self.map_t
@@ -201,7 +219,7 @@ def compare_outputs(names: list[str], ref: Iterable[Sequence[np.ndarray]], got: 
     samples = 0
     for r, g in zip(ref, got):
         if not accs:
-            accs = [_Acc(_classifier_like(np.asarray(r[k]))) for k in range(len(names))]
+            accs = [_Acc(_classifier_like(np.asarray(r[k])), _dense_map(np.asarray(r[k]))) for k in range(len(names))]
             is_float = [np.asarray(r[k]).dtype.kind == "f" for k in range(len(names))]
         for k, name in enumerate(names):
             accs[k].add(r[k], g[k], name)

@@ -237,3 +237,54 @@ def stream_cosine(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[np.ndarra
         c = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else d / (np.sqrt(x) * np.sqrt(y)))
         worst = min(worst, float(c) if np.isfinite(c) else 0.0)
     return worst, finite
+
+
+def sample_axis(shape: Sequence[int], n: int) -> int | None:
+    """The axis of an output of `shape` that holds the `n` samples of its feed: 0 when it has n entries, else
+    the first axis that does (a recurrent state [layers, n, H]); None when n is 1 or no axis has n entries
+    (the whole output is one sample's)."""
+    if n <= 1:
+        return None
+    if len(shape) and shape[0] == n:
+        return 0
+    return next((j for j, d in enumerate(shape) if d == n), None)
+
+
+def stream_output_cosines(pairs: Iterable[tuple[Sequence[np.ndarray], Sequence[np.ndarray], int]]) -> list[float]:
+    """Each output's fidelity (0-1) of `got` vs `ref` over (ref, got, samples in the feed) triples of per-feed
+    outputs, accumulated feed by feed in float64: for a float output the lower of its mean per-sample cosine (a
+    non-finite or one-sided-zero sample counts 0.0, both zero 1.0; an output's samples lie on its `sample_axis`)
+    and its cosine over all values (`stream_cosine`; a one-value output's per-sample cosine is only its sign),
+    as `onnxkit.session.output_scores` judges several outputs; for another dtype the mean per-sample fraction
+    of elements exactly equal."""
+    total: list[float] = []
+    count: list[int] = []
+    whole: list[list[float]] = []  # per output: dot, |ref|^2, |got|^2, float?
+    for ref, got, n in pairs:
+        if not total:
+            total, count, whole = [0.0] * len(ref), [0] * len(ref), [[0.0, 0.0, 0.0, 0.0] for _ in ref]
+        for k, (r, g) in enumerate(zip(ref, got)):
+            r, g = np.asarray(r), np.asarray(g)
+            ax = sample_axis(r.shape, n)
+            a = (np.moveaxis(r, ax, 0).reshape(n, -1) if ax is not None else r.reshape(1, -1)).astype(np.float64)
+            b = (np.moveaxis(g, ax, 0).reshape(n, -1) if ax is not None else g.reshape(1, -1)).astype(np.float64)
+            if r.dtype.kind in "fc":
+                na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+                with np.errstate(all="ignore"):
+                    c = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+                total[k] += float(np.where(np.isfinite(c), c, 0.0).sum())
+                whole[k][0] += float((a * b).sum())
+                whole[k][1] += float((a * a).sum())
+                whole[k][2] += float((b * b).sum())
+                whole[k][3] = 1.0
+            else:
+                total[k] += float((a == b).mean(1).sum()) if a.shape[1] else float(len(a))
+            count[k] += len(a)
+    out: list[float] = []
+    for t, m, (d, x, y, is_float) in zip(total, count, whole):
+        score = t / m if m else 1.0
+        if is_float:
+            w = 1.0 if x == y == 0 else (0.0 if x == 0 or y == 0 else float(d / (np.sqrt(x) * np.sqrt(y))))
+            score = min(score, w if np.isfinite(w) else 0.0)
+        out.append(score)
+    return out

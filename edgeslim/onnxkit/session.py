@@ -110,50 +110,102 @@ def classifier_scores(sess, x: np.ndarray, *, num_classes: int | None = None, wh
     return z
 
 
-def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Every output of `sess` over the samples `x`, one row per sample: [N, D] float64, the outputs flattened and
-    concatenated per sample (what a task without labels targets). An output's batch axis need not be 0 (a
-    recurrent state [layers, N, H]): it is the axis that is 1 at batch 1 and n at batch n. A batch fixed at 1
-    runs one sample a run and flattens all of it; another fixed batch is read on axis 0 (`batched_outputs`)."""
+def output_rows(sess, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
+    """Every output of `sess` over the samples `x`, one row per sample and output: a list of [N, D_k] float64,
+    one per output in the session's order. An output's batch axis need not be 0 (a recurrent state
+    [layers, N, H]): it is the axis that is 1 at batch 1 and n at batch n. A batch fixed at 1 runs one sample a
+    run and flattens each output whole; another fixed batch is read on axis 0 (`batched_outputs`)."""
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
     if fixed is not None and fixed != 1:
-        return np.concatenate([np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, fixed)], 1)
+        return [np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, fixed)]
     x = np.asarray(x).astype(_NP_TYPES.get(inp.type, np.float32), copy=False)
-    if fixed == 1 or len(x) == 0:
-        return np.stack([np.concatenate([np.asarray(o, np.float64).reshape(-1) for o in sess.run(None, {inp.name: x[i:i + 1]})])
-                         for i in range(len(x))]) if len(x) else np.zeros((0, 0))
+    if len(x) == 0:
+        return []
+    if fixed == 1:
+        runs = [sess.run(None, {inp.name: x[i:i + 1]}) for i in range(len(x))]
+        return [np.stack([np.asarray(r[k], np.float64).reshape(-1) for r in runs]) for k in range(len(runs[0]))]
     one = [np.shape(o) for o in sess.run(None, {inp.name: x[:1]})]
     axes: list[int | None] = [None] * len(one)
-    rows = []
+    rows: list[list[np.ndarray]] = [[] for _ in one]
     for i in range(0, len(x), batch):
         chunk = x[i:i + batch]
         n = len(chunk)
-        outs = sess.run(None, {inp.name: chunk})
-        flat = []
-        for k, o in enumerate(outs):
+        for k, o in enumerate(sess.run(None, {inp.name: chunk})):
             o = np.asarray(o, np.float64)
             if axes[k] is None and n > 1:
                 grew = [j for j in range(o.ndim) if len(one[k]) == o.ndim and one[k][j] == 1 and o.shape[j] == n]
                 axes[k] = grew[0] if grew else 0
-            flat.append(np.moveaxis(o, axes[k] or 0, 0).reshape(n, -1))
-        rows.append(np.concatenate(flat, 1))
-    return np.concatenate(rows)
+            rows[k].append(np.moveaxis(o, axes[k] or 0, 0).reshape(n, -1))
+    return [np.concatenate(r) for r in rows]
+
+
+def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Every output of `sess` over the samples `x`, one row per sample: [N, D] float64, the outputs flattened and
+    concatenated per sample in the session's order (what a task without labels targets; `output_rows` per
+    output)."""
+    rows = output_rows(sess, x, batch)
+    return np.concatenate(rows, 1) if rows else np.zeros((0, 0))
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of the cosine of `a`'s row to `b`'s ([N, D] each; 1.0 for a row pair both all zeros, 0.0
+    when only one is); 1.0 for no rows."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not len(a):
+        return 1.0
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    c = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+    return float(np.where(np.isfinite(c), c, 0.0).mean())
+
+
+def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1) -> dict[str, float]:
+    """Fidelity (0-1, 1: the same) of each output of an ONNX model (a path, serialized model or open session) on
+    the samples `x` to the targets `y` of a task without labels: the original's outputs flattened and
+    concatenated per sample in output order ([N, D], as `sample_rows` writes them). Each output is judged on its
+    own over its columns of `y`: a float output by the mean per-sample cosine (with several outputs, the lower
+    of that and the cosine over all of the output's values: a one-value output's per-sample cosine is only its
+    sign), an integer or boolean output (class ids, flags) by the mean per-sample fraction of elements exactly
+    equal. {output name: score}."""
+    sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
+    rows = output_rows(sess, x, 64)
+    outs = sess.get_outputs()
+    b = np.asarray(y, np.float64).reshape(len(y), -1)
+    widths = [r.shape[1] for r in rows]
+    if rows and sum(widths) != b.shape[1]:
+        raise EdgeslimError(f"the model's outputs give {sum(widths)} values per sample but the targets have "
+                            f"{b.shape[1]}: the targets were made by another model")
+    scores: dict[str, float] = {}
+    at = 0
+    for o, r, w in zip(outs, rows, widths):
+        t = b[:, at:at + w]
+        at += w
+        if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"):
+            # one value per sample (a VAD's score) has a per-sample cosine of +-1: beside other outputs, the
+            # cosine over all of the output's values counts too
+            scores[o.name] = mean_cosine(r, t) if len(rows) == 1 else min(mean_cosine(r, t),
+                                                                          mean_cosine(r.reshape(1, -1), t.reshape(1, -1)))
+        else:  # exact agreement: integers ride in float64 rows exactly
+            scores[o.name] = float((r == t).mean(1).mean()) if w else 1.0
+    return scores
 
 
 def onnx_accuracy(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *, where: str = "",
-                  num_classes: int | None = None, scores: list[np.ndarray] | None = None) -> float:
+                  num_classes: int | None = None, scores: list[np.ndarray] | None = None,
+                  by_output: dict[str, float] | None = None) -> float:
     """Top-1 accuracy (fraction 0-1) of an ONNX classifier (a path, serialized model or open session) on
     `x`, `y`, run in ONNX Runtime; a fixed-batch model is fed exactly its batch (`batched_outputs`). With
     float `y` (a task without labels: the original model's outputs, flattened and concatenated per sample)
-    the mean per-sample cosine of the model's outputs to them (0-1, 1: the same), so a pick "within N points
-    of FP32" reads as fidelity. With `scores` (a list), the class scores [N, classes] are appended to it."""
+    the fidelity of the worst output (`output_scores`: each output judged on its own, mean per-sample cosine
+    for a float output; one output: the mean per-sample cosine of its rows), so a pick "within N points of
+    FP32" reads as fidelity of every output, a small state beside a big score included; `by_output` (a dict)
+    receives every output's score. With `scores` (a list), the class scores [N, classes] are appended to it."""
     sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
     if np.issubdtype(np.asarray(y).dtype, np.floating):
-        a = sample_rows(sess, x, 64)
-        b = np.asarray(y, np.float64).reshape(len(y), -1)
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        return float(np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30)).mean())
+        per = output_scores(sess, x, y)
+        if by_output is not None:
+            by_output.update(per)
+        return min(per.values()) if per else 1.0
     z = classifier_scores(sess, x, num_classes=num_classes, where=where)
     if scores is not None:
         scores.append(z)

@@ -186,6 +186,8 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
         "tried": r.rows, "float_layers": float_why, "plan_notes": p.notes, "layers": layers,
         "speed_decisions": getattr(clock, "method", "measured: interleaved on this host"),
     }
+    if r.worst_output:
+        notes["worst_output"] = r.worst_output
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32
     if r.recurrent:
@@ -216,6 +218,7 @@ class StageResult:
     plan: int8_plan.Int8Plan
     slower_than_fp32: str | None  # set when the written model is slower than the FP32 input
     recurrent: list[str]        # GRU/LSTM/RNN nodes given weight-only INT8 (no integer kernel in ORT)
+    worst_output: dict | None = None  # several outputs, no labels: the pick's worst output and its val cosine
 
 
 def per_layer_int8(
@@ -243,15 +246,19 @@ def per_layer_int8(
         paths[k] = work / f"{k}.onnx"
         oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
     times = clock.times({"fp32": pre.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
-    fp32_acc = onnx_accuracy(pre, x_val, y_val)
+    by: dict[str, dict[str, float]] = {"fp32": {}}  # without labels: each output's val fidelity
+    fp32_acc = onnx_accuracy(pre, x_val, y_val, by_output=by["fp32"])
     opts_ = []
     rows = []
     for k, p in paths.items():
-        acc = onnx_accuracy(p, x_val, y_val)
+        by[k] = {}
+        acc = onnx_accuracy(p, x_val, y_val, by_output=by[k])
         ok = (fp32_acc - acc) * 100 <= max_drop + 1e-9
         opts_.append(Option(k, p.stat().st_size, ok, times[k], kernels=kernel_signature(p)))
         r = ratio(times[k], times["fp32"])
         rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
+                     **({"val_by_output": {o: round(v, 6) for o, v in by[k].items()},
+                         "worst_output": _worst(by[k])} if len(by[k]) > 1 else {}),
                      "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
                      "fp32_latency_ms_p50": round(float(np.median(times["fp32"])) * 1e3, 4),
                      "speedup_vs_fp32": round(r.speedup, 3), "speedup_ci": [round(1 / r.hi, 3), round(1 / r.lo, 3)]})
@@ -269,4 +276,14 @@ def per_layer_int8(
         row["why"] = o.why
     dst = work.parent / "model.onnx"
     shutil.copyfile(paths[best.name], dst)
-    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent)
+    worst = None
+    if len(by[best.name]) > 1:  # several outputs, no labels: the score picked on is the worst output's
+        wo = _worst(by[best.name])
+        worst = {"output": wo, "val_cosine": round(by[best.name][wo], 6), "fp32_val_cosine": round(by["fp32"][wo], 6),
+                 "by_output": {k: round(v, 6) for k, v in by[best.name].items()}}
+    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst)
+
+
+def _worst(scores: dict[str, float]) -> str:
+    """The output with the lowest score (ties: the first)."""
+    return min(scores.items(), key=lambda kv: kv[1])[0]

@@ -31,7 +31,7 @@ import onnx
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
-from edgeslim.onnxkit.lazy import stream_cosine
+from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
@@ -150,16 +150,35 @@ class Int8Plan:
         }
 
 
-def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1) -> Evaluate:
-    """(model, n) -> worst-output cosine of `model` vs `ref` over the first n feeds, accumulated feed by
-    feed (`onnxkit.lazy.stream_cosine`): memory is one feed's outputs whatever n is."""
+def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1,
+              worst: dict | None = None) -> Evaluate:
+    """(model, n) -> the fidelity of `model` vs `ref` over the first n feeds, accumulated feed by feed (memory
+    is one feed's outputs whatever n is). One output: its cosine over every value (`onnxkit.lazy.stream_cosine`).
+    Several outputs: the worst output's cosine, each output judged on its own (the lower of its mean per-sample
+    cosine and its cosine over all values, `onnxkit.lazy.stream_output_cosines`, as `onnxkit.session.output_scores` judges the validation pick), so a small
+    output (a recurrent state beside a big map) is never hidden by a big one. `worst` (a dict) receives the
+    last call's worst output: {"output": index, "cosine": value}."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
         s = session(model.SerializeToString(), threads=threads)
         names = [i.name for i in s.get_inputs()]
         k = min(n, len(feeds))
-        pairs = ((ref[i], s.run(None, {name: f[name] for name in names})) for i, f in enumerate(feeds[:k]))
-        return stream_cosine(pairs)[0]
+        if len(s.get_outputs()) == 1:
+            pairs = ((ref[i], s.run(None, {name: f[name] for name in names})) for i, f in enumerate(feeds[:k]))
+            return stream_cosine(pairs)[0]
+        triples = ((ref[i], s.run(None, {name: f[name] for name in names}), _samples(f))
+                   for i, f in enumerate(feeds[:k]))
+        per = stream_output_cosines(triples)
+        j = int(np.argmin(per))
+        if worst is not None:
+            worst.update(output=j, cosine=per[j])
+        return per[j]
     return evaluate
+
+
+def _samples(feed: Feed) -> int:
+    """Samples in a feed: the leading size of its first input (1 for a scalar)."""
+    x = np.asarray(next(iter(feed.values())))
+    return int(x.shape[0]) if x.ndim else 1
 
 
 def prepare_float(model: onnx.ModelProto, opts: Int8Options, notes: list[str]) -> onnx.ModelProto:
@@ -235,7 +254,8 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
     per-node kernels, on its own feed."""
     notes: list[str] = []  # speed decisions are made for the clock's device (quant.device_choice)
     opts = device_choice.adapt_options(opts, getattr(clock, "device", None), notes)
-    run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads), notes)
+    worst: dict = {}
+    run = _Run(feeds, opts, evaluator(feeds, ref, opts.threads, worst), notes)
     if profiler is None:
         def profiler(models: dict[str, bytes]) -> dict[str, dict[str, float]]:
             return clock.profile(models, runs=opts.profile_runs)
@@ -258,6 +278,11 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
         run.notes.append(f"shrink: {cut['relus']} ReLUs fused into their quantize, {cut['zero_points']} zero "
                          "zero-points dropped")
     cos = run.evaluate(final, len(feeds))
+    if worst:  # several outputs: which one the plan's fidelity is
+        out = model.graph.output[worst["output"]].name
+        run.steps["worst_output"] = {"output": out, "cosine": worst["cosine"]}
+        run.notes.append(f"worst output {out!r}: cosine {worst['cosine']:.4f} (each output judged on its own, "
+                         "per sample and over all values)")
     int8_units = [u for u in us.quant if u not in float_units]
     run.notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.spent.items()))
     run.steps["seconds"] = run.spent
