@@ -21,7 +21,7 @@ def test_one_timing_loop() -> None:
     # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window, the INT8 plan's
     # steps in its report), not a timing loop
     assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "run/loop.py", "distill/matching.py",
-                                           "search/study.py", "quant/int8_plan.py"}
+                                           "search/study.py", "quant/int8_plan.py", "prune/sensitivity.py"}
 
 
 def test_one_kernel_profiler() -> None:
