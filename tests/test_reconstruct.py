@@ -126,3 +126,11 @@ def test_structured_prune_reconstructs_each_round(setup, tmp_path):
     rnd = res.notes["rounds"][0]
     assert rnd["reconstruction"]["refitted"] >= 1
     assert rnd["reconstruction"]["val_accuracy"] > rnd["val_accuracy_pruned"]  # mean cosine to the original
+
+
+def test_a_ratio_under_one_channel_removes_none(setup):
+    teacher, task = setup
+    s = copy.deepcopy(teacher)
+    make_pruner(s, task.input_shape, ratio=0.0, layer_ratios={"c1": 0.01, "c2": 0.1})[0].step()
+    # 0.01 x 24 < 1: c1 kept whole; 0.1 x 24 = 2.4: Torch-Pruning keeps int(24 x 0.9) = 21
+    assert s.c1.out_channels == 24 and s.c2.out_channels == 21

@@ -190,7 +190,11 @@ def make_pruner(
         if bad:
             raise EdgeslimError(f"structured_prune: layer_ratios names unknown modules {bad}; valid: "
                                 f"{choices([n for n, _ in model.named_modules() if n])}")
-        ratio_dict = {names[k]: v for k, v in layer_ratios.items() if v > 0}
+        # a ratio under one channel removes none: Torch-Pruning keeps int(n x (1 - r)) channels, so any r > 0
+        # would remove one channel of every listed layer (a scaled-down try of `sensitivity_prune` at x0.001
+        # still cut 5% of PP-OCRv4 det's MACs and most of its fidelity)
+        counts = channel_counts(model)
+        ratio_dict = {names[k]: v for k, v in layer_ratios.items() if int(v * counts.get(k, 0)) >= 1}
     steps = 1 if schedule == "oneshot" else rounds
 
     def scheduler(r: float, n: int) -> list[float]:
