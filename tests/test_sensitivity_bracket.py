@@ -46,3 +46,17 @@ def test_bracket_keeps_the_most_pruned_try_that_meets_the_budget(setup, tmp_path
     chosen = max(passing, key=lambda t: t["scale"])
     assert chosen["try"] > 2 and res.notes["budget_met"] and res.notes["chosen_try"] == chosen["try"]
     assert evaluate(res.model, task.x_val, task.y_val) == pytest.approx(chosen["val_score"])
+
+
+def test_a_passing_try_that_saves_too_little_keeps_the_unpruned_model(setup, tmp_path):  # noqa: F811
+    teacher, task = setup
+    ctx = RunContext(stage_dir=tmp_path, spec={}, finetune=TrainConfig(epochs=0), quiet=True,
+                     teacher_loader=lambda: copy.deepcopy(teacher))
+    cfg = PASSES["sensitivity_prune"].config(target=0.7, mode="structured", ratios=[0.5, 0.75], max_ratio=0.9,
+                                             curve_samples=8, max_tries=2, search="bracket", min_val_score=0.5,
+                                             min_macs_saved=0.99)
+    res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, ctx)
+    assert res.notes["budget_met"] and res.notes["tries"][0]["macs_after"] < res.notes["macs_before"]
+    assert "min_macs_saved" in res.notes["kept_unpruned"] and res.notes["chosen_try"] == 0
+    assert res.notes["macs_after"] == res.notes["macs_before"]
+    assert evaluate(res.model, task.x_val, task.y_val) == pytest.approx(1.0)

@@ -61,6 +61,9 @@ class SensitivityPrune(PassConfig):
     matching: Matching | None = Field(None, description="fine-tune by function matching from the original")
     reconstruct: Reconstruct | None = Field(None, description="structured: refit the dense layers after each "
                                             "prune to the original's layer outputs (least squares, no labels)")
+    min_macs_saved: float = Field(0.0, ge=0, lt=1, description="structured: a try that meets the budget but "
+                                  "saves less than this fraction of the MACs is not worth its fidelity loss: the "
+                                  "unpruned model is kept instead")
     when_unmet: Literal["best", "unpruned"] = Field("best", description="no try met `min_val_score`: keep the "
                                                     "best-scoring try, or the unpruned model (fidelity first)")
 
@@ -191,15 +194,22 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     assert best is not None
     score, chosen, row = best
     met = cfg.min_val_score is None or score >= cfg.min_val_score
-    if not met and cfg.when_unmet == "unpruned":  # fidelity first: no ratio tried keeps the budget
+    saved = 1 - row["macs_after"] / before["macs_before"] if row.get("macs_after") and before.get("macs_before") else 1.0
+    small = met and saved < cfg.min_macs_saved
+    if small and not ctx.quiet:
+        print(f"[sensitivity_prune] try {row['try']} met the budget but saves {100 * saved:.1f}% of the MACs "
+              f"(< {100 * cfg.min_macs_saved:g}%): the unpruned model is kept", flush=True)
+    if small or (not met and cfg.when_unmet == "unpruned"):  # fidelity first: no ratio tried keeps the budget
         chosen = model if pristine is None else pristine
         score = evaluate(chosen, task.x_val, task.y_val)
         row = {"try": 0, "scale": 0.0, "val_score": score, **size_counts(chosen, task.input_shape, "after")}
-        if not ctx.quiet:
+        if not ctx.quiet and not small:
             print(f"[sensitivity_prune] no try met the budget {cfg.min_val_score}: the unpruned model is kept "
                   f"(val score {score:.4f})", flush=True)
     notes.update(val_accuracy=score, val_split="val", tries=tries, chosen_try=row["try"],
                  ratio_scale=row["scale"], budget=cfg.min_val_score, budget_met=met)
+    if small:
+        notes["kept_unpruned"] = f"the passing try saved {100 * saved:.1f}% of the MACs (< min_macs_saved)"
     if cfg.matching is not None:
         notes["augmentation"] = cfg.matching.describe()
     notes.update({**before, **{k: v for k, v in row.items() if k.endswith("_after")}})
