@@ -17,7 +17,7 @@ from reliability_helpers import main_inproc
 
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.lazy import sample_axis, stream_output_cosines
-from edgeslim.onnxkit.session import mean_cosine, onnx_accuracy, output_scores, sample_rows, session
+from edgeslim.onnxkit.session import mean_row_cosine, onnx_accuracy, output_scores, sample_rows, session
 from edgeslim.quant.int8_plan import evaluator
 
 INT8 = "version: 1\npasses:\n  - quantize_int8: {}\n"
@@ -49,7 +49,7 @@ def test_worst_output_score_sees_what_the_concatenated_row_hides(tmp_path):
     feeds = oq.array_feeds("x", x, 16)
     oq.quantize_static(src, q, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(method="minmax"))
     y = sample_rows(session(src), x).astype(np.float32)  # the targets a task without labels holds
-    old = mean_cosine(sample_rows(session(q), x), y)  # the score before: one concatenated row per sample
+    old = mean_row_cosine(sample_rows(session(q), x), y)  # the score before: one concatenated row per sample
     by: dict[str, float] = {}
     new = onnx_accuracy(q, x, y, by_output=by)
     assert old > 0.999, old  # the big output hides the small one
@@ -104,7 +104,7 @@ def test_output_scores_split_the_row_and_compare_integer_outputs_exactly(tmp_pat
     assert abs(s["cls"] - 0.7) < 1e-12 and abs(s["state"] - 1.0) < 1e-9, s
     # one value per sample: its per-sample cosine is only the sign; the cosine over all values counts
     z = np.stack([np.ones(10), np.zeros(10)], 1)
-    assert abs(mean_cosine(z[:, :1], z[:, :1] * np.arange(1, 11)[:, None]) - 1.0) < 1e-12
+    assert abs(mean_row_cosine(z[:, :1], z[:, :1] * np.arange(1, 11)[:, None]) - 1.0) < 1e-12
     w = np.linspace(1, 2, 10)[:, None]
     got = [np.ones((10, 1)), np.zeros((10, 1))]
     assert stream_output_cosines([([w, np.ones((10, 1))], [w[::-1].copy(), *got[:1]], 10)])[0] < 0.99

@@ -148,7 +148,7 @@ def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(rows, 1) if rows else np.zeros((0, 0))
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+def mean_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over rows of the cosine of `a`'s row to `b`'s ([N, D] each; 1.0 for a row pair both all zeros, 0.0
     when only one is); 1.0 for no rows."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -183,8 +183,8 @@ def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1) ->
         if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"):
             # one value per sample (a VAD's score) has a per-sample cosine of +-1: beside other outputs, the
             # cosine over all of the output's values counts too
-            scores[o.name] = mean_cosine(r, t) if len(rows) == 1 else min(mean_cosine(r, t),
-                                                                          mean_cosine(r.reshape(1, -1), t.reshape(1, -1)))
+            scores[o.name] = mean_row_cosine(r, t) if len(rows) == 1 else min(mean_row_cosine(r, t),
+                                                                          mean_row_cosine(r.reshape(1, -1), t.reshape(1, -1)))
         else:  # exact agreement: integers ride in float64 rows exactly
             scores[o.name] = float((r == t).mean(1).mean()) if w else 1.0
     return scores
