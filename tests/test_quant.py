@@ -200,8 +200,11 @@ def test_per_layer_int8_never_picks_slower_than_fp32_silently(trained_resnet, ti
     res = PASSES["quantize_int8"].fn(None, tiny_image_task, cfg, _with(_ctx(tmp_path / "a", spec, fp32), fake))
     assert fake.asked == 1  # the pass times nothing itself: it asks the run's measurement core
     tried = {r["candidate"]: r for r in res.notes["tried"]}
-    assert set(tried) == {"int8-mixed", "int8-full", "w8"}
+    assert set(tried) == {"int8-mixed", "int8-full", "w8", "w16"}
     assert "slower than the original" in tried["int8-full"]["why"]  # rejected: 1.6x the FP32 time
+    # the fp16-weight fallback: FP32 speed, half the file, the FP32 accuracy
+    assert tried["w16"]["size_bytes"] < fp32.stat().st_size / 1.8 and tried["w16"]["speedup_vs_fp32"] > 0.95
+    assert tried["w16"]["size_bytes"] > tried["w8"]["size_bytes"]  # w8 is smaller at the same speed
     assert res.notes["format"].split()[0] in ("w8", "int8-mixed") and "slower_than_fp32" not in res.notes
     assert fp32.stat().st_size / res.onnx.stat().st_size > 2.5  # weights stored int8 all the same
     assert onnx_accuracy(res.onnx, tiny_image_task.x_test, tiny_image_task.y_test) >= \

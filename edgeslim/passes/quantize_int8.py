@@ -29,6 +29,7 @@ from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import kernel_signature, onnx_accuracy, session
+from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
@@ -172,16 +173,16 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
         save(p.float_model, work / "float.plan.onnx")
     layers = layer_report(work / "float.plan.onnx", work / src, task.x_val[:128]) if src else []
     float_why = {} if r.chosen == "int8-full" else (
-        p.float_units if r.chosen == "int8-mixed" else dict.fromkeys(p.units.quant, "w8 chosen: FP32 compute"))
-    layers += [{"layer": u, "op": p.units.op[u], "bits": 32, "weight_dtype": "int8 storage, fp32 compute"
-                if not w.startswith("fidelity") else "fp16 storage, fp32 compute", "float_because": w,
+        p.float_units if r.chosen == "int8-mixed" else dict.fromkeys(p.units.quant, f"{r.chosen} chosen: FP32 compute"))
+    layers += [{"layer": u, "op": p.units.op[u], "bits": 32, "weight_dtype": "fp16 storage, fp32 compute"
+                if w.startswith(("fidelity", "w16")) else "int8 storage, fp32 compute", "float_because": w,
                 "sqnr_db": None} for u, w in float_why.items()]
     report["layers"] = layers
     write_json(ctx.stage_dir / "quant_report.json", report)
     shutil.rmtree(work)
     notes = {
         "format": f"{r.chosen} ({p.fmt}, {len(p.units.quant) - len(float_why)} layers INT8, {len(float_why)} float)"
-                  if r.chosen != "w8" else "w8 (FP32 compute, int8 weights on disk)",
+                  if r.chosen not in WEIGHT_ONLY else WEIGHT_ONLY[r.chosen],
         "why": r.why, "calibration": {"method": cfg.method, "samples": sum(len(next(iter(f.values()))) for f in feeds)},
         "tried": r.rows, "float_layers": float_why, "plan_notes": p.notes, "layers": layers,
         "speed_decisions": getattr(clock, "method", "measured: interleaved on this host"),
@@ -203,10 +204,16 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
 #   int8-mixed  the plan: INT8 where it is faithful and faster here, float (int8 weights on disk) elsewhere
 #   int8-full   every layer INT8 in the plan's integer format (what the pass did before)
 #   w8          FP32 compute with int8 weight storage (the plan with every layer float)
+#   w16         FP32 compute with fp16 weight storage (Cast folded at load: the FP32 input's speed, half its
+#               size): the faithful fallback when no INT8 candidate is both faithful and at least as fast
+#               (a VAD whose recurrent state INT8 damages)
 # A candidate must stay within `max_drop` points of the FP32 validation accuracy. If none qualifies
 # under the rule (all slower than FP32), the fastest faithful one is written and the stage says, in its
 # notes, that it is slower than FP32: thin layers (a pruned ResNet-8 on 8x8 digits) often run slower in
 # INT8 than in FP32 on x86, and a compression step must not undo the previous one's speed silently.
+
+
+WEIGHT_ONLY = {"w8": "w8 (FP32 compute, int8 weights on disk)", "w16": "w16 (FP32 compute, fp16 weights on disk)"}
 
 
 @dataclass
@@ -236,7 +243,8 @@ def per_layer_int8(
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
-    models = {"int8-mixed": plan.model, "int8-full": shrink(plan.full)[0], "w8": w8}
+    w16 = weight_only(onnx.load(str(pre)), kind="fp16", min_elements=16)[0]  # the faithful, not-slower fallback
+    models = {"int8-mixed": plan.model, "int8-full": shrink(plan.full)[0], "w8": w8, "w16": w16}
     paths = {}
     recurrent: list[str] = []
     for k, m in models.items():
