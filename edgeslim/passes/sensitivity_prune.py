@@ -34,7 +34,7 @@ from edgeslim.errors import EdgeslimError
 from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import apply_masks, magnitude_masks, weight_sparsity
-from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
+from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct, summary
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
 from edgeslim.prune.structured import blocked_by, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
@@ -166,8 +166,7 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
             hist = ctx.finetune_model(m, task, cfg.finetune, desc="sensitivity_prune")
             score, extra = hist["val_accuracy"], {"epochs": hist["epochs"]}
         if recon is not None:
-            extra["reconstruction"] = {k: v for k, v in recon.items() if k not in ("refitted", "kept_pruned")} | {
-                "refitted": len(recon["refitted"]), "kept_pruned": len(recon["kept_pruned"])}
+            extra["reconstruction"] = summary(recon)
         row = {"try": t + 1, "scale": round(scale, 4), "val_score": score,
                **size_counts(m, task.input_shape, "after"), **extra}
         tries.append(row)

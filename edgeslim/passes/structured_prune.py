@@ -14,7 +14,7 @@ from edgeslim.data import Task
 from edgeslim.models.counts import size_counts
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.prune.masks import Schedule
-from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
+from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct, summary
 from edgeslim.prune.structured import Importance, accumulate_gradients, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
 from edgeslim.train import TrainConfig, evaluate
@@ -65,8 +65,7 @@ def structured_prune(model: nn.Module | None, task: Task, cfg: StructuredPrune, 
         row: dict[str, Any] = {"val_accuracy_pruned": acc_pruned}
         if rc is not None and unpruned is not None:
             rec = reconstruct(model, unpruned, kept, task.x_train, rc, seed=ctx.seed)
-            row["reconstruction"] = {k: v for k, v in rec.items() if k not in ("refitted", "kept_pruned")} | {
-                "refitted": len(rec["refitted"]), "kept_pruned": len(rec["kept_pruned"]),
+            row["reconstruction"] = summary(rec) | {
                 "val_accuracy": evaluate(model, task.x_val, task.y_val)}
             del unpruned
         hist = ctx.finetune_model(model, task, cfg.finetune, desc=f"structured_prune r{i + 1}")

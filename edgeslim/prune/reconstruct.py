@@ -83,6 +83,12 @@ def prune_recording(pruner, model: nn.Module) -> Kept:  # pruner: tp.pruner.Meta
     return kept
 
 
+def summary(rec: dict) -> dict:
+    """`reconstruct`'s record for a stage's notes: the layer lists become their counts."""
+    return {k: v for k, v in rec.items() if k not in ("refitted", "kept_pruned")} | {
+        "refitted": len(rec["refitted"]), "kept_pruned": len(rec["kept_pruned"])}
+
+
 def _dense(mod: nn.Module) -> bool:
     if isinstance(mod, nn.Linear):
         return True
