@@ -16,8 +16,8 @@ from edgeslim.onnxkit.graph import all_nodes, name_nodes, op_counts, save
 from edgeslim.onnxkit.inputs import input_specs, synthetic_feeds
 from edgeslim.onnxkit.load import load_and_repair
 from edgeslim.onnxkit.session import ort_optimize, session
+from edgeslim.onnxkit.weight_only import weight_only
 from edgeslim.onnxopt.run import OptimizeConfig, optimize_onnx
-from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import calib_select
 from edgeslim.quant.int8_plan import Int8Options, quantize
 

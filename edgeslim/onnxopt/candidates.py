@@ -32,8 +32,8 @@ from edgeslim.onnxkit.graph import graphs, op_counts, save
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.quant import convert_fp16
 from edgeslim.onnxkit.session import iter_outputs, session
+from edgeslim.onnxkit.weight_only import weight_only
 from edgeslim.onnxopt import fallback
-from edgeslim.onnxopt.weight_only import weight_only
 from edgeslim.quant import int8_plan
 
 ALL = ("fp32-opt", "w8", "w16", "int8-qdq", "int8-qdq+w8", "int8-qop", "int8-dyn", "fp16")

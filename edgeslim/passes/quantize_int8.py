@@ -29,7 +29,7 @@ from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import kernel_signature, onnx_accuracy, session
-from edgeslim.onnxopt.weight_only import weight_only
+from edgeslim.onnxkit.weight_only import weight_only
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
