@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgeslim.data import Task
+from edgeslim.data.crops import crop_fails, crop_size, random_crop
 from edgeslim.models.probe import probe
 from edgeslim.train import evaluate, torch_threads, train_threads
 
@@ -49,6 +51,9 @@ class Matching(BaseModel):
     noise: float = Field(0.03, ge=0, description="Gaussian noise, fraction of the training inputs' std")
     shift: int = Field(2, ge=0, description="random roll of up to this many positions along the last axes")
     mixup: float = Field(0.5, ge=0, le=1, description="fraction of each batch replaced by mixes of two samples")
+    crop: float = Field(1.0, gt=0, le=1, description="train on random crops of this fraction of each spatial axis "
+                        "of at least 64 (rounded down to a multiple of 32; `data.crops`) when the model takes "
+                        "them; 1: full inputs. A step on a half crop costs about a quarter")
     features: int = Field(4, ge=0, description="intermediate layers matched (shape kept by the student); 0: off")
     feature_weight: float = Field(0.5, ge=0, description="weight of the feature term vs the output term")
     bn: Literal["frozen", "train"] = Field("frozen", description="frozen: BatchNorm layers normalise with their "
@@ -56,8 +61,10 @@ class Matching(BaseModel):
                                            "learn); train: with each batch's statistics, updating them")
     seed: int = 0
 
-    def describe(self) -> str:
-        return (f"on the fly, teacher on the same view: Gaussian noise {self.noise:g} x std, shifts up to "
+    def describe(self, crop: Sequence[int] | None = None) -> str:
+        """The augmentation in words; `crop`: the crop size used (per sample), if any."""
+        where = f"random {'x'.join(map(str, crop[1:]))} crops, " if crop else ""
+        return (f"on the fly, teacher on the same view: {where}Gaussian noise {self.noise:g} x std, shifts up to "
                 f"{self.shift} positions on the last axes, mixup on {100 * self.mixup:g}% of each batch")
 
 
@@ -149,6 +156,12 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
     t0, step, running = time.perf_counter(), 0, 0.0
     bs = min(cfg.batch_size, len(xt))
     exact = best >= 1 - 1e-6  # the student already is the teacher on validation (e.g. nothing was pruned)
+    size = crop_size(tuple(xt.shape[1:]), cfg.crop) if xt.is_floating_point() else None
+    crop_note = None
+    if size is not None and not exact:
+        crop_note = crop_fails([teacher, student], xt[:2], size)
+        if crop_note is not None:
+            size, crop_note = None, f"full inputs: the model does not take crops ({crop_note})"
     try:
         with torch_threads(train_threads(student, task.input_shape, bs)):
             while not exact and step < cfg.max_steps and time.perf_counter() - t0 < cfg.max_seconds:
@@ -157,7 +170,8 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
                     for mod in student.modules():
                         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                             mod.eval()
-                x = augment_batch(xt[torch.from_numpy(rng.choice(len(xt), bs, replace=False))], cfg, gen, scale)
+                x = xt[torch.from_numpy(rng.choice(len(xt), bs, replace=False))]
+                x = augment_batch(random_crop(x, size, gen) if size else x, cfg, gen, scale)
                 with torch.no_grad():
                     target = teacher(x)
                 out = student(x)
@@ -197,5 +211,6 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
             "best_step": best_step, "seconds": round(seconds, 1),
             "stopped_by": "steps" if step >= cfg.max_steps else ("time" if seconds >= cfg.max_seconds else
                                                                   "nothing to recover" if exact else "loss"),
-            "feature_layers": feats, "augmentation": cfg.describe(), "history": history,
+            "feature_layers": feats, "augmentation": cfg.describe(size), "history": history,
+            **({"crop": list(size[1:])} if size else {}), **({"crop_note": crop_note} if crop_note else {}),
             "steps_per_second": round(step / max(seconds, 1e-9), 2) if not math.isclose(seconds, 0) else None}

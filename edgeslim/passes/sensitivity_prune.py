@@ -161,7 +161,9 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
         if teacher is not None:
             assert cfg.matching is not None
             rec = match(m, teacher, task, cfg.matching, desc=f"sensitivity_prune try {t + 1}", quiet=ctx.quiet)
-            score, extra = rec["val_score"], {k: rec[k] for k in ("steps", "seconds", "stopped_by", "feature_layers")}
+            score, extra = rec["val_score"], {k: rec[k] for k in ("steps", "seconds", "stopped_by", "feature_layers",
+                                                                "crop", "crop_note") if k in rec}
+            notes["augmentation"] = rec["augmentation"]
         else:
             hist = ctx.finetune_model(m, task, cfg.finetune, desc="sensitivity_prune")
             score, extra = hist["val_accuracy"], {"epochs": hist["epochs"]}
@@ -210,6 +212,6 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
     if small:
         notes["kept_unpruned"] = f"the passing try saved {100 * saved:.1f}% of the MACs (< min_macs_saved)"
     if cfg.matching is not None:
-        notes["augmentation"] = cfg.matching.describe()
+        notes.setdefault("augmentation", cfg.matching.describe())
     notes.update({**before, **{k: v for k, v in row.items() if k.endswith("_after")}})
     return PassResult(chosen, notes=notes)

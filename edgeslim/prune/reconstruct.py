@@ -10,9 +10,11 @@ few unlabelled samples: a ridge regression per layer, pulled towards the pruned 
 with A the layer's input patches (im2col rows; a column of ones for the bias) and Y the original's outputs at
 the same positions. This is the reconstruction step of channel pruning (He et al. 2017, "Channel Pruning for
 Accelerating Very Deep Neural Networks"; Luo et al. 2017, ThiNet), done layer by layer in execution order so a
-layer's fit sees the upstream layers' fits. Layers are processed in `waves` (one student and one teacher
-forward per batch and wave: each wave's layers get their inputs from the previous waves' fits), so the cost is
-about 2 x waves forward passes of the samples plus one small solve per layer, whatever the depth.
+layer's fit sees the upstream layers' fits. The original's layer outputs are computed once (one forward); the
+student's layer inputs take one forward per `wave` layers, stopped after the wave's last layer (`wave: 1`, the
+default: every fit sees all upstream fits; `wave: k`: about k times fewer forwards). With `crop` < 1 the fit
+runs on one random crop per batch of samples (`data.crops`), when the model takes crops: more samples in the
+same time.
 
 A fit is kept only where it lowers the layer's error on rows held out of the fit (a fifth of the rows); else
 the pruned weights stay. Depthwise and grouped convolutions are left as they are (each output channel sees only
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from edgeslim.data.crops import crop_fails, crop_size, random_crop
 from edgeslim.prune.structured import torch_pruning_errors
 
 Kept = dict[str, dict[str, list[int]]]
@@ -48,6 +51,12 @@ class Reconstruct(BaseModel):
                                       "with the lowest error on the held-out rows is kept")
     max_seconds: float = Field(300.0, gt=0, description="time budget; layers not reached keep their weights")
     batch_size: int = Field(8, ge=1)
+    wave: int = Field(1, ge=1, description="layers refitted from one forward pass of the samples: 1, strictly in "
+                      "order (each fit sees every upstream fit); k, about k times fewer forward passes, a layer's "
+                      "fit not seeing the fits of the layers before it in its wave")
+    crop: float = Field(1.0, gt=0, le=1, description="fit on one random crop per sample of this fraction of each "
+                        "spatial axis of at least 64 (`data.crops`; more samples in the same time) when the model "
+                        "takes it; 1: full inputs")
 
 
 def _count(mod: nn.Module, axis: str) -> int | None:
@@ -199,28 +208,37 @@ def _solve(acc: _Acc, w0: torch.Tensor, alphas: tuple[float, ...]) -> tuple[torc
     return best[1], before, best[0]
 
 
-def _accumulate(student: nn.Module, mod: nn.Module, xb: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]],
-                acc: _Acc, gen: torch.Generator) -> None:
-    """Run `student` on the batch `xb` up to the last call of `mod` and add its input rows at the positions the
-    original's outputs `calls` (one (positions, targets) per call) were sampled at."""
-    if not calls:
+def _accumulate(student: nn.Module, jobs: list[tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], _Acc]],
+                xb: torch.Tensor, gen: torch.Generator) -> None:
+    """Run `student` on the batch `xb` up to the last call of the last layer of `jobs` and add each layer's input
+    rows to its accumulator at the positions the original's outputs (one (positions, targets) per call) were
+    sampled at. `jobs`: (layer, calls, accumulator) per layer of one wave."""
+    live = [(m, calls, acc) for m, calls, acc in jobs if calls]
+    if not live:
         return
-    seen = [0]
+    left = [len(live)]
 
-    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        k = seen[0]
-        seen[0] += 1
-        if k < len(calls):
-            pos, y = calls[k]
-            acc.add(_with_ones(_rows(m, inp[0].detach()), m.bias is not None)[pos], y, gen)
-        if seen[0] >= len(calls):
-            raise _Stop
+    def hook_for(calls: list[tuple[torch.Tensor, torch.Tensor]], acc: _Acc):
+        seen = [0]
 
-    hk = mod.register_forward_hook(hook)
+        def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+            k = seen[0]
+            seen[0] += 1
+            if k < len(calls):
+                pos, y = calls[k]
+                acc.add(_with_ones(_rows(m, inp[0].detach()), m.bias is not None)[pos], y, gen)
+                if k == len(calls) - 1:
+                    left[0] -= 1
+            if left[0] <= 0:
+                raise _Stop
+        return hook
+
+    hks = [m.register_forward_hook(hook_for(calls, acc)) for m, calls, acc in live]
     try:
         _forward(student, xb)
     finally:
-        hk.remove()
+        for hk in hks:
+            hk.remove()
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> None:
@@ -263,6 +281,10 @@ def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarra
         return {**empty, "seconds": round(time.monotonic() - t0, 2)}
     gen = torch.Generator().manual_seed(seed)
     batches = [torch.from_numpy(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    size = crop_size(x.shape[1:], cfg.crop) if np.issubdtype(x.dtype, np.floating) else None
+    crop_note = crop_fails([student, teacher], batches[0][:2], size) if size else None
+    if size and crop_note is None:
+        batches = [random_crop(xb, size, gen) for xb in batches]
     # the original's outputs of every layer, once: positions sampled per call, kept output channels only
     cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for b, xb in enumerate(batches):
@@ -283,26 +305,31 @@ def reconstruct(student: nn.Module, teacher: nn.Module, kept: Kept, x: np.ndarra
     err_before: list[float] = []
     err_after: list[float] = []
     stopped = False
-    for n in layers:
+    for at in range(0, len(layers), cfg.wave):
         if time.monotonic() - t0 > cfg.max_seconds:
             stopped = True
             break
-        acc, mod = _Acc(), smods[n]
+        wave = layers[at:at + cfg.wave]
+        accs = {n: _Acc() for n in wave}
         for b, xb in enumerate(batches):
-            _accumulate(student, mod, xb, cache.get((n, b), []), acc, gen)
-        if acc.g is None or acc.h is None:
-            continue
-        w, before, after = _solve(acc, _weight_matrix(mod), cfg.alphas)
-        if w is not None:
-            _set_weights(mod, w)
-            refitted.append(n)
-            err_before.append(before)
-            err_after.append(after)
-        else:
-            unchanged.append(n)
+            _accumulate(student, [(smods[n], cache.get((n, b), []), accs[n]) for n in wave], xb, gen)
+        for n in wave:
+            acc, mod = accs[n], smods[n]
+            if acc.g is None or acc.h is None:
+                continue
+            w, before, after = _solve(acc, _weight_matrix(mod), cfg.alphas)
+            if w is not None:
+                _set_weights(mod, w)
+                refitted.append(n)
+                err_before.append(before)
+                err_after.append(after)
+            else:
+                unchanged.append(n)
     return {
         "layers": len(layers), "refitted": refitted, "kept_pruned": unchanged, "samples": len(x),
         "rel_error_before": round(float(np.mean(err_before)), 5) if err_before else None,
         "rel_error_after": round(float(np.mean(err_after)), 5) if err_after else None,
         "stopped_by_time": stopped, "seconds": round(time.monotonic() - t0, 2),
+        **({"crop": list(size[1:])} if size and crop_note is None else {}),
+        **({"crop_note": f"full inputs: the model does not take crops ({crop_note})"} if crop_note else {}),
     }
