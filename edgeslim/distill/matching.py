@@ -59,6 +59,11 @@ class Matching(BaseModel):
     bn: Literal["frozen", "train"] = Field("frozen", description="frozen: BatchNorm layers normalise with their "
                                            "running statistics while training (their scale and shift still "
                                            "learn); train: with each batch's statistics, updating them")
+    probabilities: Literal["kl", "mse"] = Field("kl", description="kl: when every output value of the teacher on "
+                                                "the training inputs lies in 0..1 (probabilities: a detector's map, "
+                                                "softmax scores), the outputs are matched by the binary KL "
+                                                "divergence, whose gradient does not vanish where a sigmoid "
+                                                "saturates; mse: always the normalised MSE")
     seed: int = 0
 
     def describe(self, crop: Sequence[int] | None = None) -> str:
@@ -133,6 +138,14 @@ class _Taps:
             h.remove()
 
 
+def _binary_kl(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean element-wise KL divergence of Bernoulli(`t`) from Bernoulli(`p`), values in 0..1 (0: equal). Its
+    gradient at a sigmoid's input is p - t, which does not vanish where the sigmoid saturates (an MSE's does)."""
+    eps = 1e-7
+    p, t = p.float().clamp(eps, 1 - eps), t.float().clamp(eps, 1 - eps)
+    return (t * (t.log() - p.log()) + (1 - t) * ((1 - t).log() - (1 - p).log())).mean()
+
+
 def _nmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error of `a` to `b`, relative to `b`'s mean square (0: equal; 1: as far as zero)."""
     return (a.float() - b.float()).pow(2).mean() / (b.float().pow(2).mean() + 1e-8)
@@ -156,6 +169,10 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
     t0, step, running = time.perf_counter(), 0, 0.0
     bs = min(cfg.batch_size, len(xt))
     exact = best >= 1 - 1e-6  # the student already is the teacher on validation (e.g. nothing was pruned)
+    yt = np.asarray(task.y_train)
+    probs = (cfg.probabilities == "kl" and np.issubdtype(yt.dtype, np.floating) and yt.size > 0
+             and float(yt.min()) >= 0 and float(yt.max()) <= 1)  # the teacher's outputs are probabilities
+    out_loss = _binary_kl if probs else _nmse
     size = crop_size(tuple(xt.shape[1:]), cfg.crop) if xt.is_floating_point() else None
     crop_note = None
     if size is not None and not exact:
@@ -175,7 +192,7 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
                 with torch.no_grad():
                     target = teacher(x)
                 out = student(x)
-                loss = _nmse(out, target)
+                loss = out_loss(out, target)
                 if feats:
                     loss = loss + cfg.feature_weight * sum(_nmse(s_taps.out[k], t_taps.out[k]) for k in feats) / len(feats)
                 if not torch.isfinite(loss):
@@ -212,5 +229,6 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
             "stopped_by": "steps" if step >= cfg.max_steps else ("time" if seconds >= cfg.max_seconds else
                                                                   "nothing to recover" if exact else "loss"),
             "feature_layers": feats, "augmentation": cfg.describe(size), "history": history,
+            "output_loss": "binary KL (outputs in 0..1)" if probs else "normalised MSE",
             **({"crop": list(size[1:])} if size else {}), **({"crop_note": crop_note} if crop_note else {}),
             "steps_per_second": round(step / max(seconds, 1e-9), 2) if not math.isclose(seconds, 0) else None}
