@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_optimize import write_inputs  # noqa: E402
+from bench_optimize import STYLES, write_inputs  # noqa: E402
 
 import edgeslim  # noqa: E402
 from edgeslim import api  # noqa: E402
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, required=True, help="run folders (resumed when rerun)")
     ap.add_argument("--recipe", type=Path, default=RECIPE)
     ap.add_argument("--log", action="store_true", help="print the runs' progress lines (else only the table)")
+    ap.add_argument("--style", choices=STYLES, default="glyphs", help="OCR inputs: scaled digit glyphs (the "
+                    "earlier tables) or rendered text lines and pages (`text_inputs`)")
     args = ap.parse_args(argv)
     print("| model | last stage | speed-up | smaller | held-out cosine (worst output) | held-out top-1 agreement | "
           "held-out samples | wall time |")
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.models:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         npz = args.out_dir / f"{m.stem}.inputs.npz"
-        if not npz.exists() and not write_inputs(m, npz, args.samples):
+        if not npz.exists() and not write_inputs(m, npz, args.samples, style=args.style):
             print(f"| {m.name} | no input preset | | | | | | |")
             continue
         t0 = time.time()

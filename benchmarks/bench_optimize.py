@@ -100,9 +100,29 @@ OPTIMIZE_TABLE = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_rec_infer.
                   "silero_vad_op18_ifless.onnx")
 
 
-def write_inputs(src: Path, dst: Path, n: int, seed: int = 0) -> bool:
-    """Write the structured synthetic inputs of a preset model to `dst` (.npz); False for other models."""
-    make = PRESETS.get(src.name, ("?", None))[1]
+def _text_presets() -> dict:
+    """The OCR presets with rendered text (`text_inputs`) in place of digit glyphs; same normalisation."""
+    import text_inputs as t
+
+    return {
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx": lambda r, n: {"x": _rgb(t.lines(r, 48, 192, n, flip=0.3), [0.5] * 3,
+                                                                        [0.5] * 3)},
+        "ch_PP-OCRv4_rec_infer.onnx": lambda r, n: {"x": _rgb(t.lines(r, 48, 320, n), [0.5] * 3, [0.5] * 3)},
+        "ch_PP-OCRv4_det_infer.onnx": lambda r, n: {"x": _rgb(t.pages(r, 320, 320, n), [0.485, 0.456, 0.406],
+                                                              [0.229, 0.224, 0.225])},
+        "common.onnx": lambda r, n: {"input1": ((t.lines(r, 64, 160, n) - 0.5) / 0.5)[:, None]},
+        "common_det.onnx": lambda r, n: {"images": _rgb(t.pages(r, 416, 416, n, scattered=True) * 255, [0] * 3,
+                                                        [1] * 3)},
+    }
+
+
+STYLES = ("glyphs", "text")
+
+
+def write_inputs(src: Path, dst: Path, n: int, seed: int = 0, style: str = "glyphs") -> bool:
+    """Write the structured synthetic inputs of a preset model to `dst` (.npz); False for other models.
+    `style` "text": rendered text lines and pages for the OCR models (`text_inputs`); others as "glyphs"."""
+    make = (_text_presets().get(src.name) if style == "text" else None) or PRESETS.get(src.name, ("?", None))[1]
     if make is None:
         return False
     np.savez(dst, **make(np.random.default_rng(seed), n))
