@@ -3,8 +3,14 @@ distillation: A good teacher is patient and consistent"). Each step draws a trai
 fly (Gaussian noise, shifts along the last axes, mixup of two samples), and the student fits the teacher's
 outputs **on the same augmented view**, computed live: no fixed target set to over-fit, however few the inputs.
 
+With `crop` < 1 the view is a random crop (`data.crops`) where the model takes one (a convolutional model does;
+tried once, else full inputs and a note): a step on half-size crops costs about a quarter, so more steps fit the
+time budget.
+
 The loss is the output error normalised by the teacher's output energy (so probability outputs and logits weigh
-alike) plus, with `features > 0`, the same normalised error on intermediate features of layers whose output
+alike; when every output value of the teacher on the training inputs lies in 0..1, the binary KL divergence
+instead: a detector's near-binary sigmoid map leaves an MSE almost no gradient, measured in docs/benchmarks.md)
+plus, with `features > 0`, the same normalised error on intermediate features of layers whose output
 shape the student kept (a pruned copy of the teacher: same module names; the layers whose channels were pruned
 are skipped). The budget is bounded in steps *and* seconds, so a run's wall time is known up front; the best
 state on the validation split (`train.evaluate`: mean cosine to the teacher for a task without labels) is kept.
