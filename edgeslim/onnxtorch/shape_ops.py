@@ -126,7 +126,8 @@ def squeeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> t
 def concat_op(op: Op, *xs: torch.Tensor) -> torch.Tensor:
     xs2 = [x for x in xs if x is not None and (x.numel() > 0 or x.dim() > 1)]
     dtype = xs2[0].dtype
-    return torch.cat([x.to(dtype) for x in xs2], dim=op.a["axis"])
+    # no .to() when the dtype already matches: the tracer records it as a Cast node all the same
+    return torch.cat([x if x.dtype == dtype else x.to(dtype) for x in xs2], dim=op.a["axis"])
 
 
 def slice_op(op: Op, x: torch.Tensor, starts: Any = None, ends: Any = None, axes_t: Any = None,
@@ -157,7 +158,8 @@ def slice_op(op: Op, x: torch.Tensor, starts: Any = None, ends: Any = None, axes
 
 
 def cast_op(op: Op, x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch_dtype(op.a["to"]))
+    t = torch_dtype(op.a["to"])
+    return x if x.dtype == t else x.to(t)  # a no-op Cast is not traced into the export
 
 
 def constant_of_shape_op(op: Op, shape: torch.Tensor) -> torch.Tensor:
