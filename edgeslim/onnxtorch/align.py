@@ -289,9 +289,15 @@ def _apply(g: _Graph, plan: _Plan) -> None:
         _set_input(g, n, k, _expand(v, 1 - (rank - v.ndim), mk, 1.0 if n.op_type in _PAD_ONE else 0.0))
 
 
+def _unaligned(c: int, multiple: int) -> bool:
+    """Worth padding: not a multiple, and at least one multiple (ONNX Runtime reads fewer channels than its
+    block through a kernel of their own; padding 4 channels to 16 would only add work elsewhere)."""
+    return c % multiple != 0 and c >= multiple
+
+
 def align_channels(model: onnx.ModelProto, multiple: int = 4) -> tuple[onnx.ModelProto, int]:
-    """A copy of `model` whose dense convolutions' output channels are zero-padded to a multiple of `multiple`
-    wherever the padding can be followed to the convolutions that read it (module docstring); the same
+    """A copy of `model` whose dense convolutions' output channels (`multiple` or more) are zero-padded to a
+    multiple of `multiple` wherever the padding can be followed to the convolutions that read it (module docstring); the same
     function up to float rounding. Returns (model, number of convolutions padded)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -300,7 +306,7 @@ def align_channels(model: onnx.ModelProto, multiple: int = 4) -> tuple[onnx.Mode
     while True:
         g = _Graph(m)
         cand = [n for n in m.graph.node if n.op_type == "Conv" and _conv_kind(g, n) == "dense"
-                and n.output[0] not in tried and int(g.weight(n).shape[0]) % multiple]  # type: ignore[union-attr]
+                and n.output[0] not in tried and _unaligned(int(g.weight(n).shape[0]), multiple)]  # type: ignore[union-attr]
         if not cand:
             break
         plan = _plan(g, cand[0], multiple)

@@ -23,7 +23,65 @@ def shape_op(op: Op, x: torch.Tensor) -> torch.Tensor:
 
 
 def _by_rule(rule: list[tuple[str, int, int]], x: torch.Tensor) -> torch.Tensor:
-    return x.reshape([math.prod(x.shape[i:j]) if kind == "in" else i for kind, i, j in rule])
+    if torch.jit.is_tracing():
+        target = _const_target(rule, x.dim())
+        if target is not None:  # exported as one Reshape with a constant target, not Shape/Gather/Concat arithmetic
+            return _ConstReshape.apply(x, tuple(int(v) for v in x.reshape(_sizes(rule, x)).shape), target)
+    return x.reshape(_sizes(rule, x))
+
+
+def _sizes(rule: list[tuple[str, int, int]], x: torch.Tensor) -> list[int]:
+    return [math.prod(x.shape[i:j]) if kind == "in" else i for kind, i, j in rule]
+
+
+def _const_target(rule: list[tuple[str, int, int]], rank: int) -> tuple[int, ...] | None:
+    """The rule as an ONNX Reshape target of constants (0: copy the input dim at that position, -1: the rest),
+    or None when it needs more than one -1."""
+    out: list[int] = []
+    for k, (kind, i, j) in enumerate(rule):
+        if kind == "const":
+            out.append(i)
+        elif j == i + 1 and i == k and k < rank:
+            out.append(0)
+        else:
+            out.append(-1)
+    return tuple(out) if out.count(-1) <= 1 else None
+
+
+class _ConstReshape(torch.autograd.Function):
+    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, constant `target`) (0 and -1 as ONNX
+    reads them). Eager runs and gradients are torch's reshape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sizes: tuple[int, ...], target: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        return x.reshape(sizes)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, sizes: tuple[int, ...], target: tuple[int, ...]) -> Any:
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(target), dtype=torch.int64)))
+
+
+class _TensorReshape(torch.autograd.Function):
+    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, shape): the traced int64 `shape` read as
+    ONNX reads it (0 = copy the input dim, -1), without the arithmetic torch would need for the zeros."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        return x.reshape(sizes)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, shape: Any, sizes: tuple[int, ...]) -> Any:
+        return g.op("Reshape", x, shape)
 
 
 def _fits(target: list[int], x: torch.Tensor) -> bool:
@@ -44,13 +102,11 @@ def reshape_op(op: Op, x: torch.Tensor, shape: torch.Tensor | list) -> torch.Ten
     if op.rule is not None and not op.recording and not _fits(target, x):
         return _by_rule(op.rule, x)
     if torch.jit.is_tracing() and isinstance(shape, torch.Tensor) and not op.const(1):
-        # the exported Reshape reads the live shape tensor (0 and -1 as ONNX)
+        # the exported Reshape reads the live shape tensor as the source did (0 and -1 as ONNX reads them)
+        if not op.a.get("allowzero", 0):
+            return _TensorReshape.apply(x, shape, tuple(int(v) for v in x.reshape(target).shape))
         from torch.onnx import operators
 
-        if not op.a.get("allowzero", 0):  # ONNX 0 = copy that input dim, which torch does not know
-            n, live = shape.shape[0], torch._shape_as_tensor(x)
-            live = live[:n] if n <= x.dim() else torch.cat([live, shape[x.dim():]])
-            shape = torch.where(shape == 0, live, shape)
         return operators.reshape_from_tensor_shape(x, shape)
     y = x.reshape(target)
     if op.recording:

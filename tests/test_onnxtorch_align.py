@@ -1,0 +1,126 @@
+"""A converted model exported back to ONNX is as fast as its source: no extra node kinds (Cast, If, shape
+arithmetic) and pruned channel counts padded so ONNX Runtime's NCHWc kernels take every convolution."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from edgeslim.onnxkit.session import session
+from edgeslim.onnxtorch import export_converted, onnx_to_torch
+from edgeslim.onnxtorch.align import align_channels
+
+RNG = np.random.default_rng(0)
+SLOW = ("Cast", "If", "Shape", "Gather", "Where", "Equal", "Identity", "Expand", "ConstantOfShape", "Unsqueeze",
+        "Squeeze", "Slice", "Transpose")  # Constant nodes are not in it: ONNX Runtime makes them initializers
+
+
+def w(name: str, *shape: int, lo: float | None = None) -> onnx.TensorProto:
+    a = RNG.uniform(lo, 1.5, shape) if lo is not None else RNG.normal(0, 0.3, shape)
+    return nh.from_array(a.astype(np.float32), name)
+
+
+def pruned_like() -> onnx.ModelProto:
+    """Channel counts as pruning leaves them (22, 24 -> concat 46, 20): SiLU conv -> conv + residual Add ->
+    BatchNormalization -> Concat with a second conv -> depthwise conv -> per-channel Mul -> Resize -> conv ->
+    MaxPool -> output 'y'; a 20-channel conv reaches output 'z' through a Reshape (must stay as it is)."""
+    nodes = [
+        h.make_node("Conv", ["x", "wa", "ba"], ["a"], pads=[1, 1, 1, 1]),
+        h.make_node("Sigmoid", ["a"], ["as"]), h.make_node("Mul", ["a", "as"], ["a1"]),
+        h.make_node("Conv", ["a1", "wb"], ["b"], pads=[1, 1, 1, 1]),
+        h.make_node("Add", ["a1", "b"], ["r"]),
+        h.make_node("BatchNormalization", ["r", "s", "bb", "m", "v"], ["rn"]),
+        h.make_node("Conv", ["x", "wc"], ["c"]),
+        h.make_node("Relu", ["c"], ["cr"]),
+        h.make_node("Concat", ["rn", "cr"], ["cat"], axis=1),
+        h.make_node("Conv", ["cat", "wdw", "bdw"], ["dw"], pads=[1, 1, 1, 1], group=46),
+        h.make_node("Mul", ["dw", "k"], ["dwk"]),
+        h.make_node("Resize", ["dwk", "", "scales"], ["up"], mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        h.make_node("Conv", ["up", "wd"], ["d"]),
+        h.make_node("MaxPool", ["d"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Conv", ["x", "we"], ["e"]),
+        h.make_node("Reshape", ["e", "shape"], ["z"]),
+    ]
+    inits = [w("wa", 22, 16, 3, 3), w("ba", 22), w("wb", 22, 22, 3, 3), w("s", 22, lo=0.5), w("bb", 22), w("m", 22),
+             w("v", 22, lo=0.5), w("wc", 24, 16, 1, 1), w("wdw", 46, 1, 3, 3), w("bdw", 46), w("k", 1, 46, 1, 1),
+             nh.from_array(np.array([1, 1, 2, 2], np.float32), "scales"), w("wd", 32, 46, 1, 1),
+             w("we", 20, 16, 1, 1), nh.from_array(np.array([0, 20, -1], np.int64), "shape")]
+    m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 16, 8, 8])],
+                                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 32, 8, 8]),
+                                   h.make_tensor_value_info("z", T.FLOAT, ["N", 20, 64])], inits),
+                     opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def _conv_channels(m: onnx.ModelProto) -> list[tuple[int, int]]:
+    shapes = {t.name: t.dims for t in m.graph.initializer}
+    return [(int(shapes[n.input[1]][0]), int(shapes[n.input[1]][1])) for n in m.graph.node if n.op_type == "Conv"]
+
+
+def _nchwc_convs(data: bytes, tmp_path) -> tuple[int, int]:
+    """(convolutions ONNX Runtime, all optimisations, this CPU, runs in its NCHWc layout, the others)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    convs = [n for n in opt.graph.node if n.op_type in ("Conv", "FusedConv")]
+    nchwc = sum(1 for n in convs if n.domain == "com.microsoft.nchwc")
+    return nchwc, len(convs) - nchwc
+
+
+def test_reexport_has_no_slow_extra_nodes_and_aligned_channels(tmp_path):
+    m = pruned_like()
+    x = RNG.normal(size=(2, 16, 8, 8)).astype(np.float32)
+    module, _ = onnx_to_torch(m)
+    res = export_converted(module, {"x": x}, tmp_path / "re.onnx", dynamic=True)
+    assert max(res["parity_max_abs_diff"].values()) < 1e-4
+    assert res["aligned_convs"] == 3  # a, b (one residual group) and c
+    re = onnx.load(str(tmp_path / "re.onnx"))
+    # parity with the source graph in ONNX Runtime, at another batch than the export's
+    x3 = RNG.normal(size=(3, 16, 8, 8)).astype(np.float32)
+    ref = session(m.SerializeToString()).run(None, {"x": x3})
+    got = session(str(tmp_path / "re.onnx")).run(None, {"x": x3})
+    assert [g.shape for g in got] == [r.shape for r in ref]
+    assert max(float(np.abs(r - g).max()) for r, g in zip(ref, got)) < 1e-4
+    # no more nodes of the slow kinds than the source, and the same compute nodes
+    src_ops = collections.Counter(n.op_type for n in m.graph.node)
+    re_ops = collections.Counter(n.op_type for n in re.graph.node)
+    for op in SLOW:
+        assert re_ops[op] <= src_ops[op], (op, re_ops)
+    for op in ("Conv", "Sigmoid", "Concat", "MaxPool", "Resize"):
+        assert re_ops[op] == src_ops[op], (op, re_ops)
+    # channel counts: 22 and 24 padded to 32 (the residual pair alike), read by zero columns (46 -> 64 in the
+    # depthwise conv and the conv after it); the 20-channel conv feeding a Reshape and output 'z' stays 20
+    assert _conv_channels(re) == [(32, 16), (32, 32), (32, 16), (64, 1), (32, 64), (20, 16)]
+    # ONNX Runtime takes every convolution into NCHWc once padded (where this CPU has NCHWc kernels at all)
+    before, after = _nchwc_convs(m.SerializeToString(), tmp_path), _nchwc_convs(re.SerializeToString(), tmp_path)
+    assert after[0] >= before[0]
+    if after[0]:
+        assert after[1] == 0 and before[1] > 0, (before, after)
+
+
+def test_align_leaves_what_it_cannot_follow():
+    """Padding that would reach a divisor (x / 0), a graph output or a Reshape is not made; a graph whose
+    counts are multiples already is returned unchanged."""
+    m = pruned_like()
+    div = m.graph.node[2]
+    div.op_type = "Div"  # a / sigmoid(a): the padded sigmoid channels (0.5) are fine, but here a reads them
+    div.input[:] = ["as", "a"]
+    out, n = align_channels(m, 16)
+    assert n == 1  # only c (24 -> 32); a, b (residual group through the Div) and e (Reshape) stay
+    assert _conv_channels(out)[:3] == [(22, 16), (22, 22), (32, 16)] and _conv_channels(out)[-1] == (20, 16)
+    x = RNG.normal(size=(1, 16, 8, 8)).astype(np.float32)
+    ref = session(m.SerializeToString()).run(None, {"x": x})
+    got = session(out.SerializeToString()).run(None, {"x": x})
+    assert max(float(np.abs(r - g).max()) for r, g in zip(ref, got)) < 1e-4
+    same, n = align_channels(out, 2)
+    assert n == 0 and _conv_channels(same) == _conv_channels(out)
