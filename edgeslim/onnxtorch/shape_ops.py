@@ -170,10 +170,32 @@ def unsqueeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) ->
     return x
 
 
+class _Squeeze(torch.autograd.Function):
+    """`x.squeeze` of the given axes that the ONNX exporter writes as one Squeeze, not as the If on the dim's
+    size that it writes for a dim it cannot prove to be 1 (the source graph said it is)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        for a in sorted(axes, reverse=True):
+            x = x.squeeze(a)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, axes: tuple[int, ...]) -> Any:
+        return g.op("Squeeze", x, g.op("Constant", value_t=torch.tensor(list(axes), dtype=torch.int64)))
+
+
 def squeeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> torch.Tensor:
     axes = _axes(op, axes_t)
     if axes is None:
         return x.squeeze()
+    if torch.jit.is_tracing() and all(x.shape[a] == 1 for a in axes):
+        return _Squeeze.apply(x, tuple(a + x.dim() if a < 0 else a for a in axes))
     for a in sorted((a + x.dim() if a < 0 else a for a in axes), reverse=True):
         x = x.squeeze(a)
     return x
