@@ -124,3 +124,32 @@ def test_align_leaves_what_it_cannot_follow():
     assert max(float(np.abs(r - g).max()) for r, g in zip(ref, got)) < 1e-4
     same, n = align_channels(out, 2)
     assert n == 0 and _conv_channels(same) == _conv_channels(out)
+
+
+def test_single_ops_stay_single_and_train(tmp_path):
+    """HardSigmoid (Paddle's alpha 0.2), GlobalAveragePool and a Squeeze of a dynamic-looking dim come back as the
+    same single ops (not Mul/Add/Clip, ReduceMean, an If on the dim's size); the HardSigmoid's gradient is right."""
+    import torch
+
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"]), h.make_node("HardSigmoid", ["c"], ["hs"], alpha=0.2, beta=0.5),
+             h.make_node("GlobalAveragePool", ["hs"], ["g"]), h.make_node("Squeeze", ["g", "ax"], ["y"])]
+    m = h.make_model(h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, "H", "W"])],
+                                  [h.make_tensor_value_info("y", T.FLOAT, ["N", 8])],
+                                  [w("w", 8, 3, 3, 3), nh.from_array(np.array([2, 3], np.int64), "ax")]),
+                     opset_imports=[h.make_opsetid("", 17)])
+    module, _ = onnx_to_torch(m)
+    x = RNG.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    res = export_converted(module, {"x": x}, tmp_path / "re.onnx", dynamic=True)
+    assert max(res["parity_max_abs_diff"].values()) < 1e-5
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "re.onnx")).graph.node)
+    assert ops["HardSigmoid"] == ops["GlobalAveragePool"] == ops["Squeeze"] == 1
+    assert ops["Clip"] == ops["ReduceMean"] == ops["If"] == 0
+    x2 = RNG.normal(size=(1, 3, 12, 10)).astype(np.float32)  # other spatial dims: still one Squeeze that works
+    got = session(str(tmp_path / "re.onnx")).run(None, {"x": x2})[0]
+    assert np.abs(got - session(m.SerializeToString()).run(None, {"x": x2})[0]).max() < 1e-5
+    xt = torch.from_numpy(x).requires_grad_()
+    module(xt)[0].sum().backward()
+    conv = next(mod for mod in module.modules() if isinstance(mod, torch.nn.Conv2d))
+    xr = torch.from_numpy(x).requires_grad_()  # the reference: torch's own ops, autograd end to end
+    torch.clamp(0.2 * conv(xr) + 0.5, 0, 1).mean(dim=(2, 3)).sum().backward()
+    assert xt.grad is not None and xr.grad is not None and torch.allclose(xt.grad, xr.grad, atol=1e-6)
