@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeslim.onnxkit.graph import all_nodes
+
 # ops applied channel by channel: the padded channels stay where they are (values there are never read)
 _SAME = {"Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Clip", "Elu", "Selu", "Softplus",
          "Identity", "Dropout", "Cast", "Exp", "Abs", "Neg", "Erf", "Gelu", "PRelu", "Mish", "Softsign",
@@ -42,6 +44,9 @@ class _Graph:
             for i in n.input:
                 self.cons.setdefault(i, []).append(n)
         self.outputs = {o.name for o in g.output}
+        # names read inside If/Loop bodies: a padded tensor must not flow into a body unseen
+        self.outputs |= {i for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+                         for sn in all_nodes(a.g) for i in sn.input}
         self.shapes: dict[str, list[int | None]] = {}
         try:
             probe = onnx.ModelProto()
@@ -207,7 +212,8 @@ def _follow(g: _Graph, n: onnx.NodeProto, plan: _Plan, todo: list[onnx.NodeProto
             mk = masks[i] if mk is None else mk
             if not np.array_equal(mk, masks[i]):
                 return None
-    assert mk is not None
+    if mk is None or any(o for o in n.output[1:]):  # padding into a parameter input; a second output
+        return None
     if n.op_type in ("Resize", "Upsample"):
         sc = g.const(n.input[2]) if n.op_type == "Resize" and len(n.input) > 2 and n.input[2] else \
             g.const(n.input[1]) if n.op_type == "Upsample" else None
@@ -224,15 +230,17 @@ def _follow(g: _Graph, n: onnx.NodeProto, plan: _Plan, todo: list[onnx.NodeProto
             continue
         v = g.const(i)
         if v is None:  # a runtime operand without the padding: its producers join the group
-            found = _back_to_conv(g, i, set(masks))
-            if not found or rank < 2:
+            found = _back_to_conv(g, i, set(masks))  # [] when it comes from carrying tensors only
+            if found is None or rank < 2:
                 return None
             todo.extend(found)
             continue
         if v.size == 1:
             continue
         pos = 1 - (rank - v.ndim)  # the channel axis in the constant, broadcast from the right
-        if rank < 2 or pos < 0 or v.shape[pos] == 1:
+        if rank < 2:  # rank unknown: where the channel axis is cannot be told
+            return None
+        if pos < 0 or v.shape[pos] == 1:
             continue
         if v.shape[pos] != int(mk.sum()) or any(d != 1 for j, d in enumerate(v.shape) if j != pos):
             return None
