@@ -153,3 +153,39 @@ def test_single_ops_stay_single_and_train(tmp_path):
     xr = torch.from_numpy(x).requires_grad_()  # the reference: torch's own ops, autograd end to end
     torch.clamp(0.2 * conv(xr) + 0.5, 0, 1).mean(dim=(2, 3)).sum().backward()
     assert xt.grad is not None and xr.grad is not None and torch.allclose(xt.grad, xr.grad, atol=1e-6)
+
+
+def test_padding_that_fails_parity_is_dropped(tmp_path, monkeypatch):
+    """A padded graph that ONNX Runtime does not run like the module is not written: the plain export is."""
+    import edgeslim.onnxtorch.align as align
+
+    def broken(m: onnx.ModelProto, multiple: int = 16) -> tuple[onnx.ModelProto, int]:
+        out = onnx.ModelProto()
+        out.CopyFrom(m)
+        t = out.graph.initializer[0]
+        t.CopyFrom(nh.from_array(nh.to_array(t) * 2, t.name))
+        return out, 1
+
+    monkeypatch.setattr(align, "align_channels", broken)
+    module, _ = onnx_to_torch(pruned_like())
+    x = RNG.normal(size=(1, 16, 8, 8)).astype(np.float32)
+    res = export_converted(module, {"x": x}, tmp_path / "re.onnx")
+    assert res["aligned_convs"] == 0 and max(res["parity_max_abs_diff"].values()) < 1e-4
+    assert (20, 16) in _conv_channels(onnx.load(str(tmp_path / "re.onnx")))  # not padded, and runs right
+    assert (22, 16) in _conv_channels(onnx.load(str(tmp_path / "re.onnx")))
+
+
+def test_operand_met_before_its_mask():
+    """Mul(a, Relu(Sigmoid(a))): the Mul is met while its second operand has no mask yet; the group still pads."""
+    m = pruned_like()
+    nodes = list(m.graph.node)
+    nodes[2].input[:] = ["a", "asr"]
+    nodes.insert(2, h.make_node("Relu", ["as"], ["asr"]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    out, n = align_channels(m, 16)
+    assert n == 3 and _conv_channels(out)[:3] == [(32, 16), (32, 32), (32, 16)]
+    x = RNG.normal(size=(1, 16, 8, 8)).astype(np.float32)
+    ref = session(m.SerializeToString()).run(None, {"x": x})
+    got = session(out.SerializeToString()).run(None, {"x": x})
+    assert max(float(np.abs(r - g).max()) for r, g in zip(ref, got)) < 1e-4
