@@ -1,10 +1,11 @@
 """Channel counts of an exported (pruned) graph padded with zeros to a multiple ONNX Runtime's CPU kernels want.
 
 Why: ONNX Runtime's NCHWc layout (its fast CPU convolutions, `NchwcTransformer`) takes a convolution only when
-its input channels are a multiple of 4 (and at least the SIMD block, 8 or 16). Pruning leaves counts such as
-45 or 357: those convolutions fall back to plain NCHW kernels with reorders around them, and a graph with 6%
-fewer MACs ran 7-15% slower than the original (docs/benchmarks.md, "Re-exported stages as fast as the
-original"). ONNX Runtime pads the output channels to its block itself, so padding to 4 costs no work.
+its input channels are a multiple of 4 (and at least the SIMD block, 8 or 16), and a Concat only when every
+part is a multiple of the block. Pruning leaves counts such as 45 or 357: those convolutions fall back to plain
+NCHW kernels with reorders around them, and a ddddocr detector with 6% fewer MACs ran 8% slower than the
+original (docs/benchmarks.md, "Re-exported stages as fast as the original"). ONNX Runtime pads output channels
+to its block itself, so padding to 8 costs little work there; its INT8 kernels gain from it too.
 
 How: a group of convolutions whose outputs meet (residual Add/Mul, same channel count) gets zero output rows
 (bias 0) up to the multiple; the extra channels are followed through ops that keep channels apart (activations,
@@ -303,7 +304,7 @@ def _unaligned(c: int, multiple: int) -> bool:
     return c % multiple != 0 and c >= multiple
 
 
-def align_channels(model: onnx.ModelProto, multiple: int = 4) -> tuple[onnx.ModelProto, int]:
+def align_channels(model: onnx.ModelProto, multiple: int = 8) -> tuple[onnx.ModelProto, int]:
     """A copy of `model` whose dense convolutions' output channels (`multiple` or more) are zero-padded to a
     multiple of `multiple` wherever the padding can be followed to the convolutions that read it (module docstring); the same
     function up to float rounding. Returns (model, number of convolutions padded)."""
