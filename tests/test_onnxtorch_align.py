@@ -189,3 +189,20 @@ def test_operand_met_before_its_mask():
     ref = session(m.SerializeToString()).run(None, {"x": x})
     got = session(out.SerializeToString()).run(None, {"x": x})
     assert max(float(np.abs(r - g).max()) for r, g in zip(ref, got)) < 1e-4
+
+
+def test_pruned_transposed_conv_reloads():
+    """A stage whose transposed conv lost input channels reopens (`models.spec.resize_to_state_dict`: the weight
+    of a transposed conv is [in, out / groups, ...]) and computes what the pruned module computed."""
+    import torch
+    from torch import nn
+
+    from edgeslim.models.spec import resize_to_state_dict
+
+    torch.manual_seed(0)
+    pruned = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ConvTranspose2d(5, 4, 2, stride=2, output_padding=1, groups=1))
+    fresh = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ConvTranspose2d(6, 4, 2, stride=2, output_padding=1))
+    resize_to_state_dict(fresh, pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict(), strict=True)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.allclose(fresh(x), pruned(x)) and fresh(x).shape == (1, 4, 13, 13)
