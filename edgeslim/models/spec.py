@@ -106,7 +106,12 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         w = state.get(f"{path}.weight" if path else "weight")
         if w is None:
             continue
-        if isinstance(m, nn.modules.conv._ConvNd) and tuple(w.shape) != tuple(m.weight.shape):
+        if isinstance(m, nn.modules.conv._ConvTransposeNd) and tuple(w.shape) != tuple(m.weight.shape):
+            in_c, out_c = int(w.shape[0]), int(w.shape[1]) * m.groups  # transposed: weight [in, out / groups, ...]
+            set_module(model, path, type(m)(  # type: ignore[call-arg]
+                in_c, out_c, m.kernel_size, stride=m.stride, padding=m.padding, output_padding=m.output_padding,
+                groups=m.groups, bias=m.bias is not None, dilation=m.dilation))
+        elif isinstance(m, nn.modules.conv._ConvNd) and tuple(w.shape) != tuple(m.weight.shape):
             depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
             out_c = int(w.shape[0])
             groups = out_c if depthwise else m.groups

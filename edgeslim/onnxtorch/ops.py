@@ -105,8 +105,36 @@ def _dropout(op: Op, x: torch.Tensor, *_: Any) -> Any:
     return (x, torch.ones_like(x, dtype=torch.bool)) if op.n_out > 1 else x
 
 
+class _HardSigmoid(torch.autograd.Function):
+    """clamp(alpha * x + beta, 0, 1), exported as one ONNX HardSigmoid (not Mul, Add, Clip)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+        y = alpha * x + beta
+        ctx.save_for_backward(y)
+        ctx.alpha = alpha
+        return torch.clamp(y, 0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        (y,) = ctx.saved_tensors
+        return g * ctx.alpha * ((y > 0) & (y < 1)).to(g.dtype), None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, alpha: float, beta: float) -> Any:
+        return g.op("HardSigmoid", x, alpha_f=alpha, beta_f=beta)
+
+
 def _hardsigmoid(op: Op, x: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(op.a.get("alpha", 0.2) * x + op.a.get("beta", 0.5), 0.0, 1.0)
+    return _HardSigmoid.apply(x, float(op.a.get("alpha", 0.2)), float(op.a.get("beta", 0.5)))
+
+
+def _global_avg(op: Op, x: torch.Tensor) -> torch.Tensor:
+    """GlobalAveragePool through torch's adaptive pool (exported as GlobalAveragePool, not as ReduceMean, which
+    ONNX Runtime's NCHWc layout does not take)."""
+    if x.dim() not in (3, 4, 5):
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    return [F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d][x.dim() - 3](x, 1)
 
 
 def _layernorm(op: Op, x: torch.Tensor, w: Any, b: Any = None) -> torch.Tensor:
@@ -150,7 +178,7 @@ FUNCS: dict[str, Callable[..., Any]] = {
     "Pad": pad_op, "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"), "ReduceMax": _reduce("max"),
     "ReduceMin": _reduce("min"), "ReduceSumSquare": _reduce("sumsq"),
     "ArgMax": _argmax, "ArgMin": _argmax,
-    "GlobalAveragePool": lambda op, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
+    "GlobalAveragePool": _global_avg,
     "GlobalMaxPool": lambda op, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
     "MaxPool": maxpool_op, "AveragePool": avgpool_op, "Resize": resize_op, "Upsample": resize_op,
     "MatMul": lambda op, a, b: a @ b, "Gemm": _gemm_dyn, "LayerNormalization": _layernorm,

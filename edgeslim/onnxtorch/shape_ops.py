@@ -23,7 +23,65 @@ def shape_op(op: Op, x: torch.Tensor) -> torch.Tensor:
 
 
 def _by_rule(rule: list[tuple[str, int, int]], x: torch.Tensor) -> torch.Tensor:
-    return x.reshape([math.prod(x.shape[i:j]) if kind == "in" else i for kind, i, j in rule])
+    if torch.jit.is_tracing():
+        target = _const_target(rule, x.dim())
+        if target is not None:  # exported as one Reshape with a constant target, not Shape/Gather/Concat arithmetic
+            return _ConstReshape.apply(x, tuple(int(v) for v in x.reshape(_sizes(rule, x)).shape), target)
+    return x.reshape(_sizes(rule, x))
+
+
+def _sizes(rule: list[tuple[str, int, int]], x: torch.Tensor) -> list[int]:
+    return [math.prod(x.shape[i:j]) if kind == "in" else i for kind, i, j in rule]
+
+
+def _const_target(rule: list[tuple[str, int, int]], rank: int) -> tuple[int, ...] | None:
+    """The rule as an ONNX Reshape target of constants (0: copy the input dim at that position, -1: the rest),
+    or None when it needs more than one -1."""
+    out: list[int] = []
+    for k, (kind, i, j) in enumerate(rule):
+        if kind == "const":
+            out.append(i)
+        elif j == i + 1 and i == k and k < rank:
+            out.append(0)
+        else:
+            out.append(-1)
+    return tuple(out) if out.count(-1) <= 1 else None
+
+
+class _ConstReshape(torch.autograd.Function):
+    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, constant `target`) (0 and -1 as ONNX
+    reads them). Eager runs and gradients are torch's reshape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, sizes: tuple[int, ...], target: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        return x.reshape(sizes)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, sizes: tuple[int, ...], target: tuple[int, ...]) -> Any:
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(target), dtype=torch.int64)))
+
+
+class _TensorReshape(torch.autograd.Function):
+    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, shape): the traced int64 `shape` read as
+    ONNX reads it (0 = copy the input dim, -1), without the arithmetic torch would need for the zeros."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        return x.reshape(sizes)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, shape: Any, sizes: tuple[int, ...]) -> Any:
+        return g.op("Reshape", x, shape)
 
 
 def _fits(target: list[int], x: torch.Tensor) -> bool:
@@ -44,13 +102,11 @@ def reshape_op(op: Op, x: torch.Tensor, shape: torch.Tensor | list) -> torch.Ten
     if op.rule is not None and not op.recording and not _fits(target, x):
         return _by_rule(op.rule, x)
     if torch.jit.is_tracing() and isinstance(shape, torch.Tensor) and not op.const(1):
-        # the exported Reshape reads the live shape tensor (0 and -1 as ONNX)
+        # the exported Reshape reads the live shape tensor as the source did (0 and -1 as ONNX reads them)
+        if not op.a.get("allowzero", 0):
+            return _TensorReshape.apply(x, shape, tuple(int(v) for v in x.reshape(target).shape))
         from torch.onnx import operators
 
-        if not op.a.get("allowzero", 0):  # ONNX 0 = copy that input dim, which torch does not know
-            n, live = shape.shape[0], torch._shape_as_tensor(x)
-            live = live[:n] if n <= x.dim() else torch.cat([live, shape[x.dim():]])
-            shape = torch.where(shape == 0, live, shape)
         return operators.reshape_from_tensor_shape(x, shape)
     y = x.reshape(target)
     if op.recording:
@@ -114,10 +170,32 @@ def unsqueeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) ->
     return x
 
 
+class _Squeeze(torch.autograd.Function):
+    """`x.squeeze` of the given axes that the ONNX exporter writes as one Squeeze, not as the If on the dim's
+    size that it writes for a dim it cannot prove to be 1 (the source graph said it is)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        for a in sorted(axes, reverse=True):
+            x = x.squeeze(a)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple:
+        return g.reshape(ctx.in_shape), None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, axes: tuple[int, ...]) -> Any:
+        return g.op("Squeeze", x, g.op("Constant", value_t=torch.tensor(list(axes), dtype=torch.int64)))
+
+
 def squeeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> torch.Tensor:
     axes = _axes(op, axes_t)
     if axes is None:
         return x.squeeze()
+    if torch.jit.is_tracing() and all(x.shape[a] == 1 for a in axes):
+        return _Squeeze.apply(x, tuple(a + x.dim() if a < 0 else a for a in axes))
     for a in sorted((a + x.dim() if a < 0 else a for a in axes), reverse=True):
         x = x.squeeze(a)
     return x
@@ -126,7 +204,8 @@ def squeeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> t
 def concat_op(op: Op, *xs: torch.Tensor) -> torch.Tensor:
     xs2 = [x for x in xs if x is not None and (x.numel() > 0 or x.dim() > 1)]
     dtype = xs2[0].dtype
-    return torch.cat([x.to(dtype) for x in xs2], dim=op.a["axis"])
+    # no .to() when the dtype already matches: the tracer records it as a Cast node all the same
+    return torch.cat([x if x.dtype == dtype else x.to(dtype) for x in xs2], dim=op.a["axis"])
 
 
 def slice_op(op: Op, x: torch.Tensor, starts: Any = None, ends: Any = None, axes_t: Any = None,
@@ -157,7 +236,8 @@ def slice_op(op: Op, x: torch.Tensor, starts: Any = None, ends: Any = None, axes
 
 
 def cast_op(op: Op, x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch_dtype(op.a["to"]))
+    t = torch_dtype(op.a["to"])
+    return x if x.dtype == t else x.to(t)  # a no-op Cast is not traced into the export
 
 
 def constant_of_shape_op(op: Op, shape: torch.Tensor) -> torch.Tensor:

@@ -255,4 +255,6 @@ class OnnxHandler(FidelityStages):
                                                      else task.x_test[:1]})
             return {"conversion_parity_max_abs_diff": errs, "parity_split": "test"}
         res = export_converted(model.inner, feeds, onnx_path, dynamic=not self.fixed_batch)
-        return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test"}
+        # aligned_convs: convolutions whose channels the export zero-padded for ONNX Runtime's NCHWc kernels
+        return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test",
+                "aligned_convs": res.get("aligned_convs", 0)}
