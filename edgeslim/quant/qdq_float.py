@@ -48,15 +48,15 @@ def _decoded(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int)
 
 def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_elements: int = 1024,
                exact: set[str] | frozenset[str] = frozenset(), float_model: onnx.ModelProto | None = None,
-               int8_min_elements: int | None = None, exact_storage: str = "fp16") -> onnx.ModelProto:
+               int8_min_elements: int | None = None,
+               exact_int8: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
     """A copy of `qdq` in which the nodes named `names` compute in float (see the module docstring).
 
     Nodes also in `exact` take their original weights from the node of the same name in `float_model`
     (stored fp16 when large, float32 otherwise) instead of the int8 codes: for layers kept float for
-    fidelity, where INT8 activations cost too much. `exact_storage` "int8" stores those original weights, when
-    they are Conv/ConvTranspose/MatMul/Gemm weights of at least `int8_min_elements`, as int8 codes per output
-    channel (Cast -> Mul, folded at load: `quant.float_storage`; the plan checks its fidelity before keeping
-    it). `int8_min_elements` (default
+    fidelity, where INT8 activations cost too much. Nodes also in `exact_int8` store those original weights,
+    when they are Conv/ConvTranspose/MatMul/Gemm weights of at least `int8_min_elements`, as int8 codes per
+    output channel (Cast -> Mul, folded at load: `quant.float_storage`; the plan checks its fidelity first). `int8_min_elements` (default
     `min_elements`): the other weights keep their int8 codes on disk (Cast -> Mul, folded at load) from
     this many elements; smaller ones are stored decoded in float32."""
     m = onnx.ModelProto()
@@ -82,7 +82,7 @@ def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_eleme
                 if w is not None:
                     name = f"{t}__exact_{n.name}"
                     axes = int8_storable(n, k, w, min_elements if int8_min_elements is None else int8_min_elements)
-                    n.input[k] = (store_int8(g, name, w, axes, new_nodes) if exact_storage == "int8" and axes
+                    n.input[k] = (store_int8(g, name, w, axes, new_nodes) if n.name in exact_int8 and axes
                                   else _store_float(g, name, w, min_elements, new_nodes))
                     continue
                 if t not in decoded:
