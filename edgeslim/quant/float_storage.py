@@ -17,9 +17,9 @@ Weight rounding alone is usually harmless (the activations stay float), but not 
 under its 0.995 target: those are the layers most sensitive to quantization. So `plan_storage` measures:
 1. every fidelity float int8-stored: kept when the plan's worst-output cosine stays >= its target, or drops by
    at most `STORAGE_TOL` from the fp16 plan;
-2. else each layer alone int8-stored (on the plan's probe feeds, as the fidelity fallback ranks layers), then
-   a bisection on how many of the least sensitive layers are int8-stored that keeps the same rule on all
-   feeds; the others stay fp16 (none: the whole model stays fp16).
+2. else each layer alone int8-stored, ranked by the cosine it costs (on the plan's probe feeds, as the fidelity
+   fallback ranks layers) per byte it saves, then a bisection on how many of the first layers are int8-stored
+   that keeps the same rule on all feeds; the others stay fp16 (none: the whole model stays fp16).
 The choice, the cosines and the sizes go in the plan's notes and steps. Feeds: the plan's own (those its
 fidelity fallback is judged on).
 """
@@ -71,7 +71,7 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
     every = set().union(*exact.values()) if exact else set()
 
     def build(units: list[str], small: bool = True) -> onnx.ModelProto:
-        if not units:
+        if not units and small:
             return final
         m = keep_float(qdq, float_nodes, exact=every, float_model=float_model, int8_min_elements=int8_min_elements,
                        exact_int8=set().union(*(exact[u] for u in units)))
@@ -96,9 +96,12 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
         return StorageChoice(names, len(names), m8, c8, {**cos, "chosen": c8}, {**sizes, "chosen": sizes["int8"]},
                              f"all int8 per output channel (Cast->Mul, folded at load): cosine {c16:.5f} -> {c8:.5f}, "
                              f"{size} ({rule})")
-    p16 = evaluate(final, probe_feeds)
-    sens = {u: p16 - evaluate(build([u], small=False), probe_feeds) for u in names}
-    order = sorted(names, key=lambda u: (sens[u], u))
+    p16, b16 = evaluate(final, probe_feeds), build([], small=False).ByteSize() if names else 0
+    sens, saved = {}, {}
+    for u in names:  # each layer alone int8-stored: cosine lost (probe feeds) per byte saved
+        m = build([u], small=False)
+        sens[u], saved[u] = p16 - evaluate(m, probe_feeds), b16 - m.ByteSize()
+    order = sorted((u for u in names if saved[u] > 0), key=lambda u: (sens[u] / saved[u], u))
     lo, hi, best, c_best = 0, len(order), final, c16  # invariant: lo meets the rule, hi does not
     trail = [(0, c16), (len(order), c8)]
     while hi - lo > 1:
@@ -120,6 +123,6 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
         return StorageChoice([], len(names), final, c16, cos, sizes, f"fp16: int8 storage of any of them breaks "
                              f"the rule ({rule}; {tried}); {size} forgone", trail)
     return StorageChoice(order[:lo], len(names), best, c_best, cos, sizes,
-                         f"{lo}/{len(names)} int8 per output channel (the least sensitive to weight rounding), the "
+                         f"{lo}/{len(names)} int8 per output channel (least cosine lost per byte saved), the "
                          f"others fp16: cosine {c16:.5f} -> {c_best:.5f}, {sizes['fp16']:,} -> {sizes['chosen']:,} B "
                          f"({rule}; all int8 {c8:.5f}, {sizes['int8']:,} B; {tried})", trail)
