@@ -12,14 +12,17 @@ run with their original weights. Their compute stays FP32 either way; only the f
   the optimised graph of ``DequantizeLinear -> Conv`` keeps both nodes and loses the NCHWc conv, whereas
   ``Cast -> Mul -> Conv`` becomes one NCHWc Conv), so it would run on every call.
 
-Weight rounding alone is usually harmless (the activations stay float), but not always: on PP-OCRv4 det
-(32 calibration samples) int8 storage of all 36 fidelity floats took the plan's cosine from 0.9972 to 0.9931,
-under its 0.995 target: those are the layers most sensitive to quantization. So `plan_storage` measures:
-1. every fidelity float int8-stored: kept when the plan's worst-output cosine stays >= its target, or drops by
-   at most `STORAGE_TOL` from the fp16 plan;
-2. else each layer alone int8-stored, ranked by the cosine it costs (on the plan's probe feeds, as the fidelity
-   fallback ranks layers) per byte it saves, then a bisection on how many of the first layers are int8-stored
-   that keeps the same rule on all feeds; the others stay fp16 (none: the whole model stays fp16).
+Weight rounding alone is usually harmless (the activations stay float), but not always: on PP-OCRv4 det int8
+storage of all 17 fidelity floats took the plan's cosine from 0.9954 to 0.9623 (target 0.99): those are the
+layers most sensitive to quantization. So `plan_storage` measures:
+1. every fidelity float int8-stored: kept when the plan's worst-output cosine drops by at most `STORAGE_TOL`
+   from the fp16 plan, or by at most `STORAGE_SHARE` of the fp16 plan's error (1 - cosine) while staying >= its
+   target. Not "down to the target": the plan is picked on its own feeds and checked again on validation
+   samples; a first version that spent the headroom down to the target (PP-OCRv4 det: 0.9954 -> 0.9923 on the
+   plan's feeds, target 0.99) fell to 0.9894 on validation and the stage fell back to FP32 speed (`w16`);
+2. else each layer alone int8-stored, ranked by the cosine it costs (on `SENS_FEEDS` feeds) per byte it saves,
+   then a bisection on how many of the first layers are int8-stored that keeps the same rule on all feeds; the
+   others stay fp16 (none: the whole model stays fp16).
 The choice, the cosines and the sizes go in the plan's notes and steps. Feeds: the plan's own (those its
 fidelity fallback is judged on).
 """
@@ -34,7 +37,9 @@ import onnx
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
 
-STORAGE_TOL = 1e-4  # worst-output cosine int8 storage may cost when it does not keep the target
+STORAGE_TOL = 1e-4    # worst-output cosine int8 storage may always cost
+STORAGE_SHARE = 0.1   # or this share of the fp16 plan's own error (1 - cosine), when the target still holds
+SENS_FEEDS = 16       # feeds for the per-layer ranking (4 probe feeds ranked PP-OCRv4 det's layers poorly)
 Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output cosine
 
 
@@ -77,8 +82,8 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
                        exact_int8=set().union(*(exact[u] for u in units)))
         return shrink(m)[0] if small else m
 
-    def ok(c: float) -> bool:
-        return c >= target or c16 - c <= tol
+    def ok(c: float) -> bool:  # a tiny loss, or a small share of the plan's error that keeps its target
+        return c16 - c <= tol or (c >= target and c16 - c <= STORAGE_SHARE * (1.0 - c16))
 
     names = sorted(exact)
     c16 = evaluate(final, full_feeds)
@@ -91,16 +96,18 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
     c8 = evaluate(m8, full_feeds)
     cos = {"fp16": c16, "int8": c8}
     size = f"{sizes['fp16']:,} -> {sizes['int8']:,} B"
-    rule = f"cosine >= target {target:g} or within {tol:g} of fp16's"
+    rule = (f"cosine within {tol:g} of fp16's, or >= target {target:g} and within {STORAGE_SHARE:g} of fp16's error "
+            f"= {STORAGE_SHARE * (1 - c16):.5f}")
     if ok(c8):
         return StorageChoice(names, len(names), m8, c8, {**cos, "chosen": c8}, {**sizes, "chosen": sizes["int8"]},
                              f"all int8 per output channel (Cast->Mul, folded at load): cosine {c16:.5f} -> {c8:.5f}, "
                              f"{size} ({rule})")
-    p16, b16 = evaluate(final, probe_feeds), build([], small=False).ByteSize() if names else 0
+    probe = min(full_feeds, max(probe_feeds, SENS_FEEDS))
+    p16, b16 = evaluate(final, probe), build([], small=False).ByteSize() if names else 0
     sens, saved = {}, {}
     for u in names:  # each layer alone int8-stored: cosine lost (probe feeds) per byte saved
         m = build([u], small=False)
-        sens[u], saved[u] = p16 - evaluate(m, probe_feeds), b16 - m.ByteSize()
+        sens[u], saved[u] = p16 - evaluate(m, probe), b16 - m.ByteSize()
     order = sorted((u for u in names if saved[u] > 0), key=lambda u: (sens[u] / saved[u], u))
     lo, hi, best, c_best = 0, len(order), final, c16  # invariant: lo meets the rule, hi does not
     trail = [(0, c16), (len(order), c8)]

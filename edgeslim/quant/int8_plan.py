@@ -8,7 +8,7 @@
                 ─► QDQ INT8 in the integer format that runs fastest here (timed)
                 ─► keep float the layers whose quantization breaks the outputs   (quant.layer_select)
                 ─► keep float the layers whose INT8 kernels are slower here      (quant.layer_select)
-                ─► fidelity floats' weights int8 on disk where fidelity allows     (quant.float_storage)
+                ─► fidelity floats' weights int8 on disk where fidelity allows   (quant.float_storage)
 
 Every step can be switched off (`Int8Options`) so benchmarks can show what each contributes. Timing is
 injected (a `Clock`: per-round times of several models from one interleaved run, the per-round ratio
