@@ -8,6 +8,7 @@
                 ─► QDQ INT8 in the integer format that runs fastest here (timed)
                 ─► keep float the layers whose quantization breaks the outputs   (quant.layer_select)
                 ─► keep float the layers whose INT8 kernels are slower here      (quant.layer_select)
+                ─► fidelity floats' weights int8 on disk where fidelity allows   (quant.float_storage)
 
 Every step can be switched off (`Int8Options`) so benchmarks can show what each contributes. Timing is
 injected (a `Clock`: per-round times of several models from one interleaved run, the per-round ratio
@@ -35,6 +36,7 @@ from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
+from edgeslim.quant.float_storage import plan_storage
 from edgeslim.quant.layer_select import (
     WEIGHT_CODES_MIN,
     Profiler,
@@ -112,6 +114,7 @@ class Int8Plan:
     full: onnx.ModelProto | None = None  # every unit INT8, in `fmt`
     units: Units = field(default_factory=Units)
     steps: dict = field(default_factory=dict)  # per step: what it measured (cosines, speed-ups, counts)
+    exact_int8: list[str] = field(default_factory=list)  # fidelity units whose weights are int8 on disk, not fp16
 
     def variant(self, fidelity: bool = True, speed: bool = True) -> onnx.ModelProto:
         """The plan with only some of its float choices applied (ablation): `fidelity` keeps the layers
@@ -121,7 +124,7 @@ class Int8Plan:
               or (not w.startswith("fidelity") and speed)}
         exact = [u for u, w in fl.items() if w.startswith("fidelity")]
         return keep_float(self.full, self.units.nodes(fl), exact=self.units.nodes(exact), float_model=self.float_model,
-                          int8_min_elements=WEIGHT_CODES_MIN)
+                          int8_min_elements=WEIGHT_CODES_MIN, exact_int8=self.units.nodes(self.exact_int8))
 
     @property
     def exact_units(self) -> list[str]:
@@ -218,7 +221,7 @@ def refloat(plan: Int8Plan, more: dict[str, str], feeds: Sequence[Feed], ref: Se
     fl = {**plan.float_units, **more}
     exact = [u for u, w in fl.items() if w.startswith("fidelity")]
     m = keep_float(plan.full, plan.units.nodes(fl), exact=plan.units.nodes(exact), float_model=plan.float_model,
-                   int8_min_elements=WEIGHT_CODES_MIN)
+                   int8_min_elements=WEIGHT_CODES_MIN, exact_int8=plan.units.nodes(plan.exact_int8))
     cos = evaluator(feeds, ref, threads)(m, len(feeds))
     return replace(plan, model=m, float_units=fl, int8_units=[u for u in plan.int8_units if u not in fl],
                    cosine=cos, notes=plan.notes + [f"{len(more)} more layers kept float: {', '.join(more)}"])
@@ -277,7 +280,13 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
     if any(cut.values()):
         run.notes.append(f"shrink: {cut['relus']} ReLUs fused into their quantize, {cut['zero_points']} zero "
                          "zero-points dropped")
-    cos = run.evaluate(final, len(feeds))
+    with _timed(run.spent, "storage"):
+        sc = plan_storage(q, fm, us.nodes(float_units), {u: us.nodes([u]) for u in fixed}, final, run.evaluate,
+                          opts.target_cosine, WEIGHT_CODES_MIN, len(feeds), opts.probe_feeds, worst) if fixed else None
+    final, cos = (sc.model, sc.cosine) if sc else (final, run.evaluate(final, len(feeds)))
+    if sc:  # the weights of the fidelity floats: int8 codes where the plan keeps its fidelity, else fp16
+        run.notes.append(f"weights of the {len(fixed)} layers kept float for fidelity: {sc.why}")
+        run.steps["exact_storage"] = sc.record()
     if worst:  # several outputs: which one the plan's fidelity is
         out = model.graph.output[worst["output"]].name
         run.steps["worst_output"] = {"output": out, "cosine": worst["cosine"]}
@@ -287,7 +296,8 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
     run.notes.append("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.spent.items()))
     run.steps["seconds"] = run.spent
     return Int8Plan(final, fm, fmt, float_units, int8_units, times, cos, run.notes, calib_counts,
-                    quantized_from=qm, ranges=ranges, full=q, units=us, steps=run.steps)
+                    quantized_from=qm, ranges=ranges, full=q, units=us, steps=run.steps,
+                    exact_int8=sc.int8_units if sc else [])
 
 
 def _weight_steps(run: _Run, fm: onnx.ModelProto, ranges: dict, method: str, cos: float

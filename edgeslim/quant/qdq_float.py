@@ -8,7 +8,8 @@ leaves through QuantizeLinear. To keep node `n` in float here:
   producer stays INT8 the dequantized tensor is the unavoidable INT8 -> float boundary;
 - its weight becomes int8 storage decoded by Cast -> Mul (ONNX Runtime folds that to an FP32 weight when
   the session loads: FP32 kernel, int8 file), a weight `DequantizeLinear` would instead run on every call;
-  its bias becomes a float initializer;
+  its bias becomes a float initializer; a layer kept float for fidelity takes its original weight instead,
+  stored fp16 or int8 per output channel (`quant.float_storage`);
 - a graph output whose producer is float is no longer quantized.
 Pairs nobody reads any more disappear. Deriving every variant from one quantized model is what makes
 per-layer choices cheap: no calibration is repeated.
@@ -21,6 +22,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeslim.onnxkit.graph import QDQ_OPS, consumers, remove_dead, rename_reads
+from edgeslim.onnxkit.weight_only import WEIGHT_AXES
+from edgeslim.onnxkit.weight_only import _int8 as int8_codes
 
 
 def quantized_nodes(m: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -45,12 +48,15 @@ def _decoded(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int)
 
 def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_elements: int = 1024,
                exact: set[str] | frozenset[str] = frozenset(), float_model: onnx.ModelProto | None = None,
-               int8_min_elements: int | None = None) -> onnx.ModelProto:
+               int8_min_elements: int | None = None,
+               exact_int8: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
     """A copy of `qdq` in which the nodes named `names` compute in float (see the module docstring).
 
     Nodes also in `exact` take their original weights from the node of the same name in `float_model`
     (stored fp16 when large, float32 otherwise) instead of the int8 codes: for layers kept float for
-    fidelity, where int8 weight rounding alone would already cost too much. `int8_min_elements` (default
+    fidelity, where INT8 activations cost too much. Nodes also in `exact_int8` store those original weights,
+    when they are Conv/ConvTranspose/MatMul/Gemm weights of at least `int8_min_elements`, as int8 codes per
+    output channel (Cast -> Mul, folded at load: `quant.float_storage`; the plan checks its fidelity first). `int8_min_elements` (default
     `min_elements`): the other weights keep their int8 codes on disk (Cast -> Mul, folded at load) from
     this many elements; smaller ones are stored decoded in float32."""
     m = onnx.ModelProto()
@@ -74,7 +80,10 @@ def keep_float(qdq: onnx.ModelProto, names: set[str] | frozenset[str], min_eleme
             if src in inits:  # a weight or bias
                 w = orig.get((n.name, k)) if n.name in exact else None
                 if w is not None:
-                    n.input[k] = _store_float(g, f"{t}__exact_{n.name}", w, min_elements, new_nodes)
+                    name = f"{t}__exact_{n.name}"
+                    axes = int8_storable(n, k, w, min_elements if int8_min_elements is None else int8_min_elements)
+                    n.input[k] = (store_int8(g, name, w, axes, new_nodes) if n.name in exact_int8 and axes
+                                  else _store_float(g, name, w, min_elements, new_nodes))
                     continue
                 if t not in decoded:
                     decoded[t] = _decode_const(g, dq, inits, min_elements if int8_min_elements is None
@@ -170,3 +179,35 @@ def _unquantize_outputs(g: onnx.GraphProto, prod: dict, int8: set[str]) -> None:
         vi = [v for v in g.value_info if v.name != t]
         del g.value_info[:]
         g.value_info.extend(vi)
+
+
+def weight_axes(node: onnx.NodeProto, k: int) -> tuple[int, ...] | None:
+    """Scale axes (output channels) of input `k` of `node` when it is a Conv/ConvTranspose/MatMul/Gemm weight,
+    else None (not a weight slot int8 storage is done for)."""
+    if node.op_type == "Gemm" and k == 1:
+        return (0,) if next((a.i for a in node.attribute if a.name == "transB"), 0) else (1,)
+    if node.op_type not in ("Conv", "ConvTranspose", "MatMul"):
+        return None
+    return WEIGHT_AXES.get((node.op_type, k))
+
+
+def store_int8(g: onnx.GraphProto, name: str, w: np.ndarray, axes: tuple[int, ...],
+               new_nodes: list[onnx.NodeProto]) -> str:
+    """`w` (float) stored as int8 codes per output channel under `name`, decoded by Cast -> Mul (folded at
+    load). Appends the initializers to `g` and the decode nodes to `new_nodes`; returns `name`."""
+    q, scale = int8_codes(w.astype(np.float32), axes)
+    g.initializer.extend([numpy_helper.from_array(q, name + "_q8"), numpy_helper.from_array(scale, name + "_scale")])
+    new_nodes += [
+        helper.make_node("Cast", [name + "_q8"], [name + "_cast"], to=onnx.TensorProto.FLOAT, name=name + "_cast"),
+        helper.make_node("Mul", [name + "_cast", name + "_scale"], [name], name=name + "_decode"),
+    ]
+    return name
+
+
+def int8_storable(node: onnx.NodeProto, k: int, w: np.ndarray, min_elements: int) -> tuple[int, ...] | None:
+    """The scale axes when input `k` (value `w`) of `node` gets int8 storage, else None."""
+    axes = weight_axes(node, k)
+    if axes is None or w.ndim < 2 or w.size < min_elements or not np.isfinite(w).all():
+        return None
+    channels = int(np.prod([w.shape[a] for a in axes]))
+    return axes if w.size > 4 * channels else None  # else a float32 scale per channel outweighs the codes

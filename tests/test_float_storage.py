@@ -1,0 +1,134 @@
+"""Storage of the weights of layers the INT8 plan keeps float for fidelity (issue 23): int8 codes per output
+channel (Cast -> Mul, folded by ONNX Runtime at load) when the plan's fidelity holds, else fp16."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.graph import name_nodes
+from edgeslim.onnxkit.session import session
+from edgeslim.quant import int8_plan
+from edgeslim.quant.float_storage import STORAGE_TOL
+from edgeslim.quant.qdq_float import keep_float, quantized_nodes
+
+F = TensorProto.FLOAT
+
+
+def _model(seed: int = 0, outliers: bool = False) -> onnx.ModelProto:
+    """x[1,8,8,8] -> Conv 8->32 3x3 + ReLU -> Conv 32->32 3x3 + ReLU -> GAP -> Flatten -> Gemm 32->64 (transB).
+    `outliers`: each output channel of the second conv has one weight 300x the others, so int8 rounding
+    (one scale per channel) flattens the rest of the channel."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((32, 32, 3, 3)) * np.geomspace(0.005, 0.5, 32)[:, None, None, None]).astype(np.float32)
+    if outliers:
+        w1[np.arange(32), rng.integers(0, 32, 32), 1, 1] *= 300.0
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((32, 8, 3, 3)) * 0.2).astype(np.float32), "w0"),
+        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "b0"),
+        numpy_helper.from_array(w1, "w1"),  # channel scales spread over 100x: one scale per channel matters
+        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "b1"),
+        numpy_helper.from_array((rng.standard_normal((64, 32)) * 0.3).astype(np.float32), "wf"),
+        numpy_helper.from_array(np.zeros(64, np.float32), "bf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1] * 4, kernel_shape=[3, 3], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1] * 4, kernel_shape=[3, 3], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 8, 8, 8])],
+                          [helper.make_tensor_value_info("y", F, [1, 64])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    name_nodes(m)
+    return m
+
+
+def _feeds(n: int = 6) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def _run(m: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    s = session(m.SerializeToString())
+    return np.concatenate([s.run(None, f)[0] for f in feeds])
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _decoded_from(m: onnx.ModelProto, node: str, k: int = 1) -> tuple[onnx.TensorProto, onnx.TensorProto]:
+    """(int8 codes, scale) initializers behind input `k` of `node` when it is Cast -> Mul decoded."""
+    inits = {t.name: t for t in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    mul = prod[next(n for n in m.graph.node if n.name == node).input[k]]
+    cast = prod[mul.input[0]]
+    assert (mul.op_type, cast.op_type) == ("Mul", "Cast")
+    return inits[cast.input[0]], inits[mul.input[1]]
+
+
+def test_int8_storage_of_fidelity_floats_is_per_output_channel_smaller_and_faithful() -> None:
+    m, feeds = _model(), _feeds()
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(keep_activations=True))
+    every = {n.name for n in quantized_nodes(q)}
+    fp16 = keep_float(q, every, exact=every, float_model=m, int8_min_elements=16)
+    int8 = keep_float(q, every, exact=every, float_model=m, int8_min_elements=16, exact_int8=every)
+    s16, s8 = len(fp16.SerializeToString()), len(int8.SerializeToString())
+    w = 32 * 8 * 9 + 32 * 32 * 9 + 64 * 32  # weight elements: fp16 2 B each, int8 1 B + a scale per channel
+    assert s8 < s16 - 0.8 * w, (s16, s8)
+    codes, scale = _decoded_from(int8, "conv1")
+    assert codes.data_type == TensorProto.INT8 and list(codes.dims) == [32, 32, 3, 3]
+    assert list(scale.dims) == [32, 1, 1, 1]  # Conv: output channels are axis 0
+    s = numpy_helper.to_array(scale).ravel()
+    assert s.max() / s.min() > 30  # one scale per channel, following the channels' 100x spread
+    codes, scale = _decoded_from(int8, "fc")
+    assert list(codes.dims) == [64, 32] and list(scale.dims) == [64, 1]  # Gemm transB=1: axis 0
+    assert not any(t.data_type == TensorProto.FLOAT16 for t in int8.graph.initializer)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8.graph.node)  # all float
+    ref = _run(m, feeds)
+    assert _cos(_run(int8, feeds), ref) > 0.9999 and _cos(_run(fp16, feeds), ref) > 0.99999
+
+
+def _plan(target: float, outliers: bool) -> int8_plan.Int8Plan:
+    m, feeds = _model(outliers=outliers), _feeds()
+    ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
+    opts = int8_plan.Int8Options(formats=("u8s8-pc",), cle=False, adaround=False, bias_correction=False,
+                                 calib="minmax", speed_choice=False, target_cosine=target)
+    return int8_plan.build_plan(m, feeds, ref, opts, clock=None)  # type: ignore[arg-type]  # no timing asked
+
+
+def test_plan_stores_fidelity_floats_int8_where_the_target_holds_and_fp16_elsewhere() -> None:
+    # clean weights: int8 rounding costs ~1e-5 cosine (within the tolerance) -> all int8; one 300x outlier weight
+    # per output channel of conv1: int8 rounding of conv1 costs ~3e-4 -> conv1 fp16, fc (harmless) int8; conv1
+    # the only fidelity float -> fp16
+    for outliers, target, want in ((False, 0.99999, "int8"), (True, 0.99999, "mixed"), (True, 0.9999, "fp16")):
+        plan = _plan(target, outliers)
+        assert plan.exact_units, "the target must keep layers float for fidelity"
+        st = plan.steps["exact_storage"]
+        assert st["chosen"] == want, (outliers, target, st)
+        assert st["of"] == len(plan.exact_units) and st["int8_layers"] == len(plan.exact_int8)
+        assert st["bytes"]["int8"] < st["bytes"]["fp16"] * 0.75  # all int8: the file shrinks
+        assert st["cosine"]["int8"] < st["cosine"]["fp16"]
+        chosen = st["bytes"].get("chosen", st["bytes"][want if want != "mixed" else "int8"])
+        assert len(plan.model.SerializeToString()) == chosen
+        assert plan.cosine == st["cosine"].get("chosen", st["cosine"]["fp16"])
+        assert plan.cosine >= target or st["cosine"]["fp16"] - plan.cosine <= STORAGE_TOL  # the rule holds
+        note = next(n for n in plan.notes if "kept float for fidelity:" in n)
+        assert {"int8": "all int8", "fp16": "fp16", "mixed": "1/2 int8"}[want] in note, note
+        units8 = set(plan.exact_int8)
+        codes = [n for n in plan.model.graph.node if n.op_type == "Cast" and n.input[0].endswith("_q8")]
+        assert len(codes) == len(units8)  # one int8-coded weight per int8-stored fidelity layer
+        if want == "mixed":
+            assert plan.exact_int8 == ["fc"] and st["chosen"] == "mixed"
+            assert chosen < st["bytes"]["fp16"]
+            assert plan.cosine > st["cosine"]["int8"]
+        # the ablation variants use the same storage
+        v = plan.variant(speed=False)
+        assert sum(t.name.endswith("_q8") for t in v.graph.initializer) == len(units8)
