@@ -263,3 +263,39 @@ def test_rows_that_are_not_streams_score_one_step():
     s = teacher_score(drift, x, y)
     assert s.mode == "one step"
     assert s.score == pytest.approx(score_outputs(drift, predict(drift, x), x, y))
+
+
+def _leak(path, a: float):
+    """hn = a h + x; prob = sigmoid(10 (hn - 0.3)) (x, h: [B, 1]): a state model as an ONNX file with named inputs."""
+    nodes = [helper.make_node("Mul", ["h", "a"], ["ah"]), helper.make_node("Add", ["ah", "input"], ["hn"]),
+             helper.make_node("Sub", ["hn", "off"], ["d"]), helper.make_node("Mul", ["d", "ten"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["prob"])]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("a", a), ("off", 0.3), ("ten", 10.0))]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 1]) for n in ("input", "h", "prob", "hn")]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "leak", io[:2], io[2:], inits),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_converted_state_model_is_scored_over_its_validation_streams(tmp_path):
+    """`run --inputs` on an ONNX model with state: the converted model (`PackedView`) names its state output and
+    column, so `evaluate` (every fine-tuning's best epoch, matching's best step, the pruning tries) runs the
+    validation blocks with the state carried; a leakier state passes one step and fails the stream."""
+    from edgeslim.onnxkit.inputs import input_specs
+    from edgeslim.run.onnx_layout import convert_packed, layout_task
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((120, 1)) < 0.15).astype(np.float32) * rng.random((120, 1), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", input=x, h=np.zeros((1, 1), np.float32))
+    ref, cand = _leak(tmp_path / "ref.onnx", 0.5), _leak(tmp_path / "cand.onnx", 0.65)
+    task, lay, blocks = layout_task(ref, tmp_path / "x.npz", input_specs(onnx.load(str(ref))), 0, 1)
+    assert lay.states == {"h": "hn"} and lay.state_columns() == {"hn": 1}
+    teacher, leaky = convert_packed(ref, lay), convert_packed(cand, lay)
+    parts = teacher.teacher_parts(torch.from_numpy(task.x_val[:1]))
+    assert [(p.name, p.feeds) for p in parts] == [("prob", None), ("hn", 1)]
+    s0 = teacher_score(teacher, task.x_val, task.y_val)
+    assert s0.mode == "stream" and s0.streams == len(blocks["val"]) and s0.score == pytest.approx(1.0, abs=1e-6)
+    one = score_outputs(leaky, predict(leaky, task.x_val), task.x_val, task.y_val)
+    s = teacher_score(leaky, task.x_val, task.y_val)
+    assert one > 0.985 and s.score < 0.975 and s.mode == "stream", (one, s.score)  # 0.990 and 0.963 here
+    assert evaluate(leaky, task.x_val, task.y_val) == pytest.approx(s.score)
