@@ -299,3 +299,52 @@ def test_a_converted_state_model_is_scored_over_its_validation_streams(tmp_path)
     s = teacher_score(leaky, task.x_val, task.y_val)
     assert one > 0.985 and s.score < 0.975 and s.mode == "stream", (one, s.score)  # 0.990 and 0.963 here
     assert evaluate(leaky, task.x_val, task.y_val) == pytest.approx(s.score)
+
+
+class PrunableRNN(nn.Module):
+    """Packed row [x (D), h (H)] -> [score (1), h_new (H)]: h_new = 0.97 h + 0.1 tanh(l2(relu(l1(row)))), a hidden
+    layer Torch-Pruning can thin; score = out(h_new) around an offset of 3 (its sign never flips)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2, self.out = nn.Linear(D + H, 32), nn.Linear(32, H), nn.Linear(H, 1)
+        with torch.no_grad():
+            self.out.bias += 3.0
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        h = 0.97 * r[:, D:] + 0.1 * torch.tanh(self.l2(torch.relu(self.l1(r))))
+        return torch.cat([self.out(h), h], 1)
+
+    def teacher_parts(self, x1: torch.Tensor) -> list[OutputPart]:
+        return [OutputPart("score", (1, 1)), OutputPart("h_new", (1, H), feeds=D)]
+
+
+def test_the_budget_refuses_a_pruned_try_whose_state_drifts_over_the_streams(tmp_path, monkeypatch):
+    """sensitivity_prune with a 0.99 budget on a state model: one step from the original's state the pruned try
+    scores 0.994 (the old pick kept it); over the validation streams with its own state, 0.90: unpruned kept."""
+    import copy
+
+    import edgeslim.train as tr
+
+    teacher = PrunableRNN().eval()
+    task, _ = _stream_task(teacher)
+    cfg = PASSES["sensitivity_prune"].config(mode="structured", target=0.25, ratios=[0.25], max_ratio=0.9,
+                                             min_val_score=0.99, when_unmet="unpruned",
+                                             finetune=TrainConfig(epochs=0))
+
+    def run(tag: str) -> dict:
+        ctx = RunContext(stage_dir=tmp_path / tag, spec={}, finetune=TrainConfig(epochs=0), quiet=True)
+        ctx.stage_dir.mkdir()
+        return PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, ctx).notes
+
+    new = run("new")
+    assert new["tries"][0]["val_score"] < 0.95 and new["chosen_try"] == 0
+    assert "stream over 2 chains" in new["tries"][0]["val_score_bound"] and new["val_score_mode"] == "stream"
+
+    def one_step(m, x, y, batch=512):  # the score before: one step from the state each row holds
+        return Score(score_outputs(m, predict(m, x), x, y), {"output": 0.0}, {"output": "cosine"})
+
+    monkeypatch.setattr(tr, "teacher_score", one_step)
+    was = run("old")
+    assert was["tries"][0]["val_score"] >= 0.99 and was["chosen_try"] == 1
