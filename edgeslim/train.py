@@ -21,6 +21,7 @@ from torch import nn
 from edgeslim import accelerator, interrupt, resources
 from edgeslim.data import Task
 from edgeslim.guard import DivergenceGuard, NonFiniteLoss, TrainingDiverged
+from edgeslim.onnxkit.scoring import OutputPart, Score, score_rows, score_stream
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[[nn.Module], None]
@@ -118,18 +119,59 @@ def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
     """Top-1 accuracy as a fraction 0-1 (for reconstruction models: minus the mean squared error; for float
-    targets, a task without labels: the mean cosine to the teacher's outputs, `teacher_cosine`). `batch`: samples
-    per forward pass (peak memory follows it)."""
+    targets, a task without labels: the validation score against the teacher's outputs, `teacher_score`: the
+    worst output's, score outputs also by top-1 agreement, state carried over the streams of `x`). `batch`:
+    samples per forward pass (peak memory follows it)."""
+    if not is_reconstruction(model) and np.issubdtype(np.asarray(y).dtype, np.floating):
+        return teacher_score(model, x, y, batch).score
     return score_outputs(model, predict(model, x, batch), x, y)
 
 
 def score_outputs(model: nn.Module, out: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    """`evaluate`'s figure from `model`'s outputs `out` on `x`, already computed."""
+    """`evaluate`'s figure from `model`'s outputs `out` on `x`, already computed (one step: for a model with
+    recurrent state, each row from the state it holds; `evaluate` runs the streams)."""
     if is_reconstruction(model):
         return -float(((out - x) ** 2).mean())
-    if np.issubdtype(np.asarray(y).dtype, np.floating):  # teacher targets: mean per-sample cosine, 0-1 (1: same)
-        return teacher_cosine(out, y)
+    if np.issubdtype(np.asarray(y).dtype, np.floating):  # teacher targets: the worst output's score, 0-1 (1: same)
+        return score_rows(out, y, output_parts(model, x, out)).score
     return float((out.argmax(1) == y).mean())
+
+
+def output_parts(model: nn.Module, x: np.ndarray, out: np.ndarray) -> list[OutputPart]:
+    """The outputs of `model` as a row of the teacher's targets holds them (`onnxkit.scoring.OutputPart`): what
+    `model.teacher_parts(x[:1])` says when the model has that method (a converted ONNX model: `run.onnx.TeacherView`
+    and `run.onnx_layout.PackedView` know each output's shape, dtype and recurrent state), else one output shaped
+    as `out` ([N, ...], a module's own output)."""
+    fn = getattr(model, "teacher_parts", None)
+    if callable(fn):
+        with torch.no_grad():
+            return list(fn(torch.from_numpy(np.ascontiguousarray(x[:1])).to(accelerator.device_of(model))))
+    return [OutputPart("output", (1, *np.shape(out)[1:]), exact=not np.issubdtype(np.asarray(out).dtype, np.floating))]
+
+
+@torch.no_grad()
+def teacher_score(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> Score:
+    """The validation score (0-1) of `model` against the teacher's outputs `y` ([N, D]) on `x`, with how it was
+    reached (`onnxkit.scoring`, the rule the ONNX side's `onnxkit.session.onnx_score` follows): each output judged
+    on its own, the worst counting; score outputs by the lower of cosine and top-1 agreement (per position for
+    [N, T, C]); a model with recurrent state (`teacher_parts` name the state outputs) over the streams of `x`,
+    its own state carried (`scoring.score_stream`), as the held-out stream fidelity judges it."""
+    model.eval()
+    dev = accelerator.device_of(model)
+    threads = torch.get_num_threads()
+    if threads > 1 and dev.type == "cpu" and len(x):
+        threads = train_threads(model, tuple(x.shape[1:]), min(batch, len(x)))
+
+    def step(rows: np.ndarray) -> np.ndarray:
+        outs = [model(torch.from_numpy(np.ascontiguousarray(rows[i:i + batch])).to(dev)).cpu().numpy()
+                for i in range(0, len(rows), batch)]
+        return np.concatenate(outs).reshape(len(rows), -1)
+
+    with torch_threads(threads):
+        if not len(x):
+            return Score(1.0)
+        parts = output_parts(model, x, model(torch.from_numpy(np.ascontiguousarray(x[:1])).to(dev)).cpu().numpy())
+        return score_stream(step, x, y, parts)
 
 
 def teacher_cosine(out: np.ndarray, y: np.ndarray) -> float:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# score outputs (top-1 agreement here); the validation score takes the lower of their cosine and top-1 agreement
+from edgeslim.onnxkit.scoring import classifier_like as _classifier_like
 from edgeslim.onnxkit.session import run_all  # noqa: F401  (re-exported: outputs of a session per feed)
 
 DECISION_THRESHOLD = 0.5  # single-score (sigmoid) outputs: the decision a user takes from the score
@@ -97,16 +99,6 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
-
-
-def _classifier_like(r: np.ndarray) -> bool:
-    """[N, C] scores, or rank-3 per-position class scores (CTC text recognisers): softmax rows, or a last
-    axis of at least 1000 classes (character sets; an RNN state or a detector's box rows are shorter)."""
-    if r.dtype.kind != "f" or r.ndim not in (2, 3) or r.shape[-1] < 2 or r.size == 0:
-        return False
-    if r.ndim == 2 or r.shape[-1] >= 1000:
-        return True
-    return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
 
 def map_threshold(ref: np.ndarray) -> float:

@@ -14,6 +14,7 @@ import onnx
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.onnxkit.ort_options import session_options
+from edgeslim.onnxkit.scoring import OutputPart, Score, mean_row_cosine, score_stream  # noqa: F401
 
 
 def session(model: str | Path | bytes, threads: int = 1, level: str = "all"):  # -> ort.InferenceSession
@@ -115,17 +116,25 @@ def output_rows(sess, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
     one per output in the session's order. An output's batch axis need not be 0 (a recurrent state
     [layers, N, H]): it is the axis that is 1 at batch 1 and n at batch n. A batch fixed at 1 runs one sample a
     run and flattens each output whole; another fixed batch is read on axis 0 (`batched_outputs`)."""
+    return output_rows_shapes(sess, x, batch)[0]
+
+
+def output_rows_shapes(sess, x: np.ndarray, batch: int = 64) -> tuple[list[np.ndarray], list[tuple[int, ...]]]:
+    """`output_rows` and each output's shape at batch 1 (one row's values, in row order)."""
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
     if fixed is not None and fixed != 1:
-        return [np.asarray(o, np.float64).reshape(len(x), -1) for o in batched_outputs(sess, x, fixed)]
+        outs = batched_outputs(sess, x, fixed)
+        return ([np.asarray(o, np.float64).reshape(len(x), -1) for o in outs],
+                [(1, *np.shape(o)[1:]) for o in outs])
     x = np.asarray(x).astype(_NP_TYPES.get(inp.type, np.float32), copy=False)
     if len(x) == 0:
-        return []
+        return [], []
     if fixed == 1:
         runs = [sess.run(None, {inp.name: x[i:i + 1]}) for i in range(len(x))]
-        return [np.stack([np.asarray(r[k], np.float64).reshape(-1) for r in runs]) for k in range(len(runs[0]))]
-    one = [np.shape(o) for o in sess.run(None, {inp.name: x[:1]})]
+        return ([np.stack([np.asarray(r[k], np.float64).reshape(-1) for r in runs]) for k in range(len(runs[0]))],
+                [tuple(np.shape(o)) for o in runs[0]])
+    one = [tuple(np.shape(o)) for o in sess.run(None, {inp.name: x[:1]})]
     axes: list[int | None] = [None] * len(one)
     rows: list[list[np.ndarray]] = [[] for _ in one]
     for i in range(0, len(x), batch):
@@ -137,7 +146,7 @@ def output_rows(sess, x: np.ndarray, batch: int = 64) -> list[np.ndarray]:
                 grew = [j for j in range(o.ndim) if len(one[k]) == o.ndim and one[k][j] == 1 and o.shape[j] == n]
                 axes[k] = grew[0] if grew else 0
             rows[k].append(np.moveaxis(o, axes[k] or 0, 0).reshape(n, -1))
-    return [np.concatenate(r) for r in rows]
+    return [np.concatenate(r) for r in rows], one
 
 
 def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -148,64 +157,63 @@ def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(rows, 1) if rows else np.zeros((0, 0))
 
 
-def mean_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over rows of the cosine of `a`'s row to `b`'s ([N, D] each; 1.0 for a row pair both all zeros, 0.0
-    when only one is); 1.0 for no rows."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if not len(a):
-        return 1.0
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    c = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
-    return float(np.where(np.isfinite(c), c, 0.0).mean())
+_FLOAT_OUT = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
 
 
-def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1) -> dict[str, float]:
-    """Fidelity (0-1, 1: the same) of each output of an ONNX model (a path, serialized model or open session) on
-    the samples `x` to the targets `y` of a task without labels: the original's outputs flattened and
-    concatenated per sample in output order ([N, D], as `sample_rows` writes them). Each output is judged on its
-    own over its columns of `y`: a float output by the mean per-sample cosine (with several outputs, the lower
-    of that and the cosine over all of the output's values: a one-value output's per-sample cosine is only its
-    sign), an integer or boolean output (class ids, flags) by the mean per-sample fraction of elements exactly
-    equal. {output name: score}."""
+def onnx_score(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1,
+               state_columns: dict[str, int] | None = None) -> Score:
+    """The validation score (`onnxkit.scoring`) of an ONNX model (a path, serialized model or open session) on
+    the samples `x` against the targets `y` of a task without labels (the original's outputs flattened and
+    concatenated per sample in output order, [N, D], as `sample_rows` writes them): each output judged on its
+    own, the worst counting; score outputs also by top-1 agreement (per position for [N, T, C]). With
+    `state_columns` ({state output: its column in the packed input row}, `scoring.state_columns` of the run's
+    layout) the rows that form streams are run with the model's own state carried (`scoring.score_stream`)."""
     sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
-    rows = output_rows(sess, x, 64)
-    outs = sess.get_outputs()
+    if not len(x):
+        return Score(1.0)
+    feeds = state_columns or {}
     b = np.asarray(y, np.float64).reshape(len(y), -1)
-    widths = [r.shape[1] for r in rows]
-    if rows and sum(widths) != b.shape[1]:
-        raise EdgeslimError(f"the model's outputs give {sum(widths)} values per sample but the targets have "
-                            f"{b.shape[1]}: the targets were made by another model")
-    scores: dict[str, float] = {}
-    at = 0
-    for o, r, w in zip(outs, rows, widths):
-        t = b[:, at:at + w]
-        at += w
-        if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"):
-            # one value per sample (a VAD's score) has a per-sample cosine of +-1: beside other outputs, the
-            # cosine over all of the output's values counts too
-            scores[o.name] = mean_row_cosine(r, t) if len(rows) == 1 else min(mean_row_cosine(r, t),
-                                                                          mean_row_cosine(r.reshape(1, -1), t.reshape(1, -1)))
-        else:  # exact agreement: integers ride in float64 rows exactly
-            scores[o.name] = float((r == t).mean(1).mean()) if w else 1.0
-    return scores
+    _, shapes = output_rows_shapes(sess, np.asarray(x)[:1], 64)
+    outs = sess.get_outputs()
+    parts = [OutputPart(o.name, s, o.type not in _FLOAT_OUT, feeds.get(o.name)) for o, s in zip(outs, shapes)]
+
+    def step(rows: np.ndarray) -> np.ndarray:
+        return np.concatenate(output_rows(sess, rows, 64), 1)
+
+    return score_stream(step, np.asarray(x), b, parts)
+
+
+def output_scores(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *,
+                  state_columns: dict[str, int] | None = None) -> dict[str, float]:
+    """Fidelity (0-1, 1: the same) of each output of an ONNX model on the samples `x` to the targets `y` of a task
+    without labels, {output name: score}: `onnx_score`'s per output (a float output by the mean per-sample cosine,
+    with several outputs the lower of that and the cosine over all of the output's values; score outputs also by
+    top-1 agreement, per position for [N, T, C]; an integer or boolean output by the mean per-sample fraction of
+    elements exactly equal)."""
+    return onnx_score(model, x, y, threads, state_columns).by_output
 
 
 def onnx_accuracy(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1, *, where: str = "",
                   num_classes: int | None = None, scores: list[np.ndarray] | None = None,
-                  by_output: dict[str, float] | None = None) -> float:
+                  by_output: dict[str, float] | None = None, state_columns: dict[str, int] | None = None,
+                  detail: dict | None = None) -> float:
     """Top-1 accuracy (fraction 0-1) of an ONNX classifier (a path, serialized model or open session) on
     `x`, `y`, run in ONNX Runtime; a fixed-batch model is fed exactly its batch (`batched_outputs`). With
     float `y` (a task without labels: the original model's outputs, flattened and concatenated per sample)
-    the fidelity of the worst output (`output_scores`: each output judged on its own, mean per-sample cosine
-    for a float output; one output: the mean per-sample cosine of its rows), so a pick "within N points of
-    FP32" reads as fidelity of every output, a small state beside a big score included; `by_output` (a dict)
-    receives every output's score. With `scores` (a list), the class scores [N, classes] are appended to it."""
+    the score of the worst output (`onnx_score`: each output judged on its own, mean per-sample cosine for a
+    float output, the lower of that and top-1 agreement for score outputs; with `state_columns`, over the
+    streams of `x` with the model's own state carried), so a pick "within N points of FP32" reads as fidelity
+    of every output, a small state beside a big score included; `by_output` (a dict) receives every output's
+    score, `detail` (a dict) what bound the score (`scoring.Score.notes`). With `scores` (a list), the class
+    scores [N, classes] are appended to it."""
     sess = model if hasattr(model, "get_inputs") else session(model, threads=threads)
     if np.issubdtype(np.asarray(y).dtype, np.floating):
-        per = output_scores(sess, x, y)
+        got = onnx_score(sess, x, y, state_columns=state_columns)
         if by_output is not None:
-            by_output.update(per)
-        return min(per.values()) if per else 1.0
+            by_output.update(got.by_output)
+        if detail is not None:
+            detail.update(got.notes())
+        return got.score
     z = classifier_scores(sess, x, num_classes=num_classes, where=where)
     if scores is not None:
         scores.append(z)

@@ -18,7 +18,7 @@ from torch import nn
 from edgeslim.data import Task
 from edgeslim.distill.matching import Matching, match
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
-from edgeslim.train import Hooks, TrainConfig
+from edgeslim.train import Hooks, TrainConfig, teacher_score
 
 
 class DistillOutputs(PassConfig):
@@ -36,7 +36,7 @@ def distill_outputs(model: nn.Module | None, task: Task, cfg: DistillOutputs, ct
     if cfg.matching is not None:
         rec = match(model, teacher, task, cfg.matching, desc="distill_outputs", quiet=ctx.quiet)
         return PassResult(model, notes={k: v for k, v in rec.items() if k != "history"} | {
-            "val_history": rec["history"], "augmented": True})
+            "val_history": rec["history"], "augmented": True, **_bound(model, task)})
 
     def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -45,4 +45,12 @@ def distill_outputs(model: nn.Module | None, task: Task, cfg: DistillOutputs, ct
 
     hist = ctx.finetune_model(model, task, cfg.train, desc="distill_outputs", hooks=Hooks(loss=loss))
     return PassResult(model, notes={"val_score": hist["val_accuracy"], "val_split": "val",
-                                    "epochs": hist["epochs"]})
+                                    "epochs": hist["epochs"], **_bound(model, task)})
+
+
+def _bound(model: nn.Module, task: Task) -> dict:
+    """No labels: which figure bound the kept model's validation score (`train.teacher_score`)."""
+    if task.metric != "fidelity":
+        return {}
+    n = teacher_score(model, task.x_val, task.y_val).notes()
+    return {k: n[k] for k in ("val_score_bound", "val_score_mode")}

@@ -117,14 +117,16 @@ def quantize_int8(
         oq.quantize_static(pre, raw[f.name], feeds, f, oq.StaticQuant(method=method, act_overrides=act_overrides))
         recurrent = rq.weight_only_recurrent(raw[f.name], raw[f.name])
         oq.compact_onnx(raw[f.name], paths[f.name])
-    fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val)
+    cols = stream_columns(ctx)
+    fp32_acc = onnx_accuracy(pre, task.x_val, task.y_val, state_columns=cols)
     # the format is chosen by measurement: the measurement core times FP32 and every candidate interleaved
     lat = {k: v.p50_ms for k, v in ctx.measure.time_together({"fp32": pre, **paths}, {"input": task.x_test[:1]}).items()} \
         if len(fmts) > 1 else {}
     rows = []
     for f in fmts:
         rows.append({
-            "format": f.name, "val_accuracy": round(onnx_accuracy(paths[f.name], task.x_val, task.y_val), 6),
+            "format": f.name, "val_accuracy": round(onnx_accuracy(paths[f.name], task.x_val, task.y_val,
+                                                                  state_columns=cols), 6),
             "latency_ms_p50": round(lat.get(f.name, float("nan")), 4),
             "fp32_latency_ms_p50": round(lat.get("fp32", float("nan")), 4),
             "size_bytes": paths[f.name].stat().st_size,
@@ -165,7 +167,7 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
     clock = ctx.measure.clock({name: x1}, seconds=4.0)
     r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, clock, opts, cfg.max_accuracy_drop,
-                       prefer=cfg.prefer)
+                       prefer=cfg.prefer, state_columns=stream_columns(ctx))
     report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
     p = r.plan
     src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(r.chosen)
@@ -189,6 +191,8 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     }
     if r.worst_output:
         notes["worst_output"] = r.worst_output
+    if r.val_score:  # no labels: which figure bound the chosen candidate's validation score, one step or stream
+        notes.update(r.val_score)
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32
     if r.recurrent:
@@ -226,15 +230,18 @@ class StageResult:
     slower_than_fp32: str | None  # set when the written model is slower than the FP32 input
     recurrent: list[str]        # GRU/LSTM/RNN nodes given weight-only INT8 (no integer kernel in ORT)
     worst_output: dict | None = None  # several outputs, no labels: the pick's worst output and its val cosine
+    val_score: dict | None = None     # no labels: what bound the chosen candidate's val score (`Score.notes`)
 
 
 def per_layer_int8(
     pre: Path, work: Path, feeds: list[dict], x_val: np.ndarray, y_val: np.ndarray, clock: int8_plan.Clock,
     opts: int8_plan.Int8Options, max_drop: float, prefer: str = "balanced",
+    state_columns: dict[str, int] | None = None,
 ) -> StageResult:
     """Plan, build the three candidates in `work`, measure, choose. `pre` is the FP32 model (ORT
     pre-processed), `feeds` the calibration batches, `clock` the measurement core's (`ctx.measure.clock`
-    on the batch-1 timing input): this pass times nothing itself."""
+    on the batch-1 timing input): this pass times nothing itself. `state_columns` (a model with recurrent
+    state, `stream_columns`): every candidate is judged over the validation streams, its own state carried."""
     model = onnx.load(str(pre))
     name_nodes(model)
     fp = session(pre)
@@ -255,16 +262,19 @@ def per_layer_int8(
         oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
     times = clock.times({"fp32": pre.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
     by: dict[str, dict[str, float]] = {"fp32": {}}  # without labels: each output's val fidelity
-    fp32_acc = onnx_accuracy(pre, x_val, y_val, by_output=by["fp32"])
+    detail: dict[str, dict] = {"fp32": {}}  # without labels: what bound each candidate's score
+    fp32_acc = onnx_accuracy(pre, x_val, y_val, by_output=by["fp32"], state_columns=state_columns,
+                             detail=detail["fp32"])
     opts_ = []
     rows = []
     for k, p in paths.items():
-        by[k] = {}
-        acc = onnx_accuracy(p, x_val, y_val, by_output=by[k])
+        by[k], detail[k] = {}, {}
+        acc = onnx_accuracy(p, x_val, y_val, by_output=by[k], state_columns=state_columns, detail=detail[k])
         ok = (fp32_acc - acc) * 100 <= max_drop + 1e-9
         opts_.append(Option(k, p.stat().st_size, ok, times[k], kernels=kernel_signature(p)))
         r = ratio(times[k], times["fp32"])
         rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
+                     **({"val_score_bound": detail[k]["val_score_bound"]} if detail[k] else {}),
                      **({"val_by_output": {o: round(v, 6) for o, v in by[k].items()},
                          "worst_output": _worst(by[k])} if len(by[k]) > 1 else {}),
                      "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
@@ -289,7 +299,16 @@ def per_layer_int8(
         wo = _worst(by[best.name])
         worst = {"output": wo, "val_cosine": round(by[best.name][wo], 6), "fp32_val_cosine": round(by["fp32"][wo], 6),
                  "by_output": {k: round(v, 6) for k, v in by[best.name].items()}}
-    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst)
+    bound = {k: v for k, v in detail[best.name].items() if k in ("val_score_bound", "val_score_mode")}
+    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst, bound or None)
+
+
+def stream_columns(ctx: RunContext) -> dict[str, int] | None:
+    """{state output: its packed column} of a run's model with recurrent state (`onnxkit.scoring.state_columns`
+    of `ctx.spec["layout"]`, `run --inputs`); None otherwise: the validation score is one step."""
+    from edgeslim.onnxkit.scoring import state_columns
+
+    return state_columns(ctx.spec["layout"]) or None if isinstance(ctx.spec.get("layout"), dict) else None
 
 
 def _worst(scores: dict[str, float]) -> str:

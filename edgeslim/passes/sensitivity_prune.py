@@ -3,7 +3,9 @@
 curves and the allocation come from `edgeslim.prune.sensitivity`.
 
 Structured mode can hold a fidelity budget: with `min_val_score`, a pruned and fine-tuned model whose
-validation score (mean cosine to the original's outputs for a task without labels, accuracy with labels) is
+validation score (for a task without labels `train.teacher_score`: the worst output's cosine to the original's
+outputs, the lower of cosine and top-1 agreement for score outputs, over the validation streams with the state
+carried for a model with recurrent state, notes `val_score_bound` saying which; accuracy with labels) is
 below it is discarded and the per-layer ratios are scaled by `backoff` and tried again from the unpruned model,
 up to `max_tries`; the first try that meets the budget is kept, else the best-scoring try or, with
 `when_unmet: unpruned`, the unpruned model (said in the notes: `budget_met`, `chosen_try` 0).
@@ -38,7 +40,7 @@ from edgeslim.prune.reconstruct import Reconstruct, prune_recording, reconstruct
 from edgeslim.prune.sensitivity import DEFAULT_RATIOS, Mode, allocate, sensitivity_curves, write_report
 from edgeslim.prune.structured import blocked_by, channel_counts, make_pruner
 from edgeslim.prune.unsupported import guarded
-from edgeslim.train import TrainConfig, evaluate
+from edgeslim.train import TrainConfig, evaluate, teacher_score
 
 
 class SensitivityPrune(PassConfig):
@@ -169,6 +171,8 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
             score, extra = hist["val_accuracy"], {"epochs": hist["epochs"]}
         if recon is not None:
             extra["reconstruction"] = summary(recon)
+        if task.metric == "fidelity":  # no labels: which figure bound the score (top-1 agreement, a stream's state)
+            extra["val_score_bound"] = teacher_score(m, task.x_val, task.y_val).describe()
         row = {"try": t + 1, "scale": round(scale, 4), "val_score": score,
                **size_counts(m, task.input_shape, "after"), **extra}
         tries.append(row)
@@ -209,6 +213,9 @@ def sensitivity_prune(model: nn.Module | None, task: Task, cfg: SensitivityPrune
                   f"(val score {score:.4f})", flush=True)
     notes.update(val_accuracy=score, val_split="val", tries=tries, chosen_try=row["try"],
                  ratio_scale=row["scale"], budget=cfg.min_val_score, budget_met=met)
+    if task.metric == "fidelity":  # the chosen model's score: the worst output, by cosine or top-1 agreement
+        notes.update({k: v for k, v in teacher_score(chosen, task.x_val, task.y_val).notes().items()
+                      if k in ("val_score_bound", "val_score_mode", "val_by_output")})
     if small:
         notes["kept_unpruned"] = f"the passing try saved {100 * saved:.1f}% of the MACs (< min_macs_saved)"
     if cfg.matching is not None:

@@ -52,6 +52,15 @@ class TeacherView(nn.Module):
 
         return keep_whole(self.inner)  # type: ignore[arg-type]
 
+    def teacher_parts(self, x1: torch.Tensor) -> list:
+        """The outputs of one sample as a target row holds them (`train.output_parts`: score outputs are also
+        judged by top-1 agreement)."""
+        from edgeslim.onnxkit.scoring import OutputPart
+
+        outs = self.inner(x1[:1])
+        names = list(getattr(self.inner, "output_names", [f"output_{k}" for k in range(len(outs))]))
+        return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(names, outs)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_sample:
             return torch.cat([torch.cat([o.reshape(1, -1).float() for o in self.inner(x[i:i + 1])], 1)

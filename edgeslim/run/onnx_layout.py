@@ -40,6 +40,11 @@ class PackedView(TeacherView):
                               for i in range(x.shape[0])])
         return flat_torch(self.layout, call_packed(self.inner, self.layout, x), x.shape[0])
 
+    def teacher_parts(self, x1: torch.Tensor) -> list:
+        """The outputs as a target row holds them, state outputs with their packed columns (`train.output_parts`:
+        the validation score runs the streams with the state carried)."""
+        return self.layout.parts(call_packed(self.inner, self.layout, x1[:1]))
+
 
 def convert_packed(source: Path, layout: Layout) -> PackedView:
     from edgeslim.onnxtorch import onnx_to_torch

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from edgeslim.onnxkit.inputs import Feed, InputSpec
+from edgeslim.onnxkit.scoring import OutputPart, state_columns
 
 PACKED = "packed"  # the one input of a packed stage's ONNX file
 _HINT = re.compile(r"(state|hidden|cache|memory|^h\d*$|^c\d*$|^hn$|^cn$|^h_|^c_|_h$|_c$|^hx$|^cx$)")
@@ -70,6 +71,16 @@ class Layout:
     def states(self) -> dict[str, str]:
         return {s.name: s.state_out for s in self.slots if s.role == "state" and s.state_out}
 
+    def state_columns(self) -> dict[str, int]:
+        """{state output: the column of the packed row where the next step reads it} (`scoring.state_columns`)."""
+        return state_columns(self.as_dict())
+
+    def parts(self, outs: Sequence[Any]) -> list[OutputPart]:
+        """The outputs of one run at batch 1 (arrays or tensors, in `outputs` order) as a target row holds them
+        (`onnxkit.scoring.OutputPart`): shape, integer or float, and the column a state output is fed back to."""
+        cols = self.state_columns()
+        return [OutputPart(n, tuple(o.shape), exact=not _is_float(o), feeds=cols.get(n)) for n, o in zip(self.outputs, outs)]
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -107,6 +118,10 @@ class Layout:
             return np.concatenate([np.asarray(o, np.float32).reshape(1, -1) for o in outs], 1)
         return np.concatenate([np.moveaxis(np.asarray(o, np.float32), ax or 0, 0).reshape(n, -1)
                                for o, ax in zip(outs, self.out_axes)], 1)
+
+
+def _is_float(a: Any) -> bool:
+    return bool(a.is_floating_point()) if isinstance(a, torch.Tensor) else np.asarray(a).dtype.kind == "f"
 
 
 def state_pairs(specs: list[InputSpec], outputs: dict[str, np.ndarray], feed: Feed) -> dict[str, str]:
