@@ -22,7 +22,7 @@ class SharpMap(nn.Module):
         self.c1, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(50 * self.c2(torch.relu(self.c1(x)))).flatten(1)
+        return torch.sigmoid(50 * self.c2(torch.relu(self.c1(x))))  # [N, 1, H, W]: a map, not class scores
 
 
 def _setup():
