@@ -208,3 +208,36 @@ def state_columns(layout: dict) -> dict[str, int]:
             out[s["state_out"]] = at
         at += int(np.prod(s["shape"])) if s["shape"] else 1
     return out
+
+
+class Agreement:
+    """Top-1 agreement of score outputs (`classifier_like`, judged on each reference feed) accumulated feed by
+    feed, for scorers that stream a model's outputs (the INT8 plan's): per output index, the fraction of
+    positions whose argmax is the reference's (a non-finite position disagrees)."""
+
+    def __init__(self) -> None:
+        self.hits: dict[int, list[float]] = {}
+
+    def add(self, ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """Count one feed's outputs `got` against `ref`; returns `got` (to sit inside a generator)."""
+        for k, (r, g) in enumerate(zip(ref, got)):
+            r = np.asarray(r)
+            if not classifier_like(r):
+                continue
+            c = r.shape[-1]
+            g2 = np.asarray(g).reshape(-1, c)
+            same = (r.reshape(-1, c).argmax(-1) == g2.argmax(-1)) & np.isfinite(g2).all(-1)
+            h = self.hits.setdefault(k, [0.0, 0])
+            h[0] += float(same.sum())
+            h[1] += len(same)
+        return got
+
+    def value(self, k: int) -> float | None:
+        """Output `k`'s agreement so far, or None when it is not a score output."""
+        h = self.hits.get(k)
+        return h[0] / h[1] if h and h[1] else None
+
+    def bound(self, k: int, cosine: float) -> float:
+        """The lower of output `k`'s cosine and its top-1 agreement (the cosine alone for other outputs)."""
+        a = self.value(k)
+        return cosine if a is None else min(cosine, a)

@@ -34,6 +34,7 @@ from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.patterns import fuse_hardswish
+from edgeslim.onnxkit.scoring import Agreement
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice
 from edgeslim.quant.float_storage import plan_storage
@@ -159,18 +160,21 @@ def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: i
     is one feed's outputs whatever n is). One output: its cosine over every value (`onnxkit.lazy.stream_cosine`).
     Several outputs: the worst output's cosine, each output judged on its own (the lower of its mean per-sample
     cosine and its cosine over all values, `onnxkit.lazy.stream_output_cosines`, as `onnxkit.session.output_scores` judges the validation pick), so a small
-    output (a recurrent state beside a big map) is never hidden by a big one. `worst` (a dict) receives the
+    output (a recurrent state beside a big map) is never hidden by a big one. A score output (`onnxkit.scoring.
+    classifier_like`) counts the lower of that and its top-1 agreement. `worst` (a dict) receives the
     last call's worst output: {"output": index, "cosine": value}."""
     def evaluate(model: onnx.ModelProto, n: int) -> float:
         s = session(model.SerializeToString(), threads=threads)
         names = [i.name for i in s.get_inputs()]
         k = min(n, len(feeds))
+        agree = Agreement()  # score outputs: the lower of cosine and top-1 agreement, as the validation pick
         if len(s.get_outputs()) == 1:
-            pairs = ((ref[i], s.run(None, {name: f[name] for name in names})) for i, f in enumerate(feeds[:k]))
-            return stream_cosine(pairs)[0]
-        triples = ((ref[i], s.run(None, {name: f[name] for name in names}), _samples(f))
+            pairs = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})))
+                     for i, f in enumerate(feeds[:k]))
+            return agree.bound(0, stream_cosine(pairs)[0])
+        triples = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})), _samples(f))
                    for i, f in enumerate(feeds[:k]))
-        per = stream_output_cosines(triples)
+        per = [agree.bound(j, c) for j, c in enumerate(stream_output_cosines(triples))]
         j = int(np.argmin(per))
         if worst is not None:
             worst.update(output=j, cosine=per[j])
