@@ -110,11 +110,15 @@ def count_onnx(model: str | Path | onnx.ModelProto, shapes: dict[str, list[int]]
                         info[n.output[0]] = helper.make_tensor_value_info(n.output[0], a.t.data_type, list(a.t.dims))
 
     def stored(t: str) -> tuple[int, bool]:
-        """(stored bytes of a constant input, whether it is behind a DequantizeLinear), following DQ/Cast."""
+        """(stored bytes of a constant input, whether it is decoded), following DQ, Cast, and Mul by a constant
+        scale (weight-only int8 codes decoded by Cast -> Mul)."""
         seen = 0
         while t not in inits and t in producer and seen < 8:
             p = producer[t]
             if p.op_type in ("DequantizeLinear", "Cast", "Identity", "Transpose", "Reshape") and p.input:
+                t = p.input[0]
+                seen += 1
+            elif p.op_type == "Mul" and len(p.input) == 2 and p.input[1] in inits:  # int8 codes x scales
                 t = p.input[0]
                 seen += 1
             else:

@@ -5,8 +5,8 @@ What ONNX Runtime (1.2x-1.3x) can run, and so what this module does:
   `quantize_dynamic`); nothing to do here.
 - **GRU, RNN**: ORT has no integer kernel (neither the dynamic quantizer nor the static QDQ quantizer
   handles them). `weight_only_recurrent` stores their W and R weights as int8 codes behind a
-  `DequantizeLinear` (symmetric, one scale per gate row): the file shrinks about 4x on those tensors,
-  the compute stays FP32 (ORT dequantizes the weights each run, a few thousand values for a small GRU).
+  Cast -> Mul decode (symmetric, one scale per gate row): the file shrinks about 4x on those tensors,
+  the compute stays FP32 (ORT folds the decode at session load).
   Static QDQ leaves LSTM weights float too, so the static path uses the same rewrite for LSTM.
 - **QAT**: `QuantRNN` fake-quantizes the weights of an `nn.GRU` / `nn.LSTM` / `nn.RNN` during training
   (symmetric, one scale per gate row, derived from the range: max|w| / qmax, so the largest
@@ -88,8 +88,8 @@ def quantize_rows(w: np.ndarray, bits: int = 8, per_channel: bool = True) -> tup
 
 def weight_only_recurrent(src: Path, dst: Path, bits: int = 8, per_channel: bool = True,
                           ops: tuple[str, ...] = RECURRENT_OPS) -> list[str]:
-    """Rewrite the float W (input 1) and R (input 2) initializers of every `ops` node as int8 codes +
-    DequantizeLinear (weight-only INT8). Writes `dst` (may equal `src`); returns the rewritten nodes'
+    """Rewrite the float W (input 1) and R (input 2) initializers of every `ops` node as int8 codes decoded by
+    Cast -> Mul with the per-row scales (weight-only INT8; the decode is folded at session load). Writes `dst` (may equal `src`); returns the rewritten nodes'
     op types (empty: nothing to rewrite, `dst` is a copy of `src`)."""
     import onnx
     from onnx import helper, numpy_helper
@@ -109,16 +109,16 @@ def weight_only_recurrent(src: Path, dst: Path, bits: int = 8, per_channel: bool
     done: dict[int, str] = {}  # id(node) -> op type, in graph order
     for n, i in slots:
         t = n.input[i]
-        if t not in made:  # one DequantizeLinear per weight, placed before its first reader
+        if t not in made:  # one decode per weight, placed before its first reader
             made.add(t)
             codes, scale = quantize_rows(numpy_helper.to_array(inits[t]), bits, per_channel)
-            new_inits += [numpy_helper.from_array(codes, f"{t}_q"), numpy_helper.from_array(scale, f"{t}_scale"),
-                          numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{t}_zp")]
-            dq = helper.make_node("DequantizeLinear", [f"{t}_q", f"{t}_scale", f"{t}_zp"], [f"{t}_dq"],
-                                  name=f"{t}_DequantizeLinear")
-            if per_channel:
-                dq.attribute.append(helper.make_attribute("axis", 1))
-            before.setdefault(id(n), []).append(dq)
+            # Cast -> Mul, not DequantizeLinear: ONNX Runtime folds a constant Cast -> Mul at session load but
+            # keeps a DequantizeLinear on a weight and runs it on every call (see quant.float_storage)
+            new_inits += [numpy_helper.from_array(codes, f"{t}_q"),
+                          numpy_helper.from_array(scale.reshape(1, -1, 1) if per_channel else scale, f"{t}_scale")]
+            before.setdefault(id(n), []).extend([
+                helper.make_node("Cast", [f"{t}_q"], [f"{t}_qf"], to=onnx.TensorProto.FLOAT, name=f"{t}_Cast"),
+                helper.make_node("Mul", [f"{t}_qf", f"{t}_scale"], [f"{t}_dq"], name=f"{t}_Decode")])
         n.input[i] = f"{t}_dq"
         done[id(n)] = n.op_type
     if not slots:
