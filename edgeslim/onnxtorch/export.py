@@ -34,7 +34,9 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     channel counts zero-padded to that multiple where the padding can be followed (`align.align_channels`; the
     same function, checked by the parity run; a padded graph that fails it is dropped for the plain one).
 
-    Returns {"path", "size_bytes", "parity_max_abs_diff": {output: error}, "aligned_convs": count}. Nothing is
+    Shape reads of dims that are static are folded into constants first (`onnxkit.static_shapes`).
+    Returns {"path", "size_bytes", "parity_max_abs_diff": {output: error}, "aligned_convs": count,
+    "static_shapes_folded": count}. Nothing is
     written when the check fails (EdgeslimError naming the output and the error)."""
     in_names = list(getattr(module, "input_names", [f"input_{i}" for i in range(len(feeds))]))
     ref = torch_outputs(module, in_names, feeds)
@@ -56,10 +58,16 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
         module.train(was)
     data = _rename(buf.getvalue(), dict(zip(tmp_in + tmp_out, in_names + out_names)))
     data = _keep_inputs(data, in_names, feeds, {n: sym.get(n, {}) for n in in_names})
-    plain, aligned = data, 0
-    if align > 1:
-        import onnx
+    import onnx
 
+    from edgeslim.onnxkit.static_shapes import fold_static_shapes
+
+    plain, aligned = data, 0
+    m = onnx.load_from_string(data)
+    shapes = fold_static_shapes(m)  # Shape reads of static dims: constants (batch-1 streaming models gain most)
+    if shapes:
+        data = m.SerializeToString()
+    if align > 1:
         from edgeslim.onnxtorch.align import align_channels
 
         m, aligned = align_channels(onnx.load_from_string(data), align)
@@ -67,12 +75,13 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     try:
         errs = _check(data, feeds, in_names, out_names, ref, atol, out_path)
     except EdgeslimError:
-        if not aligned:
+        if data is plain:
             raise
-        data, aligned = plain, 0  # the padded graph does not check out: the file as exported, checked again
+        data, aligned, shapes = plain, 0, 0  # the rewritten graph does not check out: the file as exported
         errs = _check(data, feeds, in_names, out_names, ref, atol, out_path)
     write_bytes(Path(out_path), data)
-    return {"path": str(out_path), "size_bytes": len(data), "parity_max_abs_diff": errs, "aligned_convs": aligned}
+    return {"path": str(out_path), "size_bytes": len(data), "parity_max_abs_diff": errs, "aligned_convs": aligned,
+            "static_shapes_folded": shapes}
 
 
 def _check(data: bytes, feeds: dict[str, np.ndarray], in_names: list[str], out_names: list[str],

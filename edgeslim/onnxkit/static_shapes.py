@@ -1,0 +1,107 @@
+"""Fold shape reads of dimensions that are static into constants.
+
+A traced export (and many third-party files) compute reshape targets and slice bounds at run time from
+`Shape` -> `Gather` chains, even where the dimension read never changes (the channel count, a fixed frame
+length): only the batch axis is symbolic. ONNX Runtime folds a `Shape` only when every dimension of its input
+is known, so these chains run on every call; on a small streaming model (a VAD: about 110 us per call) they are
+a large share of the time. `fold_static_shapes` runs ONNX shape inference, then replaces
+
+- a `Shape` whose (sliced, `start`/`end`) dims are all static, and
+- a `Gather` of constant indices from a `Shape` output, where the gathered dims are static,
+
+by int64 constants; ONNX Runtime's own constant folding then folds what hangs off them (Unsqueeze, Concat,
+arithmetic). Nodes left without readers are removed. Dims shape inference leaves symbolic are never touched,
+so the file keeps every input shape it accepted. Only the main graph is rewritten (If/Loop bodies read the
+new constants from the outer scope as they read the old names).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeslim.onnxkit.consts import attr
+from edgeslim.onnxkit.graph import remove_dead
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name -> its dims (None where not a known number), from ONNX Runtime's symbolic shape inference
+    (it carries the static dims through Slice bounds and Reshape targets computed from the batch size, where
+    ONNX's own inference gives up), else ONNX's."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inf is None:
+            raise ValueError("no result")
+    except Exception:  # best effort: a graph it cannot type falls back to ONNX's inference  # noqa: BLE001
+        try:
+            inf = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # a graph neither can type keeps its Shape nodes  # noqa: BLE001
+            return {}
+    out: dict[str, list[int | None]] = {}
+    for vi in list(inf.graph.value_info) + list(inf.graph.input) + list(inf.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in inf.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def _const(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+    vals = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            vals[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return vals
+
+
+def _shape_dims(n: onnx.NodeProto, dims: list[int | None]) -> list[int | None]:
+    """The dims a Shape node returns (its `start`/`end` attributes applied, opset 15)."""
+    r = len(dims)
+    start, end = int(attr(n, "start", 0)), attr(n, "end", None)
+    start = max(0, start + r if start < 0 else start)
+    stop = r if end is None else max(0, int(end) + r if int(end) < 0 else int(end))
+    return dims[start:min(stop, r)]
+
+
+def fold_static_shapes(model: onnx.ModelProto) -> int:
+    """Replace static Shape / Shape->Gather reads of `model` (in place) by constants; returns how many."""
+    g = model.graph
+    dims = _dims(model)
+    if not dims:
+        return 0
+    consts = _const(g)
+    shape_of: dict[str, list[int | None]] = {}  # Shape output -> the dims it returns
+    folded: dict[str, np.ndarray] = {}
+    for n in g.node:
+        if n.op_type == "Shape" and n.input and n.input[0] in dims:
+            sd = _shape_dims(n, dims[n.input[0]])
+            shape_of[n.output[0]] = sd
+            if sd and all(d is not None for d in sd):
+                folded[n.output[0]] = np.array(sd, np.int64)
+        elif (n.op_type == "Gather" and len(n.input) == 2 and n.input[0] in shape_of and n.input[1] in consts
+              and int(attr(n, "axis", 0)) == 0):
+            sd, idx = shape_of[n.input[0]], np.asarray(consts[n.input[1]]).astype(np.int64)
+            picked = [sd[int(i)] if -len(sd) <= int(i) < len(sd) else None for i in idx.reshape(-1)]
+            if idx.ndim == 1:
+                shape_of[n.output[0]] = picked  # a gathered shape vector: later Gathers read it too
+            if picked and all(d is not None for d in picked):
+                folded[n.output[0]] = np.array(picked, np.int64).reshape(idx.shape)
+    if not folded:
+        return 0
+    keep = [n for n in g.node if not (len(n.output) == 1 and n.output[0] in folded)]
+    del g.node[:]
+    g.node.extend(keep)
+    have = {t.name for t in g.initializer}
+    for name, v in folded.items():
+        if name not in have:
+            g.initializer.append(numpy_helper.from_array(v, name))
+    graph_outputs = {o.name for o in g.output}
+    for name in folded.keys() & graph_outputs:  # an output must be produced by a node
+        g.initializer.remove(next(t for t in g.initializer if t.name == name))
+        g.node.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(folded[name], name)))
+    remove_dead(model)
+    return len(folded)
