@@ -103,12 +103,23 @@ def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: torch.Ten
     return F.cross_entropy(out, y)
 
 
+EVAL_VALUES = 1 << 20  # input values per evaluation forward at most (peak memory follows the batch)
+
+
+def eval_batch(x: np.ndarray, batch: int) -> int:
+    """`batch`, lowered so one forward reads at most `EVAL_VALUES` input values: a 48x320 text line goes 22 at a
+    time, a 320x320 page 3 (a transformer's activations are many times its input), digits still 512."""
+    per = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+    return max(1, min(batch, EVAL_VALUES // max(1, per)))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     """Outputs of `model` in eval mode on `x`, in batches. Threads as for training (`train_threads`); inside
     `train_model` they are already chosen, so the per-epoch validation does not count MACs again."""
     model.eval()
     dev = accelerator.device_of(model)  # a model inside a training on the accelerator is evaluated there
+    batch = eval_batch(x, batch)
     threads = torch.get_num_threads()
     if threads > 1 and dev.type == "cpu":
         threads = train_threads(model, tuple(x.shape[1:]), min(batch, len(x)))
@@ -158,6 +169,7 @@ def teacher_score(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 5
     its own state carried (`scoring.score_stream`), as the held-out stream fidelity judges it."""
     model.eval()
     dev = accelerator.device_of(model)
+    batch = eval_batch(x, batch)
     threads = torch.get_num_threads()
     if threads > 1 and dev.type == "cpu" and len(x):
         threads = train_threads(model, tuple(x.shape[1:]), min(batch, len(x)))
