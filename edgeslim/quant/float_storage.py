@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from edgeslim.quant.layer_select import WEIGHT_CODES_MIN
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
 
@@ -67,8 +68,7 @@ class StorageChoice:
 
 def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes: set[str],
                  exact: dict[str, set[str]], final: onnx.ModelProto, evaluate: Evaluate, target: float,
-                 int8_min_elements: int, full_feeds: int, probe_feeds: int = 4, worst: dict | None = None,
-                 tol: float = STORAGE_TOL) -> StorageChoice:
+                 full_feeds: int, probe_feeds: int = 4, worst: dict | None = None) -> StorageChoice:
     """Storage of the fidelity floats' weights for the INT8 plan (module docstring). `final`: the finished plan
     (shrunk) with fp16 storage, built from the fully quantized `qdq` with `float_nodes` float, of which the
     nodes of the `exact` units ({unit: nodes}) take `float_model`'s weights. `worst` (the evaluator's last-call
@@ -78,12 +78,12 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
     def build(units: list[str], small: bool = True) -> onnx.ModelProto:
         if not units and small:
             return final
-        m = keep_float(qdq, float_nodes, exact=every, float_model=float_model, int8_min_elements=int8_min_elements,
+        m = keep_float(qdq, float_nodes, exact=every, float_model=float_model, int8_min_elements=WEIGHT_CODES_MIN,
                        exact_int8=set().union(*(exact[u] for u in units)))
         return shrink(m)[0] if small else m
 
     def ok(c: float) -> bool:  # a tiny loss, or a small share of the plan's error that keeps its target
-        return c16 - c <= tol or (c >= target and c16 - c <= STORAGE_SHARE * (1.0 - c16))
+        return c16 - c <= STORAGE_TOL or (c >= target and c16 - c <= STORAGE_SHARE * (1.0 - c16))
 
     names = sorted(exact)
     c16 = evaluate(final, full_feeds)
@@ -96,7 +96,7 @@ def plan_storage(qdq: onnx.ModelProto, float_model: onnx.ModelProto, float_nodes
     c8 = evaluate(m8, full_feeds)
     cos = {"fp16": c16, "int8": c8}
     size = f"{sizes['fp16']:,} -> {sizes['int8']:,} B"
-    rule = (f"cosine within {tol:g} of fp16's, or >= target {target:g} and within {STORAGE_SHARE:g} of fp16's error "
+    rule = (f"cosine within {STORAGE_TOL:g} of fp16's, or >= target {target:g} and within {STORAGE_SHARE:g} of fp16's error "
             f"= {STORAGE_SHARE * (1 - c16):.5f}")
     if ok(c8):
         return StorageChoice(names, len(names), m8, c8, {**cos, "chosen": c8}, {**sizes, "chosen": sizes["int8"]},

@@ -286,7 +286,7 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
                          "zero-points dropped")
     with _timed(run.spent, "storage"):
         sc = plan_storage(q, fm, us.nodes(float_units), {u: us.nodes([u]) for u in fixed}, final, run.evaluate,
-                          opts.target_cosine, WEIGHT_CODES_MIN, len(feeds), opts.probe_feeds, worst) if fixed else None
+                          opts.target_cosine, len(feeds), opts.probe_feeds, worst) if fixed else None
     final, cos = (sc.model, sc.cosine) if sc else (final, run.evaluate(final, len(feeds)))
     if sc:  # the weights of the fidelity floats: int8 codes where the plan keeps its fidelity, else fp16
         run.notes.append(f"weights of the {len(fixed)} layers kept float for fidelity: {sc.why}")
