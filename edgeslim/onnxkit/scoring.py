@@ -57,6 +57,13 @@ def classifier_like(r: np.ndarray) -> bool:
     return bool(r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3))
 
 
+def top1_same(got: np.ndarray, ref: np.ndarray, classes: int) -> np.ndarray:
+    """Per position (every `classes` consecutive values): whether `got`'s argmax is `ref`'s; a position with a
+    non-finite value in `got` disagrees. Flat bool array."""
+    g, r = got.reshape(-1, classes), ref.reshape(-1, classes)
+    return (g.argmax(-1) == r.argmax(-1)) & np.isfinite(g).all(-1)
+
+
 @dataclass(frozen=True)
 class OutputPart:
     """One output of a model as a row of the targets holds it."""
@@ -109,10 +116,9 @@ def output_score(got: np.ndarray, ref: np.ndarray, part: OutputPart, several: bo
     if several:
         figs.append((mean_row_cosine(got.reshape(1, -1), ref.reshape(1, -1)), "cosine over all values"))
     if part.feeds is None and len(ref) and classifier_like(ref[0].reshape(part.shape)):  # (a state is no scores)
-        c = part.shape[-1]
-        a, b = got.reshape(len(got), -1, c).argmax(-1), ref.reshape(len(ref), -1, c).argmax(-1)
-        ok = np.isfinite(got).reshape(len(got), -1, c).all(-1)
-        figs.append((float(((a == b) & ok).mean()), "top-1 agreement" + (" per position" if a.shape[1] > 1 else "")))
+        same = top1_same(got, ref, part.shape[-1])
+        per_position = same.size > len(got)
+        figs.append((float(same.mean()), "top-1 agreement" + (" per position" if per_position else "")))
     s, how = min(figs, key=lambda t: t[0])
     return s, how
 
@@ -224,9 +230,7 @@ class Agreement:
             r = np.asarray(r)
             if not classifier_like(r):
                 continue
-            c = r.shape[-1]
-            g2 = np.asarray(g).reshape(-1, c)
-            same = (r.reshape(-1, c).argmax(-1) == g2.argmax(-1)) & np.isfinite(g2).all(-1)
+            same = top1_same(np.asarray(g), r, r.shape[-1])
             h = self.hits.setdefault(k, [0.0, 0])
             h[0] += float(same.sum())
             h[1] += len(same)
