@@ -10,7 +10,7 @@ import torch
 from reliability_helpers import assert_user_error, main_inproc
 from torch import nn
 
-from edgeslim.search.inputs import pick_trial, recipe_text
+from edgeslim.search.inputs import pick_trial, recipe_text, val_score
 
 
 class Net(nn.Module):
@@ -42,11 +42,22 @@ def test_search_inputs_three_trials_picks_on_validation_and_reports_held_out(tmp
         res = json.loads((out / "trials" / f"trial{r['number']:04d}" / "results.json").read_text())
         splits.add(json.dumps(res["task"], sort_keys=True))
         assert r["val_cosine"] == res["stages"][-1]["fidelity_val"]["cosine"]
+        assert r["val_score"] == val_score(res["stages"][-1]["fidelity_val"]) <= r["val_cosine"]
     assert len(splits) == 1  # the same seeded split (train/val/held-out) in every trial
     best, _ = pick_trial(s["trials"], "latency", 0.5)
     assert best is not None and s["best"]["trial"] == best["number"]
     assert (out / "best.yaml").read_text() == best["recipe"]
     assert "held-out cosine" in stdout and "picked on validation" in stdout
+
+
+def test_pick_judges_a_classifier_on_top1_agreement_too():
+    """Close scores can still change decisions: a trial is picked on the lower of cosine and top-1 agreement."""
+    flips = {"cosine": 0.995, "top1_agreement": 0.95}
+    assert val_score(flips) == 0.95 and val_score({"cosine": 0.99}) == 0.99
+    rows = [{"number": 0, "val_cosine": 0.995, "val_score": val_score(flips), "latency_ratio": 0.4, "size_bytes": 5},
+            {"number": 1, "val_cosine": 0.99, "val_score": 0.99, "latency_ratio": 0.7, "size_bytes": 9}]
+    best, why = pick_trial(rows, "latency", 0.98)
+    assert best is not None and best["number"] == 1 and "validation score" in why
 
 
 def test_pick_uses_validation_only():

@@ -25,7 +25,8 @@ def search(
     inputs: Path | None = typer.Option(None, "--inputs", help="no labels: an .npz of the model's inputs (one array "
                                        "per input, samples on axis 0) in place of --task; the original is the "
                                        "teacher, trials are scored on validation fidelity"),
-    min_cosine: float = typer.Option(0.98, help="--inputs: the validation cosine a pick needs"),
+    min_cosine: float = typer.Option(0.98, help="--inputs: the validation score a pick needs (worst-output "
+                                    "cosine; top-1 agreement where lower, for score outputs)"),
     device: str = typer.Option("cortex-m4", "--device", "-d", help="device profile name or YAML path"),
     trials: int = typer.Option(20, help="total trials in the study (shared by all workers)"),
     out: Path = typer.Option(Path("runs/search"), "--out", "-o", help="search folder (resumed when it exists)"),

@@ -5,10 +5,10 @@ Every trial is a `run --inputs` of a sampled recipe (structured pruning at a rat
 original or not, the INT8 plan or not; a short fine-tune), so the inputs are split as `run` splits them (one
 seeded split, the same in every trial): training and calibration on the training part, the trial's score on
 the validation part, and the held-out part read only to report the pick. Objectives (Optuna, TPE):
-validation fidelity (worst-output cosine of the last stage, streamed for a model with recurrent state; higher
-is better) and the cost, `latency` (the last stage's p50 over the trial's baseline, timed interleaved in the
+validation fidelity (`val_score`: the worst-output cosine of the last stage, streamed for a model with
+recurrent state, or its top-1 agreement where that is lower, for score outputs; higher is better) and the cost, `latency` (the last stage's p50 over the trial's baseline, timed interleaved in the
 trial's run: 1 / speed-up) or `size` (bytes of the last stage's file). The pick: among trials whose validation
-cosine is at least `min_cosine`, the cheapest; when none is, the most faithful. Its held-out fidelity is
+score is at least `min_cosine`, the cheapest; when none is, the most faithful. Its held-out fidelity is
 reported beside the validation figure it was picked on.
 
 ```
@@ -88,9 +88,17 @@ def _row(number: int, params: dict, text: str, res: dict) -> dict:
     speed = last.get("speedup_vs_baseline")
     return {"number": number, "params": params, "recipe": text, "stage": last["name"],
             "val_cosine": last["fidelity_val"]["cosine"], "test_cosine": last["fidelity"]["cosine"],
+            "val_score": val_score(last["fidelity_val"]),
             "val": _short(last["fidelity_val"]), "test": _short(last["fidelity"]),
             "latency_ratio": round(1.0 / speed, 4) if speed else None, "speedup_vs_baseline": speed,
             "size_bytes": last["size_bytes"], "baseline_size_bytes": base["size_bytes"]}
+
+
+def val_score(f: dict) -> float:
+    """The figure a trial is picked on: the worst-output cosine, or the top-1 agreement of score outputs where
+    that is lower (a classifier whose outputs stay close can still change its decisions)."""
+    top1 = f.get("top1_agreement")
+    return float(min(f["cosine"], top1) if top1 is not None else f["cosine"])
 
 
 def _short(f: dict) -> dict:
@@ -105,12 +113,15 @@ def pick_trial(rows: list[dict], cost: str, min_cosine: float) -> tuple[dict | N
     done = [r for r in rows if r.get("error") is None and r.get(key) is not None]
     if not done:
         return None, "no trial finished"
-    ok = [r for r in done if r["val_cosine"] >= min_cosine]
+    def score(r: dict) -> float:
+        return float(r.get("val_score", r["val_cosine"]))
+
+    ok = [r for r in done if score(r) >= min_cosine]
     if ok:
-        best = min(ok, key=lambda r: (r[key], -r["val_cosine"]))
-        return best, (f"the lowest {cost} of {len(ok)}/{len(done)} trials with validation cosine >= {min_cosine:g}")
-    best = max(done, key=lambda r: r["val_cosine"])
-    return best, f"no trial reached validation cosine {min_cosine:g}; kept the most faithful on validation"
+        best = min(ok, key=lambda r: (r[key], -score(r)))
+        return best, (f"the lowest {cost} of {len(ok)}/{len(done)} trials with validation score >= {min_cosine:g}")
+    best = max(done, key=score)
+    return best, f"no trial reached validation score {min_cosine:g}; kept the most faithful on validation"
 
 
 def search_inputs(job: InputsSearch, log: Callable[[str], None] = print) -> dict:
@@ -141,9 +152,9 @@ def search_inputs(job: InputsSearch, log: Callable[[str], None] = print) -> dict
             continue
         rows.append(row)
         cost = row["latency_ratio"] if job.cost == "latency" else row["size_bytes"]
-        study.tell(trial, [row["val_cosine"], cost if cost is not None else float("inf")])
+        study.tell(trial, [row["val_score"], cost if cost is not None else float("inf")])
         log(f"trial {n}: ratio {params['ratio']:.2f} distill {params['distill']} int8 {params['int8']}: "
-            f"validation cosine {row['val_cosine']:.4f}, {job.cost} "
+            f"validation score {row['val_score']:.4f}, {job.cost} "
             + (f"{row['speedup_vs_baseline']:.2f}x faster" if job.cost == "latency" and row["speedup_vs_baseline"]
                else f"{row['size_bytes']} B"))
     best, why = pick_trial(rows, job.cost, job.min_cosine)
