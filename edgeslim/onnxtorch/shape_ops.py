@@ -48,39 +48,34 @@ def _const_target(rule: list[tuple[str, int, int]], rank: int) -> tuple[int, ...
     return tuple(out) if out.count(-1) <= 1 else None
 
 
-class _ConstReshape(torch.autograd.Function):
-    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, constant `target`) (0 and -1 as ONNX
-    reads them). Eager runs and gradients are torch's reshape."""
+class _Reshape(torch.autograd.Function):
+    """`x.reshape(sizes)` in eager runs and gradients (torch's reshape); subclasses say how the ONNX exporter
+    writes it (`symbolic`, from the third argument)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, sizes: tuple[int, ...], target: tuple[int, ...]) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, sizes: tuple[int, ...], how: Any) -> torch.Tensor:
         ctx.in_shape = x.shape
         return x.reshape(sizes)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple:
         return g.reshape(ctx.in_shape), None, None
+
+
+class _ConstReshape(_Reshape):
+    """Written as one Reshape(x, constant `target`) (0 and -1 as ONNX reads them)."""
 
     @staticmethod
     def symbolic(g: Any, x: Any, sizes: tuple[int, ...], target: tuple[int, ...]) -> Any:
         return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor(list(target), dtype=torch.int64)))
 
 
-class _TensorReshape(torch.autograd.Function):
-    """`x.reshape(sizes)` that the ONNX exporter writes as one Reshape(x, shape): the traced int64 `shape` read as
-    ONNX reads it (0 = copy the input dim, -1), without the arithmetic torch would need for the zeros."""
+class _TensorReshape(_Reshape):
+    """Written as one Reshape(x, shape): the traced int64 `shape` read as ONNX reads it (0 = copy the input dim,
+    -1), without the arithmetic torch would need for the zeros."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, shape: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-        ctx.in_shape = x.shape
-        return x.reshape(sizes)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple:
-        return g.reshape(ctx.in_shape), None, None
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, shape: Any, sizes: tuple[int, ...]) -> Any:
+    def symbolic(g: Any, x: Any, sizes: tuple[int, ...], shape: Any) -> Any:
         return g.op("Reshape", x, shape)
 
 
@@ -104,7 +99,7 @@ def reshape_op(op: Op, x: torch.Tensor, shape: torch.Tensor | list) -> torch.Ten
     if torch.jit.is_tracing() and isinstance(shape, torch.Tensor) and not op.const(1):
         # the exported Reshape reads the live shape tensor as the source did (0 and -1 as ONNX reads them)
         if not op.a.get("allowzero", 0):
-            return _TensorReshape.apply(x, shape, tuple(int(v) for v in x.reshape(target).shape))
+            return _TensorReshape.apply(x, tuple(int(v) for v in x.reshape(target).shape), shape)
         from torch.onnx import operators
 
         return operators.reshape_from_tensor_shape(x, shape)
