@@ -59,22 +59,30 @@ def test_top1_bounds_the_torch_score_where_the_cosine_hides_flips():
     assert evaluate(feat, x, fy * 1.01) == pytest.approx(teacher_cosine(predict(feat, x), fy * 1.01))
 
 
+def _prune_runner(tmp_path, teacher, task, target: float, max_ratio: float):
+    """sensitivity_prune at one `target` ratio, a 0.99 validation budget, no fine-tuning: run(tag) -> its notes
+    (a fresh copy of `teacher` each call)."""
+    import copy
+
+    cfg = PASSES["sensitivity_prune"].config(mode="structured", target=target, ratios=[target], max_ratio=max_ratio,
+                                             min_val_score=0.99, when_unmet="unpruned",
+                                             finetune=TrainConfig(epochs=0))
+
+    def run(tag: str) -> dict:
+        ctx = RunContext(stage_dir=tmp_path / tag, spec={}, finetune=TrainConfig(epochs=0), quiet=True)
+        ctx.stage_dir.mkdir()
+        return PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, ctx).notes
+
+    return run
+
+
 def test_the_budget_refuses_a_pruned_try_whose_argmax_flips(tmp_path, monkeypatch):
     """sensitivity_prune with a 0.99 budget: the pruned try's mean cosine passes it, its top-1 agreement does not;
     the pick changes from the pruned try (old score) to the unpruned model, and the notes say what bound it."""
     x = np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32)
     teacher = _offset_logits(seed=3)
     task = teacher_task("offset", x, lambda a: predict(teacher, a).reshape(len(a), -1), seed=0, augment_below=0)
-    cfg = PASSES["sensitivity_prune"].config(mode="structured", target=0.5, ratios=[0.5], max_ratio=0.6,
-                                             min_val_score=0.99, when_unmet="unpruned",
-                                             finetune=TrainConfig(epochs=0))
-
-    def run(tag: str) -> dict:
-        import copy
-
-        ctx = RunContext(stage_dir=tmp_path / tag, spec={}, finetune=TrainConfig(epochs=0), quiet=True)
-        ctx.stage_dir.mkdir()
-        return PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, ctx).notes
+    run = _prune_runner(tmp_path, teacher, task, target=0.5, max_ratio=0.6)
 
     new = run("new")
     assert new["tries"][0]["val_score"] < 0.99 and new["chosen_try"] == 0 and not new["budget_met"]
@@ -323,20 +331,12 @@ class PrunableRNN(nn.Module):
 def test_the_budget_refuses_a_pruned_try_whose_state_drifts_over_the_streams(tmp_path, monkeypatch):
     """sensitivity_prune with a 0.99 budget on a state model: one step from the original's state the pruned try
     scores 0.994 (the old pick kept it); over the validation streams with its own state, 0.90: unpruned kept."""
-    import copy
 
     import edgeslim.train as tr
 
     teacher = PrunableRNN().eval()
     task, _ = _stream_task(teacher)
-    cfg = PASSES["sensitivity_prune"].config(mode="structured", target=0.25, ratios=[0.25], max_ratio=0.9,
-                                             min_val_score=0.99, when_unmet="unpruned",
-                                             finetune=TrainConfig(epochs=0))
-
-    def run(tag: str) -> dict:
-        ctx = RunContext(stage_dir=tmp_path / tag, spec={}, finetune=TrainConfig(epochs=0), quiet=True)
-        ctx.stage_dir.mkdir()
-        return PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, ctx).notes
+    run = _prune_runner(tmp_path, teacher, task, target=0.25, max_ratio=0.9)
 
     new = run("new")
     assert new["tries"][0]["val_score"] < 0.95 and new["chosen_try"] == 0
