@@ -83,6 +83,26 @@ def test_match_recovers_fidelity_within_budget(setup):
     assert quick["stopped_by"] == "time" and quick["steps"] < 10_000 and quick["seconds"] < 5
 
 
+def test_the_best_step_is_picked_by_cosine_and_recorded_with_its_score(setup):
+    """Top-1 agreement moves in steps of 1/N: the best of many steps by it is a lucky draw. The step is picked by
+    the worst output's cosine (`Score.pick`) and recorded with the score (the lower of cosine and top-1)."""
+    from edgeslim.onnxkit.scoring import OutputPart, score_rows
+
+    ref = np.array([[2.0, 1.9], [3.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    got = ref.copy()
+    got[0] = [1.9, 2.0]  # one flipped decision of four, the values barely moved
+    sc = score_rows(got, ref, [OutputPart("logits", (1, 2))])
+    assert sc.score == pytest.approx(0.75) and sc.pick > 0.99 and sc.pick == sc.smooth
+    teacher, task = setup
+    student = _pruned(teacher, task)
+    rec = match(student, teacher, task, Matching(max_steps=100, eval_every=20, lr=3e-3), quiet=True)
+    h = rec["history"]
+    assert all("val_pick" in r for r in h) and all(r["val"] <= r["val_pick"] + 1e-12 for r in h)
+    top = max(h, key=lambda r: r["val_pick"])
+    assert rec["best_step"] == top["step"] and rec["val_score"] == top["val"]
+    assert rec["val_score"] == pytest.approx(evaluate(student, task.x_val, task.y_val))
+
+
 def _ctx(tmp_path, teacher) -> RunContext:
     return RunContext(stage_dir=tmp_path, spec={}, finetune=TrainConfig(epochs=1), quiet=True,
                       teacher_loader=lambda: copy.deepcopy(teacher))

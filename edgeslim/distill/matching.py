@@ -13,8 +13,9 @@ instead: a detector's near-binary sigmoid map leaves an MSE almost no gradient, 
 plus, with `features > 0`, the same normalised error on intermediate features of layers whose output
 shape the student kept (a pruned copy of the teacher: same module names; the layers whose channels were pruned
 are skipped). The budget is bounded in steps *and* seconds, so a run's wall time is known up front; the best
-state on the validation split (`train.evaluate`: mean cosine to the teacher for a task without labels) is kept.
-The held-out split is never read.
+state on the validation split is kept: for a task without labels picked by the worst output's mean cosine to the
+teacher, and recorded with the validation score (`train.evaluate`: for score outputs the lower of that and top-1
+agreement, which a best-of-many-steps pick would flatter: `_judge`). The held-out split is never read.
 
 BatchNorm layers keep normalising with their running statistics while the student trains (`bn: frozen`, the
 default): a third-party model's statistics come from its own training data, and a batch of the user's few inputs
@@ -39,7 +40,7 @@ from torch import nn
 from edgeslim.data import Task
 from edgeslim.data.crops import crop_fails, crop_size, random_crop
 from edgeslim.models.probe import probe
-from edgeslim.train import evaluate, torch_threads, train_threads
+from edgeslim.train import evaluate, is_reconstruction, teacher_score, torch_threads, train_threads
 
 FEATURE_TYPES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.Linear)
 
@@ -157,6 +158,17 @@ def _nmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).mean() / (b.float().pow(2).mean() + 1e-8)
 
 
+def _judge(student: nn.Module, task: Task) -> tuple[float, float]:
+    """(the figure the best step is picked by, the validation score reported for it) on the validation split:
+    against a teacher's outputs, the score's `pick` figure (`onnxkit.scoring.Score.pick`: cosine, not the
+    top-1 agreement that the best of many steps would flatter) and the score; with labels, accuracy twice."""
+    if np.issubdtype(np.asarray(task.y_val).dtype, np.floating) and not is_reconstruction(student):
+        s = teacher_score(student, task.x_val, task.y_val)
+        return s.pick, s.score
+    v = evaluate(student, task.x_val, task.y_val)
+    return v, v
+
+
 def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, desc: str = "distill",
           quiet: bool = False) -> dict:
     """Train `student` in place to match `teacher` (module docstring); returns the history and the record."""
@@ -169,7 +181,7 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
     scale = float(xt.float().std()) if xt.is_floating_point() else 1.0
     opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_steps)
-    best = evaluate(student, task.x_val, task.y_val)
+    best_pick, best = _judge(student, task)
     start_val, best_state, best_step = best, copy.deepcopy(student.state_dict()), 0
     history: list[dict] = []
     t0, step, running = time.perf_counter(), 0, 0.0
@@ -210,20 +222,20 @@ def match(student: nn.Module, teacher: nn.Module, task: Task, cfg: Matching, des
                 step += 1
                 running += float(loss.detach())
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    val = evaluate(student, task.x_val, task.y_val)
-                    history.append({"step": step, "loss": running / cfg.eval_every, "val": val,
+                    pick, val = _judge(student, task)
+                    history.append({"step": step, "loss": running / cfg.eval_every, "val": val, "val_pick": pick,
                                     "seconds": round(time.perf_counter() - t0, 1)})
                     if not quiet:
                         print(f"[{desc}] step {step}/{cfg.max_steps}  loss {running / cfg.eval_every:.4f}  "
                               f"val {val:.4f}", flush=True)
                     running = 0.0
-                    if val > best:
-                        best, best_state, best_step = val, copy.deepcopy(student.state_dict()), step
+                    if pick > best_pick:
+                        best_pick, best, best_state, best_step = pick, val, copy.deepcopy(student.state_dict()), step
             if step % cfg.eval_every and step:  # the last partial stretch (a time budget ran out)
-                val = evaluate(student, task.x_val, task.y_val)
-                history.append({"step": step, "val": val, "seconds": round(time.perf_counter() - t0, 1)})
-                if val > best:
-                    best, best_state, best_step = val, copy.deepcopy(student.state_dict()), step
+                pick, val = _judge(student, task)
+                history.append({"step": step, "val": val, "val_pick": pick, "seconds": round(time.perf_counter() - t0, 1)})
+                if pick > best_pick:
+                    best_pick, best, best_state, best_step = pick, val, copy.deepcopy(student.state_dict()), step
     finally:
         s_taps.remove()
         t_taps.remove()
