@@ -25,10 +25,14 @@ from edgeslim.onnxkit.consts import attr
 from edgeslim.onnxkit.graph import remove_dead
 
 
-def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Tensor name -> its dims (None where not a known number), from ONNX Runtime's symbolic shape inference
-    (it carries the static dims through Slice bounds and Reshape targets computed from the batch size, where
-    ONNX's own inference gives up), else ONNX's."""
+Dim = int | str | None  # a known size, a symbol (equal names: equal sizes), or unknown
+
+
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """Tensor name -> its dims: an int where known, the symbol's name where ONNX Runtime's symbolic shape
+    inference (auto_merge) tracks it (two dims of one name have one size at run time), None where unknown. ORT's
+    inference carries the static dims through Slice bounds and Reshape targets computed from the batch size,
+    where ONNX's own inference gives up; it is the fallback. {} when neither can type the graph."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -40,14 +44,19 @@ def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
             inf = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # a graph neither can type keeps its Shape nodes  # noqa: BLE001
             return {}
-    out: dict[str, list[int | None]] = {}
+    out: dict[str, list[Dim]] = {}
     for vi in list(inf.graph.value_info) + list(inf.graph.input) + list(inf.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     for init in inf.graph.initializer:
         out[init.name] = list(init.dims)
     return out
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name -> its dims, None where not a known number (`symbolic_dims` without the symbols)."""
+    return {k: [d if isinstance(d, int) else None for d in v] for k, v in symbolic_dims(model).items()}
 
 
 def _const(g: onnx.GraphProto) -> dict[str, np.ndarray]:
