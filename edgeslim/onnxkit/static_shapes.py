@@ -24,7 +24,6 @@ from onnx import helper, numpy_helper
 from edgeslim.onnxkit.consts import attr
 from edgeslim.onnxkit.graph import remove_dead
 
-
 Dim = int | str | None  # a known size, a symbol (equal names: equal sizes), or unknown
 
 

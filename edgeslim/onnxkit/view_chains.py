@@ -108,7 +108,8 @@ def _alias(g: onnx.GraphProto, y: str, t: str, outputs: set[str], prod: dict[str
 
 def _views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outputs: set[str]) -> None:
     prod = {o: n for n in g.node for o in n.output if o}
-    for n in list(g.node):
+    nodes: list[onnx.NodeProto] = list(g.node)
+    for n in nodes:
         if not _is_view(n, dims, consts) or prod.get(n.output[0]) is not n:
             continue
         y = n.output[0]
@@ -165,7 +166,8 @@ def _slices(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outp
     """Identity Slices read through; a Slice of a Slice (constant bounds, static dims) made one."""
     prod = {o: n for n in g.node for o in n.output if o}
     readers = consumers(g)
-    for n in list(g.node):
+    nodes: list[onnx.NodeProto] = list(g.node)
+    for n in nodes:
         if n.op_type != "Slice" or not _is_main(n) or prod.get(n.output[0]) is not n:
             continue
         x, y = n.input[0], n.output[0]
