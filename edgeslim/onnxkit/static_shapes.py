@@ -75,10 +75,12 @@ def _shape_dims(n: onnx.NodeProto, dims: list[int | None]) -> list[int | None]:
     return dims[start:min(stop, r)]
 
 
-def fold_static_shapes(model: onnx.ModelProto) -> int:
-    """Replace static Shape / Shape->Gather reads of `model` (in place) by constants; returns how many."""
+def fold_static_shapes(model: onnx.ModelProto, sym: dict[str, list[Dim]] | None = None) -> int:
+    """Replace static Shape / Shape->Gather reads of `model` (in place) by constants; returns how many.
+    `sym`: `symbolic_dims(model)` when the caller has it (the inference takes seconds on a large detector;
+    the dims it gives stay true after this fold, so `view_chains.collapse_views` can take them too)."""
     g = model.graph
-    dims = _dims(model)
+    dims = _dims(model) if sym is None else {k: [d if isinstance(d, int) else None for d in v] for k, v in sym.items()}
     if not dims:
         return 0
     consts = _const(g)

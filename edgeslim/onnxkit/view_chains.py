@@ -36,11 +36,12 @@ REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"}
 MAX_CHAIN = 64  # view ops walked back from one tensor
 
 
-def collapse_views(model: onnx.ModelProto) -> int:
-    """Rewrite `model` (in place) as the module docstring says; returns how many nodes fewer it has."""
+def collapse_views(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None) -> int:
+    """Rewrite `model` (in place) as the module docstring says; returns how many nodes fewer it has. `dims`:
+    `static_shapes.symbolic_dims(model)` when the caller has it (taken before `fold_static_shapes` is fine)."""
     g = model.graph
     before = len(g.node)
-    dims = symbolic_dims(model)
+    dims = symbolic_dims(model) if dims is None else dims
     if not dims:
         return 0
     consts = Consts(g)

@@ -61,13 +61,14 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     data = _keep_inputs(data, in_names, feeds, {n: sym.get(n, {}) for n in in_names})
     import onnx
 
-    from edgeslim.onnxkit.static_shapes import fold_static_shapes
+    from edgeslim.onnxkit.static_shapes import fold_static_shapes, symbolic_dims
     from edgeslim.onnxkit.view_chains import collapse_views
 
     plain, aligned = data, 0
     m = onnx.load_from_string(data)
-    shapes = fold_static_shapes(m)  # Shape reads of static dims: constants (batch-1 streaming models gain most)
-    views = collapse_views(m)  # Squeeze->Unsqueeze pairs, Reshape chains, Slice of Slice: fewer kernels per call
+    dims = symbolic_dims(m)  # one shape inference for both rewrites (seconds on a large detector)
+    shapes = fold_static_shapes(m, dims)  # Shape reads of static dims: constants (batch-1 streaming models gain most)
+    views = collapse_views(m, dims)  # Squeeze->Unsqueeze pairs, Reshape chains, Slice of Slice: fewer kernels/call
     if shapes or views:
         data = m.SerializeToString()
     if align > 1:
