@@ -115,3 +115,24 @@ def test_subgraph_reads_the_new_name():
         mm.CopyFrom(m)
         k, ops = _same(mm, ["n", 1], {"c": np.array(flag)})
         assert k == 2 and ops == ["Relu", "If"]
+
+
+def test_transpose_of_size_one_axes_is_a_view():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),                         # [n, 1, 8]
+             helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2]),    # [1, n, 8]: same element order
+             helper.make_node("Unsqueeze", ["t", "ax0"], ["u"]),             # [1, 1, n, 8]
+             helper.make_node("Transpose", ["r"], ["w"], perm=[0, 2, 1]),    # [n, 8, 1]: moves 8 past 1: a view too
+             helper.make_node("Transpose", ["x2"], ["v"], perm=[1, 0]),      # [8, n]: a real transpose, kept
+             helper.make_node("Relu", ["u"], ["y"])]
+    x2 = helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["n", 8])
+    m = _model(nodes, ["n", 1, 8], {"y": [1, 1, "n", 8], "w": ["n", 8, 1], "v": [8, "n"]}, [_i("ax0", [0])], [x2])
+    extra = np.arange(8, dtype=np.float32).reshape(1, 8)
+    before = m.SerializeToString()
+    k = collapse_views(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert k == 1 and ops.count("Transpose") == 2 and ops.count("Reshape") == 1  # t + u -> one Reshape of r
+    for batch in (1, 3):
+        feed = {"x": np.random.default_rng(batch).normal(size=(batch, 1, 8)).astype(np.float32),
+                "x2": np.repeat(extra, batch, 0)}
+        a, b = session(before).run(None, feed), session(m.SerializeToString()).run(None, feed)
+        assert all(np.array_equal(u, v) for u, v in zip(a, b))

@@ -6,8 +6,8 @@ Unsqueeze) that gives back the shape it started from, `x[:, :n][:, 129:][..., :4
 keeps each as a kernel call; on a small streaming model (a VAD: about 100 us per call) each costs about 1 us.
 `collapse_views` rewrites, in the main graph only:
 
-1. chains of pure view ops (Reshape, Squeeze, Unsqueeze, Flatten, Identity, and a Reduce{Mean,Sum,Max,Min,Prod}
-   over axes of size 1: element order and values unchanged) from a root tensor R to a tensor Y: where Y has the
+1. chains of pure view ops (Reshape, Squeeze, Unsqueeze, Flatten, Identity, a Transpose that moves only axes of
+   size 1, a Reduce{Mean,Sum,Max,Min,Prod} over axes of size 1: element order and values unchanged) from a root tensor R to a tensor Y: where Y has the
    shape of an earlier tensor of the chain (dims compared as ORT's symbolic shape inference names them), Y's
    readers read that tensor; else a chain of 2+ ops becomes ONE Reshape of R to a constant target (-1 for the one
    dim that is not static; not done when two are);
@@ -68,10 +68,15 @@ def _is_view(n: onnx.NodeProto, dims: dict[str, list[Dim]], consts: Consts) -> b
         return False
     if n.op_type in VIEW_OPS:
         return True
-    if n.op_type not in REDUCE_OPS:
-        return False
     xd = dims.get(n.input[0])
     if xd is None:
+        return False
+    if n.op_type == "Transpose":  # moves only axes of size 1: the other axes keep their order
+        perm = attr(n, "perm", None)
+        perm = list(range(len(xd)))[::-1] if perm is None else [int(p) for p in perm]
+        moved = [p for p in perm if xd[p] != 1]  # a symbol counts as not 1: it may be any size
+        return len(perm) == len(xd) and moved == sorted(moved)
+    if n.op_type not in REDUCE_OPS:
         return False
     axes = attr(n, "axes", None)
     if axes is None and len(n.input) > 1 and n.input[1]:
