@@ -84,7 +84,7 @@ def main() -> None:
         lat = interleaved_latency({"before": session(d0, threads=1), "after": session(d1, threads=1)},
                                   {"before": f, "after": f}, seconds=a.seconds, per_round=20)
         t0, t1 = lat["before"].p50_ms * 1e3, lat["after"].p50_ms * 1e3
-        print(f"| {p.parent.name}/{p.name} | {len(m.graph.node)} -> {len(after.graph.node)} | "
+        print(f"| {'/'.join(p.parts[-5:])} | {len(m.graph.node)} -> {len(after.graph.node)} | "
               f"{kernels_per_call(d0, f)} -> {kernels_per_call(d1, f)} | {equal} | {t0:.1f} us | {t1:.1f} us | "
               f"{t0 / t1:.3f}x |")
 

@@ -136,3 +136,14 @@ def test_transpose_of_size_one_axes_is_a_view():
                 "x2": np.repeat(extra, batch, 0)}
         a, b = session(before).run(None, feed), session(m.SerializeToString()).run(None, feed)
         assert all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def test_reduce_over_size_one_axes_is_a_view():
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),                              # [n, 1, 1]
+             helper.make_node("Squeeze", ["s", "ax1"], ["q"]),                       # [n, 1]
+             helper.make_node("ReduceMean", ["q"], ["r"], axes=[1], keepdims=0),     # [n]: a mean of one value
+             helper.make_node("Unsqueeze", ["r", "ax1"], ["y"]),                     # [n, 1]
+             helper.make_node("ReduceMean", ["x"], ["z"], axes=[0], keepdims=1)]     # over the batch: kept
+    m = _model(nodes, ["n", 1, 1], {"y": ["n", 1], "z": [1, 1, 1]}, [_i("ax1", [1])])
+    k, ops = _same(m, ["n", 1, 1])
+    assert k == 2 and ops == ["Sigmoid", "Reshape", "ReduceMean"]
