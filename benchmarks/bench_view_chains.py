@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--shape", action="append", default=[], help="NAME=1x576: the dims after axis 0 of an input")
+    ap.add_argument("--shape", action="append", default=[], help="NAME=1x576: the shape of an input whose dims after axis 0 are symbolic (axis 0 is the batch)")
     a = ap.parse_args()
     fixed = {k: [int(v) for v in s.split("x")] for k, s in (x.split("=") for x in a.shape)}
     print("| model | nodes | kernels per call | bitwise equal (batch 1, 3) | before | after | speed-up |")
