@@ -94,9 +94,12 @@ def test_chain_into_graph_output_keeps_the_name():
              helper.make_node("Unsqueeze", ["a", "ax0"], ["v"]),       # [1, n, 3]
              helper.make_node("Unsqueeze", ["v", "ax0"], ["z"])]       # [1, 1, n, 3]: a new shape, an output
     m = _model(nodes, ["n", 3], {"y": ["n", 3], "z": [1, 1, "n", 3]}, [_i("ax0", [0]), _i("ax1", [1])])
+    m.graph.value_info.extend([helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3]),
+                               helper.make_tensor_value_info("u", TensorProto.FLOAT, ["n", 1, 3])])
     k, ops = _same(m, ["n", 3])
     assert k == 3 and ops == ["Relu", "Reshape"]
     assert list(m.graph.node[0].output) == ["y"] and list(m.graph.node[1].output) == ["z"]
+    assert not m.graph.value_info  # a and u are made by no node any more: their shapes go too
 
 
 def test_subgraph_reads_the_new_name():

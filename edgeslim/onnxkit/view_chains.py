@@ -49,6 +49,10 @@ def collapse_views(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = N
     _slices(g, dims, consts, outputs)
     _views(g, dims, consts, outputs)
     remove_dead(model)
+    made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+    stale = [v for v in g.value_info if v.name not in made]  # shapes of tensors no node makes any more
+    for v in stale:
+        g.value_info.remove(v)
     return before - len(g.node)
 
 
@@ -104,9 +108,6 @@ def _alias(g: onnx.GraphProto, y: str, t: str, outputs: set[str], prod: dict[str
     p.output[:] = [y if o == t else o for o in p.output]
     g.node.remove(old)
     rename_reads(g, {t: y})
-    stale = [v for v in g.value_info if v.name == t]
-    for v in stale:
-        g.value_info.remove(v)
     prod[y] = p
     del prod[t]
     return True
