@@ -150,3 +150,17 @@ def test_reduce_over_size_one_axes_is_a_view():
     m = _model(nodes, ["n", 1, 1], {"y": ["n", 1], "z": [1, 1, 1]}, [_i("ax1", [1])])
     k, ops = _same(m, ["n", 1, 1])
     assert k == 2 and ops == ["Sigmoid", "Reshape", "ReduceMean"]
+
+
+def test_incomplete_inference_leaves_no_files(tmp_path, monkeypatch):
+    """ORT's symbolic inference saves the model to the working directory when it cannot type a tensor."""
+    from edgeslim.onnxkit.static_shapes import symbolic_dims
+
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]),                       # data-dependent length
+             helper.make_node("Custom", ["nz"], ["y"], domain="made.up")]      # an op nobody can type
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("made.up", 1)])
+    monkeypatch.chdir(tmp_path)
+    symbolic_dims(m)
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,9 @@ new constants from the outer scope as they read the old names).
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -35,7 +38,15 @@ def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        # where it cannot type every tensor it saves the model (weights as a side file, tens of MB) to
+        # sym_shape_infer_temp.onnx in the working directory before raising: run it in a scratch directory
+        with tempfile.TemporaryDirectory() as scratch:
+            here = os.getcwd()
+            os.chdir(scratch)
+            try:
+                inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            finally:
+                os.chdir(here)
         if inf is None:
             raise ValueError("no result")
     except Exception:  # best effort: a graph it cannot type falls back to ONNX's inference  # noqa: BLE001
