@@ -17,6 +17,9 @@ new constants from the outer scope as they read the old names).
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -24,15 +27,26 @@ from onnx import helper, numpy_helper
 from edgeslim.onnxkit.consts import attr
 from edgeslim.onnxkit.graph import remove_dead
 
+Dim = int | str | None  # a known size, a symbol (equal names: equal sizes), or unknown
 
-def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Tensor name -> its dims (None where not a known number), from ONNX Runtime's symbolic shape inference
-    (it carries the static dims through Slice bounds and Reshape targets computed from the batch size, where
-    ONNX's own inference gives up), else ONNX's."""
+
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """Tensor name -> its dims: an int where known, the symbol's name where ONNX Runtime's symbolic shape
+    inference (auto_merge) tracks it (two dims of one name have one size at run time), None where unknown. ORT's
+    inference carries the static dims through Slice bounds and Reshape targets computed from the batch size,
+    where ONNX's own inference gives up; it is the fallback. {} when neither can type the graph."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        # where it cannot type every tensor it saves the model (weights as a side file, tens of MB) to
+        # sym_shape_infer_temp.onnx in the working directory before raising: run it in a scratch directory
+        with tempfile.TemporaryDirectory() as scratch:
+            here = os.getcwd()
+            os.chdir(scratch)
+            try:
+                inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            finally:
+                os.chdir(here)
         if inf is None:
             raise ValueError("no result")
     except Exception:  # best effort: a graph it cannot type falls back to ONNX's inference  # noqa: BLE001
@@ -40,14 +54,19 @@ def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
             inf = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # a graph neither can type keeps its Shape nodes  # noqa: BLE001
             return {}
-    out: dict[str, list[int | None]] = {}
+    out: dict[str, list[Dim]] = {}
     for vi in list(inf.graph.value_info) + list(inf.graph.input) + list(inf.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     for init in inf.graph.initializer:
         out[init.name] = list(init.dims)
     return out
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Tensor name -> its dims, None where not a known number (`symbolic_dims` without the symbols)."""
+    return {k: [d if isinstance(d, int) else None for d in v] for k, v in symbolic_dims(model).items()}
 
 
 def _const(g: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -67,10 +86,12 @@ def _shape_dims(n: onnx.NodeProto, dims: list[int | None]) -> list[int | None]:
     return dims[start:min(stop, r)]
 
 
-def fold_static_shapes(model: onnx.ModelProto) -> int:
-    """Replace static Shape / Shape->Gather reads of `model` (in place) by constants; returns how many."""
+def fold_static_shapes(model: onnx.ModelProto, sym: dict[str, list[Dim]] | None = None) -> int:
+    """Replace static Shape / Shape->Gather reads of `model` (in place) by constants; returns how many.
+    `sym`: `symbolic_dims(model)` when the caller has it (the inference takes seconds on a large detector;
+    the dims it gives stay true after this fold, so `view_chains.collapse_views` can take them too)."""
     g = model.graph
-    dims = _dims(model)
+    dims = _dims(model) if sym is None else {k: [d if isinstance(d, int) else None for d in v] for k, v in sym.items()}
     if not dims:
         return 0
     consts = _const(g)
