@@ -119,6 +119,7 @@ class LayoutOnnxHandler(OnnxHandler):
                     "packed_parity_max_abs_diff": res["parity_max_abs_diff"]}
         res = self._export_packed(model, onnx_path, task)
         return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test",
+                **{k: res.get(k, 0) for k in ("aligned_convs", "static_shapes_folded", "views_collapsed")},
                 "interface": f"one input '{PACKED}' [N, {lay.width}] float32: the packed per-sample inputs "
                              f"({', '.join(s.name for s in lay.packed)}); constants baked in "
                              f"({', '.join(s.name for s in lay.slots if s.role == 'const') or 'none'})"}
