@@ -16,7 +16,7 @@ from edgeslim.distill.matching import JUDGE_MIN, Matching, augment_batch, judge_
 from edgeslim.passes import PASSES
 from edgeslim.passes.base import RunContext
 from edgeslim.prune.structured import make_pruner
-from edgeslim.train import TrainConfig, evaluate
+from edgeslim.train import TrainConfig, teacher_score
 
 
 class Net(nn.Module):
@@ -74,11 +74,12 @@ def test_match_recovers_fidelity_within_budget(setup):
     teacher, task = setup
     student = _pruned(teacher, task)
     _, b = judge_halves(task)  # the score is the judged half's (the step is picked on the other)
-    before = evaluate(student, task.x_val[b], task.y_val[b])
+    before = teacher_score(student, task.x_val[b], task.y_val[b])
     rec = match(student, teacher, task, Matching(max_steps=120, eval_every=40, lr=3e-3), quiet=True)
-    assert rec["steps"] == 120 and rec["stopped_by"] == "steps" and rec["val_score_before"] == pytest.approx(before)
-    assert 1 - rec["val_score"] < 0.5 * (1 - before) and rec["val_score"] == pytest.approx(
-        evaluate(student, task.x_val[b], task.y_val[b]))
+    assert rec["steps"] == 120 and rec["stopped_by"] == "steps" and rec["val_score_before"] == pytest.approx(
+        before.judged)
+    after = teacher_score(student, task.x_val[b], task.y_val[b])
+    assert 1 - after.smooth < 0.5 * (1 - before.smooth) and rec["val_score"] == pytest.approx(after.judged)
     assert rec["feature_layers"] and "mixup" in rec["augmentation"]
     quick = match(_pruned(teacher, task), teacher, task, Matching(max_steps=10_000, max_seconds=0.3), quiet=True)
     assert quick["stopped_by"] == "time" and quick["steps"] < 10_000 and quick["seconds"] < 5
@@ -88,13 +89,15 @@ def test_the_best_step_is_picked_by_cosine_and_recorded_with_its_score(setup):
     """Top-1 agreement moves in steps of 1/N: the best of many steps by it is a lucky draw. The step is picked by
     the worst output's cosine (`Score.pick`) on one half of the validation split and recorded with the score (the
     lower of cosine and top-1) on the other half."""
-    from edgeslim.onnxkit.scoring import OutputPart, score_rows
+    from edgeslim.onnxkit.scoring import OutputPart, score_rows, wilson_low
 
     ref = np.array([[2.0, 1.9], [3.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
     got = ref.copy()
     got[0] = [1.9, 2.0]  # one flipped decision of four, the values barely moved
     sc = score_rows(got, ref, [OutputPart("logits", (1, 2))])
     assert sc.score == pytest.approx(0.75) and sc.pick > 0.99 and sc.pick == sc.smooth
+    assert sc.judged == pytest.approx(wilson_low(0.75, 4)) and sc.judged < sc.score  # 4 rows: a wide margin
+    assert wilson_low(1.0, 103) > 0.99 > wilson_low(102 / 103, 103) > 0.97  # 0 flips in 103 meet 0.99; 1 does not
     teacher, task = setup
     student = _pruned(teacher, task)
     rec = match(student, teacher, task, Matching(max_steps=100, eval_every=20, lr=3e-3), quiet=True)
@@ -104,7 +107,7 @@ def test_the_best_step_is_picked_by_cosine_and_recorded_with_its_score(setup):
     assert rec["best_step"] == top["step"] and rec["val_score"] == top["val"]
     a, b = judge_halves(task)
     assert a.stop == b.start and b.stop == len(task.x_val) and a.stop >= JUDGE_MIN // 2  # disjoint halves
-    assert rec["val_score"] == pytest.approx(evaluate(student, task.x_val[b], task.y_val[b]))
+    assert rec["val_score"] == pytest.approx(teacher_score(student, task.x_val[b], task.y_val[b]).judged)
     assert "picked on rows 0-" in rec["val_split"]
 
 
@@ -126,7 +129,7 @@ def test_budget_backs_off_until_met_or_keeps_the_best_try(setup, tmp_path):
     best = max(tries, key=lambda t: t["val_score"])
     assert res.notes["chosen_try"] == best["try"] and res.notes["val_accuracy"] == best["val_score"]
     _, b = judge_halves(task)
-    assert evaluate(res.model, task.x_val[b], task.y_val[b]) == pytest.approx(best["val_score"])
+    assert teacher_score(res.model, task.x_val[b], task.y_val[b]).judged == pytest.approx(best["val_score"])
     assert res.notes["curve_samples"] == 8
     cfg = PASSES["sensitivity_prune"].config(**base, min_val_score=0.1)  # met at once: one try, full ratios
     res = PASSES["sensitivity_prune"].fn(copy.deepcopy(teacher), task, cfg, _ctx(tmp_path / "b", teacher))
@@ -151,11 +154,12 @@ def test_frozen_batchnorm_keeps_an_unpruned_copy_exact(setup):
     near = copy.deepcopy(odd)
     with torch.no_grad():
         near.c3.weight.mul_(0.9)  # a little off the teacher: something to recover
-    before = evaluate(near, task.x_val, task.y_val)
+    a, _ = judge_halves(task)  # "val_pick": the cosine on the half the step is picked on
+    before = teacher_score(near, task.x_val[a], task.y_val[a]).pick
     frozen = match(copy.deepcopy(near), odd, task, cfg, quiet=True)
     trained = match(copy.deepcopy(near), odd, task, cfg.model_copy(update={"bn": "train"}), quiet=True)
-    assert frozen["history"][-1]["val"] > before  # running statistics kept: training repairs
-    assert trained["history"][-1]["val"] < frozen["history"][-1]["val"] - 1e-3  # batch statistics: it breaks
+    assert frozen["history"][-1]["val_pick"] > before  # running statistics kept: training repairs
+    assert trained["history"][-1]["val_pick"] < frozen["history"][-1]["val_pick"] - 1e-3  # batch statistics: breaks
 
 
 def test_unmet_budget_can_keep_the_unpruned_model(setup, tmp_path):
