@@ -18,7 +18,8 @@ handed the rounded weight instead of the original.
 H is accumulated feed by feed (memory: one feed's activations plus one K x K matrix per layer, whatever
 the number of feeds); at most `max_rows` input rows per feed and layer are used (a seeded sample).
 Supported: Conv 1-D/2-D with group 1 (grouped/depthwise convs are skipped: few bytes, and their per-group
-Hessians are tiny), MatMul with a 2-D constant weight, Gemm with transA = 0. Others are left out.
+Hessians are tiny), MatMul with a 2-D constant weight, Gemm with transA = 0. Others are left out. A layer
+where GPTQ's error on the calibration rows is not below round-to-nearest's keeps the nearest codes.
 """
 
 from __future__ import annotations
@@ -167,14 +168,17 @@ def round_layer(n: onnx.NodeProto, w: np.ndarray, h: np.ndarray) -> Rounded:
     amax = np.abs(m).max(axis=1, keepdims=True)
     s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     rtn = np.clip(np.rint(m / s), -127, 127) * s
-    return Rounded(_layout(n, g, w.shape).astype(np.float32), _rel_error(m, rtn, h), _rel_error(m, g, h))
+    e_rtn, e_gq = _rel_error(m, rtn, h), _rel_error(m, g, h)
+    if e_gq >= e_rtn:  # GPTQ is greedy: on a small layer it can lose; then the nearest codes stay
+        g, e_gq = rtn, e_rtn
+    return Rounded(_layout(n, g, w.shape).astype(np.float32), e_rtn, e_gq)
 
 
 def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] | None = None,
                  min_elements: int = 1024, seed: int = 0, notes: list[str] | None = None) -> dict[str, Rounded]:
     """Node name -> GPTQ-rounded weight (input 1), for the supported main-graph nodes of `model` (float) named
     in `nodes` (all when None) with at least `min_elements` weights; H from the feeds run through `model`.
-    `notes` (if given) receives `summary`'s line."""
+    `notes` (if given) receives `summary`'s line when `nodes` is None or not empty."""
     inits = {t.name: t for t in model.graph.initializer}
     chosen, weights = [], {}
     for n in model.graph.node:
@@ -186,7 +190,7 @@ def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] 
             weights[n.name] = w
     hs = hessians(model, feeds, chosen, weights, seed=seed) if chosen else {}
     out = {n.name: round_layer(n, weights[n.name], hs[n.name]) for n in chosen if n.name in hs}
-    if notes is not None:
+    if notes is not None and (nodes is None or nodes):
         notes.append(summary(out))
     return out
 
