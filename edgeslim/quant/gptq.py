@@ -20,6 +20,12 @@ the number of feeds); at most `max_rows` input rows per feed and layer are used 
 Supported: Conv 1-D/2-D with group 1 (grouped/depthwise convs are skipped: few bytes, and their per-group
 Hessians are tiny), MatMul with a 2-D constant weight, Gemm with transA = 0. Others are left out. A layer
 where GPTQ's error on the calibration rows is not below round-to-nearest's keeps the nearest codes.
+
+Tried on PP-OCRv4 rec's 18 GPTQ-able fidelity floats (float compute, the 18 weights int8, 64 calibration and
+64 other samples): relative output error summed over layers 3.1e-3 (nearest) -> 4.3e-4 (GPTQ), top-1 agreement
+per position 0.9848 -> 0.9938. Not kept: act-order (columns by decreasing H diagonal: error 3.1e-4 but
+agreement 0.9930 and cosine 0.9988 < 0.9995, it fits the calibration rows too closely) and an MSE clip search
+of the scale (c * max / 127, c in [0.7, 1], weighted by diag(H): the same error, 4.3e-4).
 """
 
 from __future__ import annotations
@@ -121,11 +127,18 @@ def hessians(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: Sequence[onnx
 
 
 def gptq_codes(w: np.ndarray, h: np.ndarray, damp: float = DAMP, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes [out, K], scale [out, 1] float32) of `w` [out, K] for inputs with Hessian `h` [K, K]."""
-    w = w.astype(np.float64)
-    amax = np.abs(w).max(axis=1, keepdims=True)
+    """(int8 codes [out, K], scale [out, 1] float32) of `w` [out, K] for inputs with Hessian `h` [K, K]; the
+    scale is round-to-nearest's (largest |weight| / 127 per row)."""
+    amax = np.abs(w).max(axis=1, keepdims=True).astype(np.float64)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return _with_scale(w, h, damp, block, scale), scale
+
+
+def _with_scale(w: np.ndarray, h: np.ndarray, damp: float, block: int, scale: np.ndarray) -> np.ndarray:
+    """GPTQ's int8 codes [out, K] of `w` with the per-row `scale` [out, 1]."""
+    w = w.astype(np.float64)
     s = scale.astype(np.float64)
+    amax = np.abs(w).max(axis=1, keepdims=True)
     pin = np.abs(w).argmax(axis=1)  # each channel's largest weight stays +-127: the scale is reproduced
     sign = np.sign(w[np.arange(len(w)), pin])
     h = h.copy()
@@ -151,7 +164,7 @@ def gptq_codes(w: np.ndarray, h: np.ndarray, damp: float = DAMP, block: int = BL
         w[:, i2:] -= e1 @ u[i1:i2, i2:]
     codes = q.astype(np.int8)
     codes[amax[:, 0] == 0] = 0
-    return codes, scale
+    return codes
 
 
 def _rel_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
