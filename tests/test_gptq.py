@@ -130,3 +130,25 @@ def test_with_grid_points_only_the_named_nodes_at_rounded_weights() -> None:
     np.testing.assert_array_equal(inits[n.input[1]], rounded["conv1"].weight)
     assert next(x for x in g.graph.node if x.name == "conv0").input[1] == "w0" and "w1" in inits
     assert "GPTQ rounding of 1 layers" in gptq.summary(rounded)
+
+
+def test_weight_only_stores_gptq_codes_with_the_same_decode_chain() -> None:
+    from edgeslim.onnxkit.weight_only import weight_only
+    m, cal = _model(), _feeds(24, 1)
+    rounded = gptq.grid_weights(m, cal, min_elements=16)
+    by_init = gptq.by_initializer(m, rounded)
+    assert set(by_init) == {"w0", "w1", "wm"}
+    plain, n0 = weight_only(m, "int8", min_elements=16)
+    gq, n1 = weight_only(m, "int8", min_elements=16, rounded=by_init)
+    assert n0 == n1 == 4  # w0, w1, wm, wd
+    for m8 in (plain, gq):  # int8 codes -> Cast -> Mul by the per-channel scale, for every weight
+        inits = {t.name: t for t in m8.graph.initializer}
+        assert all(inits[w + "__q8"].data_type == TensorProto.INT8 for w in ("w0", "w1", "wm", "wd"))
+        ops = {n.output[0]: n.op_type for n in m8.graph.node}
+        assert all(ops[w] == "Mul" and ops[w + "__f"] == "Cast" for w in ("w0", "w1", "wm"))
+    codes = numpy_helper.to_array(next(t for t in gq.graph.initializer if t.name == "w1__q8"))
+    q, _s = int8_codes(rounded["conv1"].weight, (0,))
+    np.testing.assert_array_equal(codes, q)
+    assert len(gq.SerializeToString()) == len(plain.SerializeToString())  # same format, same size
+    held = _feeds(16, 2)
+    assert _error(gq, m, held) < 0.85 * _error(plain, m, held)

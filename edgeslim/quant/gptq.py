@@ -225,6 +225,17 @@ def with_grid(model: onnx.ModelProto, rounded: dict[str, Rounded], nodes: Iterab
     return out
 
 
+def by_initializer(model: onnx.ModelProto, rounded: dict[str, Rounded]) -> dict[str, np.ndarray]:
+    """{initializer name: rounded weight} for the weights read by exactly one node, a rounded one (main graph;
+    for `onnxkit.weight_only.weight_only(rounded=...)`)."""
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.name)
+    return {n.input[1]: rounded[n.name].weight for n in model.graph.node
+            if n.name in rounded and readers.get(n.input[1]) == [n.name]}
+
+
 def summary(rounded: dict[str, Rounded]) -> str:
     """One line: layers rounded and their relative output error (calibration rows), nearest vs GPTQ."""
     if not rounded:
