@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import int8_plan
-from edgeslim.quant.float_storage import STORAGE_TOL
+from edgeslim.quant.float_storage import STORAGE_TOL, plan_storage
 from edgeslim.quant.qdq_float import keep_float, quantized_nodes
+from edgeslim.quant.qdq_shrink import shrink
 
 F = TensorProto.FLOAT
 
@@ -144,3 +146,21 @@ def test_gptq_codes_keep_the_outlier_conv_int8_where_round_to_nearest_could_not(
     assert any(n.startswith("GPTQ rounding of") for n in gq.notes)
     codes, _scale = _decoded_from(gq.model, "conv1")  # same decode chain: int8 codes -> Cast -> Mul
     assert codes.data_type == TensorProto.INT8
+
+
+def test_int8_storage_may_spend_half_the_headroom_over_the_target() -> None:
+    # plan_storage with a stub fidelity: fp16 plan 0.999, each int8-stored fidelity float costs 3e-4 (more than
+    # STORAGE_TOL and than 0.1 of the plan's error); half the headroom over the target is what may be spent
+    m, feeds = _model(outliers=True), _feeds()
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(keep_activations=True))
+    every = {n.name for n in quantized_nodes(q)}
+    final = shrink(keep_float(q, every, exact=every, float_model=m, int8_min_elements=16))[0]
+
+    def evaluate(model: onnx.ModelProto, n: int) -> float:
+        return 0.999 - 3e-4 * sum("__exact_" in t.name and t.name.endswith("_q8") for t in model.graph.initializer)
+
+    exact = {u: {u} for u in ("conv0", "conv1", "fc")}
+    for target, k in ((0.997, 3), (0.998, 1), (0.9985, 0), (0.999, 0)):  # allowed 1e-3, 5e-4, 2.5e-4, 1e-4
+        sc = plan_storage(q, m, every, exact, final, evaluate, target, len(feeds))
+        assert len(sc.int8_units) == k, (target, sc.why)
+        assert sc.cosine == pytest.approx(0.999 - 3e-4 * k)
