@@ -21,11 +21,11 @@ Supported: Conv 1-D/2-D with group 1 (grouped/depthwise convs are skipped: few b
 Hessians are tiny), MatMul with a 2-D constant weight, Gemm with transA = 0. Others are left out. A layer
 where GPTQ's error on the calibration rows is not below round-to-nearest's keeps the nearest codes.
 
-Tried on PP-OCRv4 rec's 18 GPTQ-able fidelity floats (float compute, the 18 weights int8, 64 calibration and
-64 other samples): relative output error summed over layers 3.1e-3 (nearest) -> 4.3e-4 (GPTQ), top-1 agreement
-per position 0.9848 -> 0.9938. Not kept: act-order (columns by decreasing H diagonal: error 3.1e-4 but
-agreement 0.9930 and cosine 0.9988 < 0.9995, it fits the calibration rows too closely) and an MSE clip search
-of the scale (c * max / 127, c in [0.7, 1], weighted by diag(H): the same error, 4.3e-4).
+Measured on PP-OCRv4 rec's 20 GPTQ-able fidelity floats (`benchmarks/bench_gptq.py`, docs/benchmarks.md: float
+compute, those weights int8, H from 64 samples, scored on 64 others): relative output error summed over layers
+3.1e-3 (nearest) -> 4.3e-4 (GPTQ), top-1 agreement per position 0.9777 -> 0.9938. Not kept: act-order (columns
+by decreasing H diagonal: lower error on the calibration rows, lower agreement and cosine on other samples) and
+an MSE clip search of the scale (no lower error).
 """
 
 from __future__ import annotations
