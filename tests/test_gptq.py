@@ -152,3 +152,18 @@ def test_weight_only_stores_gptq_codes_with_the_same_decode_chain() -> None:
     assert len(gq.SerializeToString()) == len(plain.SerializeToString())  # same format, same size
     held = _feeds(16, 2)
     assert _error(gq, m, held) < 0.85 * _error(plain, m, held)
+
+
+def test_layers_in_groups_under_the_hessian_budget_give_the_same_codes(monkeypatch) -> None:
+    m, cal = _model(), _feeds(6, 1)
+    whole = gptq.grid_weights(m, cal, min_elements=16)
+    nodes = [n for n in m.graph.node if n.name in whole]
+    weights = {n.name: numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == n.input[1]))
+               for n in nodes}
+    assert len(gptq._groups(nodes, weights)) == 1
+    # K: conv0 54, conv1 144, mm 16 (graph order); a budget of conv1's + mm's Hessians: [conv0], [conv1, mm]
+    monkeypatch.setattr(gptq, "H_BYTES", 8 * (144 * 144 + 16 * 16))
+    assert [[n.name for n in g] for g in gptq._groups(nodes, weights)] == [["conv0"], ["conv1", "mm"]]
+    split = gptq.grid_weights(m, cal, min_elements=16)
+    for k, r in whole.items():
+        np.testing.assert_array_equal(split[k].weight, r.weight)

@@ -15,8 +15,9 @@ rounded weights (`grid_weights`, float32 on the grid) give back exactly these co
 `_int8` quantizes them again: any caller that stores int8 codes of a weight gets GPTQ's codes by being
 handed the rounded weight instead of the original.
 
-H is accumulated feed by feed (memory: one feed's activations plus one K x K matrix per layer, whatever
-the number of feeds); at most `max_rows` input rows per feed and layer are used (a seeded sample).
+H is accumulated feed by feed (memory: one feed's activations plus one K x K float64 matrix per layer, whatever
+the number of feeds; layers in groups of at most `H_BYTES` of Hessians, the feeds run once per group); at most
+`max_rows` input rows per feed and layer are used (a seeded sample).
 Supported: Conv 1-D/2-D with group 1 (grouped/depthwise convs are skipped: few bytes, and their per-group
 Hessians are tiny), MatMul with a 2-D constant weight, Gemm with transA = 0. Others are left out. A layer
 where GPTQ's error on the calibration rows is not below round-to-nearest's keeps the nearest codes.
@@ -46,6 +47,7 @@ from edgeslim.onnxkit.session import session
 DAMP = 0.01      # share of H's mean diagonal added to it
 BLOCK = 128      # columns per lazy-update block (same result as column by column, faster)
 MAX_ROWS = 4096  # input rows per feed and layer that enter H
+H_BYTES = 1 << 29  # Hessians held at once (512 MiB); more layers: the feeds run again per group of layers
 
 
 @dataclass
@@ -187,6 +189,20 @@ def round_layer(n: onnx.NodeProto, w: np.ndarray, h: np.ndarray) -> Rounded:
     return Rounded(_layout(n, g, w.shape).astype(np.float32), e_rtn, e_gq)
 
 
+def _groups(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> list[list[onnx.NodeProto]]:
+    """`nodes` in consecutive groups whose Hessians (K x K float64 each) take at most H_BYTES together."""
+    out: list[list[onnx.NodeProto]] = []
+    used = H_BYTES + 1
+    for n in nodes:
+        k = int(np.prod(weights[n.name].shape[1:])) if n.op_type == "Conv" else _matrix(n, weights[n.name]).shape[1]
+        if used + 8 * k * k > H_BYTES and (not out or out[-1]):
+            out.append([])
+            used = 0
+        out[-1].append(n)
+        used += 8 * k * k
+    return out
+
+
 def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] | None = None,
                  min_elements: int = 1024, seed: int = 0, notes: list[str] | None = None) -> dict[str, Rounded]:
     """Node name -> GPTQ-rounded weight (input 1), for the supported main-graph nodes of `model` (float) named
@@ -201,8 +217,11 @@ def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] 
         if w.size >= min_elements and supported(n, w):
             chosen.append(n)
             weights[n.name] = w
-    hs = hessians(model, feeds, chosen, weights, seed=seed) if chosen else {}
-    out = {n.name: round_layer(n, weights[n.name], hs[n.name]) for n in chosen if n.name in hs}
+    out: dict[str, Rounded] = {}
+    for group in _groups(chosen, weights):  # the feeds run once per group: H memory stays under H_BYTES
+        hs = hessians(model, feeds, group, weights, seed=seed)
+        out.update({n.name: round_layer(n, weights[n.name], hs[n.name]) for n in group if n.name in hs})
+        del hs
     if notes is not None and (nodes is None or nodes):
         notes.append(summary(out))
     return out
