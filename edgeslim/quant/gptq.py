@@ -31,6 +31,7 @@ an MSE clip search of the scale (no lower error).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -112,7 +113,8 @@ def hessians(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: Sequence[onnx
     s = session(with_outputs(model, sorted({n.input[0] for n in nodes})).SerializeToString())
     names = [i.name for i in s.get_inputs()]
     outs = [o.name for o in s.get_outputs()]
-    rng = np.random.default_rng(seed)
+    rngs = {n.name: np.random.default_rng([seed, zlib.crc32(n.name.encode())]) for n in nodes}  # per layer: the
+    # same rows whatever group the layer is in
     acc: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
     for f in feeds:
@@ -120,7 +122,7 @@ def hessians(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: Sequence[onnx
         for n in nodes:
             x = _rows(n, np.asarray(vals[n.input[0]], np.float32), weights[n.name].shape)
             if len(x) > max_rows:
-                x = x[rng.choice(len(x), max_rows, replace=False)]
+                x = x[rngs[n.name].choice(len(x), max_rows, replace=False)]
             x = x.astype(np.float64)
             acc[n.name] = acc.get(n.name, 0) + x.T @ x
             count[n.name] = count.get(n.name, 0) + len(x)
