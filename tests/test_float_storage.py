@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import int8_plan
-from edgeslim.quant.float_storage import STORAGE_TOL
+from edgeslim.quant.float_storage import STORAGE_TOL, plan_storage
 from edgeslim.quant.qdq_float import keep_float, quantized_nodes
+from edgeslim.quant.qdq_shrink import shrink
 
 F = TensorProto.FLOAT
 
@@ -96,16 +98,16 @@ def test_int8_storage_of_fidelity_floats_is_per_output_channel_smaller_and_faith
     assert _cos(_run(int8, feeds), ref) > 0.9999 and _cos(_run(fp16, feeds), ref) > 0.99999
 
 
-def _plan(target: float, outliers: bool) -> int8_plan.Int8Plan:
+def _plan(target: float, outliers: bool, gptq: bool = False) -> int8_plan.Int8Plan:
     m, feeds = _model(outliers=outliers), _feeds()
     ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
     opts = int8_plan.Int8Options(formats=("u8s8-pc",), cle=False, adaround=False, bias_correction=False,
-                                 calib="minmax", speed_choice=False, target_cosine=target)
+                                 calib="minmax", speed_choice=False, target_cosine=target, gptq=gptq)
     return int8_plan.build_plan(m, feeds, ref, opts, clock=None)  # type: ignore[arg-type]  # no timing asked
 
 
 def test_plan_stores_fidelity_floats_int8_where_the_target_holds_and_fp16_elsewhere() -> None:
-    # clean weights: int8 rounding costs ~1e-5 cosine (within the tolerance) -> all int8; one 300x outlier weight
+    # round-to-nearest codes (gptq=False), the rule's three outcomes; clean weights: int8 rounding costs ~1e-5 cosine (within the tolerance) -> all int8; one 300x outlier weight
     # per output channel of conv1: int8 rounding of conv1 costs ~3e-4 -> conv1 fp16, fc (harmless) int8; conv1
     # the only fidelity float -> fp16
     for outliers, target, want in ((False, 0.99999, "int8"), (True, 0.99999, "mixed"), (True, 0.9999, "fp16")):
@@ -132,3 +134,33 @@ def test_plan_stores_fidelity_floats_int8_where_the_target_holds_and_fp16_elsewh
         # the ablation variants use the same storage
         v = plan.variant(speed=False)
         assert sum(t.name.endswith("_q8") for t in v.graph.initializer) == len(units8)
+
+
+def test_gptq_codes_keep_the_outlier_conv_int8_where_round_to_nearest_could_not() -> None:
+    # the outlier case above: round-to-nearest int8 storage of conv1 breaks the rule ("mixed"); GPTQ's codes,
+    # fitted to conv1's inputs, cost less than the rule's tolerance, so every fidelity float is int8-stored
+    rtn, gq = _plan(0.99999, outliers=True), _plan(0.99999, outliers=True, gptq=True)
+    a, b = rtn.steps["exact_storage"], gq.steps["exact_storage"]
+    assert a["chosen"] == "mixed" and b["chosen"] == "int8", (a, b)
+    assert b["cosine"]["int8"] > a["cosine"]["int8"] and b["bytes"]["int8"] == a["bytes"]["int8"]
+    assert any(n.startswith("GPTQ rounding of") for n in gq.notes)
+    codes, _scale = _decoded_from(gq.model, "conv1")  # same decode chain: int8 codes -> Cast -> Mul
+    assert codes.data_type == TensorProto.INT8
+
+
+def test_int8_storage_may_spend_half_the_headroom_over_the_target() -> None:
+    # plan_storage with a stub fidelity: fp16 plan 0.999, each int8-stored fidelity float costs 3e-4 (more than
+    # STORAGE_TOL and than 0.1 of the plan's error); half the headroom over the target is what may be spent
+    m, feeds = _model(outliers=True), _feeds()
+    q = oq.quantize_static_model(m, feeds, oq.parse_format("u8s8-pc"), oq.StaticQuant(keep_activations=True))
+    every = {n.name for n in quantized_nodes(q)}
+    final = shrink(keep_float(q, every, exact=every, float_model=m, int8_min_elements=16))[0]
+
+    def evaluate(model: onnx.ModelProto, n: int) -> float:
+        return 0.999 - 3e-4 * sum("__exact_" in t.name and t.name.endswith("_q8") for t in model.graph.initializer)
+
+    exact = {u: {u} for u in ("conv0", "conv1", "fc")}
+    for target, k in ((0.997, 3), (0.998, 1), (0.9985, 0), (0.999, 0)):  # allowed 1e-3, 5e-4, 2.5e-4, 1e-4
+        sc = plan_storage(q, m, every, exact, final, evaluate, target, len(feeds))
+        assert len(sc.int8_units) == k, (target, sc.why)
+        assert sc.cosine == pytest.approx(0.999 - 3e-4 * k)

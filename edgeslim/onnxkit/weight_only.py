@@ -48,14 +48,16 @@ def _weight_axes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
 
 def weight_only(
     model: onnx.ModelProto, kind: str = "int8", min_elements: int = 1024, skip: set[str] | None = None,
-    fp16_below_db: float = 0.0,
+    fp16_below_db: float = 0.0, rounded: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, int]:
     """Store large FP32 weights as int8 (symmetric, per-channel) or fp16, decoded by Cast(+Mul) nodes.
 
     Every float32 initializer of at least `min_elements` elements is converted; with int8, those read
     as weights (see WEIGHT_AXES) become int8 and the others fp16. `skip` names initializers to leave alone (weights
     of excluded ops). With int8, a weight whose int8 SQNR (dB, weight vs its dequantized self) is under
-    `fp16_below_db` is stored as fp16 instead. Returns (new model, number of initializers converted).
+    `fp16_below_db` is stored as fp16 instead. `rounded` ({initializer: the same weight on the int8 grid}, e.g.
+    GPTQ's: `quant.gptq.by_initializer`) gives those weights their int8 codes (the decode is the same).
+    Returns (new model, number of initializers converted).
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -64,13 +66,13 @@ def weight_only(
     # Subgraph initializers too (ORT folds weights into If/Loop bodies); children first, as rewriting a
     # node list copies its nodes and would orphan subgraphs visited later.
     for g in reversed(list(graphs(m.graph))):
-        total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set(), fp16_below_db)
+        total += _weight_only_graph(g, kind, axes_of, min_elements, skip or set(), fp16_below_db, rounded or {})
     return m, total
 
 
 def _weight_only_graph(
     g: onnx.GraphProto, kind: str, axes_of: dict[str, tuple[int, ...] | None], min_elements: int, skip: set[str],
-    fp16_below_db: float,
+    fp16_below_db: float, rounded: dict[str, np.ndarray],
 ) -> int:
     new_inits, new_nodes, drop = [], [], set()
     for t in g.initializer:
@@ -82,7 +84,8 @@ def _weight_only_graph(
         name = t.name
         q = scale = None
         if kind == "int8" and name in axes_of:  # other large float tensors (not weights of known ops): fp16
-            q, scale = _int8(w, axes_of[name])
+            src = rounded.get(name)
+            q, scale = _int8(w if src is None or src.shape != w.shape else src, axes_of[name])
             if fp16_below_db > 0 and sqnr_db(w, q * scale) < fp16_below_db:
                 q = None
         if q is None:

@@ -36,7 +36,7 @@ from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.patterns import fuse_hardswish
 from edgeslim.onnxkit.scoring import Agreement
 from edgeslim.onnxkit.session import session
-from edgeslim.quant import calib_select, device_choice
+from edgeslim.quant import calib_select, device_choice, gptq
 from edgeslim.quant.float_storage import plan_storage
 from edgeslim.quant.layer_select import (
     WEIGHT_CODES_MIN,
@@ -89,6 +89,7 @@ class Int8Options:
     adaround_layers: int = 4            # the units with the largest weight-rounding sensitivity
     bias_correction: bool = True
     fidelity_fallback: bool = True
+    gptq: bool = True                   # GPTQ codes (quant.gptq) for the fidelity floats' int8 storage
     speed_choice: bool = True
     target_cosine: float = 0.995        # worst-output cosine the INT8 model must keep vs the reference
     exclude_ops: frozenset[str] = frozenset()
@@ -285,7 +286,8 @@ def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list
         run.notes.append(f"shrink: {cut['relus']} ReLUs fused into their quantize, {cut['zero_points']} zero "
                          "zero-points dropped")
     with _timed(run.spent, "storage"):
-        sc = plan_storage(q, fm, us.nodes(float_units), {u: us.nodes([u]) for u in fixed}, final, run.evaluate,
+        rounded = gptq.grid_weights(fm, feeds, us.nodes(fixed), WEIGHT_CODES_MIN, opts.seed, run.notes) if opts.gptq else {}
+        sc = plan_storage(q, (fm, rounded), us.nodes(float_units), {u: us.nodes([u]) for u in fixed}, final, run.evaluate,
                           opts.target_cosine, len(feeds), opts.probe_feeds, worst) if fixed else None
     final, cos = (sc.model, sc.cosine) if sc else (final, run.evaluate(final, len(feeds)))
     if sc:  # the weights of the fidelity floats: int8 codes where the plan keeps its fidelity, else fp16
