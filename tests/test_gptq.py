@@ -129,7 +129,7 @@ def test_with_grid_points_only_the_named_nodes_at_rounded_weights() -> None:
     n = next(x for x in g.graph.node if x.name == "conv1")
     np.testing.assert_array_equal(inits[n.input[1]], rounded["conv1"].weight)
     assert next(x for x in g.graph.node if x.name == "conv0").input[1] == "w0" and "w1" in inits
-    assert "GPTQ rounding of 1 layers" in gptq.summary(rounded)
+    assert "GPTQ rounding of 1 layers" in gptq.rounding_note(rounded)
 
 
 def test_weight_only_stores_gptq_codes_with_the_same_decode_chain() -> None:

@@ -209,7 +209,7 @@ def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] 
                  min_elements: int = 1024, seed: int = 0, notes: list[str] | None = None) -> dict[str, Rounded]:
     """Node name -> GPTQ-rounded weight (input 1), for the supported main-graph nodes of `model` (float) named
     in `nodes` (all when None) with at least `min_elements` weights; H from the feeds run through `model`.
-    `notes` (if given) receives `summary`'s line when `nodes` is None or not empty."""
+    `notes` (if given) receives `rounding_note`'s line when `nodes` is None or not empty."""
     inits = {t.name: t for t in model.graph.initializer}
     chosen, weights = [], {}
     for n in model.graph.node:
@@ -225,7 +225,7 @@ def grid_weights(model: onnx.ModelProto, feeds: Iterable[Feed], nodes: set[str] 
         out.update({n.name: round_layer(n, weights[n.name], hs[n.name]) for n in group if n.name in hs})
         del hs
     if notes is not None and (nodes is None or nodes):
-        notes.append(summary(out))
+        notes.append(rounding_note(out))
     return out
 
 
@@ -257,7 +257,7 @@ def by_initializer(model: onnx.ModelProto, rounded: dict[str, Rounded]) -> dict[
             if n.name in rounded and readers.get(n.input[1]) == [n.name]}
 
 
-def summary(rounded: dict[str, Rounded]) -> str:
+def rounding_note(rounded: dict[str, Rounded]) -> str:
     """One line: layers rounded and their relative output error (calibration rows), nearest vs GPTQ."""
     if not rounded:
         return "GPTQ rounding: no supported layer (Conv group 1, MatMul/Gemm with a 2-D constant weight)"
