@@ -64,9 +64,9 @@ def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return out
 
 
-def _dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Tensor name -> its dims, None where not a known number (`symbolic_dims` without the symbols)."""
-    return {k: [d if isinstance(d, int) else None for d in v] for k, v in symbolic_dims(model).items()}
+def _known(sym: dict[str, list[Dim]]) -> dict[str, list[int | None]]:
+    """`symbolic_dims`' map without the symbols: None where a dim is not a known number."""
+    return {k: [d if isinstance(d, int) else None for d in v] for k, v in sym.items()}
 
 
 def _const(g: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -91,7 +91,7 @@ def fold_static_shapes(model: onnx.ModelProto, sym: dict[str, list[Dim]] | None 
     `sym`: `symbolic_dims(model)` when the caller has it (the inference takes seconds on a large detector;
     the dims it gives stay true after this fold, so `view_chains.collapse_views` can take them too)."""
     g = model.graph
-    dims = _dims(model) if sym is None else {k: [d if isinstance(d, int) else None for d in v] for k, v in sym.items()}
+    dims = _known(symbolic_dims(model) if sym is None else sym)
     if not dims:
         return 0
     consts = _const(g)

@@ -6,8 +6,9 @@ original or not, the INT8 plan or not; a short fine-tune), so the inputs are spl
 seeded split, the same in every trial): training and calibration on the training part, the trial's score on
 the validation part, and the held-out part read only to report the pick. Objectives (Optuna, TPE):
 validation fidelity (`val_score`: the worst-output cosine of the last stage, streamed for a model with
-recurrent state, or its top-1 agreement where that is lower, for score outputs; higher is better) and the cost, `latency` (the last stage's p50 over the trial's baseline, timed interleaved in the
-trial's run: 1 / speed-up) or `size` (bytes of the last stage's file). The pick: among trials whose validation
+recurrent state, or its top-1 agreement where that is lower, for score outputs; higher is better) and the cost,
+`latency` (the last stage's p50 over the trial's baseline, timed interleaved in the trial's run: 1 / speed-up)
+or `size` (bytes of the last stage's file). The pick: among trials whose validation
 score is at least `min_cosine`, the cheapest; when none is, the most faithful. Its held-out fidelity is
 reported beside the validation figure it was picked on.
 
