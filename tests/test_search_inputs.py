@@ -47,7 +47,7 @@ def test_search_inputs_three_trials_picks_on_validation_and_reports_held_out(tmp
     best, _ = pick_trial(s["trials"], "latency", 0.5)
     assert best is not None and s["best"]["trial"] == best["number"]
     assert (out / "best.yaml").read_text() == best["recipe"]
-    assert "held-out cosine" in stdout and "picked on validation" in stdout
+    assert "held-out cosine" in stdout and "picked on validation score" in stdout
 
 
 def test_pick_judges_a_classifier_on_top1_agreement_too():

@@ -94,7 +94,7 @@ def search(
 def _search_inputs(model: Path, inputs: Path, out: Path, trials: int, objectives: str, min_cosine: float,
                    proxy_epochs: int, seed: int, device: str) -> None:
     """`search --inputs`: `edgeslim.search.inputs` (objective: validation fidelity and one cost)."""
-    from edgeslim.search.inputs import InputsSearch, search_inputs
+    from edgeslim.search.inputs import InputsSearch, search_inputs, val_score
 
     costs = [o.strip() for o in objectives.split(",") if o.strip() and o.strip() not in ("accuracy", "fidelity")]
     cost = "latency" if costs in ([], ["energy"]) else costs[0]
@@ -105,7 +105,9 @@ def _search_inputs(model: Path, inputs: Path, out: Path, trials: int, objectives
     if b is None:
         console.print(f"[yellow]no trial finished[/]; trials: {out.resolve() / 'search.json'}")
         return
+    top1 = b["test"].get("top1_agreement")
     console.print(f"best: {out.resolve() / b['file']} (trial {b['trial']}: {b['why']}); picked on validation "
-                  f"cosine {b['val']['cosine']:.4f}, held-out cosine {b['test']['cosine']:.4f}"
+                  f"score {val_score(b['val']):.4f} (cosine {b['val']['cosine']:.4f}), held-out cosine "
+                  f"{b['test']['cosine']:.4f}" + (f", held-out top-1 agreement {top1:.4f}" if top1 is not None else "")
                   + (f", {b['speedup_vs_baseline']:.2f}x faster" if b.get("speedup_vs_baseline") else "")
                   + f", {b['size_bytes']} B", highlight=False, soft_wrap=True)
