@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conv_graphs import conv_gap_fc, cosine, run_feeds
+from onnx import TensorProto, numpy_helper
 
 from edgeslim.onnxkit import quant as oq
-from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import int8_plan
 from edgeslim.quant.float_storage import STORAGE_TOL, plan_storage
@@ -27,43 +27,14 @@ def _model(seed: int = 0, outliers: bool = False) -> onnx.ModelProto:
     w1 = (rng.standard_normal((32, 32, 3, 3)) * np.geomspace(0.005, 0.5, 32)[:, None, None, None]).astype(np.float32)
     if outliers:
         w1[np.arange(32), rng.integers(0, 32, 32), 1, 1] *= 300.0
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((32, 8, 3, 3)) * 0.2).astype(np.float32), "w0"),
-        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "b0"),
-        numpy_helper.from_array(w1, "w1"),  # channel scales spread over 100x: one scale per channel matters
-        numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), "b1"),
-        numpy_helper.from_array((rng.standard_normal((64, 32)) * 0.3).astype(np.float32), "wf"),
-        numpy_helper.from_array(np.zeros(64, np.float32), "bf"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1] * 4, kernel_shape=[3, 3], name="conv0"),
-        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
-        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1] * 4, kernel_shape=[3, 3], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["r1"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
-    ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 8, 8, 8])],
-                          [helper.make_tensor_value_info("y", F, [1, 64])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    name_nodes(m)
-    return m
+    return conv_gap_fc({  # channel scales of w1 spread over 100x: one scale per channel matters
+        "w0": rng.standard_normal((32, 8, 3, 3)) * 0.2, "b0": rng.standard_normal(32) * 0.1, "w1": w1,
+        "b1": rng.standard_normal(32) * 0.1, "wf": rng.standard_normal((64, 32)) * 0.3, "bf": np.zeros(64)})
 
 
 def _feeds(n: int = 6) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(1)
     return [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(n)]
-
-
-def _run(m: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    s = session(m.SerializeToString())
-    return np.concatenate([s.run(None, f)[0] for f in feeds])
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _decoded_from(m: onnx.ModelProto, node: str, k: int = 1) -> tuple[onnx.TensorProto, onnx.TensorProto]:
@@ -94,8 +65,8 @@ def test_int8_storage_of_fidelity_floats_is_per_output_channel_smaller_and_faith
     assert list(codes.dims) == [64, 32] and list(scale.dims) == [64, 1]  # Gemm transB=1: axis 0
     assert not any(t.data_type == TensorProto.FLOAT16 for t in int8.graph.initializer)
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8.graph.node)  # all float
-    ref = _run(m, feeds)
-    assert _cos(_run(int8, feeds), ref) > 0.9999 and _cos(_run(fp16, feeds), ref) > 0.99999
+    ref = run_feeds(m, feeds)
+    assert cosine(run_feeds(int8, feeds), ref) > 0.9999 and cosine(run_feeds(fp16, feeds), ref) > 0.99999
 
 
 def _plan(target: float, outliers: bool, gptq: bool = False) -> int8_plan.Int8Plan:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from conv_graphs import conv_gap_fc, cosine, run_feeds
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslim.measure.decide import ratio
@@ -23,43 +24,15 @@ F = TensorProto.FLOAT
 def _stem_model(seed: int = 0) -> onnx.ModelProto:
     """x[1,1,8,8] -> Conv 1->16 3x3 + ReLU -> Conv 16->16 3x3 + ReLU -> GAP -> Flatten -> Gemm 16->10."""
     rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array((rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32), "w0"),
-        numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b0"),
-        numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32), "w1"),
-        numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b1"),
-        numpy_helper.from_array((rng.standard_normal((10, 16)) * 0.3).astype(np.float32), "wf"),
-        numpy_helper.from_array(np.zeros(10, np.float32), "bf"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1] * 4, kernel_shape=[3, 3], name="stem"),
-        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
-        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1] * 4, kernel_shape=[3, 3], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["r1"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
-    ]
-    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", F, [1, 1, 8, 8])],
-                          [helper.make_tensor_value_info("y", F, [1, 10])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    name_nodes(m)
-    return m
+    return conv_gap_fc({
+        "w0": rng.standard_normal((16, 1, 3, 3)) * 0.5, "b0": rng.standard_normal(16) * 0.1,
+        "w1": rng.standard_normal((16, 16, 3, 3)) * 0.1, "b1": rng.standard_normal(16) * 0.1,
+        "wf": rng.standard_normal((10, 16)) * 0.3, "bf": np.zeros(10)}, stem="stem")
 
 
 def _feeds(n: int = 6) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(1)
     return [{"x": rng.random((1, 1, 8, 8), dtype=np.float32)} for _ in range(n)]
-
-
-def _run(m: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    s = session(m.SerializeToString())
-    return np.concatenate([s.run(None, f)[0] for f in feeds])
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a.ravel() @ b.ravel() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def test_shrink_drops_what_ort_drops_and_keeps_outputs() -> None:
@@ -75,8 +48,8 @@ def test_shrink_drops_what_ort_drops_and_keeps_outputs() -> None:
                 and n.input[0] in {t.name for t in small.graph.initializer} and n.output[0] not in into_gemm]
     assert dq_const and all(len(n.input) == 2 for n in dq_const)
     assert len(small.SerializeToString()) < len(q.SerializeToString()) - 200
-    ref, before, after = _run(m, feeds), _run(q, feeds), _run(small, feeds)
-    assert _cos(after, ref) > 0.999 and _cos(after, before) > 0.999
+    ref, before, after = run_feeds(m, feeds), run_feeds(q, feeds), run_feeds(small, feeds)
+    assert cosine(after, ref) > 0.999 and cosine(after, before) > 0.999
     assert (after.argmax(1) == before.argmax(1)).mean() >= 5 / 6
 
 
@@ -125,8 +98,8 @@ def test_plan_keeps_a_one_channel_stem_float_with_int8_weights_on_disk() -> None
     # what the plan wrote before (float32 weights under 1024 elements, ReLU pairs kept) is larger
     old = keep_float(plan.full, plan.units.nodes([stem_unit]), float_model=plan.float_model)
     assert len(plan.model.SerializeToString()) < len(old.SerializeToString()) - 300
-    got = _run(plan.model, feeds)
-    assert _cos(got, _run(m, feeds)) > 0.999
+    got = run_feeds(plan.model, feeds)
+    assert cosine(got, run_feeds(m, feeds)) > 0.999
 
 
 def _residual_model(seed: int = 0) -> onnx.ModelProto:
@@ -172,5 +145,5 @@ def test_shrink_drops_the_relu_after_a_residual_add_where_ort_keeps_a_pair() -> 
     assert sum(before.values()) - sum(after.values()) == 2  # the pair after the Add
     assert after[":QLinearConv"] == before[":QLinearConv"] == 4 and after["com.microsoft:QLinearAdd"] == 2
     assert not only_removes(after, before)  # gaining kernels is refused
-    ref, got = _run(m, feeds), _run(small, feeds)
-    assert _cos(got, ref) > 0.999 and _cos(got, _run(q, feeds)) > 0.999
+    ref, got = run_feeds(m, feeds), run_feeds(small, feeds)
+    assert cosine(got, ref) > 0.999 and cosine(got, run_feeds(q, feeds)) > 0.999
