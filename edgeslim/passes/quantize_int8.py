@@ -36,6 +36,7 @@ from edgeslim.quant import recurrent as rq
 from edgeslim.quant.qdq import layer_report
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
+from edgeslim.quant.stream_eval import StreamData
 
 DEFAULT_CANDIDATES = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")  # per-tensor weights lose precision, never time
 
@@ -241,12 +242,15 @@ def per_layer_int8(
     """Plan, build the three candidates in `work`, measure, choose. `pre` is the FP32 model (ORT
     pre-processed), `feeds` the calibration batches, `clock` the measurement core's (`ctx.measure.clock`
     on the batch-1 timing input): this pass times nothing itself. `state_columns` (a model with recurrent
-    state, `stream_columns`): every candidate is judged over the validation streams, its own state carried."""
+    state, `stream_columns`): every candidate is judged over the validation streams, its own state carried, and
+    so is every fidelity judgment of the plan that builds them (`quant.stream_eval`)."""
     model = onnx.load(str(pre))
     name_nodes(model)
     fp = session(pre)
     ref = [fp.run(None, f) for f in feeds]
-    plan = int8_plan.build_plan(model, feeds, ref, opts, clock)
+    streams = StreamData(x_val, y_val, state_columns) if state_columns and np.asarray(y_val).dtype.kind == "f" \
+        else None  # the plan judges as the pick does
+    plan = int8_plan.build_plan(model, feeds, ref, opts, clock, streams=streams)
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
