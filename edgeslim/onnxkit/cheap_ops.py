@@ -1,0 +1,199 @@
+"""Single ops of a small re-exported graph rewritten as fewer or cheaper kernels (issue 23).
+
+A small streaming model (a VAD: about 0.7 M MACs, about 90 us per call in ONNX Runtime, one thread) spends most
+of a call in per-kernel overhead, and a traced export keeps ops that a hand-written graph would not have.
+`cheapen_ops` rewrites, in the main graph only, where the pattern is met exactly:
+
+- `identity_arith`: Add/Sub of a zero constant, Mul/Div by a constant one (one element, rank not above the other
+  input's: no broadcast) removed; readers read the other input (a graph output keeps its name);
+- `pow_square`: Pow(x, 2) with a one-element constant exponent -> Mul(x, x) (x*x is what Pow computes for 2);
+- `conv_as_matmul`: a 1-D Conv with one input channel, group 1, no conv padding, a constant weight [Co, 1, K]
+  and few output positions (<= MAX_POSITIONS), whose input is Unsqueeze(axis 1) of a [N, L] tensor, perhaps
+  through a reflect or edge Pad of the last axis (an STFT front end written as a conv) -> Gather of the
+  receptive fields with constant indices (the padding folded into them) + MatMul by W^T + (bias Add) +
+  Transpose. ONNX Runtime prepacks a constant right-hand MatMul operand; its conv (im2col + GEMM) and the Pad
+  kernel cost more. Measured on the silero VAD's STFT (benchmarks/bench_cheap_ops.py, docs/benchmarks.md).
+
+Rewrites tried and left out because ONNX Runtime ran them slower (interleaved timing, ORT 1.32, one thread):
+the sum of squares of two halves of an axis (Slice, Slice -> square -> Add) as Mul + Reshape + ReduceSum
+(31.5 us against 30.5 us for the STFT block); the Gather of that conv with the weight as the left MatMul operand
+(37 us). ONNX Runtime already turns sibling Slices into Split, Gathers of a state into Split, Conv+Relu into
+FusedConv, and folds a weight's Cast+Mul dequantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeslim.onnxkit.consts import Consts, attr, unique_name
+from edgeslim.onnxkit.graph import insert_before, remove_dead
+from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
+from edgeslim.onnxkit.view_chains import _alias, _is_main
+
+RULES = ("identity_arith", "pow_square", "conv_as_matmul")
+MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
+_IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
+
+
+def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None,
+                rules: tuple[str, ...] = RULES) -> dict[str, int]:
+    """Apply `rules` (a subset of RULES) to `model` in place, as the module docstring says; returns how many
+    times each rule was applied. `dims`: `static_shapes.symbolic_dims(model)` when the caller has it (taken
+    before `fold_static_shapes` / `collapse_views` is fine: the tensors they keep keep their shapes)."""
+    bad = [r for r in rules if r not in RULES]
+    assert not bad, f"unknown rules {bad}"
+    dims = symbolic_dims(model) if dims is None else dims
+    counts = dict.fromkeys(rules, 0)
+    if not dims:
+        return counts
+    g = model.graph
+    consts = Consts(g)
+    if "identity_arith" in rules:
+        counts["identity_arith"] = _identity_arith(g, dims, consts)
+    if "pow_square" in rules:
+        counts["pow_square"] = _pow_square(g, dims, consts)
+    if "conv_as_matmul" in rules:
+        counts["conv_as_matmul"] = _conv_as_matmul(g, dims, consts)
+    if any(counts.values()):
+        remove_dead(model)
+        made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+        for v in [v for v in g.value_info if v.name not in made]:  # shapes of tensors no node makes any more
+            g.value_info.remove(v)
+    return counts
+
+
+def _rank(dims: dict[str, list[Dim]], name: str) -> int | None:
+    d = dims.get(name)
+    return None if d is None else len(d)
+
+
+def _one_element(consts: Consts, name: str, rank_of_other: int | None) -> float | None:
+    """The value of constant `name` when it has one element and its rank does not exceed `rank_of_other`
+    (so broadcasting it changes no shape), else None."""
+    v = consts.get(name)
+    if v is None or v.size != 1 or rank_of_other is None or v.ndim > rank_of_other:
+        return None
+    return float(v.reshape(-1)[0])
+
+
+def _identity_arith(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
+    outputs = {o.name for o in g.output}
+    prod = {o: n for n in g.node for o in n.output if o}
+    done = 0
+    for n in list(g.node):
+        if n.op_type not in _IDENTITY or not _is_main(n) or len(n.input) != 2 or prod.get(n.output[0]) is not n:
+            continue
+        unit, sides = _IDENTITY[n.op_type]
+        for c in sides:  # c: the side that may be the constant
+            x = n.input[1 - c]
+            if x in consts or _one_element(consts, n.input[c], _rank(dims, x)) != unit:
+                continue
+            sx = _static(dims, x)
+            if sx is None or sx != _static(dims, n.output[0]):  # unknown or different shapes: not provably a no-op
+                continue
+            if _alias(g, n.output[0], x, outputs, prod):
+                done += 1
+            break
+    return done
+
+
+def _pow_square(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
+    done = 0
+    for n in g.node:
+        if n.op_type != "Pow" or not _is_main(n) or len(n.input) != 2:
+            continue
+        if _one_element(consts, n.input[1], _rank(dims, n.input[0])) != 2.0:
+            continue
+        n.op_type = "Mul"
+        n.input[1] = n.input[0]
+        done += 1
+    return done
+
+
+def _static(dims: dict[str, list[Dim]], name: str) -> list[Dim] | None:
+    d = dims.get(name)
+    return d if d is not None and all(x is not None for x in d) else None
+
+
+def _fields(src_len: int, pad: tuple[int, int, str] | None, out_len: int, k: int, stride: int,
+            dilation: int) -> np.ndarray | None:
+    """[out_len, k] int64 indices into the unpadded last axis (length `src_len`) of each conv tap; `pad`:
+    (begin, end, mode) of a reflect/edge Pad in between. None where a reflection would leave the axis."""
+    p = np.arange(out_len)[:, None] * stride + np.arange(k)[None, :] * dilation  # positions in the padded axis
+    if pad is None:
+        return p.astype(np.int64)
+    b, e, mode = pad
+    i = p - b
+    if mode == "edge":
+        return np.clip(i, 0, src_len - 1).astype(np.int64)
+    if b >= src_len or e >= src_len:
+        return None
+    i = np.where(i < 0, -i, i)
+    i = np.where(i >= src_len, 2 * (src_len - 1) - i, i)
+    return i.astype(np.int64)
+
+
+def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
+    prod = {o: n for n in g.node for o in n.output if o}
+    before: dict[int, list[onnx.NodeProto]] = {}
+    done = 0
+    for n in g.node:
+        if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or len(n.output) != 1 or len(n.input) < 2:
+            continue
+        w = consts.get(n.input[1])
+        bias = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if w is None or w.ndim != 3 or w.shape[1] != 1 or w.dtype != np.float32 \
+                or (len(n.input) > 2 and n.input[2] and bias is None):
+            continue
+        if int(attr(n, "group", 1)) != 1 or any(int(p) for p in attr(n, "pads", [0, 0])) \
+                or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+            continue
+        co, _, k = w.shape
+        stride, dil = int(attr(n, "strides", [1])[0]), int(attr(n, "dilations", [1])[0])
+        u = prod.get(n.input[0])
+        if u is None or u.op_type != "Unsqueeze" or not _is_main(u):
+            continue
+        axes = attr(u, "axes", None) if len(u.input) < 2 else consts.get(u.input[1])
+        if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] not in ([1], [-2]):
+            continue
+        src, pad = u.input[0], None
+        p = prod.get(src)
+        if p is not None and p.op_type == "Pad" and _is_main(p) and len(p.input) in (2, 3):
+            mode = attr(p, "mode", b"constant")
+            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+            pv = consts.get(p.input[1])
+            if mode in ("reflect", "edge") and pv is not None and pv.size == 4:
+                b0, b1, e0, e1 = (int(v) for v in pv.reshape(-1))
+                if b0 == 0 and e0 == 0 and b1 >= 0 and e1 >= 0:
+                    src, pad = p.input[0], (b1, e1, mode)
+        sd, cd = _static(dims, src), _static(dims, n.input[0])
+        if sd is None or cd is None or len(sd) != 2 or not isinstance(sd[1], int) or not isinstance(cd[2], int):
+            continue
+        out_len = (cd[2] - dil * (k - 1) - 1) // stride + 1
+        if not 1 <= out_len <= MAX_POSITIONS:
+            continue
+        idx = _fields(sd[1], pad, out_len, k, stride, dil)
+        if idx is None:
+            continue
+        y = n.output[0]
+        names = {t: unique_name(g, f"{y}_{t}") for t in ("fields_idx", "fields", "wt", "mm", "bias", "mmb")}
+        g.initializer.append(numpy_helper.from_array(idx, names["fields_idx"]))
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, 0, :].T), names["wt"]))  # [K, Co]
+        new = [helper.make_node("Gather", [src, names["fields_idx"]], [names["fields"]], axis=1),  # [N, L', K]
+               helper.make_node("MatMul", [names["fields"], names["wt"]], [names["mm"]])]  # [N, L', Co]
+        last = names["mm"]
+        if bias is not None:
+            g.initializer.append(numpy_helper.from_array(bias.reshape(co).astype(np.float32), names["bias"]))
+            new.append(helper.make_node("Add", [last, names["bias"]], [names["mmb"]]))
+            last = names["mmb"]
+        before[id(n)] = new
+        n.op_type, n.domain = "Transpose", ""  # [N, L', Co] -> [N, Co, L']: the conv's output, same name
+        del n.attribute[:]
+        n.attribute.append(helper.make_attribute("perm", [0, 2, 1]))
+        n.input[:] = [last]
+        done += 1
+    if before:
+        insert_before(g, before)
+    return done
