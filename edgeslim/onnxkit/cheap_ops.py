@@ -23,6 +23,8 @@ FusedConv, and folds a weight's Cast+Mul dequantization.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -82,7 +84,8 @@ def _identity_arith(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
     outputs = {o.name for o in g.output}
     prod = {o: n for n in g.node for o in n.output if o}
     done = 0
-    for n in list(g.node):
+    nodes: list[onnx.NodeProto] = list(g.node)
+    for n in nodes:
         if n.op_type not in _IDENTITY or not _is_main(n) or len(n.input) != 2 or prod.get(n.output[0]) is not n:
             continue
         unit, sides = _IDENTITY[n.op_type]
@@ -135,6 +138,83 @@ def _fields(src_len: int, pad: tuple[int, int, str] | None, out_len: int, k: int
     return i.astype(np.int64)
 
 
+def _evaluate(prod: dict[str, onnx.NodeProto], consts: Consts, name: str, limit: int = 32) -> np.ndarray | None:
+    """The value of tensor `name` when it is a constant or computed from constants only by at most `limit`
+    plain nodes (the exporter builds a Pad's pads with ConstantOfShape, Concat, Reshape, Slice, ...); else None.
+    Evaluated with ONNX's reference evaluator."""
+    v = consts.get(name)
+    if v is not None:
+        return v
+    nodes: dict[int, onnx.NodeProto] = {}
+    leaves: dict[str, np.ndarray] = {}
+    stack = [name]
+    while stack:
+        t = stack.pop()
+        if not t or t in leaves:
+            continue
+        c = consts.get(t)
+        if c is not None:
+            leaves[t] = c
+            continue
+        p = prod.get(t)
+        if p is None or p.domain not in ("", "ai.onnx") or any(a.type == onnx.AttributeProto.GRAPH
+                                                                 for a in p.attribute):
+            return None
+        if id(p) not in nodes:
+            nodes[id(p)] = p
+            stack.extend(p.input)
+        if len(nodes) > limit:
+            return None
+    from onnx.reference import ReferenceEvaluator
+
+    g = helper.make_graph(_topo(list(nodes.values())), "pads", [], [helper.make_empty_tensor_value_info(name)],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in leaves.items()])
+    try:
+        out: Any = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])).run(None, {})
+    except Exception:  # noqa: BLE001 -- an op the reference evaluator does not take: not a constant to us
+        return None
+    return np.asarray(out[0])
+
+
+def _topo(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """`nodes` ordered so every node comes after the producers of its inputs among them."""
+    made = {o: n for n in nodes for o in n.output}
+    out: list[onnx.NodeProto] = []
+    seen: set[int] = set()
+
+    def visit(n: onnx.NodeProto) -> None:
+        if id(n) in seen:
+            return
+        seen.add(id(n))
+        for i in n.input:
+            if i in made:
+                visit(made[i])
+        out.append(n)
+
+    for n in nodes:
+        visit(n)
+    return out
+
+
+def _through_pad(prod: dict[str, onnx.NodeProto], consts: Consts, t: str,
+                 pad: tuple[int, int, str] | None) -> tuple[str, tuple[int, int, str] | None]:
+    """(`t`'s source, its padding) when `t` is made by a reflect/edge Pad of the last axis only (constant
+    pads) and no Pad was met yet; else (`t`, `pad`) unchanged."""
+    p = prod.get(t)
+    if pad is not None or p is None or p.op_type != "Pad" or not _is_main(p) or len(p.input) not in (2, 3):
+        return t, pad
+    mode = attr(p, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    pv = _evaluate(prod, consts, p.input[1])
+    if mode not in ("reflect", "edge") or pv is None or pv.size % 2:
+        return t, pad
+    v = [int(x) for x in pv.reshape(-1)]
+    r = len(v) // 2
+    if any(v[:r - 1]) or any(v[r:-1]) or v[r - 1] < 0 or v[-1] < 0:
+        return t, pad
+    return p.input[0], (v[r - 1], v[-1], mode)
+
+
 def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
     prod = {o: n for n in g.node for o in n.output if o}
     before: dict[int, list[onnx.NodeProto]] = {}
@@ -152,22 +232,15 @@ def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
             continue
         co, _, k = w.shape
         stride, dil = int(attr(n, "strides", [1])[0]), int(attr(n, "dilations", [1])[0])
-        u = prod.get(n.input[0])
+        src, pad = n.input[0], None
+        src, pad = _through_pad(prod, consts, src, pad)
+        u = prod.get(src)
         if u is None or u.op_type != "Unsqueeze" or not _is_main(u):
             continue
         axes = attr(u, "axes", None) if len(u.input) < 2 else consts.get(u.input[1])
         if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] not in ([1], [-2]):
             continue
-        src, pad = u.input[0], None
-        p = prod.get(src)
-        if p is not None and p.op_type == "Pad" and _is_main(p) and len(p.input) in (2, 3):
-            mode = attr(p, "mode", b"constant")
-            mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-            pv = consts.get(p.input[1])
-            if mode in ("reflect", "edge") and pv is not None and pv.size == 4:
-                b0, b1, e0, e1 = (int(v) for v in pv.reshape(-1))
-                if b0 == 0 and e0 == 0 and b1 >= 0 and e1 >= 0:
-                    src, pad = p.input[0], (b1, e1, mode)
+        src, pad = _through_pad(prod, consts, u.input[0], pad)
         sd, cd = _static(dims, src), _static(dims, n.input[0])
         if sd is None or cd is None or len(sd) != 2 or not isinstance(sd[1], int) or not isinstance(cd[2], int):
             continue

@@ -1,0 +1,141 @@
+"""Single ops made cheaper (`onnxkit.cheap_ops`): each rule finds its pattern in a small graph, the graph keeps
+its output names and gives the same outputs in ONNX Runtime (within 1e-5) at batch 1 and 3; graphs that do not
+match are left byte for byte as they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from edgeslim.onnxkit.cheap_ops import cheapen_ops
+from edgeslim.onnxkit.session import session
+
+
+def _t(name: str, v, dt=np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(v, dt), name)
+
+
+def _model(nodes, x_dims, outputs: dict[str, list], inits=()) -> onnx.ModelProto:
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)]
+    outs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()]
+    g = helper.make_graph(nodes, "g", ins, outs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _apply(m: onnx.ModelProto, x_dims: list, **kw) -> tuple[dict[str, int], list[str]]:
+    """Rewrite `m` in place, check outputs against the original at batch 1 and 3; (counts, op types left)."""
+    before = m.SerializeToString()
+    names = [o.name for o in m.graph.output]
+    counts = cheapen_ops(m, **kw)
+    onnx.checker.check_model(m)
+    assert [o.name for o in m.graph.output] == names
+    for batch in (1, 3):
+        shape = [batch if isinstance(d, str) else d for d in x_dims]
+        feed = {"x": np.random.default_rng(batch).normal(size=shape).astype(np.float32)}
+        a, b = session(before).run(None, feed), session(m.SerializeToString()).run(None, feed)
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            assert u.shape == v.shape and np.max(np.abs(u - v)) <= 1e-5 * max(1.0, float(np.max(np.abs(u))))
+    return counts, [n.op_type for n in m.graph.node]
+
+
+def test_add_zero_and_mul_one_removed_output_keeps_its_name():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Add", ["zero", "r"], ["a"]),            # 0 + r
+             helper.make_node("Sigmoid", ["a"], ["s"]),
+             helper.make_node("Div", ["s", "one"], ["y"])]             # graph output: Sigmoid writes 'y'
+    m = _model(nodes, ["n", 4], {"y": ["n", 4]}, [_t("zero", 0.0), _t("one", [1.0])])
+    counts, ops = _apply(m, ["n", 4])
+    assert counts["identity_arith"] == 2 and ops == ["Relu", "Sigmoid"]
+    assert m.graph.node[1].input[0] == "r" and m.graph.node[1].output[0] == "y"
+
+
+def test_arith_that_changes_values_or_shapes_untouched():
+    nodes = [helper.make_node("Add", ["x", "half"], ["a"]),           # not zero
+             helper.make_node("Sub", ["zero", "a"], ["b"]),           # 0 - a: a negation
+             helper.make_node("Mul", ["b", "one3"], ["y"])]           # one of rank 3 > rank 2: broadcasts
+    m = _model(nodes, ["n", 4], {"y": [1, "n", 4]}, [_t("half", 0.5), _t("zero", 0.0), _t("one3", [[[1.0]]])])
+    before = m.SerializeToString()
+    counts, _ = _apply(m, ["n", 4])
+    assert sum(counts.values()) == 0 and m.SerializeToString() == before
+
+
+def test_pow_two_becomes_mul_pow_three_kept():
+    nodes = [helper.make_node("Pow", ["x", "two"], ["p"]),
+             helper.make_node("Pow", ["p", "three"], ["y"])]
+    m = _model(nodes, ["n", 5], {"y": ["n", 5]}, [_t("two", 2.0), _t("three", 3.0)])
+    counts, ops = _apply(m, ["n", 5])
+    assert counts["pow_square"] == 1 and ops == ["Mul", "Pow"]
+    assert list(m.graph.node[0].input) == ["x", "x"]
+
+
+def _stft_like(pad_first: bool, mode: str = "reflect", bias: bool = True, cin: int = 1, length: int = 40,
+               stride: int = 8) -> onnx.ModelProto:
+    """x [n, length] -> reflect Pad (8 at the end) -> Unsqueeze (or the other order) -> Conv1d(cin -> 6, k 16)."""
+    rng = np.random.default_rng(0)
+    inits = [_t("w", rng.normal(size=(6, cin, 16))), _t("ax1", [1], np.int64)]
+    conv_in = ["c_in", "w"]
+    if bias:
+        inits.append(_t("b", rng.normal(size=6)))
+        conv_in.append("b")
+    if pad_first:
+        inits.append(_t("pads", [0, 0, 0, 8], np.int64))
+        nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode=mode),
+                 helper.make_node("Unsqueeze", ["p", "ax1"], ["c_in"])]
+    else:
+        inits.append(_t("pads", [0, 0, 0, 0, 0, 8], np.int64))
+        nodes = [helper.make_node("Unsqueeze", ["x", "ax1"], ["u"]),
+                 helper.make_node("Pad", ["u", "pads"], ["c_in"], mode=mode)]
+    nodes.append(helper.make_node("Conv", conv_in, ["c"], kernel_shape=[16], strides=[stride]))
+    nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    out_len = (length + 8 - 16) // stride + 1
+    return _model(nodes, ["n", length], {"y": ["n", 6, out_len]}, inits)
+
+
+def test_stft_like_conv_becomes_gather_matmul():
+    for pad_first, mode, bias in [(True, "reflect", True), (False, "edge", False), (False, "reflect", True)]:
+        m = _stft_like(pad_first, mode, bias)
+        counts, ops = _apply(m, ["n", 40])  # (48 - 16) / 8 + 1 = 5 output positions
+        assert counts["conv_as_matmul"] == 1, (pad_first, mode)
+        assert ops == ["Gather", "MatMul", *(["Add"] if bias else []), "Transpose", "Relu"], ops
+
+
+def test_constant_pad_read_as_is():
+    m = _stft_like(True, mode="constant")  # zero padding: the Gather reads the Pad's output, the Pad stays
+    counts, ops = _apply(m, ["n", 40])
+    assert counts["conv_as_matmul"] == 1 and ops == ["Pad", "Gather", "MatMul", "Add", "Transpose", "Relu"]
+
+
+def test_conv_not_matching_untouched():
+    many = _stft_like(True, length=200)  # 25 output positions: ORT's conv kept
+    rng = np.random.default_rng(0)
+    two = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[16], strides=[8])],  # 2 channels in
+                 ["n", 2, 40], {"y": ["n", 6, 4]}, [_t("w", rng.normal(size=(6, 2, 16)))])
+    for m, dims in ((many, ["n", 200]), (two, ["n", 2, 40])):
+        before = m.SerializeToString()
+        counts, _ = _apply(m, dims)
+        assert counts["conv_as_matmul"] == 0 and m.SerializeToString() == before
+
+
+def test_export_converted_records_rewrites(tmp_path):
+    from edgeslim.onnxtorch import export_converted
+
+    class Front(nn.Module):  # an STFT magnitude written as a conv, as silero VAD does
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 10, 16, stride=8, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c = self.conv(nn.functional.pad(x.unsqueeze(1), (0, 8), mode="reflect"))
+            return torch.sqrt(c[:, :5] ** 2 + c[:, 5:] ** 2)
+
+    torch.manual_seed(0)
+    mod = Front()
+    feeds = {"input_0": np.random.default_rng(0).normal(size=(1, 40)).astype(np.float32)}
+    res = export_converted(mod, feeds, tmp_path / "m.onnx", align=0)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert res["ops_rewritten"] == 3 and "Conv" not in ops and "Pow" not in ops  # 2 Pow + 1 conv
+    assert max(res["parity_max_abs_diff"].values()) < 1e-4
