@@ -1,9 +1,10 @@
 """Per-call latency of ONNX files before/after `onnxkit.cheap_ops.cheapen_ops` (issue 23), each rule alone and
-all together. Weights stored int8 + Cast + Mul (weight-only storage) are folded to FP32 first in the rewritten
+the default rules together (what `export_converted` applies). Weights stored int8 + Cast + Mul (weight-only storage) are folded to FP32 first in the rewritten
 copies only (ONNX Runtime folds them when a session loads, so the "before" file, timed as given, runs the same
 FP32 weights). For each file and variant: rewrites applied, nodes, kernels ONNX Runtime runs per call, max abs
 difference of every output against the file as given (batch 1) and median latency, all variants timed
-interleaved in one process (ONNX Runtime, batch 1, one thread, random normal inputs).
+interleaved in one process (ONNX Runtime, batch 1, one thread; the preset inputs of `bench_optimize.write_inputs`
+where the model has one, else random normal floats and int inputs 16000).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_cheap_ops.py MODEL.onnx [MODEL.onnx ...] --seconds 20
 """
@@ -45,12 +46,27 @@ def fold_weight_casts(model) -> int:
     return done
 
 
+def preset_feed(path: Path) -> dict[str, np.ndarray] | None:
+    """One sample of the realistic synthetic inputs `bench_optimize.write_inputs` makes for a preset model (the
+    OCR models take text images of their own sizes), else None."""
+    import tempfile
+
+    from bench_optimize import write_inputs
+
+    with tempfile.TemporaryDirectory() as td:
+        dst = Path(td) / "x.npz"
+        if not write_inputs(path, dst, 1):
+            return None
+        with np.load(dst) as z:
+            return {k: z[k][:1] for k in z.files}
+
+
 def main() -> None:
     import onnx
     from bench_view_chains import feeds, kernels_per_call
 
     from edgeslim.measure.latency import interleaved_latency
-    from edgeslim.onnxkit.cheap_ops import RULES, cheapen_ops
+    from edgeslim.onnxkit.cheap_ops import DEFAULT_RULES, RULES, cheapen_ops
     from edgeslim.onnxkit.session import session
 
     ap = argparse.ArgumentParser()
@@ -61,9 +77,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for p in a.models:
         m0 = onnx.load(str(p))
-        f = feeds(m0, 1)
+        f = preset_feed(p) or feeds(m0, 1)
         variants: dict[str, tuple[bytes, int, int]] = {"as given": (m0.SerializeToString(), 0, len(m0.graph.node))}
-        for name, rules in [*((r, (r,)) for r in RULES), ("all", RULES)]:
+        for name, rules in [*((r, (r,)) for r in RULES), ("default rules", DEFAULT_RULES)]:
             m = onnx.ModelProto()
             m.CopyFrom(m0)
             fold_weight_casts(m)

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from edgeslim.onnxkit.cheap_ops import cheapen_ops
+from edgeslim.onnxkit.cheap_ops import RULES, cheapen_ops
 from edgeslim.onnxkit.session import session
 
 
@@ -67,9 +67,18 @@ def test_pow_two_becomes_mul_pow_three_kept():
     nodes = [helper.make_node("Pow", ["x", "two"], ["p"]),
              helper.make_node("Pow", ["p", "three"], ["y"])]
     m = _model(nodes, ["n", 5], {"y": ["n", 5]}, [_t("two", 2.0), _t("three", 3.0)])
-    counts, ops = _apply(m, ["n", 5])
+    assert sum(cheapen_ops(m).values()) == 0  # not a default rule
+    counts, ops = _apply(m, ["n", 5], rules=RULES)
     assert counts["pow_square"] == 1 and ops == ["Mul", "Pow"]
     assert list(m.graph.node[0].input) == ["x", "x"]
+
+
+def test_pow_two_of_a_layernorm_variance_kept():
+    nodes = [helper.make_node("Pow", ["x", "two"], ["p"]),
+             helper.make_node("ReduceMean", ["p"], ["y"], axes=[-1])]
+    m = _model(nodes, ["n", 5], {"y": ["n", 1]}, [_t("two", 2.0)])
+    counts, ops = _apply(m, ["n", 5], rules=RULES)
+    assert counts["pow_square"] == 0 and ops == ["Pow", "ReduceMean"]
 
 
 def _stft_like(pad_first: bool, mode: str = "reflect", bias: bool = True, cin: int = 1, length: int = 40,
@@ -137,5 +146,5 @@ def test_export_converted_records_rewrites(tmp_path):
     feeds = {"input_0": np.random.default_rng(0).normal(size=(1, 40)).astype(np.float32)}
     res = export_converted(mod, feeds, tmp_path / "m.onnx", align=0)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
-    assert res["ops_rewritten"] == 3 and "Conv" not in ops and "Pow" not in ops  # 2 Pow + 1 conv
+    assert res["ops_rewritten"] == 1 and "Conv" not in ops and ops[:2] == ["Gather", "MatMul"]
     assert max(res["parity_max_abs_diff"].values()) < 1e-4
