@@ -1,10 +1,11 @@
 """Per-call latency of ONNX files before/after `onnxkit.cheap_ops.cheapen_ops` (issue 23), each rule alone and
-the default rules together (what `export_converted` applies). Weights stored int8 + Cast + Mul (weight-only storage) are folded to FP32 first in the rewritten
-copies only (ONNX Runtime folds them when a session loads, so the "before" file, timed as given, runs the same
-FP32 weights). For each file and variant: rewrites applied, nodes, kernels ONNX Runtime runs per call, max abs
-difference of every output against the file as given (batch 1) and median latency, all variants timed
-interleaved in one process (ONNX Runtime, batch 1, one thread; the preset inputs of `bench_optimize.write_inputs`
-where the model has one, else random normal floats and int inputs 16000).
+the default rules together (what `export_converted` applies). Weights stored int8 + Cast + Mul (weight-only
+storage) are folded to FP32 first in the rewritten copies only (ONNX Runtime folds them when a session loads, so
+the "before" file, timed as given, runs the same FP32 weights). For each file and variant: rewrites applied,
+nodes, kernels ONNX Runtime runs per call, max abs difference of every output against the file as given
+(batch 1) and median latency, all variants timed interleaved in one process (ONNX Runtime, batch 1, one thread;
+the preset inputs of `bench_optimize.write_inputs` where the model has one, else random normal floats and int
+inputs 16000).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_cheap_ops.py MODEL.onnx [MODEL.onnx ...] --seconds 20
 """
