@@ -82,25 +82,25 @@ def test_pow_two_of_a_layernorm_variance_kept():
 
 
 def _stft_like(pad_first: bool, mode: str = "reflect", bias: bool = True, cin: int = 1, length: int = 40,
-               stride: int = 8) -> onnx.ModelProto:
-    """x [n, length] -> reflect Pad (8 at the end) -> Unsqueeze (or the other order) -> Conv1d(cin -> 6, k 16)."""
+               stride: int = 8, k: int = 16, end: int = 8) -> onnx.ModelProto:
+    """x [n, length] -> reflect Pad (`end` at the end) -> Unsqueeze (or the other order) -> Conv1d(1 -> 6, k)."""
     rng = np.random.default_rng(0)
-    inits = [_t("w", rng.normal(size=(6, cin, 16))), _t("ax1", [1], np.int64)]
+    inits = [_t("w", rng.normal(size=(6, cin, k))), _t("ax1", [1], np.int64)]
     conv_in = ["c_in", "w"]
     if bias:
         inits.append(_t("b", rng.normal(size=6)))
         conv_in.append("b")
     if pad_first:
-        inits.append(_t("pads", [0, 0, 0, 8], np.int64))
+        inits.append(_t("pads", [0, 0, 0, end], np.int64))
         nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode=mode),
                  helper.make_node("Unsqueeze", ["p", "ax1"], ["c_in"])]
     else:
-        inits.append(_t("pads", [0, 0, 0, 0, 0, 8], np.int64))
+        inits.append(_t("pads", [0, 0, 0, 0, 0, end], np.int64))
         nodes = [helper.make_node("Unsqueeze", ["x", "ax1"], ["u"]),
                  helper.make_node("Pad", ["u", "pads"], ["c_in"], mode=mode)]
-    nodes.append(helper.make_node("Conv", conv_in, ["c"], kernel_shape=[16], strides=[stride]))
+    nodes.append(helper.make_node("Conv", conv_in, ["c"], kernel_shape=[k], strides=[stride]))
     nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-    out_len = (length + 8 - 16) // stride + 1
+    out_len = (length + end - k) // stride + 1
     return _model(nodes, ["n", length], {"y": ["n", 6, out_len]}, inits)
 
 
@@ -110,6 +110,20 @@ def test_stft_like_conv_becomes_gather_matmul():
         counts, ops = _apply(m, ["n", 40])  # (48 - 16) / 8 + 1 = 5 output positions
         assert counts["conv_as_matmul"] == 1, (pad_first, mode)
         assert ops == ["Gather", "MatMul", *(["Add"] if bias else []), "Transpose", "Relu"], ops
+
+
+def test_stft_hops_gathered_whole():
+    # k 64 = 2 hops of 32: Pad cut to what the frames read -> Reshape into hops -> Gather -> Reshape -> MatMul
+    for pad_first, mode, end in [(True, "reflect", 40), (False, "edge", 40), (True, "reflect", 32)]:
+        m = _stft_like(pad_first, mode, length=160, stride=32, k=64, end=end)  # (160 + 32 - 64) / 32 + 1 = 5
+        counts, ops = _apply(m, ["n", 160])
+        assert counts["conv_as_matmul"] == 1
+        assert ops == ["Pad", "Reshape", "Gather", "Reshape", "MatMul", "Add", "Transpose", "Relu"], ops
+        pads = next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name.endswith("_pads"))
+        assert pads.tolist() == [0, 0, 0, 32]  # 40 cut to the 32 the frames read
+    m = _stft_like(True, length=160, stride=32, k=64, end=0)  # no padding to do: no Pad
+    counts, ops = _apply(m, ["n", 160])
+    assert ops == ["Reshape", "Gather", "Reshape", "MatMul", "Add", "Transpose", "Relu"], ops
 
 
 def test_constant_pad_read_as_is():

@@ -13,9 +13,13 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
 - `conv_as_matmul`: a 1-D Conv with one input channel, group 1, no conv padding, a constant weight [Co, 1, K]
   and few output positions (<= MAX_POSITIONS), whose input is Unsqueeze(axis 1) of a [N, L] tensor, perhaps
   through a reflect or edge Pad of the last axis (an STFT front end written as a conv) -> Gather of the
-  receptive fields with constant indices (the padding folded into them) + MatMul by W^T + (bias Add) +
-  Transpose. ONNX Runtime prepacks a constant right-hand MatMul operand; its conv (im2col + GEMM) and the Pad
-  kernel cost more. Measured on the silero VAD's STFT (benchmarks/bench_cheap_ops.py, docs/benchmarks.md).
+  receptive fields + MatMul by W^T + (bias Add) + Transpose. ONNX Runtime prepacks a constant right-hand MatMul
+  operand; its conv (im2col + GEMM) costs more. Where the kernel is a whole number of hops of >= MIN_CHUNK
+  samples (the STFT: 256 = 2 x 128) the fields are gathered a hop at a time: Pad (cut to the samples the frames
+  read) -> Reshape into hops -> Gather of hop numbers -> Reshape; else one Gather element by element with the
+  padding folded into its constant indices (on the VAD's shapes 18.6 us for Gather + MatMul against 12.5 us for
+  the hop-wise version with its Pad). Measured on the silero VAD's STFT (benchmarks/bench_cheap_ops.py,
+  docs/benchmarks.md).
 
 Rewrites tried and left out because ONNX Runtime ran them slower (interleaved timing, ORT 1.32, one thread):
 the sum of squares of two halves of an axis (Slice, Slice -> square -> Add) as Mul + Reshape + ReduceSum
@@ -40,6 +44,7 @@ from edgeslim.onnxkit.view_chains import _alias, _is_main
 RULES = ("identity_arith", "pow_square", "conv_as_matmul")
 DEFAULT_RULES = ("identity_arith", "conv_as_matmul")  # the rules measured faster (module docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
+MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
 
 
@@ -222,6 +227,38 @@ def _through_pad(prod: dict[str, onnx.NodeProto], consts: Consts, t: str,
     return p.input[0], (v[r - 1], v[-1], mode)
 
 
+def _chunked_fields(g: onnx.GraphProto, src: str, src_len: int, pad: tuple[int, int, str] | None, out_len: int,
+                    k: int, stride: int, dil: int, out: str) -> list[onnx.NodeProto] | None:
+    """Nodes writing the receptive fields [N, L', K] to `out` as whole chunks of `stride` samples: (Pad ->)
+    Reshape [N, chunks, stride] -> Gather of chunk indices -> Reshape [N, L', K]. ONNX Runtime's Gather copies
+    a chunk at a time, where the element-by-element Gather costs about 1 ns x K x L' more (module docstring).
+    None where the taps do not fall on whole chunks (dilation, K not a multiple of the stride, chunks under
+    MIN_CHUNK samples) or the padding cannot be cut to the length the frames use."""
+    if dil != 1 or k % stride or stride < MIN_CHUNK:
+        return None
+    used = (out_len - 1) * stride + k  # samples the frames read, from padded position 0
+    nodes: list[onnx.NodeProto] = []
+    x = src
+    b, mode = (pad[0], pad[2]) if pad is not None else (0, "")
+    e = used - src_len - b  # the end padding the frames need
+    if e < 0 or (pad is None and e != 0) or (mode == "reflect" and (b >= src_len or e >= src_len)):
+        return None
+    if b or e:
+        pads, x = unique_name(g, f"{out}_pads"), unique_name(g, f"{out}_padded")
+        g.initializer.append(numpy_helper.from_array(np.array([0, b, 0, e], np.int64), pads))
+        nodes.append(helper.make_node("Pad", [src, pads], [x], mode=mode))
+    shape1, chunks, ci, gathered, shape2 = (unique_name(g, f"{out}_{t}") for t in (
+        "chunk_shape", "chunks", "chunk_idx", "gathered", "fields_shape"))
+    g.initializer.append(numpy_helper.from_array(np.array([0, used // stride, stride], np.int64), shape1))
+    idx = np.arange(out_len)[:, None] + np.arange(k // stride)[None, :]  # [L', K / stride] chunk numbers
+    g.initializer.append(numpy_helper.from_array(idx.astype(np.int64), ci))
+    g.initializer.append(numpy_helper.from_array(np.array([0, out_len, k], np.int64), shape2))
+    nodes += [helper.make_node("Reshape", [x, shape1], [chunks]),  # [N, used / stride, stride]
+              helper.make_node("Gather", [chunks, ci], [gathered], axis=1),  # [N, L', K / stride, stride]
+              helper.make_node("Reshape", [gathered, shape2], [out])]  # [N, L', K]
+    return nodes
+
+
 def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
     prod = {o: n for n in g.node for o in n.output if o}
     before: dict[int, list[onnx.NodeProto]] = {}
@@ -254,15 +291,17 @@ def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
         out_len = (cd[2] - dil * (k - 1) - 1) // stride + 1
         if not 1 <= out_len <= MAX_POSITIONS:
             continue
-        idx = _fields(sd[1], pad, out_len, k, stride, dil)
-        if idx is None:
-            continue
         y = n.output[0]
         names = {t: unique_name(g, f"{y}_{t}") for t in ("fields_idx", "fields", "wt", "mm", "bias", "mmb")}
-        g.initializer.append(numpy_helper.from_array(idx, names["fields_idx"]))
+        new = _chunked_fields(g, src, sd[1], pad, out_len, k, stride, dil, names["fields"])
+        if new is None:  # element by element: each tap's index, the padding folded in
+            idx = _fields(sd[1], pad, out_len, k, stride, dil)
+            if idx is None:
+                continue
+            g.initializer.append(numpy_helper.from_array(idx, names["fields_idx"]))
+            new = [helper.make_node("Gather", [src, names["fields_idx"]], [names["fields"]], axis=1)]  # [N, L', K]
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, 0, :].T), names["wt"]))  # [K, Co]
-        new = [helper.make_node("Gather", [src, names["fields_idx"]], [names["fields"]], axis=1),  # [N, L', K]
-               helper.make_node("MatMul", [names["fields"], names["wt"]], [names["mm"]])]  # [N, L', Co]
+        new.append(helper.make_node("MatMul", [names["fields"], names["wt"]], [names["mm"]]))  # [N, L', Co]
         last = names["mm"]
         if bias is not None:
             g.initializer.append(numpy_helper.from_array(bias.reshape(co).astype(np.float32), names["bias"]))
