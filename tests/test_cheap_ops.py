@@ -137,9 +137,9 @@ def test_conv_not_matching_untouched():
     rng = np.random.default_rng(0)
     two = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[16], strides=[8])],  # 2 channels in
                  ["n", 2, 40], {"y": ["n", 6, 4]}, [_t("w", rng.normal(size=(6, 2, 16)))])
-    for m, dims in ((many, ["n", 200]), (two, ["n", 2, 40])):
+    for m, dims in ((many, ["n", 200]), (two, ["n", 2, 40])):  # (`two` is conv_rows' kind: not asked for here)
         before = m.SerializeToString()
-        counts, _ = _apply(m, dims)
+        counts, _ = _apply(m, dims, rules=("identity_arith", "conv_as_matmul"))
         assert counts["conv_as_matmul"] == 0 and m.SerializeToString() == before
 
 
@@ -162,3 +162,38 @@ def test_export_converted_records_rewrites(tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert res["ops_rewritten"] == 1 and "Conv" not in ops and ops[:2] == ["Gather", "MatMul"]
     assert max(res["parity_max_abs_diff"].values()) < 1e-4
+
+
+def _conv(name: str, x: str, w: np.ndarray, b: np.ndarray | None, **kw) -> tuple[onnx.NodeProto, list]:
+    inits = [_t(f"{name}_w", w)] + ([_t(f"{name}_b", b)] if b is not None else [])
+    ins = [x, f"{name}_w"] + ([f"{name}_b"] if b is not None else [])
+    return helper.make_node("Conv", ins, [name], kernel_shape=[w.shape[2]], **kw), inits
+
+
+def test_conv_chain_as_rows_matmul_transposes_cancelled():
+    # x [n, 9, 4] -> conv 3 taps pad 1 -> Relu -> conv stride 2 -> Relu -> conv stride 2 (1 position: its first
+    # tap reads only padding, dropped) -> Relu -> 1x1 conv -> Sigmoid: each conv one MatMul on channels-last rows;
+    # Transposes only at the ends
+    rng = np.random.default_rng(1)
+    c1, i1 = _conv("c1", "x", rng.normal(size=(8, 9, 3)), rng.normal(size=8), pads=[1, 1])
+    c2, i2 = _conv("c2", "r1", rng.normal(size=(6, 8, 3)), rng.normal(size=6), pads=[1, 1], strides=[2])
+    c3, i3 = _conv("c3", "r2", rng.normal(size=(6, 6, 3)), None, pads=[1, 1], strides=[2])
+    c4, i4 = _conv("c4", "r3", rng.normal(size=(2, 6, 1)), rng.normal(size=2))
+    nodes = [c1, helper.make_node("Relu", ["c1"], ["r1"]), c2, helper.make_node("Relu", ["c2"], ["r2"]),
+             c3, helper.make_node("Relu", ["c3"], ["r3"]), c4, helper.make_node("Sigmoid", ["c4"], ["y"])]
+    m = _model(nodes, ["n", 9, 4], {"y": ["n", 2, 1]}, i1 + i2 + i3 + i4)
+    counts, ops = _apply(m, ["n", 9, 4])
+    assert counts["conv_rows"] == 4 and "Conv" not in ops
+    assert ops.count("MatMul") == 4 and ops.count("Transpose") == 2, ops  # in at the start, out at the end
+    assert ops.count("Pad") == 2 and ops.count("Gather") == 3  # c3: no Pad (2 real taps); c4 (1x1): the rows as they are
+
+
+def test_conv_rows_not_for_many_positions_or_groups():
+    rng = np.random.default_rng(2)
+    long, i1 = _conv("y", "x", rng.normal(size=(4, 4, 3)), None, pads=[1, 1])  # 16 positions
+    grouped, i2 = _conv("y", "x", rng.normal(size=(4, 2, 3)), None, pads=[1, 1], group=2)
+    for node, inits, dims, out in ((long, i1, ["n", 4, 16], ["n", 4, 16]), (grouped, i2, ["n", 4, 4], ["n", 4, 4])):
+        m = _model([node], dims, {"y": out}, inits)
+        before = m.SerializeToString()
+        counts, _ = _apply(m, dims)
+        assert sum(counts.values()) == 0 and m.SerializeToString() == before

@@ -41,8 +41,8 @@ from edgeslim.onnxkit.graph import consumers, insert_before, remove_dead
 from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
-RULES = ("identity_arith", "pow_square", "conv_as_matmul")
-DEFAULT_RULES = ("identity_arith", "conv_as_matmul")  # the rules measured faster (module docstring)
+RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows")
+DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows")  # the rules measured faster (module docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
 MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
@@ -67,6 +67,10 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         counts["pow_square"] = _pow_square(g, dims, consts)
     if "conv_as_matmul" in rules:
         counts["conv_as_matmul"] = _conv_as_matmul(g, dims, consts)
+    if "conv_rows" in rules:  # after conv_as_matmul, which takes the one-channel convs
+        from edgeslim.onnxkit.conv_rows import conv_rows
+
+        counts["conv_rows"] = conv_rows(g, dims, consts)
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
@@ -263,7 +267,8 @@ def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
     prod = {o: n for n in g.node for o in n.output if o}
     before: dict[int, list[onnx.NodeProto]] = {}
     done = 0
-    for n in g.node:
+    nodes: list[onnx.NodeProto] = list(g.node)  # held: insert_before finds them by id()
+    for n in nodes:
         if n.op_type != "Conv" or n.domain not in ("", "ai.onnx") or len(n.output) != 1 or len(n.input) < 2:
             continue
         w = consts.get(n.input[1])
