@@ -201,7 +201,7 @@ def test_two_inputs_int64_ids_and_a_constant_through_prune_distill_int8(tmp_path
         assert s["fidelity"]["split"] == "test" and s["fidelity"]["samples"] == 30
         assert s["fidelity"]["cosine"] > 0.95 and s["fidelity"]["top1_agreement"] >= 0.8, (s["name"], s["fidelity"])
     assert "packed" in st[1]["notes"]["interface"] and "k" in st[1]["notes"]["interface"]
-    assert {"aligned_convs", "static_shapes_folded", "views_collapsed"} <= set(st[1]["notes"])  # the export records them
+    assert {"aligned_convs", "static_shapes_folded", "views_collapsed", "ops_rewritten"} <= set(st[1]["notes"])  # recorded
     assert st[0]["notes"]["conversion_parity_max_abs_diff"]["probs"] < 1e-5
 
 

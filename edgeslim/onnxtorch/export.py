@@ -35,9 +35,10 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     same function, checked by the parity run; a padded graph that fails it is dropped for the plain one).
 
     Shape reads of dims that are static are folded into constants first (`onnxkit.static_shapes`), then chains
-    of view ops and constant Slices collapsed (`onnxkit.view_chains`).
+    of view ops and constant Slices collapsed (`onnxkit.view_chains`), then single ops made cheaper
+    (`onnxkit.cheap_ops`: no-op arithmetic removed, 1-D convs of few output positions as MatMul).
     Returns {"path", "size_bytes", "parity_max_abs_diff": {output: error}, "aligned_convs": count,
-    "static_shapes_folded": count, "views_collapsed": nodes removed}. Nothing is
+    "static_shapes_folded": count, "views_collapsed": nodes removed, "ops_rewritten": rewrites applied}. Nothing is
     written when the check fails (EdgeslimError naming the output and the error)."""
     in_names = list(getattr(module, "input_names", [f"input_{i}" for i in range(len(feeds))]))
     ref = torch_outputs(module, in_names, feeds)
@@ -61,6 +62,7 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     data = _keep_inputs(data, in_names, feeds, {n: sym.get(n, {}) for n in in_names})
     import onnx
 
+    from edgeslim.onnxkit.cheap_ops import cheapen_ops
     from edgeslim.onnxkit.static_shapes import fold_static_shapes, symbolic_dims
     from edgeslim.onnxkit.view_chains import collapse_views
 
@@ -69,7 +71,8 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     dims = symbolic_dims(m)  # one shape inference for both rewrites (seconds on a large detector)
     shapes = fold_static_shapes(m, dims)  # Shape reads of static dims: constants (batch-1 streaming models gain most)
     views = collapse_views(m, dims)  # Squeeze->Unsqueeze pairs, Reshape chains, Slice of Slice: fewer kernels/call
-    if shapes or views:
+    ops = sum(cheapen_ops(m, dims).values())  # x+0 gone, few-position 1-D convs as MatMul: cheaper kernels
+    if shapes or views or ops:
         data = m.SerializeToString()
     if align > 1:
         from edgeslim.onnxtorch.align import align_channels
@@ -81,11 +84,11 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     except EdgeslimError:
         if data is plain:
             raise
-        data, aligned, shapes, views = plain, 0, 0, 0  # the rewritten graph does not check out: the file as exported
+        data, aligned, shapes, views, ops = plain, 0, 0, 0, 0  # the rewritten graph does not check out: the file as exported
         errs = _check(data, feeds, in_names, out_names, ref, atol, out_path)
     write_bytes(Path(out_path), data)
     return {"path": str(out_path), "size_bytes": len(data), "parity_max_abs_diff": errs, "aligned_convs": aligned,
-            "static_shapes_folded": shapes, "views_collapsed": views}
+            "static_shapes_folded": shapes, "views_collapsed": views, "ops_rewritten": ops}
 
 
 def _check(data: bytes, feeds: dict[str, np.ndarray], in_names: list[str], out_names: list[str],

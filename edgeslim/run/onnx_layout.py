@@ -119,7 +119,8 @@ class LayoutOnnxHandler(OnnxHandler):
                     "packed_parity_max_abs_diff": res["parity_max_abs_diff"]}
         res = self._export_packed(model, onnx_path, task)
         return {"parity_max_abs_diff": res["parity_max_abs_diff"], "parity_split": "test",
-                **{k: res.get(k, 0) for k in ("aligned_convs", "static_shapes_folded", "views_collapsed")},
+                **{k: res.get(k, 0) for k in ("aligned_convs", "static_shapes_folded", "views_collapsed",
+                                           "ops_rewritten")},
                 "interface": f"one input '{PACKED}' [N, {lay.width}] float32: the packed per-sample inputs "
                              f"({', '.join(s.name for s in lay.packed)}); constants baked in "
                              f"({', '.join(s.name for s in lay.slots if s.role == 'const') or 'none'})"}
