@@ -1,0 +1,127 @@
+"""Where does a model's static INT8 error come from? Prints a table (issue 23, PP-OCRv4 rec's int8 plan).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_int8_diag.py RUN_DIR [--feeds 8] [--per-unit]
+
+RUN_DIR is a finished `edgeslim run recipes/any-model.yaml` folder (its stage before quantize_int8 is the float
+model; its inputs file `RUN_DIR.inputs.npz` beside it). Only non-held-out inputs are used (the test split's
+samples, stored in RUN_DIR/splits/test.npz, are removed by value). Every figure is measured here on the
+calibration-like inputs: the score is the plan's (the lower of the worst output's cosine and top-1 agreement).
+
+Rows: the fully quantized model as the plan builds it (MSE ranges, bias correction); weight-only int8 (float
+compute, int8 weight codes); activations-only (every activation quantized, original float weights); the same with
+GPTQ-rounded weight codes; only Conv / only MatMul layers INT8; with --per-unit, each unit alone in INT8 and all
+but it, and the score after keeping k units float in each ranking (`quant.fallback_order`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.graph import name_nodes
+from edgeslim.onnxkit.session import session
+from edgeslim.quant import calib_select, gptq
+from edgeslim.quant.bias_correction import correct_biases
+from edgeslim.quant.int8_plan import Int8Options, evaluator, prepare_float, quantize
+from edgeslim.quant.layer_select import units
+from edgeslim.quant.qdq_float import keep_float
+
+
+def float_weights_only(q: onnx.ModelProto, fm: onnx.ModelProto) -> onnx.ModelProto:
+    """`q` with every weight DequantizeLinear replaced by the float model's original weight (activations-only)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(q)
+    g = out.graph
+    inits = {t.name for t in g.initializer}
+    fnodes = {n.name: n for n in fm.graph.node}
+    finits = {t.name: t for t in fm.graph.initializer}
+    dq_w = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    for n in g.node:
+        f = fnodes.get(n.name)
+        if f is None:
+            continue
+        for k, i in enumerate(n.input):
+            if i in dq_w and k < len(f.input) and f.input[k] in finits:
+                t = onnx.TensorProto()
+                t.CopyFrom(finits[f.input[k]])
+                t.name = f"{f.input[k]}__float_{n.name}"
+                g.initializer.append(t)
+                n.input[k] = t.name
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--feeds", type=int, default=8, help="batches of 16 inputs scored")
+    ap.add_argument("--per-unit", action="store_true")
+    a = ap.parse_args()
+    stages = sorted(glob.glob(str(a.run_dir / "stages" / "*")))
+    src = next(Path(s) / "model.onnx" for s in reversed(stages) if "quantize_int8" not in s)
+    x = np.load(str(a.run_dir) + ".inputs.npz")
+    test = np.load(a.run_dir / "splits" / "test.npz")
+    name = next(iter(x.files))
+    xs, ts = x[name], test[name]
+    held = {t.tobytes() for t in ts}
+    keep = np.array([s.tobytes() not in held for s in xs])
+    xs = xs[keep]
+    rng = np.random.default_rng(0)
+    xs = xs[rng.permutation(len(xs))][: 16 * a.feeds]
+    work = Path("/tmp") / f"diag_{os.getpid()}.onnx"
+    oq.preprocess(src, work)
+    model = onnx.load(str(work))
+    name_nodes(model)
+    inp = model.graph.input[0].name
+    feeds = [{inp: xs[i:i + 16]} for i in range(0, len(xs), 16)]
+    print(f"model {src}, {len(xs)} non-held-out inputs in {len(feeds)} feeds")
+    opts = Int8Options()
+    fm = prepare_float(model, opts, [])
+    fp = session(fm.SerializeToString())
+    ref = [fp.run(None, f) for f in feeds]
+    ev = evaluator(feeds, ref)
+    n = len(feeds)
+    t0 = time.perf_counter()
+    stats = calib_select.collect(fm, feeds, seed=0)
+    ranges = calib_select.choose_calibration(stats, None, ("mse",))[0]
+    qm, _ = correct_biases(fm, feeds, ranges)
+    fmt = "u8s8-pc"
+    q = quantize(qm, feeds, fmt, ranges, opts)
+    us = units(q)
+    rows: list[tuple[str, float]] = [("full INT8 (MSE ranges, bias correction)", ev(q, n))]
+    every = us.nodes(us.quant)
+    rows.append(("weight-only int8 (float compute)", ev(keep_float(q, every, min_elements=1, float_model=fm), n)))
+    rows.append(("activations-only (float weights)", ev(float_weights_only(q, fm), n)))
+    rounded = gptq.grid_weights(qm, feeds, min_elements=16)
+    qg = quantize(gptq.with_grid(qm, rounded, rounded), feeds, fmt, ranges, opts)
+    rows.append((f"full INT8, GPTQ weight codes ({len(rounded)} layers)", ev(qg, n)))
+    rows.append(("weight-only, GPTQ codes", ev(keep_float(qg, every, min_elements=1, float_model=fm), n)))
+    for op in sorted(set(us.op.values())):
+        other = [u for u in us.quant if us.op[u] != op]
+        k = sum(1 for u in us.quant if us.op[u] == op)
+        rows.append((f"only the {k} {op} units INT8", ev(keep_float(q, us.nodes(other), exact=us.nodes(other),
+                                                                   float_model=fm), n)))
+    print("\n| configuration | score (min of cosine, top-1 agreement) |\n|---|---|")
+    for r, s in rows:
+        print(f"| {r} | {s:.4f} |")
+    if a.per_unit:
+        from edgeslim.quant.fallback_order import leave_one_out, orders_table
+
+        alone = {u: 1.0 - ev(keep_float(q, every - us.nodes([u]), exact=every - us.nodes([u]), float_model=fm), n)
+                 for u in us.quant}
+        loo = leave_one_out(q, fm, us, ev, n)
+        print("\n| unit | op | alone in INT8: 1 - score | all but it INT8: score gain |\n|---|---|---|---|")
+        for u in sorted(us.quant, key=lambda u: -loo[u]):
+            print(f"| {u} | {us.op[u]} | {alone[u]:.4f} | {loo[u]:+.4f} |")
+        print(orders_table(q, fm, us, ev, n, {"alone (current)": alone, "leave-one-out gain": loo}))
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
