@@ -1,6 +1,6 @@
 """Where does a model's static INT8 error come from? Prints a table (issue 23, PP-OCRv4 rec's int8 plan).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_int8_diag.py RUN_DIR [--feeds 8] [--per-unit]
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_int8_diag.py RUN_DIR [--feeds 8] [--search] [--per-unit]
 
 RUN_DIR is a finished `edgeslim run recipes/any-model.yaml` folder (its stage before quantize_int8 is the float
 model; its inputs file `RUN_DIR.inputs.npz` beside it). Only non-held-out inputs are used (the test split's
@@ -8,9 +8,10 @@ samples, stored in RUN_DIR/splits/test.npz, are removed by value). Every figure 
 calibration-like inputs: the score is the plan's (the lower of the worst output's cosine and top-1 agreement).
 
 Rows: the fully quantized model as the plan builds it (MSE ranges, bias correction); weight-only int8 (float
-compute, int8 weight codes); activations-only (every activation quantized, original float weights); the same with
-GPTQ-rounded weight codes; only Conv / only MatMul layers INT8; with --per-unit, each unit alone in INT8 and all
-but it, and the score after keeping k units float in each ranking (`quant.fallback_order`).
+compute, int8 weight codes); the same two with GPTQ-rounded weights (`quant.gptq`'s grid, re-quantized by ORT's
+quantizer); only the Conv / only the MatMul units INT8. --search: the end-to-end range search (`quant.range_search`)
+and the fidelity fallback's float count (target 0.99) without and with it. --per-unit: each unit alone in INT8
+(the rest float) and each unit alone float (the rest INT8).
 """
 
 from __future__ import annotations
@@ -30,31 +31,9 @@ from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, gptq
 from edgeslim.quant.bias_correction import correct_biases
 from edgeslim.quant.int8_plan import Int8Options, evaluator, prepare_float, quantize
-from edgeslim.quant.layer_select import units
+from edgeslim.quant.layer_select import fidelity_fallback, units
 from edgeslim.quant.qdq_float import keep_float
-
-
-def float_weights_only(q: onnx.ModelProto, fm: onnx.ModelProto) -> onnx.ModelProto:
-    """`q` with every weight DequantizeLinear replaced by the float model's original weight (activations-only)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(q)
-    g = out.graph
-    inits = {t.name for t in g.initializer}
-    fnodes = {n.name: n for n in fm.graph.node}
-    finits = {t.name: t for t in fm.graph.initializer}
-    dq_w = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
-    for n in g.node:
-        f = fnodes.get(n.name)
-        if f is None:
-            continue
-        for k, i in enumerate(n.input):
-            if i in dq_w and k < len(f.input) and f.input[k] in finits:
-                t = onnx.TensorProto()
-                t.CopyFrom(finits[f.input[k]])
-                t.name = f"{f.input[k]}__float_{n.name}"
-                g.initializer.append(t)
-                n.input[k] = t.name
-    return out
+from edgeslim.quant.range_search import search_ranges, sensitivity
 
 
 def main() -> None:
@@ -62,6 +41,7 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--feeds", type=int, default=8, help="batches of 16 inputs scored")
     ap.add_argument("--per-unit", action="store_true")
+    ap.add_argument("--search", action="store_true", help="range search and the fallback's float count (slow)")
     a = ap.parse_args()
     stages = sorted(glob.glob(str(a.run_dir / "stages" / "*")))
     src = next(Path(s) / "model.onnx" for s in reversed(stages) if "quantize_int8" not in s)
@@ -97,7 +77,6 @@ def main() -> None:
     rows: list[tuple[str, float]] = [("full INT8 (MSE ranges, bias correction)", ev(q, n))]
     every = us.nodes(us.quant)
     rows.append(("weight-only int8 (float compute)", ev(keep_float(q, every, min_elements=1, float_model=fm), n)))
-    rows.append(("activations-only (float weights)", ev(float_weights_only(q, fm), n)))
     rounded = gptq.grid_weights(qm, feeds, min_elements=16)
     qg = quantize(gptq.with_grid(qm, rounded, rounded), feeds, fmt, ranges, opts)
     rows.append((f"full INT8, GPTQ weight codes ({len(rounded)} layers)", ev(qg, n)))
@@ -110,16 +89,23 @@ def main() -> None:
     print("\n| configuration | score (min of cosine, top-1 agreement) |\n|---|---|")
     for r, s in rows:
         print(f"| {r} | {s:.4f} |")
-    if a.per_unit:
-        from edgeslim.quant.fallback_order import leave_one_out, orders_table
-
-        alone = {u: 1.0 - ev(keep_float(q, every - us.nodes([u]), exact=every - us.nodes([u]), float_model=fm), n)
-                 for u in us.quant}
-        loo = leave_one_out(q, fm, us, ev, n)
-        print("\n| unit | op | alone in INT8: 1 - score | all but it INT8: score gain |\n|---|---|---|---|")
-        for u in sorted(us.quant, key=lambda u: -loo[u]):
+    if a.per_unit:  # each unit alone in INT8 (the rest float), and each unit alone float (the rest INT8)
+        alone = sensitivity(q, fm, us, ev, n)
+        base = ev(q, n)
+        loo = {u: ev(keep_float(q, us.nodes([u]), exact=us.nodes([u]), float_model=fm), n) - base for u in us.quant}
+        print("\n| unit | op | alone in INT8: 1 - score | it alone float: score gain |\n|---|---|---|---|")
+        for u in sorted(us.quant, key=lambda u: -alone[u]):
             print(f"| {u} | {us.op[u]} | {alone[u]:.4f} | {loo[u]:+.4f} |")
-        print(orders_table(q, fm, us, ev, n, {"alone (current)": alone, "leave-one-out gain": loo}))
+    if a.search:  # the range search, and the fidelity fallback's float count without and with it (target 0.99)
+        qr = lambda r: quantize(qm, feeds, fmt, r, opts)  # noqa: E731
+        rs = search_ranges(qm, feeds, ranges, rows[0][1], qr, ev, probe_feeds=min(4, n), max_seconds=1e9)
+        print("\n" + rs.note())
+        print("\n| ranges | full INT8 score | float units for 0.99 | of | bisection |\n|---|---|---|---|---|")
+        for what, qq in (("calibrated (MSE)", q), ("searched end to end", qr(rs.ranges))):
+            uq = units(qq)
+            fb = fidelity_fallback(qq, fm, uq, ev, 0.99, probe_feeds=min(4, n), full_feeds=n)
+            trail = ", ".join(f"{k} -> {c:.4f}" for k, c in fb.trail)
+            print(f"| {what} | {fb.trail[0][1]:.4f} | {len(fb.float_units)} | {len(uq.quant)} | {trail} |")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

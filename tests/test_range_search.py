@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeslim.measure.decide import ratio
 from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, int8_plan
@@ -82,3 +83,33 @@ def test_search_keeps_ranges_when_nothing_scores_higher() -> None:
 
     res = search_ranges(m, feeds, every["minmax"], 1.0, quantize, ev, probe_feeds=2)  # nothing beats 1.0
     assert res.changed == {} and res.ranges == every["minmax"] and res.score == 1.0
+
+
+class _Clock:
+    """Injected timings: every model takes the same time (the plan's speed steps see no difference)."""
+
+    def times(self, models: dict[str, bytes]) -> dict[str, list[float]]:
+        return {k: [1.0] * 20 for k in models}
+
+    def ratio(self, cand, ref):  # noqa: ANN001, ANN201 - the Clock protocol
+        return ratio(cand, ref)
+
+    def profile(self, models: dict[str, bytes], runs: int = 15) -> dict[str, dict[str, float]]:
+        return {k: {} for k in models}
+
+
+def test_plan_runs_the_search_only_when_asked_and_below_target() -> None:
+    m, feeds = _model(), _feeds()
+    ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
+    base = dict(formats=("u8s8-pc",), cle=False, adaround=False, bias_correction=False, speed_choice=False,
+                fidelity_fallback=False, gptq=False, calib="percentile")
+    off = int8_plan.build_plan(m, feeds, ref, int8_plan.Int8Options(**base, target_cosine=1.0), _Clock())
+    assert "range_search" not in off.steps  # off by default
+    on = int8_plan.build_plan(m, feeds, ref, int8_plan.Int8Options(**base, target_cosine=1.0, range_search=True),
+                              _Clock())
+    rs = on.steps["range_search"]
+    assert rs["before"] == off.steps["full_cosine"] and rs["after"] >= rs["before"]
+    assert on.steps["full_cosine"] == rs["after"] and any("range search" in n for n in on.notes)
+    met = int8_plan.build_plan(m, feeds, ref, int8_plan.Int8Options(**base, target_cosine=0.5, range_search=True),
+                               _Clock())
+    assert "range_search" not in met.steps  # the fully quantized model already meets the target
