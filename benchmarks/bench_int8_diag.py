@@ -11,7 +11,7 @@ Rows: the fully quantized model as the plan builds it (MSE ranges, bias correcti
 compute, int8 weight codes); the same two with GPTQ-rounded weights (`quant.gptq`'s grid, re-quantized by ORT's
 quantizer); only the Conv / only the MatMul units INT8. --search: the end-to-end range search (`quant.range_search`)
 and the fidelity fallback's float count (target 0.99) without and with it. --per-unit: each unit alone in INT8
-(the rest float) and each unit alone float (the rest INT8).
+(the rest float) and each unit alone float (the rest INT8), on the first 4 feeds.
 """
 
 from __future__ import annotations
@@ -90,9 +90,10 @@ def main() -> None:
     for r, s in rows:
         print(f"| {r} | {s:.4f} |")
     if a.per_unit:  # each unit alone in INT8 (the rest float), and each unit alone float (the rest INT8)
-        alone = sensitivity(q, fm, us, ev, n)
-        base = ev(q, n)
-        loo = {u: ev(keep_float(q, us.nodes([u]), exact=us.nodes([u]), float_model=fm), n) - base for u in us.quant}
+        p = min(4, n)  # on the first 4 feeds, as the plan's fallback ranks units
+        alone = sensitivity(q, fm, us, ev, p)
+        base = ev(q, p)
+        loo = {u: ev(keep_float(q, us.nodes([u]), exact=us.nodes([u]), float_model=fm), p) - base for u in us.quant}
         print("\n| unit | op | alone in INT8: 1 - score | it alone float: score gain |\n|---|---|---|---|")
         for u in sorted(us.quant, key=lambda u: -alone[u]):
             print(f"| {u} | {us.op[u]} | {alone[u]:.4f} | {loo[u]:+.4f} |")
