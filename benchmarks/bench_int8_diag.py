@@ -9,7 +9,7 @@ calibration-like inputs: the score is the plan's (the lower of the worst output'
 
 Rows: the fully quantized model as the plan builds it (MSE ranges, bias correction); weight-only int8 (float
 compute, int8 weight codes); the same two with GPTQ-rounded weights (`quant.gptq`'s grid, re-quantized by ORT's
-quantizer); only the Conv / only the MatMul units INT8. --search: the end-to-end range search (`quant.range_search`)
+quantizer) and with GPTQ codes written on ORT's own scale; only the Conv / only the MatMul units INT8. --search: the end-to-end range search (`quant.range_search`)
 and the fidelity fallback's float count (target 0.99) without and with it. --per-unit: each unit alone in INT8
 (the rest float) and each unit alone float (the rest INT8), on the first 4 feeds.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.graph import name_nodes
@@ -34,6 +35,41 @@ from edgeslim.quant.int8_plan import Int8Options, evaluator, prepare_float, quan
 from edgeslim.quant.layer_select import fidelity_fallback, units
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.range_search import search_ranges, sensitivity
+
+
+def gptq_in_qdq(q: onnx.ModelProto, fm: onnx.ModelProto, feeds: list) -> tuple[onnx.ModelProto, int]:
+    """`q` with GPTQ codes (`quant.gptq`, H from `fm`'s inputs) written into its int8 weight initializers on ORT's
+    own per-channel scale (no second rounding); a layer keeps its codes where GPTQ's H-weighted error is not lower."""
+    out = onnx.ModelProto()
+    out.CopyFrom(q)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    fnodes = {n.name: n for n in fm.graph.node}
+    fw = {i.name: numpy_helper.to_array(i) for i in fm.graph.initializer}
+    todo = []
+    for n in g.node:
+        f = fnodes.get(n.name)
+        dq = prod.get(n.input[1]) if len(n.input) > 1 else None
+        if f is None or dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        w = fw.get(f.input[1])
+        if w is not None and gptq.supported(f, w):
+            todo.append((f, dq, w))
+    hs = gptq.hessians(fm, feeds, [f for f, _, _ in todo], {f.name: w for f, _, w in todo})
+    done = 0
+    for f, dq, w in todo:
+        scale = numpy_helper.to_array(inits[dq.input[1]]).reshape(-1, 1).astype(np.float32)
+        mat, h = gptq._matrix(f, w), hs[f.name]
+        if scale.shape[0] != mat.shape[0]:
+            continue
+        codes = gptq._with_scale(mat, h, gptq.DAMP, gptq.BLOCK, scale)
+        old = gptq._matrix(f, numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32))
+        if gptq._rel_error(mat, codes * scale, h) < gptq._rel_error(mat, old * scale, h):
+            new = gptq._layout(f, codes.astype(np.float32), w.shape).astype(np.int8)
+            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(new, dq.input[0]))
+            done += 1
+    return out, done
 
 
 def main() -> None:
@@ -81,6 +117,9 @@ def main() -> None:
     qg = quantize(gptq.with_grid(qm, rounded, rounded), feeds, fmt, ranges, opts)
     rows.append((f"full INT8, GPTQ weight codes ({len(rounded)} layers)", ev(qg, n)))
     rows.append(("weight-only, GPTQ codes", ev(keep_float(qg, every, min_elements=1, float_model=fm), n)))
+    qd, k = gptq_in_qdq(q, fm, feeds)
+    rows.append((f"full INT8, GPTQ codes on ORT's scale ({k} layers)", ev(qd, n)))
+    rows.append(("weight-only, GPTQ codes on ORT's scale", ev(keep_float(qd, every, min_elements=1, float_model=fm), n)))
     for op in sorted(set(us.op.values())):
         other = [u for u in us.quant if us.op[u] != op]
         k = sum(1 for u in us.quant if us.op[u] == op)
