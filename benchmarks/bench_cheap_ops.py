@@ -8,6 +8,10 @@ the preset inputs of `bench_optimize.write_inputs` where the model has one, else
 inputs 16000).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_cheap_ops.py MODEL.onnx [MODEL.onnx ...] --seconds 20
+
+`--inputs X.npz` feeds the first sample of that file instead (a run's stage files keep symbolic image sizes,
+which the preset and random feeds would fill with 1: time them on the run's own inputs). `--rules a,b` times
+only those rules alone (and the default rules).
 """
 
 from __future__ import annotations
@@ -73,14 +77,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--inputs", type=Path, default=None, help="an .npz of the model's inputs: its first sample is fed")
+    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules to time one by one")
     a = ap.parse_args()
+    given = None
+    if a.inputs is not None:
+        with np.load(a.inputs) as z:
+            given = {k: z[k][:1] for k in z.files}
     print("| model | variant | rewrites | nodes | kernels per call | max abs diff | p50 | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for p in a.models:
         m0 = onnx.load(str(p))
-        f = preset_feed(p) or feeds(m0, 1)
+        f = given or preset_feed(p) or feeds(m0, 1)
         variants: dict[str, tuple[bytes, int, int]] = {"as given": (m0.SerializeToString(), 0, len(m0.graph.node))}
-        for name, rules in [*((r, (r,)) for r in RULES), ("default rules", DEFAULT_RULES)]:
+        for name, rules in [*((r, (r,)) for r in a.rules.split(",") if r), ("default rules", DEFAULT_RULES)]:
             m = onnx.ModelProto()
             m.CopyFrom(m0)
             fold_weight_casts(m)

@@ -45,8 +45,8 @@ from edgeslim.onnxkit.graph import consumers, insert_before, remove_dead
 from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
-RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows")
-DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows")  # the rules measured faster (module docstring)
+RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "hardswish", "se_gemm")
+DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "hardswish")  # the rules measured faster (module docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
 MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
@@ -75,6 +75,13 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         from edgeslim.onnxkit.conv_rows import conv_rows
 
         counts["conv_rows"] = conv_rows(g, dims, consts)
+    if "hardswish" in rules or "se_gemm" in rules:  # 2-D CNN rules (`onnxkit.cheap_cnn`)
+        from edgeslim.onnxkit import cheap_cnn
+
+        if "hardswish" in rules:
+            counts["hardswish"] = cheap_cnn.hardswish(model, consts)
+        if "se_gemm" in rules:
+            counts["se_gemm"] = cheap_cnn.se_gemm(g, dims, consts)
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
