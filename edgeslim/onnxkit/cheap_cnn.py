@@ -38,14 +38,27 @@ def _near(v: float | None, want: float, tol: float = 1e-6) -> bool:
     return v is not None and abs(v - want) <= tol * max(1.0, abs(want))
 
 
-def _clip_bounds(n: onnx.NodeProto, consts: Consts) -> tuple[float | None, float | None]:
+def _scalar(consts: Consts, prod: dict[str, onnx.NodeProto], name: str) -> float | None:
+    """The value of one-element constant `name`, followed through Identity nodes (a re-export shares a constant
+    between layers as Identity copies of it); else None."""
+    for _ in range(8):
+        v = consts.scalar(name)
+        p = prod.get(name)
+        if v is not None or p is None or p.op_type != "Identity" or len(p.input) != 1:
+            return v
+        name = p.input[0]
+    return None
+
+
+def _clip_bounds(n: onnx.NodeProto, consts: Consts,
+                 prod: dict[str, onnx.NodeProto]) -> tuple[float | None, float | None]:
     """(min, max) of a Clip node: its attributes (opset < 11) or its constant inputs; None where absent or not
     constant."""
     if len(n.input) == 1 and (attr(n, "min", None) is not None or attr(n, "max", None) is not None):
         lo, hi = attr(n, "min", None), attr(n, "max", None)
         return (None if lo is None else float(lo)), (None if hi is None else float(hi))
-    lo = consts.scalar(n.input[1]) if len(n.input) > 1 and n.input[1] else None
-    hi = consts.scalar(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+    lo = _scalar(consts, prod, n.input[1]) if len(n.input) > 1 and n.input[1] else None
+    hi = _scalar(consts, prod, n.input[2]) if len(n.input) > 2 and n.input[2] else None
     return lo, hi
 
 
@@ -62,7 +75,7 @@ def hardswish(model: onnx.ModelProto, consts: Consts) -> int:
     for last in list(g.node):
         if last.op_type not in ("Div", "Mul") or last.domain not in ("", "ai.onnx") or len(last.input) != 2:
             continue
-        k = consts.scalar(last.input[1])
+        k = _scalar(consts, prod, last.input[1])
         if not (_near(k, 6.0) if last.op_type == "Div" else _near(k, 1.0 / 6.0)):
             continue
         mul = prod.get(last.input[0])
@@ -73,14 +86,14 @@ def hardswish(model: onnx.ModelProto, consts: Consts) -> int:
             x = mul.input[1 - ci]
             if clip is None or clip.op_type != "Clip" or len(readers.get(clip.output[0], [])) != 1:
                 continue
-            lo, hi = _clip_bounds(clip, consts)
+            lo, hi = _clip_bounds(clip, consts, prod)
             add = prod.get(clip.input[0])
             if not (_near(lo, 0.0) and _near(hi, 6.0)) or add is None or add.op_type != "Add":
                 continue
             if len(readers.get(add.output[0], [])) != 1 or add.output[0] in outputs or clip.output[0] in outputs:
                 continue
             pair = list(add.input)
-            if len(pair) != 2 or x not in pair or not _near(consts.scalar(pair[1 - pair.index(x)]), 3.0):
+            if len(pair) != 2 or x not in pair or not _near(_scalar(consts, prod, pair[1 - pair.index(x)]), 3.0):
                 continue
             last.op_type, last.domain = "HardSwish", ""
             last.input[:] = [x]
