@@ -5,16 +5,26 @@ thread) spends much of a call in per-kernel overhead and in NCHWc layout convers
 ReorderOutput) around ops ONNX Runtime's NCHWc transformer does not take. `cheap_cnn` rewrites, in the main
 graph only, where the pattern is met exactly:
 
-- `hardswish`: x * Clip(x + 3, 0, 6) / 6 (or * 1/6), the hard-swish a traced export writes out, -> one
-  HardSwish (opset >= 14). ONNX Runtime fuses a HardSwish into the NCHWc Conv before it; the written-out form
-  runs four elementwise kernels on NCHW data, each conv's output reordered out of NCHWc and back in.
-- `se_gemm`: a 1x1 Conv (group 1, no padding, constant weight and bias) on a [N, C, 1, 1] tensor, the squeeze
-  and excitation convs after a GlobalAveragePool, -> Flatten + Gemm (transB) + Reshape [N, Co, 1, 1]; a
-  Reshape -> one elementwise op -> Flatten between two such Gemms is cancelled, so the SE block's two convs run
-  as Gemm -> Relu -> Gemm -> HardSigmoid on rows without NCHWc reorders of its tiny tensors.
+- `hardswish` (in DEFAULT_RULES): x * Clip(x + 3, 0, 6) / 6 (or * 1/6; constants perhaps behind Identity
+  copies), the hard-swish a traced export writes out, -> one HardSwish (opset >= 14). ONNX Runtime fuses a
+  HardSwish into the NCHWc Conv before it; the written-out form runs four elementwise kernels on NCHW data, the
+  conv's output reordered out of NCHWc and back in. PP-OCR cls's FP32 re-export (stage 02): 235 -> 145 kernels
+  per call, 1141 -> 775 us (1.47x); PP-OCRv4 det's: 395 -> 347 kernels, 1.10-1.13x. The INT8-stored last stage
+  is unchanged: ONNX Runtime's offline pass of the quantize stage had already fused it there.
+- `se_gemm` (not in DEFAULT_RULES): a 1x1 Conv (group 1, no padding, constant weight and bias) on a
+  [N, C, 1, 1] tensor, the squeeze and excitation convs after a GlobalAveragePool, -> Flatten + Gemm (transB) +
+  Reshape [N, Co, 1, 1]; a Reshape -> one elementwise op -> Flatten between two such Gemms is cancelled. Left
+  out: no faster on cls (stage 02 0.993x, stage 03 1.007x), det (0.995x, 0.999x): the NCHWc reorders of those
+  tiny tensors cost next to nothing; it adds kernels (145 -> 155 on cls).
 
-Each rule was kept only where interleaved timing found it faster (benchmarks/bench_cheap_ops.py, the issue's
-section of docs/benchmarks.md).
+Measured with benchmarks/bench_cheap_ops.py (interleaved, ONNX Runtime 1.32, one thread, AVX-512: NCHWc block
+16; the issue's section of docs/benchmarks.md). Tried and not kept, as prototypes: the SE scale folded into the
+1x1 conv after it (W * s as a per-call weight, MatMul on [N, C, H W] rows; cls stage 03 at static shapes
+649 -> 811 us, slower); static input shapes, which let ONNX Runtime fuse the residual Adds into the NCHWc convs
+(145 -> 117 kernels) but ran 1% faster only and would fix the model's image size. What the SE blocks cost on cls's
+last stage (about 136 of 596 us: the file with them dropped, not a rewrite, ran 460 us in the same process) is mostly the full-size
+ReorderOutput/ReorderInput around the broadcast Mul, which ONNX Runtime's NCHWc transformer does not take
+(its TransformBinary needs equal shapes, and only Add/Sum get the reshaped fallback).
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ from edgeslim.onnxkit.static_shapes import Dim
 UNARY = {"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Clip", "Elu"}  # elementwise, one input
 
 
-def _opset(model_or_graph: onnx.ModelProto) -> int:
-    return max((o.version for o in model_or_graph.opset_import if o.domain in ("", "ai.onnx")), default=0)
+def _opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset version (0 when absent)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _near(v: float | None, want: float, tol: float = 1e-6) -> bool:
