@@ -9,13 +9,14 @@ graph only, where the pattern is met exactly:
   copies), the hard-swish a traced export writes out, -> one HardSwish (opset >= 14). ONNX Runtime fuses a
   HardSwish into the NCHWc Conv before it; the written-out form runs four elementwise kernels on NCHW data, the
   conv's output reordered out of NCHWc and back in. PP-OCR cls's FP32 re-export (stage 02): 235 -> 145 kernels
-  per call, 1141 -> 775 us (1.47x); PP-OCRv4 det's: 395 -> 347 kernels, 1.10-1.13x. The INT8-stored last stage
-  is unchanged: ONNX Runtime's offline pass of the quantize stage had already fused it there.
+  per call, 817 -> 591 us (1.38x; 1.47x in a second run beside a busy core); PP-OCRv4 det's: 395 -> 347
+  kernels, 1.04x (1.07x with the other default rules). The INT8-stored last stages are unchanged: the quantize
+  stage's offline ONNX Runtime pass had already fused the hard-swish there.
 - `se_gemm` (not in DEFAULT_RULES): a 1x1 Conv (group 1, no padding, constant weight and bias) on a
   [N, C, 1, 1] tensor, the squeeze and excitation convs after a GlobalAveragePool, -> Flatten + Gemm (transB) +
   Reshape [N, Co, 1, 1]; a Reshape -> one elementwise op -> Flatten between two such Gemms is cancelled. Left
-  out: no faster on cls (stage 02 0.993x, stage 03 1.007x), det (0.995x, 0.999x): the NCHWc reorders of those
-  tiny tensors cost next to nothing; it adds kernels (145 -> 155 on cls).
+  out: no faster on cls (stage 02 0.993x, stage 03 1.007x), slower on det (stage 02 0.948x, stage 03 0.999x):
+  the NCHWc reorders of those tiny tensors cost next to nothing; it adds kernels (145 -> 155 on cls).
 
 Measured with benchmarks/bench_cheap_ops.py (interleaved, ONNX Runtime 1.32, one thread, AVX-512: NCHWc block
 16; the issue's section of docs/benchmarks.md). Tried and not kept, as prototypes: the SE scale folded into the

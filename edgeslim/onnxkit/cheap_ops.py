@@ -25,7 +25,7 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
   channels-last rows, Transpose pairs around one elementwise op between such convs cancelled (the VAD's encoder:
   a Conv + Relu of 22.2 us became 11.1 us).
 - `hardswish`, `se_gemm` (`onnxkit.cheap_cnn`, 2-D CNNs): a written-out hard-swish x * Clip(x + 3, 0, 6) / 6 as
-  one HardSwish (PP-OCR cls's FP32 re-export 1.47x); the SE block's 1x1 convs on [N, C, 1, 1] as Gemm (not in
+  one HardSwish (PP-OCR cls's FP32 re-export 1.38x); the SE block's 1x1 convs on [N, C, 1, 1] as Gemm (not in
   DEFAULT_RULES: no faster).
 
 Rewrites tried and left out because ONNX Runtime ran them slower (interleaved timing, ORT 1.32, one thread):
