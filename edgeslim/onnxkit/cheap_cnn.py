@@ -19,13 +19,13 @@ graph only, where the pattern is met exactly:
   the NCHWc reorders of those tiny tensors cost next to nothing; it adds kernels (145 -> 155 on cls).
 
 Measured with benchmarks/bench_cheap_ops.py (interleaved, ONNX Runtime 1.32, one thread, AVX-512: NCHWc block
-16; the issue's section of docs/benchmarks.md). Tried and not kept, as prototypes: the SE scale folded into the
-1x1 conv after it (W * s as a per-call weight, MatMul on [N, C, H W] rows; cls stage 03 at static shapes
-649 -> 811 us, slower); static input shapes, which let ONNX Runtime fuse the residual Adds into the NCHWc convs
-(145 -> 117 kernels) but ran 1% faster only and would fix the model's image size. What the SE blocks cost on cls's
-last stage (about 136 of 596 us: the file with them dropped, not a rewrite, ran 460 us in the same process) is mostly the full-size
-ReorderOutput/ReorderInput around the broadcast Mul, which ONNX Runtime's NCHWc transformer does not take
-(its TransformBinary needs equal shapes, and only Add/Sum get the reshaped fallback).
+16; the issue's section of docs/benchmarks.md). Probed and not kept (benchmarks/bench_cnn_probes.py, cls's last
+stage, one interleaved loop): the SE scale folded into the 1x1 conv after it (W * s as a per-call weight, MatMul
+on [N, C, H W] rows) 1.017x, no better than the static-shape file it needs (1.017x: ONNX Runtime then fuses the
+residual Adds into the NCHWc convs, 145 -> 117 kernels, but the file would take one image size only). Dropping
+the SE scale altogether (an upper bound, not a rewrite) gives 1.34x: the full-size ReorderOutput/ReorderInput
+around the broadcast Mul, which ONNX Runtime's NCHWc transformer does not take (its TransformBinary needs equal
+shapes; only Add/Sum get the reshaped fallback).
 """
 
 from __future__ import annotations
