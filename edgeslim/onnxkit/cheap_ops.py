@@ -24,6 +24,9 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
 - `conv_rows` (`onnxkit.conv_rows`): a 1-D conv of >= 2 input channels and few output positions as one MatMul on
   channels-last rows, Transpose pairs around one elementwise op between such convs cancelled (the VAD's encoder:
   a Conv + Relu of 22.2 us became 11.1 us).
+- `conv_affine`, `affine_swap` (`onnxkit.conv_affine`): constant per-channel Mul/Add/Sub/Div beside a Conv
+  folded into its weight and bias (`bnfold.fold_affine`), a Mul -> Add pair in front of a padded Conv first
+  turned into Add -> Mul so the Mul folds too (PP-OCRv4 rec's learnable affine blocks).
 
 Rewrites tried and left out because ONNX Runtime ran them slower (interleaved timing, ORT 1.32, one thread):
 the sum of squares of two halves of an axis (Slice, Slice -> square -> Add) as Mul + Reshape + ReduceSum
@@ -45,8 +48,8 @@ from edgeslim.onnxkit.graph import consumers, insert_before, remove_dead
 from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
-RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows")
-DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows")  # the rules measured faster (module docstring)
+RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap")
+DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap")  # measured faster
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
 MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
@@ -75,6 +78,15 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         from edgeslim.onnxkit.conv_rows import conv_rows
 
         counts["conv_rows"] = conv_rows(g, dims, consts)
+    if "affine_swap" in rules:  # `onnxkit.conv_affine`: Mul -> Add in front of a padded conv as Add -> Mul
+        from edgeslim.onnxkit.conv_affine import swap_affine
+
+        counts["affine_swap"] = swap_affine(g, Consts(g))
+    if "conv_affine" in rules or counts.get("affine_swap"):  # constant Mul/Add beside convs folded into them
+        from edgeslim.onnxkit.bnfold import fold_affine
+
+        folded = fold_affine(model)  # with affine_swap alone, its moved Muls are folded and counted there
+        counts["conv_affine" if "conv_affine" in rules else "affine_swap"] += folded
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
