@@ -10,6 +10,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeslim.onnxkit.cheap_ops import DEFAULT_RULES, cheapen_ops
+
+BOTH = ("conv_affine", "affine_swap")
 from edgeslim.onnxkit.session import session
 
 
@@ -24,7 +26,7 @@ def _model(nodes, inits, c: int = 4, co: int = 4) -> onnx.ModelProto:
                              opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _check(m: onnx.ModelProto, rules=DEFAULT_RULES, c: int = 4) -> tuple[dict[str, int], list[str]]:
+def _check(m: onnx.ModelProto, rules=BOTH, c: int = 4) -> tuple[dict[str, int], list[str]]:
     """Rewrite `m` in place; outputs equal the original's at batch 1 and 3. Returns (counts, op types left)."""
     before = m.SerializeToString()
     counts = cheapen_ops(m, rules=rules)
@@ -65,7 +67,7 @@ def test_affine_block_folds_all_but_the_add_before_the_padded_conv():
     # Mul, once swapped behind its Add (1 swap + 1 fold)
     assert counts["conv_affine"] == 7 and counts["affine_swap"] == 1
     assert ops == ["Conv", "HardSwish", "Add", "Conv", "HardSwish", "Conv"]
-    add = m.graph.node[2]
+    add = m.graph.node[2]  # Add(h1, t / s) in front of the depthwise conv, whose weight took s
     t_over_s = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == add.input[1]))
     assert np.allclose(t_over_s, 0.3 / 0.8)
 
@@ -113,3 +115,10 @@ def test_pair_that_swaps_in_the_small_graph():
     m = _pair_before_padded_conv([2.0], False)
     counts, ops = _check(m, rules=("affine_swap",))
     assert counts["affine_swap"] == 2 and ops == ["Relu", "Add", "Conv", "Relu"]
+
+
+def test_default_rules_fold_but_do_not_swap():
+    m = _lab_block([0.8], [0.3])
+    counts, ops = _check(m, rules=DEFAULT_RULES)
+    assert "affine_swap" not in counts and counts["conv_affine"] == 6
+    assert ops == ["Conv", "HardSwish", "Mul", "Add", "Conv", "HardSwish", "Conv"]
