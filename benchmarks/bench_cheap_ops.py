@@ -4,8 +4,9 @@ storage) are folded to FP32 first in the rewritten copies only (ONNX Runtime fol
 the "before" file, timed as given, runs the same FP32 weights). For each file and variant: rewrites applied,
 nodes, kernels ONNX Runtime runs per call, max abs difference of every output against the file as given
 (batch 1) and median latency, all variants timed interleaved in one process (ONNX Runtime, batch 1, one thread;
-the preset inputs of `bench_optimize.write_inputs` where the model has one, else random normal floats and int
-inputs 16000).
+the first sample of `--inputs X.npz`, else the preset inputs of `bench_optimize.write_inputs` where the model has
+one, else random normal floats and int inputs 16000). `--rules a,b` times only those variants (and the
+default rules together).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_cheap_ops.py MODEL.onnx [MODEL.onnx ...] --seconds 20
 
@@ -26,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def fold_weight_casts(model) -> int:
-    """Cast(initializer) -> Mul(initializer) chains written as one FP32 initializer (in place); returns how many."""
+    """Cast(initializer) -> Mul(initializer) chains, and Cast(initializer) of float16 weights to float32, written
+    as one FP32 initializer (in place); returns how many."""
+    import onnx
     from onnx import numpy_helper
 
-    from edgeslim.onnxkit.consts import Consts
+    from edgeslim.onnxkit.consts import Consts, attr
     from edgeslim.onnxkit.graph import remove_dead
 
     g = model.graph
@@ -45,6 +48,13 @@ def fold_weight_casts(model) -> int:
             continue
         w = consts.get(c.input[0]).astype(np.float32) * s.astype(np.float32)
         g.initializer.append(numpy_helper.from_array(w.astype(np.float32), n.output[0]))
+        g.node.remove(n)
+        done += 1
+    for n in list(g.node):  # a weight stored float16 (+ Cast to float32)
+        v = consts.get(n.input[0]) if n.op_type == "Cast" and len(n.input) == 1 else None
+        if v is None or v.dtype != np.float16 or attr(n, "to", 0) != onnx.TensorProto.FLOAT:
+            continue
+        g.initializer.append(numpy_helper.from_array(v.astype(np.float32), n.output[0]))
         g.node.remove(n)
         done += 1
     remove_dead(model)
@@ -77,8 +87,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--inputs", type=Path, default=None, help="an .npz of the model's inputs: its first sample is fed")
-    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules to time one by one")
+    ap.add_argument("--inputs", type=Path, default=None,
+                    help="an .npz of the models' inputs (samples on axis 0; the first sample is timed)")
+    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules timed alone (default: every rule)")
     a = ap.parse_args()
     given = None
     if a.inputs is not None:

@@ -34,7 +34,7 @@ from edgeslim.quant.bias_correction import correct_biases
 from edgeslim.quant.int8_plan import Int8Options, evaluator, prepare_float, quantize
 from edgeslim.quant.layer_select import fidelity_fallback, units
 from edgeslim.quant.qdq_float import keep_float
-from edgeslim.quant.range_search import search_ranges, sensitivity
+from edgeslim.quant.range_search import search_ranges, unit_sensitivity
 
 
 def gptq_in_qdq(q: onnx.ModelProto, fm: onnx.ModelProto, feeds: list) -> tuple[onnx.ModelProto, int]:
@@ -130,7 +130,7 @@ def main() -> None:
         print(f"| {r} | {s:.4f} |")
     if a.per_unit:  # each unit alone in INT8 (the rest float), and each unit alone float (the rest INT8)
         p = min(4, n)  # on the first 4 feeds, as the plan's fallback ranks units
-        alone = sensitivity(q, fm, us, ev, p)
+        alone = unit_sensitivity(q, fm, us, ev, p)
         base = ev(q, p)
         loo = {u: ev(keep_float(q, us.nodes([u]), exact=us.nodes([u]), float_model=fm), p) - base for u in us.quant}
         print("\n| unit | op | alone in INT8: 1 - score | it alone float: score gain |\n|---|---|---|---|")

@@ -63,7 +63,7 @@ def unit_tensors(float_model: onnx.ModelProto, us: Units, unit: str, ranges: Ran
     return out
 
 
-def sensitivity(q: onnx.ModelProto, float_model: onnx.ModelProto, us: Units, evaluate: Evaluate,
+def unit_sensitivity(q: onnx.ModelProto, float_model: onnx.ModelProto, us: Units, evaluate: Evaluate,
                 probe_feeds: int) -> dict[str, float]:
     """Unit -> 1 - score when only that unit is INT8 (the rest float with original weights)."""
     every = us.nodes(us.quant)
@@ -87,7 +87,7 @@ def search_ranges(float_model: onnx.ModelProto, feeds: Sequence[Feed], ranges: R
     every = calib_select.choose_calibration(stats, None, tuple(methods))[2]
     q = quantize(res.ranges)
     us = units(q)
-    sens = sensitivity(q, float_model, us, evaluate, probe_feeds)
+    sens = unit_sensitivity(q, float_model, us, evaluate, probe_feeds)
     order = sorted(us.quant, key=lambda u: (-sens[u], u))[:max_units]
     for u in order:
         if time.perf_counter() - t0 > max_seconds:
