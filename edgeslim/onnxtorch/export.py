@@ -36,7 +36,8 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
 
     Shape reads of dims that are static are folded into constants first (`onnxkit.static_shapes`), then chains
     of view ops and constant Slices collapsed (`onnxkit.view_chains`), then single ops made cheaper
-    (`onnxkit.cheap_ops`: no-op arithmetic removed, 1-D convs of few output positions as MatMul).
+    (`onnxkit.cheap_ops`: no-op arithmetic removed, 1-D convs of few output positions as MatMul, constant affine
+    ops beside convs folded, written-out hard-swish as one op).
     Returns {"path", "size_bytes", "parity_max_abs_diff": {output: error}, "aligned_convs": count,
     "static_shapes_folded": count, "views_collapsed": nodes removed, "ops_rewritten": rewrites applied}. Nothing is
     written when the check fails (EdgeslimError naming the output and the error)."""
@@ -71,7 +72,7 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
     dims = symbolic_dims(m)  # one shape inference for both rewrites (seconds on a large detector)
     shapes = fold_static_shapes(m, dims)  # Shape reads of static dims: constants (batch-1 streaming models gain most)
     views = collapse_views(m, dims)  # Squeeze->Unsqueeze pairs, Reshape chains, Slice of Slice: fewer kernels/call
-    ops = sum(cheapen_ops(m, dims).values())  # x+0 gone, few-position 1-D convs as MatMul: cheaper kernels
+    ops = sum(cheapen_ops(m, dims).values())  # cheaper kernels (cheap_ops.DEFAULT_RULES)
     if shapes or views or ops:
         data = m.SerializeToString()
     if align > 1:
