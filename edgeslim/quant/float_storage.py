@@ -38,7 +38,6 @@ plan's top-1 agreement per position from 0.9976 to 0.9740 and only 1 of 33 got i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
@@ -47,12 +46,12 @@ from edgeslim.quant.gptq import Rounded, with_grid
 from edgeslim.quant.layer_select import WEIGHT_CODES_MIN
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
+from edgeslim.quant.stream_eval import Evaluate
 
 STORAGE_TOL = 1e-4    # worst-output cosine int8 storage may always cost
 STORAGE_SHARE = 0.1   # or this share of the fp16 plan's own error (1 - cosine), when the target still holds
 STORAGE_HEADROOM = 0.5  # or this share of the fp16 plan's headroom over its target, when the target holds
 SENS_FEEDS = 16       # feeds for the per-layer ranking (4 probe feeds ranked PP-OCRv4 det's layers poorly)
-Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output cosine
 
 
 @dataclass

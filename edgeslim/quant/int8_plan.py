@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -33,10 +33,7 @@ import onnx
 from edgeslim.onnxkit import quant as oq
 from edgeslim.onnxkit.bnfold import fold_into_convs
 from edgeslim.onnxkit.inputs import Feed
-from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.patterns import fuse_hardswish
-from edgeslim.onnxkit.scoring import Agreement
-from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, device_choice, gptq
 from edgeslim.quant.float_storage import plan_storage
 from edgeslim.quant.layer_select import (
@@ -51,7 +48,7 @@ from edgeslim.quant.layer_select import (
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
 from edgeslim.quant.range_search import plan_step as range_search_step
-from edgeslim.quant.stream_eval import StreamData, plan_evaluator
+from edgeslim.quant.stream_eval import Evaluate, StreamData, evaluator, plan_evaluator
 
 
 class RatioLike(Protocol):
@@ -77,7 +74,6 @@ class Clock(Protocol):
         ...
 
 
-Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output cosine
 FORMATS = ("u8s8-pc", "u8s8-rr-pc", "s8s8-pc")
 FORMAT_MARGIN = 0.05  # a less precise integer format must be this much faster (whole CI) to be chosen
 
@@ -158,40 +154,6 @@ class Int8Plan:
                                    "speedup": round(t.fp32_us / t.int8_us, 3) if t.int8_us else None}
                                for u, t in self.unit_times.items()},
         }
-
-
-def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1,
-              worst: dict | None = None) -> Evaluate:
-    """(model, n) -> the fidelity of `model` vs `ref` over the first n feeds, accumulated feed by feed (memory
-    is one feed's outputs whatever n is). One output: its cosine over every value (`onnxkit.lazy.stream_cosine`).
-    Several outputs: the worst output's cosine, each output judged on its own (the lower of its mean per-sample
-    cosine and its cosine over all values, `onnxkit.lazy.stream_output_cosines`, as `onnxkit.session.output_scores` judges the validation pick), so a small
-    output (a recurrent state beside a big map) is never hidden by a big one. A score output (`onnxkit.scoring.
-    classifier_like`) counts the lower of that and its top-1 agreement. `worst` (a dict) receives the
-    last call's worst output: {"output": index, "cosine": value}."""
-    def evaluate(model: onnx.ModelProto, n: int) -> float:
-        s = session(model.SerializeToString(), threads=threads)
-        names = [i.name for i in s.get_inputs()]
-        k = min(n, len(feeds))
-        agree = Agreement()  # score outputs: the lower of cosine and top-1 agreement, as the validation pick
-        if len(s.get_outputs()) == 1:
-            pairs = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})))
-                     for i, f in enumerate(feeds[:k]))
-            return agree.bound(0, stream_cosine(pairs)[0])
-        triples = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})), _samples(f))
-                   for i, f in enumerate(feeds[:k]))
-        per = [agree.bound(j, c) for j, c in enumerate(stream_output_cosines(triples))]
-        j = int(np.argmin(per))
-        if worst is not None:
-            worst.update(output=j, cosine=per[j])
-        return per[j]
-    return evaluate
-
-
-def _samples(feed: Feed) -> int:
-    """Samples in a feed: the leading size of its first input (1 for a scalar)."""
-    x = np.asarray(next(iter(feed.values())))
-    return int(x.shape[0]) if x.ndim else 1
 
 
 def prepare_float(model: onnx.ModelProto, opts: Int8Options, notes: list[str]) -> onnx.ModelProto:

@@ -28,6 +28,7 @@ import onnx
 from edgeslim.onnxkit.graph import QDQ_OPS
 from edgeslim.quant.profile import attribute
 from edgeslim.quant.qdq_float import keep_float, quantized_nodes
+from edgeslim.quant.stream_eval import Evaluate
 
 # Layers kept float for speed keep their int8 codes on disk (Cast -> Mul, folded by ORT at load) from this
 # many weight elements: with the old 1024 the stem (144) and classifier (640) of ResNet-8 were stored
@@ -35,7 +36,6 @@ from edgeslim.quant.qdq_float import keep_float, quantized_nodes
 WEIGHT_CODES_MIN = 16
 
 WEIGHT_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU"}
-Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output cosine
 
 
 @dataclass

@@ -30,9 +30,9 @@ from edgeslim.onnxkit.inputs import Feed
 from edgeslim.quant import calib_select
 from edgeslim.quant.layer_select import Units, units
 from edgeslim.quant.qdq_float import keep_float
+from edgeslim.quant.stream_eval import Evaluate
 
 Ranges = dict[str, tuple[float, float]]
-Evaluate = Callable[[onnx.ModelProto, int], float]
 Quantize = Callable[[Ranges], onnx.ModelProto]  # ranges -> fully quantized model
 
 

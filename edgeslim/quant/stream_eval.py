@@ -1,4 +1,5 @@
-"""The INT8 plan's fidelity judge for a model with recurrent state: over streams, the state carried.
+"""The INT8 plan's fidelity judges: one step on the calibration feeds (`evaluator`), or, for a model with
+recurrent state, over streams with the state carried (`stream_evaluator`).
 
 The plan (`quant.int8_plan.build_plan`) judges every choice it makes (calibration method, equalisation,
 AdaRound, bias correction, the per-layer sensitivity that ranks layers, the bisection "k layers float to reach
@@ -23,16 +24,53 @@ picks are then made on the same rows, with the same rule, as the pick among its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from edgeslim.onnxkit.scoring import OutputPart, chains, score_rows, stream_rows
+from edgeslim.onnxkit.inputs import Feed
+from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
+from edgeslim.onnxkit.scoring import Agreement, OutputPart, chains, score_rows, stream_rows
 from edgeslim.onnxkit.session import _FLOAT_OUT, output_rows, output_rows_shapes, session
 
 Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output fidelity (0-1)
+
+
+def evaluator(feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], threads: int = 1,
+              worst: dict | None = None) -> Evaluate:
+    """(model, n) -> the fidelity of `model` vs `ref` over the first n feeds, accumulated feed by feed (memory
+    is one feed's outputs whatever n is). One output: its cosine over every value (`onnxkit.lazy.stream_cosine`).
+    Several outputs: the worst output's cosine, each output judged on its own (the lower of its mean per-sample
+    cosine and its cosine over all values, `onnxkit.lazy.stream_output_cosines`, as `onnxkit.session.output_scores` judges the validation pick), so a small
+    output (a recurrent state beside a big map) is never hidden by a big one. A score output (`onnxkit.scoring.
+    classifier_like`) counts the lower of that and its top-1 agreement. `worst` (a dict) receives the
+    last call's worst output: {"output": index, "cosine": value}."""
+    def evaluate(model: onnx.ModelProto, n: int) -> float:
+        s = session(model.SerializeToString(), threads=threads)
+        names = [i.name for i in s.get_inputs()]
+        k = min(n, len(feeds))
+        agree = Agreement()  # score outputs: the lower of cosine and top-1 agreement, as the validation pick
+        if len(s.get_outputs()) == 1:
+            pairs = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})))
+                     for i, f in enumerate(feeds[:k]))
+            return agree.bound(0, stream_cosine(pairs)[0])
+        triples = ((ref[i], agree.add(ref[i], s.run(None, {name: f[name] for name in names})), _samples(f))
+                   for i, f in enumerate(feeds[:k]))
+        per = [agree.bound(j, c) for j, c in enumerate(stream_output_cosines(triples))]
+        j = int(np.argmin(per))
+        if worst is not None:
+            worst.update(output=j, cosine=per[j])
+        return per[j]
+    return evaluate
+
+
+def _samples(feed: Feed) -> int:
+    """Samples in a feed: the leading size of its first input (1 for a scalar)."""
+    x = np.asarray(next(iter(feed.values())))
+    return int(x.shape[0]) if x.ndim else 1
+
 
 
 @dataclass(frozen=True)
@@ -62,7 +100,7 @@ def stream_evaluator(reference: onnx.ModelProto, data: StreamData, threads: int 
     model with its own state carried from each stream's first row (module docstring). `n` (feeds, the plan's
     probe size) is not used: a stream is always run whole, as the state's drift grows along it and a prefix
     would hide it; the cost is the validation split once per call. `worst` (a dict) receives the last call's
-    worst output: {"output": index in the model's outputs, "cosine": value}, as `int8_plan.evaluator` does."""
+    worst output: {"output": index in the model's outputs, "cosine": value}, as `evaluator` does."""
     ref_sess = session(reference.SerializeToString(), threads=threads)
     parts = data.parts(ref_sess)
     names = [p.name for p in parts]
