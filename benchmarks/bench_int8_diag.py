@@ -34,7 +34,7 @@ from edgeslim.quant.bias_correction import correct_biases
 from edgeslim.quant.int8_plan import Int8Options, evaluator, prepare_float, quantize
 from edgeslim.quant.layer_select import fidelity_fallback, units
 from edgeslim.quant.qdq_float import keep_float
-from edgeslim.quant.range_search import search_ranges, unit_sensitivity
+from edgeslim.quant.range_search import Limits, search_ranges, unit_sensitivity
 
 
 def gptq_in_qdq(q: onnx.ModelProto, fm: onnx.ModelProto, feeds: list) -> tuple[onnx.ModelProto, int]:
@@ -138,7 +138,7 @@ def main() -> None:
             print(f"| {u} | {us.op[u]} | {alone[u]:.4f} | {loo[u]:+.4f} |")
     if a.search:  # the range search, and the fidelity fallback's float count without and with it (target 0.99)
         qr = lambda r: quantize(qm, feeds, fmt, r, opts)  # noqa: E731
-        rs = search_ranges(qm, feeds, ranges, rows[0][1], qr, ev, probe_feeds=min(4, n), max_seconds=1e9)
+        rs = search_ranges(qm, feeds, ranges, rows[0][1], qr, ev, Limits(probe_feeds=min(4, n), max_seconds=1e9))
         print("\n" + rs.note())
         print("\n| ranges | full INT8 score | float units for 0.99 | of | bisection |\n|---|---|---|---|---|")
         for what, qq in (("calibrated (MSE)", q), ("searched end to end", qr(rs.ranges))):

@@ -13,7 +13,7 @@ from edgeslim.measure.decide import ratio
 from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import calib_select, int8_plan
-from edgeslim.quant.range_search import search_ranges
+from edgeslim.quant.range_search import Limits, search_ranges
 
 F = TensorProto.FLOAT
 
@@ -61,7 +61,7 @@ def test_search_keeps_the_range_that_the_outputs_need() -> None:
         return int8_plan.quantize(m, feeds, "u8s8-pc", r, opts)
 
     before = ev(quantize(clipped), len(feeds))
-    res = search_ranges(m, feeds, clipped, before, quantize, ev, probe_feeds=2, max_units=4)
+    res = search_ranges(m, feeds, clipped, before, quantize, ev, Limits(probe_feeds=2, max_units=4))
     assert before < 0.9  # the spikes of h are lost
     assert res.score > 0.999 and set(res.changed.values()) <= {"minmax", "entropy", "mse", "percentile"}
     assert res.changed
@@ -81,7 +81,7 @@ def test_search_keeps_ranges_when_nothing_scores_higher() -> None:
     def quantize(r: dict) -> onnx.ModelProto:
         return int8_plan.quantize(m, feeds, "u8s8-pc", r, opts)
 
-    res = search_ranges(m, feeds, every["minmax"], 1.0, quantize, ev, probe_feeds=2)  # nothing beats 1.0
+    res = search_ranges(m, feeds, every["minmax"], 1.0, quantize, ev, Limits(probe_feeds=2))  # nothing beats 1.0
     assert res.changed == {} and res.ranges == every["minmax"] and res.score == 1.0
 
 

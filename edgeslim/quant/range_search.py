@@ -74,27 +74,37 @@ def unit_sensitivity(q: onnx.ModelProto, float_model: onnx.ModelProto, us: Units
     return out
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How far `search_ranges` looks: feeds of the per-unit sensitivity probe, units tried (most sensitive
+    first), wall seconds, the calibration statistics' seed and the calibration methods tried per unit."""
+
+    probe_feeds: int = 4
+    max_units: int = 8
+    max_seconds: float = 240.0
+    seed: int = 0
+    methods: tuple[str, ...] = tuple(calib_select.METHODS)
+
+
 def search_ranges(float_model: onnx.ModelProto, feeds: Sequence[Feed], ranges: Ranges, score: float,
-                  quantize: Quantize, evaluate: Evaluate, probe_feeds: int = 4, max_units: int = 8,
-                  max_seconds: float = 240.0, seed: int = 0, methods: Sequence[str] = calib_select.METHODS
-                  ) -> Search:
+                  quantize: Quantize, evaluate: Evaluate, limits: Limits = Limits()) -> Search:
     """Greedy per-unit choice of calibration method (module docstring). `float_model` is the model `quantize`
     reads (its activations define every method's range), `ranges` and `score` the current ranges and the fully
     quantized score with them on all feeds. Returns the ranges kept and what changed."""
     t0 = time.perf_counter()
     res = Search(dict(ranges), score, score)
-    stats = calib_select.collect(float_model, feeds, seed=seed)
-    every = calib_select.choose_calibration(stats, None, tuple(methods))[2]
+    stats = calib_select.collect(float_model, feeds, seed=limits.seed)
+    every = calib_select.choose_calibration(stats, None, limits.methods)[2]
     q = quantize(res.ranges)
     us = units(q)
-    sens = unit_sensitivity(q, float_model, us, evaluate, probe_feeds)
-    order = sorted(us.quant, key=lambda u: (-sens[u], u))[:max_units]
+    sens = unit_sensitivity(q, float_model, us, evaluate, limits.probe_feeds)
+    order = sorted(us.quant, key=lambda u: (-sens[u], u))[:limits.max_units]
     for u in order:
-        if time.perf_counter() - t0 > max_seconds:
+        if time.perf_counter() - t0 > limits.max_seconds:
             break
         res.units_tried += 1
         ts = unit_tensors(float_model, us, u, res.ranges)
-        for m in methods:
+        for m in limits.methods:
             cand = {t: every[m][t] for t in ts if t in every[m]}
             if not cand or all(res.ranges[t] == r for t, r in cand.items()):
                 continue
@@ -103,7 +113,7 @@ def search_ranges(float_model: onnx.ModelProto, feeds: Sequence[Feed], ranges: R
             res.trials += 1
             if s > res.score:
                 res.ranges, res.score, res.changed[u] = trial, s, m
-            if time.perf_counter() - t0 > max_seconds:
+            if time.perf_counter() - t0 > limits.max_seconds:
                 break
     res.seconds = time.perf_counter() - t0
     return res
@@ -112,7 +122,7 @@ def search_ranges(float_model: onnx.ModelProto, feeds: Sequence[Feed], ranges: R
 def plan_step(float_model: onnx.ModelProto, feeds: Sequence[Feed], ranges: Ranges, score: float, quantize: Quantize,
               evaluate: Evaluate, probe_feeds: int, seed: int, notes: list[str], steps: dict) -> tuple[Ranges, float]:
     """`search_ranges` as a step of `int8_plan.build_plan`: its note and record, then (ranges, score)."""
-    res = search_ranges(float_model, feeds, ranges, score, quantize, evaluate, probe_feeds=probe_feeds, seed=seed)
+    res = search_ranges(float_model, feeds, ranges, score, quantize, evaluate, Limits(probe_feeds, seed=seed))
     notes.append(res.note())
     steps["range_search"] = {"before": res.before, "after": res.score, "changed": res.changed, "trials": res.trials,
                              "kept": bool(res.changed)}
