@@ -34,9 +34,10 @@ def public_definitions() -> dict[str, set[str]]:
 
 def cli_command_of_api(modules: set[str]) -> bool:
     """A CLI command function named as the `api` function it calls: the command's name is a contract (it is
-    what users type) and so is the API call's; the CLI module only parses options and prints."""
+    what users type) and so is the API call's; the CLI module only parses options and prints. (`api` re-exports
+    the jobs of `api_measure`.)"""
     cli = {m for m in modules if m.startswith("cli/")}
-    return modules == {"api.py", *cli} and len(cli) == 1
+    return len(cli) == 1 and len(modules - cli) == 1 and (modules - cli) <= {"api.py", "api_measure.py"}
 
 
 def test_public_names_are_defined_once() -> None:
