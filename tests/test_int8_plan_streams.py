@@ -12,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from rnn_graphs import packed_rnn
 
 from edgeslim.data.unlabelled import stream_task
-from edgeslim.onnxkit.graph import name_nodes
 from edgeslim.onnxkit.session import session
 from edgeslim.quant import int8_plan
 from edgeslim.quant.stream_eval import StreamData, plan_evaluator, stream_evaluator
@@ -28,23 +27,6 @@ def _weights(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a = rng.normal(size=(H, H))
     a *= 0.99 / np.abs(np.linalg.eigvals(a)).max()
     return a, rng.normal(size=(D, H)) * 0.5, rng.normal(size=(H, K))
-
-
-def _model(a: np.ndarray, bx: np.ndarray, w: np.ndarray) -> onnx.ModelProto:
-    nodes = [helper.make_node("Slice", ["packed", "s0", "s1", "ax"], ["x"]),
-             helper.make_node("Slice", ["packed", "s1", "s2", "ax"], ["h"]),
-             helper.make_node("MatMul", ["x", "bx"], ["xb"]), helper.make_node("Tanh", ["xb"], ["tx"]),
-             helper.make_node("MatMul", ["h", "a"], ["ha"]), helper.make_node("Add", ["ha", "tx"], ["h_new"]),
-             helper.make_node("MatMul", ["h_new", "w"], ["score"])]
-    inits = [numpy_helper.from_array(np.array([v], np.int64), k) for k, v in
-             (("s0", 0), ("s1", D), ("s2", D + H), ("ax", 1))]
-    inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in (("a", a), ("bx", bx), ("w", w))]
-    g = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("packed", TensorProto.FLOAT, ["n", D + H])],
-                          [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", K]),
-                           helper.make_tensor_value_info("h_new", TensorProto.FLOAT, ["n", H])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    name_nodes(m)
-    return m
 
 
 def _task(m: onnx.ModelProto, n: int = 400):
@@ -77,9 +59,9 @@ def _feeds(x: np.ndarray, m: onnx.ModelProto) -> tuple[list[dict], list[list[np.
 
 def test_the_plan_judge_runs_the_streams_where_one_step_looks_faithful() -> None:
     a, bx, w = _weights()
-    fp = _model(a, bx, w)
+    fp = packed_rnn(a, bx, w)
     task = _task(fp)
-    drift = _model(a * 1.01, bx, w)  # a little more memory: close one step from the teacher's state
+    drift = packed_rnn(a * 1.01, bx, w)  # a little more memory: close one step from the teacher's state
     data = StreamData(task.x_val, task.y_val, {"h_new": D})
     feeds, ref = _feeds(task.x_val, fp)  # the same validation rows, one step each from the teacher's state
     one_step = int8_plan.evaluator(feeds, ref)(drift, len(feeds))
@@ -100,7 +82,7 @@ def test_the_fidelity_fallback_floats_what_the_streams_need() -> None:
     plan floats nothing and its model misses the target over the streams; the stream plan's every figure is the
     stream judge's, and it floats the layer the streams need."""
     a, bx, w = _weights()
-    fp = _model(a, bx, w)
+    fp = packed_rnn(a, bx, w)
     task = _task(fp)
     feeds, ref = _feeds(task.calibration(64, 0), fp)  # calibration: training rows (random, not streams)
     data = StreamData(task.x_val, task.y_val, {"h_new": D})

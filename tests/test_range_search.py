@@ -5,6 +5,8 @@ error; nothing that does not raise the score is kept."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -49,17 +51,22 @@ def _feeds(seed: int = 1) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def test_search_keeps_the_range_that_the_outputs_need() -> None:
+def _setup() -> tuple[onnx.ModelProto, list, Callable, dict, Callable[[dict], onnx.ModelProto]]:
+    """The model, its feeds, the plan's judge on them, every calibration method's ranges and the plan's
+    quantizer at given ranges."""
     m, feeds = _model(), _feeds()
     ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
-    ev = int8_plan.evaluator(feeds, ref)
     opts = int8_plan.Int8Options(formats=("u8s8-pc",))
     every = calib_select.choose_calibration(calib_select.collect(m, feeds), None)[2]
-    clipped = {**every["minmax"], "h": (every["minmax"]["h"][0], 2.0), "r": (0.0, 2.0)}  # clips the spikes
 
     def quantize(r: dict) -> onnx.ModelProto:
         return int8_plan.quantize(m, feeds, "u8s8-pc", r, opts)
+    return m, feeds, int8_plan.evaluator(feeds, ref), every, quantize
 
+
+def test_search_keeps_the_range_that_the_outputs_need() -> None:
+    m, feeds, ev, every, quantize = _setup()
+    clipped = {**every["minmax"], "h": (every["minmax"]["h"][0], 2.0), "r": (0.0, 2.0)}  # clips the spikes
     before = ev(quantize(clipped), len(feeds))
     res = search_ranges(m, feeds, clipped, before, quantize, ev, Limits(probe_feeds=2, max_units=4))
     assert before < 0.9  # the spikes of h are lost
@@ -72,15 +79,7 @@ def test_search_keeps_the_range_that_the_outputs_need() -> None:
 
 
 def test_search_keeps_ranges_when_nothing_scores_higher() -> None:
-    m, feeds = _model(), _feeds()
-    ref = [session(m.SerializeToString()).run(None, f) for f in feeds]
-    ev = int8_plan.evaluator(feeds, ref)
-    opts = int8_plan.Int8Options(formats=("u8s8-pc",))
-    every = calib_select.choose_calibration(calib_select.collect(m, feeds), None)[2]
-
-    def quantize(r: dict) -> onnx.ModelProto:
-        return int8_plan.quantize(m, feeds, "u8s8-pc", r, opts)
-
+    m, feeds, ev, every, quantize = _setup()
     res = search_ranges(m, feeds, every["minmax"], 1.0, quantize, ev, Limits(probe_feeds=2))  # nothing beats 1.0
     assert res.changed == {} and res.ranges == every["minmax"] and res.score == 1.0
 

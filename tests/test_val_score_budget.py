@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from rnn_graphs import packed_rnn
 from torch import nn
 
 from edgeslim.data.unlabelled import stream_task, teacher_task
@@ -210,22 +211,6 @@ def test_torch_score_runs_the_validation_streams_with_the_state_carried():
     assert not set(task.meta["splits"]["val"]) & set(task.meta["splits"]["test"])
 
 
-def _onnx_rnn(path, a: np.ndarray, bx: np.ndarray, w: np.ndarray) -> None:
-    """The same model as ONNX with the packed interface ('packed' [N, D + H] -> 'score' [N, 1], 'h_new' [N, H])."""
-    nodes = [helper.make_node("Slice", ["packed", "s0", "s1", "ax"], ["x"]),
-             helper.make_node("Slice", ["packed", "s1", "s2", "ax"], ["h"]),
-             helper.make_node("MatMul", ["x", "bx"], ["xb"]), helper.make_node("Tanh", ["xb"], ["tx"]),
-             helper.make_node("MatMul", ["h", "a"], ["ha"]), helper.make_node("Add", ["ha", "tx"], ["h_new"]),
-             helper.make_node("MatMul", ["h_new", "w"], ["score"])]
-    inits = [numpy_helper.from_array(np.array([v], np.int64), k) for k, v in
-             (("s0", 0), ("s1", D), ("s2", D + H), ("ax", 1))]
-    inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in (("a", a), ("bx", bx), ("w", w))]
-    g = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("packed", TensorProto.FLOAT, ["n", D + H])],
-                          [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1]),
-                           helper.make_tensor_value_info("h_new", TensorProto.FLOAT, ["n", H])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 def test_onnx_pick_over_streams_refuses_a_candidate_whose_state_drifts(tmp_path):
     """The INT8 pick's score (`onnx_accuracy` with the run's state columns): one step, the drifting candidate is
     within a point of FP32 and faster, so it was picked; over the validation streams it is not."""
@@ -238,7 +223,7 @@ def test_onnx_pick_over_streams_refuses_a_candidate_whose_state_drifts(tmp_path)
     assert cols == {"h_new": D}
     paths = {k: tmp_path / f"{k}.onnx" for k in ("fp32", "drift", "faithful")}
     for k, scale in (("fp32", 1.0), ("drift", 1.02), ("faithful", 1.002)):
-        _onnx_rnn(paths[k], a * scale, bx, w)
+        onnx.save(packed_rnn(a * scale, bx, w), str(paths[k]))  # score [N, 1]
     perm = np.arange(len(task.x_val))[::-1]  # rows in reverse: no row continues the one before, one step each
     one = {k: onnx_accuracy(p, task.x_val[perm], task.y_val[perm], state_columns=cols) for k, p in paths.items()}
     detail: dict = {}
