@@ -19,10 +19,10 @@ def test_one_timing_loop() -> None:
     # per-call timing (t0 = perf_counter() ... perf_counter() - t0 appended to a list) lives in the one timer
     assert _where(r"\.append\(time\.perf_counter\(\) - t0\)") == {"measure/latency.py"}
     # perf_counter elsewhere is wall time of a whole job (a stage, a trial, an energy window, the INT8 plan's
-    # steps in its report, the range search's time budget), not a timing loop
+    # steps in its report, the range search's time budget, the INT8 recovery's wall time), not a timing loop
     assert _where(r"perf_counter\(\)") == {"measure/latency.py", "measure/window.py", "run/loop.py", "distill/matching.py",
                                            "search/study.py", "quant/int8_plan.py", "prune/sensitivity.py",
-                                           "quant/range_search.py"}
+                                           "quant/range_search.py", "passes/int8_recover.py"}
 
 
 def test_one_kernel_profiler() -> None:

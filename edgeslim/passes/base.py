@@ -59,6 +59,9 @@ class RunContext:
     teacher_loader: Callable[[], nn.Module] | None = None  # the baseline model, loaded on demand
     stage_name: str = ""  # the stage folder's final name in the run ("03_tflite"), "" outside a run
     measure: Measurer = field(default_factory=Measurer)  # the measurement core, for passes that must measure
+    # the run's export of a PyTorch model to ONNX (the model handler's: cleaned graph, parity checked), for passes
+    # that export a model other than the one they return (`passes.int8_recover`); None outside a run
+    export: Callable[[nn.Module, Path], dict] | None = None
 
     def teacher(self) -> nn.Module:
         if self.teacher_loader is None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeslim import resources
 from edgeslim.data import Task
+from edgeslim.distill.matching import Matching
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.measure.arena import plan_activation_arena
@@ -67,6 +68,10 @@ class QuantizeInt8(PassConfig):
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
     reduce_range: bool = True
+    recover: Matching | None = Field(None, description="per_layer: when the plan keeps layers float for "
+                                     "fidelity, retrain a copy with int8 fake quantization by function matching "
+                                     "from the original, plan again, keep the faster faithful model "
+                                     "(`passes.int8_recover`)")
 
 
 def choose_format(rows: list[dict], fp32_acc: float, max_drop: float) -> tuple[dict, str]:
@@ -103,7 +108,7 @@ def quantize_int8(
     pre = work / "float.pre.onnx"
     oq.preprocess(ctx.prev_onnx, pre)
     if cfg.per_layer and cfg.select == "measure" and act_overrides is None:
-        return _per_layer(task, cfg, ctx, pre, work, feeds)
+        return _per_layer(model, task, cfg, ctx, pre, feeds)
     if cfg.select == "fixed":
         fmts = [IntFormat(cfg.activation_type, cfg.reduce_range, cfg.per_channel)]
     else:
@@ -156,8 +161,10 @@ def quantize_int8(
     return PassResult(None, onnx=dst, notes=notes)
 
 
-def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds: list) -> PassResult:
-    """The per-layer path (`per_layer_int8` below): plan, three candidates, the measured pick."""
+def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunContext, pre: Path,
+               feeds: list) -> PassResult:
+    """The per-layer path (`per_layer_int8` below): plan, three candidates, the measured pick (and with
+    `recover`, the same on a quant-aware retrained copy: `passes.int8_recover`)."""
     from edgeslim.quant.int8_plan import FORMATS, Int8Options
 
     fmts = tuple(parse_format(c, "quantize_int8.candidates").name for c in cfg.candidates) or FORMATS
@@ -167,8 +174,14 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
     x1 = task.x_test[:1].astype(np.float32)
     name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
     clock = ctx.measure.clock({name: x1}, seconds=4.0)
-    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, clock, opts, cfg.max_accuracy_drop,
-                       prefer=cfg.prefer, state_columns=stream_columns(ctx))
+    work = pre.parent
+    r = per_layer_int8(pre, work, feeds, task.x_val, task.y_val, clock, opts, Pick(cfg.max_accuracy_drop, cfg.prefer),
+                       state_columns=stream_columns(ctx))
+    recovery = None
+    if cfg.recover is not None:
+        from edgeslim.passes.int8_recover import recover_plan
+
+        r, work, recovery = recover_plan(model, task, cfg, ctx, r, pre, opts, clock)
     report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
     p = r.plan
     src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(r.chosen)
@@ -182,7 +195,8 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
                 "sqnr_db": None} for u, w in float_why.items()]
     report["layers"] = layers
     write_json(ctx.stage_dir / "quant_report.json", report)
-    shutil.rmtree(work)
+    shutil.rmtree(pre.parent)
+    shutil.rmtree(ctx.stage_dir / "recover", ignore_errors=True)
     notes = {
         "format": f"{r.chosen} ({p.fmt}, {len(p.units.quant) - len(float_why)} layers INT8, {len(float_why)} float)"
                   if r.chosen not in WEIGHT_ONLY else WEIGHT_ONLY[r.chosen],
@@ -190,6 +204,8 @@ def _per_layer(task: Task, cfg: QuantizeInt8, ctx: RunContext, pre, work, feeds:
         "tried": r.rows, "float_layers": float_why, "plan_notes": p.notes, "layers": layers,
         "speed_decisions": getattr(clock, "method", "measured: interleaved on this host"),
     }
+    if recovery is not None:
+        notes["recover"] = recovery
     if r.worst_output:
         notes["worst_output"] = r.worst_output
     if r.val_score:  # no labels: which figure bound the chosen candidate's validation score, one step or stream
@@ -232,21 +248,35 @@ class StageResult:
     recurrent: list[str]        # GRU/LSTM/RNN nodes given weight-only INT8 (no integer kernel in ORT)
     worst_output: dict | None = None  # several outputs, no labels: the pick's worst output and its val cosine
     val_score: dict | None = None     # no labels: what bound the chosen candidate's val score (`Score.notes`)
+    faithful: bool = True             # the chosen candidate is within the pick's `max_drop` of FP32
+
+
+@dataclass(frozen=True)
+class Pick:
+    """How `per_layer_int8` judges its candidates: within `max_drop` points of the FP32 model's validation
+    accuracy, `prefer` (`measure.decide.choose_option`), and against which FP32 model. `reference`: the model the
+    plan's fidelity and the pick's bar are measured against, when not the one quantized (a quant-aware retrained
+    copy is held to the stage's own FP32 input, `passes.int8_recover`)."""
+
+    max_drop: float
+    prefer: str = "balanced"
+    reference: Path | None = None
 
 
 def per_layer_int8(
     pre: Path, work: Path, feeds: list[dict], x_val: np.ndarray, y_val: np.ndarray, clock: int8_plan.Clock,
-    opts: int8_plan.Int8Options, max_drop: float, prefer: str = "balanced",
-    state_columns: dict[str, int] | None = None,
+    opts: int8_plan.Int8Options, pick: Pick, state_columns: dict[str, int] | None = None,
 ) -> StageResult:
-    """Plan, build the three candidates in `work`, measure, choose. `pre` is the FP32 model (ORT
-    pre-processed), `feeds` the calibration batches, `clock` the measurement core's (`ctx.measure.clock`
-    on the batch-1 timing input): this pass times nothing itself. `state_columns` (a model with recurrent
-    state, `stream_columns`): every candidate is judged over the validation streams, its own state carried, and
-    so is every fidelity judgment of the plan that builds them (`quant.stream_eval`)."""
+    """Plan, build the three candidates in `work`, measure, choose; the chosen model is written to
+    `work.parent / "model.onnx"`. `pre` is the FP32 model (ORT pre-processed), `feeds` the calibration batches,
+    `clock` the measurement core's (`ctx.measure.clock` on the batch-1 timing input): this pass times nothing
+    itself. `state_columns` (a model with recurrent state, `stream_columns`): every candidate is judged over the
+    validation streams, its own state carried, and so is every fidelity judgment of the plan that builds them
+    (`quant.stream_eval`)."""
     model = onnx.load(str(pre))
     name_nodes(model)
-    fp = session(pre)
+    judge_fp = pick.reference or pre
+    fp = session(judge_fp)
     ref = [fp.run(None, f) for f in feeds]
     streams = StreamData(x_val, y_val, state_columns) if state_columns and np.asarray(y_val).dtype.kind == "f" \
         else None  # the plan judges as the pick does
@@ -264,17 +294,17 @@ def per_layer_int8(
         recurrent = rq.weight_only_recurrent(raw, raw)  # static QDQ has no GRU/LSTM/RNN kernels
         paths[k] = work / f"{k}.onnx"
         oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
-    times = clock.times({"fp32": pre.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
+    times = clock.times({"fp32": judge_fp.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
     by: dict[str, dict[str, float]] = {"fp32": {}}  # without labels: each output's val fidelity
     detail: dict[str, dict] = {"fp32": {}}  # without labels: what bound each candidate's score
-    fp32_acc = onnx_accuracy(pre, x_val, y_val, by_output=by["fp32"], state_columns=state_columns,
+    fp32_acc = onnx_accuracy(judge_fp, x_val, y_val, by_output=by["fp32"], state_columns=state_columns,
                              detail=detail["fp32"])
     opts_ = []
     rows = []
     for k, p in paths.items():
         by[k], detail[k] = {}, {}
         acc = onnx_accuracy(p, x_val, y_val, by_output=by[k], state_columns=state_columns, detail=detail[k])
-        ok = (fp32_acc - acc) * 100 <= max_drop + 1e-9
+        ok = (fp32_acc - acc) * 100 <= pick.max_drop + 1e-9
         opts_.append(Option(k, p.stat().st_size, ok, times[k], kernels=kernel_signature(p)))
         r = ratio(times[k], times["fp32"])
         rows.append({"candidate": k, "val_accuracy": round(acc, 6), "size_bytes": p.stat().st_size,
@@ -284,8 +314,8 @@ def per_layer_int8(
                      "latency_ms_p50": round(float(np.median(times[k])) * 1e3, 4),
                      "fp32_latency_ms_p50": round(float(np.median(times["fp32"])) * 1e3, 4),
                      "speedup_vs_fp32": round(r.speedup, 3), "speedup_ci": [round(1 / r.hi, 3), round(1 / r.lo, 3)]})
-    fp_size = pre.stat().st_size
-    best = choose_option(opts_, times["fp32"], fp_size, prefer=prefer)  # type: ignore[arg-type]
+    fp_size = judge_fp.stat().st_size
+    best = choose_option(opts_, times["fp32"], fp_size, prefer=pick.prefer)  # type: ignore[arg-type]
     slower = None
     if best is None:  # nothing qualifies: the fastest faithful one, said loudly
         faithful = [o for o in opts_ if o.faithful] or opts_
@@ -304,7 +334,8 @@ def per_layer_int8(
         worst = {"output": wo, "val_cosine": round(by[best.name][wo], 6), "fp32_val_cosine": round(by["fp32"][wo], 6),
                  "by_output": {k: round(v, 6) for k, v in by[best.name].items()}}
     bound = {k: v for k, v in detail[best.name].items() if k in ("val_score_bound", "val_score_mode")}
-    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst, bound or None)
+    return StageResult(dst, best.name, best.why, rows, plan, slower, recurrent, worst, bound or None,
+                       faithful=best.faithful)
 
 
 def stream_columns(ctx: RunContext) -> dict[str, int] | None:

@@ -44,7 +44,8 @@ def run_stages(h: ModelHandler, recipe: Recipe, original: Any, task: Any, out: P
     dev_name = load_device(dev).name
     h.begin(original, task, seed)
     ctx = RunContext(stage_dir=out, spec=h.spec, finetune=recipe.finetune, seed=seed, quiet=quiet,
-                     teacher_loader=h.teacher_loader(out, original), measure=Measurer(threads, device=dev))
+                     teacher_loader=h.teacher_loader(out, original), measure=Measurer(threads, device=dev),
+                     export=lambda m, p: h.export(m, p, task))
     last = h.working_copy(original)  # the last PyTorch model (ONNX-only stages keep the one before)
     onnx_only = False  # the latest stage is ONNX-only (zoo passes then get no PyTorch model)
     stages: list[dict] = []
