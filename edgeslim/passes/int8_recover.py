@@ -3,7 +3,9 @@ costs them fidelity, retrain a copy of the stage's PyTorch model with fake quant
 channel, uint8 inputs per tensor: the plan's u8s8-pc grid) by function matching from the run's original model
 (`distill.matching`: augmented views, the teacher's outputs live, the best validation step of the fake-quantized
 copy kept), export it with its weights on the int8 grid, run the INT8 plan again on it, and keep whichever of
-the two written models runs faster, interleaved, when the retrained one is also faithful.
+the two written models runs faster, interleaved, when the retrained one is also faithful. Skipped (said in the
+notes) when no layer is float for fidelity, or when full INT8 ran no faster than FP32 in the first plan's timing
+(a small recurrent model: fewer float layers would not pay for the retraining).
 
 The retrained copy is held to the same bar as the first plan: its plan measures fidelity against the stage's own
 FP32 input (`Pick.reference`), not against its own float weights, and its candidates must stay within
@@ -68,6 +70,10 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
     floats = fidelity_floats(r0)
     if not floats:
         return r0, work0, {"skipped": "the plan kept no layer float for fidelity"}
+    full = next((x for x in r0.rows if x["candidate"] == "int8-full"), None)
+    if full is not None and full["speedup_vs_fp32"] <= 1.0:
+        return r0, work0, {"skipped": f"full INT8 ran no faster than FP32 here ({full['speedup_vs_fp32']:.2f}x): "
+                                      "floating fewer layers would not pay"}
     if model is None or ctx.export is None:
         return r0, work0, {"skipped": "no PyTorch model to retrain (the stage's input is ONNX only)"}
     t0 = time.perf_counter()
