@@ -102,3 +102,14 @@ def test_untyped_graph_untouched() -> None:
     before = m.SerializeToString()
     assert name_dims(m) == 0
     assert m.SerializeToString() == before
+
+
+def test_written_names_never_meet_the_files_own() -> None:
+    m = _se_residual(["n", C, "dn0", "dn1"])  # the file already uses the names this module would write
+    m.graph.node[0].attribute[0].ints[:] = [0, 0, 0, 0]  # a 3x3 conv without padding: H - 2, W - 2
+    assert name_dims(m) == 1
+    dims = [[d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info]
+    assert dims[0] == dims[1] and dims[0][0] == "n"  # the batch keeps the file's own name
+    assert all(isinstance(d, str) and d.startswith("_dn") for d in dims[0][2:])  # derived sizes: fresh names
+    x = RNG.standard_normal((1, C, 7, 9)).astype(np.float32)
+    assert _run(m, x).shape == (1, C, 5, 7)

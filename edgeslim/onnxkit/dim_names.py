@@ -13,7 +13,9 @@ auto_merge (so no two dims are ever assumed equal: every name is an expression o
 inference derived, e.g. `floor(x_d2/2 - 1/2) + 1`) and writes a `value_info` for each input of an elementwise
 Add / Sum / Mul whose rank-4 inputs come out with one shape that has a symbolic dim. Graph inputs whose dims have
 no name or the name `?` get a distinct name per input and axis in the copy the inference runs on (two `?` would
-otherwise be taken as one size); the file's own input declarations are not changed. Nothing else in the graph
+otherwise be taken as one size); the file's own input declarations are not changed. Each derived expression is
+written under a short name of its own (`dn0`, `dn1`, ...; a prefix no dim name of the file starts with), so equal
+names still mean equal expressions and the file grows by tens of bytes per tensor. Nothing else in the graph
 changes: the file computes the same thing and takes the same input shapes. A graph the inference cannot type
 (or one with If/Loop bodies) is left alone.
 """
@@ -33,7 +35,23 @@ def _unnamed(d: onnx.TensorShapeProto.Dimension) -> bool:
     return not d.HasField("dim_value") and (not d.HasField("dim_param") or d.dim_param in ("", "?"))
 
 
-def _inferred(model: onnx.ModelProto, wanted: list[str]) -> dict[str, tuple[int, list[int | str]]] | None:
+def _given(model: onnx.ModelProto) -> set[str]:
+    """Every dim name the file itself declares (inputs, outputs, value_info), '?' and '' left out."""
+    g = model.graph
+    return {d.dim_param for v in (*g.input, *g.output, *g.value_info) for d in v.type.tensor_type.shape.dim
+            if d.HasField("dim_param") and d.dim_param not in ("", "?")}
+
+
+def _prefix(given: set[str]) -> str:
+    """A prefix that no declared dim name starts with: the names written here never meet the file's own."""
+    p = "dn"
+    while any(n.startswith(p) for n in given):
+        p = "_" + p
+    return p
+
+
+def _inferred(model: onnx.ModelProto, wanted: list[str],
+              prefix: str) -> dict[str, tuple[int, list[int | str]]] | None:
     """Tensor name -> (element type, dims: int or a symbol) from ONNX Runtime's symbolic shape inference
     (auto_merge off) of a copy cut to the nodes that `wanted` tensors depend on (a model's tail, e.g. a
     Shape -> Concat -> Reshape flatten, can trip the inference) and whose unnamed input dims got distinct names;
@@ -48,7 +66,7 @@ def _inferred(model: onnx.ModelProto, wanted: list[str]) -> dict[str, tuple[int,
     for i, vi in enumerate(m.graph.input):
         for k, d in enumerate(vi.type.tensor_type.shape.dim):
             if _unnamed(d):
-                d.dim_param = f"in{i}_d{k}"
+                d.dim_param = f"{prefix}i{i}_{k}"
     del m.graph.value_info[:]
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -93,7 +111,9 @@ def name_dims(model: onnx.ModelProto) -> int:
     cand = [n for n in g.node if n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and len(n.input) >= 2]
     if not cand:
         return 0
-    shapes = _inferred(model, [x for n in cand for x in n.input])
+    given = _given(model)
+    prefix = _prefix(given)
+    shapes = _inferred(model, [x for n in cand for x in n.input], prefix)
     if not shapes:
         return 0
     write: dict[str, tuple[int, list[int | str]]] = {}
@@ -115,7 +135,12 @@ def name_dims(model: onnx.ModelProto) -> int:
     del g.value_info[:]
     g.value_info.extend(keep)
     inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
+    short: dict[str, str] = {}  # an inferred expression (tens of characters) -> a short name, one per expression
+
+    def nm(d: int | str) -> int | str:
+        return d if isinstance(d, int) or d in given else short.setdefault(d, f"{prefix}{len(short)}")
+
     for name, (elem, dims) in write.items():
         if name not in inputs:
-            g.value_info.append(helper.make_tensor_value_info(name, elem, dims))
+            g.value_info.append(helper.make_tensor_value_info(name, elem, [nm(d) for d in dims]))
     return done
