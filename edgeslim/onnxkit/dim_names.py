@@ -108,7 +108,9 @@ def name_dims(model: onnx.ModelProto) -> int:
     g = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         return 0
-    cand = [n for n in g.node if n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and len(n.input) >= 2]
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    cand = [n for n in g.node if n.op_type in ELEMENTWISE and n.domain in ("", "ai.onnx") and len(n.input) >= 2
+            and not any(x in consts for x in n.input)]  # a weight's dequantization Mul is not one of them
     if not cand:
         return 0
     given = _given(model)
@@ -134,7 +136,7 @@ def name_dims(model: onnx.ModelProto) -> int:
     keep = [v for v in g.value_info if v.name not in write]
     del g.value_info[:]
     g.value_info.extend(keep)
-    inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
+    inputs = {i.name for i in g.input} | {t.name for t in g.initializer} | {o.name for o in g.output}  # typed already
     short: dict[str, str] = {}  # an inferred expression (tens of characters) -> a short name, one per expression
 
     def nm(d: int | str) -> int | str:
