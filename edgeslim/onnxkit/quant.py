@@ -333,7 +333,7 @@ def gemm_to_matmul(src: Path, dst: Path) -> int:
 
 def compact_onnx(src: Path, dst: Path) -> int:
     """Rewrite with short tensor names, no node names/doc strings and no value_info (ONNX Runtime
-    re-infers shapes). A QDQ graph has ~3 names per layer, and on small models the names are a
+    re-infers shapes) except the shapes `dim_names` writes for equal-shaped elementwise inputs. A QDQ graph has ~3 names per layer, and on small models the names are a
     sizeable share of the file. Graph inputs/outputs keep their names. Returns the new size in bytes.
 
     One renaming for the main graph and every `If`/`Loop`/`Scan` body below it (their inputs, outputs,
@@ -362,6 +362,9 @@ def compact_onnx(src: Path, dst: Path) -> int:
         if sg is not g:
             for v in [*sg.input, *sg.output]:
                 v.name = r(v.name)
+    from edgeslim.onnxkit.dim_names import name_dims
+
+    name_dims(m)  # the value_info dropped above, written again where ONNX Runtime needs it (`dim_names`)
     data = m.SerializeToString()
     write_bytes(dst, data)
     return len(data)

@@ -79,6 +79,10 @@ def export_converted(module: nn.Module, feeds: dict[str, np.ndarray], out_path: 
         from edgeslim.onnxtorch.align import align_channels
 
         m, aligned = align_channels(onnx.load_from_string(data), align)
+        if aligned:  # padding rewrote the convs' shapes: the dims `dim_names` wrote are typed again
+            from edgeslim.onnxkit.dim_names import name_dims
+
+            name_dims(m)
         data = m.SerializeToString() if aligned else data
     try:
         errs = _check(data, feeds, in_names, out_names, ref, atol, out_path)
