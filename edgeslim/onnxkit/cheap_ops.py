@@ -27,8 +27,9 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
 - `hardswish`, `se_gemm` (`onnxkit.cheap_cnn`, 2-D CNNs): a written-out hard-swish x * Clip(x + 3, 0, 6) / 6 as
   one HardSwish (PP-OCR cls's FP32 re-export 1.38x); the SE block's 1x1 convs on [N, C, 1, 1] as Gemm (not in
   DEFAULT_RULES: no faster).
-- `matmul_gemm`, `unary_views` (`onnxkit.gemm_rows`): MatMul + bias Add on [N, M, K] rows as one 2-D Gemm
-  (ONNX Runtime then fuses a following Relu), unary elementwise ops moved off view chains so they collapse;
+- `matmul_gemm`, `gather_view`, `unary_views` (`onnxkit.gemm_rows`): MatMul + bias Add on [N, M, K] rows as one 2-D Gemm
+  (ONNX Runtime then fuses a following Relu), an identity Gather as a Reshape, unary elementwise ops moved off
+  view chains so they collapse;
 - `conv_affine` (`onnxkit.conv_affine`): constant per-channel Mul/Add/Sub/Div beside a Conv folded into its
   weight and bias (`bnfold.fold_affine`, the INT8 plan's own fold, now on the FP32 re-export too): PP-OCRv4
   rec's learnable affine blocks, 405 -> 325 kernels per call, 1.078x on its FP32 stage;
@@ -56,8 +57,9 @@ from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
 RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap", "hardswish",
-         "se_gemm", "matmul_gemm", "unary_views")
-DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "hardswish")  # measured faster (docstring)
+         "se_gemm", "matmul_gemm", "gather_view", "unary_views")
+DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "hardswish", "matmul_gemm",
+                 "gather_view", "unary_views")  # measured faster (docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
 MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
@@ -102,7 +104,7 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
             counts["hardswish"] = cheap_cnn.hardswish(model, Consts(g))  # fresh: the folds above changed initializers
         if "se_gemm" in rules:
             counts["se_gemm"] = cheap_cnn.se_gemm(g, dims, Consts(g))
-    if "matmul_gemm" in rules or "unary_views" in rules:  # `onnxkit.gemm_rows`, on shapes taken afresh
+    if {"matmul_gemm", "gather_view", "unary_views"} & set(rules):  # `onnxkit.gemm_rows`, on shapes taken afresh
         from edgeslim.onnxkit import gemm_rows
         from edgeslim.onnxkit.view_chains import collapse_views
 
@@ -110,9 +112,11 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         if "matmul_gemm" in rules:
             counts["matmul_gemm"] = gemm_rows.matmul_gemm(g, fresh, Consts(g))
             fresh = symbolic_dims(model) if counts["matmul_gemm"] else fresh
+        if "gather_view" in rules:
+            counts["gather_view"] = gemm_rows.gather_views(g, fresh, Consts(g))
         if "unary_views" in rules:
             counts["unary_views"] = gemm_rows.unary_views(g, fresh, Consts(g))
-        if counts.get("matmul_gemm") or counts.get("unary_views"):
+        if counts.get("matmul_gemm") or counts.get("gather_view") or counts.get("unary_views"):
             collapse_views(model)  # the Reshapes they wrote merge with the view ops beside them
     if any(counts.values()):
         remove_dead(model)

@@ -5,13 +5,16 @@ A small streaming model (the silero VAD: about 55 us a call in ONNX Runtime, bat
 weight, then Add of the bias, then Relu. ONNX Runtime fuses MatMul + Add into Gemm only on 2-D inputs whose
 shapes it knows (a symbolic batch stops it), so each layer is three kernels; and a Relu or Sigmoid between two
 view ops (Reshape, a Transpose of a size-1 axis) keeps `view_chains.collapse_views` from merging them.
-Two rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
+Three rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
 
 - `matmul_gemm`: MatMul(A, W) + Add(b), A of rank >= 3 with every dim but the first static ([N, M.., K]),
   W a constant [K, Co], b a constant of Co elements (shape [Co], [1, Co], [1, 1, Co], ...), the MatMul read
   only by the Add -> Reshape(A, [-1, K]) -> Gemm(W, b) -> Reshape([-1, M.., Co]) (the Add's output name kept).
   The Reshapes merge with the view ops beside them (`collapse_views` runs again after the rules) and ONNX
   Runtime fuses the Gemm with a Relu that follows it (FusedGemm);
+- `gather_view`: a Gather of a constant index array holding 0, 1, .. d-1 in order over an axis of size d (a
+  conv of one output position over all the positions, as `conv_rows` writes it) -> a Reshape (a view, which
+  then collapses with its neighbours);
 - `unary_views`: an elementwise unary op (Relu, Sigmoid, Tanh, ...) whose input is a view op's output (its only
   reader) moved in front of the view op (op(view(x)) == view(op(x))), through every view op of the chain, so
   the views meet and collapse and the op sits right after the kernel it can fuse with.
@@ -26,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeslim.onnxkit.consts import Consts, unique_name
+from edgeslim.onnxkit.consts import Consts, attr, unique_name
 from edgeslim.onnxkit.graph import consumers
 from edgeslim.onnxkit.static_shapes import Dim
 from edgeslim.onnxkit.view_chains import _is_main, _is_view
@@ -111,6 +114,33 @@ def unary_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
             name = t2
             moved = True
         done += moved
+    return done
+
+
+def gather_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
+    """The `gather_view` rewrite (module docstring) in place; returns how many Gathers became Reshapes."""
+    done = 0
+    for n in g.node:
+        if n.op_type != "Gather" or not _is_main(n) or len(n.input) != 2:
+            continue
+        idx, dx = consts.get(n.input[1]), dims.get(n.input[0])
+        if idx is None or dx is None or idx.dtype.kind not in "iu":
+            continue
+        r = len(dx)
+        a = int(attr(n, "axis", 0))
+        a = a + r if a < 0 else a
+        if not 0 <= a < r or not isinstance(dx[a], int) or idx.size != dx[a]:
+            continue
+        if not np.array_equal(np.where(idx < 0, idx + dx[a], idx).reshape(-1), np.arange(dx[a])):
+            continue
+        after = list(dx[a + 1:])
+        if sum(not isinstance(d, int) for d in after) > 1:
+            continue
+        target = [0] * a + list(idx.shape) + [d if isinstance(d, int) else -1 for d in after]
+        n.op_type = "Reshape"
+        del n.attribute[:]
+        n.input[1] = _const(g, f"{n.output[0]}_gather_shape", np.array(target, np.int64))
+        done += 1
     return done
 
 
