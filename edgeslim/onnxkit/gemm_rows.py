@@ -129,9 +129,10 @@ def gather_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts)
         r = len(dx)
         a = int(attr(n, "axis", 0))
         a = a + r if a < 0 else a
-        if not 0 <= a < r or not isinstance(dx[a], int) or idx.size != dx[a]:
+        size = dx[a] if 0 <= a < r else None
+        if not isinstance(size, int) or idx.size != size:
             continue
-        if not np.array_equal(np.where(idx < 0, idx + dx[a], idx).reshape(-1), np.arange(dx[a])):
+        if not np.array_equal(np.where(idx < 0, idx + size, idx).reshape(-1), np.arange(size)):
             continue
         after = list(dx[a + 1:])
         if sum(not isinstance(d, int) for d in after) > 1:
