@@ -105,19 +105,9 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         if "se_gemm" in rules:
             counts["se_gemm"] = cheap_cnn.se_gemm(g, dims, Consts(g))
     if {"matmul_gemm", "gather_view", "unary_views"} & set(rules):  # `onnxkit.gemm_rows`, on shapes taken afresh
-        from edgeslim.onnxkit import gemm_rows
-        from edgeslim.onnxkit.view_chains import collapse_views
+        from edgeslim.onnxkit.gemm_rows import gemm_rows
 
-        fresh = symbolic_dims(model)
-        if "matmul_gemm" in rules:
-            counts["matmul_gemm"] = gemm_rows.matmul_gemm(g, fresh, Consts(g))
-            fresh = symbolic_dims(model) if counts["matmul_gemm"] else fresh
-        if "gather_view" in rules:
-            counts["gather_view"] = gemm_rows.gather_views(g, fresh, Consts(g))
-        if "unary_views" in rules:
-            counts["unary_views"] = gemm_rows.unary_views(g, fresh, Consts(g))
-        if counts.get("matmul_gemm") or counts.get("gather_view") or counts.get("unary_views"):
-            collapse_views(model)  # the Reshapes they wrote merge with the view ops beside them
+        counts.update(gemm_rows(model, rules))
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}

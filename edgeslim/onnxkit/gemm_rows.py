@@ -7,10 +7,11 @@ shapes it knows (a symbolic batch stops it), so each layer is three kernels; and
 view ops (Reshape, a Transpose of a size-1 axis) keeps `view_chains.collapse_views` from merging them.
 Three rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
 
-- `matmul_gemm`: MatMul(A, W) + Add(b), A of rank >= 3 with every dim but the first static ([N, M.., K]),
+- `matmul_gemm`: MatMul(A, W) + Add(b), A made by a view op (read only by the MatMul) of rank >= 3 with every dim but the first static ([N, M.., K]),
   W a constant [K, Co], b a constant of Co elements (shape [Co], [1, Co], [1, 1, Co], ...), the MatMul read
-  only by the Add -> Reshape(A, [-1, K]) -> Gemm(W, b) -> Reshape([-1, M.., Co]) (the Add's output name kept).
-  The Reshapes merge with the view ops beside them (`collapse_views` runs again after the rules) and ONNX
+  only by the Add, the Add read only by a view op or an activation ONNX Runtime fuses into Gemm (so no kernel
+  is added) -> Reshape(A, [-1, K]) -> Gemm(W, b) -> Reshape([-1, M.., Co]) (the Add's output name kept).
+  The Reshape to rows merges with the view op that makes A, the one back with views beside it (`collapse_views` runs again after the rules) and ONNX
   Runtime fuses the Gemm with a Relu that follows it (FusedGemm);
 - `gather_view`: a Gather of a constant index array holding 0, 1, .. d-1 in order over an axis of size d (a
   conv of one output position over all the positions, as `conv_rows` writes it) -> a Reshape (a view, which
@@ -38,13 +39,42 @@ from edgeslim.onnxkit.view_chains import _is_main, _is_view
 UNARY_OPS = {"Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Softplus", "Softsign",
              "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish", "Erf", "Gelu", "Mish", "Sin", "Cos", "Floor",
              "Ceil", "Round", "Sign", "Not", "ThresholdedRelu", "Celu"}
+# activations ONNX Runtime fuses into a Gemm before them (GemmActivationFusion -> FusedGemm)
+GEMM_ACTS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Elu", "Selu", "Softplus", "Softsign"}
 MAX_WALK = 16  # view ops a unary op is moved through
+MAX_ROUNDS = 4  # rounds of the three rules
+RULES = ("matmul_gemm", "gather_view", "unary_views")
+
+
+def gemm_rows(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
+    """Apply the rules of this module named in `rules` to `model` in place, on shapes taken afresh, in rounds
+    (a Gemm's Relu moved up by `unary_views` makes the next MatMul's input a view) until one changes nothing,
+    with `view_chains.collapse_views` after each; returns how many times each rule was applied."""
+    from edgeslim.onnxkit.static_shapes import symbolic_dims
+    from edgeslim.onnxkit.view_chains import collapse_views
+
+    counts = dict.fromkeys([r for r in RULES if r in rules], 0)
+    steps = {"matmul_gemm": matmul_gemm, "gather_view": gather_views, "unary_views": unary_views}
+    for _ in range(MAX_ROUNDS):
+        changed = 0
+        for r in counts:
+            dims = symbolic_dims(model)
+            if not dims:
+                return counts
+            k = steps[r](model.graph, dims, Consts(model.graph))
+            counts[r] += k
+            changed += k
+        if not changed:
+            break
+        collapse_views(model)  # the Reshapes written merge with the view ops beside them
+    return counts
 
 
 def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) -> int:
     """The `matmul_gemm` rewrite (module docstring) in place; returns how many MatMul + Add pairs became Gemm.
     `dims`: fresh `static_shapes.symbolic_dims` of the graph."""
     readers = consumers(g)
+    prod = {o: n for n in g.node for o in n.output if o}
     outputs = {o.name for o in g.output}
     done = 0
     for n in list(g.node):
@@ -55,6 +85,9 @@ def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
         da = dims.get(a)
         if w is None or w.ndim != 2 or w.dtype != np.float32 or da is None or len(da) < 3:
             continue
+        pa = prod.get(a)  # the Reshape to rows must merge with a view op that makes A, else it is one kernel more
+        if pa is None or not _is_view(pa, dims, consts) or len(readers.get(a, [])) != 1:
+            continue
         inner = da[1:]
         if not all(isinstance(d, int) and d > 0 for d in inner) or inner[-1] != w.shape[0]:
             continue
@@ -62,6 +95,10 @@ def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
         if len(rd) != 1 or rd[0].op_type != "Add" or not _is_main(rd[0]) or len(rd[0].input) != 2:
             continue
         add = rd[0]
+        after = readers.get(add.output[0], [])  # the Reshape back must merge with a view or leave a fusable op
+        if add.output[0] in outputs or len(after) != 1 or not (
+                after[0].op_type in GEMM_ACTS or (_is_view(after[0], dims, consts) and after[0].input[0] == add.output[0])):
+            continue
         bname = add.input[1] if add.input[0] == y else add.input[0]
         b = consts.get(bname)
         co = int(w.shape[1])
