@@ -55,15 +55,17 @@ def gemm_rows(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
 
     counts = dict.fromkeys([r for r in RULES if r in rules], 0)
     steps = {"matmul_gemm": matmul_gemm, "gather_view": gather_views, "unary_views": unary_views}
+    dims: dict[str, list[Dim]] | None = None  # shapes of the graph as it is now; None after a change
     for _ in range(MAX_ROUNDS):
         changed = 0
         for r in counts:
-            dims = symbolic_dims(model)
+            dims = symbolic_dims(model) if dims is None else dims
             if not dims:
                 return counts
             k = steps[r](model.graph, dims, Consts(model.graph))
             counts[r] += k
             changed += k
+            dims = None if k else dims
         if not changed:
             break
         collapse_views(model)  # the Reshapes written merge with the view ops beside them
