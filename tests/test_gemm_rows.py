@@ -114,3 +114,25 @@ def test_near_misses_untouched():
     counts, _ = _apply(m, ["n", 4, 4], rules=("matmul_gemm", "gather_view", "unary_views"))
     assert counts == {"matmul_gemm": 0, "gather_view": 0, "unary_views": 0}
     assert m.SerializeToString() == before
+
+
+def _lstm(read_y: bool) -> onnx.ModelProto:
+    """x [1, n, 4] -> LSTM (hidden 3) -> Y_h (+ Y when `read_y`) -> y."""
+    w, r = RNG.normal(size=(1, 12, 4)) * 0.5, RNG.normal(size=(1, 12, 3)) * 0.5
+    nodes = [helper.make_node("LSTM", ["x", "w", "r"], ["seq", "h", "c"], hidden_size=3)]
+    if read_y:
+        nodes.append(helper.make_node("Reshape", ["seq", "s"], ["seq2"]))
+        nodes.append(helper.make_node("Add", ["h", "seq2"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Relu", ["h"], ["y"]))
+    return _model(nodes, [1, "n", 4], [1, "n", 3], [_t("w", w), _t("r", r), _t("s", [1, -1, 3], np.int64)])
+
+
+def test_rnn_outputs_nobody_reads_dropped():
+    m = _lstm(read_y=False)
+    counts, _ = _apply(m, [1, "n", 4], rules=("rnn_outputs",))
+    assert counts == {"rnn_outputs": 2} and list(m.graph.node[0].output) == ["", "h"]  # Y and Y_c; Y_h kept
+    m = _lstm(read_y=True)
+    counts, _ = _apply(m, [1, "n", 4], rules=("rnn_outputs",))
+    assert counts == {"rnn_outputs": 1} and list(m.graph.node[0].output) == ["seq", "h"]  # only Y_c
+    assert "rnn_outputs" not in DEFAULT_RULES

@@ -5,7 +5,7 @@ A small streaming model (the silero VAD: about 55 us a call in ONNX Runtime, bat
 weight, then Add of the bias, then Relu. ONNX Runtime fuses MatMul + Add into Gemm only on 2-D inputs whose
 shapes it knows (a symbolic batch stops it), so each layer is three kernels; and a Relu or Sigmoid between two
 view ops (Reshape, a Transpose of a size-1 axis) keeps `view_chains.collapse_views` from merging them.
-Three rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
+Four rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
 
 - `matmul_gemm`: MatMul(A, W) + Add(b), A made by a view op (read only by the MatMul) of rank >= 3 with every dim but the first static ([N, M.., K]),
   W a constant [K, Co], b a constant of Co elements (shape [Co], [1, Co], [1, 1, Co], ...), the MatMul read
@@ -19,6 +19,9 @@ Three rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is me
 - `unary_views`: an elementwise unary op (Relu, Sigmoid, Tanh, ...) whose input is a view op's output (its only
   reader) moved in front of the view op (op(view(x)) == view(op(x))), through every view op of the chain, so
   the views meet and collapse and the op sits right after the kernel it can fuse with.
+- `rnn_outputs`: outputs of an LSTM/GRU/RNN that nothing reads (the full sequence Y of a streaming model that
+  reads only the last state Y_h, Y_c) dropped (written as an empty name: the op does not store them); at least
+  one output is kept. Not in DEFAULT_RULES: 1.003x-1.015x on the VADs' last stages, within the noise.
 
 Measured on the silero VAD's last stage (benchmarks/bench_cheap_ops.py, docs/benchmarks.md, issue 23 tenth
 session). Exact within float rounding (Gemm sums in another order than MatMul + Add: ~3e-7 on the VAD).
@@ -43,7 +46,8 @@ UNARY_OPS = {"Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt", "Rec
 GEMM_ACTS = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Elu", "Selu", "Softplus", "Softsign"}
 MAX_WALK = 16  # view ops a unary op is moved through
 MAX_ROUNDS = 4  # rounds of the three rules
-RULES = ("matmul_gemm", "gather_view", "unary_views")
+RULES = ("matmul_gemm", "gather_view", "unary_views", "rnn_outputs")
+RNN_OPS = {"LSTM", "GRU", "RNN"}
 
 
 def gemm_rows(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
@@ -54,11 +58,13 @@ def gemm_rows(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
     from edgeslim.onnxkit.view_chains import collapse_views
 
     counts = dict.fromkeys([r for r in RULES if r in rules], 0)
+    if "rnn_outputs" in counts:  # no shapes needed, nothing else depends on it: once
+        counts["rnn_outputs"] = rnn_outputs(model.graph)
     steps = {"matmul_gemm": matmul_gemm, "gather_view": gather_views, "unary_views": unary_views}
     dims: dict[str, list[Dim]] | None = None  # shapes of the graph as it is now; None after a change
     for _ in range(MAX_ROUNDS):
         changed = 0
-        for r in counts:
+        for r in [r for r in counts if r in steps]:
             dims = symbolic_dims(model) if dims is None else dims
             if not dims:
                 return counts
@@ -182,6 +188,29 @@ def gather_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts)
         n.input[1] = _const(g, f"{n.output[0]}_gather_shape", np.array(target, np.int64))
         done += 1
     return done
+
+
+def rnn_outputs(g: onnx.GraphProto) -> int:
+    """The `rnn_outputs` rewrite (module docstring) in place; returns how many outputs were dropped."""
+    readers = consumers(g)
+    outputs = {o.name for o in g.output}
+    done = 0
+    for n in g.node:
+        if n.op_type not in RNN_OPS or not _is_main_rnn(n):
+            continue
+        unused = [i for i, o in enumerate(n.output) if o and o not in outputs and not readers.get(o)]
+        if not unused or len(unused) == sum(bool(o) for o in n.output):  # keep at least one output
+            continue
+        for i in unused:
+            n.output[i] = ""
+        while n.output and not n.output[-1]:
+            del n.output[-1]
+        done += len(unused)
+    return done
+
+
+def _is_main_rnn(n: onnx.NodeProto) -> bool:
+    return n.domain in ("", "ai.onnx")
 
 
 def _const(g: onnx.GraphProto, base: str, v: np.ndarray) -> str:
