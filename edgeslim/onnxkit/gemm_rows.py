@@ -1,4 +1,4 @@
-"""Row-wise MatMul + bias as one 2-D Gemm, and elementwise unary ops moved off view chains (issue 23).
+"""Row-wise MatMul + bias as one 2-D Gemm, unary ops moved off view chains, identity Gathers as views (issue 23).
 
 A small streaming model (the silero VAD: about 55 us a call in ONNX Runtime, batch 1, one thread) runs its
 1-D convs, once `conv_rows` has rewritten them, as MatMul of a 3-D [N, T, K] tensor by a constant [K, Co]
@@ -7,18 +7,19 @@ shapes it knows (a symbolic batch stops it), so each layer is three kernels; and
 view ops (Reshape, a Transpose of a size-1 axis) keeps `view_chains.collapse_views` from merging them.
 Four rules of `cheap_ops.cheapen_ops`, main graph only, where the pattern is met exactly:
 
-- `matmul_gemm`: MatMul(A, W) + Add(b), A made by a view op (read only by the MatMul) of rank >= 3 with every dim but the first static ([N, M.., K]),
-  W a constant [K, Co], b a constant of Co elements (shape [Co], [1, Co], [1, 1, Co], ...), the MatMul read
-  only by the Add, the Add read only by a view op or an activation ONNX Runtime fuses into Gemm (so no kernel
-  is added) -> Reshape(A, [-1, K]) -> Gemm(W, b) -> Reshape([-1, M.., Co]) (the Add's output name kept).
-  The Reshape to rows merges with the view op that makes A, the one back with views beside it (`collapse_views` runs again after the rules) and ONNX
+- `matmul_gemm`: MatMul(A, W) + Add(b), A made by a view op (read only by the MatMul), of rank >= 3 with every
+  dim but the first static ([N, M.., K]), W a constant [K, Co], b a constant of Co elements (shape [Co],
+  [1, Co], [1, 1, Co], ...), the MatMul read only by the Add, the Add read only by a view op or an activation
+  ONNX Runtime fuses into Gemm (so no kernel is added) -> Reshape(A, [-1, K]) -> Gemm(W, b) ->
+  Reshape([-1, M.., Co]) (the Add's output name kept). The Reshape to rows merges with the view op that makes
+  A, the one back with the views beside it (`collapse_views` runs after each round of the rules), and ONNX
   Runtime fuses the Gemm with a Relu that follows it (FusedGemm);
 - `gather_view`: a Gather of a constant index array holding 0, 1, .. d-1 in order over an axis of size d (a
   conv of one output position over all the positions, as `conv_rows` writes it) -> a Reshape (a view, which
   then collapses with its neighbours);
 - `unary_views`: an elementwise unary op (Relu, Sigmoid, Tanh, ...) whose input is a view op's output (its only
   reader) moved in front of the view op (op(view(x)) == view(op(x))), through every view op of the chain, so
-  the views meet and collapse and the op sits right after the kernel it can fuse with.
+  the views meet and collapse and the op sits right after the kernel it can fuse with;
 - `rnn_outputs`: outputs of an LSTM/GRU/RNN that nothing reads (the full sequence Y of a streaming model that
   reads only the last state Y_h, Y_c) dropped (written as an empty name: the op does not store them); at least
   one output is kept. Not in DEFAULT_RULES: 1.003x-1.015x on the VADs' last stages, within the noise.
