@@ -55,7 +55,8 @@ def _conv_rows_chain() -> onnx.ModelProto:
              helper.make_node("Add", ["b2", "m2"], ["a2"]),                       # bias on the left, [1, 1, 3]
              helper.make_node("Sigmoid", ["a2"], ["sg"]),
              helper.make_node("Reshape", ["sg", "s3"], ["y"])]
-    inits = [_t("pads", [0, 1, 0, 0, 1, 0], np.int64), _t("taps", [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]], np.int64),
+    taps = [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]]
+    inits = [_t("pads", [0, 1, 0, 0, 1, 0], np.int64), _t("taps", taps, np.int64),
              _t("s1", [0, 4, 18], np.int64), _t("w1", RNG.normal(size=(18, 5))), _t("b1", RNG.normal(size=5)),
              _t("all4", [[0, 1, 2, 3]], np.int64), _t("s2", [0, 1, 20], np.int64), _t("w2", RNG.normal(size=(20, 3))),
              _t("b2", RNG.normal(size=(1, 1, 3))), _t("s3", [-1, 3], np.int64)]
@@ -106,7 +107,8 @@ def test_near_misses_untouched():
              helper.make_node("Reshape", ["g", "flat"], ["v"]),
              helper.make_node("Sigmoid", ["v"], ["sg"]),
              helper.make_node("Add", ["sg", "v"], ["y"])]                        # v read by Sigmoid and Add
-    inits = [_t("full", RNG.normal(size=(4, 4))), _t("w", RNG.normal(size=(4, 5))), _t("full5", RNG.normal(size=(4, 5))),
+    inits = [_t("full", RNG.normal(size=(4, 4))), _t("w", RNG.normal(size=(4, 5))),
+             _t("full5", RNG.normal(size=(4, 5))),
              _t("w5", RNG.normal(size=(5, 5))), _t("b5", RNG.normal(size=5)), _t("rev", [3, 2, 1, 0], np.int64),
              _t("flat", [0, 20], np.int64)]
     m = _model([helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]), *nodes], ["n", 4, 4], ["n", 20], inits)

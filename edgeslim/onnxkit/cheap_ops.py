@@ -27,9 +27,9 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
 - `hardswish`, `se_gemm` (`onnxkit.cheap_cnn`, 2-D CNNs): a written-out hard-swish x * Clip(x + 3, 0, 6) / 6 as
   one HardSwish (PP-OCR cls's FP32 re-export 1.38x); the SE block's 1x1 convs on [N, C, 1, 1] as Gemm (not in
   DEFAULT_RULES: no faster).
-- `matmul_gemm`, `gather_view`, `unary_views`, `rnn_outputs` (`onnxkit.gemm_rows`): MatMul + bias Add on [N, M, K] rows as one 2-D Gemm
-  (ONNX Runtime then fuses a following Relu), an identity Gather as a Reshape, unary elementwise ops moved off
-  view chains so they collapse; `rnn_outputs` (not in DEFAULT_RULES: 1.003-1.015x on the VADs, within noise):
+- `matmul_gemm`, `gather_view`, `unary_views`, `rnn_outputs` (`onnxkit.gemm_rows`): MatMul + bias Add on
+  [N, M, K] rows as one 2-D Gemm (ONNX Runtime then fuses a following Relu), an identity Gather as a Reshape,
+  unary elementwise ops moved off view chains so they collapse (the VADs' last stage 45 -> 32 kernels, 1.11x); `rnn_outputs` (not in DEFAULT_RULES: 1.003-1.015x on the VADs, within noise):
   outputs of an LSTM/GRU/RNN nothing reads dropped;
 - `conv_affine` (`onnxkit.conv_affine`): constant per-channel Mul/Add/Sub/Div beside a Conv folded into its
   weight and bias (`bnfold.fold_affine`, the INT8 plan's own fold, now on the FP32 re-export too): PP-OCRv4
@@ -105,7 +105,7 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
             counts["hardswish"] = cheap_cnn.hardswish(model, Consts(g))  # fresh: the folds above changed initializers
         if "se_gemm" in rules:
             counts["se_gemm"] = cheap_cnn.se_gemm(g, dims, Consts(g))
-    if {"matmul_gemm", "gather_view", "unary_views", "rnn_outputs"} & set(rules):  # `onnxkit.gemm_rows`, on shapes taken afresh
+    if {"matmul_gemm", "gather_view", "unary_views", "rnn_outputs"} & set(rules):  # `onnxkit.gemm_rows`
         from edgeslim.onnxkit.gemm_rows import gemm_rows
 
         counts.update(gemm_rows(model, rules))

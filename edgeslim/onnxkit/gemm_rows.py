@@ -105,8 +105,9 @@ def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
             continue
         add = rd[0]
         after = readers.get(add.output[0], [])  # the Reshape back must merge with a view or leave a fusable op
-        if add.output[0] in outputs or len(after) != 1 or not (
-                after[0].op_type in GEMM_ACTS or (_is_view(after[0], dims, consts) and after[0].input[0] == add.output[0])):
+        fits = len(after) == 1 and (after[0].op_type in GEMM_ACTS or (
+            _is_view(after[0], dims, consts) and after[0].input[0] == add.output[0]))
+        if add.output[0] in outputs or not fits:
             continue
         bname = add.input[1] if add.input[0] == y else add.input[0]
         b = consts.get(bname)
