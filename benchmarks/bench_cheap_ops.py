@@ -12,7 +12,7 @@ default rules together).
 
 `--inputs X.npz` feeds the first sample of that file instead (a run's stage files keep symbolic image sizes,
 which the preset and random feeds would fill with 1: time them on the run's own inputs). `--rules a,b` times
-only those rules alone (and the default rules).
+only those rules alone (and the default rules); `a+b` times rules a and b applied together.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--inputs", type=Path, default=None,
                     help="an .npz of the models' inputs (samples on axis 0; the first sample is timed)")
-    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules timed alone (default: every rule)")
+    ap.add_argument("--rules", default=",".join(RULES), help="comma-separated rules timed alone, a+b: together (default: every rule alone)")
     a = ap.parse_args()
     given = None
     if a.inputs is not None:
@@ -101,7 +101,8 @@ def main() -> None:
         m0 = onnx.load(str(p))
         f = given or preset_feed(p) or feeds(m0, 1)
         variants: dict[str, tuple[bytes, int, int]] = {"as given": (m0.SerializeToString(), 0, len(m0.graph.node))}
-        for name, rules in [*((r, (r,)) for r in a.rules.split(",") if r), ("default rules", DEFAULT_RULES)]:
+        for name, rules in [*((r, tuple(r.split("+"))) for r in a.rules.split(",") if r),
+                            ("default rules", DEFAULT_RULES)]:
             m = onnx.ModelProto()
             m.CopyFrom(m0)
             fold_weight_casts(m)

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     lat, recorded = {}, {}
     for run in a.runs:
         name, orig, stage, fo, fs, rec = pairs(run)
+        if name in recorded:  # two runs of one model (e.g. a control run beside a new one): both rows, by folder
+            name = f"{name} ({run})"
         recorded[name] = rec
         got = onnx_interleaved({"original": orig, "last": stage}, {"original": fo, "last": fs}, threads=1,
                                seconds=a.seconds)

@@ -184,8 +184,12 @@ def test_conv_chain_as_rows_matmul_transposes_cancelled():
     m = _model(nodes, ["n", 9, 4], {"y": ["n", 2, 1]}, i1 + i2 + i3 + i4)
     counts, ops = _apply(m, ["n", 9, 4])
     assert counts["conv_rows"] == 4 and "Conv" not in ops
-    assert ops.count("MatMul") == 4 and ops.count("Transpose") == 2, ops  # in at the start, out at the end
-    assert ops.count("Pad") == 2 and ops.count("Gather") == 3  # c3: no Pad (2 real taps); c4 (1x1): the rows as they are
+    # each conv one MatMul (a Gemm where `gemm_rows.matmul_gemm` took it with its bias); Transposes in at the start,
+    # out at the end
+    assert ops.count("MatMul") + ops.count("Gemm") == 4 and ops.count("Transpose") == 2, ops
+    # c3: no Pad (2 real taps; its Gather of all positions in order a view, `gemm_rows.gather_view`); c4 (1x1): the
+    # rows as they are
+    assert ops.count("Pad") == 2 and ops.count("Gather") + counts["gather_view"] == 3
 
 
 def test_conv_rows_not_for_many_positions_or_groups():

@@ -27,14 +27,18 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
 - `hardswish`, `se_gemm` (`onnxkit.cheap_cnn`, 2-D CNNs): a written-out hard-swish x * Clip(x + 3, 0, 6) / 6 as
   one HardSwish (PP-OCR cls's FP32 re-export 1.38x); the SE block's 1x1 convs on [N, C, 1, 1] as Gemm (not in
   DEFAULT_RULES: no faster).
+- `matmul_gemm`, `gather_view`, `unary_views`, `rnn_outputs` (`onnxkit.gemm_rows`): MatMul + bias Add on
+  [N, M, K] rows as one 2-D Gemm (ONNX Runtime then fuses a following Relu), an identity Gather as a Reshape,
+  unary elementwise ops moved off view chains so they collapse (the VADs' last stage 45 -> 32 kernels, 1.11x); `rnn_outputs` (not in DEFAULT_RULES: 1.003-1.015x on the VADs, within noise):
+  outputs of an LSTM/GRU/RNN nothing reads dropped;
 - `conv_affine` (`onnxkit.conv_affine`): constant per-channel Mul/Add/Sub/Div beside a Conv folded into its
   weight and bias (`bnfold.fold_affine`, the INT8 plan's own fold, now on the FP32 re-export too): PP-OCRv4
   rec's learnable affine blocks, 405 -> 325 kernels per call, 1.078x on its FP32 stage;
 - `dim_names` (`onnxkit.dim_names`, applied last): symbolic shapes written as value_info for the equal-shaped
   inputs of Add/Sum/Mul, so ONNX Runtime can prove them equal and fuse a residual Add into the NCHWc conv before
   it (PP-OCR cls, any image size: 145 -> 117 kernels per call, 1.015x on its FP32 stage, 1.02x on its last
-  stage; no-op on PP-OCRv4 det/rec and ddddocr common). The graph's nodes are not changed; a later step that
-  drops value_info (`align_channels` when it pads, `quant.compact_onnx`) drops the gain too;
+  stage; no-op on PP-OCRv4 det/rec and ddddocr common). The graph's nodes are not changed; the steps that drop
+  value_info (`align_channels` when it pads, `quant.compact_onnx`) write it again;
 - `affine_swap` (not in DEFAULT_RULES, `onnxkit.conv_affine`): a Mul -> Add pair in front of a padded Conv turned
   into Add -> Mul so the Mul folds too; faster, but it moved rec's INT8 calibration (its docstring).
 
@@ -59,9 +63,9 @@ from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
 RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap", "hardswish",
-         "se_gemm", "dim_names")
-DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "hardswish",
-                 "dim_names")  # measured faster (docstring)
+         "se_gemm", "matmul_gemm", "gather_view", "unary_views", "rnn_outputs", "dim_names")
+DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "hardswish", "matmul_gemm",
+                 "gather_view", "unary_views", "dim_names")  # measured faster (docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
 MIN_CHUNK = 32  # samples per hop from which the receptive fields are gathered a hop at a time (measured with 128)
 _IDENTITY = {"Add": (0.0, (0, 1)), "Sub": (0.0, (1,)), "Mul": (1.0, (0, 1)), "Div": (1.0, (1,))}
@@ -106,6 +110,10 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
             counts["hardswish"] = cheap_cnn.hardswish(model, Consts(g))  # fresh: the folds above changed initializers
         if "se_gemm" in rules:
             counts["se_gemm"] = cheap_cnn.se_gemm(g, dims, Consts(g))
+    if {"matmul_gemm", "gather_view", "unary_views", "rnn_outputs"} & set(rules):  # `onnxkit.gemm_rows`
+        from edgeslim.onnxkit.gemm_rows import gemm_rows
+
+        counts.update(gemm_rows(model, rules))
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
