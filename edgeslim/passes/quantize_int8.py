@@ -27,6 +27,7 @@ from edgeslim.fsutil import write_json
 from edgeslim.measure.arena import plan_activation_arena
 from edgeslim.measure.decide import Option, choose_option, ratio
 from edgeslim.onnxkit import quant as oq
+from edgeslim.onnxkit.affine_conv import affine_as_conv
 from edgeslim.onnxkit.graph import name_nodes, save
 from edgeslim.onnxkit.quant import IntFormat, parse_format
 from edgeslim.onnxkit.session import kernel_signature, onnx_accuracy, session
@@ -286,6 +287,10 @@ def per_layer_int8(
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)
     w16 = weight_only(onnx.load(str(pre)), kind="fp16", min_elements=16)[0]  # the faithful, not-slower fallback
     models = {"int8-mixed": plan.model, "int8-full": shrink(plan.full)[0], "w8": w8, "w16": w16}
+    affine = {k: affine_as_conv(m) for k, m in models.items()}  # exact; kept in ORT's blocked layout
+    if any(affine.values()):
+        plan.notes.append(f"constant per-channel Mul/Add chains on feature maps written as 1x1 depthwise convs "
+                          f"(`onnxkit.affine_conv`): {affine['int8-mixed']} in int8-mixed")
     paths = {}
     recurrent: list[str] = []
     for k, m in models.items():
