@@ -25,7 +25,11 @@ passes:
 """
 
 
-def test_recover_plans_a_quant_aware_copy_and_keeps_the_faster_faithful_one(onnx_model, tmp_path):  # noqa: F811
+def test_recover_plans_a_quant_aware_copy_and_keeps_the_faster_faithful_one(onnx_model, tmp_path,  # noqa: F811
+                                                                            monkeypatch):
+    from edgeslim.passes import int8_recover
+
+    monkeypatch.setattr(int8_recover, "MIN_FULL_SPEEDUP", 0.0)  # a tiny model's full INT8 may run slower than FP32
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECOVER)
     inputs = _inputs(tmp_path / "x.npz", 120)
@@ -67,6 +71,24 @@ def test_quant_aware_copy_has_weights_on_the_int8_grid():
         codes = w / scale
         assert torch.allclose(codes, codes.round(), atol=1e-3)  # per output channel, symmetric int8
     assert net[0].weight.data_ptr() != baked[0].weight.data_ptr()  # the stage's model is left as it was
+
+
+def test_recover_is_skipped_when_full_int8_is_no_faster(onnx_model, tmp_path):  # noqa: F811
+    from edgeslim.passes import int8_recover
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECOVER)
+    out = tmp_path / "run"
+    code, _, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs",
+                               str(_inputs(tmp_path / "x.npz", 120)), "-o", str(out))
+    assert code == 0, err
+    int8 = json.loads((out / "results.json").read_text())["stages"][-1]
+    full = next(r for r in int8["notes"]["tried"] if r["candidate"] == "int8-full")
+    rec = int8["notes"]["recover"]
+    if full["speedup_vs_fp32"] <= int8_recover.MIN_FULL_SPEEDUP:
+        assert rec["skipped"].startswith("full INT8 ran no faster than FP32")
+    else:
+        assert rec["kept"] in ("plan", "recovered")
 
 
 @pytest.mark.parametrize("chosen", ["int8-full", "int8-mixed"])

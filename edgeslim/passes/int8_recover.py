@@ -35,6 +35,8 @@ from edgeslim.quant import int8_plan
 if TYPE_CHECKING:
     from edgeslim.passes.quantize_int8 import QuantizeInt8, StageResult
 
+MIN_FULL_SPEEDUP = 1.0  # full INT8 at or under this speed-up over FP32 (first plan's timing): not worth retraining
+
 
 def fidelity_floats(r: StageResult) -> list[str]:
     """The layers the plan kept float for fidelity (not for speed) in the chosen model."""
@@ -71,7 +73,7 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
     if not floats:
         return r0, work0, {"skipped": "the plan kept no layer float for fidelity"}
     full = next((x for x in r0.rows if x["candidate"] == "int8-full"), None)
-    if full is not None and full["speedup_vs_fp32"] <= 1.0:
+    if full is not None and full["speedup_vs_fp32"] <= MIN_FULL_SPEEDUP:
         return r0, work0, {"skipped": f"full INT8 ran no faster than FP32 here ({full['speedup_vs_fp32']:.2f}x): "
                                       "floating fewer layers would not pay"}
     if model is None or ctx.export is None:
