@@ -39,6 +39,9 @@ of a call in per-kernel overhead, and a traced export keeps ops that a hand-writ
   it (PP-OCR cls, any image size: 145 -> 117 kernels per call, 1.015x on its FP32 stage, 1.02x on its last
   stage; no-op on PP-OCRv4 det/rec and ddddocr common). The graph's nodes are not changed; the steps that drop
   value_info (`align_channels` when it pads, `quant.compact_onnx`) write it again;
+- `affine_conv` (not in DEFAULT_RULES: `quantize_int8` applies it to its candidates, after the INT8 plan's own
+  folds; `onnxkit.affine_conv`): a constant per-channel Mul/Add chain on a conv's feature map as one 1x1 depthwise
+  Conv, which ONNX Runtime keeps in its blocked layout (PP-OCRv4 rec's and det's last stages 1.06x);
 - `affine_swap` (not in DEFAULT_RULES, `onnxkit.conv_affine`): a Mul -> Add pair in front of a padded Conv turned
   into Add -> Mul so the Mul folds too; faster, but it moved rec's INT8 calibration (its docstring).
 
@@ -63,7 +66,7 @@ from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
 from edgeslim.onnxkit.view_chains import _alias, _is_main
 
 RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap", "hardswish",
-         "se_gemm", "matmul_gemm", "gather_view", "unary_views", "rnn_outputs", "dim_names")
+         "se_gemm", "matmul_gemm", "gather_view", "unary_views", "rnn_outputs", "affine_conv", "dim_names")
 DEFAULT_RULES = ("identity_arith", "conv_as_matmul", "conv_rows", "conv_affine", "hardswish", "matmul_gemm",
                  "gather_view", "unary_views", "dim_names")  # measured faster (docstring)
 MAX_POSITIONS = 8  # output positions of a conv taken by `conv_as_matmul` (measured with 4)
@@ -114,6 +117,10 @@ def cheapen_ops(model: onnx.ModelProto, dims: dict[str, list[Dim]] | None = None
         from edgeslim.onnxkit.gemm_rows import gemm_rows
 
         counts.update(gemm_rows(model, rules))
+    if "affine_conv" in rules:  # `onnxkit.affine_conv` (the INT8 plan applies it to its candidates)
+        from edgeslim.onnxkit.affine_conv import affine_as_conv
+
+        counts["affine_conv"] = affine_as_conv(model)
     if any(counts.values()):
         remove_dead(model)
         made = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
