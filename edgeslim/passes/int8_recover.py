@@ -40,7 +40,9 @@ MIN_FULL_SPEEDUP = 1.0  # full INT8 at or under this speed-up over FP32 (first p
 
 def fidelity_floats(r: StageResult) -> list[str]:
     """The layers the plan kept float for fidelity (not for speed) in the chosen model."""
-    if r.chosen == "int8-full":
+    from edgeslim.passes.quantize_int8 import base_candidate
+
+    if base_candidate(r.chosen) == "int8-full":
         return []
     return [u for u, why in r.plan.float_units.items() if why.startswith("fidelity")]
 

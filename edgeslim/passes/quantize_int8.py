@@ -35,6 +35,7 @@ from edgeslim.onnxkit.weight_only import weight_only
 from edgeslim.passes.base import PassConfig, PassResult, RunContext, register
 from edgeslim.quant import int8_plan
 from edgeslim.quant import recurrent as rq
+from edgeslim.quant.dynamic_lstm import dynamic_lstm
 from edgeslim.quant.qdq import layer_report
 from edgeslim.quant.qdq_float import keep_float
 from edgeslim.quant.qdq_shrink import shrink
@@ -185,12 +186,13 @@ def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunC
         r, work, recovery = recover_plan(model, task, cfg, ctx, r, pre, opts, clock)
     report = {"tried": r.rows, "chosen": r.chosen, "why": r.why, "int8_plan": r.plan.report()}
     p = r.plan
-    src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(r.chosen)
+    chosen = base_candidate(r.chosen)
+    src = {"int8-mixed": "int8-mixed.raw.onnx", "int8-full": "int8-full.raw.onnx"}.get(chosen)
     if src:  # compare against the plan's float model: equalisation rescales channels between layers
         save(p.float_model, work / "float.plan.onnx")
     layers = layer_report(work / "float.plan.onnx", work / src, task.x_val[:128]) if src else []
-    float_why = {} if r.chosen == "int8-full" else (
-        p.float_units if r.chosen == "int8-mixed" else dict.fromkeys(p.units.quant, f"{r.chosen} chosen: FP32 compute"))
+    float_why = {} if chosen == "int8-full" else (
+        p.float_units if chosen == "int8-mixed" else dict.fromkeys(p.units.quant, f"{r.chosen} chosen: FP32 compute"))
     layers += [{"layer": u, "op": p.units.op[u], "bits": 32, "weight_dtype": "fp16 storage, fp32 compute"
                 if w.startswith(("fidelity", "w16")) else "int8 storage, fp32 compute", "float_because": w,
                 "sqnr_db": None} for u, w in float_why.items()]
@@ -213,8 +215,12 @@ def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunC
         notes.update(r.val_score)
     if r.slower_than_fp32:
         notes["slower_than_fp32"] = r.slower_than_fp32
-    if r.recurrent:
-        notes["recurrent_weight_only"] = r.recurrent
+    weight_only_ops = [op for op in r.recurrent if not (op == "LSTM" and r.chosen.endswith(LSTM8))]
+    if r.chosen.endswith(LSTM8):
+        notes["recurrent_int8"] = ("LSTM computed in int8: ONNX Runtime's DynamicQuantizeLSTM, int8 W and R, each "
+                                   "step's inputs quantized on the fly (`quant.dynamic_lstm`)")
+    if weight_only_ops:
+        notes["recurrent_weight_only"] = weight_only_ops
         notes["recurrent_note"] = rq.NOTE + " (static QDQ quantizes their neighbours only)"
     return PassResult(None, onnx=r.path, notes=notes)
 
@@ -236,6 +242,12 @@ def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunC
 
 
 WEIGHT_ONLY = {"w8": "w8 (FP32 compute, int8 weights on disk)", "w16": "w16 (FP32 compute, fp16 weights on disk)"}
+LSTM8 = "+lstm8"  # a candidate's variant with its LSTMs computed in int8 (`quant.dynamic_lstm`)
+
+
+def base_candidate(name: str) -> str:
+    """The plan's candidate a written model is made from ('int8-mixed+lstm8' -> 'int8-mixed')."""
+    return name.removesuffix(LSTM8)
 
 
 @dataclass
@@ -293,10 +305,15 @@ def per_layer_int8(
                           f"(`onnxkit.affine_conv`): {affine['int8-mixed']} in int8-mixed")
     paths = {}
     recurrent: list[str] = []
+    raws = {}
     for k, m in models.items():
-        raw = work / f"{k}.raw.onnx"
-        save(m, raw)
-        recurrent = rq.weight_only_recurrent(raw, raw)  # static QDQ has no GRU/LSTM/RNN kernels
+        raws[k] = work / f"{k}.raw.onnx"
+        save(m, raws[k])
+        if k in ("int8-mixed", "int8-full") and dynamic_lstm(raws[k], work / f"{k}{LSTM8}.raw.onnx"):
+            raws[k + LSTM8] = work / f"{k}{LSTM8}.raw.onnx"  # the same with int8 LSTM compute (`quant.dynamic_lstm`)
+    for k, raw in raws.items():
+        rec = rq.weight_only_recurrent(raw, raw)  # static QDQ has no GRU/LSTM/RNN kernels
+        recurrent = rec if k == "int8-mixed" else recurrent
         paths[k] = work / f"{k}.onnx"
         oq.compact_onnx(raw, paths[k])  # short tensor names: on a small model the names are a large share
     times = clock.times({"fp32": judge_fp.read_bytes(), **{k: p.read_bytes() for k, p in paths.items()}})
