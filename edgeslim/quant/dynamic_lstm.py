@@ -7,7 +7,8 @@ it). At batch 1 every step is a matrix-vector product that reads all of R, so in
 are what the step waits on: on ddddocr common's bidirectional 512-unit LSTM the FP32 stage went 14.5 -> 12.0 ms
 (held-out outputs: worst cosine 0.9992, 99.8% top-1 agreement; timed interleaved, ORT 1.32, one thread).
 Whether that holds is the INT8 pick's business: `passes.quantize_int8.per_layer_int8` times and judges the
-candidates written with it beside those without, and keeps one by the same rule.
+candidates written with it beside those without, and keeps one by the same rule (on this host's timer only: a
+device's cost model does not count the contrib op).
 """
 
 from __future__ import annotations
