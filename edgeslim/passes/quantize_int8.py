@@ -235,6 +235,8 @@ def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunC
 #   w16         FP32 compute with fp16 weight storage (Cast folded at load: the FP32 input's speed, half its
 #               size): the faithful fallback when no INT8 candidate is both faithful and at least as fast
 #               (a VAD whose recurrent state INT8 damages)
+#   +lstm8      int8-mixed and int8-full again with each LSTM as ONNX Runtime's DynamicQuantizeLSTM (int8 W/R
+#               compute; `quant.dynamic_lstm`), where the model has LSTMs and the clock times on this host
 # A candidate must stay within `max_drop` points of the FP32 validation accuracy. If none qualifies
 # under the rule (all slower than FP32), the fastest faithful one is written and the stage says, in its
 # notes, that it is slower than FP32: thin layers (a pruned ResNet-8 on 8x8 digits) often run slower in
@@ -306,10 +308,10 @@ def per_layer_int8(
     paths = {}
     recurrent: list[str] = []
     raws = {}
+    timed_here = getattr(clock, "device", None) is None  # a device's cost model does not know the int8 LSTM
     for k, m in models.items():
         raws[k] = work / f"{k}.raw.onnx"
         save(m, raws[k])
-        timed_here = getattr(clock, "device", None) is None  # a device's cost model does not know the int8 LSTM
         if timed_here and k in ("int8-mixed", "int8-full") and dynamic_lstm(raws[k], work / f"{k}{LSTM8}.raw.onnx"):
             raws[k + LSTM8] = work / f"{k}{LSTM8}.raw.onnx"  # the same with int8 LSTM compute (`quant.dynamic_lstm`)
     for k, raw in raws.items():
