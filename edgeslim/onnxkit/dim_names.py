@@ -22,11 +22,10 @@ changes: the file computes the same thing and takes the same input shapes. A gra
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import onnx
 from onnx import helper
+
+from edgeslim.onnxkit.static_shapes import ort_symbolic_infer
 
 ELEMENTWISE = ("Add", "Sum", "Mul")  # ops whose equal-shaped NCHWc inputs ONNX Runtime keeps blocked
 
@@ -69,15 +68,7 @@ def _inferred(model: onnx.ModelProto, wanted: list[str],
                 d.dim_param = f"{prefix}i{i}_{k}"
     del m.graph.value_info[:]
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        with tempfile.TemporaryDirectory() as scratch:  # it may save a side file into the working directory
-            here = os.getcwd()
-            os.chdir(scratch)
-            try:
-                inf = SymbolicShapeInference.infer_shapes(m, auto_merge=False)
-            finally:
-                os.chdir(here)
+        inf = ort_symbolic_infer(m, auto_merge=False)
     except Exception:  # noqa: BLE001 -- a graph it cannot type keeps the file as it is
         return None
     if inf is None:

@@ -30,23 +30,28 @@ from edgeslim.onnxkit.graph import remove_dead
 Dim = int | str | None  # a known size, a symbol (equal names: equal sizes), or unknown
 
 
+def ort_symbolic_infer(model: onnx.ModelProto, auto_merge: bool) -> onnx.ModelProto | None:
+    """ONNX Runtime's symbolic shape inference of `model` (a typed copy; None or an exception where it fails).
+    Where it cannot type every tensor it saves the model (weights as a side file, tens of MB) to
+    sym_shape_infer_temp.onnx in the working directory before raising: it runs in a scratch directory."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    with tempfile.TemporaryDirectory() as scratch:
+        here = os.getcwd()
+        os.chdir(scratch)
+        try:
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=auto_merge)
+        finally:
+            os.chdir(here)
+
+
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     """Tensor name -> its dims: an int where known, the symbol's name where ONNX Runtime's symbolic shape
     inference (auto_merge) tracks it (two dims of one name have one size at run time), None where unknown. ORT's
     inference carries the static dims through Slice bounds and Reshape targets computed from the batch size,
     where ONNX's own inference gives up; it is the fallback. {} when neither can type the graph."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        # where it cannot type every tensor it saves the model (weights as a side file, tens of MB) to
-        # sym_shape_infer_temp.onnx in the working directory before raising: run it in a scratch directory
-        with tempfile.TemporaryDirectory() as scratch:
-            here = os.getcwd()
-            os.chdir(scratch)
-            try:
-                inf = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-            finally:
-                os.chdir(here)
+        inf = ort_symbolic_infer(model, auto_merge=True)
         if inf is None:
             raise ValueError("no result")
     except Exception:  # best effort: a graph it cannot type falls back to ONNX's inference  # noqa: BLE001
