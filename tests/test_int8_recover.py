@@ -25,19 +25,23 @@ passes:
 """
 
 
+def _run_recover(model: Path, tmp_path: Path, out: Path) -> list[dict]:
+    """`run` of the RECOVER recipe on the fixture model and 120 inputs; its stages from results.json."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECOVER)
+    code, _, err = main_inproc("run", str(recipe), "--model", str(model), "--inputs",
+                               str(_inputs(tmp_path / "x.npz", 120)), "-o", str(out))
+    assert code == 0, err
+    return json.loads((out / "results.json").read_text())["stages"]
+
+
 def test_recover_plans_a_quant_aware_copy_and_keeps_the_faster_faithful_one(onnx_model, tmp_path,  # noqa: F811
                                                                             monkeypatch):
     from edgeslim.passes import int8_recover
 
     monkeypatch.setattr(int8_recover, "MIN_FULL_SPEEDUP", 0.0)  # a tiny model's full INT8 may run slower than FP32
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECOVER)
-    inputs = _inputs(tmp_path / "x.npz", 120)
     out = tmp_path / "run"
-    code, _, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs", str(inputs),
-                               "-o", str(out))
-    assert code == 0, err
-    base, int8 = json.loads((out / "results.json").read_text())["stages"]
+    base, int8 = _run_recover(onnx_model, tmp_path, out)
     rec = int8["notes"]["recover"]
     # a target cosine of 0.99999 makes the plan keep layers float for fidelity: the recovery ran
     assert rec["plan_fidelity_floats"] >= 1 and rec["fake_quantized_layers"] == 3
@@ -76,13 +80,7 @@ def test_quant_aware_copy_has_weights_on_the_int8_grid():
 def test_recover_is_skipped_when_full_int8_is_no_faster(onnx_model, tmp_path):  # noqa: F811
     from edgeslim.passes import int8_recover
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECOVER)
-    out = tmp_path / "run"
-    code, _, err = main_inproc("run", str(recipe), "--model", str(onnx_model), "--inputs",
-                               str(_inputs(tmp_path / "x.npz", 120)), "-o", str(out))
-    assert code == 0, err
-    int8 = json.loads((out / "results.json").read_text())["stages"][-1]
+    int8 = _run_recover(onnx_model, tmp_path, tmp_path / "run")[-1]
     full = next(r for r in int8["notes"]["tried"] if r["candidate"] == "int8-full")
     rec = int8["notes"]["recover"]
     if full["speedup_vs_fp32"] <= int8_recover.MIN_FULL_SPEEDUP:
