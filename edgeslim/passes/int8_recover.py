@@ -70,7 +70,7 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
     retrained copy of `model` when that one is faithful and faster (module docstring)."""
     from edgeslim.passes.quantize_int8 import Pick, per_layer_int8, stream_columns
 
-    work0 = r0.path.parent / "candidates"
+    work0 = pre.parent  # the first plan's candidates
     floats = fidelity_floats(r0)
     if not floats:
         return r0, work0, {"skipped": "the plan kept no layer float for fidelity"}
