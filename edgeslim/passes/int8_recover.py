@@ -101,11 +101,12 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
         "plan_fidelity_floats": len(floats),
         "recovered_format": f"{r1.chosen} ({len(fidelity_floats(r1))} layers float for fidelity)",
         "recovered_val_accuracy": row["val_accuracy"],
-        "time_ratio_recovered_vs_plan": [round(rt.median, 3), round(rt.lo, 3), round(rt.hi, 3)],
+        # unrounded: a bound of 0.9996 written as 1.0 would contradict the decision it made
+        "time_ratio_recovered_vs_plan": [rt.median, rt.lo, rt.hi],
         "kept": "recovered" if take else "plan",
-        "kept_why": (f"faithful and faster: time ratio {rt.median:.3f} (95% CI {rt.lo:.3f}-{rt.hi:.3f})" if take else
+        "kept_why": (f"faithful and faster: time ratio {rt.median:.4f} (95% CI {rt.lo:.4f}-{rt.hi:.4f})" if take else
                      ("not faithful" if not r1.faithful else
-                      f"not faster with confidence: time ratio {rt.median:.3f} (95% CI {rt.lo:.3f}-{rt.hi:.3f})")),
+                      f"not faster with confidence: time ratio {rt.median:.4f} (95% CI {rt.lo:.4f}-{rt.hi:.4f})")),
         "seconds": round(time.perf_counter() - t0, 1),
     })
     if not take:
