@@ -38,11 +38,28 @@ def _run_recover(model: Path, tmp_path: Path, out: Path) -> list[dict]:
 def test_recover_plans_a_quant_aware_copy_and_keeps_the_faster_faithful_one(onnx_model, tmp_path,  # noqa: F811
                                                                             monkeypatch):
     from edgeslim.passes import int8_recover
+    from edgeslim.quant import int8_plan
 
     monkeypatch.setattr(int8_recover, "MIN_FULL_SPEEDUP", 0.0)  # a tiny model's full INT8 may run slower than FP32
+    plans: list[tuple[list, list]] = []  # (calibration feeds, judged feeds) of each INT8 plan
+    build = int8_plan.build_plan
+
+    def spy(model, feeds, ref, *a, **kw):  # type: ignore[no-untyped-def]
+        plans.append((feeds, kw.get("judge_feeds") or feeds))
+        return build(model, feeds, ref, *a, **kw)
+
+    monkeypatch.setattr(int8_plan, "build_plan", spy)
     out = tmp_path / "run"
     base, int8 = _run_recover(onnx_model, tmp_path, out)
     rec = int8["notes"]["recover"]
+    assert len(plans) == 2 and rec["plan_judged_on"].endswith("validation rows")
+
+    def rows(fs: list) -> set[bytes]:
+        return {r.tobytes() for f in fs for a in f.values() for r in np.asarray(a)}
+
+    # the retrained copy's plan judges on rows it was not fitted on: none of them is a calibration (training) row
+    calib, judged = rows(plans[1][0]), rows(plans[1][1])
+    assert judged and not calib & judged
     # a target cosine of 0.99999 makes the plan keep layers float for fidelity: the recovery ran
     assert rec["plan_fidelity_floats"] >= 1 and rec["fake_quantized_layers"] == 3
     assert rec["steps"] == 20 or (rec["steps"] == 0 and rec["stopped_by"] == "nothing to recover")

@@ -8,7 +8,8 @@ notes) when no layer is float for fidelity, or when full INT8 ran no faster than
 (a small recurrent model: fewer float layers would not pay for the retraining).
 
 The retrained copy is held to the same bar as the first plan: its plan measures fidelity against the stage's own
-FP32 input (`Pick.reference`), not against its own float weights, and its candidates must stay within
+FP32 input (`Pick.reference`), not against its own float weights, on validation rows (`Pick.judge_feeds`: the
+copy was fitted on the training rows the first plan calibrates and judges on), and its candidates must stay within
 `max_accuracy_drop` of that input's validation score. Every pick is on the validation split; the stage's test
 fidelity is measured afterwards by the run as for any stage. Only a model that is an `nn.Module` (any run kind
 with a PyTorch model: zoo, `.pt2`, converted ONNX) and a handler that can export it take this path; otherwise the
@@ -90,8 +91,11 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
     pre1 = work / "float.pre.onnx"
     oq.preprocess(exported, pre1)
     feeds = oq.calibration_feeds(pre1, task.calibration(cfg.calibration_samples, ctx.seed))
+    # the copy was fitted on training rows, the calibration rows among them: its plan judges on validation rows
+    judged = oq.calibration_feeds(pre1, task.x_val[:cfg.calibration_samples])
     r1 = per_layer_int8(pre1, work, feeds, task.x_val, task.y_val, clock, opts,
-                        Pick(cfg.max_accuracy_drop, cfg.prefer, reference=pre), state_columns=stream_columns(ctx))
+                        Pick(cfg.max_accuracy_drop, cfg.prefer, reference=pre, judge_feeds=judged),
+                        state_columns=stream_columns(ctx))
     times = clock.times({"plan": r0.path.read_bytes(), "recovered": r1.path.read_bytes()})
     rt = ratio(times["recovered"], times["plan"])
     take = r1.faithful and rt.hi < 1.0
@@ -99,6 +103,7 @@ def recover_plan(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: Ru
     notes.update({
         "why": "the INT8 plan kept layers float for fidelity: retrained with int8 fake quantization, planned again",
         "plan_fidelity_floats": len(floats),
+        "plan_judged_on": f"{sum(len(next(iter(f.values()))) for f in judged)} validation rows",
         "recovered_format": f"{r1.chosen} ({len(fidelity_floats(r1))} layers float for fidelity)",
         "recovered_val_accuracy": row["val_accuracy"],
         # unrounded: a bound of 0.9996 written as 1.0 would contradict the decision it made

@@ -271,11 +271,14 @@ class Pick:
     """How `per_layer_int8` judges its candidates: within `max_drop` points of the FP32 model's validation
     accuracy, `prefer` (`measure.decide.choose_option`), and against which FP32 model. `reference`: the model the
     plan's fidelity and the pick's bar are measured against, when not the one quantized (a quant-aware retrained
-    copy is held to the stage's own FP32 input, `passes.int8_recover`)."""
+    copy is held to the stage's own FP32 input, `passes.int8_recover`). `judge_feeds`: the feeds the plan's one-step
+    fidelity judgments run on, when not the calibration feeds (a copy trained on the calibration rows is judged on
+    validation rows)."""
 
     max_drop: float
     prefer: str = "balanced"
     reference: Path | None = None
+    judge_feeds: list[dict] | None = None
 
 
 def per_layer_int8(
@@ -292,10 +295,11 @@ def per_layer_int8(
     name_nodes(model)
     judge_fp = pick.reference or pre
     fp = session(judge_fp)
-    ref = [fp.run(None, f) for f in feeds]
+    judged = feeds if pick.judge_feeds is None else pick.judge_feeds
+    ref = [fp.run(None, f) for f in judged]
     streams = StreamData(x_val, y_val, state_columns) if state_columns and np.asarray(y_val).dtype.kind == "f" \
         else None  # the plan judges as the pick does
-    plan = int8_plan.build_plan(model, feeds, ref, opts, clock, streams=streams)
+    plan = int8_plan.build_plan(model, feeds, ref, opts, clock, streams=streams, judge_feeds=judged)
     assert plan.full is not None
     every = set(plan.units.quant)
     w8 = keep_float(plan.full, plan.units.nodes(every), min_elements=16, float_model=plan.float_model)

@@ -223,15 +223,18 @@ class _Run:
 
 
 def build_plan(model: onnx.ModelProto, feeds: Sequence[Feed], ref: Sequence[list[np.ndarray]], opts: Int8Options,
-          clock: Clock, profiler: Profiler | None = None, streams: StreamData | None = None) -> Int8Plan:
-    """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `ref` holds
-    the reference outputs per feed; `clock` times whole models and (unless `profiler` is given) profiles
-    per-node kernels, on its own feed. `streams` (a model with recurrent state): every fidelity judgment
-    runs its validation streams with the state carried (`quant.stream_eval`), not one step per feed."""
+          clock: Clock, profiler: Profiler | None = None, streams: StreamData | None = None,
+          judge_feeds: Sequence[Feed] | None = None) -> Int8Plan:
+    """Run the whole recipe (module docstring) on `model` (float, optimised, nodes named). `feeds` calibrate;
+    the one-step fidelity judgments run on `judge_feeds` (default: `feeds`), `ref` holding the reference outputs
+    per judged feed; `clock` times whole models and (unless `profiler` is given) profiles per-node kernels, on its
+    own feed. `streams` (a model with recurrent state): every fidelity judgment runs its validation streams with
+    the state carried (`quant.stream_eval`), not one step per feed."""
     notes: list[str] = []  # speed decisions are made for the clock's device (quant.device_choice)
     opts = device_choice.adapt_options(opts, getattr(clock, "device", None), notes)
     worst: dict = {}
-    judge = plan_evaluator(model, streams, opts.threads, worst, notes) or evaluator(feeds, ref, opts.threads, worst)
+    judge = (plan_evaluator(model, streams, opts.threads, worst, notes)
+             or evaluator(feeds if judge_feeds is None else judge_feeds, ref, opts.threads, worst))
     run = _Run(feeds, opts, judge, notes)
     if profiler is None:
         def profiler(models: dict[str, bytes]) -> dict[str, dict[str, float]]:
