@@ -48,7 +48,7 @@ def _cosine_plot(stages: list[dict], get: Callable[[dict], float | None], label:
 
 def report_html(results: dict, md: str, recipe_text: str = "") -> str:
     """report.md's tables and notes as one self-contained page, plus two trade-off plots (measured figures)."""
-    from edgeslim.report.run_html import STYLE, _md_table_to_html
+    from edgeslim.report.run_html import STYLE, md_table_to_html
 
     e = html.escape
     stages = results["stages"]
@@ -59,7 +59,7 @@ def report_html(results: dict, md: str, recipe_text: str = "") -> str:
             table.append(line)
             continue
         if table:
-            body.append(_md_table_to_html(table))
+            body.append(md_table_to_html(table))
             table = []
         if line.startswith("## "):
             body.append(f"<h2>{e(line[3:])}</h2>")
@@ -68,7 +68,7 @@ def report_html(results: dict, md: str, recipe_text: str = "") -> str:
         elif line.strip():
             body.append(f"<p>{e(line.strip().replace('**', '').replace('`', ''))}</p>")
     if table:
-        body.append(_md_table_to_html(table))
+        body.append(md_table_to_html(table))
     figs = [(_cosine_plot(stages, lambda s: s.get("latency_ms_p50"), "latency p50 at seq 128 (ms, ONNX Runtime)"),
              "cosine vs latency"),
             (_cosine_plot(stages, lambda s: s.get("size_bytes") and s["size_bytes"] / 2**20, "ONNX file (MiB)"),

@@ -63,7 +63,7 @@ from onnx import helper, numpy_helper
 from edgeslim.onnxkit.consts import Consts, attr, unique_name
 from edgeslim.onnxkit.graph import consumers, insert_before, remove_dead
 from edgeslim.onnxkit.static_shapes import Dim, symbolic_dims
-from edgeslim.onnxkit.view_chains import _alias, _is_main
+from edgeslim.onnxkit.view_chains import alias_reads, is_main_node
 
 RULES = ("identity_arith", "pow_square", "conv_as_matmul", "conv_rows", "conv_affine", "affine_swap", "hardswish",
          "se_gemm", "matmul_gemm", "gather_view", "unary_views", "rnn_outputs", "affine_conv", "dim_names")
@@ -153,7 +153,7 @@ def _identity_arith(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
     done = 0
     nodes: list[onnx.NodeProto] = list(g.node)
     for n in nodes:
-        if n.op_type not in _IDENTITY or not _is_main(n) or len(n.input) != 2 or prod.get(n.output[0]) is not n:
+        if n.op_type not in _IDENTITY or not is_main_node(n) or len(n.input) != 2 or prod.get(n.output[0]) is not n:
             continue
         unit, sides = _IDENTITY[n.op_type]
         for c in sides:  # c: the side that may be the constant
@@ -163,7 +163,7 @@ def _identity_arith(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
             sx = _static(dims, x)
             if sx is None or sx != _static(dims, n.output[0]):  # unknown or different shapes: not provably a no-op
                 continue
-            if _alias(g, n.output[0], x, outputs, prod):
+            if alias_reads(g, n.output[0], x, outputs, prod):
                 done += 1
             break
     return done
@@ -173,7 +173,7 @@ def _pow_square(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
     readers = consumers(g)
     done = 0
     for n in g.node:
-        if n.op_type != "Pow" or not _is_main(n) or len(n.input) != 2:
+        if n.op_type != "Pow" or not is_main_node(n) or len(n.input) != 2:
             continue
         if any(r.op_type == "ReduceMean" for r in readers.get(n.output[0], [])):  # a LayerNorm's variance
             continue
@@ -271,7 +271,7 @@ def _through_pad(prod: dict[str, onnx.NodeProto], consts: Consts, t: str,
     """(`t`'s source, its padding) when `t` is made by a reflect/edge Pad of the last axis only (constant
     pads) and no Pad was met yet; else (`t`, `pad`) unchanged."""
     p = prod.get(t)
-    if pad is not None or p is None or p.op_type != "Pad" or not _is_main(p) or len(p.input) not in (2, 3):
+    if pad is not None or p is None or p.op_type != "Pad" or not is_main_node(p) or len(p.input) not in (2, 3):
         return t, pad
     mode = attr(p, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
@@ -338,7 +338,7 @@ def _conv_as_matmul(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Cons
         src, pad = n.input[0], None
         src, pad = _through_pad(prod, consts, src, pad)
         u = prod.get(src)
-        if u is None or u.op_type != "Unsqueeze" or not _is_main(u):
+        if u is None or u.op_type != "Unsqueeze" or not is_main_node(u):
             continue
         axes = attr(u, "axes", None) if len(u.input) < 2 else consts.get(u.input[1])
         if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] not in ([1], [-2]):

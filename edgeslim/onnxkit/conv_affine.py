@@ -30,7 +30,7 @@ from onnx import numpy_helper
 
 from edgeslim.onnxkit.consts import Consts, attr, unique_name
 from edgeslim.onnxkit.graph import consumers
-from edgeslim.onnxkit.view_chains import _is_main
+from edgeslim.onnxkit.view_chains import is_main_node
 
 
 def swap_affine(g: onnx.GraphProto, consts: Consts) -> int:
@@ -41,7 +41,7 @@ def swap_affine(g: onnx.GraphProto, consts: Consts) -> int:
     prod = {o: n for n in g.node for o in n.output if o}
     done = 0
     for conv in list(g.node):
-        if conv.op_type != "Conv" or not _is_main(conv) or len(conv.input) < 2 or not _padded(conv):
+        if conv.op_type != "Conv" or not is_main_node(conv) or len(conv.input) < 2 or not _padded(conv):
             continue
         w = consts.get(conv.input[1])
         if w is None or w.dtype != np.float32 or w.ndim < 3:
@@ -88,7 +88,7 @@ def _split(n: onnx.NodeProto, consts: Consts) -> tuple[str, str]:
 
 def _affine(n: onnx.NodeProto, op: str, outputs: set[str], consts: Consts) -> bool:
     """`n` is a main-graph `op` of one tensor and one float32 constant, whose output is no graph output."""
-    if n.op_type != op or not _is_main(n) or len(n.input) != 2 or len(n.output) != 1 or n.output[0] in outputs:
+    if n.op_type != op or not is_main_node(n) or len(n.input) != 2 or len(n.output) != 1 or n.output[0] in outputs:
         return False
     if sum(i in consts for i in n.input) != 1:
         return False

@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 from edgeslim.onnxkit.consts import Consts, attr, unique_name
 from edgeslim.onnxkit.graph import consumers
 from edgeslim.onnxkit.static_shapes import Dim
-from edgeslim.onnxkit.view_chains import _is_main, _is_view
+from edgeslim.onnxkit.view_chains import is_main_node, is_view_node
 
 # elementwise ops of one input: op(view(x)) == view(op(x)) for any view
 UNARY_OPS = {"Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Softplus", "Softsign",
@@ -87,7 +87,7 @@ def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
     outputs = {o.name for o in g.output}
     done = 0
     for n in list(g.node):
-        if n.op_type != "MatMul" or not _is_main(n) or len(n.input) != 2 or n.output[0] in outputs:
+        if n.op_type != "MatMul" or not is_main_node(n) or len(n.input) != 2 or n.output[0] in outputs:
             continue
         a, y = n.input[0], n.output[0]
         w = consts.get(n.input[1])
@@ -95,18 +95,18 @@ def matmul_gemm(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
         if w is None or w.ndim != 2 or w.dtype != np.float32 or da is None or len(da) < 3:
             continue
         pa = prod.get(a)  # the Reshape to rows must merge with a view op that makes A, else it is one kernel more
-        if pa is None or not _is_view(pa, dims, consts) or len(readers.get(a, [])) != 1:
+        if pa is None or not is_view_node(pa, dims, consts) or len(readers.get(a, [])) != 1:
             continue
         inner = da[1:]
         if not all(isinstance(d, int) and d > 0 for d in inner) or inner[-1] != w.shape[0]:
             continue
         rd = readers.get(y, [])
-        if len(rd) != 1 or rd[0].op_type != "Add" or not _is_main(rd[0]) or len(rd[0].input) != 2:
+        if len(rd) != 1 or rd[0].op_type != "Add" or not is_main_node(rd[0]) or len(rd[0].input) != 2:
             continue
         add = rd[0]
         after = readers.get(add.output[0], [])  # the Reshape back must merge with a view or leave a fusable op
         fits = len(after) == 1 and (after[0].op_type in GEMM_ACTS or (
-            _is_view(after[0], dims, consts) and after[0].input[0] == add.output[0]))
+            is_view_node(after[0], dims, consts) and after[0].input[0] == add.output[0]))
         if add.output[0] in outputs or not fits:
             continue
         bname = add.input[1] if add.input[0] == y else add.input[0]
@@ -136,14 +136,14 @@ def unary_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts) 
     counted once however many view ops it passed)."""
     outputs = {o.name for o in g.output}
     done = 0
-    for name in [u.output[0] for u in g.node if u.op_type in UNARY_OPS and _is_main(u) and len(u.input) == 1]:
+    for name in [u.output[0] for u in g.node if u.op_type in UNARY_OPS and is_main_node(u) and len(u.input) == 1]:
         moved = False
         for _ in range(MAX_WALK):
             prod = {o: n for n in g.node for o in n.output if o}
             u = prod[name]
             readers = consumers(g)
             v = prod.get(u.input[0])
-            if v is None or not _is_view(v, dims, consts) or v.output[0] in outputs \
+            if v is None or not is_view_node(v, dims, consts) or v.output[0] in outputs \
                     or len(readers.get(v.output[0], [])) != 1:
                 break
             # x -> v -> t -> u -> y   becomes   x -> u -> t' -> v -> y   (t' a fresh name: its shape is x's)
@@ -168,7 +168,7 @@ def gather_views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts)
     """The `gather_view` rewrite (module docstring) in place; returns how many Gathers became Reshapes."""
     done = 0
     for n in g.node:
-        if n.op_type != "Gather" or not _is_main(n) or len(n.input) != 2:
+        if n.op_type != "Gather" or not is_main_node(n) or len(n.input) != 2:
             continue
         idx, dx = consts.get(n.input[1]), dims.get(n.input[0])
         if idx is None or dx is None or idx.dtype.kind not in "iu":

@@ -157,7 +157,7 @@ def sample_rows(sess, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(rows, 1) if rows else np.zeros((0, 0))
 
 
-_FLOAT_OUT = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
+FLOAT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
 
 
 def onnx_score(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1,
@@ -175,7 +175,7 @@ def onnx_score(model: Any, x: np.ndarray, y: np.ndarray, threads: int = 1,
     b = np.asarray(y, np.float64).reshape(len(y), -1)
     _, shapes = output_rows_shapes(sess, np.asarray(x)[:1], 64)
     outs = sess.get_outputs()
-    parts = [OutputPart(o.name, s, o.type not in _FLOAT_OUT, feeds.get(o.name)) for o, s in zip(outs, shapes)]
+    parts = [OutputPart(o.name, s, o.type not in FLOAT_TYPES, feeds.get(o.name)) for o, s in zip(outs, shapes)]
 
     def step(rows: np.ndarray) -> np.ndarray:
         return np.concatenate(output_rows(sess, rows, 64), 1)

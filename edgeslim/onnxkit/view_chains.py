@@ -62,13 +62,14 @@ def _known(dims: dict[str, list[Dim]], name: str) -> tuple[Dim, ...] | None:
     return tuple(d) if d is not None and all(x is not None for x in d) else None
 
 
-def _is_main(n: onnx.NodeProto) -> bool:
+def is_main_node(n: onnx.NodeProto) -> bool:
+    """A standard-domain node with one output whose first input is present (what a view chain can hold)."""
     return n.domain in ("", "ai.onnx") and len(n.output) == 1 and bool(n.input) and bool(n.input[0])
 
 
-def _is_view(n: onnx.NodeProto, dims: dict[str, list[Dim]], consts: Consts) -> bool:
+def is_view_node(n: onnx.NodeProto, dims: dict[str, list[Dim]], consts: Consts) -> bool:
     """True when `n` returns its first input's elements, in order, under another shape."""
-    if not _is_main(n):
+    if not is_main_node(n):
         return False
     if n.op_type in VIEW_OPS:
         return True
@@ -96,7 +97,7 @@ def _is_view(n: onnx.NodeProto, dims: dict[str, list[Dim]], consts: Consts) -> b
     return all(-r <= int(a) < r and xd[int(a) % r] == 1 for a in axes)
 
 
-def _alias(g: onnx.GraphProto, y: str, t: str, outputs: set[str], prod: dict[str, onnx.NodeProto]) -> bool:
+def alias_reads(g: onnx.GraphProto, y: str, t: str, outputs: set[str], prod: dict[str, onnx.NodeProto]) -> bool:
     """Make every reader of `y` read `t` (same values, same shape). A graph output `y` keeps its name: `t`'s
     producer writes `y` and `y`'s old producer goes. False (nothing changed) where that cannot be done."""
     if y not in outputs:
@@ -117,7 +118,7 @@ def _views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outpu
     prod = {o: n for n in g.node for o in n.output if o}
     nodes: list[onnx.NodeProto] = list(g.node)
     for n in nodes:
-        if not _is_view(n, dims, consts) or prod.get(n.output[0]) is not n:
+        if not is_view_node(n, dims, consts) or prod.get(n.output[0]) is not n:
             continue
         y = n.output[0]
         chain, cur = [y], n
@@ -125,14 +126,14 @@ def _views(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outpu
             x = cur.input[0]
             chain.insert(0, x)
             p = prod.get(x)
-            if p is None or not _is_view(p, dims, consts):
+            if p is None or not is_view_node(p, dims, consts):
                 break
             cur = p
         sy = _known(dims, y)
         if sy is None:
             continue
         same = next((t for t in chain[:-1] if _known(dims, t) == sy), None)
-        if same is not None and _alias(g, y, same, outputs, prod):
+        if same is not None and alias_reads(g, y, same, outputs, prod):
             continue
         if len(chain) < 3 or any(d == 0 for d in sy) or sum(not isinstance(d, int) for d in sy) > 1:
             continue
@@ -175,7 +176,7 @@ def _slices(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outp
     readers = consumers(g)
     nodes: list[onnx.NodeProto] = list(g.node)
     for n in nodes:
-        if n.op_type != "Slice" or not _is_main(n) or prod.get(n.output[0]) is not n:
+        if n.op_type != "Slice" or not is_main_node(n) or prod.get(n.output[0]) is not n:
             continue
         x, y = n.input[0], n.output[0]
         sx = _known(dims, x)
@@ -183,10 +184,10 @@ def _slices(g: onnx.GraphProto, dims: dict[str, list[Dim]], consts: Consts, outp
             continue
         steps = consts.get(n.input[4]) if len(n.input) > 4 and n.input[4] else np.ones(1)
         if steps is not None and np.all(np.asarray(steps) == 1) and _known(dims, y) == sx \
-                and _alias(g, y, x, outputs, prod):
+                and alias_reads(g, y, x, outputs, prod):
             continue
         p = prod.get(x)
-        if p is None or p.op_type != "Slice" or not _is_main(p) or len(readers.get(x, [])) != 1 or x in outputs:
+        if p is None or p.op_type != "Slice" or not is_main_node(p) or len(readers.get(x, [])) != 1 or x in outputs:
             continue
         src = p.input[0]
         d0 = dims.get(src)

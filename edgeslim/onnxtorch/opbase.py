@@ -110,7 +110,7 @@ def ints(t: torch.Tensor | list | None) -> list[int]:
     return [int(v) for v in pylist(t)]
 
 
-def _axes(op: Op, t: torch.Tensor | None, name: str = "axes") -> list[int] | None:
+def op_axes(op: Op, t: torch.Tensor | None, name: str = "axes") -> list[int] | None:
     """Axes from the attribute (older opsets) or the input."""
     if name in op.a:
         return list(op.a[name])

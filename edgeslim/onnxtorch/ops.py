@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from edgeslim.onnxtorch.opbase import (  # noqa: F401  (re-exported: the converter's names for them)
     ATTR_INPUTS,
     Op,
-    _axes,
     attrs_of,
     constant_value,
     ints,
+    op_axes,
     pylist,
     to_tensor,
     torch_dtype,
@@ -75,7 +75,7 @@ def _softmax_like(f: Callable) -> Callable:
 
 def _reduce(f: str) -> Callable:
     def run(op: Op, x: torch.Tensor, axes_t: Any = None) -> torch.Tensor:
-        axes = _axes(op, axes_t)
+        axes = op_axes(op, axes_t)
         keep = bool(op.a.get("keepdims", 1))
         if not axes:
             if op.a.get("noop_with_empty_axes", 0):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from edgeslim.onnxtorch.opbase import Op, _axes, ints, torch_dtype
+from edgeslim.onnxtorch.opbase import Op, ints, op_axes, torch_dtype
 
 
 def transpose_op(op: Op, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,7 @@ def gather_op(op: Op, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def unsqueeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> torch.Tensor:
-    axes = _axes(op, axes_t) or []
+    axes = op_axes(op, axes_t) or []
     r = x.dim() + len(axes)
     for a in sorted(a + r if a < 0 else a for a in axes):
         x = x.unsqueeze(a)
@@ -186,7 +186,7 @@ class _Squeeze(torch.autograd.Function):
 
 
 def squeeze_op(op: Op, x: torch.Tensor, axes_t: torch.Tensor | None = None) -> torch.Tensor:
-    axes = _axes(op, axes_t)
+    axes = op_axes(op, axes_t)
     if axes is None:
         return x.squeeze()
     if torch.jit.is_tracing() and all(x.shape[a] == 1 for a in axes):

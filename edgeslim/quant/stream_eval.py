@@ -33,7 +33,7 @@ import onnx
 from edgeslim.onnxkit.inputs import Feed
 from edgeslim.onnxkit.lazy import stream_cosine, stream_output_cosines
 from edgeslim.onnxkit.scoring import Agreement, OutputPart, chains, score_rows, stream_rows
-from edgeslim.onnxkit.session import _FLOAT_OUT, output_rows, output_rows_shapes, session
+from edgeslim.onnxkit.session import FLOAT_TYPES, output_rows, output_rows_shapes, session
 
 Evaluate = Callable[[onnx.ModelProto, int], float]  # (model, number of feeds) -> worst-output fidelity (0-1)
 
@@ -84,7 +84,7 @@ class StreamData:
     def parts(self, sess) -> list[OutputPart]:
         """The outputs of `sess` as a row holds them, each state output with the column it is fed back to."""
         _, shapes = output_rows_shapes(sess, np.asarray(self.x)[:1], 64)
-        return [OutputPart(o.name, s, o.type not in _FLOAT_OUT, self.state_columns.get(o.name))
+        return [OutputPart(o.name, s, o.type not in FLOAT_TYPES, self.state_columns.get(o.name))
                 for o, s in zip(sess.get_outputs(), shapes)]
 
     def has_streams(self, sess) -> bool:

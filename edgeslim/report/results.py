@@ -53,11 +53,11 @@ COLUMNS = [
     ("non-zero", lambda s: human_count(s.get("nonzero_params"))),
     ("MACs", lambda s: human_count(s.get("macs"))),
     ("size", lambda s: human_bytes(s.get("size_bytes"))),
-    ("latency p50", lambda s: f"{_latency(s):.3f} ms" if _latency(s) is not None else "-"),
+    ("latency p50", lambda s: f"{stage_latency(s):.3f} ms" if stage_latency(s) is not None else "-"),
 ]
 
 
-def _latency(s: dict) -> float | None:
+def stage_latency(s: dict) -> float | None:
     """The stage's p50 (ms): timed together with the other stages (interleaved) when the run did, else alone."""
     return s.get("latency_ms_p50_interleaved", s.get("latency_ms_p50"))
 
@@ -105,7 +105,7 @@ def methods_caption(stages: list[dict]) -> str:
 def _flagged(stages: list[dict]) -> list[dict]:
     """Stages with "(slower)" after the name when slower than the stage before (measured p50, or the
     pass's own interleaved verdict `notes.slower_than_fp32`): said in the table itself, not only below."""
-    slow = {name for name, _, _ in _slower_stages(stages)}
+    slow = {name for name, _, _ in slower_stages(stages)}
     slow |= {s["name"] for s in stages if (s.get("notes") or {}).get("slower_than_fp32")}
     return [{**s, "name": s["name"] + " (slower)"} if s["name"] in slow else s for s in stages]
 
@@ -123,7 +123,7 @@ def results_table(stages: list[dict], title: str = "edgeslim results") -> Table:
 def print_table(stages: list[dict], title: str = "edgeslim results", console: Console | None = None) -> None:
     console = console or Console()
     console.print(results_table(stages, title))
-    for name, now, before in _slower_stages(stages):
+    for name, now, before in slower_stages(stages):
         console.print(f"note: {name} is slower than the stage before it on this machine "
                       f"({now:.4f} vs {before:.4f} ms p50): its kernels do not pay off here for this model")
 
@@ -171,7 +171,7 @@ def report_md(results: dict) -> str:
     ]
     if len(stages) > 1 and base.get("size_bytes") and last.get("size_bytes"):
         ratio = base["size_bytes"] / last["size_bytes"]
-        lat0, lat1 = _latency(base), _latency(last)
+        lat0, lat1 = stage_latency(base), stage_latency(last)
         speed = last.get("speedup_vs_baseline") or (lat0 / lat1 if lat0 and lat1 else float("nan"))
         drop = 100 * (base["accuracy"] - last["accuracy"]) if base.get("accuracy") is not None else float("nan")
         lines += [
@@ -179,7 +179,7 @@ def report_md(results: dict) -> str:
             f"(p50), accuracy change {-drop:+.2f} points.",
             "",
         ]
-    slower = _slower_stages(stages)
+    slower = slower_stages(stages)
     if slower:
         lines += ["**Slower than the stage before, measured here** (the runtime's kernels for this model do not "
                   "pay off on this machine):", ""]
@@ -193,11 +193,11 @@ def report_md(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slower_stages(stages: list[dict], margin: float = 1.1) -> list[tuple[str, float, float]]:
+def slower_stages(stages: list[dict], margin: float = 1.1) -> list[tuple[str, float, float]]:
     """Stages whose p50 latency is more than `margin` times the previous stage's."""
     out = []
     for prev, cur in zip(stages, stages[1:]):
-        a, b = _latency(prev), _latency(cur)
+        a, b = stage_latency(prev), stage_latency(cur)
         if a and b and b > margin * a:
             out.append((cur["name"], b, a))
     return out

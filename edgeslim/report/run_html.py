@@ -17,12 +17,12 @@ from edgeslim.fsutil import write_bytes, write_text
 from edgeslim.report import behaviour, run_plots
 from edgeslim.report.plotting import energy_plot
 from edgeslim.report.results import (
-    _latency,
-    _slower_stages,
     human_bytes,
     human_count,
     human_duration,
     methods_caption,
+    slower_stages,
+    stage_latency,
 )
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}"
@@ -49,7 +49,7 @@ def stage_table(stages: list[dict]) -> tuple[list[str], list[list[str]]]:
     for s in stages:
         acc = s.get("accuracy")
         d = None if acc is None or base.get("accuracy") is None else 100 * (acc - base["accuracy"])
-        lat, lat0 = _latency(s), _latency(base)
+        lat, lat0 = stage_latency(s), stage_latency(base)
         sp = s.get("speedup_interleaved") or (lat0 / lat if lat and lat0 else None)
         r = [s["name"], "-" if acc is None else f"{100 * acc:.2f}%", "-" if d is None else f"{d:+.2f} pts",
              human_count(s.get("params")), human_count(s.get("macs")), human_bytes(s.get("size_bytes")),
@@ -71,7 +71,7 @@ def headline(stages: list[dict]) -> str:
     base, last = stages[0], stages[-1]
     if len(stages) < 2 or not last.get("size_bytes"):
         return ""
-    lat, lat0 = _latency(last), _latency(base)
+    lat, lat0 = stage_latency(last), stage_latency(base)
     sp = last.get("speedup_interleaved") or (lat0 / lat if lat and lat0 else float("nan"))
     d = 100 * (last["accuracy"] - base["accuracy"]) if last.get("accuracy") is not None else float("nan")
     txt = (f"{last['name']} vs baseline: {base['size_bytes'] / last['size_bytes']:.1f}x smaller on disk, "
@@ -113,7 +113,7 @@ def run_figures(results: dict, run_dir: Path) -> dict[str, tuple[bytes, str]]:
     figs: dict[str, tuple[bytes, str]] = {}
     figs["acc_size"] = (run_plots.tradeoff_plot(stages, lambda s: s.get("size_bytes") and s["size_bytes"] / 1024,
                                                 "model file (KB, measured)"), "accuracy vs size")
-    figs["acc_latency"] = (run_plots.tradeoff_plot(stages, _latency, "latency p50 (ms, ONNX Runtime, measured)"),
+    figs["acc_latency"] = (run_plots.tradeoff_plot(stages, stage_latency, "latency p50 (ms, ONNX Runtime, measured)"),
                            "accuracy vs latency")
     ver = [s for s in stages if s.get("device_verdict")]
     if ver:
@@ -203,7 +203,7 @@ def page(results: dict, figs: dict[str, tuple[bytes, str]], recipe_text: str = "
         f"battery life. {e(methods_caption(stages))}</p>",
         f"<p><b>{e(headline(stages))}</b></p>", table(head, rows),
     ]
-    slower = _slower_stages(stages)
+    slower = slower_stages(stages)
     for name, now, before in slower:
         body.append(f"<p class=bad>{e(name)} is slower than the stage before it here ({now:.4f} vs {before:.4f} "
                     "ms p50): its kernels do not pay off on this machine for this model.</p>")
@@ -227,7 +227,7 @@ def page(results: dict, figs: dict[str, tuple[bytes, str]], recipe_text: str = "
                  "<p class=note>Flipped: test samples whose predicted class differs from the baseline's. ECE "
                  "(expected calibration error): 15 equal-width bins of the top softmax probability; sum over bins "
                  "of (share of samples in the bin) x |accuracy - mean confidence| in the bin; 0 = calibrated.</p>",
-                 f"<p>{e(beh[0])}</p>", _md_table_to_html(beh[2:]), img("per_class"), '<div class="figs">']
+                 f"<p>{e(beh[0])}</p>", md_table_to_html(beh[2:]), img("per_class"), '<div class="figs">']
         body += [img(n) for n in figs if n.startswith("flipped_")] + ["</div>"]
     notes = [f"<li><code>{e(s['name'])}</code>: " + e(", ".join(f"{k}={_short(v)}" for k, v in s["notes"].items()))
              + "</li>" for s in stages if s.get("notes")]
@@ -251,7 +251,8 @@ def _cell(c: str) -> str:
     return e
 
 
-def _md_table_to_html(lines: list[str]) -> str:
+def md_table_to_html(lines: list[str]) -> str:
+    """A markdown table (its `|` lines) as an HTML table; separator rows dropped."""
     rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines if ln.startswith("|")]
     rows = [r for r in rows if not all(set(c) <= {"-"} for c in r)]
     if not rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgeslim.report.results import _slower_stages
+from edgeslim.report.results import slower_stages
 from edgeslim.report.run_html import headline, stage_table
 
 
@@ -67,7 +67,7 @@ def print_summary(results: dict, run_dir: Path, console: Console, title: str) ->
     stages = results["stages"]
     for t in summary_tables(stages, title):
         console.print(t)
-    for name, now, before in _slower_stages(stages):
+    for name, now, before in slower_stages(stages):
         console.print(f"note: {name} is slower than the stage before it here ({now:.4f} vs {before:.4f} ms p50, "
                       "interleaved): its kernels do not pay off on this machine for this model", highlight=False)
     line = headline(stages)
