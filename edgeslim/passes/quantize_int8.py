@@ -167,7 +167,7 @@ def _per_layer(model: nn.Module | None, task: Task, cfg: QuantizeInt8, ctx: RunC
                feeds: list) -> PassResult:
     """The per-layer path (`per_layer_int8` below): plan, three candidates, the measured pick (and with
     `recover`, the same on a quant-aware retrained copy: `passes.int8_recover`)."""
-    from edgeslim.quant.int8_plan import FORMATS, Int8Options
+    from edgeslim.quant.int8_types import FORMATS, Int8Options
 
     fmts = tuple(parse_format(c, "quantize_int8.candidates").name for c in cfg.candidates) or FORMATS
     opts = Int8Options(formats=fmts, calib=cfg.method, target_cosine=cfg.min_cosine, seed=ctx.seed,
