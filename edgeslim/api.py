@@ -27,14 +27,21 @@ from torch import nn
 
 from edgeslim import accelerator as accel
 from edgeslim import interrupt, models
+from edgeslim.api_catalog import (
+    list_devices,
+    list_models,
+    list_passes,
+    list_recipes,
+    list_tasks,
+)
 from edgeslim.api_measure import check_fit, compile_model, measure, plan_arena
-from edgeslim.data import BUILTIN, Task, load_task
+from edgeslim.data import Task, load_task
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_json
 from edgeslim.guard import TrainingDiverged
 from edgeslim.models import load_model, save_model
 from edgeslim.models.counts import count_macs, count_params
-from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe, recipe_about
+from edgeslim.recipe import RECIPE_DIR, builtin_recipes, load_recipe
 from edgeslim.train import TrainConfig, evaluate, train_model
 
 if TYPE_CHECKING:
@@ -60,12 +67,6 @@ def __getattr__(name: str) -> Any:
 
 
 RECIPES = RECIPE_DIR  # the built-in recipes, package data (edgeslim/recipes/*.yaml); `run` takes their names
-TASK_FORMATS = [
-    ".npz with x_train,y_train,x_test,y_test (or x,y)",
-    "folder of images, one sub-folder per class",
-    ".csv with a label column (label/class/target/y)",
-    "folder in the CIFAR-10 binary layout (data_batch_*.bin, test_batch.bin)",
-]
 
 
 def train(
@@ -381,54 +382,6 @@ def search(job: SearchJob, log: Callable[[str, bool], None] = lambda msg, warn: 
     with accel.use(job.accelerator):  # every trial's fine-tuning and the front's full fine-tuning
         return run_search(cfg, Path(job.out).resolve(), storage=job.storage, study_name=job.study_name,
                           worker=job.worker, wait=job.wait, top=job.top, log=log)
-
-
-def list_models() -> list[dict]:
-    """The model zoo with parameters and MACs at each model's reference input."""
-    from edgeslim.models.zoo import ZOO
-
-    rows: list[dict] = []
-    for name, e in ZOO.items():
-        net = e.build(e.ref_shape, e.ref_classes or 10)
-        rows.append({"name": name, "about": e.about, "ref_input": list(e.ref_shape),
-                     "params": count_params(net)[0], "macs": count_macs(net, e.ref_shape)})
-    return rows
-
-
-def list_passes() -> list[dict]:
-    """The passes a recipe may use: name, what they consume and produce (torch model or ONNX; `kind` is what
-    they produce), whether they must come last, what they do, config fields and defaults, and `config`: the
-    config class to import for `compress` (`edgeslim.passes.structured_prune.StructuredPrune`)."""
-    from edgeslim.passes import PASSES
-
-    return [
-        {"name": p.name, "kind": p.kind, "consumes": p.consumes, "produces": p.produces,
-         "must_be_last": p.must_be_last, "about": p.about,
-         "config": f"{p.config.__module__}.{p.config.__qualname__}",
-         "fields": {k: repr(f.get_default(call_default_factory=True)) for k, f in p.config.model_fields.items()}}
-        for p in sorted(PASSES.values(), key=lambda p: p.name) if not p.name.startswith("_")
-    ]
-
-
-def list_tasks() -> dict:
-    """Built-in tasks and the formats a task path may take; `text`: the tasks of text encoders."""
-    from edgeslim.nlp.text import BUILTIN_TEXT, TEXT_FORMATS
-
-    return {"builtin": [{"name": k, "about": v[1]} for k, v in BUILTIN.items()],
-            "text": [{"name": k, "about": v} for k, v in BUILTIN_TEXT.items()],
-            "formats": list(TASK_FORMATS) + list(TEXT_FORMATS)}
-
-
-def list_recipes() -> list[dict]:
-    """The built-in recipes (package data): name, file and one-line description."""
-    return [{"name": n, "path": str(p), "about": recipe_about(p)} for n, p in builtin_recipes().items()]
-
-
-def list_devices() -> list[Any]:  # -> list[edgeslim.devices.Device]
-    """The built-in device profiles (pass a device's name, or a YAML path of your own)."""
-    from edgeslim.devices import builtin_devices, load_device
-
-    return [load_device(n) for n in builtin_devices()]
 
 
 __all__ = ["train", "run", "compress", "measure", "check_fit", "plan_arena", "compile_model", "optimize", "export",

@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"passes"},                                                  # pure transforms registered by name
     {"recipe", "run", "pipeline", "text_pipeline", "onnxopt", "search",  # jobs made of passes and measurements
      "devices.calibrate"},                                       # a maintainer tool (see TOOLS)
-    {"api", "api_measure"},                                      # every job a Python user needs
+    {"api", "api_measure", "api_catalog"},                       # every job a Python user needs
     {"cli"},                                                     # parse, call api, print
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
