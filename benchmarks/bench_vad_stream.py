@@ -45,14 +45,25 @@ def speechlike(seconds: float, seed: int = 0, sr: int = 16000) -> np.ndarray:
     return (out / (np.abs(out).max() + 1e-9) * syl * talk * 0.5 + 0.005 * rng.standard_normal(n)).astype(np.float32)
 
 
-def write_inputs(path: Path, n: int, seed: int = 0, sr: bool = True) -> None:
-    """`n` chunks of 64 + 512 samples as consecutive stream steps, state zeros (and sr 16000)."""
+def write_inputs(path: Path, n: int, model: Path, seed: int = 0) -> None:
+    """`n` chunks of 64 + 512 samples as consecutive stream steps for `model`'s first input, its other float
+    inputs (the recurrent state: `state`, or `h` and `c`) zeros of their declared shape (a named dim as 1), and an
+    integer `sr` input 16000."""
+    import onnx
+
     a = speechlike(n * 512 / 16000 + 0.01, seed)
     a = np.concatenate([np.zeros(64, np.float32), a])
     x = np.stack([a[i * 512:i * 512 + 576] for i in range(n)])
-    arrays = {"input": x, "state": np.zeros((2, 1, 128), np.float32)}
-    if sr:
-        arrays["sr"] = np.array(16000, np.int64)
+    g = onnx.load(str(model), load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    arrays = {inputs[0].name: x}
+    for i in inputs[1:]:
+        t = i.type.tensor_type
+        if t.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            arrays[i.name] = np.array(16000, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        else:
+            arrays[i.name] = np.zeros([d.dim_value or 1 for d in t.shape.dim], np.float32)
     np.savez(path, **arrays)
 
 
@@ -90,9 +101,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     x = a.out / "inputs.npz"
     if not x.exists():
-        import onnx
-
-        write_inputs(x, a.samples, sr=any(i.name == "sr" for i in onnx.load(str(a.model)).graph.input))
+        write_inputs(x, a.samples, a.model)
     res = run_onnx_recipe(load_recipe(find_recipe(a.recipe)), a.model, x, a.out / "run", quiet=True)
     run = a.out / "run"
     folder = next(p for p in sorted((run / "stages").iterdir()) if (p / "spec.json").exists())
@@ -105,7 +114,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for s in res["stages"]:
         f, per = s["fidelity"], s["fidelity"]["per_output"]
-        score, state = lay.outputs[0], lay.outputs[1]
+        score, state = lay.outputs[0], lay.outputs[1]  # the score and the (first) state
         onnx_path = run / s["onnx"]
         carried = one_step_changed(a.model, onnx_path, test, lay, zero_state=False)
         zero = one_step_changed(a.model, onnx_path, test, lay, zero_state=True)
