@@ -245,6 +245,19 @@ def test_unconvertible_op_is_one_line(tmp_path):
     assert str(p) in msg and "'nms_1'" in msg and "NonMaxSuppression" in msg and "supported ops:" in msg
 
 
+def test_an_already_quantized_model_is_one_line_naming_the_float_model(tmp_path):
+    nodes = [h.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="x_quant"),
+             h.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    m = model(nodes, [vi("x", [1, 4])], [vi("y", [1, 4])], [])
+    p = tmp_path / "q.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(EdgeslimError) as e:
+        onnx_to_torch(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "supported ops:" not in msg
+    assert str(p) in msg and "'x_quant'" in msg and "already quantized" in msg and "float model" in msg
+
+
 def test_reshape_rule_follows_pruned_channels():
     from edgeslim.onnxtorch.ops import reshape_rule
 

@@ -32,7 +32,9 @@ from edgeslim.onnxkit.graph import QDQ_OPS
 
 Feed = dict[str, np.ndarray]
 DYNAMIC_OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention"]
-QUANTIZED_OPS = QDQ_OPS | {"MatMulNBits", "QLinearConv", "MatMulInteger", "DynamicQuantizeLinear"}
+QUANTIZED_OPS = QDQ_OPS | {"MatMulNBits", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                           "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                           "MatMulIntegerToFloat", "QGemm"}
 SQNR_IDENTICAL_DB = 200.0  # SQNR reported when the outputs are identical (finite, so JSON can hold it)
 
 

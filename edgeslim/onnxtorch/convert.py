@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.onnxkit.quant import QUANTIZED_OPS
 from edgeslim.onnxtorch import layers, ops
 from edgeslim.onnxtorch.control import IfOp, LoopOp, outer_names
 
@@ -250,6 +251,10 @@ def build_module(n: onnx.NodeProto, ins: list[torch.Tensor | None], ctx: Ctx, co
         return IfOp(n, ins, ctx, consts)
     if n.op_type == "Loop":
         return LoopOp(n, ins, ctx, consts)
+    if n.op_type in QUANTIZED_OPS:  # a model someone already quantized: no float weights to train
+        raise EdgeslimError(f"{ctx.where}: node '{n.name}' (op {n.op_type}): the model is already quantized, so it "
+                            "cannot be made trainable; compress the float model it was made from (measure, fit "
+                            "and arena take this one as it is)")
     if n.domain not in ("", "ai.onnx") or n.op_type not in ops.FUNCS:
         supported = sorted(set(ops.FUNCS) | set(layers.BUILDERS) | {"If", "Loop", "Constant"})
         dom = f"{n.domain}." if n.domain not in ("", "ai.onnx") else ""
