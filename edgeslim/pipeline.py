@@ -39,7 +39,7 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.models.program import check_batch
 from edgeslim.recipe import Recipe
 from edgeslim.run import RESUME, ModelHandler, RunOptions, run_options, run_stages
-from edgeslim.run.pytorch import ProgramHandler
+from edgeslim.run.pytorch import ProgramHandler, several_outputs
 
 __all__ = ["RESUME", "RESULT_FIELDS", "RunOptions", "run_inputs_recipe", "run_module_recipe", "run_onnx_recipe",
            "run_recipe"]
@@ -107,6 +107,7 @@ def _run_loaded(recipe: Recipe, model: nn.Module, spec: dict, task: Task, out: P
     if spec.get("arch") == "program":  # a PyTorch program: its input shape is the task's unless it fixes one
         spec.setdefault("input_shape", list(task.input_shape))
         check_batch(model, task.input_shape, where)
+        model = several_outputs(model, spec, task.metric != "fidelity", where)  # a tuple of outputs: one flat view
     _check_input(spec, task, where)
     resources.check_recipe(list(recipe.steps), recipe.finetune, model, task.input_shape, len(task.x_train))
     assert o.device is not None
@@ -162,8 +163,10 @@ def _teacher_task(model: nn.Module, inputs: Path, x: np.ndarray, seed: int) -> T
     from edgeslim.data.unlabelled import teacher_task
     from edgeslim.train import predict
 
+    view = several_outputs(model, {"input_shape": list(x.shape[1:])}, False, inputs)  # several outputs: one row
+
     def teacher(a: Any) -> Any:
-        return predict(model, a).reshape(len(a), -1)
+        return predict(view, a).reshape(len(a), -1)
 
     return teacher_task(str(inputs), x, teacher, seed)
 

@@ -219,3 +219,50 @@ def test_pt2_with_inputs_and_no_labels(net_module, tmp_path):
     code, _, err = main_inproc("run", str(recipe), "--model", str(pt2), "--inputs", str(npz), "--task",
                                str(npz), "-o", str(tmp_path / "r2"))
     assert_user_error(code, err, "not both")
+
+
+class TwoHeads(nn.Module):
+    """A user's net with two outputs: a per-pixel mask and a per-image score."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.mask = nn.Conv2d(16, 1, 1)
+        self.score = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.mask(y), self.score(y.mean((2, 3)))
+
+
+def test_pt2_with_two_outputs_keeps_them_through_pruning_export_and_resume(tmp_path, task_file):
+    import onnxruntime as ort
+
+    torch.manual_seed(4)
+    pt2 = _program(TwoHeads(), tmp_path / "two.pt2")
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=quadrant_images(120)[0])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nfinetune: {epochs: 1, batch_size: 32}\npasses:\n  - structured_prune: {ratio: 0.5}\n")
+    out = tmp_path / "run"
+    args = ("run", str(recipe), "--model", str(pt2), "--inputs", str(npz), "-o", str(out))
+    code, _, err = main_inproc(*args)
+    assert code == 0, err
+    base, pruned = json.loads((out / "results.json").read_text())["stages"]
+    assert pruned["params"] < 0.6 * base["params"]
+    for s in (base, pruned):  # each stage's ONNX keeps the model's two outputs (the output layers kept whole)
+        outs = ort.InferenceSession(str(out / s["onnx"])).get_outputs()
+        assert [(o.name, o.shape[1:]) for o in outs] == [("output_0", [1, 8, 8]), ("output_1", [3])]
+        assert set(s["fidelity"]["per_output"]) == {"output_0", "output_1"}
+    assert pruned["fidelity"]["per_output"]["output_1"]["top1_agreement"] is not None  # a score output
+    code, _, err = main_inproc(*args)  # resume: the stages reopen as the same two-output view
+    assert code == 0, err
+    code, _, err = main_inproc("export", str(out / "stages" / "01_structured_prune"), "--format", "onnx",
+                               "-o", str(tmp_path / "e.onnx"))
+    assert code == 0, err
+    assert [o.name for o in ort.InferenceSession(str(tmp_path / "e.onnx")).get_outputs()] == ["output_0", "output_1"]
+    code, _, err = main_inproc("run", str(recipe), "--model", str(pt2), "--task", str(task_file),
+                               "-o", str(tmp_path / "labelled"))
+    assert_user_error(code, err, "returns 2 outputs", "--inputs")
+    assert not (tmp_path / "labelled").exists()

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
-from edgeslim.onnxkit.session import run_all, run_batched, session
+from edgeslim.onnxkit.session import batched_outputs, run_all, session
 
 OPSET = 17
 
@@ -29,6 +29,7 @@ def export_onnx(
     atol: float = 1e-3,
 ) -> dict:
     """Export `model` (batch dim dynamic) to `path`; if `check` inputs are given, compare outputs.
+    The output is named `output`; a model that returns a tuple or list of tensors gets `output_0`, `output_1`, ...
 
     Returns the parity figures: max absolute difference between PyTorch and ONNX Runtime.
     """
@@ -40,11 +41,12 @@ def export_onnx(
     # the trace runs the model once: on the threads training would pick (one for small models)
     with warnings.catch_warnings(), torch_threads(train_threads(model, tuple(input_shape), 1)):
         warnings.simplefilter("ignore")
+        names = _output_names(model, dummy)
         # The TorchScript exporter: fast (tens of ms) and stable for the CNN/MLP layers edge models use.
         torch.onnx.export(
             model, (dummy,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-            input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            input_names=["input"], output_names=names,
+            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )
     write_bytes(path, buf.getvalue())
     result: dict = {}
@@ -53,21 +55,31 @@ def export_onnx(
     return result
 
 
+def _output_names(model: nn.Module, dummy: torch.Tensor) -> list[str]:
+    """`output`, or `output_0`, `output_1`, ... when `model` returns a tuple or list of tensors."""
+    with torch.no_grad():
+        out = model(dummy)
+    return [f"output_{k}" for k in range(len(out))] if isinstance(out, (tuple, list)) else ["output"]
+
+
 def export_parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> dict:
-    """Max abs difference of ONNX Runtime vs PyTorch on `x` (output units); the PyTorch side runs on the
-    threads training would pick for this model and batch (`train.train_threads`: one for small models,
-    where a second thread only spins on a shared machine)."""
+    """Max abs difference of ONNX Runtime vs PyTorch on `x` (output units; the worst output of a model that
+    returns several); the PyTorch side runs on the threads training would pick for this model and batch
+    (`train.train_threads`: one for small models, where a second thread only spins on a shared machine)."""
     from edgeslim.train import torch_threads, train_threads
 
     with torch.no_grad(), torch_threads(train_threads(model, tuple(x.shape[1:]), len(x))):
-        ref = model.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
-    got = run_batched(session(path), x.astype(np.float32))
-    diff = float(np.abs(ref - got).max())
-    scale = float(np.abs(ref).max()) or 1.0
-    if not np.isfinite(diff) or diff > atol * max(1.0, scale):
-        raise EdgeslimError(
-            f"{path}: ONNX Runtime output differs from PyTorch by {diff:.3g} (tolerance {atol:g} x {scale:.3g})"
-        )
+        out = model.eval()(torch.from_numpy(x.astype(np.float32)))
+    refs = [o.numpy() for o in out] if isinstance(out, (tuple, list)) else [out.numpy()]
+    diff = 0.0
+    for ref, got in zip(refs, batched_outputs(session(path), x.astype(np.float32))):
+        d = float(np.abs(ref - got).max()) if ref.size else 0.0
+        scale = float(np.abs(ref).max()) if ref.size else 1.0
+        if not np.isfinite(d) or d > atol * max(1.0, scale):
+            raise EdgeslimError(
+                f"{path}: ONNX Runtime output differs from PyTorch by {d:.3g} (tolerance {atol:g} x {scale or 1.0:.3g})"
+            )
+        diff = max(diff, d)
     return {"parity_max_abs_diff": diff}
 
 

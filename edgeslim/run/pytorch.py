@@ -9,23 +9,110 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from edgeslim.errors import EdgeslimError
 from edgeslim.models import program
 from edgeslim.run.handlers import ModelHandler
 
 
+class FlatOutputs(nn.Module):
+    """A model with several outputs (a tuple or list of tensors: a mask and a score, boxes and classes) as one
+    input -> one [N, D] output, its outputs flattened and concatenated per sample: what the passes train and judge
+    (the targets of a run without labels are the original's outputs in the same layout). Stages store and export
+    `inner`, so the files keep the model's own outputs (`ProgramHandler`)."""
+
+    def __init__(self, inner: nn.Module, names: list[str], input_shape: tuple[int, ...]):
+        super().__init__()
+        self.inner = inner
+        self.names = list(names)
+        self.input_shape = tuple(input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([o.reshape(o.shape[0], -1).float() for o in self.inner(x)], 1)
+
+    def teacher_parts(self, x1: torch.Tensor) -> list:
+        """Each output as a target row holds it (`train.output_parts`): score outputs are also judged by top-1."""
+        from edgeslim.onnxkit.scoring import OutputPart
+
+        outs = self.inner(x1[:1])
+        return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(self.names, outs)]
+
+    def prune_ignored(self) -> list[nn.Module]:
+        """The Conv/Linear layers whose result is one of the outputs: channel pruning keeps them whole (the
+        last layer to run, which `prune.structured.output_layers` keeps, is only one of them)."""
+        found: dict[int, nn.Module] = {}
+        made: list[tuple[nn.Module, torch.Tensor]] = []
+        hooks = [m.register_forward_hook(lambda m, i, o: made.append((m, o)))
+                 for m in self.inner.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        try:
+            with torch.no_grad():
+                outs = self.inner(torch.zeros(2, *self.input_shape))
+        finally:
+            for h in hooks:
+                h.remove()
+        ptrs = {o.untyped_storage().data_ptr() for o in outs}
+        for m, o in made:
+            if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() in ptrs:
+                found[id(m)] = m
+        return list(found.values())
+
+
+def output_count(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """How many tensors `model` returns as a tuple or list; None for one tensor, or where zeros do not run (a
+    model of token ids: its own run says why, where it fails)."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *input_shape))
+    except Exception:  # a probe only  # noqa: BLE001
+        return None
+    return len(out) if isinstance(out, (tuple, list)) else None
+
+
+def several_outputs(model: nn.Module, spec: dict, labelled: bool, where: Path) -> nn.Module:
+    """`model` as the passes take it: as it is when it returns one tensor, else `FlatOutputs` with the outputs
+    named in `spec["outputs"]` (output_0, output_1, ...). A run with labels takes one output, said in one line."""
+    shape = tuple(spec["input_shape"])
+    n = output_count(model, shape)
+    if n is None:
+        return model
+    if labelled:
+        raise EdgeslimError(f"{where}: the model returns {n} outputs; a run with labels (--task) trains one output "
+                            "against them; run it with --inputs X.npz (no labels: its own outputs are the targets)")
+    spec["outputs"] = [f"output_{k}" for k in range(n)]
+    return FlatOutputs(model, spec["outputs"], shape)
+
+
 class ProgramHandler(ModelHandler):
+    """Stages of a model with several outputs (`spec["outputs"]`) are stored and exported as the model's own
+    module (`FlatOutputs.inner`: the files keep its outputs) and reopened as the passes' `FlatOutputs` view."""
+
     kind = "pytorch"
 
+    def _view(self, model: nn.Module, spec: dict | None) -> nn.Module:
+        spec = spec or self.spec
+        if not spec.get("outputs") or isinstance(model, FlatOutputs):
+            return model
+        return FlatOutputs(model, spec["outputs"], tuple(spec["input_shape"]))
+
     def teacher_loader(self, out: Path, original: Any) -> Any:
-        return lambda: program.reopen_program(out / "stages" / "00_baseline")[0]
+        return lambda: self._view(*program.reopen_program(out / "stages" / "00_baseline"))
 
     def save(self, folder: Path, model: Any, spec: dict) -> None:
-        program.save_program(folder, model, spec)
+        program.save_program(folder, model.inner if isinstance(model, FlatOutputs) else model, spec)
 
     def reopen(self, folder: Path) -> tuple[Any, dict | None] | None:
         if not (folder / program.PROGRAM).exists():
             return None
-        return program.reopen_program(folder)
+        model, spec = program.reopen_program(folder)
+        return self._view(model, spec), spec
+
+    def export(self, model: Any, onnx_path: Path, task: Any) -> dict:
+        from edgeslim.deploy.export import export_onnx
+
+        inner = model.inner if isinstance(model, FlatOutputs) else model  # the model's own outputs, named output_k
+        return export_onnx(inner, task.input_shape, onnx_path, check=task.x_test[:64])
 
 
 def inputs_handler(spec: dict, threads: int) -> ModelHandler:
