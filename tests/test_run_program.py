@@ -266,3 +266,24 @@ def test_pt2_with_two_outputs_keeps_them_through_pruning_export_and_resume(tmp_p
                                "-o", str(tmp_path / "labelled"))
     assert_user_error(code, err, "returns 2 outputs", "--inputs")
     assert not (tmp_path / "labelled").exists()
+
+
+def test_pt2_with_two_inputs_is_one_line_pointing_to_onnx(tmp_path):
+    class TwoIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 4, 3, padding=1)
+            self.head = nn.Linear(4 + 3, 2)
+
+        def forward(self, img, meta):
+            return self.head(torch.cat([self.c(img).mean((2, 3)), meta], 1))
+
+    b = torch.export.Dim("batch")
+    ep = torch.export.export(TwoIn().eval(), (torch.zeros(2, 1, 8, 8), torch.zeros(2, 3)), dynamic_shapes=({0: b}, {0: b}))
+    torch.export.save(ep, tmp_path / "two_in.pt2")
+    np.savez(tmp_path / "x.npz", img=np.zeros((40, 1, 8, 8), np.float32), meta=np.zeros((40, 3), np.float32))
+    code, _, err = main_inproc("run", str(ROOT / "edgeslim" / "recipes" / "any-model.yaml"), "--model",
+                               str(tmp_path / "two_in.pt2"), "--inputs", str(tmp_path / "x.npz"), "-o",
+                               str(tmp_path / "run"))
+    assert_user_error(code, err, "two_in.pt2", "takes 2 inputs (img, meta)", "torch.onnx.export")
+    assert not (tmp_path / "run").exists()

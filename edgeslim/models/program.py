@@ -49,6 +49,11 @@ def load_program(path: Path) -> nn.Module:
         raise EdgeslimError(f"{path}: not a torch.export program ({type(e).__name__}: "
                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); save one with "
                             "torch.export.save(torch.export.export(model, (example,)), 'model.pt2')") from None
+    inputs = list(ep.graph_signature.user_inputs)
+    if len(inputs) != 1:
+        raise EdgeslimError(f"{path}: the program takes {len(inputs)} inputs ({', '.join(inputs)}); a PyTorch program "
+                            "takes one input for now. Export the model to ONNX (torch.onnx.export) and run the .onnx "
+                            "file: it takes several inputs (--inputs X.npz, one array per input)")
     gm = lift_layers(ep.module()).eval()
     gm.input_shape = _input_shape(ep)
     return gm
