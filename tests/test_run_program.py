@@ -222,10 +222,11 @@ def test_pt2_with_inputs_and_no_labels(net_module, tmp_path):
 
 
 class TwoHeads(nn.Module):
-    """A user's net with two outputs: a per-pixel mask and a per-image score."""
+    """A user's net with two outputs: a per-pixel mask and a per-image score (a tuple, or a dict)."""
 
-    def __init__(self):
+    def __init__(self, as_dict: bool = False):
         super().__init__()
+        self.as_dict = as_dict
         self.a = nn.Conv2d(1, 16, 3, padding=1)
         self.b = nn.Conv2d(16, 16, 3, padding=1)
         self.mask = nn.Conv2d(16, 1, 1)
@@ -233,14 +234,16 @@ class TwoHeads(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.b(torch.relu(self.a(x))))
-        return self.mask(y), self.score(y.mean((2, 3)))
+        mask, score = self.mask(y), self.score(y.mean((2, 3)))
+        return {"mask": mask, "score": score} if self.as_dict else (mask, score)
 
 
-def test_pt2_with_two_outputs_keeps_them_through_pruning_export_and_resume(tmp_path, task_file):
+@pytest.mark.parametrize("as_dict,names", [(False, ["output_0", "output_1"]), (True, ["mask", "score"])])
+def test_pt2_with_two_outputs_keeps_them_through_pruning_export_and_resume(tmp_path, task_file, as_dict, names):
     import onnxruntime as ort
 
     torch.manual_seed(4)
-    pt2 = _program(TwoHeads(), tmp_path / "two.pt2")
+    pt2 = _program(TwoHeads(as_dict), tmp_path / "two.pt2")
     npz = tmp_path / "x.npz"
     np.savez(npz, x=quadrant_images(120)[0])
     recipe = tmp_path / "r.yaml"
@@ -253,15 +256,15 @@ def test_pt2_with_two_outputs_keeps_them_through_pruning_export_and_resume(tmp_p
     assert pruned["params"] < 0.6 * base["params"]
     for s in (base, pruned):  # each stage's ONNX keeps the model's two outputs (the output layers kept whole)
         outs = ort.InferenceSession(str(out / s["onnx"])).get_outputs()
-        assert [(o.name, o.shape[1:]) for o in outs] == [("output_0", [1, 8, 8]), ("output_1", [3])]
-        assert set(s["fidelity"]["per_output"]) == {"output_0", "output_1"}
-    assert pruned["fidelity"]["per_output"]["output_1"]["top1_agreement"] is not None  # a score output
+        assert [(o.name, o.shape[1:]) for o in outs] == [(names[0], [1, 8, 8]), (names[1], [3])]
+        assert set(s["fidelity"]["per_output"]) == set(names)
+    assert pruned["fidelity"]["per_output"][names[1]]["top1_agreement"] is not None  # a score output
     code, _, err = main_inproc(*args)  # resume: the stages reopen as the same two-output view
     assert code == 0, err
     code, _, err = main_inproc("export", str(out / "stages" / "01_structured_prune"), "--format", "onnx",
                                "-o", str(tmp_path / "e.onnx"))
     assert code == 0, err
-    assert [o.name for o in ort.InferenceSession(str(tmp_path / "e.onnx")).get_outputs()] == ["output_0", "output_1"]
+    assert [o.name for o in ort.InferenceSession(str(tmp_path / "e.onnx")).get_outputs()] == names
     code, _, err = main_inproc("run", str(recipe), "--model", str(pt2), "--task", str(task_file),
                                "-o", str(tmp_path / "labelled"))
     assert_user_error(code, err, "returns 2 outputs", "--inputs")

@@ -29,7 +29,8 @@ def export_onnx(
     atol: float = 1e-3,
 ) -> dict:
     """Export `model` (batch dim dynamic) to `path`; if `check` inputs are given, compare outputs.
-    The output is named `output`; a model that returns a tuple or list of tensors gets `output_0`, `output_1`, ...
+    The output is named `output`; a model that returns several gets one name each: a dict's keys, or `output_0`,
+    `output_1`, ... for a tuple or list.
 
     Returns the parity figures: max absolute difference between PyTorch and ONNX Runtime.
     """
@@ -56,21 +57,23 @@ def export_onnx(
 
 
 def _output_names(model: nn.Module, dummy: torch.Tensor) -> list[str]:
-    """`output`, or `output_0`, `output_1`, ... when `model` returns a tuple or list of tensors."""
+    """`output`, or one name per output of a model that returns several (`models.outputs.output_names`)."""
+    from edgeslim.models.outputs import output_names
+
     with torch.no_grad():
-        out = model(dummy)
-    return [f"output_{k}" for k in range(len(out))] if isinstance(out, (tuple, list)) else ["output"]
+        return output_names(model(dummy)) or ["output"]
 
 
 def export_parity(model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3) -> dict:
     """Max abs difference of ONNX Runtime vs PyTorch on `x` (output units; the worst output of a model that
     returns several); the PyTorch side runs on the threads training would pick for this model and batch
     (`train.train_threads`: one for small models, where a second thread only spins on a shared machine)."""
+    from edgeslim.models.outputs import output_list
     from edgeslim.train import torch_threads, train_threads
 
     with torch.no_grad(), torch_threads(train_threads(model, tuple(x.shape[1:]), len(x))):
         out = model.eval()(torch.from_numpy(x.astype(np.float32)))
-    refs = [o.numpy() for o in out] if isinstance(out, (tuple, list)) else [out.numpy()]
+    refs = [o.numpy() for o in output_list(out)]
     diff = 0.0
     for ref, got in zip(refs, batched_outputs(session(path), x.astype(np.float32))):
         d = float(np.abs(ref - got).max()) if ref.size else 0.0

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeslim.errors import EdgeslimError
 from edgeslim.models import program
+from edgeslim.models.outputs import output_list, output_names
 from edgeslim.run.handlers import ModelHandler
 
 
@@ -30,13 +31,13 @@ class FlatOutputs(nn.Module):
         self.input_shape = tuple(input_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([o.reshape(o.shape[0], -1).float() for o in self.inner(x)], 1)
+        return torch.cat([o.reshape(o.shape[0], -1).float() for o in output_list(self.inner(x))], 1)
 
     def teacher_parts(self, x1: torch.Tensor) -> list:
         """Each output as a target row holds it (`train.output_parts`): score outputs are also judged by top-1."""
         from edgeslim.onnxkit.scoring import OutputPart
 
-        outs = self.inner(x1[:1])
+        outs = output_list(self.inner(x1[:1]))
         return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(self.names, outs)]
 
     def prune_ignored(self) -> list[nn.Module]:
@@ -48,7 +49,7 @@ class FlatOutputs(nn.Module):
                  for m in self.inner.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
         try:
             with torch.no_grad():
-                outs = self.inner(torch.zeros(2, *self.input_shape))
+                outs = output_list(self.inner(torch.zeros(2, *self.input_shape)))
         finally:
             for h in hooks:
                 h.remove()
@@ -59,29 +60,30 @@ class FlatOutputs(nn.Module):
         return list(found.values())
 
 
-def output_count(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
-    """How many tensors `model` returns as a tuple or list; None for one tensor, or where zeros do not run (a
-    model of token ids: its own run says why, where it fails)."""
+def probe_output_names(model: nn.Module, input_shape: tuple[int, ...]) -> list[str] | None:
+    """`output_names` of `model` on zeros; None too where zeros do not run (a model of token ids: its own run says
+    why, where it fails)."""
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *input_shape))
     except Exception:  # a probe only  # noqa: BLE001
         return None
-    return len(out) if isinstance(out, (tuple, list)) else None
+    return output_names(out)
 
 
 def several_outputs(model: nn.Module, spec: dict, labelled: bool, where: Path) -> nn.Module:
     """`model` as the passes take it: as it is when it returns one tensor, else `FlatOutputs` with the outputs
-    named in `spec["outputs"]` (output_0, output_1, ...). A run with labels takes one output, said in one line."""
+    named in `spec["outputs"]` (`output_names`). A run with labels takes one output, said in one line."""
     shape = tuple(spec["input_shape"])
-    n = output_count(model, shape)
-    if n is None:
+    names = probe_output_names(model, shape)
+    if names is None:
         return model
     if labelled:
-        raise EdgeslimError(f"{where}: the model returns {n} outputs; a run with labels (--task) trains one output "
-                            "against them; run it with --inputs X.npz (no labels: its own outputs are the targets)")
-    spec["outputs"] = [f"output_{k}" for k in range(n)]
-    return FlatOutputs(model, spec["outputs"], shape)
+        raise EdgeslimError(f"{where}: the model returns {len(names)} outputs ({', '.join(names)}); a run with labels "
+                            "(--task) trains one output against them; run it with --inputs X.npz (no labels: its own "
+                            "outputs are the targets)")
+    spec["outputs"] = names
+    return FlatOutputs(model, names, shape)
 
 
 class ProgramHandler(ModelHandler):
@@ -111,7 +113,7 @@ class ProgramHandler(ModelHandler):
     def export(self, model: Any, onnx_path: Path, task: Any) -> dict:
         from edgeslim.deploy.export import export_onnx
 
-        inner = model.inner if isinstance(model, FlatOutputs) else model  # the model's own outputs, named output_k
+        inner = model.inner if isinstance(model, FlatOutputs) else model  # the model's own outputs (`output_names`)
         return export_onnx(inner, task.input_shape, onnx_path, check=task.x_test[:64])
 
 
