@@ -19,8 +19,8 @@ from edgeslim.run.handlers import ModelHandler
 
 
 class FlatOutputs(nn.Module):
-    """A model with several outputs (a tuple or list of tensors: a mask and a score, boxes and classes) as one
-    input -> one [N, D] output, its outputs flattened and concatenated per sample: what the passes train and judge
+    """A model with several outputs (a tuple, list or dict of tensors: a mask and a score, boxes and classes) as
+    one input -> one [N, D] output, its outputs flattened and concatenated per sample: what the passes train and judge
     (the targets of a run without labels are the original's outputs in the same layout). Stages store and export
     `inner`, so the files keep the model's own outputs (`ProgramHandler`)."""
 
