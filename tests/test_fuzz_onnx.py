@@ -148,7 +148,7 @@ def test_structurally_mutated_onnx_models(good: Good, data: st.DataObject) -> No
     _entry_points(p, root)
 
 
-@settings(max_examples=25)
+@settings(max_examples=16)
 @given(st.data())
 def test_optimize_on_broken_models(good: Good, data: st.DataObject) -> None:
     """`optimize_onnx` (repair, candidates, fidelity, timing) on corrupt and mutated models."""
