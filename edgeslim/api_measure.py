@@ -123,7 +123,7 @@ def plan_arena(model: Path, fuse_qdq: bool = True, align: int = 16, write_reorde
             raise EdgeslimError(f"{model}: the arena planner takes an ONNX file or a model folder; for a .tflite "
                                 "`edgeslim fit` reports TFLite Micro's recorded arena")
         proto = read_onnx(src.onnx)
-        fd = make_feeds(input_specs(proto), inputs, shapes)
+        fd = make_feeds(input_specs(proto), inputs, shapes or ([] if inputs else src.shapes))
         result = plan(proto, fuse_qdq=fuse_qdq, align=align, shapes=fd.shapes)
         result.warnings = fd.warnings
         if device is not None:

@@ -71,13 +71,15 @@ def export_model(
         raise EdgeslimError(f"unknown format '{fmt}'; valid: c, onnx, tflite")
     if fmt == "c" and model.suffix == ".tflite":
         return tflite_to_c(model, out)
-    if model.is_file() and model.suffix == ".onnx":
+    staged = models.io.onnx_stage(model)  # a stage of a run on an ONNX file: its model.onnx, its sample shape
+    if staged is not None or (model.is_file() and model.suffix == ".onnx"):
+        src, shapes = (staged[0], list(shapes) or ([] if inputs else staged[1])) if staged else (model, list(shapes))
         if fmt != "onnx":
             raise EdgeslimError(f"{model}: edgeslim converts to .tflite from PyTorch, not from ONNX; export an ONNX "
-                                "file with --format onnx (a repaired, checked copy), or export the model folder")
+                                "file with --format onnx (a repaired, checked copy), or export a PyTorch model folder")
         from edgeslim.deploy.export import reexport_onnx
 
-        return reexport_onnx(model, out, inputs, list(shapes))
+        return reexport_onnx(src, out, inputs, shapes)
     if model.is_file():
         raise EdgeslimError(f"{model}: export takes an edgeslim model folder, an ONNX file (--format onnx) or a "
                             ".tflite file (--format c)")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim import models
 from edgeslim.errors import EdgeslimError
 from edgeslim.fsutil import write_bytes
 from edgeslim.onnxkit.session import batched_outputs, run_all, session
@@ -117,11 +118,12 @@ def to_onnx(p: Path) -> tuple[Path, Callable[[], None] | None]:
 
         check_onnx_file(p)  # corrupt files and external data outside the folder: one line
         return p, None
+    staged = models.io.onnx_stage(p)
+    if staged is not None:  # a stage of a run on an ONNX file: its model.onnx
+        return staged[0], None
     if p.is_dir() and (p / "spec.json").is_file():
         import shutil
         import tempfile
-
-        from edgeslim import models
 
         net, spec = models.load_model(p)
         tmp = Path(tempfile.mkdtemp(prefix="edgeslim-fit-"))

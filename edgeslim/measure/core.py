@@ -153,6 +153,8 @@ def measure_model(model: str | Path, inputs: str | Path | None = None, options: 
 
 def _measure_onnx(m: Measurement, src: Source, net: Any, inputs: str | Path | None, o: MeasureOptions) -> None:
     shapes, task, device, reference, threads = o.shapes, o.task, o.device, o.reference, o.threads
+    if not shapes and inputs is None and task is None:
+        shapes = tuple(src.shapes)  # a stage of an ONNX run: its sample shape where the file keeps symbolic dims
     batch, runs, max_seconds, deploy, torch_eager = o.batch, o.runs, o.max_seconds, o.deploy, o.torch_eager
     rss, size_path, seed, predictions = o.rss, o.size_path, o.seed, o.predictions
     assert src.onnx is not None

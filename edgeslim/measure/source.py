@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Source:
     size_path: Path                  # the stored artifact whose bytes are `size_bytes`
     net: Any = None                  # the PyTorch model of a model folder
     spec: dict | None = None
+    shapes: list[str] = field(default_factory=list)  # `--shape` default (a stage of an ONNX run: its sample shape)
 
 
 @contextmanager
@@ -47,6 +48,12 @@ def open_model(model: str | Path, trust_pickle: bool = False) -> Iterator[Source
 
         check_onnx_file(p)  # corrupt files and external data outside the folder: one line
         yield Source(p, "onnx", p, p)
+        return
+    from edgeslim.models.io import onnx_stage
+
+    staged = onnx_stage(p)
+    if staged is not None:  # a stage of a run on an ONNX file: its ONNX is the stage
+        yield Source(p, "onnx", staged[0], staged[0], shapes=staged[1])
         return
     if p.is_dir() and (p / "spec.json").is_file():
         from edgeslim import models

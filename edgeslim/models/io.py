@@ -28,6 +28,26 @@ def save_model(folder: Path, model: nn.Module, spec: dict, extra: dict | None = 
     write_many({folder / WEIGHTS: save(state), folder / SPEC: spec_text.encode()})  # weights and spec as one step
 
 
+def onnx_stage(path: Path) -> tuple[Path, list[str]] | None:
+    """(`model.onnx`, its `--shape` default) of a stage folder of a run on an ONNX file (spec `"arch": "onnx"`:
+    its PyTorch side is the converted source plus these weights, which only the run reopens), else None.
+    Commands that take a model folder measure and export that file, the stage as the run exported and checked
+    it; the shape default (`NAME=1,D1,...` from the spec's input name and sample shape, [] where the spec has
+    none) stands in for the symbolic dims the file may keep from its source."""
+    path = Path(path)
+    if not (path.is_dir() and (path / SPEC).is_file() and (path / "model.onnx").is_file()):
+        return None
+    try:
+        spec = json.loads((path / SPEC).read_text())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(spec, dict) or spec.get("arch") != "onnx":
+        return None
+    name, shape = spec.get("input_name"), spec.get("input_shape")
+    shapes = [f"{name}=1,{','.join(str(int(d)) for d in shape)}"] if name and shape else []
+    return path / "model.onnx", shapes
+
+
 def load_model(path: Path, trust_pickle: bool = False, model_class: str | None = None) -> tuple[nn.Module, dict]:
     """Load a model: an edgeslim folder (safetensors + spec.json, or a stage stored as a `.pt2` program), a
     `torch.export` program (`.pt2`), a state dict (`.safetensors`, or `.pt`/`.pth` read without pickle code)
