@@ -43,8 +43,9 @@ def onnx_stage(path: Path) -> tuple[Path, list[str]] | None:
         return None
     if not isinstance(spec, dict) or spec.get("arch") != "onnx":
         return None
-    name, shape = spec.get("input_name"), spec.get("input_shape")
-    shapes = [f"{name}=1,{','.join(str(int(d)) for d in shape)}"] if name and shape else []
+    name, shape = spec.get("input_name"), spec.get("input_shape") or []
+    known = name and shape and all(isinstance(d, int) for d in shape)
+    shapes = [f"{name}=1,{','.join(str(d) for d in shape)}"] if known else []
     return path / "model.onnx", shapes
 
 
