@@ -13,10 +13,11 @@ device's cost model does not count the contrib op).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import onnx
+
+from edgeslim.onnxkit.quant import quiet
 
 
 def dynamic_lstm(src: Path, dst: Path) -> int:
@@ -31,17 +32,13 @@ def dynamic_lstm(src: Path, dst: Path) -> int:
         return 0
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    log = logging.getLogger()
-    level = log.level
-    log.setLevel(logging.ERROR)  # the quantizer's advice to pre-process, printed once per call
     try:
-        quantize_dynamic(src, dst, op_types_to_quantize=["LSTM"], nodes_to_quantize=names,
-                         weight_type=QuantType.QInt8)
+        with quiet():  # the quantizer's advice to pre-process, printed once per call
+            quantize_dynamic(src, dst, op_types_to_quantize=["LSTM"], nodes_to_quantize=names,
+                             weight_type=QuantType.QInt8)
     except Exception:  # noqa: BLE001 -- a graph ORT's quantizer cannot take keeps its FP32 LSTM
         dst.unlink(missing_ok=True)
         return 0
-    finally:
-        log.setLevel(level)
     done = sum(n.op_type == "DynamicQuantizeLSTM" for n in onnx.load(str(dst)).graph.node)
     if not done:
         dst.unlink(missing_ok=True)
