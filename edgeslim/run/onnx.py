@@ -31,17 +31,18 @@ from edgeslim.fsutil import write_bytes
 from edgeslim.measure.core import Measurer
 from edgeslim.recipe import Recipe
 from edgeslim.run.handlers import ModelHandler
+from edgeslim.run.pytorch import FlatOutputs
 
 
-class TeacherView(nn.Module):
-    """A converted ONNX model as one input -> one [N, D] output (its outputs flattened and concatenated).
+class TeacherView(FlatOutputs):
+    """A converted ONNX model as one input -> one [N, D] output (its outputs flattened and concatenated, as
+    `run.pytorch.FlatOutputs` does for a PyTorch model with several outputs).
 
     `per_sample`: the graph's batch is fixed at 1 (its outputs need not put samples on axis 0, e.g. a CRNN's
     [T, 1, C]): each sample runs alone and all its outputs flatten into its row."""
 
     def __init__(self, inner: nn.Module, per_sample: bool = False):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner, list(getattr(inner, "output_names", [])), ())
         self.per_sample = per_sample
 
     def prune_ignored(self) -> list[nn.Module]:
@@ -52,21 +53,11 @@ class TeacherView(nn.Module):
 
         return keep_whole(self.inner)  # type: ignore[arg-type]
 
-    def teacher_parts(self, x1: torch.Tensor) -> list:
-        """The outputs of one sample as a target row holds them (`train.output_parts`: score outputs are also
-        judged by top-1 agreement)."""
-        from edgeslim.onnxkit.scoring import OutputPart
-
-        outs = self.inner(x1[:1])
-        names = list(getattr(self.inner, "output_names", [f"output_{k}" for k in range(len(outs))]))
-        return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(names, outs)]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_sample:
             return torch.cat([torch.cat([o.reshape(1, -1).float() for o in self.inner(x[i:i + 1])], 1)
                               for i in range(x.shape[0])])
-        outs = self.inner(x)
-        return torch.cat([o.reshape(o.shape[0], -1).float() for o in outs], 1)
+        return super().forward(x)
 
 
 def convert(source: Path, sample_shape: tuple[int, ...], per_sample: bool = False) -> TeacherView:

@@ -38,7 +38,8 @@ class FlatOutputs(nn.Module):
         from edgeslim.onnxkit.scoring import OutputPart
 
         outs = output_list(self.inner(x1[:1]))
-        return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(self.names, outs)]
+        names = self.names or output_names(outs) or ["output"]
+        return [OutputPart(n, tuple(o.shape), exact=not o.is_floating_point()) for n, o in zip(names, outs)]
 
     def prune_ignored(self) -> list[nn.Module]:
         """The Conv/Linear layers whose result is one of the outputs: channel pruning keeps them whole (the
