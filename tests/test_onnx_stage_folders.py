@@ -1,6 +1,7 @@
 """A stage folder of a run on an ONNX file (spec `"arch": "onnx"`) taken by the commands that take a model folder:
 `measure`, `fit`, `arena` and `export --format onnx` work on the stage's model.onnx, with the run's sample shape
-standing in for the symbolic dims the file keeps from its source; `--format tflite` is one line."""
+standing in for the symbolic dims the file keeps from its source; `--format tflite` is one line. An ONNX-only
+stage (no spec.json: `quantize_int8`) is measured as its model.onnx too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from reliability_helpers import assert_user_error, main_inproc
 from test_run_inputs import Net
 
-RECIPE = "version: 1\npasses:\n  - distill_outputs: {train: {epochs: 1, batch_size: 32}}\n"
+RECIPE = ("version: 1\npasses:\n  - distill_outputs: {train: {epochs: 1, batch_size: 32}}\n"
+          "  - quantize_int8: {per_layer: false, select: fixed}\n")
 
 
 def test_commands_take_a_stage_folder_of_an_onnx_run(tmp_path: Path) -> None:
@@ -42,3 +44,8 @@ def test_commands_take_a_stage_folder_of_an_onnx_run(tmp_path: Path) -> None:
     code, _, err = main_inproc("export", str(stage), "--format", "tflite", "-o", str(tmp_path / "e.tflite"))
     assert_user_error(code, err, "01_distill_outputs", "from PyTorch, not from ONNX", "--format onnx")
     assert not (tmp_path / "e.tflite").exists()
+    int8 = out / "stages" / "02_quantize_int8"
+    assert not (int8 / "spec.json").exists()
+    code, stdout, err = main_inproc("measure", str(int8), "--shape", "image=1,3,12,12", "--runs", "3", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)[0]["size_bytes"] == (int8 / "model.onnx").stat().st_size

@@ -29,14 +29,17 @@ def save_model(folder: Path, model: nn.Module, spec: dict, extra: dict | None = 
 
 
 def onnx_stage(path: Path) -> tuple[Path, list[str]] | None:
-    """(`model.onnx`, its `--shape` default) of a stage folder of a run on an ONNX file (spec `"arch": "onnx"`:
-    its PyTorch side is the converted source plus these weights, which only the run reopens), else None.
-    Commands that take a model folder measure and export that file, the stage as the run exported and checked
-    it; the shape default (`NAME=1,D1,...` from the spec's input name and sample shape, [] where the spec has
-    none) stands in for the symbolic dims the file may keep from its source."""
+    """(`model.onnx`, its `--shape` default) of a stage folder whose model is ONNX only: a stage of a run on an ONNX
+    file (spec `"arch": "onnx"`: its PyTorch side is the converted source plus these weights, which only the run
+    reopens) or an ONNX-only stage of any run (no spec.json: e.g. `quantize_int8`); else None. Commands that take
+    a model folder measure and export that file, the stage as the run exported and checked it; the shape default
+    (`NAME=1,D1,...` from the spec's input name and sample shape, [] where there is none) stands in for the
+    symbolic dims the file may keep from its source."""
     path = Path(path)
-    if not (path.is_dir() and (path / SPEC).is_file() and (path / "model.onnx").is_file()):
+    if not (path.is_dir() and (path / "model.onnx").is_file()):
         return None
+    if not (path / SPEC).exists():
+        return path / "model.onnx", []
     try:
         spec = json.loads((path / SPEC).read_text())
     except json.JSONDecodeError:
